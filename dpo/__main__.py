@@ -1,0 +1,3 @@
+from dpo.cli import main
+
+main()

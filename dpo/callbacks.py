@@ -1,0 +1,131 @@
+"""Trainer callbacks: the metrics file, and best-checkpoint tracking with early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+# Metrics where lower is better; anything else defaults to "max" under mode: auto.
+_LOWER_IS_BETTER = ("loss", "kl", "gap", "runtime")
+
+
+def infer_mode(metric: str, mode: str = "auto") -> str:
+    if mode != "auto":
+        return mode
+    leaf = metric.rsplit("/", 1)[-1].lower()
+    return "min" if any(word in leaf for word in _LOWER_IS_BETTER) else "max"
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log event to metrics.jsonl as one JSON object with its global `step`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep them visible as strings
+    return value
+
+
+class BestCheckpointCallback(TrainerCallback):
+    """Tracks the best held-out `metric`; with `patience`, stops after that many evaluations without
+    an improvement of at least `min_delta` (never before `warmup_steps`).
+
+    With `keep_best`, a checkpoint is saved whenever the metric improves and recorded as the trainer's
+    best checkpoint, so checkpoint rotation never deletes it and it can be restored at the end.
+    """
+
+    def __init__(
+        self,
+        metric: str,
+        mode: str = "auto",
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        warmup_steps: int = 0,
+        keep_best: bool = False,
+    ):
+        self.metric = metric
+        self.mode = infer_mode(metric, mode)
+        self.patience = patience
+        self.min_delta = min_delta
+        self.warmup_steps = warmup_steps
+        self.keep_best = keep_best
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.bad_evaluations = 0
+        self.stopped_at: int | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def improved(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        if self.mode == "max":
+            return value > self.best_value + self.min_delta
+        return value < self.best_value - self.min_delta
+
+    def update(self, step: int, value: float) -> tuple[bool, bool]:
+        """Feed one evaluation. Returns (is_new_best, should_stop). Pure bookkeeping, easy to test."""
+        self.history.append((step, value))
+        if not math.isfinite(value):
+            self.bad_evaluations += 1
+            new_best = False
+        elif self.improved(value):
+            self.best_value, self.best_step = value, step
+            self.bad_evaluations = 0
+            new_best = True
+        else:
+            self.bad_evaluations += 1
+            new_best = False
+        stop = self.patience is not None and self.bad_evaluations >= self.patience and step >= self.warmup_steps
+        if stop and self.stopped_at is None:
+            self.stopped_at = step
+        return new_best, stop
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            available = sorted(k for k in (metrics or {}) if k.startswith("eval_"))
+            raise KeyError(f"early_stopping.metric '{self.metric}' was not computed; available: {available}")
+        new_best, stop = self.update(state.global_step, float(metrics[self.metric]))
+        if new_best and self.keep_best and state.global_step > 0:
+            control.should_save = True
+            state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            state.best_metric = self.best_value
+        if stop:
+            control.should_training_stop = True
+        return control
+
+
+class CompactProgressCallback(ProgressCallback):
+    """transformers' progress bar, but one short line per evaluation instead of a dict per step.
+
+    Every metric still goes to metrics.jsonl; the terminal shows the bar (with the latest train loss
+    and margin) and the held-out numbers a person watches for overfitting.
+    """
+
+    SHOWN = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if self.training_bar is not None and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", margin=f"{logs.get('rewards/margins', 0):.3f}")
+        if "eval_loss" in logs:
+            shown = ", ".join(f"{k.removeprefix('eval_')} {logs[k]:.3f}" for k in self.SHOWN if k in logs)
+            line = f"held-out @ step {state.global_step}: {shown}"
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                print(line, flush=True)

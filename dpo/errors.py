@@ -1,0 +1,15 @@
+"""The one exception type for mistakes a user can fix (bad recipe, bad data, missing file).
+
+The CLI turns it into a single `error: ...` line on stderr and exit code 2, with no traceback.
+Everything else is a bug or an environment failure and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input. `where` is the file (and optionally key or row) it concerns."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, where: str | None = None):
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)

@@ -1,0 +1,249 @@
+"""Preference losses as pure functions, and the one table of their names (LOSSES).
+
+Every loss takes tensors of shape (B,) and returns the per-example loss, shape (B,). Its signature
+is its contract:
+  * parameters before `*` name the tensors it needs, from this vocabulary:
+      chosen_logps, rejected_logps            summed log-probs of the completions under the policy
+      ref_chosen_logps, ref_rejected_logps    the same under the reference model
+      chosen_logratios, rejected_logratios    policy minus reference (log pi/pi_ref)
+      chosen_scores, rejected_scores          the log-ratios after the f-divergence link (identity for
+                                              reverse KL, i.e. plain DPO); a loss that takes scores
+                                              supports `regularizers.f_divergence`, others do not
+      chosen_lengths, rejected_lengths        completion token counts (for length-normalised losses)
+  * keyword-only parameters after `*` are its hyperparameters (`beta` always; `label_smoothing`,
+    `dpop_lambda`, ... only where the loss uses them). The trainer and the recipe validation read
+    them from the signature, so a knob a loss does not take is an error, never silently ignored.
+
+Notation: Delta = chosen_scores - rejected_scores, l(z) = -log sigmoid(z) (the logistic loss).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def logistic(z: Tensor) -> Tensor:
+    """l(z) = -log sigmoid(z), computed stably."""
+    return -F.logsigmoid(z)
+
+
+def sigmoid(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+    """DPO (arXiv 2305.18290, Eq. 7): l(beta * Delta).
+
+    With label_smoothing eps > 0 this is conservative DPO (cDPO; Mitchell 2023, "A note on DPO with
+    noisy preferences"): (1 - eps) * l(beta * Delta) + eps * l(-beta * Delta). Its optimum is a finite
+    margin, beta * Delta* = log((1 - eps) / eps), instead of DPO's unbounded one.
+    """
+    z = beta * (chosen_scores - rejected_scores)
+    return (1 - label_smoothing) * logistic(z) + label_smoothing * logistic(-z)
+
+
+def robust(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+    """Robust DPO (rDPO, arXiv 2403.00409, Eq. 4): an unbiased loss under label-flip rate eps.
+
+    [(1 - eps) * l(beta * Delta) - eps * l(-beta * Delta)] / (1 - 2 * eps).
+    """
+    z = beta * (chosen_scores - rejected_scores)
+    return ((1 - label_smoothing) * logistic(z) - label_smoothing * logistic(-z)) / (1 - 2 * label_smoothing)
+
+
+def hinge(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float) -> Tensor:
+    """SLiC hinge loss (arXiv 2305.10425, Eq. 3 with delta = 1/beta): max(0, 1 - beta * Delta)."""
+    return torch.relu(1 - beta * (chosen_scores - rejected_scores))
+
+
+def ipo(
+    chosen_scores: Tensor, rejected_scores: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor, *, beta: float
+) -> Tensor:
+    """IPO (arXiv 2310.12036, Eq. 17), length-normalised as TRL does: (Delta_avg - 1 / (2 beta))^2.
+
+    Delta_avg uses per-token average scores (sum / completion length). The optimum is the finite
+    margin Delta_avg* = 1 / (2 beta) (beta is the paper's tau).
+    """
+    delta = chosen_scores / chosen_lengths.clamp(min=1) - rejected_scores / rejected_lengths.clamp(min=1)
+    return (delta - 1 / (2 * beta)) ** 2
+
+
+def exo_pair(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 1e-3) -> Tensor:
+    """EXO-pref (arXiv 2402.00856, Eq. 16): KL(p_theta || p_target) over {chosen, rejected}.
+
+    p_theta = (sigmoid(beta * Delta), sigmoid(-beta * Delta)), p_target = (1 - eps, eps), eps > 0.
+    """
+    z = beta * (chosen_scores - rejected_scores)
+    eps = torch.as_tensor(label_smoothing, dtype=z.dtype, device=z.device)
+    return torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(-eps)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - torch.log(eps)
+    )
+
+
+def nca_pair(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """NCA (arXiv 2402.05369, Eq. 12, pairwise): l(r_w) + 0.5 * l(-r_w) + 0.5 * l(-r_l), r = beta * logratio."""
+    rw, rl = beta * chosen_logratios, beta * rejected_logratios
+    return logistic(rw) + 0.5 * logistic(-rw) + 0.5 * logistic(-rl)
+
+
+def bco_pair(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """BCO, pairwise form without the reward shift (arXiv 2404.04656, Eq. 7): l(r_w) + l(-r_l)."""
+    return logistic(beta * chosen_logratios) + logistic(-beta * rejected_logratios)
+
+
+def sppo_hard(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """SPPO with hard win probabilities (arXiv 2405.00675, Eq. 4.7 with P = 1 / 0).
+
+    (logratio_w - 1 / (2 beta))^2 + (logratio_l + 1 / (2 beta))^2.
+    """
+    return (chosen_logratios - 0.5 / beta) ** 2 + (rejected_logratios + 0.5 / beta) ** 2
+
+
+def aot(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """AOT, paired (arXiv 2406.05882, Eq. 9): logistic loss on sorted policy vs sorted reference log-ratios.
+
+    delta = sort(logp_w - logp_l) - sort(ref_w - ref_l) (sorted within the batch), then as cDPO.
+    """
+    delta = torch.sort(chosen_logps - rejected_logps).values - torch.sort(ref_chosen_logps - ref_rejected_logps).values
+    return (1 - label_smoothing) * logistic(beta * delta) + label_smoothing * logistic(-beta * delta)
+
+
+def aot_unpaired(
+    chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, label_smoothing: float = 0.0
+) -> Tensor:
+    """AOT, unpaired (arXiv 2406.05882, Eq. 8): delta = sort(logratio_w) - sort(logratio_l), then as cDPO."""
+    delta = torch.sort(chosen_logratios).values - torch.sort(rejected_logratios).values
+    return (1 - label_smoothing) * logistic(beta * delta) + label_smoothing * logistic(-beta * delta)
+
+
+def apo_zero(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """APO-zero (arXiv 2408.06266, Eq. 7): 1 - sigmoid(beta r_w) + sigmoid(beta r_l). Raises chosen likelihood."""
+    return 1 - torch.sigmoid(beta * chosen_logratios) + torch.sigmoid(beta * rejected_logratios)
+
+
+def apo_down(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """APO-down (arXiv 2408.06266, Eq. 8): sigmoid(beta r_w) + 1 - sigmoid(beta (r_w - r_l)).
+
+    For chosen answers worse than the model's own: lowers both likelihoods, the rejected one more.
+    """
+    return torch.sigmoid(beta * chosen_logratios) + 1 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios))
+
+
+def discopop(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, discopop_tau: float = 0.05) -> Tensor:
+    """DiscoPOP / log-ratio modulated loss (arXiv 2406.08414, Eq. 5).
+
+    z = beta * Delta, m = sigmoid(z / tau): (1 - m) * l(z) + m * exp(-z).
+    """
+    z = beta * (chosen_scores - rejected_scores)
+    m = torch.sigmoid(z / discopop_tau)
+    return (1 - m) * logistic(z) + m * torch.exp(-z)
+
+
+def sigmoid_norm(
+    chosen_scores: Tensor, rejected_scores: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor, *, beta: float
+) -> Tensor:
+    """Length-normalised DPO (as TRL's `sigmoid_norm`; cf. SimPO arXiv 2405.14734 Eq. 6 without margin).
+
+    l(beta * (score_w / |y_w| - score_l / |y_l|)).
+    """
+    delta = chosen_scores / chosen_lengths.clamp(min=1) - rejected_scores / rejected_lengths.clamp(min=1)
+    return logistic(beta * delta)
+
+
+def dpop(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, dpop_lambda: float = 50.0) -> Tensor:
+    """DPO-Positive (arXiv 2402.13228, Eq. 3).
+
+    l(beta * (r_w - r_l - lambda * max(0, -r_w))) with r = log pi/pi_ref: the penalty switches on only
+    when the chosen answer's likelihood falls below the reference's, and pushes it back up.
+    """
+    penalty = dpop_lambda * torch.relu(-chosen_logratios)
+    return logistic(beta * (chosen_logratios - rejected_logratios - penalty))
+
+
+def sft(chosen_logps: Tensor, chosen_lengths: Tensor, *, beta: float) -> Tensor:
+    """NLL of the chosen answers, token-averaged over the batch (RPO's NLL term, arXiv 2404.19733, Eq. 3).
+
+    Returned per example so that its mean over the batch is -sum(logp_w) / sum(|y_w|), TRL's `sft`
+    value. beta is accepted for a uniform call and not used: the NLL term has no KL strength.
+    """
+    del beta
+    return -chosen_logps * chosen_logps.numel() / chosen_lengths.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss from LOSSES: the function plus what its signature says it needs."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    summary: str
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        params = inspect.signature(self.fn).parameters.values()
+        return tuple(p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+    @property
+    def hyperparameters(self) -> dict[str, object]:
+        """Keyword-only parameters other than beta, with their defaults."""
+        params = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "beta"}
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(name.startswith("ref_") or "logratios" in name or "scores" in name for name in self.inputs)
+
+    @property
+    def supports_f_divergence(self) -> bool:
+        return "chosen_scores" in self.inputs
+
+
+def _spec(fn: Callable[..., Tensor], summary: str) -> LossSpec:
+    return LossSpec(fn.__name__, fn, summary)
+
+
+# The one table of loss names. Docs, --help and error messages are built from it.
+LOSSES: dict[str, LossSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(sigmoid, "DPO; with label_smoothing > 0, conservative DPO (cDPO)"),
+        _spec(ipo, "IPO: squared loss to a finite, length-normalised margin"),
+        _spec(robust, "robust DPO (rDPO): unbiased under label-flip rate label_smoothing"),
+        _spec(hinge, "SLiC hinge loss"),
+        _spec(dpop, "DPO-Positive: penalises chosen likelihood falling below the reference"),
+        _spec(exo_pair, "EXO: reverse-KL preference matching"),
+        _spec(nca_pair, "NCA: noise-contrastive alignment, pairwise"),
+        _spec(bco_pair, "BCO: binary classifier optimisation, pairwise"),
+        _spec(sppo_hard, "SPPO with hard win probabilities"),
+        _spec(aot, "AOT: distributional alignment via optimal transport, paired"),
+        _spec(aot_unpaired, "AOT, unpaired"),
+        _spec(apo_zero, "APO-zero: raise chosen, lower rejected likelihood"),
+        _spec(apo_down, "APO-down: lower both, the rejected one more"),
+        _spec(discopop, "DiscoPOP: log-ratio modulated logistic/exponential loss"),
+        _spec(sigmoid_norm, "DPO on length-normalised log-ratios"),
+        _spec(sft, "NLL of the chosen answers (RPO's NLL term)"),
+    )
+}
+
+
+def compute_loss(name: str, tensors: dict[str, Tensor], *, beta: float, **hyperparameters: float) -> Tensor:
+    """Call loss `name` with the tensors its signature asks for; returns the per-example loss (B,)."""
+    spec = LOSSES[name]
+    kwargs = {k: v for k, v in hyperparameters.items() if k in spec.hyperparameters}
+    return spec.fn(**{k: tensors[k] for k in spec.inputs}, beta=beta, **kwargs)
+
+
+def cdpo_optimal_margin(label_smoothing: float) -> float:
+    """beta * Delta at the cDPO optimum: log((1 - eps) / eps). Used by tests and reports."""
+    return math.log((1 - label_smoothing) / label_smoothing)

@@ -1,0 +1,312 @@
+"""Recipes: YAML file -> `base:` inheritance -> `--set` overrides -> strictly validated `Recipe`.
+
+A recipe is the single description of a run. This module knows the recipe's *shape* (sections, keys,
+types, ranges); it imports no torch and no trainer. Checks that need other tables (loss names,
+DPOConfig fields) live in `dpo/validation.py`.
+
+Every error is a `UserError` naming the file that set the offending key (a base recipe, the recipe
+itself, or `--set`) and the dotted key, with the closest valid key suggested for typos.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dpo.errors import UserError
+
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags), reading `1e-5` as a float the way YAML 1.2 and users do."""
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str):
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# Keys whose relative paths resolve against the folder of the recipe file that sets them.
+PATH_KEYS = ("data.train", "data.eval")
+SET_SOURCE = "--set"
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field("smollm2-135m-instruct", description="Embedded alias, local directory or hub id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Off by default.")
+
+
+class PeftSection(Section):
+    """LoRA adapter. With LoRA the reference model is the adapter-disabled base: no second copy."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+
+
+class DataSection(Section):
+    train: str = Field(..., description="Training pairs: .jsonl/.json/.parquet/.csv file or save_to_disk dir.")
+    eval: str | None = Field(None, description="Held-out pairs; when absent, split off heldout_fraction by prompt.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts held out when eval is absent.")
+    max_train_pairs: int | None = Field(None, gt=0, description="Use only the first N training pairs.")
+    max_eval_pairs: int | None = Field(None, gt=0, description="Use only the first N held-out pairs.")
+
+
+class LossSection(Section):
+    """The preference loss. Hyperparameters a chosen loss does not use must stay unset (see losses.py)."""
+
+    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/losses.py LOSSES, or a list to combine.")
+    weights: list[float] | None = Field(None, description="One weight per loss when `type` is a list.")
+    beta: float = Field(0.1, gt=0, description="KL-penalty strength beta (IPO: its tau).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed label-flip rate (cDPO with sigmoid, rDPO with robust, EXO, AOT)."
+    )
+    dpop_lambda: float | None = Field(None, ge=0, description="DPO-Positive penalty weight (loss `dpop`).")
+    discopop_tau: float | None = Field(None, gt=0, description="DiscoPOP temperature (loss `discopop`).")
+
+    def type_list(self) -> list[str]:
+        return [self.type] if isinstance(self.type, str) else list(self.type)
+
+
+class EarlyStoppingSection(Section):
+    metric: str = Field("eval_rewards/margins", description="Held-out metric watched for best/early stop.")
+    mode: Literal["auto", "max", "min"] = Field("auto", description="auto: max unless the metric is a loss.")
+    patience: int | None = Field(None, gt=0, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")
+
+
+class LoggingSection(Section):
+    wandb: bool = Field(False, description="Log to Weights & Biases (offline unless an API key is configured).")
+    wandb_project: str = Field("dpo-toolkit", description="wandb project name.")
+    wandb_mode: Literal["auto", "offline", "online"] = Field(
+        "auto", description="auto: online when an API key is configured, offline otherwise."
+    )
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files under the run directory.")
+    progress_bar: bool = Field(True, description="Show a progress bar while training.")
+
+
+class Recipe(Section):
+    """A fully resolved recipe (after inheritance and overrides)."""
+
+    name: str = Field("run", description="Run name; the default output directory is runs/<name>.")
+    seed: int = Field(42, description="Seed for data split, adapter init and training.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    peft: PeftSection | None = Field(default_factory=PeftSection, description="null = full fine-tuning.")
+    data: DataSection
+    loss: LossSection = Field(default_factory=LossSection)
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed through to trl.DPOConfig.")
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class LoadedRecipe:
+    """A validated Recipe plus where each key came from (for error messages in later checks)."""
+
+    def __init__(self, recipe: Recipe, path: Path, provenance: dict[str, str]):
+        self.recipe = recipe
+        self.path = path
+        self.provenance = provenance
+
+    def source(self, key: str) -> str:
+        """The file that set `key` (or its closest parent), or '--set'."""
+        return source_of(self.provenance, key, str(self.path))
+
+    def where(self, key: str) -> str:
+        """'file: key', the prefix of an error about `key`."""
+        return f"{self.source(key)}: {key}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly."""
+    path = Path(path)
+    raw, provenance = _read_with_bases(path, chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        if key in PATH_KEYS and isinstance(value, str):
+            value = str(Path(value).expanduser().resolve())  # paths given on the command line are CWD-relative
+        _set_dotted(raw, key, value)
+        provenance[key] = SET_SOURCE
+    raw.setdefault("name", path.stem)
+    return LoadedRecipe(validate(raw, provenance, default_source=str(path)), path, provenance)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'loss.beta=0.2' -> ('loss.beta', 0.2). Values are parsed as YAML, so types come out right."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"override '{item}' must look like key.path=value", where=SET_SOURCE)
+    try:
+        value = safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{key}: value '{text}' is not valid YAML ({exc.problem})", where=SET_SOURCE) from exc
+    return key, value
+
+
+def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
+    raw = {k: v for k, v in raw.items() if k != "base"}
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        where = source_of(provenance, key, default_source)
+        raise UserError(_describe(err, key), where=where) from None
+
+
+def _describe(err: dict, key: str) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, _, leaf = key.rpartition(".")
+        valid = valid_keys(parent)
+        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
+    if kind == "missing":
+        return f"required key '{key}' is missing"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
+
+
+def valid_keys(dotted_section: str) -> list[str]:
+    """Field names of the section at `dotted_section` ('' = top level)."""
+    model: type[BaseModel] = Recipe
+    for part in filter(None, dotted_section.split(".")):
+        field = model.model_fields.get(part)
+        sub = _section_type(field.annotation) if field else None
+        if sub is None:
+            return []
+        model = sub
+    names = list(model.model_fields)
+    return names + (["base"] if model is Recipe else [])
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def source_of(provenance: dict[str, str], key: str, default: str) -> str:
+    """The file that set `key`, falling back to its parents (a section set as a whole)."""
+    parts = key.split(".")
+    while parts:
+        found = provenance.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return default
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise UserError(f"base: inheritance cycle {cycle}", where=str(path))
+    data = read_yaml_mapping(path)
+    _resolve_paths(data, path.parent)
+    base_ref = data.get("base")
+    if base_ref is None:
+        merged, provenance = {}, {}
+    else:
+        if not isinstance(base_ref, str):
+            raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
+        base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
+        if not base_path.is_file():
+            raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
+        merged, provenance = _read_with_bases(base_path, (*chain, resolved))
+        merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
+    _deep_merge(merged, data, provenance, str(path), prefix="")
+    return merged, provenance
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """Load one YAML file with the safe loader; it must hold a mapping."""
+    if not path.is_file():
+        raise UserError("recipe file not found", where=str(path))
+    try:
+        data = safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text", where=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"invalid YAML{line}: {problem}", where=str(path)) from None
+    if data is None:
+        raise UserError("recipe is empty", where=str(path))
+    if not isinstance(data, dict):
+        raise UserError(f"a recipe must be a mapping of sections, got {type(data).__name__}", where=str(path))
+    return data
+
+
+def _resolve_paths(data: dict, folder: Path) -> None:
+    for key in PATH_KEYS:
+        section, _, leaf = key.partition(".")
+        block = data.get(section)
+        if isinstance(block, dict) and isinstance(block.get(leaf), str):
+            p = Path(block[leaf]).expanduser()
+            block[leaf] = str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def _deep_merge(into: dict, new: dict, provenance: dict[str, str], source: str, prefix: str) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value, provenance, source, dotted + ".")
+        else:
+            into[key] = copy.deepcopy(value)
+            provenance[dotted] = source
+            if isinstance(value, dict):
+                for sub in _flatten_keys(value, dotted):
+                    provenance[sub] = source
+
+
+def _flatten_keys(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(f"{prefix}.{k}")
+        if isinstance(v, dict):
+            out.extend(_flatten_keys(v, f"{prefix}.{k}"))
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{'.'.join(parts[: i + 1])} is not a section, cannot set {key}", where=SET_SOURCE)
+        node = child
+    node[parts[-1]] = value

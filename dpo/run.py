@@ -1,0 +1,233 @@
+"""One training run: recipe -> data -> model -> trainer -> run directory.
+
+    import dpo
+    summary = dpo.train("recipes/quickstart.yaml", overrides=["loss.beta=0.2"], output_dir="runs/b02")
+
+Everything that can be wrong with the user's input (recipe, data, model path) is checked before the
+run directory is created, so a bad input never leaves a half-made run behind.
+
+Run directory:
+    recipe.yaml       the fully resolved recipe (a plain recipe `dpo train` accepts)
+    data_card.json    rows read, dropped and why, split sizes, content hashes
+    metrics.jsonl     one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed
+    summary.json      stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps
+    final/            the trained adapter (LoRA) or model, plus the tokenizer
+    checkpoints/      best checkpoint(s) when early stopping is on, periodic ones when asked
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpo.data import PreparedData, prepare_data
+from dpo.errors import UserError
+from dpo.recipe import LoadedRecipe, Recipe, load_recipe
+
+RUN_FILES = ("recipe.yaml", "data_card.json", "metrics.jsonl", "summary.json")
+
+
+@dataclass
+class CheckedRecipe:
+    """A recipe that passed every check that needs no weights: what `dpo validate` reports on."""
+
+    loaded: LoadedRecipe
+    data: PreparedData
+    loss_plan: Any
+    training: dict[str, Any]
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded.recipe
+
+
+def check(recipe_path: str | Path, overrides=()) -> CheckedRecipe:
+    """Load and check a recipe and its data without loading a model."""
+    from dpo.models import EMBEDDED_MODELS, resolve_model_path
+    from dpo.trainer_config import check_training, loss_plan
+
+    loaded = load_recipe(recipe_path, list(overrides))
+    plan = loss_plan(loaded)
+    training = check_training(loaded)
+    name = loaded.recipe.model.name_or_path
+    if name not in EMBEDDED_MODELS:
+        try:
+            resolve_model_path(name)
+        except UserError as exc:
+            message = str(exc).removeprefix("model.name_or_path: ")
+            raise UserError(message, where=loaded.where("model.name_or_path")) from None
+    return CheckedRecipe(loaded, prepare_data(loaded.recipe.data, loaded.recipe.seed), plan, training)
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def _claim_run_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise UserError(
+            "run directory already holds a run; choose another --output-dir (or --resume to continue it)",
+            where=str(run_dir),
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write to a temporary name and rename, so a killed process never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _configure_wandb(recipe: Recipe, run_dir: Path) -> str | None:
+    """wandb goes online only when an API key is configured (or the recipe says online); never by surprise."""
+    if not recipe.logging.wandb:
+        return None
+    mode = recipe.logging.wandb_mode
+    if mode == "auto":
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read_netrc()
+        mode = "online" if has_key else "offline"
+    os.environ.update(
+        WANDB_MODE=mode, WANDB_DIR=str(run_dir), WANDB_PROJECT=recipe.logging.wandb_project, WANDB_SILENT="true"
+    )
+    return mode
+
+
+def _read_netrc() -> str:
+    try:
+        return Path(os.path.expanduser("~/.netrc")).read_text()
+    except OSError:
+        return ""
+
+
+def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
+    """Model, tokenizer, LoRA and our Trainer for a checked recipe."""
+    from peft import LoraConfig
+
+    from dpo.models import load_model, load_tokenizer
+    from dpo.trainer import Trainer
+    from dpo.trainer_config import build_dpo_config
+
+    recipe = checked.recipe
+    args = build_dpo_config(checked.loaded, run_dir)
+    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
+    model = load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code)
+    peft_config = None
+    if recipe.peft is not None:
+        peft_config = LoraConfig(
+            r=recipe.peft.r,
+            lora_alpha=recipe.peft.alpha,
+            lora_dropout=recipe.peft.dropout,
+            target_modules=recipe.peft.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    train_ds, eval_ds = checked.data.datasets()
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        loss_plan=checked.loss_plan,
+    )
+
+
+def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Train one recipe and write its run directory. Returns the summary (also in summary.json)."""
+    summary, _ = execute(recipe_path, overrides, output_dir, resume)
+    return summary
+
+
+def execute(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False):
+    """`train`, also returning the trainer (for tests and notebooks that inspect the model)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+
+    started = time.time()
+    checked = check(recipe_path, overrides)
+    recipe = checked.recipe
+    run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
+    _claim_run_dir(run_dir, resume)
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    _write_json(run_dir / "data_card.json", checked.data.card)
+    _configure_wandb(recipe, run_dir)
+
+    stopping = recipe.early_stopping
+    best = BestCheckpointCallback(
+        metric=stopping.metric,
+        mode=stopping.mode,
+        patience=stopping.patience,
+        min_delta=stopping.min_delta,
+        warmup_steps=stopping.warmup_steps,
+        keep_best=stopping.patience is not None,
+    )
+    trainer = build_trainer(checked, run_dir, [MetricsFileCallback(run_dir / "metrics.jsonl"), best])
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgressCallback())
+    initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
+    if best.keep_best and best.best_step == 0:
+        trainer.save_model(str(Path(trainer.args.output_dir) / "checkpoint-0"))
+    train_output = trainer.train()
+    stop_reason = "early_stopped" if best.stopped_at is not None else "completed"
+
+    restored = _restore_best(trainer, best)
+    trainer.save_model(str(run_dir / "final"))
+    trainer.processing_class.save_pretrained(str(run_dir / "final"))
+    if trainer.args.report_to and "wandb" in trainer.args.report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary.update({"stop_reason": stop_reason, "best_step": best.best_step})
+            wandb.finish()
+
+    summary = {
+        "stop_reason": stop_reason,
+        "best_step": best.best_step,
+        "best_metric": {"name": best.metric, "mode": best.mode, "value": best.best_value},
+        "final_weights": "best" if restored else "last",
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "initial_metrics": _eval_only(initial),
+        "best_metrics": _eval_at(trainer.state.log_history, best.best_step) or _eval_only(initial),
+        "final_metrics": _last_metrics(trainer.state.log_history),
+        "train_loss": train_output.training_loss,
+        "runtime_s": round(time.time() - started, 2),
+        "run_dir": str(run_dir),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary, trainer
+
+
+def _restore_best(trainer, best) -> bool:
+    """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
+    if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
+        return False
+    trainer.state.best_model_checkpoint = str(Path(trainer.args.output_dir) / f"checkpoint-{best.best_step}")
+    trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
+    return True
+
+
+def _eval_only(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
+
+
+def _eval_at(log_history: list[dict], step: int | None) -> dict:
+    return next((_eval_only(h) for h in log_history if "eval_loss" in h and h.get("step") == step), {})
+
+
+def _last_metrics(log_history: list[dict]) -> dict:
+    """The last evaluation's metrics and the last training step's metrics, merged."""
+    last_eval = next((h for h in reversed(log_history) if "eval_loss" in h), {})
+    last_train = next((h for h in reversed(log_history) if "loss" in h and "eval_loss" not in h), {})
+    merged = {k: v for k, v in last_train.items() if k not in ("epoch", "step")}
+    merged.update(_eval_only(last_eval))
+    merged["eval_step"] = last_eval.get("step")
+    return merged

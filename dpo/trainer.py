@@ -1,0 +1,154 @@
+"""Our DPOTrainer: TRL's data collation, reference handling and metric names; our loss computation.
+
+TRL 1.16's `DPOTrainer._compute_loss` is one long method with an if/elif chain over loss names: it
+raises on a loss it does not know and silently ignores `label_smoothing` for `sigmoid`. We override
+just that method: compute per-sequence policy and reference log-probs the way TRL does (fused LM
+head, adapter-disabled reference under PEFT, precomputed reference log-probs when asked), then hand
+them to the pure functions of `dpo/losses.py`, and log the same metric names TRL logs plus ours.
+
+Written against TRL 1.16 (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import DPOTrainer
+
+from dpo.losses import LOSSES, compute_loss
+
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """What the trainer optimises: weighted loss terms and their hyperparameters (from the recipe)."""
+
+    terms: tuple[tuple[str, float], ...] = (("sigmoid", 1.0),)
+    beta: float = 0.1
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [name for name, _ in self.terms if name not in LOSSES]
+        if unknown:
+            raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
+
+
+class Trainer(DPOTrainer):
+    """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.losses.LOSSES`."""
+
+    def __init__(self, *args, loss_plan: LossPlan, **kwargs):
+        self.loss_plan = loss_plan
+        super().__init__(*args, **kwargs)
+        self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
+
+    @property
+    def current_beta(self) -> float:
+        return self.beta
+
+    def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        shift_mask = completion_mask[..., 1:]
+        # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens.
+        per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]
+        return per_token_logps, self._reduce(per_token_logps, shift_mask), outputs
+
+    def _reduce(self, per_token_logps: torch.Tensor, shift_mask: torch.Tensor) -> torch.Tensor:
+        """Sum over the completion; with LD-DPO (ld_alpha) the tokens past the shorter answer are down-weighted."""
+        if self.ld_alpha is None:
+            return per_token_logps.sum(dim=1)
+        positions = shift_mask.cumsum(dim=1)
+        chosen_len, rejected_len = shift_mask.sum(dim=1).chunk(2)
+        shared = torch.minimum(chosen_len, rejected_len).repeat(2).unsqueeze(1)
+        shared_part = (per_token_logps * ((positions > 0) & (positions <= shared))).sum(dim=1)
+        tail_part = (per_token_logps * (positions > shared)).sum(dim=1)
+        return shared_part + self.ld_alpha * tail_part
+
+    def _reference_logps(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "ref_chosen_logps" in inputs:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        # TRL's helper: no grad, adapter disabled under PEFT (or the separate reference model).
+        return self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, inputs)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
+        chosen_logps, rejected_logps = logps.chunk(2)
+        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
+        chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
+        chosen_logratios = chosen_logps - ref_chosen_logps
+        rejected_logratios = rejected_logps - ref_rejected_logps
+        tensors = {
+            "chosen_logps": chosen_logps,
+            "rejected_logps": rejected_logps,
+            "ref_chosen_logps": ref_chosen_logps,
+            "ref_rejected_logps": ref_rejected_logps,
+            "chosen_logratios": chosen_logratios,
+            "rejected_logratios": rejected_logratios,
+            "chosen_scores": chosen_logratios,
+            "rejected_scores": rejected_logratios,
+            "chosen_lengths": chosen_lengths.to(logps.dtype),
+            "rejected_lengths": rejected_lengths.to(logps.dtype),
+        }
+        beta = self.current_beta
+        loss = sum(
+            weight * compute_loss(name, tensors, beta=beta, **self.loss_plan.hyperparameters).mean()
+            for name, weight in self.loss_plan.terms
+        )
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+        self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
+            return loss, outputs
+        return loss
+
+    # ---- metrics: TRL's names, then ours ----
+
+    def _mean(self, mode: str, name: str, values: torch.Tensor) -> None:
+        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(values.detach()).float().mean().item())
+
+    def _token_mean(self, mode: str, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        total = self.accelerator.gather_for_metrics((values * mask).sum().detach()).sum()
+        count = self.accelerator.gather_for_metrics(mask.sum()).sum()
+        self._metrics[mode][name].append((total / count).item() if count > 0 else 0.0)
+
+    def _log_batch_metrics(self, mode, inputs, outputs, t, beta) -> None:
+        seq_len = inputs["completion_mask"].size(1) - 1
+        shift_mask = inputs["completion_mask"][..., 1:].float()
+        chosen_mask, rejected_mask = shift_mask.chunk(2)
+        self._token_mean(mode, "entropy", outputs.entropy[:, -seq_len:].detach(), shift_mask)
+        if mode == "train":
+            tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            self._total_train_tokens += tokens // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        chosen_logits, rejected_logits = outputs.mean_logits[:, -seq_len:].detach().chunk(2)
+        self._token_mean(mode, "logits/chosen", chosen_logits, chosen_mask)
+        self._token_mean(mode, "logits/rejected", rejected_logits, rejected_mask)
+        chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2)
+        self._token_mean(mode, "mean_token_accuracy", chosen_top1.float(), chosen_mask)
+
+        chosen_rewards = beta * t["chosen_logratios"].detach()
+        rejected_rewards = beta * t["rejected_logratios"].detach()
+        self._mean(mode, "rewards/chosen", chosen_rewards)
+        self._mean(mode, "rewards/rejected", rejected_rewards)
+        self._mean(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
+        self._mean(mode, "rewards/margins", chosen_rewards - rejected_rewards)
+        self._mean(mode, "logps/chosen", t["chosen_logps"])
+        self._mean(mode, "logps/rejected", t["rejected_logps"])
+        # Ours. logps/accuracies: share of pairs where the policy itself gives the chosen answer the higher
+        # log-likelihood (unlike rewards/accuracies, this is meaningful at step 0 too).
+        self._mean(mode, "logps/accuracies", (t["chosen_logps"] > t["rejected_logps"]).float())
+        # logratios/chosen < 0 means the chosen answers lost likelihood vs the reference (likelihood displacement).
+        self._mean(mode, "logratios/chosen", t["chosen_logratios"])
+        self._mean(mode, "logratios/rejected", t["rejected_logratios"])
+        self._metrics[mode]["beta"] = [beta]

@@ -1,0 +1,177 @@
+"""Recipe -> (trl.DPOConfig, LossPlan), with the checks that need TRL's field list or the loss table.
+
+`recipe.py` checks a recipe's shape; this module checks what depends on other tables:
+  * `loss.type` names losses in LOSSES, and every loss hyperparameter that is set is used by one of
+    the chosen losses (a knob that would be silently ignored is an error naming both keys);
+  * `training:` keys are fields of DPOConfig/TrainingArguments with values of the right type, and
+    keys that have a home elsewhere in the recipe (beta under `loss`, seed at the top, ...) say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from dpo.errors import UserError
+from dpo.losses import LOSSES
+from dpo.recipe import LoadedRecipe, Recipe
+from dpo.trainer import LossPlan
+
+# DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
+# points to the right key, so there is exactly one place for each knob.
+TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
+    "beta": "loss.beta",
+    "loss_type": "loss.type",
+    "loss_weights": "loss.weights",
+    "label_smoothing": "loss.label_smoothing",
+    "discopop_tau": "loss.discopop_tau",
+    "seed": "seed (top level)",
+    "output_dir": "the --output-dir option",
+    "report_to": "logging.wandb / logging.tensorboard",
+    "logging_dir": "logging.tensorboard (events go to RUN_DIR/tensorboard)",
+    "disable_tqdm": "logging.progress_bar",
+    "run_name": "name (top level)",
+    "metric_for_best_model": "early_stopping.metric",
+    "greater_is_better": "early_stopping.mode",
+    "load_best_model_at_end": "early_stopping.patience (the best checkpoint is restored when it is set)",
+    "model_init_kwargs": "model.dtype / model.trust_remote_code",
+    "trust_remote_code": "model.trust_remote_code",
+    "resume_from_checkpoint": "the --resume option",
+}
+
+# Loss hyperparameters in the recipe's `loss` section, and the value that means "not set".
+LOSS_HYPERPARAMETERS: dict[str, Any] = {"label_smoothing": 0.0, "dpop_lambda": None, "discopop_tau": None}
+
+
+def _cpu_friendly_defaults() -> dict[str, Any]:
+    """Where our defaults differ from DPOConfig's, and why."""
+    import torch
+
+    bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {
+        "bf16": bf16_ok,  # DPOConfig defaults to bf16=True, which on CPU is slow and changes numerics
+        "gradient_checkpointing": False,  # DPOConfig defaults to True; small models on CPU run ~30% faster without
+        "logging_steps": 1,  # one metrics.jsonl line per step: the curves the report draws
+        "eval_strategy": "steps",
+        "eval_steps": 0.1,  # evaluate at every tenth of training (a fraction of max steps, as transformers allows)
+        "save_strategy": "no",  # best checkpoints are saved by BestCheckpointCallback; periodic ones when asked
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is a no-op (and a warning) on CPU
+    }
+
+
+def loss_plan(loaded: LoadedRecipe) -> LossPlan:
+    loss = loaded.recipe.loss
+    names = loss.type_list()
+    for name in names:
+        if name not in LOSSES:
+            close = difflib.get_close_matches(name, list(LOSSES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            message = f"unknown loss '{name}'{hint} (valid: {', '.join(LOSSES)})"
+            raise UserError(message, where=loaded.where("loss.type"))
+    if loss.weights is not None and len(loss.weights) != len(names):
+        raise UserError(
+            f"{len(loss.weights)} weights for {len(names)} losses ({', '.join(names)})",
+            where=loaded.where("loss.weights"),
+        )
+    if loss.weights is not None and len(names) == 1 and loss.weights != [1.0]:
+        raise UserError("weights only apply when loss.type is a list", where=loaded.where("loss.weights"))
+    accepted = {hp for name in names for hp in LOSSES[name].hyperparameters}
+    hyperparameters = {}
+    for key, unset in LOSS_HYPERPARAMETERS.items():
+        value = getattr(loss, key)
+        if value == unset:
+            continue
+        if key not in accepted:
+            users = sorted(n for n, spec in LOSSES.items() if key in spec.hyperparameters)
+            raise UserError(
+                f"does not apply to loss.type {names} (it is used by: {', '.join(users)})",
+                where=loaded.where(f"loss.{key}"),
+            )
+        hyperparameters[key] = value
+    if "exo_pair" in names and not hyperparameters.get("label_smoothing"):
+        raise UserError(
+            "exo_pair needs loss.label_smoothing > 0 (the EXO paper uses 1e-3)", where=loaded.where("loss.type")
+        )
+    weights = loss.weights or [1.0] * len(names)
+    return LossPlan(terms=tuple(zip(names, weights, strict=True)), beta=loss.beta, hyperparameters=hyperparameters)
+
+
+def _dpo_config_fields() -> dict[str, dataclasses.Field]:
+    from trl import DPOConfig
+
+    return {f.name: f for f in dataclasses.fields(DPOConfig) if f.init}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """A forgiving check of YAML values against a dataclass annotation (ints count as floats)."""
+    if annotation is Any or isinstance(annotation, str):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    base = origin or annotation
+    if base is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(base, type):
+        if base in (list, tuple):
+            return isinstance(value, list | tuple)
+        if base is dict:
+            return isinstance(value, dict)
+        if issubclass(base, str):  # str-valued enums (IntervalStrategy, ...) accept their string values
+            return isinstance(value, str)
+        return isinstance(value, base) or isinstance(value, str | dict)
+    return True
+
+
+def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
+    fields = _dpo_config_fields()
+    for key, value in loaded.recipe.training.items():
+        where = loaded.where(f"training.{key}")
+        if key in TRAINING_KEYS_ELSEWHERE:
+            raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", where=where)
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean 'training.{close[0]}'?" if close else ""
+            message = f"unknown key 'training.{key}'{hint} (not a trl.DPOConfig field)"
+            raise UserError(message, where=loaded.source(f"training.{key}"))
+        if not _type_ok(value, fields[key].type):
+            raise UserError(f"{value!r} is not of type {fields[key].type}", where=where)
+    return dict(loaded.recipe.training)
+
+
+def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
+    """The DPOConfig for a run in `run_dir`; raises UserError naming the recipe key when TRL rejects it."""
+    from trl import DPOConfig
+
+    recipe: Recipe = loaded.recipe
+    kwargs = {**_cpu_friendly_defaults(), **check_training(loaded)}
+    report_to = (["wandb"] if recipe.logging.wandb else []) + (["tensorboard"] if recipe.logging.tensorboard else [])
+    kwargs.update(
+        output_dir=str(run_dir / "checkpoints"),
+        seed=recipe.seed,
+        run_name=recipe.name,
+        beta=recipe.loss.beta,
+        report_to=report_to or "none",
+        disable_tqdm=not recipe.logging.progress_bar,
+    )
+    if recipe.logging.tensorboard:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    try:
+        return DPOConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        message = str(exc).splitlines()[0]
+        raise UserError(f"training: DPOConfig rejected the settings: {message}", where=str(loaded.path)) from None

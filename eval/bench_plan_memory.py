@@ -1,0 +1,257 @@
+"""How close is `dpo plan`'s memory estimate to the real peak of a DPO training step on CPU?
+
+For each case this runs DPO training steps the way TRL 1.16's DPOTrainer does them, in a fresh Python
+process so that peaks do not mix: the policy forwards chosen and rejected concatenated through TRL's fused
+LM head, the reference forwards the same batch under no_grad (LoRA: the policy with its adapter disabled;
+full fine-tuning: a frozen copy), the sigmoid DPO loss is backpropagated, gradients are clipped to norm 1
+and fused AdamW steps (the Trainer's default optimizer). Three steps, so the optimizer states exist.
+
+Measured: the process's peak resident memory (VmHWM in /proc/self/status) minus its resident memory just
+before the model was created, so the Python, torch and transformers runtime is not counted and the weights
+are. The high-water mark is reset after the model is built (/proc/self/clear_refs) so a loading transient
+does not count. Estimated: `dpo.plan.build_plan(...)` with device="cpu" for the same options.
+
+Cases: a tiny random Llama built here (LoRA, full, full with gradient checkpointing, LoRA in bfloat16) and
+the embedded SmolLM2-135M-Instruct (LoRA and full, 2 pairs x 128 tokens). About 3-5 minutes on 2 CPU cores
+(the first run also converts the embedded GGUF once, ~30 s).
+
+    python eval/bench_plan_memory.py            # all cases; writes eval/results/plan_memory.{json,md}
+    python eval/bench_plan_memory.py --only tiny-lora tiny-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "eval" / "results"
+TOLERANCE = 0.15  # |estimate / measured - 1| allowed, stated in the README
+
+TINY_CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 4096,
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+
+# name -> (model, batch pairs, seq_len, LoRA rank or None, dtype, gradient checkpointing)
+CASES = {
+    "tiny-lora": ("tiny", 4, 256, 16, "float32", False),
+    "tiny-full": ("tiny", 4, 256, None, "float32", False),
+    "tiny-full-ckpt": ("tiny", 4, 256, None, "float32", True),
+    "tiny-lora-bf16": ("tiny", 4, 256, 16, "bfloat16", False),
+    "smollm2-lora": ("smollm2-135m-instruct", 2, 128, 16, "float32", False),
+    "smollm2-full": ("smollm2-135m-instruct", 2, 128, None, "float32", False),
+}
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+STEPS = 3
+
+
+def _status(key: str) -> int:
+    """A VmRSS/VmHWM line of /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def run_case(name: str, tiny_dir: str) -> dict:
+    """One case, in this (fresh) process. Returns the measurement."""
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from dpo.models import load_model
+
+    model_name, pairs, seq_len, rank, dtype, checkpointing = CASES[name]
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    vocab = TINY_CONFIG["vocab_size"] if model_name == "tiny" else 49152
+    # A DPO batch: [chosen; rejected], padded to seq_len, loss on the completion (last 3/4) only
+    ids = torch.randint(3, vocab, (2 * pairs, seq_len))
+    mask = torch.ones_like(ids)
+    mask[0, -seq_len // 8 :] = 0
+    mask[pairs, -seq_len // 16 :] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, : seq_len // 4] = -100
+
+    before = _status("VmRSS")
+    if model_name == "tiny":
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=getattr(torch, dtype))
+    else:
+        model = load_model(model_name, dtype=dtype)
+    if rank is None:
+        reference = AutoModelForCausalLM.from_config(model.config, dtype=getattr(torch, dtype))
+        reference.load_state_dict(model.state_dict())
+        reference.eval().requires_grad_(False)
+        add_fused_lm_head(reference)
+        policy = model
+    else:
+        reference = None
+        policy = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS)))
+    add_fused_lm_head(
+        policy.get_base_model() if rank else policy, outputs=("log_probs", "entropy", "mean_logits", "is_top1")
+    )
+    if checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if rank:
+            policy.enable_input_require_grads()
+    policy.train()
+    for module in policy.modules():  # TRL's disable_dropout
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
+    reset = _reset_peak()
+
+    step_times = []
+    for _ in range(STEPS):
+        start = time.perf_counter()
+        out = policy(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        logps = out.log_probs.sum(-1)
+        with torch.no_grad():
+            if reference is None:
+                with policy.disable_adapter():
+                    ref = policy(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+            else:
+                ref = reference(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+        ref_logps = ref.log_probs.sum(-1)
+        chosen, rejected = logps.chunk(2)
+        ref_chosen, ref_rejected = ref_logps.chunk(2)
+        loss = -F.logsigmoid(0.1 * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del out, ref, logps, ref_logps, loss
+        step_times.append(time.perf_counter() - start)
+    return {
+        "measured_bytes": _status("VmHWM") - before,
+        "peak_reset": reset,
+        "step_seconds": round(sorted(step_times)[len(step_times) // 2], 2),
+    }
+
+
+def estimate(name: str, tiny_dir: str) -> dict:
+    from dpo.plan import PlanOptions, build_plan
+
+    model_name, pairs, seq_len, rank, dtype, checkpointing = CASES[name]
+    source = str(Path(tiny_dir) / "config.json") if model_name == "tiny" else model_name
+    options = PlanOptions(
+        dtype=dtype, batch_size=pairs, seq_len=seq_len, lora_rank=rank, lora_targets=LORA_TARGETS,
+        gradient_checkpointing=checkpointing, device="cpu",
+    )  # fmt: skip
+    plan = build_plan(source, options)
+    return {"estimate_bytes": plan.memory["total"], "plan": plan.to_dict(), "summary": plan.summary_line()}
+
+
+def write_tiny_model(path: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(TINY_CONFIG)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(CASES), help="run these cases only")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one case, JSON on stdout
+    parser.add_argument("--tiny-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.tiny_dir)))
+        return
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    names = args.only or list(CASES)
+    if any(CASES[n][0] != "tiny" for n in names):
+        from dpo.models import convert_embedded
+
+        convert_embedded("smollm2-135m-instruct")  # once, outside the measured processes
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_model(Path(tmp))
+        for name in names:
+            cmd = [sys.executable, __file__, "--case", name, "--tiny-dir", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                sys.exit(f"case {name} failed:\n{proc.stderr[-3000:]}")
+            measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = {"case": name, **measured, **estimate(name, tmp)}
+            row["ratio"] = round(row["estimate_bytes"] / row["measured_bytes"], 3)
+            row["within_tolerance"] = abs(row["ratio"] - 1) <= TOLERANCE
+            rows.append(row)
+            print(f"{name:16s} estimate {row['estimate_bytes'] / 2**20:8.1f} MiB  measured "
+                  f"{row['measured_bytes'] / 2**20:8.1f} MiB  ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
+    write_results(rows)
+
+
+def write_results(rows: list[dict]) -> None:
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": "python eval/bench_plan_memory.py",
+        "tolerance": TOLERANCE,
+        "steps_per_case": STEPS,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    (RESULTS / "plan_memory.json").write_text(json.dumps({**meta, "cases": rows}, indent=2) + "\n")
+    lines = [
+        "| case | setup | estimate (MiB) | measured peak (MiB) | estimate / measured | within ±"
+        f"{TOLERANCE:.0%} | peak phase (plan) | s/step |",
+        "|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for r in rows:
+        model, pairs, seq_len, rank, dtype, ckpt = CASES[r["case"]]
+        setup = f"{model}, {'LoRA r=' + str(rank) if rank else 'full'}, {dtype}, {pairs} pairs x {seq_len} tokens" + (
+            ", grad. ckpt" if ckpt else ""
+        )
+        lines.append(
+            f"| {r['case']} | {setup} | {r['estimate_bytes'] / 2**20:.0f} | {r['measured_bytes'] / 2**20:.0f} | "
+            f"{r['ratio']:.2f} | {'yes' if r['within_tolerance'] else 'NO'} | {r['plan']['peak_phase']} | "
+            f"{r['step_seconds']} |"
+        )
+    (RESULTS / "plan_memory.md").write_text(
+        f"Generated by `{meta['command']}` (torch {meta['versions']['torch']}, transformers "
+        f"{meta['versions']['transformers']}, TRL {meta['versions']['trl']}, {meta['machine']}).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

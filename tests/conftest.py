@@ -1,0 +1,105 @@
+"""Shared fixtures: a tiny random Llama with a character-level tokenizer, built here (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# No network at test time: the hub is off, wandb never syncs.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+ARITHMETIC = REPO / "data" / "arithmetic"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32) and a character-level tokenizer with a ChatML template, saved to `path`."""
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", unk_token="<|unk|>", eos_token="<|im_end|>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=vocab["<|pad|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir) -> Path:
+    """A recipe that trains the tiny model for 4 steps on the shipped arithmetic data, evaluating twice."""
+    return write_recipe(
+        tmp_path / "tiny.yaml",
+        {
+            "name": "tiny",
+            "seed": 0,
+            "model": {"name_or_path": str(tiny_model_dir)},
+            "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "data": {
+                "train": str(ARITHMETIC / "train.jsonl"),
+                "eval": str(ARITHMETIC / "eval.jsonl"),
+                "max_train_pairs": 32,
+                "max_eval_pairs": 8,
+            },
+            "loss": {"type": "sigmoid", "beta": 0.1},
+            "training": {
+                "learning_rate": 1e-2,
+                "max_steps": 4,
+                "per_device_train_batch_size": 4,
+                "per_device_eval_batch_size": 8,
+                "eval_steps": 2,
+            },
+            "logging": {"progress_bar": False},
+        },
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

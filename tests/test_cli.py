@@ -1,0 +1,52 @@
+"""The `dpo` command's error contract: exit 2, one `error:` line naming the file and key, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ARITHMETIC, REPO, write_recipe
+
+
+def run_dpo(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "dpo", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def good(tmp_path):
+    return write_recipe(tmp_path / "good.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ({"data": {"train": "x.jsonl"}, "los": {"beta": 0.1}}, "unknown key 'los'; did you mean 'loss'?"),
+        ({"data": {"train": "x.jsonl"}, "loss": {"beta": "high"}}, "loss.beta: Input should be a valid number"),
+        ({"data": {"train": "missing.jsonl"}}, "data.train: file"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "validate"])
+def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command):
+    path = write_recipe(tmp_path / "bad.yaml", recipe)
+    out_dir = tmp_path / "out"
+    args = [command, path] + (["--output-dir", out_dir] if command == "train" else [])
+    proc = run_dpo(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert str(path) in lines[0] or "data.train" in lines[0]
+    assert not out_dir.exists()
+
+
+def test_missing_recipe_file(tmp_path):
+    proc = run_dpo("validate", tmp_path / "none.yaml")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
+
+
+def test_validate_ok(good):
+    proc = run_dpo("validate", good, "--set", "loss.beta=0.2")
+    assert proc.returncode == 0, proc.stderr
+    assert "loss sigmoid (beta=0.2)" in proc.stdout and "held-out pairs" in proc.stdout

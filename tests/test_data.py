@@ -1,0 +1,110 @@
+"""Data loading, row validation, duplicate removal and the split by prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpo.data import prepare_data, row_problem, split_by_prompt
+from dpo.errors import UserError
+from dpo.recipe import DataSection
+
+
+def pair(prompt, chosen="yes", rejected="no"):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"prompt": "p", "chosen": "a"}, "missing column(s) rejected"),
+        (pair("p", chosen="  "), "'chosen' is empty"),
+        (pair("p", chosen="same", rejected="same"), "chosen equals rejected"),
+        (pair("p", chosen=3), "'chosen' is a int"),
+        ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}, "mixes strings"),
+        (
+            {
+                "prompt": [{"role": "wizard", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "role 'wizard'",
+        ),
+        ("just a string", "row is a str"),
+    ],
+)
+def test_row_problems(row, reason):
+    assert reason in row_problem(row)
+
+
+def test_good_rows_pass():
+    assert row_problem(pair("p")) is None
+
+
+def test_bad_row_error_names_file_and_row(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [pair("a"), pair("b", chosen=""), pair("c")])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path), seed=0)
+    assert str(err.value) == f"{path}: row 2: 'chosen' is empty"
+
+
+def test_truncated_jsonl_line_names_row(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(pair("a")) + "\n" + '{"prompt": "b", "cho')
+    with pytest.raises(UserError, match=r"t.jsonl: row 2: not valid JSON"):
+        prepare_data(DataSection(train=str(path)), seed=0)
+
+
+def test_missing_file_names_the_key(tmp_path):
+    with pytest.raises(UserError, match="data.train: file .* not found"):
+        prepare_data(DataSection(train=str(tmp_path / "nope.jsonl")), seed=0)
+
+
+def test_split_by_prompt_never_shares_a_prompt_and_is_seeded():
+    rows = [pair(f"p{i % 10}", chosen=f"c{i}", rejected=f"r{i}") for i in range(40)]
+    train, held = split_by_prompt(rows, 0.3, seed=1)
+    assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held})
+    assert len({r["prompt"] for r in held}) == 3 and len(train) + len(held) == 40
+    assert split_by_prompt(rows, 0.3, seed=1) == (train, held)
+
+
+def test_duplicates_dropped_and_card_counts(tmp_path):
+    rows = [pair(f"p{i}") for i in range(10)] + [pair("p0"), pair("p1")]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = prepare_data(DataSection(train=path, heldout_fraction=0.2), seed=0)
+    card = data.card
+    assert card["sources"]["train"]["rows_read"] == 12
+    assert card["sources"]["train"]["dropped"] == {"duplicate": 2}
+    assert card["split"]["train_pairs"] + card["split"]["eval_pairs"] == 10
+    assert card["split"]["eval_prompts"] == 2 and card["split"]["prompts_in_both"] == 0
+    assert len(card["content_hash"]["train"]) == 64
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet", ".csv"])
+def test_other_file_formats(tmp_path, suffix):
+    import datasets
+
+    rows = [pair(f"p{i}") for i in range(6)]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".parquet":
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    else:
+        datasets.Dataset.from_list(rows).to_csv(str(path), index=False)
+    data = prepare_data(DataSection(train=str(path), heldout_fraction=0.5), seed=0)
+    assert len(data.train) + len(data.eval) == 6
+
+
+def test_save_to_disk_directory(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([pair(f"p{i}") for i in range(4)]).save_to_disk(str(tmp_path / "ds"))
+    data = prepare_data(DataSection(train=str(tmp_path / "ds"), heldout_fraction=0.5), seed=0)
+    assert len(data.train) == 2 and len(data.eval) == 2

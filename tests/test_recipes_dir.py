@@ -1,0 +1,24 @@
+"""Every shipped recipe validates, and opens with a comment giving its launch command."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo.run import check
+from tests.conftest import REPO
+
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+RECIPES = [p for p in RECIPES if "sweeps" not in p.parts and "accelerate" not in p.parts]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_recipe_validates(path):
+    checked = check(path)
+    assert checked.data.card["split"]["train_pairs"] > 0
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
+def test_recipe_opens_with_launch_command(path):
+    first_lines = path.read_text().splitlines()[:4]
+    assert first_lines[0].startswith("# ")
+    assert any(f"dpo train recipes/{path.relative_to(REPO / 'recipes')}" in line for line in first_lines)
