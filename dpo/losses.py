@@ -244,6 +244,41 @@ def compute_loss(name: str, tensors: dict[str, Tensor], *, beta: float, **hyperp
     return spec.fn(**{k: tensors[k] for k in spec.inputs}, beta=beta, **kwargs)
 
 
+# ---- f-divergence links (f-DPO, Wang et al. 2023, arXiv 2309.16240, Thm. 1) ------------------------
+# The log-ratio u = log pi/pi_ref is replaced by f'(exp(u)) before it enters a loss that takes "scores".
+
+
+def reverse_kl_scores(logratios: Tensor, alpha: float) -> Tensor:
+    """f'(t) = log t + 1; the constant cancels in the chosen-rejected difference: plain DPO."""
+    return logratios
+
+
+def forward_kl_scores(logratios: Tensor, alpha: float) -> Tensor:
+    """f'(t) = 1 - 1/t."""
+    return 1 - torch.exp(-logratios)
+
+
+def js_divergence_scores(logratios: Tensor, alpha: float) -> Tensor:
+    """f'(t) = log(2t / (t + 1)) = log 2 + log sigmoid(u)."""
+    return math.log(2) + F.logsigmoid(logratios)
+
+
+def alpha_divergence_scores(logratios: Tensor, alpha: float) -> Tensor:
+    """f'(t) = (t^(alpha-1) - 1) / (alpha - 1); alpha -> 1 is reverse KL. Exponent clamped as TRL does."""
+    if abs(alpha - 1.0) < 1e-6:
+        return logratios
+    t = torch.clamp(((alpha - 1.0) * logratios).float(), max=80.0)
+    return (torch.exp(t) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
+
+
+F_DIVERGENCES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "reverse_kl": reverse_kl_scores,
+    "forward_kl": forward_kl_scores,
+    "js_divergence": js_divergence_scores,
+    "alpha_divergence": alpha_divergence_scores,
+}
+
+
 def cdpo_optimal_margin(label_smoothing: float) -> float:
     """beta * Delta at the cDPO optimum: log((1 - eps) / eps). Used by tests and reports."""
     return math.log((1 - label_smoothing) / label_smoothing)

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dpo.errors import UserError
+
 
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (no Python tags), reading `1e-5` as a float the way YAML 1.2 and users do."""
@@ -74,6 +75,33 @@ class DataSection(Section):
     max_eval_pairs: int | None = Field(None, gt=0, description="Use only the first N held-out pairs.")
 
 
+class BetaScheduleSection(Section):
+    """How beta moves during training (dpo/beta.py). Keys of another kind are errors, not ignored."""
+
+    type: Literal["constant", "linear", "cosine", "adaptive"] = Field("constant", description="Schedule kind.")
+    end: float | None = Field(None, gt=0, description="linear/cosine: beta at the last step (starts at loss.beta).")
+    alpha: float | None = Field(None, ge=0, description="adaptive (beta-DPO): sensitivity to the batch reward gap.")
+    momentum: float | None = Field(None, ge=0, lt=1, description="adaptive: moving-average momentum of the gap.")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="adaptive: share of each batch kept by beta-guided data filtering."
+    )
+
+    @model_validator(mode="after")
+    def _keys_match_type(self):
+        allowed = {
+            "constant": set(),
+            "linear": {"end"},
+            "cosine": {"end"},
+            "adaptive": {"alpha", "momentum", "keep_fraction"},
+        }
+        for key in ("end", "alpha", "momentum", "keep_fraction"):
+            if getattr(self, key) is not None and key not in allowed[self.type]:
+                raise ValueError(f"'{key}' does not apply to beta_schedule type '{self.type}'")
+        if self.type in ("linear", "cosine") and self.end is None:
+            raise ValueError(f"beta_schedule type '{self.type}' needs 'end' (the final beta)")
+        return self
+
+
 class LossSection(Section):
     """The preference loss. Hyperparameters a chosen loss does not use must stay unset (see losses.py)."""
 
@@ -85,9 +113,41 @@ class LossSection(Section):
     )
     dpop_lambda: float | None = Field(None, ge=0, description="DPO-Positive penalty weight (loss `dpop`).")
     discopop_tau: float | None = Field(None, gt=0, description="DiscoPOP temperature (loss `discopop`).")
+    beta_schedule: BetaScheduleSection = Field(default_factory=BetaScheduleSection)
 
     def type_list(self) -> list[str]:
         return [self.type] if isinstance(self.type, str) else list(self.type)
+
+
+class SyncRefSection(Section):
+    """TR-DPO (arXiv 2404.09656): move the reference toward the policy during training."""
+
+    every: int = Field(512, gt=0, description="Steps between reference updates.")
+    mixup: float = Field(0.6, ge=0, le=1, description="ref <- mixup * policy + (1 - mixup) * ref.")
+
+
+class RegularizersSection(Section):
+    """Terms beyond the loss. Each is off by default; each that is set must apply (checked)."""
+
+    nll_weight: float = Field(0.0, ge=0, description="RPO: weight of the chosen answers' NLL term (arXiv 2404.19733).")
+    neftune_alpha: float | None = Field(
+        None, gt=0, description="NEFTune embedding noise (arXiv 2310.05914), policy forward only."
+    )
+    sync_ref: SyncRefSection | None = Field(None, description="TR-DPO reference syncing (full fine-tuning only).")
+    wpo: bool = Field(False, description="WPO: weight pairs by their probability under the policy (arXiv 2406.11827).")
+    ld_alpha: float | None = Field(
+        None, ge=0, le=1, description="LD-DPO: weight of tokens past the shorter answer (arXiv 2409.06411)."
+    )
+    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = Field(
+        "reverse_kl", description="f-DPO divergence (arXiv 2309.16240); reverse_kl is plain DPO."
+    )
+    f_alpha: float | None = Field(None, gt=0, description="alpha of alpha_divergence.")
+
+    @model_validator(mode="after")
+    def _f_alpha_needs_alpha_divergence(self):
+        if self.f_alpha is not None and self.f_divergence != "alpha_divergence":
+            raise ValueError("'f_alpha' applies only to f_divergence 'alpha_divergence'")
+        return self
 
 
 class EarlyStoppingSection(Section):
@@ -117,6 +177,7 @@ class Recipe(Section):
     peft: PeftSection | None = Field(default_factory=PeftSection, description="null = full fine-tuning.")
     data: DataSection
     loss: LossSection = Field(default_factory=LossSection)
+    regularizers: RegularizersSection = Field(default_factory=RegularizersSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
     training: dict[str, Any] = Field(default_factory=dict, description="Passed through to trl.DPOConfig.")
     logging: LoggingSection = Field(default_factory=LoggingSection)
@@ -190,6 +251,8 @@ def _describe(err: dict, key: str) -> str:
         return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
     if kind == "missing":
         return f"required key '{key}' is missing"
+    if kind == "value_error":  # our own model validators: the message is the whole story
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
     return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
@@ -216,7 +279,13 @@ def _section_type(annotation) -> type[BaseModel] | None:
 
 
 def source_of(provenance: dict[str, str], key: str, default: str) -> str:
-    """The file that set `key`, falling back to its parents (a section set as a whole)."""
+    """The file that set `key`, falling back to its parents (a section set as a whole).
+
+    For an error about a whole section (a cross-key check), a key under it set by --set is the
+    likeliest culprit, so --set wins there.
+    """
+    if any(k.startswith(f"{key}.") and src == SET_SOURCE for k, src in provenance.items()):
+        return SET_SOURCE
     parts = key.split(".")
     while parts:
         found = provenance.get(".".join(parts))

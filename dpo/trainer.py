@@ -16,23 +16,37 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOTrainer
 
-from dpo.losses import LOSSES, compute_loss
+from dpo.beta import BetaController
+from dpo.losses import F_DIVERGENCES, LOSSES, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
 
 @dataclass(frozen=True)
 class LossPlan:
-    """What the trainer optimises: weighted loss terms and their hyperparameters (from the recipe)."""
+    """What the trainer optimises (built from the recipe by dpo/trainer_config.py).
+
+    terms            weighted loss names from LOSSES, summed
+    beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training
+    hyperparameters  loss hyperparameters (label_smoothing, dpop_lambda, ...), passed to the losses that take them
+    f_divergence     link applied to the log-ratios of losses that take "scores" (f-DPO)
+    neftune_alpha    NEFTune noise on the policy's input embeddings while training (never on the reference)
+    """
 
     terms: tuple[tuple[str, float], ...] = (("sigmoid", 1.0),)
     beta: float = 0.1
     hyperparameters: dict[str, float] = field(default_factory=dict)
+    beta_schedule: dict = field(default_factory=dict)
+    f_divergence: str = "reverse_kl"
+    f_alpha: float = 0.5
+    neftune_alpha: float | None = None
 
     def __post_init__(self):
         unknown = [name for name, _ in self.terms if name not in LOSSES]
         if unknown:
             raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
+        if self.f_divergence not in F_DIVERGENCES:
+            raise ValueError(f"unknown f-divergence {self.f_divergence}; known: {sorted(F_DIVERGENCES)}")
 
 
 class Trainer(DPOTrainer):
@@ -40,12 +54,28 @@ class Trainer(DPOTrainer):
 
     def __init__(self, *args, loss_plan: LossPlan, **kwargs):
         self.loss_plan = loss_plan
+        self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
+        self._neftune_on = False
         super().__init__(*args, **kwargs)
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
+        if loss_plan.neftune_alpha is not None:
+            embeddings = self.accelerator.unwrap_model(self.model).get_input_embeddings()
+            embeddings.register_forward_hook(self._neftune_hook)
 
-    @property
-    def current_beta(self) -> float:
-        return self.beta
+    def _neftune_hook(self, module, inputs, output):
+        """NEFTune (arXiv 2310.05914, Alg. 1): uniform noise of scale alpha / sqrt(L * d) on the embeddings.
+
+        Only while `_neftune_on`, i.e. inside the policy's training forward. transformers' own NEFTune
+        hook fires on every forward in training mode, which under LoRA includes the reference forward
+        (same module, adapter disabled) and would perturb the reference too.
+        """
+        if not self._neftune_on:
+            return output
+        scale = self.loss_plan.neftune_alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    def _beta_for_step(self) -> float:
+        return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
 
     def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch."""
@@ -55,7 +85,11 @@ class Trainer(DPOTrainer):
             model_kwargs["output_router_logits"] = True
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        self._neftune_on = self.loss_plan.neftune_alpha is not None and model.training
+        try:
+            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        finally:
+            self._neftune_on = False
         shift_mask = completion_mask[..., 1:]
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens.
         per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]
@@ -86,6 +120,7 @@ class Trainer(DPOTrainer):
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
+        link = F_DIVERGENCES[self.loss_plan.f_divergence]
         tensors = {
             "chosen_logps": chosen_logps,
             "rejected_logps": rejected_logps,
@@ -93,16 +128,21 @@ class Trainer(DPOTrainer):
             "ref_rejected_logps": ref_rejected_logps,
             "chosen_logratios": chosen_logratios,
             "rejected_logratios": rejected_logratios,
-            "chosen_scores": chosen_logratios,
-            "rejected_scores": rejected_logratios,
+            "chosen_scores": link(chosen_logratios, self.loss_plan.f_alpha),
+            "rejected_scores": link(rejected_logratios, self.loss_plan.f_alpha),
             "chosen_lengths": chosen_lengths.to(logps.dtype),
             "rejected_lengths": rejected_lengths.to(logps.dtype),
         }
-        beta = self.current_beta
-        loss = sum(
-            weight * compute_loss(name, tensors, beta=beta, **self.loss_plan.hyperparameters).mean()
-            for name, weight in self.loss_plan.terms
-        )
+        beta, keep = self._beta_for_step(), None
+        if self.beta_controller.kind == "adaptive" and mode == "train":
+            beta, keep = self.beta_controller.adapt(chosen_logratios - rejected_logratios)
+        weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
+        loss = 0.0
+        for name, weight in self.loss_plan.terms:
+            per_pair = compute_loss(name, tensors, beta=beta, **self.loss_plan.hyperparameters)
+            if weights is not None:
+                per_pair = per_pair * weights
+            loss = loss + weight * (per_pair.mean() if keep is None else per_pair[keep].mean())
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
@@ -111,6 +151,17 @@ class Trainer(DPOTrainer):
                 outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
             return loss, outputs
         return loss
+
+    def _wpo_weights(self, per_token_logps, outputs, inputs) -> torch.Tensor:
+        """WPO (arXiv 2406.11827, Eq. 2) as TRL computes it: exp of the length-normalised, probability-aligned
+        log-prob of each answer under the policy, chosen times rejected, without gradient."""
+        shift_mask = inputs["completion_mask"][..., 1:]
+        seq_len = shift_mask.size(1)
+        with torch.no_grad():
+            aligned = (per_token_logps - outputs.log_sum_sq_probs[:, -seq_len:]) * shift_mask
+            weights = torch.exp(aligned.sum(dim=1) / shift_mask.sum(dim=1).clamp_min(1))
+        chosen_weights, rejected_weights = weights.chunk(2)
+        return chosen_weights * rejected_weights
 
     # ---- metrics: TRL's names, then ours ----
 

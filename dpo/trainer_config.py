@@ -42,6 +42,14 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "model_init_kwargs": "model.dtype / model.trust_remote_code",
     "trust_remote_code": "model.trust_remote_code",
     "resume_from_checkpoint": "the --resume option",
+    "use_weighting": "regularizers.wpo",
+    "ld_alpha": "regularizers.ld_alpha",
+    "f_divergence_type": "regularizers.f_divergence",
+    "f_alpha_divergence_coef": "regularizers.f_alpha",
+    "sync_ref_model": "regularizers.sync_ref",
+    "ref_model_sync_steps": "regularizers.sync_ref.every",
+    "ref_model_mixup_alpha": "regularizers.sync_ref.mixup",
+    "neftune_noise_alpha": "regularizers.neftune_alpha (ours perturbs the policy only, never the reference)",
 }
 
 # Loss hyperparameters in the recipe's `loss` section, and the value that means "not set".
@@ -100,8 +108,66 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
         raise UserError(
             "exo_pair needs loss.label_smoothing > 0 (the EXO paper uses 1e-3)", where=loaded.where("loss.type")
         )
-    weights = loss.weights or [1.0] * len(names)
-    return LossPlan(terms=tuple(zip(names, weights, strict=True)), beta=loss.beta, hyperparameters=hyperparameters)
+    terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
+    reg = loaded.recipe.regularizers
+    if reg.nll_weight > 0:
+        if "sft" in names:
+            raise UserError(
+                "the NLL term is already in loss.type (sft); drop one", where=loaded.where("regularizers.nll_weight")
+            )
+        terms.append(("sft", reg.nll_weight))
+    _check_regularizers(loaded, names)
+    schedule = loss.beta_schedule.model_dump(exclude_none=True)
+    return LossPlan(
+        terms=tuple(terms),
+        beta=loss.beta,
+        hyperparameters=hyperparameters,
+        beta_schedule={"kind": schedule.pop("type"), **schedule},
+        f_divergence=reg.f_divergence,
+        f_alpha=reg.f_alpha if reg.f_alpha is not None else 0.5,
+        neftune_alpha=reg.neftune_alpha,
+    )
+
+
+def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
+    """Regularizers that cannot work with the chosen losses or model setup are errors naming both keys."""
+    recipe = loaded.recipe
+    reg = recipe.regularizers
+    if reg.f_divergence != "reverse_kl":
+        unsupported = [n for n in names if not LOSSES[n].supports_f_divergence and n != "sft"]
+        if unsupported:
+            supported = sorted(n for n, spec in LOSSES.items() if spec.supports_f_divergence)
+            raise UserError(
+                f"does not apply to loss.type {unsupported} (f-divergences work with: {', '.join(supported)})",
+                where=loaded.where("regularizers.f_divergence"),
+            )
+    if reg.wpo and {"aot", "aot_unpaired"} & set(names):
+        raise UserError(
+            "does not apply to the aot losses (they sort the batch, which misaligns per-pair weights)",
+            where=loaded.where("regularizers.wpo"),
+        )
+    if reg.sync_ref is not None:
+        if recipe.peft is not None:
+            raise UserError(
+                "needs full fine-tuning (peft: null): with LoRA the reference is the adapter-disabled base, "
+                "which cannot be synced",
+                where=loaded.where("regularizers.sync_ref"),
+            )
+        if recipe.training.get("precompute_ref_log_probs"):
+            raise UserError(
+                "conflicts with training.precompute_ref_log_probs (a synced reference makes them stale)",
+                where=loaded.where("regularizers.sync_ref"),
+            )
+    schedule = recipe.loss.beta_schedule
+    if (
+        schedule.type == "adaptive"
+        and schedule.keep_fraction not in (None, 1.0)
+        and {"aot", "aot_unpaired"} & set(names)
+    ):
+        raise UserError(
+            "keep_fraction filtering does not apply to the aot losses (they sort the whole batch)",
+            where=loaded.where("loss.beta_schedule.keep_fraction"),
+        )
 
 
 def _dpo_config_fields() -> dict[str, dataclasses.Field]:
@@ -160,7 +226,16 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     recipe: Recipe = loaded.recipe
     kwargs = {**_cpu_friendly_defaults(), **check_training(loaded)}
     report_to = (["wandb"] if recipe.logging.wandb else []) + (["tensorboard"] if recipe.logging.tensorboard else [])
+    reg = recipe.regularizers
     kwargs.update(
+        use_weighting=reg.wpo,
+        ld_alpha=reg.ld_alpha,
+        sync_ref_model=reg.sync_ref is not None,
+        **(
+            {"ref_model_sync_steps": reg.sync_ref.every, "ref_model_mixup_alpha": reg.sync_ref.mixup}
+            if reg.sync_ref
+            else {}
+        ),
         output_dir=str(run_dir / "checkpoints"),
         seed=recipe.seed,
         run_name=recipe.name,
