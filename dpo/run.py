@@ -144,8 +144,14 @@ def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None =
     return summary
 
 
-def execute(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False):
-    """`train`, also returning the trainer (for tests and notebooks that inspect the model)."""
+def execute(
+    recipe_path: str | Path,
+    overrides=(),
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: list | None = None,
+):
+    """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours."""
     from transformers.trainer_callback import ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
@@ -168,7 +174,8 @@ def execute(recipe_path: str | Path, overrides=(), output_dir: str | Path | None
         warmup_steps=stopping.warmup_steps,
         keep_best=stopping.patience is not None,
     )
-    trainer = build_trainer(checked, run_dir, [MetricsFileCallback(run_dir / "metrics.jsonl"), best])
+    own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
+    trainer = build_trainer(checked, run_dir, [*(callbacks or []), *own])
     if not trainer.args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())

@@ -110,3 +110,13 @@ def test_python_api_matches_cli_contract(tiny_recipe, tmp_path):
     assert summary["steps"] == 2 and json.loads((tmp_path / "a" / "summary.json").read_text()) == json.loads(
         json.dumps(summary)
     )
+
+
+def test_precomputed_reference_logps_give_the_same_run(tiny_recipe, tmp_path):
+    """TRL's precompute_ref_log_probs (used by the quickstart to halve evaluation cost) changes no number."""
+    online, _ = execute(tiny_recipe, ["training.max_steps=2"], output_dir=tmp_path / "online")
+    pre, _ = execute(
+        tiny_recipe, ["training.max_steps=2", "training.precompute_ref_log_probs=true"], output_dir=tmp_path / "pre"
+    )
+    for key in ("eval_loss", "eval_rewards/margins", "eval_logps/chosen", "eval_logratios/rejected"):
+        assert pre["final_metrics"][key] == pytest.approx(online["final_metrics"][key], rel=1e-4, abs=1e-6), key
