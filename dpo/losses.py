@@ -237,6 +237,18 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+def markdown_table() -> str:
+    """The README's loss table, built from LOSSES so the docs cannot drift from the code."""
+    rows = [
+        "| `loss.type` | what it is | hyperparameters (besides beta) | `regularizers.f_divergence` |",
+        "|---|---|---|---|",
+    ]
+    for spec in LOSSES.values():
+        hps = ", ".join(f"`{k}`" for k in spec.hyperparameters) or "-"
+        rows.append(f"| `{spec.name}` | {spec.summary} | {hps} | {'yes' if spec.supports_f_divergence else '-'} |")
+    return "\n".join(rows)
+
+
 def compute_loss(name: str, tensors: dict[str, Tensor], *, beta: float, **hyperparameters: float) -> Tensor:
     """Call loss `name` with the tensors its signature asks for; returns the per-example loss (B,)."""
     spec = LOSSES[name]

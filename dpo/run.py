@@ -104,18 +104,14 @@ def _read_netrc() -> str:
         return ""
 
 
-def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
-    """Model, tokenizer, LoRA and our Trainer for a checked recipe."""
+def trainer_inputs(checked: CheckedRecipe, run_dir: Path, callbacks: list) -> dict:
+    """The keyword arguments of a (TRL or our) DPOTrainer for a checked recipe: model, tokenizer, LoRA, data."""
     from peft import LoraConfig
 
     from dpo.models import load_model, load_tokenizer
-    from dpo.trainer import Trainer
     from dpo.trainer_config import build_dpo_config
 
     recipe = checked.recipe
-    args = build_dpo_config(checked.loaded, run_dir)
-    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
-    model = load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code)
     peft_config = None
     if recipe.peft is not None:
         peft_config = LoraConfig(
@@ -126,16 +122,22 @@ def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
             task_type="CAUSAL_LM",
         )
     train_ds, eval_ds = checked.data.datasets()
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-        loss_plan=checked.loss_plan,
-    )
+    return {
+        "model": load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code),
+        "args": build_dpo_config(checked.loaded, run_dir),
+        "train_dataset": train_ds,
+        "eval_dataset": eval_ds,
+        "processing_class": load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code),
+        "peft_config": peft_config,
+        "callbacks": callbacks,
+    }
+
+
+def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
+    """Our Trainer for a checked recipe."""
+    from dpo.trainer import Trainer
+
+    return Trainer(**trainer_inputs(checked, run_dir, callbacks), loss_plan=checked.loss_plan)
 
 
 def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False) -> dict:
@@ -152,7 +154,7 @@ def execute(
     callbacks: list | None = None,
 ):
     """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
 
@@ -176,6 +178,9 @@ def execute(
     )
     own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
     trainer = build_trainer(checked, run_dir, [*(callbacks or []), *own])
+    # transformers prints a dict per log event; metrics.jsonl has them all, the terminal gets a bar and a
+    # line per evaluation (or nothing, with logging.progress_bar: false).
+    trainer.remove_callback(PrinterCallback)
     if not trainer.args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())

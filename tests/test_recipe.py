@@ -60,6 +60,7 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("peft=null", ("peft", None)),
         ("loss.type=[sigmoid, sft]", ("loss.type", ["sigmoid", "sft"])),
         ("logging.wandb=true", ("logging.wandb", True)),
+        ("training.save_strategy=no", ("training.save_strategy", "no")),  # YAML 1.2: not False
         ("name=my run", ("name", "my run")),
     ],
 )
