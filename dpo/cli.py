@@ -63,6 +63,49 @@ def validate(
     )
 
 
+@app.command()
+def plan(
+    source: Annotated[str, typer.Argument(help="config.json, local model directory, or model alias.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Preference pairs per device.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (prompt + answer).")] = 512,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
+    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = (
+        "q_proj,k_proj,v_proj,o_proj"
+    ),
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
+    reference: Annotated[str, typer.Option(help="auto | copy | adapter | precomputed.")] = "auto",
+    optimizer: Annotated[str, typer.Option(help="adamw | adamw_8bit | sgd.")] = "adamw",
+    device: Annotated[str, typer.Option(help="cuda | cpu (which fused LM head TRL runs).")] = "cuda",
+    autocast: Annotated[str | None, typer.Option(help="bfloat16 | float16 autocast over float32 weights.")] = None,
+    gpu_memory: Annotated[float | None, typer.Option(help="Device memory in GiB: find the largest batch.")] = None,
+):
+    """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded)."""
+    import json
+
+    from dpo.plan import PlanOptions, build_plan
+
+    options = PlanOptions(
+        dtype=dtype,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lora_rank=lora_rank or None,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+        gradient_checkpointing=gradient_checkpointing,
+        reference=reference,
+        optimizer=optimizer,
+        device=device,
+        autocast=autocast,
+        gpu_memory_gib=gpu_memory,
+    )
+    try:
+        result = build_plan(source, options)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
+
+
 def main() -> None:
     try:
         app()

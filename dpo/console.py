@@ -25,3 +25,8 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         f"stop reason: {summary['stop_reason']}, best {best['name']} = {best['value']} ({best['mode']}), "
         f"final weights: {summary['final_weights']}"
     )
+    overfitting = summary.get("overfitting") or {}
+    if overfitting.get("onset_step") is not None:
+        console.print(f"overfitting onset at step {overfitting['onset_step']} ({overfitting['metric']})")
+    for warning in overfitting.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")

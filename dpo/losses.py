@@ -10,6 +10,8 @@ is its contract:
                                               reverse KL, i.e. plain DPO); a loss that takes scores
                                               supports `regularizers.f_divergence`, others do not
       chosen_lengths, rejected_lengths        completion token counts (for length-normalised losses)
+      chosen_scored_tokens                    completion tokens that carry a log-prob (a token at position 0
+                                              has none; differs from chosen_lengths only under truncation)
   * keyword-only parameters after `*` are its hyperparameters (`beta` always; `label_smoothing`,
     `dpop_lambda`, ... only where the loss uses them). The trainer and the recipe validation read
     them from the signature, so a knob a loss does not take is an error, never silently ignored.
@@ -171,14 +173,14 @@ def dpop(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, d
     return logistic(beta * (chosen_logratios - rejected_logratios - penalty))
 
 
-def sft(chosen_logps: Tensor, chosen_lengths: Tensor, *, beta: float) -> Tensor:
+def sft(chosen_logps: Tensor, chosen_scored_tokens: Tensor, *, beta: float) -> Tensor:
     """NLL of the chosen answers, token-averaged over the batch (RPO's NLL term, arXiv 2404.19733, Eq. 3).
 
     Returned per example so that its mean over the batch is -sum(logp_w) / sum(|y_w|), TRL's `sft`
     value. beta is accepted for a uniform call and not used: the NLL term has no KL strength.
     """
     del beta
-    return -chosen_logps * chosen_logps.numel() / chosen_lengths.sum().clamp(min=1)
+    return -chosen_logps * chosen_logps.numel() / chosen_scored_tokens.sum().clamp(min=1)
 
 
 @dataclass(frozen=True)

@@ -592,19 +592,16 @@ def _meta_device(config) -> tuple[ParameterCount, Architecture]:
         parts[component] = parts.get(component, 0) + param.numel()
     linears: dict[Linear, int] = {}
     output = model.get_output_embeddings()
-    for module in model.modules():
-        if module is output:
-            continue
-        leaf = _module_linear(model, module)
+    for name, module in model.named_modules():
+        leaf = None if module is output else _as_linear(name.rsplit(".", 1)[-1], module)
         if leaf is not None:
             linears[leaf] = linears.get(leaf, 0) + 1
     return ParameterCount(sum(parts.values()), parts, "meta-device"), _generic_architecture(config, model, linears)
 
 
-def _module_linear(model, module) -> Linear | None:
+def _as_linear(name: str, module) -> Linear | None:
     import torch
 
-    name = next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is module), "")
     if isinstance(module, torch.nn.Linear):
         return Linear(name, module.in_features, module.out_features, module.bias is not None)
     if type(module).__name__ == "Conv1D":  # GPT-2 style: weight is (in, out)
@@ -794,22 +791,25 @@ def _block_matmul_weights(block: Block) -> int:
 
 
 def _activation_bytes(arch: Architecture, ctx: _Ctx, tokens: int, checkpointing: bool) -> tuple[float, float]:
-    """(activations kept until backward, the largest single layer's share) for `tokens` tokens."""
+    """(bytes kept from the end of the forward until backward, bytes one layer keeps) for `tokens` tokens.
+
+    With gradient checkpointing each layer keeps only its input hidden states (residual stream, weight dtype);
+    the backward pass recomputes one layer at a time, so one layer's activations come back on top, but only
+    after the LM head's backward is done.
+    """
     # under autocast every matmul keeps the compute-dtype copy of its weight for the input gradient, frozen
     # or not: a per-forward copy of the layer weights, whatever the number of tokens
     cast = ctx.cb if ctx.autocast else 0
     per_layer = [(_block_saved(b, ctx) * tokens + cast * _block_matmul_weights(b), n) for b, n in arch.blocks]
-    largest = max(b for b, _ in per_layer)
+    layer = max(b for b, _ in per_layer)
     # once per forward: the final norm, the fused head's copy of the shifted hidden states, its fp32 log-Z,
     # entropy and int64 targets, the embedding's int64 ids, the boolean 4-D mask
     once = _norm_saved(ctx, arch.final_norm, arch.hidden) + ctx.wb * arch.hidden + 4 + 4 + 8 + 8 + ctx.seq_len
     if checkpointing:
-        # each layer keeps only its input hidden states (residual stream, weight dtype); the backward pass
-        # recomputes one layer at a time, so one layer's activations are alive on top
-        kept = arch.layers * ctx.wb * arch.hidden * tokens + largest
+        kept = arch.layers * ctx.wb * arch.hidden * tokens
     else:
         kept = sum(b * n for b, n in per_layer)
-    return kept + once * tokens, largest
+    return kept + once * tokens, layer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -842,8 +842,11 @@ def _estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str,
 
     ctx = _Ctx(options.seq_len, cb, wb, not lora, options.autocast is not None, rank, options.lora_targets)
     tokens = 2 * options.batch_size * options.seq_len  # chosen and rejected, concatenated
-    acts, layer_ws = _activation_bytes(arch, ctx, tokens, options.gradient_checkpointing)
-    acts_other, _ = _activation_bytes(arch, ctx, tokens, not options.gradient_checkpointing)
+    ckpt = options.gradient_checkpointing
+    kept, layer = _activation_bytes(arch, ctx, tokens, ckpt)
+    kept_other, _ = _activation_bytes(arch, ctx, tokens, not ckpt)
+    # activations at their largest: with checkpointing, plus the one layer recomputed in backward
+    acts, acts_other = (kept + layer, kept_other) if ckpt else (kept, kept_other + layer)
 
     scored = 2 * options.batch_size * (options.seq_len - 1)  # positions the fused head scores
     tile = min(scored, _HEAD_TOKENS) * min(V, _HEAD_VOCAB)
@@ -870,8 +873,10 @@ def _estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str,
         "runtime": RUNTIME_BYTES[options.device],
     }
     phases = {
-        "forward": acts + max(head_fwd, layer_ws),
-        "backward": acts + max(head_bwd, layer_ws) + head_grad,
+        # one layer's working set in forward (no_grad reference included); in backward the gradients of one
+        # layer's activations, and with checkpointing that layer's recomputed activations as well
+        "forward": kept + max(head_fwd, layer),
+        "backward": kept + max(head_bwd, (2 if ckpt else 1) * layer) + head_grad,
         "end of backward": late_bwd,
     }
     phase = max(phases, key=phases.get)
@@ -882,8 +887,8 @@ def _estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str,
         "trainable": trainable,
         "phase": phase,
         "activations": {
-            "without_checkpointing": int(acts_other if options.gradient_checkpointing else acts),
-            "with_checkpointing": int(acts if options.gradient_checkpointing else acts_other),
+            "without_checkpointing": int(acts_other if ckpt else acts),
+            "with_checkpointing": int(acts if ckpt else acts_other),
         },
     }
 

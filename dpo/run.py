@@ -47,20 +47,41 @@ class CheckedRecipe:
 
 def check(recipe_path: str | Path, overrides=()) -> CheckedRecipe:
     """Load and check a recipe and its data without loading a model."""
-    from dpo.models import EMBEDDED_MODELS, resolve_model_path
+    from dpo.models import EMBEDDED_MODELS, load_config
     from dpo.trainer_config import check_training, loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
     plan = loss_plan(loaded)
     training = check_training(loaded)
     name = loaded.recipe.model.name_or_path
-    if name not in EMBEDDED_MODELS:
+    if name not in EMBEDDED_MODELS:  # a local dir or hub id: its config must load (offline: a clear error)
         try:
-            resolve_model_path(name)
+            load_config(name)
         except UserError as exc:
             message = str(exc).removeprefix("model.name_or_path: ")
             raise UserError(message, where=loaded.where("model.name_or_path")) from None
     return CheckedRecipe(loaded, prepare_data(loaded.recipe.data, loaded.recipe.seed), plan, training)
+
+
+def plan_line(checked: CheckedRecipe) -> str:
+    """The memory planner's one-line summary for this recipe (printed when training starts)."""
+    import torch
+
+    from dpo.plan import PlanOptions, build_plan
+
+    recipe, training = checked.recipe, checked.training
+    targets = recipe.peft.target_modules if recipe.peft else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    options = PlanOptions(
+        dtype=recipe.model.dtype,
+        batch_size=training.get("per_device_train_batch_size", 8),
+        seq_len=training.get("max_length") or 1024,
+        lora_rank=recipe.peft.r if recipe.peft else None,
+        lora_targets=("all-linear",) if targets == "all-linear" else tuple(targets),
+        gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
+        reference="precomputed" if training.get("precompute_ref_log_probs") else "auto",
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    return build_plan(recipe.model.name_or_path, options).summary_line()
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -157,6 +178,7 @@ def execute(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+    from dpo.diagnostics import overfitting_block
 
     started = time.time()
     checked = check(recipe_path, overrides)
@@ -166,6 +188,10 @@ def execute(
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     _write_json(run_dir / "data_card.json", checked.data.card)
     _configure_wandb(recipe, run_dir)
+    try:
+        print(plan_line(checked), flush=True)
+    except UserError as exc:  # a model family the planner cannot count is no reason not to train
+        print(f"plan: not available ({exc})", flush=True)
 
     stopping = recipe.early_stopping
     best = BestCheckpointCallback(
@@ -211,6 +237,7 @@ def execute(
         "best_metrics": _eval_at(trainer.state.log_history, best.best_step) or _eval_only(initial),
         "final_metrics": _last_metrics(trainer.state.log_history),
         "train_loss": train_output.training_loss,
+        "overfitting": overfitting_block(trainer.state.log_history, stopping.metric, stopping.patience, stopping.mode),
         "runtime_s": round(time.time() - started, 2),
         "run_dir": str(run_dir),
     }

@@ -11,6 +11,7 @@ Written against TRL 1.16 (pinned in pyproject.toml).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,8 @@ from dpo.beta import BetaController
 from dpo.losses import F_DIVERGENCES, LOSSES, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+# Train metrics compared with their held-out values at each evaluation (dpo/diagnostics.py explains the signs).
+_GAP_METRICS = {"rewards/margins": "gap/margins", "rewards/accuracies": "gap/accuracies"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Trainer(DPOTrainer):
         self.loss_plan = loss_plan
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
+        self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
         super().__init__(*args, **kwargs)
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
         if loss_plan.neftune_alpha is not None:
@@ -118,6 +122,7 @@ class Trainer(DPOTrainer):
         chosen_logps, rejected_logps = logps.chunk(2)
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
+        chosen_scored_tokens, _ = inputs["completion_mask"][..., 1:].sum(dim=1).chunk(2)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
         link = F_DIVERGENCES[self.loss_plan.f_divergence]
@@ -132,6 +137,7 @@ class Trainer(DPOTrainer):
             "rejected_scores": link(rejected_logratios, self.loss_plan.f_alpha),
             "chosen_lengths": chosen_lengths.to(logps.dtype),
             "rejected_lengths": rejected_lengths.to(logps.dtype),
+            "chosen_scored_tokens": chosen_scored_tokens.to(logps.dtype),
         }
         beta, keep = self._beta_for_step(), None
         if self.beta_controller.kind == "adaptive" and mode == "train":
@@ -162,6 +168,24 @@ class Trainer(DPOTrainer):
             weights = torch.exp(aligned.sum(dim=1) / shift_mask.sum(dim=1).clamp_min(1))
         chosen_weights, rejected_weights = weights.chunk(2)
         return chosen_weights * rejected_weights
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, plus the train-minus-held-out gaps at each evaluation (train values averaged since the
+        previous evaluation)."""
+        if self.model.training:
+            for name in _GAP_METRICS:
+                self._since_eval[name].extend(self._metrics["train"].get(name, []))
+            if "loss" in logs:
+                self._since_eval["loss"].append(logs["loss"])
+        elif self._since_eval:
+            held_out = self._metrics["eval"]
+            for name, gap in _GAP_METRICS.items():
+                if self._since_eval[name] and held_out.get(name):
+                    held_out[gap] = [_mean(self._since_eval[name]) - _mean(held_out[name])]
+            if self._since_eval["loss"] and "eval_loss" in logs:
+                held_out["gap/loss"] = [logs["eval_loss"] - _mean(self._since_eval["loss"])]
+            self._since_eval.clear()
+        super().log(logs, start_time)
 
     # ---- metrics: TRL's names, then ours ----
 
@@ -203,3 +227,7 @@ class Trainer(DPOTrainer):
         self._mean(mode, "logratios/chosen", t["chosen_logratios"])
         self._mean(mode, "logratios/rejected", t["rejected_logratios"])
         self._metrics[mode]["beta"] = [beta]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

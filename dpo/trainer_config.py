@@ -170,6 +170,24 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
         )
 
 
+def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
+    """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
+    from dpo.callbacks import infer_mode
+
+    stopping = loaded.recipe.early_stopping
+    mode = infer_mode(stopping.metric, stopping.mode)
+    if scheduler_kwargs.get("mode", mode) != mode:
+        raise UserError(
+            f"mode {scheduler_kwargs['mode']!r} contradicts early_stopping ({stopping.metric} is '{mode}'); drop it",
+            where=loaded.where("training.lr_scheduler_kwargs"),
+        )
+    return {
+        "metric_for_best_model": stopping.metric,
+        "greater_is_better": mode == "max",
+        "lr_scheduler_kwargs": {**scheduler_kwargs, "mode": mode},
+    }
+
+
 def _dpo_config_fields() -> dict[str, dataclasses.Field]:
     from trl import DPOConfig
 
@@ -243,6 +261,8 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
         report_to=report_to or "none",
         disable_tqdm=not recipe.logging.progress_bar,
     )
+    if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
+        kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
     if recipe.logging.tensorboard:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:

@@ -4,7 +4,7 @@ For each case this runs DPO training steps the way TRL 1.16's DPOTrainer does th
 process so that peaks do not mix: the policy forwards chosen and rejected concatenated through TRL's fused
 LM head, the reference forwards the same batch under no_grad (LoRA: the policy with its adapter disabled;
 full fine-tuning: a frozen copy), the sigmoid DPO loss is backpropagated, gradients are clipped to norm 1
-and fused AdamW steps (the Trainer's default optimizer). Three steps, so the optimizer states exist.
+and fused AdamW steps (the Trainer's default optimizer). Two steps, so the optimizer states exist.
 
 Measured: the process's peak resident memory (VmHWM in /proc/self/status) minus its resident memory just
 before the model was created, so the Python, torch and transformers runtime is not counted and the weights
@@ -18,8 +18,8 @@ plain CPU run would: glibc raises its mmap threshold as tensors are freed and th
 heap, so resident memory grows above the memory in use; that column shows by how much.
 
 Cases: a tiny random Llama built here (LoRA, full, full with gradient checkpointing, LoRA in bfloat16) and
-the embedded SmolLM2-135M-Instruct (LoRA and full, 2 pairs x 128 tokens). About 3-5 minutes on 2 CPU cores
-(the first run also converts the embedded GGUF once, ~30 s).
+the embedded SmolLM2-135M-Instruct (LoRA, full, LoRA with gradient checkpointing; 2 pairs x 128 tokens).
+About 9 minutes on 2 CPU cores (the first run also converts the embedded GGUF once, ~30 s).
 
     python eval/bench_plan_memory.py            # all cases; writes eval/results/plan_memory.{json,md}
     python eval/bench_plan_memory.py --only tiny-lora tiny-full
@@ -63,9 +63,10 @@ CASES = {
     "tiny-lora-bf16": ("tiny", 4, 256, 16, "bfloat16", False),
     "smollm2-lora": ("smollm2-135m-instruct", 2, 128, 16, "float32", False),
     "smollm2-full": ("smollm2-135m-instruct", 2, 128, None, "float32", False),
+    "smollm2-lora-ckpt": ("smollm2-135m-instruct", 2, 128, 16, "float32", True),
 }
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-STEPS = 3
+STEPS = 2  # the second step is the steady state: optimizer states exist, nothing new appears later
 
 
 def _status(key: str) -> int:
@@ -169,9 +170,14 @@ def estimate(name: str, tiny_dir: str) -> dict:
     model_name, pairs, seq_len, rank, dtype, checkpointing = CASES[name]
     source = str(Path(tiny_dir) / "config.json") if model_name == "tiny" else model_name
     options = PlanOptions(
-        dtype=dtype, batch_size=pairs, seq_len=seq_len, lora_rank=rank, lora_targets=LORA_TARGETS,
-        gradient_checkpointing=checkpointing, device="cpu",
-    )  # fmt: skip
+        dtype=dtype,
+        batch_size=pairs,
+        seq_len=seq_len,
+        lora_rank=rank,
+        lora_targets=LORA_TARGETS,
+        gradient_checkpointing=checkpointing,
+        device="cpu",
+    )
     plan = build_plan(source, options)
     return {"estimate_bytes": plan.memory["total"], "plan": plan.to_dict(), "summary": plan.summary_line()}
 

@@ -50,3 +50,19 @@ def test_validate_ok(good):
     proc = run_dpo("validate", good, "--set", "loss.beta=0.2")
     assert proc.returncode == 0, proc.stderr
     assert "loss sigmoid (beta=0.2)" in proc.stdout and "held-out pairs" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("some-org/not-a-local-model", "the model hub is not reachable"),
+        ("./no/such/dir", "model directory './no/such/dir' does not exist"),
+    ],
+)
+def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_path, name, fragment):
+    out_dir = tmp_path / "out"
+    proc = run_dpo("train", good, "--set", f"model.name_or_path={name}", "--output-dir", out_dir)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("error: --set: model.name_or_path: ") and fragment in line and "\n" not in line
+    assert not out_dir.exists()

@@ -26,6 +26,15 @@ from dpo.losses import cdpo_optimal_margin, compute_loss
 CHOSEN, REJECTED = "aaaaaaab", "aaaaaaaa"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors this small run fastest on one thread; on a busy machine, several threads run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Pair:
     """One prompt with a chosen and a rejected answer, tokenised like TRL does: [chosen; rejected] rows."""
 
@@ -62,7 +71,6 @@ def train(model_dir, terms, beta: float, steps: int, lr: float = 1e-2, **hyperpa
     after the last one."""
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     pair = Pair(model_dir, CHOSEN, REJECTED)
     with torch.no_grad():
@@ -86,12 +94,17 @@ def train(model_dir, terms, beta: float, steps: int, lr: float = 1e-2, **hyperpa
             "rejected_scores": logratios[1:],
             "chosen_lengths": pair.lengths[:1],
             "rejected_lengths": pair.lengths[1:],
+            "chosen_scored_tokens": pair.lengths[:1],  # the prompt precedes every answer token here
         }
         loss = sum(weight * compute_loss(name, tensors, beta=beta, **hyperparameters).mean() for name, weight in terms)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return history
+
+
+def margins(history: list[tuple[float, float]]) -> list[float]:
+    return [chosen - rejected for chosen, rejected in history]
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +116,8 @@ def plain_dpo(tiny_model_dir):
 def test_cdpo_reaches_its_optimal_margin(tiny_model_dir):
     """cDPO with eps = 0.1, beta = 1: beta * Delta -> log(0.9 / 0.1) = ln 9 = 2.197, and stays there."""
     history = train(tiny_model_dir, [("sigmoid", 1.0)], beta=1.0, steps=150, label_smoothing=0.1)
-    margins = [w - l for w, l in history]
-    assert margins[-1] == pytest.approx(cdpo_optimal_margin(0.1), abs=0.02)
-    assert margins[100] == pytest.approx(cdpo_optimal_margin(0.1), abs=0.05)
+    assert margins(history)[-1] == pytest.approx(cdpo_optimal_margin(0.1), abs=0.02)
+    assert margins(history)[100] == pytest.approx(cdpo_optimal_margin(0.1), abs=0.05)
 
 
 def test_ipo_reaches_its_length_normalised_target(tiny_model_dir):
@@ -119,10 +131,10 @@ def test_ipo_reaches_its_length_normalised_target(tiny_model_dir):
 
 def test_plain_dpo_margin_keeps_growing(plain_dpo):
     """DPO's optimum is an infinite margin: it is still rising after 200 steps, far past cDPO's finite one."""
-    margins = [w - l for w, l in plain_dpo]
-    assert margins[200] > margins[100] + 0.1
-    assert all(later > earlier for earlier, later in zip(margins[100::20], margins[120::20], strict=False))
-    assert margins[100] > 3 * cdpo_optimal_margin(0.1)
+    margin = margins(plain_dpo)
+    assert margin[200] > margin[100] + 0.1
+    assert all(later > earlier for earlier, later in zip(margin[100::20], margin[120::20], strict=False))
+    assert margin[100] > 3 * cdpo_optimal_margin(0.1)
 
 
 def test_plain_dpo_lets_the_chosen_likelihood_fall(plain_dpo):
@@ -136,9 +148,15 @@ def test_plain_dpo_lets_the_chosen_likelihood_fall(plain_dpo):
     ids=["dpop", "sigmoid+sft"],
 )
 def test_dpop_and_the_nll_term_keep_the_chosen_likelihood(tiny_model_dir, plain_dpo, terms, hyperparameters):
-    """Same pair, same steps as plain DPO: the chosen log-prob stays at or above its start (log-ratio >= -0.1)
-    at every step, while the margin still grows."""
+    """Same pair, same steps as plain DPO: the chosen log-prob ends above its start and stays at or above it
+    (log-ratio >= -0.1) after the first 10 steps, while the margin still grows.
+
+    Why not from step 0: DPOP's penalty lambda * max(0, -r_w) has zero gradient at r_w = 0, so its first Adam step
+    is plain DPO's and the chosen log-ratio can dip (to about -1.5 here) before the penalty pulls it back; it
+    stays above -2 throughout, against plain DPO's fall to about -20.
+    """
     history = train(tiny_model_dir, terms, beta=1.0, steps=200, **hyperparameters)
-    assert min(chosen for chosen, _ in history) >= -0.1
-    assert history[-1][0] > plain_dpo[-1][0] + 5.0
+    assert min(chosen for chosen, _ in history) > -2.0
+    assert min(chosen for chosen, _ in history[10:]) >= -0.1
+    assert history[-1][0] > 0.0 and history[-1][0] > plain_dpo[-1][0] + 5.0
     assert history[-1][0] - history[-1][1] > 3.0

@@ -41,6 +41,15 @@ HAND_WORKED = {
 }  # fmt: skip
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors this small run fastest on one thread; on a busy machine, several threads run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def t(*values: float, grad: bool = False) -> torch.Tensor:
     """A float64 tensor, so that hand-worked values are checked to ~1e-7."""
     return torch.tensor(values, dtype=torch.float64, requires_grad=grad)
@@ -125,7 +134,8 @@ def test_robust():
 
 
 def test_hinge():
-    """SLiC hinge: max(0, 1 - beta * Delta). beta = 1/2, Delta = [-2, 1, 4]: 1 - [-1, 1/2, 2] = [2, 1/2, -1] -> [2, 1/2, 0].
+    """SLiC hinge: max(0, 1 - beta * Delta). beta = 1/2, Delta = [-2, 1, 4]: 1 - [-1, 1/2, 2] = [2, 1/2, -1],
+    clipped at 0: [2, 1/2, 0].
 
     Gradient wrt chosen: -beta where the hinge is active, 0 past it: [-1/2, -1/2, 0].
     """
@@ -182,7 +192,7 @@ def test_nca_pair():
     """
     loss = losses.nca_pair(t(0, LN3 / 2, -LN3 / 2), t(0, -LN3 / 2, LN3 / 2), beta=2.0)
     assert_close(loss, t(2 * LN2, 1.5 * L_LN3 + LN2, 1.5 * L_MINUS_LN3 + 0.5 * L_LN3))
-    assert_close(loss, t(1.386294, 1.124670, 2.223283), atol=1e-6, rtol=0, check_dtype=False)
+    assert_close(loss, t(1.386294, 1.124670, 2.223283), atol=1e-6, rtol=0)
 
 
 def test_bco_pair():
@@ -339,7 +349,7 @@ def test_table_entry_is_consistent(name):
     assert re.search(r"arXiv \d{4}\.\d{4,5}", doc) or re.search(r'"[A-Z][^"]+"', doc), f"{name}: no paper named"
     vocabulary = {
         f"{side}_{kind}" for side in ("chosen", "rejected") for kind in ("logps", "logratios", "scores", "lengths")
-    } | {"ref_chosen_logps", "ref_rejected_logps"}
+    } | {"ref_chosen_logps", "ref_rejected_logps", "chosen_scored_tokens"}
     assert spec.inputs and set(spec.inputs) <= vocabulary
     params = inspect.signature(spec.fn).parameters
     assert params["beta"].kind is inspect.Parameter.KEYWORD_ONLY
@@ -363,7 +373,7 @@ def test_table_entry_is_consistent(name):
             True,
             False,
         ),
-        ("sft", ("chosen_logps", "chosen_lengths"), {}, False, False),
+        ("sft", ("chosen_logps", "chosen_scored_tokens"), {}, False, False),
     ],
 )
 def test_spec_reads_the_signature(name, inputs, hyperparameters, needs_reference, supports_f_divergence):
@@ -386,6 +396,7 @@ def _all_tensors() -> dict[str, torch.Tensor]:
         "rejected_scores": t(-1, -1, 1),
         "chosen_lengths": t(1, 2, 3),
         "rejected_lengths": t(2, 2, 2),
+        "chosen_scored_tokens": t(1, 2, 3),
     }
 
 
@@ -494,10 +505,11 @@ def _config(setup, name: str, beta: float, hyperparameters: dict, **overrides):
     )
 
 
-def _trainers(setup, name: str, beta: float, hyperparameters: dict, peft: bool = False):
+def _trainers(setup, name: str, beta: float, hyperparameters: dict, peft: bool = False, **overrides):
     """Plain TRL and ours, each on its own model loaded from the tiny model's directory (full fine-tuning: the
     reference is loaded again from the directory by TRL; with LoRA it is the adapter-disabled base), the policy
-    then perturbed identically in both. Models in train mode, so metrics land under "train"."""
+    then perturbed identically in both. Models in train mode, so metrics land under "train". `overrides` are
+    further DPOConfig fields, given to both."""
     from peft import LoraConfig
     from trl import DPOTrainer
 
@@ -508,10 +520,10 @@ def _trainers(setup, name: str, beta: float, hyperparameters: dict, peft: bool =
     if peft:
         common["peft_config"] = lora
     model = str(setup["model_dir"])
-    trl_trainer = DPOTrainer(model=model, args=_config(setup, name, beta, hyperparameters), **common)
+    trl_trainer = DPOTrainer(model=model, args=_config(setup, name, beta, hyperparameters, **overrides), **common)
     plan = LossPlan(terms=((name, 1.0),), beta=beta, hyperparameters=dict(hyperparameters))
     # As dpo/trainer_config.py builds it: DPOConfig carries beta, the loss knobs live in the plan only.
-    ours = Trainer(model=model, args=_config(setup, "sigmoid", beta, {}), loss_plan=plan, **common)
+    ours = Trainer(model=model, args=_config(setup, "sigmoid", beta, {}, **overrides), loss_plan=plan, **common)
     if peft:
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -551,8 +563,12 @@ def _independent_logratios(setup, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_parity_cases_cover_every_trl_loss():
+    """The loss names in the installed TRL's `_compute_loss` chain are exactly the parity cases, all in LOSSES."""
+    from trl import DPOTrainer
+
+    trl_names = set(re.findall(r'loss_type == "(\w+)"', inspect.getsource(DPOTrainer._compute_loss)))
+    assert trl_names == TRL_LOSSES
     assert TRL_LOSSES <= set(LOSSES)
-    assert set(LOSSES) - TRL_LOSSES == {"dpop"}  # the one loss TRL does not implement
 
 
 @pytest.mark.parametrize(("name", "beta", "hyperparameters"), PARITY_CASES, ids=[c[0] for c in PARITY_CASES])
@@ -612,7 +628,41 @@ def test_metrics_match_trl(parity_setup):
     assert "rewards/margins" in trl_metrics and set(trl_metrics) <= set(our_metrics)
     for key, values in trl_metrics.items():
         assert our_metrics[key] == pytest.approx(values, rel=1e-5, abs=1e-6), key
-    assert set(our_metrics) - set(trl_metrics) == {"beta", "logps/accuracies", "logratios/chosen", "logratios/rejected"}
+    assert {"beta", "logps/accuracies", "logratios/chosen", "logratios/rejected"} <= set(our_metrics) - set(trl_metrics)
     assert our_metrics["beta"] == [0.5]
     assert our_metrics["logratios/chosen"][0] == pytest.approx(trl_metrics["rewards/chosen"][0] / 0.5, rel=1e-5)
     assert our_metrics["logratios/rejected"][0] == pytest.approx(trl_metrics["rewards/rejected"][0] / 0.5, rel=1e-5)
+
+
+def test_loss_equals_trl_with_precomputed_reference_logps(parity_setup):
+    """With precompute_ref_log_probs the batch carries the reference log-probs (computed at init, before the
+    policy was perturbed); ours reads them from the batch as TRL does, and both equal the on-the-fly value."""
+    trl_trainer, ours = _trainers(parity_setup, "sigmoid", 0.5, {}, precompute_ref_log_probs=True)
+    batch = _batch(trl_trainer)
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(batch)
+    on_the_fly, _ = _trainers(parity_setup, "sigmoid", 0.5, {})
+    with torch.no_grad():
+        trl_loss = trl_trainer.compute_loss(trl_trainer.model, batch)
+        our_loss = ours.compute_loss(ours.model, batch)
+        without = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+        fly_loss = on_the_fly.compute_loss(on_the_fly.model, without)
+    assert_close(our_loss, trl_loss, atol=1e-6, rtol=0)
+    assert_close(our_loss, fly_loss, atol=1e-6, rtol=0)
+
+
+def test_sft_equals_trl_when_truncation_cuts_the_whole_prompt(parity_setup):
+    """truncation_mode keep_end with max_length 10 keeps only the last 10 tokens, all completion: the first has no
+    log-prob (nothing precedes it), so the NLL averages over 9 scored tokens per answer, not 10, as TRL does (sft
+    takes `chosen_scored_tokens`). IPO and sigmoid_norm keep the unshifted count: TRL normalises them by it."""
+    for name in ("ipo", "sigmoid_norm"):
+        trl_trainer, ours = _trainers(parity_setup, name, 0.5, {}, max_length=10, truncation_mode="keep_end")
+        batch = _batch(trl_trainer)
+        with torch.no_grad():
+            assert_close(ours.compute_loss(ours.model, batch), trl_trainer.compute_loss(trl_trainer.model, batch))
+    trl_trainer, ours = _trainers(parity_setup, "sft", 0.5, {}, max_length=10, truncation_mode="keep_end")
+    batch = _batch(trl_trainer)
+    assert batch["completion_mask"][:, 0].all()  # the premise: a completion token at position 0 in every row
+    with torch.no_grad():
+        trl_loss = trl_trainer.compute_loss(trl_trainer.model, batch)
+        our_loss = ours.compute_loss(ours.model, batch)
+    assert_close(our_loss, trl_loss, atol=1e-6, rtol=0)

@@ -1,0 +1,100 @@
+"""Overfitting diagnostics from a run's metric history: where overfitting starts, and what to do about it.
+
+Pure functions over the list of log events (metrics.jsonl / trainer.state.log_history); no torch, so
+`dpo report` and the sweep summary can use them on any finished run.
+
+Per evaluation the trainer also logs the train-minus-held-out gaps (see dpo/trainer.py):
+    eval_gap/margins     = train rewards/margins    - held-out rewards/margins
+    eval_gap/accuracies  = train rewards/accuracies - held-out rewards/accuracies
+    eval_gap/loss        = held-out loss            - train loss
+each with train values averaged over the steps since the previous evaluation. Positive = the model does
+better on what it trained on than on held-out data.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dpo.callbacks import infer_mode
+
+DISPLACEMENT_WARN_NATS = 1.0  # held-out chosen log-prob this far below the reference triggers a warning
+LOSS_RISE_WARN = 0.10  # held-out loss this much (relative) above its minimum counts as "rising"
+ACCURACY_GAP_WARN = 0.15  # train minus held-out reward accuracy above this counts as memorisation
+
+
+def evaluations(history: list[dict]) -> list[dict]:
+    return [h for h in history if "eval_loss" in h]
+
+
+def train_value_at(history: list[dict], step: int, name: str, since: int) -> float | None:
+    """Mean of the train metric `name` over the log events in (since, step]."""
+    values = [h[name] for h in history if "eval_loss" not in h and name in h and since < h.get("step", 0) <= step]
+    return sum(values) / len(values) if values else None
+
+
+def overfitting_onset(history: list[dict], metric: str, patience: int = 2, mode: str = "auto") -> int | None:
+    """The first evaluation step after which the held-out `metric` got worse for `patience` evaluations in a
+    row while the matching train metric improved. None when that never happened."""
+    mode = infer_mode(metric, mode)
+    train_name = metric.removeprefix("eval_")
+    points = []  # (step, held-out value, train value since previous evaluation)
+    previous = -1
+    for h in evaluations(history):
+        step = h["step"]
+        train = train_value_at(history, step, train_name, previous)
+        previous = step
+        if metric in h and train is not None and math.isfinite(h[metric]):
+            points.append((step, h[metric], train))
+    sign = 1 if mode == "max" else -1
+    for i in range(len(points) - patience):
+        window = points[i : i + patience + 1]
+        held_worse = all(sign * (b[1] - a[1]) < 0 for a, b in zip(window, window[1:], strict=False))
+        train_better = all(sign * (b[2] - a[2]) > 0 for a, b in zip(window, window[1:], strict=False))
+        if held_worse and train_better:
+            return window[0][0]
+    return None
+
+
+def warnings_for(history: list[dict]) -> list[str]:
+    """Plain-language warnings about a finished run, each naming the numbers and a control to try."""
+    evals = evaluations(history)
+    if len(evals) < 2:
+        return []
+    found = []
+    last = evals[-1]
+    displacement = last.get("eval_logratios/chosen")
+    if displacement is not None and displacement < -DISPLACEMENT_WARN_NATS:
+        found.append(
+            f"held-out chosen log-prob fell by {-displacement:.1f} nats vs the reference (step {last['step']}): "
+            "likelihood displacement; consider loss.type: dpop or regularizers.nll_weight"
+        )
+    losses = [(e["step"], e["eval_loss"]) for e in evals if math.isfinite(e.get("eval_loss", math.nan))]
+    if losses:
+        best_step, best_loss = min(losses, key=lambda p: p[1])
+        at_best = next(e for e in evals if e["step"] == best_step)
+        margin_now, margin_then = last.get("eval_rewards/margins"), at_best.get("eval_rewards/margins")
+        rose = last["eval_loss"] > best_loss * (1 + LOSS_RISE_WARN) and best_step < last["step"]
+        if rose and margin_now is not None and margin_then is not None and margin_now > margin_then:
+            found.append(
+                f"held-out margin kept rising ({margin_then:.3f} -> {margin_now:.3f}) while held-out loss rose from "
+                f"its minimum {best_loss:.3f} at step {best_step} to {last['eval_loss']:.3f}: margins grow with "
+                "confidence, not correctness; early-stop on eval_loss or eval_rewards/accuracies instead"
+            )
+    gap = last.get("eval_gap/accuracies")
+    if gap is not None and gap > ACCURACY_GAP_WARN:
+        found.append(
+            f"train reward accuracy exceeds held-out by {gap:.2f} at step {last['step']}: the model memorises "
+            "training pairs; consider loss.label_smoothing (cDPO), fewer steps, or early stopping"
+        )
+    return found
+
+
+def overfitting_block(history: list[dict], metric: str, patience: int | None, mode: str = "auto") -> dict:
+    """The `overfitting` block of summary.json."""
+    patience = patience or 2
+    return {
+        "metric": metric,
+        "patience": patience,
+        "onset_step": overfitting_onset(history, metric, patience, mode),
+        "warnings": warnings_for(history),
+    }
