@@ -505,11 +505,14 @@ def _config(setup, name: str, beta: float, hyperparameters: dict, **overrides):
     )
 
 
-def _trainers(setup, name: str, beta: float, hyperparameters: dict, peft: bool = False, **overrides):
+def _trainers(
+    setup, name: str, beta: float, hyperparameters: dict, peft: bool = False, plan: dict | None = None, **overrides
+):
     """Plain TRL and ours, each on its own model loaded from the tiny model's directory (full fine-tuning: the
     reference is loaded again from the directory by TRL; with LoRA it is the adapter-disabled base), the policy
     then perturbed identically in both. Models in train mode, so metrics land under "train". `overrides` are
-    further DPOConfig fields, given to both."""
+    further DPOConfig fields, given to both; `plan` holds extra LossPlan fields for ours (e.g. f_divergence),
+    whose TRL counterparts go in `overrides`."""
     from peft import LoraConfig
     from trl import DPOTrainer
 
@@ -521,7 +524,7 @@ def _trainers(setup, name: str, beta: float, hyperparameters: dict, peft: bool =
         common["peft_config"] = lora
     model = str(setup["model_dir"])
     trl_trainer = DPOTrainer(model=model, args=_config(setup, name, beta, hyperparameters, **overrides), **common)
-    plan = LossPlan(terms=((name, 1.0),), beta=beta, hyperparameters=dict(hyperparameters))
+    plan = LossPlan(terms=((name, 1.0),), beta=beta, hyperparameters=dict(hyperparameters), **(plan or {}))
     # As dpo/trainer_config.py builds it: DPOConfig carries beta, the loss knobs live in the plan only.
     ours = Trainer(model=model, args=_config(setup, "sigmoid", beta, {}, **overrides), loss_plan=plan, **common)
     if peft:
@@ -666,3 +669,32 @@ def test_sft_equals_trl_when_truncation_cuts_the_whole_prompt(parity_setup):
         trl_loss = trl_trainer.compute_loss(trl_trainer.model, batch)
         our_loss = ours.compute_loss(ours.model, batch)
     assert_close(our_loss, trl_loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "trl_settings", "plan"),
+    [
+        ("sigmoid", {"use_weighting": True}, {}),
+        ("ipo", {"use_weighting": True}, {}),
+        ("sigmoid", {"ld_alpha": 0.5}, {}),
+        ("sigmoid", {"f_divergence_type": "js_divergence"}, {"f_divergence": "js_divergence"}),
+        ("sigmoid", {"f_divergence_type": "forward_kl"}, {"f_divergence": "forward_kl"}),
+        (
+            "hinge",
+            {"f_divergence_type": "alpha_divergence", "f_alpha_divergence_coef": 0.3},
+            {"f_divergence": "alpha_divergence", "f_alpha": 0.3},
+        ),
+    ],
+    ids=["wpo-sigmoid", "wpo-ipo", "ld-dpo", "js", "forward-kl", "alpha-0.3-hinge"],
+)
+def test_regularizers_match_trl(parity_setup, name, trl_settings, plan):
+    """WPO weighting, LD-DPO's length-desensitised log-probs and the f-divergence links give TRL's value.
+    WPO and LD-DPO are DPOConfig fields both trainers read (dpo/trainer_config.py sets them from the
+    recipe's regularizers); the f-divergence is a LossPlan field in ours."""
+    our_settings = {k: v for k, v in trl_settings.items() if k in ("use_weighting", "ld_alpha")}
+    trl_trainer, ours = _trainers(parity_setup, name, 0.5, {}, plan=plan, **trl_settings)
+    if our_settings != trl_settings:  # ours must not depend on TRL's f-divergence fields
+        ours.args.f_divergence_type, ours.f_divergence_type = "reverse_kl", "reverse_kl"
+    batch = _batch(trl_trainer)
+    with torch.no_grad():
+        assert_close(ours.compute_loss(ours.model, batch), trl_trainer.compute_loss(trl_trainer.model, batch))

@@ -137,3 +137,12 @@ def test_each_regularizer_trains_end_to_end(tiny_recipe, tmp_path, overrides):
         initial = AutoModelForCausalLM.from_pretrained(trainer.model.config._name_or_path).state_dict()
         ref = trainer.ref_model.state_dict()
         assert any(not torch.equal(ref[k], initial[k]) for k in initial)
+
+
+@pytest.mark.parametrize(("disable", "expected_p"), [(True, 0.0), (False, 0.3)])
+def test_dropout_is_off_by_default_and_one_key_away(tiny_recipe, tmp_path, disable, expected_p):
+    """TRL zeroes every Dropout (training.disable_dropout, default true); false keeps the LoRA dropout."""
+    checked = check(tiny_recipe, ["peft.dropout=0.3", f"training.disable_dropout={str(disable).lower()}"])
+    trainer = build_trainer(checked, tmp_path, callbacks=[])
+    dropouts = [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == expected_p for p in dropouts)
