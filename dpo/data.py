@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpo import augment
 from dpo.errors import UserError
 from dpo.recipe import DataSection
 
@@ -217,13 +218,14 @@ def prepare_data(section: DataSection, seed: int) -> PreparedData:
     if section.max_eval_pairs and len(eval_rows) > section.max_eval_pairs:
         truncated["eval"] = len(eval_rows) - section.max_eval_pairs
         eval_rows = eval_rows[: section.max_eval_pairs]
+    train_rows, augmented = augment.apply(train_rows, section.augment, seed)  # after the split: train only
     if not train_rows or not eval_rows:
         raise UserError("no training or no held-out pairs left after validation and the split", where=section.train)
     leaked = {_canonical(r["prompt"]) for r in train_rows} & {_canonical(r["prompt"]) for r in eval_rows}
     card = {
         "sources": sources,
         "format": "conversational" if _is_messages(train_rows[0]["prompt"]) else "standard",
-        "augmented": {},
+        "augmented": augmented,
         "cut_by_max_pairs": truncated,
         "split": {
             **split,

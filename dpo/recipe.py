@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpo.augment import AUGMENTATIONS
+from dpo.augment import parameters as augment_parameters
 from dpo.errors import UserError
 
 
@@ -81,6 +84,28 @@ class DataSection(Section):
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts held out when eval is absent.")
     max_train_pairs: int | None = Field(None, gt=0, description="Use only the first N training pairs.")
     max_eval_pairs: int | None = Field(None, gt=0, description="Use only the first N held-out pairs.")
+    augment: list[dict[str, Any]] = Field(
+        default_factory=list, description="Augmentation steps for the training pairs: [{type: label_noise, ...}]."
+    )
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, step in enumerate(steps):
+            name = step.get("type")
+            if name not in AUGMENTATIONS:
+                close = difflib.get_close_matches(str(name), list(AUGMENTATIONS), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"step {i}: unknown type {name!r}{hint} (valid: {', '.join(AUGMENTATIONS)})")
+            accepted = augment_parameters(name)
+            unknown = sorted(set(step) - {"type"} - set(accepted))
+            missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in step)
+            if unknown or missing:
+                problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
+                raise ValueError(f"step {i} ({name}): {problem}; it takes {sorted(accepted)}")
+            if name == "label_noise" and not 0 <= step["fraction"] <= 1:
+                raise ValueError(f"step {i} (label_noise): fraction must be in [0, 1], got {step['fraction']}")
+        return steps
 
 
 class BetaScheduleSection(Section):

@@ -108,3 +108,31 @@ def test_save_to_disk_directory(tmp_path):
     datasets.Dataset.from_list([pair(f"p{i}") for i in range(4)]).save_to_disk(str(tmp_path / "ds"))
     data = prepare_data(DataSection(train=str(tmp_path / "ds"), heldout_fraction=0.5), seed=0)
     assert len(data.train) == 2 and len(data.eval) == 2
+
+
+def test_label_noise_flips_exactly_the_fraction_and_is_seeded():
+    import random
+
+    from dpo.augment import label_noise
+
+    rows = [pair(f"p{i}", chosen=f"good{i}", rejected=f"bad{i}") for i in range(10)]
+    out = label_noise(rows, random.Random(0), fraction=0.3)
+    flipped = [i for i, (a, b) in enumerate(zip(rows, out, strict=True)) if a != b]
+    assert len(flipped) == 3
+    for i in flipped:
+        assert out[i] == pair(f"p{i}", chosen=f"bad{i}", rejected=f"good{i}")
+    assert label_noise(rows, random.Random(0), fraction=0.3) == out  # same seed, same flips
+    assert rows[flipped[0]]["chosen"] == f"good{flipped[0]}"  # the input is not modified
+
+
+def test_augmentation_touches_training_pairs_only_and_is_recorded(tmp_path):
+    rows = [pair(f"p{i}", chosen=f"good{i}", rejected=f"bad{i}") for i in range(20)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    section = DataSection(train=path, heldout_fraction=0.25, augment=[{"type": "label_noise", "fraction": 0.5}])
+    data = prepare_data(section, seed=3)
+    assert all(r["chosen"].startswith("good") for r in data.eval)  # held-out keeps the true labels
+    assert sum(r["chosen"].startswith("bad") for r in data.train) == 8  # half of the 15 training pairs, rounded
+    assert data.card["augmented"] == [
+        {"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8}
+    ]
+    assert prepare_data(section, seed=3).train == data.train
