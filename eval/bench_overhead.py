@@ -100,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--one", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -128,8 +129,8 @@ def main() -> None:
             "peak_memory_ratio": mem["ours"] / mem["trl"],
             "repeats": args.repeats,
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "overhead.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
     lines = [
         "| model | step time ours / TRL (s) | ratio | peak RSS ours / TRL (MiB) | ratio |",
         "|---|---|---|---|---|",
@@ -140,7 +141,7 @@ def main() -> None:
             f"{s['step_time_ratio']:.3f} | {s['peak_rss_mib']['ours']:.0f} / {s['peak_rss_mib']['trl']:.0f} | "
             f"{s['peak_memory_ratio']:.3f} |"
         )
-    (RESULTS / "overhead.md").write_text("\n".join(lines) + "\n")
+    (args.results / "overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end (tiny model, smallest settings) and write their result files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_overfitting_benchmark_smoke(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_overfitting.py", "--smoke", "--noise", "0.3", "--controls", "plain", "cdpo",
+         "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "overfitting_smoke.json").read_text())["rows"]
+    controls = ["plain", "cdpo", "early_stop_margins", "early_stop_loss", "early_stop_accuracies"]
+    assert [r["control"] for r in rows] == controls
+    assert all(r["noise"] == 0.3 and 0 <= r["eval_rewards/accuracies"] <= 1 for r in rows)
+    assert "| 30% | cdpo |" in (tmp_path / "overfitting_smoke.md").read_text()
+
+
+def test_overhead_benchmark_smoke(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_overhead.py", "--cases", "tiny", "--repeats", "1", "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "overhead.json").read_text())["summary"]["tiny"]
+    assert summary["step_time_ratio"] > 0 and summary["peak_memory_ratio"] > 0
+    assert "| tiny |" in (tmp_path / "overhead.md").read_text()
