@@ -70,7 +70,8 @@ def plan(
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Preference pairs per device.")] = 8,
     seq_len: Annotated[int, typer.Option(help="Tokens per sequence (prompt + answer).")] = 512,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank; 0 for full fine-tuning.")] = 16,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
     lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = (
         "q_proj,k_proj,v_proj,o_proj"
     ),
@@ -90,7 +91,7 @@ def plan(
         dtype=dtype,
         batch_size=batch_size,
         seq_len=seq_len,
-        lora_rank=lora_rank or None,
+        lora_rank=None if full else lora_rank,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
         gradient_checkpointing=gradient_checkpointing,
         reference=reference,

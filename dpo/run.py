@@ -70,6 +70,8 @@ def plan_line(checked: CheckedRecipe) -> str:
     from dpo.plan import PlanOptions, build_plan
 
     recipe, training = checked.recipe, checked.training
+    on_gpu = torch.cuda.is_available()
+    bf16 = training.get("bf16", on_gpu and torch.cuda.is_bf16_supported())  # as trainer_config defaults it
     targets = recipe.peft.target_modules if recipe.peft else ["q_proj", "k_proj", "v_proj", "o_proj"]
     options = PlanOptions(
         dtype=recipe.model.dtype,
@@ -79,7 +81,8 @@ def plan_line(checked: CheckedRecipe) -> str:
         lora_targets=("all-linear",) if targets == "all-linear" else tuple(targets),
         gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
         reference="precomputed" if training.get("precompute_ref_log_probs") else "auto",
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device="cuda" if on_gpu else "cpu",
+        autocast="bfloat16" if bf16 and recipe.model.dtype == "float32" else None,
     )
     return build_plan(recipe.model.name_or_path, options).summary_line()
 

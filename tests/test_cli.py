@@ -66,3 +66,27 @@ def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_
     line = proc.stderr.strip()
     assert line.startswith("error: --set: model.name_or_path: ") and fragment in line and "\n" not in line
     assert not out_dir.exists()
+
+
+def test_plan_json_and_errors(tmp_path):
+    import json
+
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "tie_word_embeddings": False,
+            }
+        )
+    )  # fmt: skip
+    proc = run_dpo("plan", config, "--json", "--full", "--batch-size", "2", "--seq-len", "32")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    # embeddings 64000 + head 64000 + 2 layers x (attention 64*64*2 + 64*32*2 = 12288, mlp 3*64*128 = 24576,
+    # norms 2*64) + final norm 64 = 128000 + 2 * 36992 + 64 = 202048
+    assert plan["parameters"]["total"] == 202048 and plan["parameters"]["trainable"] == 202048
+    assert plan["memory"]["total"] > 0
+    proc = run_dpo("plan", tmp_path / "missing.json")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "missing.json" in proc.stderr
