@@ -30,14 +30,13 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue in an existing run directory.")] = False,
 ):
     """Train a recipe and write its run directory."""
     from dpo.console import print_summary
     from dpo.run import train as run_train
 
     try:
-        summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
+        summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir)
     except UserError as exc:
         _fail(exc)
     print_summary(summary)

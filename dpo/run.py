@@ -91,12 +91,9 @@ def default_output_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name
 
 
-def _claim_run_dir(run_dir: Path, resume: bool) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise UserError(
-            "run directory already holds a run; choose another --output-dir (or --resume to continue it)",
-            where=str(run_dir),
-        )
+def _claim_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError("run directory is not empty; choose another --output-dir", where=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -164,9 +161,9 @@ def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
     return Trainer(**trainer_inputs(checked, run_dir, callbacks), loss_plan=checked.loss_plan)
 
 
-def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False) -> dict:
+def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None) -> dict:
     """Train one recipe and write its run directory. Returns the summary (also in summary.json)."""
-    summary, _ = execute(recipe_path, overrides, output_dir, resume)
+    summary, _ = execute(recipe_path, overrides, output_dir)
     return summary
 
 
@@ -174,7 +171,6 @@ def execute(
     recipe_path: str | Path,
     overrides=(),
     output_dir: str | Path | None = None,
-    resume: bool = False,
     callbacks: list | None = None,
 ):
     """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours."""
@@ -187,7 +183,7 @@ def execute(
     checked = check(recipe_path, overrides)
     recipe = checked.recipe
     run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
-    _claim_run_dir(run_dir, resume)
+    _claim_run_dir(run_dir)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     _write_json(run_dir / "data_card.json", checked.data.card)
     _configure_wandb(recipe, run_dir)

@@ -41,7 +41,7 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "load_best_model_at_end": "early_stopping.patience (the best checkpoint is restored when it is set)",
     "model_init_kwargs": "model.dtype / model.trust_remote_code",
     "trust_remote_code": "model.trust_remote_code",
-    "resume_from_checkpoint": "the --resume option",
+    "resume_from_checkpoint": "nothing yet: resuming a run is not implemented (see the README, Status)",
     "use_weighting": "regularizers.wpo",
     "ld_alpha": "regularizers.ld_alpha",
     "f_divergence_type": "regularizers.f_divergence",

@@ -96,7 +96,7 @@ def test_existing_run_directory_is_not_overwritten(tiny_recipe, tmp_path):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
     (run_dir / "summary.json").write_text("{}")
-    with pytest.raises(UserError, match="run directory already holds a run"):
+    with pytest.raises(UserError, match="run directory is not empty"):
         execute(tiny_recipe, output_dir=run_dir)
     assert (run_dir / "summary.json").read_text() == "{}"
 
