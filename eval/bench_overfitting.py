@@ -132,7 +132,12 @@ def main() -> None:
     if args.smoke:
         from tests.conftest import build_tiny_model
 
-        base = ["regularizers.nll_weight=0.0", *SMOKE, f"model.name_or_path={build_tiny_model(out / 'tiny')}", "peft.target_modules=[q_proj, v_proj]"]
+        base = [
+            "regularizers.nll_weight=0.0",
+            *SMOKE,
+            f"model.name_or_path={build_tiny_model(out / 'tiny')}",
+            "peft.target_modules=[q_proj, v_proj]",
+        ]
         base.append("logging.progress_bar=false")
     rows = []
     for noise in args.noise:
