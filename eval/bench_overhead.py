@@ -57,6 +57,7 @@ def run_case(case: str, impl: str) -> dict:
     overrides = [
         f"model.name_or_path={model_name}",
         "loss.type=sigmoid",
+        "regularizers.nll_weight=0.0",  # plain DPO on both sides: the same computation
         f"training.max_steps={steps + warmup}",
         f"training.per_device_train_batch_size={batch}",
         "training.eval_strategy=no",

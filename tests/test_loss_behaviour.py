@@ -26,13 +26,7 @@ from dpo.losses import cdpo_optimal_margin, compute_loss
 CHOSEN, REJECTED = "aaaaaaab", "aaaaaaaa"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread; on a busy machine, several threads run ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Pair:

@@ -41,13 +41,7 @@ HAND_WORKED = {
 }  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread; on a busy machine, several threads run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def t(*values: float, grad: bool = False) -> torch.Tensor:
