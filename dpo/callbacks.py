@@ -9,15 +9,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-# Metrics where lower is better; anything else defaults to "max" under mode: auto.
-_LOWER_IS_BETTER = ("loss", "kl", "gap", "runtime")
-
-
-def infer_mode(metric: str, mode: str = "auto") -> str:
-    if mode != "auto":
-        return mode
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return "min" if any(word in leaf for word in _LOWER_IS_BETTER) else "max"
+from dpo.diagnostics import infer_mode
 
 
 class MetricsFileCallback(TrainerCallback):

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 import math
 
-from dpo.callbacks import infer_mode
+# Metrics where lower is better; anything else defaults to "max" under mode: auto.
+_LOWER_IS_BETTER = ("loss", "kl", "gap", "runtime")
+
+
+def infer_mode(metric: str, mode: str = "auto") -> str:
+    """'min' for losses, gaps and KL (eval_loss, eval_gap/margins, ...), 'max' for the rest, unless `mode` says."""
+    if mode != "auto":
+        return mode
+    name = metric.lower()
+    return "min" if any(word in name for word in _LOWER_IS_BETTER) else "max"
+
 
 DISPLACEMENT_WARN_NATS = 1.0  # held-out chosen log-prob this far below the reference triggers a warning
 LOSS_RISE_WARN = 0.10  # held-out loss this much (relative) above its minimum counts as "rising"

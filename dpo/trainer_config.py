@@ -172,7 +172,7 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
     """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
-    from dpo.callbacks import infer_mode
+    from dpo.diagnostics import infer_mode
 
     stopping = loaded.recipe.early_stopping
     mode = infer_mode(stopping.metric, stopping.mode)

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from dpo.callbacks import BestCheckpointCallback, infer_mode
+from dpo.callbacks import BestCheckpointCallback
+from dpo.diagnostics import infer_mode
 from dpo.run import execute
 
 
@@ -59,6 +60,9 @@ def test_no_patience_never_stops():
         ("eval_rewards/accuracies", "max"),
         ("eval_loss", "min"),
         ("eval_logps/accuracies", "max"),
+        ("eval_gap/margins", "min"),
+        ("eval_gap/accuracies", "min"),
+        ("eval_logratios/chosen", "max"),
     ],
 )
 def test_mode_inference(metric, mode):
