@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import random
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +237,3 @@ def prepare_data(section: DataSection, seed: int) -> PreparedData:
         "content_hash": {"train": content_hash(train_rows), "eval": content_hash(eval_rows)},
     }
     return PreparedData(train_rows, eval_rows, card)
-
-
-def reason_counts(rows: list[Any]) -> Counter:
-    """Invalid rows counted by reason (for `dpo data inspect` and the skip policy)."""
-    return Counter(p for row in rows if (p := row_problem(row)))

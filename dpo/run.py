@@ -28,8 +28,6 @@ from dpo.data import PreparedData, prepare_data
 from dpo.errors import UserError
 from dpo.recipe import LoadedRecipe, Recipe, load_recipe
 
-RUN_FILES = ("recipe.yaml", "data_card.json", "metrics.jsonl", "summary.json")
-
 
 @dataclass
 class CheckedRecipe:
