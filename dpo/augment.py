@@ -34,6 +34,23 @@ def parameters(name: str) -> dict[str, object]:
     return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+# Allowed ranges of the augmentations' parameters: (low, high), inclusive.
+RANGES: dict[tuple[str, str], tuple[float, float]] = {("label_noise", "fraction"): (0.0, 1.0)}
+
+
+def check(name: str, params: dict) -> str | None:
+    """Why these parameters cannot run, or None (types and ranges; unknown/missing keys are checked by name)."""
+    for key, value in params.items():
+        low, high = RANGES.get((name, key), (None, None))
+        if low is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key} must be a number, got {value!r}"
+        if not low <= value <= high:
+            return f"{key} must be in [{low}, {high}], got {value}"
+    return None
+
+
 def apply(rows: list[dict], steps: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """Run the augmentation steps in order; returns the rows and a record per step for the data card."""
     records = []

@@ -84,10 +84,11 @@ READERS: dict[str, Callable[[Path], list[Any]]] = {
 }
 
 
-def read_rows(path_text: str, key: str) -> list[Any]:
+def read_rows(path_text: str, where: str) -> list[Any]:
+    """Rows of one data file; `where` names the recipe key that points at it (for a missing file)."""
     path = Path(path_text)
     if not path.exists():
-        raise UserError(f"{key}: file '{path}' not found", where=key)
+        raise UserError(f"file '{path}' not found", where=where)
     if path.is_dir():
         return _read_with_datasets(path)
     reader = READERS.get(path.suffix.lower())
@@ -180,11 +181,15 @@ def _clean(rows: list[Any], source: str) -> tuple[list[dict], dict[str, Any]]:
     return kept, {"path": source, "rows_read": len(rows), "dropped": {"duplicate": len(rows) - len(kept)}}
 
 
-def split_by_prompt(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_by_prompt(
+    rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
+) -> tuple[list[dict], list[dict]]:
     """Hold out a seeded `fraction` of the distinct prompts (at least one); all pairs of a prompt go together."""
     prompts = list(dict.fromkeys(_canonical(r["prompt"]) for r in rows))
     if len(prompts) < 2:
-        raise UserError("need at least 2 distinct prompts to split off held-out data", where="data.heldout_fraction")
+        raise UserError(
+            "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
+        )
     random.Random(seed).shuffle(prompts)
     heldout = set(prompts[: max(1, min(len(prompts) - 1, math.ceil(fraction * len(prompts))))])
     train = [r for r in rows if _canonical(r["prompt"]) not in heldout]
@@ -200,15 +205,16 @@ def content_hash(rows: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def prepare_data(section: DataSection, seed: int) -> PreparedData:
-    train_rows, train_src = _clean(read_rows(section.train, "data.train"), section.train)
+def prepare_data(section: DataSection, seed: int, where: Callable[[str], str] = lambda key: key) -> PreparedData:
+    """Read, check, split and augment. `where(key)` prefixes errors about a recipe key ('file: key')."""
+    train_rows, train_src = _clean(read_rows(section.train, where("data.train")), section.train)
     sources = {"train": train_src}
     if section.eval:
-        eval_rows, eval_src = _clean(read_rows(section.eval, "data.eval"), section.eval)
+        eval_rows, eval_src = _clean(read_rows(section.eval, where("data.eval")), section.eval)
         sources["eval"] = eval_src
         split = {"method": "file"}
     else:
-        train_rows, eval_rows = split_by_prompt(train_rows, section.heldout_fraction, seed)
+        train_rows, eval_rows = split_by_prompt(train_rows, section.heldout_fraction, seed, where)
         split = {"method": "heldout_fraction", "heldout_fraction": section.heldout_fraction, "seed": seed}
     truncated = {}
     if section.max_train_pairs and len(train_rows) > section.max_train_pairs:

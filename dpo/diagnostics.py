@@ -1,7 +1,7 @@
 """Overfitting diagnostics from a run's metric history: where overfitting starts, and what to do about it.
 
-Pure functions over the list of log events (metrics.jsonl / trainer.state.log_history); no torch, so
-`dpo report` and the sweep summary can use them on any finished run.
+Pure functions over the list of log events (metrics.jsonl / trainer.state.log_history); no torch and no
+trainer, so they work on any finished run directory.
 
 Per evaluation the trainer also logs the train-minus-held-out gaps (see dpo/trainer.py):
     eval_gap/margins     = train rewards/margins    - held-out rewards/margins
@@ -16,6 +16,28 @@ from __future__ import annotations
 import math
 
 # Metrics where lower is better; anything else defaults to "max" under mode: auto.
+# The held-out metrics logged at every evaluation (TRL's names, then ours): the one table of names that
+# early_stopping.metric and reduce-on-plateau may watch.
+EVAL_METRICS: dict[str, str] = {
+    "eval_loss": "held-out loss of the configured loss terms",
+    "eval_rewards/accuracies": "share of pairs whose implicit reward is higher for the chosen answer",
+    "eval_rewards/margins": "mean implicit reward of chosen minus rejected (beta * log-ratio difference)",
+    "eval_rewards/chosen": "mean implicit reward of the chosen answers",
+    "eval_rewards/rejected": "mean implicit reward of the rejected answers",
+    "eval_logps/chosen": "mean log-prob of the chosen answers under the policy",
+    "eval_logps/rejected": "mean log-prob of the rejected answers under the policy",
+    "eval_logits/chosen": "mean logit over the chosen answers' tokens",
+    "eval_logits/rejected": "mean logit over the rejected answers' tokens",
+    "eval_entropy": "mean token entropy of the policy over the answers",
+    "eval_mean_token_accuracy": "share of chosen-answer tokens that are the policy's top-1 token",
+    "eval_logps/accuracies": "share of pairs where the policy itself gives the chosen answer the higher log-prob",
+    "eval_logratios/chosen": "mean log pi/pi_ref of the chosen answers (< 0: likelihood displacement)",
+    "eval_logratios/rejected": "mean log pi/pi_ref of the rejected answers",
+    "eval_gap/margins": "train minus held-out reward margin",
+    "eval_gap/accuracies": "train minus held-out reward accuracy",
+    "eval_gap/loss": "held-out minus train loss",
+}
+
 _LOWER_IS_BETTER = ("loss", "kl", "gap", "runtime")
 
 

@@ -1,7 +1,7 @@
 """Programmatic gold rewards for the shipped datasets: score any answer to a prompt, not just pairs.
 
 Each reward takes the prompt text and an answer text and returns 1.0 (correct) or 0.0 (wrong).
-The data card of a dataset names its reward (`gold_reward`), and evaluation looks it up here.
+The data card of a dataset names its reward (`gold_reward`) by its key in GOLD_REWARDS.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,7 @@ class LossSpec:
     name: str
     fn: Callable[..., Tensor]
     summary: str
+    sorts_batch: bool = False  # pairs lose their order inside the loss: no per-pair weights or filtering
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -211,8 +212,8 @@ class LossSpec:
         return "chosen_scores" in self.inputs
 
 
-def _spec(fn: Callable[..., Tensor], summary: str) -> LossSpec:
-    return LossSpec(fn.__name__, fn, summary)
+def _spec(fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False) -> LossSpec:
+    return LossSpec(fn.__name__, fn, summary, sorts_batch)
 
 
 # The one table of loss names. Docs, --help and error messages are built from it.
@@ -228,8 +229,8 @@ LOSSES: dict[str, LossSpec] = {
         _spec(nca_pair, "NCA: noise-contrastive alignment, pairwise"),
         _spec(bco_pair, "BCO: binary classifier optimisation, pairwise"),
         _spec(sppo_hard, "SPPO with hard win probabilities"),
-        _spec(aot, "AOT: distributional alignment via optimal transport, paired"),
-        _spec(aot_unpaired, "AOT, unpaired"),
+        _spec(aot, "AOT: distributional alignment via optimal transport, paired", sorts_batch=True),
+        _spec(aot_unpaired, "AOT, unpaired", sorts_batch=True),
         _spec(apo_zero, "APO-zero: raise chosen, lower rejected likelihood"),
         _spec(apo_down, "APO-down: lower both, the rejected one more"),
         _spec(discopop, "DiscoPOP: log-ratio modulated logistic/exponential loss"),
@@ -293,6 +294,33 @@ F_DIVERGENCES: dict[str, Callable[[Tensor, float], Tensor]] = {
 }
 
 
+@dataclass(frozen=True)
+class LossPlan:
+    """What the trainer optimises (built from the recipe by dpo/trainer_config.py, run by dpo/trainer.py).
+
+    terms            weighted loss names from LOSSES, summed
+    beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training
+    hyperparameters  loss hyperparameters (label_smoothing, dpop_lambda, ...), passed to the losses that take them
+    f_divergence     link applied to the log-ratios of losses that take "scores" (f-DPO)
+    neftune_alpha    NEFTune noise on the policy's input embeddings while training (never on the reference)
+    """
+
+    terms: tuple[tuple[str, float], ...] = (("sigmoid", 1.0),)
+    beta: float = 0.1
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    beta_schedule: dict = field(default_factory=dict)
+    f_divergence: str = "reverse_kl"
+    f_alpha: float = 0.5
+    neftune_alpha: float | None = None
+
+    def __post_init__(self):
+        unknown = [name for name, _ in self.terms if name not in LOSSES]
+        if unknown:
+            raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
+        if self.f_divergence not in F_DIVERGENCES:
+            raise ValueError(f"unknown f-divergence {self.f_divergence}; known: {sorted(F_DIVERGENCES)}")
+
+
 def cdpo_optimal_margin(label_smoothing: float) -> float:
-    """beta * Delta at the cDPO optimum: log((1 - eps) / eps). Used by tests and reports."""
+    """beta * Delta at the cDPO optimum: log((1 - eps) / eps)."""
     return math.log((1 - label_smoothing) / label_smoothing)

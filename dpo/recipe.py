@@ -2,7 +2,7 @@
 
 A recipe is the single description of a run. This module knows the recipe's *shape* (sections, keys,
 types, ranges); it imports no torch and no trainer. Checks that need other tables (loss names,
-DPOConfig fields) live in `dpo/validation.py`.
+DPOConfig fields) live in `dpo/trainer_config.py`.
 
 Every error is a `UserError` naming the file that set the offending key (a base recipe, the recipe
 itself, or `--set`) and the dotted key, with the closest valid key suggested for typos.
@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dpo.augment import AUGMENTATIONS
+from dpo.augment import check as augment_check
 from dpo.augment import parameters as augment_parameters
 from dpo.errors import UserError
 
@@ -93,7 +94,7 @@ class DataSection(Section):
     def _known_augmentations(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, step in enumerate(steps):
             name = step.get("type")
-            if name not in AUGMENTATIONS:
+            if not isinstance(name, str) or name not in AUGMENTATIONS:
                 close = difflib.get_close_matches(str(name), list(AUGMENTATIONS), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ValueError(f"step {i}: unknown type {name!r}{hint} (valid: {', '.join(AUGMENTATIONS)})")
@@ -103,8 +104,9 @@ class DataSection(Section):
             if unknown or missing:
                 problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
                 raise ValueError(f"step {i} ({name}): {problem}; it takes {sorted(accepted)}")
-            if name == "label_noise" and not 0 <= step["fraction"] <= 1:
-                raise ValueError(f"step {i} (label_noise): fraction must be in [0, 1], got {step['fraction']}")
+            problem = augment_check(name, {k: v for k, v in step.items() if k != "type"})
+            if problem:
+                raise ValueError(f"step {i} ({name}): {problem}")
         return steps
 
 
@@ -242,6 +244,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     raw, provenance = _read_with_bases(path, chain=())
     for item in overrides:
         key, value = parse_override(item)
+        if key == "base" or key.startswith("base."):
+            raise UserError(
+                "base cannot be overridden: it is read before --set applies; edit the recipe", where=SET_SOURCE
+            )
         if key in PATH_KEYS and isinstance(value, str):
             value = str(Path(value).expanduser().resolve())  # paths given on the command line are CWD-relative
         _set_dotted(raw, key, value)

@@ -3,8 +3,8 @@
     import dpo
     summary = dpo.train("recipes/quickstart.yaml", overrides=["loss.beta=0.2"], output_dir="runs/b02")
 
-Everything that can be wrong with the user's input (recipe, data, model path) is checked before the
-run directory is created, so a bad input never leaves a half-made run behind.
+Everything that can be wrong with the user's input (recipe, training settings, data, model path) is
+checked by `check()` before the run directory is created, so a bad input never leaves a half-made run.
 
 Run directory:
     recipe.yaml       the fully resolved recipe (a plain recipe `dpo train` accepts)
@@ -17,6 +17,7 @@ Run directory:
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -37,28 +38,67 @@ class CheckedRecipe:
     data: PreparedData
     loss_plan: Any
     training: dict[str, Any]
+    dpo_config: Any  # trl.DPOConfig as the run will use it (output_dir set again for the real run directory)
 
     @property
     def recipe(self) -> Recipe:
         return self.loaded.recipe
 
 
-def check(recipe_path: str | Path, overrides=()) -> CheckedRecipe:
-    """Load and check a recipe and its data without loading a model."""
-    from dpo.models import EMBEDDED_MODELS, load_config
-    from dpo.trainer_config import check_training, loss_plan
+def check(recipe_path: str | Path, overrides=(), extra_metrics: tuple[str, ...] = ()) -> CheckedRecipe:
+    """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
+    before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add."""
+    from dpo.trainer_config import build_dpo_config, check_no_op_keys, check_training, loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
     plan = loss_plan(loaded)
     training = check_training(loaded)
+    dpo_config = build_dpo_config(loaded, Path("runs") / "_check")  # TRL's own checks of the values
+    check_no_op_keys(loaded, dpo_config)
+    _check_early_stopping(loaded, dpo_config, extra_metrics)
+    _check_model(loaded)
+    data = prepare_data(loaded.recipe.data, loaded.recipe.seed, where=loaded.where)
+    return CheckedRecipe(loaded, data, plan, training, dpo_config)
+
+
+def _check_model(loaded: LoadedRecipe) -> None:
+    """The model must be loadable: the embedded model's package installed, or a config for a dir / hub id."""
+    from dpo.models import EMBEDDED_MODELS, cache_dir, load_config
+
     name = loaded.recipe.model.name_or_path
-    if name not in EMBEDDED_MODELS:  # a local dir or hub id: its config must load (offline: a clear error)
-        try:
+    try:
+        if name in EMBEDDED_MODELS:
+            if not (cache_dir() / name / "config.json").is_file():
+                EMBEDDED_MODELS[name].package_dir()
+        else:
             load_config(name)
-        except UserError as exc:
-            message = str(exc).removeprefix("model.name_or_path: ")
-            raise UserError(message, where=loaded.where("model.name_or_path")) from None
-    return CheckedRecipe(loaded, prepare_data(loaded.recipe.data, loaded.recipe.seed), plan, training)
+    except UserError as exc:
+        message = str(exc).removeprefix("model.name_or_path: ")
+        raise UserError(message, where=loaded.where("model.name_or_path")) from None
+
+
+def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
+    from dpo.diagnostics import EVAL_METRICS
+
+    stopping = loaded.recipe.early_stopping
+    known = [*EVAL_METRICS, *extra_metrics]
+    if stopping.metric not in known:
+        close = difflib.get_close_matches(stopping.metric, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(
+            f"unknown held-out metric '{stopping.metric}'{hint} (valid: {', '.join(known)})",
+            where=loaded.where("early_stopping.metric"),
+        )
+    if stopping.patience is None:
+        return
+    never = dpo_config.eval_strategy == "no"
+    steps, every = dpo_config.max_steps, dpo_config.eval_steps
+    if never or (dpo_config.eval_strategy == "steps" and every and every >= 1 and 0 < steps < every):
+        raise UserError(
+            "needs evaluations during training (training.eval_strategy 'no', or eval_steps > max_steps): "
+            "without them the untrained model would be kept as the best",
+            where=loaded.where("early_stopping.patience"),
+        )
 
 
 def plan_line(checked: CheckedRecipe) -> str:
@@ -67,20 +107,20 @@ def plan_line(checked: CheckedRecipe) -> str:
 
     from dpo.plan import PlanOptions, build_plan
 
-    recipe, training = checked.recipe, checked.training
-    on_gpu = torch.cuda.is_available()
-    bf16 = training.get("bf16", on_gpu and torch.cuda.is_bf16_supported())  # as trainer_config defaults it
-    targets = recipe.peft.target_modules if recipe.peft else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    recipe, args = checked.recipe, checked.dpo_config
+    peft = recipe.peft
     options = PlanOptions(
         dtype=recipe.model.dtype,
-        batch_size=training.get("per_device_train_batch_size", 8),
-        seq_len=training.get("max_length") or 1024,
-        lora_rank=recipe.peft.r if recipe.peft else None,
-        lora_targets=("all-linear",) if targets == "all-linear" else tuple(targets),
-        gradient_checkpointing=bool(training.get("gradient_checkpointing", False)),
-        reference="precomputed" if training.get("precompute_ref_log_probs") else "auto",
-        device="cuda" if on_gpu else "cpu",
-        autocast="bfloat16" if bf16 and recipe.model.dtype == "float32" else None,
+        batch_size=args.per_device_train_batch_size,
+        seq_len=args.max_length or 1024,
+        lora_rank=peft.r if peft else None,
+        lora_targets=(("all-linear",) if peft.target_modules == "all-linear" else tuple(peft.target_modules))
+        if peft
+        else PlanOptions.lora_targets,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        reference="precomputed" if args.precompute_ref_log_probs else "auto",
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        autocast="bfloat16" if args.bf16 and recipe.model.dtype == "float32" else None,
     )
     return build_plan(recipe.model.name_or_path, options).summary_line()
 
@@ -90,6 +130,8 @@ def default_output_dir(recipe: Recipe) -> Path:
 
 
 def _claim_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError("run directory is not empty; choose another --output-dir", where=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +185,7 @@ def trainer_inputs(checked: CheckedRecipe, run_dir: Path, callbacks: list) -> di
     train_ds, eval_ds = checked.data.datasets()
     return {
         "model": load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code),
-        "args": build_dpo_config(checked.loaded, run_dir),
+        "args": build_dpo_config(checked.loaded, run_dir),  # as checked, now with the real run directory
         "train_dataset": train_ds,
         "eval_dataset": eval_ds,
         "processing_class": load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code),
@@ -170,21 +212,25 @@ def execute(
     overrides=(),
     output_dir: str | Path | None = None,
     callbacks: list | None = None,
+    extra_metrics: tuple[str, ...] = (),
 ):
-    """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours."""
+    """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours and
+    may add held-out metrics named in `extra_metrics`."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
     from dpo.diagnostics import overfitting_block
 
     started = time.time()
-    checked = check(recipe_path, overrides)
+    checked = check(recipe_path, overrides, extra_metrics)
     recipe = checked.recipe
     run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
     _claim_run_dir(run_dir)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     _write_json(run_dir / "data_card.json", checked.data.card)
     _configure_wandb(recipe, run_dir)
+    if recipe.logging.tensorboard:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
         print(plan_line(checked), flush=True)
     except UserError as exc:  # a model family the planner cannot count is no reason not to train

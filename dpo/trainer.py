@@ -12,44 +12,16 @@ Written against TRL 1.16 (pinned in pyproject.toml).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 import torch
 from trl import DPOTrainer
 
 from dpo.beta import BetaController
-from dpo.losses import F_DIVERGENCES, LOSSES, compute_loss
+from dpo.losses import F_DIVERGENCES, LossPlan, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # Train metrics compared with their held-out values at each evaluation (dpo/diagnostics.py explains the signs).
 _GAP_METRICS = {"rewards/margins": "gap/margins", "rewards/accuracies": "gap/accuracies"}
-
-
-@dataclass(frozen=True)
-class LossPlan:
-    """What the trainer optimises (built from the recipe by dpo/trainer_config.py).
-
-    terms            weighted loss names from LOSSES, summed
-    beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training
-    hyperparameters  loss hyperparameters (label_smoothing, dpop_lambda, ...), passed to the losses that take them
-    f_divergence     link applied to the log-ratios of losses that take "scores" (f-DPO)
-    neftune_alpha    NEFTune noise on the policy's input embeddings while training (never on the reference)
-    """
-
-    terms: tuple[tuple[str, float], ...] = (("sigmoid", 1.0),)
-    beta: float = 0.1
-    hyperparameters: dict[str, float] = field(default_factory=dict)
-    beta_schedule: dict = field(default_factory=dict)
-    f_divergence: str = "reverse_kl"
-    f_alpha: float = 0.5
-    neftune_alpha: float | None = None
-
-    def __post_init__(self):
-        unknown = [name for name, _ in self.terms if name not in LOSSES]
-        if unknown:
-            raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
-        if self.f_divergence not in F_DIVERGENCES:
-            raise ValueError(f"unknown f-divergence {self.f_divergence}; known: {sorted(F_DIVERGENCES)}")
 
 
 class Trainer(DPOTrainer):
@@ -181,9 +153,9 @@ class Trainer(DPOTrainer):
             held_out = self._metrics["eval"]
             for name, gap in _GAP_METRICS.items():
                 if self._since_eval[name] and held_out.get(name):
-                    held_out[gap] = [_mean(self._since_eval[name]) - _mean(held_out[name])]
+                    held_out[gap] = [_average(self._since_eval[name]) - _average(held_out[name])]
             if self._since_eval["loss"] and "eval_loss" in logs:
-                held_out["gap/loss"] = [logs["eval_loss"] - _mean(self._since_eval["loss"])]
+                held_out["gap/loss"] = [logs["eval_loss"] - _average(self._since_eval["loss"])]
             self._since_eval.clear()
         super().log(logs, start_time)
 
@@ -229,5 +201,5 @@ class Trainer(DPOTrainer):
         self._metrics[mode]["beta"] = [beta]
 
 
-def _mean(values: list[float]) -> float:
+def _average(values: list[float]) -> float:
     return sum(values) / len(values)

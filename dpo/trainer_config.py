@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
 from dpo.errors import UserError
-from dpo.losses import LOSSES
-from dpo.recipe import LoadedRecipe, Recipe
-from dpo.trainer import LossPlan
+from dpo.losses import LOSSES, LossPlan
+from dpo.recipe import DataSection, LoadedRecipe, Recipe
 
 # DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
 # points to the right key, so there is exactly one place for each knob.
@@ -41,6 +40,7 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "load_best_model_at_end": "early_stopping.patience (the best checkpoint is restored when it is set)",
     "model_init_kwargs": "model.dtype / model.trust_remote_code",
     "trust_remote_code": "model.trust_remote_code",
+    "label_smoothing_factor": "loss.label_smoothing (DPO computes its own loss; this one would be ignored)",
     "resume_from_checkpoint": "nothing yet: resuming a run is not implemented (see the README, Status)",
     "use_weighting": "regularizers.wpo",
     "ld_alpha": "regularizers.ld_alpha",
@@ -104,10 +104,6 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
                 where=loaded.where(f"loss.{key}"),
             )
         hyperparameters[key] = value
-    if "exo_pair" in names and not hyperparameters.get("label_smoothing"):
-        raise UserError(
-            "exo_pair needs loss.label_smoothing > 0 (the EXO paper uses 1e-3)", where=loaded.where("loss.type")
-        )
     terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
     reg = loaded.recipe.regularizers
     if reg.nll_weight > 0:
@@ -134,16 +130,18 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
     recipe = loaded.recipe
     reg = recipe.regularizers
     if reg.f_divergence != "reverse_kl":
-        unsupported = [n for n in names if not LOSSES[n].supports_f_divergence and n != "sft"]
+        # losses without a reference (the NLL term) have no log-ratio to link, so they are unaffected
+        unsupported = [n for n in names if LOSSES[n].needs_reference and not LOSSES[n].supports_f_divergence]
         if unsupported:
             supported = sorted(n for n, spec in LOSSES.items() if spec.supports_f_divergence)
             raise UserError(
                 f"does not apply to loss.type {unsupported} (f-divergences work with: {', '.join(supported)})",
                 where=loaded.where("regularizers.f_divergence"),
             )
-    if reg.wpo and {"aot", "aot_unpaired"} & set(names):
+    sorting = [n for n in names if LOSSES[n].sorts_batch]
+    if reg.wpo and sorting:
         raise UserError(
-            "does not apply to the aot losses (they sort the batch, which misaligns per-pair weights)",
+            f"does not apply to {sorting} (they sort the batch, which misaligns per-pair weights)",
             where=loaded.where("regularizers.wpo"),
         )
     if reg.sync_ref is not None:
@@ -159,15 +157,37 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
                 where=loaded.where("regularizers.sync_ref"),
             )
     schedule = recipe.loss.beta_schedule
-    if (
-        schedule.type == "adaptive"
-        and schedule.keep_fraction not in (None, 1.0)
-        and {"aot", "aot_unpaired"} & set(names)
-    ):
+    if schedule.type == "adaptive" and schedule.keep_fraction not in (None, 1.0) and sorting:
         raise UserError(
-            "keep_fraction filtering does not apply to the aot losses (they sort the whole batch)",
+            f"keep_fraction filtering does not apply to {sorting} (they sort the whole batch)",
             where=loaded.where("loss.beta_schedule.keep_fraction"),
         )
+
+
+def check_no_op_keys(loaded: LoadedRecipe, dpo_config) -> None:
+    """Keys whose value differs from the default but that the rest of the recipe makes ineffective.
+
+    Compared with defaults rather than with "was it written", so a fully resolved recipe.yaml (every key
+    written out) loads again without complaint."""
+    recipe = loaded.recipe
+    data, stopping, logging = recipe.data, recipe.early_stopping, recipe.logging
+    no_ops = []
+    if data.eval and data.heldout_fraction != DataSection.model_fields["heldout_fraction"].default:
+        no_ops.append(("data.heldout_fraction", "data.eval is set, so nothing is split off"))
+    if stopping.patience is None:
+        if stopping.warmup_steps:
+            no_ops.append(("early_stopping.warmup_steps", "early_stopping.patience is not set"))
+        if stopping.min_delta:
+            no_ops.append(("early_stopping.min_delta", "early_stopping.patience is not set"))
+    if not logging.wandb:
+        if logging.wandb_project != "dpo-toolkit" or logging.wandb_mode != "auto":
+            key = "logging.wandb_project" if logging.wandb_project != "dpo-toolkit" else "logging.wandb_mode"
+            no_ops.append((key, "logging.wandb is false"))
+    if "num_train_epochs" in recipe.training and dpo_config.max_steps > 0:
+        no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
+    if no_ops:
+        key, reason = no_ops[0]
+        raise UserError(f"has no effect: {reason}", where=loaded.where(key))
 
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
@@ -263,10 +283,11 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     )
     if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
         kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
-    if recipe.logging.tensorboard:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
-        return DPOConfig(**kwargs)
+        with warnings.catch_warnings():
+            # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return DPOConfig(**kwargs)
     except (ValueError, TypeError) as exc:
         message = str(exc).splitlines()[0]
         raise UserError(f"training: DPOConfig rejected the settings: {message}", where=str(loaded.path)) from None

@@ -1,6 +1,6 @@
 """Overhead of our loss override: the same DPO training through dpo.trainer.Trainer and through plain TRL.
 
-    python eval/bench_overhead.py                 # all cases, ~6 min on 2 CPU cores
+    python eval/bench_overhead.py                 # all cases, ~9 min on 2 CPU cores
     python eval/bench_overhead.py --repeats 1     # quicker, noisier
 
 Both sides get the same model, LoRA config, data, batch, step count and DPOConfig (built from

@@ -90,3 +90,39 @@ def test_plan_json_and_errors(tmp_path):
     assert plan["memory"]["total"] > 0
     proc = run_dpo("plan", tmp_path / "missing.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "missing.json" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["training.optim=bogus"], "training: DPOConfig rejected the settings"),
+        (["early_stopping.metric=eval_reward/margins"], "did you mean 'eval_rewards/margins'?"),
+        (["early_stopping.patience=2", "training.eval_strategy=no"], "early_stopping.patience: needs evaluations"),
+        (["data.heldout_fraction=0.3"], "data.heldout_fraction: has no effect: data.eval is set"),
+        (["early_stopping.warmup_steps=5"], "early_stopping.warmup_steps: has no effect"),
+        (["logging.wandb_project=x"], "logging.wandb_project: has no effect: logging.wandb is false"),
+        (["training.max_steps=3", "training.num_train_epochs=2"], "training.num_train_epochs: has no effect"),
+        (["training.label_smoothing_factor=0.1"], "use loss.label_smoothing"),
+        (["base=other.yaml"], "base cannot be overridden"),
+        (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction must be a number"),
+    ],
+)
+def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        {"data": {"train": str(ARITHMETIC / "train.jsonl"), "eval": str(ARITHMETIC / "eval.jsonl")}},
+    )
+    out_dir = tmp_path / "out"
+    args = [a for o in overrides for a in ("--set", o)]
+    proc = run_dpo("train", recipe, *args, "--output-dir", out_dir)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ") and fragment in line
+    assert not out_dir.exists()
+
+
+def test_missing_data_file_names_the_recipe_and_key(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": "nowhere.jsonl"}})
+    proc = run_dpo("validate", recipe)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {recipe}: data.train: file '{tmp_path / 'nowhere.jsonl'}' not found"

@@ -98,7 +98,9 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
         "training.eval_steps=1",
     ]
     scripted = ScriptedMetric(values)
-    summary, _ = execute(tiny_recipe, overrides, output_dir=run_dir, callbacks=[scripted])
+    summary, _ = execute(
+        tiny_recipe, overrides, output_dir=run_dir, callbacks=[scripted], extra_metrics=("eval_scripted",)
+    )
     assert summary["stop_reason"] == "early_stopped" and summary["steps"] == stopped
     assert summary["best_step"] == best_step and summary["best_metric"]["value"] == values[best_step]
     assert summary["final_weights"] == "best"

@@ -510,7 +510,8 @@ def _trainers(
     from peft import LoraConfig
     from trl import DPOTrainer
 
-    from dpo.trainer import LossPlan, Trainer
+    from dpo.losses import LossPlan
+    from dpo.trainer import Trainer
 
     common = {"train_dataset": setup["dataset"], "processing_class": setup["tokenizer"]}
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")

@@ -64,7 +64,7 @@ def test_adaptive_filter_drops_the_outlier():
             ["regularizers.f_divergence=js_divergence", "loss.type=nca_pair"],
             "regularizers.f_divergence: does not apply",
         ),
-        (["regularizers.wpo=true", "loss.type=aot"], "regularizers.wpo: does not apply to the aot losses"),
+        (["regularizers.wpo=true", "loss.type=aot"], "regularizers.wpo: does not apply to ['aot']"),
         (["regularizers.sync_ref={every: 4}"], "regularizers.sync_ref: needs full fine-tuning (peft: null)"),
         (["regularizers.nll_weight=1", "loss.type=[sigmoid, sft]"], "the NLL term is already in loss.type"),
         (["training.neftune_noise_alpha=5"], "use regularizers.neftune_alpha"),

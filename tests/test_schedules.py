@@ -29,7 +29,9 @@ def test_reduce_on_plateau_halves_lr_after_patience_plus_one_flat_evaluations(ti
         "training.eval_steps=1",
         "training.learning_rate=0.01",
     ]
-    execute(tiny_recipe, overrides, output_dir=tmp_path / "run", callbacks=[ConstantMetric()])
+    execute(
+        tiny_recipe, overrides, output_dir=tmp_path / "run", callbacks=[ConstantMetric()], extra_metrics=("eval_flat",)
+    )
     lrs = [r["learning_rate"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "grad_norm" in r]
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.0025])
 
@@ -41,11 +43,10 @@ def test_plateau_mode_must_agree_with_early_stopping(tiny_recipe, tmp_path):
     config = build_dpo_config(ok.loaded, tmp_path)
     assert config.metric_for_best_model == "eval_rewards/margins" and config.greater_is_better is True
     assert config.lr_scheduler_kwargs["mode"] == "max"
-    bad = check(
-        tiny_recipe, ["training.lr_scheduler_type=reduce_lr_on_plateau", "training.lr_scheduler_kwargs={mode: min}"]
-    )
     with pytest.raises(UserError, match="contradicts early_stopping"):
-        build_dpo_config(bad.loaded, tmp_path)
+        check(
+            tiny_recipe, ["training.lr_scheduler_type=reduce_lr_on_plateau", "training.lr_scheduler_kwargs={mode: min}"]
+        )
 
 
 @pytest.mark.parametrize(

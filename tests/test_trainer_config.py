@@ -36,13 +36,19 @@ def test_label_smoothing_turns_sigmoid_into_cdpo(recipe_path):
         (["loss.discopop_tau=0.1", "loss.type=hinge"], "loss.discopop_tau: does not apply"),
         (["loss.type=sigmiod"], "unknown loss 'sigmiod'; did you mean 'sigmoid'?"),
         (["loss.type=[sigmoid, sft]", "loss.weights=[1.0]"], "1 weights for 2 losses"),
-        (["loss.type=exo_pair"], "loss.type: exo_pair needs loss.label_smoothing > 0"),
     ],
 )
 def test_inapplicable_or_unknown_loss_settings_are_errors(recipe_path, overrides, fragment):
     with pytest.raises(UserError) as err:
         plan(recipe_path, *overrides)
     assert str(err.value).startswith("--set: loss.") and fragment in str(err.value)
+
+
+def test_exo_pair_uses_the_paper_epsilon_unless_set(recipe_path):
+    assert plan(recipe_path, "loss.type=exo_pair").hyperparameters == {}  # the function's default: 1e-3
+    assert plan(recipe_path, "loss.type=exo_pair", "loss.label_smoothing=0.01").hyperparameters == {
+        "label_smoothing": 0.01
+    }
 
 
 def test_combined_losses_with_weights(recipe_path):
