@@ -4,6 +4,15 @@ The CLI turns it into a single `error: ...` line on stderr and exit code 2, with
 Everything else is a bug or an environment failure and keeps its traceback.
 """
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, valid: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
+    """ "; did you mean 'X'?" for the closest valid name (with `prefix` put before it), or ""."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=cutoff)
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
+
 
 class UserError(Exception):
     """A problem with the user's input. `where` is the file (and optionally key or row) it concerns."""

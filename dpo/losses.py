@@ -36,6 +36,16 @@ def logistic(z: Tensor) -> Tensor:
     return -F.logsigmoid(z)
 
 
+def _smoothed(z: Tensor, eps: float) -> Tensor:
+    """(1 - eps) * l(z) + eps * l(-z): the logistic loss with labels flipped at rate eps (cDPO's mix)."""
+    return (1 - eps) * logistic(z) + eps * logistic(-z)
+
+
+def _per_token_delta(chosen: Tensor, rejected: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor) -> Tensor:
+    """chosen / |y_w| - rejected / |y_l|: the length-normalised difference (lengths clamped at 1)."""
+    return chosen / chosen_lengths.clamp(min=1) - rejected / rejected_lengths.clamp(min=1)
+
+
 def sigmoid(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
     """DPO (arXiv 2305.18290, Eq. 7): l(beta * Delta).
 
@@ -43,8 +53,7 @@ def sigmoid(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, labe
     noisy preferences"): (1 - eps) * l(beta * Delta) + eps * l(-beta * Delta). Its optimum is a finite
     margin, beta * Delta* = log((1 - eps) / eps), instead of DPO's unbounded one.
     """
-    z = beta * (chosen_scores - rejected_scores)
-    return (1 - label_smoothing) * logistic(z) + label_smoothing * logistic(-z)
+    return _smoothed(beta * (chosen_scores - rejected_scores), label_smoothing)
 
 
 def robust(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
@@ -69,7 +78,7 @@ def ipo(
     Delta_avg uses per-token average scores (sum / completion length). The optimum is the finite
     margin Delta_avg* = 1 / (2 beta) (beta is the paper's tau).
     """
-    delta = chosen_scores / chosen_lengths.clamp(min=1) - rejected_scores / rejected_lengths.clamp(min=1)
+    delta = _per_token_delta(chosen_scores, rejected_scores, chosen_lengths, rejected_lengths)
     return (delta - 1 / (2 * beta)) ** 2
 
 
@@ -118,7 +127,7 @@ def aot(
     delta = sort(logp_w - logp_l) - sort(ref_w - ref_l) (sorted within the batch), then as cDPO.
     """
     delta = torch.sort(chosen_logps - rejected_logps).values - torch.sort(ref_chosen_logps - ref_rejected_logps).values
-    return (1 - label_smoothing) * logistic(beta * delta) + label_smoothing * logistic(-beta * delta)
+    return _smoothed(beta * delta, label_smoothing)
 
 
 def aot_unpaired(
@@ -126,7 +135,7 @@ def aot_unpaired(
 ) -> Tensor:
     """AOT, unpaired (arXiv 2406.05882, Eq. 8): delta = sort(logratio_w) - sort(logratio_l), then as cDPO."""
     delta = torch.sort(chosen_logratios).values - torch.sort(rejected_logratios).values
-    return (1 - label_smoothing) * logistic(beta * delta) + label_smoothing * logistic(-beta * delta)
+    return _smoothed(beta * delta, label_smoothing)
 
 
 def apo_zero(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
@@ -159,8 +168,7 @@ def sigmoid_norm(
 
     l(beta * (score_w / |y_w| - score_l / |y_l|)).
     """
-    delta = chosen_scores / chosen_lengths.clamp(min=1) - rejected_scores / rejected_lengths.clamp(min=1)
-    return logistic(beta * delta)
+    return logistic(beta * _per_token_delta(chosen_scores, rejected_scores, chosen_lengths, rejected_lengths))
 
 
 def dpop(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, dpop_lambda: float = 50.0) -> Tensor:

@@ -11,7 +11,6 @@ itself, or `--set`) and the dotted key, with the closest valid key suggested for
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import os
 import re
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dpo.augment import AUGMENTATIONS
 from dpo.augment import check as augment_check
 from dpo.augment import parameters as augment_parameters
-from dpo.errors import UserError
+from dpo.errors import UserError, did_you_mean
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -95,8 +94,7 @@ class DataSection(Section):
         for i, step in enumerate(steps):
             name = step.get("type")
             if not isinstance(name, str) or name not in AUGMENTATIONS:
-                close = difflib.get_close_matches(str(name), list(AUGMENTATIONS), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(name, AUGMENTATIONS)
                 raise ValueError(f"step {i}: unknown type {name!r}{hint} (valid: {', '.join(AUGMENTATIONS)})")
             accepted = augment_parameters(name)
             unknown = sorted(set(step) - {"type"} - set(accepted))
@@ -285,8 +283,7 @@ def _describe(err: dict, key: str) -> str:
     if kind == "extra_forbidden":
         parent, _, leaf = key.rpartition(".")
         valid = valid_keys(parent)
-        close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
-        hint = f"; did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        hint = did_you_mean(leaf, valid, prefix=f"{parent}." if parent else "", cutoff=0.5)
         return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
     if kind == "missing":
         return f"required key '{key}' is missing"

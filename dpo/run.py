@@ -17,7 +17,6 @@ Run directory:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo.data import PreparedData, prepare_data
-from dpo.errors import UserError
+from dpo.errors import UserError, did_you_mean
 from dpo.recipe import LoadedRecipe, Recipe, load_recipe
 
 
@@ -83,10 +82,9 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
     if stopping.metric not in known:
-        close = difflib.get_close_matches(stopping.metric, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UserError(
-            f"unknown held-out metric '{stopping.metric}'{hint} (valid: {', '.join(known)})",
+            f"unknown held-out metric '{stopping.metric}'{did_you_mean(stopping.metric, known)} "
+            f"(valid: {', '.join(known)})",
             where=loaded.where("early_stopping.metric"),
         )
     if stopping.patience is None:

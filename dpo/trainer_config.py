@@ -10,16 +10,15 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
-from dpo.errors import UserError
+from dpo.errors import UserError, did_you_mean
 from dpo.losses import LOSSES, LossPlan
-from dpo.recipe import DataSection, LoadedRecipe, Recipe
+from dpo.recipe import DataSection, LoadedRecipe, LossSection, Recipe
 
 # DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
 # points to the right key, so there is exactly one place for each knob.
@@ -52,8 +51,11 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "neftune_noise_alpha": "regularizers.neftune_alpha (ours perturbs the policy only, never the reference)",
 }
 
-# Loss hyperparameters in the recipe's `loss` section, and the value that means "not set".
-LOSS_HYPERPARAMETERS: dict[str, Any] = {"label_smoothing": 0.0, "dpop_lambda": None, "discopop_tau": None}
+# Loss hyperparameters: every keyword a loss in LOSSES takes; each is a key of the recipe's `loss` section,
+# whose default there means "not set" (the loss function's own default applies).
+LOSS_HYPERPARAMETERS: dict[str, Any] = {
+    name: LossSection.model_fields[name].default for spec in LOSSES.values() for name in spec.hyperparameters
+}
 
 
 def _cpu_friendly_defaults() -> dict[str, Any]:
@@ -80,9 +82,7 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
     names = loss.type_list()
     for name in names:
         if name not in LOSSES:
-            close = difflib.get_close_matches(name, list(LOSSES), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            message = f"unknown loss '{name}'{hint} (valid: {', '.join(LOSSES)})"
+            message = f"unknown loss '{name}'{did_you_mean(name, LOSSES)} (valid: {', '.join(LOSSES)})"
             raise UserError(message, where=loaded.where("loss.type"))
     if loss.weights is not None and len(loss.weights) != len(names):
         raise UserError(
@@ -248,8 +248,7 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
         if key in TRAINING_KEYS_ELSEWHERE:
             raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", where=where)
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean 'training.{close[0]}'?" if close else ""
+            hint = did_you_mean(key, fields, prefix="training.")
             message = f"unknown key 'training.{key}'{hint} (not a trl.DPOConfig field)"
             raise UserError(message, where=loaded.source(f"training.{key}"))
         if not _type_ok(value, fields[key].type):
