@@ -36,7 +36,6 @@ class CheckedRecipe:
     loaded: LoadedRecipe
     data: PreparedData
     loss_plan: Any
-    training: dict[str, Any]
     dpo_config: Any  # trl.DPOConfig as the run will use it (output_dir set again for the real run directory)
 
     @property
@@ -47,17 +46,17 @@ class CheckedRecipe:
 def check(recipe_path: str | Path, overrides=(), extra_metrics: tuple[str, ...] = ()) -> CheckedRecipe:
     """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
     before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add."""
-    from dpo.trainer_config import build_dpo_config, check_no_op_keys, check_training, loss_plan
+    from dpo.trainer_config import build_dpo_config, check_no_op_keys, loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
     plan = loss_plan(loaded)
-    training = check_training(loaded)
-    dpo_config = build_dpo_config(loaded, Path("runs") / "_check")  # TRL's own checks of the values
+    # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
+    dpo_config = build_dpo_config(loaded, Path("runs") / "_check")
     check_no_op_keys(loaded, dpo_config)
     _check_early_stopping(loaded, dpo_config, extra_metrics)
     _check_model(loaded)
     data = prepare_data(loaded.recipe.data, loaded.recipe.seed, where=loaded.where)
-    return CheckedRecipe(loaded, data, plan, training, dpo_config)
+    return CheckedRecipe(loaded, data, plan, dpo_config)
 
 
 def _check_model(loaded: LoadedRecipe) -> None:
