@@ -139,16 +139,26 @@ def main() -> None:
             "peft.target_modules=[q_proj, v_proj]",
         ]
         base.append("logging.progress_bar=false")
+    args.results.mkdir(parents=True, exist_ok=True)
+    name = "overfitting_smoke" if args.smoke else "overfitting"
+    # Each finished run is appended to a partial file, so an interrupted benchmark (it takes over an hour on
+    # CPU) picks up where it stopped when started again with the same arguments.
+    partial = args.results / f"{name}.partial.jsonl"
+    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
     rows = []
     for noise in args.noise:
         for control in args.controls:
-            rows.append(run(control, noise, out, base))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "evaluations"}), flush=True)
+            row = next((r for r in done if r["control"] == control and r["noise"] == noise), None)
+            if row is None:
+                row = run(control, noise, out, base)
+                with partial.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "evaluations"}), flush=True)
         rows.extend(early_stopping_rows(next(r for r in rows if r["noise"] == noise and r["control"] == "plain")))
-    args.results.mkdir(parents=True, exist_ok=True)
-    name = "overfitting_smoke" if args.smoke else "overfitting"
     (args.results / f"{name}.json").write_text(json.dumps({"budget": base, "rows": rows}, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(table(rows) + "\n")
+    partial.unlink()
     print(table(rows))
 
 
