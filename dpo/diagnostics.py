@@ -33,6 +33,7 @@ EVAL_METRICS: dict[str, str] = {
     "eval_logps/accuracies": "share of pairs where the policy itself gives the chosen answer the higher log-prob",
     "eval_logratios/chosen": "mean log pi/pi_ref of the chosen answers (< 0: likelihood displacement)",
     "eval_logratios/rejected": "mean log pi/pi_ref of the rejected answers",
+    "eval_kl": "KL(policy || reference) summed over each held-out answer's tokens, mean over answers (nats)",
     "eval_gap/margins": "train minus held-out reward margin",
     "eval_gap/accuracies": "train minus held-out reward accuracy",
     "eval_gap/loss": "held-out minus train loss",

@@ -199,6 +199,12 @@ class LoggingSection(Section):
     )
     tensorboard: bool = Field(False, description="Also write TensorBoard event files under the run directory.")
     progress_bar: bool = Field(True, description="Show a progress bar while training.")
+    heldout_kl: bool | None = Field(
+        None,
+        description="Log eval_kl, the policy's KL from the reference on the held-out answers, at each evaluation "
+        "(costs one reference forward per held-out batch with precomputed reference log-probs). null: on whenever "
+        "a reference model is available at evaluation (not under full fine-tuning with precomputed log-probs).",
+    )
 
 
 class Recipe(Section):

@@ -53,6 +53,7 @@ def check(recipe_path: str | Path, overrides=(), extra_metrics: tuple[str, ...] 
     # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
     dpo_config = build_dpo_config(loaded, Path("runs") / "_check")
     check_no_op_keys(loaded, dpo_config)
+    _check_heldout_kl(loaded, dpo_config)
     _check_early_stopping(loaded, dpo_config, extra_metrics)
     _check_model(loaded)
     data = prepare_data(loaded.recipe.data, loaded.recipe.seed, where=loaded.where)
@@ -75,11 +76,33 @@ def _check_model(loaded: LoadedRecipe) -> None:
         raise UserError(message, where=loaded.where("model.name_or_path")) from None
 
 
+def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:
+    """The held-out KL needs a reference model at evaluation: the adapter-disabled policy under LoRA, or TRL's
+    reference copy; full fine-tuning with precomputed reference log-probs keeps neither."""
+    return recipe.peft is not None or not dpo_config.precompute_ref_log_probs
+
+
+def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
+    if loaded.recipe.logging.heldout_kl and not heldout_kl_available(loaded.recipe, dpo_config):
+        raise UserError(
+            "needs a reference model at evaluation, which full fine-tuning (peft: null) with "
+            "training.precompute_ref_log_probs: true does not keep; set one of them otherwise, or heldout_kl: false",
+            where=loaded.where("logging.heldout_kl"),
+        )
+
+
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
     from dpo.diagnostics import EVAL_METRICS
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
+    kl_on = loaded.recipe.logging.heldout_kl
+    if stopping.metric == "eval_kl" and (kl_on is False or not heldout_kl_available(loaded.recipe, dpo_config)):
+        raise UserError(
+            "eval_kl is only logged with the held-out KL on: it needs logging.heldout_kl and a reference model at "
+            "evaluation (LoRA, or training.precompute_ref_log_probs: false)",
+            where=loaded.where("early_stopping.metric"),
+        )
     if stopping.metric not in known:
         raise UserError(
             f"unknown held-out metric '{stopping.metric}'{did_you_mean(stopping.metric, known)} "
@@ -195,7 +218,9 @@ def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
     """Our Trainer for a checked recipe."""
     from dpo.trainer import Trainer
 
-    return Trainer(**trainer_inputs(checked, run_dir, callbacks), loss_plan=checked.loss_plan)
+    wanted = checked.recipe.logging.heldout_kl
+    heldout_kl = heldout_kl_available(checked.recipe, checked.dpo_config) if wanted is None else wanted
+    return Trainer(**trainer_inputs(checked, run_dir, callbacks), loss_plan=checked.loss_plan, heldout_kl=heldout_kl)
 
 
 def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None) -> dict:

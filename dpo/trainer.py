@@ -11,10 +11,14 @@ Written against TRL 1.16 (pinned in pyproject.toml).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from types import SimpleNamespace
 
 import torch
+from accelerate.utils import is_peft_model
 from trl import DPOTrainer
+from trl.trainer.utils import use_adapter
 
 from dpo.beta import BetaController
 from dpo.losses import F_DIVERGENCES, LossPlan, compute_loss
@@ -22,13 +26,16 @@ from dpo.losses import F_DIVERGENCES, LossPlan, compute_loss
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # Train metrics compared with their held-out values at each evaluation (dpo/diagnostics.py explains the signs).
 _GAP_METRICS = {"rewards/margins": "gap/margins", "rewards/accuracies": "gap/accuracies"}
+# Sequences per forward in the held-out KL pass: bounds the (rows, tokens, vocabulary) tensors it materialises.
+_KL_ROWS = 8
 
 
 class Trainer(DPOTrainer):
     """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.losses.LOSSES`."""
 
-    def __init__(self, *args, loss_plan: LossPlan, **kwargs):
+    def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, **kwargs):
         self.loss_plan = loss_plan
+        self.heldout_kl = heldout_kl
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
@@ -88,9 +95,55 @@ class Trainer(DPOTrainer):
         # TRL's helper: no grad, adapter disabled under PEFT (or the separate reference model).
         return self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, inputs)
 
+    def _reference(self):
+        """The reference: (model, a context to run it in): the adapter disabled under PEFT, else TRL's ref_model."""
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = "ref" if "ref" in unwrapped.peft_config else None
+            return self.model, lambda: use_adapter(unwrapped, adapter_name=adapter)
+        return self.ref_model, contextlib.nullcontext
+
+    @torch.no_grad()
+    def _heldout_kl_pass(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object, torch.Tensor]:
+        """Evaluation forward with full next-token distributions of the policy and of the reference.
+
+        Returns what `_sequence_logps` returns (per-token and per-sequence completion log-probs, and the fields
+        TRL's fused LM head computes: entropy, mean logit, top-1, log sum p^2), computed from full logits, plus
+        the exact KL(pi || pi_ref) summed over each completion's tokens (teacher-forced on the held-out answers;
+        in nats per sequence). Costs one reference forward per held-out batch when reference log-probs are
+        precomputed, none otherwise (it replaces the reference forward that computes them).
+        """
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        shift_mask = inputs["completion_mask"][..., 1:].bool()
+        labels = inputs["input_ids"][..., 1:]
+        reference, reference_context = self._reference()
+        parts = []
+        for rows in torch.arange(labels.size(0), device=labels.device).split(_KL_ROWS):
+            chunk = {k: v[rows] if torch.is_tensor(v) else v for k, v in model_kwargs.items()}
+            mask, targets = shift_mask[rows], labels[rows]
+            policy = model(**chunk).logits[:, -mask.size(1) - 1 : -1].float()
+            with reference_context():
+                ref = reference(**chunk).logits[:, -mask.size(1) - 1 : -1].float()
+            parts.append(_token_fields(policy, ref, targets, mask))
+        fields = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        per_token_logps = fields.pop("log_probs")
+        ref_logps = self._reduce(fields.pop("ref_log_probs"), shift_mask)
+        kl = fields.pop("kl").sum(dim=1)
+        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=None, **fields)
+        return per_token_logps, self._reduce(per_token_logps, shift_mask), outputs, (ref_logps, kl)
+
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
+        kl = None
+        if mode == "eval" and self.heldout_kl:
+            per_token_logps, logps, outputs, (ref_logps, kl) = self._heldout_kl_pass(model, inputs)
+            # The reference log-probs of this pass replace precomputed ones (equal up to float rounding): computed
+            # the same way as the policy's, they tie exactly where policy = reference (step 0 under LoRA).
+            ref_chosen, ref_rejected = ref_logps.chunk(2)
+            inputs = {**inputs, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        else:
+            per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
         chosen_logps, rejected_logps = logps.chunk(2)
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
@@ -124,6 +177,8 @@ class Trainer(DPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
+        if kl is not None:
+            self._mean(mode, "kl", kl)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
@@ -199,6 +254,24 @@ class Trainer(DPOTrainer):
         self._mean(mode, "logratios/chosen", t["chosen_logratios"])
         self._mean(mode, "logratios/rejected", t["rejected_logratios"])
         self._metrics[mode]["beta"] = [beta]
+
+
+def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Per-token fields from full logits of shape (rows, tokens, vocabulary), zero outside the completion: the
+    fields TRL's fused LM head returns (same definitions), the reference's log-probs, and KL(pi || pi_ref)."""
+    log_p, log_q = policy.log_softmax(-1), ref.log_softmax(-1)
+    p = log_p.exp()
+    index = targets.unsqueeze(-1)
+    fields = {
+        "log_probs": log_p.gather(-1, index).squeeze(-1),
+        "ref_log_probs": log_q.gather(-1, index).squeeze(-1),
+        "kl": (p * (log_p - log_q)).sum(-1),
+        "entropy": -(p * log_p).sum(-1),
+        "log_sum_sq_probs": torch.logsumexp(2 * log_p, dim=-1),
+        "mean_logits": policy.mean(-1),
+        "is_top1": policy.argmax(-1) == targets,
+    }
+    return {name: value.masked_fill(~mask, 0) for name, value in fields.items()}
 
 
 def _average(values: list[float]) -> float:
