@@ -142,11 +142,32 @@ class DataSection(Section):
         items = [] if value is None else value if isinstance(value, list) else [value]
         return [DataSource(path=item) if isinstance(item, str) else item for item in items]
 
-    @field_validator("train", "eval")
+    @field_validator("train", "eval", mode="before")
     @classmethod
-    def _non_empty(cls, value):
-        if isinstance(value, list) and not value:
+    def _sources_shape(cls, value):
+        """Check each source here, so an error names the source and its key (a union's error would not)."""
+        if value is None or isinstance(value, str):
+            return value
+        items = value if isinstance(value, list) else [value]
+        if not items:
             raise ValueError("needs at least one source")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if not isinstance(item, dict):
+                raise ValueError(f"source {i}: expected a path or a mapping {{path, weight | count, ...}}")
+            try:
+                DataSource.model_validate(item)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    hint = did_you_mean(key, DataSource.model_fields, cutoff=0.5)
+                    raise ValueError(
+                        f"source {i}: unknown key '{key}'{hint} (valid: {', '.join(DataSource.model_fields)})"
+                    ) from None
+                message = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
         return value
 
     @field_validator("augment")
