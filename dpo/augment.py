@@ -57,9 +57,11 @@ def prompt_variants(
     copies: int = 1,
     keep_original: bool = True,
 ) -> list[dict]:
-    """For each pair, `copies` variants of its prompt, each with a template (containing '{prompt}') and a system
-    prompt drawn at random; the answers are unchanged. A variant equal to the original prompt or to an earlier
-    variant of it is not added. With keep_original (default) the original pair comes first, then its variants."""
+    """Adds `copies` variants of each pair's prompt: a random template (text around '{prompt}') and a random
+    system prompt; the answers are unchanged.
+
+    A variant equal to the original prompt or to an earlier variant of it is not added. With keep_original
+    (default) the original pair comes first, then its variants; without it only the variants are kept."""
     templates = templates or ["{prompt}"]
     out = []
     for row in rows:
@@ -77,9 +79,10 @@ def prompt_variants(
 
 
 def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: float = 1.0) -> list[dict]:
-    """Adds round(fraction * N) pairs (appended after the originals): a randomly chosen pair's prompt and chosen
-    answer, with the chosen answer of a pair with another prompt as the rejected one (an easy negative that
-    teaches the model to answer the question asked)."""
+    """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
+    an easy negative that teaches the model to answer the question asked.
+
+    The pairs that get one are drawn at random; the new pairs are appended after the originals."""
     keys = [canonical(r["prompt"]) for r in rows]
     if len(set(keys)) < 2:
         return [dict(r) for r in rows]
@@ -110,6 +113,18 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("off_prompt_negatives", "fraction"): (0.0, 1.0),
     ("prompt_variants", "copies"): (1, 100),
 }
+
+
+def markdown_table() -> str:
+    """The README's augmentation table, built from AUGMENTATIONS so the docs cannot drift from the code."""
+    rows = ["| `type` | what it does | keys (default) |", "|---|---|---|"]
+    for name, fn in AUGMENTATIONS.items():
+        summary = " ".join(inspect.getdoc(fn).split("\n\n")[0].split())
+        keys = ", ".join(
+            f"`{k}`" if v is inspect.Parameter.empty else f"`{k}` ({v})" for k, v in parameters(name).items()
+        )
+        rows.append(f"| `{name}` | {summary} | {keys} |")
+    return "\n".join(rows)
 
 
 def resolve(name: Any) -> Callable[..., list[dict]]:

@@ -43,6 +43,11 @@ REASONS: dict[str, str] = {
 }
 
 
+def reasons_table() -> str:
+    """The README's table of invalid-row reasons, built from REASONS."""
+    return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why a row cannot be used: `reason` is a REASONS key (counted), `detail` says what exactly (shown)."""
