@@ -223,6 +223,8 @@ def prepare_data(
             parts[name], counts = expand_pairs(rows, random.Random(f"{seed}:expand:{name}"), **expand)
             expansion[name] = {**expand, "rows_before": len(rows), **counts, "rows_after": len(parts[name])}
     train_rows, eval_rows = parts["train"], parts["eval"]
+    if not expansion and section.expand_pairs != type(section.expand_pairs)():
+        raise UserError("has no effect: the data hold no multi-response rows", where=where("data.expand_pairs"))
     truncated = {}
     if section.max_train_pairs and len(train_rows) > section.max_train_pairs:
         truncated["train"] = len(train_rows) - section.max_train_pairs

@@ -61,6 +61,10 @@ def _load_datasets(path: Path, split: str):
             if split not in loaded:
                 raise UserError(f"dataset dict has no '{split}' split (has {list(loaded)})", where=str(path))
             loaded = loaded[split]
+        elif split != "train":
+            raise UserError(
+                f"split '{split}' has no effect: this directory holds one dataset, not a dict", where=str(path)
+            )
         return loaded
     if path.suffix.lower() == ".parquet":
         return datasets.Dataset.from_parquet(str(path))
@@ -108,8 +112,15 @@ def read_source(path_text: str, where: str, split: str = "train", subset: str | 
     path = Path(path_text)
     if not path.exists():
         raise UserError(f"file '{path}' not found", where=where)
+    if subset is not None:
+        raise UserError(f"subset '{subset}' has no effect: it applies to {HUB_PREFIX} datasets only", where=where)
     if path.is_dir():
         return _read_with_datasets(path, split)
+    if split != "train":
+        raise UserError(
+            f"split '{split}' has no effect on a file: it applies to {HUB_PREFIX} datasets and save_to_disk dirs",
+            where=where,
+        )
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise UserError(

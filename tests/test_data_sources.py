@@ -213,3 +213,13 @@ def test_data_inspect_recipe_counts_invalid_rows(tmp_path, tiny_model_dir):
     assert "empty" in result.stdout and "bad_role" in result.stdout and "[train]" in result.stdout
     missing = CliRunner().invoke(app, ["data", "inspect", str(tmp_path / "none.jsonl"), "--model", str(tiny_model_dir)])
     assert missing.exit_code == 2 and "not found" in missing.stderr
+
+
+def test_knobs_that_would_do_nothing_are_errors(two_sources):
+    a, b = two_sources
+    with pytest.raises(UserError, match="data.expand_pairs: has no effect: the data hold no multi-response rows"):
+        prepare_data(DataSection(train=a, eval=b, expand_pairs={"min_gap": 0.5}), seed=0)
+    with pytest.raises(UserError, match="split 'test' has no effect on a file"):
+        prepare_data(DataSection(train=[{"path": a, "split": "test"}], eval=b), seed=0)
+    with pytest.raises(UserError, match="subset 'x' has no effect"):
+        prepare_data(DataSection(train=[{"path": a, "subset": "x"}], eval=b), seed=0)
