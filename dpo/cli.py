@@ -106,6 +106,36 @@ def plan(
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Look at preference data before training on it.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Annotated[Path, typer.Argument(help="A data file (.jsonl/.json/.parquet/.csv, dataset dir) or a recipe.")],
+    set_: SetOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Tokenizer to count tokens with (default: the recipe's model, or the embedded one)."),
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Longest prompt + answer in tokens (default: the recipe's, or 1024).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Sample pairs to show per split.")] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+):
+    """Counts, token-length histograms, invalid rows by reason, duplicates and sample pairs of a data set."""
+    import json
+
+    from dpo.data_inspect import inspect_data, render
+
+    try:
+        report = inspect_data(target, set_ or [], model=model, max_length=max_length, samples=samples)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(report, indent=2, ensure_ascii=False) if json_output else render(report))
+
+
 def main() -> None:
     try:
         app()

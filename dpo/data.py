@@ -1,151 +1,158 @@
-"""Preference data: read files, validate every row, drop duplicates, split held-out by prompt.
+"""Preference data for a run: read the sources, check every row, drop duplicates, mix, split held-out by
+prompt, expand multi-response rows into pairs, augment the training pairs, and count it all in a data card.
 
-Rows are {prompt, chosen, rejected} in TRL's standard format (three strings) or conversational
-format (three lists of {role, content} messages). The held-out split is made by prompt, so no prompt
-is in both splits. Every decision is counted in the data card written to the run directory.
+The order matters and is fixed:
+  1. each source is read and every row checked (dpo/rows.py: REASONS); `on_invalid: error` stops at the
+     first bad rows (file and row numbers named), `skip` drops them and counts them by reason;
+  2. exact duplicates are dropped (within and across the sources of a split, first one kept);
+  3. several sources are mixed by weight or count (seeded) and shuffled together;
+  4. without `data.eval`, a seeded share of the prompts is held out, all rows of a prompt on one side;
+  5. multi-response rows become pairs in both splits (dpo/expand.py), which cannot move a prompt across;
+  6. `max_train_pairs` / `max_eval_pairs` cut; then the augmentations run on the training pairs only.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dpo import augment
 from dpo.errors import UserError
-from dpo.recipe import DataSection
+from dpo.expand import expand_pairs
+from dpo.readers import read_source
+from dpo.recipe import DataSection, DataSource
+from dpo.rows import Problem, canonical, is_multi, length_problems, normalize
 
-COLUMNS = ("prompt", "chosen", "rejected")
-ROLES = {"system", "user", "assistant", "tool"}
+SHOWN_PROBLEMS = 3  # bad rows named in an error message; the card keeps a few more examples
+CARD_EXAMPLES = 5
 
 
-# ---- reading -------------------------------------------------------------------------------------
+@dataclass
+class RowChecker:
+    """Checks rows: the row checks of dpo/rows.py, then (with a tokenizer) the length check against
+    `max_length` as TRL will tokenize. Without a tokenizer the length check is not run (the card says so)."""
+
+    tokenizer: Any = None
+    max_length: int | None = None
+
+    def __call__(self, raw_rows: list[Any], columns=None, ignore=()) -> list[dict | Problem]:
+        out = [raw if isinstance(raw, Problem) else normalize(raw, columns, ignore) for raw in raw_rows]
+        if self.tokenizer is not None and self.max_length:
+            ok = [i for i, r in enumerate(out) if not isinstance(r, Problem)]
+            too_long = length_problems([out[i] for i in ok], self.tokenizer, self.max_length)
+            for i, problem in zip(ok, too_long, strict=True):
+                if problem is not None:
+                    out[i] = problem
+        return out
+
+    def pairs_only(self, raw_rows: list[Any]) -> list[dict | Problem]:
+        """For rows an augmentation made: they must be pairs."""
+        multi = Problem("extra_column", "an augmentation must return pairs, not multi-response rows")
+        return [multi if isinstance(r, dict) and is_multi(r) else r for r in self(raw_rows)]
+
+    def card(self) -> dict:
+        if self.tokenizer is None or not self.max_length:
+            return {"run": False, "why": "no tokenizer or no max_length given"}
+        return {"run": True, "max_length": self.max_length, "tokenizer": getattr(self.tokenizer, "name_or_path", None)}
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _raise_bad(bad: list[tuple[int, Problem]], where: str) -> None:
+    shown = "; ".join(f"row {n}: {p}" for n, p in bad[:SHOWN_PROBLEMS])
+    more = f" (and {len(bad) - SHOWN_PROBLEMS} more)" if len(bad) > SHOWN_PROBLEMS else ""
+    raise UserError(f"{shown}{more}; data.on_invalid: skip drops bad rows and counts them", where=where)
+
+
+def load_source(
+    source: DataSource, key: str, checker: RowChecker, on_invalid: str, seen: set[str]
+) -> tuple[list[dict], dict]:
+    """The valid, new (not in `seen`) rows of one source in canonical form, and its card entry. `key` names
+    the recipe key for errors about the source as a whole (a missing file)."""
+    numbered = read_source(source.path, key, source.split, source.subset)
+    checked = checker([raw for _, raw in numbered], source.columns, tuple(source.ignore_columns))
+    bad = [(n, r) for (n, _), r in zip(numbered, checked, strict=True) if isinstance(r, Problem)]
+    if bad and on_invalid == "error":
+        _raise_bad(bad, source.path)
+    dropped = Counter(p.reason for _, p in bad)
     rows = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except UnicodeDecodeError:
-                raise UserError(f"row {number}: not UTF-8 text", where=str(path)) from None
-            except json.JSONDecodeError as exc:
-                raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
-    return rows
+    for row in checked:
+        if isinstance(row, Problem):
+            continue
+        text = canonical(row)
+        if text in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(text)
+        rows.append(row)
+    card = {
+        "path": source.path,
+        "rows_read": len(numbered),
+        "dropped": dict(sorted(dropped.items())),
+        "kept": len(rows),
+        "multi_response_rows": sum(map(is_multi, rows)),
+    }
+    if bad:
+        card["first_invalid"] = [{"row": n, "reason": p.reason, "detail": p.detail} for n, p in bad[:CARD_EXAMPLES]]
+    for name in ("weight", "count", "split", "subset"):
+        value = getattr(source, name)
+        if value is not None and not (name == "split" and value == "train"):
+            card[name] = value
+    if source.columns:
+        card["columns"] = dict(source.columns)
+    return rows, card
 
 
-def _read_json(path: Path) -> list[Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError("not UTF-8 text", where=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON at line {exc.lineno} ({exc.msg})", where=str(path)) from None
-    if not isinstance(data, list):
-        raise UserError("a .json data file must hold a list of rows", where=str(path))
-    return data
+def _take(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """n rows: a seeded sample when n <= len(rows) (in file order), else whole copies plus a sample."""
+    copies, rest = divmod(n, len(rows)) if rows else (0, 0)
+    picked = sorted(rng.sample(range(len(rows)), rest))
+    return rows * copies + [rows[i] for i in picked]
 
 
-def _read_with_datasets(path: Path) -> list[Any]:
-    import datasets
-
-    try:
-        if path.is_dir():
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if "train" not in loaded:
-                    raise UserError(f"dataset dict has no 'train' split (has {list(loaded)})", where=str(path))
-                loaded = loaded["train"]
-        elif path.suffix == ".parquet":
-            loaded = datasets.Dataset.from_parquet(str(path))
+def mix(parts: list[tuple[DataSource, list[dict]]], rng: random.Random) -> tuple[list[dict], list[int]]:
+    """Rows of several sources: a source with `count` gives exactly that many; sources with `weight` share their
+    total row count in proportion to their weights (a source repeats when its share exceeds its rows); a source
+    with neither gives all its rows once. One source is used as is; several are shuffled together."""
+    if len(parts) == 1 and parts[0][0].weight is None and parts[0][0].count is None:
+        return list(parts[0][1]), [len(parts[0][1])]
+    weighted = [(s, r) for s, r in parts if s.weight is not None]
+    total, weights = sum(len(r) for _, r in weighted), sum(s.weight for s, _ in weighted)
+    out, used = [], []
+    for source, rows in parts:
+        if source.count is not None:
+            n = source.count
+        elif source.weight is not None:
+            n = round(total * source.weight / weights)
         else:
-            loaded = datasets.Dataset.from_csv(str(path))
-    except UserError:
-        raise
-    except Exception as exc:  # datasets raises many types for unreadable files
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        raise UserError(f"cannot read ({reason})", where=str(path)) from None
-    return loaded.to_list()
+            n = len(rows)
+        taken = _take(rows, n, rng)
+        used.append(len(taken))
+        out.extend(taken)
+    rng.shuffle(out)
+    return out, used
 
 
-READERS: dict[str, Callable[[Path], list[Any]]] = {
-    ".jsonl": _read_jsonl,
-    ".json": _read_json,
-    ".parquet": _read_with_datasets,
-    ".csv": _read_with_datasets,
-}
-
-
-def read_rows(path_text: str, where: str) -> list[Any]:
-    """Rows of one data file; `where` names the recipe key that points at it (for a missing file)."""
-    path = Path(path_text)
-    if not path.exists():
-        raise UserError(f"file '{path}' not found", where=where)
-    if path.is_dir():
-        return _read_with_datasets(path)
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise UserError(
-            f"unsupported file type '{path.suffix}' (use {', '.join(READERS)} or a save_to_disk dir)", where=str(path)
-        )
-    return reader(path)
-
-
-# ---- validation ----------------------------------------------------------------------------------
-
-
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list)
-
-
-def _message_problem(column: str, messages: list) -> str | None:
-    if not messages:
-        return f"'{column}' is an empty message list"
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or set(msg) - {"role", "content"} or "role" not in msg or "content" not in msg:
-            return f"'{column}' message {i} must be {{role, content}}"
-        if msg["role"] not in ROLES:
-            return f"'{column}' message {i} has role '{msg['role']}' (expected one of {sorted(ROLES)})"
-        if not isinstance(msg["content"], str) or not msg["content"].strip():
-            return f"'{column}' message {i} has empty content"
-    return None
-
-
-def row_problem(row: Any) -> str | None:
-    """Why a row cannot be trained on, or None. Reasons are short and stable: they key the data card."""
-    if not isinstance(row, dict):
-        return f"row is a {type(row).__name__}, not an object"
-    missing = [c for c in COLUMNS if c not in row or row[c] is None]
-    if missing:
-        return f"missing column(s) {', '.join(missing)}"
-    kinds = {_is_messages(row[c]) for c in COLUMNS}
-    if len(kinds) > 1:
-        return "mixes strings and message lists across prompt/chosen/rejected"
-    for column in COLUMNS:
-        value = row[column]
-        if _is_messages(value):
-            problem = _message_problem(column, value)
-            if problem:
-                return problem
-        elif not isinstance(value, str):
-            return f"'{column}' is a {type(value).__name__}, expected text or messages"
-        elif not value.strip():
-            return f"'{column}' is empty"
-    if row["chosen"] == row["rejected"]:
-        return "chosen equals rejected"
-    return None
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+def load_split(
+    section: DataSection, split: str, seed: int, checker: RowChecker, where: Callable[[str], str]
+) -> tuple[list[dict], list[dict]]:
+    """All rows of `train` or `eval` (checked, deduplicated, mixed) and the card entries of its sources."""
+    key = where(f"data.{split}")
+    seen: set[str] = set()
+    parts, cards = [], []
+    for source in section.sources(split):
+        rows, card = load_source(source, key, checker, section.on_invalid, seen)
+        if not rows and (source.count or source.weight):
+            raise UserError("no valid rows to take a count or weight from", where=source.path)
+        parts.append((source, rows))
+        cards.append(card)
+    rows, used = mix(parts, random.Random(f"{seed}:mix:{split}"))
+    for card, n in zip(cards, used, strict=True):
+        card["used"] = n
+    return rows, cards
 
 
 # ---- the split and the data card -----------------------------------------------------------------
@@ -163,59 +170,61 @@ class PreparedData:
         return datasets.Dataset.from_list(self.train), datasets.Dataset.from_list(self.eval)
 
 
-def _clean(rows: list[Any], source: str) -> tuple[list[dict], dict[str, Any]]:
-    """Validate (error on the first bad rows), drop exact duplicates, keep only the three columns."""
-    bad = [(i, p) for i, row in enumerate(rows, start=1) if (p := row_problem(row))]
-    if bad:
-        shown = "; ".join(f"row {i}: {p}" for i, p in bad[:3])
-        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-        raise UserError(f"{shown}{more}", where=source)
-    seen: set[str] = set()
-    kept = []
-    for row in rows:
-        pair = {c: row[c] for c in COLUMNS}
-        key = _canonical(pair)
-        if key not in seen:
-            seen.add(key)
-            kept.append(pair)
-    return kept, {"path": source, "rows_read": len(rows), "dropped": {"duplicate": len(rows) - len(kept)}}
-
-
 def split_by_prompt(
     rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
 ) -> tuple[list[dict], list[dict]]:
-    """Hold out a seeded `fraction` of the distinct prompts (at least one); all pairs of a prompt go together."""
-    prompts = list(dict.fromkeys(_canonical(r["prompt"]) for r in rows))
+    """Hold out a seeded `fraction` of the distinct prompts (at least one); all rows of a prompt go together."""
+    prompts = list(dict.fromkeys(canonical(r["prompt"]) for r in rows))
     if len(prompts) < 2:
         raise UserError(
             "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
         )
     random.Random(seed).shuffle(prompts)
     heldout = set(prompts[: max(1, min(len(prompts) - 1, math.ceil(fraction * len(prompts))))])
-    train = [r for r in rows if _canonical(r["prompt"]) not in heldout]
-    held = [r for r in rows if _canonical(r["prompt"]) in heldout]
+    train = [r for r in rows if canonical(r["prompt"]) not in heldout]
+    held = [r for r in rows if canonical(r["prompt"]) in heldout]
     return train, held
 
 
 def content_hash(rows: list[dict]) -> str:
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(_canonical(row).encode())
+        digest.update(canonical(row).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
 
-def prepare_data(section: DataSection, seed: int, where: Callable[[str], str] = lambda key: key) -> PreparedData:
-    """Read, check, split and augment. `where(key)` prefixes errors about a recipe key ('file: key')."""
-    train_rows, train_src = _clean(read_rows(section.train, where("data.train")), section.train)
-    sources = {"train": train_src}
-    if section.eval:
-        eval_rows, eval_src = _clean(read_rows(section.eval, where("data.eval")), section.eval)
-        sources["eval"] = eval_src
+def _prompts(rows: list[dict]) -> set[str]:
+    return {canonical(r["prompt"]) for r in rows}
+
+
+def prepare_data(
+    section: DataSection,
+    seed: int,
+    where: Callable[[str], str] = lambda key: key,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> PreparedData:
+    """Read, check, mix, split, expand and augment. `where(key)` prefixes errors about a recipe key ('file: key').
+    With a tokenizer, rows whose prompt + answer exceed `max_length` tokens are invalid rows too."""
+    checker = RowChecker(tokenizer, max_length)
+    train_rows, train_cards = load_split(section, "train", seed, checker, where)
+    sources = {"train": train_cards}
+    if section.eval is not None:
+        eval_rows, sources["eval"] = load_split(section, "eval", seed, checker, where)
         split = {"method": "file"}
     else:
         train_rows, eval_rows = split_by_prompt(train_rows, section.heldout_fraction, seed, where)
         split = {"method": "heldout_fraction", "heldout_fraction": section.heldout_fraction, "seed": seed}
+    expansion, parts = {}, {"train": train_rows, "eval": eval_rows}
+    expand = section.expand_pairs.model_dump()
+    for name, rows in parts.items():
+        if any(map(is_multi, rows)):
+            parts[name], counts = expand_pairs(rows, random.Random(f"{seed}:expand:{name}"), **expand)
+            expansion[name] = {**expand, "rows_before": len(rows), **counts, "rows_after": len(parts[name])}
+    train_rows, eval_rows = parts["train"], parts["eval"]
+    if not expansion and section.expand_pairs != type(section.expand_pairs)():
+        raise UserError("has no effect: the data hold no multi-response rows", where=where("data.expand_pairs"))
     truncated = {}
     if section.max_train_pairs and len(train_rows) > section.max_train_pairs:
         truncated["train"] = len(train_rows) - section.max_train_pairs
@@ -223,22 +232,30 @@ def prepare_data(section: DataSection, seed: int, where: Callable[[str], str] = 
     if section.max_eval_pairs and len(eval_rows) > section.max_eval_pairs:
         truncated["eval"] = len(eval_rows) - section.max_eval_pairs
         eval_rows = eval_rows[: section.max_eval_pairs]
-    train_rows, augmented = augment.apply(train_rows, section.augment, seed)  # after the split: train only
+    train_rows, augmented = augment.apply(  # after the split and the expansion: training pairs only
+        train_rows, section.augment, seed, checker.pairs_only, section.on_invalid, where("data.augment")
+    )
     if not train_rows or not eval_rows:
-        raise UserError("no training or no held-out pairs left after validation and the split", where=section.train)
-    leaked = {_canonical(r["prompt"]) for r in train_rows} & {_canonical(r["prompt"]) for r in eval_rows}
+        raise UserError(
+            f"no training or no held-out pairs left after validation and the split "
+            f"({len(train_rows)} train, {len(eval_rows)} held-out)",
+            where=where("data.train"),
+        )
     card = {
         "sources": sources,
-        "format": "conversational" if _is_messages(train_rows[0]["prompt"]) else "standard",
+        "on_invalid": section.on_invalid,
+        "length_check": checker.card(),
+        "format": "conversational" if isinstance(train_rows[0]["prompt"], list) else "standard",
+        "expanded": expansion,
         "augmented": augmented,
         "cut_by_max_pairs": truncated,
         "split": {
             **split,
             "train_pairs": len(train_rows),
             "eval_pairs": len(eval_rows),
-            "train_prompts": len({_canonical(r["prompt"]) for r in train_rows}),
-            "eval_prompts": len({_canonical(r["prompt"]) for r in eval_rows}),
-            "prompts_in_both": len(leaked),
+            "train_prompts": len(_prompts(train_rows)),
+            "eval_prompts": len(_prompts(eval_rows)),
+            "prompts_in_both": len(_prompts(train_rows) & _prompts(eval_rows)),
         },
         "content_hash": {"train": content_hash(train_rows), "eval": content_hash(eval_rows)},
     }

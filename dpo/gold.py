@@ -1,6 +1,7 @@
 """Programmatic gold rewards for the shipped datasets: score any answer to a prompt, not just pairs.
 
-Each reward takes the prompt text and an answer text and returns 1.0 (correct) or 0.0 (wrong).
+Each reward takes the prompt text and an answer text and returns a score in [0, 1], 1.0 exactly when the
+answer is fully correct (arithmetic: 1 or 0; sorting: graded, the share of positions right).
 The data card of a dataset names its reward (`gold_reward`) by its key in GOLD_REWARDS.
 """
 
@@ -42,6 +43,26 @@ def arithmetic_reward(prompt: str, answer: str) -> float:
     return float(bool(numbers) and int(numbers[-1]) == arithmetic_answer(prompt))
 
 
+_SORT = re.compile(r"Sort these numbers in ascending order: ([\d, ]+)\.")
+
+
+def sorting_numbers(prompt: str) -> list[int]:
+    """The numbers a sorting-dataset prompt asks to sort."""
+    if m := _SORT.search(prompt):
+        return [int(x) for x in m.group(1).split(",")]
+    raise ValueError(f"not a sorting-dataset prompt: {prompt!r}")
+
+
+def sorting_reward(prompt: str, answer: str) -> float:
+    """The share of positions of the sorted list that the answer's integers get right (in order, by position):
+    1.0 only for the exact sorted list; a missing, extra or misplaced number costs its positions."""
+    target = sorted(sorting_numbers(prompt))
+    given = [int(x) for x in _LAST_INT.findall(answer)]
+    right = sum(a == b for a, b in zip(given, target, strict=False))
+    return right / max(len(target), len(given))
+
+
 GOLD_REWARDS: dict[str, Callable[[str, str], float]] = {
     "arithmetic": arithmetic_reward,
+    "sorting": sorting_reward,
 }

@@ -149,9 +149,16 @@ def _from_pretrained(cls, path: str, **kwargs):
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; never loads weights (an embedded model not converted yet gives its tokenizer from
+    the GGUF file, the same one the conversion saves), so `dpo validate` can run the data's length check."""
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
+    if name_or_path in EMBEDDED_MODELS and not (cache_dir() / name_or_path / "tokenizer_config.json").is_file():
+        entry = EMBEDDED_MODELS[name_or_path]
+        tokenizer = AutoTokenizer.from_pretrained(entry.package_dir(), gguf_file=entry.gguf_file)
+    else:
+        path = resolve_model_path(name_or_path)
+        tokenizer = _from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

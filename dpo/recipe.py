@@ -20,10 +20,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from dpo.augment import AUGMENTATIONS
 from dpo.augment import check as augment_check
 from dpo.augment import parameters as augment_parameters
 from dpo.errors import UserError, did_you_mean
+from dpo.rows import TARGETS
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -51,6 +51,7 @@ def safe_load(text: str):
 
 # Keys whose relative paths resolve against the folder of the recipe file that sets them.
 PATH_KEYS = ("data.train", "data.eval")
+HUB_PREFIX = "hub:"  # a data source that is a hub dataset id, not a path
 SET_SOURCE = "--set"
 
 
@@ -78,25 +79,106 @@ class PeftSection(Section):
     )
 
 
+class DataSource(Section):
+    """One source of rows, for `data.train` / `data.eval` given as a list (a plain path is a source with defaults)."""
+
+    path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a save_to_disk dir, or hub:owner/name.")
+    weight: float | None = Field(
+        None, gt=0, description="Share of the mix: weighted sources split their total row count by weight."
+    )
+    count: int | None = Field(None, gt=0, description="Take exactly this many rows (seeded; repeats when larger).")
+    columns: dict[Literal[TARGETS], str] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="Our column -> the source's column, 'a.b' (nested key) or 'a[].b' (key b of each list item).",
+    )
+    ignore_columns: list[str] = Field(default_factory=list, description="Source columns to drop without complaint.")
+    split: str = Field("train", description="Split of a hub dataset or of a save_to_disk DatasetDict.")
+    subset: str | None = Field(None, description="Configuration name of a hub dataset.")
+
+    @model_validator(mode="after")
+    def _weight_or_count(self):
+        if self.weight is not None and self.count is not None:
+            raise ValueError("give a source a weight or a count, not both")
+        return self
+
+
+SourceList = str | DataSource | list[str | DataSource]
+
+
+class ExpandPairsSection(Section):
+    """Multi-response rows (N scored or ranked answers) -> pairs, in both splits (a format conversion, made
+    after the split by prompt, so no prompt leaks). Every pair of answers with a strictly better score and a
+    score gap >= min_gap is a (chosen, rejected) pair; at most max_pairs_per_prompt per prompt, largest gaps first."""
+
+    min_gap: float = Field(0.0, ge=0, description="Smallest score gap that makes a pair (ranks: rank positions).")
+    max_pairs_per_prompt: int | None = Field(None, gt=0, description="Cap per prompt (largest gaps kept; ties seeded).")
+
+
 class DataSection(Section):
-    train: str = Field(..., description="Training pairs: .jsonl/.json/.parquet/.csv file or save_to_disk dir.")
-    eval: str | None = Field(None, description="Held-out pairs; when absent, split off heldout_fraction by prompt.")
+    train: SourceList = Field(
+        ...,
+        description="Training rows: a path (.jsonl/.json/.parquet/.csv, save_to_disk dir, hub:owner/name), "
+        "or a list of sources {path, weight | count, columns, ignore_columns, split, subset} mixed together.",
+    )
+    eval: SourceList | None = Field(
+        None, description="Held-out rows (same forms as train); when absent, split off heldout_fraction by prompt."
+    )
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts held out when eval is absent.")
     max_train_pairs: int | None = Field(None, gt=0, description="Use only the first N training pairs.")
     max_eval_pairs: int | None = Field(None, gt=0, description="Use only the first N held-out pairs.")
-    augment: list[dict[str, Any]] = Field(
-        default_factory=list, description="Augmentation steps for the training pairs: [{type: label_noise, ...}]."
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="error: stop at bad rows, naming file and rows; skip: drop them, counted in data_card."
     )
+    expand_pairs: ExpandPairsSection = Field(default_factory=ExpandPairsSection)
+    augment: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Augmentation steps for the training pairs, in order: [{type: label_noise, fraction: 0.2}, "
+        "...]; a type 'package.module:function' is a plug-in.",
+    )
+
+    def sources(self, split: str) -> list[DataSource]:
+        """`train` or `eval` as a list of sources."""
+        value = self.train if split == "train" else self.eval
+        items = [] if value is None else value if isinstance(value, list) else [value]
+        return [DataSource(path=item) if isinstance(item, str) else item for item in items]
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _sources_shape(cls, value):
+        """Check each source here, so an error names the source and its key (a union's error would not)."""
+        if value is None or isinstance(value, str):
+            return value
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("needs at least one source")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if not isinstance(item, dict):
+                raise ValueError(f"source {i}: expected a path or a mapping {{path, weight | count, ...}}")
+            try:
+                DataSource.model_validate(item)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    hint = did_you_mean(key, DataSource.model_fields, cutoff=0.5)
+                    raise ValueError(
+                        f"source {i}: unknown key '{key}'{hint} (valid: {', '.join(DataSource.model_fields)})"
+                    ) from None
+                message = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
+        return value
 
     @field_validator("augment")
     @classmethod
     def _known_augmentations(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, step in enumerate(steps):
             name = step.get("type")
-            if not isinstance(name, str) or name not in AUGMENTATIONS:
-                hint = did_you_mean(name, AUGMENTATIONS)
-                raise ValueError(f"step {i}: unknown type {name!r}{hint} (valid: {', '.join(AUGMENTATIONS)})")
-            accepted = augment_parameters(name)
+            try:
+                accepted = augment_parameters(name)
+            except LookupError as exc:
+                raise ValueError(f"step {i}: {exc}") from None
             unknown = sorted(set(step) - {"type"} - set(accepted))
             missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in step)
             if unknown or missing:
@@ -252,8 +334,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             raise UserError(
                 "base cannot be overridden: it is read before --set applies; edit the recipe", where=SET_SOURCE
             )
-        if key in PATH_KEYS and isinstance(value, str):
-            value = str(Path(value).expanduser().resolve())  # paths given on the command line are CWD-relative
+        if key in PATH_KEYS:
+            value = resolve_source_paths(value, Path.cwd())  # paths given on the command line are CWD-relative
         _set_dotted(raw, key, value)
         provenance[key] = SET_SOURCE
     raw.setdefault("name", path.stem)
@@ -383,9 +465,21 @@ def _resolve_paths(data: dict, folder: Path) -> None:
     for key in PATH_KEYS:
         section, _, leaf = key.partition(".")
         block = data.get(section)
-        if isinstance(block, dict) and isinstance(block.get(leaf), str):
-            p = Path(block[leaf]).expanduser()
-            block[leaf] = str(p if p.is_absolute() else (folder / p).resolve())
+        if isinstance(block, dict) and leaf in block:
+            block[leaf] = resolve_source_paths(block[leaf], folder)
+
+
+def resolve_source_paths(value: Any, folder: Path) -> Any:
+    """Data source paths made absolute against `folder`: a path, a {path: ...} source, or a list of them.
+    Hub ids (hub:owner/name) are not paths and stay as written."""
+    if isinstance(value, list):
+        return [resolve_source_paths(item, folder) for item in value]
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": resolve_source_paths(value["path"], folder)}
+    if isinstance(value, str) and not value.startswith(HUB_PREFIX):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (folder / p).resolve())
+    return value
 
 
 def _deep_merge(into: dict, new: dict, provenance: dict[str, str], source: str, prefix: str) -> None:

@@ -17,6 +17,7 @@ Run directory:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -56,8 +57,32 @@ def check(recipe_path: str | Path, overrides=(), extra_metrics: tuple[str, ...] 
     _check_heldout_kl(loaded, dpo_config)
     _check_early_stopping(loaded, dpo_config, extra_metrics)
     _check_model(loaded)
-    data = prepare_data(loaded.recipe.data, loaded.recipe.seed, where=loaded.where)
+    recipe = loaded.recipe
+    data = prepare_data(
+        recipe.data,
+        recipe.seed,
+        where=loaded.where,
+        tokenizer=_check_tokenizer(loaded),
+        max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
+    )
     return CheckedRecipe(loaded, data, plan, dpo_config)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name_or_path: str, trust_remote_code: bool):
+    from dpo.models import load_tokenizer
+
+    return load_tokenizer(name_or_path, trust_remote_code)
+
+
+def _check_tokenizer(loaded: LoadedRecipe):
+    """The model's tokenizer for the data's length check (no weights), loaded once per process; read-only use."""
+    model = loaded.recipe.model
+    try:
+        return _tokenizer(model.name_or_path, model.trust_remote_code)
+    except (UserError, OSError, ValueError) as exc:
+        message = str(exc).removeprefix("model.name_or_path: ").splitlines()[0]
+        raise UserError(f"cannot load the tokenizer: {message}", where=loaded.where("model.name_or_path")) from None
 
 
 def _check_model(loaded: LoadedRecipe) -> None:

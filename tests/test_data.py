@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from dpo.data import prepare_data, row_problem, split_by_prompt
+from dpo.data import prepare_data, split_by_prompt
 from dpo.errors import UserError
 from dpo.recipe import DataSection
+from dpo.rows import Problem, normalize
 
 
 def pair(prompt, chosen="yes", rejected="no"):
@@ -40,24 +41,25 @@ def write_jsonl(path, rows):
     ],
 )
 def test_row_problems(row, reason):
-    assert reason in row_problem(row)
+    problem = normalize(row)
+    assert isinstance(problem, Problem) and reason in problem.detail
 
 
 def test_good_rows_pass():
-    assert row_problem(pair("p")) is None
+    assert normalize(pair("p")) == pair("p")
 
 
 def test_bad_row_error_names_file_and_row(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [pair("a"), pair("b", chosen=""), pair("c")])
     with pytest.raises(UserError) as err:
         prepare_data(DataSection(train=path), seed=0)
-    assert str(err.value) == f"{path}: row 2: 'chosen' is empty"
+    assert str(err.value) == f"{path}: row 2: 'chosen' is empty; data.on_invalid: skip drops bad rows and counts them"
 
 
 def test_truncated_jsonl_line_names_row(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps(pair("a")) + "\n" + '{"prompt": "b", "cho')
-    with pytest.raises(UserError, match=r"t.jsonl: row 2: not valid JSON"):
+    with pytest.raises(UserError, match=r"t.jsonl: row 2: last line is cut off"):
         prepare_data(DataSection(train=str(path)), seed=0)
 
 
@@ -79,8 +81,8 @@ def test_duplicates_dropped_and_card_counts(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     data = prepare_data(DataSection(train=path, heldout_fraction=0.2), seed=0)
     card = data.card
-    assert card["sources"]["train"]["rows_read"] == 12
-    assert card["sources"]["train"]["dropped"] == {"duplicate": 2}
+    assert card["sources"]["train"][0]["rows_read"] == 12
+    assert card["sources"]["train"][0]["dropped"] == {"duplicate": 2}
     assert card["split"]["train_pairs"] + card["split"]["eval_pairs"] == 10
     assert card["split"]["eval_prompts"] == 2 and card["split"]["prompts_in_both"] == 0
     assert len(card["content_hash"]["train"]) == 64
