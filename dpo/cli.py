@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from dpo.errors import UserError
+from dpo.evaluate import DECODINGS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -130,7 +131,9 @@ def eval_(
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward / generate call.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the sampled answers.")] = 0,
-    decoding: Annotated[str, typer.Option(help="sample | greedy (answers scored by the gold reward).")] = "sample",
+    decoding: Annotated[str, typer.Option(help=f"{' | '.join(DECODINGS)}: how the scored answers are decoded.")] = (
+        "sample"
+    ),
 ):
     """Evaluate a run's policy against its reference on held-out data; writes RUN_DIR/eval.json."""
     from dpo.evaluate import EvalOptions, evaluate_run

@@ -461,7 +461,8 @@ def _scatters(trials: list[dict], metric: str) -> list[str]:
 
 def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric: str) -> str | None:
     """The objective's held-out curve of the best TOP_TRIALS trials (colours), pruned trials in grey."""
-    chosen = [(t, PALETTE[i % 8], False) for i, t in enumerate(ranked[:TOP_TRIALS]) if t.get("state") != "pruned"]
+    top = [t for t in ranked if t.get("state") != "pruned"][:TOP_TRIALS]
+    chosen = [(t, PALETTE[i % 8], False) for i, t in enumerate(top)]
     chosen += [(t, STATE_COLORS["pruned"], True) for t in trials if t.get("state") == "pruned"]
     series, last = [], 1
     for t, color, pruned in chosen:
