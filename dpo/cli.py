@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from dpo.errors import UserError
+from dpo.evaluate import DECODINGS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -134,6 +135,62 @@ def data_inspect(
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(report, indent=2, ensure_ascii=False) if json_output else render(report))
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
+):
+    """Build PATH/report.html: a self-contained dashboard of a run or a sweep (opens offline)."""
+    from dpo.report import write_report
+
+    try:
+        written = write_report(path)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {written}")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).")],
+    data: Annotated[Path | None, typer.Option(help="Preference pairs to use instead of the run's held-out split.")] = (
+        None
+    ),
+    samples: Annotated[int, typer.Option(help="Held-out prompts to generate answers for (gold-reward data).")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward / generate call.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled answers.")] = 0,
+    decoding: Annotated[str, typer.Option(help=f"{' | '.join(DECODINGS)}: how the scored answers are decoded.")] = (
+        "sample"
+    ),
+):
+    """Evaluate a run's policy against its reference on held-out data; writes RUN_DIR/eval.json."""
+    from dpo.evaluate import EvalOptions, evaluate_run
+    from dpo.run import write_report_or_warn
+
+    options = EvalOptions(data, samples, max_new_tokens, batch_size, seed, decoding)
+    try:
+        result = evaluate_run(run_dir, options)
+    except UserError as exc:
+        _fail(exc)
+    pref = result["preference"]
+    typer.echo(
+        f"held-out ({result['data']['pairs']} pairs): preference accuracy policy {pref['policy']['accuracy']:.3f}, "
+        f"reference {pref['reference']['accuracy']:.3f}; implicit reward accuracy "
+        f"{pref['implicit_reward']['accuracy']:.3f}, margin {pref['implicit_reward']['mean_margin']:.4f}"
+    )
+    gen = result["generation"]
+    if gen:
+        typer.echo(
+            f"generated ({gen['prompts']} prompts, {gen['decoding']}): {gen['gold_reward']} reward policy "
+            f"{gen['policy_mean_reward']:.3f}, reference {gen['reference_mean_reward']:.3f}, win rate "
+            f"{gen['win_rate']:.3f}, KL {gen['kl']:.3f}"
+        )
+    else:
+        typer.echo(f"no generation: {result['generation_skipped']}")
+    typer.echo(f"wrote {run_dir / 'eval.json'}")
+    write_report_or_warn(run_dir)  # the dashboard shows eval.json
 
 
 def main() -> None:

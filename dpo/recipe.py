@@ -279,6 +279,7 @@ class LoggingSection(Section):
     wandb_mode: Literal["auto", "offline", "online"] = Field(
         "auto", description="auto: online when an API key is configured, offline otherwise."
     )
+    wandb_group: str | None = Field(None, description="wandb run group (a sweep sets it to the sweep's name).")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files under the run directory.")
     progress_bar: bool = Field(True, description="Show a progress bar while training.")
     heldout_kl: bool | None = Field(
@@ -515,3 +516,65 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
             raise UserError(f"{'.'.join(parts[: i + 1])} is not a section, cannot set {key}", where=SET_SOURCE)
         node = child
     node[parts[-1]] = value
+
+
+def changes_from_base(loaded: LoadedRecipe) -> list[dict[str, Any]]:
+    """What the recipe file itself and its --set overrides changed relative to its `base:` chain (or to the
+    defaults when it has no base): one {key, value, base_value, source} per key they set, for the run report.
+
+    `base_value` is what the key would be without that layer: for a key the recipe file sets, the value from
+    its base chain; for a --set key, the value from the recipe file and its bases; the schema default when
+    neither sets it (None for required keys and `training` keys left to DPOConfig)."""
+    own = {str(loaded.path), SET_SOURCE}
+    keys = [k for k, src in loaded.provenance.items() if src in own and k != "base"]
+    leaves = [k for k in keys if not any(other.startswith(f"{k}.") for other in keys)]
+    resolved = loaded.recipe.model_dump(mode="json")
+    file_raw, _ = _read_with_bases(loaded.path, chain=())
+    base_ref = read_yaml_mapping(loaded.path).get("base")
+    base_raw: dict = {}
+    if isinstance(base_ref, str):
+        base_raw, _ = _read_with_bases(Path(os.path.normpath(loaded.path.parent / base_ref)), chain=())
+    out = []
+    for key in sorted(leaves, key=lambda k: (k != "name", k)):
+        below = file_raw if loaded.provenance[key] == SET_SOURCE else base_raw
+        value, base_value = _lookup(resolved, key), _lookup(below, key)
+        if base_value is _MISSING:
+            base_value = _default_of(key)
+        out.append(
+            {
+                "key": key,
+                "value": None if value is _MISSING else value,
+                "base_value": base_value,
+                "source": loaded.provenance[key],
+            }
+        )
+    return out
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def _default_of(dotted: str) -> Any:
+    """The schema default of a recipe key (None for required keys and free-form `training` keys)."""
+    model: type[BaseModel] = Recipe
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None or (i == len(parts) - 1 and field.is_required()):
+            return None
+        if i == len(parts) - 1:
+            default = field.get_default(call_default_factory=True)
+            return default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+        sub = _section_type(field.annotation)
+        if sub is None:
+            return None
+        model = sub
+    return None

@@ -8,11 +8,13 @@ checked by `check()` before the run directory is created, so a bad input never l
 
 Run directory:
     recipe.yaml       the fully resolved recipe (a plain recipe `dpo train` accepts)
+    recipe_changes.json  the recipe file, the --set overrides, and each key they changed vs the base chain
     data_card.json    rows read, dropped and why, split sizes, content hashes
     metrics.jsonl     one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed
     summary.json      stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps
     final/            the trained adapter (LoRA) or model, plus the tokenizer
     checkpoints/      best checkpoint(s) when early stopping is on, periodic ones when asked
+    report.html       the dashboard (dpo/report.py); `dpo report RUN_DIR` rebuilds it
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 
 from dpo.data import PreparedData, prepare_data
 from dpo.errors import UserError, did_you_mean
-from dpo.recipe import LoadedRecipe, Recipe, load_recipe
+from dpo.recipe import LoadedRecipe, Recipe, changes_from_base, load_recipe
 
 
 @dataclass
@@ -203,6 +206,66 @@ def _configure_wandb(recipe: Recipe, run_dir: Path) -> str | None:
     return mode
 
 
+# Keys whose values never leave the machine in a logger's config (transformers redacts `*_token` the same way).
+_SECRET_KEY = re.compile(r"(_token$|secret|password|api_?key)", re.IGNORECASE)
+
+
+def _redacted(tree):
+    if isinstance(tree, dict):
+        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) else _redacted(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_redacted(v) for v in tree]
+    return tree
+
+
+def _start_wandb(recipe: Recipe, run_dir: Path, mode: str | None) -> None:
+    """Open the wandb run ourselves, so it carries the resolved recipe as its config and the sweep's group;
+    transformers' WandbCallback then logs into this run (it only calls wandb.init when no run is open)."""
+    if mode is None:
+        return
+    import wandb
+
+    wandb.init(
+        project=recipe.logging.wandb_project,
+        name=recipe.name,
+        group=recipe.logging.wandb_group,
+        dir=str(run_dir),
+        mode=mode,
+        config={"recipe": _redacted(recipe.model_dump(mode="json"))},
+    )
+
+
+def _finish_wandb(summary: dict) -> None:
+    """The run's verdict as wandb summary values: what a person compares across runs in the wandb table."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    best = summary["best_metric"]
+    wandb.run.summary.update(
+        {
+            "stop_reason": summary["stop_reason"],
+            "best_step": summary["best_step"],
+            "best_metric_name": best["name"],
+            f"best/{best['name']}": best["value"],
+            "overfitting_onset_step": summary["overfitting"]["onset_step"],
+            "overfitting_warnings": len(summary["overfitting"]["warnings"]),
+        }
+    )
+    wandb.finish()
+
+
+def write_report_or_warn(run_dir: Path) -> Path | None:
+    """The dashboard is a view of files already written: if it fails, say so on one line and keep the run."""
+    from dpo.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure here must not lose a finished run
+        print(f"warning: report.html not written ({type(exc).__name__}: {exc}); retry with: dpo report {run_dir}")
+        return None
+
+
 def _read_netrc() -> str:
     try:
         return Path(os.path.expanduser("~/.netrc")).read_text()
@@ -274,8 +337,14 @@ def execute(
     run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
     _claim_run_dir(run_dir)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    changes = {
+        "recipe_file": str(Path(recipe_path).resolve()),
+        "overrides": list(overrides),
+        "changes": changes_from_base(checked.loaded),
+    }
+    _write_json(run_dir / "recipe_changes.json", changes)
     _write_json(run_dir / "data_card.json", checked.data.card)
-    _configure_wandb(recipe, run_dir)
+    _start_wandb(recipe, run_dir, _configure_wandb(recipe, run_dir))
     if recipe.logging.tensorboard:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
@@ -309,12 +378,6 @@ def execute(
     restored = _restore_best(trainer, best)
     trainer.save_model(str(run_dir / "final"))
     trainer.processing_class.save_pretrained(str(run_dir / "final"))
-    if trainer.args.report_to and "wandb" in trainer.args.report_to:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.run.summary.update({"stop_reason": stop_reason, "best_step": best.best_step})
-            wandb.finish()
 
     summary = {
         "stop_reason": stop_reason,
@@ -332,6 +395,9 @@ def execute(
         "run_dir": str(run_dir),
     }
     _write_json(run_dir / "summary.json", summary)
+    if recipe.logging.wandb:
+        _finish_wandb(summary)
+    write_report_or_warn(run_dir)
     return summary, trainer
 
 

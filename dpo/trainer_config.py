@@ -183,6 +183,8 @@ def check_no_op_keys(loaded: LoadedRecipe, dpo_config) -> None:
         if logging.wandb_project != "dpo-toolkit" or logging.wandb_mode != "auto":
             key = "logging.wandb_project" if logging.wandb_project != "dpo-toolkit" else "logging.wandb_mode"
             no_ops.append((key, "logging.wandb is false"))
+        if logging.wandb_group is not None:
+            no_ops.append(("logging.wandb_group", "logging.wandb is false"))
     if "num_train_epochs" in recipe.training and dpo_config.max_steps > 0:
         no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
     if no_ops:

