@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dpo.data import COLUMNS, content_hash, prepare_data, read_rows, row_problem
+from dpo.data import RowChecker, content_hash, load_source
 from dpo.errors import UserError
 from dpo.gold import GOLD_REWARDS
-from dpo.recipe import load_recipe
+from dpo.recipe import DataSource, load_recipe
+from dpo.rows import PAIR, is_multi
 
 EVAL_NAME = "eval.json"
 DECODINGS = {
@@ -61,20 +62,27 @@ def _held_out(run_dir: Path, options: EvalOptions):
     loaded = load_recipe(recipe_file)
     recipe = loaded.recipe
     if options.data is None:
-        pairs = prepare_data(recipe.data, recipe.seed, where=loaded.where).eval
+        from dpo.run import check  # the same checks, split and expansion as the run made (length check included)
+
+        pairs = check(recipe_file).data.eval
         source = f"held-out split of the run, recomputed from {recipe_file} (data.eval or data.heldout_fraction)"
-        folder = Path(recipe.data.eval or recipe.data.train).parent
+        folder = Path(_first_path(recipe.data.eval or recipe.data.train)).parent
     else:
         path = Path(options.data)
-        rows = read_rows(str(path), where="--data")
-        bad = [(i, p) for i, row in enumerate(rows, start=1) if (p := row_problem(row))]
-        if bad:
-            raise UserError(f"row {bad[0][0]}: {bad[0][1]}", where=str(path))
-        pairs = [{c: row[c] for c in COLUMNS} for row in rows]
+        rows, _ = load_source(DataSource(path=str(path)), "--data", RowChecker(), "error", set())
+        if any(map(is_multi, rows)):
+            raise UserError("multi-response rows: --data takes preference pairs", where=str(path))
+        pairs = [{c: row[c] for c in PAIR} for row in rows]
         source, folder = str(path.resolve()), path.parent
     if not pairs:
         raise UserError("no preference pairs to evaluate", where=str(options.data or recipe_file))
     return loaded, pairs, source, folder
+
+
+def _first_path(sources) -> str:
+    """The path of the first source of `data.train` / `data.eval` (a path, a source, or a list of them)."""
+    first = sources[0] if isinstance(sources, list) else sources
+    return first if isinstance(first, str) else first.path
 
 
 def gold_reward_name(folder: Path) -> tuple[str | None, str]:
