@@ -65,6 +65,7 @@ RUN_CHARTS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("eval_logratios/chosen", "chosen, held-out", CHOSEN_COLOR, False),
         ("eval_logratios/rejected", "rejected, held-out", REJECTED_COLOR, False),
     ],
+    "KL(policy || reference) on held-out answers, nats per answer": [("eval_kl", "held-out", HELD_COLOR, False)],
     "Train minus held-out gap": [
         ("eval_gap/accuracies", "accuracy gap", PALETTE[4], False),
         ("eval_gap/margins", "margin gap", PALETTE[5], False),

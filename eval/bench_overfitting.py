@@ -109,11 +109,11 @@ def table(rows: list[dict]) -> str:
     ]
     for noise in sorted({r["noise"] for r in rows}):
         group = [r for r in rows if r["noise"] == noise]
-        plain = next(r for r in group if r["control"] == "plain")["eval_rewards/accuracies"]
+        plain = next((r["eval_rewards/accuracies"] for r in group if r["control"] == "plain"), None)
         for r in group:
-            delta = r["eval_rewards/accuracies"] - plain
+            delta = "n/a" if plain is None else f"{r['eval_rewards/accuracies'] - plain:+.3f}"
             lines.append(
-                f"| {noise:.0%} | {r['control']} | {r['eval_rewards/accuracies']:.3f} | {delta:+.3f} | "
+                f"| {noise:.0%} | {r['control']} | {r['eval_rewards/accuracies']:.3f} | {delta} | "
                 f"{r['eval_rewards/margins']:.3f} | {r['eval_logratios/chosen']:.2f} | "
                 f"{r['eval_logps/accuracies']:.3f} | {r['steps']} |"
             )
@@ -141,24 +141,27 @@ def main() -> None:
         base.append("logging.progress_bar=false")
     args.results.mkdir(parents=True, exist_ok=True)
     name = "overfitting_smoke" if args.smoke else "overfitting"
-    # Each finished run is appended to a partial file, so an interrupted benchmark (it takes over an hour on
-    # CPU) picks up where it stopped when started again with the same arguments.
-    partial = args.results / f"{name}.partial.jsonl"
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
-    rows = []
+    # Each finished run is appended to a runs file, so an interrupted benchmark (it takes over an hour on CPU)
+    # picks up where it stopped, and runs made by separate invocations (--noise 0.3, later --noise 0) add up:
+    # the tables cover every run in the file.
+    runs_file = args.results / f"{name}.runs.jsonl"
+    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     for noise in args.noise:
         for control in args.controls:
-            row = next((r for r in done if r["control"] == control and r["noise"] == noise), None)
-            if row is None:
-                row = run(control, noise, out, base)
-                with partial.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "evaluations"}), flush=True)
-        rows.extend(early_stopping_rows(next(r for r in rows if r["noise"] == noise and r["control"] == "plain")))
+            if not any(r["control"] == control and r["noise"] == noise for r in done):
+                done.append(run(control, noise, out, base))
+                with runs_file.open("a") as f:
+                    f.write(json.dumps(done[-1]) + "\n")
+                print(json.dumps({k: v for k, v in done[-1].items() if k != "evaluations"}), flush=True)
+    rows = []
+    for noise in sorted({r["noise"] for r in done}):
+        group = sorted((r for r in done if r["noise"] == noise), key=lambda r: list(CONTROLS).index(r["control"]))
+        rows.extend(group)
+        plain = next((r for r in group if r["control"] == "plain"), None)
+        if plain is not None:
+            rows.extend(early_stopping_rows(plain))
     (args.results / f"{name}.json").write_text(json.dumps({"budget": base, "rows": rows}, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(table(rows) + "\n")
-    partial.unlink()
     print(table(rows))
 
 
