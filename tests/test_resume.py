@@ -164,3 +164,41 @@ def test_resume_refuses_a_different_recipe_and_a_finished_run(six_step_recipe, r
     assert proc.stderr.startswith(f"error: {unfinished / 'recipe.yaml'}: loss.beta: the run was made with 0.1, ")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert {p: p.read_bytes() for p in unfinished.rglob("*") if p.is_file()} == before
+
+
+def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
+    """Killed after early stopping fired (its checkpoint saved, no summary yet): resume trains no further step and
+    writes the same summary and final/ (the best checkpoint restored)."""
+    import shutil
+
+    from dpo.run import execute
+    from tests.test_early_stopping import ScriptedMetric
+
+    values = [0, 1, 3, 2, 1, 0, 0]
+    overrides = ["early_stopping.metric=eval_scripted", "early_stopping.patience=2", "training.max_steps=6",
+                 "training.eval_steps=1"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    kwargs = {"callbacks": [ScriptedMetric(values)], "extra_metrics": ("eval_scripted",)}
+    first, _ = execute(tiny_recipe, overrides, output_dir=run_dir, **kwargs)
+    assert first["stop_reason"] == "early_stopped" and first["steps"] == 4
+    final_before = (run_dir / "final" / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(run_dir / "final")
+    (run_dir / "summary.json").unlink()
+
+    second, _ = execute(tiny_recipe, overrides, output_dir=run_dir, resume=True, **kwargs)
+    assert second["resumed_from"] == [4]
+    for key in ("stop_reason", "steps", "best_step", "best_metric", "final_weights", "train_loss", "best_metrics"):
+        assert_close(first[key], second[key], key)
+    assert (run_dir / "final" / "adapter_model.safetensors").read_bytes() == final_before
+    steps = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m and "eval_loss" not in m]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_with_nothing_there_starts_a_new_run_and_refuses_two_targets(tiny_recipe, tmp_path, capsys):
+    from dpo.run import execute
+
+    summary, _ = execute(tiny_recipe, ["training.max_steps=1"], output_dir=tmp_path / "new", resume=True)
+    assert summary["steps"] == 1 and summary["resumed_from"] == []
+    assert "resume: nothing to resume in" in capsys.readouterr().out
+    proc = dpo("train", "--resume", str(tmp_path / "new"), "--output-dir", str(tmp_path / "other"))
+    assert proc.returncode == 2 and "give either a run directory or --output-dir, not both" in proc.stderr
