@@ -153,7 +153,10 @@ def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir).acquire()  # first, so that a directory in use says so rather than "not empty"
+    lock = RunLock(run_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return lock  # the other processes of one multi-process run: rank 0 holds the lock for all of them
+    lock.acquire()  # first, so that a directory in use says so rather than "not empty"
     if lock.cleared:
         print(f"cleared a stale lock of pid {lock.cleared.get('pid')} (not running any more)", file=sys.stderr)
     if not resume and resuming.has_previous_attempt(run_dir):
