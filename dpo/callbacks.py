@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from dpo.diagnostics import infer_mode
+from dpo.secrets import redact_data
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -21,9 +22,9 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = {"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}}
+        record = redact_data({"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}})
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record) + "\n")  # one write per line: a kill leaves at most one torn line
 
 
 def _jsonable(value):
@@ -32,13 +33,16 @@ def _jsonable(value):
     return value
 
 
-class BestCheckpointCallback(TrainerCallback):
+class BestCheckpointCallback(TrainerCallback, ExportableState):
     """Tracks the best held-out `metric`; with `patience`, stops after that many evaluations without
     an improvement of at least `min_delta` (never before `warmup_steps`).
 
     With `keep_best`, a checkpoint is saved whenever the metric improves and recorded as the trainer's
     best checkpoint, so checkpoint rotation never deletes it and it can be restored at the end.
+    Its bookkeeping is saved in every checkpoint (`state()`, transformers' ExportableState) and put back on resume.
     """
+
+    RESTORED = ("best_value", "best_step", "bad_evaluations", "stopped_at", "history")
 
     def __init__(
         self,
@@ -85,6 +89,25 @@ class BestCheckpointCallback(TrainerCallback):
         if stop and self.stopped_at is None:
             self.stopped_at = step
         return new_best, stop
+
+    def state(self) -> dict:
+        args = ("metric", "mode", "patience", "min_delta", "warmup_steps", "keep_best")
+        return {
+            "args": {name: getattr(self, name) for name in args},
+            "attributes": {name: getattr(self, name) for name in self.RESTORED},
+        }
+
+    def load_state(self, saved: dict) -> None:
+        """Put back the bookkeeping of `state()` (read from a checkpoint's trainer_state.json), in place."""
+        for name in self.RESTORED:
+            if name in saved.get("attributes", {}):
+                setattr(self, name, saved["attributes"][name])
+        self.history = [tuple(item) for item in self.history]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the untrained model as the best (checkpoint-0, saved before training) must survive checkpoint rotation too
+        if self.keep_best and self.best_step == 0 and state.best_model_checkpoint is None:
+            state.best_model_checkpoint = str(Path(args.output_dir) / "checkpoint-0")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or self.metric not in metrics:

@@ -1,6 +1,8 @@
 """The `dpo` command. Thin: parse, call one library function, print, set the exit code.
 
-User errors (bad recipe, bad data, missing file) print one `error: ...` line and exit 2.
+User errors (bad recipe, bad data, missing file) print one `error: ...` line and exit 2. A training run that
+started but stopped on a NaN/Inf loss or gradient norm prints one `error: ...` line and exits 3 (its
+summary.json says `stop_reason: non_finite`). Secrets from the environment are redacted from all output.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from typing import Annotated
 
 import typer
 
-from dpo.errors import UserError
+from dpo.errors import RunFailed, UserError
 from dpo.evaluate import DECODINGS
+from dpo.secrets import RedactingStream, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -21,24 +24,40 @@ SetOption = Annotated[
 ]
 
 
-def _fail(exc: UserError) -> None:
-    typer.echo(f"error: {exc}", err=True)
+def _fail(exc: UserError | RunFailed) -> None:
+    typer.echo(f"error: {redact(str(exc))}", err=True)
     raise typer.Exit(code=exc.exit_code)
 
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).")],
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue a killed run from its last complete checkpoint to the same number of steps. "
+            "RECIPE may be the run directory itself (its recipe.yaml is used).",
+        ),
+    ] = False,
 ):
-    """Train a recipe and write its run directory."""
+    """Train a recipe and write its run directory. Exit codes: 0 done, 2 bad input, 3 stopped on NaN/Inf."""
     from dpo.console import print_summary
     from dpo.run import train as run_train
 
+    # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    if resume and recipe.is_dir():
+        if output_dir is not None and output_dir.resolve() != recipe.resolve():
+            _fail(UserError("give either a run directory or --output-dir, not both", where=str(recipe)))
+        output_dir, recipe = recipe, recipe / "recipe.yaml"
+        if not recipe.is_file():
+            _fail(UserError("has no recipe.yaml: not a run directory; nothing to resume", where=str(output_dir)))
     try:
-        summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir)
-    except UserError as exc:
+        summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
+    except (UserError, RunFailed) as exc:
         _fail(exc)
     print_summary(summary)
 
@@ -55,6 +74,8 @@ def validate(
         checked = check(recipe, set_ or [])
     except UserError as exc:
         _fail(exc)
+    for warning in checked.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     split = checked.data.card["split"]
     terms = " + ".join(f"{w:g}*{n}" if w != 1 else n for n, w in checked.loss_plan.terms)
     typer.echo(

@@ -22,3 +22,23 @@ class UserError(Exception):
     def __init__(self, message: str, *, where: str | None = None):
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class RunFailed(Exception):
+    """A run that started but could not finish its training (exit code 3: neither a user error nor success).
+
+    summary.json in the run directory is written first, with `stop_reason` and `error` saying why."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, summary: dict | None = None):
+        self.summary = summary or {}
+        super().__init__(message)
+
+
+class NonFiniteError(RunFailed):
+    """A NaN or Inf `quantity` (loss or grad_norm) at optimizer step `step`; raised before that step is applied."""
+
+    def __init__(self, quantity: str, step: int, value: float):
+        self.quantity, self.step, self.value = quantity, step, value
+        super().__init__(f"non-finite {quantity} ({value}) at step {step}")

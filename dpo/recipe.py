@@ -304,8 +304,28 @@ class Recipe(Section):
     training: dict[str, Any] = Field(default_factory=dict, description="Passed through to trl.DPOConfig.")
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_the_output_dir(cls, name: str) -> str:
+        problem = run_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run (or trial) folder under an output directory, or None. A name is one plain
+    folder name: `../x`, `/abs`, `a/b` would put the run outside the folder the user chose."""
+    if not name or name in (".", ".."):
+        return f"{name!r} is not a folder name"
+    if any(sep in name for sep in ("/", "\\", "\0")) or Path(name).is_absolute() or Path(name).drive:
+        return f"{name!r} must be a plain folder name (no path separators): runs go to runs/<name>"
+    if len(name.encode()) > 255:
+        return "is longer than a folder name may be (255 bytes)"
+    return None
 
 
 class LoadedRecipe:

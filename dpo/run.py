@@ -13,8 +13,14 @@ Run directory:
     metrics.jsonl     one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed
     summary.json      stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps
     final/            the trained adapter (LoRA) or model, plus the tokenizer
-    checkpoints/      best checkpoint(s) when early stopping is on, periodic ones when asked
+    checkpoints/      a complete checkpoint at every evaluation (the last two and the best are kept), for resume
+    .lock             while a `dpo train` writes the directory (dpo/lock.py)
     report.html       the dashboard (dpo/report.py); `dpo report RUN_DIR` rebuilds it
+
+Crash safety: every file is written to a temporary name and renamed (dpo/atomic.py), checkpoints are marked
+complete last (dpo/resume.py), and `execute(..., resume=True)` continues a killed run from its last complete
+checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is applied: summary.json says
+`stop_reason: non_finite` and RunFailed (exit code 3) is raised. Secrets never reach the run dir (dpo/secrets.py).
 """
 
 from __future__ import annotations
@@ -23,14 +29,19 @@ import functools
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dpo import resume as resuming
+from dpo.atomic import atomic_write_json, atomic_write_text, replace_dir
 from dpo.data import PreparedData, prepare_data
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import NonFiniteError, RunFailed, UserError, did_you_mean
+from dpo.lock import RunLock
 from dpo.recipe import LoadedRecipe, Recipe, changes_from_base, load_recipe
+from dpo.secrets import redact
 
 
 @dataclass
@@ -45,6 +56,17 @@ class CheckedRecipe:
     @property
     def recipe(self) -> Recipe:
         return self.loaded.recipe
+
+    @property
+    def warnings(self) -> list[str]:
+        """Settings that are valid but risky: printed by `dpo validate` and `dpo train`."""
+        found = []
+        if self.recipe.model.trust_remote_code:
+            found.append(
+                f"{self.loaded.where('model.trust_remote_code')}: true: Python code shipped with the model "
+                f"'{self.recipe.model.name_or_path}' will run on this machine; keep it false unless you trust it"
+            )
+        return found
 
 
 def check(recipe_path: str | Path, overrides=(), extra_metrics: tuple[str, ...] = ()) -> CheckedRecipe:
@@ -177,19 +199,28 @@ def default_output_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name
 
 
-def _claim_run_dir(run_dir: Path) -> None:
+def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
+    """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError("run directory is not empty; choose another --output-dir", where=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return lock  # the other processes of one multi-process run: rank 0 holds the lock for all of them
+    lock.acquire()  # first, so that a directory in use says so rather than "not empty"
+    if lock.cleared:
+        print(f"cleared a stale lock of pid {lock.cleared.get('pid')} (not running any more)", file=sys.stderr)
+    if not resume and resuming.has_previous_attempt(run_dir):
+        lock.release()
+        raise UserError(
+            "run directory is not empty; choose another --output-dir (or add --resume to continue it)",
+            where=str(run_dir),
+        )
+    return lock
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write to a temporary name and rename, so a killed process never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)  # temporary name + rename, secrets redacted
 
 
 def _configure_wandb(recipe: Recipe, run_dir: Path) -> str | None:
@@ -311,9 +342,10 @@ def build_trainer(checked: CheckedRecipe, run_dir: Path, callbacks: list):
     return Trainer(**trainer_inputs(checked, run_dir, callbacks), loss_plan=checked.loss_plan, heldout_kl=heldout_kl)
 
 
-def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None) -> dict:
-    """Train one recipe and write its run directory. Returns the summary (also in summary.json)."""
-    summary, _ = execute(recipe_path, overrides, output_dir)
+def train(recipe_path: str | Path, overrides=(), output_dir: str | Path | None = None, resume: bool = False) -> dict:
+    """Train one recipe and write its run directory. Returns the summary (also in summary.json).
+    Raises UserError for bad input (nothing written) and RunFailed when training diverged (summary.json says so)."""
+    summary, _ = execute(recipe_path, overrides, output_dir, resume=resume)
     return summary
 
 
@@ -323,25 +355,43 @@ def execute(
     output_dir: str | Path | None = None,
     callbacks: list | None = None,
     extra_metrics: tuple[str, ...] = (),
+    resume: bool = False,
 ):
     """`train`, also returning the trainer; `callbacks` (transformers TrainerCallbacks) run before ours and
-    may add held-out metrics named in `extra_metrics`."""
+    may add held-out metrics named in `extra_metrics`. With `resume`, a run directory left by a killed run is
+    continued from its last complete checkpoint (an absent or empty one starts a new run)."""
+    started = time.time()
+    checked = check(recipe_path, overrides, extra_metrics)
+    recipe = checked.recipe
+    run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
+    resolved_yaml = redact(recipe.to_yaml())
+    if resume:
+        resuming.check(run_dir, resolved_yaml)
+    lock = _claim_run_dir(run_dir, resume)
+    try:
+        for warning in checked.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        point = resuming.prepare(run_dir, run_dir / "checkpoints") if resume else resuming.ResumePoint(run_dir)
+        for note in point.notes:
+            print(f"resume: {note}", flush=True)
+        changes = {
+            "recipe_file": str(Path(recipe_path).resolve()),
+            "overrides": [redact(str(o)) for o in overrides],
+            "changes": changes_from_base(checked.loaded),
+        }
+        return _run(checked, run_dir, point, resolved_yaml, changes, callbacks, started)
+    finally:
+        lock.release()
+
+
+def _run(checked: CheckedRecipe, run_dir: Path, point, resolved_yaml: str, changes: dict, callbacks, started: float):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
     from dpo.diagnostics import overfitting_block
 
-    started = time.time()
-    checked = check(recipe_path, overrides, extra_metrics)
     recipe = checked.recipe
-    run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
-    _claim_run_dir(run_dir)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    changes = {
-        "recipe_file": str(Path(recipe_path).resolve()),
-        "overrides": list(overrides),
-        "changes": changes_from_base(checked.loaded),
-    }
+    atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
     _write_json(run_dir / "recipe_changes.json", changes)
     _write_json(run_dir / "data_card.json", checked.data.card)
     _start_wandb(recipe, run_dir, _configure_wandb(recipe, run_dir))
@@ -369,15 +419,33 @@ def execute(
     if not trainer.args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())
-    initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
-    if best.keep_best and best.best_step == 0:
-        trainer.save_model(str(Path(trainer.args.output_dir) / "checkpoint-0"))
-    train_output = trainer.train()
+    trainer.clock_start = started
+    try:
+        if point.checkpoint is None:
+            initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
+            if best.keep_best and best.best_step == 0:
+                checkpoint_0 = Path(trainer.args.output_dir) / "checkpoint-0"
+                trainer.save_model(str(checkpoint_0))
+                resuming.mark_complete(checkpoint_0, 0)
+            train_output = trainer.train()
+        else:
+            initial = resuming.initial_metrics(run_dir / "metrics.jsonl")
+            saved = json.loads((point.checkpoint / resuming.TRAINER_STATE).read_text(encoding="utf-8"))
+            best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
+            trainer.load_dpo_state(point.state, point.step)
+            if best.stopped_at is not None or saved.get("global_step", 0) >= saved.get("max_steps", 0):
+                train_output = trainer.finish_from_checkpoint(str(point.checkpoint))  # training had ended there
+            else:
+                train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
+    except NonFiniteError as exc:
+        raise _diverged(exc, trainer, best, run_dir, initial, started) from None
     stop_reason = "early_stopped" if best.stopped_at is not None else "completed"
 
     restored = _restore_best(trainer, best)
-    trainer.save_model(str(run_dir / "final"))
-    trainer.processing_class.save_pretrained(str(run_dir / "final"))
+    staging = run_dir / ".final.tmp"  # final/ appears whole or not at all
+    trainer.save_model(str(staging))
+    trainer.processing_class.save_pretrained(str(staging))
+    replace_dir(staging, run_dir / "final")
 
     summary = {
         "stop_reason": stop_reason,
@@ -389,9 +457,10 @@ def execute(
         "initial_metrics": _eval_only(initial),
         "best_metrics": _eval_at(trainer.state.log_history, best.best_step) or _eval_only(initial),
         "final_metrics": _last_metrics(trainer.state.log_history),
-        "train_loss": train_output.training_loss,
+        "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
         "overfitting": overfitting_block(trainer.state.log_history, stopping.metric, stopping.patience, stopping.mode),
-        "runtime_s": round(time.time() - started, 2),
+        "runtime_s": round(trainer.runtime_before + time.time() - started, 2),  # all attempts, up to their checkpoints
+        "resumed_from": trainer.resumed_from,
         "run_dir": str(run_dir),
     }
     _write_json(run_dir / "summary.json", summary)
@@ -399,6 +468,31 @@ def execute(
         _finish_wandb(summary)
     write_report_or_warn(run_dir)
     return summary, trainer
+
+
+def _diverged(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, started: float) -> RunFailed:
+    """summary.json for a run stopped by the non-finite guard; the error the caller raises (exit code 3)."""
+    last_good = resuming.last_resumable(run_dir / "checkpoints")
+    last_good_path = str(last_good[1]) if last_good else None
+    summary = {
+        "stop_reason": "non_finite",
+        "error": str(exc),
+        "non_finite": {"quantity": exc.quantity, "step": exc.step, "value": str(exc.value)},
+        "last_good_checkpoint": last_good_path,
+        "best_step": best.best_step,
+        "best_metric": {"name": best.metric, "mode": best.mode, "value": best.best_value},
+        "final_weights": None,  # no final/: the step that went non-finite was not applied, nothing is trusted past it
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "initial_metrics": _eval_only(initial),
+        "final_metrics": _last_metrics(trainer.state.log_history),
+        "runtime_s": round(trainer.runtime_before + time.time() - started, 2),
+        "resumed_from": trainer.resumed_from,
+        "run_dir": str(run_dir),
+    }
+    _write_json(run_dir / "summary.json", summary)
+    where = f"the last good checkpoint is {last_good_path}" if last_good_path else "no checkpoint was saved before it"
+    return RunFailed(f"{run_dir}: training stopped: {exc}; {where}", summary)
 
 
 def _restore_best(trainer, best) -> bool:
@@ -411,7 +505,11 @@ def _restore_best(trainer, best) -> bool:
 
 
 def _eval_only(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("eval_") and not k.endswith(("runtime", "per_second", "preparation_time"))
+    }
 
 
 def _eval_at(log_history: list[dict], step: int | None) -> dict:

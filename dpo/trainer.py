@@ -12,7 +12,12 @@ Written against TRL 1.16 (pinned in pyproject.toml).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import time
+import warnings
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -20,7 +25,10 @@ from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
+from dpo import resume
+from dpo.atomic import atomic_write_json
 from dpo.beta import BetaController
+from dpo.errors import NonFiniteError
 from dpo.losses import F_DIVERGENCES, LossPlan, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
@@ -39,6 +47,9 @@ class Trainer(DPOTrainer):
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
+        self.clock_start, self.runtime_before = time.time(), 0.0  # run time of earlier attempts (resume)
+        self.resumed_from: list[int] = []  # steps this run was resumed from
+        self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
         super().__init__(*args, **kwargs)
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
         if loss_plan.neftune_alpha is not None:
@@ -212,7 +223,89 @@ class Trainer(DPOTrainer):
             if self._since_eval["loss"] and "eval_loss" in logs:
                 held_out["gap/loss"] = [logs["eval_loss"] - _average(self._since_eval["loss"])]
             self._since_eval.clear()
+        if "train_loss" in logs and self._loss_sum_before:
+            # transformers averages over this attempt's steps only; the run's mean covers every step
+            total, step = self._loss_sum_before
+            steps = self.state.global_step
+            logs["train_loss"] = (total + logs["train_loss"] * (steps - step)) / max(steps, 1)
         super().log(logs, start_time)
+
+    # ---- the non-finite guard ----
+    # Checked before the optimizer applies the step: a NaN/Inf loss or gradient norm raises NonFiniteError, so
+    # the weights in memory and every checkpoint on disk stay finite. (transformers would instead log the average
+    # of earlier losses in place of a NaN loss, and step on.)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = loss.detach().float().item()
+        if not math.isfinite(value):
+            raise NonFiniteError("loss", self.state.global_step + 1, value)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        value = float(grad_norm) if grad_norm is not None else 0.0
+        if not math.isfinite(value):
+            raise NonFiniteError("grad_norm", self.state.global_step + 1, value)
+        return grad_norm
+
+    # ---- checkpoints that resume can trust (dpo/resume.py) ----
+
+    def _save_checkpoint(self, model, trial):
+        """transformers' checkpoint, then our state, then the completeness mark, and only then rotation: a kill at
+        any point leaves the previous complete checkpoints in place."""
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            with warnings.catch_warnings():  # transformers 5 deprecation notices users cannot act on, per checkpoint
+                warnings.simplefilter("ignore", FutureWarning)
+                super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if not self.args.should_save:
+            return
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        atomic_write_json(folder / resume.DPO_STATE, self.dpo_state())
+        resume.mark_complete(folder, self.state.global_step)
+        resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
+
+    def dpo_state(self) -> dict:
+        """What a resumed run needs besides transformers' checkpoint."""
+        return {
+            "beta_controller": dataclasses.asdict(self.beta_controller),
+            "since_eval": dict(self._since_eval),
+            "total_train_tokens": self._total_train_tokens,
+            "train_loss_sum": self._total_loss_scalar + self._tr_loss.item(),
+            "runtime_s": self.runtime_before + time.time() - self.clock_start,
+            "resumed_from": self.resumed_from,
+        }
+
+    def load_dpo_state(self, state: dict, step: int) -> None:
+        """Put back `dpo_state()` of the checkpoint at `step` before `train(resume_from_checkpoint=...)`."""
+        if "beta_controller" in state:
+            self.beta_controller = BetaController(**state["beta_controller"])
+        self._since_eval = defaultdict(list, state.get("since_eval", {}))
+        self._total_train_tokens = state.get("total_train_tokens", 0)
+        self.runtime_before = state.get("runtime_s", 0.0)
+        self.resumed_from = [*state.get("resumed_from", []), step]
+        self._loss_sum_before = (state.get("train_loss_sum", 0.0), step)
+
+    def finish_from_checkpoint(self, checkpoint: str):
+        """For a checkpoint saved when training had already ended (its last step, or early-stopped) by a process that
+        died before writing final/ and summary.json: load its weights and state and log the end-of-training line,
+        without another step. (transformers' train() would run one more step when resumed at max_steps mid-epoch,
+        and would ignore an early stop.)"""
+        from transformers import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        self._load_from_checkpoint(checkpoint)
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / resume.TRAINER_STATE))
+        metrics = {
+            "train_runtime": round(self.runtime_before, 4),
+            "total_flos": self.state.total_flos,
+            "train_loss": 0.0,
+        }
+        self.log(metrics)  # log() turns train_loss into the mean over every step (see _loss_sum_before)
+        return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
 
     # ---- metrics: TRL's names, then ours ----
 

@@ -40,7 +40,8 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "model_init_kwargs": "model.dtype / model.trust_remote_code",
     "trust_remote_code": "model.trust_remote_code",
     "label_smoothing_factor": "loss.label_smoothing (DPO computes its own loss; this one would be ignored)",
-    "resume_from_checkpoint": "nothing yet: resuming a run is not implemented (see the README, Status)",
+    "resume_from_checkpoint": "the --resume option of dpo train (it picks the last complete checkpoint)",
+    "hub_token": "the HF_TOKEN environment variable (a token in a recipe would be copied into the run directory)",
     "use_weighting": "regularizers.wpo",
     "ld_alpha": "regularizers.ld_alpha",
     "f_divergence_type": "regularizers.f_divergence",
@@ -69,7 +70,8 @@ def _cpu_friendly_defaults() -> dict[str, Any]:
         "logging_steps": 1,  # one metrics.jsonl line per step: the curves the report draws
         "eval_strategy": "steps",
         "eval_steps": 0.1,  # evaluate at every tenth of training (a fraction of max steps, as transformers allows)
-        "save_strategy": "no",  # best checkpoints are saved by BestCheckpointCallback; periodic ones when asked
+        # save_strategy / save_steps: at every evaluation unless set (see build_dpo_config), so a killed run can resume
+        "save_total_limit": 2,  # the last two complete checkpoints, plus the best one when early stopping is on
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 16,
         "dataloader_num_workers": 0,
@@ -263,7 +265,15 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     from trl import DPOConfig
 
     recipe: Recipe = loaded.recipe
-    kwargs = {**_cpu_friendly_defaults(), **check_training(loaded)}
+    user = check_training(loaded)
+    kwargs = {**_cpu_friendly_defaults(), **user}
+    if "save_strategy" not in user and "save_steps" not in user:
+        # a checkpoint at each evaluation: what `dpo train --resume` continues from (dpo/resume.py)
+        if kwargs["eval_strategy"] == "no":
+            kwargs.update(save_strategy="steps", save_steps=0.1)
+        else:
+            every = kwargs.get("eval_steps") or kwargs["logging_steps"]  # transformers' fallback for eval_steps
+            kwargs.update(save_strategy=kwargs["eval_strategy"], save_steps=every)
     report_to = (["wandb"] if recipe.logging.wandb else []) + (["tensorboard"] if recipe.logging.tensorboard else [])
     reg = recipe.regularizers
     kwargs.update(

@@ -62,6 +62,7 @@ def run_case(case: str, impl: str) -> dict:
         f"training.per_device_train_batch_size={batch}",
         "training.eval_strategy=no",
         "training.precompute_ref_log_probs=false",
+        "training.save_strategy=no",  # no periodic checkpoints: the same work on both sides as before resume existed
         f"data.max_train_pairs={(steps + warmup) * batch}",
         "logging.progress_bar=false",
     ]

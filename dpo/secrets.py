@@ -1,0 +1,72 @@
+"""Keep secrets out of run directories, reports and logs.
+
+A secret is the value of an environment variable whose name looks like one (WANDB_API_KEY, HF_TOKEN,
+AWS_SECRET_ACCESS_KEY, DB_PASSWORD, ...). Everything we write into a run directory (recipe.yaml,
+summary.json, data_card.json, metrics.jsonl) and everything `dpo train` prints passes through `redact`,
+which replaces each such value by `[redacted $NAME]`. Values shorter than MIN_SECRET_LENGTH are left alone:
+they are not real credentials, and redacting e.g. "1" would mangle every number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+# Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
+SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
+MIN_SECRET_LENGTH = 8
+
+
+def is_secret_name(name: str) -> bool:
+    parts = set(re.split(r"[^A-Za-z0-9]+", name.upper()))
+    return any(word in parts for word in SECRET_NAME_WORDS) or name.upper().endswith(("APIKEY", "TOKEN", "SECRET"))
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(name, value) of the secret-looking variables in `env` (default: the process environment), longest value
+    first so that a secret containing another is replaced whole."""
+    env = os.environ if env is None else env
+    found = [(k, v) for k, v in env.items() if is_secret_name(k) and len(v.strip()) >= MIN_SECRET_LENGTH]
+    return sorted(found, key=lambda item: -len(item[1]))
+
+
+def redact(text: str, env: Mapping[str, str] | None = None) -> str:
+    for name, value in secret_values(env):
+        if value in text:
+            text = text.replace(value, f"[redacted ${name}]")
+    return text
+
+
+def redact_data(data, env: Mapping[str, str] | None = None):
+    """`redact` applied to every string (and path) inside nested dicts / lists; keys too."""
+    secrets = secret_values(env)
+    if not secrets:
+        return data
+
+    def walk(value):
+        if isinstance(value, str | Path):
+            return redact(str(value), dict(secrets)) if any(s in str(value) for _, s in secrets) else value
+        if isinstance(value, Mapping):
+            return {walk(k): walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(data)
+
+
+class RedactingStream:
+    """A text stream wrapper that redacts secrets from everything written through it (stdout / stderr)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._secrets = dict(secret_values())
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text, self._secrets) if self._secrets else text)
+        return len(text)
+
+    def __getattr__(self, name):  # flush, isatty, fileno, encoding, ...: the wrapped stream's
+        return getattr(self._stream, name)
