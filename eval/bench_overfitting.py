@@ -1,6 +1,6 @@
 """Overfitting benchmark: plain DPO vs each control, with 0% and 30% of the training labels flipped.
 
-    python eval/bench_overfitting.py                  # embedded model, both noise levels (~80 min, 2 CPU cores)
+    python eval/bench_overfitting.py                  # embedded model, both noise levels (~60 min, 2 idle CPU cores)
     python eval/bench_overfitting.py --smoke          # tiny random model, 2 steps per run (~1 min; for tests)
 
 Every run starts from recipes/quickstart.yaml with the same budget (several passes over a small training
@@ -40,13 +40,13 @@ CONTROLS: dict[str, list[str]] = {
 }
 EARLY_STOPPING = ("eval_rewards/margins", "eval_loss", "eval_rewards/accuracies")
 
-BUDGET = [  # plain DPO (no NLL term); 120 training pairs seen 3 times; 60 clean held-out pairs every 5 steps
+BUDGET = [  # plain DPO (no NLL term); 80 training pairs seen 3 times; 40 clean held-out pairs every 5 steps
     "regularizers.nll_weight=0.0",
-    "data.max_train_pairs=120",
-    "data.max_eval_pairs=60",
-    "training.max_steps=45",
+    "data.max_train_pairs=80",
+    "data.max_eval_pairs=40",
+    "training.max_steps=30",
     "training.eval_steps=5",
-    "training.per_device_eval_batch_size=30",
+    "training.per_device_eval_batch_size=40",
     "logging.progress_bar=false",
 ]
 SMOKE = ["data.max_train_pairs=16", "data.max_eval_pairs=8", "training.max_steps=2", "training.eval_steps=1"]
