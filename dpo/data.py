@@ -73,6 +73,8 @@ def load_source(
     """The valid, new (not in `seen`) rows of one source in canonical form, and its card entry. `key` names
     the recipe key for errors about the source as a whole (a missing file)."""
     numbered = read_source(source.path, key, source.split, source.subset)
+    if not numbered:
+        raise UserError("no rows: the source is empty", where=source.path)
     checked = checker([raw for _, raw in numbered], source.columns, tuple(source.ignore_columns))
     bad = [(n, r) for (n, _), r in zip(numbered, checked, strict=True) if isinstance(r, Problem)]
     if bad and on_invalid == "error":
