@@ -374,17 +374,21 @@ def execute(
         point = resuming.prepare(run_dir, run_dir / "checkpoints") if resume else resuming.ResumePoint(run_dir)
         for note in point.notes:
             print(f"resume: {note}", flush=True)
-        changes = {
-            "recipe_file": str(Path(recipe_path).resolve()),
-            "overrides": [redact(str(o)) for o in overrides],
-            "changes": changes_from_base(checked.loaded),
-        }
+        changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
+        if not (resume and (run_dir / "recipe_changes.json").is_file()):
+            changes = {
+                "recipe_file": str(Path(recipe_path).resolve()),
+                "overrides": [redact(str(o)) for o in overrides],
+                "changes": changes_from_base(checked.loaded),
+            }
         return _run(checked, run_dir, point, resolved_yaml, changes, callbacks, started)
     finally:
         lock.release()
 
 
-def _run(checked: CheckedRecipe, run_dir: Path, point, resolved_yaml: str, changes: dict, callbacks, started: float):
+def _run(
+    checked: CheckedRecipe, run_dir: Path, point, resolved_yaml: str, changes: dict | None, callbacks, started: float
+):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
@@ -392,7 +396,8 @@ def _run(checked: CheckedRecipe, run_dir: Path, point, resolved_yaml: str, chang
 
     recipe = checked.recipe
     atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
-    _write_json(run_dir / "recipe_changes.json", changes)
+    if changes is not None:
+        _write_json(run_dir / "recipe_changes.json", changes)
     _write_json(run_dir / "data_card.json", checked.data.card)
     _start_wandb(recipe, run_dir, _configure_wandb(recipe, run_dir))
     if recipe.logging.tensorboard:

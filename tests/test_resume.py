@@ -185,8 +185,11 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
     shutil.rmtree(run_dir / "final")
     (run_dir / "summary.json").unlink()
 
-    second, _ = execute(tiny_recipe, overrides, output_dir=run_dir, resume=True, **kwargs)
+    changes_before = (run_dir / "recipe_changes.json").read_bytes()
+    # as `dpo train --resume RUN_DIR` does: the run's own recipe.yaml, no overrides
+    second, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, **kwargs)
     assert second["resumed_from"] == [4]
+    assert (run_dir / "recipe_changes.json").read_bytes() == changes_before  # still what the first attempt changed
     for key in ("stop_reason", "steps", "best_step", "best_metric", "final_weights", "train_loss", "best_metrics"):
         assert_close(first[key], second[key], key)
     assert (run_dir / "final" / "adapter_model.safetensors").read_bytes() == final_before
