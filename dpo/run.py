@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from dpo.data import PreparedData, prepare_data
 from dpo.errors import NonFiniteError, RunFailed, UserError, did_you_mean
 from dpo.lock import RunLock
 from dpo.recipe import LoadedRecipe, Recipe, changes_from_base, load_recipe
-from dpo.secrets import redact
+from dpo.secrets import redact, redact_config
 
 
 @dataclass
@@ -237,18 +236,6 @@ def _configure_wandb(recipe: Recipe, run_dir: Path) -> str | None:
     return mode
 
 
-# Keys whose values never leave the machine in a logger's config (transformers redacts `*_token` the same way).
-_SECRET_KEY = re.compile(r"(_token$|secret|password|api_?key)", re.IGNORECASE)
-
-
-def _redacted(tree):
-    if isinstance(tree, dict):
-        return {k: "<redacted>" if _SECRET_KEY.search(str(k)) else _redacted(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_redacted(v) for v in tree]
-    return tree
-
-
 def _start_wandb(recipe: Recipe, run_dir: Path, mode: str | None) -> None:
     """Open the wandb run ourselves, so it carries the resolved recipe as its config and the sweep's group;
     transformers' WandbCallback then logs into this run (it only calls wandb.init when no run is open)."""
@@ -262,7 +249,7 @@ def _start_wandb(recipe: Recipe, run_dir: Path, mode: str | None) -> None:
         group=recipe.logging.wandb_group,
         dir=str(run_dir),
         mode=mode,
-        config={"recipe": _redacted(recipe.model_dump(mode="json"))},
+        config={"recipe": redact_config(recipe.model_dump(mode="json"))},
     )
 
 

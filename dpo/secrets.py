@@ -57,6 +57,20 @@ def redact_data(data, env: Mapping[str, str] | None = None):
     return walk(data)
 
 
+def redact_config(tree, env: Mapping[str, str] | None = None):
+    """A config for a logger that sends it off the machine (wandb): the value of every mapping key named like a
+    secret (`is_secret_name`, e.g. `hub_token`, `api_key`) replaced by "<redacted>", then `redact_data`."""
+
+    def walk(value):
+        if isinstance(value, Mapping):
+            return {k: "<redacted>" if is_secret_name(str(k)) else walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        return value
+
+    return redact_data(walk(tree), env)
+
+
 class RedactingStream:
     """A text stream wrapper that redacts secrets from everything written through it (stdout / stderr)."""
 

@@ -10,7 +10,7 @@ import pytest
 
 from dpo.errors import UserError
 from dpo.recipe import load_recipe
-from dpo.run import _configure_wandb, _redacted, check, execute
+from dpo.run import _configure_wandb, check, execute
 from tests.conftest import read_jsonl
 
 
@@ -114,8 +114,16 @@ def test_wandb_group_without_wandb_is_an_error(tiny_recipe):
 
 
 def test_secrets_never_reach_the_wandb_config():
-    tree = {"training": {"hub_token": "hf_x", "learning_rate": 1e-4}, "x": [{"api_key": "k", "keep": 1}]}
-    assert _redacted(tree) == {
-        "training": {"hub_token": "<redacted>", "learning_rate": 1e-4},
+    from dpo.secrets import redact_config
+
+    env = {"HF_TOKEN": "hf_abcdefgh12345"}
+    tree = {
+        "training": {"hub_token": "hf_x", "learning_rate": 1e-4, "max_length": 64},
+        "x": [{"api_key": "k", "keep": 1}],
+        "data": {"train": "/data/hf_abcdefgh12345/train.jsonl"},  # a secret's value anywhere else: redacted too
+    }
+    assert redact_config(tree, env) == {
+        "training": {"hub_token": "<redacted>", "learning_rate": 1e-4, "max_length": 64},
         "x": [{"api_key": "<redacted>", "keep": 1}],
+        "data": {"train": "/data/[redacted $HF_TOKEN]/train.jsonl"},
     }
