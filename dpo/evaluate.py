@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dpo.atomic import atomic_write_json
 from dpo.data import RowChecker, content_hash, load_source
 from dpo.errors import UserError
 from dpo.gold import GOLD_REWARDS
@@ -307,10 +307,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
     bar.close()
     result["definitions"] = _definitions(beta, options)
-    target = run_dir / EVAL_NAME
-    tmp = target.with_name(f".{EVAL_NAME}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_json(run_dir / EVAL_NAME, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
 

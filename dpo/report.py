@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from dpo.atomic import atomic_write_text
 from dpo.errors import UserError
 from dpo.plots import PALETTE, Marker, ScatterPoint, Series, finite, fmt, line_chart, scatter_chart
+from dpo.secrets import redact
 
 REPORT_NAME = "report.html"
 
@@ -96,9 +97,7 @@ def write_report(path: str | Path) -> Path:
             where=str(path),
         )
     target = path / REPORT_NAME
-    tmp = target.with_name(f".{REPORT_NAME}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_text(target, redact(page))  # the page quotes paths, recipe values and generated answers
     return target
 
 

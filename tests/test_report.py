@@ -179,6 +179,15 @@ def test_broken_metrics_row_names_file_and_row(tmp_path):
     assert "No summary.json" in write_report(tmp_path).read_text()
 
 
+def test_report_redacts_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n')
+    (tmp_path / "eval.json").write_text(json.dumps({"samples": [{"prompt": "s3cr3t-value-9876", "policy_reward": 1}]}))
+    page = write_report(tmp_path).read_text()
+    assert "s3cr3t-value-9876" not in page and "[redacted $MY_SERVICE_TOKEN]" in page
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_failing_report_keeps_the_run(tmp_path, capsys):
     (tmp_path / "summary.json").write_text("{not json")
     assert write_report_or_warn(tmp_path) is None
