@@ -260,17 +260,18 @@ def _finish_wandb(summary: dict) -> None:
     if wandb.run is None:
         return
     best = summary["best_metric"]
+    overfitting = summary.get("overfitting") or {}  # absent when the run stopped on a non-finite value
     wandb.run.summary.update(
         {
             "stop_reason": summary["stop_reason"],
             "best_step": summary["best_step"],
             "best_metric_name": best["name"],
             f"best/{best['name']}": best["value"],
-            "overfitting_onset_step": summary["overfitting"]["onset_step"],
-            "overfitting_warnings": len(summary["overfitting"]["warnings"]),
+            "overfitting_onset_step": overfitting.get("onset_step"),
+            "overfitting_warnings": len(overfitting.get("warnings", [])),
         }
     )
-    wandb.finish()
+    wandb.finish(exit_code=0 if summary["stop_reason"] in resuming.FINISHED else 1)
 
 
 def write_report_or_warn(run_dir: Path) -> Path | None:
@@ -430,7 +431,11 @@ def _run(
             else:
                 train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
     except NonFiniteError as exc:
-        raise _diverged(exc, trainer, best, run_dir, initial, started) from None
+        failed = _diverged(exc, trainer, best, run_dir, initial, started)
+        if recipe.logging.wandb:
+            _finish_wandb(failed.summary)  # else the wandb run stays open, and a next run in this process joins it
+        write_report_or_warn(run_dir)
+        raise failed from None
     stop_reason = "early_stopped" if best.stopped_at is not None else "completed"
 
     restored = _restore_best(trainer, best)

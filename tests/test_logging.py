@@ -127,3 +127,18 @@ def test_secrets_never_reach_the_wandb_config():
         "x": [{"api_key": "<redacted>", "keep": 1}],
         "data": {"train": "/data/[redacted $HF_TOKEN]/train.jsonl"},
     }
+
+
+def test_a_diverged_run_finishes_its_wandb_run_as_failed(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from dpo.run import _finish_wandb
+
+    finished = {}
+    fake = SimpleNamespace(run=SimpleNamespace(summary={}), finish=lambda exit_code=0: finished.update(code=exit_code))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    summary = {"stop_reason": "non_finite", "best_step": 2, "best_metric": {"name": "eval_loss", "value": 0.6}}
+    _finish_wandb(summary)  # no `overfitting` block in a diverged run's summary
+    assert finished == {"code": 1} and fake.run.summary["stop_reason"] == "non_finite"
+    assert fake.run.summary["overfitting_onset_step"] is None

@@ -57,6 +57,7 @@ def test_non_finite_stops_at_step_k_and_keeps_the_last_good_checkpoint(tiny_reci
     assert summary["steps"] == k - 1 and summary["last_good_checkpoint"] == str(last_good)
     assert not (run_dir / "final").exists()  # nothing past the last good step is presented as a result
     assert not (run_dir / ".lock").exists()
+    assert "non_finite" in (run_dir / "report.html").read_text()  # the dashboard of what happened before it
 
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics if "loss" in m and "eval_loss" not in m] == [1, 2]  # step 3 never logged
