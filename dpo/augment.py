@@ -200,8 +200,15 @@ def apply(
         params = {k: v for k, v in step.items() if k != "type"}
         rng = random.Random(f"{seed}:{index}:{step['type']}")  # each step seeded on its own: reorderable
         before = rows
-        out = resolve(step["type"])(before, rng, **params)
         label = f"{where}: step {index} ({step['type']})"
+        function = resolve(step["type"])
+        if step["type"] in AUGMENTATIONS:
+            out = function(before, rng, **params)
+        else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
+            try:
+                out = function(before, rng, **params)
+            except Exception as exc:  # noqa: BLE001
+                raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
         if not isinstance(out, list):
             raise UserError(f"returned a {type(out).__name__}, expected a list of rows", where=label)
         known = {canonical(r) for r in before}

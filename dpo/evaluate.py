@@ -125,7 +125,9 @@ class PolicyAndReference:
             base = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
             self.policy = PeftModel.from_pretrained(base, str(final))
         else:
-            self.policy = AutoModelForCausalLM.from_pretrained(str(final), dtype=getattr(torch, dtype))
+            self.policy = AutoModelForCausalLM.from_pretrained(
+                str(final), dtype=getattr(torch, dtype), trust_remote_code=recipe.model.trust_remote_code
+            )
             self.reference = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
             self.reference.eval()
         self.policy.eval()

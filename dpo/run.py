@@ -281,7 +281,10 @@ def write_report_or_warn(run_dir: Path) -> Path | None:
     try:
         return write_report(run_dir)
     except Exception as exc:  # noqa: BLE001 - any failure here must not lose a finished run
-        print(f"warning: report.html not written ({type(exc).__name__}: {exc}); retry with: dpo report {run_dir}")
+        print(
+            f"warning: report.html not written ({type(exc).__name__}: {exc}); retry with: dpo report {run_dir}",
+            file=sys.stderr,
+        )
         return None
 
 

@@ -34,8 +34,9 @@ from dpo.losses import F_DIVERGENCES, LossPlan, compute_loss
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # Train metrics compared with their held-out values at each evaluation (dpo/diagnostics.py explains the signs).
 _GAP_METRICS = {"rewards/margins": "gap/margins", "rewards/accuracies": "gap/accuracies"}
-# Sequences per forward in the held-out KL pass: bounds the (rows, tokens, vocabulary) tensors it materialises.
-_KL_ROWS = 8
+# The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
+# per forward, fewer when sequences are long, so that one such tensor stays under ~256 MB (2**26 elements).
+_KL_ROWS, _KL_ELEMENTS = 8, 2**26
 
 
 class Trainer(DPOTrainer):
@@ -129,19 +130,29 @@ class Trainer(DPOTrainer):
         shift_mask = inputs["completion_mask"][..., 1:].bool()
         labels = inputs["input_ids"][..., 1:]
         reference, reference_context = self._reference()
-        parts = []
-        for rows in torch.arange(labels.size(0), device=labels.device).split(_KL_ROWS):
+        if self.aux_loss_enabled:  # MoE: the router's load-balancing loss, as the fused forward computes it
+            model_kwargs["output_router_logits"] = True
+        vocabulary = self.accelerator.unwrap_model(model).get_output_embeddings().weight.size(0)
+        rows_per_forward = max(1, min(_KL_ROWS, _KL_ELEMENTS // (labels.size(1) * vocabulary)))
+        parts, aux_losses = [], []
+        for rows in torch.arange(labels.size(0), device=labels.device).split(rows_per_forward):
             chunk = {k: v[rows] if torch.is_tensor(v) else v for k, v in model_kwargs.items()}
             mask, targets = shift_mask[rows], labels[rows]
-            policy = model(**chunk).logits[:, -mask.size(1) - 1 : -1].float()
+            policy_out = model(**chunk)
+            policy = policy_out.logits[:, -mask.size(1) - 1 : -1].float()
+            if self.aux_loss_enabled:
+                aux_losses.append(policy_out.aux_loss * len(rows))
+            ref_kwargs = {k: v for k, v in chunk.items() if k != "output_router_logits"}
             with reference_context():
-                ref = reference(**chunk).logits[:, -mask.size(1) - 1 : -1].float()
+                ref = reference(**ref_kwargs).logits[:, -mask.size(1) - 1 : -1].float()
             parts.append(_token_fields(policy, ref, targets, mask))
         fields = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         per_token_logps = fields.pop("log_probs")
         ref_logps = self._reduce(fields.pop("ref_log_probs"), shift_mask)
         kl = fields.pop("kl").sum(dim=1)
-        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=None, **fields)
+        # row-weighted mean of the chunks' router losses: close to, not exactly, what one forward of the batch gives
+        aux_loss = sum(aux_losses) / labels.size(0) if aux_losses else None
+        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=aux_loss, **fields)
         return per_token_logps, self._reduce(per_token_logps, shift_mask), outputs, (ref_logps, kl)
 
     def _compute_loss(self, model, inputs, return_outputs):

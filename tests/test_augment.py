@@ -137,6 +137,10 @@ def shout(rows, rng, *, suffix="!"):
 
 def broken(rows, rng):
     return rows + [{"prompt": r["prompt"], "chosen": " ", "rejected": r["rejected"]} for r in rows]
+
+
+def crashes(rows, rng):
+    return rows[10]["prompt"]
 """
 
 
@@ -162,6 +166,12 @@ def test_plugin_output_rows_are_validated(plugin):
     section = section.model_copy(update={"on_invalid": "skip"})
     data = prepare_data(section, seed=0)
     assert len(data.train) == 3 and data.card["augmented"][0]["invalid"] == {"empty": 3}
+
+
+def test_plugin_that_raises_is_a_one_line_user_error(plugin):
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:crashes"}])
+    with pytest.raises(UserError, match=r"step 0 \(my_augs:crashes\): the plug-in raised IndexError: list index"):
+        prepare_data(section, seed=0)
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ def test_report_redacts_secrets(tmp_path, monkeypatch):
 def test_a_failing_report_keeps_the_run(tmp_path, capsys):
     (tmp_path / "summary.json").write_text("{not json")
     assert write_report_or_warn(tmp_path) is None
-    assert capsys.readouterr().out.startswith("warning: report.html not written (UserError:")
+    assert capsys.readouterr().err.startswith("warning: report.html not written (UserError:")
     assert (tmp_path / "summary.json").read_text() == "{not json" and not (tmp_path / "report.html").exists()
     assert not list(tmp_path.glob(".*.tmp"))
 
