@@ -217,19 +217,23 @@ def execute(
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
     from dpo.diagnostics import overfitting_block
+    from dpo.sweep_callbacks import callback_from_env
 
     started = time.time()
-    checked = check(recipe_path, overrides, extra_metrics)
+    checked = check(recipe_path, overrides, extra_metrics)  # on every rank: each rank builds its own trainer
     recipe = checked.recipe
     run_dir = Path(output_dir) if output_dir else default_output_dir(recipe)
-    _claim_run_dir(run_dir)
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    _write_json(run_dir / "data_card.json", checked.data.card)
+    main = is_main_process()
+    if main:  # under torchrun / accelerate launch only rank 0 writes the run directory
+        _claim_run_dir(run_dir)
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        _write_json(run_dir / "data_card.json", checked.data.card)
     _configure_wandb(recipe, run_dir)
     if recipe.logging.tensorboard:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
-        print(plan_line(checked), flush=True)
+        if main:
+            print(plan_line(checked), flush=True)
     except UserError as exc:  # a model family the planner cannot count is no reason not to train
         print(f"plan: not available ({exc})", flush=True)
 
@@ -243,7 +247,13 @@ def execute(
         keep_best=stopping.patience is not None,
     )
     own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
+    sweep_trial = callback_from_env()  # inside `dpo sweep`: report to optuna, stop when pruned
+    if sweep_trial is not None:
+        own.append(sweep_trial)
     trainer = build_trainer(checked, run_dir, [*(callbacks or []), *own])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
+        raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")
     # transformers prints a dict per log event; metrics.jsonl has them all, the terminal gets a bar and a
     # line per evaluation (or nothing, with logging.progress_bar: false).
     trainer.remove_callback(PrinterCallback)
@@ -251,14 +261,18 @@ def execute(
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(CompactProgressCallback())
     initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
+    _unmark_eval_preparation(trainer)
     if best.keep_best and best.best_step == 0:
         trainer.save_model(str(Path(trainer.args.output_dir) / "checkpoint-0"))
     train_output = trainer.train()
     stop_reason = "early_stopped" if best.stopped_at is not None else "completed"
+    if sweep_trial is not None and sweep_trial.pruned_at is not None:
+        stop_reason = "pruned"
 
     restored = _restore_best(trainer, best)
-    trainer.save_model(str(run_dir / "final"))
-    trainer.processing_class.save_pretrained(str(run_dir / "final"))
+    trainer.save_model(str(run_dir / "final"))  # writes on the main process only (all ranks take part)
+    if main:
+        trainer.processing_class.save_pretrained(str(run_dir / "final"))
     if trainer.args.report_to and "wandb" in trainer.args.report_to:
         import wandb
 
@@ -281,8 +295,31 @@ def execute(
         "runtime_s": round(time.time() - started, 2),
         "run_dir": str(run_dir),
     }
-    _write_json(run_dir / "summary.json", summary)
+    if main:
+        _write_json(run_dir / "summary.json", summary)
     return summary, trainer
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (both set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _unmark_eval_preparation(trainer) -> None:
+    """Let train() wrap the model in DistributedDataParallel after an evaluation.
+
+    An evaluate() before train() prepares the bare model for evaluation only (no DDP wrapper) and marks it
+    prepared; train() then skips the wrapper, so under torchrun / accelerate launch every process would update
+    its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
+    """
+    model = trainer.model
+    if (
+        trainer.args.world_size > 1
+        and trainer.model_wrapped is model
+        and getattr(model, "_is_accelerate_prepared", False)
+    ):
+        del model._is_accelerate_prepared
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _restore_best(trainer, best) -> bool:
