@@ -28,6 +28,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,23 @@ def open_storage(url: str, shared: bool = False):
             "grace_period": GRACE_S,
             "heartbeat_stale_trial_callback": retry,
         }
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the optuna storage: {first}", where="--storage") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # processes starting together on an empty database race to create optuna's tables; the loser
+            # finds them made on its next try
+            if attempt == 4:
+                raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
+            time.sleep(0.5 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
@@ -213,6 +226,11 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
             retry(study, study._storage.get_trial(t._trial_id))
+            name = f"trial-{t.number:04d}"
+            log = sweep_dir / "trials" / f".{name}.log"
+            if log.is_file():  # what the killed trial printed goes where a finished trial's output goes
+                (sweep_dir / "trials" / name).mkdir(exist_ok=True)
+                os.replace(log, sweep_dir / "trials" / name / "train.log")
 
 
 # --- one trial -----------------------------------------------------------------------------------------------
