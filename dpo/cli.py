@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dpo.errors import UserError
+from dpo.sweep_spec import help_text as sweep_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -44,7 +46,7 @@ def train(
         print_summary(summary)
 
 
-@app.command()
+@app.command(epilog=escape(sweep_help()))  # escape: rich would read [sigmoid, ipo] as markup
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec YAML (base recipe, search space, sampler, objective).")],
     workers: Annotated[int, typer.Option(help="Trials run in parallel on this machine.")] = 1,

@@ -152,6 +152,15 @@ RESERVED_KEYS = ("name", "base", "logging.wandb_group")
 SPEC_KEYS = ("recipe", "name", "objective", "sampler", "trials", "pruner", "seed", "fixed", "search")
 
 
+def help_text() -> str:
+    """The spec's names for `dpo sweep --help`, from the tables above."""
+    kinds = "; ".join(f"{name}: {kind.doc}" for name, kind in SEARCH_KINDS.items())
+    return (
+        f"Spec keys: {', '.join(SPEC_KEYS)}. Search kinds: {kinds}. Samplers: {', '.join(SAMPLER_NAMES)}. "
+        f"Pruners: {', '.join(PRUNER_NAMES)}."
+    )
+
+
 @dataclass
 class Param:
     name: str  # a recipe key (loss.beta), or a label for `variants`
