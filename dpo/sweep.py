@@ -247,7 +247,7 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     name = f"trial-{trial.number:04d}"
     trial_dir = sweep_dir / "trials" / name
     rel = f"trials/{name}"
-    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}"}
+    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **_group(spec)}
     cmd = [sys.executable, "-m", "dpo", "train", str(spec.base_recipe), *_override_args(overrides)]
     cmd += ["--output-dir", str(trial_dir)]
     env = _trial_env(spec, url, trial, workers)
@@ -285,6 +285,14 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         raise TrialFailed(reason)
     finish("complete", value=value)
     return value
+
+
+def _group(spec: SweepSpec) -> dict:
+    """logging.wandb_group = the sweep's name, where the recipe has that key (dpo report's issue adds it);
+    WANDB_RUN_GROUP in the trial's environment groups the runs either way."""
+    from dpo.recipe import LoggingSection
+
+    return {"logging.wandb_group": spec.name} if "wandb_group" in LoggingSection.model_fields else {}
 
 
 def objective_value(summary: dict, metric: str) -> float | None:
@@ -429,7 +437,7 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
 
     if summary["best_trial"] is None:
         return
-    overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best"}
+    overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
     recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
     header = (
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
