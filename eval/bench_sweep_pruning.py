@@ -2,7 +2,7 @@
 does each spend, and does the cheap one find the same best configuration? Goal: the same best for at most 40% of
 the steps.
 
-    python eval/bench_sweep_pruning.py            # 8 trials x 2 sweeps on a small random Llama (~15 min, 2 CPU cores)
+    python eval/bench_sweep_pruning.py            # 6 trials x 2 sweeps on a small random Llama (~20 min, 2 CPU cores)
     python eval/bench_sweep_pruning.py --smoke    # 2 trials x 2 sweeps, 4 steps each (~2 min; for tests)
 
 Both sweeps run `dpo sweep` (one trial at a time, grid sampler with the same seed: the same trials in the same
@@ -11,8 +11,9 @@ trials). The cheap sweep adds `pruner: median` and early stopping on the same he
 objective for an early-stopped trial is the restored best checkpoint's value.
 
 The embedded 135M model would take hours per sweep on this CPU, so the model is a small random Llama (4 layers,
-hidden 128, character tokenizer) trained on the shipped arithmetic pairs, where it does learn: held-out loss
-falls from log 2 in a few dozen steps, by an amount that depends on the learning rate and rank.
+hidden 128, character tokenizer) trained on the shipped arithmetic pairs. Its held-out loss moves away from
+log 2 within 30 steps, by an amount that depends on the learning rate and rank (mostly upwards:
+a random model this small learns little arithmetic; see the results file for what this does and does not show).
 
 Writes eval/results/sweep_pruning.json and eval/results/sweep_pruning.md.
 """
@@ -32,7 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SEARCH = {"training.learning_rate": {"grid": [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]}, "peft.r": {"grid": [2, 8]}}
+SEARCH = {"training.learning_rate": {"grid": [3.0e-3, 1.0e-2, 3.0e-2]}, "peft.r": {"grid": [2, 8]}}
 SMOKE_SEARCH = {"training.learning_rate": {"grid": [1.0e-2, 1.0e-3]}}
 PRUNER = {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 10}
 EARLY_STOPPING = {"early_stopping.metric": "eval_loss", "early_stopping.patience": 2}
@@ -60,7 +61,7 @@ def build_model(path: Path, smoke: bool) -> Path:
 
 def base_recipe(model: Path, smoke: bool) -> dict:
     data = REPO / "data" / "arithmetic"
-    steps, every = (4, 2) if smoke else (40, 5)
+    steps, every = (4, 2) if smoke else (30, 5)
     return {
         "name": "bench-sweep",
         "seed": 0,
@@ -69,8 +70,8 @@ def base_recipe(model: Path, smoke: bool) -> dict:
         "data": {
             "train": str(data / "train.jsonl"),
             "eval": str(data / "eval.jsonl"),
-            "max_train_pairs": 16 if smoke else 320,
-            "max_eval_pairs": 8 if smoke else 60,
+            "max_train_pairs": 16 if smoke else 240,
+            "max_eval_pairs": 8 if smoke else 40,
         },
         "loss": {"type": "sigmoid", "beta": 0.1},
         "training": {
