@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dpo.errors import RunFailed, UserError
 from dpo.evaluate import DECODINGS
 from dpo.secrets import RedactingStream, redact
+from dpo.sweep_spec import help_text as sweep_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -45,6 +47,7 @@ def train(
 ):
     """Train a recipe and write its run directory. Exit codes: 0 done, 2 bad input, 3 stopped on NaN/Inf."""
     from dpo.console import print_summary
+    from dpo.run import is_main_process
     from dpo.run import train as run_train
 
     # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
@@ -59,7 +62,33 @@ def train(
         summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
     except (UserError, RunFailed) as exc:
         _fail(exc)
-    print_summary(summary)
+    if is_main_process():  # under torchrun / accelerate launch: one summary, not one per process
+        print_summary(summary)
+
+
+@app.command(epilog=escape(sweep_help()))  # escape: rich would read [sigmoid, ipo] as markup
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec YAML (base recipe, search space, sampler, objective).")],
+    workers: Annotated[int, typer.Option(help="Trials run in parallel on this machine.")] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="optuna database URL (e.g. postgresql://user@host/db): the same command on several "
+            "machines joins one sweep. Default: SQLite in the sweep directory."
+        ),
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<spec name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped sweep; finished trials stay.")] = False,
+):
+    """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml."""
+    from dpo.console import print_sweep_summary
+    from dpo.sweep import run_sweep
+
+    try:
+        summary = run_sweep(spec, workers=workers, storage=storage, output_dir=output_dir, resume=resume)
+    except UserError as exc:
+        _fail(exc)
+    print_sweep_summary(summary)
 
 
 @app.command()

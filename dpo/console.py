@@ -30,3 +30,33 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         console.print(f"overfitting onset at step {overfitting['onset_step']} ({overfitting['metric']})")
     for warning in overfitting.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def print_sweep_summary(summary: dict, console: Console | None = None) -> None:
+    """The trials sorted by the objective (best first), the best parameters and their importance."""
+    from dpo.sweep import sorted_trials
+
+    console = console or Console()
+    objective = summary["objective"]
+    table = Table(title=f"sweep {summary['name']}: {objective['metric']} ({objective['direction']})")
+    for column in ("trial", "state", objective["metric"], "steps", "parameters", "reason"):
+        table.add_column(column, justify="right" if column in ("trial", "steps") else "left")
+    for row in sorted_trials(summary):
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in row["params"].items())
+        table.add_row(str(row["number"]), row["state"], value, str(row["steps"] or 0), params, row["reason"] or "")
+    console.print(table)
+    console.print(
+        f"{summary['steps_total']} training steps in all, {summary['steps_saved_by_pruning']} saved by pruning"
+    )
+    if summary["best_trial"] is None:
+        console.print("[yellow]no trial completed[/yellow]")
+        return
+    console.print(f"best: trial {summary['best_trial']}, {objective['metric']} = {summary['best_value']:.4f}")
+    if summary["importance"]:
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items())
+        console.print(f"parameter importance: {shown}")
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

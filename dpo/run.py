@@ -384,17 +384,21 @@ def _run(
 
     from dpo.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
     from dpo.diagnostics import overfitting_block
+    from dpo.sweep_callbacks import callback_from_env
 
     recipe = checked.recipe
-    atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
-    if changes is not None:
-        _write_json(run_dir / "recipe_changes.json", changes)
-    _write_json(run_dir / "data_card.json", checked.data.card)
-    _start_wandb(recipe, run_dir, _configure_wandb(recipe, run_dir))
+    main = is_main_process()
+    if main:  # under torchrun / accelerate launch only rank 0 writes the run directory
+        atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
+        if changes is not None:
+            _write_json(run_dir / "recipe_changes.json", changes)
+        _write_json(run_dir / "data_card.json", checked.data.card)
+    _start_wandb(recipe, run_dir, _configure_wandb(recipe, run_dir) if main else None)
     if recipe.logging.tensorboard:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     try:
-        print(plan_line(checked), flush=True)
+        if main:
+            print(plan_line(checked), flush=True)
     except UserError as exc:  # a model family the planner cannot count is no reason not to train
         print(f"plan: not available ({exc})", flush=True)
 
@@ -408,7 +412,13 @@ def _run(
         keep_best=stopping.patience is not None,
     )
     own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
+    sweep_trial = callback_from_env()  # inside `dpo sweep`: report to optuna, stop when pruned
+    if sweep_trial is not None:
+        own.append(sweep_trial)
     trainer = build_trainer(checked, run_dir, [*(callbacks or []), *own])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
+        raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")
     # transformers prints a dict per log event; metrics.jsonl has them all, the terminal gets a bar and a
     # line per evaluation (or nothing, with logging.progress_bar: false).
     trainer.remove_callback(PrinterCallback)
@@ -419,6 +429,7 @@ def _run(
     try:
         if point.checkpoint is None:
             initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
+            _unmark_eval_preparation(trainer)
             if best.keep_best and best.best_step == 0:
                 checkpoint_0 = Path(trainer.args.output_dir) / "checkpoint-0"
                 trainer.save_model(str(checkpoint_0))
@@ -440,12 +451,15 @@ def _run(
         write_report_or_warn(run_dir)
         raise failed from None
     stop_reason = "early_stopped" if best.stopped_at is not None else "completed"
+    if sweep_trial is not None and sweep_trial.pruned_at is not None:
+        stop_reason = "pruned"
 
     restored = _restore_best(trainer, best)
     staging = run_dir / ".final.tmp"  # final/ appears whole or not at all
-    trainer.save_model(str(staging))
-    trainer.processing_class.save_pretrained(str(staging))
-    replace_dir(staging, run_dir / "final")
+    trainer.save_model(str(staging))  # writes on the main process only (all ranks take part)
+    if main:
+        trainer.processing_class.save_pretrained(str(staging))
+        replace_dir(staging, run_dir / "final")
 
     summary = {
         "stop_reason": stop_reason,
@@ -463,10 +477,11 @@ def _run(
         "resumed_from": trainer.resumed_from,
         "run_dir": str(run_dir),
     }
-    _write_json(run_dir / "summary.json", summary)
-    if recipe.logging.wandb:
-        _finish_wandb(summary)
-    write_report_or_warn(run_dir)
+    if main:
+        _write_json(run_dir / "summary.json", summary)
+        if recipe.logging.wandb:
+            _finish_wandb(summary)
+        write_report_or_warn(run_dir)
     return summary, trainer
 
 
@@ -493,6 +508,28 @@ def _diverged(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, 
     _write_json(run_dir / "summary.json", summary)
     where = f"the last good checkpoint is {last_good_path}" if last_good_path else "no checkpoint was saved before it"
     return RunFailed(f"{run_dir}: training stopped: {exc}; {where}", summary)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / accelerate launch (both set RANK), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _unmark_eval_preparation(trainer) -> None:
+    """Let train() wrap the model in DistributedDataParallel after an evaluation.
+
+    An evaluate() before train() prepares the bare model for evaluation only (no DDP wrapper) and marks it
+    prepared; train() then skips the wrapper, so under torchrun / accelerate launch every process would update
+    its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
+    """
+    model = trainer.model
+    if (
+        trainer.args.world_size > 1
+        and trainer.model_wrapped is model
+        and getattr(model, "_is_accelerate_prepared", False)
+    ):
+        del model._is_accelerate_prepared
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _restore_best(trainer, best) -> bool:

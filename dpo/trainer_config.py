@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 import warnings
@@ -76,6 +77,9 @@ def _cpu_friendly_defaults() -> dict[str, Any]:
         "per_device_eval_batch_size": 16,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is a no-op (and a warning) on CPU
+        # torchrun / accelerate launch on a machine without CUDA: without use_cpu, accelerate sets up no process
+        # group and every process trains alone, each believing it is rank 0; with it, DDP over gloo
+        "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     }
 
 

