@@ -86,6 +86,9 @@ def run_sweep(
         summary = summarize(study, spec, sweep_dir)
         _write_best(summary, spec, sweep_dir)
         _write_json(sweep_dir / SUMMARY, summary)
+    from dpo.run import write_report_or_warn
+
+    write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
     return summary
 
 
@@ -288,11 +291,12 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
 
 
 def _group(spec: SweepSpec) -> dict:
-    """logging.wandb_group = the sweep's name, where the recipe has that key (dpo report's issue adds it);
+    """logging.wandb_group = the sweep's name when the trials log to wandb (the key is an error without wandb);
     WANDB_RUN_GROUP in the trial's environment groups the runs either way."""
-    from dpo.recipe import LoggingSection
+    from dpo.recipe import load_recipe
 
-    return {"logging.wandb_group": spec.name} if "wandb_group" in LoggingSection.model_fields else {}
+    uses_wandb = load_recipe(spec.base_recipe, _overrides(spec.fixed)).recipe.logging.wandb
+    return {"logging.wandb_group": spec.name} if uses_wandb else {}
 
 
 def objective_value(summary: dict, metric: str) -> float | None:
