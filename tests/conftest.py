@@ -84,33 +84,40 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
+def tiny_recipe_dict(model_dir: Path, max_train_pairs: int, training: dict) -> dict:
+    """The tiny model with LoRA on the shipped arithmetic pairs (8 held-out pairs); `training` as given."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"name_or_path": str(model_dir)},
+        "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "data": {
+            "train": str(ARITHMETIC / "train.jsonl"),
+            "eval": str(ARITHMETIC / "eval.jsonl"),
+            "max_train_pairs": max_train_pairs,
+            "max_eval_pairs": 8,
+        },
+        "training": training,
+        "logging": {"progress_bar": False},
+    }
+
+
+# 4 steps of 4 pairs, evaluating every 2 steps (and at step 0)
+TINY_TRAINING = {
+    "learning_rate": 1e-2,
+    "max_steps": 4,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 8,
+    "eval_steps": 2,
+}
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_model_dir) -> Path:
     """A recipe that trains the tiny model for 4 steps on the shipped arithmetic data, evaluating twice."""
-    return write_recipe(
-        tmp_path / "tiny.yaml",
-        {
-            "name": "tiny",
-            "seed": 0,
-            "model": {"name_or_path": str(tiny_model_dir)},
-            "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "data": {
-                "train": str(ARITHMETIC / "train.jsonl"),
-                "eval": str(ARITHMETIC / "eval.jsonl"),
-                "max_train_pairs": 32,
-                "max_eval_pairs": 8,
-            },
-            "loss": {"type": "sigmoid", "beta": 0.1},
-            "training": {
-                "learning_rate": 1e-2,
-                "max_steps": 4,
-                "per_device_train_batch_size": 4,
-                "per_device_eval_batch_size": 8,
-                "eval_steps": 2,
-            },
-            "logging": {"progress_bar": False},
-        },
-    )
+    recipe = tiny_recipe_dict(tiny_model_dir, 32, TINY_TRAINING)
+    recipe["loss"] = {"type": "sigmoid", "beta": 0.1}
+    return write_recipe(tmp_path / "tiny.yaml", recipe)
 
 
 def read_jsonl(path: Path) -> list[dict]:

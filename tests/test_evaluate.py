@@ -19,26 +19,11 @@ from tests.conftest import ARITHMETIC, REPO, read_jsonl
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_model_dir):
     """A LoRA run of the tiny model, 4 steps at a high learning rate so the policy moves away from the reference."""
-    from tests.conftest import write_recipe
+    from tests.conftest import tiny_recipe_dict, write_recipe
 
     root = tmp_path_factory.mktemp("eval-run")
-    recipe = write_recipe(
-        root / "tiny.yaml",
-        {
-            "name": "tiny",
-            "seed": 0,
-            "model": {"name_or_path": str(tiny_model_dir)},
-            "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "data": {
-                "train": str(ARITHMETIC / "train.jsonl"),
-                "eval": str(ARITHMETIC / "eval.jsonl"),
-                "max_train_pairs": 16,
-                "max_eval_pairs": 8,
-            },
-            "training": {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4},
-            "logging": {"progress_bar": False},
-        },
-    )
+    training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = write_recipe(root / "tiny.yaml", tiny_recipe_dict(tiny_model_dir, 16, training))
     execute(recipe, output_dir=root / "run")
     return root / "run"
 

@@ -16,7 +16,7 @@ from dpo.errors import UserError
 from dpo.report import RUN_CHARTS, run_charts, write_report
 from dpo.run import execute, write_report_or_warn
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
-from tests.conftest import ARITHMETIC, REPO, write_recipe
+from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 
 SCREENSHOTS = REPO / "docs"  # set DPO_REPORT_SCREENSHOTS=1 to refresh the README's screenshots
 
@@ -34,29 +34,7 @@ OBJECTIVE = "eval_rewards/accuracies"
 def sweep_dir(tmp_path_factory, tiny_model_dir) -> Path:
     """A sweep directory per the sweep contract (issue 6): real tiny runs as trials, sweep_summary.json by hand."""
     root = tmp_path_factory.mktemp("sweep")
-    recipe = write_recipe(
-        root / "base.yaml",
-        {
-            "name": "tiny",
-            "seed": 0,
-            "model": {"name_or_path": str(tiny_model_dir)},
-            "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-            "data": {
-                "train": str(ARITHMETIC / "train.jsonl"),
-                "eval": str(ARITHMETIC / "eval.jsonl"),
-                "max_train_pairs": 16,
-                "max_eval_pairs": 8,
-            },
-            "training": {
-                "learning_rate": 1e-2,
-                "max_steps": 4,
-                "per_device_train_batch_size": 4,
-                "per_device_eval_batch_size": 8,
-                "eval_steps": 2,
-            },
-            "logging": {"progress_bar": False},
-        },
-    )
+    recipe = write_recipe(root / "base.yaml", tiny_recipe_dict(tiny_model_dir, 16, TINY_TRAINING))
     trials = []
     for number, state, overrides, reason in TRIALS:
         run_dir = root / "trials" / f"trial-{number:04d}"
