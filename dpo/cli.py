@@ -14,10 +14,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from dpo import api
+from dpo.analysis.evaluate import DECODINGS
 from dpo.errors import RunFailed, UserError
-from dpo.evaluate import DECODINGS
-from dpo.secrets import RedactingStream, redact
-from dpo.sweep_spec import help_text as sweep_help
+from dpo.rundir.secrets import RedactingStream, redact
+from dpo.sweep.spec import help_text as sweep_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
 
@@ -46,20 +47,13 @@ def train(
     ] = False,
 ):
     """Train a recipe and write its run directory. Exit codes: 0 done, 2 bad input, 3 stopped on NaN/Inf."""
-    from dpo.console import print_summary
-    from dpo.run import is_main_process
-    from dpo.run import train as run_train
+    from dpo.analysis.console import print_summary
+    from dpo.rundir.files import is_main_process
 
     # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    if resume and recipe.is_dir():
-        if output_dir is not None and output_dir.resolve() != recipe.resolve():
-            _fail(UserError("give either a run directory or --output-dir, not both", where=str(recipe)))
-        output_dir, recipe = recipe, recipe / "recipe.yaml"
-        if not recipe.is_file():
-            _fail(UserError("has no recipe.yaml: not a run directory; nothing to resume", where=str(output_dir)))
     try:
-        summary = run_train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
+        summary = api.train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
     except (UserError, RunFailed) as exc:
         _fail(exc)
     if is_main_process():  # under torchrun / accelerate launch: one summary, not one per process
@@ -81,11 +75,10 @@ def sweep(
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped sweep; finished trials stay.")] = False,
 ):
     """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml."""
-    from dpo.console import print_sweep_summary
-    from dpo.sweep import run_sweep
+    from dpo.analysis.console import print_sweep_summary
 
     try:
-        summary = run_sweep(spec, workers=workers, storage=storage, output_dir=output_dir, resume=resume)
+        summary = api.sweep(spec, workers=workers, storage=storage, output_dir=output_dir, resume=resume)
     except UserError as exc:
         _fail(exc)
     print_sweep_summary(summary)
@@ -97,10 +90,8 @@ def validate(
     set_: SetOption = None,
 ):
     """Check a recipe and its data without training (no model weights are loaded)."""
-    from dpo.run import check
-
     try:
-        checked = check(recipe, set_ or [])
+        checked = api.validate(recipe, set_ or [])
     except UserError as exc:
         _fail(exc)
     for warning in checked.warnings:
@@ -135,7 +126,7 @@ def plan(
     """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded)."""
     import json
 
-    from dpo.plan import PlanOptions, build_plan
+    from dpo.plan.planner import PlanOptions
 
     options = PlanOptions(
         dtype=dtype,
@@ -151,7 +142,7 @@ def plan(
         gpu_memory_gib=gpu_memory,
     )
     try:
-        result = build_plan(source, options)
+        result = api.plan(source, options)
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
@@ -178,10 +169,10 @@ def data_inspect(
     """Counts, token-length histograms, invalid rows by reason, duplicates and sample pairs of a data set."""
     import json
 
-    from dpo.data_inspect import inspect_data, render
+    from dpo.data.inspect import render
 
     try:
-        report = inspect_data(target, set_ or [], model=model, max_length=max_length, samples=samples)
+        report = api.inspect_data(target, set_ or [], model=model, max_length=max_length, samples=samples)
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(report, indent=2, ensure_ascii=False) if json_output else render(report))
@@ -192,10 +183,8 @@ def report(
     path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
 ):
     """Build PATH/report.html: a self-contained dashboard of a run or a sweep (opens offline)."""
-    from dpo.report import write_report
-
     try:
-        written = write_report(path)
+        written = api.report(path)
     except UserError as exc:
         _fail(exc)
     typer.echo(f"wrote {written}")
@@ -216,12 +205,12 @@ def eval_(
     ),
 ):
     """Evaluate a run's policy against its reference on held-out data; writes RUN_DIR/eval.json."""
-    from dpo.evaluate import EvalOptions, evaluate_run
-    from dpo.run import write_report_or_warn
+    from dpo.analysis.evaluate import EvalOptions
+    from dpo.analysis.report import write_report_or_warn
 
     options = EvalOptions(data, samples, max_new_tokens, batch_size, seed, decoding)
     try:
-        result = evaluate_run(run_dir, options)
+        result = api.evaluate(run_dir, options)
     except UserError as exc:
         _fail(exc)
     pref = result["preference"]

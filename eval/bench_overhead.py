@@ -45,8 +45,9 @@ def run_case(case: str, impl: str) -> dict:
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from dpo.run import check, trainer_inputs
-    from dpo.trainer import Trainer
+    from dpo.train.execute import trainer_inputs
+    from dpo.train.gate import check
+    from dpo.train.trainer import Trainer
 
     model_name, steps, warmup, batch = CASES[case]
     if model_name == "tiny":
@@ -68,7 +69,7 @@ def run_case(case: str, impl: str) -> dict:
     ]
     if case == "tiny":
         overrides.append("peft.target_modules=[q_proj, v_proj]")
-    checked = check(REPO / "recipes" / "quickstart.yaml", overrides)
+    checked = check(REPO / "recipes" / "quickstart.yaml", overrides, output_dir=tempfile.mkdtemp())
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -81,7 +82,7 @@ def run_case(case: str, impl: str) -> dict:
             self.times.append(time.perf_counter() - self.start)
 
     timer = StepTimer()
-    inputs = trainer_inputs(checked, Path(tempfile.mkdtemp()), callbacks=[timer])
+    inputs = trainer_inputs(checked, callbacks=[timer])
     if impl == "trl":
         trainer = DPOTrainer(**inputs)
     else:

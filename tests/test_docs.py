@@ -1,7 +1,7 @@
 """The README's tables are built from the code's tables; this keeps them from drifting apart."""
 
-from dpo import augment, rows
-from dpo.losses import markdown_table
+from dpo.data import augment, rows
+from dpo.train.losses import markdown_table
 from tests.conftest import REPO
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dpo.gold import UNIT_FACTORS, arithmetic_answer, arithmetic_reward  # noqa: E402
+from dpo.data.gold import UNIT_FACTORS, arithmetic_answer, arithmetic_reward  # noqa: E402
 
 SEED = 1234
 N_TRAIN, N_EVAL = 1200, 200

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dpo.gold import sorting_reward  # noqa: E402
+from dpo.data.gold import sorting_reward  # noqa: E402
 
 SEED = 2024
 N_TRAIN, N_EVAL, N_RESPONSES = 300, 60, 4

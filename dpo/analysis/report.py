@@ -1,0 +1,553 @@
+"""`dpo report PATH`: one self-contained HTML dashboard (report.html) for a run or a sweep directory.
+
+    python -m dpo report runs/quickstart          # -> runs/quickstart/report.html
+    python -m dpo report sweeps/beta              # a sweep directory (sweep_summary.json + trials/)
+
+Reads the files a run or a sweep leaves on disk and nothing else: it never imports the trainer, TRL or
+torch, so it works on any finished (or killed) run. Everything is inline (CSS, SVG charts drawn in
+Python by dpo/plots.py, a few lines of JS to sort the trials table): the file opens offline.
+
+Run page: train and held-out curves on shared step axes, with the best step, the early-stopping point
+and the overfitting onset marked; stop reason and warnings; the recipe and what it changed vs its base;
+the data card; eval.json when present. Sweep page: the trials table (sortable, ordered by the objective),
+objective against each hyperparameter, the top trials' held-out curves overlaid, pruned and failed
+trials with their reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from dpo.analysis.plots import PALETTE, Marker, ScatterPoint, Series, finite, fmt, line_chart, scatter_chart
+from dpo.errors import UserError
+from dpo.rundir.atomic import atomic_write_text
+from dpo.rundir.secrets import redact
+
+REPORT_NAME = "report.html"
+
+TRAIN_COLOR, HELD_COLOR = "#1f77b4", "#ff7f0e"
+CHOSEN_COLOR, REJECTED_COLOR = "#2ca02c", "#d62728"
+
+# The run page's charts: title -> [(metric name in metrics.jsonl, legend label, color, is_train)].
+# Train curves are dashed and per step; held-out ones solid with a dot per evaluation, on the same axes.
+RUN_CHARTS: dict[str, list[tuple[str, str, str, bool]]] = {
+    "Loss": [("loss", "train", TRAIN_COLOR, True), ("eval_loss", "held-out", HELD_COLOR, False)],
+    "Reward margin (chosen - rejected)": [
+        ("rewards/margins", "train", TRAIN_COLOR, True),
+        ("eval_rewards/margins", "held-out", HELD_COLOR, False),
+    ],
+    "Reward accuracy": [
+        ("rewards/accuracies", "train", TRAIN_COLOR, True),
+        ("eval_rewards/accuracies", "held-out", HELD_COLOR, False),
+    ],
+    "The policy's own preference (log-prob accuracy)": [
+        ("logps/accuracies", "train", TRAIN_COLOR, True),
+        ("eval_logps/accuracies", "held-out", HELD_COLOR, False),
+    ],
+    "Log-probs of chosen and rejected answers": [
+        ("logps/chosen", "chosen, train", CHOSEN_COLOR, True),
+        ("logps/rejected", "rejected, train", REJECTED_COLOR, True),
+        ("eval_logps/chosen", "chosen, held-out", CHOSEN_COLOR, False),
+        ("eval_logps/rejected", "rejected, held-out", REJECTED_COLOR, False),
+    ],
+    "Rewards of chosen and rejected answers": [
+        ("rewards/chosen", "chosen, train", CHOSEN_COLOR, True),
+        ("rewards/rejected", "rejected, train", REJECTED_COLOR, True),
+        ("eval_rewards/chosen", "chosen, held-out", CHOSEN_COLOR, False),
+        ("eval_rewards/rejected", "rejected, held-out", REJECTED_COLOR, False),
+    ],
+    "log pi/pi_ref (< 0 for chosen: likelihood displacement)": [
+        ("logratios/chosen", "chosen, train", CHOSEN_COLOR, True),
+        ("logratios/rejected", "rejected, train", REJECTED_COLOR, True),
+        ("eval_logratios/chosen", "chosen, held-out", CHOSEN_COLOR, False),
+        ("eval_logratios/rejected", "rejected, held-out", REJECTED_COLOR, False),
+    ],
+    "KL(policy || reference) on held-out answers, nats per answer": [("eval_kl", "held-out", HELD_COLOR, False)],
+    "Train minus held-out gap": [
+        ("eval_gap/accuracies", "accuracy gap", PALETTE[4], False),
+        ("eval_gap/margins", "margin gap", PALETTE[5], False),
+        ("eval_gap/loss", "loss gap", PALETTE[6], False),
+    ],
+    "beta": [("beta", "train", TRAIN_COLOR, True), ("eval_beta", "held-out", HELD_COLOR, False)],
+    "Learning rate": [("learning_rate", "train", TRAIN_COLOR, True)],
+}
+
+HEADLINE = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies")
+TOP_TRIALS = 5  # held-out curves overlaid on the sweep page
+STATE_COLORS = {"complete": PALETTE[0], "pruned": PALETTE[8], "failed": PALETTE[1], "running": PALETTE[3]}
+
+
+def write_report(path: str | Path) -> Path:
+    """Build PATH/report.html for a run directory or a sweep directory; returns the file's path.
+    Written to a temporary name and renamed, so a reader never sees half a file."""
+    path = Path(path)
+    if (path / "sweep_summary.json").is_file():
+        page = sweep_html(path)
+    elif (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file():
+        page = run_html(path)
+    elif not path.is_dir():
+        raise UserError("no such directory", where=str(path))
+    else:
+        raise UserError(
+            "neither a run directory (no metrics.jsonl / summary.json) nor a sweep directory (no sweep_summary.json)",
+            where=str(path),
+        )
+    target = path / REPORT_NAME
+    atomic_write_text(target, redact(page))  # the page quotes paths, recipe values and generated answers
+    return target
+
+
+def write_report_or_warn(path: str | Path) -> Path | None:
+    """The dashboard is a view of files already written: if it fails, say so on one line and keep the run."""
+    try:
+        return write_report(path)
+    except Exception as exc:  # noqa: BLE001 - any failure here must not lose a finished run
+        print(
+            f"warning: report.html not written ({type(exc).__name__}: {exc}); retry with: dpo report {path}",
+            file=sys.stderr,
+        )
+        return None
+
+
+# ---- reading run files ---------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON ({exc})", where=str(path)) from None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as a list of events; non-finite values (stored as strings) become NaN."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    events = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # a killed run can leave half a last line; the rest is still worth a report
+            raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
+        events.append({k: _number(v) for k, v in event.items()})
+    return events
+
+
+def _number(value):
+    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(value)
+    return value
+
+
+def _series(events: list[dict], name: str) -> list[tuple[float, float]]:
+    """(step, value) of metric `name`: held-out ones from evaluation events, train ones from step events."""
+    held_out = name.startswith("eval_")
+    return [
+        (e["step"], e[name])
+        for e in events
+        if name in e and "step" in e and ("eval_loss" in e) == held_out and isinstance(e[name], int | float)
+    ]
+
+
+# ---- the run page --------------------------------------------------------------------------------
+
+
+def run_markers(summary: dict | None) -> list[Marker]:
+    if not summary:
+        return []
+    markers = []
+    if summary.get("best_step") is not None:
+        markers.append(Marker(summary["best_step"], f"best {summary['best_metric']['name']}", "#2ca02c"))
+    if summary.get("stop_reason") == "early_stopped":
+        markers.append(Marker(summary["steps"], "early stop", "#d62728"))
+    onset = (summary.get("overfitting") or {}).get("onset_step")
+    if onset is not None:
+        markers.append(Marker(onset, "overfitting onset", "#9467bd"))
+    return markers
+
+
+def run_charts(events: list[dict], summary: dict | None) -> tuple[list[str], list[str]]:
+    """(SVG charts, titles of the charts with nothing logged). All charts share the x range 0..last step."""
+    steps = [e["step"] for e in events if isinstance(e.get("step"), int | float)]
+    last = max([*steps, (summary or {}).get("max_steps") or 0, 1])
+    markers = run_markers(summary)
+    charts, empty = [], []
+    for title, lines in RUN_CHARTS.items():
+        series = [
+            Series(label, _series(events, name), color, dashed=train, dots=not train, width=1.2 if train else 2)
+            for name, label, color, train in lines
+        ]
+        svg = line_chart(title, series, (0, last), markers)
+        (charts.append(svg) if svg else empty.append(title))
+    return charts, empty
+
+
+def run_html(run_dir: Path) -> str:
+    events = read_metrics(run_dir)
+    summary = _read_json(run_dir / "summary.json")
+    card = _read_json(run_dir / "data_card.json")
+    changes = _read_json(run_dir / "recipe_changes.json")
+    evaluation = _read_json(run_dir / "eval.json")
+    recipe_text = (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").is_file() else ""
+    name = _recipe_name(recipe_text) or run_dir.name
+    charts, empty = run_charts(events, summary)
+
+    body = [f"<h1>Run {escape(name)}</h1>", f'<p class="path">{escape(str(run_dir.resolve()))}</p>']
+    body.append(_status_block(summary, events))
+    body.append("<h2>Curves</h2>")
+    body.append(
+        '<p class="note">Train (dashed, every logged step) and held-out (solid, one dot per evaluation; step 0 is the '
+        "model before training) on the same axes. Vertical lines: "
+        '<span style="color:#2ca02c">best step</span>, <span style="color:#d62728">early stop</span>, '
+        '<span style="color:#9467bd">overfitting onset</span>. Hover a dot for its value.</p>'
+    )
+    body.append('<div class="grid">' + "".join(charts) + "</div>")
+    if empty:
+        body.append(f'<p class="note">Not logged in this run: {escape(", ".join(empty))}.</p>')
+    if summary:
+        body.append(_headline_table(summary))
+    if evaluation:
+        body.append(_eval_section(evaluation))
+    body.append(_recipe_section(recipe_text, changes))
+    if card:
+        body.append("<h2>Data card</h2>" + _kv_table(_flatten(card)))
+    return _page(f"dpo report: {name}", "".join(body))
+
+
+def _recipe_name(recipe_text: str) -> str | None:
+    for line in recipe_text.splitlines():
+        if line.startswith("name:"):
+            return line.partition(":")[2].strip() or None
+    return None
+
+
+def _status_block(summary: dict | None, events: list[dict]) -> str:
+    if not summary:
+        last = max((e.get("step", 0) for e in events), default=0)
+        return (
+            '<div class="status warn"><b>No summary.json</b>: the run did not finish (killed, failed or still '
+            f"running); curves up to step {last}.</div>"
+        )
+    best = summary.get("best_metric") or {}
+    overfitting = summary.get("overfitting") or {}
+    onset = overfitting.get("onset_step")
+    items = [
+        ("stop reason", summary.get("stop_reason")),
+        ("steps", f"{summary.get('steps')} of {summary.get('max_steps')}"),
+        ("best step", summary.get("best_step")),
+        (f"best {best.get('name')} ({best.get('mode')})", _show(best.get("value"))),
+        ("final weights", summary.get("final_weights")),
+        (
+            "overfitting onset",
+            f"step {onset} ({overfitting.get('metric')})" if onset is not None else "not detected",
+        ),
+        ("runtime", f"{summary.get('runtime_s')} s"),
+    ]
+    cells = "".join(f"<div><span>{escape(str(k))}</span><b>{escape(str(v))}</b></div>" for k, v in items)
+    warnings = overfitting.get("warnings") or []
+    warn_html = "".join(f'<li class="warning">{escape(w)}</li>' for w in warnings)
+    verdict = f'<ul class="warnings">{warn_html}</ul>' if warnings else '<p class="ok">No overfitting warnings.</p>'
+    return f'<div class="status">{cells}</div><h2>Warnings</h2>{verdict}'
+
+
+def _show(value) -> str:
+    if isinstance(value, float):
+        return fmt(value) if math.isfinite(value) else str(value)
+    return "-" if value is None else str(value)
+
+
+def _headline_table(summary: dict) -> str:
+    rows = []
+    for name in HEADLINE:
+        cells = [summary.get(k, {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+        rows.append(f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{_show(v)}</td>" for v in cells) + "</tr>")
+    final_step = (summary.get("final_metrics") or {}).get("eval_step")
+    head = f"<tr><th>held-out metric</th><th>step 0</th><th>best (step {summary.get('best_step')})</th>"
+    head += f"<th>end (step {final_step})</th></tr>"
+    return f"<h2>Held-out numbers</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _eval_section(evaluation: dict) -> str:
+    parts = ["<h2>Evaluation (eval.json)</h2>"]
+    flat = {k: v for k, v in _flatten(evaluation).items() if not k.startswith(("samples", "definitions"))}
+    parts.append(_kv_table(flat))
+    definitions = evaluation.get("definitions") or {}
+    if definitions:
+        items = "".join(f"<li><b>{escape(k)}</b>: {escape(str(v))}</li>" for k, v in definitions.items())
+        parts.append(f"<details><summary>How each number was computed</summary><ul>{items}</ul></details>")
+    samples = evaluation.get("samples") or []
+    if samples:
+        columns = ("prompt", "policy_answer", "policy_reward", "reference_answer", "reference_reward")
+        rows = "".join("<tr>" + "".join(_sample_cell(k, s.get(k)) for k in columns) + "</tr>" for s in samples[:10])
+        parts.append(
+            f"<details><summary>First {min(10, len(samples))} of {len(samples)} generated answers</summary><table>"
+            "<tr><th>prompt</th><th>policy</th><th>reward</th><th>reference</th><th>reward</th></tr>"
+            f"{rows}</table></details>"
+        )
+    return "".join(parts)
+
+
+def _sample_cell(key: str, value) -> str:
+    return f"<td class=num>{_show(value)}</td>" if key.endswith("reward") else f"<td>{escape(str(value)[:200])}</td>"
+
+
+def _recipe_section(recipe_text: str, changes: dict | None) -> str:
+    parts = ["<h2>Recipe</h2>"]
+    if changes:
+        rows = "".join(
+            f"<tr><td><code>{escape(c['key'])}</code></td><td>{escape(_compact(c['value']))}</td>"
+            f"<td>{escape(_compact(c['base_value']))}</td><td>{escape(str(c['source']))}</td></tr>"
+            for c in changes.get("changes", [])
+            if c["value"] != c["base_value"]
+        )
+        overrides = changes.get("overrides") or []
+        parts.append(
+            f"<p>Recipe file <code>{escape(str(changes.get('recipe_file')))}</code>"
+            + (f", overrides <code>{escape(' '.join('--set ' + o for o in overrides))}</code>" if overrides else "")
+            + ". What it changed (keys the recipe file sets vs its base recipe or the defaults; --set keys vs "
+            + "the recipe file):</p>"
+            + f"<table><tr><th>key</th><th>value</th><th>replaces</th><th>set by</th></tr>{rows}</table>"
+        )
+    else:
+        parts.append('<p class="note">No recipe_changes.json in this run directory (written by newer versions).</p>')
+    if recipe_text:
+        parts.append(f"<details><summary>Resolved recipe.yaml</summary><pre>{escape(recipe_text)}</pre></details>")
+    return "".join(parts)
+
+
+def _compact(value) -> str:
+    return "-" if value is None else json.dumps(value) if isinstance(value, bool | dict | list) else str(value)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def _kv_table(flat: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td><code>{escape(k)}</code></td><td>{escape(_compact(v) if isinstance(v, list) else _show(v))}</td></tr>"
+        for k, v in flat.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+# ---- the sweep page ------------------------------------------------------------------------------
+
+
+def sweep_html(sweep_dir: Path) -> str:
+    summary = _read_json(sweep_dir / "sweep_summary.json")
+    where = str(sweep_dir / "sweep_summary.json")
+    if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
+        raise UserError("must hold an object with a 'trials' list", where=where)
+    objective = summary.get("objective") or {}
+    metric, direction = objective.get("metric"), objective.get("direction", "maximize")
+    if not metric:
+        raise UserError("objective.metric is missing", where=where)
+    trials = summary["trials"]
+    ranked = _ranked(trials, direction)
+    name = summary.get("name") or sweep_dir.name
+
+    body = [f"<h1>Sweep {escape(str(name))}</h1>", f'<p class="path">{escape(str(sweep_dir.resolve()))}</p>']
+    counts = {s: sum(t.get("state") == s for t in trials) for s in STATE_COLORS}
+    items = [
+        ("objective", f"{direction} {metric}"),
+        ("trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n)),
+        ("best trial", summary.get("best_trial")),
+        ("best value", _show(summary.get("best_value"))),
+        ("sampler / pruner", f"{summary.get('sampler')} / {summary.get('pruner')}"),
+        ("steps run", summary.get("steps_total")),
+        ("steps saved by pruning", summary.get("steps_saved_by_pruning")),
+    ]
+    body.append(
+        '<div class="status">'
+        + "".join(f"<div><span>{escape(k)}</span><b>{escape(str(v))}</b></div>" for k, v in items)
+        + "</div>"
+    )
+    if summary.get("best_params"):
+        body.append("<p>Best parameters: <code>" + escape(json.dumps(summary["best_params"])) + "</code></p>")
+    body.append("<h2>Trials</h2><p class=note>Ordered by the objective, best first; click a header to sort.</p>")
+    body.append(_trials_table(sweep_dir, trials, ranked, direction))
+    body.append("<h2>Objective against each hyperparameter</h2>")
+    scatters = _scatters(trials, metric)
+    body.append('<div class="grid">' + "".join(scatters) + "</div>" if scatters else "<p>No trial has a value yet.</p>")
+    if summary.get("importance"):
+        body.append("<h2>Hyperparameter importance</h2>" + _importance(summary["importance"]))
+    body.append(f"<h2>Held-out {escape(metric)} of the top trials</h2>")
+    curves = _top_curves(sweep_dir, trials, ranked, metric)
+    body.append(curves or "<p>No held-out curves found in the trial directories.</p>")
+    troubled = [t for t in trials if t.get("state") in ("pruned", "failed")]
+    if troubled:
+        rows = "".join(
+            f'<tr class="{escape(str(t.get("state")))}"><td>{t.get("number")}</td><td>{escape(str(t.get("state")))}'
+            f"</td><td>{escape(str(t.get('steps')))}</td><td>{escape(str(t.get('reason') or '-'))}</td></tr>"
+            for t in troubled
+        )
+        body.append(
+            "<h2>Pruned and failed trials</h2><table><tr><th>trial</th><th>state</th><th>steps</th><th>reason</th>"
+            f"</tr>{rows}</table>"
+        )
+    return _page(f"dpo sweep report: {name}", "".join(body))
+
+
+def _ranked(trials: list[dict], direction: str) -> list[dict]:
+    """Trials with a finite value, best first (the order of the table and of the top curves)."""
+    scored = [t for t in trials if finite(t.get("value"))]
+    return sorted(scored, key=lambda t: t["value"], reverse=direction == "maximize")
+
+
+def _param_names(trials: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for t in trials for k in (t.get("params") or {})))
+
+
+def _trials_table(sweep_dir: Path, trials: list[dict], ranked: list[dict], direction: str) -> str:
+    params = _param_names(trials)
+    order = ranked + [t for t in trials if t not in ranked]
+    head = "".join(
+        f'<th data-type="{kind}">{escape(label)}</th>'
+        for label, kind in [("trial", "num"), ("state", "text"), ("objective", "num")]
+        + [(p, "num") for p in params]
+        + [("steps", "num"), ("reason", "text"), ("report", "text")]
+    )
+    rows = []
+    for rank, t in enumerate(order):
+        value = t.get("value")
+        cells = [
+            _cell(t.get("number"), t.get("number")),
+            _cell(t.get("state"), None),
+            # rank keeps the objective order for both directions; trials without a value sort last
+            _cell(_show(value), rank if finite(value) else 1e9),
+        ]
+        for p in params:
+            v = (t.get("params") or {}).get(p)
+            cells.append(_cell(_show(v), v if finite(v) else None))
+        cells.append(_cell(t.get("steps"), t.get("steps")))
+        cells.append(_cell(t.get("reason") or "", None))
+        run_dir = t.get("run_dir")
+        report = sweep_dir / run_dir / REPORT_NAME if run_dir else None
+        link = f'<a href="{escape(str(run_dir))}/{REPORT_NAME}">open</a>' if report and report.is_file() else "-"
+        cells.append(f"<td>{link}</td>")
+        rows.append(f'<tr class="{escape(str(t.get("state")))}">{"".join(cells)}</tr>')
+    return f'<table id="trials" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _cell(text, sort_key) -> str:
+    key = f' data-sort="{sort_key}"' if isinstance(sort_key, int | float) and not isinstance(sort_key, bool) else ""
+    return f"<td{key}>{escape('-' if text is None else str(text))}</td>"
+
+
+def _scatters(trials: list[dict], metric: str) -> list[str]:
+    charts = []
+    for param in _param_names(trials):
+        points = [
+            ScatterPoint(
+                x=v if finite(v) else str(v),
+                y=t["value"],
+                tooltip=f"trial {t.get('number')} ({t.get('state')}): {param}={v}, {metric}={fmt(t['value'])}",
+                color=STATE_COLORS.get(t.get("state"), PALETTE[0]),
+            )
+            for t in trials
+            if finite(t.get("value")) and param in (t.get("params") or {}) and (v := t["params"][param]) is not None
+        ]
+        svg = scatter_chart(f"{metric} vs {param}", points, param, metric)
+        if svg:
+            charts.append(svg)
+    return charts
+
+
+def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric: str) -> str | None:
+    """The objective's held-out curve of the best TOP_TRIALS trials (colours), pruned trials in grey."""
+    top = [t for t in ranked if t.get("state") != "pruned"][:TOP_TRIALS]
+    chosen = [(t, PALETTE[i % 8], False) for i, t in enumerate(top)]
+    chosen += [(t, STATE_COLORS["pruned"], True) for t in trials if t.get("state") == "pruned"]
+    series, last = [], 1
+    for t, color, pruned in chosen:
+        run_dir = t.get("run_dir")
+        if not run_dir:
+            continue
+        points = _series(read_metrics(sweep_dir / run_dir), metric)
+        if points:
+            last = max(last, max(x for x, _ in points))
+            label = f"trial {t.get('number')}" + (" (pruned)" if pruned else f" = {fmt(t['value'])}")
+            series.append(Series(label, points, color, dashed=pruned, width=1.2 if pruned else 2))
+    return line_chart(f"held-out {metric}", series, (0, last)) if series else None
+
+
+def _importance(importance: dict) -> str:
+    top = max((v for v in importance.values() if finite(v)), default=0) or 1
+    rows = "".join(
+        f'<tr><td><code>{escape(k)}</code></td><td class=num>{_show(v)}</td><td><div class="bar" '
+        f'style="width:{max(0.0, v / top) * 240 if finite(v) else 0:.0f}px"></div></td></tr>'
+        for k, v in sorted(importance.items(), key=lambda kv: -kv[1] if finite(kv[1]) else 0)
+    )
+    return f"<table>{rows}</table>"
+
+
+# ---- the page shell ------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1500px;
+padding:0 16px;color:#222}
+h1{font-size:22px;margin:0}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+.path,.note{color:#666}.ok{color:#2a7d2a}
+.status{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.status div{background:#f4f6f8;border-radius:6px;padding:6px 10px}
+.status span{display:block;color:#666;font-size:12px}.status.warn{background:#fff4e5;padding:10px}
+.warnings li{color:#8a4b00;margin:4px 0}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+svg.plot{background:#fff;border:1px solid #e3e3e3;border-radius:6px}
+svg .title{font-size:13px;font-weight:600}svg .tick,svg .legend,svg .axis{font-size:10.5px;fill:#555}
+svg .grid{stroke:#eee}svg .frame{fill:none;stroke:#bbb}svg .marker{stroke-width:1.5;stroke-dasharray:3,3}
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #e1e1e1;padding:3px 8px;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f4f6f8}
+table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#aaa}
+tr.pruned td{color:#777}tr.failed td{color:#b00}
+pre{background:#f7f7f7;padding:10px;overflow:auto}.bar{height:10px;background:#1f77b4}
+"""
+
+# Sorting of the trials table: numbers by data-sort (the objective column sorts by rank), text otherwise.
+JS = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+      var numeric = th.dataset.type === 'num';
+      rows.sort(function (a, b) {
+        var x = a.cells[col], y = b.cells[col], r;
+        if (numeric) {
+          var u = parseFloat(x.dataset.sort), v = parseFloat(y.dataset.sort);
+          u = isNaN(u) ? Infinity : u; v = isNaN(v) ? Infinity : v; r = u - v;
+        } else { r = x.textContent.localeCompare(y.textContent); }
+        return asc ? r : -r;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
+        f"<body>{body}<script>{JS}</script></body></html>\n"
+    )

@@ -1,0 +1,36 @@
+"""Cross-key checks of a recipe that need no component table: keys the rest of the recipe makes ineffective.
+
+A knob that is accepted and ignored is an error naming it. Compared with defaults rather than with "was it
+written", so a fully resolved recipe.yaml (every key written out) loads again without complaint.
+"""
+
+from __future__ import annotations
+
+from dpo.config.loading import LoadedRecipe
+from dpo.config.schema import DataSection
+from dpo.errors import UserError
+
+
+def check_no_op_keys(loaded: LoadedRecipe) -> None:
+    """Keys whose value differs from the default but that the rest of the recipe makes ineffective."""
+    recipe = loaded.recipe
+    data, stopping, logging = recipe.data, recipe.early_stopping, recipe.logging
+    no_ops = []
+    if data.eval and data.heldout_fraction != DataSection.model_fields["heldout_fraction"].default:
+        no_ops.append(("data.heldout_fraction", "data.eval is set, so nothing is split off"))
+    if stopping.patience is None:
+        if stopping.warmup_steps:
+            no_ops.append(("early_stopping.warmup_steps", "early_stopping.patience is not set"))
+        if stopping.min_delta:
+            no_ops.append(("early_stopping.min_delta", "early_stopping.patience is not set"))
+    if not logging.wandb:
+        if logging.wandb_project != "dpo-toolkit" or logging.wandb_mode != "auto":
+            key = "logging.wandb_project" if logging.wandb_project != "dpo-toolkit" else "logging.wandb_mode"
+            no_ops.append((key, "logging.wandb is false"))
+        if logging.wandb_group is not None:
+            no_ops.append(("logging.wandb_group", "logging.wandb is false"))
+    if "num_train_epochs" in recipe.training and (recipe.training.get("max_steps") or -1) > 0:
+        no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
+    if no_ops:
+        key, reason = no_ops[0]
+        raise UserError(f"has no effect: {reason}", where=loaded.where(key))

@@ -1,0 +1,236 @@
+"""Recipes: YAML file -> `base:` inheritance -> `--set` overrides -> strictly validated `Recipe`.
+
+A recipe is the single description of a run. Every error is a `UserError` naming the file that set the
+offending key (a base recipe, the recipe itself, or `--set`) and the dotted key, with the closest valid key
+suggested for typos. The schema itself is dpo/config/schema.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
+from dpo.config.yaml_loader import read_yaml_mapping, safe_load
+from dpo.errors import UserError, did_you_mean
+
+SET_SOURCE = "--set"
+
+
+class LoadedRecipe:
+    """A validated Recipe plus where each key came from (for error messages in later checks)."""
+
+    def __init__(self, recipe: Recipe, path: Path, provenance: dict[str, str]):
+        self.recipe = recipe
+        self.path = path
+        self.provenance = provenance
+
+    def source(self, key: str) -> str:
+        """The file that set `key` (or its closest parent), or '--set'."""
+        return source_of(self.provenance, key, str(self.path))
+
+    def where(self, key: str) -> str:
+        """'file: key', the prefix of an error about `key`."""
+        return f"{self.source(key)}: {key}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly."""
+    path = Path(path)
+    raw, provenance = _read_with_bases(path, chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        if key == "base" or key.startswith("base."):
+            raise UserError(
+                "base cannot be overridden: it is read before --set applies; edit the recipe", where=SET_SOURCE
+            )
+        if key in PATH_KEYS:
+            value = resolve_source_paths(value, Path.cwd())  # paths given on the command line are CWD-relative
+        _set_dotted(raw, key, value)
+        provenance[key] = SET_SOURCE
+    raw.setdefault("name", path.stem)
+    return LoadedRecipe(validate(raw, provenance, default_source=str(path)), path, provenance)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'loss.beta=0.2' -> ('loss.beta', 0.2). Values are parsed as YAML, so types come out right."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"override '{item}' must look like key.path=value", where=SET_SOURCE)
+    try:
+        value = safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{key}: value '{text}' is not valid YAML ({exc.problem})", where=SET_SOURCE) from exc
+    return key, value
+
+
+def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
+    raw = {k: v for k, v in raw.items() if k != "base"}
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        where = source_of(provenance, key, default_source)
+        raise UserError(_describe(err, key), where=where) from None
+
+
+def _describe(err: dict, key: str) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent, _, leaf = key.rpartition(".")
+        valid = valid_keys(parent)
+        hint = did_you_mean(leaf, valid, prefix=f"{parent}." if parent else "", cutoff=0.5)
+        return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
+    if kind == "missing":
+        return f"required key '{key}' is missing"
+    if kind == "value_error":  # our own model validators: the message is the whole story
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
+
+
+def source_of(provenance: dict[str, str], key: str, default: str) -> str:
+    """The file that set `key`, falling back to its parents (a section set as a whole).
+
+    For an error about a whole section (a cross-key check), a key under it set by --set is the
+    likeliest culprit, so --set wins there.
+    """
+    if any(k.startswith(f"{key}.") and src == SET_SOURCE for k, src in provenance.items()):
+        return SET_SOURCE
+    parts = key.split(".")
+    while parts:
+        found = provenance.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return default
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise UserError(f"base: inheritance cycle {cycle}", where=str(path))
+    data = read_yaml_mapping(path)
+    _resolve_paths(data, path.parent)
+    base_ref = data.get("base")
+    if base_ref is None:
+        merged, provenance = {}, {}
+    else:
+        if not isinstance(base_ref, str):
+            raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
+        base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
+        if not base_path.is_file():
+            raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
+        merged, provenance = _read_with_bases(base_path, (*chain, resolved))
+        merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
+    _deep_merge(merged, data, provenance, str(path), prefix="")
+    return merged, provenance
+
+
+def _resolve_paths(data: dict, folder: Path) -> None:
+    for key in PATH_KEYS:
+        section, _, leaf = key.partition(".")
+        block = data.get(section)
+        if isinstance(block, dict) and leaf in block:
+            block[leaf] = resolve_source_paths(block[leaf], folder)
+
+
+def resolve_source_paths(value: Any, folder: Path) -> Any:
+    """Data source paths made absolute against `folder`: a path, a {path: ...} source, or a list of them.
+    Hub ids (hub:owner/name) are not paths and stay as written."""
+    if isinstance(value, list):
+        return [resolve_source_paths(item, folder) for item in value]
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": resolve_source_paths(value["path"], folder)}
+    if isinstance(value, str) and not value.startswith(HUB_PREFIX):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (folder / p).resolve())
+    return value
+
+
+def _deep_merge(into: dict, new: dict, provenance: dict[str, str], source: str, prefix: str) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value, provenance, source, dotted + ".")
+        else:
+            into[key] = copy.deepcopy(value)
+            provenance[dotted] = source
+            if isinstance(value, dict):
+                for sub in _flatten_keys(value, dotted):
+                    provenance[sub] = source
+
+
+def _flatten_keys(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(f"{prefix}.{k}")
+        if isinstance(v, dict):
+            out.extend(_flatten_keys(v, f"{prefix}.{k}"))
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{'.'.join(parts[: i + 1])} is not a section, cannot set {key}", where=SET_SOURCE)
+        node = child
+    node[parts[-1]] = value
+
+
+def changes_from_base(loaded: LoadedRecipe) -> list[dict[str, Any]]:
+    """What the recipe file itself and its --set overrides changed relative to its `base:` chain (or to the
+    defaults when it has no base): one {key, value, base_value, source} per key they set, for the run report.
+
+    `base_value` is what the key would be without that layer: for a key the recipe file sets, the value from
+    its base chain; for a --set key, the value from the recipe file and its bases; the schema default when
+    neither sets it (None for required keys and `training` keys left to DPOConfig)."""
+    own = {str(loaded.path), SET_SOURCE}
+    keys = [k for k, src in loaded.provenance.items() if src in own and k != "base"]
+    leaves = [k for k in keys if not any(other.startswith(f"{k}.") for other in keys)]
+    resolved = loaded.recipe.model_dump(mode="json")
+    file_raw, _ = _read_with_bases(loaded.path, chain=())
+    base_ref = read_yaml_mapping(loaded.path).get("base")
+    base_raw: dict = {}
+    if isinstance(base_ref, str):
+        base_raw, _ = _read_with_bases(Path(os.path.normpath(loaded.path.parent / base_ref)), chain=())
+    out = []
+    for key in sorted(leaves, key=lambda k: (k != "name", k)):
+        below = file_raw if loaded.provenance[key] == SET_SOURCE else base_raw
+        value, base_value = _lookup(resolved, key), _lookup(below, key)
+        if base_value is _MISSING:
+            base_value = _default_of(key)
+        out.append(
+            {
+                "key": key,
+                "value": None if value is _MISSING else value,
+                "base_value": base_value,
+                "source": loaded.provenance[key],
+            }
+        )
+    return out
+
+
+_MISSING = object()
+
+
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree

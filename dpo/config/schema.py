@@ -1,0 +1,314 @@
+"""The recipe's shape: its sections, keys, types, ranges and defaults (pydantic), and nothing else.
+
+Imports no torch and no trainer. Reading files, `base:` layers and `--set` overrides live in
+dpo/config/loading.py; checks that need a component's table (losses, DPOConfig fields) in dpo/train/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dpo.errors import did_you_mean
+
+# Keys whose relative paths resolve against the folder of the recipe file that sets them.
+PATH_KEYS = ("data.train", "data.eval")
+HUB_PREFIX = "hub:"  # a data source that is a hub dataset id, not a path
+# Our column names, which a source's `columns:` may map its own columns to (dpo/data/rows.py reads rows by them).
+TARGETS = ("prompt", "chosen", "rejected", "responses", "scores", "ranks")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field("smollm2-135m-instruct", description="Embedded alias, local directory or hub id.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Off by default.")
+
+
+class PeftSection(Section):
+    """LoRA adapter. With LoRA the reference model is the adapter-disabled base: no second copy."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+
+
+class DataSource(Section):
+    """One source of rows, for `data.train` / `data.eval` given as a list (a plain path is a source with defaults)."""
+
+    path: str = Field(..., description="A .jsonl/.json/.parquet/.csv file, a save_to_disk dir, or hub:owner/name.")
+    weight: float | None = Field(
+        None, gt=0, description="Share of the mix: weighted sources split their total row count by weight."
+    )
+    count: int | None = Field(None, gt=0, description="Take exactly this many rows (seeded; repeats when larger).")
+    columns: dict[Literal[TARGETS], str] = Field(  # type: ignore[valid-type]
+        default_factory=dict,
+        description="Our column -> the source's column, 'a.b' (nested key) or 'a[].b' (key b of each list item).",
+    )
+    ignore_columns: list[str] = Field(default_factory=list, description="Source columns to drop without complaint.")
+    split: str = Field("train", description="Split of a hub dataset or of a save_to_disk DatasetDict.")
+    subset: str | None = Field(None, description="Configuration name of a hub dataset.")
+
+    @model_validator(mode="after")
+    def _weight_or_count(self):
+        if self.weight is not None and self.count is not None:
+            raise ValueError("give a source a weight or a count, not both")
+        return self
+
+
+SourceList = str | DataSource | list[str | DataSource]
+
+
+class ExpandPairsSection(Section):
+    """Multi-response rows (N scored or ranked answers) -> pairs, in both splits (a format conversion, made
+    after the split by prompt, so no prompt leaks). Every pair of answers with a strictly better score and a
+    score gap >= min_gap is a (chosen, rejected) pair; at most max_pairs_per_prompt per prompt, largest gaps first."""
+
+    min_gap: float = Field(0.0, ge=0, description="Smallest score gap that makes a pair (ranks: rank positions).")
+    max_pairs_per_prompt: int | None = Field(None, gt=0, description="Cap per prompt (largest gaps kept; ties seeded).")
+
+
+class DataSection(Section):
+    train: SourceList = Field(
+        ...,
+        description="Training rows: a path (.jsonl/.json/.parquet/.csv, save_to_disk dir, hub:owner/name), "
+        "or a list of sources {path, weight | count, columns, ignore_columns, split, subset} mixed together.",
+    )
+    eval: SourceList | None = Field(
+        None, description="Held-out rows (same forms as train); when absent, split off heldout_fraction by prompt."
+    )
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of prompts held out when eval is absent.")
+    max_train_pairs: int | None = Field(None, gt=0, description="Use only the first N training pairs.")
+    max_eval_pairs: int | None = Field(None, gt=0, description="Use only the first N held-out pairs.")
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="error: stop at bad rows, naming file and rows; skip: drop them, counted in data_card."
+    )
+    expand_pairs: ExpandPairsSection = Field(default_factory=ExpandPairsSection)
+    augment: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Augmentation steps for the training pairs, in order: [{type: label_noise, fraction: 0.2}, "
+        "...]; a type 'package.module:function' is a plug-in. Each step's keys are checked against its function "
+        "(dpo/data/augment.py) when the data is prepared.",
+    )
+
+    def sources(self, split: str) -> list[DataSource]:
+        """`train` or `eval` as a list of sources."""
+        value = self.train if split == "train" else self.eval
+        items = [] if value is None else value if isinstance(value, list) else [value]
+        return [DataSource(path=item) if isinstance(item, str) else item for item in items]
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _sources_shape(cls, value):
+        """Check each source here, so an error names the source and its key (a union's error would not)."""
+        if value is None or isinstance(value, str):
+            return value
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("needs at least one source")
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            if not isinstance(item, dict):
+                raise ValueError(f"source {i}: expected a path or a mapping {{path, weight | count, ...}}")
+            try:
+                DataSource.model_validate(item)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    hint = did_you_mean(key, DataSource.model_fields, cutoff=0.5)
+                    raise ValueError(
+                        f"source {i}: unknown key '{key}'{hint} (valid: {', '.join(DataSource.model_fields)})"
+                    ) from None
+                message = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
+        return value
+
+
+class BetaScheduleSection(Section):
+    """How beta moves during training (dpo/beta.py). Keys of another kind are errors, not ignored."""
+
+    type: Literal["constant", "linear", "cosine", "adaptive"] = Field("constant", description="Schedule kind.")
+    end: float | None = Field(None, gt=0, description="linear/cosine: beta at the last step (starts at loss.beta).")
+    alpha: float | None = Field(None, ge=0, description="adaptive (beta-DPO): sensitivity to the batch reward gap.")
+    momentum: float | None = Field(None, ge=0, lt=1, description="adaptive: moving-average momentum of the gap.")
+    keep_fraction: float | None = Field(
+        None, gt=0, le=1, description="adaptive: share of each batch kept by beta-guided data filtering."
+    )
+
+    @model_validator(mode="after")
+    def _keys_match_type(self):
+        allowed = {
+            "constant": set(),
+            "linear": {"end"},
+            "cosine": {"end"},
+            "adaptive": {"alpha", "momentum", "keep_fraction"},
+        }
+        for key in ("end", "alpha", "momentum", "keep_fraction"):
+            if getattr(self, key) is not None and key not in allowed[self.type]:
+                raise ValueError(f"'{key}' does not apply to beta_schedule type '{self.type}'")
+        if self.type in ("linear", "cosine") and self.end is None:
+            raise ValueError(f"beta_schedule type '{self.type}' needs 'end' (the final beta)")
+        return self
+
+
+class LossSection(Section):
+    """The preference loss. Hyperparameters a chosen loss does not use must stay unset (see losses.py)."""
+
+    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/losses.py LOSSES, or a list to combine.")
+    weights: list[float] | None = Field(None, description="One weight per loss when `type` is a list.")
+    beta: float = Field(0.1, gt=0, description="KL-penalty strength beta (IPO: its tau).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed label-flip rate (cDPO with sigmoid, rDPO with robust, EXO, AOT)."
+    )
+    dpop_lambda: float | None = Field(None, ge=0, description="DPO-Positive penalty weight (loss `dpop`).")
+    discopop_tau: float | None = Field(None, gt=0, description="DiscoPOP temperature (loss `discopop`).")
+    beta_schedule: BetaScheduleSection = Field(default_factory=BetaScheduleSection)
+
+    def type_list(self) -> list[str]:
+        return [self.type] if isinstance(self.type, str) else list(self.type)
+
+
+class SyncRefSection(Section):
+    """TR-DPO (arXiv 2404.09656): move the reference toward the policy during training."""
+
+    every: int = Field(512, gt=0, description="Steps between reference updates.")
+    mixup: float = Field(0.6, ge=0, le=1, description="ref <- mixup * policy + (1 - mixup) * ref.")
+
+
+class RegularizersSection(Section):
+    """Terms beyond the loss. Each is off by default; each that is set must apply (checked)."""
+
+    nll_weight: float = Field(0.0, ge=0, description="RPO: weight of the chosen answers' NLL term (arXiv 2404.19733).")
+    neftune_alpha: float | None = Field(
+        None, gt=0, description="NEFTune embedding noise (arXiv 2310.05914), policy forward only."
+    )
+    sync_ref: SyncRefSection | None = Field(None, description="TR-DPO reference syncing (full fine-tuning only).")
+    wpo: bool = Field(False, description="WPO: weight pairs by their probability under the policy (arXiv 2406.11827).")
+    ld_alpha: float | None = Field(
+        None, ge=0, le=1, description="LD-DPO: weight of tokens past the shorter answer (arXiv 2409.06411)."
+    )
+    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = Field(
+        "reverse_kl", description="f-DPO divergence (arXiv 2309.16240); reverse_kl is plain DPO."
+    )
+    f_alpha: float | None = Field(None, gt=0, description="alpha of alpha_divergence.")
+
+    @model_validator(mode="after")
+    def _f_alpha_needs_alpha_divergence(self):
+        if self.f_alpha is not None and self.f_divergence != "alpha_divergence":
+            raise ValueError("'f_alpha' applies only to f_divergence 'alpha_divergence'")
+        return self
+
+
+class EarlyStoppingSection(Section):
+    metric: str = Field("eval_rewards/margins", description="Held-out metric watched for best/early stop.")
+    mode: Literal["auto", "max", "min"] = Field("auto", description="auto: max unless the metric is a loss.")
+    patience: int | None = Field(None, gt=0, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+    warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")
+
+
+class LoggingSection(Section):
+    wandb: bool = Field(False, description="Log to Weights & Biases (offline unless an API key is configured).")
+    wandb_project: str = Field("dpo-toolkit", description="wandb project name.")
+    wandb_mode: Literal["auto", "offline", "online"] = Field(
+        "auto", description="auto: online when an API key is configured, offline otherwise."
+    )
+    wandb_group: str | None = Field(None, description="wandb run group (a sweep sets it to the sweep's name).")
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files under the run directory.")
+    progress_bar: bool = Field(True, description="Show a progress bar while training.")
+    heldout_kl: bool | None = Field(
+        None,
+        description="Log eval_kl, the policy's KL from the reference on the held-out answers, at each evaluation "
+        "(costs one reference forward per held-out batch with precomputed reference log-probs). null: on whenever "
+        "a reference model is available at evaluation (not under full fine-tuning with precomputed log-probs).",
+    )
+
+
+class Recipe(Section):
+    """A fully resolved recipe (after inheritance and overrides)."""
+
+    name: str = Field("run", description="Run name; the default output directory is runs/<name>.")
+    seed: int = Field(42, description="Seed for data split, adapter init and training.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    peft: PeftSection | None = Field(default_factory=PeftSection, description="null = full fine-tuning.")
+    data: DataSection
+    loss: LossSection = Field(default_factory=LossSection)
+    regularizers: RegularizersSection = Field(default_factory=RegularizersSection)
+    early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    training: dict[str, Any] = Field(default_factory=dict, description="Passed through to trl.DPOConfig.")
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_the_output_dir(cls, name: str) -> str:
+        problem = run_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a run (or trial) folder under an output directory, or None. A name is one plain
+    folder name: `../x`, `/abs`, `a/b` would put the run outside the folder the user chose."""
+    if not name or name in (".", ".."):
+        return f"{name!r} is not a folder name"
+    if any(sep in name for sep in ("/", "\\", "\0")) or Path(name).is_absolute() or Path(name).drive:
+        return f"{name!r} must be a plain folder name (no path separators): runs go to runs/<name>"
+    if len(name.encode()) > 255:
+        return "is longer than a folder name may be (255 bytes)"
+    return None
+
+
+def valid_keys(dotted_section: str) -> list[str]:
+    """Field names of the section at `dotted_section` ('' = top level)."""
+    model: type[BaseModel] = Recipe
+    for part in filter(None, dotted_section.split(".")):
+        field = model.model_fields.get(part)
+        sub = _section_type(field.annotation) if field else None
+        if sub is None:
+            return []
+        model = sub
+    names = list(model.model_fields)
+    return names + (["base"] if model is Recipe else [])
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _default_of(dotted: str) -> Any:
+    """The schema default of a recipe key (None for required keys and free-form `training` keys)."""
+    model: type[BaseModel] = Recipe
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None or (i == len(parts) - 1 and field.is_required()):
+            return None
+        if i == len(parts) - 1:
+            default = field.get_default(call_default_factory=True)
+            return default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+        sub = _section_type(field.annotation)
+        if sub is None:
+            return None
+        model = sub
+    return None

@@ -1,0 +1,255 @@
+"""Augmentations of the training pairs, and the one table of their names (AUGMENTATIONS).
+
+Each augmentation is a pure function `fn(rows, rng, *, params...) -> rows`: it takes the training pairs
+({prompt, chosen, rejected}) and a seeded `random.Random`, and returns the new list without modifying the
+input. Like the losses, its keyword-only parameters are its recipe keys, so a key it does not take is an
+error. A recipe step whose `type` is 'package.module:function' is a plug-in with the same contract.
+Augmentations run after the held-out split and only on the training pairs: held-out data is never
+touched, and no prompt leaks across the split. Rows an augmentation creates are validated like input rows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+from collections.abc import Callable
+from typing import Any
+
+from dpo.data.rows import Problem, canonical
+from dpo.errors import UserError, did_you_mean
+
+
+def label_noise(rows: list[dict], rng: random.Random, *, fraction: float) -> list[dict]:
+    """Flip exactly round(fraction * N) randomly chosen pairs (chosen <-> rejected): simulated annotator
+    noise, for robustness studies and the overfitting benchmark."""
+    flipped = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
+    return [
+        {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if i in flipped else dict(row)
+        for i, row in enumerate(rows)
+    ]
+
+
+def _vary_prompt(prompt: Any, template: str, system: str | None) -> Any:
+    """Text prompts: the template around the text, the system prompt before it (a blank line between).
+    Message prompts: the template around the last user message, the system prompt as the system message."""
+    if isinstance(prompt, str):
+        text = template.replace("{prompt}", prompt)
+        return f"{system}\n\n{text}" if system else text
+    messages = [dict(m) for m in prompt]
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is not None:
+        messages[last_user]["content"] = template.replace("{prompt}", messages[last_user]["content"])
+    if system:
+        if messages[0]["role"] == "system":
+            messages[0]["content"] = system
+        else:
+            messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def prompt_variants(
+    rows: list[dict],
+    rng: random.Random,
+    *,
+    templates: list[str] | None = None,
+    system_prompts: list[str] | None = None,
+    copies: int = 1,
+    keep_original: bool = True,
+) -> list[dict]:
+    """Adds `copies` variants of each pair's prompt: a random template (text around '{prompt}') and a random
+    system prompt; the answers are unchanged.
+
+    A variant equal to the original prompt or to an earlier variant of it is not added. With keep_original
+    (default) the original pair comes first, then its variants; without it only the variants are kept."""
+    templates = templates or ["{prompt}"]
+    out = []
+    for row in rows:
+        seen = {canonical(row["prompt"])}
+        if keep_original:
+            out.append(dict(row))
+        for _ in range(copies):
+            template = rng.choice(templates)
+            system = rng.choice(system_prompts) if system_prompts else None
+            prompt = _vary_prompt(row["prompt"], template, system)
+            if canonical(prompt) not in seen:
+                seen.add(canonical(prompt))
+                out.append({**row, "prompt": prompt})
+    return out
+
+
+def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: float = 1.0) -> list[dict]:
+    """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
+    an easy negative that teaches the model to answer the question asked.
+
+    The pairs that get one are drawn at random; the new pairs are appended after the originals."""
+    keys = [canonical(r["prompt"]) for r in rows]
+    if len(set(keys)) < 2:
+        return [dict(r) for r in rows]
+    extra = []
+    for i in sorted(rng.sample(range(len(rows)), round(fraction * len(rows)))):
+        for _ in range(20):  # rejection sampling: almost always succeeds at once, no O(N^2) scan
+            j = rng.randrange(len(rows))
+            if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]:
+                break
+        else:
+            candidates = [j for j in range(len(rows)) if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]]
+            if not candidates:
+                continue
+            j = rng.choice(candidates)
+        extra.append({**rows[i], "rejected": rows[j]["chosen"]})
+    return [dict(r) for r in rows] + extra
+
+
+AUGMENTATIONS: dict[str, Callable[..., list[dict]]] = {
+    "label_noise": label_noise,
+    "prompt_variants": prompt_variants,
+    "off_prompt_negatives": off_prompt_negatives,
+}
+
+# Allowed ranges of the augmentations' numeric parameters: (low, high), inclusive.
+RANGES: dict[tuple[str, str], tuple[float, float]] = {
+    ("label_noise", "fraction"): (0.0, 1.0),
+    ("off_prompt_negatives", "fraction"): (0.0, 1.0),
+    ("prompt_variants", "copies"): (1, 100),
+}
+
+
+def markdown_table() -> str:
+    """The README's augmentation table, built from AUGMENTATIONS so the docs cannot drift from the code."""
+    rows = ["| `type` | what it does | keys (default) |", "|---|---|---|"]
+    for name, fn in AUGMENTATIONS.items():
+        summary = " ".join(inspect.getdoc(fn).split("\n\n")[0].split())
+        keys = ", ".join(
+            f"`{k}`" if v is inspect.Parameter.empty else f"`{k}` ({v})" for k, v in parameters(name).items()
+        )
+        rows.append(f"| `{name}` | {summary} | {keys} |")
+    return "\n".join(rows)
+
+
+def resolve(name: Any) -> Callable[..., list[dict]]:
+    """The function for a step's `type`: a name in AUGMENTATIONS, or a plug-in 'package.module:function'.
+    LookupError (with the message to show) when there is none."""
+    if isinstance(name, str) and name in AUGMENTATIONS:
+        return AUGMENTATIONS[name]
+    if not isinstance(name, str) or ":" not in name:
+        hint = did_you_mean(name, AUGMENTATIONS) if isinstance(name, str) else ""
+        raise LookupError(
+            f"unknown type {name!r}{hint} (valid: {', '.join(AUGMENTATIONS)}, or a plug-in 'package.module:function')"
+        )
+    module_name, _, function_name = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error the module raises while importing
+        raise LookupError(f"plug-in {name!r}: cannot import '{module_name}' ({type(exc).__name__}: {exc})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise LookupError(f"plug-in {name!r}: module '{module_name}' has no function '{function_name}'")
+    return function
+
+
+def parameters(name: Any) -> dict[str, object]:
+    """The recipe keys an augmentation takes, with their defaults (inspect.Parameter.empty = required)."""
+    signature = inspect.signature(resolve(name))
+    return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def check(name: str, params: dict) -> str | None:
+    """Why these parameters cannot run, or None (types and ranges; unknown/missing keys are checked by name)."""
+    for key, value in params.items():
+        low, high = RANGES.get((name, key), (None, None))
+        if low is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key} must be a number, got {value!r}"
+        if not low <= value <= high:
+            return f"{key} must be in [{low}, {high}], got {value}"
+    if name == "prompt_variants":  # list-valued parameters: checked here so a bad template fails before training
+        for key in ("templates", "system_prompts"):
+            if key in params and not _is_text_list(params[key]):
+                return f"{key} must be a non-empty list of strings, got {params[key]!r}"
+        bad = [t for t in params.get("templates") or [] if "{prompt}" not in t]
+        if bad:
+            return f"template {bad[0]!r} has no '{{prompt}}' placeholder"
+        if isinstance(params.get("copies"), float):
+            return f"copies must be an integer, got {params['copies']!r}"
+        if "keep_original" in params and not isinstance(params["keep_original"], bool):
+            return f"keep_original must be true or false, got {params['keep_original']!r}"
+    return None
+
+
+def step_problem(steps: list[dict]) -> str | None:
+    """Why the recipe's `data.augment` steps cannot run (the first problem, naming the step), or None: each step's
+    type must resolve and its keys must be its function's keyword-only parameters, with valid values."""
+    for i, step in enumerate(steps):
+        name = step.get("type")
+        try:
+            accepted = parameters(name)
+        except LookupError as exc:
+            return f"step {i}: {exc}"
+        unknown = sorted(set(step) - {"type"} - set(accepted))
+        missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in step)
+        if unknown or missing:
+            problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
+            return f"step {i} ({name}): {problem}; it takes {sorted(accepted)}"
+        problem = check(name, {k: v for k, v in step.items() if k != "type"})
+        if problem:
+            return f"step {i} ({name}): {problem}"
+    return None
+
+
+def apply(
+    rows: list[dict],
+    steps: list[dict],
+    seed: int,
+    checker: Callable[[list[Any]], list[dict | Problem]],
+    on_invalid: str = "error",
+    where: str = "data.augment",
+) -> tuple[list[dict], list[dict]]:
+    """Run the steps in order; returns the rows and a record per step for the data card.
+
+    Rows a step creates (not among its input rows) go through `checker` (the row checks and the length check;
+    it returns each row in canonical form or its Problem); under on_invalid 'error' a bad one is a UserError
+    naming `where` and the step, under 'skip' it is dropped and counted in the step's record."""
+    records = []
+    for index, step in enumerate(steps):
+        params = {k: v for k, v in step.items() if k != "type"}
+        rng = random.Random(f"{seed}:{index}:{step['type']}")  # each step seeded on its own: reorderable
+        before = rows
+        label = f"{where}: step {index} ({step['type']})"
+        function = resolve(step["type"])
+        if step["type"] in AUGMENTATIONS:
+            out = function(before, rng, **params)
+        else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
+            try:
+                out = function(before, rng, **params)
+            except Exception as exc:  # noqa: BLE001
+                raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
+        if not isinstance(out, list):
+            raise UserError(f"returned a {type(out).__name__}, expected a list of rows", where=label)
+        known = {canonical(r) for r in before}
+        new = [i for i, r in enumerate(out) if not isinstance(r, dict) or canonical(r) not in known]
+        out = list(out)
+        bad = {}
+        for i, checked in zip(new, checker([out[i] for i in new]), strict=True):
+            if isinstance(checked, Problem):
+                bad[i] = checked
+            else:
+                out[i] = checked  # canonical form (e.g. an implicit prompt made explicit)
+        invalid: dict[str, int] = {}
+        if bad and on_invalid == "error":
+            shown = "; ".join(f"output row {i + 1}: {p}" for i, p in list(bad.items())[:3])
+            raise UserError(f"{shown}{f' (and {len(bad) - 3} more)' if len(bad) > 3 else ''}", where=label)
+        for p in bad.values():
+            invalid[p.reason] = invalid.get(p.reason, 0) + 1
+        rows = [r for i, r in enumerate(out) if i not in bad]
+        changed = sum(1 for a, b in zip(before, rows, strict=False) if a != b) + abs(len(rows) - len(before))
+        record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed}
+        if invalid:
+            record["invalid"] = invalid
+        records.append(record)
+    return rows, records

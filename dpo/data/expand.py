@@ -1,0 +1,57 @@
+"""Pair expansion: multi-response rows (a prompt with N scored or ranked answers) -> preference pairs.
+
+A format conversion, not an augmentation: it runs on both splits (held-out multi-response data must become
+pairs to be evaluated), after the split by prompt, so all pairs of a prompt stay on its side. Pair rows pass
+through unchanged. For each prompt, every two answers whose scores differ by at least `min_gap` (and by more
+than 0: a tie is no preference) give the pair (better, worse); with `max_pairs_per_prompt` the pairs with
+the largest gaps are kept, ties between equal gaps broken by the seeded generator.
+"""
+
+from __future__ import annotations
+
+import random
+
+from dpo.data.rows import canonical, is_multi
+
+
+def expand_pairs(
+    rows: list[dict], rng: random.Random, *, min_gap: float = 0.0, max_pairs_per_prompt: int | None = None
+) -> tuple[list[dict], dict]:
+    """The rows with every multi-response row replaced by its pairs (in the position of the prompt's first
+    multi-response row), and counts for the data card."""
+    candidates: dict[str, list[tuple[float, float, dict]]] = {}
+    counts = {"multi_response_rows": 0, "pairs_made": 0, "below_min_gap": 0, "ties": 0, "cut_by_cap": 0}
+    for row in rows:
+        if not is_multi(row):
+            continue
+        counts["multi_response_rows"] += 1
+        pairs = candidates.setdefault(canonical(row["prompt"]), [])
+        answers = list(zip(row["responses"], row["scores"], strict=True))
+        for i, (better, s_better) in enumerate(answers):
+            for j, (worse, s_worse) in enumerate(answers):
+                gap = s_better - s_worse
+                if i == j or gap < 0 or (gap == 0 and i > j) or better == worse:
+                    continue  # each unordered pair once; tie and identical answers are no preference
+                if gap == 0:
+                    counts["ties"] += 1
+                elif gap < min_gap:
+                    counts["below_min_gap"] += 1
+                elif not any(pair["chosen"] == better and pair["rejected"] == worse for _, _, pair in pairs):
+                    pair = {"prompt": row["prompt"], "chosen": better, "rejected": worse}
+                    pairs.append((gap, rng.random(), pair))
+    out, done = [], set()
+    for row in rows:
+        if not is_multi(row):
+            out.append(row)
+            continue
+        key = canonical(row["prompt"])
+        if key in done:
+            continue
+        done.add(key)
+        pairs = sorted(candidates[key], key=lambda item: (-item[0], item[1]))
+        if max_pairs_per_prompt is not None and len(pairs) > max_pairs_per_prompt:
+            counts["cut_by_cap"] += len(pairs) - max_pairs_per_prompt
+            pairs = pairs[:max_pairs_per_prompt]
+        counts["pairs_made"] += len(pairs)
+        out.extend(pair for _, _, pair in pairs)
+    return out, counts

@@ -1,0 +1,267 @@
+"""Preference data for a run: read the sources, check every row, drop duplicates, mix, split held-out by
+prompt, expand multi-response rows into pairs, augment the training pairs, and count it all in a data card.
+
+The order matters and is fixed:
+  1. each source is read and every row checked (dpo/rows.py: REASONS); `on_invalid: error` stops at the
+     first bad rows (file and row numbers named), `skip` drops them and counts them by reason;
+  2. exact duplicates are dropped (within and across the sources of a split, first one kept);
+  3. several sources are mixed by weight or count (seeded) and shuffled together;
+  4. without `data.eval`, a seeded share of the prompts is held out, all rows of a prompt on one side;
+  5. multi-response rows become pairs in both splits (dpo/expand.py), which cannot move a prompt across;
+  6. `max_train_pairs` / `max_eval_pairs` cut; then the augmentations run on the training pairs only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpo.config.schema import DataSection, DataSource
+from dpo.data import augment
+from dpo.data.expand import expand_pairs
+from dpo.data.readers import read_source
+from dpo.data.rows import Problem, canonical, is_multi, length_problems, normalize
+from dpo.errors import UserError
+
+SHOWN_PROBLEMS = 3  # bad rows named in an error message; the card keeps a few more examples
+CARD_EXAMPLES = 5
+
+
+@dataclass
+class RowChecker:
+    """Checks rows: the row checks of dpo/rows.py, then (with a tokenizer) the length check against
+    `max_length` as TRL will tokenize. Without a tokenizer the length check is not run (the card says so)."""
+
+    tokenizer: Any = None
+    max_length: int | None = None
+
+    def __call__(self, raw_rows: list[Any], columns=None, ignore=()) -> list[dict | Problem]:
+        out = [raw if isinstance(raw, Problem) else normalize(raw, columns, ignore) for raw in raw_rows]
+        if self.tokenizer is not None and self.max_length:
+            ok = [i for i, r in enumerate(out) if not isinstance(r, Problem)]
+            too_long = length_problems([out[i] for i in ok], self.tokenizer, self.max_length)
+            for i, problem in zip(ok, too_long, strict=True):
+                if problem is not None:
+                    out[i] = problem
+        return out
+
+    def pairs_only(self, raw_rows: list[Any]) -> list[dict | Problem]:
+        """For rows an augmentation made: they must be pairs."""
+        multi = Problem("extra_column", "an augmentation must return pairs, not multi-response rows")
+        return [multi if isinstance(r, dict) and is_multi(r) else r for r in self(raw_rows)]
+
+    def card(self) -> dict:
+        if self.tokenizer is None or not self.max_length:
+            return {"run": False, "why": "no tokenizer or no max_length given"}
+        return {"run": True, "max_length": self.max_length, "tokenizer": getattr(self.tokenizer, "name_or_path", None)}
+
+
+def _raise_bad(bad: list[tuple[int, Problem]], where: str) -> None:
+    shown = "; ".join(f"row {n}: {p}" for n, p in bad[:SHOWN_PROBLEMS])
+    more = f" (and {len(bad) - SHOWN_PROBLEMS} more)" if len(bad) > SHOWN_PROBLEMS else ""
+    raise UserError(f"{shown}{more}; data.on_invalid: skip drops bad rows and counts them", where=where)
+
+
+def load_source(
+    source: DataSource, key: str, checker: RowChecker, on_invalid: str, seen: set[str]
+) -> tuple[list[dict], dict]:
+    """The valid, new (not in `seen`) rows of one source in canonical form, and its card entry. `key` names
+    the recipe key for errors about the source as a whole (a missing file)."""
+    numbered = read_source(source.path, key, source.split, source.subset)
+    if not numbered:
+        raise UserError("no rows: the source is empty", where=source.path)
+    checked = checker([raw for _, raw in numbered], source.columns, tuple(source.ignore_columns))
+    bad = [(n, r) for (n, _), r in zip(numbered, checked, strict=True) if isinstance(r, Problem)]
+    if bad and on_invalid == "error":
+        _raise_bad(bad, source.path)
+    dropped = Counter(p.reason for _, p in bad)
+    rows = []
+    for row in checked:
+        if isinstance(row, Problem):
+            continue
+        text = canonical(row)
+        if text in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(text)
+        rows.append(row)
+    card = {
+        "path": source.path,
+        "rows_read": len(numbered),
+        "dropped": dict(sorted(dropped.items())),
+        "kept": len(rows),
+        "multi_response_rows": sum(map(is_multi, rows)),
+    }
+    if bad:
+        card["first_invalid"] = [{"row": n, "reason": p.reason, "detail": p.detail} for n, p in bad[:CARD_EXAMPLES]]
+    for name in ("weight", "count", "split", "subset"):
+        value = getattr(source, name)
+        if value is not None and not (name == "split" and value == "train"):
+            card[name] = value
+    if source.columns:
+        card["columns"] = dict(source.columns)
+    return rows, card
+
+
+def _take(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+    """n rows: a seeded sample when n <= len(rows) (in file order), else whole copies plus a sample."""
+    copies, rest = divmod(n, len(rows)) if rows else (0, 0)
+    picked = sorted(rng.sample(range(len(rows)), rest))
+    return rows * copies + [rows[i] for i in picked]
+
+
+def mix(parts: list[tuple[DataSource, list[dict]]], rng: random.Random) -> tuple[list[dict], list[int]]:
+    """Rows of several sources: a source with `count` gives exactly that many; sources with `weight` share their
+    total row count in proportion to their weights (a source repeats when its share exceeds its rows); a source
+    with neither gives all its rows once. One source is used as is; several are shuffled together."""
+    if len(parts) == 1 and parts[0][0].weight is None and parts[0][0].count is None:
+        return list(parts[0][1]), [len(parts[0][1])]
+    weighted = [(s, r) for s, r in parts if s.weight is not None]
+    total, weights = sum(len(r) for _, r in weighted), sum(s.weight for s, _ in weighted)
+    out, used = [], []
+    for source, rows in parts:
+        if source.count is not None:
+            n = source.count
+        elif source.weight is not None:
+            n = round(total * source.weight / weights)
+        else:
+            n = len(rows)
+        taken = _take(rows, n, rng)
+        used.append(len(taken))
+        out.extend(taken)
+    rng.shuffle(out)
+    return out, used
+
+
+def load_split(
+    section: DataSection, split: str, seed: int, checker: RowChecker, where: Callable[[str], str]
+) -> tuple[list[dict], list[dict]]:
+    """All rows of `train` or `eval` (checked, deduplicated, mixed) and the card entries of its sources."""
+    key = where(f"data.{split}")
+    seen: set[str] = set()
+    parts, cards = [], []
+    for source in section.sources(split):
+        rows, card = load_source(source, key, checker, section.on_invalid, seen)
+        if not rows and (source.count or source.weight):
+            raise UserError("no valid rows to take a count or weight from", where=source.path)
+        parts.append((source, rows))
+        cards.append(card)
+    rows, used = mix(parts, random.Random(f"{seed}:mix:{split}"))
+    for card, n in zip(cards, used, strict=True):
+        card["used"] = n
+    return rows, cards
+
+
+# ---- the split and the data card -----------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    train: list[dict]
+    eval: list[dict]
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def datasets(self):
+        import datasets
+
+        return datasets.Dataset.from_list(self.train), datasets.Dataset.from_list(self.eval)
+
+
+def split_by_prompt(
+    rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
+) -> tuple[list[dict], list[dict]]:
+    """Hold out a seeded `fraction` of the distinct prompts (at least one); all rows of a prompt go together."""
+    prompts = list(dict.fromkeys(canonical(r["prompt"]) for r in rows))
+    if len(prompts) < 2:
+        raise UserError(
+            "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
+        )
+    random.Random(seed).shuffle(prompts)
+    heldout = set(prompts[: max(1, min(len(prompts) - 1, math.ceil(fraction * len(prompts))))])
+    train = [r for r in rows if canonical(r["prompt"]) not in heldout]
+    held = [r for r in rows if canonical(r["prompt"]) in heldout]
+    return train, held
+
+
+def content_hash(rows: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(canonical(row).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _prompts(rows: list[dict]) -> set[str]:
+    return {canonical(r["prompt"]) for r in rows}
+
+
+def prepare_data(
+    section: DataSection,
+    seed: int,
+    where: Callable[[str], str] = lambda key: key,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> PreparedData:
+    """Read, check, mix, split, expand and augment. `where(key)` prefixes errors about a recipe key ('file: key').
+    With a tokenizer, rows whose prompt + answer exceed `max_length` tokens are invalid rows too."""
+    problem = augment.step_problem(section.augment)  # before any file is read: a bad step fails fast
+    if problem:
+        raise UserError(problem, where=where("data.augment"))
+    checker = RowChecker(tokenizer, max_length)
+    train_rows, train_cards = load_split(section, "train", seed, checker, where)
+    sources = {"train": train_cards}
+    if section.eval is not None:
+        eval_rows, sources["eval"] = load_split(section, "eval", seed, checker, where)
+        split = {"method": "file"}
+    else:
+        train_rows, eval_rows = split_by_prompt(train_rows, section.heldout_fraction, seed, where)
+        split = {"method": "heldout_fraction", "heldout_fraction": section.heldout_fraction, "seed": seed}
+    expansion, parts = {}, {"train": train_rows, "eval": eval_rows}
+    expand = section.expand_pairs.model_dump()
+    for name, rows in parts.items():
+        if any(map(is_multi, rows)):
+            parts[name], counts = expand_pairs(rows, random.Random(f"{seed}:expand:{name}"), **expand)
+            expansion[name] = {**expand, "rows_before": len(rows), **counts, "rows_after": len(parts[name])}
+    train_rows, eval_rows = parts["train"], parts["eval"]
+    if not expansion and section.expand_pairs != type(section.expand_pairs)():
+        raise UserError("has no effect: the data hold no multi-response rows", where=where("data.expand_pairs"))
+    truncated = {}
+    if section.max_train_pairs and len(train_rows) > section.max_train_pairs:
+        truncated["train"] = len(train_rows) - section.max_train_pairs
+        train_rows = train_rows[: section.max_train_pairs]
+    if section.max_eval_pairs and len(eval_rows) > section.max_eval_pairs:
+        truncated["eval"] = len(eval_rows) - section.max_eval_pairs
+        eval_rows = eval_rows[: section.max_eval_pairs]
+    train_rows, augmented = augment.apply(  # after the split and the expansion: training pairs only
+        train_rows, section.augment, seed, checker.pairs_only, section.on_invalid, where("data.augment")
+    )
+    if not train_rows or not eval_rows:
+        raise UserError(
+            f"no training or no held-out pairs left after validation and the split "
+            f"({len(train_rows)} train, {len(eval_rows)} held-out)",
+            where=where("data.train"),
+        )
+    card = {
+        "sources": sources,
+        "on_invalid": section.on_invalid,
+        "length_check": checker.card(),
+        "format": "conversational" if isinstance(train_rows[0]["prompt"], list) else "standard",
+        "expanded": expansion,
+        "augmented": augmented,
+        "cut_by_max_pairs": truncated,
+        "split": {
+            **split,
+            "train_pairs": len(train_rows),
+            "eval_pairs": len(eval_rows),
+            "train_prompts": len(_prompts(train_rows)),
+            "eval_prompts": len(_prompts(eval_rows)),
+            "prompts_in_both": len(_prompts(train_rows) & _prompts(eval_rows)),
+        },
+        "content_hash": {"train": content_hash(train_rows), "eval": content_hash(eval_rows)},
+    }
+    return PreparedData(train_rows, eval_rows, card)

@@ -1,0 +1,131 @@
+"""Reading one data source into numbered raw rows: local files by suffix (READERS), save_to_disk
+directories, and hub datasets (`hub:owner/name`, only when the network allows it).
+
+Each reader returns [(row_number, row)], where a row that could not even be decoded (bad bytes, bad JSON)
+is a `Problem` in place of the row, so that `on_invalid: skip` can count it like any other bad row.
+Row numbers are what a person finds in the file: the line number in JSONL (blank lines count), the
+1-based position in a JSON list, the 1-based data row in CSV/Parquet/datasets (the header is not a row).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dpo.config.schema import HUB_PREFIX
+from dpo.data.rows import Problem
+from dpo.errors import UserError
+
+Numbered = list[tuple[int, Any]]
+
+
+def _read_jsonl(path: Path) -> Numbered:
+    rows: Numbered = []
+    lines = path.read_bytes().split(b"\n")
+    last = len(lines) - 1  # after the final newline split() leaves b"" (a complete file) or the cut-off tail
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append((number, json.loads(raw.decode("utf-8"))))
+        except UnicodeDecodeError as exc:
+            rows.append((number, Problem("not_utf8", f"not UTF-8 text (byte {exc.start + 1} of the line)")))
+        except json.JSONDecodeError as exc:
+            if number - 1 == last:
+                rows.append((number, Problem("truncated", f"last line is cut off ({exc.msg}; no newline at the end)")))
+            else:
+                rows.append((number, Problem("bad_json", f"not valid JSON ({exc.msg} at column {exc.colno})")))
+    return rows
+
+
+def _read_json(path: Path) -> Numbered:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not UTF-8 text", where=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON at line {exc.lineno} ({exc.msg})", where=str(path)) from None
+    if not isinstance(data, list):
+        raise UserError("a .json data file must hold a list of rows", where=str(path))
+    return list(enumerate(data, start=1))
+
+
+def _load_datasets(path: Path, split: str):
+    import datasets
+
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise UserError(f"dataset dict has no '{split}' split (has {list(loaded)})", where=str(path))
+            loaded = loaded[split]
+        elif split != "train":
+            raise UserError(
+                f"split '{split}' has no effect: this directory holds one dataset, not a dict", where=str(path)
+            )
+        return loaded
+    if path.suffix.lower() == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    return datasets.Dataset.from_csv(str(path))
+
+
+def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
+    try:
+        loaded = _load_datasets(path, split)
+    except UserError:
+        raise
+    except Exception as exc:  # datasets raises many types for unreadable files
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read ({reason})", where=str(path)) from None
+    return list(enumerate(loaded.to_list(), start=1))
+
+
+READERS: dict[str, Callable[[Path], Numbered]] = {
+    ".jsonl": _read_jsonl,
+    ".json": _read_json,
+    ".parquet": _read_with_datasets,
+    ".csv": _read_with_datasets,
+}
+
+
+def read_hub(name: str, subset: str | None, split: str) -> Numbered:
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name, subset, split=split)
+    except Exception as exc:  # offline, unknown id, unknown split: one line, not a traceback
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise UserError(
+            f"cannot load hub dataset '{name}' split '{split}' ({type(exc).__name__}: {first}); "
+            "the hub needs the network (HF_DATASETS_OFFLINE must be unset)",
+            where=f"{HUB_PREFIX}{name}",
+        ) from None
+    return list(enumerate(loaded.to_list(), start=1))
+
+
+def read_source(path_text: str, where: str, split: str = "train", subset: str | None = None) -> Numbered:
+    """Numbered rows of one source; `where` names the recipe key that points at it (for a missing file)."""
+    if path_text.startswith(HUB_PREFIX):
+        return read_hub(path_text.removeprefix(HUB_PREFIX), subset, split)
+    path = Path(path_text)
+    if not path.exists():
+        raise UserError(f"file '{path}' not found", where=where)
+    if subset is not None:
+        raise UserError(f"subset '{subset}' has no effect: it applies to {HUB_PREFIX} datasets only", where=where)
+    if path.is_dir():
+        return _read_with_datasets(path, split)
+    if split != "train":
+        raise UserError(
+            f"split '{split}' has no effect on a file: it applies to {HUB_PREFIX} datasets and save_to_disk dirs",
+            where=where,
+        )
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(
+            f"unsupported file type '{path.suffix}' (use {', '.join(READERS)}, a save_to_disk directory "
+            f"or {HUB_PREFIX}owner/name)",
+            where=str(path),
+        )
+    return reader(path)

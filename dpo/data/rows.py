@@ -1,0 +1,253 @@
+"""One row of preference data: column mapping, format detection, and the checks every row must pass.
+
+A row is, after its source's column mapping, one of
+  * a pair {prompt, chosen, rejected}: TRL's standard format (three strings) or conversational format
+    (three lists of {role, content} messages);
+  * an implicit-prompt pair {chosen, rejected}: the prompt is the part both share (the leading messages
+    both conversations have, or the common leading text), as TRL's `extract_prompt` does;
+  * a multi-response row {prompt, responses, scores | ranks}: N answers with a score each (higher is
+    better) or a rank each (1 is best), as in UltraFeedback; pair expansion turns it into pairs.
+
+Every reason a row can be refused is a key of REASONS: the error message, the data card's counts under
+`on_invalid: skip`, `dpo data inspect` and the README all use these keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from dpo.config.schema import TARGETS  # noqa: F401 - what `columns:` may map to, re-exported
+
+PAIR = ("prompt", "chosen", "rejected")
+MULTI = ("prompt", "responses", "scores", "ranks")
+ROLES = ("system", "user", "assistant", "tool")
+
+REASONS: dict[str, str] = {
+    "not_utf8": "the line holds bytes that are not UTF-8 text",
+    "bad_json": "the line is not valid JSON",
+    "truncated": "the file's last line is cut off (no newline, not valid JSON)",
+    "not_object": "the row is not a JSON object",
+    "missing_column": "a column the format needs is absent or null",
+    "extra_column": "a column the format does not use (map it with `columns` or list it in `ignore_columns`)",
+    "wrong_type": "a value has the wrong type (e.g. a number where text is expected)",
+    "mixed_formats": "strings and message lists mixed within one row",
+    "bad_message": "a message is not {role, content} with text content",
+    "bad_role": f"a message role is not one of {', '.join(ROLES)}",
+    "empty": "a prompt or answer is empty or whitespace only",
+    "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt",
+    "chosen_equals_rejected": "chosen and rejected are the same answer",
+    "bad_scores": "multi-response row: fewer than 2 responses, or scores/ranks not one number per response",
+    "too_long": "prompt + answer is longer than training.max_length tokens (TRL would cut the answer)",
+}
+
+
+def reasons_table() -> str:
+    """The README's table of invalid-row reasons, built from REASONS."""
+    return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a row cannot be used: `reason` is a REASONS key (counted), `detail` says what exactly (shown)."""
+
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def _pluck(row: dict, spec: str) -> Any:
+    """The value at `spec` in `row`: 'a' (a column), 'a.b' (a key of a mapping column), 'a[].b' (key b of
+    every element of a list column, e.g. UltraFeedback's `completions[].overall_score`). KeyError if absent."""
+    head, _, rest = spec.partition(".")
+    if head.endswith("[]"):
+        items = row[head[:-2]]
+        if not isinstance(items, list):
+            raise KeyError(spec)
+        return [_pluck(item, rest) if rest else item for item in items]  # a non-mapping item: TypeError
+    value = row[head]
+    if value is None:
+        raise KeyError(spec)
+    if rest:
+        if not isinstance(value, dict):
+            raise KeyError(spec)
+        return _pluck(value, rest)
+    return value
+
+
+def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ()) -> dict | Problem:
+    """Rename the source's columns to ours (`columns`: our name -> their column or path) and drop `ignore`d ones.
+    Null values count as absent (columnar formats fill missing cells with null)."""
+    if not isinstance(row, dict):
+        return Problem("not_object", f"row is a {type(row).__name__}, not an object")
+    mapped = {}
+    for target, spec in columns.items():
+        try:
+            mapped[target] = _pluck(row, spec)
+        except (KeyError, TypeError):
+            return Problem("missing_column", f"missing column '{spec}' (mapped to {target})")
+    consumed = {spec.partition(".")[0].removesuffix("[]") for spec in columns.values()}
+    out = {k: v for k, v in row.items() if v is not None and k not in ignore and k not in consumed}
+    return {**out, **mapped}
+
+
+def _text_or_messages(column: str, value: Any) -> Problem | None:
+    if isinstance(value, str):
+        return None if value.strip() else Problem("empty", f"'{column}' is empty")
+    if not isinstance(value, list):
+        return Problem("wrong_type", f"'{column}' is a {type(value).__name__}, expected text or messages")
+    if not value:
+        return Problem("empty", f"'{column}' is an empty message list")
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
+            return Problem("bad_message", f"'{column}' message {i} must be {{role, content}}")
+        if msg["role"] not in ROLES:
+            return Problem("bad_role", f"'{column}' message {i} has role {msg['role']!r} (expected one of {ROLES})")
+        if not isinstance(msg["content"], str):
+            return Problem("bad_message", f"'{column}' message {i} content is not text")
+        if not msg["content"].strip():
+            return Problem("empty", f"'{column}' message {i} has empty content")
+    return None
+
+
+def _same_kind(row: dict, columns: list[str]) -> Problem | None:
+    kinds = {isinstance(row[c], list) for c in columns}
+    return Problem("mixed_formats", "mixes strings and message lists") if len(kinds) > 1 else None
+
+
+def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) from an implicit-prompt pair, as TRL's `extract_prompt`: the shared leading
+    messages, or the shared leading text (a space before the split point goes with the answers)."""
+    idx = 0
+    limit = min(len(chosen), len(rejected))
+    while idx < limit and chosen[idx] == rejected[idx]:
+        idx += 1
+    if isinstance(chosen, str) and 0 < idx < limit and chosen[idx - 1] == " ":
+        idx -= 1
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def _extra(row: dict, allowed: tuple[str, ...]) -> Problem | None:
+    extra = sorted(set(row) - set(allowed))
+    return Problem("extra_column", f"unexpected column(s) {', '.join(extra)}") if extra else None
+
+
+def _pair(row: dict) -> dict | Problem:
+    if extra := _extra(row, PAIR):
+        return extra
+    missing = [c for c in ("chosen", "rejected") if c not in row]
+    if missing:
+        return Problem("missing_column", f"missing column(s) {', '.join(missing)}")
+    if "prompt" not in row:  # implicit prompt
+        for column in ("chosen", "rejected"):
+            if problem := _text_or_messages(column, row[column]):
+                return problem
+        if problem := _same_kind(row, ["chosen", "rejected"]):
+            return problem
+        prompt, chosen, rejected = extract_prompt(row["chosen"], row["rejected"])
+        if not (prompt.strip() if isinstance(prompt, str) else prompt):
+            return Problem("no_shared_prompt", "no 'prompt' column, and chosen and rejected share no leading prompt")
+        row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    for column in PAIR:
+        if problem := _text_or_messages(column, row[column]):
+            return problem
+    if problem := _same_kind(row, list(PAIR)):
+        return problem
+    if row["chosen"] == row["rejected"]:
+        return Problem("chosen_equals_rejected", "chosen equals rejected")
+    return {c: row[c] for c in PAIR}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _multi(row: dict) -> dict | Problem:
+    if extra := _extra(row, MULTI):
+        return extra
+    if "prompt" not in row:
+        return Problem("missing_column", "missing column(s) prompt")
+    if ("scores" in row) == ("ranks" in row):
+        return Problem("missing_column", "a multi-response row needs exactly one of 'scores' or 'ranks'")
+    if problem := _text_or_messages("prompt", row["prompt"]):
+        return problem
+    responses, key = row["responses"], "scores" if "scores" in row else "ranks"
+    values = row[key]
+    if not isinstance(responses, list) or not isinstance(values, list):
+        return Problem("wrong_type", f"'responses' and '{key}' must be lists")
+    if len(responses) < 2 or len(values) != len(responses) or not all(_number(v) for v in values):
+        return Problem("bad_scores", f"{len(responses)} responses with {key} {values!r}: need >= 2, one number each")
+    for i, response in enumerate(responses):
+        if problem := _text_or_messages(f"responses[{i}]", response):
+            return problem
+        if isinstance(response, list) != isinstance(row["prompt"], list):
+            return Problem("mixed_formats", "mixes strings and message lists")
+    scores = [float(v) for v in values] if key == "scores" else [-float(v) for v in values]
+    return {"prompt": row["prompt"], "responses": list(responses), "scores": scores}
+
+
+def normalize(row: Any, columns: dict[str, str] | None = None, ignore: tuple[str, ...] = ()) -> dict | Problem:
+    """The row in our canonical form ({prompt, chosen, rejected} or {prompt, responses, scores}), or its Problem."""
+    mapped = map_columns(row, columns or {}, ignore)
+    if isinstance(mapped, Problem):
+        return mapped
+    return _multi(mapped) if "responses" in mapped else _pair(mapped)
+
+
+def is_multi(row: dict) -> bool:
+    return "responses" in row
+
+
+def canonical(value: Any) -> str:
+    """A stable text key for a row or a prompt (duplicates, the split, hashes)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+# ---- length in tokens, as TRL 1.16's DPOTrainer tokenizes (see DPOTrainer._prepare_dataset) -------------
+
+
+def sequence_texts(prompt: Any, answer: Any, tokenizer) -> tuple[str, bool]:
+    """The text TRL tokenizes for prompt + answer, and whether it adds special tokens (plain text) or not
+    (a rendered chat template already holds them). Plain text gets the EOS TRL appends to answers."""
+    if isinstance(prompt, list):
+        return tokenizer.apply_chat_template(prompt + answer, tokenize=False), False
+    eos = tokenizer.eos_token or ""
+    return prompt + (answer if answer.endswith(eos) else answer + eos), True
+
+
+def token_lengths(texts: list[tuple[str, bool]], tokenizer) -> list[int]:
+    """Token counts of (text, add_special_tokens) items, batched by the flag."""
+    lengths = [0] * len(texts)
+    for flag in (True, False):
+        idx = [i for i, (_, f) in enumerate(texts) if f is flag]
+        if idx:
+            encoded = tokenizer([texts[i][0] for i in idx], add_special_tokens=flag)["input_ids"]
+            for i, ids in zip(idx, encoded, strict=True):
+                lengths[i] = len(ids)
+    return lengths
+
+
+def answers(row: dict) -> list[tuple[str, Any]]:
+    """(label, answer) of every answer in a canonical row."""
+    if is_multi(row):
+        return [(f"responses[{i}]", r) for i, r in enumerate(row["responses"])]
+    return [("chosen", row["chosen"]), ("rejected", row["rejected"])]
+
+
+def length_problems(rows: list[dict], tokenizer, max_length: int) -> list[Problem | None]:
+    """For each canonical row, a `too_long` Problem when prompt + any answer exceeds max_length tokens."""
+    items = [
+        (i, label, sequence_texts(row["prompt"], answer, tokenizer))
+        for i, row in enumerate(rows)
+        for label, answer in answers(row)
+    ]
+    lengths = token_lengths([text for _, _, text in items], tokenizer)
+    problems: list[Problem | None] = [None] * len(rows)
+    for (i, label, _), n in zip(items, lengths, strict=True):
+        if n > max_length and problems[i] is None:
+            problems[i] = Problem("too_long", f"prompt + {label} is {n} tokens, over training.max_length {max_length}")
+    return problems

@@ -1,0 +1,32 @@
+"""PlanOptions for a recipe: the memory plan printed when `dpo train` starts, from the recipe and its DPOConfig."""
+
+from __future__ import annotations
+
+from dpo.config.schema import Recipe
+from dpo.plan.planner import PlanOptions
+
+
+def options_for_recipe(recipe: Recipe, args, cuda: bool) -> PlanOptions:
+    """`args`: the run's trl.DPOConfig (read, never imported here: plan/ needs no trainer)."""
+    peft = recipe.peft
+    targets = PlanOptions.lora_targets
+    if peft is not None:
+        targets = ("all-linear",) if peft.target_modules == "all-linear" else tuple(peft.target_modules)
+    return PlanOptions(
+        dtype=recipe.model.dtype,
+        batch_size=args.per_device_train_batch_size,
+        seq_len=args.max_length or 1024,
+        lora_rank=peft.r if peft else None,
+        lora_targets=targets,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        reference="precomputed" if args.precompute_ref_log_probs else "auto",
+        device="cuda" if cuda else "cpu",
+        autocast="bfloat16" if args.bf16 and recipe.model.dtype == "float32" else None,
+    )
+
+
+def plan_line(recipe: Recipe, args, cuda: bool) -> str:
+    """The planner's one-line summary for this recipe."""
+    from dpo.plan.planner import build_plan
+
+    return build_plan(recipe.model.name_or_path, options_for_recipe(recipe, args, cuda)).summary_line()

@@ -1,0 +1,475 @@
+"""Sweeps: many `dpo train` runs over a search space, driven by optuna.
+
+    python -m dpo sweep recipes/sweeps/beta-x-loss.yaml --workers 2
+    python -m dpo sweep SPEC.yaml --storage postgresql://user@db-host/sweeps   # on several machines: one sweep
+
+Each trial is a separate process (`python -m dpo.sweep.trial`, dpo/sweep/trial.py): `dpo train` of the base
+recipe with the trial's overrides into SWEEP_DIR/trials/trial-NNNN, plus an optuna callback passed through
+`execute(callbacks=...)`. A crash, a non-finite loss or an invalid combination fails that trial (with its
+reason), never the sweep. The trial reports its held-out objective to optuna at every evaluation, so the pruner
+can stop hopeless trials early.
+
+Sweep directory (shared with `dpo report`; keep the names):
+    sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
+    study.db            optuna's SQLite storage (absent when --storage names another database)
+    trials/trial-NNNN/  one run directory per trial, plus trial.json and train.log (the trial's output)
+    sweep_summary.json  objective, sampler, pruner, every trial, best trial/value/params, importance, steps
+    best.yaml           the best trial's resolved recipe: a plain recipe `dpo train` accepts
+
+The objective value of a trial is the objective metric of the weights the run ends with: with early stopping
+(the best checkpoint restored into final/) `best_metrics`, otherwise the last evaluation (`final_metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dpo.errors import UserError
+from dpo.rundir.atomic import atomic_write_json
+from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
+from dpo.sweep.trial import STORAGE_ENV
+
+HEARTBEAT_S = 15  # shared databases: a trial whose process stopped beating for GRACE_S is failed and retried
+GRACE_S = 60
+SUMMARY = "sweep_summary.json"
+
+
+class TrialFailed(Exception):
+    """A trial that ran and failed (or never started); optuna records it as FAIL and the sweep goes on."""
+
+
+def run_sweep(
+    spec_path: str | Path,
+    workers: int = 1,
+    storage: str | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    echo=print,
+) -> dict:
+    """Run (or join, or resume) a sweep; returns the summary (also in SWEEP_DIR/sweep_summary.json)."""
+    import optuna
+
+    from dpo.train.gate import check
+
+    spec = load_spec(spec_path)
+    if workers < 1:
+        raise UserError(f"must be at least 1 (got {workers})", where="--workers")
+    sweep_dir = (Path(output_dir) if output_dir else Path("sweeps") / spec.name).resolve()
+    url = storage or f"sqlite:///{sweep_dir / 'study.db'}"
+    _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
+    check(spec.base_recipe, _overrides(spec.fixed))  # a broken base recipe fails here, not in every trial
+    (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+    with _exclusive(sweep_dir) if storage is None else contextlib.nullcontext():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = _open_study(spec, url, shared=storage is not None)
+        _write_spec(spec, sweep_dir)
+        if storage is None:
+            _retry_interrupted(study, sweep_dir)  # we hold the lock: any trial still "running" was killed
+        counted = _counted(study)
+        remaining = spec.trials - sum(t.state.is_finished() or t.state.name == "RUNNING" for t in counted)
+        if remaining > 0:
+            echo(f"sweep {spec.name}: {remaining} of {spec.trials} trials to run, {min(workers, remaining)} at a time")
+            study.optimize(
+                lambda trial: _objective(trial, spec, sweep_dir, url, workers),
+                n_trials=remaining,
+                n_jobs=min(workers, remaining),
+                catch=(TrialFailed,),
+                callbacks=[lambda s, t: _stop_when_done(s, spec.trials)],
+            )
+        summary = summarize(study, spec, sweep_dir)
+        _write_best(summary, spec, sweep_dir)
+        _write_json(sweep_dir / SUMMARY, summary)
+    from dpo.analysis.report import write_report_or_warn
+
+    write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
+    return summary
+
+
+def open_storage(url: str, shared: bool = False):
+    """optuna's RDB storage for `url`; `shared`: heartbeats, so trials of a dead machine are failed and retried."""
+    import optuna
+    import sqlalchemy.exc
+
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 (a dependency), not psycopg2
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    heartbeat = {}
+    if shared:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+        heartbeat = {
+            "heartbeat_interval": HEARTBEAT_S,
+            "grace_period": GRACE_S,
+            "heartbeat_stale_trial_callback": retry,
+        }
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # processes starting together on an empty database race to create optuna's tables; the loser
+            # finds them made on its next try
+            if attempt == 4:
+                raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
+            time.sleep(0.5 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise UserError("--output-dir is a file, not a directory", where=str(sweep_dir))
+    has_study = (sweep_dir / "study.db").is_file()
+    if external:
+        return  # several processes (machines) join one sweep through the database: an existing dir is expected
+    if resume and not has_study:
+        raise UserError("nothing to resume: no study.db here", where=str(sweep_dir))
+    if not resume and has_study:
+        raise UserError("already holds a sweep; add --resume to continue it, or choose another --output-dir",
+                        where=str(sweep_dir))  # fmt: skip
+    if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
+        raise UserError("sweep directory is not empty; choose another --output-dir", where=str(sweep_dir))
+
+
+@contextlib.contextmanager
+def _exclusive(sweep_dir: Path):
+    """With SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study).
+    The kernel drops the lock when the process dies, even by SIGKILL."""
+    handle = (sweep_dir / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(
+            "another `dpo sweep` is running on this directory (use --workers for parallel trials, "
+            "or --storage with a database server for several processes)",
+            where=str(sweep_dir),
+        ) from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def _open_study(spec: SweepSpec, url: str, shared: bool):
+    import optuna
+
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=open_storage(url, shared=shared),
+        sampler=spec.build_sampler(),
+        pruner=spec.build_pruner(),
+        direction=spec.direction,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get("dpo_sweep")
+    identity = json.loads(json.dumps(spec.identity()))  # as the storage gives it back (JSON)
+    if stored is None:
+        study.set_user_attr("dpo_sweep", identity)
+    elif stored != identity:
+        key = next(k for k in identity if stored.get(k) != identity.get(k))
+        raise UserError(
+            f"differs from the sweep '{spec.name}' already in the storage ({stored.get(key)!r} there); "
+            "use another name: for another sweep",
+            where=spec.where(key),
+        )
+    return study
+
+
+def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
+    import yaml
+
+    text = yaml.safe_dump({**spec.raw, "base_recipe": str(spec.base_recipe)}, sort_keys=False)
+    target = sweep_dir / "sweep.yaml"
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text, encoding="utf-8")
+
+
+# --- which trials count --------------------------------------------------------------------------------------
+
+
+def _retried(trials) -> set[int]:
+    """Trials that were interrupted and queued again (optuna's retry records the original numbers)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def _counted(study) -> list:
+    """The trials that count towards `trials`: all but interrupted-and-retried ones and surplus ones."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return [t for t in trials if t.number not in retried and not t.user_attrs.get("surplus")]
+
+
+def _stop_when_done(study, budget: int) -> None:
+    done = sum(t.state.is_finished() or t.state.name == "RUNNING" for t in _counted(study))
+    if done >= budget:
+        study.stop()
+
+
+def _retry_interrupted(study, sweep_dir: Path) -> None:
+    """Trials left "running" by a killed sweep: failed, and their parameters queued to run first."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            retry(study, study._storage.get_trial(t._trial_id))
+            name = f"trial-{t.number:04d}"
+            log = sweep_dir / "trials" / f".{name}.log"
+            if log.is_file():  # what the killed trial printed goes where a finished trial's output goes
+                (sweep_dir / "trials" / name).mkdir(exist_ok=True)
+                os.replace(log, sweep_dir / "trials" / name / "train.log")
+
+
+# --- one trial -----------------------------------------------------------------------------------------------
+
+
+def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
+    import optuna
+
+    earlier = [t for t in _counted(trial.study) if t.number < trial.number]
+    if len(earlier) >= spec.trials:  # another process took the last slot first
+        trial.set_user_attr("surplus", True)
+        raise TrialFailed("surplus: the sweep already has its trials")
+    params = {p.name: SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args) for p in spec.params}
+    name = f"trial-{trial.number:04d}"
+    trial_dir = sweep_dir / "trials" / name
+    rel = f"trials/{name}"
+    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **_group(spec)}
+    pruner = json.dumps({"type": spec.pruner, **spec.pruner_kwargs})
+    cmd = [sys.executable, "-m", "dpo.sweep.trial", "--study", spec.name, "--trial-id", str(trial._trial_id),
+           "--metric", spec.metric, "--pruner", pruner, "--parent-pid", str(os.getpid()),
+           str(spec.base_recipe), *_override_args(overrides), "--output-dir", str(trial_dir)]  # fmt: skip
+    env = _trial_env(spec, url, workers)
+    record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
+              "steps": 0, "run_dir": rel}  # fmt: skip
+    log_tmp = sweep_dir / "trials" / f".{name}.log"
+    with log_tmp.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        _wait_writing_running(proc, trial_dir, record)
+    trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
+    os.replace(log_tmp, trial_dir / "train.log")
+    summary = _read_json(trial_dir / "summary.json")
+    record["steps"] = summary.get("steps") if summary else _steps_from_metrics(trial_dir)
+    record["max_steps"] = (summary or {}).get("max_steps")
+
+    def finish(state: str, reason: str | None = None, value: float | None = None):
+        record.update(state=state, reason=reason, value=value)
+        for key in ("reason", "steps", "max_steps", "run_dir"):
+            trial.set_user_attr(key, record[key])
+        _write_json(trial_dir / "trial.json", record)
+
+    stop = (summary or {}).get("stop_reason")
+    if proc.returncode != 0 or stop == "non_finite":
+        reason = (summary or {}).get("error") or _failure_line(trial_dir / "train.log", proc.returncode, stop)
+        finish("failed", reason)
+        raise TrialFailed(reason)
+    if stop == "pruned":
+        reason = f"pruned by the {spec.pruner} pruner at step {record['steps']} ({spec.metric})"
+        finish("pruned", reason)
+        raise optuna.TrialPruned(reason)
+    value = objective_value(summary, spec.metric)
+    if value is None or not math.isfinite(value):
+        reason = f"objective {spec.metric} is {'missing' if value is None else value} in summary.json"
+        finish("failed", reason)
+        raise TrialFailed(reason)
+    finish("complete", value=value)
+    return value
+
+
+def _group(spec: SweepSpec) -> dict:
+    """logging.wandb_group = the sweep's name when the trials log to wandb (the key is an error without wandb);
+    WANDB_RUN_GROUP in the trial's environment groups the runs either way."""
+    from dpo.config.loading import load_recipe
+
+    uses_wandb = load_recipe(spec.base_recipe, _overrides(spec.fixed)).recipe.logging.wandb
+    return {"logging.wandb_group": spec.name} if uses_wandb else {}
+
+
+def objective_value(summary: dict, metric: str) -> float | None:
+    """The objective for the weights the run ends with (the restored best checkpoint under early stopping)."""
+    metrics = summary.get("best_metrics") if summary.get("final_weights") == "best" else summary.get("final_metrics")
+    value = (metrics or {}).get(metric)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return math.nan  # "nan" / "inf" written as strings
+
+
+def _overrides(overrides: dict[str, Any]) -> list[str]:
+    """key=value items; values as JSON, which the recipe's YAML 1.2 parser reads back to the same value."""
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
+def _override_args(overrides: dict[str, Any]) -> list[str]:
+    return [arg for item in _overrides(overrides) for arg in ("--set", item)]
+
+
+def _trial_env(spec: SweepSpec, url: str, workers: int) -> dict[str, str]:
+    env = dict(os.environ)
+    # the storage URL may hold a database password: passed in the environment, not on a command line others can read
+    env[STORAGE_ENV] = url
+    env["WANDB_RUN_GROUP"] = spec.name  # wandb groups the trials' runs by sweep
+    # parallel trials share the cores instead of each starting one thread per core
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    return env
+
+
+def _wait_writing_running(proc, trial_dir: Path, record: dict) -> None:
+    """Wait for the trial; once `dpo train` has claimed its directory, mark it running (trial.json)."""
+    written = False
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        if not written and (trial_dir / "recipe.yaml").is_file():
+            _write_json(trial_dir / "trial.json", record)
+            written = True
+
+
+def _failure_line(log: Path, returncode: int, stop: str | None) -> str:
+    """The trial's own `error:` line, else the last line of its output (a traceback's exception)."""
+    lines = [ln.strip() for ln in _read_text(log).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    if stop:
+        return f"stop reason {stop}"
+    return f"exit code {returncode}: {lines[-1] if lines else 'no output'}"
+
+
+def _steps_from_metrics(run_dir: Path) -> int:
+    steps = [r.get("step", 0) for r in _read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    return max(steps, default=0)
+
+
+# --- the end: summary, best recipe ---------------------------------------------------------------------------
+
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+
+def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    retried = {n: t.number for t in trials for n in t.system_attrs.get("retry_history", [])}
+    rows = []
+    for t in trials:
+        if t.user_attrs.get("surplus") or t.state.name not in STATES:
+            continue  # surplus trials never ran; WAITING ones (queued retries) have not started
+        name = f"trial-{t.number:04d}"
+        record = {
+            "number": t.number,
+            "state": STATES[t.state.name],
+            "params": dict(t.params),
+            "value": t.value if t.state.name == "COMPLETE" else None,
+            "reason": t.user_attrs.get("reason"),
+            "steps": t.user_attrs.get("steps"),
+            "run_dir": t.user_attrs.get("run_dir", f"trials/{name}"),
+            "max_steps": t.user_attrs.get("max_steps"),
+        }
+        if t.state.name == "FAIL" and record["reason"] is None:  # its process died with the sweep
+            again = retried.get(t.number)
+            record["reason"] = "interrupted: the sweep process stopped" + (
+                f"; retried as trial {again}" if again is not None else ""
+            )
+            record["steps"] = _steps_from_metrics(sweep_dir / record["run_dir"])
+            if (sweep_dir / record["run_dir"]).is_dir():
+                _write_json(sweep_dir / record["run_dir"] / "trial.json", {k: v for k, v in record.items()})
+        rows.append(record)
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = None
+    if complete:
+        pick = max if spec.direction == "maximize" else min
+        best = pick(complete, key=lambda r: r["value"])
+    steps = [r["steps"] or 0 for r in rows]
+    saved = sum((r["max_steps"] or 0) - (r["steps"] or 0) for r in rows if r["state"] == "pruned")
+    return {
+        "name": spec.name,
+        "objective": {"metric": spec.metric, "direction": spec.direction},
+        "sampler": spec.sampler,
+        "pruner": spec.pruner,
+        "trials": rows,
+        "best_trial": best["number"] if best else None,
+        "best_value": best["value"] if best else None,
+        "best_params": best["params"] if best else {},
+        "importance": _importance(study, len(complete)),
+        "steps_total": sum(steps),
+        "steps_saved_by_pruning": max(0, saved),
+        "base_recipe": str(spec.base_recipe),
+        "sweep_dir": str(sweep_dir),
+    }
+
+
+def _importance(study, n_complete: int) -> dict:
+    """optuna's parameter importances where it can compute them (two or more finished trials that differ)."""
+    import optuna
+
+    values = {t.value for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"}
+    if n_complete < 2 or len(values) < 2:
+        return {}  # with one objective value there is nothing to attribute
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
+    """best.yaml: the base recipe with the best trial's overrides, resolved (what its run directory holds)."""
+    from dpo.config.loading import load_recipe
+
+    if summary["best_trial"] is None:
+        return
+    overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
+    recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
+    header = (
+        f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
+        f"#   python -m dpo train {sweep_dir / 'best.yaml'}\n"
+    )
+    (sweep_dir / "best.yaml").write_text(header + recipe.to_yaml(), encoding="utf-8")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_json(path, data)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in _read_text(path).splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows

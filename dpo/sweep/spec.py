@@ -1,0 +1,424 @@
+"""Sweep specs: YAML file -> validated `SweepSpec` (base recipe, search space, sampler, pruner, objective).
+
+    recipe: ../quickstart.yaml                    # base recipe, relative to this file
+    objective: {metric: eval_rewards/accuracies, direction: maximize}
+    sampler: tpe                                  # grid | random | tpe, or {type: tpe, n_startup_trials: 4}
+    trials: 16
+    pruner: median                                # none | median | hyperband, or {type: median, n_warmup_steps: 10}
+    fixed: {training.max_steps: 20}               # overrides applied to every trial
+    search:
+      loss.beta: {log_uniform: [0.01, 1.0]}
+      loss.type: {choice: [sigmoid, ipo]}
+      training.learning_rate: {grid: [1.0e-5, 5.0e-5]}
+      control: {variants: {plain: {}, cdpo: {loss.label_smoothing: 0.1}}}   # named bundles of overrides
+
+Each name set (search kinds, samplers, pruners) lives in one table below; docs and errors come from them.
+Every error is a `UserError` naming the spec file and the key. Whether a sampled *combination* is valid is
+decided by running the trial (`dpo train` checks it and exits 2), so an invalid combination fails that
+trial alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dpo.config.schema import valid_keys
+from dpo.config.yaml_loader import read_yaml_mapping
+from dpo.errors import UserError, did_you_mean
+
+SCALAR = (str, int, float, bool, type(None))
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_values(args, numbers: bool) -> str | None:
+    if not isinstance(args, list) or not args:
+        return "needs a non-empty list of values"
+    wrong = [v for v in args if not (_is_number(v) if numbers else isinstance(v, SCALAR))]
+    if wrong:
+        return f"{wrong[0]!r} is not a {'number' if numbers else 'plain value (string, number, bool, null)'}"
+    if len(set(map(json.dumps, args))) != len(args):
+        return "lists a value twice"
+    return None
+
+
+def _check_range(args, positive: bool = False, integer: bool = False) -> str | None:
+    n = (2, 3) if integer else (2,)
+    ok = isinstance(args, list) and len(args) in n and all(_is_number(v) for v in args)
+    if not ok or (integer and not all(isinstance(v, int) for v in args)):
+        shape = "[low, high] or [low, high, step] of integers" if integer else "[low, high] of numbers"
+        return f"needs {shape}"
+    if not args[0] < args[1]:
+        return "needs low < high"
+    if positive and args[0] <= 0:
+        return "needs low > 0 (log scale)"
+    if integer and len(args) == 3 and args[2] <= 0:
+        return "needs step > 0"
+    return None
+
+
+def _check_variants(args) -> str | None:
+    if not isinstance(args, dict) or not args:
+        return "needs a mapping of variant name -> {recipe key: value}"
+    for name, overrides in args.items():
+        if not isinstance(overrides, dict):
+            return f"variant '{name}' must be a mapping of recipe keys to values (use {{}} for none)"
+    return None
+
+
+@dataclass(frozen=True)
+class SearchKind:
+    """One way to search a parameter: how to check its arguments, sample it, and enumerate it for grid."""
+
+    doc: str
+    check: Callable[[Any], str | None]
+    suggest: Callable[[Any, str, Any], Any]  # (optuna trial, parameter name, args) -> value
+    grid: Callable[[Any], list] | None  # the values a grid sweep visits; None = not enumerable
+
+
+SEARCH_KINDS: dict[str, SearchKind] = {
+    "grid": SearchKind(
+        "numbers to try, e.g. {grid: [1.0e-5, 5.0e-5]}",
+        lambda a: _check_values(a, numbers=True),
+        lambda t, n, a: t.suggest_categorical(n, a),
+        lambda a: list(a),
+    ),
+    "choice": SearchKind(
+        "values to pick from (strings, numbers, bools), e.g. {choice: [sigmoid, ipo]}",
+        lambda a: _check_values(a, numbers=False),
+        lambda t, n, a: t.suggest_categorical(n, a),
+        lambda a: list(a),
+    ),
+    "uniform": SearchKind(
+        "a float range, e.g. {uniform: [0.0, 0.3]}",
+        _check_range,
+        lambda t, n, a: t.suggest_float(n, a[0], a[1]),
+        None,
+    ),
+    "log_uniform": SearchKind(
+        "a float range sampled on a log scale, e.g. {log_uniform: [0.01, 1.0]}",
+        lambda a: _check_range(a, positive=True),
+        lambda t, n, a: t.suggest_float(n, a[0], a[1], log=True),
+        None,
+    ),
+    "int": SearchKind(
+        "an integer range, high included, e.g. {int: [4, 32]} or {int: [4, 32, 4]}",
+        lambda a: _check_range(a, integer=True),
+        lambda t, n, a: t.suggest_int(n, a[0], a[1], step=a[2] if len(a) == 3 else 1),
+        lambda a: list(range(a[0], a[1] + 1, a[2] if len(a) == 3 else 1)),
+    ),
+    "variants": SearchKind(
+        "named bundles of overrides, e.g. {variants: {plain: {}, ipo: {loss.type: ipo}}}; the parameter's "
+        "name is a label, not a recipe key",
+        _check_variants,
+        lambda t, n, a: t.suggest_categorical(n, list(a)),
+        lambda a: list(a),
+    ),
+}
+
+
+def _samplers() -> dict[str, type]:
+    import optuna
+
+    return {
+        "grid": optuna.samplers.GridSampler,
+        "random": optuna.samplers.RandomSampler,
+        "tpe": optuna.samplers.TPESampler,
+    }
+
+
+def _pruners() -> dict[str, type]:
+    import optuna
+
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+
+
+SAMPLER_NAMES = ("grid", "random", "tpe")
+PRUNER_NAMES = ("none", "median", "hyperband")
+DIRECTIONS = ("maximize", "minimize")
+# Keys the sweep sets itself for every trial.
+RESERVED_KEYS = ("name", "base", "logging.wandb_group")
+SPEC_KEYS = ("recipe", "name", "objective", "sampler", "trials", "pruner", "seed", "fixed", "search")
+
+
+def help_text() -> str:
+    """The spec's names for `dpo sweep --help`, from the tables above."""
+    kinds = "; ".join(f"{name}: {kind.doc}" for name, kind in SEARCH_KINDS.items())
+    return (
+        f"Spec keys: {', '.join(SPEC_KEYS)}. Search kinds: {kinds}. Samplers: {', '.join(SAMPLER_NAMES)}. "
+        f"Pruners: {', '.join(PRUNER_NAMES)}."
+    )
+
+
+@dataclass
+class Param:
+    name: str  # a recipe key (loss.beta), or a label for `variants`
+    kind: str
+    args: Any
+
+    def overrides(self, value) -> dict[str, Any]:
+        """The recipe overrides for one sampled value."""
+        return dict(self.args[value]) if self.kind == "variants" else {self.name: value}
+
+
+@dataclass
+class SweepSpec:
+    path: Path
+    raw: dict  # the spec as written
+    name: str
+    base_recipe: Path
+    metric: str
+    direction: str
+    sampler: str
+    sampler_kwargs: dict
+    pruner: str
+    pruner_kwargs: dict
+    trials: int
+    seed: int
+    fixed: dict[str, Any]
+    params: list[Param] = field(default_factory=list)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: {key}"
+
+    def identity(self) -> dict:
+        """What must match for two processes (or a resume) to be the same sweep."""
+        return {
+            "objective": {"metric": self.metric, "direction": self.direction},
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "trials": self.trials,
+            "fixed": self.fixed,
+            "search": {p.name: {p.kind: p.args} for p in self.params},
+        }
+
+    def grid_space(self) -> dict[str, list]:
+        return {p.name: SEARCH_KINDS[p.kind].grid(p.args) for p in self.params}
+
+    def build_sampler(self):
+        kwargs = dict(self.sampler_kwargs)
+        if self.sampler == "grid":
+            kwargs["search_space"] = self.grid_space()
+        return _samplers()[self.sampler](seed=self.seed, **kwargs)
+
+    def build_pruner(self):
+        return build_pruner(self.pruner, self.pruner_kwargs)
+
+    def overrides(self, params: dict[str, Any]) -> dict[str, Any]:
+        """fixed overrides, then each sampled parameter's overrides (in spec order)."""
+        out = dict(self.fixed)
+        for p in self.params:
+            if p.name in params:
+                out.update(p.overrides(params[p.name]))
+        return out
+
+
+def build_pruner(name: str, kwargs: dict):
+    return _pruners()[name](**kwargs)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep spec. Checks every key and value; not whether combinations are valid."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+
+    def where(key: str) -> str:
+        return f"{path}: {key}"
+
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise UserError(
+                f"unknown key '{key}'{did_you_mean(key, SPEC_KEYS)} (valid: {', '.join(SPEC_KEYS)})", where=str(path)
+            )
+    if not isinstance(raw.get("recipe"), str):
+        raise UserError("required: the base recipe, a path relative to this file", where=where("recipe"))
+    base = (path.parent / Path(raw["recipe"]).expanduser()).resolve()
+    if not base.is_file():
+        raise UserError(f"recipe file '{raw['recipe']}' not found (looked for {base})", where=where("recipe"))
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise UserError("must be a plain name (no '/', not starting with '.')", where=where("name"))
+
+    metric, direction = _objective(raw.get("objective"), where)
+    sampler, sampler_kwargs = _typed(raw.get("sampler", "tpe"), SAMPLER_NAMES, "sampler", where)
+    pruner, pruner_kwargs = _typed(raw.get("pruner", "none"), PRUNER_NAMES, "pruner", where)
+    for key in ("seed", "search_space"):
+        if key in sampler_kwargs:
+            raise UserError(f"'{key}' is set by the sweep (seed: top-level key)", where=where(f"sampler.{key}"))
+    _check_kwargs(_samplers()[sampler], sampler_kwargs, "sampler", where)
+    _check_kwargs(_pruners()[pruner], pruner_kwargs, "pruner", where)
+    try:
+        build_pruner(pruner, pruner_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"optuna rejected it: {exc}", where=where("pruner")) from None
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"must be an integer (got {seed!r})", where=where("seed"))
+
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise UserError("must be a mapping of recipe keys to values", where=where("fixed"))
+    for key in fixed:
+        _check_recipe_key(str(key), where(f"fixed.{key}"))
+
+    search = raw.get("search")
+    if not isinstance(search, dict) or not search:
+        raise UserError("required: a mapping of recipe key -> {kind: arguments}", where=where("search"))
+    params = []
+    for key, body in search.items():
+        key = str(key)
+        if not isinstance(body, dict) or len(body) != 1:
+            raise UserError(
+                f"must be one mapping {{kind: arguments}}, kind one of: {', '.join(SEARCH_KINDS)}",
+                where=where(f"search.{key}"),
+            )
+        ((kind, args),) = body.items()
+        if kind not in SEARCH_KINDS:
+            hint = did_you_mean(kind, SEARCH_KINDS)
+            raise UserError(
+                f"unknown kind '{kind}'{hint} (valid: {', '.join(SEARCH_KINDS)})", where=where(f"search.{key}")
+            )
+        problem = SEARCH_KINDS[kind].check(args)
+        if problem:
+            raise UserError(f"{kind} {problem}", where=where(f"search.{key}"))
+        if kind == "variants":
+            for variant, overrides in args.items():
+                for sub in overrides:
+                    _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"))
+        else:
+            _check_recipe_key(key, where(f"search.{key}"))
+        params.append(Param(key, kind, args))
+
+    trials = _trials(raw, sampler, params, where)
+    return SweepSpec(
+        path=path,
+        raw=raw,
+        name=name,
+        base_recipe=base,
+        metric=metric,
+        direction=direction,
+        sampler=sampler,
+        sampler_kwargs=sampler_kwargs,
+        pruner=pruner,
+        pruner_kwargs=pruner_kwargs,
+        trials=trials,
+        seed=seed,
+        fixed=fixed,
+        params=params,
+    )
+
+
+def _objective(block, where) -> tuple[str, str]:
+    from dpo.analysis.diagnostics import EVAL_METRICS, infer_mode
+
+    if not isinstance(block, dict) or "metric" not in block:
+        raise UserError("required: {metric: <held-out metric>, direction: maximize|minimize}", where=where("objective"))
+    extra = sorted(set(block) - {"metric", "direction"})
+    if extra:
+        raise UserError(f"unknown key '{extra[0]}' (valid: metric, direction)", where=where("objective"))
+    metric = block["metric"]
+    if metric not in EVAL_METRICS:
+        hint = did_you_mean(str(metric), EVAL_METRICS)
+        raise UserError(
+            f"unknown held-out metric '{metric}'{hint} (valid: {', '.join(EVAL_METRICS)})",
+            where=where("objective.metric"),
+        )
+    direction = block.get("direction") or ("maximize" if infer_mode(metric) == "max" else "minimize")
+    if direction not in DIRECTIONS:
+        raise UserError(
+            f"must be one of {', '.join(DIRECTIONS)} (got {direction!r})", where=where("objective.direction")
+        )
+    return metric, direction
+
+
+def _typed(value, names: tuple[str, ...], key: str, where) -> tuple[str, dict]:
+    """`name` or {type: name, **kwargs} -> (name, kwargs)."""
+    if isinstance(value, dict):
+        kwargs = dict(value)
+        value = kwargs.pop("type", None)
+    else:
+        kwargs = {}
+    if value not in names:
+        hint = did_you_mean(str(value), names)
+        raise UserError(f"unknown {key} {value!r}{hint} (valid: {', '.join(names)})", where=where(key))
+    return value, kwargs
+
+
+def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
+    accepted = [
+        n for n, p in inspect.signature(cls.__init__).parameters.items()
+        if n not in ("self", "seed", "search_space") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]  # fmt: skip
+    for name, value in kwargs.items():
+        if name not in accepted:
+            hint = did_you_mean(name, accepted, prefix=f"{key}.")
+            raise UserError(
+                f"unknown option '{name}'{hint} (optuna {cls.__name__} takes: {', '.join(accepted) or 'none'})",
+                where=where(f"{key}.{name}"),
+            )
+        if not isinstance(value, SCALAR):
+            raise UserError(f"must be a plain value (got {type(value).__name__})", where=where(f"{key}.{name}"))
+
+
+def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
+    trials = raw.get("trials")
+    if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
+        raise UserError(f"must be a positive integer (got {trials!r})", where=where("trials"))
+    if sampler != "grid":
+        if trials is None:
+            raise UserError(f"required with sampler '{sampler}' (how many trials to run)", where=where("trials"))
+        return trials
+    size = 1
+    for p in params:
+        values = SEARCH_KINDS[p.kind].grid
+        if values is None:
+            enumerable = [k for k, kind in SEARCH_KINDS.items() if kind.grid is not None]
+            raise UserError(
+                f"{p.kind} cannot be enumerated by the grid sampler (use {', '.join(enumerable)}, "
+                "or sampler random/tpe)",
+                where=where(f"search.{p.name}"),
+            )
+        size *= len(values(p.args))
+    if trials is not None and trials > size:
+        raise UserError(f"{trials} trials but the grid has only {size} points", where=where("trials"))
+    return trials or size
+
+
+def _check_recipe_key(key: str, where: str) -> None:
+    """The key must name a recipe field (training.* a trl.DPOConfig field). Values are checked by the trial."""
+    if key in RESERVED_KEYS:
+        raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
+    parts = key.split(".")
+    if parts[0] == "training":
+        if len(parts) < 2:
+            raise UserError("name one training key (training.learning_rate, ...)", where=where)
+        from dpo.train.arguments import TRAINING_KEYS_ELSEWHERE, _dpo_config_fields
+
+        leaf = parts[1]
+        if leaf in TRAINING_KEYS_ELSEWHERE:
+            raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[leaf]}", where=where)
+        fields = _dpo_config_fields()
+        if leaf not in fields:
+            hint = did_you_mean(leaf, fields, prefix="training.")
+            raise UserError(f"unknown key 'training.{leaf}'{hint} (not a trl.DPOConfig field)", where=where)
+        return
+    for i, part in enumerate(parts):
+        parent = ".".join(parts[:i])
+        valid = valid_keys(parent)
+        if not valid:  # a leaf that holds a value (a list or mapping); deeper parts are its own keys
+            return
+        if part not in valid:
+            hint = did_you_mean(part, valid, prefix=f"{parent}." if parent else "")
+            raise UserError(f"unknown recipe key '{key}'{hint}", where=where)

@@ -1,0 +1,186 @@
+"""Recipe -> trl.DPOConfig, built once per run (dpo/train/gate.py), with the checks that need TRL's field list.
+
+* `training:` keys are fields of DPOConfig/TrainingArguments with values of the right type, and keys that
+  have a home elsewhere in the recipe (beta under `loss`, seed at the top, ...) say so;
+* our defaults where DPOConfig's do not suit a CPU or our run directory (checkpoints at each evaluation);
+* reduce-on-plateau watches early stopping's metric in early stopping's direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+from dpo.config.loading import LoadedRecipe
+from dpo.config.schema import Recipe
+from dpo.errors import UserError, did_you_mean
+
+# DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
+# points to the right key, so there is exactly one place for each knob.
+TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
+    "beta": "loss.beta",
+    "loss_type": "loss.type",
+    "loss_weights": "loss.weights",
+    "label_smoothing": "loss.label_smoothing",
+    "discopop_tau": "loss.discopop_tau",
+    "seed": "seed (top level)",
+    "output_dir": "the --output-dir option",
+    "report_to": "logging.wandb / logging.tensorboard",
+    "logging_dir": "logging.tensorboard (events go to RUN_DIR/tensorboard)",
+    "disable_tqdm": "logging.progress_bar",
+    "run_name": "name (top level)",
+    "metric_for_best_model": "early_stopping.metric",
+    "greater_is_better": "early_stopping.mode",
+    "load_best_model_at_end": "early_stopping.patience (the best checkpoint is restored when it is set)",
+    "model_init_kwargs": "model.dtype / model.trust_remote_code",
+    "trust_remote_code": "model.trust_remote_code",
+    "label_smoothing_factor": "loss.label_smoothing (DPO computes its own loss; this one would be ignored)",
+    "resume_from_checkpoint": "the --resume option of dpo train (it picks the last complete checkpoint)",
+    "hub_token": "the HF_TOKEN environment variable (a token in a recipe would be copied into the run directory)",
+    "use_weighting": "regularizers.wpo",
+    "ld_alpha": "regularizers.ld_alpha",
+    "f_divergence_type": "regularizers.f_divergence",
+    "f_alpha_divergence_coef": "regularizers.f_alpha",
+    "sync_ref_model": "regularizers.sync_ref",
+    "ref_model_sync_steps": "regularizers.sync_ref.every",
+    "ref_model_mixup_alpha": "regularizers.sync_ref.mixup",
+    "neftune_noise_alpha": "regularizers.neftune_alpha (ours perturbs the policy only, never the reference)",
+}
+
+
+def _cpu_friendly_defaults() -> dict[str, Any]:
+    """Where our defaults differ from DPOConfig's, and why."""
+    import torch
+
+    bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {
+        "bf16": bf16_ok,  # DPOConfig defaults to bf16=True, which on CPU is slow and changes numerics
+        "gradient_checkpointing": False,  # DPOConfig defaults to True; small models on CPU run ~30% faster without
+        "logging_steps": 1,  # one metrics.jsonl line per step: the curves the report draws
+        "eval_strategy": "steps",
+        "eval_steps": 0.1,  # evaluate at every tenth of training (a fraction of max steps, as transformers allows)
+        # save_strategy / save_steps: at every evaluation unless set (see build_dpo_config), so a killed run can resume
+        "save_total_limit": 2,  # the last two complete checkpoints, plus the best one when early stopping is on
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),  # pinning is a no-op (and a warning) on CPU
+        # torchrun / accelerate launch on a machine without CUDA: without use_cpu, accelerate sets up no process
+        # group and every process trains alone, each believing it is rank 0; with it, DDP over gloo
+        "use_cpu": not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+    }
+
+
+def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
+    """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
+    from dpo.analysis.diagnostics import infer_mode
+
+    stopping = loaded.recipe.early_stopping
+    mode = infer_mode(stopping.metric, stopping.mode)
+    if scheduler_kwargs.get("mode", mode) != mode:
+        raise UserError(
+            f"mode {scheduler_kwargs['mode']!r} contradicts early_stopping ({stopping.metric} is '{mode}'); drop it",
+            where=loaded.where("training.lr_scheduler_kwargs"),
+        )
+    return {
+        "metric_for_best_model": stopping.metric,
+        "greater_is_better": mode == "max",
+        "lr_scheduler_kwargs": {**scheduler_kwargs, "mode": mode},
+    }
+
+
+def _dpo_config_fields() -> dict[str, dataclasses.Field]:
+    from trl import DPOConfig
+
+    return {f.name: f for f in dataclasses.fields(DPOConfig) if f.init}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """A forgiving check of YAML values against a dataclass annotation (ints count as floats)."""
+    if annotation is Any or isinstance(annotation, str):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    base = origin or annotation
+    if base is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(base, type):
+        if base in (list, tuple):
+            return isinstance(value, list | tuple)
+        if base is dict:
+            return isinstance(value, dict)
+        if issubclass(base, str):  # str-valued enums (IntervalStrategy, ...) accept their string values
+            return isinstance(value, str)
+        return isinstance(value, base) or isinstance(value, str | dict)
+    return True
+
+
+def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
+    fields = _dpo_config_fields()
+    for key, value in loaded.recipe.training.items():
+        where = loaded.where(f"training.{key}")
+        if key in TRAINING_KEYS_ELSEWHERE:
+            raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", where=where)
+        if key not in fields:
+            hint = did_you_mean(key, fields, prefix="training.")
+            message = f"unknown key 'training.{key}'{hint} (not a trl.DPOConfig field)"
+            raise UserError(message, where=loaded.source(f"training.{key}"))
+        if not _type_ok(value, fields[key].type):
+            raise UserError(f"{value!r} is not of type {fields[key].type}", where=where)
+    return dict(loaded.recipe.training)
+
+
+def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
+    """The DPOConfig for a run in `run_dir`; raises UserError naming the recipe key when TRL rejects it."""
+    from trl import DPOConfig
+
+    recipe: Recipe = loaded.recipe
+    user = check_training(loaded)
+    kwargs = {**_cpu_friendly_defaults(), **user}
+    if "save_strategy" not in user and "save_steps" not in user:
+        # a checkpoint at each evaluation: what `dpo train --resume` continues from (dpo/resume.py)
+        if kwargs["eval_strategy"] == "no":
+            kwargs.update(save_strategy="steps", save_steps=0.1)
+        else:
+            every = kwargs.get("eval_steps") or kwargs["logging_steps"]  # transformers' fallback for eval_steps
+            kwargs.update(save_strategy=kwargs["eval_strategy"], save_steps=every)
+    report_to = (["wandb"] if recipe.logging.wandb else []) + (["tensorboard"] if recipe.logging.tensorboard else [])
+    reg = recipe.regularizers
+    kwargs.update(
+        use_weighting=reg.wpo,
+        ld_alpha=reg.ld_alpha,
+        sync_ref_model=reg.sync_ref is not None,
+        **(
+            {"ref_model_sync_steps": reg.sync_ref.every, "ref_model_mixup_alpha": reg.sync_ref.mixup}
+            if reg.sync_ref
+            else {}
+        ),
+        output_dir=str(run_dir / "checkpoints"),
+        seed=recipe.seed,
+        run_name=recipe.name,
+        beta=recipe.loss.beta,
+        report_to=report_to or "none",
+        disable_tqdm=not recipe.logging.progress_bar,
+    )
+    if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
+        kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
+    try:
+        with warnings.catch_warnings():
+            # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return DPOConfig(**kwargs)
+    except (ValueError, TypeError) as exc:
+        message = str(exc).splitlines()[0]
+        raise UserError(f"training: DPOConfig rejected the settings: {message}", where=str(loaded.path)) from None

@@ -1,0 +1,146 @@
+"""Trainer callbacks: the metrics file, and best-checkpoint tracking with early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState, ProgressCallback
+
+from dpo.analysis.diagnostics import infer_mode
+from dpo.rundir.secrets import redact_data
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log event to metrics.jsonl as one JSON object with its global `step`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = redact_data({"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}})
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")  # one write per line: a kill leaves at most one torn line
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep them visible as strings
+    return value
+
+
+class BestCheckpointCallback(TrainerCallback, ExportableState):
+    """Tracks the best held-out `metric`; with `patience`, stops after that many evaluations without
+    an improvement of at least `min_delta` (never before `warmup_steps`).
+
+    With `keep_best`, a checkpoint is saved whenever the metric improves and recorded as the trainer's
+    best checkpoint, so checkpoint rotation never deletes it and it can be restored at the end.
+    Its bookkeeping is saved in every checkpoint (`state()`, transformers' ExportableState) and put back on resume.
+    """
+
+    RESTORED = ("best_value", "best_step", "bad_evaluations", "stopped_at", "history")
+
+    def __init__(
+        self,
+        metric: str,
+        mode: str = "auto",
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        warmup_steps: int = 0,
+        keep_best: bool = False,
+    ):
+        self.metric = metric
+        self.mode = infer_mode(metric, mode)
+        self.patience = patience
+        self.min_delta = min_delta
+        self.warmup_steps = warmup_steps
+        self.keep_best = keep_best
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.bad_evaluations = 0
+        self.stopped_at: int | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def improved(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        if self.mode == "max":
+            return value > self.best_value + self.min_delta
+        return value < self.best_value - self.min_delta
+
+    def update(self, step: int, value: float) -> tuple[bool, bool]:
+        """Feed one evaluation. Returns (is_new_best, should_stop). Pure bookkeeping, easy to test."""
+        self.history.append((step, value))
+        if not math.isfinite(value):
+            self.bad_evaluations += 1
+            new_best = False
+        elif self.improved(value):
+            self.best_value, self.best_step = value, step
+            self.bad_evaluations = 0
+            new_best = True
+        else:
+            self.bad_evaluations += 1
+            new_best = False
+        stop = self.patience is not None and self.bad_evaluations >= self.patience and step >= self.warmup_steps
+        if stop and self.stopped_at is None:
+            self.stopped_at = step
+        return new_best, stop
+
+    def state(self) -> dict:
+        args = ("metric", "mode", "patience", "min_delta", "warmup_steps", "keep_best")
+        return {
+            "args": {name: getattr(self, name) for name in args},
+            "attributes": {name: getattr(self, name) for name in self.RESTORED},
+        }
+
+    def load_state(self, saved: dict) -> None:
+        """Put back the bookkeeping of `state()` (read from a checkpoint's trainer_state.json), in place."""
+        for name in self.RESTORED:
+            if name in saved.get("attributes", {}):
+                setattr(self, name, saved["attributes"][name])
+        self.history = [tuple(item) for item in self.history]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the untrained model as the best (checkpoint-0, saved before training) must survive checkpoint rotation too
+        if self.keep_best and self.best_step == 0 and state.best_model_checkpoint is None:
+            state.best_model_checkpoint = str(Path(args.output_dir) / "checkpoint-0")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            available = sorted(k for k in (metrics or {}) if k.startswith("eval_"))
+            raise KeyError(f"early_stopping.metric '{self.metric}' was not computed; available: {available}")
+        new_best, stop = self.update(state.global_step, float(metrics[self.metric]))
+        if new_best and self.keep_best and state.global_step > 0:
+            control.should_save = True
+            state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            state.best_metric = self.best_value
+        if stop:
+            control.should_training_stop = True
+        return control
+
+
+class CompactProgressCallback(ProgressCallback):
+    """transformers' progress bar, but one short line per evaluation instead of a dict per step.
+
+    Every metric still goes to metrics.jsonl; the terminal shows the bar (with the latest train loss
+    and margin) and the held-out numbers a person watches for overfitting.
+    """
+
+    SHOWN = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if self.training_bar is not None and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", margin=f"{logs.get('rewards/margins', 0):.3f}")
+        if "eval_loss" in logs:
+            shown = ", ".join(f"{k.removeprefix('eval_')} {logs[k]:.3f}" for k in self.SHOWN if k in logs)
+            line = f"held-out @ step {state.global_step}: {shown}"
+            if self.training_bar is not None:
+                self.training_bar.write(line)
+            else:
+                print(line, flush=True)

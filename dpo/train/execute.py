@@ -1,0 +1,257 @@
+"""One training run: a checked recipe -> model -> trainer -> run directory (dpo/rundir/files.py names its files).
+
+    from dpo.train.execute import execute
+    summary, trainer = execute("recipes/quickstart.yaml", ["loss.beta=0.2"], "runs/b02", callbacks=[...])
+
+Everything that can be wrong with the user's input is checked by `dpo.train.gate.check` before the run directory
+is created, so a bad input never leaves a half-made run. A training run knows nothing of who started it: a sweep
+passes its optuna callback in `callbacks`, and a callback that stops training early says why with a
+`stop_reason` attribute (a sweep's pruner: "pruned"), which summary.json records.
+
+Crash safety: every file is written to a temporary name and renamed (dpo/rundir/atomic.py), checkpoints are marked
+complete last (dpo/rundir/resume.py), and `execute(..., resume=True)` continues a killed run from its last complete
+checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is applied: summary.json says
+`stop_reason: non_finite` and RunFailed (exit code 3) is raised. Secrets never reach the run dir
+(dpo/rundir/secrets.py). Under torchrun / accelerate launch only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from dpo.analysis.report import write_report_or_warn
+from dpo.config.loading import changes_from_base
+from dpo.errors import NonFiniteError, RunFailed, UserError
+from dpo.rundir import resume as resuming
+from dpo.rundir.atomic import atomic_write_json, atomic_write_text, replace_dir
+from dpo.rundir.files import is_main_process
+from dpo.rundir.lock import RunLock
+from dpo.rundir.secrets import redact
+from dpo.train.gate import CheckedRecipe, check
+from dpo.train.integrations import configure_loggers, finish_wandb
+from dpo.train.summary import finished_summary, non_finite_summary
+
+
+def execute(
+    recipe_path: str | Path,
+    overrides=(),
+    output_dir: str | Path | None = None,
+    callbacks: list | None = None,
+    extra_metrics: tuple[str, ...] = (),
+    resume: bool = False,
+):
+    """Train one recipe; returns (summary, trainer). `callbacks` (transformers TrainerCallbacks) run before ours
+    and may add held-out metrics named in `extra_metrics`. With `resume`, a run directory left by a killed run is
+    continued from its last complete checkpoint (an absent or empty one starts a new run)."""
+    started = time.time()
+    checked = check(recipe_path, overrides, extra_metrics, output_dir)
+    run_dir = checked.run_dir
+    resolved_yaml = redact(checked.recipe.to_yaml())
+    if resume:
+        resuming.check(run_dir, resolved_yaml)
+    lock = _claim_run_dir(run_dir, resume)
+    try:
+        for warning in checked.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        point = resuming.prepare(run_dir, run_dir / "checkpoints") if resume else resuming.ResumePoint(run_dir)
+        for note in point.notes:
+            print(f"resume: {note}", flush=True)
+        changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
+        if not (resume and (run_dir / "recipe_changes.json").is_file()):
+            changes = {
+                "recipe_file": str(Path(recipe_path).resolve()),
+                "overrides": [redact(str(o)) for o in overrides],
+                "changes": changes_from_base(checked.loaded),
+            }
+        return _run(checked, point, resolved_yaml, changes, callbacks or [], started)
+    finally:
+        lock.release()
+
+
+def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
+    """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    if not is_main_process():
+        return lock  # the other processes of one multi-process run: rank 0 holds the lock for all of them
+    lock.acquire()  # first, so that a directory in use says so rather than "not empty"
+    if lock.cleared:
+        print(f"cleared a stale lock of pid {lock.cleared.get('pid')} (not running any more)", file=sys.stderr)
+    if not resume and resuming.has_previous_attempt(run_dir):
+        lock.release()
+        raise UserError(
+            "run directory is not empty; choose another --output-dir (or add --resume to continue it)",
+            where=str(run_dir),
+        )
+    return lock
+
+
+def trainer_inputs(checked: CheckedRecipe, callbacks: list) -> dict:
+    """The keyword arguments of a (TRL or our) DPOTrainer for a checked recipe: model, tokenizer, LoRA, data."""
+    from peft import LoraConfig
+
+    from dpo.models import load_model, load_tokenizer
+
+    recipe = checked.recipe
+    peft_config = None
+    if recipe.peft is not None:
+        peft_config = LoraConfig(
+            r=recipe.peft.r,
+            lora_alpha=recipe.peft.alpha,
+            lora_dropout=recipe.peft.dropout,
+            target_modules=recipe.peft.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    train_ds, eval_ds = checked.data.datasets()
+    return {
+        "model": load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code),
+        "args": checked.dpo_config,
+        "train_dataset": train_ds,
+        "eval_dataset": eval_ds,
+        "processing_class": load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code),
+        "peft_config": peft_config,
+        "callbacks": callbacks,
+    }
+
+
+def build_trainer(checked: CheckedRecipe, callbacks: list):
+    """Our Trainer for a checked recipe."""
+    from dpo.train.trainer import Trainer
+
+    return Trainer(**trainer_inputs(checked, callbacks), loss_plan=checked.loss_plan, heldout_kl=checked.heldout_kl)
+
+
+def _print_plan(checked: CheckedRecipe) -> None:
+    import torch
+
+    from dpo.plan.recipe_options import plan_line
+
+    try:
+        print(plan_line(checked.recipe, checked.dpo_config, torch.cuda.is_available()), flush=True)
+    except UserError as exc:  # a model family the planner cannot count is no reason not to train
+        print(f"plan: not available ({exc})", flush=True)
+
+
+def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None, callbacks: list, started: float):
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from dpo.train.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+
+    recipe, run_dir = checked.recipe, checked.run_dir
+    main = is_main_process()
+    if main:
+        atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
+        if changes is not None:
+            atomic_write_json(run_dir / "recipe_changes.json", changes)
+        atomic_write_json(run_dir / "data_card.json", checked.data.card)
+        _print_plan(checked)
+    configure_loggers(recipe, run_dir, main)
+
+    stopping = recipe.early_stopping
+    best = BestCheckpointCallback(
+        metric=stopping.metric,
+        mode=stopping.mode,
+        patience=stopping.patience,
+        min_delta=stopping.min_delta,
+        warmup_steps=stopping.warmup_steps,
+        keep_best=stopping.patience is not None,
+    )
+    own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
+    trainer = build_trainer(checked, [*callbacks, *own])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
+        raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")
+    # transformers prints a dict per log event; metrics.jsonl has them all, the terminal gets a bar and a
+    # line per evaluation (or nothing, with logging.progress_bar: false).
+    trainer.remove_callback(PrinterCallback)
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(CompactProgressCallback())
+    trainer.clock_start = started
+    initial: dict = {}
+    try:
+        if point.checkpoint is None:
+            initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
+            _unmark_eval_preparation(trainer)
+            if best.keep_best and best.best_step == 0:
+                checkpoint_0 = Path(trainer.args.output_dir) / "checkpoint-0"
+                trainer.save_model(str(checkpoint_0))
+                if main:
+                    resuming.mark_complete(checkpoint_0, 0)
+            train_output = trainer.train()
+        else:
+            initial = resuming.initial_metrics(run_dir / "metrics.jsonl")
+            saved = json.loads((point.checkpoint / resuming.TRAINER_STATE).read_text(encoding="utf-8"))
+            best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
+            trainer.load_dpo_state(point.state, point.step)
+            if best.stopped_at is not None or saved.get("global_step", 0) >= saved.get("max_steps", 0):
+                train_output = trainer.finish_from_checkpoint(str(point.checkpoint))  # training had ended there
+            else:
+                train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
+    except NonFiniteError as exc:
+        summary = non_finite_summary(exc, trainer, best, run_dir, initial, started)
+        if main:  # every process raises; one writes
+            atomic_write_json(run_dir / "summary.json", summary)
+            if recipe.logging.wandb:
+                finish_wandb(summary)  # else the wandb run stays open, and a next run in this process joins it
+            write_report_or_warn(run_dir)
+        last_good = summary["last_good_checkpoint"]
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+        raise RunFailed(f"{run_dir}: training stopped: {exc}; {where}", summary) from None
+
+    restored = _restore_best(trainer, best)
+    staging = run_dir / ".final.tmp"  # final/ appears whole or not at all
+    trainer.save_model(str(staging))  # writes on the main process only (all ranks take part)
+    if main:
+        trainer.processing_class.save_pretrained(str(staging))
+        replace_dir(staging, run_dir / "final")
+    summary = finished_summary(
+        trainer, best, stopping, _stop_reason(best, callbacks), restored, initial, train_output, run_dir, started
+    )
+    if main:
+        atomic_write_json(run_dir / "summary.json", summary)
+        if recipe.logging.wandb:
+            finish_wandb(summary)
+        write_report_or_warn(run_dir)
+    return summary, trainer
+
+
+def _stop_reason(best, callbacks: list) -> str:
+    """Why training ended: a caller's callback that stopped it says so (`stop_reason`), else early stopping."""
+    for callback in callbacks:
+        reason = getattr(callback, "stop_reason", None)
+        if reason:
+            return reason
+    return "early_stopped" if best.stopped_at is not None else "completed"
+
+
+def _unmark_eval_preparation(trainer) -> None:
+    """Let train() wrap the model in DistributedDataParallel after an evaluation.
+
+    An evaluate() before train() prepares the bare model for evaluation only (no DDP wrapper) and marks it
+    prepared; train() then skips the wrapper, so under torchrun / accelerate launch every process would update
+    its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
+    """
+    model = trainer.model
+    if (
+        trainer.args.world_size > 1
+        and trainer.model_wrapped is model
+        and getattr(model, "_is_accelerate_prepared", False)
+    ):
+        del model._is_accelerate_prepared
+        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
+
+
+def _restore_best(trainer, best) -> bool:
+    """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
+    if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
+        return False
+    trainer.state.best_model_checkpoint = str(Path(trainer.args.output_dir) / f"checkpoint-{best.best_step}")
+    trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
+    return True

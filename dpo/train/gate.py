@@ -1,0 +1,171 @@
+"""The gate of a training run: load and check everything a run will read before anything is written.
+
+`check(recipe)` loads the recipe (dpo/config), builds its LossPlan and its trl.DPOConfig (once, for the run
+directory the run will use), checks the model and tokenizer can be loaded (no weights) and prepares the data
+(dpo/data). `dpo validate`, `dpo train`, `dpo sweep` (its base recipe) and the sweep's trials all pass through
+here, so a bad input fails the same way everywhere, with one `UserError` naming the file and the key or row,
+before a run directory exists.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpo.config.checks import check_no_op_keys
+from dpo.config.loading import LoadedRecipe, load_recipe
+from dpo.config.schema import Recipe
+from dpo.data.prepare import PreparedData, prepare_data
+from dpo.errors import UserError, did_you_mean
+
+
+def default_output_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+@dataclass
+class CheckedRecipe:
+    """A recipe that passed every check that needs no weights: what `dpo validate` reports on and `dpo train` runs.
+
+    run_dir     the run directory the run will write (not created here)
+    dpo_config  trl.DPOConfig as the run uses it (its output_dir is run_dir/checkpoints)
+    """
+
+    loaded: LoadedRecipe
+    data: PreparedData
+    loss_plan: Any
+    dpo_config: Any
+    run_dir: Path
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.loaded.recipe
+
+    @property
+    def heldout_kl(self) -> bool:
+        """Whether evaluations log eval_kl: `logging.heldout_kl`, or by default wherever a reference exists."""
+        wanted = self.recipe.logging.heldout_kl
+        return heldout_kl_available(self.recipe, self.dpo_config) if wanted is None else wanted
+
+    @property
+    def warnings(self) -> list[str]:
+        """Settings that are valid but risky: printed by `dpo validate` and `dpo train`."""
+        found = []
+        if self.recipe.model.trust_remote_code:
+            found.append(
+                f"{self.loaded.where('model.trust_remote_code')}: true: Python code shipped with the model "
+                f"'{self.recipe.model.name_or_path}' will run on this machine; keep it false unless you trust it"
+            )
+        return found
+
+
+def check(
+    recipe_path: str | Path,
+    overrides=(),
+    extra_metrics: tuple[str, ...] = (),
+    output_dir: str | Path | None = None,
+) -> CheckedRecipe:
+    """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
+    before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the
+    run directory (default runs/<name>), which the DPOConfig points its checkpoints into."""
+    from dpo.train.arguments import build_dpo_config
+    from dpo.train.loss_plan import loss_plan
+
+    loaded = load_recipe(recipe_path, list(overrides))
+    plan = loss_plan(loaded)
+    run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
+    # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
+    dpo_config = build_dpo_config(loaded, run_dir)
+    check_no_op_keys(loaded)
+    _check_heldout_kl(loaded, dpo_config)
+    _check_early_stopping(loaded, dpo_config, extra_metrics)
+    _check_model(loaded)
+    recipe = loaded.recipe
+    data = prepare_data(
+        recipe.data,
+        recipe.seed,
+        where=loaded.where,
+        tokenizer=_check_tokenizer(loaded),
+        max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
+    )
+    return CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name_or_path: str, trust_remote_code: bool):
+    from dpo.models import load_tokenizer
+
+    return load_tokenizer(name_or_path, trust_remote_code)
+
+
+def _check_tokenizer(loaded: LoadedRecipe):
+    """The model's tokenizer for the data's length check (no weights), loaded once per process; read-only use."""
+    model = loaded.recipe.model
+    try:
+        return _tokenizer(model.name_or_path, model.trust_remote_code)
+    except (UserError, OSError, ValueError) as exc:
+        message = str(exc).removeprefix("model.name_or_path: ").splitlines()[0]
+        raise UserError(f"cannot load the tokenizer: {message}", where=loaded.where("model.name_or_path")) from None
+
+
+def _check_model(loaded: LoadedRecipe) -> None:
+    """The model must be loadable: the embedded model's package installed, or a config for a dir / hub id."""
+    from dpo.models import EMBEDDED_MODELS, cache_dir, load_config
+
+    name = loaded.recipe.model.name_or_path
+    try:
+        if name in EMBEDDED_MODELS:
+            if not (cache_dir() / name / "config.json").is_file():
+                EMBEDDED_MODELS[name].package_dir()
+        else:
+            load_config(name)
+    except UserError as exc:
+        message = str(exc).removeprefix("model.name_or_path: ")
+        raise UserError(message, where=loaded.where("model.name_or_path")) from None
+
+
+def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:
+    """The held-out KL needs a reference model at evaluation: the adapter-disabled policy under LoRA, or TRL's
+    reference copy; full fine-tuning with precomputed reference log-probs keeps neither."""
+    return recipe.peft is not None or not dpo_config.precompute_ref_log_probs
+
+
+def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
+    if loaded.recipe.logging.heldout_kl and not heldout_kl_available(loaded.recipe, dpo_config):
+        raise UserError(
+            "needs a reference model at evaluation, which full fine-tuning (peft: null) with "
+            "training.precompute_ref_log_probs: true does not keep; set one of them otherwise, or heldout_kl: false",
+            where=loaded.where("logging.heldout_kl"),
+        )
+
+
+def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
+    from dpo.analysis.diagnostics import EVAL_METRICS
+
+    stopping = loaded.recipe.early_stopping
+    known = [*EVAL_METRICS, *extra_metrics]
+    kl_on = loaded.recipe.logging.heldout_kl
+    if stopping.metric == "eval_kl" and (kl_on is False or not heldout_kl_available(loaded.recipe, dpo_config)):
+        raise UserError(
+            "eval_kl is only logged with the held-out KL on: it needs logging.heldout_kl and a reference model at "
+            "evaluation (LoRA, or training.precompute_ref_log_probs: false)",
+            where=loaded.where("early_stopping.metric"),
+        )
+    if stopping.metric not in known:
+        raise UserError(
+            f"unknown held-out metric '{stopping.metric}'{did_you_mean(stopping.metric, known)} "
+            f"(valid: {', '.join(known)})",
+            where=loaded.where("early_stopping.metric"),
+        )
+    if stopping.patience is None:
+        return
+    never = dpo_config.eval_strategy == "no"
+    steps, every = dpo_config.max_steps, dpo_config.eval_steps
+    if never or (dpo_config.eval_strategy == "steps" and every and every >= 1 and 0 < steps < every):
+        raise UserError(
+            "needs evaluations during training (training.eval_strategy 'no', or eval_steps > max_steps): "
+            "without them the untrained model would be kept as the best",
+            where=loaded.where("early_stopping.patience"),
+        )

@@ -1,0 +1,81 @@
+"""The loggers a recipe can switch on besides metrics.jsonl: Weights & Biases and TensorBoard.
+
+wandb goes online only when an API key is configured (or the recipe says online), never by surprise; its config
+is the resolved recipe with secrets redacted, and the run's verdict (stop reason, best metric, overfitting onset)
+becomes its summary. transformers' own callbacks do the per-step logging into the run opened here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dpo.config.schema import Recipe
+from dpo.rundir.resume import FINISHED
+from dpo.rundir.secrets import redact_config
+
+
+def configure_loggers(recipe: Recipe, run_dir: Path, main_process: bool) -> None:
+    """Environment for transformers' WandbCallback / TensorBoardCallback, and the wandb run (rank 0 only)."""
+    mode = wandb_mode(recipe, run_dir)
+    if mode is not None and main_process:
+        _start_wandb(recipe, run_dir, mode)
+    if recipe.logging.tensorboard:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+
+
+def wandb_mode(recipe: Recipe, run_dir: Path) -> str | None:
+    """offline / online (None without wandb), and the environment transformers' WandbCallback reads."""
+    if not recipe.logging.wandb:
+        return None
+    mode = recipe.logging.wandb_mode
+    if mode == "auto":
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read_netrc()
+        mode = "online" if has_key else "offline"
+    os.environ.update(
+        WANDB_MODE=mode, WANDB_DIR=str(run_dir), WANDB_PROJECT=recipe.logging.wandb_project, WANDB_SILENT="true"
+    )
+    return mode
+
+
+def _start_wandb(recipe: Recipe, run_dir: Path, mode: str) -> None:
+    """Open the wandb run ourselves, so it carries the resolved recipe as its config and the sweep's group;
+    transformers' WandbCallback then logs into this run (it only calls wandb.init when no run is open)."""
+    import wandb
+
+    wandb.init(
+        project=recipe.logging.wandb_project,
+        name=recipe.name,
+        group=recipe.logging.wandb_group,
+        dir=str(run_dir),
+        mode=mode,
+        config={"recipe": redact_config(recipe.model_dump(mode="json"))},
+    )
+
+
+def finish_wandb(summary: dict) -> None:
+    """The run's verdict as wandb summary values: what a person compares across runs in the wandb table."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    best = summary["best_metric"]
+    overfitting = summary.get("overfitting") or {}  # absent when the run stopped on a non-finite value
+    wandb.run.summary.update(
+        {
+            "stop_reason": summary["stop_reason"],
+            "best_step": summary["best_step"],
+            "best_metric_name": best["name"],
+            f"best/{best['name']}": best["value"],
+            "overfitting_onset_step": overfitting.get("onset_step"),
+            "overfitting_warnings": len(overfitting.get("warnings", [])),
+        }
+    )
+    wandb.finish(exit_code=0 if summary["stop_reason"] in FINISHED else 1)
+
+
+def _read_netrc() -> str:
+    try:
+        return Path(os.path.expanduser("~/.netrc")).read_text()
+    except OSError:
+        return ""

@@ -1,0 +1,83 @@
+"""summary.json: what a finished (or stopped) run reports, built from the trainer's log history.
+
+Two shapes: a run that ended (completed, early-stopped, or stopped by a callback such as a sweep's pruner) and a
+run the non-finite guard stopped (no final weights; the last good checkpoint named instead).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dpo.analysis.diagnostics import overfitting_block
+from dpo.errors import NonFiniteError
+from dpo.rundir import resume as resuming
+
+
+def _best_metric(best) -> dict:
+    return {"name": best.metric, "mode": best.mode, "value": best.best_value}
+
+
+def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, initial: dict, train_output,
+                     run_dir: Path, started: float) -> dict:  # fmt: skip
+    history = trainer.state.log_history
+    return {
+        "stop_reason": stop_reason,
+        "best_step": best.best_step,
+        "best_metric": _best_metric(best),
+        "final_weights": "best" if restored else "last",
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "initial_metrics": eval_only(initial),
+        "best_metrics": _eval_at(history, best.best_step) or eval_only(initial),
+        "final_metrics": _last_metrics(history),
+        "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
+        "overfitting": overfitting_block(history, stopping.metric, stopping.patience, stopping.mode),
+        "runtime_s": round(trainer.runtime_before + time.time() - started, 2),  # all attempts, up to their checkpoints
+        "resumed_from": trainer.resumed_from,
+        "run_dir": str(run_dir),
+    }
+
+
+def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, started: float) -> dict:
+    """For a run stopped by the non-finite guard: no final/, the step that went non-finite was not applied and
+    nothing past it is trusted; the last good checkpoint is where `--resume` (after a fix) would continue."""
+    last_good = resuming.last_resumable(run_dir / "checkpoints")
+    return {
+        "stop_reason": "non_finite",
+        "error": str(exc),
+        "non_finite": {"quantity": exc.quantity, "step": exc.step, "value": str(exc.value)},
+        "last_good_checkpoint": str(last_good[1]) if last_good else None,
+        "best_step": best.best_step,
+        "best_metric": _best_metric(best),
+        "final_weights": None,
+        "steps": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "initial_metrics": eval_only(initial),
+        "final_metrics": _last_metrics(trainer.state.log_history),
+        "runtime_s": round(trainer.runtime_before + time.time() - started, 2),
+        "resumed_from": trainer.resumed_from,
+        "run_dir": str(run_dir),
+    }
+
+
+def eval_only(metrics: dict) -> dict:
+    return {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("eval_") and not k.endswith(("runtime", "per_second", "preparation_time"))
+    }
+
+
+def _eval_at(log_history: list[dict], step: int | None) -> dict:
+    return next((eval_only(h) for h in log_history if "eval_loss" in h and h.get("step") == step), {})
+
+
+def _last_metrics(log_history: list[dict]) -> dict:
+    """The last evaluation's metrics and the last training step's metrics, merged."""
+    last_eval = next((h for h in reversed(log_history) if "eval_loss" in h), {})
+    last_train = next((h for h in reversed(log_history) if "loss" in h and "eval_loss" not in h), {})
+    merged = {k: v for k, v in last_train.items() if k not in ("epoch", "step")}
+    merged.update(eval_only(last_eval))
+    merged["eval_step"] = last_eval.get("step")
+    return merged

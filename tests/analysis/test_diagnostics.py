@@ -1,0 +1,79 @@
+"""Overfitting diagnostics: gaps logged at each evaluation, onset detection and warnings on known histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo.analysis.diagnostics import overfitting_onset, warnings_for
+from dpo.train.execute import execute
+from tests.conftest import read_jsonl
+
+
+def history(rows):
+    """rows: (step, train margin, held-out margin, held-out loss, held-out chosen logratio)."""
+    out = []
+    for step, train_margin, held_margin, held_loss, displacement in rows:
+        out.append({"step": step, "loss": 0.5, "rewards/margins": train_margin})
+        out.append(
+            {
+                "step": step,
+                "eval_loss": held_loss,
+                "eval_rewards/margins": held_margin,
+                "eval_logratios/chosen": displacement,
+            }
+        )
+    return out
+
+
+def test_onset_is_first_eval_after_which_heldout_worsens_while_train_improves():
+    """Held-out margin peaks at step 20 then falls at 30 and 40 while the train margin keeps rising:
+    with patience 2 the onset is step 20."""
+    h = history(
+        [(10, 1.0, 0.5, 0.6, 0.0), (20, 2.0, 0.9, 0.55, 0.0), (30, 3.0, 0.8, 0.6, 0.0), (40, 4.0, 0.7, 0.7, 0.0)]
+    )
+    assert overfitting_onset(h, "eval_rewards/margins", patience=2) == 20
+    assert overfitting_onset(h, "eval_rewards/margins", patience=3) is None  # only two worsening evaluations
+    # eval_loss is a 'min' metric: it worsens 0.55 -> 0.6 -> 0.7 after step 20 while the train loss is flat (0.5)
+    assert overfitting_onset(h, "eval_loss", patience=2) is None  # train did not improve
+
+
+def test_no_onset_when_train_also_worsens():
+    h = history([(10, 3.0, 0.9, 0.5, 0.0), (20, 2.0, 0.8, 0.5, 0.0), (30, 1.0, 0.7, 0.5, 0.0)])
+    assert overfitting_onset(h, "eval_rewards/margins", patience=2) is None
+
+
+def test_warnings_name_the_numbers():
+    """Margin rises 0.5 -> 1.5 while loss rises from 0.40 (step 10) to 0.60 (> 10% up); chosen log-ratio -3.2."""
+    h = history([(10, 1.0, 0.5, 0.40, -0.1), (20, 2.0, 1.0, 0.50, -1.5), (30, 3.0, 1.5, 0.60, -3.2)])
+    h[-1]["eval_gap/accuracies"] = 0.3
+    found = warnings_for(h)
+    assert any("held-out chosen log-prob fell by 3.2 nats" in w and "dpop" in w for w in found)
+    assert any("held-out margin kept rising (0.500 -> 1.500)" in w and "minimum 0.400 at step 10" in w for w in found)
+    assert any("exceeds held-out by 0.30" in w for w in found)
+
+
+def test_healthy_run_has_no_warnings():
+    h = history([(10, 1.0, 0.8, 0.5, 0.2), (20, 1.5, 1.2, 0.45, 0.3)])
+    assert warnings_for(h) == []
+
+
+def test_gaps_are_logged_at_each_evaluation(tiny_recipe, tmp_path):
+    """eval_gap/margins = mean of the train rewards/margins since the previous evaluation - held-out margin;
+    eval_gap/loss = held-out loss - mean train loss over the same steps. Checked from metrics.jsonl itself."""
+    summary, _ = execute(tiny_recipe, output_dir=tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    evals = [r for r in rows if "eval_loss" in r]
+    assert "eval_gap/margins" not in evals[0]  # step 0: nothing trained yet
+    previous = 0
+    for e in evals[1:]:
+        window = [r for r in rows if "loss" in r and "eval_loss" not in r and previous < r["step"] <= e["step"]]
+        train_margin = sum(r["rewards/margins"] for r in window) / len(window)
+        train_accuracy = sum(r["rewards/accuracies"] for r in window) / len(window)
+        train_loss = sum(r["loss"] for r in window) / len(window)
+        assert e["eval_gap/margins"] == pytest.approx(train_margin - e["eval_rewards/margins"], abs=1e-6)
+        assert e["eval_gap/accuracies"] == pytest.approx(train_accuracy - e["eval_rewards/accuracies"], abs=1e-6)
+        assert e["eval_gap/loss"] == pytest.approx(e["eval_loss"] - train_loss, abs=1e-4)
+        previous = e["step"]
+    block = summary["overfitting"]
+    assert block["metric"] == "eval_rewards/margins" and block["patience"] == 2 and "onset_step" in block
+    assert isinstance(block["warnings"], list)

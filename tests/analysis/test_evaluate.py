@@ -1,0 +1,151 @@
+"""dpo eval: every number in eval.json recomputed here, independently, from the tiny model and its adapter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpo.analysis.evaluate import EvalOptions, evaluate_run
+from dpo.data.gold import GOLD_REWARDS
+from dpo.train.execute import execute
+from tests.conftest import ARITHMETIC, REPO, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir):
+    """A LoRA run of the tiny model, 4 steps at a high learning rate so the policy moves away from the reference."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    root = tmp_path_factory.mktemp("eval-run")
+    training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = write_recipe(root / "tiny.yaml", tiny_recipe_dict(tiny_model_dir, 16, training))
+    execute(recipe, output_dir=root / "run")
+    return root / "run"
+
+
+def _models(run_dir, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run_dir / "final"))
+    return policy.eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _logp(model, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """log p(answer | prompt), one sequence at a time, no padding."""
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    logps = torch.log_softmax(logits, dim=-1)
+    return sum(float(logps[len(prompt_ids) + i - 1, tok]) for i, tok in enumerate(answer_ids))
+
+
+def _both(model, prompt_ids, answer_ids) -> tuple[float, float]:
+    policy = _logp(model, prompt_ids, answer_ids)
+    with model.disable_adapter():
+        return policy, _logp(model, prompt_ids, answer_ids)
+
+
+def test_preference_numbers_equal_a_direct_computation(run_dir, tiny_model_dir):
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))  # 3: uneven padded batches
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads(json.dumps(result))
+    model, tok = _models(run_dir, tiny_model_dir)
+    pairs = read_jsonl(ARITHMETIC / "eval.jsonl")[:8]  # the run's held-out split: data.eval, first 8 pairs
+    rows = []
+    for pair in pairs:
+        prompt = tok.apply_chat_template(pair["prompt"], add_generation_prompt=True)["input_ids"]
+        full = {k: tok.apply_chat_template(pair["prompt"] + pair[k])["input_ids"] for k in ("chosen", "rejected")}
+        assert all(ids[: len(prompt)] == prompt for ids in full.values())
+        rows.append({k: _both(model, prompt, ids[len(prompt) :]) for k, ids in full.items()})
+    pref = result["preference"]
+    for index, which in enumerate(("policy", "reference")):
+        chosen = [r["chosen"][index] for r in rows]
+        rejected = [r["rejected"][index] for r in rows]
+        assert pref[which]["accuracy"] == sum(c > r for c, r in zip(chosen, rejected, strict=True)) / 8
+        assert pref[which]["mean_logp_chosen"] == pytest.approx(sum(chosen) / 8, abs=1e-4)
+        assert pref[which]["mean_logp_rejected"] == pytest.approx(sum(rejected) / 8, abs=1e-4)
+    margins = [0.1 * ((r["chosen"][0] - r["chosen"][1]) - (r["rejected"][0] - r["rejected"][1])) for r in rows]
+    assert pref["implicit_reward"]["mean_margin"] == pytest.approx(sum(margins) / 8, abs=1e-5)
+    assert pref["implicit_reward"]["accuracy"] == sum(m > 0 for m in margins) / 8
+    assert pref["policy"]["mean_logp_chosen"] != pytest.approx(pref["reference"]["mean_logp_chosen"], abs=1e-3)
+    # and the same held-out numbers TRL logged at the last evaluation of the run
+    final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
+    assert pref["implicit_reward"]["accuracy"] == final["eval_rewards/accuracies"]
+    assert pref["implicit_reward"]["mean_margin"] == pytest.approx(final["eval_rewards/margins"], abs=1e-5)
+    assert result["generation"] is None and result["generation_skipped"] == "--samples 0"
+
+
+def _digits(prompt: str, answer: str) -> float:
+    """A gold reward the random tiny model sometimes earns: the answer contains a digit."""
+    return float(any(c.isdigit() for c in answer))
+
+
+def test_generation_numbers_equal_a_direct_computation(run_dir, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(GOLD_REWARDS, "digits", _digits)
+    data = tmp_path / "digits" / "pairs.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(row) + "\n" for row in read_jsonl(ARITHMETIC / "eval.jsonl")[:10]))
+    (data.parent / "card.json").write_text(json.dumps({"gold_reward": "digits"}))
+    options = EvalOptions(data=data, samples=6, max_new_tokens=12, batch_size=4, seed=3, progress=False)
+    result = evaluate_run(run_dir, options)
+    gen, samples = result["generation"], result["samples"]
+    assert result["data"]["pairs"] == 10 and gen["prompts"] == 6 and len(samples) == 6
+    prompts = [row["prompt"][0]["content"] for row in read_jsonl(data)[:6]]  # the first 6 distinct prompts
+    assert [s["prompt"] for s in samples] == prompts
+    policy_rewards = [_digits(p, s["policy_answer"]) for p, s in zip(prompts, samples, strict=True)]
+    reference_rewards = [_digits(p, s["reference_answer"]) for p, s in zip(prompts, samples, strict=True)]
+    assert [s["policy_reward"] for s in samples] == policy_rewards
+    assert gen["policy_mean_reward"] == sum(policy_rewards) / 6
+    assert gen["reference_mean_reward"] == sum(reference_rewards) / 6
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_rewards, reference_rewards, strict=True)]
+    assert gen["win_rate"] == sum(wins) / 6
+    assert 0 < sum(policy_rewards + reference_rewards) < 12  # the reward is not constant on these answers
+
+    model, tok = _models(run_dir, tiny_model_dir)
+    diffs = []
+    for row, s in zip(read_jsonl(data)[:6], samples, strict=True):
+        prompt = tok.apply_chat_template(row["prompt"], add_generation_prompt=True)["input_ids"]
+        ids = s["kl_sample_ids"]
+        assert 1 <= len(ids) <= 12 and (tok.eos_token_id not in ids[:-1])  # stops at the first end-of-sequence
+        assert tok.decode(ids, skip_special_tokens=True) == s["policy_answer"]  # sampled answers are the KL samples
+        policy, reference = _both(model, prompt, ids)
+        assert s["kl_logp_policy"] == pytest.approx(policy, abs=1e-4)
+        assert s["kl_logp_reference"] == pytest.approx(reference, abs=1e-4)
+        diffs.append(policy - reference)
+    assert gen["kl"] == pytest.approx(sum(diffs) / 6, abs=1e-4)
+    assert "kl" in result["definitions"]["generation.kl"]
+
+    again = evaluate_run(run_dir, options)  # seeded: the same answers again
+    assert again["samples"] == samples
+
+
+def test_cli_eval_on_the_shipped_gold_reward_and_its_errors(run_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "eval", str(run_dir), "--samples", "2", "--max-new-tokens", "4"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["generation"]["gold_reward"] == "arithmetic" and result["generation"]["prompts"] == 2
+    assert "Evaluation (eval.json)" in (run_dir / "report.html").read_text()  # the dashboard shows it
+
+    not_a_run = subprocess.run(
+        [sys.executable, "-m", "dpo", "eval", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert not_a_run.returncode == 2 and not_a_run.stderr == f"error: {tmp_path}: not a run directory: no recipe.yaml\n"
+    bad_card = tmp_path / "bad"
+    bad_card.mkdir()
+    shutil.copy(ARITHMETIC / "eval.jsonl", bad_card / "pairs.jsonl")
+    (bad_card / "card.json").write_text(json.dumps({"gold_reward": "arithmetc"}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "eval", str(run_dir), "--data", str(bad_card / "pairs.jsonl")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {bad_card / 'card.json'}: gold_reward: unknown reward 'arithmetc'")
+    assert json.loads((run_dir / "eval.json").read_text()) == result  # nothing already written is lost

@@ -1,0 +1,156 @@
+"""Recipe loading: inheritance, overrides, strict validation and the messages users see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpo.config.loading import load_recipe, parse_override
+from dpo.errors import UserError
+
+
+def write(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path) -> Path:
+    return write(
+        tmp_path / "recipes" / "base.yaml",
+        {"name": "base", "data": {"train": "../data/train.jsonl"}, "loss": {"beta": 0.1}, "peft": {"r": 8}},
+    )
+
+
+def test_defaults_and_relative_data_path_resolves_against_recipe_folder(base, tmp_path):
+    recipe = load_recipe(base).recipe
+    assert recipe.data.train == str((tmp_path / "data" / "train.jsonl").resolve())
+    assert recipe.loss.type == "sigmoid" and recipe.loss.beta == 0.1
+    assert recipe.peft.r == 8 and recipe.peft.alpha == 32.0
+    assert recipe.early_stopping.metric == "eval_rewards/margins"
+
+
+def test_base_inheritance_relative_to_child_folder_and_name_not_inherited(base, tmp_path):
+    child = write(tmp_path / "recipes" / "sub" / "child.yaml", {"base": "../base.yaml", "loss": {"beta": 0.5}})
+    loaded = load_recipe(child)
+    assert loaded.recipe.loss.beta == 0.5
+    assert loaded.recipe.peft.r == 8  # inherited
+    assert loaded.recipe.name == "child"  # a child is its own run
+    # data.train was set by the base file, so it resolves against the base's folder
+    assert loaded.recipe.data.train == str((tmp_path / "data" / "train.jsonl").resolve())
+    assert loaded.provenance["loss.beta"] == str(child)
+    assert loaded.provenance["data.train"] == str(base)
+
+
+def test_peft_null_means_full_finetuning(base, tmp_path):
+    child = write(tmp_path / "recipes" / "full.yaml", {"base": "base.yaml", "peft": None})
+    assert load_recipe(child).recipe.peft is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("loss.beta=0.25", ("loss.beta", 0.25)),
+        ("training.max_steps=3", ("training.max_steps", 3)),
+        ("training.learning_rate=1e-5", ("training.learning_rate", 1e-5)),  # a float, unlike PyYAML's default
+        ("training.learning_rate=5.0e-6", ("training.learning_rate", 5e-6)),
+        ("peft=null", ("peft", None)),
+        ("loss.type=[sigmoid, sft]", ("loss.type", ["sigmoid", "sft"])),
+        ("logging.wandb=true", ("logging.wandb", True)),
+        ("training.save_strategy=no", ("training.save_strategy", "no")),  # YAML 1.2: not False
+        ("name=my run", ("name", "my run")),
+    ],
+)
+def test_override_values_are_typed(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_overrides_apply_and_are_attributed_to_set(base):
+    loaded = load_recipe(base, ["loss.beta=0.3", "training.max_steps=7"])
+    assert loaded.recipe.loss.beta == 0.3
+    assert loaded.recipe.training == {"max_steps": 7}
+    assert loaded.provenance["loss.beta"] == "--set"
+
+
+def test_unknown_key_names_file_key_and_suggestion(base, tmp_path):
+    bad = write(tmp_path / "recipes" / "typo.yaml", {"base": "base.yaml", "loss": {"bta": 0.2}})
+    with pytest.raises(UserError) as err:
+        load_recipe(bad)
+    message = str(err.value)
+    assert message.startswith(str(bad))
+    assert "unknown key 'loss.bta'" in message and "did you mean 'loss.beta'?" in message
+
+
+def test_unknown_section_suggests_closest(base, tmp_path):
+    bad = write(tmp_path / "recipes" / "typo2.yaml", {"base": "base.yaml", "trainig": {"max_steps": 1}})
+    with pytest.raises(UserError, match=r"unknown key 'trainig'; did you mean 'training'\?"):
+        load_recipe(bad)
+
+
+def test_error_in_base_names_the_base_file(tmp_path):
+    base = write(tmp_path / "b.yaml", {"data": {"train": "x.jsonl"}, "loss": {"beta": "high"}})
+    child = write(tmp_path / "c.yaml", {"base": "b.yaml"})
+    with pytest.raises(UserError) as err:
+        load_recipe(child)
+    assert str(err.value).startswith(f"{base}: loss.beta:")
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("loss.beta=-1", "loss.beta: Input should be greater than 0"),
+        ("loss.label_smoothing=0.5", "loss.label_smoothing: Input should be less than 0.5"),
+        ("peft.r=1.5", "peft.r: Input should be a valid integer"),
+        ("data.heldout_fraction=1.2", "data.heldout_fraction: Input should be less than 1"),
+        ("early_stopping.mode=sideways", "early_stopping.mode: Input should be 'auto', 'max' or 'min'"),
+    ],
+)
+def test_out_of_range_and_wrong_type_values(base, override, fragment):
+    with pytest.raises(UserError) as err:
+        load_recipe(base, [override])
+    assert str(err.value).startswith("--set: ") and fragment in str(err.value)
+
+
+def test_missing_required_key(tmp_path):
+    recipe = write(tmp_path / "nodata.yaml", {"loss": {"beta": 0.1}})
+    with pytest.raises(UserError, match="required key 'data' is missing"):
+        load_recipe(recipe)
+
+
+def test_inheritance_cycle_and_missing_base(tmp_path):
+    write(tmp_path / "a.yaml", {"base": "b.yaml"})
+    write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(UserError, match="inheritance cycle"):
+        load_recipe(tmp_path / "a.yaml")
+    orphan = write(tmp_path / "orphan.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(UserError, match=r"base: file 'nowhere.yaml' not found"):
+        load_recipe(orphan)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "recipe is empty"),
+        ("- a\n- b\n", "a recipe must be a mapping"),
+        ("loss: {beta: [\n", "invalid YAML"),
+        ("!!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
+    ],
+)
+def test_unreadable_recipes(tmp_path, content, fragment):
+    path = write(tmp_path / "bad.yaml", content)
+    with pytest.raises(UserError, match=fragment):
+        load_recipe(path)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(UserError, match="recipe file not found"):
+        load_recipe(tmp_path / "absent.yaml")
+
+
+def test_resolved_recipe_round_trips(base, tmp_path):
+    recipe = load_recipe(base, ["loss.beta=0.2"]).recipe
+    again = write(tmp_path / "resolved.yaml", recipe.to_yaml())
+    assert load_recipe(again).recipe == recipe

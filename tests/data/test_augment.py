@@ -1,0 +1,195 @@
+"""Each augmentation and the pair expansion on small hand-made inputs: exact outputs, seeded, composable,
+recorded in the data card, held-out data untouched; plug-ins validated like input rows."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import pytest
+
+from dpo.config.loading import load_recipe
+from dpo.config.schema import DataSection
+from dpo.data.augment import label_noise, off_prompt_negatives, prompt_variants
+from dpo.data.expand import expand_pairs
+from dpo.data.prepare import prepare_data
+from dpo.errors import UserError
+from tests.conftest import write_recipe
+
+
+def pair(prompt, chosen, rejected):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+ROWS = [pair("p1", "c1", "r1"), pair("p2", "c2", "r2")]
+CONV = [
+    {
+        "prompt": [{"role": "user", "content": "2+2?"}],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "5"}],
+    }
+]
+
+
+def test_label_noise_fraction_one_flips_every_pair():
+    assert label_noise(ROWS, random.Random(0), fraction=1.0) == [pair("p1", "r1", "c1"), pair("p2", "r2", "c2")]
+
+
+def test_off_prompt_negatives_exact():
+    # two prompts: the only other prompt's chosen answer is each pair's extra rejected answer
+    out = off_prompt_negatives(ROWS, random.Random(0), fraction=1.0)
+    assert out == ROWS + [pair("p1", "c1", "c2"), pair("p2", "c2", "c1")]
+    assert off_prompt_negatives(ROWS, random.Random(0), fraction=0.0) == ROWS
+    assert off_prompt_negatives(ROWS[:1], random.Random(0), fraction=1.0) == ROWS[:1]  # no other prompt
+
+
+def test_off_prompt_negatives_seeded_and_never_same_prompt():
+    rows = [pair(f"p{i % 5}", f"c{i}", f"r{i}") for i in range(20)]
+    out = off_prompt_negatives(rows, random.Random(7), fraction=0.5)
+    assert out[:20] == rows and len(out) == 30
+    by_chosen = {r["chosen"]: r["prompt"] for r in rows}
+    for new in out[20:]:
+        assert new["rejected"].startswith("c") and by_chosen[new["rejected"]] != new["prompt"]
+    assert off_prompt_negatives(rows, random.Random(7), fraction=0.5) == out
+    assert off_prompt_negatives(rows, random.Random(8), fraction=0.5) != out
+
+
+def test_prompt_variants_text_and_messages_exact():
+    out = prompt_variants(ROWS, random.Random(0), templates=["Q: {prompt}"], system_prompts=["Be brief."])
+    assert out == [
+        ROWS[0],
+        pair("Be brief.\n\nQ: p1", "c1", "r1"),
+        ROWS[1],
+        pair("Be brief.\n\nQ: p2", "c2", "r2"),
+    ]
+    (original, variant) = prompt_variants(CONV, random.Random(0), templates=["Answer: {prompt}"], system_prompts=["S"])
+    assert original == CONV[0]
+    assert variant["prompt"] == [{"role": "system", "content": "S"}, {"role": "user", "content": "Answer: 2+2?"}]
+    assert variant["chosen"] == CONV[0]["chosen"] and CONV[0]["prompt"] == [{"role": "user", "content": "2+2?"}]
+    # an unchanged prompt is not a variant; keep_original false replaces the pairs
+    assert prompt_variants(ROWS, random.Random(0)) == ROWS
+    assert prompt_variants(ROWS, random.Random(0), templates=["{prompt}!"], keep_original=False) == [
+        pair("p1!", "c1", "r1"),
+        pair("p2!", "c2", "r2"),
+    ]
+
+
+def test_prompt_variants_seeded():
+    kwargs = {"templates": ["A {prompt}", "B {prompt}", "C {prompt}"], "system_prompts": ["x", "y"], "copies": 2}
+    out = prompt_variants(ROWS * 3, random.Random(1), **kwargs)
+    assert out == prompt_variants(ROWS * 3, random.Random(1), **kwargs)
+    assert out != prompt_variants(ROWS * 3, random.Random(2), **kwargs)
+    assert all(r["prompt"] in ("p1", "p2") or r["prompt"][0] in "xy" for r in out)
+
+
+def test_expand_pairs_exact():
+    multi = {"prompt": "q", "responses": ["best", "good", "tie", "bad"], "scores": [3.0, 2.0, 2.0, 0.0]}
+    rows, counts = expand_pairs([pair("p0", "a", "b"), multi], random.Random(0), min_gap=1.0)
+    # pair rows pass through; gap 3 first, then the two gap-2 pairs, then the two gap-1 pairs (ties seeded)
+    assert rows[0] == pair("p0", "a", "b") and len(rows) == 6
+    assert rows[1] == pair("q", "best", "bad")
+    assert {r["chosen"] + ">" + r["rejected"] for r in rows[2:4]} == {"good>bad", "tie>bad"}
+    assert {r["chosen"] + ">" + r["rejected"] for r in rows[4:]} == {"best>good", "best>tie"}
+    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0}
+    capped, counts = expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)
+    assert capped[0] == pair("q", "best", "bad") and len(capped) == 2
+    assert counts["below_min_gap"] == 2 and counts["cut_by_cap"] == 1
+    assert expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)[0] == capped
+
+
+def test_ranks_are_reversed_scores(tmp_path):
+    row = {"prompt": "q", "responses": ["first", "second", "third"], "ranks": [1, 2, 3]}
+    path = write_jsonl(tmp_path / "r.jsonl", [row, {**row, "prompt": "q2"}])
+    data = prepare_data(DataSection(train=path, eval=path, expand_pairs={"min_gap": 2}), seed=0)
+    assert data.train == [pair("q", "first", "third"), pair("q2", "first", "third")]
+
+
+def test_augmentations_compose_in_order_and_are_recorded(tmp_path):
+    rows = [pair(f"p{i}", f"good{i}", f"bad{i}") for i in range(12)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    steps = [
+        {"type": "prompt_variants", "templates": ["Q: {prompt}"]},
+        {"type": "off_prompt_negatives", "fraction": 0.5},
+        {"type": "label_noise", "fraction": 0.25},
+    ]
+    section = DataSection(train=path, heldout_fraction=0.25, augment=steps)
+    data = prepare_data(section, seed=5)
+    assert data.eval == [r for r in rows if r["prompt"] in {e["prompt"] for e in data.eval}]  # untouched
+    assert [(s["type"], s["before"], s["after"]) for s in data.card["augmented"]] == [
+        ("prompt_variants", 9, 18),
+        ("off_prompt_negatives", 18, 27),
+        ("label_noise", 27, 27),
+    ]
+    assert data.card["augmented"][2]["changed"] == round(0.25 * 27)
+    assert prepare_data(section, seed=5).train == data.train
+    assert prepare_data(section, seed=6).train != data.train
+
+
+PLUGIN = """
+def shout(rows, rng, *, suffix="!"):
+    return rows + [{**r, "chosen": r["chosen"] + suffix} for r in rows]
+
+
+def broken(rows, rng):
+    return rows + [{"prompt": r["prompt"], "chosen": " ", "rejected": r["rejected"]} for r in rows]
+
+
+def crashes(rows, rng):
+    return rows[10]["prompt"]
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    (tmp_path / "my_augs.py").write_text(textwrap.dedent(PLUGIN))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [pair(f"p{i}", f"good{i}", f"bad{i}") for i in range(4)]
+    return write_jsonl(tmp_path / "d.jsonl", rows)
+
+
+def test_plugin_augmentation_runs_with_its_keys(plugin):
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:shout", "suffix": "?"}])
+    data = prepare_data(section, seed=0)
+    assert len(data.train) == 6 and sum(r["chosen"].endswith("?") for r in data.train) == 3
+    assert data.card["augmented"][0]["type"] == "my_augs:shout"
+
+
+def test_plugin_output_rows_are_validated(plugin):
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:broken"}])
+    with pytest.raises(UserError, match=r"data.augment: step 0 \(my_augs:broken\): output row 4: 'chosen' is empty"):
+        prepare_data(section, seed=0)
+    section = section.model_copy(update={"on_invalid": "skip"})
+    data = prepare_data(section, seed=0)
+    assert len(data.train) == 3 and data.card["augmented"][0]["invalid"] == {"empty": 3}
+
+
+def test_plugin_that_raises_is_a_one_line_user_error(plugin):
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:crashes"}])
+    with pytest.raises(UserError, match=r"step 0 \(my_augs:crashes\): the plug-in raised IndexError: list index"):
+        prepare_data(section, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("step", "fragment"),
+    [
+        ({"type": "no_such_module_xyz:fn"}, "plug-in 'no_such_module_xyz:fn': cannot import 'no_such_module_xyz'"),
+        ({"type": "my_augs:missing"}, "module 'my_augs' has no function 'missing'"),
+        ({"type": "my_augs:shout", "volume": 3}, "unknown key(s) ['volume']"),
+        ({"type": "prompt_variant"}, "did you mean 'prompt_variants'?"),
+        ({"type": "prompt_variants", "templates": ["no placeholder"]}, "has no '{prompt}' placeholder"),
+        ({"type": "off_prompt_negatives", "fraction": 2}, "fraction must be in [0.0, 1.0]"),
+    ],
+)
+def test_bad_steps_are_one_line_errors_naming_the_key(plugin, tmp_path, step, fragment):
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": plugin, "augment": [step]}})
+    loaded = load_recipe(recipe)  # the recipe's shape is fine; the step is checked against its function
+    with pytest.raises(UserError) as err:
+        prepare_data(loaded.recipe.data, seed=0, where=loaded.where)
+    message = str(err.value)
+    assert message.startswith(f"{recipe}: data.augment: step 0") and fragment in message and "\n" not in message

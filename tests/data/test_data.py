@@ -1,0 +1,138 @@
+"""Data loading, row validation, duplicate removal and the split by prompt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpo.config.schema import DataSection
+from dpo.data.prepare import prepare_data, split_by_prompt
+from dpo.data.rows import Problem, normalize
+from dpo.errors import UserError
+
+
+def pair(prompt, chosen="yes", rejected="no"):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"prompt": "p", "chosen": "a"}, "missing column(s) rejected"),
+        (pair("p", chosen="  "), "'chosen' is empty"),
+        (pair("p", chosen="same", rejected="same"), "chosen equals rejected"),
+        (pair("p", chosen=3), "'chosen' is a int"),
+        ({"prompt": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}, "mixes strings"),
+        (
+            {
+                "prompt": [{"role": "wizard", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+            },
+            "role 'wizard'",
+        ),
+        ("just a string", "row is a str"),
+    ],
+)
+def test_row_problems(row, reason):
+    problem = normalize(row)
+    assert isinstance(problem, Problem) and reason in problem.detail
+
+
+def test_good_rows_pass():
+    assert normalize(pair("p")) == pair("p")
+
+
+def test_bad_row_error_names_file_and_row(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [pair("a"), pair("b", chosen=""), pair("c")])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path), seed=0)
+    assert str(err.value) == f"{path}: row 2: 'chosen' is empty; data.on_invalid: skip drops bad rows and counts them"
+
+
+def test_truncated_jsonl_line_names_row(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(pair("a")) + "\n" + '{"prompt": "b", "cho')
+    with pytest.raises(UserError, match=r"t.jsonl: row 2: last line is cut off"):
+        prepare_data(DataSection(train=str(path)), seed=0)
+
+
+def test_missing_file_names_the_key(tmp_path):
+    with pytest.raises(UserError, match="data.train: file .* not found"):
+        prepare_data(DataSection(train=str(tmp_path / "nope.jsonl")), seed=0)
+
+
+def test_split_by_prompt_never_shares_a_prompt_and_is_seeded():
+    rows = [pair(f"p{i % 10}", chosen=f"c{i}", rejected=f"r{i}") for i in range(40)]
+    train, held = split_by_prompt(rows, 0.3, seed=1)
+    assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in held})
+    assert len({r["prompt"] for r in held}) == 3 and len(train) + len(held) == 40
+    assert split_by_prompt(rows, 0.3, seed=1) == (train, held)
+
+
+def test_duplicates_dropped_and_card_counts(tmp_path):
+    rows = [pair(f"p{i}") for i in range(10)] + [pair("p0"), pair("p1")]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = prepare_data(DataSection(train=path, heldout_fraction=0.2), seed=0)
+    card = data.card
+    assert card["sources"]["train"][0]["rows_read"] == 12
+    assert card["sources"]["train"][0]["dropped"] == {"duplicate": 2}
+    assert card["split"]["train_pairs"] + card["split"]["eval_pairs"] == 10
+    assert card["split"]["eval_prompts"] == 2 and card["split"]["prompts_in_both"] == 0
+    assert len(card["content_hash"]["train"]) == 64
+
+
+@pytest.mark.parametrize("suffix", [".json", ".parquet", ".csv"])
+def test_other_file_formats(tmp_path, suffix):
+    import datasets
+
+    rows = [pair(f"p{i}") for i in range(6)]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".parquet":
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    else:
+        datasets.Dataset.from_list(rows).to_csv(str(path), index=False)
+    data = prepare_data(DataSection(train=str(path), heldout_fraction=0.5), seed=0)
+    assert len(data.train) + len(data.eval) == 6
+
+
+def test_save_to_disk_directory(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list([pair(f"p{i}") for i in range(4)]).save_to_disk(str(tmp_path / "ds"))
+    data = prepare_data(DataSection(train=str(tmp_path / "ds"), heldout_fraction=0.5), seed=0)
+    assert len(data.train) == 2 and len(data.eval) == 2
+
+
+def test_label_noise_flips_exactly_the_fraction_and_is_seeded():
+    import random
+
+    from dpo.data.augment import label_noise
+
+    rows = [pair(f"p{i}", chosen=f"good{i}", rejected=f"bad{i}") for i in range(10)]
+    out = label_noise(rows, random.Random(0), fraction=0.3)
+    flipped = [i for i, (a, b) in enumerate(zip(rows, out, strict=True)) if a != b]
+    assert len(flipped) == 3
+    for i in flipped:
+        assert out[i] == pair(f"p{i}", chosen=f"bad{i}", rejected=f"good{i}")
+    assert label_noise(rows, random.Random(0), fraction=0.3) == out  # same seed, same flips
+    assert rows[flipped[0]]["chosen"] == f"good{flipped[0]}"  # the input is not modified
+
+
+def test_augmentation_touches_training_pairs_only_and_is_recorded(tmp_path):
+    rows = [pair(f"p{i}", chosen=f"good{i}", rejected=f"bad{i}") for i in range(20)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    section = DataSection(train=path, heldout_fraction=0.25, augment=[{"type": "label_noise", "fraction": 0.5}])
+    data = prepare_data(section, seed=3)
+    assert all(r["chosen"].startswith("good") for r in data.eval)  # held-out keeps the true labels
+    assert sum(r["chosen"].startswith("bad") for r in data.train) == 8  # half of the 15 training pairs, rounded
+    assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8}]
+    assert prepare_data(section, seed=3).train == data.train

@@ -1,0 +1,226 @@
+"""Sources: mixing by weight and count, column mapping, implicit prompts, multi-response rows, hub ids;
+the split by prompt with pair expansion on; the sorting dataset's recipe; `dpo data inspect`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dpo.cli import app
+from dpo.config.loading import load_recipe
+from dpo.config.schema import DataSection
+from dpo.data.prepare import prepare_data
+from dpo.data.rows import extract_prompt, normalize
+from dpo.errors import UserError
+from tests.conftest import REPO, write_recipe
+
+SORTING = REPO / "data" / "sorting"
+
+
+def pair(prompt, chosen="yes", rejected="no"):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [pair(f"a{i}") for i in range(10)])
+    b = write_jsonl(tmp_path / "b.jsonl", [pair(f"b{i}") for i in range(30)])
+    return a, b
+
+
+def test_mix_by_weight_keeps_the_total_and_repeats_the_small_source(two_sources):
+    a, b = two_sources
+    section = DataSection(train=[{"path": a, "weight": 1}, {"path": b, "weight": 1}], eval=a)
+    data = prepare_data(section, seed=0)
+    assert [s["used"] for s in data.card["sources"]["train"]] == [20, 20]  # 40 rows split 1:1; a taken twice
+    assert sum(r["prompt"].startswith("a") for r in data.train) == 20
+    assert prepare_data(section, seed=0).train == data.train  # seeded
+    assert data.train != sorted(data.train, key=lambda r: r["prompt"])  # shuffled together
+
+
+def test_mix_by_count_and_plain_sources(two_sources):
+    a, b = two_sources
+    section = DataSection(train=[{"path": a}, {"path": b, "count": 5}], eval=a)
+    data = prepare_data(section, seed=0)
+    assert [s["used"] for s in data.card["sources"]["train"]] == [10, 5]
+    assert len({r["prompt"] for r in data.train if r["prompt"].startswith("b")}) == 5
+
+
+def test_duplicates_across_sources_are_dropped_once(two_sources, tmp_path):
+    a, _ = two_sources
+    copy = write_jsonl(tmp_path / "copy.jsonl", [pair("a0"), pair("new")])
+    data = prepare_data(DataSection(train=[a, copy], heldout_fraction=0.2), seed=0)
+    assert data.card["sources"]["train"][1]["dropped"] == {"duplicate": 1}
+    assert data.card["sources"]["train"][1]["kept"] == 1
+
+
+def test_weight_and_count_together_is_a_recipe_error(tmp_path, two_sources):
+    a, _ = two_sources
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": [{"path": a, "weight": 1, "count": 3}]}})
+    with pytest.raises(UserError, match="data.train: source 0: give a source a weight or a count, not both"):
+        load_recipe(recipe)
+
+
+def test_list_source_paths_resolve_against_the_recipe_folder(tmp_path, two_sources):
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": ["a.jsonl", {"path": "b.jsonl", "count": 3}]}})
+    sources = load_recipe(recipe).recipe.data.sources("train")
+    assert [s.path for s in sources] == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    recipe = write_recipe(tmp_path / "h.yaml", {"data": {"train": "hub:org/name"}})
+    assert load_recipe(recipe).recipe.data.sources("train")[0].path == "hub:org/name"
+
+
+def test_hub_dataset_offline_is_a_one_line_error():
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train="hub:some-org/some-dataset"), seed=0)
+    message = str(err.value)
+    assert message.startswith("hub:some-org/some-dataset: cannot load hub dataset") and "\n" not in message
+
+
+def test_column_mapping_nested_and_ultrafeedback_style(tmp_path):
+    rows = [
+        {
+            "instruction": f"q{i}",
+            "completions": [{"response": "great", "overall_score": 9}, {"response": "meh", "overall_score": 4}],
+            "source": "x",
+        }
+        for i in range(4)
+    ]
+    path = write_jsonl(tmp_path / "uf.jsonl", rows)
+    source = {
+        "path": path,
+        "columns": {
+            "prompt": "instruction",
+            "responses": "completions[].response",
+            "scores": "completions[].overall_score",
+        },
+        "ignore_columns": ["source"],
+    }
+    data = prepare_data(DataSection(train=[source], heldout_fraction=0.25), seed=0)
+    rows = sorted(data.train + data.eval, key=lambda r: r["prompt"])
+    assert rows == [pair(f"q{i}", "great", "meh") for i in range(4)]
+    with pytest.raises(UserError, match="row 1: unexpected column.* source"):
+        prepare_data(DataSection(train=[{**source, "ignore_columns": []}]), seed=0)
+    renamed = write_jsonl(tmp_path / "r.jsonl", [{"q": "x", "good": "a", "bad": "b"}])
+    mapped = normalize(json.loads(open(renamed).read()), {"prompt": "q", "chosen": "good", "rejected": "bad"})
+    assert mapped == pair("x", "a", "b")
+
+
+def test_implicit_prompt_text_and_messages():
+    assert extract_prompt("The sky is blue.", "The sky is green.") == ("The sky is", " blue.", " green.")
+    user = {"role": "user", "content": "Sky?"}
+    blue, red = {"role": "assistant", "content": "Blue"}, {"role": "assistant", "content": "Red"}
+    row = normalize({"chosen": [user, blue], "rejected": [user, red]})
+    assert row == {
+        "prompt": [user],
+        "chosen": [{"role": "assistant", "content": "Blue"}],
+        "rejected": [{"role": "assistant", "content": "Red"}],
+    }
+
+
+def test_parquet_multi_response_rows(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"q{i}", "responses": ["a", "b", "c"], "scores": [1.0, 0.5, 0.0]} for i in range(4)]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "m.parquet"))
+    data = prepare_data(DataSection(train=str(tmp_path / "m.parquet"), heldout_fraction=0.25), seed=0)
+    assert len(data.train) == 9 and len(data.eval) == 3  # 3 pairs per prompt, 1 prompt held out
+    assert data.card["expanded"]["train"]["pairs_made"] == 9 and data.card["expanded"]["eval"]["pairs_made"] == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_split_by_prompt_with_pair_expansion_never_leaks(seed):
+    section = DataSection(
+        train=str(SORTING / "train.jsonl"),
+        heldout_fraction=0.2,
+        expand_pairs={"min_gap": 0.2},
+        augment=[{"type": "off_prompt_negatives", "fraction": 0.3}, {"type": "label_noise", "fraction": 0.1}],
+    )
+    data = prepare_data(section, seed=seed)
+    train_prompts, eval_prompts = {r["prompt"] for r in data.train}, {r["prompt"] for r in data.eval}
+    assert train_prompts.isdisjoint(eval_prompts) and data.card["split"]["prompts_in_both"] == 0
+    assert len(train_prompts) + len(eval_prompts) == 300 and len(eval_prompts) == 60
+    assert data.card["expanded"]["eval"]["pairs_made"] == len(data.eval)  # held-out: expanded, not augmented
+
+
+def test_sorting_scores_are_the_gold_reward():
+    from dpo.data.gold import GOLD_REWARDS
+
+    card = json.loads((SORTING / "card.json").read_text())
+    reward = GOLD_REWARDS[card["gold_reward"]]
+    for split, size in card["sizes"].items():
+        rows = [json.loads(line) for line in (SORTING / f"{split}.jsonl").read_text().splitlines()]
+        assert len(rows) == size
+        for row in rows:
+            assert [round(reward(row["prompt"], r), 3) for r in row["responses"]] == row["scores"]
+            assert row["scores"].count(1.0) == 1
+
+
+def test_sorting_recipe_trains_on_the_tiny_model(tmp_path, tiny_model_dir):
+    from dpo.api import train
+
+    summary = train(
+        REPO / "recipes" / "sorting.yaml",
+        overrides=[
+            f"model.name_or_path={tiny_model_dir}",
+            "peft.target_modules=[q_proj,v_proj]",
+            "training.max_steps=2",
+            "training.eval_steps=2",
+            "training.per_device_train_batch_size=2",
+            "training.per_device_eval_batch_size=4",
+            "data.max_train_pairs=4",
+            "data.max_eval_pairs=4",
+            "logging.progress_bar=false",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    assert summary["steps"] == 2
+    card = json.loads((tmp_path / "run" / "data_card.json").read_text())
+    assert card["expanded"]["train"]["min_gap"] == 0.2 and card["expanded"]["train"]["max_pairs_per_prompt"] == 3
+    assert card["split"]["train_pairs"] == 4 and card["split"]["prompts_in_both"] == 0
+
+
+def test_data_inspect_file_json(tiny_model_dir):
+    path = REPO / "tests" / "data" / "data_corpus" / "duplicates.jsonl"
+    result = CliRunner().invoke(app, ["data", "inspect", str(path), "--model", str(tiny_model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["duplicates"] == 3 and report["invalid"] == {}
+    split = report["splits"]["all"]
+    assert split["pairs"] == 6 and len(split["samples"]) == 3
+    # char-level tokenizer: "Good answer 1." is 14 characters, plus the EOS token TRL appends
+    assert split["tokens"]["chosen"]["min"] == 15
+    assert sum(b["count"] for b in split["tokens"]["sequence"]["histogram"]) == 6
+
+
+def test_data_inspect_recipe_counts_invalid_rows(tmp_path, tiny_model_dir):
+    corpus = REPO / "tests" / "data" / "data_corpus"
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        {
+            "model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"train": [str(corpus / "empty_answer.jsonl"), str(corpus / "bad_role.jsonl")]},
+        },
+    )
+    result = CliRunner().invoke(app, ["data", "inspect", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "invalid rows by reason (data.on_invalid: error stops with an error):" in result.stdout
+    assert "empty" in result.stdout and "bad_role" in result.stdout and "[train]" in result.stdout
+    missing = CliRunner().invoke(app, ["data", "inspect", str(tmp_path / "none.jsonl"), "--model", str(tiny_model_dir)])
+    assert missing.exit_code == 2 and "not found" in missing.stderr
+
+
+def test_knobs_that_would_do_nothing_are_errors(two_sources):
+    a, b = two_sources
+    with pytest.raises(UserError, match="data.expand_pairs: has no effect: the data hold no multi-response rows"):
+        prepare_data(DataSection(train=a, eval=b, expand_pairs={"min_gap": 0.5}), seed=0)
+    with pytest.raises(UserError, match="split 'test' has no effect on a file"):
+        prepare_data(DataSection(train=[{"path": a, "split": "test"}], eval=b), seed=0)
+    with pytest.raises(UserError, match="subset 'x' has no effect"):
+        prepare_data(DataSection(train=[{"path": a, "subset": "x"}], eval=b), seed=0)

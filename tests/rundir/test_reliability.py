@@ -1,0 +1,210 @@
+"""Unit tests of the crash-safety and security helpers: the run-dir lock, secret redaction, resume's file
+handling, run names, and source-wide rules (safe YAML only, no shell strings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from dpo.config.loading import load_recipe
+from dpo.config.schema import run_name_problem
+from dpo.errors import UserError
+from dpo.rundir.atomic import atomic_write_json, atomic_write_text
+from dpo.rundir.lock import RunLock, _process_start
+from dpo.rundir.resume import COMPLETE_MARK, TRAINER_STATE, last_resumable, mark_complete, rotate, truncate_metrics
+from dpo.rundir.secrets import RedactingStream, is_secret_name, redact, redact_data, secret_values
+from tests.conftest import ARITHMETIC, REPO, read_jsonl, write_recipe
+
+# ---- the lock -----------------------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused_and_lock_released(tmp_path):
+    with RunLock(tmp_path) as first:
+        held = json.loads(first.path.read_text())
+        assert held["pid"] == os.getpid() and held["host"] == socket.gethostname() and held["started"]
+        with pytest.raises(UserError, match=rf"in use by another dpo train \(pid {os.getpid()} on "):
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / ".lock").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary files left either
+
+
+def test_stale_lock_of_a_dead_process_is_cleared(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then", "process_start": "1"}
+    (tmp_path / ".lock").write_text(json.dumps(stale))
+    with RunLock(tmp_path) as lock:
+        assert lock.cleared == stale
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.skipif(_process_start(os.getpid()) is None, reason="needs /proc")
+def test_reused_pid_is_stale(tmp_path):
+    """A live pid with another process start time is a new process that got the old pid (e.g. after a restart)."""
+    reused = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": "123"}
+    (tmp_path / ".lock").write_text(json.dumps(reused))
+    with RunLock(tmp_path) as lock:
+        assert lock.cleared == reused
+
+
+def test_lock_from_another_host_is_never_guessed_stale(tmp_path):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "t"}))
+    with pytest.raises(UserError, match="pid 1 on elsewhere"):
+        RunLock(tmp_path).acquire()
+    assert (tmp_path / ".lock").exists()
+
+
+# ---- secrets ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [("WANDB_API_KEY", True), ("HF_TOKEN", True), ("AWS_SECRET_ACCESS_KEY", True), ("DB_PASSWORD", True),
+     ("OPENAI_APIKEY", True), ("my_auth", True), ("MONKEY", False), ("TOKENIZERS_PARALLELISM", False),
+     ("PATH", False), ("KEYBOARD", False)],
+)  # fmt: skip
+def test_secret_names(name, secret):
+    assert is_secret_name(name) is secret
+
+
+def test_redaction_replaces_values_of_secret_variables_only():
+    env = {
+        "HF_TOKEN": "hf_abcdefgh12345",
+        "WANDB_API_KEY": "0123456789abcdef0123",
+        "SHORT_KEY": "1",
+        "HOME": "/home/me",
+    }
+    text = "token hf_abcdefgh12345 in /home/me, key=0123456789abcdef0123, step 1"
+    assert redact(text, env) == "token [redacted $HF_TOKEN] in /home/me, key=[redacted $WANDB_API_KEY], step 1"
+    assert [name for name, _ in secret_values(env)] == ["WANDB_API_KEY", "HF_TOKEN"]  # longest first, short ignored
+    nested = {"a": ["x hf_abcdefgh12345", 1.5, None], "hf_abcdefgh12345": {"b": "clean"}}
+    assert redact_data(nested, env) == {
+        "a": ["x [redacted $HF_TOKEN]", 1.5, None],
+        "[redacted $HF_TOKEN]": {"b": "clean"},
+    }
+
+
+def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
+    import io
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    buffer = io.StringIO()
+    RedactingStream(buffer).write("using s3cr3t-value-9876 now\n")
+    assert buffer.getvalue() == "using [redacted $MY_SERVICE_TOKEN] now\n"
+    atomic_write_json(tmp_path / "summary.json", {"path": "/data/s3cr3t-value-9876/train.jsonl"})
+    assert "s3cr3t" not in (tmp_path / "summary.json").read_text()
+
+
+# ---- atomic writes and resume's files -----------------------------------------------------------------
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_truncate_metrics_drops_later_steps_torn_line_and_end_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 0, "eval_loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "loss": 1}, {"step": 2, "eval_loss": 1},
+             {"step": 2, "train_runtime": 3.0}, {"step": 3, "loss": 1}]  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "lo')  # killed mid-line
+    assert truncate_metrics(path, 2) == 3
+    assert read_jsonl(path) == lines[:4]
+
+
+def _checkpoint(folder, step, complete=True, state=True):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if state:
+        (path / TRAINER_STATE).write_text("{}")
+    if complete:
+        mark_complete(path, step)
+    return path
+
+
+def test_last_resumable_skips_incomplete_and_weights_only_checkpoints(tmp_path):
+    _checkpoint(tmp_path, 0, state=False)  # the untrained model kept as best: weights only
+    assert last_resumable(tmp_path) is None
+    good = _checkpoint(tmp_path, 2)
+    _checkpoint(tmp_path, 4, complete=False)  # cut off mid-save
+    assert last_resumable(tmp_path) == (2, good)
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path):
+    paths = {s: _checkpoint(tmp_path, s) for s in (2, 4, 6, 8)}
+    rotate(tmp_path, 2, protect=paths[2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
+    assert all((p / COMPLETE_MARK).is_file() for p in tmp_path.iterdir())
+
+
+# ---- names, recipes, sources --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", ".", "", "a\\b"])
+def test_run_names_cannot_escape_the_output_dir(name, tmp_path):
+    assert run_name_problem(name)
+    recipe = write_recipe(tmp_path / "r.yaml", {"name": name, "data": {"train": str(ARITHMETIC / "train.jsonl")}})
+    with pytest.raises(UserError, match=rf"^{re.escape(str(recipe))}: name: "):
+        load_recipe(recipe)
+
+
+@pytest.mark.parametrize("name", ["run", "beta-0.1", "trial-0003", "my run"])
+def test_plain_names_are_fine(name):
+    assert run_name_problem(name) is None
+
+
+def test_trust_remote_code_is_off_by_default_and_warned_about(tmp_path):
+    from dpo.train.gate import CheckedRecipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
+    assert load_recipe(recipe).recipe.model.trust_remote_code is False
+    loaded = load_recipe(recipe, ["model.trust_remote_code=true"])
+    (warning,) = CheckedRecipe(loaded, None, None, None).warnings
+    assert warning.startswith("--set: model.trust_remote_code: true: Python code shipped with the model")
+
+
+SOURCES = sorted([*(REPO / "dpo").rglob("*.py"), *(REPO / "eval").rglob("*.py"), *(REPO / "scripts").rglob("*.py")])
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"shell\s*=\s*True", r"\bos\.system\(", r"\bos\.popen\(", r"subprocess\.getoutput", r"yaml\.unsafe_load",
+     r"yaml\.full_load", r"yaml\.load\((?![^)]*Loader=_SafeLoader)", r"Loader=yaml\.(Unsafe|Full)?Loader"],
+)  # fmt: skip
+def test_no_shell_strings_and_no_unsafe_yaml_in_the_sources(pattern):
+    """Processes are launched with argument lists, never through a shell; YAML is read with the safe loader only."""
+    offenders = [str(p.relative_to(REPO)) for p in SOURCES if re.search(pattern, p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+@pytest.mark.slow
+def test_secrets_never_reach_the_run_directory_or_the_console(tiny_recipe, tmp_path):
+    """A secret-named environment variable whose value appears in the data path (as a token in a URL-like path
+    would): `dpo train` prints and writes it nowhere, and warns about trust_remote_code."""
+    import shutil
+
+    secret = "s3cr3t-value-9876-abcdef"
+    data_dir = tmp_path / f"data-{secret}"
+    data_dir.mkdir()
+    shutil.copy(ARITHMETIC / "train.jsonl", data_dir / "train.jsonl")
+    run_dir = tmp_path / "run"
+    overrides = ["training.max_steps=2", "training.eval_steps=1", f"data.train={data_dir / 'train.jsonl'}",
+                 "model.trust_remote_code=true"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "train", str(tiny_recipe), "--output-dir", str(run_dir),
+         *(arg for o in overrides for arg in ("--set", o))],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "MY_SERVICE_TOKEN": secret},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: --set: model.trust_remote_code: true" in proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    assert "[redacted $MY_SERVICE_TOKEN]" in (run_dir / "recipe.yaml").read_text()
+    leaked = [str(p) for p in run_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []

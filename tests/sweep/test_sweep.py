@@ -1,0 +1,323 @@
+"""`dpo sweep` on the tiny model: spec errors, parallel trials, a failing trial, pruning, SIGKILL + --resume,
+and two sweep processes sharing one PostgreSQL study."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpo.config.loading import load_recipe
+from dpo.errors import UserError
+from dpo.sweep.spec import load_spec
+from tests.conftest import REPO
+
+TINY_FIXED = {"training.max_steps": 2, "training.eval_steps": 1, "data.max_eval_pairs": 4}
+
+
+def write_spec(path: Path, recipe: Path, **fields) -> Path:
+    spec = {"recipe": str(recipe), "objective": {"metric": "eval_rewards/accuracies"}, **fields}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def dpo(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dpo", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+        **kwargs,
+    )  # fmt: skip
+
+
+def summary_of(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "sweep_summary.json").read_text())
+
+
+# --- spec checks (no training) -------------------------------------------------------------------------------
+
+SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "message"),
+    [
+        ({"objective": {"metric": "eval_rewards/acuracies"}}, "objective.metric", "eval_rewards/accuracies'?"),
+        ({"search": {"loss.betta": {"uniform": [0.1, 0.2]}}}, "search.loss.betta", "did you mean 'loss.beta'"),
+        ({"search": {"training.lr": {"grid": [1e-5]}}}, "search.training.lr", "not a trl.DPOConfig field"),
+        ({"search": {"loss.beta": {"normal": [0.1, 0.2]}}}, "search.loss.beta", "unknown kind 'normal'"),
+        ({"search": {"loss.beta": {"log_uniform": [0.0, 1.0]}}}, "search.loss.beta", "low > 0"),
+        ({"search": {"name": {"choice": ["a", "b"]}}}, "search.name", "set by the sweep"),
+        ({"sampler": "grid"}, "search.loss.beta", "cannot be enumerated"),
+        ({"sampler": "grid", "trials": 3, "search": {"loss.beta": {"grid": [0.1, 0.2]}}}, "trials", "only 2 points"),
+        ({"sampler": {"type": "tpe", "n_startup": 3}}, "sampler.n_startup", "n_startup_trials"),
+        ({"pruner": "meridian"}, "pruner", "did you mean 'median'"),
+        ({"trials": None}, "trials", "required with sampler 'tpe'"),
+        ({"search": {"c": {"variants": {"ipo": {"loss.typo": "ipo"}}}}}, "search.c.ipo.loss.typo", "'loss.type'"),
+    ],
+)  # fmt: skip
+def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
+    base = {"trials": 4, "search": SEARCH}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, **{**base, **fields})
+    with pytest.raises(UserError) as info:
+        load_spec(spec)
+    assert str(info.value).startswith(f"{spec}: {key}") and message in str(info.value)
+
+
+def test_spec_grid_and_variants(tmp_path, tiny_recipe):
+    spec = load_spec(
+        write_spec(
+            tmp_path / "spec.yaml", tiny_recipe, sampler="grid", fixed={"training.max_steps": 3},
+            search={
+                "control": {"variants": {"plain": {}, "ipo": {"loss.type": "ipo", "loss.beta": 0.5}}},
+                "training.learning_rate": {"grid": [1.0e-5, 5.0e-5]},
+                "peft.r": {"int": [4, 8, 4]},
+            },
+        )
+    )  # fmt: skip
+    assert spec.trials == 8 and spec.direction == "maximize" and spec.name == "spec"
+    assert spec.grid_space() == {
+        "control": ["plain", "ipo"], "training.learning_rate": [1e-05, 5e-05], "peft.r": [4, 8],
+    }  # fmt: skip
+    overrides = spec.overrides({"control": "ipo", "training.learning_rate": 5e-05, "peft.r": 8})
+    assert overrides == {
+        "training.max_steps": 3, "loss.type": "ipo", "loss.beta": 0.5, "training.learning_rate": 5e-05, "peft.r": 8,
+    }  # fmt: skip
+
+
+def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=SEARCH)
+    spec.write_text(spec.read_text().replace("eval_rewards/accuracies", "eval_accuracy"))
+    proc = dpo("sweep", spec, "--output-dir", tmp_path / "sweep")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
+    assert proc.stderr.startswith(f"error: {spec}: objective.metric: unknown held-out metric 'eval_accuracy'")
+    assert not (tmp_path / "sweep").exists()
+
+
+# --- sweeps that train -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_workers_four_trials_best_yaml_trains(tmp_path, tiny_recipe):
+    import optuna
+
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, name="duo", sampler="random", trials=4, fixed=TINY_FIXED,
+        search={"loss.beta": {"log_uniform": [0.05, 0.5]}, "training.learning_rate": {"grid": [1.0e-2, 1.0e-3]}},
+    )  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    proc = dpo("sweep", spec, "--workers", 2, "--output-dir", sweep_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep duo: eval_rewards/accuracies (maximize)" in proc.stdout and "best: trial" in proc.stdout
+
+    summary = summary_of(sweep_dir)
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2, 3]
+    assert all(t["state"] == "complete" and t["steps"] == 2 for t in summary["trials"])
+    assert summary["steps_total"] == 8 and summary["steps_saved_by_pruning"] == 0
+    best = max(summary["trials"], key=lambda t: t["value"])
+    assert summary["best_value"] == best["value"] and summary["best_params"] == best["params"]
+    for t in summary["trials"]:
+        run_dir = sweep_dir / t["run_dir"]
+        assert json.loads((run_dir / "trial.json").read_text()) == t
+        assert (run_dir / "train.log").is_file() and (run_dir / "final").is_dir()
+        resolved = load_recipe(run_dir / "recipe.yaml").recipe
+        assert resolved.loss.beta == t["params"]["loss.beta"]
+        assert resolved.training["learning_rate"] == t["params"]["training.learning_rate"]
+        run_summary = json.loads((run_dir / "summary.json").read_text())
+        assert run_summary["final_metrics"]["eval_rewards/accuracies"] == t["value"]
+    spec_copy = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    assert spec_copy["base_recipe"] == str(tiny_recipe.resolve()) and spec_copy["trials"] == 4
+
+    # the two workers ran trials at the same time
+    study = optuna.load_study(study_name="duo", storage=f"sqlite:///{sweep_dir / 'study.db'}")
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+    # best.yaml is the best trial's resolved recipe and trains as it is
+    best_recipe = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    trial_recipe = yaml.safe_load((sweep_dir / best["run_dir"] / "recipe.yaml").read_text())
+    assert {**trial_recipe, "name": "duo-best"} == best_recipe
+    proc = dpo("train", sweep_dir / "best.yaml", "--output-dir", tmp_path / "best-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "best-run" / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_invalid_combination_fails_alone(tmp_path, tiny_recipe):
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, sampler="grid", fixed={**TINY_FIXED, "loss.label_smoothing": 0.1},
+        search={"loss.type": {"choice": ["ipo", "sigmoid"]}},
+    )  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    proc = dpo("sweep", spec, "--output-dir", sweep_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_type = {t["params"]["loss.type"]: t for t in summary_of(sweep_dir)["trials"]}
+    failed, ok = by_type["ipo"], by_type["sigmoid"]
+    assert failed["state"] == "failed" and failed["value"] is None and failed["steps"] == 0
+    assert "loss.label_smoothing" in failed["reason"] and "does not apply" in failed["reason"]
+    assert "error:" in (sweep_dir / failed["run_dir"] / "train.log").read_text()
+    assert json.loads((sweep_dir / failed["run_dir"] / "trial.json").read_text())["state"] == "failed"
+    assert ok["state"] == "complete" and summary_of(sweep_dir)["best_trial"] == ok["number"]
+    assert "failed" in proc.stdout  # the table shows it
+
+
+@pytest.mark.slow
+def test_pruning_stops_a_hopeless_trial(tmp_path, tiny_recipe):
+    # trial 0 learns (eval_loss falls below log 2); trial 1 barely moves, so at its first evaluation it is worse
+    # than the median of the finished trial at that step and is pruned
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, sampler="grid", seed=1, objective={"metric": "eval_loss"},
+        pruner={"type": "median", "n_startup_trials": 1}, fixed={"training.max_steps": 6, "training.eval_steps": 2},
+        search={"training.learning_rate": {"grid": [1.0e-2, 1.0e-9]}},
+    )  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    proc = dpo("sweep", spec, "--output-dir", sweep_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(sweep_dir)
+    assert summary["objective"] == {"metric": "eval_loss", "direction": "minimize"}
+    first, second = summary["trials"]  # the grid's order under seed 1: the learning trial first
+    assert first["params"]["training.learning_rate"] == 1.0e-2
+    assert first["state"] == "complete" and first["steps"] == 6
+    assert second["state"] == "pruned" and second["steps"] == 2 and "median" in second["reason"]
+    run_summary = json.loads((sweep_dir / second["run_dir"] / "summary.json").read_text())
+    assert run_summary["stop_reason"] == "pruned" and run_summary["steps"] == 2
+    assert summary["steps_total"] == 8 and summary["steps_saved_by_pruning"] == 4
+    assert summary["best_trial"] == 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_runs_only_what_is_missing(tmp_path, tiny_recipe):
+    betas = [0.05, 0.1, 0.2]
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, name="killed", sampler="grid", fixed=TINY_FIXED,
+        search={"loss.beta": {"grid": betas}},
+    )  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dpo", "sweep", str(spec), "--output-dir", str(sweep_dir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = sweep_dir / "trials" / "trial-0001" / "recipe.yaml"  # one trial done, the second started
+    deadline = time.time() + 300
+    while not second.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert second.exists(), "the sweep never reached its second trial"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {n: (sweep_dir / "trials" / f"trial-000{n}" / "summary.json").stat().st_mtime_ns for n in (0,)}
+
+    again = dpo("sweep", spec, "--output-dir", sweep_dir)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently appended to
+    resumed = dpo("sweep", spec, "--output-dir", sweep_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    summary = summary_of(sweep_dir)
+    states = {t["number"]: t for t in summary["trials"]}
+    assert states[1]["state"] == "failed" and states[1]["reason"].startswith("interrupted")
+    assert "retried as trial 2" in states[1]["reason"]
+    assert json.loads((sweep_dir / "trials" / "trial-0001" / "trial.json").read_text())["state"] == "failed"
+    finished = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert len(finished) == 3  # the total is right: 3 trials, each grid point once
+    assert sorted(t["params"]["loss.beta"] for t in finished) == betas
+    assert states[2]["params"] == states[1]["params"]  # the interrupted point ran again
+    for n, mtime in done.items():  # finished trials were not re-run
+        assert (sweep_dir / "trials" / f"trial-000{n}" / "summary.json").stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == [f"trial-000{n}" for n in range(4)]
+
+
+# --- one sweep, several processes, through PostgreSQL ----------------------------------------------------------
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server (Debian's package) on a free port, run as the `postgres` user when we are root."""
+    if PG_BIN is None or not (PG_BIN / "initdb").is_file():
+        pytest.skip("PostgreSQL server binaries not installed (scripts/setup.sh installs Debian's postgresql)")
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="dpo-pg-", dir="/tmp"))  # pytest's tmp dirs are not readable by postgres
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, PG_BIN / "pg_ctl", "-D", data, "-o", options, "-l", root / "log", "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_postgres_sweep(tmp_path, tiny_recipe, postgres_url):
+    import optuna
+
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, name="shared", sampler="random", trials=3, fixed=TINY_FIXED,
+        search={"loss.beta": {"log_uniform": [0.05, 0.5]}},
+    )  # fmt: skip
+    # two "machines": each its own sweep directory, one study in the database
+    dirs = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dpo", "sweep", str(spec), "--storage", postgres_url, "--output-dir", str(d)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for d in dirs
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+
+    ran = [sorted(int(t.name.removeprefix("trial-")) for t in (d / "trials").iterdir()) for d in dirs]
+    assert all(ran), f"both processes ran trials: {ran}"
+    assert sorted(ran[0] + ran[1]) == [0, 1, 2]  # each trial ran once, in one of the two
+    assert not any((d / "study.db").exists() for d in dirs)
+    storage = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    last = max(dirs, key=lambda d: (d / "sweep_summary.json").stat().st_mtime_ns)
+    assert [t["state"] for t in summary_of(last)["trials"]] == ["complete"] * 3
+
+
+# --- the shipped sweeps ----------------------------------------------------------------------------------------
+
+SHIPPED = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_sweep_every_trial_recipe_validates(path):
+    import itertools
+
+    from dpo.sweep.driver import _overrides
+    from dpo.train.gate import check
+
+    spec = load_spec(path)
+    grid = spec.grid_space()
+    for combo in itertools.product(*grid.values()):
+        check(spec.base_recipe, _overrides(spec.overrides(dict(zip(grid, combo, strict=True)))))
+    head = path.read_text().splitlines()[:8]
+    assert head[0].startswith("# ") and any(f"dpo sweep recipes/sweeps/{path.name}" in line for line in head)
+
+
+def test_shipped_sweeps_cover_beta_loss_and_controls():
+    controls = load_spec(REPO / "recipes" / "sweeps" / "controls.yaml").grid_space()["control"]
+    assert controls == ["plain", "cdpo", "ipo", "robust", "dpop", "early_stopping"]
+    space = load_spec(REPO / "recipes" / "sweeps" / "beta-x-loss.yaml").grid_space()
+    assert set(space) == {"loss.beta", "loss.type"}

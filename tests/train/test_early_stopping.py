@@ -1,0 +1,115 @@
+"""Best-checkpoint tracking and early stopping: exact trigger points, and the restored model is the best one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from dpo.analysis.diagnostics import infer_mode
+from dpo.train.callbacks import BestCheckpointCallback
+from dpo.train.execute import execute
+
+
+def feed(callback, values, start=10, every=10):
+    """Feed evaluations at steps 10, 20, ...; return the step at which the callback said stop (or None)."""
+    for i, value in enumerate(values):
+        _, stop = callback.update(start + i * every, value)
+        if stop:
+            return start + i * every
+    return None
+
+
+@pytest.mark.parametrize(
+    ("values", "patience", "min_delta", "stop_at", "best_step"),
+    [
+        ([1.0, 2.0, 3.0, 4.0], 2, 0.0, None, 40),  # always improving
+        ([1.0, 2.0, 1.5, 1.9, 1.8], 3, 0.0, 50, 20),  # 3 evaluations without beating 2.0
+        ([1.0, 2.0, 1.5, 1.9, 1.8], 2, 0.0, 40, 20),
+        ([1.0, 1.05, 1.08, 1.09], 2, 0.1, 30, 10),  # +0.05 and +0.08 are below min_delta 0.1
+        ([1.0, 1.2, 1.25, 1.5], 2, 0.1, None, 40),  # +0.2 resets, +0.05 counts 1, +0.3 (vs 1.2) resets
+        ([1.0, float("nan"), float("nan")], 2, 0.0, 30, 10),  # non-finite evaluations never improve
+    ],
+)
+def test_trigger_points_for_max_mode(values, patience, min_delta, stop_at, best_step):
+    callback = BestCheckpointCallback("eval_rewards/margins", patience=patience, min_delta=min_delta)
+    assert feed(callback, values) == stop_at
+    assert callback.best_step == best_step
+
+
+def test_min_mode_and_warmup():
+    callback = BestCheckpointCallback("eval_loss", patience=1, warmup_steps=35)
+    assert callback.mode == "min"
+    # worse at 20 and 30, but not before step 35; worse again at 40 -> stop
+    assert feed(callback, [0.5, 0.6, 0.7, 0.8]) == 40
+    assert callback.best_step == 10 and callback.best_value == 0.5
+
+
+def test_no_patience_never_stops():
+    callback = BestCheckpointCallback("eval_loss")
+    assert feed(callback, [0.1, 0.9, 0.9, 0.9, 0.9]) is None and callback.best_step == 10
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("eval_rewards/margins", "max"),
+        ("eval_rewards/accuracies", "max"),
+        ("eval_loss", "min"),
+        ("eval_logps/accuracies", "max"),
+        ("eval_gap/margins", "min"),
+        ("eval_gap/accuracies", "min"),
+        ("eval_logratios/chosen", "max"),
+    ],
+)
+def test_mode_inference(metric, mode):
+    assert infer_mode(metric) == mode
+
+
+class ScriptedMetric(TrainerCallback):
+    """Sets eval_scripted to a fixed value per evaluation step, before the early-stopping callback reads it."""
+
+    def __init__(self, values):
+        self.values = values
+        self.last_weights = {}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_scripted"] = self.values[state.global_step]
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # the adapter as training left it, before the best checkpoint is restored
+        self.last_weights = {
+            k.replace(".default", ""): v.clone() for k, v in model.state_dict().items() if "lora_" in k
+        }
+
+
+@pytest.mark.parametrize(("values", "best_step", "stopped"), [([0, 1, 3, 2, 1, 0, 0], 2, 4), ([5, 1, 1, 1], 0, 2)])
+def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, best_step, stopped):
+    """The scripted held-out metric peaks at `best_step`; patience 2 stops two evaluations later, and final/
+    holds the best checkpoint's adapter, parameter for parameter (not the last step's)."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        "early_stopping.metric=eval_scripted",
+        "early_stopping.patience=2",
+        f"training.max_steps={len(values) - 1}",
+        "training.eval_steps=1",
+    ]
+    scripted = ScriptedMetric(values)
+    summary, _ = execute(
+        tiny_recipe, overrides, output_dir=run_dir, callbacks=[scripted], extra_metrics=("eval_scripted",)
+    )
+    assert summary["stop_reason"] == "early_stopped" and summary["steps"] == stopped
+    assert summary["best_step"] == best_step and summary["best_metric"]["value"] == values[best_step]
+    assert summary["final_weights"] == "best"
+    final = load_file(run_dir / "final" / "adapter_model.safetensors")
+    best = load_file(run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    assert final.keys() == best.keys()
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    # and it is not the last step's adapter: training moved the weights after the best step
+    assert set(final) == set(scripted.last_weights)
+    assert any(not torch.equal(final[k], scripted.last_weights[k]) for k in final)
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if "eval_loss" in e] == list(range(stopped + 1))

@@ -1,0 +1,83 @@
+"""Checks that need the loss table or TRL's DPOConfig fields: no knob is accepted and ignored."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo.config.loading import load_recipe
+from dpo.errors import UserError
+from dpo.train.arguments import build_dpo_config, check_training
+from dpo.train.loss_plan import loss_plan
+from tests.conftest import write_recipe
+
+
+@pytest.fixture
+def recipe_path(tmp_path):
+    return write_recipe(tmp_path / "r.yaml", {"data": {"train": "unused.jsonl"}})
+
+
+def plan(recipe_path, *overrides):
+    return loss_plan(load_recipe(recipe_path, list(overrides)))
+
+
+def test_default_plan_is_plain_dpo(recipe_path):
+    p = plan(recipe_path)
+    assert p.terms == (("sigmoid", 1.0),) and p.beta == 0.1 and p.hyperparameters == {}
+
+
+def test_label_smoothing_turns_sigmoid_into_cdpo(recipe_path):
+    assert plan(recipe_path, "loss.label_smoothing=0.1").hyperparameters == {"label_smoothing": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["loss.type=ipo", "loss.label_smoothing=0.1"], "loss.label_smoothing: does not apply to loss.type ['ipo']"),
+        (["loss.dpop_lambda=5"], "loss.dpop_lambda: does not apply to loss.type ['sigmoid'] (it is used by: dpop)"),
+        (["loss.discopop_tau=0.1", "loss.type=hinge"], "loss.discopop_tau: does not apply"),
+        (["loss.type=sigmiod"], "unknown loss 'sigmiod'; did you mean 'sigmoid'?"),
+        (["loss.type=[sigmoid, sft]", "loss.weights=[1.0]"], "1 weights for 2 losses"),
+    ],
+)
+def test_inapplicable_or_unknown_loss_settings_are_errors(recipe_path, overrides, fragment):
+    with pytest.raises(UserError) as err:
+        plan(recipe_path, *overrides)
+    assert str(err.value).startswith("--set: loss.") and fragment in str(err.value)
+
+
+def test_exo_pair_uses_the_paper_epsilon_unless_set(recipe_path):
+    assert plan(recipe_path, "loss.type=exo_pair").hyperparameters == {}  # the function's default: 1e-3
+    assert plan(recipe_path, "loss.type=exo_pair", "loss.label_smoothing=0.01").hyperparameters == {
+        "label_smoothing": 0.01
+    }
+
+
+def test_combined_losses_with_weights(recipe_path):
+    p = plan(recipe_path, "loss.type=[sigmoid, sft]", "loss.weights=[1.0, 0.5]")
+    assert p.terms == (("sigmoid", 1.0), ("sft", 0.5))
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("training.beta=0.2", "training.beta: belongs elsewhere: use loss.beta"),
+        ("training.label_smoothing=0.1", "use loss.label_smoothing"),
+        ("training.seed=3", "use seed (top level)"),
+        ("training.lerning_rate=0.1", "unknown key 'training.lerning_rate'; did you mean 'training.learning_rate'?"),
+        ("training.max_steps=ten", "training.max_steps: 'ten' is not of type"),
+        ("training.learning_rate=true", "training.learning_rate: True is not of type"),
+    ],
+)
+def test_training_section_is_checked_against_dpoconfig(recipe_path, override, fragment):
+    with pytest.raises(UserError) as err:
+        check_training(load_recipe(recipe_path, [override]))
+    assert str(err.value).startswith("--set: ") and fragment in str(err.value)
+
+
+def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
+    loaded = load_recipe(recipe_path, ["loss.beta=0.3", "seed=7", "training.max_steps=5", "training.eval_steps=2"])
+    config = build_dpo_config(loaded, tmp_path / "run")
+    assert config.beta == 0.3 and config.seed == 7 and config.max_steps == 5 and config.eval_steps == 2
+    assert config.output_dir == str(tmp_path / "run" / "checkpoints")
+    assert config.bf16 is False and config.gradient_checkpointing is False
+    assert config.report_to == [] or config.report_to == "none" or config.report_to == ["none"]
