@@ -12,8 +12,7 @@ from dpo.errors import UserError
 from dpo.train.execute import execute
 from dpo.train.gate import check
 from dpo.train.trainer import _token_fields
-
-from .conftest import read_jsonl
+from tests.conftest import read_jsonl
 
 
 def test_token_fields_hand_worked():
