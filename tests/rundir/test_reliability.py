@@ -166,7 +166,7 @@ def test_trust_remote_code_is_off_by_default_and_warned_about(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
     assert load_recipe(recipe).recipe.model.trust_remote_code is False
     loaded = load_recipe(recipe, ["model.trust_remote_code=true"])
-    (warning,) = CheckedRecipe(loaded, None, None, None).warnings
+    (warning,) = CheckedRecipe(loaded, None, None, None, tmp_path).warnings
     assert warning.startswith("--set: model.trust_remote_code: true: Python code shipped with the model")
 
 
