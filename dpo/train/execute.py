@@ -177,8 +177,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     initial: dict = {}
     try:
         if point.checkpoint is None:
-            initial = trainer.evaluate()  # step 0: the reference model's held-out numbers, for the before/after view
-            _unmark_eval_preparation(trainer)
+            initial = trainer.evaluate_untrained()  # step 0: the reference model's numbers, the before/after view
             if best.keep_best and best.best_step == 0:
                 checkpoint_0 = Path(trainer.args.output_dir) / "checkpoint-0"
                 trainer.save_model(str(checkpoint_0))
@@ -229,23 +228,6 @@ def _stop_reason(best, callbacks: list) -> str:
         if reason:
             return reason
     return "early_stopped" if best.stopped_at is not None else "completed"
-
-
-def _unmark_eval_preparation(trainer) -> None:
-    """Let train() wrap the model in DistributedDataParallel after an evaluation.
-
-    An evaluate() before train() prepares the bare model for evaluation only (no DDP wrapper) and marks it
-    prepared; train() then skips the wrapper, so under torchrun / accelerate launch every process would update
-    its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
-    """
-    model = trainer.model
-    if (
-        trainer.args.world_size > 1
-        and trainer.model_wrapped is model
-        and getattr(model, "_is_accelerate_prepared", False)
-    ):
-        del model._is_accelerate_prepared
-        trainer.accelerator._models[:] = [m for m in trainer.accelerator._models if m is not model]
 
 
 def _restore_best(trainer, best) -> bool:

@@ -241,6 +241,21 @@ class Trainer(DPOTrainer):
             logs["train_loss"] = (total + logs["train_loss"] * (steps - step)) / max(steps, 1)
         super().log(logs, start_time)
 
+    def evaluate_untrained(self) -> dict[str, float]:
+        """The step-0 evaluation before train(), leaving the model ready for train() to wrap in DDP.
+
+        An evaluate() before train() prepares the bare model for evaluation only (no DDP wrapper) and marks it
+        prepared; train() then skips the wrapper, so under torchrun / accelerate launch every process would update
+        its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
+        """
+        metrics = self.evaluate()
+        model = self.model
+        prepared = getattr(model, "_is_accelerate_prepared", False)
+        if self.args.world_size > 1 and self.model_wrapped is model and prepared:
+            del model._is_accelerate_prepared
+            self.accelerator._models[:] = [m for m in self.accelerator._models if m is not model]
+        return metrics
+
     # ---- the non-finite guard ----
     # Checked before the optimizer applies the step: a NaN/Inf loss or gradient norm raises NonFiniteError, so
     # the weights in memory and every checkpoint on disk stay finite. (transformers would instead log the average
