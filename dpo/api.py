@@ -26,7 +26,8 @@ def train(
     """Train one recipe and write its run directory; returns the summary (also in summary.json).
 
     With `resume`, `recipe` may be the run directory itself (its recipe.yaml is used). `callbacks`: transformers
-    TrainerCallbacks run before ours, which may log held-out metrics named in `extra_metrics`."""
+    TrainerCallbacks run before ours, which may log held-out metrics named in `extra_metrics` (early stopping on
+    one of those needs early_stopping.mode max or min: dpo's metric table cannot say which way is better)."""
     from dpo.train.execute import execute
 
     recipe = Path(recipe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-HEADLINE_METRICS = ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies", "eval_loss")
+from dpo.metrics import HEADLINE
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
@@ -16,7 +16,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_column("start (step 0)", justify="right")
     table.add_column(f"best (step {summary['best_step']})", justify="right")
     table.add_column(f"end (step {summary['final_metrics'].get('eval_step')})", justify="right")
-    for name in HEADLINE_METRICS:
+    for name in HEADLINE:
         cells = [summary[k].get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
         table.add_row(name, *(f"{v:.4f}" if isinstance(v, int | float) else "-" for v in cells))
     console.print(table)

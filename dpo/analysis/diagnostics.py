@@ -3,7 +3,8 @@
 Pure functions over the list of log events (metrics.jsonl / trainer.state.log_history); no torch and no
 trainer, so they work on any finished run directory.
 
-Per evaluation the trainer also logs the train-minus-held-out gaps (see dpo/trainer.py):
+Per evaluation the trainer also logs the train-minus-held-out gaps (dpo/metrics.py lists them, dpo/train/trainer.py
+computes them):
     eval_gap/margins     = train rewards/margins    - held-out rewards/margins
     eval_gap/accuracies  = train rewards/accuracies - held-out rewards/accuracies
     eval_gap/loss        = held-out loss            - train loss
@@ -15,40 +16,7 @@ from __future__ import annotations
 
 import math
 
-# Metrics where lower is better; anything else defaults to "max" under mode: auto.
-# The held-out metrics logged at every evaluation (TRL's names, then ours): the one table of names that
-# early_stopping.metric and reduce-on-plateau may watch.
-EVAL_METRICS: dict[str, str] = {
-    "eval_loss": "held-out loss of the configured loss terms",
-    "eval_rewards/accuracies": "share of pairs whose implicit reward is higher for the chosen answer",
-    "eval_rewards/margins": "mean implicit reward of chosen minus rejected (beta * log-ratio difference)",
-    "eval_rewards/chosen": "mean implicit reward of the chosen answers",
-    "eval_rewards/rejected": "mean implicit reward of the rejected answers",
-    "eval_logps/chosen": "mean log-prob of the chosen answers under the policy",
-    "eval_logps/rejected": "mean log-prob of the rejected answers under the policy",
-    "eval_logits/chosen": "mean logit over the chosen answers' tokens",
-    "eval_logits/rejected": "mean logit over the rejected answers' tokens",
-    "eval_entropy": "mean token entropy of the policy over the answers",
-    "eval_mean_token_accuracy": "share of chosen-answer tokens that are the policy's top-1 token",
-    "eval_logps/accuracies": "share of pairs where the policy itself gives the chosen answer the higher log-prob",
-    "eval_logratios/chosen": "mean log pi/pi_ref of the chosen answers (< 0: likelihood displacement)",
-    "eval_logratios/rejected": "mean log pi/pi_ref of the rejected answers",
-    "eval_kl": "KL(policy || reference) summed over each held-out answer's tokens, mean over answers (nats)",
-    "eval_gap/margins": "train minus held-out reward margin",
-    "eval_gap/accuracies": "train minus held-out reward accuracy",
-    "eval_gap/loss": "held-out minus train loss",
-}
-
-_LOWER_IS_BETTER = ("loss", "kl", "gap", "runtime")
-
-
-def infer_mode(metric: str, mode: str = "auto") -> str:
-    """'min' for losses, gaps and KL (eval_loss, eval_gap/margins, ...), 'max' for the rest, unless `mode` says."""
-    if mode != "auto":
-        return mode
-    name = metric.lower()
-    return "min" if any(word in name for word in _LOWER_IS_BETTER) else "max"
-
+from dpo.metrics import direction, train_counterpart
 
 DISPLACEMENT_WARN_NATS = 1.0  # held-out chosen log-prob this far below the reference triggers a warning
 LOSS_RISE_WARN = 0.10  # held-out loss this much (relative) above its minimum counts as "rising"
@@ -68,8 +36,10 @@ def train_value_at(history: list[dict], step: int, name: str, since: int) -> flo
 def overfitting_onset(history: list[dict], metric: str, patience: int = 2, mode: str = "auto") -> int | None:
     """The first evaluation step after which the held-out `metric` got worse for `patience` evaluations in a
     row while the matching train metric improved. None when that never happened."""
-    mode = infer_mode(metric, mode)
-    train_name = metric.removeprefix("eval_")
+    train_name = train_counterpart(metric)
+    if train_name is None:  # only logged held-out (a gap, the KL, a callback's metric): no train curve to compare
+        return None
+    mode = direction(metric, mode)
     points = []  # (step, held-out value, train value since previous evaluation)
     previous = -1
     for h in evaluations(history):

@@ -25,6 +25,7 @@ from typing import Any
 
 from dpo.analysis.plots import PALETTE, Marker, ScatterPoint, Series, finite, fmt, line_chart, scatter_chart
 from dpo.errors import UserError
+from dpo.metrics import HEADLINE, METRICS
 from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.secrets import redact
 
@@ -33,51 +34,41 @@ REPORT_NAME = "report.html"
 TRAIN_COLOR, HELD_COLOR = "#1f77b4", "#ff7f0e"
 CHOSEN_COLOR, REJECTED_COLOR = "#2ca02c", "#d62728"
 
-# The run page's charts: title -> [(metric name in metrics.jsonl, legend label, color, is_train)].
-# Train curves are dashed and per step; held-out ones solid with a dot per evaluation, on the same axes.
-RUN_CHARTS: dict[str, list[tuple[str, str, str, bool]]] = {
-    "Loss": [("loss", "train", TRAIN_COLOR, True), ("eval_loss", "held-out", HELD_COLOR, False)],
-    "Reward margin (chosen - rejected)": [
-        ("rewards/margins", "train", TRAIN_COLOR, True),
-        ("eval_rewards/margins", "held-out", HELD_COLOR, False),
-    ],
-    "Reward accuracy": [
-        ("rewards/accuracies", "train", TRAIN_COLOR, True),
-        ("eval_rewards/accuracies", "held-out", HELD_COLOR, False),
-    ],
-    "The policy's own preference (log-prob accuracy)": [
-        ("logps/accuracies", "train", TRAIN_COLOR, True),
-        ("eval_logps/accuracies", "held-out", HELD_COLOR, False),
-    ],
-    "Log-probs of chosen and rejected answers": [
-        ("logps/chosen", "chosen, train", CHOSEN_COLOR, True),
-        ("logps/rejected", "rejected, train", REJECTED_COLOR, True),
-        ("eval_logps/chosen", "chosen, held-out", CHOSEN_COLOR, False),
-        ("eval_logps/rejected", "rejected, held-out", REJECTED_COLOR, False),
-    ],
-    "Rewards of chosen and rejected answers": [
-        ("rewards/chosen", "chosen, train", CHOSEN_COLOR, True),
-        ("rewards/rejected", "rejected, train", REJECTED_COLOR, True),
-        ("eval_rewards/chosen", "chosen, held-out", CHOSEN_COLOR, False),
-        ("eval_rewards/rejected", "rejected, held-out", REJECTED_COLOR, False),
-    ],
-    "log pi/pi_ref (< 0 for chosen: likelihood displacement)": [
-        ("logratios/chosen", "chosen, train", CHOSEN_COLOR, True),
-        ("logratios/rejected", "rejected, train", REJECTED_COLOR, True),
-        ("eval_logratios/chosen", "chosen, held-out", CHOSEN_COLOR, False),
-        ("eval_logratios/rejected", "rejected, held-out", REJECTED_COLOR, False),
-    ],
-    "KL(policy || reference) on held-out answers, nats per answer": [("eval_kl", "held-out", HELD_COLOR, False)],
-    "Train minus held-out gap": [
-        ("eval_gap/accuracies", "accuracy gap", PALETTE[4], False),
-        ("eval_gap/margins", "margin gap", PALETTE[5], False),
-        ("eval_gap/loss", "loss gap", PALETTE[6], False),
-    ],
-    "beta": [("beta", "train", TRAIN_COLOR, True), ("eval_beta", "held-out", HELD_COLOR, False)],
-    "Learning rate": [("learning_rate", "train", TRAIN_COLOR, True)],
+# Colours of the series that share a chart with related metrics: an answer side has the same colour on every chart.
+SERIES_COLORS = {
+    "chosen": CHOSEN_COLOR,
+    "rejected": REJECTED_COLOR,
+    "accuracy gap": PALETTE[4],
+    "margin gap": PALETTE[5],
+    "loss gap": PALETTE[6],
 }
 
-HEADLINE = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies")
+
+def _chart_layout() -> dict[str, list[tuple[str, str, str, bool]]]:
+    """The run page's charts from the metric table (dpo/metrics.py), in its order: title -> [(metric name in
+    metrics.jsonl, legend label, color, is_train)], each chart's train curves first, then its held-out ones.
+    Train curves are dashed and per step; held-out ones solid with a dot per evaluation, on the same axes."""
+    members: dict[str, list] = {}
+    for metric in METRICS:
+        if metric.chart:
+            members.setdefault(metric.chart, []).append(metric)
+    layout = {}
+    for title, metrics in members.items():
+        both_places = any(m.in_train for m in metrics) and any(m.in_held_out for m in metrics)
+        lines = []
+        for train, place in ((True, "train"), (False, "held-out")):
+            for m in metrics:
+                if not (m.in_train if train else m.in_held_out):
+                    continue
+                # "chosen, held-out" where a chart mixes places; just "accuracy gap" where all its series are held-out
+                label = ", ".join(part for part in (m.series, place if both_places or not m.series else None) if part)
+                color = SERIES_COLORS[m.series] if m.series else TRAIN_COLOR if train else HELD_COLOR
+                lines.append((m.name if train else m.held_out_name, label, color, train))
+        layout[title] = lines
+    return layout
+
+
+RUN_CHARTS = _chart_layout()
 TOP_TRIALS = 5  # held-out curves overlaid on the sweep page
 STATE_COLORS = {"complete": PALETTE[0], "pruned": PALETTE[8], "failed": PALETTE[1], "running": PALETTE[3]}
 

@@ -215,7 +215,11 @@ class RegularizersSection(Section):
 
 class EarlyStoppingSection(Section):
     metric: str = Field("eval_rewards/margins", description="Held-out metric watched for best/early stop.")
-    mode: Literal["auto", "max", "min"] = Field("auto", description="auto: max unless the metric is a loss.")
+    mode: Literal["auto", "max", "min"] = Field(
+        "auto",
+        description="auto: the metric's better direction in dpo's metric table (min for losses, gaps, KL and the "
+        "rejected answers' rewards and log-probs; max otherwise); metrics without one need max or min.",
+    )
     patience: int | None = Field(None, gt=0, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
     warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")

@@ -321,7 +321,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def _objective(block, where) -> tuple[str, str]:
-    from dpo.analysis.diagnostics import EVAL_METRICS, infer_mode
+    from dpo.metrics import EVAL_METRICS, known_direction
 
     if not isinstance(block, dict) or "metric" not in block:
         raise UserError("required: {metric: <held-out metric>, direction: maximize|minimize}", where=where("objective"))
@@ -335,7 +335,12 @@ def _objective(block, where) -> tuple[str, str]:
             f"unknown held-out metric '{metric}'{hint} (valid: {', '.join(EVAL_METRICS)})",
             where=where("objective.metric"),
         )
-    direction = block.get("direction") or ("maximize" if infer_mode(metric) == "max" else "minimize")
+    better = known_direction(metric)
+    if not block.get("direction") and better is None:
+        raise UserError(
+            f"{metric} has no better direction; say maximize or minimize", where=where("objective.direction")
+        )
+    direction = block.get("direction") or ("maximize" if better == "max" else "minimize")
     if direction not in DIRECTIONS:
         raise UserError(
             f"must be one of {', '.join(DIRECTIONS)} (got {direction!r})", where=where("objective.direction")

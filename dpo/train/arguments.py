@@ -19,6 +19,7 @@ from typing import Any
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import Recipe
 from dpo.errors import UserError, did_you_mean
+from dpo.metrics import EVAL_METRICS, direction
 
 # DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
 # points to the right key, so there is exactly one place for each knob.
@@ -76,12 +77,27 @@ def _cpu_friendly_defaults() -> dict[str, Any]:
     }
 
 
+def watched_direction(loaded: LoadedRecipe) -> str:
+    """'max' or 'min': the direction early stopping and reduce-on-plateau watch early_stopping.metric in."""
+    stopping = loaded.recipe.early_stopping
+    try:
+        return direction(stopping.metric, stopping.mode)
+    except ValueError:
+        if stopping.metric in EVAL_METRICS:
+            reason = f"{stopping.metric} has no better direction"
+        else:
+            hint = did_you_mean(stopping.metric, EVAL_METRICS)
+            reason = f"{stopping.metric} is not one of dpo's metrics{hint}"
+        raise UserError(
+            f"auto cannot tell whether higher or lower is better: {reason}; set max or min",
+            where=loaded.where("early_stopping.mode"),
+        ) from None
+
+
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
     """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
-    from dpo.analysis.diagnostics import infer_mode
-
     stopping = loaded.recipe.early_stopping
-    mode = infer_mode(stopping.metric, stopping.mode)
+    mode = watched_direction(loaded)
     if scheduler_kwargs.get("mode", mode) != mode:
         raise UserError(
             f"mode {scheduler_kwargs['mode']!r} contradicts early_stopping ({stopping.metric} is '{mode}'); drop it",

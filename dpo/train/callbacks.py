@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from dpo.analysis.diagnostics import infer_mode
+from dpo.metrics import HEADLINE, direction
 from dpo.rundir.secrets import redact_data
 
 
@@ -54,7 +54,7 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
         keep_best: bool = False,
     ):
         self.metric = metric
-        self.mode = infer_mode(metric, mode)
+        self.mode = direction(metric, mode)
         self.patience = patience
         self.min_delta = min_delta
         self.warmup_steps = warmup_steps
@@ -130,7 +130,7 @@ class CompactProgressCallback(ProgressCallback):
     and margin) and the held-out numbers a person watches for overfitting.
     """
 
-    SHOWN = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/accuracies")
+    SHOWN = HEADLINE
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

@@ -19,6 +19,7 @@ from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data
 from dpo.errors import UserError, did_you_mean
+from dpo.metrics import EVAL_METRICS
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -142,7 +143,7 @@ def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
 
 
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
-    from dpo.analysis.diagnostics import EVAL_METRICS
+    from dpo.train.arguments import watched_direction
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
@@ -159,6 +160,7 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
             f"(valid: {', '.join(known)})",
             where=loaded.where("early_stopping.metric"),
         )
+    watched_direction(loaded)  # a metric without a known better direction needs mode max or min
     if stopping.patience is None:
         return
     never = dpo_config.eval_strategy == "no"

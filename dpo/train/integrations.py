@@ -1,8 +1,9 @@
 """The loggers a recipe can switch on besides metrics.jsonl: Weights & Biases and TensorBoard.
 
 wandb goes online only when an API key is configured (or the recipe says online), never by surprise; its config
-is the resolved recipe with secrets redacted, and the run's verdict (stop reason, best metric, overfitting onset)
-becomes its summary. transformers' own callbacks do the per-step logging into the run opened here.
+is the resolved recipe with secrets redacted, and the run's verdict (stop reason, best metric, the headline held-out
+numbers of the best step, overfitting onset) becomes its summary. transformers' own callbacks do the per-step
+logging into the run opened here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from dpo.config.schema import Recipe
+from dpo.metrics import HEADLINE
 from dpo.rundir.resume import FINISHED
 from dpo.rundir.secrets import redact_config
 
@@ -61,11 +63,13 @@ def finish_wandb(summary: dict) -> None:
         return
     best = summary["best_metric"]
     overfitting = summary.get("overfitting") or {}  # absent when the run stopped on a non-finite value
+    at_best = summary.get("best_metrics") or {}  # the held-out numbers of the best step (absent when diverged)
     wandb.run.summary.update(
         {
             "stop_reason": summary["stop_reason"],
             "best_step": summary["best_step"],
             "best_metric_name": best["name"],
+            **{f"best/{name}": at_best[name] for name in HEADLINE if name in at_best},
             f"best/{best['name']}": best["value"],
             "overfitting_onset_step": overfitting.get("onset_step"),
             "overfitting_warnings": len(overfitting.get("warnings", [])),

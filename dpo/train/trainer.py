@@ -26,14 +26,13 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from dpo.errors import NonFiniteError
+from dpo.metrics import GAPS, HELD_OUT_PREFIX, gap_sign
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.train.beta import BetaController
 from dpo.train.losses import F_DIVERGENCES, LossPlan, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
-# Train metrics compared with their held-out values at each evaluation (dpo/diagnostics.py explains the signs).
-_GAP_METRICS = {"rewards/margins": "gap/margins", "rewards/accuracies": "gap/accuracies"}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
 # per forward, fewer when sequences are long, so that one such tensor stays under ~256 MB (2**26 elements).
 _KL_ROWS, _KL_ELEMENTS = 8, 2**26
@@ -221,18 +220,16 @@ class Trainer(DPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's log, plus the train-minus-held-out gaps at each evaluation (train values averaged since the
         previous evaluation)."""
+        # TRL's batch metrics wait in self._metrics until super().log; transformers' own (loss) are already in logs.
         if self.model.training:
-            for name in _GAP_METRICS:
-                self._since_eval[name].extend(self._metrics["train"].get(name, []))
-            if "loss" in logs:
-                self._since_eval["loss"].append(logs["loss"])
+            for name in GAPS:
+                self._since_eval[name].extend(_logged(self._metrics["train"], logs, name))
         elif self._since_eval:
             held_out = self._metrics["eval"]
-            for name, gap in _GAP_METRICS.items():
-                if self._since_eval[name] and held_out.get(name):
-                    held_out[gap] = [_average(self._since_eval[name]) - _average(held_out[name])]
-            if self._since_eval["loss"] and "eval_loss" in logs:
-                held_out["gap/loss"] = [logs["eval_loss"] - _average(self._since_eval["loss"])]
+            for name, gap in GAPS.items():
+                values = _logged(held_out, logs, HELD_OUT_PREFIX + name, batch_name=name)
+                if self._since_eval[name] and values:
+                    held_out[gap] = [gap_sign(name) * (_average(self._since_eval[name]) - _average(values))]
             self._since_eval.clear()
         if "train_loss" in logs and self._loss_sum_before:
             # transformers averages over this attempt's steps only; the run's mean covers every step
@@ -391,6 +388,15 @@ def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor
         "is_top1": policy.argmax(-1) == targets,
     }
     return {name: value.masked_fill(~mask, 0) for name, value in fields.items()}
+
+
+def _logged(batch_metrics: dict, logs: dict, name: str, batch_name: str | None = None) -> list[float]:
+    """The values of a metric about to be logged: TRL's per-batch values (under `batch_name`, the name without the
+    eval_ prefix), or transformers' single value in `logs`."""
+    values = batch_metrics.get(batch_name or name)
+    if values:
+        return list(values)
+    return [logs[name]] if name in logs else []
 
 
 def _average(values: list[float]) -> float:

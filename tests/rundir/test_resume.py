@@ -172,11 +172,11 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
     import shutil
 
     from dpo.train.execute import execute
-    from tests.test_early_stopping import ScriptedMetric
+    from tests.train.test_early_stopping import ScriptedMetric
 
     values = [0, 1, 3, 2, 1, 0, 0]
-    overrides = ["early_stopping.metric=eval_scripted", "early_stopping.patience=2", "training.max_steps=6",
-                 "training.eval_steps=1"]  # fmt: skip
+    overrides = ["early_stopping.metric=eval_scripted", "early_stopping.mode=max", "early_stopping.patience=2",
+                 "training.max_steps=6", "training.eval_steps=1"]  # fmt: skip
     run_dir = tmp_path / "run"
     kwargs = {"callbacks": [ScriptedMetric(values)], "extra_metrics": ("eval_scripted",)}
     first, _ = execute(tiny_recipe, overrides, output_dir=run_dir, **kwargs)

@@ -97,6 +97,7 @@ def test_offline_wandb_and_tensorboard_write_into_the_run_directory(tiny_recipe,
     logged = records["summary"]
     assert logged["stop_reason"] == "completed" and logged["best_step"] == summary["best_step"]
     assert logged["best/eval_rewards/margins"] == pytest.approx(summary["best_metric"]["value"])
+    assert logged["best/eval_loss"] == pytest.approx(summary["best_metrics"]["eval_loss"])  # a headline number
     assert logged["overfitting_onset_step"] is None and "eval/loss" in logged  # plus transformers' own metrics
 
     (events,) = (run_dir / "tensorboard").rglob("events.out.tfevents.*")
@@ -144,3 +145,30 @@ def test_a_diverged_run_finishes_its_wandb_run_as_failed(monkeypatch):
     finish_wandb(summary)  # no `overfitting` block in a diverged run's summary
     assert finished == {"code": 1} and fake.run.summary["stop_reason"] == "non_finite"
     assert fake.run.summary["overfitting_onset_step"] is None
+
+
+def test_the_wandb_summary_carries_the_headline_numbers_of_the_best_step(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from dpo.train.integrations import finish_wandb
+
+    fake = SimpleNamespace(run=SimpleNamespace(summary={}), finish=lambda exit_code=0: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    at_best = {"eval_loss": 0.61, "eval_rewards/margins": 0.4, "eval_rewards/accuracies": 0.75,
+               "eval_logps/accuracies": 0.5, "eval_entropy": 3.2, "eval_step": 4}  # fmt: skip
+    summary = {
+        "stop_reason": "completed",
+        "best_step": 4,
+        "best_metric": {"name": "eval_rewards/accuracies", "value": 0.75},
+        "best_metrics": at_best,
+        "overfitting": {"onset_step": None, "warnings": []},
+    }
+    finish_wandb(summary)
+    best = {k: v for k, v in fake.run.summary.items() if k.startswith("best/")}
+    assert best == {
+        "best/eval_loss": 0.61,
+        "best/eval_rewards/margins": 0.4,
+        "best/eval_rewards/accuracies": 0.75,
+        "best/eval_logps/accuracies": 0.5,
+    }
