@@ -1,4 +1,4 @@
-"""Overhead of our loss override: the same DPO training through dpo.trainer.Trainer and through plain TRL.
+"""Overhead of our loss override: the same DPO training through dpo.train.trainer.Trainer and through plain TRL.
 
     python eval/bench_overhead.py                 # all cases, ~9 min on 2 CPU cores
     python eval/bench_overhead.py --repeats 1     # quicker, noisier

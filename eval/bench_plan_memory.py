@@ -38,7 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "eval" / "results"
-TOLERANCE = 0.10  # |estimate / measured - 1| allowed (memory in use), stated in the README
+TOLERANCE = 0.10  # |estimate / measured - 1| allowed (memory in use), stated in docs/plan.md
 
 TINY_CONFIG = {
     "model_type": "llama",

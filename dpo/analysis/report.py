@@ -5,7 +5,7 @@
 
 Reads the files a run or a sweep leaves on disk and nothing else: it never imports the trainer, TRL or
 torch, so it works on any finished (or killed) run. Everything is inline (CSS, SVG charts drawn in
-Python by dpo/plots.py, a few lines of JS to sort the trials table): the file opens offline.
+Python by dpo/analysis/plots.py, a few lines of JS to sort the trials table): the file opens offline.
 
 Run page: train and held-out curves on shared step axes, with the best step, the early-stopping point
 and the overfitting onset marked; stop reason and warnings; the recipe and what it changed vs its base;

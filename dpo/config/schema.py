@@ -139,7 +139,7 @@ class DataSection(Section):
 
 
 class BetaScheduleSection(Section):
-    """How beta moves during training (dpo/beta.py). Keys of another kind are errors, not ignored."""
+    """How beta moves during training (dpo/train/beta.py). Keys of another kind are errors, not ignored."""
 
     type: Literal["constant", "linear", "cosine", "adaptive"] = Field("constant", description="Schedule kind.")
     end: float | None = Field(None, gt=0, description="linear/cosine: beta at the last step (starts at loss.beta).")

@@ -116,7 +116,7 @@ RANGES: dict[tuple[str, str], tuple[float, float]] = {
 
 
 def markdown_table() -> str:
-    """The README's augmentation table, built from AUGMENTATIONS so the docs cannot drift from the code."""
+    """The augmentation table of docs/data.md, built from AUGMENTATIONS so the docs cannot drift from the code."""
     rows = ["| `type` | what it does | keys (default) |", "|---|---|---|"]
     for name, fn in AUGMENTATIONS.items():
         summary = " ".join(inspect.getdoc(fn).split("\n\n")[0].split())

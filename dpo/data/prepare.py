@@ -2,12 +2,12 @@
 prompt, expand multi-response rows into pairs, augment the training pairs, and count it all in a data card.
 
 The order matters and is fixed:
-  1. each source is read and every row checked (dpo/rows.py: REASONS); `on_invalid: error` stops at the
+  1. each source is read and every row checked (dpo/data/rows.py: REASONS); `on_invalid: error` stops at the
      first bad rows (file and row numbers named), `skip` drops them and counts them by reason;
   2. exact duplicates are dropped (within and across the sources of a split, first one kept);
   3. several sources are mixed by weight or count (seeded) and shuffled together;
   4. without `data.eval`, a seeded share of the prompts is held out, all rows of a prompt on one side;
-  5. multi-response rows become pairs in both splits (dpo/expand.py), which cannot move a prompt across;
+  5. multi-response rows become pairs in both splits (dpo/data/expand.py), which cannot move a prompt across;
   6. `max_train_pairs` / `max_eval_pairs` cut; then the augmentations run on the training pairs only.
 """
 
@@ -34,7 +34,7 @@ CARD_EXAMPLES = 5
 
 @dataclass
 class RowChecker:
-    """Checks rows: the row checks of dpo/rows.py, then (with a tokenizer) the length check against
+    """Checks rows: the row checks of dpo/data/rows.py, then (with a tokenizer) the length check against
     `max_length` as TRL will tokenize. Without a tokenizer the length check is not run (the card says so)."""
 
     tokenizer: Any = None

@@ -9,7 +9,7 @@ A row is, after its source's column mapping, one of
     better) or a rank each (1 is best), as in UltraFeedback; pair expansion turns it into pairs.
 
 Every reason a row can be refused is a key of REASONS: the error message, the data card's counts under
-`on_invalid: skip`, `dpo data inspect` and the README all use these keys.
+`on_invalid: skip`, `dpo data inspect` and docs/data.md all use these keys.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ REASONS: dict[str, str] = {
 
 
 def reasons_table() -> str:
-    """The README's table of invalid-row reasons, built from REASONS."""
+    """The table of invalid-row reasons in docs/data.md, built from REASONS."""
     return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
 
 

@@ -674,7 +674,7 @@ def lora_parameters(arch: Architecture, rank: int, targets: tuple[str, ...]) -> 
 # FAMILIES (full and LoRA, fp32, bf16, fp32 + bf16 autocast): within 4% for the dense families, except
 # that with LoRA the first layer keeps less than the rule says (its input needs no gradient), which a
 # 4-layer model shows as up to +18% and a 30-layer one as ~1%; MoE layers are approximate (within 4%, or
-# -12% under autocast). tests/test_plan.py repeats the check for Llama.
+# -12% under autocast). tests/plan/test_plan.py repeats the check for Llama.
 
 # Tensors an activation function saves for backward, in units of its input's size. Native kernels (SiLU,
 # GELU, tanh-GELU) save their input; transformers' "gelu_new" is written in Python as

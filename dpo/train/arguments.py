@@ -166,7 +166,7 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     user = check_training(loaded)
     kwargs = {**_cpu_friendly_defaults(), **user}
     if "save_strategy" not in user and "save_steps" not in user:
-        # a checkpoint at each evaluation: what `dpo train --resume` continues from (dpo/resume.py)
+        # a checkpoint at each evaluation: what `dpo train --resume` continues from (dpo/rundir/resume.py)
         if kwargs["eval_strategy"] == "no":
             kwargs.update(save_strategy="steps", save_steps=0.1)
         else:

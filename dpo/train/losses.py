@@ -249,7 +249,7 @@ LOSSES: dict[str, LossSpec] = {
 
 
 def markdown_table() -> str:
-    """The README's loss table, built from LOSSES so the docs cannot drift from the code."""
+    """The loss table of docs/losses.md, built from LOSSES so the docs cannot drift from the code."""
     rows = [
         "| `loss.type` | what it is | hyperparameters (besides beta) | `regularizers.f_divergence` |",
         "|---|---|---|---|",
@@ -304,7 +304,7 @@ F_DIVERGENCES: dict[str, Callable[[Tensor, float], Tensor]] = {
 
 @dataclass(frozen=True)
 class LossPlan:
-    """What the trainer optimises (built from the recipe by dpo/trainer_config.py, run by dpo/trainer.py).
+    """What the trainer optimises (built from the recipe by dpo/train/loss_plan.py, run by dpo/train/trainer.py).
 
     terms            weighted loss names from LOSSES, summed
     beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training

@@ -4,7 +4,7 @@ TRL 1.16's `DPOTrainer._compute_loss` is one long method with an if/elif chain o
 raises on a loss it does not know and silently ignores `label_smoothing` for `sigmoid`. We override
 just that method: compute per-sequence policy and reference log-probs the way TRL does (fused LM
 head, adapter-disabled reference under PEFT, precomputed reference log-probs when asked), then hand
-them to the pure functions of `dpo/losses.py`, and log the same metric names TRL logs plus ours.
+them to the pure functions of `dpo/train/losses.py`, and log the same metric names TRL logs plus ours.
 
 Written against TRL 1.16 (pinned in pyproject.toml).
 """
@@ -39,7 +39,7 @@ _KL_ROWS, _KL_ELEMENTS = 8, 2**26
 
 
 class Trainer(DPOTrainer):
-    """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.losses.LOSSES`."""
+    """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.train.losses.LOSSES`."""
 
     def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, **kwargs):
         self.loss_plan = loss_plan
@@ -272,7 +272,7 @@ class Trainer(DPOTrainer):
             raise NonFiniteError("grad_norm", self.state.global_step + 1, value)
         return grad_norm
 
-    # ---- checkpoints that resume can trust (dpo/resume.py) ----
+    # ---- checkpoints that resume can trust (dpo/rundir/resume.py) ----
 
     def _save_checkpoint(self, model, trial):
         """transformers' checkpoint, then our state, then the completeness mark, and only then rotation: a kill at

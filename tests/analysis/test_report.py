@@ -18,7 +18,7 @@ from dpo.train.execute import execute
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
 from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 
-SCREENSHOTS = REPO / "docs"  # set DPO_REPORT_SCREENSHOTS=1 to refresh the README's screenshots
+SCREENSHOTS = REPO / "docs"  # set DPO_REPORT_SCREENSHOTS=1 to refresh the screenshots in docs/reports.md
 
 # (trial number, state, overrides, reason) of the sweep built below; trial 3 failed before writing anything
 TRIALS = [
@@ -236,7 +236,8 @@ def _keep_screenshot(shot: Path, name: str) -> None:
 
 
 def test_report_module_loads_no_trainer():
-    """dpo/report.py reads files only (DESIGN): it works where torch, transformers and TRL are not importable."""
+    """dpo/analysis/report.py reads files only (DESIGN): it works where torch, transformers and TRL are not
+    importable."""
     code = (
         "import sys, dpo.analysis.report; "
         "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"

@@ -1,4 +1,4 @@
-"""dpo/plan.py: exact parameter counts from a config, and the DPO memory plan.
+"""dpo/plan/planner.py: exact parameter counts from a config, and the DPO memory plan.
 
 Parameter counts are checked against transformers itself: the same config instantiated on the meta device
 (no memory, no weights), counting each parameter once (tied embeddings once). Memory is checked against a
