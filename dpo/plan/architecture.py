@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from dpo.errors import UserError
+
 # --------------------------------------------------------------------------------------------------
 # The description
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def _decoder_layers(model, text):
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == text.num_hidden_layers:
             return module
-    raise ValueError(f"{model.config.model_type}: no list of {text.num_hidden_layers} decoder layers")
+    raise UserError(f"the planner finds no list of {text.num_hidden_layers} decoder layers in this {text.model_type}")
 
 
 def _find(layer, path: str):
@@ -195,9 +197,20 @@ def _find(layer, path: str):
         return None
 
 
-def _linear(layer, path: str) -> Linear | None:
+def _part(layer, path: str, model_type: str):
+    """A module the layout says every layer of this family has."""
     module = _find(layer, path)
-    return None if module is None else _as_linear(path.rsplit(".", 1)[-1], module)
+    if module is None:
+        # the table no longer matches transformers' modules: `dpo plan` says so, and `dpo train` goes on
+        raise UserError(
+            f"the planner's layout of {model_type} layers (FAMILIES in dpo/plan/architecture.py) names "
+            f"'{path}', which this version of transformers does not build"
+        )
+    return module
+
+
+def _linear(layer, path: str, model_type: str) -> Linear:
+    return _as_linear(path.rsplit(".", 1)[-1], _part(layer, path, model_type))
 
 
 def _head_dim(text) -> int:
@@ -225,30 +238,35 @@ def _activation(layer) -> str:
 def _block(layer, layout: Layout, text, eager: bool, rotary: bool) -> Block:
     import torch
 
-    norms = [m for m in (_find(layer, path) for path in layout.norms) if m is not None]
+    model_type = text.model_type
+    norms = [_part(layer, path, model_type) for path in layout.norms]
     if isinstance(norms[0], torch.nn.LayerNorm):
         norm = "layer"
     else:
         norm = "rms_fp32" if layout.fp32_norm else "rms"
-    mlp_in = tuple(lin for lin in (_linear(layer, path) for path in layout.mlp_in) if lin is not None)
-    mlp_out = _linear(layer, layout.mlp_out)
     experts = _find(layer, layout.experts) if layout.experts else None
-    moe = None
-    if experts is not None:
-        shared = tuple(lin for lin in (_linear(layer, path) for path in layout.shared_expert) if lin is not None)
+    moe, mlp = None, {}
+    if experts is not None:  # a sparse layer: experts, router and (Qwen2-MoE) a shared expert
+        shared = tuple(_linear(layer, path, model_type) for path in layout.shared_expert)
         n_experts, _, width = experts.down_proj.shape  # (experts, hidden, width)
         moe = MoE(experts=n_experts, top_k=text.num_experts_per_tok, width=width, shared=shared)
+    else:
+        mlp_in = tuple(_linear(layer, path, model_type) for path in layout.mlp_in)
+        mlp_out = _linear(layer, layout.mlp_out, model_type)
+        mlp = {
+            "mlp_in": mlp_in,
+            "mlp_out": mlp_out,
+            "mlp_width": mlp_out.in_features,
+            # gated MLPs (SwiGLU, GeGLU) read twice the width they hand to the down projection
+            "gated": sum(lin.out_features for lin in mlp_in) == 2 * mlp_out.in_features,
+        }
     return Block(
         **_attention_dims(text),
-        attn_in=tuple(_linear(layer, path) for path in layout.attn_in),
-        attn_out=_linear(layer, layout.attn_out),
+        attn_in=tuple(_linear(layer, path, model_type) for path in layout.attn_in),
+        attn_out=_linear(layer, layout.attn_out, model_type),
         # every weight matrix, expert stack and router; norm weights and biases are 1-D
         matmul_weights=sum(p.numel() for p in layer.parameters() if p.dim() >= 2),
-        mlp_in=mlp_in if moe is None else (),
-        mlp_out=mlp_out if moe is None else None,
-        mlp_width=mlp_out.in_features if mlp_out is not None and moe is None else 0,
-        # gated MLPs (SwiGLU, GeGLU) read twice the width they hand to the down projection
-        gated=sum(lin.out_features for lin in mlp_in) == 2 * mlp_out.in_features if mlp_in and mlp_out else True,
+        **mlp,
         act=_activation(layer),
         norm=norm,
         norms=len(norms),

@@ -190,6 +190,18 @@ def test_layers_that_differ_are_described_apart():
     assert sparse.matmul_weights == 2 * 64 * 64 + 2 * 32 * 64 + 3 * 56 * 64 + 64 + 4 * 64 + experts
 
 
+def test_a_layout_that_does_not_match_the_model_is_a_user_error(tmp_path, monkeypatch):
+    """If transformers renames a module the family table names, `dpo plan` says which (and `dpo train` goes on)."""
+    from dataclasses import replace
+
+    from transformers import LlamaConfig
+
+    source = write_config(tmp_path / "tiny", LlamaConfig(**TINY))
+    monkeypatch.setitem(FAMILIES, "llama", replace(FAMILIES["llama"], attn_out="self_attn.out_proj"))
+    with pytest.raises(UserError, match="'self_attn.out_proj'"):
+        build_plan(source)
+
+
 def test_unknown_model_type_is_a_user_error(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "not-a-model", "hidden_size": 8}))
