@@ -7,7 +7,10 @@ summary.json says `stop_reason: non_finite`). Secrets from the environment are r
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +20,7 @@ from rich.markup import escape
 from dpo import api
 from dpo.analysis.evaluate import DECODINGS
 from dpo.errors import RunFailed, UserError
+from dpo.plan.options import PlanOptions
 from dpo.rundir.secrets import RedactingStream, redact
 from dpo.sweep.spec import help_text as sweep_help
 
@@ -104,48 +108,70 @@ def validate(
     )
 
 
-@app.command()
-def plan(
-    source: Annotated[str, typer.Argument(help="config.json, local model directory, or model alias.")],
-    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16.")] = "float32",
-    batch_size: Annotated[int, typer.Option(help="Preference pairs per device.")] = 8,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (prompt + answer).")] = 512,
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
-    lora_targets: Annotated[str, typer.Option(help="Comma-separated module names, or all-linear.")] = (
-        "q_proj,k_proj,v_proj,o_proj"
-    ),
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
-    reference: Annotated[str, typer.Option(help="auto | copy | adapter | precomputed.")] = "auto",
-    optimizer: Annotated[str, typer.Option(help="adamw | adamw_8bit | sgd.")] = "adamw",
-    device: Annotated[str, typer.Option(help="cuda | cpu (which fused LM head TRL runs).")] = "cuda",
-    autocast: Annotated[str | None, typer.Option(help="bfloat16 | float16 autocast over float32 weights.")] = None,
-    gpu_memory: Annotated[float | None, typer.Option(help="Device memory in GiB: find the largest batch.")] = None,
-):
+def plan(source: str, json_output: bool = False, **values) -> None:
     """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded)."""
     import json
 
-    from dpo.plan.planner import PlanOptions
-
-    options = PlanOptions(
-        dtype=dtype,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        lora_rank=None if full else lora_rank,
-        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
-        gradient_checkpointing=gradient_checkpointing,
-        reference=reference,
-        optimizer=optimizer,
-        device=device,
-        autocast=autocast,
-        gpu_memory_gib=gpu_memory,
-    )
     try:
-        result = api.plan(source, options)
+        result = api.plan(source, _plan_options(values))
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
+
+
+# `dpo plan` has one option per PlanOptions field, built from the field (name, type, default, help), so a new
+# field is a new option. A tuple field is a comma-separated string; a field with a `none_flag` also gets that
+# flag, which sets it to None (--full: no LoRA rank).
+_PLAN_HINTS = typing.get_type_hints(PlanOptions)
+
+
+def _none_flag_name(f: dataclasses.Field) -> str:
+    return f"{f.name}_is_none"
+
+
+def _plan_parameters() -> list[inspect.Parameter]:
+    def param(name: str, kind, default, *names: str, help: str) -> inspect.Parameter:
+        annotation = Annotated[kind, typer.Option(*names, help=help)]
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+    params = [
+        inspect.Parameter(
+            "source",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[str, typer.Argument(help="config.json, local model directory, or model alias.")],
+        ),
+        param("json_output", bool, False, "--json", help="Print the plan as JSON."),
+    ]
+    for f in dataclasses.fields(PlanOptions):
+        kind, default = _PLAN_HINTS[f.name], f.default
+        names = [f.metadata["option"]] if f.metadata["option"] else []  # else typer's --field-name
+        if typing.get_origin(kind) is tuple:
+            kind, default = str, ",".join(default)
+        elif f.metadata["none_flag"]:
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        params.append(param(f.name, kind, default, *names, help=f.metadata["help"]))
+        if f.metadata["none_flag"]:
+            flag, help_text = f.metadata["none_flag"]
+            params.append(param(_none_flag_name(f), bool, False, flag, help=help_text))
+    return params
+
+
+def _plan_options(values: dict) -> PlanOptions:
+    """PlanOptions from the values typer parsed for the options `_plan_parameters` built."""
+    options = {}
+    for f in dataclasses.fields(PlanOptions):
+        value = values[f.name]
+        if typing.get_origin(_PLAN_HINTS[f.name]) is tuple:
+            value = tuple(item.strip() for item in value.split(",") if item.strip())
+        if f.metadata["none_flag"] and values[_none_flag_name(f)]:
+            value = None
+        options[f.name] = value
+    return PlanOptions(**options)
+
+
+plan.__signature__ = inspect.Signature(_plan_parameters())
+plan.__annotations__ = {p.name: p.annotation for p in plan.__signature__.parameters.values()}
+app.command()(plan)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at preference data before training on it.")

@@ -165,7 +165,7 @@ def run_case(name: str, tiny_dir: str) -> dict:
 
 
 def estimate(name: str, tiny_dir: str) -> dict:
-    from dpo.plan.planner import PlanOptions, build_plan
+    from dpo.plan import PlanOptions, build_plan
 
     model_name, pairs, seq_len, rank, dtype, checkpointing = CASES[name]
     source = str(Path(tiny_dir) / "config.json") if model_name == "tiny" else model_name

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dpo.config.schema import Recipe
-from dpo.plan.planner import PlanOptions
+from dpo.plan.options import DEFAULT_LORA_TARGETS, PlanOptions
 
 
 def options_for_recipe(recipe: Recipe, args, cuda: bool) -> PlanOptions:
     """`args`: the run's trl.DPOConfig (read, never imported here: plan/ needs no trainer)."""
     peft = recipe.peft
-    targets = PlanOptions.lora_targets
+    targets = DEFAULT_LORA_TARGETS
     if peft is not None:
         targets = ("all-linear",) if peft.target_modules == "all-linear" else tuple(peft.target_modules)
     return PlanOptions(

@@ -1,9 +1,9 @@
-"""dpo/plan/planner.py: exact parameter counts from a config, and the DPO memory plan.
+"""dpo/plan/: exact parameter counts from a config, and the DPO memory plan.
 
 Parameter counts are checked against transformers itself: the same config instantiated on the meta device
-(no memory, no weights), counting each parameter once (tied embeddings once). Memory is checked against a
-hand-worked tiny config, against autograd's own record of the tensors it keeps, and for its ordering
-properties; `eval/bench_plan_memory.py` measures it against real training steps.
+(no memory, no weights), counting each parameter once (tied embeddings once), and against totals worked out by
+hand. Memory is checked against a hand-worked tiny config, against autograd's own record of the tensors it
+keeps, and for its ordering properties; `eval/bench_plan_memory.py` measures it against real training steps.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ import json
 import pytest
 
 from dpo.errors import UserError
-from dpo.plan.planner import (
-    FAMILIES,
-    GIB,
-    GPU_HEADROOM,
-    RUNTIME_BYTES,
-    PlanOptions,
-    build_plan,
-    count_parameters,
-)
+from dpo.plan import PlanOptions, build_plan
+from dpo.plan.architecture import FAMILIES, describe
+from dpo.plan.count import count_parameters, meta_model
+from dpo.plan.fit import GPU_HEADROOM
+from dpo.plan.memory import RUNTIME_BYTES, estimate
+from dpo.plan.units import GIB
 
 SMALL = {
     "hidden_size": 64,
@@ -108,10 +105,10 @@ def test_every_family_in_the_table_is_tested():
     [(mt, v) for mt, variants in VARIANTS.items() for v in variants],
     ids=[f"{mt}-{i}" for mt, variants in VARIANTS.items() for i in range(len(variants))],
 )
-def test_analytic_count_equals_meta_device_instantiation(model_type, overrides):
+def test_count_equals_meta_device_instantiation(model_type, overrides):
     config = make_config(model_type, **overrides)
-    count = count_parameters(config)
-    assert count.method == "analytic"
+    count = count_parameters(meta_model(config))
+    assert count.method == "meta-device"
     assert count.total == meta_count(config)
     assert sum(count.by_component.values()) == count.total
 
@@ -131,7 +128,7 @@ def test_qwen2_7b_has_7_615_616_512_parameters():
         tie_word_embeddings=False,
         rms_norm_eps=1e-6,
     )
-    count = count_parameters(config)
+    count = count_parameters(meta_model(config))
     assert count.total == 7_615_616_512
     parts = count.by_component
     assert parts["embeddings"] == parts["head"] == 152064 * 3584
@@ -155,10 +152,54 @@ def test_architecture_outside_the_table_is_counted_on_the_meta_device():
         word_embed_proj_dim=64,
     )
     assert "opt" not in FAMILIES
-    count = count_parameters(config)
+    count = count_parameters(meta_model(config))
     assert count.method == "meta-device"
     assert count.total == meta_count(config) == sum(count.by_component.values())
     assert count.by_component["position_embeddings"] == 66 * 64  # OPT offsets its learned positions by 2
+
+
+def test_architecture_outside_the_layout_table_is_planned_with_its_real_linears(tmp_path):
+    from transformers import OPTConfig
+
+    config = OPTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=128,
+        vocab_size=101,
+        max_position_embeddings=64,
+        word_embed_proj_dim=64,
+    )
+    plan = build_plan(write_config(tmp_path / "opt", config), PlanOptions(lora_rank=2, lora_targets=("fc1", "fc2")))
+    assert plan.parameters.total == meta_count(config)
+    assert plan.trainable == 2 * 2 * ((64 + 128) + (128 + 64))  # 2 layers x r=2 x (fc1 + fc2)
+    assert "activations estimated as for a Llama-shaped layer" in plan.render()
+
+
+def test_layers_that_differ_are_described_apart():
+    """Qwen2-MoE with decoder_sparse_step=2 and layer 2 dense: layers 0 and 2 dense, layer 1 sparse."""
+    arch = describe(meta_model(make_config("qwen2_moe", **VARIANTS["qwen2_moe"][0])))
+    (dense, n_dense), (sparse, n_sparse) = arch.blocks
+    assert (n_dense, n_sparse) == (2, 1)
+    assert dense.moe is None and dense.mlp_width == 96
+    assert [lin.name for lin in dense.mlp_in] == ["gate_proj", "up_proj"]
+    assert (sparse.moe.experts, sparse.moe.top_k, sparse.moe.width) == (4, 2, 40)
+    assert [lin.out_features for lin in sparse.moe.shared] == [56, 56, 64]
+    # router (4 x 64) and the shared expert's gate (1 x 64) are multiplied by, as are the fused experts
+    experts = 4 * 3 * 40 * 64
+    assert sparse.matmul_weights == 2 * 64 * 64 + 2 * 32 * 64 + 3 * 56 * 64 + 64 + 4 * 64 + experts
+
+
+def test_a_layout_that_does_not_match_the_model_is_a_user_error(tmp_path, monkeypatch):
+    """If transformers renames a module the family table names, `dpo plan` says which (and `dpo train` goes on)."""
+    from dataclasses import replace
+
+    from transformers import LlamaConfig
+
+    source = write_config(tmp_path / "tiny", LlamaConfig(**TINY))
+    monkeypatch.setitem(FAMILIES, "llama", replace(FAMILIES["llama"], attn_out="self_attn.out_proj"))
+    with pytest.raises(UserError, match="'self_attn.out_proj'"):
+        build_plan(source)
 
 
 def test_unknown_model_type_is_a_user_error(tmp_path):
@@ -250,8 +291,6 @@ def test_activation_model_matches_what_autograd_keeps():
     from transformers import AutoModelForCausalLM, LlamaConfig
     from trl.trainer.utils import add_fused_lm_head
 
-    from dpo.plan import planner
-
     config = LlamaConfig(
         **{
             **TINY,
@@ -283,10 +322,10 @@ def test_activation_model_matches_what_autograd_keeps():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(input_ids=ids, attention_mask=mask, labels=ids, fused_lm_head=True)
         options = PlanOptions(dtype=dtype, batch_size=pairs, seq_len=seq_len, lora_rank=rank)
-        _, arch = planner._describe(config)
-        estimate = planner._estimate(arch, planner.count_parameters(config).total, options)["memory"]["activations"]
+        meta = meta_model(config)
+        activations = estimate(describe(meta), count_parameters(meta).total, options)["memory"]["activations"]
         # LoRA: the first layer's input needs no gradient, so it keeps a little less than the others
-        assert estimate == pytest.approx(sum(saved.values()), rel=0.03), (dtype, rank)
+        assert activations == pytest.approx(sum(saved.values()), rel=0.03), (dtype, rank)
 
 
 def smol_like(tmp_path, **overrides) -> str:
@@ -403,7 +442,7 @@ def test_model_directory_json_render_and_summary(tmp_path):
     source = smol_like(tmp_path)
     plan = build_plan(str(tmp_path / "smol"), PlanOptions(gpu_memory_gib=16))  # a directory works too
     data = json.loads(json.dumps(plan.to_dict()))
-    assert data["parameters"]["total"] == 134_515_008 and data["parameters"]["method"] == "analytic"
+    assert data["parameters"]["total"] == 134_515_008 and data["parameters"]["method"] == "meta-device"
     assert set(data["parameters"]["by_component"]) >= {"embeddings", "attention", "mlp", "norms", "head"}
     assert data["memory"]["total"] == plan.memory["total"] and data["suggestions"] == plan.suggestions
     assert set(data["activations"]) == {"with_checkpointing", "without_checkpointing"}
@@ -412,7 +451,7 @@ def test_model_directory_json_render_and_summary(tmp_path):
         assert word in text
     line = plan.summary_line()
     assert "\n" not in line
-    assert line.startswith("plan: 134.5M params (analytic), LoRA r=16 1.8M trainable, est. peak ")
+    assert line.startswith("plan: 134.5M params (meta-device), LoRA r=16 1.8M trainable, est. peak ")
     assert line.endswith("at batch 8 x 512 tokens, float32")
     assert build_plan(source).summary_line() == line
 

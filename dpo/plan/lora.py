@@ -1,0 +1,18 @@
+"""Which Linear modules a LoRA adapter wraps, and the trainable parameters it adds."""
+
+from __future__ import annotations
+
+from dpo.plan.architecture import Architecture
+
+
+def lora_matches(targets: tuple[str, ...], name: str) -> bool:
+    # PEFT's target_modules as a list matches a module whose own name equals an entry; "all-linear" wraps every
+    # Linear but the output layer (the head is not in Architecture.linears)
+    return "all-linear" in targets or name in targets
+
+
+def lora_parameters(arch: Architecture, rank: int, targets: tuple[str, ...]) -> int:
+    """Trainable parameters LoRA adds: A (rank x in) and B (out x rank) for each wrapped Linear."""
+    return sum(
+        n * rank * (lin.in_features + lin.out_features) for lin, n in arch.linears if lora_matches(targets, lin.name)
+    )
