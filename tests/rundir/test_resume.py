@@ -120,7 +120,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     proc = dpo("train", "--resume", str(run_dir))  # the run directory alone: its recipe.yaml is used
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming from checkpoint-{resumes_from} (step {resumes_from})" in proc.stdout
-    assert "cleared a stale lock" in proc.stderr and not (run_dir / ".lock").exists()
+    assert not (run_dir / ".lock").exists()  # the killed process's lock file blocked nothing and is gone now
 
     metrics, expected = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
     kinds = [(m["step"], "eval" if "eval_loss" in m else "end" if "train_runtime" in m else "train") for m in metrics]
