@@ -1,5 +1,5 @@
 """Test helper, not part of the package: run a training in-process and freeze at a chosen point, so that the
-test can SIGKILL the process exactly there (tests/test_resume.py). Nothing here is in the library's code path:
+test can SIGKILL the process exactly there (tests/rundir/test_resume.py). Nothing here is in the library's code path:
 the pauses are a callback and a wrapper installed by this script only.
 
     python -m tests.kill_driver RECIPE RUN_DIR POINT STEP READY_FILE
