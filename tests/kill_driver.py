@@ -8,11 +8,14 @@ POINT:
   mid_step        step STEP computed its loss and gradients, the optimizer has not applied them
   mid_checkpoint  checkpoint-STEP is half written: weights and optimizer saved, no trainer state, no completeness mark
   after_training  all steps done, final/ and summary.json not written yet
-When the point is reached the script writes READY_FILE and sleeps until killed.
+When the point is reached the script writes its pid into READY_FILE and sleeps until killed. Under torchrun every
+process freezes there and writes READY_FILE.RANK (torchrun starts each in its own session: the test kills each
+by its pid).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,9 @@ from transformers import TrainerCallback
 
 
 def freeze(ready: Path) -> None:
-    ready.write_text("ready\n")
+    if "RANK" in os.environ:
+        ready = ready.with_name(f"{ready.name}.{os.environ['RANK']}")
+    ready.write_text(f"{os.getpid()}\n")
     while True:
         time.sleep(60)
 

@@ -31,9 +31,8 @@ from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json
-from dpo.rundir.files import DATA_CARD, read_json
+from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, read_json_or_none
 
-EVAL_NAME = "eval.json"
 DECODINGS = {
     "sample": "ancestral sampling from the model (temperature 1, no top-k/top-p)",
     "greedy": "greedy decoding (the most likely token at each step)",
@@ -56,10 +55,10 @@ class EvalOptions:
 
 def _held_out(run_dir: Path, options: EvalOptions):
     """(recipe, pairs, description of where they came from, the folder whose card.json may name a gold reward)."""
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
-        raise UserError("not a run directory: no recipe.yaml", where=str(run_dir))
-    if not (run_dir / "final").is_dir():
+        raise UserError(f"not a run directory: no {RECIPE}", where=str(run_dir))
+    if not (run_dir / FINAL).is_dir():
         raise UserError("no final/ weights: the run did not finish", where=str(run_dir))
     loaded = load_recipe(recipe_file)
     recipe = loaded.recipe
@@ -85,7 +84,7 @@ def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     from dpo.models import load_tokenizer
 
     recipe = loaded.recipe
-    length_check = (read_json(run_dir / DATA_CARD) or {}).get("length_check") or {}
+    length_check = (read_json_or_none(run_dir / DATA_CARD) or {}).get("length_check") or {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None
     return prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
@@ -128,7 +127,7 @@ class PolicyAndReference:
 
         from dpo.models import load_model
 
-        final = run_dir / "final"
+        final = run_dir / FINAL
         dtype = recipe.model.dtype
         self.reference = None
         if (final / "adapter_config.json").is_file():
@@ -158,7 +157,7 @@ class PolicyAndReference:
 def load_tokenizer(run_dir: Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "final"))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / FINAL))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -321,7 +320,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
     bar.close()
     result["definitions"] = _definitions(beta, options)
-    atomic_write_json(run_dir / EVAL_NAME, result)  # temporary name + rename, secrets redacted, like the run's files
+    atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
 

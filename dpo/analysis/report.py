@@ -27,9 +27,20 @@ from dpo.analysis.plots import PALETTE, Marker, ScatterPoint, Series, finite, fm
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE, METRICS
 from dpo.rundir.atomic import atomic_write_text
+from dpo.rundir.files import (
+    DATA_CARD,
+    EVAL,
+    METRICS_LOG,
+    RECIPE,
+    RECIPE_CHANGES,
+    REPORT,
+    SUMMARY,
+    SWEEP_SUMMARY,
+    read_json,
+    read_metrics,
+    read_text,
+)
 from dpo.rundir.secrets import redact
-
-REPORT_NAME = "report.html"
 
 TRAIN_COLOR, HELD_COLOR = "#1f77b4", "#ff7f0e"
 CHOSEN_COLOR, REJECTED_COLOR = "#2ca02c", "#d62728"
@@ -77,9 +88,9 @@ def write_report(path: str | Path) -> Path:
     """Build PATH/report.html for a run directory or a sweep directory; returns the file's path.
     Written to a temporary name and renamed, so a reader never sees half a file."""
     path = Path(path)
-    if (path / "sweep_summary.json").is_file():
+    if (path / SWEEP_SUMMARY).is_file():
         page = sweep_html(path)
-    elif (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file():
+    elif (path / METRICS_LOG).is_file() or (path / SUMMARY).is_file():
         page = run_html(path)
     elif not path.is_dir():
         raise UserError("no such directory", where=str(path))
@@ -88,7 +99,7 @@ def write_report(path: str | Path) -> Path:
             "neither a run directory (no metrics.jsonl / summary.json) nor a sweep directory (no sweep_summary.json)",
             where=str(path),
         )
-    target = path / REPORT_NAME
+    target = path / REPORT
     atomic_write_text(target, redact(page))  # the page quotes paths, recipe values and generated answers
     return target
 
@@ -105,42 +116,7 @@ def write_report_or_warn(path: str | Path) -> Path | None:
         return None
 
 
-# ---- reading run files ---------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"not valid JSON ({exc})", where=str(path)) from None
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl as a list of events; non-finite values (stored as strings) become NaN."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    events = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break  # a killed run can leave half a last line; the rest is still worth a report
-            raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
-        events.append({k: _number(v) for k, v in event.items()})
-    return events
-
-
-def _number(value):
-    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(value)
-    return value
+# ---- reading run files (dpo/rundir/files.py reads them) -----------------------------------------
 
 
 def _series(events: list[dict], name: str) -> list[tuple[float, float]]:
@@ -188,11 +164,11 @@ def run_charts(events: list[dict], summary: dict | None) -> tuple[list[str], lis
 
 def run_html(run_dir: Path) -> str:
     events = read_metrics(run_dir)
-    summary = _read_json(run_dir / "summary.json")
-    card = _read_json(run_dir / "data_card.json")
-    changes = _read_json(run_dir / "recipe_changes.json")
-    evaluation = _read_json(run_dir / "eval.json")
-    recipe_text = (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").is_file() else ""
+    summary = read_json(run_dir / SUMMARY)
+    card = read_json(run_dir / DATA_CARD)
+    changes = read_json(run_dir / RECIPE_CHANGES)
+    evaluation = read_json(run_dir / EVAL)
+    recipe_text = read_text(run_dir / RECIPE)
     name = _recipe_name(recipe_text) or run_dir.name
     charts, empty = run_charts(events, summary)
 
@@ -344,8 +320,8 @@ def _kv_table(flat: dict[str, Any]) -> str:
 
 
 def sweep_html(sweep_dir: Path) -> str:
-    summary = _read_json(sweep_dir / "sweep_summary.json")
-    where = str(sweep_dir / "sweep_summary.json")
+    summary = read_json(sweep_dir / SWEEP_SUMMARY)
+    where = str(sweep_dir / SWEEP_SUMMARY)
     if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
         raise UserError("must hold an object with a 'trials' list", where=where)
     objective = summary.get("objective") or {}
@@ -432,8 +408,8 @@ def _trials_table(sweep_dir: Path, trials: list[dict], ranked: list[dict], direc
         cells.append(_cell(t.get("steps"), t.get("steps")))
         cells.append(_cell(t.get("reason") or "", None))
         run_dir = t.get("run_dir")
-        report = sweep_dir / run_dir / REPORT_NAME if run_dir else None
-        link = f'<a href="{escape(str(run_dir))}/{REPORT_NAME}">open</a>' if report and report.is_file() else "-"
+        report = sweep_dir / run_dir / REPORT if run_dir else None
+        link = f'<a href="{escape(str(run_dir))}/{REPORT}">open</a>' if report and report.is_file() else "-"
         cells.append(f"<td>{link}</td>")
         rows.append(f'<tr class="{escape(str(t.get("state")))}">{"".join(cells)}</tr>')
     return f'<table id="trials" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

@@ -25,8 +25,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, data) -> None:
-    """JSON with secrets redacted (see dpo/rundir/secrets.py): everything we write into a run directory goes
-    through here."""
+    """JSON with secrets redacted (dpo/rundir/secrets.py): every JSON file of a run or sweep directory but
+    metrics.jsonl (appended line by line, dpo/rundir/files.py) is written here."""
     atomic_write_text(path, json.dumps(redact_data(data), indent=2, default=str) + "\n")
 
 

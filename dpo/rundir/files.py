@@ -1,35 +1,69 @@
-"""The run directory's file names, and who may write them.
+"""The run and sweep directories' file names, who may write them, and the one reader of each kind of file.
 
+Run directory (`dpo train`):
     recipe.yaml          the fully resolved recipe (a plain recipe `dpo train` accepts)
     recipe_changes.json  the recipe file, the --set overrides, and each key they changed vs the base chain
     data_card.json       rows read, dropped and why, split sizes, content hashes
-    metrics.jsonl        one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed
+    metrics.jsonl        one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed;
+                         NaN/Inf stored as the strings "nan"/"inf" (JSON has no such numbers)
     summary.json         stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps
-    final/               the trained adapter (LoRA) or model, plus the tokenizer
-    checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume
+    final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed)
+    checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume;
+                         ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py)
     .lock                while a `dpo train` writes the directory (dpo/rundir/lock.py)
     report.html          the dashboard (dpo/analysis/report.py); `dpo report RUN_DIR` rebuilds it
     eval.json            `dpo eval RUN_DIR` (dpo/analysis/evaluate.py)
 
+Sweep directory (`dpo sweep`, dpo/sweep/driver.py):
+    sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
+    study.db            optuna's SQLite storage (absent when --storage names another database)
+    trials/trial-NNNN/  one run directory per trial, plus trial.json and train.log (the trial's output)
+    sweep_summary.json  objective, sampler, pruner, every trial, best trial/value/params, importance, steps
+    best.yaml           the best trial's resolved recipe
+    .lock               while a `dpo sweep` with SQLite storage runs on the directory
+
+Every file is written whole or not at all (dpo/rundir/atomic.py), except metrics.jsonl, which grows by one line
+per event (`append_metrics`): a kill can leave at most its last line torn, and every reader here skips that line.
 Under torchrun / accelerate launch every process runs the same code; only rank 0 writes (`is_main_process`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from dpo.errors import UserError
+from dpo.rundir.secrets import redact_data
+
+# ---- the run directory
 RECIPE = "recipe.yaml"
 RECIPE_CHANGES = "recipe_changes.json"
 DATA_CARD = "data_card.json"
-METRICS = "metrics.jsonl"
+METRICS_LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL = "final"
+FINAL_STAGING = ".final.tmp"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 REPORT = "report.html"
 EVAL = "eval.json"
+# ---- checkpoints/checkpoint-N (transformers' names), and in each
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARK = "checkpoint_complete.json"
+DPO_STATE = "dpo_state.json"
+TRAINER_STATE = "trainer_state.json"  # transformers' name
+# ---- the sweep directory
+SWEEP_SPEC = "sweep.yaml"
+STUDY_DB = "study.db"
+TRIALS = "trials"
+SWEEP_SUMMARY = "sweep_summary.json"
+BEST_RECIPE = "best.yaml"
+TRIAL_DIR = "trial-{number:04d}"  # under trials/: one run directory per trial
+TRIAL = "trial.json"  # in each trial's run directory
+TRAIN_LOG = "train.log"  # in each trial's run directory
 
 
 def is_main_process() -> bool:
@@ -37,9 +71,88 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file of a run or sweep directory, or None when it is absent or unreadable."""
+# ---- reading -------------------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    """A text file of a run or sweep directory ("" when absent; undecodable bytes replaced)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run or sweep directory, or None when it is absent; a broken one is a UserError."""
+    path = Path(path)
+    if not path.is_file():
         return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON ({exc})", where=str(path)) from None
+
+
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file, or None when it is absent or broken: for a file that a failed process may have left
+    (a trial's summary.json), where a broken file means the same as no file."""
+    try:
+        return read_json(path)
+    except (UserError, OSError):
+        return None
+
+
+def metrics_rows(path: Path) -> list[tuple[str, dict]]:
+    """The events of a metrics.jsonl file as written: (the line, its JSON object); [] when the file is absent.
+
+    A torn last line (the process was killed while appending it) is left out. Any other line that is not a JSON
+    object is a UserError naming the file and the row: nothing we write produces one."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
+        if not isinstance(record, dict):
+            raise UserError(f"row {number}: not a JSON object", where=str(path))
+        rows.append((line, record))
+    return rows
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """RUN_DIR/metrics.jsonl as a list of events; non-finite values (stored as strings) become floats again."""
+    return [{k: _number(v) for k, v in record.items()} for _, record in metrics_rows(Path(run_dir) / METRICS_LOG)]
+
+
+_NON_FINITE = ("nan", "inf", "-inf", "infinity", "-infinity")
+
+
+def _number(value):
+    if isinstance(value, str) and value.lower() in _NON_FINITE:
+        return float(value)
+    return value
+
+
+# ---- writing (everything else goes through dpo/rundir/atomic.py) ---------------------------------
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """One event as one line of metrics.jsonl, secrets redacted, NaN/Inf as strings (JSON has no such numbers).
+    One write per line: a kill leaves at most one torn line, which `metrics_rows` skips."""
+    line = json.dumps(redact_data({k: _jsonable(v) for k, v in record.items()})) + "\n"
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(line)
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -1,14 +1,17 @@
-"""One writer per run directory: `RUN_DIR/.lock` holds the pid, host and start time of the `dpo train` using it.
+"""One process per run (or sweep) directory: an exclusive `flock` on DIR/.lock, held while the process works there.
 
-The lock file is created with its content in one step (written to a temporary name, then hard-linked into
-place, which fails if the lock exists), so a lock is never seen half-written. A lock whose process is gone is
-stale and is cleared: on this host, when that pid is not running, or runs a different process (pids are
-reused, e.g. after a container restart; the process start time in the lock tells them apart). A lock from
-another host cannot be checked from here and is never cleared automatically.
+The kernel releases a flock when its process ends, however it ends (SIGKILL, the OOM killer): a lock file left
+behind by a dead process blocks nobody, and nothing has to guess whether its holder is still alive. The file
+holds the holder's pid, host and start time only to say who is using the directory.
+
+A released lock's file is removed while it is still locked. A process that opened the file just before that
+can then lock a file no longer in the directory; it notices (the path now names another file, or none) and
+tries again, so two processes never both believe they hold the directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -16,88 +19,73 @@ import time
 from pathlib import Path
 
 from dpo.errors import UserError
-
-LOCK_NAME = ".lock"
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None where /proc is not available."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name in (...) may contain spaces
+from dpo.rundir.files import LOCK
 
 
-def _alive(pid: int, start: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if start is not None and _process_start(pid) not in (None, start):
-        return False  # the pid now belongs to another process
-    return True
+class DirectoryLock:
+    """`with DirectoryLock(folder, in_use): ...` holds `folder`; while another process holds it, acquiring raises
+    UserError(in_use), where "{holder}" in `in_use` becomes "pid N on HOST, since T"."""
 
+    def __init__(self, folder: Path, in_use: str):
+        self.path = Path(folder) / LOCK
+        self.in_use = in_use
+        self._fd: int | None = None
 
-class RunLock:
-    """`with RunLock(run_dir): ...` holds the run directory; raises UserError when another live run holds it."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.cleared: dict | None = None  # the stale lock this one replaced, if any (for a notice)
-        self._held = False
-
-    def acquire(self) -> RunLock:
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "process_start": _process_start(os.getpid()),
-        }
-        tmp = self.path.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, self.path)
-                    self._held = True
-                    return self
-                except FileExistsError:
-                    holder = self._read()
-                    if not self._stale(holder):
-                        raise UserError(
-                            f"run directory is in use by another dpo train (pid {holder.get('pid')} on "
-                            f"{holder.get('host')}, since {holder.get('started')}); if that process is gone "
-                            f"for good, delete {self.path}",
-                            where=str(self.path.parent),
-                        ) from None
-                    self.cleared = holder
-                    self.path.unlink(missing_ok=True)
-            raise UserError("could not take the run directory's lock (it keeps reappearing)", where=str(self.path))
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-
-    @staticmethod
-    def _stale(holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False  # another machine (or an unreadable lock): we cannot tell, so we do not guess
-        return not _alive(holder["pid"], holder.get("process_start"))
+    def acquire(self) -> DirectoryLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise UserError(self.in_use.format(holder=holder), where=str(self.path.parent)) from None
+            if _names(self.path, fd):
+                break
+            os.close(fd)  # the holder released it and removed the file after we opened it: lock the new one
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(record) + "\n").encode())
+        self._fd = fd
+        return self
 
     def release(self) -> None:
-        if self._held and self._read().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
-        self._held = False
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # still locked: nobody can take the lock on this file any more
+        os.close(self._fd)
+        self._fd = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class RunLock(DirectoryLock):
+    """The run directory's lock, held by `dpo train` (rank 0 of a multi-process run, for all of its processes)."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir, "run directory is in use by another dpo train ({holder})")
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, from its file ("?" for what it has not written yet)."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode())
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    return f"pid {record.get('pid', '?')} on {record.get('host', '?')}, since {record.get('started', '?')}"

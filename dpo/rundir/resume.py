@@ -13,7 +13,6 @@ once; transformers restores the weights, optimizer, scheduler and RNG states fro
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -22,14 +21,27 @@ from pathlib import Path
 from dpo.config.yaml_loader import safe_load
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
-from dpo.rundir.lock import LOCK_NAME
+from dpo.rundir.files import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS,
+    COMPLETE_MARK,
+    DPO_STATE,
+    FINAL_STAGING,
+    LOCK,
+    METRICS_LOG,
+    RECIPE,
+    SUMMARY,
+    TRAINER_STATE,
+    is_main_process,
+    metrics_rows,
+    read_json,
+    read_json_or_none,
+    read_metrics,
+)
 
-COMPLETE_MARK = "checkpoint_complete.json"
-DPO_STATE = "dpo_state.json"
-TRAINER_STATE = "trainer_state.json"  # transformers' name
 FINISHED = ("completed", "early_stopped")  # stop reasons of a run that has nothing left to do
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-END_OF_TRAINING_KEY = "train_runtime"  # transformers' last log line of a train() call
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+END_OF_TRAINING = "train_runtime"  # transformers' last log line of a train() call
 
 
 def mark_complete(folder: Path, step: int) -> None:
@@ -38,10 +50,11 @@ def mark_complete(folder: Path, step: int) -> None:
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     """All checkpoint-N folders under `folder`, oldest first (complete or not)."""
-    if not folder.is_dir():
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or removed by rank 0 while another rank looks
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in entries if p.is_dir() and (m := _CHECKPOINT.match(p.name)))
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -70,32 +83,15 @@ def truncate_metrics(path: Path, step: int) -> int:
     line of an earlier attempt. Returns how many lines were dropped."""
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            dropped += bool(line.strip())
-            continue
-        if not isinstance(record, dict) or record.get("step", 0) > step or END_OF_TRAINING_KEY in record:
-            dropped += 1
-            continue
-        kept.append(line)
+    written = sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    kept = [line for line, event in metrics_rows(path) if event.get("step", 0) <= step and END_OF_TRAINING not in event]
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-    return dropped
+    return written - len(kept)
 
 
-def initial_metrics(path: Path) -> dict:
-    """The step-0 evaluation (the reference model's held-out numbers) from metrics.jsonl."""
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("step") == 0 and "eval_loss" in record:
-                return record
-    return {}
+def initial_metrics(run_dir: Path) -> dict:
+    """The step-0 evaluation (the reference model's held-out numbers) from RUN_DIR/metrics.jsonl."""
+    return next((e for e in read_metrics(run_dir) if e.get("step") == 0 and "eval_loss" in e), {})
 
 
 def _first_difference(old, new, prefix: str = "") -> str | None:
@@ -121,24 +117,20 @@ class ResumePoint:
 
 
 def has_previous_attempt(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(not p.name.startswith(LOCK_NAME) for p in run_dir.iterdir())
+    return run_dir.is_dir() and any(not p.name.startswith(LOCK) for p in run_dir.iterdir())
 
 
 def check(run_dir: Path, resolved_recipe_yaml: str) -> None:
     """The user errors of a resume, raised before anything in the run directory changes."""
     if not has_previous_attempt(run_dir):
         return
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
-        raise UserError("has no recipe.yaml: not a run directory of dpo train; nothing to resume", where=str(run_dir))
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        try:
-            reason = json.loads(summary_file.read_text(encoding="utf-8")).get("stop_reason")
-        except ValueError:
-            reason = None
-        if reason in FINISHED:
-            raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
+        raise UserError(f"has no {RECIPE}: not a run directory of dpo train; nothing to resume", where=str(run_dir))
+    reason = (read_json_or_none(run_dir / SUMMARY) or {}).get("stop_reason")
+    if reason in FINISHED:
+        raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
+    metrics_rows(run_dir / METRICS_LOG)  # a broken metrics file is reported now, before anything is changed
     difference = _first_difference(safe_load(recipe_file.read_text(encoding="utf-8")), safe_load(resolved_recipe_yaml))
     if difference:
         raise UserError(
@@ -147,35 +139,44 @@ def check(run_dir: Path, resolved_recipe_yaml: str) -> None:
         )
 
 
-def prepare(run_dir: Path, checkpoint_dir: Path) -> ResumePoint:
-    """Clean up what a killed attempt left half-done, and find where to continue. Call `check` first, and hold
-    the run directory's lock."""
+def prepare(run_dir: Path) -> ResumePoint:
+    """Clean up what a killed attempt left half-done (rank 0 only), and find where to continue (every rank: each
+    loads the checkpoint). Call `check` first; rank 0 holds the run directory's lock.
+
+    The other ranks may look while rank 0 cleans up: they only read complete checkpoints, which the clean-up never
+    touches, so every rank finds the same one."""
     point = ResumePoint(run_dir)
     if not has_previous_attempt(run_dir):
         point.fresh = True
         point.notes.append(f"nothing to resume in {run_dir}; starting a new run")
         return point
-    for _, path in checkpoints(checkpoint_dir):
-        if not is_complete(path):
-            shutil.rmtree(path)
-            point.notes.append(f"deleted {path.name}: its save was cut off")
-    for leftover in (run_dir / ".final.tmp", run_dir / "summary.json"):  # a previous attempt's, now superseded
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif leftover.exists():
-            leftover.unlink()
+    checkpoint_dir, writer = run_dir / CHECKPOINTS, is_main_process()
+    if writer:
+        point.notes += _remove_leftovers(run_dir)
     found = last_resumable(checkpoint_dir)
     if found is None:
         # killed before the first checkpoint: start over in place (keeps nothing that would be redone anyway)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if writer:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            (run_dir / METRICS_LOG).unlink(missing_ok=True)
         point.notes.append("no complete checkpoint yet: training again from step 0")
         return point
     point.step, point.checkpoint = found
-    state_file = point.checkpoint / DPO_STATE
-    point.state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
-    dropped = truncate_metrics(run_dir / "metrics.jsonl", point.step)
+    point.state = read_json(point.checkpoint / DPO_STATE) or {}
+    dropped = truncate_metrics(run_dir / METRICS_LOG, point.step) if writer else 0
     point.notes.append(
         f"resuming from {point.checkpoint.name} (step {point.step}); dropped {dropped} metrics line(s) logged after it"
     )
     return point
+
+
+def _remove_leftovers(run_dir: Path) -> list[str]:
+    """Checkpoints whose save was cut off, a half-written final/, the previous attempt's summary.json."""
+    notes = []
+    for _, path in checkpoints(run_dir / CHECKPOINTS):
+        if not is_complete(path):
+            shutil.rmtree(path)
+            notes.append(f"deleted {path.name}: its save was cut off")
+    shutil.rmtree(run_dir / FINAL_STAGING, ignore_errors=True)
+    (run_dir / SUMMARY).unlink(missing_ok=True)
+    return notes

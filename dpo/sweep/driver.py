@@ -23,7 +23,6 @@ The objective value of a trial is the objective metric of the weights the run en
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -35,13 +34,30 @@ from pathlib import Path
 from typing import Any
 
 from dpo.errors import UserError
-from dpo.rundir.atomic import atomic_write_json
+from dpo.rundir.atomic import atomic_write_json, atomic_write_text
+from dpo.rundir.files import (
+    BEST_RECIPE,
+    RECIPE,
+    STUDY_DB,
+    SUMMARY,
+    SWEEP_SPEC,
+    SWEEP_SUMMARY,
+    TRAIN_LOG,
+    TRIAL,
+    TRIAL_DIR,
+    TRIALS,
+    read_json_or_none,
+    read_metrics,
+    read_text,
+)
+from dpo.rundir.lock import DirectoryLock
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.trial import STORAGE_ENV
 
 HEARTBEAT_S = 15  # shared databases: a trial whose process stopped beating for GRACE_S is failed and retried
 GRACE_S = 60
-SUMMARY = "sweep_summary.json"
+IN_USE = ("another `dpo sweep` is running on this directory (use --workers for parallel trials, "
+          "or --storage with a database server for several processes)")  # fmt: skip
 
 
 class TrialFailed(Exception):
@@ -65,11 +81,12 @@ def run_sweep(
     if workers < 1:
         raise UserError(f"must be at least 1 (got {workers})", where="--workers")
     sweep_dir = (Path(output_dir) if output_dir else Path("sweeps") / spec.name).resolve()
-    url = storage or f"sqlite:///{sweep_dir / 'study.db'}"
+    url = storage or f"sqlite:///{sweep_dir / STUDY_DB}"
     _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
     check(spec.base_recipe, _overrides(spec.fixed))  # a broken base recipe fails here, not in every trial
-    (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
-    with _exclusive(sweep_dir) if storage is None else contextlib.nullcontext():
+    (sweep_dir / TRIALS).mkdir(parents=True, exist_ok=True)
+    # with SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study)
+    with DirectoryLock(sweep_dir, IN_USE) if storage is None else contextlib.nullcontext():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = _open_study(spec, url, shared=storage is not None)
         _write_spec(spec, sweep_dir)
@@ -88,7 +105,7 @@ def run_sweep(
             )
         summary = summarize(study, spec, sweep_dir)
         _write_best(summary, spec, sweep_dir)
-        _write_json(sweep_dir / SUMMARY, summary)
+        atomic_write_json(sweep_dir / SWEEP_SUMMARY, summary)
     from dpo.analysis.report import write_report_or_warn
 
     write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
@@ -135,36 +152,16 @@ def _first_line(exc: Exception) -> str:
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError("--output-dir is a file, not a directory", where=str(sweep_dir))
-    has_study = (sweep_dir / "study.db").is_file()
+    has_study = (sweep_dir / STUDY_DB).is_file()
     if external:
         return  # several processes (machines) join one sweep through the database: an existing dir is expected
     if resume and not has_study:
-        raise UserError("nothing to resume: no study.db here", where=str(sweep_dir))
+        raise UserError(f"nothing to resume: no {STUDY_DB} here", where=str(sweep_dir))
     if not resume and has_study:
         raise UserError("already holds a sweep; add --resume to continue it, or choose another --output-dir",
                         where=str(sweep_dir))  # fmt: skip
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise UserError("sweep directory is not empty; choose another --output-dir", where=str(sweep_dir))
-
-
-@contextlib.contextmanager
-def _exclusive(sweep_dir: Path):
-    """With SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study).
-    The kernel drops the lock when the process dies, even by SIGKILL."""
-    handle = (sweep_dir / ".lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(
-            "another `dpo sweep` is running on this directory (use --workers for parallel trials, "
-            "or --storage with a database server for several processes)",
-            where=str(sweep_dir),
-        ) from None
-    try:
-        yield
-    finally:
-        handle.close()
 
 
 def _open_study(spec: SweepSpec, url: str, shared: bool):
@@ -196,9 +193,9 @@ def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
     import yaml
 
     text = yaml.safe_dump({**spec.raw, "base_recipe": str(spec.base_recipe)}, sort_keys=False)
-    target = sweep_dir / "sweep.yaml"
-    if not target.is_file() or target.read_text() != text:
-        target.write_text(text, encoding="utf-8")
+    target = sweep_dir / SWEEP_SPEC
+    if read_text(target) != text:
+        atomic_write_text(target, text)
 
 
 # --- which trials count --------------------------------------------------------------------------------------
@@ -232,11 +229,11 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
             retry(study, study._storage.get_trial(t._trial_id))
-            name = f"trial-{t.number:04d}"
-            log = sweep_dir / "trials" / f".{name}.log"
+            name = TRIAL_DIR.format(number=t.number)
+            log = sweep_dir / TRIALS / f".{name}.log"
             if log.is_file():  # what the killed trial printed goes where a finished trial's output goes
-                (sweep_dir / "trials" / name).mkdir(exist_ok=True)
-                os.replace(log, sweep_dir / "trials" / name / "train.log")
+                (sweep_dir / TRIALS / name).mkdir(exist_ok=True)
+                os.replace(log, sweep_dir / TRIALS / name / TRAIN_LOG)
 
 
 # --- one trial -----------------------------------------------------------------------------------------------
@@ -250,9 +247,9 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         trial.set_user_attr("surplus", True)
         raise TrialFailed("surplus: the sweep already has its trials")
     params = {p.name: SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args) for p in spec.params}
-    name = f"trial-{trial.number:04d}"
-    trial_dir = sweep_dir / "trials" / name
-    rel = f"trials/{name}"
+    name = TRIAL_DIR.format(number=trial.number)
+    trial_dir = sweep_dir / TRIALS / name
+    rel = f"{TRIALS}/{name}"
     overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **_group(spec)}
     pruner = json.dumps({"type": spec.pruner, **spec.pruner_kwargs})
     cmd = [sys.executable, "-m", "dpo.sweep.trial", "--study", spec.name, "--trial-id", str(trial._trial_id),
@@ -261,13 +258,13 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     env = _trial_env(spec, url, workers)
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
-    log_tmp = sweep_dir / "trials" / f".{name}.log"
+    log_tmp = sweep_dir / TRIALS / f".{name}.log"
     with log_tmp.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         _wait_writing_running(proc, trial_dir, record)
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
-    os.replace(log_tmp, trial_dir / "train.log")
-    summary = _read_json(trial_dir / "summary.json")
+    os.replace(log_tmp, trial_dir / TRAIN_LOG)
+    summary = read_json_or_none(trial_dir / SUMMARY)
     record["steps"] = summary.get("steps") if summary else _steps_from_metrics(trial_dir)
     record["max_steps"] = (summary or {}).get("max_steps")
 
@@ -275,11 +272,11 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         record.update(state=state, reason=reason, value=value)
         for key in ("reason", "steps", "max_steps", "run_dir"):
             trial.set_user_attr(key, record[key])
-        _write_json(trial_dir / "trial.json", record)
+        atomic_write_json(trial_dir / TRIAL, record)
 
     stop = (summary or {}).get("stop_reason")
     if proc.returncode != 0 or stop == "non_finite":
-        reason = (summary or {}).get("error") or _failure_line(trial_dir / "train.log", proc.returncode, stop)
+        reason = (summary or {}).get("error") or _failure_line(trial_dir / TRAIN_LOG, proc.returncode, stop)
         finish("failed", reason)
         raise TrialFailed(reason)
     if stop == "pruned":
@@ -342,14 +339,14 @@ def _wait_writing_running(proc, trial_dir: Path, record: dict) -> None:
             return
         except subprocess.TimeoutExpired:
             pass
-        if not written and (trial_dir / "recipe.yaml").is_file():
-            _write_json(trial_dir / "trial.json", record)
+        if not written and (trial_dir / RECIPE).is_file():
+            atomic_write_json(trial_dir / TRIAL, record)
             written = True
 
 
 def _failure_line(log: Path, returncode: int, stop: str | None) -> str:
     """The trial's own `error:` line, else the last line of its output (a traceback's exception)."""
-    lines = [ln.strip() for ln in _read_text(log).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in read_text(log).splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     if errors:
         return errors[-1].removeprefix("error:").strip()
@@ -359,8 +356,12 @@ def _failure_line(log: Path, returncode: int, stop: str | None) -> str:
 
 
 def _steps_from_metrics(run_dir: Path) -> int:
-    steps = [r.get("step", 0) for r in _read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
-    return max(steps, default=0)
+    """The last training step a trial logged (for a trial that ended without a summary.json)."""
+    try:
+        events = read_metrics(run_dir)
+    except UserError:  # a damaged metrics file of one trial must not stop the sweep: that trial's count is unknown
+        return 0
+    return max((e.get("step", 0) for e in events if "loss" in e), default=0)
 
 
 # --- the end: summary, best recipe ---------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
     for t in trials:
         if t.user_attrs.get("surplus") or t.state.name not in STATES:
             continue  # surplus trials never ran; WAITING ones (queued retries) have not started
-        name = f"trial-{t.number:04d}"
+        name = TRIAL_DIR.format(number=t.number)
         record = {
             "number": t.number,
             "state": STATES[t.state.name],
@@ -383,7 +384,7 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
             "value": t.value if t.state.name == "COMPLETE" else None,
             "reason": t.user_attrs.get("reason"),
             "steps": t.user_attrs.get("steps"),
-            "run_dir": t.user_attrs.get("run_dir", f"trials/{name}"),
+            "run_dir": t.user_attrs.get("run_dir", f"{TRIALS}/{name}"),
             "max_steps": t.user_attrs.get("max_steps"),
         }
         if t.state.name == "FAIL" and record["reason"] is None:  # its process died with the sweep
@@ -393,7 +394,7 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
             )
             record["steps"] = _steps_from_metrics(sweep_dir / record["run_dir"])
             if (sweep_dir / record["run_dir"]).is_dir():
-                _write_json(sweep_dir / record["run_dir"] / "trial.json", {k: v for k, v in record.items()})
+                atomic_write_json(sweep_dir / record["run_dir"] / TRIAL, {k: v for k, v in record.items()})
         rows.append(record)
     complete = [r for r in rows if r["state"] == "complete"]
     best = None
@@ -444,32 +445,6 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
     recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
     header = (
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
-        f"#   python -m dpo train {sweep_dir / 'best.yaml'}\n"
+        f"#   python -m dpo train {sweep_dir / BEST_RECIPE}\n"
     )
-    (sweep_dir / "best.yaml").write_text(header + recipe.to_yaml(), encoding="utf-8")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    atomic_write_json(path, data)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in _read_text(path).splitlines():
-        with contextlib.suppress(ValueError):
-            rows.append(json.loads(line))
-    return rows
+    atomic_write_text(sweep_dir / BEST_RECIPE, header + recipe.to_yaml())

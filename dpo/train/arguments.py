@@ -20,6 +20,7 @@ from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import Recipe
 from dpo.errors import UserError, did_you_mean
 from dpo.metrics import EVAL_METRICS, direction
+from dpo.rundir.files import CHECKPOINTS
 
 # DPOConfig fields set through another recipe key. Setting them under `training:` is an error that
 # points to the right key, so there is exactly one place for each knob.
@@ -183,7 +184,7 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
             if reg.sync_ref
             else {}
         ),
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(run_dir / CHECKPOINTS),
         seed=recipe.seed,
         run_name=recipe.name,
         beta=recipe.loss.beta,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from dpo.metrics import HEADLINE, direction
-from dpo.rundir.secrets import redact_data
+from dpo.rundir.files import append_metrics
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -22,15 +21,7 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        record = redact_data({"step": state.global_step, **{k: _jsonable(v) for k, v in logs.items()}})
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")  # one write per line: a kill leaves at most one torn line
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/Inf; keep them visible as strings
-    return value
+        append_metrics(self.path, {"step": state.global_step, **logs})
 
 
 class BestCheckpointCallback(TrainerCallback, ExportableState):

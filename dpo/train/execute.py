@@ -17,7 +17,6 @@ checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -28,7 +27,19 @@ from dpo.config.loading import changes_from_base
 from dpo.errors import NonFiniteError, RunFailed, UserError
 from dpo.rundir import resume as resuming
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text, replace_dir
-from dpo.rundir.files import is_main_process
+from dpo.rundir.files import (
+    CHECKPOINT_PREFIX,
+    DATA_CARD,
+    FINAL,
+    FINAL_STAGING,
+    METRICS_LOG,
+    RECIPE,
+    RECIPE_CHANGES,
+    SUMMARY,
+    TRAINER_STATE,
+    is_main_process,
+    read_json,
+)
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
 from dpo.train.gate import CheckedRecipe, check
@@ -57,11 +68,12 @@ def execute(
     try:
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        point = resuming.prepare(run_dir, run_dir / "checkpoints") if resume else resuming.ResumePoint(run_dir)
-        for note in point.notes:
-            print(f"resume: {note}", flush=True)
+        point = resuming.prepare(run_dir) if resume else resuming.ResumePoint(run_dir)
+        if is_main_process():
+            for note in point.notes:
+                print(f"resume: {note}", flush=True)
         changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
-        if not (resume and (run_dir / "recipe_changes.json").is_file()):
+        if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
                 "recipe_file": str(Path(recipe_path).resolve()),
                 "overrides": [redact(str(o)) for o in overrides],
@@ -76,13 +88,11 @@ def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
     """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
     if not is_main_process():
         return lock  # the other processes of one multi-process run: rank 0 holds the lock for all of them
+    run_dir.mkdir(parents=True, exist_ok=True)
     lock.acquire()  # first, so that a directory in use says so rather than "not empty"
-    if lock.cleared:
-        print(f"cleared a stale lock of pid {lock.cleared.get('pid')} (not running any more)", file=sys.stderr)
     if not resume and resuming.has_previous_attempt(run_dir):
         lock.release()
         raise UserError(
@@ -146,10 +156,10 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
     if main:
-        atomic_write_text(run_dir / "recipe.yaml", resolved_yaml)
+        atomic_write_text(run_dir / RECIPE, resolved_yaml)
         if changes is not None:
-            atomic_write_json(run_dir / "recipe_changes.json", changes)
-        atomic_write_json(run_dir / "data_card.json", checked.data.card)
+            atomic_write_json(run_dir / RECIPE_CHANGES, changes)
+        atomic_write_json(run_dir / DATA_CARD, checked.data.card)
         _print_plan(checked)
     configure_loggers(recipe, run_dir, main)
 
@@ -162,7 +172,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         warmup_steps=stopping.warmup_steps,
         keep_best=stopping.patience is not None,
     )
-    own = [MetricsFileCallback(run_dir / "metrics.jsonl"), best]
+    own = [MetricsFileCallback(run_dir / METRICS_LOG), best]
     trainer = build_trainer(checked, [*callbacks, *own])
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
@@ -179,14 +189,15 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         if point.checkpoint is None:
             initial = trainer.evaluate_untrained()  # step 0: the reference model's numbers, the before/after view
             if best.keep_best and best.best_step == 0:
-                checkpoint_0 = Path(trainer.args.output_dir) / "checkpoint-0"
+                checkpoint_0 = Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}0"
                 trainer.save_model(str(checkpoint_0))
+                trainer.accelerator.wait_for_everyone()  # every process's part saved before the mark says complete
                 if main:
                     resuming.mark_complete(checkpoint_0, 0)
             train_output = trainer.train()
         else:
-            initial = resuming.initial_metrics(run_dir / "metrics.jsonl")
-            saved = json.loads((point.checkpoint / resuming.TRAINER_STATE).read_text(encoding="utf-8"))
+            initial = resuming.initial_metrics(run_dir)
+            saved = read_json(point.checkpoint / TRAINER_STATE)
             best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
             trainer.load_dpo_state(point.state, point.step)
             if best.stopped_at is not None or saved.get("global_step", 0) >= saved.get("max_steps", 0):
@@ -196,25 +207,28 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     except NonFiniteError as exc:
         summary = non_finite_summary(exc, trainer, best, run_dir, initial, started)
         if main:  # every process raises; one writes
-            atomic_write_json(run_dir / "summary.json", summary)
+            atomic_write_json(run_dir / SUMMARY, summary)
             if recipe.logging.wandb:
                 finish_wandb(summary)  # else the wandb run stays open, and a next run in this process joins it
             write_report_or_warn(run_dir)
+        # The others wait for it: a launcher (torchrun) stops every process of a run as soon as one exits with an
+        # error, which would cut rank 0 off mid-write.
+        trainer.accelerator.wait_for_everyone()
         last_good = summary["last_good_checkpoint"]
         where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
         raise RunFailed(f"{run_dir}: training stopped: {exc}; {where}", summary) from None
 
     restored = _restore_best(trainer, best)
-    staging = run_dir / ".final.tmp"  # final/ appears whole or not at all
+    staging = run_dir / FINAL_STAGING  # final/ appears whole or not at all
     trainer.save_model(str(staging))  # writes on the main process only (all ranks take part)
     if main:
         trainer.processing_class.save_pretrained(str(staging))
-        replace_dir(staging, run_dir / "final")
+        replace_dir(staging, run_dir / FINAL)
     summary = finished_summary(
         trainer, best, stopping, _stop_reason(best, callbacks), restored, initial, train_output, run_dir, started
     )
     if main:
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / SUMMARY, summary)
         if recipe.logging.wandb:
             finish_wandb(summary)
         write_report_or_warn(run_dir)
@@ -234,6 +248,6 @@ def _restore_best(trainer, best) -> bool:
     """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
     if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
         return False
-    trainer.state.best_model_checkpoint = str(Path(trainer.args.output_dir) / f"checkpoint-{best.best_step}")
+    trainer.state.best_model_checkpoint = str(Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}{best.best_step}")
     trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
     return True

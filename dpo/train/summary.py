@@ -12,6 +12,7 @@ from pathlib import Path
 from dpo.analysis.diagnostics import overfitting_block
 from dpo.errors import NonFiniteError
 from dpo.rundir import resume as resuming
+from dpo.rundir.files import CHECKPOINTS
 
 
 def _best_metric(best) -> dict:
@@ -42,7 +43,7 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
 def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, started: float) -> dict:
     """For a run stopped by the non-finite guard: no final/, the step that went non-finite was not applied and
     nothing past it is trusted; the last good checkpoint is where `--resume` (after a fix) would continue."""
-    last_good = resuming.last_resumable(run_dir / "checkpoints")
+    last_good = resuming.last_resumable(run_dir / CHECKPOINTS)
     return {
         "stop_reason": "non_finite",
         "error": str(exc),

@@ -29,6 +29,7 @@ from dpo.errors import NonFiniteError
 from dpo.metrics import GAPS, HELD_OUT_PREFIX, gap_sign
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
+from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.train.beta import BetaController
 from dpo.train.losses import F_DIVERGENCES, LossPlan, compute_loss
 
@@ -284,10 +285,13 @@ class Trainer(DPOTrainer):
                 super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        # Every process writes its own part (its RNG state; its shard under FSDP/DeepSpeed) and transformers does
+        # not wait for them: the mark must not say complete before the slowest process is done.
+        self.accelerator.wait_for_everyone()
         if not self.args.should_save:
-            return
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        atomic_write_json(folder / resume.DPO_STATE, self.dpo_state())
+            return  # the main process (one per node with save_on_each_node) writes our files
+        folder = Path(self._get_output_dir(trial=trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        atomic_write_json(folder / DPO_STATE, self.dpo_state())
         resume.mark_complete(folder, self.state.global_step)
         resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
 
@@ -321,7 +325,7 @@ class Trainer(DPOTrainer):
         from transformers.trainer_utils import TrainOutput
 
         self._load_from_checkpoint(checkpoint)
-        self.state = TrainerState.load_from_json(str(Path(checkpoint) / resume.TRAINER_STATE))
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
         metrics = {
             "train_runtime": round(self.runtime_before, 4),
             "total_flos": self.state.total_flos,

@@ -3,7 +3,9 @@ handling, run names, and source-wide rules (safe YAML only, no shell strings).""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -16,8 +18,17 @@ from dpo.config.loading import load_recipe
 from dpo.config.schema import run_name_problem
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
-from dpo.rundir.lock import RunLock, _process_start
-from dpo.rundir.resume import COMPLETE_MARK, TRAINER_STATE, last_resumable, mark_complete, rotate, truncate_metrics
+from dpo.rundir.files import append_metrics, read_metrics
+from dpo.rundir.lock import DirectoryLock, RunLock, _names
+from dpo.rundir.resume import (
+    COMPLETE_MARK,
+    TRAINER_STATE,
+    initial_metrics,
+    last_resumable,
+    mark_complete,
+    rotate,
+    truncate_metrics,
+)
 from dpo.rundir.secrets import RedactingStream, is_secret_name, redact, redact_data, secret_values
 from tests.conftest import ARITHMETIC, REPO, read_jsonl, write_recipe
 
@@ -34,29 +45,58 @@ def test_second_writer_is_refused_and_lock_released(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary files left either
 
 
-def test_stale_lock_of_a_dead_process_is_cleared(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then", "process_start": "1"}
-    (tmp_path / ".lock").write_text(json.dumps(stale))
+def _hold_lock_in_a_process(folder):
+    """A process that takes `folder`'s lock and keeps it until killed."""
+    code = (
+        "import sys, time; from dpo.rundir.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    """The kernel drops the flock when its holder dies, even by SIGKILL: no pid checks, no stale-lock guessing."""
+    holder = _hold_lock_in_a_process(tmp_path)
+    try:
+        who = rf"\(pid {holder.pid} on {re.escape(socket.gethostname())}, since "
+        with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}: run directory is in use by .* {who}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own
+        holder.wait()
+        holder.stdout.close()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid  # its lock file is still there
     with RunLock(tmp_path) as lock:
-        assert lock.cleared == stale
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()
 
 
-@pytest.mark.skipif(_process_start(os.getpid()) is None, reason="needs /proc")
-def test_reused_pid_is_stale(tmp_path):
-    """A live pid with another process start time is a new process that got the old pid (e.g. after a restart)."""
-    reused = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": "123"}
-    (tmp_path / ".lock").write_text(json.dumps(reused))
-    with RunLock(tmp_path) as lock:
-        assert lock.cleared == reused
+def test_a_lock_on_a_released_and_removed_file_is_not_taken_for_the_directory(tmp_path):
+    """A process that opened the lock file just before its holder released (and removed) it must not believe it
+    holds the directory: the path no longer names the file it locked."""
+    first = RunLock(tmp_path).acquire()
+    opened_before_release = os.open(first.path, os.O_RDWR)
+    first.release()
+    try:
+        fcntl.flock(opened_before_release, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: nobody holds that old file
+        assert not _names(tmp_path / ".lock", opened_before_release)
+        with RunLock(tmp_path) as second:  # the directory's lock is a new file, free
+            assert _names(second.path, second._fd)
+    finally:
+        os.close(opened_before_release)
 
 
-def test_lock_from_another_host_is_never_guessed_stale(tmp_path):
-    (tmp_path / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "t"}))
-    with pytest.raises(UserError, match="pid 1 on elsewhere"):
-        RunLock(tmp_path).acquire()
-    assert (tmp_path / ".lock").exists()
+def test_the_sweep_directory_uses_the_same_lock_with_its_own_message(tmp_path):
+    from dpo.sweep.driver import IN_USE
+
+    with DirectoryLock(tmp_path, IN_USE):
+        with pytest.raises(UserError, match=r"another `dpo sweep` is running on this directory \(use --workers"):
+            DirectoryLock(tmp_path, IN_USE).acquire()
+        with pytest.raises(UserError, match="in use by another dpo train"):  # one lock file for either kind
+            RunLock(tmp_path).acquire()
+    assert not (tmp_path / ".lock").exists()
 
 
 # ---- secrets ------------------------------------------------------------------------------------------
@@ -117,6 +157,26 @@ def test_truncate_metrics_drops_later_steps_torn_line_and_end_line(tmp_path):
     path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "lo')  # killed mid-line
     assert truncate_metrics(path, 2) == 3
     assert read_jsonl(path) == lines[:4]
+
+
+def test_metrics_file_round_trip_torn_last_line_and_a_broken_row(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_metrics(path, {"step": 1, "loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5})
+    append_metrics(path, {"step": 2, "loss": 0.25})
+    assert path.read_text().splitlines()[0] == '{"step": 1, "loss": "nan", "grad_norm": "inf", "lr": 0.5}'
+    with path.open("a") as handle:
+        handle.write('{"step": 3, "lo')  # killed mid-line
+    events = read_metrics(tmp_path)
+    assert [e["step"] for e in events] == [1, 2]
+    assert math.isnan(events[0]["loss"]) and events[0]["grad_norm"] == math.inf
+    assert initial_metrics(tmp_path) == {}
+    path.write_text('{"step": 0, "eval_loss": "nan"}\n[1]\n{"step": 2}\n')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: row 2: not a JSON object$"):
+        read_metrics(tmp_path)
+    path.write_text('{"step": 0, "eval_loss": 1.5}\n{"step": 1, "lo\n{"step": 2}\n')
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: row 2: not valid JSON"):
+        truncate_metrics(path, 1)
+    assert read_metrics(tmp_path / "absent") == []
 
 
 def _checkpoint(folder, step, complete=True, state=True):

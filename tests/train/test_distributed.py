@@ -1,17 +1,25 @@
 """`dpo train` under torchrun and accelerate launch: two CPU processes (gloo) train one run, and the loss curve
-is the single-process curve with the same global batch. The shipped accelerate configs parse."""
+is the single-process curve with the same global batch; a two-process run killed by SIGKILL resumes (with two
+processes) to the uninterrupted two-process run; the non-finite guard stops both processes, rank 0 alone
+writing. The shipped accelerate configs parse."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from dpo.rundir.resume import COMPLETE_MARK
 from tests.conftest import REPO, read_jsonl
+from tests.rundir.test_resume import assert_same_run, six_step_recipe_dict
 
 ACCELERATE_CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 # Same global batch (4 pairs per optimizer step), same data order: the two curves agree to float rounding
@@ -70,6 +78,101 @@ def test_two_process_training_matches_single_process(tiny_recipe, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_curve(single, accel)
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
+
+
+@pytest.fixture(scope="module")
+def two_process_recipe(tmp_path_factory, tiny_model_dir) -> Path:
+    """The six-step resume recipe with 2 pairs per process: 2 processes make its 4-pair batches."""
+    recipe = six_step_recipe_dict(tiny_model_dir)
+    recipe["training"]["per_device_train_batch_size"] = 2
+    path = tmp_path_factory.mktemp("two") / "two.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_two_process_run_killed_then_resumed_with_two_processes_equals_an_uninterrupted_one(two_process_recipe,
+                                                                                            tmp_path):  # fmt: skip
+    """SIGKILL of every process while checkpoint-4 is half written (checkpoint-2 complete); `--resume` under
+    torchrun: rank 0 alone deletes the half checkpoint and cuts metrics.jsonl back, every rank continues from
+    checkpoint-2, and the run ends as the uninterrupted two-process run (same tolerance as tests/rundir)."""
+    reference = tmp_path / "reference"
+    proc = subprocess.run(_torchrun("-m", "dpo", "train", str(two_process_recipe), "--output-dir", str(reference)),
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run_dir, ready = tmp_path / "run", tmp_path / "ready"
+    driver = subprocess.Popen(
+        _torchrun("-m", "tests.kill_driver", str(two_process_recipe), str(run_dir), "mid_checkpoint", "4", str(ready)),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    frozen = [ready.with_name(f"ready.{rank}") for rank in (0, 1)]
+    deadline = time.time() + 300
+    while not all(f.is_file() and f.read_text().endswith("\n") for f in frozen):
+        assert driver.poll() is None, f"driver ended before the kill point: {driver.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "driver never reached the kill point"
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)  # the launcher first, so that it does not react to its workers' deaths
+    driver.wait()
+    driver.stderr.close()
+    for pid in (int(f.read_text()) for f in frozen):  # torchrun starts each worker in a session of its own
+        os.kill(pid, signal.SIGKILL)
+    half = run_dir / "checkpoints" / "checkpoint-4"
+    assert half.is_dir() and not (half / COMPLETE_MARK).exists() and not (run_dir / "summary.json").exists()
+    assert (run_dir / ".lock").is_file()
+
+    proc = subprocess.run(_torchrun("-m", "dpo", "train", "--resume", str(run_dir)),
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("resuming from checkpoint-2 (step 2)") == 1  # rank 0 says it, once
+    assert proc.stdout.count("deleted checkpoint-4: its save was cut off") == 1
+    assert not (run_dir / ".lock").exists()
+    assert_same_run(run_dir, reference, resumes_from=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_non_finite_guard_under_two_processes_stops_both_and_rank_0_alone_writes(tiny_recipe, tmp_path):
+    """Two processes started with the environment torchrun gives its workers (torchrun itself would report its own
+    exit code 1, not theirs). A NaN loss at step 3 on both: each exits 3 with the one-line error; summary.json
+    (non_finite) is written once, by rank 0, as is every other file renamed into place; no final/."""
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["training"].update(per_device_train_batch_size=2, eval_steps=2)
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir, renames = tmp_path / "run", tmp_path / "renames.log"
+    launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tests.poison_driver", str(path), str(run_dir), "3", str(renames)],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, **launch, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    error = f"error: {run_dir}: training stopped: non-finite loss (nan) at step 3; the last good checkpoint is "
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 3, stderr[-3000:]
+        assert error in stderr
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "non_finite" and summary["non_finite"]["step"] == 3 and summary["steps"] == 2
+    assert summary["last_good_checkpoint"] == str(run_dir / "checkpoints" / "checkpoint-2")
+    assert not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+    written = [line.split(" ", 1) for line in renames.read_text().splitlines()]
+    assert [name for rank, name in written if name == "summary.json"] == ["summary.json"]
+    assert {rank for rank, _ in written} == {"0"}  # rank 1 renamed nothing into the run directory
+    assert {"recipe.yaml", "data_card.json", "report.html", "checkpoints/checkpoint-2/checkpoint_complete.json"} <= {
+        name for _, name in written
+    }
+    train_steps = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m and "eval_loss" not in m]
+    assert train_steps == [1, 2]  # one line per step, not one per process; step 3 never logged
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
