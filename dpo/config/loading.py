@@ -16,8 +16,9 @@ import yaml
 from pydantic import ValidationError
 
 from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
+from dpo.config.signatures import unknown_key_problem, value_problem
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import UserError
 
 SET_SOURCE = "--set"
 
@@ -84,17 +85,10 @@ def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Reci
 def _describe(err: dict, key: str) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent, _, leaf = key.rpartition(".")
-        valid = valid_keys(parent)
-        hint = did_you_mean(leaf, valid, prefix=f"{parent}." if parent else "", cutoff=0.5)
-        return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
+        return unknown_key_problem(key, valid_keys(key.rpartition(".")[0]))
     if kind == "missing":
         return f"required key '{key}' is missing"
-    if kind == "value_error":  # our own model validators: the message is the whole story
-        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
-    got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
+    return value_problem(err, key)
 
 
 def source_of(provenance: dict[str, str], key: str, default: str) -> str:

@@ -139,47 +139,39 @@ class DataSection(Section):
 
 
 class BetaScheduleSection(Section):
-    """How beta moves during training (dpo/train/beta.py). Keys of another kind are errors, not ignored."""
+    """How beta moves during training: a kind from dpo/train/beta.py BETA_SCHEDULES and the keys that kind takes.
 
-    type: Literal["constant", "linear", "cosine", "adaptive"] = Field("constant", description="Schedule kind.")
-    end: float | None = Field(None, gt=0, description="linear/cosine: beta at the last step (starts at loss.beta).")
-    alpha: float | None = Field(None, ge=0, description="adaptive (beta-DPO): sensitivity to the batch reward gap.")
-    momentum: float | None = Field(None, ge=0, lt=1, description="adaptive: moving-average momentum of the gap.")
-    keep_fraction: float | None = Field(
-        None, gt=0, le=1, description="adaptive: share of each batch kept by beta-guided data filtering."
-    )
+    The keys are that kind's parameters, with their constraints, in that table: this section takes further keys,
+    and they are checked against the table with the rest of the loss (dpo/train/loss_plan.py), before a run
+    directory exists."""
 
-    @model_validator(mode="after")
-    def _keys_match_type(self):
-        allowed = {
-            "constant": set(),
-            "linear": {"end"},
-            "cosine": {"end"},
-            "adaptive": {"alpha", "momentum", "keep_fraction"},
-        }
-        for key in ("end", "alpha", "momentum", "keep_fraction"):
-            if getattr(self, key) is not None and key not in allowed[self.type]:
-                raise ValueError(f"'{key}' does not apply to beta_schedule type '{self.type}'")
-        if self.type in ("linear", "cosine") and self.end is None:
-            raise ValueError(f"beta_schedule type '{self.type}' needs 'end' (the final beta)")
-        return self
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("constant", description="Schedule kind (dpo/train/beta.py BETA_SCHEDULES).")
 
 
 class LossSection(Section):
-    """The preference loss. Hyperparameters a chosen loss does not use must stay unset (see losses.py)."""
+    """The preference loss.
 
-    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/losses.py LOSSES, or a list to combine.")
+    Its hyperparameters (label_smoothing, dpop_lambda, ...) are further keys of this section: the keyword-only
+    parameters of the chosen losses in dpo/train/losses.py LOSSES, whose signatures hold their constraints and
+    defaults. They are checked against that table with the rest of the loss (dpo/train/loss_plan.py): an unknown
+    key, one the chosen losses do not take, or a bad value is an error there, before a run directory exists."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/train/losses.py LOSSES, or a list.")
     weights: list[float] | None = Field(None, description="One weight per loss when `type` is a list.")
     beta: float = Field(0.1, gt=0, description="KL-penalty strength beta (IPO: its tau).")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="Assumed label-flip rate (cDPO with sigmoid, rDPO with robust, EXO, AOT)."
-    )
-    dpop_lambda: float | None = Field(None, ge=0, description="DPO-Positive penalty weight (loss `dpop`).")
-    discopop_tau: float | None = Field(None, gt=0, description="DiscoPOP temperature (loss `discopop`).")
     beta_schedule: BetaScheduleSection = Field(default_factory=BetaScheduleSection)
 
     def type_list(self) -> list[str]:
         return [self.type] if isinstance(self.type, str) else list(self.type)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The loss hyperparameters the recipe sets (keys beyond the schema's), as written."""
+        return dict(self.model_extra or {})
 
 
 class SyncRefSection(Section):
@@ -201,16 +193,14 @@ class RegularizersSection(Section):
     ld_alpha: float | None = Field(
         None, ge=0, le=1, description="LD-DPO: weight of tokens past the shorter answer (arXiv 2409.06411)."
     )
-    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = Field(
-        "reverse_kl", description="f-DPO divergence (arXiv 2309.16240); reverse_kl is plain DPO."
+    f_divergence: str = Field(
+        "reverse_kl",
+        description="f-DPO divergence (arXiv 2309.16240) from dpo/train/losses.py F_DIVERGENCES; reverse_kl is "
+        "plain DPO.",
     )
-    f_alpha: float | None = Field(None, gt=0, description="alpha of alpha_divergence.")
-
-    @model_validator(mode="after")
-    def _f_alpha_needs_alpha_divergence(self):
-        if self.f_alpha is not None and self.f_divergence != "alpha_divergence":
-            raise ValueError("'f_alpha' applies only to f_divergence 'alpha_divergence'")
-        return self
+    f_alpha: float | None = Field(
+        None, description="alpha of an f-divergence that takes one (alpha_divergence); checked against its link."
+    )
 
 
 class EarlyStoppingSection(Section):

@@ -2,8 +2,10 @@
 
 Each augmentation is a pure function `fn(rows, rng, *, params...) -> rows`: it takes the training pairs
 ({prompt, chosen, rejected}) and a seeded `random.Random`, and returns the new list without modifying the
-input. Like the losses, its keyword-only parameters are its recipe keys, so a key it does not take is an
-error. A recipe step whose `type` is 'package.module:function' is a plug-in with the same contract.
+input. Like the losses, its keyword-only parameters are its recipe keys, with their constraints in the
+annotation (checked with dpo/config/signatures.py before any file is read), so a key it does not take, or a
+value its annotation rejects, is an error. A recipe step whose `type` is 'package.module:function' is a
+plug-in with the same contract.
 Augmentations run after the held-out split and only on the training pairs: held-out data is never
 touched, and no prompt leaks across the split. Rows an augmentation creates are validated like input rows.
 """
@@ -14,13 +16,30 @@ import importlib
 import inspect
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import Interval, MinLen
+from pydantic import AfterValidator
+
+from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
 from dpo.data.rows import Problem, canonical
 from dpo.errors import UserError, did_you_mean
 
+Fraction = Annotated[float, Interval(ge=0, le=1)]
+Texts = Annotated[list[str], MinLen(1)]
 
-def label_noise(rows: list[dict], rng: random.Random, *, fraction: float) -> list[dict]:
+
+def _with_placeholders(templates: list[str]) -> list[str]:
+    bad = [t for t in templates if "{prompt}" not in t]
+    if bad:
+        raise ValueError(f"template {bad[0]!r} has no '{{prompt}}' placeholder")
+    return templates
+
+
+Templates = Annotated[list[str], MinLen(1), AfterValidator(_with_placeholders)]
+
+
+def label_noise(rows: list[dict], rng: random.Random, *, fraction: Fraction) -> list[dict]:
     """Flip exactly round(fraction * N) randomly chosen pairs (chosen <-> rejected): simulated annotator
     noise, for robustness studies and the overfitting benchmark."""
     flipped = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
@@ -52,9 +71,9 @@ def prompt_variants(
     rows: list[dict],
     rng: random.Random,
     *,
-    templates: list[str] | None = None,
-    system_prompts: list[str] | None = None,
-    copies: int = 1,
+    templates: Templates | None = None,
+    system_prompts: Texts | None = None,
+    copies: Annotated[int, Interval(ge=1, le=100)] = 1,
     keep_original: bool = True,
 ) -> list[dict]:
     """Adds `copies` variants of each pair's prompt: a random template (text around '{prompt}') and a random
@@ -78,7 +97,7 @@ def prompt_variants(
     return out
 
 
-def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: float = 1.0) -> list[dict]:
+def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Fraction = 1.0) -> list[dict]:
     """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
     an easy negative that teaches the model to answer the question asked.
 
@@ -107,22 +126,13 @@ AUGMENTATIONS: dict[str, Callable[..., list[dict]]] = {
     "off_prompt_negatives": off_prompt_negatives,
 }
 
-# Allowed ranges of the augmentations' numeric parameters: (low, high), inclusive.
-RANGES: dict[tuple[str, str], tuple[float, float]] = {
-    ("label_noise", "fraction"): (0.0, 1.0),
-    ("off_prompt_negatives", "fraction"): (0.0, 1.0),
-    ("prompt_variants", "copies"): (1, 100),
-}
-
 
 def markdown_table() -> str:
     """The augmentation table of docs/data.md, built from AUGMENTATIONS so the docs cannot drift from the code."""
     rows = ["| `type` | what it does | keys (default) |", "|---|---|---|"]
     for name, fn in AUGMENTATIONS.items():
         summary = " ".join(inspect.getdoc(fn).split("\n\n")[0].split())
-        keys = ", ".join(
-            f"`{k}`" if v is inspect.Parameter.empty else f"`{k}` ({v})" for k, v in parameters(name).items()
-        )
+        keys = ", ".join(f"`{k}`" if v is REQUIRED else f"`{k}` ({v})" for k, v in parameters(name).items())
         rows.append(f"| `{name}` | {summary} | {keys} |")
     return "\n".join(rows)
 
@@ -149,37 +159,21 @@ def resolve(name: Any) -> Callable[..., list[dict]]:
 
 
 def parameters(name: Any) -> dict[str, object]:
-    """The recipe keys an augmentation takes, with their defaults (inspect.Parameter.empty = required)."""
-    signature = inspect.signature(resolve(name))
-    return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    """The recipe keys an augmentation takes, with their defaults (signatures.REQUIRED: none)."""
+    return keyword_parameters(resolve(name))
 
 
-def _is_text_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
-
-
-def check(name: str, params: dict) -> str | None:
-    """Why these parameters cannot run, or None (types and ranges; unknown/missing keys are checked by name)."""
-    for key, value in params.items():
-        low, high = RANGES.get((name, key), (None, None))
-        if low is None:
+def arguments(function: Callable[..., list[dict]], step: dict) -> tuple[dict[str, Any], str | None]:
+    """A step's keys as its function's annotations validate them (what the function is called with), and None;
+    or ({}, the first problem, naming the key)."""
+    out = {}
+    for key, value in step.items():
+        if key == "type":
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{key} must be a number, got {value!r}"
-        if not low <= value <= high:
-            return f"{key} must be in [{low}, {high}], got {value}"
-    if name == "prompt_variants":  # list-valued parameters: checked here so a bad template fails before training
-        for key in ("templates", "system_prompts"):
-            if key in params and not _is_text_list(params[key]):
-                return f"{key} must be a non-empty list of strings, got {params[key]!r}"
-        bad = [t for t in params.get("templates") or [] if "{prompt}" not in t]
-        if bad:
-            return f"template {bad[0]!r} has no '{{prompt}}' placeholder"
-        if isinstance(params.get("copies"), float):
-            return f"copies must be an integer, got {params['copies']!r}"
-        if "keep_original" in params and not isinstance(params["keep_original"], bool):
-            return f"keep_original must be true or false, got {params['keep_original']!r}"
-    return None
+        out[key], problem = checked_value(function, key, value, key)
+        if problem:
+            return {}, problem
+    return out, None
 
 
 def step_problem(steps: list[dict]) -> str | None:
@@ -188,15 +182,16 @@ def step_problem(steps: list[dict]) -> str | None:
     for i, step in enumerate(steps):
         name = step.get("type")
         try:
-            accepted = parameters(name)
+            function = resolve(name)
         except LookupError as exc:
             return f"step {i}: {exc}"
+        accepted = keyword_parameters(function)
         unknown = sorted(set(step) - {"type"} - set(accepted))
-        missing = sorted(k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in step)
+        missing = sorted(k for k, v in accepted.items() if v is REQUIRED and k not in step)
         if unknown or missing:
             problem = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
             return f"step {i} ({name}): {problem}; it takes {sorted(accepted)}"
-        problem = check(name, {k: v for k, v in step.items() if k != "type"})
+        _, problem = arguments(function, step)
         if problem:
             return f"step {i} ({name}): {problem}"
     return None
@@ -217,16 +212,19 @@ def apply(
     naming `where` and the step, under 'skip' it is dropped and counted in the step's record."""
     records = []
     for index, step in enumerate(steps):
-        params = {k: v for k, v in step.items() if k != "type"}
+        params = {k: v for k, v in step.items() if k != "type"}  # as written, for the data card
         rng = random.Random(f"{seed}:{index}:{step['type']}")  # each step seeded on its own: reorderable
         before = rows
         label = f"{where}: step {index} ({step['type']})"
         function = resolve(step["type"])
+        kwargs, problem = arguments(function, step)
+        if problem:
+            raise UserError(problem, where=label)
         if step["type"] in AUGMENTATIONS:
-            out = function(before, rng, **params)
+            out = function(before, rng, **kwargs)
         else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
             try:
-                out = function(before, rng, **params)
+                out = function(before, rng, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
         if not isinstance(out, list):

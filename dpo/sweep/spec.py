@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo.config.schema import valid_keys
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, did_you_mean
 
@@ -125,28 +124,33 @@ SEARCH_KINDS: dict[str, SearchKind] = {
 }
 
 
-def _samplers() -> dict[str, type]:
-    import optuna
+@dataclass(frozen=True)
+class OptunaClass:
+    """A sampler or pruner: an optuna class by name, imported when it is used (reading a spec needs no optuna).
 
-    return {
-        "grid": optuna.samplers.GridSampler,
-        "random": optuna.samplers.RandomSampler,
-        "tpe": optuna.samplers.TPESampler,
-    }
+    grid: the sampler enumerates the search space: it is given the space, and `trials` defaults to its size."""
 
+    module: str  # optuna.samplers or optuna.pruners
+    name: str
+    grid: bool = False
 
-def _pruners() -> dict[str, type]:
-    import optuna
+    def load(self) -> type:
+        import importlib
 
-    return {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-    }
+        return getattr(importlib.import_module(self.module), self.name)
 
 
-SAMPLER_NAMES = ("grid", "random", "tpe")
-PRUNER_NAMES = ("none", "median", "hyperband")
+# The one table of each: help text, spec checks and the sweep driver read them.
+SAMPLERS: dict[str, OptunaClass] = {
+    "grid": OptunaClass("optuna.samplers", "GridSampler", grid=True),
+    "random": OptunaClass("optuna.samplers", "RandomSampler"),
+    "tpe": OptunaClass("optuna.samplers", "TPESampler"),
+}
+PRUNERS: dict[str, OptunaClass] = {
+    "none": OptunaClass("optuna.pruners", "NopPruner"),
+    "median": OptunaClass("optuna.pruners", "MedianPruner"),
+    "hyperband": OptunaClass("optuna.pruners", "HyperbandPruner"),
+}
 DIRECTIONS = ("maximize", "minimize")
 # Keys the sweep sets itself for every trial.
 RESERVED_KEYS = ("name", "base", "logging.wandb_group")
@@ -157,8 +161,8 @@ def help_text() -> str:
     """The spec's names for `dpo sweep --help`, from the tables above."""
     kinds = "; ".join(f"{name}: {kind.doc}" for name, kind in SEARCH_KINDS.items())
     return (
-        f"Spec keys: {', '.join(SPEC_KEYS)}. Search kinds: {kinds}. Samplers: {', '.join(SAMPLER_NAMES)}. "
-        f"Pruners: {', '.join(PRUNER_NAMES)}."
+        f"Spec keys: {', '.join(SPEC_KEYS)}. Search kinds: {kinds}. Samplers: {', '.join(SAMPLERS)}. "
+        f"Pruners: {', '.join(PRUNERS)}."
     )
 
 
@@ -209,9 +213,9 @@ class SweepSpec:
 
     def build_sampler(self):
         kwargs = dict(self.sampler_kwargs)
-        if self.sampler == "grid":
+        if SAMPLERS[self.sampler].grid:
             kwargs["search_space"] = self.grid_space()
-        return _samplers()[self.sampler](seed=self.seed, **kwargs)
+        return SAMPLERS[self.sampler].load()(seed=self.seed, **kwargs)
 
     def build_pruner(self):
         return build_pruner(self.pruner, self.pruner_kwargs)
@@ -226,7 +230,7 @@ class SweepSpec:
 
 
 def build_pruner(name: str, kwargs: dict):
-    return _pruners()[name](**kwargs)
+    return PRUNERS[name].load()(**kwargs)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -252,13 +256,13 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise UserError("must be a plain name (no '/', not starting with '.')", where=where("name"))
 
     metric, direction = _objective(raw.get("objective"), where)
-    sampler, sampler_kwargs = _typed(raw.get("sampler", "tpe"), SAMPLER_NAMES, "sampler", where)
-    pruner, pruner_kwargs = _typed(raw.get("pruner", "none"), PRUNER_NAMES, "pruner", where)
+    sampler, sampler_kwargs = _typed(raw.get("sampler", "tpe"), SAMPLERS, "sampler", where)
+    pruner, pruner_kwargs = _typed(raw.get("pruner", "none"), PRUNERS, "pruner", where)
     for key in ("seed", "search_space"):
         if key in sampler_kwargs:
             raise UserError(f"'{key}' is set by the sweep (seed: top-level key)", where=where(f"sampler.{key}"))
-    _check_kwargs(_samplers()[sampler], sampler_kwargs, "sampler", where)
-    _check_kwargs(_pruners()[pruner], pruner_kwargs, "pruner", where)
+    _check_kwargs(SAMPLERS[sampler].load(), sampler_kwargs, "sampler", where)
+    _check_kwargs(PRUNERS[pruner].load(), pruner_kwargs, "pruner", where)
     try:
         build_pruner(pruner, pruner_kwargs)
     except (ValueError, TypeError) as exc:
@@ -348,7 +352,7 @@ def _objective(block, where) -> tuple[str, str]:
     return metric, direction
 
 
-def _typed(value, names: tuple[str, ...], key: str, where) -> tuple[str, dict]:
+def _typed(value, names: dict[str, OptunaClass], key: str, where) -> tuple[str, dict]:
     """`name` or {type: name, **kwargs} -> (name, kwargs)."""
     if isinstance(value, dict):
         kwargs = dict(value)
@@ -381,7 +385,7 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
     trials = raw.get("trials")
     if trials is not None and (not isinstance(trials, int) or isinstance(trials, bool) or trials < 1):
         raise UserError(f"must be a positive integer (got {trials!r})", where=where("trials"))
-    if sampler != "grid":
+    if not SAMPLERS[sampler].grid:
         if trials is None:
             raise UserError(f"required with sampler '{sampler}' (how many trials to run)", where=where("trials"))
         return trials
@@ -392,7 +396,7 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
             enumerable = [k for k, kind in SEARCH_KINDS.items() if kind.grid is not None]
             raise UserError(
                 f"{p.kind} cannot be enumerated by the grid sampler (use {', '.join(enumerable)}, "
-                "or sampler random/tpe)",
+                f"or sampler {'/'.join(n for n, s in SAMPLERS.items() if not s.grid)})",
                 where=where(f"search.{p.name}"),
             )
         size *= len(values(p.args))
@@ -402,7 +406,8 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
 
 
 def _check_recipe_key(key: str, where: str) -> None:
-    """The key must name a recipe field (training.* a trl.DPOConfig field). Values are checked by the trial."""
+    """The key must name a recipe key: a schema field, a loss hyperparameter or beta schedule key from their tables,
+    or (training.*) a trl.DPOConfig field. Values are checked by the trial."""
     if key in RESERVED_KEYS:
         raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
     parts = key.split(".")
@@ -419,9 +424,11 @@ def _check_recipe_key(key: str, where: str) -> None:
             hint = did_you_mean(leaf, fields, prefix="training.")
             raise UserError(f"unknown key 'training.{leaf}'{hint} (not a trl.DPOConfig field)", where=where)
         return
+    from dpo.train.loss_plan import section_keys
+
     for i, part in enumerate(parts):
         parent = ".".join(parts[:i])
-        valid = valid_keys(parent)
+        valid = section_keys(parent)  # the schema's keys, and those of the loss and beta schedule tables
         if not valid:  # a leaf that holds a value (a list or mapping); deeper parts are its own keys
             return
         if part not in valid:

@@ -1,8 +1,15 @@
-"""Recipe -> LossPlan: the loss terms, their hyperparameters and the regularizers, checked against LOSSES.
+"""Recipe -> LossPlan: the loss terms, their hyperparameters, the beta schedule and the regularizers, each checked
+against its one table (LOSSES and F_DIVERGENCES in dpo/train/losses.py, BETA_SCHEDULES in dpo/train/beta.py).
 
-* `loss.type` names losses in LOSSES, and every loss hyperparameter that is set is used by one of
-  the chosen losses (a knob that would be silently ignored is an error naming both keys);
+The config layer cannot read those tables (it imports no torch), so the recipe's `loss` and `loss.beta_schedule`
+sections take keys beyond the schema's, and this module checks them, worded as the config layer words its own:
+* `loss.type` names losses in LOSSES; every further `loss` key is a keyword-only parameter of some loss (or an
+  unknown key, with the closest valid one suggested), of one of the chosen losses (or an error naming both keys),
+  with a value its annotation accepts for each chosen loss that takes it;
+* `loss.beta_schedule.type` names a kind in BETA_SCHEDULES, and its further keys are that kind's parameters;
+* `regularizers.f_divergence` names a link in F_DIVERGENCES, and `regularizers.f_alpha` is a parameter of it;
 * regularizers that cannot work with the chosen losses or model setup are errors naming both keys.
+A key set to null is not set: the component's own default applies (so a resolved recipe.yaml loads again).
 """
 
 from __future__ import annotations
@@ -10,15 +17,26 @@ from __future__ import annotations
 from typing import Any
 
 from dpo.config.loading import LoadedRecipe
-from dpo.config.schema import LossSection
+from dpo.config.schema import valid_keys
+from dpo.config.signatures import REQUIRED, checked_value, description, keyword_parameters, unknown_key_problem
 from dpo.errors import UserError, did_you_mean
-from dpo.train.losses import LOSSES, LossPlan
+from dpo.train.beta import BETA_SCHEDULES, schedule_keys
+from dpo.train.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LossPlan
 
-# Loss hyperparameters: every keyword a loss in LOSSES takes; each is a key of the recipe's `loss` section,
-# whose default there means "not set" (the loss function's own default applies).
-LOSS_HYPERPARAMETERS: dict[str, Any] = {
-    name: LossSection.model_fields[name].default for spec in LOSSES.values() for name in spec.hyperparameters
-}
+
+def hyperparameter_keys() -> list[str]:
+    """Every loss hyperparameter some loss in LOSSES takes (besides beta), in table order."""
+    return list(dict.fromkeys(key for spec in LOSSES.values() for key in spec.hyperparameters))
+
+
+# Recipe sections whose keys beyond the schema's come from a component table.
+TABLE_KEYS = {"loss": hyperparameter_keys, "loss.beta_schedule": schedule_keys}
+
+
+def section_keys(section: str) -> list[str]:
+    """The keys a recipe section takes ('' = top level): the schema's, and those of its component table."""
+    table = TABLE_KEYS.get(section)
+    return valid_keys(section) + (table() if table else [])
 
 
 def loss_plan(loaded: LoadedRecipe) -> LossPlan:
@@ -35,19 +53,7 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
         )
     if loss.weights is not None and len(names) == 1 and loss.weights != [1.0]:
         raise UserError("weights only apply when loss.type is a list", where=loaded.where("loss.weights"))
-    accepted = {hp for name in names for hp in LOSSES[name].hyperparameters}
-    hyperparameters = {}
-    for key, unset in LOSS_HYPERPARAMETERS.items():
-        value = getattr(loss, key)
-        if value == unset:
-            continue
-        if key not in accepted:
-            users = sorted(n for n, spec in LOSSES.items() if key in spec.hyperparameters)
-            raise UserError(
-                f"does not apply to loss.type {names} (it is used by: {', '.join(users)})",
-                where=loaded.where(f"loss.{key}"),
-            )
-        hyperparameters[key] = value
+    hyperparameters = _hyperparameters(loaded, names)
     terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
     reg = loaded.recipe.regularizers
     if reg.nll_weight > 0:
@@ -56,24 +62,111 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
                 "the NLL term is already in loss.type (sft); drop one", where=loaded.where("regularizers.nll_weight")
             )
         terms.append(("sft", reg.nll_weight))
-    _check_regularizers(loaded, names)
-    schedule = loss.beta_schedule.model_dump(exclude_none=True)
+    f_alpha = _f_alpha(loaded)
+    beta_schedule = _beta_schedule(loaded)
+    _check_regularizers(loaded, names, beta_schedule)
     return LossPlan(
         terms=tuple(terms),
         beta=loss.beta,
         hyperparameters=hyperparameters,
-        beta_schedule={"kind": schedule.pop("type"), **schedule},
+        beta_schedule=beta_schedule,
         f_divergence=reg.f_divergence,
-        f_alpha=reg.f_alpha if reg.f_alpha is not None else 0.5,
+        f_alpha=f_alpha,
         neftune_alpha=reg.neftune_alpha,
     )
 
 
-def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
+def _hyperparameters(loaded: LoadedRecipe, names: list[str]) -> dict[str, Any]:
+    """The `loss` keys beyond the schema's, each a parameter of a chosen loss, validated by its annotation."""
+    out = {}
+    for key, value in loaded.recipe.loss.hyperparameters.items():
+        dotted = f"loss.{key}"
+        users = sorted(n for n, spec in LOSSES.items() if key in spec.hyperparameters)
+        if not users:
+            raise UserError(unknown_key_problem(dotted, section_keys("loss")), where=loaded.source(dotted))
+        if value is None:
+            continue
+        takers = [n for n in names if key in LOSSES[n].hyperparameters]
+        if not takers:
+            raise UserError(
+                f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)
+            )
+        for name in takers:  # each chosen loss that takes the key must accept the value
+            value, problem = checked_value(LOSSES[name].fn, key, value, dotted)
+            if problem:
+                raise UserError(problem, where=loaded.source(dotted))
+        out[key] = value
+    return out
+
+
+def _f_alpha(loaded: LoadedRecipe) -> float | None:
+    """`regularizers.f_divergence` must name a link in F_DIVERGENCES; `f_alpha` must be one of its parameters."""
+    reg = loaded.recipe.regularizers
+    if reg.f_divergence not in F_DIVERGENCES:
+        hint = did_you_mean(reg.f_divergence, F_DIVERGENCES)
+        raise UserError(
+            f"unknown f-divergence '{reg.f_divergence}'{hint} (valid: {', '.join(F_DIVERGENCES)})",
+            where=loaded.where("regularizers.f_divergence"),
+        )
+    if reg.f_alpha is None:
+        return None
+    link = F_DIVERGENCES[reg.f_divergence]
+    if "f_alpha" not in keyword_parameters(link):
+        takers = [f"'{n}'" for n, fn in F_DIVERGENCES.items() if "f_alpha" in keyword_parameters(fn)]
+        raise UserError(
+            f"'f_alpha' applies only to f_divergence {' or '.join(takers)}", where=loaded.where("regularizers")
+        )
+    value, problem = checked_value(link, "f_alpha", reg.f_alpha, "regularizers.f_alpha")
+    if problem:
+        raise UserError(problem, where=loaded.source("regularizers.f_alpha"))
+    return value
+
+
+def _beta_schedule(loaded: LoadedRecipe) -> dict[str, Any]:
+    """`loss.beta_schedule` checked against BETA_SCHEDULES -> {"kind": type, **the keys set} (BetaController's
+    arguments)."""
+    section = loaded.recipe.loss.beta_schedule
+    kind = section.type
+    if kind not in BETA_SCHEDULES:
+        raise UserError(
+            f"unknown beta_schedule type '{kind}'{did_you_mean(kind, BETA_SCHEDULES)} "
+            f"(valid: {', '.join(BETA_SCHEDULES)})",
+            where=loaded.where("loss.beta_schedule.type"),
+        )
+    schedule = BETA_SCHEDULES[kind]
+    keys = {}
+    for key, value in (section.model_extra or {}).items():
+        dotted = f"loss.beta_schedule.{key}"
+        users = [n for n, other in BETA_SCHEDULES.items() if key in other.keys]
+        if not users:
+            raise UserError(
+                unknown_key_problem(dotted, section_keys("loss.beta_schedule")), where=loaded.source(dotted)
+            )
+        if value is None:
+            continue
+        if key not in schedule.keys:
+            raise UserError(
+                f"'{key}' does not apply to beta_schedule type '{kind}' (it is used by: {', '.join(users)})",
+                where=loaded.where(dotted),
+            )
+        value, problem = checked_value(schedule.beta, key, value, dotted)
+        if problem:
+            raise UserError(problem, where=loaded.source(dotted))
+        keys[key] = value
+    for key, default in schedule.keys.items():
+        if default is REQUIRED and key not in keys:
+            raise UserError(
+                f"beta_schedule type '{kind}' needs '{key}' ({description(schedule.beta, key)})",
+                where=loaded.where("loss.beta_schedule"),
+            )
+    return {"kind": kind, **keys}
+
+
+def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: dict[str, Any]) -> None:
     """Regularizers that cannot work with the chosen losses or model setup are errors naming both keys."""
     recipe = loaded.recipe
     reg = recipe.regularizers
-    if reg.f_divergence != "reverse_kl":
+    if reg.f_divergence != PLAIN_DPO_LINK:
         # losses without a reference (the NLL term) have no log-ratio to link, so they are unaffected
         unsupported = [n for n in names if LOSSES[n].needs_reference and not LOSSES[n].supports_f_divergence]
         if unsupported:
@@ -100,8 +193,7 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str]) -> None:
                 "conflicts with training.precompute_ref_log_probs (a synced reference makes them stale)",
                 where=loaded.where("regularizers.sync_ref"),
             )
-    schedule = recipe.loss.beta_schedule
-    if schedule.type == "adaptive" and schedule.keep_fraction not in (None, 1.0) and sorting:
+    if beta_schedule.get("keep_fraction", 1.0) != 1.0 and sorting:
         raise UserError(
             f"keep_fraction filtering does not apply to {sorting} (they sort the whole batch)",
             where=loaded.where("loss.beta_schedule.keep_fraction"),

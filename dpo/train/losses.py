@@ -13,22 +13,34 @@ is its contract:
       chosen_scored_tokens                    completion tokens that carry a log-prob (a token at position 0
                                               has none; differs from chosen_lengths only under truncation)
   * keyword-only parameters after `*` are its hyperparameters (`beta` always; `label_smoothing`,
-    `dpop_lambda`, ... only where the loss uses them). The trainer and the recipe validation read
-    them from the signature, so a knob a loss does not take is an error, never silently ignored.
+    `dpop_lambda`, ... only where the loss uses them), with their constraints in the annotation. They are
+    the recipe's `loss.*` keys: the trainer and the recipe validation (dpo/train/loss_plan.py) read them
+    from the signature, so a knob a loss does not take is an error, never silently ignored.
 
 Notation: Delta = chosen_scores - rejected_scores, l(z) = -log sigmoid(z) (the logistic loss).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval, doc
 from torch import Tensor
+
+# Hyperparameter types: their constraints are what the recipe validation enforces (dpo/train/loss_plan.py).
+LabelFlipRate = Annotated[
+    float, Interval(ge=0, lt=0.5), doc("assumed label-flip rate (cDPO with sigmoid, rDPO with robust, EXO, AOT)")
+]
+PositiveLabelFlipRate = Annotated[float, Interval(gt=0, lt=0.5), doc("EXO's target epsilon: log(eps) must be finite")]
+DpopLambda = Annotated[float, Ge(0), doc("DPO-Positive penalty weight")]
+DiscopopTau = Annotated[float, Gt(0), doc("DiscoPOP temperature")]
 
 
 def logistic(z: Tensor) -> Tensor:
@@ -46,7 +58,9 @@ def _per_token_delta(chosen: Tensor, rejected: Tensor, chosen_lengths: Tensor, r
     return chosen / chosen_lengths.clamp(min=1) - rejected / rejected_lengths.clamp(min=1)
 
 
-def sigmoid(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+def sigmoid(
+    chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: LabelFlipRate = 0.0
+) -> Tensor:
     """DPO (arXiv 2305.18290, Eq. 7): l(beta * Delta).
 
     With label_smoothing eps > 0 this is conservative DPO (cDPO; Mitchell 2023, "A note on DPO with
@@ -56,7 +70,9 @@ def sigmoid(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, labe
     return _smoothed(beta * (chosen_scores - rejected_scores), label_smoothing)
 
 
-def robust(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 0.0) -> Tensor:
+def robust(
+    chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: LabelFlipRate = 0.0
+) -> Tensor:
     """Robust DPO (rDPO, arXiv 2403.00409, Eq. 4): an unbiased loss under label-flip rate eps.
 
     [(1 - eps) * l(beta * Delta) - eps * l(-beta * Delta)] / (1 - 2 * eps).
@@ -82,7 +98,9 @@ def ipo(
     return (delta - 1 / (2 * beta)) ** 2
 
 
-def exo_pair(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: float = 1e-3) -> Tensor:
+def exo_pair(
+    chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, label_smoothing: PositiveLabelFlipRate = 1e-3
+) -> Tensor:
     """EXO-pref (arXiv 2402.00856, Eq. 16): KL(p_theta || p_target) over {chosen, rejected}.
 
     p_theta = (sigmoid(beta * Delta), sigmoid(-beta * Delta)), p_target = (1 - eps, eps), eps > 0.
@@ -120,7 +138,7 @@ def aot(
     ref_rejected_logps: Tensor,
     *,
     beta: float,
-    label_smoothing: float = 0.0,
+    label_smoothing: LabelFlipRate = 0.0,
 ) -> Tensor:
     """AOT, paired (arXiv 2406.05882, Eq. 9): logistic loss on sorted policy vs sorted reference log-ratios.
 
@@ -131,7 +149,7 @@ def aot(
 
 
 def aot_unpaired(
-    chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, label_smoothing: float = 0.0
+    chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, label_smoothing: LabelFlipRate = 0.0
 ) -> Tensor:
     """AOT, unpaired (arXiv 2406.05882, Eq. 8): delta = sort(logratio_w) - sort(logratio_l), then as cDPO."""
     delta = torch.sort(chosen_logratios).values - torch.sort(rejected_logratios).values
@@ -151,7 +169,9 @@ def apo_down(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: floa
     return torch.sigmoid(beta * chosen_logratios) + 1 - torch.sigmoid(beta * (chosen_logratios - rejected_logratios))
 
 
-def discopop(chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, discopop_tau: float = 0.05) -> Tensor:
+def discopop(
+    chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, discopop_tau: DiscopopTau = 0.05
+) -> Tensor:
     """DiscoPOP / log-ratio modulated loss (arXiv 2406.08414, Eq. 5).
 
     z = beta * Delta, m = sigmoid(z / tau): (1 - m) * l(z) + m * exp(-z).
@@ -171,7 +191,9 @@ def sigmoid_norm(
     return logistic(beta * _per_token_delta(chosen_scores, rejected_scores, chosen_lengths, rejected_lengths))
 
 
-def dpop(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, dpop_lambda: float = 50.0) -> Tensor:
+def dpop(
+    chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, dpop_lambda: DpopLambda = 50.0
+) -> Tensor:
     """DPO-Positive (arXiv 2402.13228, Eq. 3).
 
     l(beta * (r_w - r_l - lambda * max(0, -r_w))) with r = log pi/pi_ref: the penalty switches on only
@@ -269,37 +291,42 @@ def compute_loss(name: str, tensors: dict[str, Tensor], *, beta: float, **hyperp
 
 # ---- f-divergence links (f-DPO, Wang et al. 2023, arXiv 2309.16240, Thm. 1) ------------------------
 # The log-ratio u = log pi/pi_ref is replaced by f'(exp(u)) before it enters a loss that takes "scores".
+# A link's keyword-only parameters are its `regularizers.*` keys (f_alpha), as a loss's are its `loss.*` keys.
 
 
-def reverse_kl_scores(logratios: Tensor, alpha: float) -> Tensor:
+def reverse_kl_scores(logratios: Tensor) -> Tensor:
     """f'(t) = log t + 1; the constant cancels in the chosen-rejected difference: plain DPO."""
     return logratios
 
 
-def forward_kl_scores(logratios: Tensor, alpha: float) -> Tensor:
+def forward_kl_scores(logratios: Tensor) -> Tensor:
     """f'(t) = 1 - 1/t."""
     return 1 - torch.exp(-logratios)
 
 
-def js_divergence_scores(logratios: Tensor, alpha: float) -> Tensor:
+def js_divergence_scores(logratios: Tensor) -> Tensor:
     """f'(t) = log(2t / (t + 1)) = log 2 + log sigmoid(u)."""
     return math.log(2) + F.logsigmoid(logratios)
 
 
-def alpha_divergence_scores(logratios: Tensor, alpha: float) -> Tensor:
+def alpha_divergence_scores(
+    logratios: Tensor, *, f_alpha: Annotated[float, Gt(0), doc("alpha of the alpha-divergence")] = 0.5
+) -> Tensor:
     """f'(t) = (t^(alpha-1) - 1) / (alpha - 1); alpha -> 1 is reverse KL. Exponent clamped as TRL does."""
-    if abs(alpha - 1.0) < 1e-6:
+    if abs(f_alpha - 1.0) < 1e-6:
         return logratios
-    t = torch.clamp(((alpha - 1.0) * logratios).float(), max=80.0)
-    return (torch.exp(t) - 1.0).to(logratios.dtype) * (1.0 / (alpha - 1.0))
+    t = torch.clamp(((f_alpha - 1.0) * logratios).float(), max=80.0)
+    return (torch.exp(t) - 1.0).to(logratios.dtype) * (1.0 / (f_alpha - 1.0))
 
 
-F_DIVERGENCES: dict[str, Callable[[Tensor, float], Tensor]] = {
+# The one table of f-divergence names (`regularizers.f_divergence`).
+F_DIVERGENCES: dict[str, Callable[..., Tensor]] = {
     "reverse_kl": reverse_kl_scores,
     "forward_kl": forward_kl_scores,
     "js_divergence": js_divergence_scores,
     "alpha_divergence": alpha_divergence_scores,
 }
+PLAIN_DPO_LINK = "reverse_kl"  # the identity link: every loss works with it
 
 
 @dataclass(frozen=True)
@@ -310,6 +337,7 @@ class LossPlan:
     beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training
     hyperparameters  loss hyperparameters (label_smoothing, dpop_lambda, ...), passed to the losses that take them
     f_divergence     link applied to the log-ratios of losses that take "scores" (f-DPO)
+    f_alpha          the link's f_alpha where it takes one (None: its default)
     neftune_alpha    NEFTune noise on the policy's input embeddings while training (never on the reference)
     """
 
@@ -317,8 +345,8 @@ class LossPlan:
     beta: float = 0.1
     hyperparameters: dict[str, float] = field(default_factory=dict)
     beta_schedule: dict = field(default_factory=dict)
-    f_divergence: str = "reverse_kl"
-    f_alpha: float = 0.5
+    f_divergence: str = PLAIN_DPO_LINK
+    f_alpha: float | None = None
     neftune_alpha: float | None = None
 
     def __post_init__(self):
@@ -327,6 +355,11 @@ class LossPlan:
             raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
         if self.f_divergence not in F_DIVERGENCES:
             raise ValueError(f"unknown f-divergence {self.f_divergence}; known: {sorted(F_DIVERGENCES)}")
+
+    def link(self) -> Callable[[Tensor], Tensor]:
+        """The f-divergence link, logratios -> scores, with its f_alpha when one is set."""
+        fn = F_DIVERGENCES[self.f_divergence]
+        return fn if self.f_alpha is None else functools.partial(fn, f_alpha=self.f_alpha)
 
 
 def cdpo_optimal_margin(label_smoothing: float) -> float:

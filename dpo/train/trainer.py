@@ -31,7 +31,7 @@ from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.train.beta import BetaController
-from dpo.train.losses import F_DIVERGENCES, LossPlan, compute_loss
+from dpo.train.losses import LossPlan, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
@@ -172,7 +172,7 @@ class Trainer(DPOTrainer):
         chosen_scored_tokens, _ = inputs["completion_mask"][..., 1:].sum(dim=1).chunk(2)
         chosen_logratios = chosen_logps - ref_chosen_logps
         rejected_logratios = rejected_logps - ref_rejected_logps
-        link = F_DIVERGENCES[self.loss_plan.f_divergence]
+        link = self.loss_plan.link()
         tensors = {
             "chosen_logps": chosen_logps,
             "rejected_logps": rejected_logps,
@@ -180,14 +180,14 @@ class Trainer(DPOTrainer):
             "ref_rejected_logps": ref_rejected_logps,
             "chosen_logratios": chosen_logratios,
             "rejected_logratios": rejected_logratios,
-            "chosen_scores": link(chosen_logratios, self.loss_plan.f_alpha),
-            "rejected_scores": link(rejected_logratios, self.loss_plan.f_alpha),
+            "chosen_scores": link(chosen_logratios),
+            "rejected_scores": link(rejected_logratios),
             "chosen_lengths": chosen_lengths.to(logps.dtype),
             "rejected_lengths": rejected_lengths.to(logps.dtype),
             "chosen_scored_tokens": chosen_scored_tokens.to(logps.dtype),
         }
         beta, keep = self._beta_for_step(), None
-        if self.beta_controller.kind == "adaptive" and mode == "train":
+        if self.beta_controller.adaptive and mode == "train":
             beta, keep = self.beta_controller.adapt(chosen_logratios - rejected_logratios)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
         loss = 0.0

@@ -142,6 +142,10 @@ def broken(rows, rng):
 
 def crashes(rows, rng):
     return rows[10]["prompt"]
+
+
+def repeat(rows, rng, *, times: int = 1):
+    return rows * times
 """
 
 
@@ -158,6 +162,18 @@ def test_plugin_augmentation_runs_with_its_keys(plugin):
     data = prepare_data(section, seed=0)
     assert len(data.train) == 6 and sum(r["chosen"].endswith("?") for r in data.train) == 3
     assert data.card["augmented"][0]["type"] == "my_augs:shout"
+
+
+def test_step_values_reach_the_function_as_its_annotations_validate_them(plugin):
+    """A plug-in's annotated keys are checked like ours; a float that is a whole number arrives as the int the
+    function declares (it would fail in range() otherwise); the data card records the step as written."""
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:repeat", "times": 2.0}])
+    data = prepare_data(section, seed=0)
+    assert len(data.train) == 6  # rows * 2 (rows * 2.0 would have raised TypeError in the plug-in)
+    assert data.card["augmented"][0]["times"] == 2.0
+    steps = [{"type": "prompt_variants", "templates": ["Q: {prompt}"], "copies": 2.0}]
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=steps)
+    assert len(prepare_data(section, seed=0).train) == 6  # 3 pairs + 1 new variant each (the 2nd is a duplicate)
 
 
 def test_plugin_output_rows_are_validated(plugin):
@@ -183,7 +199,14 @@ def test_plugin_that_raises_is_a_one_line_user_error(plugin):
         ({"type": "my_augs:shout", "volume": 3}, "unknown key(s) ['volume']"),
         ({"type": "prompt_variant"}, "did you mean 'prompt_variants'?"),
         ({"type": "prompt_variants", "templates": ["no placeholder"]}, "has no '{prompt}' placeholder"),
-        ({"type": "off_prompt_negatives", "fraction": 2}, "fraction must be in [0.0, 1.0]"),
+        ({"type": "off_prompt_negatives", "fraction": 2}, "fraction: Input should be less than or equal to 1 (got 2)"),
+        ({"type": "label_noise", "fraction": -0.1}, "fraction: Input should be greater than or equal to 0 (got -0.1)"),
+        ({"type": "prompt_variants", "copies": 101}, "copies: Input should be less than or equal to 100 (got 101)"),
+        ({"type": "prompt_variants", "copies": 1.5}, "copies: Input should be a valid integer"),
+        ({"type": "prompt_variants", "templates": []}, "templates: List should have at least 1 item"),
+        ({"type": "prompt_variants", "system_prompts": ["ok", 3]}, "system_prompts: Input should be a valid string"),
+        ({"type": "prompt_variants", "keep_original": "maybe"}, "keep_original: Input should be a valid boolean"),
+        ({"type": "my_augs:repeat", "times": "often"}, "times: Input should be a valid integer"),
     ],
 )
 def test_bad_steps_are_one_line_errors_naming_the_key(plugin, tmp_path, step, fragment):

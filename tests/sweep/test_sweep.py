@@ -62,6 +62,9 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"pruner": "meridian"}, "pruner", "did you mean 'median'"),
         ({"trials": None}, "trials", "required with sampler 'tpe'"),
         ({"search": {"c": {"variants": {"ipo": {"loss.typo": "ipo"}}}}}, "search.c.ipo.loss.typo", "'loss.type'"),
+        ({"search": {"loss.label_smothing": {"grid": [0.1]}}}, "search.loss.label_smothing", "'loss.label_smoothing'"),
+        ({"fixed": {"loss.beta_schedule.ned": 0.3}}, "fixed.loss.beta_schedule.ned", "'loss.beta_schedule.end'"),
+        ({"sampler": "tpr"}, "sampler", "unknown sampler 'tpr'; did you mean 'tpe'? (valid: grid, random, tpe)"),
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -70,6 +73,26 @@ def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, messa
     with pytest.raises(UserError) as info:
         load_spec(spec)
     assert str(info.value).startswith(f"{spec}: {key}") and message in str(info.value)
+
+
+def test_spec_takes_loss_hyperparameters_and_beta_schedule_keys(tmp_path, tiny_recipe):
+    """Keys from the loss and beta schedule tables are recipe keys a sweep may search or fix."""
+    spec = load_spec(
+        write_spec(
+            tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+            fixed={"loss.beta_schedule.type": "linear", "loss.beta_schedule.end": 0.3},
+            search={
+                "loss.label_smoothing": {"grid": [0.0, 0.1]},
+                "c": {"variants": {"plain": {}, "dpop": {"loss.type": "dpop", "loss.dpop_lambda": 5.0}}},
+            },
+        )
+    )  # fmt: skip
+    assert spec.trials == 4 and spec.grid_space() == {"loss.label_smoothing": [0.0, 0.1], "c": ["plain", "dpop"]}
+    assert spec.overrides({"loss.label_smoothing": 0.1, "c": "dpop"}) == {
+        "loss.beta_schedule.type": "linear", "loss.beta_schedule.end": 0.3,
+        "loss.label_smoothing": 0.1, "loss.type": "dpop", "loss.dpop_lambda": 5.0,
+    }  # fmt: skip
+    assert type(spec.build_sampler()).__name__ == "GridSampler" and type(spec.build_pruner()).__name__ == "NopPruner"
 
 
 def test_spec_grid_and_variants(tmp_path, tiny_recipe):

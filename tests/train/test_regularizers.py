@@ -9,7 +9,7 @@ import torch
 
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.train.beta import MIN_BETA, BetaController
+from dpo.train.beta import BETA_SCHEDULES, MIN_BETA, BetaController, markdown_table
 from dpo.train.execute import build_trainer, execute
 from dpo.train.gate import check
 from dpo.train.loss_plan import loss_plan
@@ -61,6 +61,23 @@ def test_adaptive_filter_drops_the_outlier():
         (["loss.beta_schedule.type=linear"], "needs 'end'"),
         (["loss.beta_schedule.alpha=0.5"], "'alpha' does not apply to beta_schedule type 'constant'"),
         (["regularizers.f_alpha=0.3"], "'f_alpha' applies only to f_divergence 'alpha_divergence'"),
+        (["loss.beta_schedule.type=linar"], "unknown beta_schedule type 'linar'; did you mean 'linear'?"),
+        (
+            ["loss.beta_schedule={type: adaptive, end: 0.3}"],
+            "loss.beta_schedule.end: 'end' does not apply to beta_schedule type 'adaptive' (it is used by: linear, "
+            "cosine)",
+        ),
+        (["loss.beta_schedule.momentun=0.5"], "unknown key 'loss.beta_schedule.momentun'; did you mean 'loss."),
+        (
+            ["loss.beta_schedule={type: adaptive, momentum: 1.0}"],
+            "loss.beta_schedule.momentum: Input should be less than 1 (got 1.0)",
+        ),
+        (["loss.beta_schedule={type: cosine, end: 0}"], "loss.beta_schedule.end: Input should be greater than 0"),
+        (["regularizers.f_divergence=js_divergance"], "unknown f-divergence 'js_divergance'; did you mean 'js_dive"),
+        (
+            ["regularizers.f_divergence=alpha_divergence", "regularizers.f_alpha=0"],
+            "regularizers.f_alpha: Input should be greater than 0 (got 0.0)",
+        ),
         (
             ["regularizers.f_divergence=js_divergence", "loss.type=nca_pair"],
             "regularizers.f_divergence: does not apply",
@@ -75,6 +92,30 @@ def test_regularizer_misuse_is_an_error(tiny_recipe, overrides, fragment):
     with pytest.raises(UserError) as err:
         check(tiny_recipe, overrides)
     assert str(err.value).startswith("--set: ") and fragment in str(err.value)
+
+
+def test_beta_schedule_and_f_divergence_keys_reach_the_plan(tiny_recipe):
+    plan = loss_plan(load_recipe(tiny_recipe, ["loss.beta_schedule={type: adaptive, keep_fraction: 0.5}"]))
+    assert plan.beta_schedule == {"kind": "adaptive", "keep_fraction": 0.5}
+    controller = BetaController(beta0=plan.beta, **plan.beta_schedule)
+    assert controller.adaptive and (controller.alpha, controller.momentum) == (0.6, 0.9)  # the kind's defaults
+    assert not BetaController(beta0=0.1, kind="cosine", end=0.3).adaptive
+    overrides = ["regularizers.f_divergence=alpha_divergence", "regularizers.f_alpha=0.3"]
+    plan = loss_plan(load_recipe(tiny_recipe, overrides))
+    assert (plan.f_divergence, plan.f_alpha) == ("alpha_divergence", 0.3)
+    logratios = torch.tensor([0.5, -1.0])
+    torch.testing.assert_close(plan.link()(logratios), (torch.exp(-0.7 * logratios) - 1) / -0.7)
+    # a resolved recipe.yaml of an older version wrote every schedule key out, null where unused
+    old = "{type: constant, end: null, alpha: null, momentum: null, keep_fraction: null}"
+    assert loss_plan(load_recipe(tiny_recipe, [f"loss.beta_schedule={old}"])).beta_schedule == {"kind": "constant"}
+
+
+def test_beta_schedule_table_for_the_docs():
+    table = markdown_table().splitlines()
+    assert table[0] == "| `loss.beta_schedule.type` | keys (default) | what it does |"
+    assert [row.split(" | ")[0] for row in table[2:]] == [f"| `{name}`" for name in BETA_SCHEDULES]
+    assert "| `linear` | `end` | from `loss.beta` at step 0 to `end`" in table[3]
+    assert "`alpha` (0.6), `momentum` (0.9), `keep_fraction` (1.0)" in table[5]
 
 
 def test_nll_weight_adds_the_sft_term(tiny_recipe):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from dpo.config.loading import load_recipe
+from dpo.config.loading import changes_from_base, load_recipe
 from dpo.errors import UserError
 from dpo.train.arguments import build_dpo_config, check_training
 from dpo.train.loss_plan import loss_plan
@@ -43,6 +44,64 @@ def test_inapplicable_or_unknown_loss_settings_are_errors(recipe_path, overrides
     with pytest.raises(UserError) as err:
         plan(recipe_path, *overrides)
     assert str(err.value).startswith("--set: loss.") and fragment in str(err.value)
+
+
+def test_unknown_loss_key_names_file_key_and_suggestion(tmp_path):
+    """Moved from tests/config/test_recipe.py: `loss` keys come from the loss table, so they are checked with it."""
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}})
+    bad = write_recipe(tmp_path / "typo.yaml", {"base": "base.yaml", "loss": {"bta": 0.2}})
+    with pytest.raises(UserError) as err:
+        loss_plan(load_recipe(bad))
+    message = str(err.value)
+    assert message.startswith(f"{bad}: unknown key 'loss.bta'; did you mean 'loss.beta'? (valid: type, weights, ")
+    assert message.endswith("label_smoothing, dpop_lambda, discopop_tau)")
+    assert load_recipe(bad).source("loss.bta") != str(base)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        # moved from tests/config/test_recipe.py (the range is in the loss functions' signatures now)
+        (["loss.label_smoothing=0.5"], "loss.label_smoothing: Input should be less than 0.5 (got 0.5)"),
+        (["loss.type=robust", "loss.label_smoothing=-0.1"], "loss.label_smoothing: Input should be greater than or"),
+        (["loss.type=dpop", "loss.dpop_lambda=-1"], "loss.dpop_lambda: Input should be greater than or equal to 0"),
+        (["loss.type=dpop", "loss.dpop_lambda=lots"], "loss.dpop_lambda: Input should be a valid number"),
+        (["loss.type=discopop", "loss.discopop_tau=0"], "loss.discopop_tau: Input should be greater than 0 (got 0)"),
+        # EXO takes log(eps): 0 is out of its range although sigmoid (cDPO) accepts it
+        (["loss.type=exo_pair", "loss.label_smoothing=0.0"], "loss.label_smoothing: Input should be greater than 0"),
+        (["loss.type=[sigmoid, exo_pair]", "loss.label_smoothing=0"], "loss.label_smoothing: Input should be greater"),
+        (["loss.dpop_lamda=5"], "unknown key 'loss.dpop_lamda'; did you mean 'loss.dpop_lambda'?"),
+    ],
+)
+def test_bad_loss_hyperparameter_values_name_the_key(recipe_path, overrides, fragment):
+    with pytest.raises(UserError) as err:
+        plan(recipe_path, *overrides)
+    assert str(err.value).startswith(f"--set: {fragment}"), str(err.value)
+
+
+def test_loss_hyperparameters_are_validated_and_null_is_unset(recipe_path):
+    p = plan(recipe_path, "loss.type=dpop", "loss.dpop_lambda=5")
+    assert p.hyperparameters == {"dpop_lambda": 5.0} and isinstance(p.hyperparameters["dpop_lambda"], float)
+    # null leaves the function's default, even for a loss that does not take the key
+    assert plan(recipe_path, "loss.dpop_lambda=null", "loss.label_smoothing=null").hyperparameters == {}
+
+
+def test_resolved_recipe_keeps_loss_keys_and_loads_again(recipe_path, tmp_path):
+    overrides = ["loss.type=dpop", "loss.dpop_lambda=5", "loss.beta_schedule={type: linear, end: 0.3}"]
+    loaded = load_recipe(recipe_path, overrides)
+    dumped = yaml.safe_load(loaded.recipe.to_yaml())
+    assert dumped["loss"]["dpop_lambda"] == 5 and dumped["loss"]["beta_schedule"] == {"type": "linear", "end": 0.3}
+    again = load_recipe(write_recipe(tmp_path / "resolved.yaml", dumped))
+    assert again.recipe == loaded.recipe and loss_plan(again) == loss_plan(loaded)
+
+
+def test_changes_from_base_of_a_loss_hyperparameter(tmp_path):
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}, "loss": {"type": "dpop"}})
+    child = write_recipe(tmp_path / "child.yaml", {"base": "base.yaml", "loss": {"dpop_lambda": 5.0}})
+    changes = changes_from_base(load_recipe(child, ["loss.beta_schedule.end=0.3"]))
+    assert {"key": "loss.dpop_lambda", "value": 5.0, "base_value": None, "source": str(child)} in changes
+    assert {"key": "loss.beta_schedule.end", "value": 0.3, "base_value": None, "source": "--set"} in changes
+    assert base.is_file()
 
 
 def test_exo_pair_uses_the_paper_epsilon_unless_set(recipe_path):
