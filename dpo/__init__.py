@@ -1,6 +1,6 @@
 """DPO fine-tuning with overfitting controls. `dpo.train(recipe, overrides=[...])` runs one recipe.
 
-The package's folders are its layers (see docs/architecture.md): config/ -> data/ -> train/ -> rundir/, read by
+The package's folders are its layers (see docs/architecture.md): config/ -> data/ -> training/ -> rundir/, read by
 analysis/, plan/ and sweep/; api.py holds the Python entry points and cli.py the `dpo` command.
 """
 

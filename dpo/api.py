@@ -28,7 +28,7 @@ def train(
     With `resume`, `recipe` may be the run directory itself (its recipe.yaml is used). `callbacks`: transformers
     TrainerCallbacks run before ours, which may log held-out metrics named in `extra_metrics` (early stopping on
     one of those needs early_stopping.mode max or min: dpo's metric table cannot say which way is better)."""
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
 
     recipe = Path(recipe)
     if resume and recipe.is_dir():
@@ -42,8 +42,8 @@ def train(
 
 
 def validate(recipe: str | Path, overrides=()):
-    """Check a recipe and its data without loading weights; returns the CheckedRecipe (dpo/train/gate.py)."""
-    from dpo.train.gate import check
+    """Check a recipe and its data without loading weights; returns the CheckedRecipe (dpo/training/gate.py)."""
+    from dpo.training.gate import check
 
     return check(recipe, overrides)
 

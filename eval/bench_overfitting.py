@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dpo.train.callbacks import BestCheckpointCallback  # noqa: E402
+from dpo.training.callbacks import BestCheckpointCallback  # noqa: E402
 
 REPORTED = ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logratios/chosen", "eval_logps/accuracies")
 

@@ -1,4 +1,4 @@
-"""Overhead of our loss override: the same DPO training through dpo.train.trainer.Trainer and through plain TRL.
+"""Overhead of our loss override: the same DPO training through dpo.training.trainer.Trainer and through plain TRL.
 
     python eval/bench_overhead.py                 # all cases, ~9 min on 2 CPU cores
     python eval/bench_overhead.py --repeats 1     # quicker, noisier
@@ -45,9 +45,9 @@ def run_case(case: str, impl: str) -> dict:
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from dpo.train.execute import trainer_inputs
-    from dpo.train.gate import check
-    from dpo.train.trainer import Trainer
+    from dpo.training.execute import trainer_inputs
+    from dpo.training.gate import check
+    from dpo.training.trainer import Trainer
 
     model_name, steps, warmup, batch = CASES[case]
     if model_name == "tiny":

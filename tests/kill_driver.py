@@ -47,7 +47,7 @@ class FreezeAt(TrainerCallback):
 def main() -> None:
     recipe, run_dir, point, step, ready = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
     if point == "mid_checkpoint":
-        from dpo.train.trainer import Trainer
+        from dpo.training.trainer import Trainer
 
         original = Trainer._save_optimizer_and_scheduler
 
@@ -57,7 +57,7 @@ def main() -> None:
                 freeze(ready)
 
         Trainer._save_optimizer_and_scheduler = save_then_freeze
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
 
     execute(recipe, output_dir=run_dir, callbacks=[FreezeAt(point, step, ready)])
 

@@ -1,6 +1,6 @@
 """Test helper, not part of the package: `dpo train` (the CLI, with its exit codes) with a NaN loss from step STEP
 on, made by the test-only PoisonAt callback, and every rename into the run directory (each atomic write ends in
-one) recorded with the rank of the process that made it (tests/train/test_distributed.py).
+one) recorded with the rank of the process that made it (tests/training/test_distributed.py).
 
     python -m tests.poison_driver RECIPE RUN_DIR STEP RENAMES_LOG
 """

@@ -28,15 +28,17 @@ def test_contracts_cover_the_rules_of_the_design():
     """DESIGN: train never imports sweep; analysis never imports the trainer; losses import torch only; config
     imports no torch; plan needs no trainer. A contract that is dropped or loosened fails here."""
     forbidden = {c["source_modules"][0]: set(c["forbidden_modules"]) for c in CONTRACTS if c["type"] == "forbidden"}
-    assert {"dpo.sweep", "optuna"} <= forbidden["dpo.train"]
-    assert {"dpo.train", "trl"} <= forbidden["dpo.analysis"]
-    assert {"dpo.*", "dpo.train.*", "transformers", "trl"} <= forbidden["dpo.train.losses"]
-    assert {"torch", "transformers", "trl", "dpo.train"} <= forbidden["dpo.config"]
-    assert {"dpo.train", "trl"} <= forbidden["dpo.plan"]
+    assert {"dpo.sweep", "optuna"} <= forbidden["dpo.training"]
+    assert {"dpo.training", "trl"} <= forbidden["dpo.analysis"]
+    assert {"dpo.*", "dpo.training.*", "transformers", "trl"} <= forbidden["dpo.training.losses"]
+    assert {"torch", "transformers", "trl", "dpo.training"} <= forbidden["dpo.config"]
+    assert {"dpo.training", "trl"} <= forbidden["dpo.plan"]
     (layers,) = [c["layers"] for c in CONTRACTS if c["type"] == "layers"]
     order = [name for layer in layers for name in layer.replace(" ", "").split("|")]
-    assert order.index("dpo.api") < order.index("dpo.sweep") < order.index("dpo.train") < order.index("dpo.analysis")
-    assert order.index("dpo.train") < order.index("dpo.rundir") and order.index("dpo.data") < order.index("dpo.config")
+    assert order.index("dpo.api") < order.index("dpo.sweep") < order.index("dpo.training") < order.index("dpo.analysis")
+    assert order.index("dpo.training") < order.index("dpo.rundir") and order.index("dpo.data") < order.index(
+        "dpo.config"
+    )
 
 
 def test_a_forbidden_import_is_caught(tmp_path):
@@ -45,7 +47,7 @@ def test_a_forbidden_import_is_caught(tmp_path):
     shutil.copytree(REPO / "dpo", copy / "dpo", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     losses = copy / "dpo" / "train" / "losses.py"
-    losses.write_text(losses.read_text() + "\nfrom dpo.train import trainer  # noqa: E402, F401\n")
+    losses.write_text(losses.read_text() + "\nfrom dpo.training import trainer  # noqa: E402, F401\n")
     lint = shutil.which("lint-imports") or pytest.fail("lint-imports (import-linter) is not installed")
     env = {"PYTHONPATH": str(copy), "PATH": str(REPO), "HOME": str(tmp_path)}
     proc = subprocess.run(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dpo.data import augment, rows
-from dpo.train.losses import markdown_table
+from dpo.training.losses import markdown_table
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"

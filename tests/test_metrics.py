@@ -9,9 +9,9 @@ import yaml
 
 from dpo.errors import UserError
 from dpo.metrics import EVAL_METRICS, EVENT_KEYS, HEADLINE, METRICS, direction, known_direction, lookup
-from dpo.train.callbacks import BestCheckpointCallback
-from dpo.train.execute import execute
-from dpo.train.gate import check
+from dpo.training.callbacks import BestCheckpointCallback
+from dpo.training.execute import execute
+from dpo.training.gate import check
 from tests.conftest import read_jsonl
 
 # Which way is better for each held-out metric, written out by hand: a wrong row in the table fails here.

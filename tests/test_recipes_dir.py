@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo.train.gate import check
+from dpo.training.gate import check
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))

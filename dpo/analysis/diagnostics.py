@@ -3,7 +3,7 @@
 Pure functions over the list of log events (metrics.jsonl / trainer.state.log_history); no torch and no
 trainer, so they work on any finished run directory.
 
-Per evaluation the trainer also logs the train-minus-held-out gaps (dpo/metrics.py lists them, dpo/train/trainer.py
+Per evaluation the trainer also logs the train-minus-held-out gaps (dpo/metrics.py lists them, dpo/training/trainer.py
 computes them):
     eval_gap/margins     = train rewards/margins    - held-out rewards/margins
     eval_gap/accuracies  = train rewards/accuracies - held-out rewards/accuracies

@@ -1,7 +1,7 @@
 """The recipe's shape: its sections, keys, types, ranges and defaults (pydantic), and nothing else.
 
 Imports no torch and no trainer. Reading files, `base:` layers and `--set` overrides live in
-dpo/config/loading.py; checks that need a component's table (losses, DPOConfig fields) in dpo/train/.
+dpo/config/loading.py; checks that need a component's table (losses, DPOConfig fields) in dpo/training/.
 """
 
 from __future__ import annotations
@@ -139,28 +139,28 @@ class DataSection(Section):
 
 
 class BetaScheduleSection(Section):
-    """How beta moves during training: a kind from dpo/train/beta.py BETA_SCHEDULES and the keys that kind takes.
+    """How beta moves during training: a kind from dpo/training/beta.py BETA_SCHEDULES and the keys that kind takes.
 
     The keys are that kind's parameters, with their constraints, in that table: this section takes further keys,
-    and they are checked against the table with the rest of the loss (dpo/train/loss_plan.py), before a run
+    and they are checked against the table with the rest of the loss (dpo/training/loss_plan.py), before a run
     directory exists."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field("constant", description="Schedule kind (dpo/train/beta.py BETA_SCHEDULES).")
+    type: str = Field("constant", description="Schedule kind (dpo/training/beta.py BETA_SCHEDULES).")
 
 
 class LossSection(Section):
     """The preference loss.
 
     Its hyperparameters (label_smoothing, dpop_lambda, ...) are further keys of this section: the keyword-only
-    parameters of the chosen losses in dpo/train/losses.py LOSSES, whose signatures hold their constraints and
-    defaults. They are checked against that table with the rest of the loss (dpo/train/loss_plan.py): an unknown
+    parameters of the chosen losses in dpo/training/losses.py LOSSES, whose signatures hold their constraints and
+    defaults. They are checked against that table with the rest of the loss (dpo/training/loss_plan.py): an unknown
     key, one the chosen losses do not take, or a bad value is an error there, before a run directory exists."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/train/losses.py LOSSES, or a list.")
+    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/training/losses.py LOSSES, or a list.")
     weights: list[float] | None = Field(None, description="One weight per loss when `type` is a list.")
     beta: float = Field(0.1, gt=0, description="KL-penalty strength beta (IPO: its tau).")
     beta_schedule: BetaScheduleSection = Field(default_factory=BetaScheduleSection)
@@ -195,7 +195,7 @@ class RegularizersSection(Section):
     )
     f_divergence: str = Field(
         "reverse_kl",
-        description="f-DPO divergence (arXiv 2309.16240) from dpo/train/losses.py F_DIVERGENCES; reverse_kl is "
+        description="f-DPO divergence (arXiv 2309.16240) from dpo/training/losses.py F_DIVERGENCES; reverse_kl is "
         "plain DPO.",
     )
     f_alpha: float | None = Field(

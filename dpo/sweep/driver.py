@@ -75,7 +75,7 @@ def run_sweep(
     """Run (or join, or resume) a sweep; returns the summary (also in SWEEP_DIR/sweep_summary.json)."""
     import optuna
 
-    from dpo.train.gate import check
+    from dpo.training.gate import check
 
     spec = load_spec(spec_path)
     if workers < 1:

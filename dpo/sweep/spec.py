@@ -414,7 +414,7 @@ def _check_recipe_key(key: str, where: str) -> None:
     if parts[0] == "training":
         if len(parts) < 2:
             raise UserError("name one training key (training.learning_rate, ...)", where=where)
-        from dpo.train.arguments import TRAINING_KEYS_ELSEWHERE, _dpo_config_fields
+        from dpo.training.arguments import TRAINING_KEYS_ELSEWHERE, _dpo_config_fields
 
         leaf = parts[1]
         if leaf in TRAINING_KEYS_ELSEWHERE:
@@ -424,7 +424,7 @@ def _check_recipe_key(key: str, where: str) -> None:
             hint = did_you_mean(leaf, fields, prefix="training.")
             raise UserError(f"unknown key 'training.{leaf}'{hint} (not a trl.DPOConfig field)", where=where)
         return
-    from dpo.train.loss_plan import section_keys
+    from dpo.training.loss_plan import section_keys
 
     for i, part in enumerate(parts):
         parent = ".".join(parts[:i])

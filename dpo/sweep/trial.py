@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpo.analysis.console import print_summary
     from dpo.errors import RunFailed, UserError
     from dpo.rundir.secrets import RedactingStream, redact
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
 
     parser = argparse.ArgumentParser(prog="python -m dpo.sweep.trial", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpo.analysis.diagnostics import overfitting_onset, warnings_for
-from dpo.train.execute import execute
+from dpo.training.execute import execute
 from tests.conftest import read_jsonl
 
 

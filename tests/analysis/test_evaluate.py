@@ -12,7 +12,7 @@ import torch
 
 from dpo.analysis.evaluate import EvalOptions, evaluate_run
 from dpo.data.gold import GOLD_REWARDS
-from dpo.train.execute import execute
+from dpo.training.execute import execute
 from tests.conftest import ARITHMETIC, REPO, read_jsonl
 
 

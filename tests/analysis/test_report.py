@@ -14,7 +14,7 @@ import pytest
 
 from dpo.analysis.report import RUN_CHARTS, run_charts, write_report, write_report_or_warn
 from dpo.errors import UserError
-from dpo.train.execute import execute
+from dpo.training.execute import execute
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
 from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 

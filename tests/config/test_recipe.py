@@ -76,7 +76,7 @@ def test_overrides_apply_and_are_attributed_to_set(base):
 
 
 def test_unknown_key_names_file_key_and_suggestion(base, tmp_path):
-    # keys of `loss` come from the loss table too, so they are checked with it (tests/train/test_trainer_config.py)
+    # keys of `loss` come from the loss table too, so they are checked with it (tests/training/test_trainer_config.py)
     bad = write(tmp_path / "recipes" / "typo.yaml", {"base": "base.yaml", "peft": {"alpah": 8}})
     with pytest.raises(UserError) as err:
         load_recipe(bad)

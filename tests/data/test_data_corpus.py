@@ -53,7 +53,7 @@ def test_error_policy_names_file_and_row(tmp_path, tiny_model_dir, name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_skip_policy_counts_by_reason(tmp_path, tiny_model_dir, name):
-    from dpo.train.gate import check
+    from dpo.training.gate import check
 
     card = check(corpus_recipe(tmp_path, tiny_model_dir, name, "skip")).data.card
     (source,) = card["sources"]["train"]

@@ -221,7 +221,7 @@ def test_plain_names_are_fine(name):
 
 
 def test_trust_remote_code_is_off_by_default_and_warned_about(tmp_path):
-    from dpo.train.gate import CheckedRecipe
+    from dpo.training.gate import CheckedRecipe
 
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
     assert load_recipe(recipe).recipe.model.trust_remote_code is False

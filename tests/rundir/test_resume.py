@@ -179,7 +179,7 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
     writes the same summary and final/ (the best checkpoint restored)."""
     import shutil
 
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
     from tests.train.test_early_stopping import ScriptedMetric
 
     values = [0, 1, 3, 2, 1, 0, 0]
@@ -206,7 +206,7 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
 
 
 def test_resume_with_nothing_there_starts_a_new_run_and_refuses_two_targets(tiny_recipe, tmp_path, capsys):
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
 
     summary, _ = execute(tiny_recipe, ["training.max_steps=1"], output_dir=tmp_path / "new", resume=True)
     assert summary["steps"] == 1 and summary["resumed_from"] == []

@@ -329,7 +329,7 @@ def test_shipped_sweep_every_trial_recipe_validates(path):
     import itertools
 
     from dpo.sweep.driver import _overrides
-    from dpo.train.gate import check
+    from dpo.training.gate import check
 
     spec = load_spec(path)
     grid = spec.grid_space()

@@ -1,9 +1,9 @@
 """One training run: a checked recipe -> model -> trainer -> run directory (dpo/rundir/files.py names its files).
 
-    from dpo.train.execute import execute
+    from dpo.training.execute import execute
     summary, trainer = execute("recipes/quickstart.yaml", ["loss.beta=0.2"], "runs/b02", callbacks=[...])
 
-Everything that can be wrong with the user's input is checked by `dpo.train.gate.check` before the run directory
+Everything that can be wrong with the user's input is checked by `dpo.training.gate.check` before the run directory
 is created, so a bad input never leaves a half-made run. A training run knows nothing of who started it: a sweep
 passes its optuna callback in `callbacks`, and a callback that stops training early says why with a
 `stop_reason` attribute (a sweep's pruner: "pruned"), which summary.json records.
@@ -42,9 +42,9 @@ from dpo.rundir.files import (
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
-from dpo.train.gate import CheckedRecipe, check
-from dpo.train.integrations import configure_loggers, finish_wandb
-from dpo.train.summary import finished_summary, non_finite_summary
+from dpo.training.gate import CheckedRecipe, check
+from dpo.training.integrations import configure_loggers, finish_wandb
+from dpo.training.summary import finished_summary, non_finite_summary
 
 
 def execute(
@@ -132,7 +132,7 @@ def trainer_inputs(checked: CheckedRecipe, callbacks: list) -> dict:
 
 def build_trainer(checked: CheckedRecipe, callbacks: list):
     """Our Trainer for a checked recipe."""
-    from dpo.train.trainer import Trainer
+    from dpo.training.trainer import Trainer
 
     return Trainer(**trainer_inputs(checked, callbacks), loss_plan=checked.loss_plan, heldout_kl=checked.heldout_kl)
 
@@ -151,7 +151,7 @@ def _print_plan(checked: CheckedRecipe) -> None:
 def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None, callbacks: list, started: float):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from dpo.train.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+    from dpo.training.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
 
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()

@@ -1,4 +1,4 @@
-"""Recipe -> trl.DPOConfig, built once per run (dpo/train/gate.py), with the checks that need TRL's field list.
+"""Recipe -> trl.DPOConfig, built once per run (dpo/training/gate.py), with the checks that need TRL's field list.
 
 * `training:` keys are fields of DPOConfig/TrainingArguments with values of the right type, and keys that
   have a home elsewhere in the recipe (beta under `loss`, seed at the top, ...) say so;

@@ -1,11 +1,11 @@
 """The losses trained to convergence (issue 3): analytic optima are reached, plain DPO's margin never settles,
 and DPOP and the NLL term stop the chosen answer's likelihood from falling where plain DPO lets it fall.
 
-How: a direct torch loop, not `dpo.train.trainer.Trainer`. The tiny random Llama of tests/conftest.py is fully
+How: a direct torch loop, not `dpo.training.trainer.Trainer`. The tiny random Llama of tests/conftest.py is fully
 fine-tuned with Adam on ONE prompt with two answers; per-sequence log-probs come from a plain forward pass
 (log_softmax, gathered over the completion tokens), the reference log-probs are those of the initial weights,
-and the loss is `dpo.train.losses.compute_loss` on the same tensors the trainer builds. The trainer adds only
-collation and logging (checked against TRL in tests/train/test_losses.py) and would make each run many times slower;
+and the loss is `dpo.training.losses.compute_loss` on the same tensors the trainer builds. The trainer adds only
+collation and logging (checked against TRL in tests/training/test_losses.py) and would make each run many times slower;
 this way each run of 150-200 steps takes about a second.
 
 The pair: chosen "aaaaaaab", rejected "aaaaaaaa" (each followed by <|im_end|>). The answers share their first
@@ -13,7 +13,7 @@ seven tokens, which cancel exactly in the margin, so DPO can separate them only 
 pushes "a" down. The output embedding of "a" is shared with the seven earlier positions, all in the chosen
 answer, so the chosen answer's likelihood falls with the rejected one's: likelihood displacement, built in.
 
-Run: python -m pytest tests/train/test_loss_behaviour.py
+Run: python -m pytest tests/training/test_loss_behaviour.py
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dpo.train.losses import cdpo_optimal_margin, compute_loss
+from dpo.training.losses import cdpo_optimal_margin, compute_loss
 
 CHOSEN, REJECTED = "aaaaaaab", "aaaaaaaa"
 

@@ -10,9 +10,9 @@ import pytest
 
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.train.execute import execute
-from dpo.train.gate import check
-from dpo.train.integrations import wandb_mode
+from dpo.training.execute import execute
+from dpo.training.gate import check
+from dpo.training.integrations import wandb_mode
 from tests.conftest import read_jsonl
 
 
@@ -136,7 +136,7 @@ def test_a_diverged_run_finishes_its_wandb_run_as_failed(monkeypatch):
     import sys
     from types import SimpleNamespace
 
-    from dpo.train.integrations import finish_wandb
+    from dpo.training.integrations import finish_wandb
 
     finished = {}
     fake = SimpleNamespace(run=SimpleNamespace(summary={}), finish=lambda exit_code=0: finished.update(code=exit_code))
@@ -151,7 +151,7 @@ def test_the_wandb_summary_carries_the_headline_numbers_of_the_best_step(monkeyp
     import sys
     from types import SimpleNamespace
 
-    from dpo.train.integrations import finish_wandb
+    from dpo.training.integrations import finish_wandb
 
     fake = SimpleNamespace(run=SimpleNamespace(summary={}), finish=lambda exit_code=0: None)
     monkeypatch.setitem(sys.modules, "wandb", fake)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dpo.errors import UserError
-from dpo.train.execute import execute
-from dpo.train.gate import check
-from dpo.train.trainer import _token_fields
+from dpo.training.execute import execute
+from dpo.training.gate import check
+from dpo.training.trainer import _token_fields
 from tests.conftest import read_jsonl
 
 

@@ -14,7 +14,7 @@ is its contract:
                                               has none; differs from chosen_lengths only under truncation)
   * keyword-only parameters after `*` are its hyperparameters (`beta` always; `label_smoothing`,
     `dpop_lambda`, ... only where the loss uses them), with their constraints in the annotation. They are
-    the recipe's `loss.*` keys: the trainer and the recipe validation (dpo/train/loss_plan.py) read them
+    the recipe's `loss.*` keys: the trainer and the recipe validation (dpo/training/loss_plan.py) read them
     from the signature, so a knob a loss does not take is an error, never silently ignored.
 
 Notation: Delta = chosen_scores - rejected_scores, l(z) = -log sigmoid(z) (the logistic loss).
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Interval, doc
 from torch import Tensor
 
-# Hyperparameter types: their constraints are what the recipe validation enforces (dpo/train/loss_plan.py).
+# Hyperparameter types: their constraints are what the recipe validation enforces (dpo/training/loss_plan.py).
 LabelFlipRate = Annotated[
     float, Interval(ge=0, lt=0.5), doc("assumed label-flip rate (cDPO with sigmoid, rDPO with robust, EXO, AOT)")
 ]
@@ -331,7 +331,7 @@ PLAIN_DPO_LINK = "reverse_kl"  # the identity link: every loss works with it
 
 @dataclass(frozen=True)
 class LossPlan:
-    """What the trainer optimises (built from the recipe by dpo/train/loss_plan.py, run by dpo/train/trainer.py).
+    """What the trainer optimises (built from the recipe by dpo/training/loss_plan.py, run by dpo/training/trainer.py).
 
     terms            weighted loss names from LOSSES, summed
     beta             beta0; `beta_schedule` (kwargs of BetaController) moves it during training

@@ -1,5 +1,5 @@
 """Recipe -> LossPlan: the loss terms, their hyperparameters, the beta schedule and the regularizers, each checked
-against its one table (LOSSES and F_DIVERGENCES in dpo/train/losses.py, BETA_SCHEDULES in dpo/train/beta.py).
+against its one table (LOSSES and F_DIVERGENCES in dpo/training/losses.py, BETA_SCHEDULES in dpo/training/beta.py).
 
 The config layer cannot read those tables (it imports no torch), so the recipe's `loss` and `loss.beta_schedule`
 sections take keys beyond the schema's, and this module checks them, worded as the config layer words its own:
@@ -20,8 +20,8 @@ from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import valid_keys
 from dpo.config.signatures import REQUIRED, checked_value, description, keyword_parameters, unknown_key_problem
 from dpo.errors import UserError, did_you_mean
-from dpo.train.beta import BETA_SCHEDULES, schedule_keys
-from dpo.train.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LossPlan
+from dpo.training.beta import BETA_SCHEDULES, schedule_keys
+from dpo.training.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LossPlan
 
 
 def hyperparameter_keys() -> list[str]:

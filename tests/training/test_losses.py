@@ -1,4 +1,4 @@
-"""Correctness of the preference losses (issue 3): dpo/train/losses.py by hand, and dpo/train/trainer.py against TRL.
+"""Correctness of the preference losses (issue 3): dpo/training/losses.py by hand, dpo/training/trainer.py vs TRL.
 
 Three kinds of test, in this order:
   * hand-worked values: every loss in LOSSES on three-element tensors, the expected numbers worked out
@@ -6,13 +6,13 @@ Three kinds of test, in this order:
     checked with autograd against the closed form where the paper gives one;
   * the table: what `LossSpec` reads from a loss's signature, the paper in every docstring, and that
     `compute_loss` passes a loss only the tensors and hyperparameters it takes;
-  * parity: for every loss TRL 1.16 also implements, `dpo.train.trainer.Trainer` gives the same loss value, gradient
+  * parity: for every loss TRL 1.16 also implements, `dpo.training.trainer.Trainer` gives the same loss value, gradient
     and metrics as plain `trl.DPOTrainer` on the same real batch of the tiny model from tests/conftest.py.
 
 Shorthand in the docstrings: l(z) = -log sigmoid(z) = log(1 + e^-z), s(z) = sigmoid(z) = 1 / (1 + e^-z).
 Most cases use z in {0, ln 3, -ln 3}, where s = 1/2, 3/4, 1/4 and
     l(0) = ln 2 = 0.693147,  l(ln 3) = ln(4/3) = 0.287682,  l(-ln 3) = ln 4 = 1.386294.
-Run: python -m pytest tests/train/test_losses.py
+Run: python -m pytest tests/training/test_losses.py
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from dpo.train import losses
-from dpo.train.losses import LOSSES, LossSpec, cdpo_optimal_margin, compute_loss
+from dpo.training import losses
+from dpo.training.losses import LOSSES, LossSpec, cdpo_optimal_margin, compute_loss
 from tests.conftest import ARITHMETIC, read_jsonl
 
 LN2, LN3 = math.log(2), math.log(3)
@@ -510,8 +510,8 @@ def _trainers(
     from peft import LoraConfig
     from trl import DPOTrainer
 
-    from dpo.train.losses import LossPlan
-    from dpo.train.trainer import Trainer
+    from dpo.training.losses import LossPlan
+    from dpo.training.trainer import Trainer
 
     common = {"train_dataset": setup["dataset"], "processing_class": setup["tokenizer"]}
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -520,7 +520,7 @@ def _trainers(
     model = str(setup["model_dir"])
     trl_trainer = DPOTrainer(model=model, args=_config(setup, name, beta, hyperparameters, **overrides), **common)
     plan = LossPlan(terms=((name, 1.0),), beta=beta, hyperparameters=dict(hyperparameters), **(plan or {}))
-    # As dpo/train/arguments.py builds it: DPOConfig carries beta, the loss knobs live in the plan only.
+    # As dpo/training/arguments.py builds it: DPOConfig carries beta, the loss knobs live in the plan only.
     ours = Trainer(model=model, args=_config(setup, "sigmoid", beta, {}, **overrides), loss_plan=plan, **common)
     if peft:
         generator = torch.Generator().manual_seed(1)
@@ -684,7 +684,7 @@ def test_sft_equals_trl_when_truncation_cuts_the_whole_prompt(parity_setup):
 )
 def test_regularizers_match_trl(parity_setup, name, trl_settings, plan):
     """WPO weighting, LD-DPO's length-desensitised log-probs and the f-divergence links give TRL's value.
-    WPO and LD-DPO are DPOConfig fields both trainers read (dpo/train/arguments.py sets them from the
+    WPO and LD-DPO are DPOConfig fields both trainers read (dpo/training/arguments.py sets them from the
     recipe's regularizers); the f-divergence is a LossPlan field in ours."""
     our_settings = {k: v for k, v in trl_settings.items() if k in ("use_weighting", "ld_alpha")}
     trl_trainer, ours = _trainers(parity_setup, name, 0.5, {}, plan=plan, **trl_settings)

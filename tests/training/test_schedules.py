@@ -7,8 +7,8 @@ import pytest
 from transformers import TrainerCallback
 
 from dpo.errors import UserError
-from dpo.train.execute import execute
-from dpo.train.gate import check
+from dpo.training.execute import execute
+from dpo.training.gate import check
 from tests.conftest import read_jsonl
 
 
@@ -38,7 +38,7 @@ def test_reduce_on_plateau_halves_lr_after_patience_plus_one_flat_evaluations(ti
 
 
 def test_plateau_mode_must_agree_with_early_stopping(tiny_recipe, tmp_path):
-    from dpo.train.arguments import build_dpo_config
+    from dpo.training.arguments import build_dpo_config
 
     ok = check(tiny_recipe, ["training.lr_scheduler_type=reduce_lr_on_plateau"])
     config = build_dpo_config(ok.loaded, tmp_path)

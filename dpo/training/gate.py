@@ -71,8 +71,8 @@ def check(
     """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
     before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the
     run directory (default runs/<name>), which the DPOConfig points its checkpoints into."""
-    from dpo.train.arguments import build_dpo_config
-    from dpo.train.loss_plan import loss_plan
+    from dpo.training.arguments import build_dpo_config
+    from dpo.training.loss_plan import loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
     plan = loss_plan(loaded)
@@ -143,7 +143,7 @@ def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
 
 
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
-    from dpo.train.arguments import watched_direction
+    from dpo.training.arguments import watched_direction
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from dpo.config.loading import load_recipe
-from dpo.train.execute import execute
+from dpo.training.execute import execute
 from tests.conftest import REPO, read_jsonl
 
 TRL_TRAIN_METRICS = {

@@ -4,7 +4,7 @@ TRL 1.16's `DPOTrainer._compute_loss` is one long method with an if/elif chain o
 raises on a loss it does not know and silently ignores `label_smoothing` for `sigmoid`. We override
 just that method: compute per-sequence policy and reference log-probs the way TRL does (fused LM
 head, adapter-disabled reference under PEFT, precomputed reference log-probs when asked), then hand
-them to the pure functions of `dpo/train/losses.py`, and log the same metric names TRL logs plus ours.
+them to the pure functions of `dpo/training/losses.py`, and log the same metric names TRL logs plus ours.
 
 Written against TRL 1.16 (pinned in pyproject.toml).
 """
@@ -30,8 +30,8 @@ from dpo.metrics import GAPS, HELD_OUT_PREFIX, gap_sign
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
-from dpo.train.beta import BetaController
-from dpo.train.losses import LossPlan, compute_loss
+from dpo.training.beta import BetaController
+from dpo.training.losses import LossPlan, compute_loss
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
@@ -40,7 +40,7 @@ _KL_ROWS, _KL_ELEMENTS = 8, 2**26
 
 
 class Trainer(DPOTrainer):
-    """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.train.losses.LOSSES`."""
+    """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.training.losses.LOSSES`."""
 
     def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, **kwargs):
         self.loss_plan = loss_plan

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dpo.errors import RunFailed
 from dpo.rundir.resume import COMPLETE_MARK, checkpoints
-from dpo.train.execute import execute
+from dpo.training.execute import execute
 from tests.conftest import read_jsonl
 
 

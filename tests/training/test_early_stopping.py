@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from dpo.metrics import direction
-from dpo.train.callbacks import BestCheckpointCallback
-from dpo.train.execute import execute
+from dpo.training.callbacks import BestCheckpointCallback
+from dpo.training.execute import execute
 
 
 def feed(callback, values, start=10, every=10):

@@ -9,10 +9,10 @@ import torch
 
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.train.beta import BETA_SCHEDULES, MIN_BETA, BetaController, markdown_table
-from dpo.train.execute import build_trainer, execute
-from dpo.train.gate import check
-from dpo.train.loss_plan import loss_plan
+from dpo.training.beta import BETA_SCHEDULES, MIN_BETA, BetaController, markdown_table
+from dpo.training.execute import build_trainer, execute
+from dpo.training.gate import check
+from dpo.training.loss_plan import loss_plan
 from tests.conftest import read_jsonl
 
 

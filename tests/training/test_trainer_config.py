@@ -7,8 +7,8 @@ import yaml
 
 from dpo.config.loading import changes_from_base, load_recipe
 from dpo.errors import UserError
-from dpo.train.arguments import build_dpo_config, check_training
-from dpo.train.loss_plan import loss_plan
+from dpo.training.arguments import build_dpo_config, check_training
+from dpo.training.loss_plan import loss_plan
 from tests.conftest import write_recipe
 
 
