@@ -9,7 +9,9 @@ sections take keys beyond the schema's, and this module checks them, worded as t
 * `loss.beta_schedule.type` names a kind in BETA_SCHEDULES, and its further keys are that kind's parameters;
 * `regularizers.f_divergence` names a link in F_DIVERGENCES, and `regularizers.f_alpha` is a parameter of it;
 * regularizers that cannot work with the chosen losses or model setup are errors naming both keys.
-A key set to null is not set: the component's own default applies (so a resolved recipe.yaml loads again).
+A key set to null is not set: the component's own default applies (so a resolved recipe.yaml loads again); a
+key that no chosen loss takes is also accepted at a default it has in the losses that take it (recipe.yaml files
+of earlier versions hold `label_smoothing: 0.0` whatever the loss).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def _hyperparameters(loaded: LoadedRecipe, names: list[str]) -> dict[str, Any]:
         if value is None:
             continue
         takers = [n for n in names if key in LOSSES[n].hyperparameters]
+        if not takers and value in {LOSSES[n].hyperparameters[key] for n in users}:
+            continue  # a default, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
         if not takers:
             raise UserError(
                 f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)

@@ -46,6 +46,14 @@ def test_inapplicable_or_unknown_loss_settings_are_errors(recipe_path, overrides
     assert str(err.value).startswith("--set: loss.") and fragment in str(err.value)
 
 
+def test_a_default_that_no_chosen_loss_takes_changes_nothing_and_is_accepted(recipe_path):
+    """recipe.yaml of earlier versions wrote `label_smoothing: 0.0` whatever the loss: such a run directory resumes.
+    Any other value stays an error (above)."""
+    assert plan(recipe_path, "loss.type=ipo", "loss.label_smoothing=0.0").hyperparameters == {}
+    with pytest.raises(UserError, match="loss.label_smoothing: does not apply to loss.type"):
+        plan(recipe_path, "loss.type=ipo", "loss.label_smoothing=0.05")
+
+
 def test_unknown_loss_key_names_file_key_and_suggestion(tmp_path):
     """Moved from tests/config/test_recipe.py: `loss` keys come from the loss table, so they are checked with it."""
     base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}})
