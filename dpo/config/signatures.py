@@ -35,12 +35,14 @@ def description(fn: Callable, name: str) -> str | None:
     return found[0] if found else None
 
 
-def checked_value(fn: Callable, name: str, value: Any, key: str) -> tuple[Any, str | None]:
-    """`value` for parameter `name` of `fn` as its annotation validates it (pydantic, lax: 5 -> 5.0 for a float),
-    and None; or (None, a one-line problem naming `key`). A parameter without a usable annotation takes any value."""
+def checked_value(fn: Callable, name: str, value: Any, key: str, strict: bool = False) -> tuple[Any, str | None]:
+    """`value` for parameter `name` of `fn` as its annotation validates it, and None; or (None, a one-line problem
+    naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default, as for the
+    recipe's own sections: '0.1' -> 0.1 for a float) unless `strict` (numbers must be numbers, an int an int,
+    a bool a bool; an int still passes for a float)."""
     annotation = _annotations(fn).get(name, Any)
     try:
-        return TypeAdapter(annotation).validate_python(value), None
+        return TypeAdapter(annotation).validate_python(value, strict=strict), None
     except ValidationError as exc:
         return None, value_problem(exc.errors()[0], key)
 

@@ -170,7 +170,8 @@ def arguments(function: Callable[..., list[dict]], step: dict) -> tuple[dict[str
     for key, value in step.items():
         if key == "type":
             continue
-        out[key], problem = checked_value(function, key, value, key)
+        # strict: a quoted number or a 2.0 for a count is a mistake in a step's keys, as it always was here
+        out[key], problem = checked_value(function, key, value, key, strict=True)
         if problem:
             return {}, problem
     return out, None

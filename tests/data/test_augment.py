@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import textwrap
 
 import pytest
@@ -164,16 +165,22 @@ def test_plugin_augmentation_runs_with_its_keys(plugin):
     assert data.card["augmented"][0]["type"] == "my_augs:shout"
 
 
-def test_step_values_reach_the_function_as_its_annotations_validate_them(plugin):
-    """A plug-in's annotated keys are checked like ours; a float that is a whole number arrives as the int the
-    function declares (it would fail in range() otherwise); the data card records the step as written."""
-    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:repeat", "times": 2.0}])
+def test_step_values_are_checked_strictly_against_the_annotations(plugin):
+    """A plug-in's annotated keys are checked like ours, and strictly: a number must be a number (not a quoted one),
+    a count an int (not 2.0), a flag a bool; an int is a fine float. The data card records the step as written."""
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:repeat", "times": 2}])
     data = prepare_data(section, seed=0)
-    assert len(data.train) == 6  # rows * 2 (rows * 2.0 would have raised TypeError in the plug-in)
-    assert data.card["augmented"][0]["times"] == 2.0
-    steps = [{"type": "prompt_variants", "templates": ["Q: {prompt}"], "copies": 2.0}]
-    section = DataSection(train=plugin, heldout_fraction=0.25, augment=steps)
-    assert len(prepare_data(section, seed=0).train) == 6  # 3 pairs + 1 new variant each (the 2nd is a duplicate)
+    assert len(data.train) == 6 and data.card["augmented"][0]["times"] == 2
+    for step, fragment in [
+        ({"type": "my_augs:repeat", "times": 2.0}, "times: Input should be a valid integer"),
+        ({"type": "prompt_variants", "copies": 2.0}, "copies: Input should be a valid integer"),
+        ({"type": "label_noise", "fraction": "0.2"}, "fraction: Input should be a valid number"),
+        ({"type": "prompt_variants", "keep_original": "yes"}, "keep_original: Input should be a valid boolean"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            prepare_data(DataSection(train=plugin, heldout_fraction=0.25, augment=[step]), seed=0)
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "label_noise", "fraction": 1}])
+    assert prepare_data(section, seed=0).card["augmented"][0]["changed"] == 3
 
 
 def test_plugin_output_rows_are_validated(plugin):
