@@ -77,7 +77,15 @@ def plan(source: str, options=None):
 
 
 def inspect_data(target: str | Path, overrides=(), **options) -> dict:
-    """Counts, token lengths, invalid rows and samples of a data file or a recipe's data."""
+    """Counts, token lengths, invalid rows and samples of a data file or a recipe's data.
+
+    A recipe is checked whole, as loading it always did: the `loss` section's keys come from the loss table
+    (dpo/training/loss_plan.py), which the data layer cannot read, so they are checked here."""
     from dpo.data.inspect import inspect_data as inspect
 
+    if Path(target).suffix.lower() in (".yaml", ".yml"):
+        from dpo.config.loading import load_recipe
+        from dpo.training.loss_plan import loss_plan
+
+        loss_plan(load_recipe(target, list(overrides)))
     return inspect(target, list(overrides), **options)

@@ -418,7 +418,7 @@ def _definitions(beta: float, options: EvalOptions) -> dict[str, str]:
         "generation.answers": f"{DECODINGS[options.decoding]}, at most {options.max_new_tokens} new tokens, stopping "
         f"at the end-of-sequence token; batches of {options.batch_size} seeded with seed + batch index "
         f"(seed {options.seed}), the same seeds for policy and reference",
-        "generation.*_mean_reward": "mean gold reward (dpo/gold.py) of the decoded answers; the prompt text is "
+        "generation.*_mean_reward": "mean gold reward (dpo/data/gold.py) of the decoded answers; the prompt text is "
         "the last user message",
         "generation.win_rate": "mean over prompts of 1 if the policy's answer scores higher than the reference's, "
         "0.5 on a tie, 0 otherwise",

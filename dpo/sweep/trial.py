@@ -89,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
-    callback = trial_callback(
-        os.environ[STORAGE_ENV], args.study, args.trial_id, args.metric, args.pruner, args.parent_pid
-    )
     try:
+        # inside the try: a storage that cannot be opened is a one-line error (exit 2), as in `dpo train`
+        callback = trial_callback(
+            os.environ[STORAGE_ENV], args.study, args.trial_id, args.metric, args.pruner, args.parent_pid
+        )
         summary, _ = execute(args.recipe, args.overrides, args.output_dir, callbacks=[callback])
     except (UserError, RunFailed) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -216,6 +216,19 @@ def test_data_inspect_recipe_counts_invalid_rows(tmp_path, tiny_model_dir):
     assert missing.exit_code == 2 and "not found" in missing.stderr
 
 
+def test_data_inspect_recipe_checks_the_loss_keys(tmp_path, tiny_model_dir):
+    """The `loss` section's keys come from the loss table: a typo is exit 2 with one line naming the key, in
+    `dpo data inspect` as in `dpo train` (the schema alone takes any further `loss` key)."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        {"model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": str(SORTING / "train.jsonl")}},
+    )
+    result = CliRunner().invoke(app, ["data", "inspect", str(recipe), "--set", "loss.bta=0.3"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --set: unknown key 'loss.bta'; did you mean 'loss.beta'?")
+    assert result.stderr.count("\n") == 1
+
+
 def test_knobs_that_would_do_nothing_are_errors(two_sources):
     a, b = two_sources
     with pytest.raises(UserError, match="data.expand_pairs: has no effect: the data hold no multi-response rows"):

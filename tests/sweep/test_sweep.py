@@ -344,3 +344,19 @@ def test_shipped_sweeps_cover_beta_loss_and_controls():
     assert controls == ["plain", "cdpo", "ipo", "robust", "dpop", "early_stopping"]
     space = load_spec(REPO / "recipes" / "sweeps" / "beta-x-loss.yaml").grid_space()
     assert set(space) == {"loss.beta", "loss.type"}
+
+
+def test_a_trial_whose_storage_cannot_be_opened_is_a_one_line_error(tmp_path):
+    """The trial process turns every user error into one `error:` line and exit 2, the storage's too (the sweep
+    records that line as the trial's reason); nothing is written."""
+    from dpo.sweep.trial import STORAGE_ENV
+
+    run_dir = tmp_path / "trial"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo.sweep.trial", "--study", "s", "--trial-id", "0", "--metric", "eval_loss",
+         "--pruner", '{"type": "median"}', "--output-dir", str(run_dir), str(REPO / "recipes" / "quickstart.yaml")],
+        capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, STORAGE_ENV: "bogus://nowhere"},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --storage: cannot open the optuna storage") and "Traceback" not in proc.stderr
+    assert not run_dir.exists()
