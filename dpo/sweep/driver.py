@@ -28,7 +28,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,8 @@ from dpo.rundir.files import (
 )
 from dpo.rundir.lock import DirectoryLock
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
-from dpo.sweep.trial import STORAGE_ENV
+from dpo.sweep.storage import STORAGE_ENV, open_storage
 
-HEARTBEAT_S = 15  # shared databases: a trial whose process stopped beating for GRACE_S is failed and retried
-GRACE_S = 60
 IN_USE = ("another `dpo sweep` is running on this directory (use --workers for parallel trials, "
           "or --storage with a database server for several processes)")  # fmt: skip
 
@@ -110,43 +107,6 @@ def run_sweep(
 
     write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
     return summary
-
-
-def open_storage(url: str, shared: bool = False):
-    """optuna's RDB storage for `url`; `shared`: heartbeats, so trials of a dead machine are failed and retried."""
-    import optuna
-    import sqlalchemy.exc
-
-    if url.startswith(("postgresql://", "postgres://")):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3 (a dependency), not psycopg2
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    heartbeat = {}
-    if shared:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
-        heartbeat = {
-            "heartbeat_interval": HEARTBEAT_S,
-            "grace_period": GRACE_S,
-            "heartbeat_stale_trial_callback": retry,
-        }
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            # processes starting together on an empty database race to create optuna's tables; the loser
-            # finds them made on its next try
-            if attempt == 4:
-                raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
-            time.sleep(0.5 + attempt)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-            raise UserError(f"cannot open the optuna storage: {_first_line(exc)}", where="--storage") from None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:

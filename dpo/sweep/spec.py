@@ -414,15 +414,11 @@ def _check_recipe_key(key: str, where: str) -> None:
     if parts[0] == "training":
         if len(parts) < 2:
             raise UserError("name one training key (training.learning_rate, ...)", where=where)
-        from dpo.training.arguments import TRAINING_KEYS_ELSEWHERE, _dpo_config_fields
+        from dpo.training.arguments import training_key_problem
 
-        leaf = parts[1]
-        if leaf in TRAINING_KEYS_ELSEWHERE:
-            raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[leaf]}", where=where)
-        fields = _dpo_config_fields()
-        if leaf not in fields:
-            hint = did_you_mean(leaf, fields, prefix="training.")
-            raise UserError(f"unknown key 'training.{leaf}'{hint} (not a trl.DPOConfig field)", where=where)
+        problem = training_key_problem(parts[1])
+        if problem:
+            raise UserError(problem[0], where=where)
         return
     from dpo.training.loss_plan import section_keys
 

@@ -20,7 +20,7 @@ import sys
 
 from transformers import TrainerCallback
 
-STORAGE_ENV = "DPO_SWEEP_STORAGE"
+from dpo.sweep.storage import STORAGE_ENV, open_storage
 
 
 class OptunaTrialCallback(TrainerCallback):
@@ -61,7 +61,6 @@ def trial_callback(storage: str, study: str, trial_id: int, metric: str, pruner:
     """The callback for trial `trial_id` of `study` (a loaded study does not store its pruner: given here)."""
     import optuna
 
-    from dpo.sweep.driver import open_storage
     from dpo.sweep.spec import build_pruner
 
     pruner = dict(pruner)

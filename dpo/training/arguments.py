@@ -144,16 +144,26 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def training_key_problem(key: str) -> tuple[str, bool] | None:
+    """Why `training.<key>` cannot be set, or None: (message, whether it names the key itself, i.e. the key has a
+    home elsewhere, rather than being unknown). Shared by the recipe check and the sweep spec's key check."""
+    if key in TRAINING_KEYS_ELSEWHERE:
+        return f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", True
+    fields = _dpo_config_fields()
+    if key not in fields:
+        hint = did_you_mean(key, fields, prefix="training.")
+        return f"unknown key 'training.{key}'{hint} (not a trl.DPOConfig field)", False
+    return None
+
+
 def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     fields = _dpo_config_fields()
     for key, value in loaded.recipe.training.items():
         where = loaded.where(f"training.{key}")
-        if key in TRAINING_KEYS_ELSEWHERE:
-            raise UserError(f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", where=where)
-        if key not in fields:
-            hint = did_you_mean(key, fields, prefix="training.")
-            message = f"unknown key 'training.{key}'{hint} (not a trl.DPOConfig field)"
-            raise UserError(message, where=loaded.source(f"training.{key}"))
+        problem = training_key_problem(key)
+        if problem:
+            message, names_the_key = problem
+            raise UserError(message, where=where if names_the_key else loaded.source(f"training.{key}"))
         if not _type_ok(value, fields[key].type):
             raise UserError(f"{value!r} is not of type {fields[key].type}", where=where)
     return dict(loaded.recipe.training)
