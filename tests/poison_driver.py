@@ -16,7 +16,7 @@ def main() -> None:
     recipe, run_dir, step, log = sys.argv[1], Path(sys.argv[2]).resolve(), int(sys.argv[3]), Path(sys.argv[4])
     import dpo.api
     from dpo.cli import main as cli
-    from tests.train.test_non_finite import PoisonAt
+    from tests.training.test_non_finite import PoisonAt
 
     train, replace = dpo.api.train, os.replace
 

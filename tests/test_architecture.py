@@ -25,8 +25,8 @@ def test_layer_contracts_hold():
 
 
 def test_contracts_cover_the_rules_of_the_design():
-    """DESIGN: no import cycles; train never imports sweep; analysis never imports the trainer; losses import torch only; config
-    imports no torch; plan needs no trainer. A contract that is dropped or loosened fails here."""
+    """DESIGN: no import cycles; train never imports sweep; analysis never imports the trainer; losses import torch
+    only; config imports no torch; plan needs no trainer. A contract that is dropped or loosened fails here."""
     forbidden = {c["source_modules"][0]: set(c["forbidden_modules"]) for c in CONTRACTS if c["type"] == "forbidden"}
     assert {"dpo.sweep", "optuna"} <= forbidden["dpo.training"]
     assert {"dpo.training", "trl"} <= forbidden["dpo.analysis"]

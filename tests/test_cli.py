@@ -11,7 +11,10 @@ from tests.conftest import ARITHMETIC, REPO, write_recipe
 
 
 def run_dpo(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "dpo", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """`python -m dpo ARGS`. The timeout turns a missed check (which would start training the embedded model) into
+    a failure instead of a hang."""
+    command = [sys.executable, "-m", "dpo", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 @pytest.fixture
@@ -104,7 +107,7 @@ def test_plan_json_and_errors(tmp_path):
         (["training.max_steps=3", "training.num_train_epochs=2"], "training.num_train_epochs: has no effect"),
         (["training.label_smoothing_factor=0.1"], "use loss.label_smoothing"),
         (["base=other.yaml"], "base cannot be overridden"),
-        (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction must be a number"),
+        (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: Input should be a valid number"),
     ],
 )
 def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):

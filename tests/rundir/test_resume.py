@@ -180,7 +180,7 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
     import shutil
 
     from dpo.training.execute import execute
-    from tests.train.test_early_stopping import ScriptedMetric
+    from tests.training.test_early_stopping import ScriptedMetric
 
     values = [0, 1, 3, 2, 1, 0, 0]
     overrides = ["early_stopping.metric=eval_scripted", "early_stopping.mode=max", "early_stopping.patience=2",
