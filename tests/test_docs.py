@@ -31,6 +31,12 @@ def test_loss_table_matches_losses():
     assert markdown_table() in (DOCS / "losses.md").read_text()
 
 
+def test_beta_schedule_table_matches_the_schedules():
+    from dpo.training.beta import markdown_table as schedules_table
+
+    assert schedules_table() in (DOCS / "losses.md").read_text()
+
+
 def test_data_tables_match_the_code():
     page = (DOCS / "data.md").read_text()
     assert augment.markdown_table() in page
