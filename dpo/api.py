@@ -41,11 +41,12 @@ def train(
     return summary
 
 
-def validate(recipe: str | Path, overrides=()):
-    """Check a recipe and its data without loading weights; returns the CheckedRecipe (dpo/training/gate.py)."""
+def validate(recipe: str | Path, overrides=(), output_dir: str | Path | None = None):
+    """Check a recipe and its data without loading weights; returns the CheckedRecipe (dpo/training/gate.py).
+    The same gate `train` passes first (with the same `output_dir`), so what validate accepts, train accepts."""
     from dpo.training.gate import check
 
-    return check(recipe, overrides)
+    return check(recipe, overrides, output_dir=output_dir)
 
 
 def sweep(spec: str | Path, workers: int = 1, storage: str | None = None, output_dir=None, resume: bool = False):

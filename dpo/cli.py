@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from dpo import api
 from dpo.analysis.evaluate import DECODINGS
-from dpo.errors import RunFailed, UserError
+from dpo.errors import RunFailed, UserError, one_line
 from dpo.plan.options import PlanOptions
 from dpo.rundir.secrets import RedactingStream, redact
 from dpo.sweep.spec import help_text as sweep_help
@@ -32,13 +32,15 @@ SetOption = Annotated[
 
 
 def _fail(exc: UserError | RunFailed) -> None:
-    typer.echo(f"error: {redact(str(exc))}", err=True)
+    typer.echo(f"error: {one_line(redact(str(exc)))}", err=True)
     raise typer.Exit(code=exc.exit_code)
 
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).")],
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).", readable=False)
+    ],
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
     resume: Annotated[
@@ -66,7 +68,9 @@ def train(
 
 @app.command(epilog=escape(sweep_help()))  # escape: rich would read [sigmoid, ipo] as markup
 def sweep(
-    spec: Annotated[Path, typer.Argument(help="Sweep spec YAML (base recipe, search space, sampler, objective).")],
+    spec: Annotated[
+        Path, typer.Argument(help="Sweep spec YAML (base recipe, search space, sampler, objective).", readable=False)
+    ],
     workers: Annotated[int, typer.Option(help="Trials run in parallel on this machine.")] = 1,
     storage: Annotated[
         str | None,
@@ -90,12 +94,15 @@ def sweep(
 
 @app.command()
 def validate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", readable=False)],
     set_: SetOption = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory dpo train would write (default: runs/<recipe name>).")
+    ] = None,
 ):
-    """Check a recipe and its data without training (no model weights are loaded)."""
+    """Check a recipe and its data without training (no model weights are loaded): the same checks as dpo train."""
     try:
-        checked = api.validate(recipe, set_ or [])
+        checked = api.validate(recipe, set_ or [], output_dir=output_dir)
     except UserError as exc:
         _fail(exc)
     for warning in checked.warnings:
@@ -180,7 +187,10 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("inspect")
 def data_inspect(
-    target: Annotated[Path, typer.Argument(help="A data file (.jsonl/.json/.parquet/.csv, dataset dir) or a recipe.")],
+    target: Annotated[
+        Path,
+        typer.Argument(help="A data file (.jsonl/.json/.parquet/.csv, dataset dir) or a recipe.", readable=False),
+    ],
     set_: SetOption = None,
     model: Annotated[
         str | None,
@@ -262,7 +272,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(redact(str(exc)))}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

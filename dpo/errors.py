@@ -5,7 +5,35 @@ Everything else is a bug or an environment failure and keeps its traceback.
 """
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
+
+MAX_ERROR_CHARS = 1000  # an error message is one line of at most this many characters
+MAX_VALUE_CHARS = 120  # a value quoted in a message
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 4
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+_REPR.maxstring = _REPR.maxother = MAX_VALUE_CHARS
+_REPR.maxlong = 40  # a 400-digit number shows its ends
+
+
+def shorten(value: Any) -> str:
+    """repr() of a value for an error message, bounded: a long string keeps its ends, a deep or long list its
+    first levels and items (reprlib never recurses through 100,000 levels), a lone surrogate stays escaped."""
+    return _REPR.repr(value)
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` as a single printable line of at most about `limit` characters: line breaks become spaces, the
+    middle of an over-long text is cut (its start names the file and key, its end often the hint), and
+    characters that cannot be written as UTF-8 (lone surrogates) are escaped."""
+    text = " ".join(text.splitlines())
+    if len(text) > limit:
+        head, tail = text[: limit * 3 // 4], text[-(limit // 4) :]
+        text = f"{head} [... {len(text) - len(head) - len(tail)} characters cut ...] {tail}"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def did_you_mean(name: str, valid: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
@@ -15,13 +43,14 @@ def did_you_mean(name: str, valid: Iterable[str], prefix: str = "", cutoff: floa
 
 
 class UserError(Exception):
-    """A problem with the user's input. `where` is the file (and optionally key or row) it concerns."""
+    """A problem with the user's input. `where` is the file (and optionally key or row) it concerns. The message
+    is kept to one line of bounded length (`one_line`), whatever values it quotes."""
 
     exit_code = 2
 
     def __init__(self, message: str, *, where: str | None = None):
         self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
+        super().__init__(one_line(f"{where}: {message}" if where else message))
 
 
 class RunFailed(Exception):

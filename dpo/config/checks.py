@@ -18,6 +18,8 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     no_ops = []
     if data.eval and data.heldout_fraction != DataSection.model_fields["heldout_fraction"].default:
         no_ops.append(("data.heldout_fraction", "data.eval is set, so nothing is split off"))
+    if data.allow_eval_in_train and not data.eval:
+        no_ops.append(("data.allow_eval_in_train", "data.eval is not set: held-out prompts are split off"))
     if stopping.patience is None:
         if stopping.warmup_steps:
             no_ops.append(("early_stopping.warmup_steps", "early_stopping.patience is not set"))

@@ -8,6 +8,7 @@ suggested for typos. The schema itself is dpo/config/schema.py.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
 from dpo.config.signatures import unknown_key_problem, value_problem
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
-from dpo.errors import UserError
+from dpo.errors import UserError, shorten
 
 SET_SOURCE = "--set"
 
@@ -55,6 +56,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         _set_dotted(raw, key, value)
         provenance[key] = SET_SOURCE
     raw.setdefault("name", path.stem)
+    check_numbers(raw, provenance, default_source=str(path))
     return LoadedRecipe(validate(raw, provenance, default_source=str(path)), path, provenance)
 
 
@@ -67,8 +69,32 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"{key}: value '{text}' is not valid YAML ({exc.problem})", where=SET_SOURCE) from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{key}: value {shorten(text)} is not valid YAML ({problem})", where=SET_SOURCE) from None
     return key, value
+
+
+MAX_INT = 2**63 - 1  # the largest integer torch, numpy and the JSON of a run directory all keep exactly
+
+
+def check_numbers(raw: Any, provenance: dict[str, str], default_source: str, path: tuple = ()) -> None:
+    """Every number in the recipe is finite and fits 64 bits: `1e400` (YAML reads inf), `.nan` or a 400-digit
+    integer would pass the schema's range checks (NaN compares false) and fail only once the run has started.
+    Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are covered too."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            check_numbers(value, provenance, default_source, (*path, key))
+    elif isinstance(raw, list):
+        for i, value in enumerate(raw):
+            check_numbers(value, provenance, default_source, (*path, i))
+    elif isinstance(raw, float | int) and not isinstance(raw, bool):
+        if isinstance(raw, float) and math.isfinite(raw) or isinstance(raw, int) and abs(raw) <= MAX_INT:
+            return
+        names = [str(p) for p in path if isinstance(p, str)]
+        shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+        what = "a finite number" if isinstance(raw, float) else f"an integer of at most {len(str(MAX_INT))} digits"
+        where = source_of(provenance, ".".join(names), default_source)
+        raise UserError(f"{shown}: must be {what} (got {shorten(raw)})", where=where)
 
 
 def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:

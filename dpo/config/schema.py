@@ -96,6 +96,11 @@ class DataSection(Section):
         "error", description="error: stop at bad rows, naming file and rows; skip: drop them, counted in data_card."
     )
     expand_pairs: ExpandPairsSection = Field(default_factory=ExpandPairsSection)
+    allow_eval_in_train: bool = Field(
+        False,
+        description="Let every held-out row also be a training row (data.eval the same data as data.train): "
+        "held-out metrics then measure memorisation. false: that is an error.",
+    )
     augment: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Augmentation steps for the training pairs, in order: [{type: label_noise, fraction: 0.2}, "

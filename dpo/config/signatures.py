@@ -17,7 +17,7 @@ from typing import Any
 from annotated_types import DocInfo
 from pydantic import TypeAdapter, ValidationError
 
-from dpo.errors import did_you_mean
+from dpo.errors import did_you_mean, shorten
 
 REQUIRED = inspect.Parameter.empty  # the default of a key that has none
 
@@ -52,7 +52,7 @@ def value_problem(err: dict, key: str) -> str:
     if err["type"] == "value_error":  # a validator of ours: the message is the whole story
         return f"{key}: {err['msg'].removeprefix('Value error, ')}"
     got = err.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = shorten(got) if not isinstance(got, dict) else "a mapping"
     return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
 
 

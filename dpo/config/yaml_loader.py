@@ -1,6 +1,14 @@
 """The recipe YAML dialect: PyYAML's safe loader with YAML 1.2 scalars, and reading one file into a mapping.
 
-Shared by recipes, sweep specs and the resume check, so every YAML file the toolkit reads parses the same way.
+Shared by recipes, `--set` values, sweep specs and the resume check, so every YAML file the toolkit reads parses
+the same way, within the same limits (docs/recipes.md "Limits"):
+  * a file is at most MAX_YAML_BYTES (dpo/config/input_files.py), and a regular file;
+  * collections nest at most MAX_DEPTH deep, counted after aliases are expanded (PyYAML's composer recurses:
+    thousands of levels would end in a RecursionError);
+  * a document holds at most MAX_NODES values after aliases are expanded: a 1 KB "billion laughs" alias bomb
+    is refused while it is composed, before any Python object is built from it;
+  * a key given twice in one mapping is an error naming its line (YAML 1.2 forbids it; PyYAML would keep the
+    last one silently).
 """
 
 from __future__ import annotations
@@ -9,13 +17,58 @@ import re
 from pathlib import Path
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, SequenceNode
 
+from dpo.config.input_files import MAX_YAML_BYTES, read_input_bytes
 from dpo.errors import UserError
+
+MAX_DEPTH = 64  # nested mappings / lists; recipes use fewer than 6
+MAX_NODES = 100_000  # values in one document after alias expansion; recipes hold a few hundred
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (no Python tags) with YAML 1.2 scalars, as users expect: `1e-5` is a float, and
-    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False)."""
+    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False). Bounded and strict
+    about duplicate keys (see the module docstring)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        _check_expanded(node)  # before construction, which is where an alias bomb would be expanded
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:  # `<<: *base`: keys written next to it override the merged ones
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:  # an unhashable key: PyYAML's own error below says so
+                    continue
+                if seen is not None:
+                    raise ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given at line {seen})", key_node.start_mark
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _SafeLoader.yaml_implicit_resolvers = {
@@ -32,16 +85,54 @@ _SafeLoader.add_implicit_resolver(
 )
 
 
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, SequenceNode) else []
+
+
+def _check_expanded(root: Node | None) -> None:
+    """Refuse a node graph whose expansion (every alias replaced by a copy of its anchor) holds more than
+    MAX_NODES values or nests deeper than MAX_DEPTH, or that refers to itself. Each distinct node is measured
+    once (iteratively: the expanded depth is what is being bounded), so a bomb costs no more than its text."""
+    if root is None:
+        return
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, expanded depth)
+    open_nodes: set[int] = set()  # the nodes on the current path, to see an alias that contains itself
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            kids = [measured[id(child)] for child in _children(node)]
+            size, depth = 1 + sum(s for s, _ in kids), 1 + max((d for _, d in kids), default=0)
+            if size > MAX_NODES:
+                problem = f"more than {MAX_NODES} values once its aliases are expanded (an alias bomb?)"
+                raise ComposerError(None, None, problem, node.start_mark)
+            if depth > MAX_DEPTH:
+                problem = f"nested deeper than {MAX_DEPTH} levels once its aliases are expanded"
+                raise ComposerError(None, None, problem, node.start_mark)
+            measured[key] = (size, depth)
+            continue
+        if key in measured:
+            continue
+        if key in open_nodes:
+            raise ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in measured)
+
+
 def safe_load(text: str):
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def read_yaml_mapping(path: Path) -> dict:
     """Load one YAML file with the safe loader; it must hold a mapping."""
-    if not path.is_file():
-        raise UserError("recipe file not found", where=str(path))
+    raw = read_input_bytes(path, MAX_YAML_BYTES, what="recipe file")
     try:
-        data = safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
     except yaml.YAMLError as exc:

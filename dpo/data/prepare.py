@@ -25,7 +25,7 @@ from dpo.config.schema import DataSection, DataSource
 from dpo.data import augment
 from dpo.data.expand import expand_pairs
 from dpo.data.readers import read_source
-from dpo.data.rows import Problem, canonical, is_multi, length_problems, normalize
+from dpo.data.rows import Problem, canonical, is_multi, length_problems, normalize, prompt_key, row_format
 from dpo.errors import UserError
 
 SHOWN_PROBLEMS = 3  # bad rows named in an error message; the card keeps a few more examples
@@ -34,14 +34,23 @@ CARD_EXAMPLES = 5
 
 @dataclass
 class RowChecker:
-    """Checks rows: the row checks of dpo/data/rows.py, then (with a tokenizer) the length check against
-    `max_length` as TRL will tokenize. Without a tokenizer the length check is not run (the card says so)."""
+    """Checks rows: the row checks of dpo/data/rows.py; one format for all the rows it sees (train and held-out
+    alike: TRL batches one format, and fails inside Arrow on a mix); then, with a tokenizer, that it can render
+    conversational rows (a chat template) and the length check against `max_length` as TRL will tokenize.
+    Without a tokenizer neither tokenizer check is run (the card says so for the length check)."""
 
     tokenizer: Any = None
     max_length: int | None = None
+    first_format: tuple[str, str] | None = None  # (format, "row N of FILE"): the first valid row's, the data's
 
-    def __call__(self, raw_rows: list[Any], columns=None, ignore=()) -> list[dict | Problem]:
+    def __call__(
+        self, raw_rows: list[Any], columns=None, ignore=(), numbers=None, source: str = "generated rows"
+    ) -> list[dict | Problem]:
+        """Each row in canonical form, or its Problem. `numbers`: the rows' numbers in `source` (for messages)."""
         out = [raw if isinstance(raw, Problem) else normalize(raw, columns, ignore) for raw in raw_rows]
+        numbers = list(numbers) if numbers is not None else list(range(1, len(out) + 1))
+        self._one_format(out, numbers, source)
+        self._renderable(out, numbers, source)
         if self.tokenizer is not None and self.max_length:
             ok = [i for i, r in enumerate(out) if not isinstance(r, Problem)]
             too_long = length_problems([out[i] for i in ok], self.tokenizer, self.max_length)
@@ -49,6 +58,31 @@ class RowChecker:
                 if problem is not None:
                     out[i] = problem
         return out
+
+    def _one_format(self, rows: list[dict | Problem], numbers: list[int], source: str) -> None:
+        for i, (n, row) in enumerate(zip(numbers, rows, strict=True)):
+            if isinstance(row, Problem):
+                continue
+            fmt = row_format(row)
+            if self.first_format is None:
+                self.first_format = (fmt, f"row {n} of {source}")
+            elif fmt != self.first_format[0]:
+                first, where = self.first_format
+                rows[i] = Problem("mixed_formats", f"a {fmt} row, but the data's first row ({where}) is {first}")
+
+    def _renderable(self, rows: list[dict | Problem], numbers: list[int], source: str) -> None:
+        """Conversational rows need the tokenizer's chat template (TRL renders them with it): checked here, at the
+        gate, where the tokenizer is loaded anyway, rather than as a traceback once training starts."""
+        if self.tokenizer is None or getattr(self.tokenizer, "chat_template", None):
+            return
+        for n, row in zip(numbers, rows, strict=True):
+            if not isinstance(row, Problem) and row_format(row) == "conversational":
+                name = getattr(self.tokenizer, "name_or_path", "") or "the model"
+                raise UserError(
+                    f"row {n}: conversational rows (message lists) need a chat template, and the tokenizer of "
+                    f"'{name}' has none; use standard rows (prompt, chosen, rejected as text) or a chat model",
+                    where=source,
+                )
 
     def pairs_only(self, raw_rows: list[Any]) -> list[dict | Problem]:
         """For rows an augmentation made: they must be pairs."""
@@ -75,7 +109,8 @@ def load_source(
     numbered = read_source(source.path, key, source.split, source.subset)
     if not numbered:
         raise UserError("no rows: the source is empty", where=source.path)
-    checked = checker([raw for _, raw in numbered], source.columns, tuple(source.ignore_columns))
+    numbers, raw_rows = [n for n, _ in numbered], [raw for _, raw in numbered]
+    checked = checker(raw_rows, source.columns, tuple(source.ignore_columns), numbers, source.path)
     bad = [(n, r) for (n, _), r in zip(numbered, checked, strict=True) if isinstance(r, Problem)]
     if bad and on_invalid == "error":
         _raise_bad(bad, source.path)
@@ -176,15 +211,15 @@ def split_by_prompt(
     rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
 ) -> tuple[list[dict], list[dict]]:
     """Hold out a seeded `fraction` of the distinct prompts (at least one); all rows of a prompt go together."""
-    prompts = list(dict.fromkeys(canonical(r["prompt"]) for r in rows))
+    prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in rows))
     if len(prompts) < 2:
         raise UserError(
             "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
         )
     random.Random(seed).shuffle(prompts)
     heldout = set(prompts[: max(1, min(len(prompts) - 1, math.ceil(fraction * len(prompts))))])
-    train = [r for r in rows if canonical(r["prompt"]) not in heldout]
-    held = [r for r in rows if canonical(r["prompt"]) in heldout]
+    train = [r for r in rows if prompt_key(r["prompt"]) not in heldout]
+    held = [r for r in rows if prompt_key(r["prompt"]) in heldout]
     return train, held
 
 
@@ -197,7 +232,24 @@ def content_hash(rows: list[dict]) -> str:
 
 
 def _prompts(rows: list[dict]) -> set[str]:
-    return {canonical(r["prompt"]) for r in rows}
+    return {prompt_key(r["prompt"]) for r in rows}
+
+
+def check_eval_is_not_train(
+    train_rows: list[dict], eval_rows: list[dict], allowed: bool, where: Callable[[str], str]
+) -> None:
+    """Held-out data that is the training data (the same file twice, a copy, or a subset of it) measures
+    memorisation, not generalisation: an error unless `data.allow_eval_in_train` says it is meant."""
+    if allowed or not eval_rows:
+        return
+    train = {canonical(r) for r in train_rows}
+    if all(canonical(r) in train for r in eval_rows):
+        raise UserError(
+            f"every one of the {len(eval_rows)} held-out rows is also a training row (is data.eval the same data "
+            "as data.train?): held-out metrics would measure memorisation; use other data, drop data.eval to "
+            "hold out data.heldout_fraction of the prompts, or set data.allow_eval_in_train: true",
+            where=where("data.eval"),
+        )
 
 
 def prepare_data(
@@ -217,6 +269,7 @@ def prepare_data(
     sources = {"train": train_cards}
     if section.eval is not None:
         eval_rows, sources["eval"] = load_split(section, "eval", seed, checker, where)
+        check_eval_is_not_train(train_rows, eval_rows, section.allow_eval_in_train, where)
         split = {"method": "file"}
     else:
         train_rows, eval_rows = split_by_prompt(train_rows, section.heldout_fraction, seed, where)

@@ -5,6 +5,10 @@ Each reader returns [(row_number, row)], where a row that could not even be deco
 is a `Problem` in place of the row, so that `on_invalid: skip` can count it like any other bad row.
 Row numbers are what a person finds in the file: the line number in JSONL (blank lines count), the
 1-based position in a JSON list, the 1-based data row in CSV/Parquet/datasets (the header is not a row).
+
+A local file is checked before it is read (dpo/config/input_files.py): a regular file (never a FIFO, which
+would block, or a device), at most MAX_DATA_BYTES, readable. JSON that nests deeper than Python's parser
+goes, or holds an integer of more digits than Python converts, is a bad row (JSONL) or a bad file (JSON).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dpo.config.input_files import MAX_DATA_BYTES, check_input_file, read_input_bytes
 from dpo.config.schema import HUB_PREFIX
 from dpo.data.rows import Problem
 from dpo.errors import UserError
@@ -23,7 +28,7 @@ Numbered = list[tuple[int, Any]]
 
 def _read_jsonl(path: Path) -> Numbered:
     rows: Numbered = []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_input_bytes(path, MAX_DATA_BYTES, what="data file").split(b"\n")
     last = len(lines) - 1  # after the final newline split() leaves b"" (a complete file) or the cut-off tail
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -37,16 +42,27 @@ def _read_jsonl(path: Path) -> Numbered:
                 rows.append((number, Problem("truncated", f"last line is cut off ({exc.msg}; no newline at the end)")))
             else:
                 rows.append((number, Problem("bad_json", f"not valid JSON ({exc.msg} at column {exc.colno})")))
+        except (RecursionError, ValueError) as exc:  # 100,000 nested lists; an integer of 5,000 digits
+            rows.append((number, Problem("bad_json", f"not valid JSON ({_too_much(exc)})")))
     return rows
 
 
+def _too_much(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested deeper than Python's JSON parser goes"
+    return str(exc).splitlines()[0][:200]
+
+
 def _read_json(path: Path) -> Numbered:
+    raw = read_input_bytes(path, MAX_DATA_BYTES, what="data file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON at line {exc.lineno} ({exc.msg})", where=str(path)) from None
+    except (RecursionError, ValueError) as exc:
+        raise UserError(f"not valid JSON ({_too_much(exc)})", where=str(path)) from None
     if not isinstance(data, list):
         raise UserError("a .json data file must hold a list of rows", where=str(path))
     return list(enumerate(data, start=1))
@@ -72,6 +88,12 @@ def _load_datasets(path: Path, split: str):
 
 
 def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
+    import datasets
+
+    if not path.is_dir():
+        check_input_file(path, MAX_DATA_BYTES, what="data file")
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating train split" is noise, and a second line before an error
     try:
         loaded = _load_datasets(path, split)
     except UserError:
@@ -79,6 +101,9 @@ def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
     except Exception as exc:  # datasets raises many types for unreadable files
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
         raise UserError(f"cannot read ({reason})", where=str(path)) from None
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     return list(enumerate(loaded.to_list(), start=1))
 
 

@@ -20,20 +20,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpo.config.schema import TARGETS  # noqa: F401 - what `columns:` may map to, re-exported
+from dpo.errors import shorten
 
 PAIR = ("prompt", "chosen", "rejected")
 MULTI = ("prompt", "responses", "scores", "ranks")
 ROLES = ("system", "user", "assistant", "tool")
 
 REASONS: dict[str, str] = {
-    "not_utf8": "the line holds bytes that are not UTF-8 text",
-    "bad_json": "the line is not valid JSON",
+    "not_utf8": "the line holds bytes that are not UTF-8 text, or a text holds a lone surrogate escape (`\\ud800`)",
+    "bad_json": "the line is not valid JSON (or nests deeper than Python's parser goes)",
     "truncated": "the file's last line is cut off (no newline, not valid JSON)",
     "not_object": "the row is not a JSON object",
     "missing_column": "a column the format needs is absent or null",
     "extra_column": "a column the format does not use (map it with `columns` or list it in `ignore_columns`)",
     "wrong_type": "a value has the wrong type (e.g. a number where text is expected)",
-    "mixed_formats": "strings and message lists mixed within one row",
+    "mixed_formats": "strings and message lists mixed within one row, or a row whose format (standard text or "
+    "conversational messages) differs from the data's first row: train and held-out data hold one format",
     "bad_message": "a message is not {role, content} with text content",
     "bad_role": f"a message role is not one of {', '.join(ROLES)}",
     "empty": "a prompt or answer is empty or whitespace only",
@@ -95,9 +97,18 @@ def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ())
     return {**out, **mapped}
 
 
+def _not_utf8(label: str, text: str) -> Problem | None:
+    """A JSON `\\ud800` escape decodes to a lone surrogate: text no tokenizer or UTF-8 file can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return Problem("not_utf8", f"{label} holds a lone surrogate escape ({shorten(exc.object[exc.start])})")
+    return None
+
+
 def _text_or_messages(column: str, value: Any) -> Problem | None:
     if isinstance(value, str):
-        return None if value.strip() else Problem("empty", f"'{column}' is empty")
+        return _not_utf8(f"'{column}'", value) or (None if value.strip() else Problem("empty", f"'{column}' is empty"))
     if not isinstance(value, list):
         return Problem("wrong_type", f"'{column}' is a {type(value).__name__}, expected text or messages")
     if not value:
@@ -105,10 +116,13 @@ def _text_or_messages(column: str, value: Any) -> Problem | None:
     for i, msg in enumerate(value):
         if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
             return Problem("bad_message", f"'{column}' message {i} must be {{role, content}}")
-        if msg["role"] not in ROLES:
-            return Problem("bad_role", f"'{column}' message {i} has role {msg['role']!r} (expected one of {ROLES})")
+        if not isinstance(msg["role"], str) or msg["role"] not in ROLES:
+            role = shorten(msg["role"])
+            return Problem("bad_role", f"'{column}' message {i} has role {role} (expected one of {ROLES})")
         if not isinstance(msg["content"], str):
             return Problem("bad_message", f"'{column}' message {i} content is not text")
+        if problem := _not_utf8(f"'{column}' message {i}", msg["content"]):
+            return problem
         if not msg["content"].strip():
             return Problem("empty", f"'{column}' message {i} has empty content")
     return None
@@ -133,7 +147,7 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 
 def _extra(row: dict, allowed: tuple[str, ...]) -> Problem | None:
     extra = sorted(set(row) - set(allowed))
-    return Problem("extra_column", f"unexpected column(s) {', '.join(extra)}") if extra else None
+    return Problem("extra_column", f"unexpected column(s) {shorten(extra)}") if extra else None
 
 
 def _pair(row: dict) -> dict | Problem:
@@ -163,7 +177,13 @@ def _pair(row: dict) -> dict | Problem:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that fits a float (JSON allows a 400-digit integer; math.isfinite overflows on it)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _multi(row: dict) -> dict | Problem:
@@ -180,7 +200,9 @@ def _multi(row: dict) -> dict | Problem:
     if not isinstance(responses, list) or not isinstance(values, list):
         return Problem("wrong_type", f"'responses' and '{key}' must be lists")
     if len(responses) < 2 or len(values) != len(responses) or not all(_number(v) for v in values):
-        return Problem("bad_scores", f"{len(responses)} responses with {key} {values!r}: need >= 2, one number each")
+        return Problem(
+            "bad_scores", f"{len(responses)} responses with {key} {shorten(values)}: need >= 2, one finite number each"
+        )
     for i, response in enumerate(responses):
         if problem := _text_or_messages(f"responses[{i}]", response):
             return problem
@@ -205,6 +227,23 @@ def is_multi(row: dict) -> bool:
 def canonical(value: Any) -> str:
     """A stable text key for a row or a prompt (duplicates, the split, hashes)."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def prompt_key(prompt: Any) -> str:
+    """The key prompts are compared by for the held-out split and leakage counts: runs of whitespace count as
+    one space and ends are stripped, so 'What is 2+2?' and 'What  is 2+2?\\n' are one prompt, on one side."""
+    if isinstance(prompt, str):
+        return canonical(_squeeze(prompt))
+    return canonical([{**m, "content": _squeeze(m["content"])} for m in prompt])
+
+
+def row_format(row: dict) -> str:
+    """'conversational' (message lists) or 'standard' (text), as TRL names the two formats."""
+    return "conversational" if isinstance(row["prompt"], list) else "standard"
 
 
 # ---- length in tokens, as TRL 1.16's DPOTrainer tokenizes (see DPOTrainer._prepare_dataset) -------------

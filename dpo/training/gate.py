@@ -20,6 +20,7 @@ from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data
 from dpo.errors import UserError, did_you_mean
 from dpo.metrics import EVAL_METRICS
+from dpo.rundir.writable import check_output_dir
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -77,6 +78,7 @@ def check(
     loaded = load_recipe(recipe_path, list(overrides))
     plan = loss_plan(loaded)
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
+    check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
     # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
     dpo_config = build_dpo_config(loaded, run_dir)
     check_no_op_keys(loaded)

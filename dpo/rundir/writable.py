@@ -1,0 +1,33 @@
+"""Whether a run directory can be made and written, asked at the gate (dpo/training/gate.py) before anything is
+written: an output directory under a regular file, behind a dangling symlink or in a folder this user cannot
+write to is a `UserError` naming it, never a traceback from a half-made run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dpo.errors import UserError
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Raise a UserError when `run_dir` exists but is not a writable directory, or cannot be created: its
+    nearest existing parent must be a directory this process may write into."""
+    path = Path(os.path.abspath(run_dir))
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"is a dangling symlink (to {os.readlink(path)})", where=str(run_dir))
+    if path.exists():
+        if not path.is_dir():
+            raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError("the run directory is not writable by this user", where=str(run_dir))
+        return
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise UserError(f"cannot be created: {parent} is a dangling symlink", where=str(run_dir))
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot be created: {parent} is a file, not a directory", where=str(run_dir))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot be created: {parent} is not writable by this user", where=str(run_dir))
