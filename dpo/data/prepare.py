@@ -41,7 +41,7 @@ class RowChecker:
 
     tokenizer: Any = None
     max_length: int | None = None
-    first_format: tuple[str, str] | None = None  # (format, "row N of FILE"): the first valid row's, the data's
+    first_format: tuple[str, int, str] | None = None  # (format, row, source) of the first valid row: the data's
 
     def __call__(
         self, raw_rows: list[Any], columns=None, ignore=(), numbers=None, source: str = "generated rows"
@@ -65,9 +65,10 @@ class RowChecker:
                 continue
             fmt = row_format(row)
             if self.first_format is None:
-                self.first_format = (fmt, f"row {n} of {source}")
+                self.first_format = (fmt, n, source)
             elif fmt != self.first_format[0]:
-                first, where = self.first_format
+                first, first_n, first_source = self.first_format
+                where = f"row {first_n}" + (f" of {first_source}" if first_source != source else "")
                 rows[i] = Problem("mixed_formats", f"a {fmt} row, but the data's first row ({where}) is {first}")
 
     def _renderable(self, rows: list[dict | Problem], numbers: list[int], source: str) -> None:

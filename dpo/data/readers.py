@@ -13,6 +13,7 @@ goes, or holds an integer of more digits than Python converts, is a bad row (JSO
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -87,23 +88,36 @@ def _load_datasets(path: Path, split: str):
     return datasets.Dataset.from_csv(str(path))
 
 
-def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bar ("Generating train split") and no logged error ("Failed to read file ...") from datasets
+    while it reads: the one line the user sees is ours."""
     import datasets
 
+    bars_were_on, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
     if not path.is_dir():
         check_input_file(path, MAX_DATA_BYTES, what="data file")
-    bars_were_on = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # "Generating train split" is noise, and a second line before an error
     try:
-        loaded = _load_datasets(path, split)
+        with _quiet_datasets():
+            loaded = _load_datasets(path, split)
     except UserError:
         raise
     except Exception as exc:  # datasets raises many types for unreadable files
+        while exc.__cause__ is not None:  # DatasetGenerationError wraps what the parser said (line, column)
+            exc = exc.__cause__
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
         raise UserError(f"cannot read ({reason})", where=str(path)) from None
-    finally:
-        if bars_were_on:
-            datasets.enable_progress_bars()
     return list(enumerate(loaded.to_list(), start=1))
 
 

@@ -147,7 +147,11 @@ def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
 
 def _extra(row: dict, allowed: tuple[str, ...]) -> Problem | None:
     extra = sorted(set(row) - set(allowed))
-    return Problem("extra_column", f"unexpected column(s) {shorten(extra)}") if extra else None
+    if not extra:
+        return None
+    shown = ", ".join(name if name.isprintable() and len(name) <= 80 else shorten(name) for name in extra[:8])
+    more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
+    return Problem("extra_column", f"unexpected column(s) {shown}{more}")
 
 
 def _pair(row: dict) -> dict | Problem:

@@ -37,7 +37,7 @@ def two_sources(tmp_path):
 
 def test_mix_by_weight_keeps_the_total_and_repeats_the_small_source(two_sources):
     a, b = two_sources
-    section = DataSection(train=[{"path": a, "weight": 1}, {"path": b, "weight": 1}], eval=a)
+    section = DataSection(train=[{"path": a, "weight": 1}, {"path": b, "weight": 1}], eval=a, allow_eval_in_train=True)
     data = prepare_data(section, seed=0)
     assert [s["used"] for s in data.card["sources"]["train"]] == [20, 20]  # 40 rows split 1:1; a taken twice
     assert sum(r["prompt"].startswith("a") for r in data.train) == 20
@@ -47,7 +47,7 @@ def test_mix_by_weight_keeps_the_total_and_repeats_the_small_source(two_sources)
 
 def test_mix_by_count_and_plain_sources(two_sources):
     a, b = two_sources
-    section = DataSection(train=[{"path": a}, {"path": b, "count": 5}], eval=a)
+    section = DataSection(train=[{"path": a}, {"path": b, "count": 5}], eval=a, allow_eval_in_train=True)
     data = prepare_data(section, seed=0)
     assert [s["used"] for s in data.card["sources"]["train"]] == [10, 5]
     assert len({r["prompt"] for r in data.train if r["prompt"].startswith("b")}) == 5
