@@ -41,7 +41,7 @@ REASONS: dict[str, str] = {
     "empty": "a prompt or answer is empty or whitespace only",
     "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt",
     "chosen_equals_rejected": "chosen and rejected are the same answer",
-    "bad_scores": "multi-response row: fewer than 2 responses, or scores/ranks not one number per response",
+    "bad_scores": "multi-response row: fewer than 2 responses, or scores/ranks not one finite number per response",
     "too_long": "prompt + answer is longer than training.max_length tokens (TRL would cut the answer)",
 }
 
