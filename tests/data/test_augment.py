@@ -107,7 +107,9 @@ def test_expand_pairs_exact():
 def test_ranks_are_reversed_scores(tmp_path):
     row = {"prompt": "q", "responses": ["first", "second", "third"], "ranks": [1, 2, 3]}
     path = write_jsonl(tmp_path / "r.jsonl", [row, {**row, "prompt": "q2"}])
-    data = prepare_data(DataSection(train=path, eval=path, allow_eval_in_train=True, expand_pairs={"min_gap": 2}), seed=0)
+    data = prepare_data(
+        DataSection(train=path, eval=path, allow_eval_in_train=True, expand_pairs={"min_gap": 2}), seed=0
+    )
     assert data.train == [pair("q", "first", "third"), pair("q2", "first", "third")]
 
 
