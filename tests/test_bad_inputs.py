@@ -163,6 +163,16 @@ def test_recipe_that_is_a_fifo_or_a_directory_is_refused(existing_run, tmp_path)
     refused([str(folder)], str(folder), "is a directory, not a regular recipe file", tmp_path)
 
 
+def test_base_recipe_that_is_a_fifo(existing_run, tmp_path):
+    import os
+
+    base = tmp_path / "base.yaml"
+    os.mkfifo(base)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nloss: {beta: 0.2}\n")
+    refused([str(child)], str(base), "is a FIFO (named pipe), not a regular recipe file", tmp_path)
+
+
 def test_unreadable_recipe_is_an_error_line_not_a_usage_box(existing_run, tmp_path, monkeypatch):
     recipe = recipe_with(tmp_path, ARITHMETIC / "train.jsonl")
     deny_reading(monkeypatch, recipe)
@@ -217,6 +227,13 @@ def test_json_row_nested_100000_deep(existing_run, tmp_path):
     good = (ARITHMETIC / "train.jsonl").read_text().splitlines()[:4]
     rows.write_text("\n".join([good[0], "[" * 100_000 + "]" * 100_000, *good[1:]]) + "\n")
     refused([str(recipe_with(tmp_path, rows))], str(rows), "row 2: not valid JSON (nested deeper than", tmp_path)
+
+
+def test_json_row_with_a_5000_digit_integer(existing_run, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    good = (ARITHMETIC / "train.jsonl").read_text().splitlines()[:4]
+    rows.write_text("\n".join([good[0], '{"prompt": "q", "scores": ' + "7" * 5000 + "}", *good[1:]]) + "\n")
+    refused([str(recipe_with(tmp_path, rows))], str(rows), "row 2: not valid JSON (Exceeds the limit", tmp_path)
 
 
 def test_json_file_nested_100000_deep(existing_run, tmp_path):

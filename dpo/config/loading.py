@@ -56,7 +56,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         _set_dotted(raw, key, value)
         provenance[key] = SET_SOURCE
     raw.setdefault("name", path.stem)
-    check_numbers(raw, provenance, default_source=str(path))
+    check_scalars(raw, provenance, default_source=str(path))
     return LoadedRecipe(validate(raw, provenance, default_source=str(path)), path, provenance)
 
 
@@ -77,24 +77,35 @@ def parse_override(item: str) -> tuple[str, Any]:
 MAX_INT = 2**63 - 1  # the largest integer torch, numpy and the JSON of a run directory all keep exactly
 
 
-def check_numbers(raw: Any, provenance: dict[str, str], default_source: str, path: tuple = ()) -> None:
+def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, path: tuple = ()) -> None:
     """Every number in the recipe is finite and fits 64 bits: `1e400` (YAML reads inf), `.nan` or a 400-digit
     integer would pass the schema's range checks (NaN compares false) and fail only once the run has started.
-    Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are covered too."""
+    Every text is one UTF-8 can hold (YAML's "\\ud800" escape makes a lone surrogate, which no file name or
+    file can). Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are covered too."""
     if isinstance(raw, dict):
         for key, value in raw.items():
-            check_numbers(value, provenance, default_source, (*path, key))
-    elif isinstance(raw, list):
+            check_scalars(value, provenance, default_source, (*path, key))
+        return
+    if isinstance(raw, list):
         for i, value in enumerate(raw):
-            check_numbers(value, provenance, default_source, (*path, i))
+            check_scalars(value, provenance, default_source, (*path, i))
+        return
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+            return
+        except UnicodeEncodeError:
+            what = "text without lone surrogate escapes (\\ud800 to \\udfff)"
     elif isinstance(raw, float | int) and not isinstance(raw, bool):
         if isinstance(raw, float) and math.isfinite(raw) or isinstance(raw, int) and abs(raw) <= MAX_INT:
             return
-        names = [str(p) for p in path if isinstance(p, str)]
-        shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         what = "a finite number" if isinstance(raw, float) else f"an integer of at most {len(str(MAX_INT))} digits"
-        where = source_of(provenance, ".".join(names), default_source)
-        raise UserError(f"{shown}: must be {what} (got {shorten(raw)})", where=where)
+    else:
+        return
+    names = [str(p) for p in path if isinstance(p, str)]
+    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+    where = source_of(provenance, ".".join(names), default_source)
+    raise UserError(f"{shown}: must be {what} (got {shorten(raw)})", where=where)
 
 
 def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
@@ -148,7 +159,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
         if not isinstance(base_ref, str):
             raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
         base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
-        if not base_path.is_file():
+        if not base_path.exists():  # anything else that is there (a FIFO, a folder) gets its own message
             raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
         merged, provenance = _read_with_bases(base_path, (*chain, resolved))
         merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
