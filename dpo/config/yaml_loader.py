@@ -128,9 +128,9 @@ def safe_load(text: str):
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def read_yaml_mapping(path: Path) -> dict:
-    """Load one YAML file with the safe loader; it must hold a mapping."""
-    raw = read_input_bytes(path, MAX_YAML_BYTES, what="recipe file")
+def read_yaml_mapping(path: Path, what: str = "recipe file") -> dict:
+    """Load one YAML file with the safe loader; it must hold a mapping. `what` names the file in messages."""
+    raw = read_input_bytes(path, MAX_YAML_BYTES, what=what)
     try:
         data = safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -236,7 +236,7 @@ def build_pruner(name: str, kwargs: dict):
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec. Checks every key and value; not whether combinations are valid."""
     path = Path(path)
-    raw = read_yaml_mapping(path)
+    raw = read_yaml_mapping(path, what="sweep spec")
 
     def where(key: str) -> str:
         return f"{path}: {key}"
