@@ -213,6 +213,14 @@ class EarlyStoppingSection(Section):
     patience: int | None = Field(None, gt=0, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
     warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")
+    noise_sigmas: float = Field(
+        2.0,
+        ge=0,
+        description="k: an improvement must beat the best by k standard errors of the held-out metric, and nothing "
+        "stops (or cuts the learning rate on a plateau) before the best is k standard errors (corrected for the "
+        "number of evaluations) beyond the start (step 0, or chance for an accuracy); 0 turns the noise rule off. "
+        "See docs/overfitting.md.",
+    )
 
 
 class LoggingSection(Section):

@@ -134,7 +134,12 @@ def build_trainer(checked: CheckedRecipe, callbacks: list):
     """Our Trainer for a checked recipe."""
     from dpo.training.trainer import Trainer
 
-    return Trainer(**trainer_inputs(checked, callbacks), loss_plan=checked.loss_plan, heldout_kl=checked.heldout_kl)
+    return Trainer(
+        **trainer_inputs(checked, callbacks),
+        loss_plan=checked.loss_plan,
+        heldout_kl=checked.heldout_kl,
+        noise_sigmas=checked.recipe.early_stopping.noise_sigmas,
+    )
 
 
 def _print_plan(checked: CheckedRecipe) -> None:
@@ -171,6 +176,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         min_delta=stopping.min_delta,
         warmup_steps=stopping.warmup_steps,
         keep_best=stopping.patience is not None,
+        noise_sigmas=stopping.noise_sigmas,
     )
     own = [MetricsFileCallback(run_dir / METRICS_LOG), best]
     trainer = build_trainer(checked, [*callbacks, *own])
