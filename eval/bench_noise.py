@@ -126,7 +126,7 @@ def split_heldout(dataset: str, work: Path) -> tuple[Path, Path]:
 
 
 def recipe_knows(overrides: list[str]) -> str | None:
-    """None when plain DPO with these overrides is a valid recipe, else why not (the error message)."""
+    """None when plain DPO with these overrides (after the budget's) is a valid recipe, else why not."""
     import dpo.api
     from dpo.errors import UserError
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = []
     for method in args.methods:
         spec = METHODS[method]
-        problem = recipe_knows(list(spec.overrides)) if spec.kind == "audit" else None
+        problem = recipe_knows([*base, *spec.overrides]) if spec.kind == "audit" else None
         if problem:
             skipped[method] = f"this version does not take {', '.join(spec.overrides)} ({problem})"
             print(f"skipping {method}: {skipped[method]}", flush=True)
