@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from dpo.metrics import HEADLINE
+from dpo.metrics import HEADLINE, standard_error_key
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
 
@@ -147,7 +147,7 @@ class CompactProgressCallback(ProgressCallback):
     """transformers' progress bar, but one short line per evaluation instead of a dict per step.
 
     Every metric still goes to metrics.jsonl; the terminal shows the bar (with the latest train loss
-    and margin) and the held-out numbers a person watches for overfitting.
+    and margin) and the held-out numbers a person watches for overfitting, each ± its standard error.
     """
 
     SHOWN = HEADLINE
@@ -158,9 +158,17 @@ class CompactProgressCallback(ProgressCallback):
         if self.training_bar is not None and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", margin=f"{logs.get('rewards/margins', 0):.3f}")
         if "eval_loss" in logs:
-            shown = ", ".join(f"{k.removeprefix('eval_')} {logs[k]:.3f}" for k in self.SHOWN if k in logs)
+            shown = ", ".join(
+                f"{k.removeprefix('eval_')} {logs[k]:.3f}{_plus_minus(logs, k)}" for k in self.SHOWN if k in logs
+            )
             line = f"held-out @ step {state.global_step}: {shown}"
             if self.training_bar is not None:
                 self.training_bar.write(line)
             else:
                 print(line, flush=True)
+
+
+def _plus_minus(logs: dict, metric: str) -> str:
+    """' ± SE' when the evaluation logged the metric's standard error (dpo/noise.py), else ''."""
+    error = logs.get(standard_error_key(metric))
+    return f" ± {error:.3f}" if isinstance(error, int | float) and error > 0 else ""

@@ -155,3 +155,18 @@ def test_a_run_logs_the_standard_error_of_each_per_pair_metric(tiny_recipe, tmp_
         assert event["eval_se/loss"] >= 0 and "eval_se/rewards/margins" in event and "eval_se/logps/chosen" in event
     assert evaluations[0]["eval_se/rewards/margins"] == 0.0  # step 0 under LoRA: every margin is exactly 0
     assert evaluations[-1]["eval_se/rewards/margins"] > 0
+
+
+def test_the_progress_line_shows_each_headline_number_with_its_noise(capsys):
+    from types import SimpleNamespace
+
+    from dpo.training.callbacks import CompactProgressCallback
+
+    logs = {
+        "eval_loss": 0.65,
+        "eval_se/loss": 0.02,
+        "eval_rewards/accuracies": 0.6,
+        "eval_se/rewards/accuracies": 0.0447,
+    }
+    CompactProgressCallback().on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=10), None, logs)
+    assert capsys.readouterr().out == "held-out @ step 10: loss 0.650 ± 0.020, rewards/accuracies 0.600 ± 0.045\n"
