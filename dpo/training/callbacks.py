@@ -31,7 +31,8 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
 
     With `noise_sigmas` k > 0 it knows the metric's noise (dpo/noise.py): it never stops while the best value is not
     clearly beyond where the run started (step 0, or chance for an accuracy), and stops only at an evaluation that
-    fell below the best by more than k standard errors. k = 0: the plain patience rule.
+    fell below the best by more than k standard errors. k = 0 (the default here; a recipe's early_stopping.noise_sigmas
+    defaults to 2): the plain patience rule.
 
     With `keep_best`, a checkpoint is saved whenever the metric improves and recorded as the trainer's
     best checkpoint, so checkpoint rotation never deletes it and it can be restored at the end.
