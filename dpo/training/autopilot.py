@@ -40,6 +40,8 @@ from dpo.training.losses import LOSSES, LossPlan
 NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
 EVENT = "autopilot"  # the key of a decision's line in metrics.jsonl, and of the summary.json block
 STOP_REASON = "autopilot"
+# The recipe keys of the controls that change the loss (and so what eval_loss measures).
+LOSS_CONTROLS = {"regularizers.nll_weight", "loss.dpop_lambda", "loss.label_smoothing"}
 
 
 def audit_flip_rate(card: dict) -> float | None:
@@ -93,6 +95,7 @@ class Observation:
     evaluations: list[dict]  # every evaluation so far, this one last
     rule: NoiseRule  # the watched metric (early_stopping.metric) under the noise rule
     flip_rate: float | None
+    loss_since: int = -1  # the step of the last change to the loss: held-out losses before it measured another loss
 
     def error(self, key: str) -> float:
         return logged_error(self.metrics, key)
@@ -160,8 +163,13 @@ def _displacement(o: Observation, s: Settings, c: Controls) -> Numbers | None:
 
 
 def _confident_but_wrong(o: Observation, s: Settings, c: Controls) -> Numbers | None:
-    """Held-out loss rose from its minimum beyond the noise while the held-out margin grew past its value there."""
-    losses = [e for e in o.evaluations if isinstance(e.get("eval_loss"), int | float) and math.isfinite(e["eval_loss"])]
+    """Held-out loss rose from its minimum beyond the noise while the held-out margin grew past its value there.
+    Only evaluations after the last change to the loss count: a new term or smoothing changes what eval_loss is."""
+    losses = [
+        e
+        for e in o.evaluations
+        if e["step"] > o.loss_since and isinstance(e.get("eval_loss"), int | float) and math.isfinite(e["eval_loss"])
+    ]
     if len(losses) < 2:
         return None
     lowest = min(losses, key=lambda e: e["eval_loss"])
@@ -359,7 +367,8 @@ class Autopilot(TrainerCallback, ExportableState):
         """Feed one evaluation; returns the decisions made at it (and records them, and the new controls)."""
         self.evaluations.append({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"step": step})
         index = len(self.evaluations)
-        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate)
+        loss_since = max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
+        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate, loss_since)
         made, changed = [], set()
         for rule in RULES:
             if self.stopped_at is not None or self.rested_until.get(rule.name, 0) > index:

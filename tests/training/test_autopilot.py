@@ -240,3 +240,12 @@ def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls)
     assert lrs == pytest.approx([0.01] * 6 + [0.005] * 2)
     assert [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in e] == [2, 3, 6]
     assert json.loads((run_dir / "summary.json").read_text())["autopilot"] == whole["autopilot"]
+
+
+def test_confident_but_wrong_ignores_losses_measured_before_the_loss_changed():
+    autopilot = pilot(cooldown=0)
+    assert autopilot.decide(0, evaluation(eval_loss=0.60, eval_rewards__margins=0.1)) == []
+    (displaced,) = autopilot.decide(10, evaluation(eval_loss=0.61, eval_logratios__chosen=-3.0))
+    assert displaced["rule"] == "displacement"  # the NLL term is added: eval_loss now includes it
+    made = autopilot.decide(20, evaluation(eval_loss=1.50, eval_rewards__margins=0.9))
+    assert [d["rule"] for d in made] == []  # 1.50 is the first loss of the new kind, not a rise from 0.60
