@@ -25,7 +25,8 @@ chosen answer above the rejected one's), the difference from plain DPO on the sa
 bootstrap), and the steps used. Then the issue's goals, each met or missed, with numbers.
 
 Resumable: each finished run is appended to RESULTS/noise.runs.jsonl and skipped when the script starts again;
-the tables cover every run in that file. Writes RESULTS/noise.json and RESULTS/noise.md (noise_quick.* with --quick).
+the tables cover every run in that file. Writes RESULTS/noise.json, RESULTS/noise.md (tables, goals) and
+RESULTS/noise.html (charts against the share of flipped labels); noise_quick.* with --quick.
 """
 
 from __future__ import annotations
@@ -334,6 +335,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(result: dict) -> str:
+    """An HTML page of charts against the share of flipped labels, per data set: test accuracy (true labels), the
+    policy's own preference, and steps used, one line per method (means; the intervals are in noise.md)."""
+    from dpo.analysis.plots import PALETTE, Series, line_chart
+
+    charts = []
+    datasets = sorted({c["dataset"] for c in result["cells"].values()})
+    for dataset in datasets:
+        cells = sorted((c for c in result["cells"].values() if c["dataset"] == dataset), key=lambda c: c["noise"])
+        methods = list(dict.fromkeys(m for c in cells for m in c["methods"] if m != "best_single"))
+        noise = [100 * c["noise"] for c in cells]
+        for field, title in (("test_accuracy", "test accuracy (true labels)"),
+                             ("test_policy_preference", "policy prefers the chosen answer (test)"),
+                             ("steps", "steps used")):  # fmt: skip
+            series = [
+                Series(
+                    method,
+                    [(100 * c["noise"], _point(c["methods"][method][field])) for c in cells if method in c["methods"]],
+                    PALETTE[i % len(PALETTE)],
+                )  # fmt: skip
+                for i, method in enumerate(methods)
+            ]
+            chart = line_chart(f"{dataset}: {title}", series, (min(noise), max(noise)), x_label="% of training "
+                               "labels flipped")  # fmt: skip
+            if chart:
+                charts.append(chart)
+    return "<!doctype html><meta charset=utf-8><title>noise benchmark</title>" + "".join(charts) + "\n"
+
+
+def _point(value) -> float:
+    return value[0] if isinstance(value, list | tuple) else value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny random model, 2 steps per run (for tests)")
@@ -382,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in methods}, **aggregate(done, skipped)}
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(result))
+    (args.results / f"{name}.html").write_text(figures(result))
     print(markdown(result))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -79,6 +79,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     if "label_smoothing_auto" in result["skipped"]:  # until the label audit lands
         assert "Skipped `label_smoothing_auto`" in (tmp_path / "noise_quick.md").read_text()
     assert {g["goal"] for g in result["goals"]} >= {"autopilot >= plain + 0.10 in test accuracy"}
+    assert (tmp_path / "noise_quick.html").read_text().count("<svg") == 3  # accuracy, policy preference, steps
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 6
