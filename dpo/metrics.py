@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 HELD_OUT_PREFIX = "eval_"
+# The standard error of a per-pair held-out metric is logged as eval_se/<name> (dpo/noise.py says how it is used).
+STANDARD_ERROR_PREFIX = "se/"
 
 # Where a name is logged: in the events of train steps (as `name`), of evaluations (as `eval_` + name), or both.
 TRAIN, HELD_OUT, BOTH = "train", "held-out", "both"
@@ -38,6 +40,8 @@ class Metric:
     series: str | None = None  # its legend name on a chart it shares with related metrics ("chosen", "rejected")
     watchable: bool = True  # early stopping, reduce-on-plateau and a sweep objective may watch its held-out value
     gap_of: str | None = None  # a gap: how much better the train metric `gap_of` is than its held-out value
+    per_pair: bool = False  # a mean over held-out pairs: its standard error is logged as eval_se/<name> (dpo/noise.py)
+    chance: float | None = None  # its value for a policy that guesses (an accuracy: 0.5); see dpo/noise.py
 
     @property
     def held_out_name(self) -> str:
@@ -60,13 +64,14 @@ _GAP_CHART = "Train minus held-out gap"
 # Row order is the order of the report's charts (a chart sits where its first row is) and of the headline numbers.
 METRICS: tuple[Metric, ...] = (
     # TRL's names, computed by our trainer the way TRL computes them
-    Metric("loss", "loss of the configured loss terms", "min", headline=True, chart="Loss"),
+    Metric("loss", "loss of the configured loss terms", "min", headline=True, chart="Loss", per_pair=True),
     Metric(
         "rewards/margins",
         "mean implicit reward of chosen minus rejected (beta * log-ratio difference)",
         "max",
         headline=True,
         chart="Reward margin (chosen - rejected)",
+        per_pair=True,
     ),
     Metric(
         "rewards/accuracies",
@@ -74,6 +79,8 @@ METRICS: tuple[Metric, ...] = (
         "max",
         headline=True,
         chart="Reward accuracy",
+        per_pair=True,
+        chance=0.5,
     ),
     # ours: unlike rewards/accuracies, meaningful at step 0 too
     Metric(
@@ -82,6 +89,8 @@ METRICS: tuple[Metric, ...] = (
         "max",
         headline=True,
         chart="The policy's own preference (log-prob accuracy)",
+        per_pair=True,
+        chance=0.5,
     ),
     # the chosen answers should gain likelihood and reward and the rejected ones lose them: lower is better there
     Metric(
@@ -90,6 +99,7 @@ METRICS: tuple[Metric, ...] = (
         "max",
         chart=_LOGPS_CHART,
         series="chosen",
+        per_pair=True,
     ),
     Metric(
         "logps/rejected",
@@ -97,9 +107,15 @@ METRICS: tuple[Metric, ...] = (
         "min",
         chart=_LOGPS_CHART,
         series="rejected",
+        per_pair=True,
     ),
     Metric(
-        "rewards/chosen", "mean implicit reward of the chosen answers", "max", chart=_REWARDS_CHART, series="chosen"
+        "rewards/chosen",
+        "mean implicit reward of the chosen answers",
+        "max",
+        chart=_REWARDS_CHART,
+        series="chosen",
+        per_pair=True,
     ),
     Metric(
         "rewards/rejected",
@@ -107,6 +123,7 @@ METRICS: tuple[Metric, ...] = (
         "min",
         chart=_REWARDS_CHART,
         series="rejected",
+        per_pair=True,
     ),
     # ours
     Metric(
@@ -115,6 +132,7 @@ METRICS: tuple[Metric, ...] = (
         "max",
         chart=_LOGRATIOS_CHART,
         series="chosen",
+        per_pair=True,
     ),
     Metric(
         "logratios/rejected",
@@ -122,6 +140,7 @@ METRICS: tuple[Metric, ...] = (
         "min",
         chart=_LOGRATIOS_CHART,
         series="rejected",
+        per_pair=True,
     ),
     Metric(
         "kl",
@@ -129,6 +148,7 @@ METRICS: tuple[Metric, ...] = (
         "min",
         logged=HELD_OUT,
         chart="KL(policy || reference) on held-out answers, nats per answer",
+        per_pair=True,
     ),
     # Positive gap = the model does better on what it trained on than on held-out data; train values are averaged
     # over the steps since the previous evaluation.
@@ -195,12 +215,35 @@ EVAL_METRICS: dict[str, str] = {m.held_out_name: m.meaning for m in METRICS if m
 # The held-out numbers a person checks first: console summary, progress line, report headline, wandb summary.
 HEADLINE: tuple[str, ...] = tuple(m.held_out_name for m in METRICS if m.headline and m.in_held_out)
 
+# The held-out metrics that are means over pairs: the trainer logs each one's standard error (eval_se/<name>).
+PER_PAIR: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_pair and m.in_held_out)
+
 # The train-minus-held-out gaps the trainer logs at each evaluation: train metric -> gap metric.
 GAPS: dict[str, str] = {m.gap_of: m.name for m in METRICS if m.gap_of}
 
 
+def standard_error_key(metric: str) -> str:
+    """The metrics.jsonl key of the standard error of held-out `metric`: eval_loss -> eval_se/loss."""
+    return HELD_OUT_PREFIX + STANDARD_ERROR_PREFIX + metric.removeprefix(HELD_OUT_PREFIX)
+
+
+def chance_level(metric: str) -> float | None:
+    """The value of held-out `metric` for a policy that guesses (0.5 for an accuracy), or None."""
+    row = lookup(metric)
+    return row.chance if row is not None else None
+
+
 def lookup(key: str) -> Metric | None:
-    """The row of a metrics.jsonl key (`rewards/margins` or `eval_rewards/margins`); None if it is not a metric."""
+    """The row of a metrics.jsonl key (`rewards/margins` or `eval_rewards/margins`); None if it is not a metric.
+
+    `eval_se/<name>`, the standard error of a per-pair held-out metric, gets a row made from its metric's."""
+    if key.startswith(HELD_OUT_PREFIX + STANDARD_ERROR_PREFIX):
+        measured = lookup(HELD_OUT_PREFIX + key.removeprefix(HELD_OUT_PREFIX + STANDARD_ERROR_PREFIX))
+        if measured is None or not measured.per_pair:
+            return None
+        name = STANDARD_ERROR_PREFIX + measured.name
+        meaning = f"standard error of the held-out {measured.name} over pairs"
+        return Metric(name, meaning, None, HELD_OUT, watchable=False)
     if key.startswith(HELD_OUT_PREFIX):
         metric = BY_NAME.get(key.removeprefix(HELD_OUT_PREFIX))
         return metric if metric is not None and metric.in_held_out else None

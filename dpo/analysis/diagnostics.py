@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 
-from dpo.metrics import direction, train_counterpart
+from dpo.metrics import train_counterpart
+from dpo.noise import NoiseRule, logged_error
 
 DISPLACEMENT_WARN_NATS = 1.0  # held-out chosen log-prob this far below the reference triggers a warning
 LOSS_RISE_WARN = 0.10  # held-out loss this much (relative) above its minimum counts as "rising"
@@ -33,27 +34,33 @@ def train_value_at(history: list[dict], step: int, name: str, since: int) -> flo
     return sum(values) / len(values) if values else None
 
 
-def overfitting_onset(history: list[dict], metric: str, patience: int = 2, mode: str = "auto") -> int | None:
+def overfitting_onset(
+    history: list[dict], metric: str, patience: int = 2, mode: str = "auto", noise_sigmas: float = 0.0
+) -> int | None:
     """The first evaluation step after which the held-out `metric` got worse for `patience` evaluations in a
-    row while the matching train metric improved. None when that never happened."""
+    row while the matching train metric improved. None when that never happened.
+
+    With `noise_sigmas` k > 0 the held-out fall over those evaluations must also exceed k standard errors of the
+    last one (dpo/noise.py): a fall within the noise is no onset."""
     train_name = train_counterpart(metric)
     if train_name is None:  # only logged held-out (a gap, the KL, a callback's metric): no train curve to compare
         return None
-    mode = direction(metric, mode)
-    points = []  # (step, held-out value, train value since previous evaluation)
+    rule = NoiseRule(metric, mode, noise_sigmas)
+    mode = rule.mode
+    points = []  # (step, held-out value, train value since previous evaluation, held-out standard error)
     previous = -1
     for h in evaluations(history):
         step = h["step"]
         train = train_value_at(history, step, train_name, previous)
         previous = step
         if metric in h and train is not None and math.isfinite(h[metric]):
-            points.append((step, h[metric], train))
+            points.append((step, h[metric], train, logged_error(h, metric)))
     sign = 1 if mode == "max" else -1
     for i in range(len(points) - patience):
         window = points[i : i + patience + 1]
         held_worse = all(sign * (b[1] - a[1]) < 0 for a, b in zip(window, window[1:], strict=False))
         train_better = all(sign * (b[2] - a[2]) > 0 for a, b in zip(window, window[1:], strict=False))
-        if held_worse and train_better:
+        if held_worse and train_better and rule.fallen(window[-1][1], window[0][1], window[-1][3]):
             return window[0][0]
     return None
 
@@ -92,12 +99,14 @@ def warnings_for(history: list[dict]) -> list[str]:
     return found
 
 
-def overfitting_block(history: list[dict], metric: str, patience: int | None, mode: str = "auto") -> dict:
+def overfitting_block(
+    history: list[dict], metric: str, patience: int | None, mode: str = "auto", noise_sigmas: float = 0.0
+) -> dict:
     """The `overfitting` block of summary.json."""
     patience = patience or 2
     return {
         "metric": metric,
         "patience": patience,
-        "onset_step": overfitting_onset(history, metric, patience, mode),
+        "onset_step": overfitting_onset(history, metric, patience, mode, noise_sigmas),
         "warnings": warnings_for(history),
     }

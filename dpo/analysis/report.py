@@ -138,11 +138,15 @@ def run_markers(summary: dict | None) -> list[Marker]:
     markers = []
     if summary.get("best_step") is not None:
         markers.append(Marker(summary["best_step"], f"best {summary['best_metric']['name']}", "#2ca02c"))
-    if summary.get("stop_reason") == "early_stopped":
-        markers.append(Marker(summary["steps"], "early stop", "#d62728"))
+    stopped = {"early_stopped": "early stop", "autopilot": "autopilot stop"}.get(summary.get("stop_reason"))
+    if stopped:
+        markers.append(Marker(summary["steps"], stopped, "#d62728"))
     onset = (summary.get("overfitting") or {}).get("onset_step")
     if onset is not None:
         markers.append(Marker(onset, "overfitting onset", "#9467bd"))
+    for decision in (summary.get("autopilot") or {}).get("decisions", []):  # dpo/training/autopilot.py
+        changes = ", ".join(f"{key} {new}" for key, (_, new) in decision["changed"].items())
+        markers.append(Marker(decision["step"], f"autopilot {decision['rule']}: {changes}", "#ff7f0e"))
     return markers
 
 

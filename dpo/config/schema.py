@@ -218,6 +218,50 @@ class EarlyStoppingSection(Section):
     patience: int | None = Field(None, gt=0, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
     warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")
+    noise_sigmas: float = Field(
+        2.0,
+        ge=0,
+        description="k: an improvement must beat the best by k standard errors of the held-out metric, and nothing "
+        "stops (or cuts the learning rate on a plateau) before the best is k standard errors (corrected for the "
+        "number of evaluations) beyond the start (step 0, or chance for an accuracy); 0 turns the noise rule off. "
+        "See docs/overfitting.md.",
+    )
+
+
+class AutopilotSection(Section):
+    """At each evaluation, read the overfitting diagnostics and change one control within these bounds (the rule
+    table is dpo/training/autopilot.py RULES; docs/overfitting.md shows it). Off by default."""
+
+    enabled: bool = Field(False, description="Turn the autopilot on.")
+    max_nll_weight: float = Field(1.0, ge=0, description="Highest NLL-term weight (regularizers.nll_weight) it sets.")
+    nll_weight_step: float = Field(0.25, gt=0, description="How much it raises the NLL-term weight at a time.")
+    max_dpop_lambda: float = Field(200.0, ge=0, description="Highest loss.dpop_lambda it sets (losses that take it).")
+    dpop_lambda_factor: float = Field(2.0, gt=1, description="Factor by which it raises loss.dpop_lambda.")
+    max_label_smoothing: float = Field(
+        0.3, ge=0, lt=0.5, description="Highest loss.label_smoothing it sets (losses that take it)."
+    )
+    label_smoothing_step: float = Field(0.1, gt=0, lt=0.5, description="How much it raises loss.label_smoothing.")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="Factor of one learning-rate cut.")
+    min_lr_factor: float = Field(
+        0.125, gt=0, le=1, description="Lowest learning rate, as a fraction of the recipe's schedule; 1: no cuts."
+    )
+    may_stop: bool = Field(True, description="May stop training (the best checkpoint is then restored).")
+    patience: int = Field(3, gt=0, description="Evaluations without a new best of early_stopping.metric: a plateau.")
+    cooldown: int = Field(2, ge=0, description="Evaluations a rule rests after it acted, so its effect can show.")
+    displacement_nats: float = Field(
+        1.0, gt=0, description="Held-out chosen log-ratio below minus this: likelihood displacement."
+    )
+    accuracy_gap: float = Field(0.15, gt=0, description="Train minus held-out reward accuracy above this: memorising.")
+    loss_rise: float = Field(
+        0.10, gt=0, description="Held-out loss this much (relative) above its minimum while the margin grows."
+    )
+    flip_rate: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="Estimated share of flipped training labels; null: the label audit's estimate in data_card.json "
+        "(label_audit.flip_rate) when there is one.",
+    )
 
 
 class LoggingSection(Section):
@@ -248,6 +292,7 @@ class Recipe(Section):
     loss: LossSection = Field(default_factory=LossSection)
     regularizers: RegularizersSection = Field(default_factory=RegularizersSection)
     early_stopping: EarlyStoppingSection = Field(default_factory=EarlyStoppingSection)
+    autopilot: AutopilotSection = Field(default_factory=AutopilotSection)
     training: dict[str, Any] = Field(default_factory=dict, description="Passed through to trl.DPOConfig.")
     logging: LoggingSection = Field(default_factory=LoggingSection)
 

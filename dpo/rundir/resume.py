@@ -39,7 +39,7 @@ from dpo.rundir.files import (
     read_metrics,
 )
 
-FINISHED = ("completed", "early_stopped")  # stop reasons of a run that has nothing left to do
+FINISHED = ("completed", "early_stopped", "autopilot")  # stop reasons of a run that has nothing left to do
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 END_OF_TRAINING = "train_runtime"  # transformers' last log line of a train() call
 

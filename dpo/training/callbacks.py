@@ -8,7 +8,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from dpo.metrics import HEADLINE, direction
+from dpo.metrics import HEADLINE, standard_error_key
+from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
 
 
@@ -28,12 +29,17 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
     """Tracks the best held-out `metric`; with `patience`, stops after that many evaluations without
     an improvement of at least `min_delta` (never before `warmup_steps`).
 
+    With `noise_sigmas` k > 0 it knows the metric's noise (dpo/noise.py): it never stops while the best value is not
+    clearly beyond where the run started (step 0, or chance for an accuracy), and stops only at an evaluation that
+    fell below the best by more than k standard errors. k = 0 (the default here; a recipe's early_stopping.noise_sigmas
+    defaults to 2): the plain patience rule.
+
     With `keep_best`, a checkpoint is saved whenever the metric improves and recorded as the trainer's
     best checkpoint, so checkpoint rotation never deletes it and it can be restored at the end.
     Its bookkeeping is saved in every checkpoint (`state()`, transformers' ExportableState) and put back on resume.
     """
 
-    RESTORED = ("best_value", "best_step", "bad_evaluations", "stopped_at", "history")
+    RESTORED = ("best_value", "best_step", "best_error", "bad_evaluations", "stopped_at", "history")
 
     def __init__(
         self,
@@ -43,15 +49,19 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
         min_delta: float = 0.0,
         warmup_steps: int = 0,
         keep_best: bool = False,
+        noise_sigmas: float = 0.0,
     ):
         self.metric = metric
-        self.mode = direction(metric, mode)
+        self.rule = NoiseRule(metric, mode, noise_sigmas, min_delta)
+        self.mode = self.rule.mode
+        self.noise_sigmas = noise_sigmas
         self.patience = patience
         self.min_delta = min_delta
         self.warmup_steps = warmup_steps
         self.keep_best = keep_best
         self.best_value: float | None = None
         self.best_step: int | None = None
+        self.best_error = 0.0  # the standard error of the best value
         self.bad_evaluations = 0
         self.stopped_at: int | None = None
         self.history: list[tuple[int, float]] = []
@@ -63,26 +73,45 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
             return value > self.best_value + self.min_delta
         return value < self.best_value - self.min_delta
 
-    def update(self, step: int, value: float) -> tuple[bool, bool]:
-        """Feed one evaluation. Returns (is_new_best, should_stop). Pure bookkeeping, easy to test."""
+    def learned(self) -> bool:
+        """Is the best value clearly beyond where the run started (dpo/noise.py)? No stop until it is."""
+        if not self.history:
+            return False
+        return self.rule.learned(self.history[0][1], self.best_value, self.best_error, looks=len(self.history))
+
+    def signal(self, value: float, error: float) -> bool:
+        """May the run stop at this evaluation (`value`, standard error `error`)? With the noise rule on: only when
+        it has learned and this evaluation fell below the best beyond the noise; always with the rule off."""
+        if self.noise_sigmas <= 0:
+            return True
+        return self.learned() and self.best_value is not None and self.rule.fallen(value, self.best_value, error)
+
+    def update(self, step: int, value: float, error: float = 0.0) -> tuple[bool, bool]:
+        """Feed one evaluation (`error`: its standard error). Returns (is_new_best, should_stop). Pure bookkeeping,
+        easy to test."""
         self.history.append((step, value))
         if not math.isfinite(value):
             self.bad_evaluations += 1
             new_best = False
         elif self.improved(value):
-            self.best_value, self.best_step = value, step
+            self.best_value, self.best_step, self.best_error = value, step, error
             self.bad_evaluations = 0
             new_best = True
         else:
             self.bad_evaluations += 1
             new_best = False
-        stop = self.patience is not None and self.bad_evaluations >= self.patience and step >= self.warmup_steps
+        stop = (
+            self.patience is not None
+            and self.bad_evaluations >= self.patience
+            and step >= self.warmup_steps
+            and self.signal(value, error)
+        )
         if stop and self.stopped_at is None:
             self.stopped_at = step
         return new_best, stop
 
     def state(self) -> dict:
-        args = ("metric", "mode", "patience", "min_delta", "warmup_steps", "keep_best")
+        args = ("metric", "mode", "patience", "min_delta", "warmup_steps", "keep_best", "noise_sigmas")
         return {
             "args": {name: getattr(self, name) for name in args},
             "attributes": {name: getattr(self, name) for name in self.RESTORED},
@@ -104,7 +133,8 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
         if not metrics or self.metric not in metrics:
             available = sorted(k for k in (metrics or {}) if k.startswith("eval_"))
             raise KeyError(f"early_stopping.metric '{self.metric}' was not computed; available: {available}")
-        new_best, stop = self.update(state.global_step, float(metrics[self.metric]))
+        value, error = float(metrics[self.metric]), logged_error(metrics, self.metric)
+        new_best, stop = self.update(state.global_step, value, error)
         if new_best and self.keep_best and state.global_step > 0:
             control.should_save = True
             state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
@@ -118,7 +148,7 @@ class CompactProgressCallback(ProgressCallback):
     """transformers' progress bar, but one short line per evaluation instead of a dict per step.
 
     Every metric still goes to metrics.jsonl; the terminal shows the bar (with the latest train loss
-    and margin) and the held-out numbers a person watches for overfitting.
+    and margin) and the held-out numbers a person watches for overfitting, each ± its standard error.
     """
 
     SHOWN = HEADLINE
@@ -129,9 +159,17 @@ class CompactProgressCallback(ProgressCallback):
         if self.training_bar is not None and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", margin=f"{logs.get('rewards/margins', 0):.3f}")
         if "eval_loss" in logs:
-            shown = ", ".join(f"{k.removeprefix('eval_')} {logs[k]:.3f}" for k in self.SHOWN if k in logs)
+            shown = ", ".join(
+                f"{k.removeprefix('eval_')} {logs[k]:.3f}{_plus_minus(logs, k)}" for k in self.SHOWN if k in logs
+            )
             line = f"held-out @ step {state.global_step}: {shown}"
             if self.training_bar is not None:
                 self.training_bar.write(line)
             else:
                 print(line, flush=True)
+
+
+def _plus_minus(logs: dict, metric: str) -> str:
+    """' ± SE' when the evaluation logged the metric's standard error (dpo/noise.py), else ''."""
+    error = logs.get(standard_error_key(metric))
+    return f" ± {error:.3f}" if isinstance(error, int | float) and error > 0 else ""

@@ -134,7 +134,12 @@ def build_trainer(checked: CheckedRecipe, callbacks: list):
     """Our Trainer for a checked recipe."""
     from dpo.training.trainer import Trainer
 
-    return Trainer(**trainer_inputs(checked, callbacks), loss_plan=checked.loss_plan, heldout_kl=checked.heldout_kl)
+    return Trainer(
+        **trainer_inputs(checked, callbacks),
+        loss_plan=checked.loss_plan,
+        heldout_kl=checked.heldout_kl,
+        noise_sigmas=checked.recipe.early_stopping.noise_sigmas,
+    )
 
 
 def _print_plan(checked: CheckedRecipe) -> None:
@@ -151,6 +156,7 @@ def _print_plan(checked: CheckedRecipe) -> None:
 def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None, callbacks: list, started: float):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from dpo.training.autopilot import EVENT, autopilot_for
     from dpo.training.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
 
     recipe, run_dir = checked.recipe, checked.run_dir
@@ -170,10 +176,14 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         patience=stopping.patience,
         min_delta=stopping.min_delta,
         warmup_steps=stopping.warmup_steps,
-        keep_best=stopping.patience is not None,
+        keep_best=stopping.patience is not None or recipe.autopilot.enabled,  # the autopilot may stop: keep the best
+        noise_sigmas=stopping.noise_sigmas,
     )
-    own = [MetricsFileCallback(run_dir / METRICS_LOG), best]
+    autopilot = autopilot_for(checked, run_dir / METRICS_LOG)  # None unless autopilot.enabled
+    own = [MetricsFileCallback(run_dir / METRICS_LOG), best, *([autopilot] if autopilot else [])]
     trainer = build_trainer(checked, [*callbacks, *own])
+    if autopilot:
+        autopilot.bind(trainer)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
         raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")
@@ -199,13 +209,18 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
             initial = resuming.initial_metrics(run_dir)
             saved = read_json(point.checkpoint / TRAINER_STATE)
             best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
+            if autopilot:  # its decisions up to the checkpoint, and the loss controls they set
+                autopilot.load_state(saved.get("stateful_callbacks", {}).get(type(autopilot).__name__, {}))
             trainer.load_dpo_state(point.state, point.step)
-            if best.stopped_at is not None or saved.get("global_step", 0) >= saved.get("max_steps", 0):
+            stopped = best.stopped_at is not None or (autopilot is not None and autopilot.stopped_at is not None)
+            if stopped or saved.get("global_step", 0) >= saved.get("max_steps", 0):
                 train_output = trainer.finish_from_checkpoint(str(point.checkpoint))  # training had ended there
             else:
                 train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
     except NonFiniteError as exc:
         summary = non_finite_summary(exc, trainer, best, run_dir, initial, started)
+        if autopilot:
+            summary[EVENT] = autopilot.summary()
         if main:  # every process raises; one writes
             atomic_write_json(run_dir / SUMMARY, summary)
             if recipe.logging.wandb:
@@ -224,9 +239,12 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     if main:
         trainer.processing_class.save_pretrained(str(staging))
         replace_dir(staging, run_dir / FINAL)
+    stoppers = [*callbacks, *([autopilot] if autopilot else [])]
     summary = finished_summary(
-        trainer, best, stopping, _stop_reason(best, callbacks), restored, initial, train_output, run_dir, started
+        trainer, best, stopping, _stop_reason(best, stoppers), restored, initial, train_output, run_dir, started
     )
+    if autopilot:
+        summary[EVENT] = autopilot.summary()
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
         if recipe.logging.wandb:

@@ -73,6 +73,7 @@ def check(
     before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the
     run directory (default runs/<name>), which the DPOConfig points its checkpoints into."""
     from dpo.training.arguments import build_dpo_config
+    from dpo.training.autopilot import check_autopilot
     from dpo.training.loss_plan import loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
@@ -84,6 +85,7 @@ def check(
     check_no_op_keys(loaded)
     _check_heldout_kl(loaded, dpo_config)
     _check_early_stopping(loaded, dpo_config, extra_metrics)
+    check_autopilot(loaded, plan, dpo_config)
     _check_model(loaded)
     recipe = loaded.recipe
     data = prepare_data(

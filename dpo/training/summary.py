@@ -33,7 +33,9 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "best_metrics": _eval_at(history, best.best_step) or eval_only(initial),
         "final_metrics": _last_metrics(history),
         "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
-        "overfitting": overfitting_block(history, stopping.metric, stopping.patience, stopping.mode),
+        "overfitting": overfitting_block(
+            history, stopping.metric, stopping.patience, stopping.mode, stopping.noise_sigmas
+        ),
         "runtime_s": round(trainer.runtime_before + time.time() - started, 2),  # all attempts, up to their checkpoints
         "resumed_from": trainer.resumed_from,
         "run_dir": str(run_dir),

@@ -26,12 +26,14 @@ from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
 from dpo.errors import NonFiniteError
-from dpo.metrics import GAPS, HELD_OUT_PREFIX, gap_sign
+from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, gap_sign
+from dpo.noise import logged_error, standard_error
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.training.beta import BetaController
 from dpo.training.losses import LossPlan, compute_loss
+from dpo.training.plateau import NoiseAwarePlateau
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
@@ -42,12 +44,14 @@ _KL_ROWS, _KL_ELEMENTS = 8, 2**26
 class Trainer(DPOTrainer):
     """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.training.losses.LOSSES`."""
 
-    def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, **kwargs):
+    def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, noise_sigmas: float = 0.0, **kwargs):
         self.loss_plan = loss_plan
+        self.noise_sigmas = noise_sigmas  # reduce-on-plateau's noise rule (early_stopping.noise_sigmas)
         self.heldout_kl = heldout_kl
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
+        self._eval_pairs: dict[str, list[float]] = defaultdict(list)  # this evaluation's per-pair values (PER_PAIR)
         self.clock_start, self.runtime_before = time.time(), 0.0  # run time of earlier attempts (resume)
         self.resumed_from: list[int] = []  # steps this run was resumed from
         self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
@@ -190,12 +194,15 @@ class Trainer(DPOTrainer):
         if self.beta_controller.adaptive and mode == "train":
             beta, keep = self.beta_controller.adapt(chosen_logratios - rejected_logratios)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
-        loss = 0.0
+        loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:
             per_pair = compute_loss(name, tensors, beta=beta, **self.loss_plan.hyperparameters)
             if weights is not None:
                 per_pair = per_pair * weights
             loss = loss + weight * (per_pair.mean() if keep is None else per_pair[keep].mean())
+            pair_losses = pair_losses + weight * per_pair.detach()
+        if mode == "eval":  # the spread of the per-pair losses gives eval_loss its standard error
+            self._pair_values("loss", pair_losses)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
@@ -222,6 +229,10 @@ class Trainer(DPOTrainer):
         """TRL's log, plus the train-minus-held-out gaps at each evaluation (train values averaged since the
         previous evaluation)."""
         # TRL's batch metrics wait in self._metrics until super().log; transformers' own (loss) are already in logs.
+        if not self.model.training and self._eval_pairs:  # each per-pair metric's standard error over held-out pairs
+            for name, values in self._eval_pairs.items():
+                self._metrics["eval"][STANDARD_ERROR_PREFIX + name] = [standard_error(values)]
+            self._eval_pairs.clear()
         if self.model.training:
             for name in GAPS:
                 self._since_eval[name].extend(_logged(self._metrics["train"], logs, name))
@@ -238,6 +249,28 @@ class Trainer(DPOTrainer):
             steps = self.state.global_step
             logs["train_loss"] = (total + logs["train_loss"] * (steps - step)) / max(steps, 1)
         super().log(logs, start_time)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """transformers' scheduler, except reduce-on-plateau: ours, which knows the metric's noise."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == "reduce_lr_on_plateau":
+            self.lr_scheduler = NoiseAwarePlateau(
+                optimizer or self.optimizer,
+                metric=self.args.metric_for_best_model,
+                noise_sigmas=self.noise_sigmas,
+                **(self.args.lr_scheduler_kwargs or {}),
+            )
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def _evaluate(self, trial, ignore_keys_for_eval, skip_scheduler: bool = False):
+        """transformers' evaluation; our plateau scheduler is stepped here, with the metric's standard error."""
+        ours = isinstance(self.lr_scheduler, NoiseAwarePlateau)
+        metrics = super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler=skip_scheduler or ours)
+        if ours and not skip_scheduler:
+            metric = self.args.metric_for_best_model
+            metric = metric if metric.startswith(HELD_OUT_PREFIX) else HELD_OUT_PREFIX + metric  # as transformers does
+            self.lr_scheduler.step(metrics[metric], error=logged_error(metrics, metric))
+        return metrics
 
     def evaluate_untrained(self) -> dict[str, float]:
         """The step-0 evaluation before train(), leaving the model ready for train() to wrap in DDP.
@@ -337,7 +370,14 @@ class Trainer(DPOTrainer):
     # ---- metrics: TRL's names, then ours ----
 
     def _mean(self, mode: str, name: str, values: torch.Tensor) -> None:
-        self._metrics[mode][name].append(self.accelerator.gather_for_metrics(values.detach()).float().mean().item())
+        gathered = self.accelerator.gather_for_metrics(values.detach()).float()
+        self._metrics[mode][name].append(gathered.mean().item())
+        if mode == "eval" and name in PER_PAIR:
+            self._eval_pairs[name].extend(gathered.tolist())
+
+    def _pair_values(self, name: str, values: torch.Tensor) -> None:
+        """Keep one evaluation batch's per-pair values of `name`, for its standard error (dpo/noise.py)."""
+        self._eval_pairs[name].extend(self.accelerator.gather_for_metrics(values.detach()).float().tolist())
 
     def _token_mean(self, mode: str, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
         total = self.accelerator.gather_for_metrics((values * mask).sum().detach()).sum()

@@ -95,6 +95,8 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
         "early_stopping.metric=eval_scripted",
         "early_stopping.mode=max",  # a callback's metric: dpo's metric table does not know its direction
         "early_stopping.patience=2",
+        # the plain rule: with the noise rule, [5, 1, 1, 1] (best at step 0) would never stop (nothing learned)
+        "early_stopping.noise_sigmas=0",
         f"training.max_steps={len(values) - 1}",
         "training.eval_steps=1",
     ]

@@ -1,0 +1,507 @@
+"""The autopilot (`autopilot:` recipe section, off by default): at each evaluation it reads the overfitting diagnostics
+and changes one control within the bounds the recipe sets; every decision is logged and replayed on resume.
+
+    autopilot: {enabled: true, max_label_smoothing: 0.3, min_lr_factor: 0.125}
+
+RULES is the one table of what it does (name, condition, action, bounds); docs/overfitting.md shows it, built by
+`markdown_table()`. At each evaluation the rules are tried in table order; a rule fires when its condition holds,
+acts when its control is below its bound, and then rests for `cooldown` evaluations so its effect can show. Each
+control changes at most once per evaluation. Conditions use the noise rule of dpo/noise.py (k =
+`early_stopping.noise_sigmas`): a number within k standard errors of its threshold does not fire a rule.
+
+The controls act on the running trainer: the NLL term's weight, DPOP's lambda and the label smoothing replace the
+trainer's LossPlan (dpo/training/losses.py), which its loss computation reads at every step; a learning-rate cut
+scales the optimizer's learning rates and the scheduler's base rates (so a decaying schedule continues from the cut
+value); a stop ends training like early stopping and the best checkpoint is restored.
+
+Resume: the callback's state (controls, decisions, counters) is saved in every checkpoint (transformers'
+ExportableState); `load_state` puts it back and `apply_loss_controls` re-applies the loss controls to the new trainer.
+The optimizer's and scheduler's learning rates come back with the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from dpo.config.loading import LoadedRecipe
+from dpo.config.schema import AutopilotSection
+from dpo.errors import UserError
+from dpo.noise import NoiseRule, logged_error
+from dpo.rundir.files import append_metrics
+from dpo.training.losses import LOSSES, LossPlan
+
+NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
+EVENT = "autopilot"  # the key of a decision's line in metrics.jsonl, and of the summary.json block
+STOP_REASON = "autopilot"
+# The recipe keys of the controls that change the loss (and so what eval_loss measures).
+LOSS_CONTROLS = {"regularizers.nll_weight", "loss.dpop_lambda", "loss.label_smoothing"}
+
+
+def audit_flip_rate(card: dict) -> float | None:
+    """The label audit's estimate of the training label-flip rate from data_card.json, or None when there is none.
+
+    The audit (`dpo data audit`, another module) writes it as `label_audit.flip_rate`; any other shape is no
+    estimate."""
+    audit = card.get("label_audit")
+    value = audit.get("flip_rate") if isinstance(audit, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+@dataclass
+class Controls:
+    """The controls the autopilot may change; None where the recipe's losses do not take one."""
+
+    nll_weight: float = 0.0
+    dpop_lambda: float | None = None
+    label_smoothing: float | None = None
+    lr_factor: float = 1.0  # the learning rate as a fraction of what the recipe's schedule gives
+
+    @classmethod
+    def of(cls, plan: LossPlan) -> Controls:
+        """The controls as the recipe set them."""
+        names = [name for name, _ in plan.terms]
+
+        def taken(key: str) -> float | None:
+            defaults = [LOSSES[n].hyperparameters[key] for n in names if key in LOSSES[n].hyperparameters]
+            return plan.hyperparameters.get(key, defaults[0]) if defaults else None
+
+        nll = float(sum(weight for name, weight in plan.terms if name == NLL_TERM))
+        return cls(nll_weight=nll, dpop_lambda=taken("dpop_lambda"), label_smoothing=taken("label_smoothing"))
+
+    def loss_plan(self, plan: LossPlan) -> LossPlan:
+        """`plan` with these controls: the NLL term's weight, and the hyperparameters the losses take."""
+        terms = [(name, weight) for name, weight in plan.terms if name != NLL_TERM]
+        if self.nll_weight > 0:
+            terms.append((NLL_TERM, self.nll_weight))
+        hyperparameters = dict(plan.hyperparameters)
+        for key in ("dpop_lambda", "label_smoothing"):
+            if getattr(self, key) is not None:
+                hyperparameters[key] = getattr(self, key)
+        return dataclasses.replace(plan, terms=tuple(terms), hyperparameters=hyperparameters)
+
+
+@dataclass
+class Observation:
+    """What the rules read at one evaluation: its metrics, the earlier evaluations, and the watched metric's state."""
+
+    metrics: dict
+    evaluations: list[dict]  # every evaluation so far, this one last
+    rule: NoiseRule  # the watched metric (early_stopping.metric) under the noise rule
+    flip_rate: float | None
+    loss_since: int = -1  # the step of the last change to the loss: held-out losses before it measured another loss
+
+    def error(self, key: str) -> float:
+        return logged_error(self.metrics, key)
+
+    @property
+    def watched(self) -> list[tuple[int, float, float]]:
+        """(step, value, standard error) of the watched metric at each evaluation that logged it finitely."""
+        metric = self.rule.metric
+        return [
+            (e["step"], e[metric], logged_error(e, metric))
+            for e in self.evaluations
+            if isinstance(e.get(metric), int | float) and math.isfinite(e[metric])
+        ]
+
+    def best(self) -> tuple[int, float, float] | None:
+        points = self.watched
+        if not points:
+            return None
+        best = points[0]
+        for point in points[1:]:
+            if self.rule.improves(point[1], best[1]):  # no standard error given: better by more than min_delta
+                best = point
+        return best
+
+    def since_best(self) -> int:
+        """Evaluations since the watched metric's best (0: this one is the best)."""
+        best = self.best()
+        return 0 if best is None else sum(1 for step, _, _ in self.watched if step > best[0])
+
+    def learned(self) -> bool:
+        points, best = self.watched, self.best()
+        return bool(points) and best is not None and self.rule.learned(points[0][1], best[1], best[2], len(points))
+
+    def fallen(self) -> bool:
+        """Has the latest watched value fallen below the best beyond the noise?"""
+        points, best = self.watched, self.best()
+        if not points or best is None:
+            return False
+        return self.rule.fallen(points[-1][1], best[1], points[-1][2])
+
+
+Settings = dict  # the recipe's autopilot section as a dict (dpo/config/schema.py AutopilotSection)
+Numbers = dict[str, float]
+
+
+# ---- conditions: the numbers that triggered the rule, or None ----
+
+
+def _label_audit(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    if o.flip_rate is None or c.label_smoothing is None:
+        return None
+    if min(o.flip_rate, s["max_label_smoothing"]) > c.label_smoothing + 1e-9:
+        return {"flip_rate": o.flip_rate, "label_smoothing": c.label_smoothing}
+    return None
+
+
+def _displacement(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    value = o.metrics.get("eval_logratios/chosen")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    error = o.error("eval_logratios/chosen")
+    if value < -s["displacement_nats"] - o.rule.sigmas * error:
+        return {"eval_logratios/chosen": value, "standard_error": error, "threshold": -s["displacement_nats"]}
+    return None
+
+
+def _confident_but_wrong(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    """Held-out loss rose from its minimum beyond the noise while the held-out margin grew past its value there.
+    Only evaluations after the last change to the loss count: a new term or smoothing changes what eval_loss is."""
+    losses = [
+        e
+        for e in o.evaluations
+        if e["step"] > o.loss_since and isinstance(e.get("eval_loss"), int | float) and math.isfinite(e["eval_loss"])
+    ]
+    if len(losses) < 2:
+        return None
+    lowest = min(losses, key=lambda e: e["eval_loss"])
+    now = o.metrics
+    rise = now["eval_loss"] - lowest["eval_loss"]
+    margin_now, margin_then = now.get("eval_rewards/margins"), lowest.get("eval_rewards/margins")
+    bar = max(s["loss_rise"] * abs(lowest["eval_loss"]), o.rule.sigmas * o.error("eval_loss"))
+    if lowest["step"] != now["step"] and rise > bar and margin_now is not None and margin_then is not None:
+        if margin_now > margin_then:
+            return {"eval_loss": now["eval_loss"], "min_eval_loss": lowest["eval_loss"], "min_step": lowest["step"],
+                    "eval_rewards/margins": margin_now, "margin_at_min": margin_then}  # fmt: skip
+    return None
+
+
+def _memorising(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    gap = o.metrics.get("eval_gap/accuracies")
+    if not isinstance(gap, int | float) or not math.isfinite(gap):
+        return None
+    error = o.error("eval_rewards/accuracies")
+    if gap > s["accuracy_gap"] + o.rule.sigmas * error:
+        return {"eval_gap/accuracies": gap, "standard_error": error, "threshold": s["accuracy_gap"]}
+    return None
+
+
+def _plateau(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    if o.since_best() >= s["patience"] and o.learned():
+        best = o.best()
+        return {"evaluations_since_best": o.since_best(), "best_step": best[0], "best": best[1]}
+    return None
+
+
+def _stop(o: Observation, s: Settings, c: Controls) -> Numbers | None:
+    """Fallen beyond the noise, 2 x patience evaluations after the best, with the learning rate already at its floor."""
+    if c.lr_factor > s["min_lr_factor"] + 1e-12 or o.since_best() < 2 * s["patience"]:
+        return None
+    if o.learned() and o.fallen():
+        best = o.best()
+        return {"evaluations_since_best": o.since_best(), "best_step": best[0], "best": best[1],
+                "latest": o.watched[-1][1]}  # fmt: skip
+    return None
+
+
+# ---- actions: the changes {control: [old, new]}, or None when the control is at its bound or absent ----
+
+
+def _raise_smoothing(c: Controls, s: Settings, to: float | None = None) -> dict | None:
+    if c.label_smoothing is None:
+        return None
+    new = min(s["max_label_smoothing"], to if to is not None else c.label_smoothing + s["label_smoothing_step"])
+    if new <= c.label_smoothing + 1e-12:
+        return None
+    old, c.label_smoothing = c.label_smoothing, round(new, 6)
+    return {"loss.label_smoothing": [old, c.label_smoothing]}
+
+
+def _raise_anchor(c: Controls, s: Settings) -> dict | None:
+    """DPOP's lambda where a loss takes it, else the NLL term: both push the chosen answers' likelihood back up."""
+    if c.dpop_lambda is not None:
+        new = min(s["max_dpop_lambda"], max(c.dpop_lambda * s["dpop_lambda_factor"], 1.0))
+        if new > c.dpop_lambda + 1e-12:
+            old, c.dpop_lambda = c.dpop_lambda, round(new, 6)
+            return {"loss.dpop_lambda": [old, c.dpop_lambda]}
+        return None
+    new = min(s["max_nll_weight"], c.nll_weight + s["nll_weight_step"])
+    if new <= c.nll_weight + 1e-12:
+        return None
+    old, c.nll_weight = c.nll_weight, round(new, 6)
+    return {"regularizers.nll_weight": [old, c.nll_weight]}
+
+
+def _cut_lr(c: Controls, s: Settings) -> dict | None:
+    new = max(s["min_lr_factor"], c.lr_factor * s["lr_factor"])
+    if new >= c.lr_factor - 1e-12:
+        return None
+    old, c.lr_factor = c.lr_factor, round(new, 6)
+    return {"lr_factor": [old, c.lr_factor]}
+
+
+def _smoothing_or_lr(c: Controls, s: Settings) -> dict | None:
+    return _raise_smoothing(c, s) or _cut_lr(c, s)
+
+
+def _stop_training(c: Controls, s: Settings) -> dict | None:
+    return {"stop": [False, True]} if s["may_stop"] else None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    condition: str
+    action: str
+    bounds: str
+    fires: Callable[[Observation, Settings, Controls], Numbers | None]
+    act: Callable[..., dict | None]
+
+
+# The one table of the autopilot's rules, tried in this order at each evaluation. docs/overfitting.md shows it.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "label_audit",
+        "the estimated training label-flip rate (`autopilot.flip_rate`, else the label audit's in data_card.json) "
+        "exceeds the label smoothing in use",
+        "set `loss.label_smoothing` to the estimate",
+        "`max_label_smoothing`; only with a loss that takes `label_smoothing` (sigmoid, robust, ...)",
+        _label_audit,
+        lambda c, s, o: _raise_smoothing(c, s, to=o.flip_rate),
+    ),
+    Rule(
+        "displacement",
+        "held-out chosen log-ratio `eval_logratios/chosen` below -`displacement_nats` by more than k standard errors "
+        "(likelihood displacement)",
+        "raise `loss.dpop_lambda` x `dpop_lambda_factor` when a loss takes it, else turn on / raise "
+        "`regularizers.nll_weight` by `nll_weight_step`",
+        "`max_dpop_lambda`, `max_nll_weight`",
+        _displacement,
+        lambda c, s, o: _raise_anchor(c, s),
+    ),
+    Rule(
+        "confident_but_wrong",
+        "held-out loss above its minimum by more than max(`loss_rise` x minimum, k standard errors) while the "
+        "held-out margin is above its value at that minimum",
+        "raise `loss.label_smoothing` by `label_smoothing_step`; without a smoothing loss, cut the learning rate",
+        "`max_label_smoothing`; `min_lr_factor`",
+        _confident_but_wrong,
+        lambda c, s, o: _smoothing_or_lr(c, s),
+    ),
+    Rule(
+        "memorising",
+        "train minus held-out reward accuracy `eval_gap/accuracies` above `accuracy_gap` by more than k standard "
+        "errors",
+        "raise `loss.label_smoothing` by `label_smoothing_step`; without a smoothing loss, cut the learning rate",
+        "`max_label_smoothing`; `min_lr_factor`",
+        _memorising,
+        lambda c, s, o: _smoothing_or_lr(c, s),
+    ),
+    Rule(
+        "plateau",
+        "no new best of `early_stopping.metric` for `patience` evaluations, after the run has learned (its best "
+        "clearly beyond the start)",
+        "multiply the learning rate by `lr_factor`",
+        "`min_lr_factor` (of the recipe's schedule)",
+        _plateau,
+        lambda c, s, o: _cut_lr(c, s),
+    ),
+    Rule(
+        "stop",
+        "learning rate at its floor, no new best for 2 x `patience` evaluations, and the latest value fallen below "
+        "the best by more than k standard errors",
+        "stop training; the best checkpoint is restored",
+        "`may_stop`",
+        _stop,
+        lambda c, s, o: _stop_training(c, s),
+    ),
+)
+RULE_NAMES = tuple(rule.name for rule in RULES)
+
+
+def markdown_table() -> str:
+    """The rule table of docs/overfitting.md, built from RULES."""
+    rows = ["| rule | condition | action | bounds |", "|---|---|---|---|"]
+    rows += [f"| `{r.name}` | {r.condition} | {r.action} | {r.bounds} |" for r in RULES]
+    return "\n".join(rows)
+
+
+class Autopilot(TrainerCallback, ExportableState):
+    """The callback: decides at each evaluation (`decide`, pure given the history), applies the decision to the
+    bound trainer, logs it. `bind(trainer)` before training."""
+
+    RESTORED = ("controls", "decisions", "rested_until", "evaluations", "stopped_at")
+
+    def __init__(self, settings: Settings, plan: LossPlan, rule: NoiseRule, flip_rate: float | None = None,
+                 metrics_path: Path | None = None):  # fmt: skip
+        self.settings = dict(settings)
+        self.base_plan = plan
+        self.rule = rule
+        self.flip_rate = flip_rate
+        self.metrics_path = metrics_path
+        self.controls = Controls.of(plan)
+        self.decisions: list[dict] = []
+        self.rested_until: dict[str, int] = {}  # rule -> the evaluation index before which it rests
+        self.evaluations: list[dict] = []
+        self.stopped_at: int | None = None
+        self.trainer = None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return STOP_REASON if self.stopped_at is not None else None
+
+    def bind(self, trainer) -> None:
+        self.trainer = trainer
+
+    # ---- the decision, pure ----
+
+    def decide(self, step: int, metrics: dict) -> list[dict]:
+        """Feed one evaluation; returns the decisions made at it (and records them, and the new controls)."""
+        self.evaluations.append({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"step": step})
+        index = len(self.evaluations)
+        loss_since = max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
+        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate, loss_since)
+        made, changed = [], set()
+        for rule in RULES:
+            if self.stopped_at is not None or self.rested_until.get(rule.name, 0) > index:
+                continue
+            numbers = rule.fires(observation, self.settings, self.controls)
+            if numbers is None:
+                continue
+            before = dataclasses.replace(self.controls)
+            change = rule.act(self.controls, self.settings, observation)
+            if change is None or changed & set(change):
+                self.controls = before  # at its bound, or that control already changed at this evaluation
+                continue
+            changed |= set(change)
+            self.rested_until[rule.name] = index + 1 + self.settings["cooldown"]
+            decision = {"step": step, "rule": rule.name, "changed": change, "because": numbers}
+            if "stop" in change:
+                self.stopped_at = step
+            made.append(decision)
+        self.decisions.extend(made)
+        return made
+
+    # ---- applying it to the trainer ----
+
+    def apply_loss_controls(self) -> None:
+        """Put the loss-side controls into the bound trainer's LossPlan (also after a resume)."""
+        self.trainer.loss_plan = self.controls.loss_plan(self.base_plan)
+
+    def _scale_lr(self, factor: float, optimizer, scheduler) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        if hasattr(scheduler, "base_lrs"):  # LambdaLR schedules recompute lr = base_lr * f(step) at every step
+            scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def on_evaluate(self, args, state, control, metrics=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if not metrics:
+            return control
+        made = self.decide(state.global_step, metrics)
+        for decision in made:
+            if "lr_factor" in decision["changed"] and optimizer is not None:
+                old, new = decision["changed"]["lr_factor"]
+                self._scale_lr(new / old, optimizer, lr_scheduler)
+            if "stop" in decision["changed"]:
+                control.should_training_stop = True
+            self._announce(decision, state)
+        if made and self.trainer is not None:
+            self.apply_loss_controls()
+        return control
+
+    def _announce(self, decision: dict, state) -> None:
+        if not state.is_world_process_zero:
+            return
+        if self.metrics_path is not None:
+            append_metrics(self.metrics_path, {"step": decision["step"], EVENT: decision})
+        print(describe(decision), flush=True)
+
+    # ---- resume ----
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {
+            "controls": dataclasses.asdict(self.controls), "decisions": self.decisions,
+            "rested_until": self.rested_until, "evaluations": self.evaluations, "stopped_at": self.stopped_at,
+        }}  # fmt: skip
+
+    def load_state(self, saved: dict) -> None:
+        """Put back `state()` (from a checkpoint's trainer_state.json) and re-apply the loss controls."""
+        attributes = saved.get("attributes", {})
+        if "controls" in attributes:
+            self.controls = Controls(**attributes["controls"])
+        for name in ("decisions", "rested_until", "evaluations", "stopped_at"):
+            if name in attributes:
+                setattr(self, name, attributes[name])
+        if self.trainer is not None:
+            self.apply_loss_controls()
+
+    def summary(self) -> dict:
+        """The `autopilot` block of summary.json."""
+        return {"decisions": self.decisions, "controls": dataclasses.asdict(self.controls),
+                "stopped_at": self.stopped_at}  # fmt: skip
+
+
+def describe(decision: dict) -> str:
+    """One console line for a decision."""
+    changes = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in decision["changed"].items())
+    because = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in decision["because"].items())
+    return f"autopilot @ step {decision['step']}: {decision['rule']}: {changes} (because {because})"
+
+
+# ---- from a checked recipe ----
+
+# Bounds of controls that only some losses take: setting one away from its default with no such loss is an error.
+_NEEDS = {
+    "label_smoothing": ("max_label_smoothing", "label_smoothing_step", "flip_rate"),
+    "dpop_lambda": ("max_dpop_lambda", "dpop_lambda_factor"),
+}
+
+
+def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
+    """The autopilot's keys must take effect: the section on, with evaluations, and each bound set away from its
+    default for a control the recipe's losses take."""
+    section = loaded.recipe.autopilot
+    changed = [key for key, field in AutopilotSection.model_fields.items() if getattr(section, key) != field.default]
+    if not section.enabled:
+        if changed:
+            raise UserError("has no effect: autopilot.enabled is false", where=loaded.where(f"autopilot.{changed[0]}"))
+        return
+    if dpo_config.eval_strategy == "no":
+        raise UserError(
+            "needs evaluations during training (training.eval_strategy is 'no')", where=loaded.where("autopilot")
+        )
+    controls = Controls.of(plan)
+    for control, keys in _NEEDS.items():
+        if getattr(controls, control) is not None:
+            continue
+        for key in keys:
+            if key in changed:
+                users = sorted(name for name, spec in LOSSES.items() if control in spec.hyperparameters)
+                raise UserError(
+                    f"has no effect: no loss in loss.type takes {control} (it is used by: {', '.join(users)})",
+                    where=loaded.where(f"autopilot.{key}"),
+                )
+
+
+def autopilot_for(checked, metrics_path: Path) -> Autopilot | None:
+    """The autopilot of a checked recipe (dpo/training/gate.py), or None when it is off."""
+    recipe = checked.recipe
+    if not recipe.autopilot.enabled:
+        return None
+    stopping = recipe.early_stopping
+    rule = NoiseRule(stopping.metric, stopping.mode, stopping.noise_sigmas, stopping.min_delta)
+    flip_rate = recipe.autopilot.flip_rate
+    if flip_rate is None:
+        flip_rate = audit_flip_rate(checked.data.card)
+    settings = recipe.autopilot.model_dump()
+    return Autopilot(settings, checked.loss_plan, rule, flip_rate=flip_rate, metrics_path=metrics_path)

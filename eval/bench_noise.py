@@ -1,0 +1,425 @@
+"""Noise benchmark: which controls help, and which hurt, when training labels are flipped. It decides the shipped
+defaults (issue 18); it replaces the 40-pair overfitting benchmark (eval/bench_overfitting.py) as the evidence.
+
+    python eval/bench_noise.py                                  # everything below (a day or more on 2 CPU cores)
+    python eval/bench_noise.py --datasets arithmetic --noise 0 0.3 --methods plain cdpo autopilot --seeds 0 1 2
+    python eval/bench_noise.py --quick                          # tiny random model, 2 steps per run (~2 min; tests)
+
+For each data set shipped in data/ (arithmetic, sorting), each share of flipped training labels (0%, 20%, 30%, 40%)
+and each seed (0, 1, 2: the seed of the adapter, the data order and which labels are flipped), every method trains
+the embedded model with LoRA for the same budget (BUDGET: 160 training pairs, 3 passes, an evaluation every 10
+steps). The data set's held-out pairs are split by prompt into a validation part, the run's `data.eval` (what
+early stopping, the autopilot and the choice of the best control see), and a test part that nothing reads until
+the run is finished; the test labels are the true ones (label noise only touches the training split).
+
+Methods (METHODS): plain DPO (recipes/plain.yaml); each single control at its recipe's defaults, on top of plain
+DPO (the NLL term of quickstart.yaml, cDPO, robust DPO, IPO, DPOP, early stopping, beta-DPO, ...); `label_smoothing:
+auto` from the label audit (skipped, with a note, when this version does not know the value); the autopilot
+(plain DPO with `autopilot.enabled: true`). "best single control" is not trained: per data set and noise level it is
+the single control with the highest mean validation accuracy, reported with its test numbers.
+
+Reported per data set, noise level and method, as mean over seeds with a 95% bootstrap interval (resampling seeds
+and test pairs): test preference accuracy against the true labels (the implicit reward, beta * log-ratio
+difference, of the chosen answer above the rejected one's) and the policy's own preference (its log-prob of the
+chosen answer above the rejected one's), the difference from plain DPO on the same seeds and test pairs (paired
+bootstrap), and the steps used. Then the issue's goals, each met or missed, with numbers.
+
+Resumable: each finished run is appended to RESULTS/noise.runs.jsonl and skipped when the script starts again;
+the tables cover every run in that file. Writes RESULTS/noise.json, RESULTS/noise.md (tables, goals) and
+RESULTS/noise.html (charts against the share of flipped labels); noise_quick.* with --quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATASETS = {  # name -> the shipped recipe that trains on it (its data.train and expand_pairs are used)
+    "arithmetic": "quickstart.yaml",
+    "sorting": "sorting.yaml",
+}
+NOISE = (0.0, 0.2, 0.3, 0.4)
+SEEDS = (0, 1, 2)
+NO_NLL = "regularizers.nll_weight=0.0"  # the recipes inherit quickstart's NLL term: a single control drops it
+
+
+@dataclass(frozen=True)
+class Method:
+    recipe: str  # in recipes/
+    overrides: tuple[str, ...] = ()
+    kind: str = "single"  # plain | single | audit | autopilot
+
+
+METHODS: dict[str, Method] = {
+    "plain": Method("plain.yaml", kind="plain"),
+    "nll": Method("quickstart.yaml"),  # the NLL term (RPO), weight 1
+    "cdpo": Method("cdpo.yaml", (NO_NLL,)),
+    "robust": Method("robust.yaml", (NO_NLL,)),
+    "ipo": Method("ipo.yaml", (NO_NLL,)),
+    "dpop": Method("dpop.yaml", (NO_NLL,)),
+    "early_stopping": Method("early-stopping.yaml", (NO_NLL,)),
+    "beta_dpo": Method("beta-dpo.yaml", (NO_NLL,)),
+    "rpo": Method("rpo.yaml"),
+    "wpo": Method("wpo.yaml", (NO_NLL,)),
+    "ld_dpo": Method("ld-dpo.yaml", (NO_NLL,)),
+    "neftune": Method("neftune.yaml", (NO_NLL,)),
+    "f_divergence": Method("f-divergence.yaml", (NO_NLL,)),
+    "beta_schedule": Method("beta-schedule.yaml", (NO_NLL,)),
+    "label_smoothing_auto": Method("plain.yaml", ("loss.label_smoothing=auto",), kind="audit"),
+    "autopilot": Method("plain.yaml", ("autopilot.enabled=true",), kind="autopilot"),
+}
+DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo",
+                   "label_smoothing_auto", "autopilot")  # fmt: skip
+
+BUDGET = (  # the same for every method, applied before the method's own keys (which win)
+    "data.max_train_pairs=160",
+    "data.max_eval_pairs=null",  # the whole validation part
+    "training.max_steps=60",  # 3 passes over 160 pairs at 8 per step: room to memorise flipped labels
+    "training.eval_steps=10",
+    "training.per_device_eval_batch_size=25",
+    "logging.heldout_kl=false",  # not read by any method; saves a reference forward per evaluation
+    "logging.progress_bar=false",
+)
+QUICK = ("data.max_train_pairs=16", "data.max_eval_pairs=8", "training.max_steps=2", "training.eval_steps=1",
+         "training.per_device_train_batch_size=8", "logging.heldout_kl=false", "logging.progress_bar=false",
+         "peft.target_modules=[q_proj, v_proj]")  # fmt: skip
+QUICK_TEST_PAIRS = 8
+BOOTSTRAP = 1000
+
+
+# ---- data: the held-out pairs, split by prompt into validation and test ----
+
+
+def split_heldout(dataset: str, work: Path) -> tuple[Path, Path]:
+    """(validation file, test file) of pairs from the data set's held-out file, split by prompt (a hash of it, so
+    the split is the same on every machine); multi-response rows expanded to pairs as the data set's recipe does."""
+    from dpo.config.loading import load_recipe
+    from dpo.data.expand import expand_pairs
+    from dpo.data.rows import canonical, is_multi
+
+    recipe = load_recipe(REPO / "recipes" / DATASETS[dataset]).recipe
+    source = Path(recipe.data.eval if isinstance(recipe.data.eval, str) else recipe.data.eval[0].path)
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    prompts = sorted({canonical(r["prompt"]) for r in rows}, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+    validation_prompts = set(prompts[: len(prompts) // 2])
+    expand = recipe.data.expand_pairs
+    paths = []
+    for part, keep in (("validation", True), ("test", False)):
+        chosen_rows = [r for r in rows if (canonical(r["prompt"]) in validation_prompts) == keep]
+        if any(map(is_multi, chosen_rows)):
+            chosen_rows, _ = expand_pairs(chosen_rows, random.Random(0), min_gap=expand.min_gap,
+                                          max_pairs_per_prompt=expand.max_pairs_per_prompt)  # fmt: skip
+        path = work / f"{dataset}-{part}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in chosen_rows))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def recipe_knows(overrides: list[str]) -> str | None:
+    """None when plain DPO with these overrides (after the budget's) is a valid recipe, else why not."""
+    import dpo.api
+    from dpo.errors import UserError
+
+    try:
+        dpo.api.validate(REPO / "recipes" / "plain.yaml", overrides)
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+# ---- one run ----
+
+
+def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
+    """Per-pair test results of the run's final weights: the implicit reward's preference and the policy's own."""
+    from dpo.analysis.evaluate import PolicyAndReference, load_tokenizer, pair_ids, sequence_logps
+    from dpo.config.loading import load_recipe
+
+    recipe = load_recipe(run_dir / "recipe.yaml").recipe
+    pairs = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()][:limit]
+    tokenizer = load_tokenizer(run_dir)
+    models = PolicyAndReference(run_dir, recipe)
+    tokenized = [pair_ids(tokenizer, p) for p in pairs]
+    prompts = [t[0] for t in tokenized] * 2
+    completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
+    n, logps = len(pairs), {}
+    for which in ("policy", "reference"):
+        with models.use(which) as model:
+            scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
+        logps[which] = (scores[:n], scores[n:])
+    (pc, pr), (rc, rr) = logps["policy"], logps["reference"]
+    reward = [int((a - c) - (b - d) > 0) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
+    policy = [int(a > b) for a, b in zip(pc, pr, strict=True)]
+    return {"pairs": n, "reward": "".join(map(str, reward)), "policy": "".join(map(str, policy))}
+
+
+def validation_accuracy(summary: dict) -> float | None:
+    """The validation reward accuracy of the weights the run ended with (the best checkpoint's when restored)."""
+    metrics = summary["best_metrics"] if summary.get("final_weights") == "best" else summary["final_metrics"]
+    return metrics.get("eval_rewards/accuracies")
+
+
+def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str], files: tuple[Path, Path],
+            out: Path, quick: bool) -> dict:  # fmt: skip
+    import dpo.api
+
+    spec = METHODS[method]
+    validation, test = files
+    overrides = [*base, f"data.eval={validation}", f"seed={seed}", f"name={method}", *spec.overrides]
+    if DATASETS[dataset] != "quickstart.yaml":
+        # every method's recipe inherits quickstart.yaml (arithmetic): on another data set, its training file and
+        # pair expansion
+        from dpo.config.loading import load_recipe
+
+        data = load_recipe(REPO / "recipes" / DATASETS[dataset]).recipe.data
+        overrides.insert(0, f"data.train={Path(data.train if isinstance(data.train, str) else data.train[0].path)}")
+        expand = data.expand_pairs
+        overrides.insert(1, f"data.expand_pairs={{min_gap: {expand.min_gap}, max_pairs_per_prompt: "
+                            f"{expand.max_pairs_per_prompt or 'null'}}}")  # fmt: skip
+    if noise > 0:
+        overrides.append(f"data.augment=[{{type: label_noise, fraction: {noise}}}]")
+    run_dir = out / f"{dataset}-noise{int(noise * 100)}-seed{seed}-{method}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off before it was recorded starts over
+    started = time.time()
+    summary = dpo.api.train(REPO / "recipes" / spec.recipe, overrides=overrides, output_dir=run_dir)
+    test_result = score_test(run_dir, test, QUICK_TEST_PAIRS if quick else None)
+    decisions = (summary.get("autopilot") or {}).get("decisions", [])
+    record = {
+        "dataset": dataset, "noise": noise, "seed": seed, "method": method,
+        "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
+        "validation_accuracy": validation_accuracy(summary),
+        "test": test_result,
+        "autopilot_decisions": [{k: d[k] for k in ("step", "rule", "changed")} for d in decisions],
+        "wall_s": round(time.time() - started, 1),
+    }  # fmt: skip
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are big; the record has what counts
+    return record
+
+
+# ---- statistics ----
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def bootstrap(runs: list[dict], field: str, baseline: list[dict] | None = None, seed: int = 0) -> tuple:
+    """(mean, low, high): mean test accuracy over `runs` (per-pair 0/1 strings in run["test"][field]) with a 95%
+    interval from resampling seeds and test pairs; with `baseline` (the same seeds, same test pairs), of the
+    difference run - baseline."""
+    rng = random.Random(seed)
+    rows = [[int(c) for c in r["test"][field]] for r in runs]
+    base = [[int(c) for c in b["test"][field]] for b in baseline] if baseline else None
+
+    def stat(seed_ix, pair_ix):
+        value = _mean(_mean(rows[s][p] for p in pair_ix) for s in seed_ix)
+        if base is not None:
+            value -= _mean(_mean(base[s][p] for p in pair_ix) for s in seed_ix)
+        return value
+
+    n_seeds, n_pairs = len(rows), len(rows[0])
+    point = stat(range(n_seeds), range(n_pairs))
+    draws = sorted(
+        stat([rng.randrange(n_seeds) for _ in range(n_seeds)], [rng.randrange(n_pairs) for _ in range(n_pairs)])
+        for _ in range(BOOTSTRAP)
+    )
+    return point, draws[int(0.025 * BOOTSTRAP)], draws[int(0.975 * BOOTSTRAP) - 1]
+
+
+def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
+    """Per data set and noise level: each method's mean, interval and difference from plain; the best single
+    control chosen on validation; the goals."""
+    cells = {}
+    for dataset in sorted({r["dataset"] for r in done}):
+        for noise in sorted({r["noise"] for r in done if r["dataset"] == dataset}):
+            group = [r for r in done if r["dataset"] == dataset and r["noise"] == noise]
+            by_method = {}
+            for r in group:
+                by_method.setdefault(r["method"], []).append(r)
+            plain = sorted(by_method.get("plain", []), key=lambda r: r["seed"])
+            rows = {}
+            for method, runs in by_method.items():
+                runs = sorted(runs, key=lambda r: r["seed"])
+                rows[method] = _row(runs, plain)
+            singles = [m for m in rows if METHODS[m].kind == "single" and rows[m]["validation_accuracy"] is not None]
+            if singles:
+                best = max(singles, key=lambda m: rows[m]["validation_accuracy"])
+                rows["best_single"] = {**rows[best], "chosen": best}
+            cells[f"{dataset}/{noise}"] = {"dataset": dataset, "noise": noise, "methods": rows}
+    return {"cells": cells, "skipped": skipped, "goals": goals(cells)}
+
+
+def _row(runs: list[dict], plain: list[dict]) -> dict:
+    paired = [next((p for p in plain if p["seed"] == r["seed"]), None) for r in runs]
+    row = {
+        "seeds": [r["seed"] for r in runs],
+        "validation_accuracy": _mean(r["validation_accuracy"] for r in runs)
+        if all(r["validation_accuracy"] is not None for r in runs) else None,
+        "test_accuracy": bootstrap(runs, "reward"),
+        "test_policy_preference": bootstrap(runs, "policy"),
+        "steps": _mean(r["steps"] for r in runs),
+        "max_steps": runs[0]["max_steps"],
+        "stop_reasons": sorted({r["stop_reason"] for r in runs}),
+    }  # fmt: skip
+    if plain and all(p is not None for p in paired):
+        row["vs_plain"] = bootstrap(runs, "reward", paired)
+    return row
+
+
+def goals(cells: dict) -> list[dict]:
+    """The issue's goals per noisy cell: no method below plain DPO beyond the interval; the autopilot at least as
+    good as the best single control; the autopilot 0.10 above plain DPO at 30% noise."""
+    found = []
+    for key, cell in cells.items():
+        if cell["noise"] == 0:
+            continue
+        rows = cell["methods"]
+        below = [m for m, r in rows.items() if m != "plain" and "vs_plain" in r and r["vs_plain"][2] < 0]
+        detail = ", ".join(f"{m} {rows[m]['vs_plain'][0]:+.3f}" for m in below) or "none below"
+        found.append({"cell": key, "goal": "no method below plain beyond the interval", "met": not below,
+                      "detail": detail})  # fmt: skip
+        if "autopilot" in rows and "best_single" in rows:
+            auto, best = rows["autopilot"]["test_accuracy"], rows["best_single"]["test_accuracy"]
+            found.append({"cell": key, "goal": "autopilot >= best single control (chosen on validation)",
+                          "met": auto[0] >= best[0] or auto[2] >= best[0],
+                          "detail": f"autopilot {auto[0]:.3f} [{auto[1]:.3f}, {auto[2]:.3f}] vs "
+                                    f"{rows['best_single']['chosen']} {best[0]:.3f}"})  # fmt: skip
+        if cell["noise"] == 0.3 and "autopilot" in rows and "vs_plain" in rows["autopilot"]:
+            diff = rows["autopilot"]["vs_plain"]
+            found.append({"cell": key, "goal": "autopilot >= plain + 0.10 in test accuracy", "met": diff[0] >= 0.10,
+                          "detail": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"})  # fmt: skip
+    return found
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "Test preference accuracy (true labels; implicit reward) and the policy's own preference, mean over seeds "
+        "with 95% bootstrap intervals (seeds and test pairs resampled); difference from plain DPO on the same seeds "
+        "and pairs; steps used of the budget. `best_single` is chosen on validation accuracy.",
+        "",
+        "| data | noise | method | test accuracy | vs plain | policy prefers chosen | validation acc. | steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(t, signed=False):
+        f = "{:+.3f}" if signed else "{:.3f}"
+        return f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
+
+    for cell in result["cells"].values():
+        for method, r in cell["methods"].items():
+            name = f"best_single ({r['chosen']})" if method == "best_single" else method
+            vs = ci(r["vs_plain"], True) if "vs_plain" in r else "-"
+            val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
+            lines.append(
+                f"| {cell['dataset']} | {cell['noise']:.0%} | {name} | {ci(r['test_accuracy'])} | {vs} | "
+                f"{ci(r['test_policy_preference'])} | {val} | {r['steps']:.0f} / {r['max_steps']} |"
+            )
+    if result["skipped"]:
+        lines += ["", *(f"Skipped `{m}`: {why}" for m, why in result["skipped"].items())]
+    if result["goals"]:
+        lines += ["", "| cell | goal | met | numbers |", "|---|---|---|---|"]
+        lines += [f"| {g['cell']} | {g['goal']} | {'yes' if g['met'] else 'NO'} | {g['detail']} |"
+                  for g in result["goals"]]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def figures(result: dict) -> str:
+    """An HTML page of charts against the share of flipped labels, per data set: test accuracy (true labels), the
+    policy's own preference, and steps used, one line per method (means; the intervals are in noise.md)."""
+    from dpo.analysis.plots import PALETTE, Series, line_chart
+
+    charts = []
+    datasets = sorted({c["dataset"] for c in result["cells"].values()})
+    for dataset in datasets:
+        cells = sorted((c for c in result["cells"].values() if c["dataset"] == dataset), key=lambda c: c["noise"])
+        methods = list(dict.fromkeys(m for c in cells for m in c["methods"] if m != "best_single"))
+        noise = [100 * c["noise"] for c in cells]
+        for field, title in (("test_accuracy", "test accuracy (true labels)"),
+                             ("test_policy_preference", "policy prefers the chosen answer (test)"),
+                             ("steps", "steps used")):  # fmt: skip
+            series = [
+                Series(
+                    method,
+                    [(100 * c["noise"], _point(c["methods"][method][field])) for c in cells if method in c["methods"]],
+                    PALETTE[i % len(PALETTE)],
+                )  # fmt: skip
+                for i, method in enumerate(methods)
+            ]
+            chart = line_chart(f"{dataset}: {title}", series, (min(noise), max(noise)), x_label="% of training "
+                               "labels flipped")  # fmt: skip
+            if chart:
+                charts.append(chart)
+    return "<!doctype html><meta charset=utf-8><title>noise benchmark</title>" + "".join(charts) + "\n"
+
+
+def _point(value) -> float:
+    return value[0] if isinstance(value, list | tuple) else value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny random model, 2 steps per run (for tests)")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--noise", type=float, nargs="*", default=list(NOISE))
+    parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
+    parser.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS), choices=list(METHODS))
+    parser.add_argument("--results", type=Path, default=REPO / "eval" / "results")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-noise-"))
+    base = list(BUDGET)
+    if args.quick:
+        from tests.conftest import build_tiny_model
+
+        base = [*QUICK, f"model.name_or_path={build_tiny_model(work / 'tiny')}"]
+    skipped = {}
+    methods = []
+    for method in args.methods:
+        spec = METHODS[method]
+        problem = recipe_knows([*base, *spec.overrides]) if spec.kind == "audit" else None
+        if problem:
+            skipped[method] = f"this version does not take {', '.join(spec.overrides)} ({problem})"
+            print(f"skipping {method}: {skipped[method]}", flush=True)
+        else:
+            methods.append(method)
+    if "plain" not in methods:
+        print("note: without plain DPO there is no baseline to compare with", flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    name = "noise_quick" if args.quick else "noise"
+    runs_file = args.results / f"{name}.runs.jsonl"
+    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+    for dataset in args.datasets:
+        files = split_heldout(dataset, work)
+        for noise in args.noise:
+            for seed in args.seeds:
+                for method in methods:
+                    key = (dataset, noise, seed, method)
+                    if any((r["dataset"], r["noise"], r["seed"], r["method"]) == key for r in done):
+                        continue
+                    record = run_one(dataset, noise, seed, method, base, files, work / "runs", args.quick)
+                    done.append(record)
+                    with runs_file.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
+                    print(json.dumps(shown), flush=True)
+    result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in methods}, **aggregate(done, skipped)}
+    (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"{name}.md").write_text(markdown(result))
+    (args.results / f"{name}.html").write_text(figures(result))
+    print(markdown(result))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The autopilot (dpo/training/autopilot.py): each rule's decision on hand-made evaluations, its bounds, the checks
+of its recipe keys, and on the tiny model: the controls it changes reach the loss and the optimizer mid-run, every
+decision is logged, and a resumed run replays them exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import dpo.training.trainer as trainer_module
+from dpo.config.schema import AutopilotSection
+from dpo.errors import UserError
+from dpo.noise import NoiseRule
+from dpo.training.autopilot import RULES, Autopilot, Controls, audit_flip_rate, describe, markdown_table
+from dpo.training.execute import execute
+from dpo.training.gate import check
+from dpo.training.losses import LossPlan
+from tests.conftest import REPO, read_jsonl
+
+SETTINGS = AutopilotSection(enabled=True).model_dump()
+SIGMOID = LossPlan(terms=(("sigmoid", 1.0),))
+
+
+def pilot(plan=SIGMOID, metric="eval_rewards/accuracies", sigmas=2.0, flip_rate=None, **settings) -> Autopilot:
+    return Autopilot({**SETTINGS, **settings}, plan, NoiseRule(metric, sigmas=sigmas), flip_rate=flip_rate)
+
+
+def evaluation(**values) -> dict:
+    base = {"eval_loss": 0.69, "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.5,
+            "eval_logratios/chosen": 0.0, "eval_gap/accuracies": 0.0}  # fmt: skip
+    return base | {k.replace("__", "/"): v for k, v in values.items()}
+
+
+def test_controls_of_a_plan_and_back():
+    plan = LossPlan(terms=(("sigmoid", 1.0), ("sft", 0.5)), hyperparameters={"label_smoothing": 0.1})
+    controls = Controls.of(plan)
+    assert controls == Controls(nll_weight=0.5, dpop_lambda=None, label_smoothing=0.1, lr_factor=1.0)
+    assert Controls.of(LossPlan(terms=(("dpop", 1.0),))).dpop_lambda == 50.0  # the loss's own default
+    assert Controls.of(LossPlan(terms=(("ipo", 1.0),))).label_smoothing is None
+    controls.nll_weight, controls.label_smoothing = 1.0, 0.2
+    changed = controls.loss_plan(plan)
+    assert changed.terms == (("sigmoid", 1.0), ("sft", 1.0)) and changed.hyperparameters == {"label_smoothing": 0.2}
+    controls.nll_weight = 0.0
+    assert controls.loss_plan(plan).terms == (("sigmoid", 1.0),)
+
+
+def test_displacement_turns_on_the_nll_term_then_raises_it_to_its_bound_with_cooldowns():
+    autopilot = pilot(max_nll_weight=0.5)
+    made = []
+    for step in range(0, 100, 10):
+        made += autopilot.decide(step, evaluation(eval_logratios__chosen=-3.0))
+    assert [(d["step"], d["rule"], d["changed"]) for d in made] == [
+        (0, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),
+        (30, "displacement", {"regularizers.nll_weight": [0.25, 0.5]}),  # rests 2 evaluations; then at its bound
+    ]
+    assert made[0]["because"]["eval_logratios/chosen"] == -3.0
+    # within the noise of the threshold: no signal
+    assert pilot().decide(0, evaluation(eval_logratios__chosen=-1.1, **{"eval_se/logratios/chosen": 0.1})) == []
+
+
+def test_displacement_raises_dpop_lambda_where_a_loss_takes_it():
+    autopilot = pilot(plan=LossPlan(terms=(("dpop", 1.0),), hyperparameters={"dpop_lambda": 60.0}))
+    (decision,) = autopilot.decide(0, evaluation(eval_logratios__chosen=-3.0))
+    assert decision["changed"] == {"loss.dpop_lambda": [60.0, 120.0]}
+
+
+def test_memorising_raises_smoothing_then_cuts_the_learning_rate_at_the_bound():
+    autopilot = pilot(max_label_smoothing=0.1, cooldown=0)
+    changes = [d["changed"] for s in (0, 10, 20) for d in autopilot.decide(s, evaluation(eval_gap__accuracies=0.6))]
+    assert changes == [{"loss.label_smoothing": [0.0, 0.1]}, {"lr_factor": [1.0, 0.5]}, {"lr_factor": [0.5, 0.25]}]
+    ipo = pilot(plan=LossPlan(terms=(("ipo", 1.0),)))  # no smoothing to raise: the learning rate instead
+    assert ipo.decide(0, evaluation(eval_gap__accuracies=0.6))[0]["changed"] == {"lr_factor": [1.0, 0.5]}
+
+
+def test_confident_but_wrong_needs_the_loss_up_and_the_margin_up():
+    autopilot = pilot()
+    assert autopilot.decide(0, evaluation(eval_loss=0.60, eval_rewards__margins=0.1)) == []
+    assert autopilot.decide(10, evaluation(eval_loss=0.62, eval_rewards__margins=0.5)) == []  # +3%: not 10%
+    (decision,) = autopilot.decide(20, evaluation(eval_loss=0.75, eval_rewards__margins=0.9))
+    assert decision["rule"] == "confident_but_wrong" and decision["because"]["min_step"] == 0
+    assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.1]}
+
+
+def test_label_audit_sets_the_smoothing_to_the_estimate_within_its_bound():
+    (decision,) = pilot(flip_rate=0.2).decide(0, evaluation())
+    assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.2]}
+    (decision,) = pilot(flip_rate=0.45).decide(0, evaluation())
+    assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.3]}
+    assert audit_flip_rate({"label_audit": {"flip_rate": 0.25}}) == 0.25 and audit_flip_rate({}) is None
+
+
+def test_plateau_cuts_the_learning_rate_then_stop_after_a_fall_beyond_the_noise():
+    """Accuracy at 0.5 (step 0), rising clearly to 0.8, then flat: a plateau cuts the learning rate down to its floor;
+    a clear fall after that stops the run. At chance nothing happens at all."""
+    se = 0.036
+    autopilot = pilot(patience=2, cooldown=0, min_lr_factor=0.25)
+    values = [0.5, 0.65, 0.8, 0.8, 0.79, 0.8, 0.78, 0.66, 0.65]
+    made = [d for i, v in enumerate(values) for d in autopilot.decide(10 * i, evaluation(
+        eval_rewards__accuracies=v, **{"eval_se/rewards/accuracies": se}))]  # fmt: skip
+    assert [(d["step"], d["rule"], d["changed"]) for d in made] == [
+        (40, "plateau", {"lr_factor": [1.0, 0.5]}),
+        (50, "plateau", {"lr_factor": [0.5, 0.25]}),
+        (70, "stop", {"stop": [False, True]}),  # 0.66 is 3.9 SE below 0.8 (step 20), 5 >= 2 x patience evaluations on
+    ]
+    assert autopilot.stopped_at == 70 and autopilot.stop_reason == "autopilot"
+    flat = pilot(patience=2, cooldown=0)
+    at_chance = evaluation(**{"eval_se/rewards/accuracies": 0.045})
+    assert [d for i in range(20) for d in flat.decide(10 * i, at_chance)] == []
+
+
+def test_rule_table_is_in_the_docs_and_describes_its_bounds():
+    assert markdown_table() in (REPO / "docs" / "overfitting.md").read_text()
+    for rule in RULES:  # every bound a rule names is a key of the autopilot section (or early stopping's)
+        for key in [w.strip("`") for w in rule.bounds.split() if w.startswith("`")]:
+            key = key.rstrip("`;,")
+            assert key in AutopilotSection.model_fields or key == "label_smoothing", (rule.name, key)
+    line = describe({"step": 4, "rule": "displacement", "changed": {"regularizers.nll_weight": [0.0, 0.25]},
+                     "because": {"eval_logratios/chosen": -2.5}})  # fmt: skip
+    assert line == "autopilot @ step 4: displacement: regularizers.nll_weight 0.0 -> 0.25 (because " \
+        "eval_logratios/chosen -2.5)"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["autopilot.max_nll_weight=2"], "autopilot.max_nll_weight: has no effect: autopilot.enabled is false"),
+        (
+            ["autopilot.enabled=true", "loss.type=ipo", "autopilot.max_label_smoothing=0.2"],
+            "autopilot.max_label_smoothing: has no effect: no loss in loss.type takes label_smoothing",
+        ),
+        (
+            ["autopilot.enabled=true", "autopilot.max_dpop_lambda=10"],
+            "autopilot.max_dpop_lambda: has no effect: no loss in loss.type takes dpop_lambda",
+        ),
+        (["autopilot.enabled=true", "training.eval_strategy=no"], "autopilot: needs evaluations"),
+        (["autopilot.enabled=true", "autopilot.max_label_smoothing=0.5"], "less than 0.5"),
+        (["autopilot.enabld=true"], "did you mean 'autopilot.enabled'"),
+    ],
+)
+def test_recipe_errors_name_the_key(tiny_recipe, overrides, message):
+    with pytest.raises(UserError, match=message):
+        check(tiny_recipe, overrides)
+    assert check(tiny_recipe, ["autopilot.enabled=true", "loss.type=dpop", "autopilot.max_dpop_lambda=10"])
+
+
+# ---- on the tiny model ----
+
+
+class Scripted(TrainerCallback):
+    """Overwrites held-out metrics per evaluation step before the autopilot reads them: neutral values, except the
+    scripted ones. (Callbacks passed to execute run before dpo's own.)"""
+
+    SCRIPT = {2: {"eval_logratios/chosen": -5.0}, 3: {"eval_gap/accuracies": 0.9}, 6: {"eval_gap/accuracies": 0.9}}
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics.update({"eval_logratios/chosen": 0.0, "eval_gap/accuracies": 0.0})
+        metrics.update(self.SCRIPT.get(state.global_step, {}))
+
+
+class Interrupt(TrainerCallback):
+    """Stops the process's run abruptly at the start of `step` (a kill, in-process), after checkpoint step-1."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            raise KeyboardInterrupt
+
+
+AUTOPILOT_RUN = [
+    "autopilot.enabled=true",
+    "autopilot.max_label_smoothing=0.1",
+    "autopilot.patience=100",  # no plateau decisions from the tiny model's own noise
+    "autopilot.loss_rise=100",
+    "training.max_steps=8",
+    "training.eval_steps=1",
+    "training.lr_scheduler_type=constant",
+]
+
+
+@pytest.fixture
+def loss_calls(monkeypatch):
+    """Every call of a loss function by the trainer during training steps: (loss name, its hyperparameters)."""
+    calls = []
+    original = trainer_module.compute_loss
+
+    def spy(name, tensors, *, beta, **hyperparameters):
+        if torch.is_grad_enabled():
+            calls.append((name, dict(hyperparameters)))
+        return original(name, tensors, beta=beta, **hyperparameters)
+
+    monkeypatch.setattr(trainer_module, "compute_loss", spy)
+    return calls
+
+
+def test_decisions_reach_the_loss_and_the_optimizer_and_are_logged(tiny_recipe, tmp_path, loss_calls, capsys):
+    run_dir = tmp_path / "run"
+    summary, trainer = execute(tiny_recipe, AUTOPILOT_RUN, output_dir=run_dir, callbacks=[Scripted()])
+    decisions = summary["autopilot"]["decisions"]
+    assert [(d["step"], d["rule"], d["changed"]) for d in decisions] == [
+        (2, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),
+        (3, "memorising", {"loss.label_smoothing": [0.0, 0.1]}),
+        (6, "memorising", {"lr_factor": [1.0, 0.5]}),  # smoothing at its bound: the learning rate instead
+    ]
+    # the loss of each training step (4 pairs in one batch per step): the NLL term from step 3, smoothing from step 4
+    names = [name for name, _ in loss_calls]
+    assert names[:2] == ["sigmoid", "sigmoid"] and names[2:4] == ["sigmoid", "sft"]
+    smoothing = [h.get("label_smoothing") for name, h in loss_calls if name == "sigmoid"]
+    assert smoothing == [None, None, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]  # the plan is rebuilt at the first decision
+    assert trainer.loss_plan.terms == (("sigmoid", 1.0), ("sft", 0.25))
+    events = read_jsonl(run_dir / "metrics.jsonl")
+    lrs = [e["learning_rate"] for e in events if "grad_norm" in e]
+    assert lrs == pytest.approx([0.01] * 6 + [0.005] * 2)
+    logged = [e["autopilot"] for e in events if "autopilot" in e]
+    assert logged == decisions and [e["step"] for e in events if "autopilot" in e] == [2, 3, 6]
+    assert "autopilot @ step 2: displacement: regularizers.nll_weight 0.0 -> 0.25" in capsys.readouterr().out
+    assert summary["autopilot"]["controls"] == {"nll_weight": 0.25, "dpop_lambda": None, "label_smoothing": 0.1,
+                                                "lr_factor": 0.5}  # fmt: skip
+    assert "autopilot displacement: regularizers.nll_weight 0.25" in (run_dir / "report.html").read_text()
+
+
+def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls):
+    whole, _ = execute(tiny_recipe, AUTOPILOT_RUN, output_dir=tmp_path / "whole", callbacks=[Scripted()])
+    uninterrupted = list(loss_calls)
+    loss_calls.clear()
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        execute(tiny_recipe, AUTOPILOT_RUN, output_dir=run_dir, callbacks=[Scripted(), Interrupt(5)])
+    loss_calls.clear()
+    resumed, trainer = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, callbacks=[Scripted()])
+    assert resumed["resumed_from"] == [4]
+    assert resumed["autopilot"] == whole["autopilot"]
+    assert loss_calls == uninterrupted[-len(loss_calls) :]  # steps 5-8 ran with the same loss terms and settings
+    assert trainer.loss_plan.terms == (("sigmoid", 1.0), ("sft", 0.25))
+    lrs = [e["learning_rate"] for e in read_jsonl(run_dir / "metrics.jsonl") if "grad_norm" in e]
+    assert lrs == pytest.approx([0.01] * 6 + [0.005] * 2)
+    assert [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in e] == [2, 3, 6]
+    assert json.loads((run_dir / "summary.json").read_text())["autopilot"] == whole["autopilot"]
+
+
+def test_confident_but_wrong_ignores_losses_measured_before_the_loss_changed():
+    autopilot = pilot(cooldown=0)
+    assert autopilot.decide(0, evaluation(eval_loss=0.60, eval_rewards__margins=0.1)) == []
+    (displaced,) = autopilot.decide(10, evaluation(eval_loss=0.61, eval_logratios__chosen=-3.0))
+    assert displaced["rule"] == "displacement"  # the NLL term is added: eval_loss now includes it
+    made = autopilot.decide(20, evaluation(eval_loss=1.50, eval_rewards__margins=0.9))
+    assert [d["rule"] for d in made] == []  # 1.50 is the first loss of the new kind, not a rise from 0.60

@@ -1,0 +1,172 @@
+"""Stopping that knows its own noise (dpo/noise.py): early stopping, reduce-on-plateau and the overfitting onset on
+simulated held-out accuracy curves with binomial noise, and the standard errors a real run logs."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from dpo.analysis.diagnostics import overfitting_onset
+from dpo.noise import NoiseRule, look_corrected_sigmas, standard_error
+from dpo.training.callbacks import BestCheckpointCallback
+from dpo.training.execute import execute
+from dpo.training.plateau import NoiseAwarePlateau
+from tests.conftest import read_jsonl
+
+PAIRS = 120  # the issue's held-out set: SE of an accuracy near 0.5 is about 0.045
+METRIC = "eval_rewards/accuracies"
+
+
+def simulate(true_accuracies: list[float], rng: random.Random, pairs: int = PAIRS) -> list[tuple[float, float]]:
+    """(observed accuracy, its standard error) per evaluation: each pair right with the true probability."""
+    curve = []
+    for p in true_accuracies:
+        hits = sum(rng.random() < p for _ in range(pairs))
+        observed = hits / pairs
+        curve.append((observed, math.sqrt(observed * (1 - observed) / pairs)))
+    return curve
+
+
+def first_stop(callback: BestCheckpointCallback, curve, every: int = 10) -> int | None:
+    """Feed the curve as evaluations at steps 0, 10, 20, ... (step 0: all rewards tie, accuracy 0, SE 0)."""
+    callback.update(0, 0.0, 0.0)
+    for i, (value, error) in enumerate(curve, start=1):
+        _, stop = callback.update(i * every, value, error)
+        if stop:
+            return i * every
+    return None
+
+
+FLAT = [0.5] * 20  # 20 evaluations at chance: nothing is learned
+RISE_FALL = [0.5 + 0.025 * i for i in range(1, 11)] + [0.75 - 0.02 * i for i in range(1, 11)]  # peak 0.75 at step 100
+
+
+def test_standard_error_of_an_accuracy_is_the_binomial_one():
+    values = [1.0] * 30 + [0.0] * 90
+    assert standard_error(values) == pytest.approx(math.sqrt(0.25 * 0.75 / 120))
+    assert standard_error([0.3]) == 0.0
+    assert look_corrected_sigmas(2.0, 1) == 2.0 and 2.8 < look_corrected_sigmas(2.0, 10) < 2.9
+
+
+def test_flat_curve_at_chance_never_stops_with_the_noise_rule_and_often_without():
+    """The issue's failure: patience 3 on a 120-pair accuracy that stays at chance. The plain rule stops on noise
+    in most simulated runs; the noise rule stops in at most 5% of them (its one-sided level, look-corrected)."""
+    plain_stops = noisy_stops = 0
+    for seed in range(200):
+        curve = simulate(FLAT, random.Random(seed))
+        plain_stops += first_stop(BestCheckpointCallback(METRIC, patience=3), curve) is not None
+        noisy_stops += first_stop(BestCheckpointCallback(METRIC, patience=3, noise_sigmas=2.0), curve) is not None
+    assert plain_stops >= 150
+    assert noisy_stops <= 10
+
+
+SLOW_RISE = [0.5 + 0.012 * i for i in range(1, 21)]  # +0.012 per evaluation, a quarter of the noise
+
+
+def test_genuine_rise_then_fall_stops_after_the_peak_and_keeps_weights_near_it():
+    stops, best_steps = [], []
+    for seed in range(50):
+        callback = BestCheckpointCallback(METRIC, patience=3, noise_sigmas=2.0)
+        stops.append(first_stop(callback, simulate(RISE_FALL, random.Random(seed))))
+        best_steps.append(callback.best_step)
+    assert all(stop is not None for stop in stops)  # it stops every time,
+    assert sum(stop > 100 for stop in stops) >= 47  # nearly always after the peak (a noise spike can fool it)
+    assert all(60 <= best <= 140 for best in best_steps)  # the kept weights are near the peak (0.65-0.75 true)
+
+
+def test_slow_rise_is_stopped_less_often_than_by_the_plain_rule():
+    plain = noisy = 0
+    for seed in range(100):
+        curve = simulate(SLOW_RISE, random.Random(seed))
+        plain += first_stop(BestCheckpointCallback(METRIC, patience=3), curve) is not None
+        noisy += first_stop(BestCheckpointCallback(METRIC, patience=3, noise_sigmas=2.0), curve) is not None
+    assert noisy <= plain / 2
+
+
+def test_rule_on_hand_numbers():
+    rule = NoiseRule(METRIC, sigmas=2.0)
+    assert rule.start(0.0) == 0.5  # step 0 ties every reward: chance is where the run starts
+    assert not rule.improves(0.58, 0.5, 0.045)  # +0.08 < 2 SE
+    assert rule.improves(0.60, 0.5, 0.045)
+    assert not rule.fallen(0.62, 0.70, 0.044) and rule.fallen(0.60, 0.70, 0.045)
+    assert not rule.learned(0.0, 0.58, 0.045, looks=1) and rule.learned(0.0, 0.65, 0.045, looks=1)
+    assert not rule.learned(0.0, 0.62, 0.045, looks=10)  # the best of 10 looks must clear 2.84 SE
+    loss = NoiseRule("eval_loss", sigmas=2.0)
+    assert loss.start(0.693) == 0.693 and loss.learned(0.693, 0.55, 0.02) and not loss.learned(0.693, 0.68, 0.02)
+    assert NoiseRule(METRIC, sigmas=0.0).learned(0.9, 0.1)  # k = 0: the rule is off
+
+
+def test_onset_needs_a_fall_beyond_the_noise():
+    def history(held_out, errors, train):
+        events = []
+        for i, (value, error, t) in enumerate(zip(held_out, errors, train, strict=True)):
+            events.append({"step": 10 * i + 5, "rewards/margins": t})
+            events.append({"step": 10 * i + 10, "eval_loss": 0.5, "eval_rewards/margins": value,
+                           "eval_se/rewards/margins": error})  # fmt: skip
+        return events
+
+    train = [0.1, 0.2, 0.3, 0.4, 0.5]
+    small = history([0.30, 0.31, 0.30, 0.29, 0.28], [0.05] * 5, train)  # falls by 0.02, SE 0.05
+    assert overfitting_onset(small, "eval_rewards/margins", 2) == 20  # the plain rule calls it
+    assert overfitting_onset(small, "eval_rewards/margins", 2, noise_sigmas=2.0) is None
+    large = history([0.30, 0.40, 0.30, 0.20, 0.10], [0.03] * 5, train)
+    assert overfitting_onset(large, "eval_rewards/margins", 2, noise_sigmas=2.0) == 20
+
+
+def _plateau(noise_sigmas: float) -> NoiseAwarePlateau:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return NoiseAwarePlateau(optimizer, METRIC, noise_sigmas, mode="max", factor=0.5, patience=2)
+
+
+def test_plateau_never_cuts_the_learning_rate_at_chance():
+    cut = 0
+    for seed in range(100):
+        scheduler = _plateau(2.0)
+        for value, error in simulate(FLAT, random.Random(seed)):
+            scheduler.step(value, error=error)
+        cut += scheduler.optimizer.param_groups[0]["lr"] < 1.0
+    assert cut <= 5
+    scheduler = _plateau(0.0)  # torch's rule cuts on the noise of a flat curve
+    for value, error in simulate(FLAT, random.Random(0)):
+        scheduler.step(value, error=error)
+    assert scheduler.optimizer.param_groups[0]["lr"] < 1.0
+
+
+def test_plateau_cuts_after_a_genuine_rise():
+    scheduler = _plateau(2.0)
+    curve = [(0.5, 0.045), (0.6, 0.045), (0.7, 0.042), (0.8, 0.037), (0.8, 0.037), (0.79, 0.037), (0.8, 0.037)]
+    lrs = []
+    for value, error in curve:
+        scheduler.step(value, error=error)
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5]  # three evaluations without a 2-SE gain after 0.8
+    assert set(scheduler.state_dict()) >= {"first", "best_error", "looks", "noise_sigmas"}
+
+
+def test_a_run_logs_the_standard_error_of_each_per_pair_metric(tiny_recipe, tmp_path):
+    execute(tiny_recipe, ["training.max_steps=2", "training.eval_steps=1"], output_dir=tmp_path / "run")
+    evaluations = [e for e in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in e]
+    for event in evaluations:
+        p = event["eval_rewards/accuracies"]
+        assert event["eval_se/rewards/accuracies"] == pytest.approx(math.sqrt(p * (1 - p) / 8), abs=1e-6)
+        assert event["eval_se/loss"] >= 0 and "eval_se/rewards/margins" in event and "eval_se/logps/chosen" in event
+    assert evaluations[0]["eval_se/rewards/margins"] == 0.0  # step 0 under LoRA: every margin is exactly 0
+    assert evaluations[-1]["eval_se/rewards/margins"] > 0
+
+
+def test_the_progress_line_shows_each_headline_number_with_its_noise(capsys):
+    from types import SimpleNamespace
+
+    from dpo.training.callbacks import CompactProgressCallback
+
+    logs = {
+        "eval_loss": 0.65,
+        "eval_se/loss": 0.02,
+        "eval_rewards/accuracies": 0.6,
+        "eval_se/rewards/accuracies": 0.0447,
+    }
+    CompactProgressCallback().on_log(None, SimpleNamespace(is_world_process_zero=True, global_step=10), None, logs)
+    assert capsys.readouterr().out == "held-out @ step 10: loss 0.650 ± 0.020, rewards/accuracies 0.600 ± 0.045\n"
