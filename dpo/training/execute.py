@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from dpo.analysis.model_card import write_model_card
 from dpo.analysis.report import write_report_or_warn
 from dpo.config.loading import changes_from_base
 from dpo.errors import NonFiniteError, RunFailed, UserError
@@ -44,6 +45,7 @@ from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
 from dpo.training.gate import CheckedRecipe, check
 from dpo.training.integrations import configure_loggers, finish_wandb
+from dpo.training.samples import write_samples_or_warn
 from dpo.training.summary import finished_summary, non_finite_summary
 
 
@@ -151,7 +153,12 @@ def _print_plan(checked: CheckedRecipe) -> None:
 def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None, callbacks: list, started: float):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from dpo.training.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+    from dpo.training.callbacks import (
+        BestCheckpointCallback,
+        CompactProgressCallback,
+        MetricsFileCallback,
+        ModelCardCallback,
+    )
 
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
@@ -172,7 +179,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         warmup_steps=stopping.warmup_steps,
         keep_best=stopping.patience is not None,
     )
-    own = [MetricsFileCallback(run_dir / METRICS_LOG), best]
+    own = [MetricsFileCallback(run_dir / METRICS_LOG), best, ModelCardCallback(run_dir)]
     trainer = build_trainer(checked, [*callbacks, *own])
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
@@ -193,6 +200,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
                 trainer.save_model(str(checkpoint_0))
                 trainer.accelerator.wait_for_everyone()  # every process's part saved before the mark says complete
                 if main:
+                    write_model_card(checkpoint_0, run_dir, checkpoint_step=0)
                     resuming.mark_complete(checkpoint_0, 0)
             train_output = trainer.train()
         else:
@@ -229,6 +237,8 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     )
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
+        write_model_card(run_dir / FINAL, run_dir)  # over peft's empty template, with the summary's numbers
+        write_samples_or_warn(trainer, checked, run_dir)
         if recipe.logging.wandb:
             finish_wandb(summary)
         write_report_or_warn(run_dir)
