@@ -202,7 +202,7 @@ def line_chart(
         if x_lo <= m.x <= x_hi:
             x = frame.px(m.x)
             frame.parts.append(
-                f'<line class="marker" data-x="{m.x}" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" '
+                f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" data-x="{m.x}" '
                 f'stroke="{m.color}"><title>{escape(m.label)} (step {fmt(m.x)})</title></line>'
             )
     for i, s in enumerate(series):
@@ -280,6 +280,13 @@ INTERACTIVE_JS = """
     var a = Math.abs(v);
     return a >= 1e-3 && a < 1e5 ? String(+v.toPrecision(3)) : v.toExponential(2);
   }
+  function tickText(v, ticks) {  // tick_text above: enough decimals to tell neighbouring ticks apart
+    var top = Math.max.apply(null, ticks.map(Math.abs));
+    if (ticks.length < 2 || !(top >= 1e-4 && top < 1e5)) return fmt(v);
+    var step = Math.abs(ticks[1] - ticks[0]), decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    if ((Math.round(step * Math.pow(10, decimals) * 1e6) / 1e6) % 1) decimals += 1;
+    return v.toFixed(decimals);
+  }
   function niceTicks(lo, hi, integer) {
     var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / 5)));
     if (integer && step < 1) step = 1;
@@ -339,15 +346,18 @@ INTERACTIVE_JS = """
       });
       var ticks = svg.querySelector('g.ticks');
       while (ticks.firstChild) ticks.removeChild(ticks.firstChild);
-      niceTicks(view.y[0], view.y[1], false).forEach(function (t) {
+      var yTicks = niceTicks(view.y[0], view.y[1], false), xTicks = niceTicks(view.x[0], view.x[1], home.integer);
+      yTicks.forEach(function (t) {
         var y = py(t).toFixed(1);
         ticks.appendChild(el('line', {'class': 'grid', x1: X0, x2: X1, y1: y, y2: y}));
-        ticks.appendChild(el('text', {'class': 'tick', x: X0 - 4, y: +y + 3, 'text-anchor': 'end'}, fmt(t)));
+        var label = tickText(t, yTicks);
+        ticks.appendChild(el('text', {'class': 'tick', x: X0 - 4, y: +y + 3, 'text-anchor': 'end'}, label));
       });
-      niceTicks(view.x[0], view.x[1], home.integer).forEach(function (t) {
+      xTicks.forEach(function (t) {
         var x = px(t).toFixed(1);
         ticks.appendChild(el('line', {'class': 'grid', x1: x, x2: x, y1: Y0, y2: Y1}));
-        ticks.appendChild(el('text', {'class': 'tick', x: x, y: Y0 + 13, 'text-anchor': 'middle'}, fmt(t)));
+        var label = tickText(t, xTicks);
+        ticks.appendChild(el('text', {'class': 'tick', x: x, y: Y0 + 13, 'text-anchor': 'middle'}, label));
       });
     }
     svg.querySelectorAll('g.legend-item').forEach(function (item) {
