@@ -226,12 +226,12 @@ def generate(model, tokenizer, prompts: list[list[int]], options: EvalOptions, d
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id
+    # the sampling knobs only with sampling: transformers warns about them next to greedy decoding
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if decoding == "sample" else {}
     config = GenerationConfig(
         max_new_tokens=options.max_new_tokens,
         do_sample=decoding == "sample",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
+        **sampling,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos,
     )

@@ -44,7 +44,7 @@ from dpo.rundir.files import (
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
 from dpo.training.gate import CheckedRecipe, check
-from dpo.training.integrations import configure_loggers, finish_wandb
+from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
 from dpo.training.samples import write_samples_or_warn
 from dpo.training.summary import finished_summary, non_finite_summary
 
@@ -239,6 +239,8 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         atomic_write_json(run_dir / SUMMARY, summary)
         write_model_card(run_dir / FINAL, run_dir)  # over peft's empty template, with the summary's numbers
         write_samples_or_warn(trainer, checked, run_dir)
+        if recipe.logging.tensorboard:
+            write_tensorboard_markers(summary, run_dir)
         if recipe.logging.wandb:
             finish_wandb(summary)
         write_report_or_warn(run_dir)
