@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def write_samples(trainer, checked, run_dir: Path) -> None:
             yield load_model(recipe.name_or_path, recipe.dtype, recipe.trust_remote_code).to(model.device).eval()
 
     options = GenerateOptions(max_new_tokens=MAX_NEW_TOKENS, seed=checked.recipe.seed)
-    rows = side_by_side(use, trainer.processing_class, prompts, options)
+    with warnings.catch_warnings():  # transformers 5 deprecation notices from inside generate(), not actionable here
+        warnings.simplefilter("ignore", FutureWarning)
+        rows = side_by_side(use, trainer.processing_class, prompts, options)
     model.train(was_training)
     atomic_write_json(
         run_dir / SAMPLES,
