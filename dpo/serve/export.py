@@ -117,6 +117,13 @@ def _push(folder: Path, repo: str) -> str:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="dpo export")
+    try:
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="dpo export")
+    except Exception as exc:  # noqa: BLE001 - the export itself is done; say what failed in one line
+        raise UserError(
+            f"wrote {folder}, but the upload failed ({type(exc).__name__}: {exc}); retry with: "
+            f"hf upload {repo} {folder}",
+            where="--push-to-hub",
+        ) from None
     return f"https://huggingface.co/{repo}"

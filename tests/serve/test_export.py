@@ -154,3 +154,29 @@ def test_cli_export_and_push_offline_exits_2_before_writing(finished_run, tmp_pa
     ok = run_dpo("export", finished_run, "--output", tmp_path / "plain")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"wrote {tmp_path / 'plain'} (adapter)"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HF_TOKEN": ""}, "cannot push: no Hugging Face token"),
+        # a token, but nothing listens at the hub's address: unreachable, found before writing
+        ({"HF_TOKEN": "hf_not_a_real_token", "HF_ENDPOINT": "http://127.0.0.1:9"}, "the hub is not reachable"),
+    ],
+)
+def test_push_without_token_or_network_exits_2_before_writing(finished_run, tmp_path, env, message):
+    import os
+
+    from tests.conftest import REPO
+
+    environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    environment.update(env, HF_HOME=str(tmp_path / "hf-home"))  # no stored token either
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "export", str(finished_run), "--output", str(out), "--push-to-hub", "me/x"],
+        capture_output=True, text=True, cwd=REPO, env=environment, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --push-to-hub: ") and message in lines[0], lines
+    assert not out.exists()
