@@ -131,6 +131,8 @@ def generate_for_run(
         raise UserError("give one of --prompt TEXT or --file JSONL", where="dpo generate")
     if n is not None and n < 1:
         raise UserError("must be >= 1", where="--n")
+    if n is not None and file is None:
+        raise UserError("takes the first N prompts of --file; with --prompt there is one", where="--n")
     if not (run_dir / RECIPE).is_file():
         raise UserError(f"not a run directory: no {RECIPE}", where=str(run_dir))
     if not (run_dir / FINAL).is_dir():

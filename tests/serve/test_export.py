@@ -180,3 +180,27 @@ def test_push_without_token_or_network_exits_2_before_writing(finished_run, tmp_
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --push-to-hub: ") and message in lines[0], lines
     assert not out.exists()
+
+
+def test_full_fine_tuning_exports_its_model_and_refuses_merge(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dpo.training.execute import execute
+    from tests.conftest import TINY_TRAINING, tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict(tiny_model_dir, 8, {**TINY_TRAINING, "max_steps": 2})
+    recipe["peft"] = None
+    run = tmp_path / "run"
+    execute(write_recipe(tmp_path / "full.yaml", recipe), ["logging.samples=1"], output_dir=run)
+    assert len(json.loads((run / "samples.json").read_text())["samples"]) == 1  # the reference: TRL's ref model
+    with pytest.raises(UserError, match="no adapter in final/"):
+        export_run(run, tmp_path / "merged", merge=True)
+    out = tmp_path / "model"
+    assert export_run(run, out)["weights"] == "model"
+    assert "library_name: transformers" in (out / "README.md").read_text()
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out)(ids).logits
+        trained = AutoModelForCausalLM.from_pretrained(run / "final")(ids).logits
+    assert torch.equal(exported, trained)

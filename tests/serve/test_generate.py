@@ -57,6 +57,8 @@ def test_plain_prompt_becomes_a_user_message_in_a_chat_run(finished_run, tiny_mo
 def test_bad_generate_calls(finished_run, tmp_path):
     with pytest.raises(UserError, match="one of --prompt TEXT or --file JSONL"):
         generate_for_run(finished_run)
+    with pytest.raises(UserError, match="--n: takes the first N prompts of --file"):
+        generate_for_run(finished_run, prompt="hi", n=2)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"question": "no prompt"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl: row 2: needs a 'prompt'"):
