@@ -75,10 +75,14 @@ def model_card(run_dir: Path, weights: str, checkpoint_step: int | None = None) 
     if hub_base(base):
         meta["base_model"] = hub_base(base)
     out = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {name}", ""]
-    what = f"checkpoint at step {checkpoint_step} of the run" if checkpoint_step is not None else "the trained run"
+    when = (
+        f" It is the checkpoint at step {checkpoint_step}, saved while the run went on."
+        if checkpoint_step is not None
+        else ""
+    )
     out.append(
-        f"DPO fine-tune ({what}) made with dpo-toolkit (TRL's DPOTrainer): loss `{loss.get('type', '?')}`, "
-        f"beta {loss.get('beta', '?')}. This folder holds {WEIGHTS[weights]}, and the tokenizer."
+        f"A DPO fine-tune made with dpo-toolkit (TRL's DPOTrainer): loss `{loss.get('type', '?')}`, "
+        f"beta {loss.get('beta', '?')}. This folder holds {WEIGHTS[weights]}, and the tokenizer.{when}"
     )
     out += ["", "## Base model", "", base_model_text(base), "", "## How to load", "", "```python"]
     out += _load_snippet(base, weights)

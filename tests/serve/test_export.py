@@ -63,7 +63,7 @@ def test_the_run_folders_carry_the_card_not_the_template(finished_run):
         assert "More Information Needed" not in text and "[None]" not in text, path
         assert "## Base model" in text and "```yaml" in text
     assert "## Held-out numbers" in cards[0].read_text() and "| before training (step 0) |" in cards[0].read_text()
-    assert "checkpoint at step" in cards[-1].read_text()
+    assert "It is the checkpoint at step" in cards[-1].read_text()
 
 
 @pytest.fixture(scope="module")
