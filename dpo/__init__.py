@@ -1,7 +1,8 @@
 """DPO fine-tuning with overfitting controls. `dpo.train(recipe, overrides=[...])` runs one recipe.
 
 The package's folders are its layers (see docs/architecture.md): config/ -> data/ -> training/ -> rundir/, read by
-analysis/, plan/ and sweep/; api.py holds the Python entry points and cli.py the `dpo` command.
+analysis/, plan/ and sweep/; serve/ exports a finished run's weights and generates with them; api.py holds the
+Python entry points and cli.py the `dpo` command.
 """
 
 __version__ = "0.1.0"

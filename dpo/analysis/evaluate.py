@@ -166,7 +166,7 @@ def load_tokenizer(run_dir: Path):
 # ---- tokenization and log-probs ------------------------------------------------------------------
 
 
-def _ids(tokenizer, content, generation_prompt: bool = False) -> list[int]:
+def token_ids(tokenizer, content, generation_prompt: bool = False) -> list[int]:
     if isinstance(content, list):  # conversational
         out = tokenizer.apply_chat_template(
             content, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
@@ -177,9 +177,9 @@ def _ids(tokenizer, content, generation_prompt: bool = False) -> list[int]:
 
 def pair_ids(tokenizer, pair: dict) -> tuple[list[int], list[int], list[int]]:
     """(prompt, chosen, rejected) token ids as TRL 1.16's DPO preprocessing makes them."""
-    prompt = _ids(tokenizer, pair["prompt"], generation_prompt=True)
-    chosen = _ids(tokenizer, pair["prompt"] + pair["chosen"])
-    rejected = _ids(tokenizer, pair["prompt"] + pair["rejected"])
+    prompt = token_ids(tokenizer, pair["prompt"], generation_prompt=True)
+    chosen = token_ids(tokenizer, pair["prompt"] + pair["chosen"])
+    rejected = token_ids(tokenizer, pair["prompt"] + pair["rejected"])
     cut = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
     return prompt[:cut], chosen[cut:], rejected[cut:]
 
@@ -226,12 +226,12 @@ def generate(model, tokenizer, prompts: list[list[int]], options: EvalOptions, d
     from transformers import GenerationConfig
 
     eos = tokenizer.eos_token_id
+    # the sampling knobs only with sampling: transformers warns about them next to greedy decoding
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if decoding == "sample" else {}
     config = GenerationConfig(
         max_new_tokens=options.max_new_tokens,
         do_sample=decoding == "sample",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
+        **sampling,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos,
     )
@@ -246,7 +246,9 @@ def generate(model, tokenizer, prompts: list[list[int]], options: EvalOptions, d
             mask[i, width - len(p) :] = 1
         torch.manual_seed(seed + b)
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            out = model.generate(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), generation_config=config
+            )
         for row in out[:, width:].tolist():
             answers.append(row[: row.index(eos) + 1] if eos in row else row)
         if bar is not None:
@@ -349,7 +351,7 @@ def _preference(logps: dict, beta: float) -> dict:
 
 def _generation(models, tokenizer, prompts: list, reward_name: str, options: EvalOptions, bar) -> tuple[dict, list]:
     reward = GOLD_REWARDS[reward_name]
-    prompt_ids = [_ids(tokenizer, p, generation_prompt=True) for p in prompts]
+    prompt_ids = [token_ids(tokenizer, p, generation_prompt=True) for p in prompts]
     answers = {}
     for which in ("policy", "reference"):
         with models.use(which) as model:

@@ -3,10 +3,16 @@
 Every chart is one `<svg class="plot">` whose data marks carry the class `data` (a `path` per line, a
 `circle` per point, each with a `<title>` tooltip), so a test can check that a chart is not blank.
 Non-finite values (logged as "nan"/"inf" strings) are skipped, not drawn at 0.
+
+Line charts are interactive with the small script INTERACTIVE_JS (a few kB, inline, no library): click a legend
+entry to hide or show its series, hover for the values of every shown series at the nearest step, drag across
+the chart to zoom into a step range (the y axis fits the points in it), double-click to zoom out. Without
+script the chart is the same static picture. docs/reports.md says why this and not a plotting library.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from html import escape
@@ -120,6 +126,7 @@ def _axes(frame: _Frame, title: str, x_label: str, y_label: str, x_ticks: list[t
     x0, x1 = LEFT, WIDTH - RIGHT
     y0, y1 = HEIGHT - BOTTOM, TOP
     p.append(f'<text class="title" x="{LEFT}" y="16">{escape(title)}</text>')
+    p.append('<g class="ticks">')  # the grid and tick labels, redrawn by INTERACTIVE_JS on zoom
     y_ticks = nice_ticks(frame.y_lo, frame.y_hi)
     for t in y_ticks:
         y = frame.py(t)
@@ -135,6 +142,7 @@ def _axes(frame: _Frame, title: str, x_label: str, y_label: str, x_ticks: list[t
         x = frame.px(t)
         p.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{y0}" y2="{y1}"/>')
         p.append(f'<text class="tick" x="{x:.1f}" y="{y0 + 13}" text-anchor="middle">{escape(text)}</text>')
+    p.append("</g>")
     p.append(f'<rect class="frame" x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}"/>')
     p.append(f'<text class="axis" x="{(x0 + x1) / 2}" y="{y0 + 26}" text-anchor="middle">{escape(x_label)}</text>')
     if y_label:
@@ -148,23 +156,27 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return [10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) if lo <= 10.0**e <= hi]
 
 
-def _legend(frame: _Frame, entries: list[tuple[str, str, bool]]) -> None:
+def _legend(frame: _Frame, entries: list[tuple[str, str, bool]], toggles: bool = False) -> None:
     x, y = LEFT, HEIGHT - 26
-    for label, color, dashed in entries:
+    for i, (label, color, dashed) in enumerate(entries):
         if x + 28 + 6 * len(label) > WIDTH:  # wrap onto a second row
             x, y = LEFT, y + 14
         dash = ' stroke-dasharray="5,3"' if dashed else ""
+        if toggles:  # a click on the entry hides / shows series i (INTERACTIVE_JS)
+            frame.parts.append(f'<g class="legend-item" data-series="{i}"><title>click: hide / show</title>')
         frame.parts.append(
             f'<line x1="{x}" x2="{x + 16}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>'
         )
         frame.parts.append(f'<text class="legend" x="{x + 20}" y="{y}">{escape(label)}</text>')
+        if toggles:
+            frame.parts.append("</g>")
         x += 28 + 6 * len(label)
 
 
-def _svg(frame: _Frame, title: str) -> str:
+def _svg(frame: _Frame, title: str, attributes: str = "") -> str:
     body = "".join(frame.parts)
     return (
-        f'<svg class="plot" data-title="{escape(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+        f'<svg class="plot"{attributes} data-title="{escape(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
         f'height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" role="img"><title>{escape(title)}</title>{body}</svg>'
     )
 
@@ -190,10 +202,13 @@ def line_chart(
         if x_lo <= m.x <= x_hi:
             x = frame.px(m.x)
             frame.parts.append(
-                f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" stroke="{m.color}">'
-                f"<title>{escape(m.label)} (step {fmt(m.x)})</title></line>"
+                f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" data-x="{m.x}" '
+                f'stroke="{m.color}"><title>{escape(m.label)} (step {fmt(m.x)})</title></line>'
             )
-    for s in series:
+    for i, s in enumerate(series):
+        # the points in data units and the label, for the hover readout and the zoom of INTERACTIVE_JS
+        data = escape(json.dumps({"label": s.label, "xy": s.points}, separators=(",", ":")))
+        frame.parts.append(f'<g class="series" data-series="{i}" data-points="{data}">')
         coords = [(frame.px(x), frame.py(y)) for x, y in s.points]
         if len(coords) > 1:
             d = "M" + "L".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)
@@ -208,8 +223,11 @@ def line_chart(
                     f'<circle class="data" cx="{cx:.1f}" cy="{cy:.1f}" r="2.6" fill="{s.color}">'
                     f"<title>{escape(s.label)}: step {fmt(x)}, {fmt(y)}</title></circle>"
                 )
-    _legend(frame, [(s.label, s.color, s.dashed) for s in series])
-    return _svg(frame, title)
+        frame.parts.append("</g>")
+    _legend(frame, [(s.label, s.color, s.dashed) for s in series], toggles=True)
+    box = {"x": [x_lo, x_hi], "y": [y_lo, y_hi], "px": [LEFT, WIDTH - RIGHT], "py": [HEIGHT - BOTTOM, TOP],
+           "integer": frame.integer_x}  # fmt: skip
+    return _svg(frame, title, f' data-frame="{escape(json.dumps(box))}"')
 
 
 def _style(s: Series) -> tuple:
@@ -243,3 +261,155 @@ def scatter_chart(title: str, points: list[ScatterPoint], x_label: str, y_label:
             f'fill-opacity="0.8"><title>{escape(p.tooltip)}</title></circle>'
         )
     return _svg(frame, title)
+
+
+# The interactivity of the line charts (module docstring). Reads data-frame (the axes' data and pixel ranges) and each
+# series' data-points; redraws paths, dots, markers and ticks for the zoomed range with the same rules as the Python
+# above (nice_ticks, padded_range, fmt).
+INTERACTIVE_JS = """
+(function () {
+  var NS = 'http://www.w3.org/2000/svg';
+  function el(name, attrs, text) {
+    var e = document.createElementNS(NS, name);
+    for (var k in attrs) e.setAttribute(k, attrs[k]);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function fmt(v) {
+    if (v === 0) return '0';
+    var a = Math.abs(v);
+    return a >= 1e-3 && a < 1e5 ? String(+v.toPrecision(3)) : v.toExponential(2);
+  }
+  function tickText(v, ticks) {  // tick_text above: enough decimals to tell neighbouring ticks apart
+    var top = Math.max.apply(null, ticks.map(Math.abs));
+    if (ticks.length < 2 || !(top >= 1e-4 && top < 1e5)) return fmt(v);
+    var step = Math.abs(ticks[1] - ticks[0]), decimals = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+    if ((Math.round(step * Math.pow(10, decimals) * 1e6) / 1e6) % 1) decimals += 1;
+    return v.toFixed(decimals);
+  }
+  function niceTicks(lo, hi, integer) {
+    var span = hi - lo, step = Math.pow(10, Math.floor(Math.log10(span / 5)));
+    if (integer && step < 1) step = 1;
+    var mults = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+    for (var i = 0; i < mults.length; i++) { if (span / (step * mults[i]) <= 5) { step *= mults[i]; break; } }
+    var out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+      out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    }
+    return out;
+  }
+  function padded(values) {
+    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
+    if (hi === lo) { var p = Math.abs(lo) * 0.1 || 1; return [lo - p, hi + p]; }
+    var pad = (hi - lo) * 0.06; return [lo - pad, hi + pad];
+  }
+  document.querySelectorAll('svg.plot[data-frame]').forEach(function (svg) {
+    var home = JSON.parse(svg.dataset.frame), view = {x: home.x.slice(), y: home.y.slice()};
+    var groups = Array.prototype.slice.call(svg.querySelectorAll('g.series'));
+    var series = groups.map(function (g) { return JSON.parse(g.dataset.points); });
+    var hidden = groups.map(function () { return false; });
+    var X0 = home.px[0], X1 = home.px[1], Y0 = home.py[0], Y1 = home.py[1];
+    function px(x) { return X0 + (x - view.x[0]) / (view.x[1] - view.x[0]) * (X1 - X0); }
+    function py(y) { return Y0 + (y - view.y[0]) / (view.y[1] - view.y[0]) * (Y1 - Y0); }
+    function dataX(event) {
+      var pt = svg.createSVGPoint(); pt.x = event.clientX; pt.y = event.clientY;
+      var p = pt.matrixTransform(svg.getScreenCTM().inverse());
+      var sx = Math.min(Math.max(p.x, X0), X1);
+      return {sx: sx, x: view.x[0] + (sx - X0) / (X1 - X0) * (view.x[1] - view.x[0])};
+    }
+    function inside(x) { return x >= view.x[0] - 1e-9 && x <= view.x[1] + 1e-9; }
+    function fitY() {
+      var ys = [];
+      series.forEach(function (s, i) {
+        if (!hidden[i]) s.xy.forEach(function (p) { if (inside(p[0])) ys.push(p[1]); });
+      });
+      if (ys.length) view.y = padded(ys);
+    }
+    function draw() {
+      groups.forEach(function (g, i) {
+        g.style.display = hidden[i] ? 'none' : '';
+        var xy = series[i].xy, path = g.querySelector('path'), circles = g.querySelectorAll('circle');
+        var shown = xy.filter(function (p) { return inside(p[0]); });
+        var d = shown.map(function (p) { return px(p[0]).toFixed(1) + ',' + py(p[1]).toFixed(1); }).join('L');
+        if (path) path.setAttribute('d', shown.length ? 'M' + d : 'M0,0');
+        if (path) path.style.display = shown.length > 1 ? '' : 'none';
+        xy.forEach(function (p, j) {
+          var c = circles[j]; if (!c) return;
+          c.style.display = inside(p[0]) ? '' : 'none';
+          c.setAttribute('cx', px(p[0]).toFixed(1)); c.setAttribute('cy', py(p[1]).toFixed(1));
+        });
+      });
+      svg.querySelectorAll('line.marker').forEach(function (m) {
+        var x = parseFloat(m.dataset.x);
+        m.style.display = inside(x) ? '' : 'none';
+        m.setAttribute('x1', px(x).toFixed(1)); m.setAttribute('x2', px(x).toFixed(1));
+      });
+      var ticks = svg.querySelector('g.ticks');
+      while (ticks.firstChild) ticks.removeChild(ticks.firstChild);
+      var yTicks = niceTicks(view.y[0], view.y[1], false), xTicks = niceTicks(view.x[0], view.x[1], home.integer);
+      yTicks.forEach(function (t) {
+        var y = py(t).toFixed(1);
+        ticks.appendChild(el('line', {'class': 'grid', x1: X0, x2: X1, y1: y, y2: y}));
+        var label = tickText(t, yTicks);
+        ticks.appendChild(el('text', {'class': 'tick', x: X0 - 4, y: +y + 3, 'text-anchor': 'end'}, label));
+      });
+      xTicks.forEach(function (t) {
+        var x = px(t).toFixed(1);
+        ticks.appendChild(el('line', {'class': 'grid', x1: x, x2: x, y1: Y0, y2: Y1}));
+        var label = tickText(t, xTicks);
+        ticks.appendChild(el('text', {'class': 'tick', x: x, y: Y0 + 13, 'text-anchor': 'middle'}, label));
+      });
+    }
+    svg.querySelectorAll('g.legend-item').forEach(function (item) {
+      item.style.cursor = 'pointer';
+      item.addEventListener('click', function () {
+        var i = +item.dataset.series; hidden[i] = !hidden[i];
+        item.style.opacity = hidden[i] ? 0.35 : 1; fitY(); draw();
+      });
+    });
+    // hover readout, drag-to-zoom and double-click-to-reset on a transparent layer over the plot area
+    var guide = el('line', {'class': 'guide', y1: Y1, y2: Y0, stroke: '#888', display: 'none'});
+    var band = el('rect', {'class': 'band', y: Y1, height: Y0 - Y1, fill: '#1f77b4', 'fill-opacity': 0.12});
+    band.setAttribute('display', 'none');
+    var readout = el('text', {'class': 'readout', x: X0 + 6, y: Y1 + 12});
+    var layer = el('rect', {'class': 'hover', x: X0, y: Y1, width: X1 - X0, height: Y0 - Y1, fill: 'transparent'});
+    [guide, band, readout, layer].forEach(function (e) { svg.appendChild(e); });
+    var start = null;
+    layer.addEventListener('mousedown', function (e) { start = dataX(e); e.preventDefault(); });
+    layer.addEventListener('mousemove', function (e) {
+      var at = dataX(e), best = null;
+      series.forEach(function (s, i) {
+        if (hidden[i]) return;
+        s.xy.forEach(function (p) {
+          if (inside(p[0]) && (best === null || Math.abs(p[0] - at.x) < Math.abs(best - at.x))) best = p[0];
+        });
+      });
+      while (readout.firstChild) readout.removeChild(readout.firstChild);
+      if (start) {
+        band.setAttribute('display', '');
+        band.setAttribute('x', Math.min(start.sx, at.sx)); band.setAttribute('width', Math.abs(at.sx - start.sx));
+      }
+      if (best === null) { guide.setAttribute('display', 'none'); return; }
+      guide.setAttribute('display', ''); guide.setAttribute('x1', px(best)); guide.setAttribute('x2', px(best));
+      readout.appendChild(el('tspan', {x: X0 + 6, dy: 0, 'font-weight': 600}, 'step ' + fmt(best)));
+      series.forEach(function (s, i) {
+        if (hidden[i]) return;
+        var hit = s.xy.filter(function (p) { return p[0] === best; })[0];
+        if (hit) readout.appendChild(el('tspan', {x: X0 + 6, dy: 12}, s.label + ': ' + fmt(hit[1])));
+      });
+    });
+    layer.addEventListener('mouseleave', function () {
+      guide.setAttribute('display', 'none'); band.setAttribute('display', 'none'); start = null;
+      while (readout.firstChild) readout.removeChild(readout.firstChild);
+    });
+    layer.addEventListener('mouseup', function (e) {
+      var end = dataX(e); band.setAttribute('display', 'none');
+      if (start && Math.abs(end.sx - start.sx) > 5) {
+        view.x = [Math.min(start.x, end.x), Math.max(start.x, end.x)]; fitY(); draw();
+      }
+      start = null;
+    });
+    layer.addEventListener('dblclick', function () { view = {x: home.x.slice(), y: home.y.slice()}; draw(); });
+  });
+})();
+"""

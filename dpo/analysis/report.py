@@ -23,7 +23,17 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from dpo.analysis.plots import PALETTE, Marker, ScatterPoint, Series, finite, fmt, line_chart, scatter_chart
+from dpo.analysis.plots import (
+    INTERACTIVE_JS,
+    PALETTE,
+    Marker,
+    ScatterPoint,
+    Series,
+    finite,
+    fmt,
+    line_chart,
+    scatter_chart,
+)
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE, METRICS
 from dpo.rundir.atomic import atomic_write_text
@@ -34,6 +44,7 @@ from dpo.rundir.files import (
     RECIPE,
     RECIPE_CHANGES,
     REPORT,
+    SAMPLES,
     SUMMARY,
     SWEEP_SUMMARY,
     read_json,
@@ -183,13 +194,17 @@ def run_html(run_dir: Path) -> str:
         '<p class="note">Train (dashed, every logged step) and held-out (solid, one dot per evaluation; step 0 is the '
         "model before training) on the same axes. Vertical lines: "
         '<span style="color:#2ca02c">best step</span>, <span style="color:#d62728">early stop</span>, '
-        '<span style="color:#9467bd">overfitting onset</span>. Hover a dot for its value.</p>'
+        '<span style="color:#9467bd">overfitting onset</span>. Hover a chart for the values at a step, drag across '
+        "it to zoom into a range of steps (double-click: zoom out), click a legend entry to hide or show its curve.</p>"
     )
     body.append('<div class="grid">' + "".join(charts) + "</div>")
     if empty:
         body.append(f'<p class="note">Not logged in this run: {escape(", ".join(empty))}.</p>')
     if summary:
         body.append(_headline_table(summary))
+    samples = read_json(run_dir / SAMPLES)
+    if samples:
+        body.append(samples_section(samples))
     if evaluation:
         body.append(_eval_section(evaluation))
     body.append(_recipe_section(recipe_text, changes))
@@ -269,6 +284,20 @@ def _eval_section(evaluation: dict) -> str:
             f"{rows}</table></details>"
         )
     return "".join(parts)
+
+
+def samples_section(samples: dict) -> str:
+    """samples.json (dpo/training/samples.py): held-out prompts with the trained and the reference model's answers."""
+    rows = "".join(
+        f"<tr><td>{escape(str(s.get('prompt')))}</td><td>{escape(str(s.get('trained')))}</td>"
+        f"<td>{escape(str(s.get('reference')))}</td></tr>"
+        for s in samples.get("samples") or []
+    )
+    return (
+        f"<h2>Answers on held-out prompts</h2><p class=note>{escape(str(samples.get('what')))}; "
+        f"{escape(str(samples.get('decoding')))}. More: <code>dpo generate RUN_DIR --prompt ...</code>.</p>"
+        f'<table class="samples"><tr><th>prompt</th><th>trained</th><th>reference</th></tr>{rows}</table>'
+    )
 
 
 def _sample_cell(key: str, value) -> str:
@@ -491,6 +520,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f4f6f8}
 table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#aaa}
 tr.pruned td{color:#777}tr.failed td{color:#b00}
 pre{background:#f7f7f7;padding:10px;overflow:auto}.bar{height:10px;background:#1f77b4}
+table.samples td{vertical-align:top;white-space:pre-wrap;max-width:460px}svg .readout{font-size:10.5px;fill:#222}
 """
 
 # Sorting of the trials table: numbers by data-sort (the objective column sorts by rank), text otherwise.
@@ -520,5 +550,5 @@ def _page(title: str, body: str) -> str:
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
-        f"<body>{body}<script>{JS}</script></body></html>\n"
+        f"<body>{body}<script>{JS}{INTERACTIVE_JS}</script></body></html>\n"
     )

@@ -273,6 +273,12 @@ class LoggingSection(Section):
     wandb_group: str | None = Field(None, description="wandb run group (a sweep sets it to the sweep's name).")
     tensorboard: bool = Field(False, description="Also write TensorBoard event files under the run directory.")
     progress_bar: bool = Field(True, description="Show a progress bar while training.")
+    samples: int = Field(
+        4,
+        ge=0,
+        description="Held-out prompts answered greedily by the trained and the reference model at the end of "
+        "training, written to samples.json for the report (0: none).",
+    )
     heldout_kl: bool | None = Field(
         None,
         description="Log eval_kl, the policy's KL from the reference on the held-out answers, at each evaluation "

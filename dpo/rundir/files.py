@@ -13,6 +13,8 @@ Run directory (`dpo train`):
     .lock                while a `dpo train` writes the directory (dpo/rundir/lock.py)
     report.html          the dashboard (dpo/analysis/report.py); `dpo report RUN_DIR` rebuilds it
     eval.json            `dpo eval RUN_DIR` (dpo/analysis/evaluate.py)
+    samples.json         a few held-out prompts with the trained and the reference model's answers, written at the
+                         end of training (dpo/training/samples.py; logging.samples) for the report
 
 Sweep directory (`dpo sweep`, dpo/sweep/driver.py):
     sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
@@ -50,6 +52,7 @@ CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 REPORT = "report.html"
 EVAL = "eval.json"
+SAMPLES = "samples.json"
 # ---- checkpoints/checkpoint-N (transformers' names), and in each
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARK = "checkpoint_complete.json"

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
+from dpo.analysis.model_card import write_model_card
 from dpo.metrics import HEADLINE, standard_error_key
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
@@ -173,3 +174,15 @@ def _plus_minus(logs: dict, metric: str) -> str:
     """' ± SE' when the evaluation logged the metric's standard error (dpo/noise.py), else ''."""
     error = logs.get(standard_error_key(metric))
     return f" ± {error:.3f}" if isinstance(error, int | float) and error > 0 else ""
+
+
+class ModelCardCallback(TrainerCallback):
+    """Our model card in each checkpoint (dpo/analysis/model_card.py), over the empty template peft writes there."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_model_card(folder, self.run_dir, checkpoint_step=state.global_step)

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from dpo.analysis.model_card import write_model_card
 from dpo.analysis.report import write_report_or_warn
 from dpo.config.loading import changes_from_base
 from dpo.errors import NonFiniteError, RunFailed, UserError
@@ -43,7 +44,8 @@ from dpo.rundir.files import (
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
 from dpo.training.gate import CheckedRecipe, check
-from dpo.training.integrations import configure_loggers, finish_wandb
+from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
+from dpo.training.samples import write_samples_or_warn
 from dpo.training.summary import finished_summary, non_finite_summary
 
 
@@ -157,7 +159,12 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from dpo.training.autopilot import EVENT, autopilot_for
-    from dpo.training.callbacks import BestCheckpointCallback, CompactProgressCallback, MetricsFileCallback
+    from dpo.training.callbacks import (
+        BestCheckpointCallback,
+        CompactProgressCallback,
+        MetricsFileCallback,
+        ModelCardCallback,
+    )
 
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
@@ -180,7 +187,12 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         noise_sigmas=stopping.noise_sigmas,
     )
     autopilot = autopilot_for(checked, run_dir / METRICS_LOG)  # None unless autopilot.enabled
-    own = [MetricsFileCallback(run_dir / METRICS_LOG), best, *([autopilot] if autopilot else [])]
+    own = [
+        MetricsFileCallback(run_dir / METRICS_LOG),
+        best,
+        ModelCardCallback(run_dir),
+        *([autopilot] if autopilot else []),
+    ]
     trainer = build_trainer(checked, [*callbacks, *own])
     if autopilot:
         autopilot.bind(trainer)
@@ -203,6 +215,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
                 trainer.save_model(str(checkpoint_0))
                 trainer.accelerator.wait_for_everyone()  # every process's part saved before the mark says complete
                 if main:
+                    write_model_card(checkpoint_0, run_dir, checkpoint_step=0)
                     resuming.mark_complete(checkpoint_0, 0)
             train_output = trainer.train()
         else:
@@ -247,6 +260,10 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         summary[EVENT] = autopilot.summary()
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
+        write_model_card(run_dir / FINAL, run_dir)  # over peft's empty template, with the summary's numbers
+        write_samples_or_warn(trainer, checked, run_dir)
+        if recipe.logging.tensorboard:
+            write_tensorboard_markers(summary, run_dir)
         if recipe.logging.wandb:
             finish_wandb(summary)
         write_report_or_warn(run_dir)

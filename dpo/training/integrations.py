@@ -2,7 +2,8 @@
 
 wandb goes online only when an API key is configured (or the recipe says online), never by surprise; its config
 is the resolved recipe with secrets redacted, and the run's verdict (stop reason, best metric, the headline held-out
-numbers of the best step, overfitting onset) becomes its summary. transformers' own callbacks do the per-step
+numbers of the best step, overfitting onset, the report's markers by step) becomes its summary; TensorBoard gets the
+markers too (`write_tensorboard_markers`). transformers' own callbacks do the per-step
 logging into the run opened here.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dpo.analysis.report import run_markers
 from dpo.config.schema import Recipe
 from dpo.metrics import HEADLINE
 from dpo.rundir.resume import FINISHED
@@ -66,6 +68,7 @@ def finish_wandb(summary: dict) -> None:
     at_best = summary.get("best_metrics") or {}  # the held-out numbers of the best step (absent when diverged)
     wandb.run.summary.update(
         {
+            **{f"markers/{m.label}": m.x for m in run_markers(summary)},  # the report's vertical lines, by step
             "stop_reason": summary["stop_reason"],
             "best_step": summary["best_step"],
             "best_metric_name": best["name"],
@@ -76,6 +79,25 @@ def finish_wandb(summary: dict) -> None:
         }
     )
     wandb.finish(exit_code=0 if summary["stop_reason"] in FINISHED else 1)
+
+
+def write_tensorboard_markers(summary: dict, run_dir: Path) -> None:
+    """The report's vertical lines (best step, early stop, overfitting onset) in TensorBoard: a scalar per marker
+    at its step (markers/<what>, value = the step) and one text entry listing them, under RUN_DIR/tensorboard/markers
+    (a run of its own next to transformers' events, so its steps do not mix with the metrics')."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    markers = run_markers(summary)
+    if not markers:
+        return
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard" / "markers"))
+    try:
+        for m in markers:
+            writer.add_scalar(f"markers/{m.label}", m.x, global_step=int(m.x))
+        table = "\n".join(["| step | marker |", "|---|---|", *(f"| {m.x} | {m.label} |" for m in markers)])
+        writer.add_text("markers", table, global_step=int(summary.get("steps") or 0))
+    finally:
+        writer.close()
 
 
 def _read_netrc() -> str:

@@ -50,7 +50,7 @@ def test_embedded_model_trains_two_steps(tmp_path):
                 "per_device_eval_batch_size": 4,
                 "eval_steps": 2,
             },
-            "logging": {"progress_bar": False},
+            "logging": {"progress_bar": False, "samples": 2},
         },
     )
     summary = dpo.train(recipe, output_dir=tmp_path / "run")
@@ -60,3 +60,15 @@ def test_embedded_model_trains_two_steps(tmp_path):
     assert summary["initial_metrics"]["eval_logps/chosen"] < 0
     assert summary["final_metrics"]["eval_rewards/margins"] != 0.0  # the adapter moved the policy
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    # The adapter records the alias, not this machine's cache folder; the card says which weights it names; and the
+    # alias still loads offline (HF_HUB_OFFLINE=1 in tests): dpo generate reads the base model through it.
+    from dpo.api import generate
+    from dpo.serve.generate import GenerateOptions
+
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
+    card = (final / "README.md").read_text()
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in card and "dequantized" in card and "More Information" not in card
+    [row] = generate(tmp_path / "run", prompt="What is 2 + 2?", options=GenerateOptions(max_new_tokens=4))
+    assert row["prompt"] == "What is 2 + 2?" and row["trained"] and row["reference"]
+    assert len(json.loads((tmp_path / "run" / "samples.json").read_text())["samples"]) == 2

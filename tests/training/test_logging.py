@@ -99,8 +99,9 @@ def test_offline_wandb_and_tensorboard_write_into_the_run_directory(tiny_recipe,
     assert logged["best/eval_rewards/margins"] == pytest.approx(summary["best_metric"]["value"])
     assert logged["best/eval_loss"] == pytest.approx(summary["best_metrics"]["eval_loss"])  # a headline number
     assert logged["overfitting_onset_step"] is None and "eval/loss" in logged  # plus transformers' own metrics
+    assert logged[f"markers/best {summary['best_metric']['name']}"] == summary["best_step"]  # the report's markers
 
-    (events,) = (run_dir / "tensorboard").rglob("events.out.tfevents.*")
+    (events,) = [e for e in (run_dir / "tensorboard").rglob("events.out.tfevents.*") if "markers" not in e.parts]
     accumulator = EventAccumulator(str(events.parent))
     accumulator.Reload()
     tags = accumulator.Tags()["scalars"]
@@ -109,6 +110,11 @@ def test_offline_wandb_and_tensorboard_write_into_the_run_directory(tiny_recipe,
     metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "eval_loss" in m]
     assert logged_steps == [m["step"] for m in metrics] == [0, 1, 2]
     assert [e.value for e in accumulator.Scalars("eval/loss")] == pytest.approx([m["eval_loss"] for m in metrics])
+    markers = EventAccumulator(str(run_dir / "tensorboard" / "markers"))
+    markers.Reload()
+    best = markers.Scalars(f"markers/best {summary['best_metric']['name']}")
+    assert [(e.step, e.value) for e in best] == [(summary["best_step"], summary["best_step"])]
+    assert "markers/text_summary" in markers.Tags()["tensors"]  # the text entry listing them
 
 
 def test_wandb_group_without_wandb_is_an_error(tiny_recipe):

