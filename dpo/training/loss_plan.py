@@ -59,9 +59,11 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
     terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
     reg = loaded.recipe.regularizers
     if reg.nll_weight > 0:
-        if "sft" in names:
+        with_nll = [n for n in names if LOSSES[n].includes_nll]
+        if with_nll:
             raise UserError(
-                "the NLL term is already in loss.type (sft); drop one", where=loaded.where("regularizers.nll_weight")
+                f"the NLL term is already in loss.type ({', '.join(with_nll)}); drop one",
+                where=loaded.where("regularizers.nll_weight"),
             )
         terms.append(("sft", reg.nll_weight))
     f_alpha = _f_alpha(loaded)

@@ -381,6 +381,11 @@ class LossSpec:
         """Takes the score gap of each pair: the data must come from multi-response rows with scores."""
         return "score_gaps" in self.inputs
 
+    @property
+    def includes_nll(self) -> bool:
+        """Holds the token-averaged NLL of the chosen answers (the one use of `chosen_scored_tokens`): sft, orpo."""
+        return "chosen_scored_tokens" in self.inputs
+
 
 def _spec(fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False, batch_loss: bool = False) -> LossSpec:
     return LossSpec(fn.__name__, fn, summary, sorts_batch, batch_loss)
