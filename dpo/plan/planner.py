@@ -65,10 +65,11 @@ class Plan:
         o = self.options
         dtype = o.dtype + (f" + {o.autocast} autocast" if o.autocast else "")
         ckpt = ", gradient checkpointing" if o.gradient_checkpointing else ""
+        reference = ", no reference (reference-free loss)" if o.reference == "none" else ""
         return (
             f"plan: {fmt_count(self.parameters.total)} params ({self.parameters.method}), {self._setup()}, "
             f"est. peak {fmt_bytes(self.memory['total'])} at batch {o.batch_size} x {o.seq_len} tokens, "
-            f"{dtype}{ckpt}"
+            f"{dtype}{ckpt}{reference}"
         )
 
     def render(self) -> str:

@@ -376,6 +376,8 @@ def test_a_reference_free_loss_counts_no_reference(tmp_path):
     assert "reference: none" in none.render() and "saves 513.1 MiB of reference weights" in none.render()
     lora = build_plan(source, PlanOptions(lora_rank=16, reference="none")).render()
     assert "saves the reference forward" in lora
+    assert none.summary_line().endswith(", no reference (reference-free loss)")
+    assert "reference" not in copy.summary_line()
     recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
     args = SimpleNamespace(
         per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False, precompute_ref_log_probs=False,
