@@ -83,3 +83,20 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 6
+
+
+def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
+    """The losses of issue 16 are single controls (ODPO aside: the arithmetic pairs have no scores), and a row
+    without a chosen log-ratio (a reference-free loss logs none) shows n/a instead of failing the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_overfitting", REPO / "eval" / "bench_overfitting.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {"cal_dpo", "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo"} <= set(bench.CONTROLS)
+    row = {
+        "noise": 0.0, "steps": 30, "eval_rewards/accuracies": 0.7, "eval_rewards/margins": 1.0,
+        "eval_logps/accuracies": 0.8,
+    }  # fmt: skip
+    text = bench.table([{**row, "control": "plain", "eval_logratios/chosen": -1.0}, {**row, "control": "simpo"}])
+    assert "| 0% | simpo | 0.700 | +0.000 | 1.000 | n/a | 0.800 | 30 |" in text

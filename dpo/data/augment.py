@@ -116,7 +116,8 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
             if not candidates:
                 continue
             j = rng.choice(candidates)
-        extra.append({**rows[i], "rejected": rows[j]["chosen"]})
+        # a new pair: the original pair's score gap (if any) says nothing about it
+        extra.append({"prompt": rows[i]["prompt"], "chosen": rows[i]["chosen"], "rejected": rows[j]["chosen"]})
     return [dict(r) for r in rows] + extra
 
 

@@ -4,14 +4,16 @@ A format conversion, not an augmentation: it runs on both splits (held-out multi
 pairs to be evaluated), after the split by prompt, so all pairs of a prompt stay on its side. Pair rows pass
 through unchanged. For each prompt, every two answers whose scores differ by at least `min_gap` (and by more
 than 0: a tie is no preference) give the pair (better, worse); with `max_pairs_per_prompt` the pairs with
-the largest gaps are kept, ties between equal gaps broken by the seeded generator.
+the largest gaps are kept, ties between equal gaps broken by the seeded generator. Each pair keeps its score gap
+(`score_gap`), which travels with it into the training batches for losses that read it (ODPO's offset). Ranks count
+as scores (negated), so a pair from ranked answers carries its rank difference.
 """
 
 from __future__ import annotations
 
 import random
 
-from dpo.data.rows import canonical, is_multi
+from dpo.data.rows import SCORE_GAP, canonical, is_multi
 
 
 def expand_pairs(
@@ -37,7 +39,7 @@ def expand_pairs(
                 elif gap < min_gap:
                     counts["below_min_gap"] += 1
                 elif not any(pair["chosen"] == better and pair["rejected"] == worse for _, _, pair in pairs):
-                    pair = {"prompt": row["prompt"], "chosen": better, "rejected": worse}
+                    pair = {"prompt": row["prompt"], "chosen": better, "rejected": worse, SCORE_GAP: gap}
                     pairs.append((gap, rng.random(), pair))
     out, done = [], set()
     for row in rows:

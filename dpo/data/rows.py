@@ -2,7 +2,8 @@
 
 A row is, after its source's column mapping, one of
   * a pair {prompt, chosen, rejected}: TRL's standard format (three strings) or conversational format
-    (three lists of {role, content} messages);
+    (three lists of {role, content} messages), optionally with a `score_gap` (a number > 0: how much better the
+    chosen answer scored; pair expansion sets it, and ODPO reads it);
   * an implicit-prompt pair {chosen, rejected}: the prompt is the part both share (the leading messages
     both conversations have, or the common leading text), as TRL's `extract_prompt` does;
   * a multi-response row {prompt, responses, scores | ranks}: N answers with a score each (higher is
@@ -23,6 +24,7 @@ from dpo.config.schema import TARGETS  # noqa: F401 - what `columns:` may map to
 from dpo.errors import shorten
 
 PAIR = ("prompt", "chosen", "rejected")
+SCORE_GAP = "score_gap"  # optional on a pair: score(chosen) - score(rejected), set by pair expansion
 MULTI = ("prompt", "responses", "scores", "ranks")
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -155,8 +157,11 @@ def _extra(row: dict, allowed: tuple[str, ...]) -> Problem | None:
 
 
 def _pair(row: dict) -> dict | Problem:
-    if extra := _extra(row, PAIR):
+    if extra := _extra(row, (*PAIR, SCORE_GAP)):
         return extra
+    gap = row.get(SCORE_GAP)
+    if gap is not None and not (_number(gap) and gap > 0):
+        return Problem("wrong_type", f"'{SCORE_GAP}' is {gap!r}, expected a number > 0")
     missing = [c for c in ("chosen", "rejected") if c not in row]
     if missing:
         return Problem("missing_column", f"missing column(s) {', '.join(missing)}")
@@ -177,7 +182,7 @@ def _pair(row: dict) -> dict | Problem:
         return problem
     if row["chosen"] == row["rejected"]:
         return Problem("chosen_equals_rejected", "chosen equals rejected")
-    return {c: row[c] for c in PAIR}
+    return {c: row[c] for c in PAIR} | ({SCORE_GAP: float(gap)} if gap is not None else {})
 
 
 def _number(value: Any) -> bool:

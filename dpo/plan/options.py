@@ -38,6 +38,7 @@ REFERENCES = {
     "copy": "a second full copy of the model, frozen",
     "adapter": "the policy with its LoRA adapter disabled (no extra weights)",
     "precomputed": "reference log-probs computed once before training (no extra weights, no reference forward)",
+    "none": "a reference-free loss (simpo, orpo): no reference model, no reference forward, no precompute",
 }
 
 DEVICES = {
@@ -77,7 +78,9 @@ class PlanOptions:
     gradient_checkpointing: bool = _option(
         False, "Recompute each layer in the backward pass instead of keeping its activations."
     )
-    reference: str = _option("auto", f"{_names(REFERENCES)} (auto: adapter with LoRA, copy without).")
+    reference: str = _option(
+        "auto", f"{_names(REFERENCES)} (auto: adapter with LoRA, copy without; none: a reference-free loss)."
+    )
     optimizer: str = _option("adamw", f"{_names(OPTIMIZERS)}.")
     gpu_memory_gib: float | None = _option(
         None,

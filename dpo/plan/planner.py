@@ -20,7 +20,7 @@ from dpo.plan.count import ParameterCount, count_parameters, first_line, meta_mo
 from dpo.plan.fit import fit
 from dpo.plan.lora import lora_parameters
 from dpo.plan.memory import estimate
-from dpo.plan.options import OPTIMIZERS, REFERENCES, PlanOptions
+from dpo.plan.options import DTYPE_BYTES, OPTIMIZERS, REFERENCES, PlanOptions
 from dpo.plan.units import fmt_bytes, fmt_count
 
 
@@ -65,10 +65,11 @@ class Plan:
         o = self.options
         dtype = o.dtype + (f" + {o.autocast} autocast" if o.autocast else "")
         ckpt = ", gradient checkpointing" if o.gradient_checkpointing else ""
+        reference = ", no reference (reference-free loss)" if o.reference == "none" else ""
         return (
             f"plan: {fmt_count(self.parameters.total)} params ({self.parameters.method}), {self._setup()}, "
             f"est. peak {fmt_bytes(self.memory['total'])} at batch {o.batch_size} x {o.seq_len} tokens, "
-            f"{dtype}{ckpt}"
+            f"{dtype}{ckpt}{reference}"
         )
 
     def render(self) -> str:
@@ -98,9 +99,13 @@ class Plan:
             "",
             f"memory (estimated peak {fmt_bytes(self.memory['total'])}, reached in the {self.phase}):",
         ]
+        saved = ""
+        if reference == "none":  # what a reference would have cost this setup (a copy without LoRA)
+            copy = self.parameters.total * DTYPE_BYTES[o.dtype] if not o.lora_rank else 0
+            saved = f"; saves {fmt_bytes(copy)} of reference weights" if copy else "; saves the reference forward"
         notes = {
             "weights": f"policy in {o.dtype}" + (" + fp32 LoRA adapter" if o.lora_rank else ""),
-            "reference": REFERENCES[reference],
+            "reference": REFERENCES[reference] + saved,
             "gradients": "trainable parameters",
             "optimizer": OPTIMIZERS[o.optimizer].description,
             "activations": (

@@ -6,8 +6,9 @@ from dpo.config.schema import Recipe
 from dpo.plan.options import DEFAULT_LORA_TARGETS, PlanOptions
 
 
-def options_for_recipe(recipe: Recipe, args, cuda: bool) -> PlanOptions:
-    """`args`: the run's trl.DPOConfig (read, never imported here: plan/ needs no trainer)."""
+def options_for_recipe(recipe: Recipe, args, cuda: bool, reference_free: bool = False) -> PlanOptions:
+    """`args`: the run's trl.DPOConfig (read, never imported here: plan/ needs no trainer). `reference_free`: the
+    loss plan needs no reference (dpo/training/losses.py LossPlan.needs_reference), so the run keeps none."""
     peft = recipe.peft
     targets = DEFAULT_LORA_TARGETS
     if peft is not None:
@@ -19,14 +20,15 @@ def options_for_recipe(recipe: Recipe, args, cuda: bool) -> PlanOptions:
         lora_rank=peft.r if peft else None,
         lora_targets=targets,
         gradient_checkpointing=bool(args.gradient_checkpointing),
-        reference="precomputed" if args.precompute_ref_log_probs else "auto",
+        reference="none" if reference_free else "precomputed" if args.precompute_ref_log_probs else "auto",
         device="cuda" if cuda else "cpu",
         autocast="bfloat16" if args.bf16 and recipe.model.dtype == "float32" else None,
     )
 
 
-def plan_line(recipe: Recipe, args, cuda: bool) -> str:
+def plan_line(recipe: Recipe, args, cuda: bool, reference_free: bool = False) -> str:
     """The planner's one-line summary for this recipe."""
     from dpo.plan.planner import build_plan
 
-    return build_plan(recipe.model.name_or_path, options_for_recipe(recipe, args, cuda)).summary_line()
+    options = options_for_recipe(recipe, args, cuda, reference_free)
+    return build_plan(recipe.model.name_or_path, options).summary_line()

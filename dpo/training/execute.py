@@ -150,7 +150,8 @@ def _print_plan(checked: CheckedRecipe) -> None:
     from dpo.plan.recipe_options import plan_line
 
     try:
-        print(plan_line(checked.recipe, checked.dpo_config, torch.cuda.is_available()), flush=True)
+        reference_free = not checked.loss_plan.needs_reference
+        print(plan_line(checked.recipe, checked.dpo_config, torch.cuda.is_available(), reference_free), flush=True)
     except UserError as exc:  # a model family the planner cannot count is no reason not to train
         print(f"plan: not available ({exc})", flush=True)
 

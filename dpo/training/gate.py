@@ -18,6 +18,7 @@ from dpo.config.checks import check_no_op_keys
 from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data
+from dpo.data.rows import SCORE_GAP
 from dpo.errors import UserError, did_you_mean
 from dpo.metrics import EVAL_METRICS
 from dpo.rundir.writable import check_output_dir
@@ -49,7 +50,9 @@ class CheckedRecipe:
     def heldout_kl(self) -> bool:
         """Whether evaluations log eval_kl: `logging.heldout_kl`, or by default wherever a reference exists."""
         wanted = self.recipe.logging.heldout_kl
-        return heldout_kl_available(self.recipe, self.dpo_config) if wanted is None else wanted
+        if wanted is None:  # a reference-free loss plan keeps no reference to measure the KL to
+            return heldout_kl_available(self.recipe, self.dpo_config) and self.loss_plan.needs_reference
+        return wanted
 
     @property
     def warnings(self) -> list[str]:
@@ -95,7 +98,26 @@ def check(
         tokenizer=_check_tokenizer(loaded),
         max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
     )
+    _check_score_gaps(loaded, plan, data)
     return CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
+
+
+def _check_score_gaps(loaded: LoadedRecipe, plan, data: PreparedData) -> None:
+    """A loss that takes the score gap (ODPO) needs one on every pair: pairs expanded from multi-response rows with
+    scores (or ranks) have it, other pairs do not."""
+    from dpo.training.losses import LOSSES
+
+    if not plan.needs_score_gaps:
+        return
+    for split, rows in (("training", data.train), ("held-out", data.eval)):
+        missing = sum(SCORE_GAP not in row for row in rows)
+        if missing:
+            takers = ", ".join(name for name, _ in plan.terms if LOSSES[name].needs_score_gaps)
+            raise UserError(
+                f"{takers} needs the score gap of every pair, and {missing} of {len(rows)} {split} pairs have none "
+                "(pairs get one from multi-response rows with scores, or a score_gap column)",
+                where=loaded.where("loss.type"),
+            )
 
 
 @functools.lru_cache(maxsize=4)

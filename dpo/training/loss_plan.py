@@ -59,9 +59,11 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
     terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
     reg = loaded.recipe.regularizers
     if reg.nll_weight > 0:
-        if "sft" in names:
+        with_nll = [n for n in names if LOSSES[n].includes_nll]
+        if with_nll:
             raise UserError(
-                "the NLL term is already in loss.type (sft); drop one", where=loaded.where("regularizers.nll_weight")
+                f"the NLL term is already in loss.type ({', '.join(with_nll)}); drop one",
+                where=loaded.where("regularizers.nll_weight"),
             )
         terms.append(("sft", reg.nll_weight))
     f_alpha = _f_alpha(loaded)
@@ -173,16 +175,16 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: d
     if reg.f_divergence != PLAIN_DPO_LINK:
         # losses without a reference (the NLL term) have no log-ratio to link, so they are unaffected
         unsupported = [n for n in names if LOSSES[n].needs_reference and not LOSSES[n].supports_f_divergence]
-        if unsupported:
+        if unsupported or not any(LOSSES[n].supports_f_divergence for n in names):
             supported = sorted(n for n, spec in LOSSES.items() if spec.supports_f_divergence)
             raise UserError(
-                f"does not apply to loss.type {unsupported} (f-divergences work with: {', '.join(supported)})",
+                f"does not apply to loss.type {unsupported or names} (f-divergences work with: {', '.join(supported)})",
                 where=loaded.where("regularizers.f_divergence"),
             )
-    sorting = [n for n in names if LOSSES[n].sorts_batch]
+    sorting = [n for n in names if not LOSSES[n].per_pair]
     if reg.wpo and sorting:
         raise UserError(
-            f"does not apply to {sorting} (they sort the batch, which misaligns per-pair weights)",
+            f"does not apply to {sorting} (they sort the batch or give one value for it: no per-pair weights)",
             where=loaded.where("regularizers.wpo"),
         )
     if reg.sync_ref is not None:
@@ -199,6 +201,27 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: d
             )
     if beta_schedule.get("keep_fraction", 1.0) != 1.0 and sorting:
         raise UserError(
-            f"keep_fraction filtering does not apply to {sorting} (they sort the whole batch)",
+            f"keep_fraction filtering does not apply to {sorting} (they sort the batch or give one value for it)",
             where=loaded.where("loss.beta_schedule.keep_fraction"),
+        )
+    _check_reference_free(loaded, names, beta_schedule)
+
+
+def _check_reference_free(loaded: LoadedRecipe, names: list[str], beta_schedule: dict[str, Any]) -> None:
+    """A loss plan without a reference (every chosen loss is reference-free: simpo, orpo, sft) keeps no reference
+    model: settings that only act on the reference are errors, not no-ops."""
+    if any(LOSSES[n].needs_reference for n in names):
+        return
+    why = f"loss.type {names} uses no reference model"
+    recipe = loaded.recipe
+    if recipe.training.get("precompute_ref_log_probs"):
+        raise UserError(f"does not apply: {why}", where=loaded.where("training.precompute_ref_log_probs"))
+    if recipe.regularizers.sync_ref is not None:
+        raise UserError(f"does not apply: {why}", where=loaded.where("regularizers.sync_ref"))
+    if recipe.logging.heldout_kl:
+        raise UserError(f"does not apply: {why} (the KL is to the reference)", where=loaded.where("logging.heldout_kl"))
+    if BETA_SCHEDULES[beta_schedule["kind"]].adaptive:
+        raise UserError(
+            f"does not apply: {why}, and an adaptive beta reads the reference log-ratios",
+            where=loaded.where("loss.beta_schedule.type"),
         )

@@ -12,6 +12,10 @@ is its contract:
       chosen_lengths, rejected_lengths        completion token counts (for length-normalised losses)
       chosen_scored_tokens                    completion tokens that carry a log-prob (a token at position 0
                                               has none; differs from chosen_lengths only under truncation)
+      score_gaps                              score(chosen) - score(rejected) > 0 of pairs expanded from scored
+                                              multi-response rows (dpo/data/expand.py); only losses that take
+                                              it need it, and the recipe check refuses data without it
+      progress                                training progress, global step / max steps, a 0-dim tensor in [0, 1]
   * keyword-only parameters after `*` are its hyperparameters (`beta` always; `label_smoothing`,
     `dpop_lambda`, ... only where the loss uses them), with their constraints in the annotation. They are
     the recipe's `loss.*` keys: the trainer and the recipe validation (dpo/training/loss_plan.py) read them
@@ -41,6 +45,11 @@ LabelFlipRate = Annotated[
 PositiveLabelFlipRate = Annotated[float, Interval(gt=0, lt=0.5), doc("EXO's target epsilon: log(eps) must be finite")]
 DpopLambda = Annotated[float, Ge(0), doc("DPO-Positive penalty weight")]
 DiscopopTau = Annotated[float, Gt(0), doc("DiscoPOP temperature")]
+ShiftLambda = Annotated[float, Interval(gt=0, le=1), doc("DPO-Shift's factor f(lambda) on the rejected log-ratio")]
+ChiClip = Annotated[float, Gt(0), doc("chi-PO's clip 2 R_max on beta times the linked log-ratio difference")]
+BetaPrime = Annotated[float, Gt(0), doc("Dr. DPO's beta': lower trusts the pairs the model agrees with more")]
+SimpoGamma = Annotated[float, Ge(0), doc("SimPO's target reward margin gamma")]
+OdpoAlpha = Annotated[float, Ge(0), doc("ODPO's alpha: the offset is alpha * log(score gap)")]
 
 
 def logistic(z: Tensor) -> Tensor:
@@ -213,6 +222,126 @@ def sft(chosen_logps: Tensor, chosen_scored_tokens: Tensor, *, beta: float) -> T
     return -chosen_logps * chosen_logps.numel() / chosen_scored_tokens.sum().clamp(min=1)
 
 
+def cal_dpo(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float) -> Tensor:
+    """Cal-DPO (arXiv 2412.14516): l(r_w - r_l) + 1/2 [(r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2].
+
+    r = log pi/pi_ref, unscaled. The squared terms calibrate the implicit rewards to the fixed scale +-1/(2 beta),
+    so the chosen log-ratio is pulled up to a positive value instead of drifting down with the rejected one. The
+    weight 1/2 on the calibration term is the authors' code's (tengxiao1/Cal-DPO, `dpo_loss`). Optimum: r_w = c + s,
+    r_l = -c - s with c = 1/(2 beta) and s = sigmoid(-2c - 2s) (see tests/training/test_loss_behaviour.py).
+    """
+    target = 1 / (2 * beta)
+    calibration = (chosen_logratios - target) ** 2 + (rejected_logratios + target) ** 2
+    return logistic(chosen_logratios - rejected_logratios) + 0.5 * calibration
+
+
+def dpo_shift(
+    chosen_logratios: Tensor,
+    rejected_logratios: Tensor,
+    progress: Tensor,
+    *,
+    beta: float,
+    shift_lambda: ShiftLambda = 0.9,
+    shift_lambda_end: ShiftLambda | None = None,
+) -> Tensor:
+    """DPO-Shift (arXiv 2502.07599): l(beta * (r_w - f(lambda) * r_l)), f(lambda) <= 1.
+
+    Scaling down the rejected log-ratio shifts the optimum towards a higher chosen likelihood (f = 1 is DPO).
+    f is `shift_lambda` throughout ("fixed"), or moves linearly from `shift_lambda` at the first step to
+    `shift_lambda_end` at the last (the paper's "increase_linear" with start < end, "decrease_linear" with
+    start > end). The paper sweeps f in [0.5, 0.95].
+    """
+    end = shift_lambda if shift_lambda_end is None else shift_lambda_end
+    factor = shift_lambda + (end - shift_lambda) * progress
+    return logistic(beta * (chosen_logratios - factor * rejected_logratios))
+
+
+def chi_po(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, chi_clip: ChiClip = 10.0) -> Tensor:
+    """chi-PO (arXiv 2407.13399, Alg. 1): l(clip_C(beta * (phi(z_w) - phi(z_l)))), phi(z) = z + log z.
+
+    z = pi/pi_ref = exp(r): the link adds the chi^2 divergence to DPO's KL, so moving far from the reference costs
+    polynomially, not logarithmically, which provably resists over-optimisation. C = 2 R_max clips the argument
+    to [-C, C] (the paper's clip); past it the gradient is zero. exp(r) is capped at r = 80 (float32 range).
+    """
+    z_w = torch.exp(chosen_logratios.clamp(max=80.0))
+    z_l = torch.exp(rejected_logratios.clamp(max=80.0))
+    delta = (z_w + chosen_logratios) - (z_l + rejected_logratios)
+    return logistic(torch.clamp(beta * delta, -chi_clip, chi_clip))
+
+
+def dr_dpo(
+    chosen_scores: Tensor, rejected_scores: Tensor, *, beta: float, dr_dpo_beta_prime: BetaPrime = 1.0
+) -> Tensor:
+    """Dr. DPO (arXiv 2407.07880): -beta' log mean_batch exp(-l(beta * Delta) / beta').
+
+    Distributionally robust over the pairs of a batch: the gradient weights each pair's DPO loss by
+    softmax(-l_i / beta'), so pairs the model finds implausible (high loss: likely flipped labels) count less.
+    One value for the whole batch, returned for every example (the trainer's mean is that value); as the
+    authors' code (junkangwu/Dr_DPO, `loss.mode_weight` = beta', default 1).
+    """
+    per_pair = logistic(beta * (chosen_scores - rejected_scores))
+    batch = -dr_dpo_beta_prime * (torch.logsumexp(-per_pair / dr_dpo_beta_prime, dim=0) - math.log(per_pair.numel()))
+    return batch.expand_as(per_pair)
+
+
+def simpo(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    *,
+    beta: float,
+    simpo_gamma: SimpoGamma = 0.5,
+) -> Tensor:
+    """SimPO (arXiv 2405.14734, Eq. 6): l(beta * (logp_w / |y_w| - logp_l / |y_l|) - gamma). No reference model.
+
+    The implicit reward is the length-normalised log-likelihood; gamma is a target margin. The paper uses beta
+    around 2 to 2.5 and gamma / beta around 0.5; gamma is TRL's `simpo_gamma` (the SimPO code's gamma_beta_ratio
+    times beta).
+    """
+    delta = _per_token_delta(chosen_logps, rejected_logps, chosen_lengths, rejected_lengths)
+    return logistic(beta * delta - simpo_gamma)
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - e^x) for x < 0, stably (the two branches meet at -ln 2). x is capped just below 0: a sequence the
+    model is certain of would give log 0."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo(
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    chosen_scored_tokens: Tensor,
+    *,
+    beta: float,
+) -> Tensor:
+    """ORPO (arXiv 2403.07691, Eqs. 4 and 7 as TRL cites them): NLL(y_w) + lambda * l(log(odds_w / odds_l)).
+
+    odds(y) = P(y) / (1 - P(y)) with P(y) = exp(logp / |y|), the length-normalised likelihood. beta is
+    lambda, the weight of the odds-ratio term, as in TRL's ORPOConfig (paper: 0.1). The NLL term is `sft`'s,
+    token-averaged over the batch. No reference model.
+    """
+    avg_w, avg_l = chosen_logps / chosen_lengths.clamp(min=1), rejected_logps / rejected_lengths.clamp(min=1)
+    log_odds = (avg_w - avg_l) - (_log1mexp(avg_w) - _log1mexp(avg_l))
+    return sft(chosen_logps, chosen_scored_tokens, beta=beta) + beta * logistic(log_odds)
+
+
+def odpo(
+    chosen_scores: Tensor, rejected_scores: Tensor, score_gaps: Tensor, *, beta: float, odpo_alpha: OdpoAlpha = 1.0
+) -> Tensor:
+    """ODPO (arXiv 2402.10571): l(beta * Delta - alpha * log(score_w - score_l)).
+
+    The pair must win by an offset that grows with how much better the chosen answer scored, so pairs with a
+    small score gap are not pushed as far apart as pairs with a large one. Needs the score gap of each pair
+    (pairs expanded from multi-response rows with scores). As the authors' code (rycolab/odpo, offset, no ratio).
+    """
+    return logistic(beta * (chosen_scores - rejected_scores) - odpo_alpha * torch.log(score_gaps))
+
+
 @dataclass(frozen=True)
 class LossSpec:
     """A loss from LOSSES: the function plus what its signature says it needs."""
@@ -221,6 +350,7 @@ class LossSpec:
     fn: Callable[..., Tensor]
     summary: str
     sorts_batch: bool = False  # pairs lose their order inside the loss: no per-pair weights or filtering
+    batch_loss: bool = False  # one value for the whole batch (repeated per example): no per-pair weights or filtering
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -241,9 +371,24 @@ class LossSpec:
     def supports_f_divergence(self) -> bool:
         return "chosen_scores" in self.inputs
 
+    @property
+    def per_pair(self) -> bool:
+        """Each example's value depends on its own pair only: per-pair weights (WPO) and filtering apply."""
+        return not (self.sorts_batch or self.batch_loss)
 
-def _spec(fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False) -> LossSpec:
-    return LossSpec(fn.__name__, fn, summary, sorts_batch)
+    @property
+    def needs_score_gaps(self) -> bool:
+        """Takes the score gap of each pair: the data must come from multi-response rows with scores."""
+        return "score_gaps" in self.inputs
+
+    @property
+    def includes_nll(self) -> bool:
+        """Holds the token-averaged NLL of the chosen answers (the one use of `chosen_scored_tokens`): sft, orpo."""
+        return "chosen_scored_tokens" in self.inputs
+
+
+def _spec(fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False, batch_loss: bool = False) -> LossSpec:
+    return LossSpec(fn.__name__, fn, summary, sorts_batch, batch_loss)
 
 
 # The one table of loss names. Docs, --help and error messages are built from it.
@@ -266,6 +411,13 @@ LOSSES: dict[str, LossSpec] = {
         _spec(discopop, "DiscoPOP: log-ratio modulated logistic/exponential loss"),
         _spec(sigmoid_norm, "DPO on length-normalised log-ratios"),
         _spec(sft, "NLL of the chosen answers (RPO's NLL term)"),
+        _spec(cal_dpo, "Cal-DPO: DPO plus calibration of the implicit rewards to +-1/(2 beta)"),
+        _spec(dpo_shift, "DPO-Shift: the rejected log-ratio scaled down (fixed or linear factor)"),
+        _spec(chi_po, "chi-PO: chi^2-plus-KL link on the likelihood ratio, clipped"),
+        _spec(dr_dpo, "Dr. DPO: robust over the batch, down-weights implausible pairs", batch_loss=True),
+        _spec(simpo, "SimPO: reference-free, length-normalised, with a target margin"),
+        _spec(orpo, "ORPO: reference-free odds-ratio term plus the NLL of the chosen answers"),
+        _spec(odpo, "ODPO: DPO with an offset from the pair's score gap (needs scored multi-response data)"),
     )
 }
 
@@ -355,6 +507,16 @@ class LossPlan:
             raise ValueError(f"unknown loss {unknown}; known: {sorted(LOSSES)}")
         if self.f_divergence not in F_DIVERGENCES:
             raise ValueError(f"unknown f-divergence {self.f_divergence}; known: {sorted(F_DIVERGENCES)}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Some term needs reference log-probs. When none does, the trainer keeps no reference model and runs
+        no reference forward or precompute (SimPO, ORPO, the NLL term alone)."""
+        return any(LOSSES[name].needs_reference for name, _ in self.terms)
+
+    @property
+    def needs_score_gaps(self) -> bool:
+        return any(LOSSES[name].needs_score_gaps for name, _ in self.terms)
 
     def link(self) -> Callable[[Tensor], Tensor]:
         """The f-divergence link, logratios -> scores, with its f_alpha when one is set."""

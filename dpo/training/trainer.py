@@ -25,6 +25,7 @@ from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 from trl.trainer.utils import use_adapter
 
+from dpo.data.rows import SCORE_GAP
 from dpo.errors import NonFiniteError
 from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, gap_sign
 from dpo.noise import logged_error, standard_error
@@ -35,7 +36,9 @@ from dpo.training.beta import BetaController
 from dpo.training.losses import LossPlan, compute_loss
 from dpo.training.plateau import NoiseAwarePlateau
 
-_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+# SCORE_GAP: the column of pairs expanded from scored multi-response rows (dpo/data/rows.py); batches carry it for
+# losses that take `score_gaps` (ODPO's offset)
+_NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", SCORE_GAP}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
 # per forward, fewer when sequences are long, so that one such tensor stays under ~256 MB (2**26 elements).
 _KL_ROWS, _KL_ELEMENTS = 8, 2**26
@@ -55,7 +58,13 @@ class Trainer(DPOTrainer):
         self.clock_start, self.runtime_before = time.time(), 0.0  # run time of earlier attempts (resume)
         self.resumed_from: list[int] = []  # steps this run was resumed from
         self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
-        super().__init__(*args, **kwargs)
+        full_fine_tuning = kwargs.get("peft_config") is None  # with LoRA TRL keeps no copy: the adapter is disabled
+        with _no_reference_copy(kwargs.get("args"), loss_plan.needs_reference or not full_fine_tuning):
+            super().__init__(*args, **kwargs)
+        if not loss_plan.needs_reference:
+            self.precompute_ref_logps = False  # nothing was precomputed (see _precompute_ref_logps)
+        if loss_plan.needs_score_gaps:
+            self.data_collator = _ScoreGapCollator(self.data_collator)
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
         if loss_plan.neftune_alpha is not None:
             embeddings = self.accelerator.unwrap_model(self.model).get_input_embeddings()
@@ -72,6 +81,22 @@ class Trainer(DPOTrainer):
             return output
         scale = self.loss_plan.neftune_alpha / (output.size(1) * output.size(2)) ** 0.5
         return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """TRL's reference log-prob precompute; none for a reference-free loss plan (see `_no_reference_copy`)."""
+        if not self.loss_plan.needs_reference:
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """TRL's reference forward, without the columns it does not know (the score gap)."""
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != SCORE_GAP})
+
+    def _set_signature_columns_if_needed(self):
+        """TRL's columns, plus the score gap when a loss takes it (transformers drops every other column)."""
+        super()._set_signature_columns_if_needed()
+        if self.loss_plan.needs_score_gaps and SCORE_GAP not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, SCORE_GAP]
 
     def _beta_for_step(self) -> float:
         return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
@@ -171,28 +196,23 @@ class Trainer(DPOTrainer):
         else:
             per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
         chosen_logps, rejected_logps = logps.chunk(2)
-        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
         chosen_scored_tokens, _ = inputs["completion_mask"][..., 1:].sum(dim=1).chunk(2)
-        chosen_logratios = chosen_logps - ref_chosen_logps
-        rejected_logratios = rejected_logps - ref_rejected_logps
-        link = self.loss_plan.link()
         tensors = {
             "chosen_logps": chosen_logps,
             "rejected_logps": rejected_logps,
-            "ref_chosen_logps": ref_chosen_logps,
-            "ref_rejected_logps": ref_rejected_logps,
-            "chosen_logratios": chosen_logratios,
-            "rejected_logratios": rejected_logratios,
-            "chosen_scores": link(chosen_logratios),
-            "rejected_scores": link(rejected_logratios),
             "chosen_lengths": chosen_lengths.to(logps.dtype),
             "rejected_lengths": rejected_lengths.to(logps.dtype),
             "chosen_scored_tokens": chosen_scored_tokens.to(logps.dtype),
+            "progress": torch.tensor(self.state.global_step / max(self.state.max_steps, 1), dtype=logps.dtype),
         }
+        if SCORE_GAP in inputs:
+            tensors["score_gaps"] = inputs[SCORE_GAP].to(logps.dtype)
+        if self.loss_plan.needs_reference:  # a reference-free plan runs no reference forward at all
+            tensors.update(_reference_tensors(*self._reference_logps(inputs), tensors, self.loss_plan.link()))
         beta, keep = self._beta_for_step(), None
         if self.beta_controller.adaptive and mode == "train":
-            beta, keep = self.beta_controller.adapt(chosen_logratios - rejected_logratios)
+            beta, keep = self.beta_controller.adapt(tensors["chosen_logratios"] - tensors["rejected_logratios"])
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
         loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:
@@ -399,8 +419,10 @@ class Trainer(DPOTrainer):
         chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2)
         self._token_mean(mode, "mean_token_accuracy", chosen_top1.float(), chosen_mask)
 
-        chosen_rewards = beta * t["chosen_logratios"].detach()
-        rejected_rewards = beta * t["rejected_logratios"].detach()
+        # Without a reference (SimPO, ORPO) the rewards are beta * log pi(y|x), as TRL's CPO and ORPO trainers log them.
+        reference_free = "chosen_logratios" not in t
+        chosen_rewards = beta * t["chosen_logps" if reference_free else "chosen_logratios"].detach()
+        rejected_rewards = beta * t["rejected_logps" if reference_free else "rejected_logratios"].detach()
         self._mean(mode, "rewards/chosen", chosen_rewards)
         self._mean(mode, "rewards/rejected", rejected_rewards)
         self._mean(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
@@ -411,9 +433,52 @@ class Trainer(DPOTrainer):
         # log-likelihood (unlike rewards/accuracies, this is meaningful at step 0 too).
         self._mean(mode, "logps/accuracies", (t["chosen_logps"] > t["rejected_logps"]).float())
         # logratios/chosen < 0 means the chosen answers lost likelihood vs the reference (likelihood displacement).
-        self._mean(mode, "logratios/chosen", t["chosen_logratios"])
-        self._mean(mode, "logratios/rejected", t["rejected_logratios"])
+        if not reference_free:
+            self._mean(mode, "logratios/chosen", t["chosen_logratios"])
+            self._mean(mode, "logratios/rejected", t["rejected_logratios"])
         self._metrics[mode]["beta"] = [beta]
+
+
+def _reference_tensors(ref_chosen_logps, ref_rejected_logps, tensors: dict, link) -> dict:
+    """The loss inputs that need the reference: its log-probs, the log-ratios and their f-divergence link."""
+    chosen_logratios = tensors["chosen_logps"] - ref_chosen_logps
+    rejected_logratios = tensors["rejected_logps"] - ref_rejected_logps
+    return {
+        "ref_chosen_logps": ref_chosen_logps,
+        "ref_rejected_logps": ref_rejected_logps,
+        "chosen_logratios": chosen_logratios,
+        "rejected_logratios": rejected_logratios,
+        "chosen_scores": link(chosen_logratios),
+        "rejected_scores": link(rejected_logratios),
+    }
+
+
+@contextlib.contextmanager
+def _no_reference_copy(args, keep: bool):
+    """Around TRL's __init__: for a reference-free loss plan, keep TRL from loading a second copy of the model as the
+    reference (it does so for full fine-tuning unless reference log-probs are to be precomputed). TRL is told they
+    will be, and our `_precompute_ref_logps` then computes none. The setting is put back afterwards; the recipe
+    check refuses `training.precompute_ref_log_probs` for such plans. (Costs TRL one hash of the weights at init.)"""
+    if keep or args is None or args.precompute_ref_log_probs:
+        yield
+        return
+    args.precompute_ref_log_probs = True
+    try:
+        yield
+    finally:
+        args.precompute_ref_log_probs = False
+
+
+class _ScoreGapCollator:
+    """TRL's collator, plus each pair's score gap (the `score_gap` column) as a float tensor, for ODPO's offset."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collate(examples)
+        batch[SCORE_GAP] = torch.tensor([example[SCORE_GAP] for example in examples], dtype=torch.float32)
+        return batch
 
 
 def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> dict:

@@ -94,12 +94,13 @@ def test_expand_pairs_exact():
     rows, counts = expand_pairs([pair("p0", "a", "b"), multi], random.Random(0), min_gap=1.0)
     # pair rows pass through; gap 3 first, then the two gap-2 pairs, then the two gap-1 pairs (ties seeded)
     assert rows[0] == pair("p0", "a", "b") and len(rows) == 6
-    assert rows[1] == pair("q", "best", "bad")
+    assert rows[1] == {**pair("q", "best", "bad"), "score_gap": 3.0}  # each pair keeps its score gap (ODPO)
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[2:4]} == {"good>bad", "tie>bad"}
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[4:]} == {"best>good", "best>tie"}
+    assert [r["score_gap"] for r in rows[2:]] == [2.0, 2.0, 1.0, 1.0]
     assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0}
     capped, counts = expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)
-    assert capped[0] == pair("q", "best", "bad") and len(capped) == 2
+    assert capped[0] == {**pair("q", "best", "bad"), "score_gap": 3.0} and len(capped) == 2
     assert counts["below_min_gap"] == 2 and counts["cut_by_cap"] == 1
     assert expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)[0] == capped
 
@@ -110,7 +111,25 @@ def test_ranks_are_reversed_scores(tmp_path):
     data = prepare_data(
         DataSection(train=path, eval=path, allow_eval_in_train=True, expand_pairs={"min_gap": 2}), seed=0
     )
-    assert data.train == [pair("q", "first", "third"), pair("q2", "first", "third")]
+    assert data.train == [{**pair(q, "first", "third"), "score_gap": 2.0} for q in ("q", "q2")]  # rank difference
+
+
+def test_the_score_gap_goes_through_validation_and_augmentation(tmp_path):
+    """A pair may carry a score_gap > 0 (expansion writes one; a pair file may have the column); label noise and
+    prompt variants keep a pair's gap, an off-prompt negative is a new pair and gets none."""
+    from dpo.data.rows import normalize
+
+    assert normalize({**pair("p", "a", "b"), "score_gap": 2}) == {**pair("p", "a", "b"), "score_gap": 2.0}
+    for bad in (0, -1, "big", True):
+        assert normalize({**pair("p", "a", "b"), "score_gap": bad}).reason == "wrong_type"
+    rows = [{**pair(f"p{i}", f"good{i}", f"bad{i}"), "score_gap": float(i + 1)} for i in range(8)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    steps = [{"type": "label_noise", "fraction": 0.5}, {"type": "off_prompt_negatives", "fraction": 0.5}]
+    data = prepare_data(DataSection(train=path, eval=path, allow_eval_in_train=True, augment=steps), seed=0)
+    originals, negatives = data.train[:8], data.train[8:]
+    assert [r["score_gap"] for r in originals] == [float(i + 1) for i in range(8)]
+    assert sum(r["chosen"].startswith("bad") for r in originals) == 4  # flipped, gap kept
+    assert len(negatives) == 4 and all("score_gap" not in r for r in negatives)
 
 
 def test_augmentations_compose_in_order_and_are_recorded(tmp_path):

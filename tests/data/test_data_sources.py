@@ -104,7 +104,7 @@ def test_column_mapping_nested_and_ultrafeedback_style(tmp_path):
     }
     data = prepare_data(DataSection(train=[source], heldout_fraction=0.25), seed=0)
     rows = sorted(data.train + data.eval, key=lambda r: r["prompt"])
-    assert rows == [pair(f"q{i}", "great", "meh") for i in range(4)]
+    assert rows == [{**pair(f"q{i}", "great", "meh"), "score_gap": 5.0} for i in range(4)]
     with pytest.raises(UserError, match="row 1: unexpected column.* source"):
         prepare_data(DataSection(train=[{**source, "ignore_columns": []}]), seed=0)
     renamed = write_jsonl(tmp_path / "r.jsonl", [{"q": "x", "good": "a", "bad": "b"}])

@@ -360,6 +360,33 @@ def test_lora_needs_less_optimizer_and_gradient_memory_than_full(tmp_path):
     assert precomputed.memory["reference"] == 0
 
 
+def test_a_reference_free_loss_counts_no_reference(tmp_path):
+    """reference=none (simpo, orpo: dpo train passes it for a loss plan that needs no reference): the reference copy of
+    full fine-tuning is saved, and the plan says how much; the recipe's plan line does the same."""
+    from types import SimpleNamespace
+
+    from dpo.config.schema import Recipe
+    from dpo.plan.recipe_options import options_for_recipe
+
+    source = smol_like(tmp_path)
+    copy = build_plan(source, PlanOptions(lora_rank=None))
+    none = build_plan(source, PlanOptions(lora_rank=None, reference="none"))
+    assert none.memory["reference"] == 0 < copy.memory["reference"] == 134_515_008 * 4
+    assert copy.memory["total"] - none.memory["total"] == copy.memory["reference"]
+    assert "reference: none" in none.render() and "saves 513.1 MiB of reference weights" in none.render()
+    lora = build_plan(source, PlanOptions(lora_rank=16, reference="none")).render()
+    assert "saves the reference forward" in lora
+    assert none.summary_line().endswith(", no reference (reference-free loss)")
+    assert "reference" not in copy.summary_line()
+    recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
+    args = SimpleNamespace(
+        per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False, precompute_ref_log_probs=False,
+        bf16=False,
+    )  # fmt: skip
+    assert options_for_recipe(recipe, args, cuda=False, reference_free=True).reference == "none"
+    assert options_for_recipe(recipe, args, cuda=False).reference == "auto"
+
+
 def test_gradient_checkpointing_lowers_activations(tmp_path):
     source = smol_like(tmp_path)
     plain = build_plan(source, PlanOptions(batch_size=4, seq_len=1024))

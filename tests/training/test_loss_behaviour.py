@@ -1,5 +1,7 @@
-"""The losses trained to convergence (issue 3): analytic optima are reached, plain DPO's margin never settles,
-and DPOP and the NLL term stop the chosen answer's likelihood from falling where plain DPO lets it fall.
+"""The losses trained to convergence (issues 3 and 16): analytic optima are reached, plain DPO's margin never settles,
+and DPOP, the NLL term, Cal-DPO and DPO-Shift stop the chosen answer's likelihood from falling where plain DPO lets
+it fall; Dr. DPO outweighs flipped pairs that plain DPO settles against; the reference-free losses separate the pair
+with no reference tensor at all.
 
 How: a direct torch loop, not `dpo.training.trainer.Trainer`. The tiny random Llama of tests/conftest.py is fully
 fine-tuned with Adam on ONE prompt with two answers; per-sequence log-probs come from a plain forward pass
@@ -17,6 +19,8 @@ Run: python -m pytest tests/training/test_loss_behaviour.py
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -60,9 +64,20 @@ class Pair:
         return (per_token * self.completion_mask[:, 1:]).sum(dim=1)
 
 
-def train(model_dir, terms, beta: float, steps: int, lr: float = 1e-2, **hyperparameters) -> list[tuple[float, float]]:
+def train(
+    model_dir,
+    terms,
+    beta: float,
+    steps: int,
+    lr: float = 1e-2,
+    flipped: tuple[bool, ...] = (False,),
+    reference_free: bool = False,
+    **hyperparameters,
+) -> list[tuple[float, float]]:
     """Train a fresh tiny model on the pair; returns (chosen log-ratio, rejected log-ratio) before each step and
-    after the last one."""
+    after the last one. `flipped`: the batch, one entry per copy of the pair, True where its labels are swapped
+    (the returned log-ratios are those of the true chosen and rejected answers). `reference_free`: the loss gets no
+    tensor computed from the reference (KeyError if it asks for one)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -77,19 +92,24 @@ def train(model_dir, terms, beta: float, steps: int, lr: float = 1e-2, **hyperpa
         history.append((logratios[0].item(), logratios[1].item()))
         if len(history) > steps:
             break
+        chosen, rejected = torch.tensor([int(f) for f in flipped]), torch.tensor([1 - int(f) for f in flipped])
         tensors = {
-            "chosen_logps": logps[:1],
-            "rejected_logps": logps[1:],
-            "ref_chosen_logps": ref[:1],
-            "ref_rejected_logps": ref[1:],
-            "chosen_logratios": logratios[:1],
-            "rejected_logratios": logratios[1:],
-            "chosen_scores": logratios[:1],
-            "rejected_scores": logratios[1:],
-            "chosen_lengths": pair.lengths[:1],
-            "rejected_lengths": pair.lengths[1:],
-            "chosen_scored_tokens": pair.lengths[:1],  # the prompt precedes every answer token here
+            "chosen_logps": logps[chosen],
+            "rejected_logps": logps[rejected],
+            "ref_chosen_logps": ref[chosen],
+            "ref_rejected_logps": ref[rejected],
+            "chosen_logratios": logratios[chosen],
+            "rejected_logratios": logratios[rejected],
+            "chosen_scores": logratios[chosen],
+            "rejected_scores": logratios[rejected],
+            "chosen_lengths": pair.lengths[chosen],
+            "rejected_lengths": pair.lengths[rejected],
+            "chosen_scored_tokens": pair.lengths[chosen],  # the prompt precedes every answer token here
+            "progress": torch.tensor(len(history) / steps, dtype=torch.float64),
         }
+        if reference_free:
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("ref_") and "logratios" not in k}
+            tensors = {k: v for k, v in tensors.items() if not k.endswith("_scores")}
         loss = sum(weight * compute_loss(name, tensors, beta=beta, **hyperparameters).mean() for name, weight in terms)
         optimizer.zero_grad()
         loss.backward()
@@ -154,3 +174,86 @@ def test_dpop_and_the_nll_term_keep_the_chosen_likelihood(tiny_model_dir, plain_
     assert min(chosen for chosen, _ in history[10:]) >= -0.1
     assert history[-1][0] > 0.0 and history[-1][0] > plain_dpo[-1][0] + 5.0
     assert history[-1][0] - history[-1][1] > 3.0
+
+
+# ---------------------------------------------------------------- issue 16
+
+
+def test_cal_dpo_reaches_its_calibrated_optimum_with_the_chosen_log_ratio_positive(tiny_model_dir, plain_dpo):
+    """Cal-DPO with beta = 1, c = 1/(2 beta) = 1/2: L = l(r_w - r_l) + 1/2 (r_w - c)^2 + 1/2 (r_l + c)^2 is strictly
+    convex in (r_w, r_l), and the model can set both freely (the answers differ in their last token). Zero gradient:
+    dL/dr_w = -s + (r_w - c) = 0 and dL/dr_l = s + (r_l + c) = 0 with s = sigmoid(-(r_w - r_l)), so r_w = c + s,
+    r_l = -(c + s) and s = sigmoid(-2c - 2s) = sigmoid(-1 - 2s): s = 0.1983, r_w* = 0.6983 = -r_l*. The chosen
+    log-ratio ends positive where plain DPO's falls below -5.
+    """
+    s = 0.5
+    for _ in range(200):  # the fixed point of s = sigmoid(-1 - 2s): a contraction (|ds'/ds| <= 1/2)
+        s = 1 / (1 + math.exp(1 + 2 * s))
+    history = train(tiny_model_dir, [("cal_dpo", 1.0)], beta=1.0, steps=200)
+    chosen, rejected = history[-1]
+    assert chosen == pytest.approx(0.5 + s, abs=0.01) and rejected == pytest.approx(-0.5 - s, abs=0.01)
+    assert min(c for c, _ in history[60:]) > 0.5 and plain_dpo[-1][0] < -5.0
+
+
+def test_dpo_shift_keeps_the_chosen_log_ratio_above_zero(tiny_model_dir, plain_dpo):
+    """DPO-Shift with f = 0.75: the rejected log-ratio's gradient is scaled by f < 1, so the shared part of the two
+    answers is pushed up, not down: the chosen log-ratio never falls below its start (plain DPO: below -5), while the
+    margin still grows. (With f = 0.9 this pair still displaces: the paper's trade-off between chosen likelihood and
+    margin, f in [0.5, 0.95].)"""
+    history = train(tiny_model_dir, [("dpo_shift", 1.0)], beta=1.0, steps=200, shift_lambda=0.75)
+    assert min(chosen for chosen, _ in history) >= -0.1
+    assert history[-1][0] > 5.0 > plain_dpo[-1][0] + 10.0
+    assert history[-1][0] - history[-1][1] > 3.0
+
+
+def test_dr_dpo_outweighs_a_flipped_pair_that_plain_dpo_settles_against(tiny_model_dir):
+    """A batch of four copies of the pair, one with its labels flipped; z = beta * Delta of the true pair.
+
+    Plain DPO minimises [3 l(z) + l(-z)] / 4: zero gradient where 3 s(-z) = s(z), i.e. z* = ln 3 = 1.0986, where it
+    settles. Dr. DPO with beta' = 1 minimises -log([3 s(z) + s(-z)] / 4) = -log([1 + 2 s(z)] / 4), decreasing in z:
+    no finite optimum, the flipped pair's weight s(-z) / (3 s(z) + s(-z)) (1/4 at z = 0, DPO's share) falls towards 0,
+    and the margin keeps growing far past ln 3.
+    """
+    batch = (False, False, False, True)
+    dpo = margins(train(tiny_model_dir, [("sigmoid", 1.0)], beta=1.0, steps=150, flipped=batch))
+    assert dpo[-1] == pytest.approx(math.log(3), abs=0.01) and dpo[100] == pytest.approx(math.log(3), abs=0.02)
+    robust = margins(train(tiny_model_dir, [("dr_dpo", 1.0)], beta=1.0, steps=150, flipped=batch))
+    assert robust[-1] > 5 * math.log(3) and robust[-1] > robust[100]
+    z = robust[-1]
+    flipped_weight = 1 / (1 + 3 * math.exp(z))  # s(-z) / (3 s(z) + s(-z))
+    assert flipped_weight < 1e-3 < 0.25
+
+
+def test_chi_po_stops_once_its_clipped_argument_is_reached(tiny_model_dir, plain_dpo):
+    """chi-PO with beta = 1, C = 2: the loss l(clip_C(beta (phi(z_w) - phi(z_l)))) is flat, with zero gradient, for
+    every beta * (phi(z_w) - phi(z_l)) >= C: its minimum l(C) is reached at a finite point and training stops there
+    (the log-ratios freeze), where plain DPO's margin keeps growing. The phi link grows like e^r, so the argument
+    jumps past C within a few steps at lr 1e-3 (at lr 1e-2 the first steps can also jump past -C, where the
+    two-sided clip freezes the pair on the wrong side: see docs/losses.md)."""
+    history = train(tiny_model_dir, [("chi_po", 1.0)], beta=1.0, steps=150, lr=1e-3, chi_clip=2.0)
+
+    def phi(r):
+        return math.exp(r) + r
+
+    chosen, rejected = history[-1]
+    assert phi(chosen) - phi(rejected) >= 2.0
+    assert abs(history[-1][0] - history[-51][0]) < 1e-3 and abs(history[-1][1] - history[-51][1]) < 1e-3
+    dpo = margins(plain_dpo)
+    assert dpo[-1] > dpo[-51] + 0.1
+
+
+@pytest.mark.parametrize(
+    ("name", "beta", "hyperparameters"),
+    [("simpo", 2.0, {"simpo_gamma": 1.0}), ("orpo", 0.1, {})],
+    ids=["simpo", "orpo"],
+)
+def test_reference_free_losses_separate_the_pair_without_a_reference(tiny_model_dir, name, beta, hyperparameters):
+    """SimPO and ORPO get no reference tensor at all (removed from what the loss may read), and still separate the
+    pair: SimPO's length-normalised margin passes gamma / beta = 1/2 and keeps growing (no finite optimum; it lets
+    both likelihoods fall); ORPO's NLL term raises the chosen answer's likelihood, which never falls below its start.
+    """
+    history = train(tiny_model_dir, [(name, 1.0)], beta=beta, steps=150, reference_free=True, **hyperparameters)
+    margin = margins(history)  # both answers are 10 tokens: the per-token margin is margin / 10
+    assert margin[-1] / 10 > 0.5 and margin[-1] > margin[100]
+    if name == "orpo":
+        assert min(chosen for chosen, _ in history) >= -0.1 and history[-1][0] > 5.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ L0, L_LN3, L_MINUS_LN3 = LN2, math.log(4 / 3), math.log(4)  # l(0), l(ln 3), l(-
 HAND_WORKED = {
     "sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
     "apo_zero", "apo_down", "discopop", "sigmoid_norm", "dpop", "sft",
+    "cal_dpo", "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "odpo",
 }  # fmt: skip
 
 
@@ -325,6 +327,232 @@ def test_sft_is_the_token_averaged_nll_of_the_chosen_answers():
     assert_close(grads(loss, chosen)[0], t(-0.5, -0.5, -0.5))
 
 
+# ---------------------------------------------------------------- the losses of issue 16 (overfitting-resistant)
+
+
+def test_cal_dpo_and_its_gradient():
+    """Cal-DPO: l(r_w - r_l) + 1/2 [(r_w - c)^2 + (r_l + c)^2], c = 1/(2 beta) = 1 for beta = 1/2. No beta in l.
+
+    row 1: r_w = 1, r_l = 1:           l(0)  + 1/2 (0 + 4)           = ln 2 + 2           = 2.693147
+    row 2: r_w = 1, r_l = 1 - ln 3:    l(ln 3) + 1/2 (2 - ln 3)^2     = ln(4/3) + 0.406250 = 0.693932
+    row 3: r_w = -1, r_l = ln 3 - 1:   l(-ln 3) + 1/2 (4 + ln^2 3)     = ln 4 + 2.603474    = 3.989768
+    Gradient (differentiating): dL/dr_w = -s(-Delta) + (r_w - c), dL/dr_l = s(-Delta) + (r_l + c), s(-Delta) =
+    [1/2, 1/4, 3/4]: dL/dr_w = [-1/2, -1/4, -11/4], dL/dr_l = [5/2, 1/4 + 2 - ln 3, 3/4 + ln 3].
+    """
+    chosen, rejected = t(1, 1, -1, grad=True), t(1, 1 - LN3, LN3 - 1, grad=True)
+    loss = losses.cal_dpo(chosen, rejected, beta=0.5)
+    expected = t(L0 + 2, L_LN3 + 0.5 * (2 - LN3) ** 2, L_MINUS_LN3 + 0.5 * (4 + LN3**2))
+    assert_close(loss, expected)
+    assert_close(expected, t(2.693147, 0.693932, 3.989768), atol=1e-6, rtol=0)
+    d_chosen, d_rejected = grads(loss, chosen, rejected)
+    assert_close(d_chosen, t(-0.5, -0.25, -2.75))
+    assert_close(d_rejected, t(2.5, 0.25 + 2 - LN3, 0.75 + LN3))
+
+
+def test_cal_dpo_equals_the_authors_formula():
+    """tengxiao1/Cal-DPO (scripts/dpo_trainer.py, loss_type "Cal-DPO"): the batch loss is
+    mean(-logsigmoid(r_w - r_l)) + 0.5 * (mse(r_w, 1/(2 beta)) + mse(r_l, -1/(2 beta))), mse averaged over the batch;
+    our per-example values average to it."""
+    generator = torch.Generator().manual_seed(0)
+    chosen, rejected = (
+        torch.randn(8, generator=generator, dtype=torch.float64) * 3,
+        torch.randn(8, generator=generator, dtype=torch.float64) * 3,
+    )
+    beta = 0.1
+    target = torch.full_like(chosen, 1 / (2 * beta))
+    authors = (-F.logsigmoid(chosen - rejected)).mean() + 0.5 * (
+        F.mse_loss(chosen, target) + F.mse_loss(rejected, -target)
+    )
+    assert_close(losses.cal_dpo(chosen, rejected, beta=beta).mean(), authors)
+
+
+def test_dpo_shift_fixed_and_linear_factor_and_gradient():
+    """DPO-Shift: l(beta (r_w - f r_l)). beta = 1, f = 1/2: r_w = [0, ln 3, 0], r_l = [0, 0, 2 ln 3] ->
+    z = [0, ln 3, -ln 3] -> [ln 2, ln(4/3), ln 4]. f = 1 is DPO.
+
+    Linear factor from 1/2 (first step) to 1 (last): at progress 1/2, f = 3/4, so r_l = 4/3 ln 3 gives z = -ln 3.
+    Gradient: dL/dr_w = -beta s(-z) = [-1/2, -1/4, -3/4]; dL/dr_l = beta f s(-z) = [1/4, 1/8, 3/8] (f = 1/2).
+    """
+    chosen, rejected = t(0, LN3, 0, grad=True), t(0, 0, 2 * LN3, grad=True)
+    half = torch.tensor(0.5, dtype=torch.float64)
+    loss = losses.dpo_shift(chosen, rejected, half, beta=1.0, shift_lambda=0.5)
+    assert_close(loss, t(L0, L_LN3, L_MINUS_LN3))
+    d_chosen, d_rejected = grads(loss, chosen, rejected)
+    assert_close(d_chosen, t(-0.5, -0.25, -0.75))
+    assert_close(d_rejected, t(0.25, 0.125, 0.375))
+    linear = losses.dpo_shift(t(0), t(4 / 3 * LN3), half, beta=1.0, shift_lambda=0.5, shift_lambda_end=1.0)
+    assert_close(linear, t(L_MINUS_LN3))
+    assert_close(
+        losses.dpo_shift(chosen, rejected, half, beta=1.0, shift_lambda=1.0), losses.sigmoid(chosen, rejected, beta=1.0)
+    )
+
+
+def test_dpo_shift_equals_the_authors_formula():
+    """Meaquadddd/DPO-Shift (scripts/dposhift_trainer.py): logits = (logp_w - lambda logp_l) - (ref_w - lambda ref_l),
+    loss -logsigmoid(beta logits); "increase_linear": lambda = min + (max - min) * step / max_steps."""
+    generator = torch.Generator().manual_seed(1)
+    logps = [torch.randn(6, generator=generator, dtype=torch.float64) * 5 - 20 for _ in range(4)]
+    policy_w, policy_l, ref_w, ref_l = logps
+    beta, low, high, step, max_steps = 0.1, 0.5, 0.95, 30, 120
+    lam = low + (high - low) * step / max_steps
+    authors = -F.logsigmoid(beta * ((policy_w - lam * policy_l) - (ref_w - lam * ref_l)))
+    progress = torch.tensor(step / max_steps, dtype=torch.float64)
+    ours = losses.dpo_shift(
+        policy_w - ref_w, policy_l - ref_l, progress, beta=beta, shift_lambda=low, shift_lambda_end=high
+    )
+    assert_close(ours, authors)
+
+
+def test_chi_po_link_clip_and_gradient():
+    """chi-PO: l(clip_C(beta (phi(z_w) - phi(z_l)))), phi(z) = z + log z, z = e^r. beta = 1, C = 5.
+
+    row 1: r_w = r_l = 0: phi = 1 each, difference 0                       -> l(0) = ln 2
+    row 2: r_w = ln 2, r_l = 0: (2 + ln 2) - 1 = 1 + ln 2                  -> ln(1 + e^-(1 + ln 2)) = ln(1 + 1/(2e))
+    row 3: r_w = 0, r_l = ln 8: 1 - (8 + ln 8) = -9.08, clipped to -5      -> l(-5) = ln(1 + e^5)
+    Gradient: dL/dr_w = -beta s(-beta Delta) (e^r_w + 1) inside the clip, 0 outside:
+    row 1: -1/2 * 2 = -1; row 2: -3 / (1 + 2e); row 3: 0 (clipped).
+    """
+    chosen, rejected = t(0, math.log(2), 0, grad=True), t(0, 0, math.log(8), grad=True)
+    loss = losses.chi_po(chosen, rejected, beta=1.0, chi_clip=5.0)
+    assert_close(loss, t(L0, math.log(1 + 1 / (2 * math.e)), math.log(1 + math.exp(5))))
+    (d_chosen,) = grads(loss, chosen)
+    assert_close(d_chosen, t(-1, -3 / (1 + 2 * math.e), 0))
+
+
+def test_dr_dpo_soft_minimum_and_its_pair_weights():
+    """Dr. DPO: -beta' log mean exp(-l_i / beta'). beta = beta' = 1, z = Delta = [0, ln 3, -ln 3]:
+    exp(-l_i) = s(z_i) = [1/2, 3/4, 1/4], mean 1/2 -> ln 2 (every entry: one value for the batch).
+
+    dL/dl_i = softmax(-l / beta')_i = [1/3, 1/2, 1/6] (DPO's mean: 1/3 each): the pair the model finds least
+    plausible (row 3) counts half, row 2 more. Gradient wrt chosen score: weight * -s(-z) =
+    [-1/6, -1/8, -1/8], where DPO's mean gives [-1/6, -1/12, -1/4]. As beta' grows it tends to DPO's mean.
+    """
+    chosen = t(0, LN3, 0, grad=True)
+    loss = losses.dr_dpo(chosen, t(0, 0, LN3), beta=1.0, dr_dpo_beta_prime=1.0)
+    assert_close(loss, t(L0, L0, L0))
+    (d_chosen,) = torch.autograd.grad(loss.mean(), chosen)
+    assert_close(d_chosen, t(-1 / 6, -1 / 8, -1 / 8))
+    per_pair = losses.sigmoid(chosen, t(0, 0, LN3), beta=1.0)
+    (weights,) = torch.autograd.grad(losses.dr_dpo(chosen, t(0, 0, LN3), beta=1.0).mean(), chosen)
+    assert_close(weights / -torch.sigmoid(-t(0, LN3, -LN3)), t(1 / 3, 1 / 2, 1 / 6))
+    wide = losses.dr_dpo(chosen, t(0, 0, LN3), beta=1.0, dr_dpo_beta_prime=1e4)
+    assert_close(wide, per_pair.mean().expand(3), atol=1e-4, rtol=0)
+
+
+def test_dr_dpo_equals_the_authors_formula():
+    """junkangwu/Dr_DPO (trainers.py): -mode_weight * log(mean(exp(-losses / mode_weight))) over DPO's losses."""
+    generator = torch.Generator().manual_seed(2)
+    chosen, rejected = (
+        torch.randn(8, generator=generator, dtype=torch.float64) * 4,
+        torch.randn(8, generator=generator, dtype=torch.float64) * 4,
+    )
+    beta, beta_prime = 0.1, 0.5
+    dpo = -F.logsigmoid(beta * (chosen - rejected))
+    authors = -beta_prime * torch.log(torch.mean(torch.exp(-dpo / beta_prime)))
+    assert_close(losses.dr_dpo(chosen, rejected, beta=beta, dr_dpo_beta_prime=beta_prime).mean(), authors)
+
+
+def test_simpo_and_its_gradient():
+    """SimPO, Eq. 6: l(beta (logp_w/|y_w| - logp_l/|y_l|) - gamma). beta = 1, gamma = 1; average log-probs
+    chosen [-2/2, -3/3, -4/4] = [-1, -1, -1], rejected [-4/2, -(2 + ln 3)/1, (2 ln 3 - 4)/2]
+    = [-2, -2 - ln 3, ln 3 - 2]:
+    delta = [1, 1 + ln 3, 1 - ln 3], minus gamma: z = [0, ln 3, -ln 3] -> [ln 2, ln(4/3), ln 4].
+
+    Gradient wrt the summed chosen log-prob: -beta s(-z) / |y_w| = [-1/4, -1/12, -3/16].
+    """
+    chosen = t(-2, -3, -4, grad=True)
+    loss = losses.simpo(chosen, t(-4, -2 - LN3, 2 * LN3 - 4), t(2, 3, 4), t(2, 1, 2), beta=1.0, simpo_gamma=1.0)
+    assert_close(loss, t(L0, L_LN3, L_MINUS_LN3))
+    assert_close(grads(loss, chosen)[0], t(-1 / 4, -1 / 12, -3 / 16))
+
+
+@pytest.mark.filterwarnings("ignore:You are importing from 'trl.experimental'")
+def test_simpo_equals_trl_cpo_and_the_authors_formula():
+    """TRL 1.16's CPOTrainer.cpo_loss with loss_type "simpo" (on average log-probs, as its forward computes them for
+    simpo), and princeton-nlp/SimPO's simpo_loss: -logsigmoid(beta * (avg_w - avg_l - gamma_beta_ratio))."""
+    from trl.experimental.cpo import CPOTrainer
+
+    generator = torch.Generator().manual_seed(3)
+    chosen, rejected = torch.randn(6, generator=generator) * 10 - 30, torch.randn(6, generator=generator) * 10 - 30
+    lengths_w, lengths_l = torch.tensor([3.0, 5, 7, 9, 11, 13]), torch.tensor([4.0, 4, 8, 8, 12, 12])
+    beta, gamma = 2.0, 1.0
+    avg_w, avg_l = chosen / lengths_w, rejected / lengths_l
+    cpo = SimpleNamespace(
+        alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta, label_smoothing=0.0,
+        accelerator=SimpleNamespace(device="cpu"),
+    )  # fmt: skip
+    trl_losses, _, _ = CPOTrainer.cpo_loss(cpo, avg_w, avg_l)
+    ours = losses.simpo(chosen, rejected, lengths_w, lengths_l, beta=beta, simpo_gamma=gamma)
+    assert_close(ours, trl_losses)
+    authors = -F.logsigmoid(beta * ((avg_w - avg_l) - gamma / beta))
+    assert_close(ours, authors)
+
+
+def test_orpo_and_the_gradient_of_its_odds_ratio_term():
+    """ORPO: NLL(y_w) + lambda l(log OR), OR = odds_w / odds_l, odds = P / (1 - P), P = exp(logp / |y|); lambda = beta
+    = 1/2. All lengths 2 (chosen scored tokens 2 each, so the NLL term is -logp_w * 3 / 6 = -logp_w / 2 = -avg_w).
+
+    row 1: P_w = P_l = 1/2: OR = 1                  -> ln 2   + 1/2 ln 2
+    row 2: P_w = 1/2, P_l = 1/4: OR = 1 / (1/3) = 3  -> ln 2   + 1/2 ln(4/3)
+    row 3: P_w = 1/4, P_l = 1/2: OR = 1/3           -> 2 ln 2 + 1/2 ln 4 = 3 ln 2
+    The paper's gradient of the odds-ratio term, delta(d) h(d) with delta = 1 / (1 + OR): wrt avg_w it is
+    -delta / (1 - P_w), wrt avg_l +delta / (1 - P_l). Row 2: delta = 1/4: -1/2 and +1/3; per summed log-prob (/2),
+    times lambda: -1/8 and +1/12. The NLL term adds -3/6 = -1/2 to the chosen side.
+    """
+    chosen = t(-2 * LN2, -2 * LN2, -4 * LN2, grad=True)
+    rejected = t(-2 * LN2, -4 * LN2, -2 * LN2, grad=True)
+    twos = t(2, 2, 2)
+    loss = losses.orpo(chosen, rejected, twos, twos, twos, beta=0.5)
+    assert_close(loss, t(1.5 * LN2, LN2 + 0.5 * L_LN3, 3 * LN2))
+    d_chosen, d_rejected = grads(loss, chosen, rejected)
+    assert_close(d_chosen[1], t(-1 / 8 - 1 / 2)[0])
+    assert_close(d_rejected[1], t(1 / 12)[0])
+
+
+@pytest.mark.filterwarnings("ignore:You are importing from 'trl.experimental'")
+def test_orpo_odds_ratio_term_equals_trl():
+    """TRL 1.16's ORPOTrainer.odds_ratio_loss returns beta * logsigmoid(log odds) on average log-probs, and the
+    ORPO loss is nll - mean of it: so our loss minus the NLL term is minus TRL's, example by example."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    generator = torch.Generator().manual_seed(4)
+    chosen, rejected = -torch.rand(6, generator=generator) * 20 - 0.5, -torch.rand(6, generator=generator) * 20 - 0.5
+    lengths_w, lengths_l = torch.tensor([3.0, 5, 7, 9, 11, 13]), torch.tensor([4.0, 4, 8, 8, 12, 12])
+    scored = lengths_w
+    orpo_self = SimpleNamespace(beta=0.1, accelerator=SimpleNamespace(device="cpu"))
+    trl_losses, *_ = ORPOTrainer.odds_ratio_loss(orpo_self, chosen / lengths_w, rejected / lengths_l)
+    ours = losses.orpo(chosen, rejected, lengths_w, lengths_l, scored, beta=0.1)
+    assert_close(ours - losses.sft(chosen, scored, beta=0.1), -trl_losses)
+
+
+def test_odpo_offset_from_the_score_gap():
+    """ODPO: l(beta Delta - alpha log(gap)). beta = alpha = 1; gaps [1, 3, 1/3] give offsets [0, ln 3, -ln 3];
+    Delta = [0, 2 ln 3, -2 ln 3]: z = [0, ln 3, -ln 3] -> [ln 2, ln(4/3), ln 4]. alpha = 0 is DPO.
+    Gradient wrt the chosen score: -beta s(-z) = [-1/2, -1/4, -3/4], DPO's at the shifted margin."""
+    chosen = t(0, 2 * LN3, -2 * LN3, grad=True)
+    loss = losses.odpo(chosen, t(0, 0, 0), t(1, 3, 1 / 3), beta=1.0, odpo_alpha=1.0)
+    assert_close(loss, t(L0, L_LN3, L_MINUS_LN3))
+    assert_close(grads(loss, chosen)[0], t(-0.5, -0.25, -0.75))
+    assert_close(
+        losses.odpo(chosen, t(0, 0, 0), t(1, 3, 1 / 3), beta=1.0, odpo_alpha=0.0),
+        losses.sigmoid(chosen, t(0, 0, 0), beta=1.0),
+    )
+
+
+def test_odpo_equals_the_authors_formula():
+    """rycolab/odpo (trainers.py, offset without ratio): -logsigmoid(beta * logits - alpha * log(r_w - r_l))."""
+    generator = torch.Generator().manual_seed(5)
+    chosen, rejected = (
+        torch.randn(6, generator=generator, dtype=torch.float64),
+        torch.randn(6, generator=generator, dtype=torch.float64),
+    )
+    reward_w = torch.rand(6, generator=generator, dtype=torch.float64) + 1
+    reward_l = torch.rand(6, generator=generator, dtype=torch.float64)
+    beta, alpha = 0.5, 2.0
+    authors = -F.logsigmoid(beta * (chosen - rejected) - alpha * torch.log(reward_w - reward_l))
+    assert_close(losses.odpo(chosen, rejected, reward_w - reward_l, beta=beta, odpo_alpha=alpha), authors)
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -343,7 +571,7 @@ def test_table_entry_is_consistent(name):
     assert re.search(r"arXiv \d{4}\.\d{4,5}", doc) or re.search(r'"[A-Z][^"]+"', doc), f"{name}: no paper named"
     vocabulary = {
         f"{side}_{kind}" for side in ("chosen", "rejected") for kind in ("logps", "logratios", "scores", "lengths")
-    } | {"ref_chosen_logps", "ref_rejected_logps", "chosen_scored_tokens"}
+    } | {"ref_chosen_logps", "ref_rejected_logps", "chosen_scored_tokens", "score_gaps", "progress"}
     assert spec.inputs and set(spec.inputs) <= vocabulary
     params = inspect.signature(spec.fn).parameters
     assert params["beta"].kind is inspect.Parameter.KEYWORD_ONLY
@@ -368,6 +596,29 @@ def test_table_entry_is_consistent(name):
             False,
         ),
         ("sft", ("chosen_logps", "chosen_scored_tokens"), {}, False, False),
+        (
+            "simpo",
+            ("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths"),
+            {"simpo_gamma": 0.5},
+            False,
+            False,
+        ),
+        (
+            "orpo",
+            ("chosen_logps", "rejected_logps", "chosen_lengths", "rejected_lengths", "chosen_scored_tokens"),
+            {},
+            False,
+            False,
+        ),
+        ("odpo", ("chosen_scores", "rejected_scores", "score_gaps"), {"odpo_alpha": 1.0}, True, True),
+        (
+            "dpo_shift",
+            ("chosen_logratios", "rejected_logratios", "progress"),
+            {"shift_lambda": 0.9, "shift_lambda_end": None},
+            True,
+            False,
+        ),
+        ("dr_dpo", ("chosen_scores", "rejected_scores"), {"dr_dpo_beta_prime": 1.0}, True, True),
     ],
 )
 def test_spec_reads_the_signature(name, inputs, hyperparameters, needs_reference, supports_f_divergence):
@@ -391,6 +642,8 @@ def _all_tensors() -> dict[str, torch.Tensor]:
         "chosen_lengths": t(1, 2, 3),
         "rejected_lengths": t(2, 2, 2),
         "chosen_scored_tokens": t(1, 2, 3),
+        "score_gaps": t(1, 2, 0.5),
+        "progress": torch.tensor(0.5, dtype=torch.float64),
     }
 
 
@@ -426,12 +679,13 @@ def test_compute_loss_passes_only_what_the_loss_takes(monkeypatch):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_runs_through_compute_loss_with_per_example_output(name):
     """Shape (B,) out, finite, and differentiable wrt the inputs it takes (EXO needs label_smoothing > 0)."""
-    tensors = {k: v.clone().requires_grad_(not k.endswith("lengths")) for k, v in _all_tensors().items()}
+    fixed = ("lengths", "progress", "score_gaps")  # data, not model outputs
+    tensors = {k: v.clone().requires_grad_(not k.endswith(fixed)) for k, v in _all_tensors().items()}
     hp = {"label_smoothing": 0.1} if name in {"exo_pair", "robust"} else {}
     loss = compute_loss(name, tensors, beta=0.5, **hp)
     assert loss.shape == (3,) and torch.isfinite(loss).all()
     loss.sum().backward()
-    taken = [k for k in LOSSES[name].inputs if not k.endswith("lengths")]
+    taken = [k for k in LOSSES[name].inputs if not k.endswith(fixed)]
     assert all(tensors[k].grad is not None for k in taken)
 
 
@@ -693,3 +947,90 @@ def test_regularizers_match_trl(parity_setup, name, trl_settings, plan):
     batch = _batch(trl_trainer)
     with torch.no_grad():
         assert_close(ours.compute_loss(ours.model, batch), trl_trainer.compute_loss(trl_trainer.model, batch))
+
+
+# ---------------------------------------------------------------- losses without a reference, losses with a score gap
+
+
+def _ours(setup, plan, peft: bool = False, dataset=None):
+    from peft import LoraConfig
+
+    from dpo.training.trainer import Trainer
+
+    extra = {}
+    if peft:
+        extra["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = Trainer(
+        model=str(setup["model_dir"]),
+        args=_config(setup, "sigmoid", plan.beta, {}),
+        loss_plan=plan,
+        train_dataset=dataset if dataset is not None else setup["dataset"],
+        eval_dataset=dataset,
+        processing_class=setup["tokenizer"],
+        **extra,
+    )
+    trainer.model.train()
+    return trainer
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("name", ["simpo", "orpo"])
+def test_reference_free_losses_run_no_reference(parity_setup, monkeypatch, name, peft):
+    """simpo and orpo take no reference tensor (LossSpec.needs_reference is False), so the trainer keeps no reference
+    copy (TRL would load one for full fine-tuning), precomputes nothing and runs no reference forward; the loss
+    equals the formula on log-probs from a plain forward pass; the rewards are beta * log pi (TRL's CPO/ORPO)."""
+    from trl import DPOTrainer
+
+    from dpo.training.losses import LossPlan
+
+    forwards = []
+    monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", lambda *args: forwards.append(args))
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", lambda *args: forwards.append(args))
+    plan = LossPlan(terms=((name, 1.0),), beta=0.5)
+    assert not plan.needs_reference
+    ours = _ours(parity_setup, plan, peft=peft)
+    assert ours.ref_model is None and not ours.precompute_ref_logps and not ours.args.precompute_ref_log_probs
+    batch = _batch(ours)
+    assert not {"ref_chosen_logps", "ref_rejected_logps"} & set(batch)
+    with torch.no_grad():
+        loss = ours.compute_loss(ours.model, batch)
+    assert forwards == []
+    ids, mask = batch["input_ids"], batch["completion_mask"]
+    with torch.no_grad():
+        logits = ours.model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+    per_token = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    logps = (per_token * mask[:, 1:]).sum(dim=1)
+    chosen, rejected = logps.chunk(2)
+    lengths_w, lengths_l = mask.sum(dim=1).float().chunk(2)
+    scored, _ = mask[:, 1:].sum(dim=1).float().chunk(2)
+    if name == "simpo":
+        expected = losses.simpo(chosen, rejected, lengths_w, lengths_l, beta=0.5)
+    else:
+        expected = losses.orpo(chosen, rejected, lengths_w, lengths_l, scored, beta=0.5)
+    assert_close(loss, expected.mean(), atol=1e-5, rtol=1e-5)
+    metrics = ours._metrics["train"]
+    assert "logratios/chosen" not in metrics
+    assert metrics["rewards/chosen"][-1] == pytest.approx(0.5 * metrics["logps/chosen"][-1], rel=1e-5)
+
+
+def test_the_score_gap_travels_with_the_pair_into_the_batch(parity_setup):
+    """A `score_gap` column (pair expansion writes it) survives TRL's tokenization and column filtering, reaches the
+    batch as a tensor in the pairs' order, and ODPO's loss uses it: equal to the formula on log-ratios from plain
+    forward passes."""
+    from dpo.training.losses import LossPlan
+
+    gaps = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    dataset = parity_setup["dataset"].add_column("score_gap", gaps)
+    plan = LossPlan(terms=(("odpo", 1.0),), beta=0.5, hyperparameters={"odpo_alpha": 0.7})
+    ours = _ours(parity_setup, plan, dataset=dataset)
+    ours.model.load_state_dict(parity_setup["policy_state"])
+    ours.args.per_device_eval_batch_size = 6
+    # the evaluation loader: the same column filtering and collator as training's, without the shuffle
+    batch = ours._prepare_inputs(next(iter(ours.get_eval_dataloader())))
+    assert "score_gap" in ours._signature_columns
+    assert_close(batch["score_gap"], torch.tensor(gaps))
+    chosen, rejected = _independent_logratios(parity_setup, batch)
+    with torch.no_grad():
+        loss = ours.compute_loss(ours.model, batch)
+    expected = losses.odpo(chosen, rejected, torch.tensor(gaps), beta=0.5, odpo_alpha=0.7).mean()
+    assert_close(loss, expected, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,7 @@ import yaml
 from dpo.config.loading import changes_from_base, load_recipe
 from dpo.errors import UserError
 from dpo.training.arguments import build_dpo_config, check_training
-from dpo.training.loss_plan import loss_plan
+from dpo.training.loss_plan import hyperparameter_keys, loss_plan
 from tests.conftest import write_recipe
 
 
@@ -62,7 +62,8 @@ def test_unknown_loss_key_names_file_key_and_suggestion(tmp_path):
         loss_plan(load_recipe(bad))
     message = str(err.value)
     assert message.startswith(f"{bad}: unknown key 'loss.bta'; did you mean 'loss.beta'? (valid: type, weights, ")
-    assert message.endswith("label_smoothing, dpop_lambda, discopop_tau)")
+    assert message.endswith(f"{', '.join(hyperparameter_keys())})")  # the hyperparameters of LOSSES, in table order
+    assert "label_smoothing, dpop_lambda, discopop_tau, " in message
     assert load_recipe(bad).source("loss.bta") != str(base)
 
 
