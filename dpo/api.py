@@ -89,3 +89,11 @@ def inspect_data(target: str | Path, overrides=(), **options) -> dict:
 
         loss_plan(load_recipe(target, list(overrides)))
     return inspect(target, list(overrides), **options)
+
+
+def audit_data(recipe: str | Path, overrides=(), output_dir: str | Path | None = None, progress: bool = True):
+    """Audit a recipe's training labels with its model; writes OUTPUT_DIR/audit.json (default audits/<name>).
+    Returns (AuditResult, path of audit.json)."""
+    from dpo.training.audit import audit_recipe
+
+    return audit_recipe(recipe, list(overrides), output_dir, progress)
