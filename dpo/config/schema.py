@@ -127,7 +127,8 @@ class DataSection(Section):
     )
 
     audit: AuditSection | None = Field(
-        None, description="Audit the training labels before training: {suspects: keep | drop | flip, share | threshold}."
+        None,
+        description="Audit the training labels before training: {suspects: keep | drop | flip, share | threshold}.",
     )
 
     def sources(self, split: str) -> list[DataSource]:

@@ -111,7 +111,9 @@ def audit_features(model, tokenizer, pairs: list[dict], progress: bool = True) -
     features: list[Tensor | None] = [None] * len(sequences)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(pairs), desc="audit: scoring answers", unit="pair", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(pairs), desc="audit: scoring answers", unit="pair", disable=not progress, file=sys.stderr
+    ) as bar:
         for first in range(0, len(order), BATCH_SEQUENCES):
             batch = order[first : first + BATCH_SEQUENCES]
             width = max(len(sequences[i][0]) for i in batch)
@@ -208,7 +210,8 @@ def render(result: AuditResult, path: Path | None = None, shown: int = SHOWN_SUS
         f"(95% interval {m.low:.1%} to {m.high:.1%})",
         f"  pairs with p_flipped >= 0.5: {sum(x >= 0.5 for x in p)}; separation of clean margins {m.separation:.2f}"
         + ("  (low: the model barely tells the answers apart; the estimate says little)" if m.separation < 1 else ""),
-        f"  time: {result.seconds.get('features', 0):.0f} s scoring answers, {result.seconds.get('fit', 0):.0f} s fitting",
+        f"  time: {result.seconds.get('features', 0):.0f} s scoring answers, "
+        f"{result.seconds.get('fit', 0):.0f} s fitting",
     ]
     if path is not None:
         lines.append(f"  wrote {path}")

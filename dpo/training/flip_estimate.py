@@ -96,7 +96,8 @@ def _em_from(
     m: Tensor, e: Tensor, mu: Tensor, sigma: Tensor, iterations: int, fixed_e: bool = False
 ) -> tuple[Tensor, ...]:
     """EM for (1 - e) N(mu, sigma) + e N(-mu, sigma) from one start, batched over the rows of `m` (B, N); with
-    `fixed_e` only mu and sigma move (the profile likelihood of e). Returns e, mu, sigma (B,), the responsibilities P(flipped | m) (B, N) and the mean log-likelihood (B,)."""
+    `fixed_e` only mu and sigma move (the profile likelihood of e). Returns e, mu, sigma (B,), the responsibilities
+    P(flipped | m) (B, N) and the mean log-likelihood (B,)."""
     for step in range(iterations + 1):
         log_clean = (1 - e).log()[:, None] + _normal_log_pdf(m, mu[:, None], sigma[:, None])
         log_flip = e.clamp_min(1e-12).log()[:, None] + _normal_log_pdf(m, -mu[:, None], sigma[:, None])
@@ -124,13 +125,14 @@ def _em(margins: Tensor, iterations: int = EM_ITERATIONS) -> tuple[Tensor, Tenso
             best = fit
         else:
             better = fit[4] > best[4]
-            best = tuple(torch.where(better if a.dim() == 1 else better[:, None], a, b) for a, b in zip(fit, best))
+            pick = [better if a.dim() == 1 else better[:, None] for a in fit]
+            best = tuple(torch.where(w, a, b) for w, a, b in zip(pick, fit, best, strict=True))
     return best[:4]
 
 
 @dataclass
 class FlipMixture:
-    """The fitted mirrored mixture: flip rate `estimate` with its bootstrap interval [low, high], the clean
+    """The fitted mirrored mixture: flip rate `estimate` with its likelihood-ratio interval [low, high], the clean
     margins' mean and spread, and each pair's posterior probability of being flipped, in input order."""
 
     estimate: float
