@@ -5,7 +5,7 @@ Pure functions of tensors (torch only); dpo/training/audit.py feeds them the fea
 1. `cross_fitted_margins`: a Bradley-Terry reward model r(x) = w . f(x), linear in per-answer features f, is fitted
    by L2-regularised logistic regression on the feature differences d = f(chosen) - f(rejected) of the labels as
    given (noisy), K-fold and seeded, so that every pair is scored by a model that never saw it (cross-fitting: a
-   model that saw a flipped pair would have learnt it). The L2 strength is picked by an inner cross-validation.
+   model that saw a flipped pair would have learnt it). The L2 strength is picked by cross-validation.
    Under symmetric label noise the logistic fit keeps the clean direction of w (its scale shrinks), so the
    out-of-fold margin m = w . d is large and positive for pairs the model finds right, negative for suspects.
 2. `fit_flip_mixture`: the margins of clean pairs follow some distribution D with positive mean; a flipped pair's
@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # per-pair L2 strengths tried by the inner cross-validation
-EM_ITERATIONS = 300
-PROFILE_POINTS = 101  # flip rates 0, 0.005, ..., 0.5 at which the profile likelihood is computed
+EM_ITERATIONS = 500
+EM_TOLERANCE = 1e-7  # EM stops when no parameter moves by more than this (relative to sigma)
+PROFILE_POINTS = 51  # flip rates 0, 0.01, ..., 0.5 at which the profile likelihood is computed
 EM_STARTS = (0.05, 0.2, 0.35, 0.45)  # flip rates EM starts from; the best likelihood wins
 
 
@@ -75,14 +76,16 @@ def _choose_l2(diffs: Tensor, k: int, generator: torch.Generator) -> float:
 
 
 def cross_fitted_margins(diffs: Tensor, seed: int, folds: int = 5) -> Tensor:
-    """Each pair's margin w . d under a reward model fitted on the other folds (L2 chosen inside those folds)."""
+    """Each pair's margin w . d under a reward model fitted on the other folds (its L2 strength chosen by an inner
+    cross-validation over all pairs)."""
     diffs = diffs.double()
     generator = torch.Generator().manual_seed(seed)
+    # One scalar picked on all pairs, not per fold: it cannot memorise a pair, and it saves K-fold the fits.
+    l2 = _choose_l2(diffs, folds, generator)
     margins = torch.empty(len(diffs), dtype=diffs.dtype)
     for held in _folds(len(diffs), folds, generator):
         mask = torch.ones(len(diffs), dtype=torch.bool)
         mask[held] = False
-        l2 = _choose_l2(diffs[mask], folds, generator)
         train, test = _standardize(diffs[mask], diffs[held])
         margins[held] = test @ fit_reward(train, l2)
     return margins
@@ -104,10 +107,13 @@ def _em_from(
         r = torch.sigmoid(log_flip - log_clean)
         if step == iterations:
             break
+        before = torch.stack([e, mu, sigma])
         if not fixed_e:
             e = r.mean(1).clamp(0.0, 0.5)
         mu = ((1 - 2 * r) * m).mean(1)
         sigma = ((1 - r) * (m - mu[:, None]).pow(2) + r * (m + mu[:, None]).pow(2)).mean(1).sqrt().clamp_min(1e-8)
+        if (torch.stack([e, mu, sigma]) - before).abs().max() < EM_TOLERANCE * sigma.min():
+            iterations = step + 1  # converged: one more E-step for the final responsibilities
     return e, mu, sigma, r, torch.logaddexp(log_clean, log_flip).mean(1)
 
 
@@ -149,12 +155,12 @@ class FlipMixture:
         return self.mu / self.sigma
 
 
-def profile_log_likelihood(margins: Tensor, grid: Tensor) -> Tensor:
-    """Total log-likelihood of `margins` at each flip rate of `grid`, maximised over mu and sigma."""
+def profile_log_likelihood(margins: Tensor, grid: Tensor, mu: float, sigma: float) -> Tensor:
+    """Total log-likelihood of `margins` at each flip rate of `grid`, maximised over mu and sigma (EM with e held,
+    started from the best fit's mu and sigma)."""
     m = margins.double()[None, :].expand(len(grid), -1)
-    e = grid.double()
-    mu0 = (m.mean(1).clamp_min(0) / (1 - 2 * e).clamp_min(0.05)) + 0.1 * m.std(1)
-    ll = _em_from(m, e, mu0, m.std(1).clamp_min(1e-8), EM_ITERATIONS, fixed_e=True)[4]
+    start = torch.ones(len(grid), dtype=torch.float64)
+    ll = _em_from(m, grid.double(), mu * start, sigma * start, EM_ITERATIONS, fixed_e=True)[4]
     return ll * margins.shape[0]
 
 
@@ -164,7 +170,7 @@ def fit_flip_mixture(margins: Tensor, level: float = 0.95) -> FlipMixture:
     margins cannot tell a flip rate from another, it is wide, as it should be."""
     e, mu, sigma, r = _em(margins.double()[None, :])
     grid = torch.linspace(0.0, 0.5, PROFILE_POINTS, dtype=torch.float64)
-    profile = profile_log_likelihood(margins, grid)
+    profile = profile_log_likelihood(margins, grid, mu.item(), sigma.item())
     best = max(profile.max().item(), _em_from(margins.double()[None], e, mu, sigma, 0)[4].item() * len(margins))
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2)).item()
     cut = z * z / 2  # half the chi-square(1) quantile: a chi2(1) variable is a squared standard normal
