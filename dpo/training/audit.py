@@ -16,6 +16,7 @@ data set and re-runs step 2 for each injected noise level (`audit_features` + `e
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ def audit_features(model, tokenizer, pairs: list[dict], progress: bool = True) -
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     features: list[Tensor | None] = [None] * len(sequences)
+    keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     from tqdm.auto import tqdm
 
     with tqdm(
@@ -123,13 +125,18 @@ def audit_features(model, tokenizer, pairs: list[dict], progress: bool = True) -
                 tokens = sequences[i][0]
                 ids[row, : len(tokens)] = torch.tensor(tokens)
                 mask[row, : len(tokens)] = 1
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            # logits only where a scored token is predicted (the vocabulary projection is a fifth of a small
+            # model's cost, and the shared prompt needs none)
+            first_logit = min(sequences[i][1] for i in batch) - 1
+            kept = {"logits_to_keep": torch.arange(first_logit, width - 1)} if keeps_logits else {}
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **kept)
             hidden = out.hidden_states[-1].float()
-            logps = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+            logits = out.logits.float() if keeps_logits else out.logits[:, first_logit : width - 1].float()
+            logps = torch.log_softmax(logits, -1).gather(-1, ids[:, first_logit + 1 :, None])[..., 0]
             for row, i in enumerate(batch):
                 tokens, start = sequences[i]
                 end = len(tokens)
-                token_logps = logps[row, start - 1 : end - 1]
+                token_logps = logps[row, start - 1 - first_logit : end - 1 - first_logit]
                 features[i] = torch.cat(
                     [
                         hidden[row, start:end].mean(0),
