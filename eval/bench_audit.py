@@ -74,7 +74,7 @@ def one_run(features, level: float, seed: int) -> dict:
     noisy = features.clone()
     noisy[flipped] = noisy[flipped].flip(1)  # swap chosen and rejected
     started = time.perf_counter()
-    mixture = estimate_flips(noisy, seed)
+    mixture, choice = estimate_flips(noisy, seed)
     fit_s = time.perf_counter() - started
     truth = torch.zeros(n, dtype=torch.bool)
     truth[flipped] = True
@@ -89,6 +89,7 @@ def one_run(features, level: float, seed: int) -> dict:
         "inside": mixture.low <= injected <= mixture.high,
         "top10_precision": round(truth[top].float().mean().item(), 4),
         "separation": round(mixture.separation, 3),
+        "reward_model": choice["features"],
         "fit_s": round(fit_s, 2),
     }
 

@@ -47,6 +47,7 @@ class AuditResult:
     origins: list[tuple[str | None, int | None]]
     mixture: FlipMixture
     seconds: dict[str, float] = field(default_factory=dict)
+    reward_model: dict = field(default_factory=dict)
 
     @property
     def p_flipped(self) -> list[float]:
@@ -76,6 +77,7 @@ class AuditResult:
             "separation": round(m.separation, 3),
             "method": "cross-fitted linear reward model on frozen-model features + mirrored Gaussian mixture "
             "(docs/audit.md)",
+            "reward_model": self.reward_model,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
         }
 
@@ -148,19 +150,28 @@ def audit_features(model, tokenizer, pairs: list[dict], progress: bool = True) -
     return torch.stack(features).view(len(pairs), 2, -1)  # type: ignore[arg-type]
 
 
-def estimate_flips(features: Tensor, seed: int) -> FlipMixture:
-    """The flip mixture of pairs whose per-answer features are `features` (N, 2, F), chosen first."""
+def feature_sets(width: int) -> dict[str, Tensor]:
+    """The candidate feature subsets of an answer's `width` features: all of them, or the three log-prob features
+    alone (PerpCorrect's signal; few parameters, so less to overfit when many labels are wrong). The reward model's
+    inner cross-validation picks one."""
+    return {"hidden states + log-probs": torch.arange(width), "log-probs": torch.arange(width - 3, width)}
+
+
+def estimate_flips(features: Tensor, seed: int) -> tuple[FlipMixture, dict]:
+    """The flip mixture of pairs whose per-answer features are `features` (N, 2, F), chosen first, and the reward
+    model chosen (its feature set and L2 strength)."""
     diffs = features[:, 0] - features[:, 1]
-    return fit_flip_mixture(cross_fitted_margins(diffs, seed, FOLDS))
+    margins, choice = cross_fitted_margins(diffs, seed, FOLDS, feature_sets(diffs.shape[1]))
+    return fit_flip_mixture(margins), choice
 
 
 def audit_pairs(model, tokenizer, pairs: list[dict], origins, seed: int, progress: bool = True) -> AuditResult:
     started = time.perf_counter()
     features = audit_features(model, tokenizer, pairs, progress)
     scored = time.perf_counter()
-    mixture = estimate_flips(features, seed)
+    mixture, choice = estimate_flips(features, seed)
     seconds = {"features": scored - started, "fit": time.perf_counter() - scored}
-    return AuditResult(pairs, origins, mixture, seconds)
+    return AuditResult(pairs, origins, mixture, seconds, choice)
 
 
 def audit_checked(checked, progress: bool = True) -> AuditResult:

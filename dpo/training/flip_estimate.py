@@ -59,36 +59,42 @@ def _folds(n: int, k: int, generator: torch.Generator) -> list[Tensor]:
     return list(torch.randperm(n, generator=generator).chunk(k))
 
 
-def _choose_l2(diffs: Tensor, k: int, generator: torch.Generator) -> float:
-    """The L2 strength with the best inner out-of-fold log-likelihood of the labels as given."""
+def _choose(diffs: Tensor, k: int, generator: torch.Generator, feature_sets: dict[str, Tensor]) -> tuple[str, float]:
+    """The feature set and L2 strength with the best inner out-of-fold log-likelihood of the labels as given."""
     folds = _folds(len(diffs), k, generator)
-    best, best_ll = L2_GRID[0], -float("inf")
-    for l2 in L2_GRID:
-        ll = 0.0
-        for held in folds:
-            mask = torch.ones(len(diffs), dtype=torch.bool)
-            mask[held] = False
-            train, test = _standardize(diffs[mask], diffs[held])
-            ll += -torch.nn.functional.softplus(-(test @ fit_reward(train, l2))).sum().item()
-        if ll > best_ll:
-            best, best_ll = l2, ll
+    best, best_ll = (next(iter(feature_sets)), L2_GRID[0]), -float("inf")
+    for name, columns in feature_sets.items():
+        for l2 in L2_GRID:
+            ll = 0.0
+            for held in folds:
+                mask = torch.ones(len(diffs), dtype=torch.bool)
+                mask[held] = False
+                train, test = _standardize(diffs[mask][:, columns], diffs[held][:, columns])
+                ll += -torch.nn.functional.softplus(-(test @ fit_reward(train, l2))).sum().item()
+            if ll > best_ll:
+                best, best_ll = (name, l2), ll
     return best
 
 
-def cross_fitted_margins(diffs: Tensor, seed: int, folds: int = 5) -> Tensor:
-    """Each pair's margin w . d under a reward model fitted on the other folds (its L2 strength chosen by an inner
-    cross-validation over all pairs)."""
+def cross_fitted_margins(
+    diffs: Tensor, seed: int, folds: int = 5, feature_sets: dict[str, Tensor] | None = None
+) -> tuple[Tensor, dict]:
+    """Each pair's margin w . d under a reward model fitted on the other folds, and the model chosen. `feature_sets`
+    (name -> column indices; default: all columns) are candidate feature subsets; the subset and the L2 strength are
+    chosen by an inner cross-validation over all pairs."""
     diffs = diffs.double()
     generator = torch.Generator().manual_seed(seed)
-    # One scalar picked on all pairs, not per fold: it cannot memorise a pair, and it saves K-fold the fits.
-    l2 = _choose_l2(diffs, folds, generator)
+    feature_sets = feature_sets or {"all": torch.arange(diffs.shape[1])}
+    # Picked once on all pairs, not per fold: two scalars cannot memorise a pair, and it saves K-fold the fits.
+    name, l2 = _choose(diffs, folds, generator, feature_sets)
+    diffs = diffs[:, feature_sets[name]]
     margins = torch.empty(len(diffs), dtype=diffs.dtype)
     for held in _folds(len(diffs), folds, generator):
         mask = torch.ones(len(diffs), dtype=torch.bool)
         mask[held] = False
         train, test = _standardize(diffs[mask], diffs[held])
         margins[held] = test @ fit_reward(train, l2)
-    return margins
+    return margins, {"features": name, "l2": l2}
 
 
 def _normal_log_pdf(x: Tensor, mean: Tensor, sigma: Tensor) -> Tensor:

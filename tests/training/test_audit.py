@@ -76,13 +76,14 @@ def synthetic_diffs(n: int, rate: float, seed: int) -> tuple[torch.Tensor, torch
 
 def test_cross_fitted_reward_model_finds_the_flipped_pairs():
     diffs, flipped = synthetic_diffs(600, 0.25, seed=0)
-    margins = cross_fitted_margins(diffs, seed=0)
+    margins, choice = cross_fitted_margins(diffs, seed=0)
+    assert choice["features"] == "all" and choice["l2"] > 0
     fit = fit_flip_mixture(margins)
     assert fit.estimate == pytest.approx(flipped.float().mean().item(), abs=0.05)
     top = fit.p_flipped.argsort(descending=True)[:60]  # the top 10%
     assert flipped[top].float().mean().item() >= 0.9
-    assert torch.equal(margins, cross_fitted_margins(diffs, seed=0))  # seeded: the same folds, the same margins
-    assert not torch.equal(margins, cross_fitted_margins(diffs, seed=1))
+    assert torch.equal(margins, cross_fitted_margins(diffs, seed=0)[0])  # seeded: the same folds, the same margins
+    assert not torch.equal(margins, cross_fitted_margins(diffs, seed=1)[0])
 
 
 def test_suspects_by_share_and_by_threshold():
