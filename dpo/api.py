@@ -114,3 +114,11 @@ def compare(run_dirs, output: str | Path = "compare.html") -> Path:
     from dpo.analysis.compare import write_comparison
 
     return write_comparison(run_dirs, output)
+
+
+def audit_data(recipe: str | Path, overrides=(), output_dir: str | Path | None = None, progress: bool = True):
+    """Audit a recipe's training labels with its model; writes OUTPUT_DIR/audit.json (default audits/<name>).
+    Returns (AuditResult, path of audit.json)."""
+    from dpo.training.audit import audit_recipe
+
+    return audit_recipe(recipe, list(overrides), output_dir, progress)

@@ -214,6 +214,24 @@ def data_inspect(
     typer.echo(json.dumps(report, indent=2, ensure_ascii=False) if json_output else render(report))
 
 
+@data_app.command("audit")
+def data_audit(
+    recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.")],
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Folder for audit.json (default: audits/<recipe name>).")
+    ] = None,
+):
+    """Estimate the share of flipped labels in the recipe's training pairs, and rank the pairs by p_flipped."""
+    from dpo.training.audit import render
+
+    try:
+        result, path = api.audit_data(recipe, set_ or [], output)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(render(result, path))
+
+
 @app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],

@@ -100,3 +100,18 @@ def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free
     }  # fmt: skip
     text = bench.table([{**row, "control": "plain", "eval_logratios/chosen": -1.0}, {**row, "control": "simpo"}])
     assert "| 0% | simpo | 0.700 | +0.000 | 1.000 | n/a | 0.800 | 30 |" in text
+
+
+def test_audit_benchmark_quick(tmp_path, tiny_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_audit.py", "--quick", "--model", str(tiny_model_dir), "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "audit_quick.json").read_text())
+    rows = result["rows"]
+    assert [(r["dataset"], r["level"]) for r in rows] == [("arithmetic", 0.0), ("arithmetic", 0.2), ("arithmetic", 0.4)]
+    assert all(r["pairs"] == 300 and r["injected"] == r["level"] for r in rows)
+    assert all(0 <= r["low"] <= r["estimate"] <= r["high"] <= 0.5 and 0 <= r["top10_precision"] <= 1 for r in rows)
+    assert set(result["meta"]["goals_met"]) == {"within_5_points", "truth_inside", "top10_precision"}
+    assert "| arithmetic | 300 | 20% |" in (tmp_path / "audit_quick.md").read_text()

@@ -208,9 +208,37 @@ def run_html(run_dir: Path) -> str:
     if evaluation:
         body.append(_eval_section(evaluation))
     body.append(_recipe_section(recipe_text, changes))
+    if card and card.get("audit"):
+        body.append(_audit_section(card["audit"]))
     if card:
-        body.append("<h2>Data card</h2>" + _kv_table(_flatten(card)))
+        rest = {k: v for k, v in card.items() if k != "audit"}
+        body.append("<h2>Data card</h2>" + _kv_table(_flatten(rest)))
     return _page(f"dpo report: {name}", "".join(body))
+
+
+def _audit_section(audit: dict) -> str:
+    """The label audit (data_card.json `audit`, written by dpo/training/audit_use.py): the flip-rate estimate with
+    its interval, what was done with the suspect pairs, and the loss keys set from the estimate."""
+    rate = audit["flip_rate"]
+    suspects = audit.get("suspects", {})
+    rows = suspects.get("rows", [])
+    shown = ", ".join(f"{r['source']}:{r['row']}" for r in rows[:10]) + (
+        f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
+    )
+    flat = {
+        "estimated flip rate": f"{rate['estimate']:.1%} (95% interval {rate['low']:.1%} to {rate['high']:.1%})",
+        "pairs audited": audit.get("pairs"),
+        "separation of clean margins": audit.get("separation"),
+        "suspect pairs": f"{suspects.get('action', 'keep')}: {suspects.get('pairs', 0)}"
+        + (f" ({shown})" if rows else ""),
+        "expected flip rate of the pairs trained on": audit.get("expected_flip_rate_after"),
+        **{f"{key} (auto)": value for key, value in audit.get("auto", {}).items()},
+    }
+    return (
+        "<h2>Label audit</h2>"
+        '<p class="note">Estimated before training with the frozen model (docs/audit.md); every pair\'s p_flipped '
+        f"is in {escape(str(audit.get('file', 'audit.json')))}.</p>" + _kv_table(flat)
+    )
 
 
 def _recipe_name(recipe_text: str) -> str | None:

@@ -80,6 +80,29 @@ class ExpandPairsSection(Section):
     max_pairs_per_prompt: int | None = Field(None, gt=0, description="Cap per prompt (largest gaps kept; ties seeded).")
 
 
+class AuditSection(Section):
+    """Label audit before training (dpo/training/audit.py, docs/audit.md): estimates the share of flipped labels in
+    the training pairs with the recipe's model and each pair's p_flipped, recorded in data_card.json and the report;
+    `suspects` drops or flips the most suspect pairs. `loss.label_smoothing: auto` runs the audit too."""
+
+    suspects: Literal["keep", "drop", "flip"] = Field(
+        "keep", description="What to do with the most suspect pairs: keep them, drop them, or swap chosen/rejected."
+    )
+    share: float | None = Field(None, gt=0, lt=1, description="The most suspect share of the pairs are suspects.")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="Pairs whose p_flipped is at least this are suspects."
+    )
+
+    @model_validator(mode="after")
+    def _share_or_threshold(self):
+        given = [k for k in ("share", "threshold") if getattr(self, k) is not None]
+        if self.suspects == "keep" and given:
+            raise ValueError(f"{given[0]} has no effect with suspects: keep (set suspects: drop or flip)")
+        if self.suspects != "keep" and len(given) != 1:
+            raise ValueError(f"suspects: {self.suspects} needs exactly one of share or threshold")
+        return self
+
+
 class DataSection(Section):
     train: SourceList = Field(
         ...,
@@ -106,6 +129,11 @@ class DataSection(Section):
         description="Augmentation steps for the training pairs, in order: [{type: label_noise, fraction: 0.2}, "
         "...]; a type 'package.module:function' is a plug-in. Each step's keys are checked against its function "
         "(dpo/data/augment.py) when the data is prepared.",
+    )
+
+    audit: AuditSection | None = Field(
+        None,
+        description="Audit the training labels before training: {suspects: keep | drop | flip, share | threshold}.",
     )
 
     def sources(self, split: str) -> list[DataSource]:

@@ -43,6 +43,7 @@ from dpo.rundir.files import (
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
+from dpo.training.audit_use import apply_audit, needs_audit
 from dpo.training.gate import CheckedRecipe, check
 from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
 from dpo.training.samples import write_samples_or_warn
@@ -169,6 +170,8 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
 
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
+    if needs_audit(checked):  # data.audit or label_smoothing: auto: audit the labels before anything is written
+        checked = apply_audit(checked, run_dir, progress=recipe.logging.progress_bar and main, write=main)
     if main:
         atomic_write_text(run_dir / RECIPE, resolved_yaml)
         if changes is not None:

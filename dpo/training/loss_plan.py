@@ -5,7 +5,8 @@ The config layer cannot read those tables (it imports no torch), so the recipe's
 sections take keys beyond the schema's, and this module checks them, worded as the config layer words its own:
 * `loss.type` names losses in LOSSES; every further `loss` key is a keyword-only parameter of some loss (or an
   unknown key, with the closest valid one suggested), of one of the chosen losses (or an error naming both keys),
-  with a value its annotation accepts for each chosen loss that takes it;
+  with a value its annotation accepts for each chosen loss that takes it; `label_smoothing: auto` takes the label
+  audit's flip-rate estimate, for losses whose label_smoothing is a label-flip rate (cDPO, rDPO);
 * `loss.beta_schedule.type` names a kind in BETA_SCHEDULES, and its further keys are that kind's parameters;
 * `regularizers.f_divergence` names a link in F_DIVERGENCES, and `regularizers.f_alpha` is a parameter of it;
 * regularizers that cannot work with the chosen losses or model setup are errors naming both keys.
@@ -16,6 +17,7 @@ of earlier versions hold `label_smoothing: 0.0` whatever the loss).
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from dpo.config.loading import LoadedRecipe
@@ -23,7 +25,9 @@ from dpo.config.schema import valid_keys
 from dpo.config.signatures import REQUIRED, checked_value, description, keyword_parameters, unknown_key_problem
 from dpo.errors import UserError, did_you_mean
 from dpo.training.beta import BETA_SCHEDULES, schedule_keys
-from dpo.training.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LossPlan
+from dpo.training.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LabelFlipRate, LossPlan
+
+AUTO = "auto"  # a loss key set to auto takes its value from the label audit (dpo/training/audit_use.py)
 
 
 def hyperparameter_keys() -> list[str]:
@@ -97,12 +101,38 @@ def _hyperparameters(loaded: LoadedRecipe, names: list[str]) -> dict[str, Any]:
             raise UserError(
                 f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)
             )
+        if value == AUTO:
+            out[key] = _auto(loaded, dotted, key, takers)
+            continue
         for name in takers:  # each chosen loss that takes the key must accept the value
             value, problem = checked_value(LOSSES[name].fn, key, value, dotted)
             if problem:
                 raise UserError(problem, where=loaded.source(dotted))
         out[key] = value
     return out
+
+
+def auto_keys() -> list[str]:
+    """Loss keys that take `auto` (the audit's flip-rate estimate): those some loss annotates as a LabelFlipRate."""
+    return [k for k in hyperparameter_keys() if any(_is_flip_rate(spec, k) for spec in LOSSES.values())]
+
+
+def _is_flip_rate(spec, key: str) -> bool:
+    return typing.get_type_hints(spec.fn, include_extras=True).get(key) == LabelFlipRate
+
+
+def _auto(loaded: LoadedRecipe, dotted: str, key: str, takers: list[str]) -> str:
+    """`auto`: the value comes from the label audit's flip-rate estimate (dpo/training/audit_use.py), which only
+    means something where the parameter is a label-flip rate (cDPO's and rDPO's epsilon)."""
+    others = [n for n in takers if not _is_flip_rate(LOSSES[n], key)]
+    if others:
+        users = [n for n, spec in LOSSES.items() if _is_flip_rate(spec, key)]
+        raise UserError(
+            f"auto (the audit's flip-rate estimate) applies to losses whose {key} is a label-flip rate "
+            f"({', '.join(users)}), not to {', '.join(others)}",
+            where=loaded.where(dotted),
+        )
+    return AUTO
 
 
 def _f_alpha(loaded: LoadedRecipe) -> float | None:

@@ -1,0 +1,226 @@
+"""The label audit: the flip-rate estimator on synthetic margins and features with a known flip rate, and
+`dpo data audit`, `data.audit` and `loss.label_smoothing: auto` end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpo.config.loading import load_recipe
+from dpo.errors import UserError
+from dpo.training.audit_use import apply_audit, suspects
+from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture
+from dpo.training.gate import check
+from dpo.training.loss_plan import loss_plan
+from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def mirrored_margins(n: int, rate: float, mu: float, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Margins of clean pairs ~ N(mu, sigma); a flipped pair's margin is negated. Returns (margins, flipped)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = mu + sigma * torch.randn(n, generator=g, dtype=torch.float64)
+    flipped = torch.rand(n, generator=g) < rate
+    return torch.where(flipped, -clean, clean), flipped
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.2, 0.3, 0.4])
+def test_mixture_recovers_the_flip_rate_of_separated_margins(rate):
+    margins, flipped = mirrored_margins(4000, rate, mu=2.0, sigma=1.0, seed=0)
+    fit = fit_flip_mixture(margins)
+    injected = flipped.double().mean().item()  # the realised share, which the estimate should find
+    assert fit.estimate == pytest.approx(injected, abs=0.015)
+    assert fit.low <= injected <= fit.high
+    assert fit.high - fit.low < 0.05
+    assert fit.mu == pytest.approx(2.0, abs=0.1) and fit.sigma == pytest.approx(1.0, abs=0.1)
+
+
+def test_posterior_is_bayes_rule_under_the_fitted_mixture():
+    margins, _ = mirrored_margins(2000, 0.2, mu=2.0, sigma=1.0, seed=1)
+    fit = fit_flip_mixture(margins)
+    e, mu, s = fit.estimate, fit.mu, fit.sigma
+    for i in (0, 1, 2):
+        m = margins[i].item()
+        # p(flipped | m) = e N(m; -mu, s) / (e N(m; -mu, s) + (1 - e) N(m; mu, s)); the normal's constants cancel
+        flip = e * math.exp(-0.5 * ((m + mu) / s) ** 2)
+        clean = (1 - e) * math.exp(-0.5 * ((m - mu) / s) ** 2)
+        assert fit.p_flipped[i].item() == pytest.approx(flip / (flip + clean), abs=1e-4)
+    # a margin of 0 is as likely either way, scaled by the prior: p = e
+    assert fit.p_flipped[margins.abs().argmin()].item() == pytest.approx(e, abs=0.02)
+
+
+def test_margins_that_cannot_tell_the_answers_apart_give_a_wide_interval():
+    g = torch.Generator().manual_seed(0)
+    fit = fit_flip_mixture(0.1 * torch.randn(1000, generator=g, dtype=torch.float64))
+    assert fit.separation < 0.5
+    assert fit.low <= 0.05 and fit.high >= 0.45
+
+
+def synthetic_diffs(n: int, rate: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair feature differences whose clean label follows a linear reward (w . d > 0), then a share `rate` flipped."""
+    g = torch.Generator().manual_seed(seed)
+    dim = 20
+    w = torch.randn(dim, generator=g)
+    d = torch.randn(n, dim, generator=g)
+    d = d * torch.sign(d @ w)[:, None] + 0.5 * w / w.norm()  # every clean pair prefers chosen
+    flipped = torch.rand(n, generator=g) < rate
+    d[flipped] = -d[flipped]
+    return d, flipped
+
+
+def test_cross_fitted_reward_model_finds_the_flipped_pairs():
+    diffs, flipped = synthetic_diffs(600, 0.25, seed=0)
+    margins, choice = cross_fitted_margins(diffs, seed=0)
+    assert choice["features"] == "all" and choice["l2"] > 0
+    fit = fit_flip_mixture(margins)
+    assert fit.estimate == pytest.approx(flipped.float().mean().item(), abs=0.05)
+    top = fit.p_flipped.argsort(descending=True)[:60]  # the top 10%
+    assert flipped[top].float().mean().item() >= 0.9
+    assert torch.equal(margins, cross_fitted_margins(diffs, seed=0)[0])  # seeded: the same folds, the same margins
+    assert not torch.equal(margins, cross_fitted_margins(diffs, seed=1)[0])
+
+
+def test_suspects_by_share_and_by_threshold():
+    p = [0.1, 0.9, 0.5, 0.7]
+    ranking = [1, 3, 2, 0]
+    assert suspects(p, ranking, share=0.5, threshold=None) == [1, 3]
+    assert suspects(p, ranking, share=0.3, threshold=None) == [1]  # rounded down
+    assert suspects(p, ranking, share=None, threshold=0.5) == [1, 2, 3]
+
+
+# ---- the command and the recipe keys, on a tiny random model --------------------------------------------
+
+
+@pytest.fixture
+def audit_recipe(tmp_path, tiny_model_dir):
+    """The tiny model on a 24-pair JSONL file with a blank line (row numbers are file lines) and a duplicate."""
+    lines = []
+    for i in range(24):
+        pair = {"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}.", "rejected": f"{2 * i + 1}."}
+        lines.append(json.dumps(pair))
+        if i == 3:
+            lines += ["", json.dumps(pair)]  # line 5 blank, line 6 a duplicate of line 4 (dropped)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    recipe = tiny_recipe_dict(tiny_model_dir, 100, TINY_TRAINING)
+    recipe["data"] = {"train": str(data), "heldout_fraction": 0.2}
+    return write_recipe(tmp_path / "audit.yaml", recipe)
+
+
+def run_dpo(*args):
+    command = [sys.executable, "-m", "dpo", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_path):
+    out = tmp_path / "out"
+    proc = run_dpo("data", "audit", audit_recipe, "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit = json.loads((out / "audit.json").read_text())
+    assert set(audit) == {"flip_rate", "pairs"}
+    rate = audit["flip_rate"]
+    assert set(rate) == {"estimate", "low", "high"} and 0 <= rate["low"] <= rate["estimate"] <= rate["high"] <= 0.5
+    pairs = audit["pairs"]
+    assert all(set(p) == {"source", "row", "p_flipped"} for p in pairs)
+    p = [x["p_flipped"] for x in pairs]
+    assert p == sorted(p, reverse=True)
+    # 24 distinct pairs, 20% of the prompts held out: the training pairs' rows are file lines, skipping 5 and 6
+    lines = (audit_recipe.parent / "pairs.jsonl").read_text().split("\n")
+    checked = check(audit_recipe)
+    assert len(pairs) == len(checked.data.train)
+    for entry in pairs:
+        assert entry["source"] == str(audit_recipe.parent / "pairs.jsonl")
+        assert entry["row"] not in (5, 6)
+        row = json.loads(lines[entry["row"] - 1])
+        assert row in checked.data.train
+    assert "estimated flip rate" in proc.stdout and "top 5 suspects:" in proc.stdout
+    assert "prompt:" in proc.stdout and "chosen:" in proc.stdout and "rejected:" in proc.stdout
+    assert "audit: scoring answers" in proc.stderr  # the progress bar
+    again = run_dpo("data", "audit", audit_recipe, "--output", tmp_path / "again")
+    assert again.returncode == 0
+    assert (tmp_path / "again" / "audit.json").read_text() == (out / "audit.json").read_text()  # seeded
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.audit.suspects=drop", "data.audit: suspects: drop needs exactly one of share or threshold"),
+        ("data.audit.share=0.1", "share has no effect with suspects: keep"),
+        ("data.audit.suspect=drop", "unknown key"),
+        ("data.max_train_pairs=5", "the audit needs at least 10 training pairs"),
+    ],
+)
+def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
+    proc = run_dpo("data", "audit", audit_recipe, "--output", tmp_path / "out", "--set", override)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_smoothing_auto_is_for_flip_rate_losses_only(audit_recipe):
+    plan = loss_plan(load_recipe(audit_recipe, ["loss.label_smoothing=auto"]))
+    assert plan.hyperparameters == {"label_smoothing": "auto"}
+    assert loss_plan(load_recipe(audit_recipe, ["loss.type=robust", "loss.label_smoothing=auto"]))
+    with pytest.raises(UserError, match=r"does not apply to loss.type \['ipo'\]"):  # as a number would
+        loss_plan(load_recipe(audit_recipe, ["loss.type=ipo", "loss.label_smoothing=auto"]))
+    with pytest.raises(UserError, match="applies to losses whose label_smoothing is a label-flip rate"):
+        loss_plan(load_recipe(audit_recipe, ["loss.type=exo_pair", "loss.label_smoothing=auto"]))
+
+
+def test_auto_takes_epsilon_from_the_audit(audit_recipe, tmp_path):
+    checked = apply_audit(check(audit_recipe, ["loss.label_smoothing=auto"]), tmp_path, progress=False)
+    audit = checked.data.card["audit"]
+    epsilon = checked.loss_plan.hyperparameters["label_smoothing"]
+    assert isinstance(epsilon, float) and 0 <= epsilon < 0.5
+    assert audit["auto"] == {"loss.label_smoothing": round(epsilon, 4)}
+    # nothing dropped: epsilon is the mean posterior, which is the mixture's estimate at EM's fixed point
+    assert epsilon == pytest.approx(audit["flip_rate"]["estimate"], abs=1e-3)
+    assert audit["suspects"] == {"action": "keep", "pairs": 0, "rows": []}
+    assert (tmp_path / "audit.json").is_file()
+
+
+@pytest.mark.parametrize("action", ["drop", "flip"])
+def test_suspects_are_dropped_or_flipped(audit_recipe, tmp_path, action):
+    before = check(audit_recipe)
+    checked = apply_audit(
+        check(audit_recipe, [f"data.audit.suspects={action}", "data.audit.share=0.25"]), tmp_path, progress=False
+    )
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    n = len(before.data.train)
+    top = audit["pairs"][: n // 4]
+    card = checked.data.card["audit"]["suspects"]
+    assert card["action"] == action and card["pairs"] == n // 4
+    assert sorted((r["source"], r["row"]) for r in card["rows"]) == sorted((p["source"], p["row"]) for p in top)
+    lines = (audit_recipe.parent / "pairs.jsonl").read_text().split("\n")
+    suspect_rows = [json.loads(lines[p["row"] - 1]) for p in top]
+    if action == "drop":
+        assert len(checked.data.train) == n - n // 4
+        assert not any(row in checked.data.train for row in suspect_rows)
+        assert checked.data.card["split"]["train_pairs"] == n - n // 4
+    else:
+        assert len(checked.data.train) == n
+        for row in suspect_rows:
+            assert {**row, "chosen": row["rejected"], "rejected": row["chosen"]} in checked.data.train
+    assert checked.data.card["content_hash"]["train"] != before.data.card["content_hash"]["train"]
+
+
+def test_train_with_auto_records_the_audit_in_card_and_report(audit_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_dpo(
+        "train", audit_recipe, "--output-dir", run_dir,
+        "--set", "loss.label_smoothing=auto", "--set", "data.audit.suspects=drop", "--set", "data.audit.threshold=0.5",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((run_dir / "data_card.json").read_text())
+    assert set(card["audit"]["flip_rate"]) == {"estimate", "low", "high"}
+    assert card["audit"]["suspects"]["action"] == "drop" and card["audit"]["suspects"]["threshold"] == 0.5
+    assert "loss.label_smoothing" in card["audit"]["auto"]
+    assert (run_dir / "audit.json").is_file()
+    html = (run_dir / "report.html").read_text()
+    assert "Label audit" in html and "estimated flip rate" in html
