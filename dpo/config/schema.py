@@ -288,7 +288,8 @@ class AutopilotSection(Section):
         ge=0,
         lt=0.5,
         description="Estimated share of flipped training labels; null: the label audit's estimate in data_card.json "
-        "(label_audit.flip_rate) when there is one.",
+        "(audit.expected_flip_rate_after, written when the recipe has `data.audit` or `label_smoothing: auto`) "
+        "when there is one.",
     )
 
 

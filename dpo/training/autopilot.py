@@ -47,10 +47,10 @@ LOSS_CONTROLS = {"regularizers.nll_weight", "loss.dpop_lambda", "loss.label_smoo
 def audit_flip_rate(card: dict) -> float | None:
     """The label audit's estimate of the training label-flip rate from data_card.json, or None when there is none.
 
-    The audit (`dpo data audit`, another module) writes it as `label_audit.flip_rate`; any other shape is no
-    estimate."""
-    audit = card.get("label_audit")
-    value = audit.get("flip_rate") if isinstance(audit, dict) else None
+    The audit (dpo/training/audit_use.py) writes `audit.expected_flip_rate_after`: the flip rate of the pairs that
+    are trained on, after its `data.audit.suspects` action dropped or flipped the most suspect ones."""
+    audit = card.get("audit")
+    value = audit.get("expected_flip_rate_after") if isinstance(audit, dict) else None
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 

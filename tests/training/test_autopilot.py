@@ -89,7 +89,7 @@ def test_label_audit_sets_the_smoothing_to_the_estimate_within_its_bound():
     assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.2]}
     (decision,) = pilot(flip_rate=0.45).decide(0, evaluation())
     assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.3]}
-    assert audit_flip_rate({"label_audit": {"flip_rate": 0.25}}) == 0.25 and audit_flip_rate({}) is None
+    assert audit_flip_rate({"audit": {"expected_flip_rate_after": 0.25}}) == 0.25 and audit_flip_rate({}) is None
 
 
 def test_plateau_cuts_the_learning_rate_then_stop_after_a_fall_beyond_the_noise():
