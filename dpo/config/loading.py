@@ -16,11 +16,14 @@ import yaml
 from pydantic import ValidationError
 
 from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
+from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import unknown_key_problem, value_problem
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
 
 SET_SOURCE = "--set"
+# Keys every sweep spec has (dpo/sweep/spec.py) and no recipe may: a file with both is a sweep given to a recipe command
+SWEEP_SPEC_KEYS = {"recipe", "search"}
 
 
 class LoadedRecipe:
@@ -41,8 +44,16 @@ class LoadedRecipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
-    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly."""
-    path = Path(path)
+    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly. `path` may also
+    name a shipped recipe (`quickstart`; see dpo/config/shipped.py)."""
+    given, path = path, resolve_recipe_path(path)
+    if not path.is_file():
+        raise UserError(
+            "recipe file not found (`dpo recipes` lists the shipped recipes, which a bare name like quickstart runs)",
+            where=str(path),
+        )
+    if SWEEP_SPEC_KEYS <= read_yaml_mapping(path).keys():
+        raise UserError(f"is a sweep spec, not a recipe: run it with `dpo sweep {given}`", where=str(path))
     raw, provenance = _read_with_bases(path, chain=())
     for item in overrides:
         key, value = parse_override(item)
