@@ -76,6 +76,13 @@ def plan(source: str, options=None):
     return build_plan(source, options)
 
 
+def recipes():
+    """The shipped recipes and sweep specs (name, file, first comment line); a name runs as `dpo train NAME`."""
+    from dpo.config.shipped import shipped_recipes
+
+    return shipped_recipes()
+
+
 def inspect_data(target: str | Path, overrides=(), **options) -> dict:
     """Counts, token lengths, invalid rows and samples of a data file or a recipe's data.
 

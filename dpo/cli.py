@@ -31,6 +31,23 @@ SetOption = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from dpo import __version__
+
+        typer.echo(f"dpo-toolkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
+    """DPO fine-tuning with overfitting controls."""
+
+
 def _fail(exc: UserError | RunFailed) -> None:
     typer.echo(f"error: {redact(str(exc))}", err=True)
     raise typer.Exit(code=exc.exit_code)
@@ -256,6 +273,21 @@ def eval_(
         typer.echo(f"no generation: {result['generation_skipped']}")
     typer.echo(f"wrote {run_dir / 'eval.json'}")
     write_report_or_warn(run_dir)  # the dashboard shows eval.json
+
+
+@app.command()
+def recipes():
+    """List the shipped recipes and sweeps, each with its first comment line; run one by name (dpo train quickstart)."""
+    try:
+        found = api.recipes()
+    except UserError as exc:
+        _fail(exc)
+    width = max(len(r.name) for r in found)
+    for heading, sweeps in (("recipes (dpo train NAME)", False), ("sweeps (dpo sweep NAME)", True)):
+        typer.echo(heading + ":")
+        for r in (r for r in found if r.is_sweep == sweeps):
+            typer.echo(f"  {r.name:<{width}}  {r.summary}")
+    typer.echo(f"files: {found[0].path.parent if found else ''}")
 
 
 def main() -> None:

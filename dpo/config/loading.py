@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
-from dpo.config.shipped import resolve_recipe_path
+from dpo.config.shipped import resolve_recipe_path, shipped_name_hint
 from dpo.config.signatures import unknown_key_problem, value_problem
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
@@ -49,7 +49,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     given, path = path, resolve_recipe_path(path)
     if not path.is_file():
         raise UserError(
-            "recipe file not found (`dpo recipes` lists the shipped recipes, which a bare name like quickstart runs)",
+            f"recipe file not found{shipped_name_hint(given)} (`dpo recipes` lists the shipped recipes, which a bare "
+            "name like quickstart runs)",
             where=str(path),
         )
     if SWEEP_SPEC_KEYS <= read_yaml_mapping(path).keys():

@@ -12,7 +12,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo.errors import UserError
+from dpo.errors import UserError, did_you_mean
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 # Folders of recipes/ that hold other things than recipes: `accelerate launch --config_file` files.
@@ -75,3 +75,12 @@ def resolve_recipe_path(given: str | Path) -> Path:
     candidates = [folder / path] if path.suffix in RECIPE_SUFFIXES else []
     candidates += [folder / f"{path}{suffix}" for suffix in RECIPE_SUFFIXES]
     return next((c for c in candidates if c.is_file()), path)
+
+
+def shipped_name_hint(given: str | Path) -> str:
+    """ "; did you mean 'quickstart'?" for a misspelt shipped recipe name, or ""."""
+    try:
+        names = [r.name for r in shipped_recipes()]
+    except UserError:
+        return ""
+    return did_you_mean(Path(given).with_suffix("").as_posix(), names)
