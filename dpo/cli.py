@@ -125,12 +125,13 @@ def validate(
     )
 
 
-def plan(source: str, json_output: bool = False, **values) -> None:
-    """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded)."""
+def plan(ctx: typer.Context, source: str, json_output: bool = False, **values) -> None:
+    """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded). SOURCE may be a
+    recipe: its model, LoRA, batch, length and dtype are planned, and the options given here replace them."""
     import json
 
     try:
-        result = api.plan(source, _plan_options(values))
+        result = api.plan(source, _plan_options(values), given=_given_options(ctx))
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
@@ -152,10 +153,13 @@ def _plan_parameters() -> list[inspect.Parameter]:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
     params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
             "source",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[str, typer.Argument(help="config.json, local model directory, or model alias.")],
+            annotation=Annotated[
+                str, typer.Argument(help="config.json, local model directory, model alias, or a recipe.")
+            ],
         ),
         param("json_output", bool, False, "--json", help="Print the plan as JSON."),
     ]
@@ -171,6 +175,17 @@ def _plan_parameters() -> list[inspect.Parameter]:
             flag, help_text = f.metadata["none_flag"]
             params.append(param(_none_flag_name(f), bool, False, flag, help=help_text))
     return params
+
+
+def _given_options(ctx: typer.Context) -> tuple[str, ...]:
+    """The PlanOptions fields set on the command line (not left at their defaults)."""
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name != "DEFAULT"  # by name: typer may bring its own click
+
+    fields = dataclasses.fields(PlanOptions)
+    return tuple(f.name for f in fields if given(f.name) or (f.metadata["none_flag"] and given(_none_flag_name(f))))
 
 
 def _plan_options(values: dict) -> PlanOptions:
