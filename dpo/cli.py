@@ -49,7 +49,8 @@ def _main(
 
 
 def _fail(exc: UserError | RunFailed) -> None:
-    typer.echo(f"error: {redact(str(exc))}", err=True)
+    for problem in getattr(exc, "errors", None) or [exc]:  # UserErrors: one line per problem found
+        typer.echo(f"error: {redact(str(problem))}", err=True)
     raise typer.Exit(code=exc.exit_code)
 
 
@@ -309,7 +310,8 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)
-        print(f"error: {exc}", file=sys.stderr)
+        for problem in getattr(exc, "errors", None) or [exc]:
+            print(f"error: {redact(str(problem))}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

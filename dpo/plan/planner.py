@@ -82,7 +82,7 @@ class Plan:
         if self.recipe:
             lines.insert(
                 0,
-                f"recipe {self.recipe}: model, LoRA, batch, length, dtype and reference as it sets them (options given win)",
+                f"recipe {self.recipe}: its model, LoRA, batch, length, dtype and reference (options given win)",
             )
         if self.model_type not in FAMILIES:
             lines.append(
