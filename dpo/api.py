@@ -102,6 +102,23 @@ def plan(source: str, options=None, given=()):
     return planned
 
 
+def convert_trl(config: str | Path, output: str | Path | None = None):
+    """Turn a `trl dpo` config file into a recipe; returns (the recipe's text, the Converted record with the keys
+    that could not be mapped). With `output`, also writes the recipe there (an existing file is an error)."""
+    from dpo.training.convert_trl import convert_trl as convert
+    from dpo.training.convert_trl import recipe_yaml
+
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists():
+        raise UserError("already exists; choose another --output or remove it", where=str(output))
+    converted = convert(config)
+    text = recipe_yaml(converted, Path(config), output)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    return text, converted
+
+
 def recipes():
     """The shipped recipes and sweep specs (name, file, first comment line); a name runs as `dpo train NAME`."""
     from dpo.config.shipped import shipped_recipes

@@ -291,6 +291,23 @@ def eval_(
     write_report_or_warn(run_dir)  # the dashboard shows eval.json
 
 
+@app.command("convert-trl")
+def convert_trl(
+    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.")],
+    output: Annotated[Path | None, typer.Option(help="Write the recipe here (default: print it).")] = None,
+):
+    """Turn a `trl dpo` config into a recipe; lists the keys it could not map (stderr)."""
+    try:
+        text, converted = api.convert_trl(config, output)
+    except UserError as exc:
+        _fail(exc)
+    for key, reason in converted.unmapped:
+        typer.echo(f"not mapped: {key}: {reason}", err=True)
+    for note in converted.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {output}" if output is not None else text.rstrip("\n"))
+
+
 @app.command()
 def recipes():
     """List the shipped recipes and sweeps, each with its first comment line; run one by name (dpo train quickstart)."""
