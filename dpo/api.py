@@ -131,9 +131,11 @@ def inspect_data(target: str | Path, overrides=(), **options) -> dict:
 
     A recipe is checked whole, as loading it always did: the `loss` section's keys come from the loss table
     (dpo/training/loss_plan.py), which the data layer cannot read, so they are checked here."""
+    from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path
     from dpo.data.inspect import inspect_data as inspect
 
-    if Path(target).suffix.lower() in (".yaml", ".yml"):
+    if resolve_recipe_path(target).suffix.lower() in RECIPE_SUFFIXES:  # a recipe file, or a shipped recipe's name
+        target = resolve_recipe_path(target)
         from dpo.config.loading import load_recipe
         from dpo.training.loss_plan import loss_plan
 
