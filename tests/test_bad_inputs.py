@@ -60,9 +60,8 @@ def test_bad_input_fails_cleanly_and_changes_nothing(case, existing_run, tmp_pat
         assert result.exit_code == case["exit"], (command, result.output, result.exception)
         lines = result.stderr.splitlines()
         assert len(lines) == case.get("lines", 1), lines  # one line per problem, no traceback
-        assert all(line.startswith(f"error: {fill(case['where']).split(': ')[0]}") for line in lines), (
-            lines
-        )  # each names the file
+        source = fill(case["where"]).split(": ")[0]  # the file (or --set)
+        assert all(line.startswith(f"error: {source}") for line in lines), lines
         assert lines[0].startswith(f"error: {fill(case['where'])}"), lines[0]
         assert fill(case["message"]) in lines[0], lines[0]
     assert snapshot(tmp_path) == before  # the run next to it, and everything else: untouched (no PWNED file either)
