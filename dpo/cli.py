@@ -311,6 +311,8 @@ def convert_trl(
 @app.command()
 def recipes():
     """List the shipped recipes and sweeps, each with its first comment line; run one by name (dpo train quickstart)."""
+    from dpo.config.shipped import shipped_dir
+
     try:
         found = api.recipes()
     except UserError as exc:
@@ -320,7 +322,7 @@ def recipes():
         typer.echo(heading + ":")
         for r in (r for r in found if r.is_sweep == sweeps):
             typer.echo(f"  {r.name:<{width}}  {r.summary}")
-    typer.echo(f"files: {found[0].path.parent if found else ''}")
+    typer.echo(f"files: {shipped_dir('recipes')}")
 
 
 def main() -> None:
