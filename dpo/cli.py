@@ -56,7 +56,9 @@ def _fail(exc: UserError | RunFailed) -> None:
 
 @app.command()
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).")],
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML file or shipped recipe name (with --resume: or a run directory).")
+    ],
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
     resume: Annotated[
@@ -108,7 +110,7 @@ def sweep(
 
 @app.command()
 def validate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, or a shipped recipe's name (`dpo recipes`).")],
     set_: SetOption = None,
 ):
     """Check a recipe and its data without training (no model weights are loaded)."""
