@@ -70,11 +70,61 @@ def evaluate(run_dir: str | Path, options=None) -> dict:
     return evaluate_run(run_dir, options)
 
 
-def plan(source: str, options=None):
-    """Count a model's parameters and plan DPO memory from its config (no weights); returns a Plan."""
+def plan(source: str, options=None, given=()):
+    """Count a model's parameters and plan DPO memory from its config (no weights); returns a Plan.
+
+    SOURCE is a config.json, a model directory or alias, or a recipe (a .yaml file or a shipped recipe name): the
+    plan then reads the model, LoRA, batch, length, dtype, gradient checkpointing and reference from the recipe
+    and the trl.DPOConfig it builds, and the PlanOptions fields named in `given` (those set on the command line)
+    replace what the recipe says."""
+    import dataclasses
+
+    from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path
+    from dpo.plan.options import PlanOptions
     from dpo.plan.planner import build_plan
 
-    return build_plan(source, options)
+    options = options or PlanOptions()
+    recipe_file = resolve_recipe_path(source)
+    if recipe_file.suffix not in RECIPE_SUFFIXES:
+        return build_plan(source, options)
+    from dpo.config.loading import load_recipe
+    from dpo.plan.recipe_options import options_for_recipe
+    from dpo.training.arguments import build_dpo_config
+    from dpo.training.gate import default_output_dir
+    from dpo.training.loss_plan import loss_plan
+
+    loaded = load_recipe(recipe_file)
+    loss_plan(loaded)  # the recipe is checked whole, as `dpo validate` checks it, less its data and tokenizer
+    args = build_dpo_config(loaded, default_output_dir(loaded.recipe))  # its defaults: TRL's, as the run gets them
+    from_recipe = options_for_recipe(loaded.recipe, args, cuda=options.device == "cuda")
+    chosen = dataclasses.replace(from_recipe, **{name: getattr(options, name) for name in given})
+    planned = build_plan(loaded.recipe.model.name_or_path, chosen)
+    planned.recipe = str(source)
+    return planned
+
+
+def convert_trl(config: str | Path, output: str | Path | None = None):
+    """Turn a `trl dpo` config file into a recipe; returns (the recipe's text, the Converted record with the keys
+    that could not be mapped). With `output`, also writes the recipe there (an existing file is an error)."""
+    from dpo.training.convert_trl import convert_trl as convert
+    from dpo.training.convert_trl import recipe_yaml
+
+    output = Path(output) if output is not None else None
+    if output is not None and output.exists():
+        raise UserError("already exists; choose another --output or remove it", where=str(output))
+    converted = convert(config)
+    text = recipe_yaml(converted, Path(config), output)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    return text, converted
+
+
+def recipes():
+    """The shipped recipes and sweep specs (name, file, first comment line); a name runs as `dpo train NAME`."""
+    from dpo.config.shipped import shipped_recipes
+
+    return shipped_recipes()
 
 
 def inspect_data(target: str | Path, overrides=(), **options) -> dict:
@@ -82,9 +132,11 @@ def inspect_data(target: str | Path, overrides=(), **options) -> dict:
 
     A recipe is checked whole, as loading it always did: the `loss` section's keys come from the loss table
     (dpo/training/loss_plan.py), which the data layer cannot read, so they are checked here."""
+    from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path
     from dpo.data.inspect import inspect_data as inspect
 
-    if Path(target).suffix.lower() in (".yaml", ".yml"):
+    if resolve_recipe_path(target).suffix.lower() in RECIPE_SUFFIXES:  # a recipe file, or a shipped recipe's name
+        target = resolve_recipe_path(target)
         from dpo.config.loading import load_recipe
         from dpo.training.loss_plan import loss_plan
 

@@ -31,15 +31,36 @@ SetOption = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from dpo import __version__
+
+        typer.echo(f"dpo-toolkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
+    """DPO fine-tuning with overfitting controls."""
+
+
 def _fail(exc: UserError | RunFailed) -> None:
-    typer.echo(f"error: {one_line(redact(str(exc)))}", err=True)
+    for problem in getattr(exc, "errors", None) or [exc]:  # UserErrors: one line per problem found
+        typer.echo(f"error: {one_line(redact(str(problem)))}", err=True)
     raise typer.Exit(code=exc.exit_code)
 
 
 @app.command()
 def train(
     recipe: Annotated[
-        Path, typer.Argument(help="Recipe YAML file (with --resume: or a run directory).", readable=False)
+        Path,
+        typer.Argument(
+            help="Recipe YAML file or shipped recipe name (with --resume: or a run directory).", readable=False
+        ),
     ],
     set_: SetOption = None,
     output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
@@ -94,7 +115,9 @@ def sweep(
 
 @app.command()
 def validate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", readable=False)],
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML file, or a shipped recipe's name (`dpo recipes`).", readable=False)
+    ],
     set_: SetOption = None,
     output_dir: Annotated[
         Path | None, typer.Option(help="Run directory dpo train would write (default: runs/<recipe name>).")
@@ -115,12 +138,13 @@ def validate(
     )
 
 
-def plan(source: str, json_output: bool = False, **values) -> None:
-    """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded)."""
+def plan(ctx: typer.Context, source: str, json_output: bool = False, **values) -> None:
+    """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded). SOURCE may be a
+    recipe: its model, LoRA, batch, length and dtype are planned, and the options given here replace them."""
     import json
 
     try:
-        result = api.plan(source, _plan_options(values))
+        result = api.plan(source, _plan_options(values), given=_given_options(ctx))
     except UserError as exc:
         _fail(exc)
     typer.echo(json.dumps(result.to_dict(), indent=2) if json_output else result.render())
@@ -142,10 +166,13 @@ def _plan_parameters() -> list[inspect.Parameter]:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
     params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
         inspect.Parameter(
             "source",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[str, typer.Argument(help="config.json, local model directory, or model alias.")],
+            annotation=Annotated[
+                str, typer.Argument(help="config.json, local model directory, model alias, or a recipe.")
+            ],
         ),
         param("json_output", bool, False, "--json", help="Print the plan as JSON."),
     ]
@@ -161,6 +188,17 @@ def _plan_parameters() -> list[inspect.Parameter]:
             flag, help_text = f.metadata["none_flag"]
             params.append(param(_none_flag_name(f), bool, False, flag, help=help_text))
     return params
+
+
+def _given_options(ctx: typer.Context) -> tuple[str, ...]:
+    """The PlanOptions fields set on the command line (not left at their defaults)."""
+
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name != "DEFAULT"  # by name: typer may bring its own click
+
+    fields = dataclasses.fields(PlanOptions)
+    return tuple(f.name for f in fields if given(f.name) or (f.metadata["none_flag"] and given(_none_flag_name(f))))
 
 
 def _plan_options(values: dict) -> PlanOptions:
@@ -286,73 +324,46 @@ def eval_(
     write_report_or_warn(run_dir)  # the dashboard shows eval.json
 
 
-@app.command()
-def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).")],
-    output: Annotated[Path, typer.Option(help="Folder to write (must not exist, or be empty).")],
-    merge: Annotated[
-        bool, typer.Option("--merge", help="Merge the LoRA adapter into the base model (loads without peft).")
-    ] = False,
-    push_to_hub: Annotated[
-        str | None, typer.Option(help="Also upload the folder to this hub repository (OWNER/NAME).")
-    ] = None,
+@app.command("convert-trl")
+def convert_trl(
+    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.")],
+    output: Annotated[Path | None, typer.Option(help="Write the recipe here (default: print it).")] = None,
 ):
-    """Export a run's weights: the adapter or a merged model, the tokenizer and a filled model card (README.md)."""
+    """Turn a `trl dpo` config into a recipe; lists the keys it could not map (stderr)."""
     try:
-        result = api.export(run_dir, output, merge=merge, push_to_hub=push_to_hub)
+        text, converted = api.convert_trl(config, output)
     except UserError as exc:
         _fail(exc)
-    typer.echo(f"wrote {result['output']} ({result['weights']})")
-    if result["pushed_to"]:
-        typer.echo(f"pushed to {result['pushed_to']}")
+    for key, reason in converted.unmapped:
+        typer.echo(f"not mapped: {key}: {reason}", err=True)
+    for note in converted.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {output}" if output is not None else text.rstrip("\n"))
 
 
 @app.command()
-def generate(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).")],
-    prompt: Annotated[str | None, typer.Option(help="One prompt.")] = None,
-    file: Annotated[Path | None, typer.Option(help="JSONL with a `prompt` per row (text or chat messages).")] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Only the first N prompts of --file.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
-    sample: Annotated[bool, typer.Option("--sample", help="Sample (temperature 1) instead of greedy.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
-):
-    """The trained model's answers next to the reference's (the model before DPO), with the data's chat template."""
-    import json
+def recipes():
+    """List the shipped recipes and sweeps, each with its first comment line; run one by name (dpo train quickstart)."""
+    from dpo.config.shipped import shipped_dir
 
-    from dpo.serve.generate import GenerateOptions
-
-    options = GenerateOptions(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
     try:
-        rows = api.generate(run_dir, prompt=prompt, file=file, n=n, options=options)
+        found = api.recipes()
     except UserError as exc:
         _fail(exc)
-    if json_output:
-        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
-        return
-    for row in rows:
-        typer.echo(f"prompt:    {row['prompt']}\ntrained:   {row['trained']}\nreference: {row['reference']}\n")
-
-
-@app.command()
-def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
-    output: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("compare.html"),
-):
-    """One self-contained HTML page: the runs' held-out curves overlaid and a table of their summaries."""
-    try:
-        written = api.compare(run_dirs, output)
-    except UserError as exc:
-        _fail(exc)
-    typer.echo(f"wrote {written}")
+    width = max(len(r.name) for r in found)
+    for heading, sweeps in (("recipes (dpo train NAME)", False), ("sweeps (dpo sweep NAME)", True)):
+        typer.echo(heading + ":")
+        for r in (r for r in found if r.is_sweep == sweeps):
+            typer.echo(f"  {r.name:<{width}}  {r.summary}")
+    typer.echo(f"files: {shipped_dir('recipes')}")
 
 
 def main() -> None:
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)
-        print(f"error: {one_line(redact(str(exc)))}", file=sys.stderr)
+        for problem in getattr(exc, "errors", None) or [exc]:
+            print(f"error: {one_line(redact(str(problem)))}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

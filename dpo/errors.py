@@ -4,6 +4,7 @@ The CLI turns it into a single `error: ...` line on stderr and exit code 2, with
 Everything else is a bug or an environment failure and keeps its traceback.
 """
 
+import contextlib
 import difflib
 import reprlib
 from collections.abc import Iterable
@@ -51,6 +52,49 @@ class UserError(Exception):
     def __init__(self, message: str, *, where: str | None = None):
         self.where = where
         super().__init__(one_line(f"{where}: {message}" if where else message))
+
+
+class UserErrors(UserError):
+    """Several user errors found together: every mistake a check found, not only the first (a recipe's wrong keys,
+    types and values). The CLI prints one `error:` line per problem, in `errors`."""
+
+    def __init__(self, errors: list[UserError]):
+        self.errors = [e for error in errors for e in (error.errors if isinstance(error, UserErrors) else [error])]
+        super().__init__("; ".join(str(e) for e in self.errors))
+        self.where = self.errors[0].where
+
+
+def raise_all(errors: list[UserError]) -> None:
+    """Raise the errors found, if any: one as itself, several together."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserErrors(errors)
+
+
+class Problems:
+    """Collects the user errors of several independent checks, so all of them are reported at once:
+
+    problems = Problems()
+    with problems.collect():
+        check_one()
+    with problems.collect():
+        check_two()
+    problems.raise_all()
+    """
+
+    def __init__(self):
+        self.found: list[UserError] = []
+
+    @contextlib.contextmanager
+    def collect(self):
+        try:
+            yield
+        except UserError as exc:
+            self.found.append(exc)
+
+    def raise_all(self) -> None:
+        raise_all(self.found)
 
 
 class RunFailed(Exception):

@@ -1,5 +1,5 @@
 """The bad-input corpus (tests/bad_inputs/cases.yaml): each case fails with its documented exit code and one
-`error:` line naming the file and the key or row, from both `dpo validate` and `dpo train`, and leaves an
+`error:` line per problem naming the file and the key or row, from both `dpo validate` and `dpo train`, and leaves an
 existing run directory next to it, and the working directory, byte-for-byte unchanged."""
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def test_bad_input_fails_cleanly_and_changes_nothing(case, existing_run, tmp_pat
         result = runner.invoke(app, command)
         assert result.exit_code == case["exit"], (command, result.output, result.exception)
         lines = result.stderr.splitlines()
-        assert len(lines) == 1, lines  # one line, no traceback
+        assert len(lines) == case.get("lines", 1), lines  # one line per problem, no traceback
+        source = fill(case["where"]).split(": ")[0]  # the file (or --set)
+        assert all(line.startswith(f"error: {source}") for line in lines), lines
         assert lines[0].startswith(f"error: {fill(case['where'])}"), lines[0]
         assert fill(case["message"]) in lines[0], lines[0]
     assert snapshot(tmp_path) == before  # the run next to it, and everything else: untouched (no PWNED file either)

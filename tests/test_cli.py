@@ -26,7 +26,7 @@ def good(tmp_path):
     ("recipe", "expected"),
     [
         ({"data": {"train": "x.jsonl"}, "los": {"beta": 0.1}}, "unknown key 'los'; did you mean 'loss'?"),
-        ({"data": {"train": "x.jsonl"}, "loss": {"beta": "high"}}, "loss.beta: Input should be a valid number"),
+        ({"data": {"train": "x.jsonl"}, "loss": {"beta": "high"}}, "loss.beta: expected a number, got the text 'high'"),
         ({"data": {"train": "missing.jsonl"}}, "data.train: file"),
     ],
 )
@@ -107,7 +107,7 @@ def test_plan_json_and_errors(tmp_path):
         (["training.max_steps=3", "training.num_train_epochs=2"], "training.num_train_epochs: has no effect"),
         (["training.label_smoothing_factor=0.1"], "use loss.label_smoothing"),
         (["base=other.yaml"], "base cannot be overridden"),
-        (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: Input should be a valid number"),
+        (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: expected a number, got the text '0.2'"),
     ],
 )
 def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):

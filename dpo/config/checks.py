@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import DataSection
-from dpo.errors import UserError
+from dpo.errors import UserError, raise_all
 
 
 def check_no_op_keys(loaded: LoadedRecipe) -> None:
@@ -33,6 +33,4 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
             no_ops.append(("logging.wandb_group", "logging.wandb is false"))
     if "num_train_epochs" in recipe.training and (recipe.training.get("max_steps") or -1) > 0:
         no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
-    if no_ops:
-        key, reason = no_ops[0]
-        raise UserError(f"has no effect: {reason}", where=loaded.where(key))
+    raise_all([UserError(f"has no effect: {reason}", where=loaded.where(key)) for key, reason in no_ops])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ import yaml
 from pydantic import ValidationError
 
 from dpo.config.schema import HUB_PREFIX, PATH_KEYS, Recipe, _default_of, valid_keys
-from dpo.config.signatures import unknown_key_problem, value_problem
+from dpo.config.shipped import resolve_recipe_path, shipped_name_hint
+from dpo.config.signatures import unknown_key_problem, values_problem
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
-from dpo.errors import UserError, shorten
+from dpo.errors import UserError, raise_all, shorten
 
 SET_SOURCE = "--set"
+# Keys every sweep spec has (dpo/sweep/spec.py) and no recipe may: a file with both is a sweep given to a recipe command
+SWEEP_SPEC_KEYS = {"recipe", "search"}
 
 
 class LoadedRecipe:
@@ -42,8 +46,15 @@ class LoadedRecipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
-    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly."""
-    path = Path(path)
+    """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly. `path` may also
+    name a shipped recipe (`quickstart`; see dpo/config/shipped.py)."""
+    given, path = path, resolve_recipe_path(path)
+    if not path.is_file():
+        bare = not Path(given).suffix and len(Path(given).parts) == 1  # a name, not a path: say how to find names
+        hint = f"{shipped_name_hint(given)} (`dpo recipes` lists the shipped recipes, run by name)" if bare else ""
+        raise UserError(f"recipe file not found{hint}", where=str(path))
+    if SWEEP_SPEC_KEYS <= read_yaml_mapping(path).keys():
+        raise UserError(f"is a sweep spec, not a recipe: run it with `dpo sweep {given}`", where=str(path))
     raw, provenance = _read_with_bases(path, chain=())
     for item in overrides:
         key, value = parse_override(item)
@@ -113,19 +124,41 @@ def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Reci
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        where = source_of(provenance, key, default_source)
-        raise UserError(_describe(err, key), where=where) from None
+        by_key: dict[str, list[dict]] = {}  # every problem, each key once (a union type errs once per member)
+        for err in exc.errors():
+            by_key.setdefault(_key_of(err["loc"]), []).append(err)
+        raise_all(
+            [
+                UserError(_describe(errors, key), where=source_of(provenance, key, default_source))
+                for key, errors in by_key.items()
+            ]
+        )
+        raise  # not reached: raise_all raised
 
 
-def _describe(err: dict, key: str) -> str:
-    kind = err["type"]
+# pydantic names the member of a union type an error is about after the key (loss.type.str, peft.target_modules.
+# list[str]); recipe keys are lowercase names and list positions
+_RECIPE_KEY_PART = re.compile(r"[a-z_][a-z0-9_]*")
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _key_of(loc: tuple) -> str:
+    """The dotted recipe key of a pydantic error location, without a union member's tag."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and (not _RECIPE_KEY_PART.fullmatch(part) or part in _TYPE_TAGS):
+            break
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(errors: list[dict], key: str) -> str:
+    kind = errors[0]["type"]
     if kind == "extra_forbidden":
         return unknown_key_problem(key, valid_keys(key.rpartition(".")[0]))
     if kind == "missing":
         return f"required key '{key}' is missing"
-    return value_problem(err, key)
+    return values_problem(errors, key)
 
 
 def source_of(provenance: dict[str, str], key: str, default: str) -> str:

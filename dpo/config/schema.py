@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dpo.config.signatures import values_problem
 from dpo.errors import did_you_mean
 
 # Keys whose relative paths resolve against the folder of the recipe file that sets them.
@@ -166,7 +167,9 @@ class DataSection(Section):
                     raise ValueError(
                         f"source {i}: unknown key '{key}'{hint} (valid: {', '.join(DataSource.model_fields)})"
                     ) from None
-                message = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "missing":
+                    raise ValueError(f"source {i}: required key '{key}' is missing") from None
+                message = values_problem([err], key).removeprefix(f"{key}: ")
                 raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
         return value
 

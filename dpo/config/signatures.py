@@ -9,7 +9,9 @@ Problems are one line, worded as the rest of the recipe's (dpo/config/loading.py
 
 from __future__ import annotations
 
+import enum
 import inspect
+import types
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,16 +46,80 @@ def checked_value(fn: Callable, name: str, value: Any, key: str, strict: bool = 
     try:
         return TypeAdapter(annotation).validate_python(value, strict=strict), None
     except ValidationError as exc:
-        return None, value_problem(exc.errors()[0], key)
+        return None, values_problem(exc.errors(), key)
+
+
+# pydantic's type errors, in words: what the key expected. Other errors (ranges, our validators) keep their message.
+TYPE_ERRORS = {
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float", "int_parsing_size"), "a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing", "finite_number"), "a number"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "true or false"),
+    **dict.fromkeys(("string_type", "string_unicode"), "text"),
+    **dict.fromkeys(("list_type", "tuple_type", "set_type"), "a list"),
+    "dict_type": "a mapping of keys to values",
+    **dict.fromkeys(("model_type", "model_attributes_type", "dataclass_type"), "a section (a mapping of its keys)"),
+    "none_required": "null",
+}
+
+
+def expected(err: dict) -> str | None:
+    """What a pydantic type error's key expected, in words ('a number', 'one of auto, max or min'); None for other
+    errors."""
+    if err["type"] == "literal_error":
+        return "one of " + err["ctx"]["expected"].replace("'", "")
+    return TYPE_ERRORS.get(err["type"])
+
+
+def show_value(value: Any) -> str:
+    """A value as the user wrote it, in words: the text 'high', [1, 2] (a list), a mapping, null, true, 1.5."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the text {shorten(value)}"  # bounded: a 52 MB value shows its ends (dpo/errors.py)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        if len(value) > 10:
+            return f"{shorten(list(value))} (a list)"
+        return f"[{', '.join(show_value(v).removeprefix('the text ') for v in value)}] (a list)"
+    return shorten(value)
 
 
 def value_problem(err: dict, key: str) -> str:
     """One line for one pydantic error about the value of `key`."""
+    return values_problem([err], key)
+
+
+def values_problem(errors: list[dict], key: str) -> str:
+    """One line for the pydantic errors about the value of `key`: one error, or one per member of a union type
+    (`list[str] | Literal['all-linear']`), which read together as 'expected a list or one of all-linear'."""
+    if all(expected(err) for err in errors):
+        wanted = " or ".join(dict.fromkeys(expected(err) for err in errors))
+        return f"{key}: expected {wanted}, got {show_value(errors[0].get('input'))}"
+    err = next(err for err in errors if not expected(err))  # a range or a validator of ours: the most specific
     if err["type"] == "value_error":  # a validator of ours: the message is the whole story
         return f"{key}: {err['msg'].removeprefix('Value error, ')}"
-    got = err.get("input")
-    shown = shorten(got) if not isinstance(got, dict) else "a mapping"
-    return f"{key}: {err['msg'].rstrip('.')} (got {shown})"
+    return f"{key}: {err['msg'].rstrip('.')} (got {show_value(err.get('input')).removeprefix('the text ')})"
+
+
+def annotation_words(annotation: Any) -> str:
+    """A type annotation in words, for values checked against a dataclass field (`int | None` -> 'a whole number
+    or null')."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(annotation_words(arg) for arg in typing.get_args(annotation)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(v) for v in typing.get_args(annotation))
+    base = origin or annotation
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "text", list: "a list",
+             tuple: "a list", dict: "a mapping of keys to values", type(None): "null"}  # fmt: skip
+    if base in words:
+        return words[base]
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return "one of " + ", ".join(str(m.value) for m in base)
+    return getattr(base, "__name__", str(base))
 
 
 def unknown_key_problem(key: str, valid: Iterable[str]) -> str:

@@ -10,6 +10,7 @@ Usage: `build_plan("smollm2-135m-instruct", PlanOptions(batch_size=4)).render()`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class Plan:
     phase: str
     suggestions: list[str] = field(default_factory=list)
     max_batch_size: int | None = None
+    notes: list[str] = field(default_factory=list)  # what the plan changed from the options asked for, and why
+    recipe: str | None = None  # the recipe the options were read from (`dpo plan RECIPE`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +58,8 @@ class Plan:
             "max_batch_size": self.max_batch_size,
             "options": {**asdict(self.options), "lora_targets": list(self.options.lora_targets)},
             "suggestions": list(self.suggestions),
+            "notes": list(self.notes),
+            "recipe": self.recipe,
         }
 
     def _setup(self) -> str:
@@ -75,6 +80,11 @@ class Plan:
     def render(self) -> str:
         o, p = self.options, self.parameters
         lines = [f"{self.source} ({self.model_type}): {p.total:,} parameters ({p.method})"]
+        if self.recipe:
+            lines.insert(
+                0,
+                f"recipe {self.recipe}: its model, LoRA, batch, length, dtype and reference (options given win)",
+            )
         if self.model_type not in FAMILIES:
             lines.append(
                 "  (not in the planner's table of layer layouts: activations estimated as for a Llama-shaped "
@@ -87,6 +97,7 @@ class Plan:
             note = " (tied to embeddings)" if name == "head" and n == 0 else ""
             share = f"{100 * n / p.total:5.1f}%" if p.total else ""
             lines.append(f"  {name:<{width}}  {n:>15,}  {share}{note}")
+        lines += ["", *(f"note: {n}" for n in self.notes)] if self.notes else []  # before the setup they changed
         reference = o.resolved_reference()
         lines += [
             "",
@@ -139,13 +150,17 @@ def build_plan(source: str, options: PlanOptions | None = None) -> Plan:
         raise UserError(str(exc), where=source) from exc
     count = count_parameters(model)
     arch = describe(model)
+    notes = []
     if options.lora_rank and lora_parameters(arch, options.lora_rank, options.lora_targets) == 0:
+        # the count stands whatever the adapter; the memory plan is then the one setup that applies, full fine-tuning
         available = sorted({lin.name for lin, _ in arch.linears})
-        raise UserError(
-            f"none of the LoRA targets {', '.join(options.lora_targets)} is a Linear layer of this "
-            f"{arch.model_type} model; its Linear layers are: {', '.join(available)}",
-            where=source,
+        notes.append(
+            f"LoRA does not apply: none of its targets ({', '.join(options.lora_targets)}) is a Linear layer of this "
+            f"{arch.model_type} model, whose Linear layers are: {', '.join(available)}. Planned as full fine-tuning; "
+            "to plan LoRA, name some of those with --lora-targets (or all-linear)"
         )
+        reference = "auto" if options.reference == "adapter" else options.reference
+        options = dataclasses.replace(options, lora_rank=None, reference=reference)
     est = estimate(arch, count.total, options)
     plan = Plan(
         source=source,
@@ -156,6 +171,7 @@ def build_plan(source: str, options: PlanOptions | None = None) -> Plan:
         memory=est["memory"],
         activations=est["activations"],
         phase=est["phase"],
+        notes=notes,
     )
     if options.gpu_memory_gib is not None:
         plan.max_batch_size, plan.suggestions = fit(arch, count.total, options)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpo.config.shipped import resolve_recipe_path
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, did_you_mean
 
@@ -234,8 +235,9 @@ def build_pruner(name: str, kwargs: dict):
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read and check a sweep spec. Checks every key and value; not whether combinations are valid."""
-    path = Path(path)
+    """Read and check a sweep spec. Checks every key and value; not whether combinations are valid. `path` may
+    name a shipped sweep (`sweeps/controls`; `dpo recipes` lists them)."""
+    path = resolve_recipe_path(path)
     raw = read_yaml_mapping(path, what="sweep spec")
 
     def where(key: str) -> str:

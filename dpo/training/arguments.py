@@ -18,7 +18,8 @@ from typing import Any
 
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import Recipe
-from dpo.errors import UserError, did_you_mean
+from dpo.config.signatures import annotation_words, show_value
+from dpo.errors import UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS, direction
 from dpo.rundir.files import CHECKPOINTS
 
@@ -158,14 +159,17 @@ def training_key_problem(key: str) -> tuple[str, bool] | None:
 
 def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     fields = _dpo_config_fields()
+    problems = []  # every training key's problem, not only the first
     for key, value in loaded.recipe.training.items():
         where = loaded.where(f"training.{key}")
         problem = training_key_problem(key)
         if problem:
             message, names_the_key = problem
-            raise UserError(message, where=where if names_the_key else loaded.source(f"training.{key}"))
-        if not _type_ok(value, fields[key].type):
-            raise UserError(f"{value!r} is not of type {fields[key].type}", where=where)
+            problems.append(UserError(message, where=where if names_the_key else loaded.source(f"training.{key}")))
+        elif not _type_ok(value, fields[key].type):
+            wanted = annotation_words(fields[key].type)
+            problems.append(UserError(f"expected {wanted}, got {show_value(value)}", where=where))
+    raise_all(problems)
     return dict(loaded.recipe.training)
 
 

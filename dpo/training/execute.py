@@ -78,7 +78,7 @@ def execute(
         changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
-                "recipe_file": str(Path(recipe_path).resolve()),
+                "recipe_file": str(checked.loaded.path.resolve()),  # a shipped recipe named bare: its file
                 "overrides": [redact(str(o)) for o in overrides],
                 "changes": changes_from_base(checked.loaded),
             }

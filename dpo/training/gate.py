@@ -4,7 +4,7 @@
 directory the run will use), checks the model and tokenizer can be loaded (no weights) and prepares the data
 (dpo/data). `dpo validate`, `dpo train`, `dpo sweep` (its base recipe) and the sweep's trials all pass through
 here, so a bad input fails the same way everywhere, with one `UserError` naming the file and the key or row,
-before a run directory exists.
+before a run directory exists. The recipe's checks report every problem they find together (one `error:` line each).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data
 from dpo.data.rows import SCORE_GAP
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import Problems, UserError, did_you_mean
 from dpo.metrics import EVAL_METRICS
 from dpo.rundir.writable import check_output_dir
 
@@ -80,16 +80,29 @@ def check(
     from dpo.training.loss_plan import loss_plan
 
     loaded = load_recipe(recipe_path, list(overrides))
-    plan = loss_plan(loaded)
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
-    check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
-    # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
-    dpo_config = build_dpo_config(loaded, run_dir)
-    check_no_op_keys(loaded)
-    _check_heldout_kl(loaded, dpo_config)
-    _check_early_stopping(loaded, dpo_config, extra_metrics)
-    check_autopilot(loaded, plan, dpo_config)
-    _check_model(loaded)
+    problems = Problems()  # the recipe's checks each run, and every problem they find is reported together
+    with problems.collect():
+        check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
+    plan = dpo_config = None
+    with problems.collect():
+        plan = loss_plan(loaded)
+    with problems.collect():
+        # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
+        dpo_config = build_dpo_config(loaded, run_dir)
+    with problems.collect():
+        check_no_op_keys(loaded)
+    if dpo_config is not None:
+        with problems.collect():
+            _check_heldout_kl(loaded, dpo_config)
+        with problems.collect():
+            _check_early_stopping(loaded, dpo_config, extra_metrics)
+        if plan is not None:
+            with problems.collect():
+                check_autopilot(loaded, plan, dpo_config)
+    with problems.collect():
+        _check_model(loaded)
+    problems.raise_all()  # the data are read only from a recipe without problems
     recipe = loaded.recipe
     data = prepare_data(
         recipe.data,

@@ -17,13 +17,14 @@ of earlier versions hold `label_smoothing: 0.0` whatever the loss).
 
 from __future__ import annotations
 
+import difflib
 import typing
 from typing import Any
 
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import valid_keys
 from dpo.config.signatures import REQUIRED, checked_value, description, keyword_parameters, unknown_key_problem
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import Problems, UserError, did_you_mean, raise_all
 from dpo.training.beta import BETA_SCHEDULES, schedule_keys
 from dpo.training.losses import F_DIVERGENCES, LOSSES, PLAIN_DPO_LINK, LabelFlipRate, LossPlan
 
@@ -45,34 +46,63 @@ def section_keys(section: str) -> list[str]:
     return valid_keys(section) + (table() if table else [])
 
 
+def loss_aliases() -> dict[str, tuple[str, str]]:
+    """Other names of the losses in LOSSES: alias -> (loss name, what the alias means)."""
+    return {alias: (spec.name, meaning) for spec in LOSSES.values() for alias, meaning in spec.aliases.items()}
+
+
+def loss_name_hint(name: str) -> str:
+    """ "; did you mean 'sigmoid' (plain DPO)?" for a loss name that is not in LOSSES: a known alias first (so 'dpo'
+    is answered with plain DPO, not with the closest spelling, 'dpop'), else the closest name or alias."""
+    aliases = loss_aliases()
+    key = name.strip().lower().replace("-", "_")
+    if key in aliases:
+        loss, meaning = aliases[key]
+        return f"; did you mean '{loss}' ({meaning})?"
+    candidates = {**{n: n for n in LOSSES}, **{alias: loss for alias, (loss, _) in aliases.items()}}
+    close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{candidates[close[0]]}'?" if close else ""
+
+
 def loss_plan(loaded: LoadedRecipe) -> LossPlan:
     loss = loaded.recipe.loss
     names = loss.type_list()
-    for name in names:
-        if name not in LOSSES:
-            message = f"unknown loss '{name}'{did_you_mean(name, LOSSES)} (valid: {', '.join(LOSSES)})"
-            raise UserError(message, where=loaded.where("loss.type"))
-    if loss.weights is not None and len(loss.weights) != len(names):
-        raise UserError(
-            f"{len(loss.weights)} weights for {len(names)} losses ({', '.join(names)})",
-            where=loaded.where("loss.weights"),
-        )
-    if loss.weights is not None and len(names) == 1 and loss.weights != [1.0]:
-        raise UserError("weights only apply when loss.type is a list", where=loaded.where("loss.weights"))
-    hyperparameters = _hyperparameters(loaded, names)
-    terms = list(zip(names, loss.weights or [1.0] * len(names), strict=True))
+    raise_all(
+        [
+            UserError(
+                f"unknown loss '{name}'{loss_name_hint(name)} (valid: {', '.join(LOSSES)})",
+                where=loaded.where("loss.type"),
+            )
+            for name in names
+            if name not in LOSSES
+        ]
+    )
+    problems = Problems()  # every problem of the loss section, each check on its own
+    with problems.collect():
+        _check_weights(loaded, names)
+    hyperparameters: dict[str, Any] = {}
+    with problems.collect():
+        hyperparameters = _hyperparameters(loaded, names)
+    terms = list(zip(names, loss.weights or [1.0] * len(names), strict=False))
     reg = loaded.recipe.regularizers
     if reg.nll_weight > 0:
-        with_nll = [n for n in names if LOSSES[n].includes_nll]
-        if with_nll:
-            raise UserError(
-                f"the NLL term is already in loss.type ({', '.join(with_nll)}); drop one",
-                where=loaded.where("regularizers.nll_weight"),
-            )
+        with problems.collect():
+            with_nll = [n for n in names if LOSSES[n].includes_nll]
+            if with_nll:
+                raise UserError(
+                    f"the NLL term is already in loss.type ({', '.join(with_nll)}); drop one",
+                    where=loaded.where("regularizers.nll_weight"),
+                )
         terms.append(("sft", reg.nll_weight))
-    f_alpha = _f_alpha(loaded)
-    beta_schedule = _beta_schedule(loaded)
-    _check_regularizers(loaded, names, beta_schedule)
+    f_alpha = beta_schedule = None
+    with problems.collect():
+        f_alpha = _f_alpha(loaded)
+    with problems.collect():
+        beta_schedule = _beta_schedule(loaded)
+    if beta_schedule is not None:
+        with problems.collect():
+            _check_regularizers(loaded, names, beta_schedule)
+    problems.raise_all()
     return LossPlan(
         terms=tuple(terms),
         beta=loss.beta,
@@ -84,32 +114,50 @@ def loss_plan(loaded: LoadedRecipe) -> LossPlan:
     )
 
 
+def _check_weights(loaded: LoadedRecipe, names: list[str]) -> None:
+    weights = loaded.recipe.loss.weights
+    if weights is not None and len(weights) != len(names):
+        raise UserError(
+            f"{len(weights)} weights for {len(names)} losses ({', '.join(names)})", where=loaded.where("loss.weights")
+        )
+    if weights is not None and len(names) == 1 and weights != [1.0]:
+        raise UserError("weights only apply when loss.type is a list", where=loaded.where("loss.weights"))
+
+
 def _hyperparameters(loaded: LoadedRecipe, names: list[str]) -> dict[str, Any]:
     """The `loss` keys beyond the schema's, each a parameter of a chosen loss, validated by its annotation."""
-    out = {}
+    out: dict[str, Any] = {}
+    problems = Problems()
     for key, value in loaded.recipe.loss.hyperparameters.items():
-        dotted = f"loss.{key}"
-        users = sorted(n for n, spec in LOSSES.items() if key in spec.hyperparameters)
-        if not users:
-            raise UserError(unknown_key_problem(dotted, section_keys("loss")), where=loaded.source(dotted))
-        if value is None:
-            continue
-        takers = [n for n in names if key in LOSSES[n].hyperparameters]
-        if not takers and value in {LOSSES[n].hyperparameters[key] for n in users}:
-            continue  # a default, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
-        if not takers:
-            raise UserError(
-                f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)
-            )
-        if value == AUTO:
-            out[key] = _auto(loaded, dotted, key, takers)
-            continue
-        for name in takers:  # each chosen loss that takes the key must accept the value
-            value, problem = checked_value(LOSSES[name].fn, key, value, dotted)
-            if problem:
-                raise UserError(problem, where=loaded.source(dotted))
-        out[key] = value
+        with problems.collect():
+            _hyperparameter(loaded, names, key, value, out)
+    problems.raise_all()
     return out
+
+
+def _hyperparameter(loaded: LoadedRecipe, names: list[str], key: str, value: Any, out: dict[str, Any]) -> None:
+    """Check one `loss` key beyond the schema's; a value that applies goes into `out`."""
+    dotted = f"loss.{key}"
+    users = sorted(n for n, spec in LOSSES.items() if key in spec.hyperparameters)
+    if not users:
+        raise UserError(unknown_key_problem(dotted, section_keys("loss")), where=loaded.source(dotted))
+    if value is None:
+        return
+    takers = [n for n in names if key in LOSSES[n].hyperparameters]
+    if not takers and value in {LOSSES[n].hyperparameters[key] for n in users}:
+        return  # a default, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
+    if not takers:
+        raise UserError(
+            f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)
+        )
+    if value == AUTO:
+        out[key] = _auto(loaded, dotted, key, takers)
+        return
+    for name in takers:  # each chosen loss that takes the key must accept the value
+        value, problem = checked_value(LOSSES[name].fn, key, value, dotted)
+        if problem:
+            raise UserError(problem, where=loaded.source(dotted))
+    out[key] = value
 
 
 def auto_keys() -> list[str]:

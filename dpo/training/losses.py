@@ -351,6 +351,9 @@ class LossSpec:
     summary: str
     sorts_batch: bool = False  # pairs lose their order inside the loss: no per-pair weights or filtering
     batch_loss: bool = False  # one value for the whole batch (repeated per example): no per-pair weights or filtering
+    # names users know this loss by ("dpo" for sigmoid), each with what it means: an unknown loss.type that is one of
+    # them is answered with this loss (dpo/training/loss_plan.py), and `dpo convert-trl` reads them too
+    aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -387,30 +390,37 @@ class LossSpec:
         return "chosen_scored_tokens" in self.inputs
 
 
-def _spec(fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False, batch_loss: bool = False) -> LossSpec:
-    return LossSpec(fn.__name__, fn, summary, sorts_batch, batch_loss)
+def _spec(
+    fn: Callable[..., Tensor], summary: str, sorts_batch: bool = False, batch_loss: bool = False, **aliases: str
+) -> LossSpec:
+    return LossSpec(fn.__name__, fn, summary, sorts_batch, batch_loss, aliases)
 
 
 # The one table of loss names. Docs, --help and error messages are built from it.
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
-        _spec(sigmoid, "DPO; with label_smoothing > 0, conservative DPO (cDPO)"),
+        _spec(
+            sigmoid,
+            "DPO; with label_smoothing > 0, conservative DPO (cDPO)",
+            dpo="plain DPO",
+            cdpo="conservative DPO, with loss.label_smoothing > 0",
+        ),
         _spec(ipo, "IPO: squared loss to a finite, length-normalised margin"),
-        _spec(robust, "robust DPO (rDPO): unbiased under label-flip rate label_smoothing"),
-        _spec(hinge, "SLiC hinge loss"),
-        _spec(dpop, "DPO-Positive: penalises chosen likelihood falling below the reference"),
-        _spec(exo_pair, "EXO: reverse-KL preference matching"),
-        _spec(nca_pair, "NCA: noise-contrastive alignment, pairwise"),
-        _spec(bco_pair, "BCO: binary classifier optimisation, pairwise"),
-        _spec(sppo_hard, "SPPO with hard win probabilities"),
+        _spec(robust, "robust DPO (rDPO): unbiased under label-flip rate label_smoothing", rdpo="robust DPO"),
+        _spec(hinge, "SLiC hinge loss", slic="SLiC"),
+        _spec(dpop, "DPO-Positive: penalises chosen likelihood falling below the reference", dpo_positive="DPOP"),
+        _spec(exo_pair, "EXO: reverse-KL preference matching", exo="EXO"),
+        _spec(nca_pair, "NCA: noise-contrastive alignment, pairwise", nca="NCA"),
+        _spec(bco_pair, "BCO: binary classifier optimisation, pairwise", bco="BCO"),
+        _spec(sppo_hard, "SPPO with hard win probabilities", sppo="SPPO"),
         _spec(aot, "AOT: distributional alignment via optimal transport, paired", sorts_batch=True),
         _spec(aot_unpaired, "AOT, unpaired", sorts_batch=True),
         _spec(apo_zero, "APO-zero: raise chosen, lower rejected likelihood"),
         _spec(apo_down, "APO-down: lower both, the rejected one more"),
         _spec(discopop, "DiscoPOP: log-ratio modulated logistic/exponential loss"),
         _spec(sigmoid_norm, "DPO on length-normalised log-ratios"),
-        _spec(sft, "NLL of the chosen answers (RPO's NLL term)"),
+        _spec(sft, "NLL of the chosen answers (RPO's NLL term)", nll="the NLL term"),
         _spec(cal_dpo, "Cal-DPO: DPO plus calibration of the implicit rewards to +-1/(2 beta)"),
         _spec(dpo_shift, "DPO-Shift: the rejected log-ratio scaled down (fixed or linear factor)"),
         _spec(chi_po, "chi-PO: chi^2-plus-KL link on the likelihood ratio, clipped"),

@@ -103,9 +103,12 @@ def test_error_in_base_names_the_base_file(tmp_path):
     ("override", "fragment"),
     [
         ("loss.beta=-1", "loss.beta: Input should be greater than 0"),
-        ("peft.r=1.5", "peft.r: Input should be a valid integer"),
+        ("peft.r=1.5", "peft.r: expected a whole number, got 1.5"),
         ("data.heldout_fraction=1.2", "data.heldout_fraction: Input should be less than 1"),
-        ("early_stopping.mode=sideways", "early_stopping.mode: Input should be 'auto', 'max' or 'min'"),
+        (
+            "early_stopping.mode=sideways",
+            "early_stopping.mode: expected one of auto, max or min, got the text 'sideways'",
+        ),
     ],
 )
 def test_out_of_range_and_wrong_type_values(base, override, fragment):

@@ -193,10 +193,10 @@ def test_step_values_are_checked_strictly_against_the_annotations(plugin):
     data = prepare_data(section, seed=0)
     assert len(data.train) == 6 and data.card["augmented"][0]["times"] == 2
     for step, fragment in [
-        ({"type": "my_augs:repeat", "times": 2.0}, "times: Input should be a valid integer"),
-        ({"type": "prompt_variants", "copies": 2.0}, "copies: Input should be a valid integer"),
-        ({"type": "label_noise", "fraction": "0.2"}, "fraction: Input should be a valid number"),
-        ({"type": "prompt_variants", "keep_original": "yes"}, "keep_original: Input should be a valid boolean"),
+        ({"type": "my_augs:repeat", "times": 2.0}, "times: expected a whole number"),
+        ({"type": "prompt_variants", "copies": 2.0}, "copies: expected a whole number"),
+        ({"type": "label_noise", "fraction": "0.2"}, "fraction: expected a number, got the text '0.2'"),
+        ({"type": "prompt_variants", "keep_original": "yes"}, "keep_original: expected true or false"),
     ]:
         with pytest.raises(UserError, match=re.escape(fragment)):
             prepare_data(DataSection(train=plugin, heldout_fraction=0.25, augment=[step]), seed=0)
@@ -230,11 +230,11 @@ def test_plugin_that_raises_is_a_one_line_user_error(plugin):
         ({"type": "off_prompt_negatives", "fraction": 2}, "fraction: Input should be less than or equal to 1 (got 2)"),
         ({"type": "label_noise", "fraction": -0.1}, "fraction: Input should be greater than or equal to 0 (got -0.1)"),
         ({"type": "prompt_variants", "copies": 101}, "copies: Input should be less than or equal to 100 (got 101)"),
-        ({"type": "prompt_variants", "copies": 1.5}, "copies: Input should be a valid integer"),
+        ({"type": "prompt_variants", "copies": 1.5}, "copies: expected a whole number"),
         ({"type": "prompt_variants", "templates": []}, "templates: List should have at least 1 item"),
-        ({"type": "prompt_variants", "system_prompts": ["ok", 3]}, "system_prompts: Input should be a valid string"),
-        ({"type": "prompt_variants", "keep_original": "maybe"}, "keep_original: Input should be a valid boolean"),
-        ({"type": "my_augs:repeat", "times": "often"}, "times: Input should be a valid integer"),
+        ({"type": "prompt_variants", "system_prompts": ["ok", 3]}, "system_prompts: expected text"),
+        ({"type": "prompt_variants", "keep_original": "maybe"}, "keep_original: expected true or false"),
+        ({"type": "my_augs:repeat", "times": "often"}, "times: expected a whole number"),
     ],
 )
 def test_bad_steps_are_one_line_errors_naming_the_key(plugin, tmp_path, step, fragment):

@@ -438,12 +438,21 @@ def test_suggestions_when_nothing_fits(tmp_path):
     assert hopeless.max_batch_size == 0 and "nothing considered fits" in hopeless.suggestions[-1]
 
 
-def test_lora_targets_that_do_not_exist_are_a_user_error(tmp_path):
+def test_lora_targets_that_do_not_exist_still_give_the_count_and_say_lora_does_not_apply(tmp_path):
     from transformers import GPT2Config
 
     source = write_config(tmp_path / "gpt2", GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=101))
-    with pytest.raises(UserError, match="c_attn"):
-        build_plan(source, PlanOptions())  # q_proj etc. do not exist in GPT-2
+    full = build_plan(source, PlanOptions(lora_rank=None))
+    default = build_plan(source, PlanOptions())  # q_proj etc. do not exist in GPT-2
+    assert default.parameters == full.parameters and default.parameters.total > 0
+    assert default.options.lora_rank is None and default.trainable == full.trainable == full.parameters.total
+    assert default.memory == full.memory  # planned as full fine-tuning, the setup that applies
+    (note,) = default.notes
+    assert note.startswith("LoRA does not apply: none of its targets (q_proj, k_proj, v_proj, o_proj) is a Linear")
+    assert "Linear layers are: c_attn, c_fc, c_proj" in note
+    assert "note: LoRA does not apply" in default.render() and default.to_dict()["notes"] == [note]
+    adapter = build_plan(source, PlanOptions(reference="adapter"))  # there is no adapter to disable
+    assert adapter.options.resolved_reference() == "copy"
     plan = build_plan(source, PlanOptions(lora_targets=("c_attn",), lora_rank=4))
     assert plan.trainable == 2 * 4 * (64 + 192)
     all_linear = build_plan(source, PlanOptions(lora_targets=("all-linear",), lora_rank=4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -32,6 +33,9 @@ CHANGED_ARGS = [
 ]  # fmt: skip
 
 
+given_options: list[tuple[str, ...]] = []  # the fields each call says were set on the command line
+
+
 class _Plan:
     def to_dict(self):
         return {"planned": True}
@@ -44,9 +48,11 @@ class _Plan:
 def planned(monkeypatch) -> list[tuple[str, PlanOptions]]:
     """The (source, options) each `dpo plan` call hands to dpo.api.plan."""
     calls: list[tuple[str, PlanOptions]] = []
+    given_options.clear()
 
-    def plan(source, options):
+    def plan(source, options, given=()):
         calls.append((source, options))
+        given_options.append(given)
         return _Plan()
 
     monkeypatch.setattr(api, "plan", plan)
@@ -58,6 +64,7 @@ def test_no_options_give_the_default_plan_options(planned):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "rendered plan"
     assert planned == [("config.json", PlanOptions())]
+    assert given_options == [()]
 
 
 def test_every_plan_option_reaches_its_field(planned):
@@ -67,12 +74,21 @@ def test_every_plan_option_reaches_its_field(planned):
     assert result.exit_code == 0, result.output
     assert result.output.strip().startswith("{") and '"planned": true' in result.output
     assert planned == [("config.json", CHANGED)]
+    assert given_options == [tuple(f.name for f in dataclasses.fields(PlanOptions))]
 
 
 def test_full_means_no_lora_rank_and_all_linear_is_one_target(planned):
     result = CliRunner().invoke(app, ["plan", "config.json", "--full", "--lora-targets", "all-linear"])
     assert result.exit_code == 0, result.output
     assert planned[0][1] == PlanOptions(lora_rank=None, lora_targets=("all-linear",))
+    assert given_options == [("lora_rank", "lora_targets")]  # --full sets lora_rank
+
+
+def test_an_option_given_at_its_default_value_still_counts_as_given(planned):
+    # with a recipe, a given option replaces the recipe's value even when it equals the option's default
+    result = CliRunner().invoke(app, ["plan", "quickstart", "--batch-size", "8", "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert given_options == [("batch_size", "device")]
 
 
 def test_help_shows_each_field_with_its_help():
@@ -84,3 +100,37 @@ def test_help_shows_each_field_with_its_help():
         assert f.metadata["help"] in result.output, f.metadata["help"]
     for flag in ("--json", "--full"):
         assert flag in result.output
+
+
+def test_dpo_plan_of_gpt2_counts_and_says_lora_does_not_apply(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=101).save_pretrained(tmp_path)
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "config.json")])
+    assert result.exit_code == 0, result.output
+    assert "note: LoRA does not apply" in result.stdout and "setup: full fine-tuning" in result.stdout
+
+
+def test_dpo_plan_reads_a_recipe_and_given_options_win(tmp_path, tiny_model_dir):
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"per_device_train_batch_size": 3, "max_length": 48, "gradient_checkpointing": True}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_model_dir, 8, training))
+    planned = api.plan(str(recipe))
+    assert planned.recipe == str(recipe) and planned.source == str(tiny_model_dir)
+    assert planned.options == PlanOptions(
+        batch_size=3, seq_len=48, lora_rank=4, lora_targets=("q_proj", "v_proj"), gradient_checkpointing=True
+    )
+    given = api.plan(str(recipe), PlanOptions(batch_size=8, device="cpu"), given=("batch_size", "device"))
+    assert given.options == dataclasses.replace(planned.options, batch_size=8, device="cpu")
+    result = CliRunner().invoke(app, ["plan", str(recipe), "--seq-len", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["recipe"] == str(recipe) and shown["options"]["seq_len"] == 32 and shown["options"]["batch_size"] == 3
+
+
+def test_dpo_plan_of_a_bad_recipe_is_a_user_error(tmp_path):
+    (tmp_path / "bad.yaml").write_text("data: {train: x.jsonl}\nloss: {bta: 1}\n")
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "bad.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'bad.yaml'}: ")

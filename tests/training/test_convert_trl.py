@@ -1,0 +1,139 @@
+"""`dpo convert-trl`: a `trl dpo` config becomes a recipe that loads and validates, every key lands where the recipe
+keeps that knob or is listed as not mapped (with why), and problems name the TRL file and key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dpo.cli import app
+from dpo.config.loading import load_recipe
+from dpo.training.convert_trl import LORA, MOVED, NOT_MAPPED, convert_trl
+from dpo.training.gate import check
+from tests.conftest import ARITHMETIC
+
+TRL_CONFIG = {
+    "dataset_name": str(ARITHMETIC / "train.jsonl"),
+    "beta": 0.2,
+    "loss_type": ["sigmoid"],
+    "label_smoothing": 0.1,
+    "use_peft": True,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "lora_target_modules": ["q_proj", "v_proj"],
+    "learning_rate": 5.0e-6,
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 4,
+    "max_length": 256,
+    "report_to": ["tensorboard"],
+    "metric_for_best_model": "loss",
+    "greater_is_better": False,
+    "output_dir": "Qwen2-0.5B-DPO",
+    "use_dora": True,
+    "gradient_checkpointing": True,
+    "made_up_key": 3,
+}
+
+
+def write(tmp_path, config: dict, name: str = "trl.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))  # keys sorted: the unmapped ones are listed in this order
+    return path
+
+
+def test_a_trl_config_becomes_a_recipe_that_validates(tmp_path):
+    source = write(tmp_path, TRL_CONFIG)
+    out = tmp_path / "recipes" / "converted.yaml"
+    result = CliRunner().invoke(app, ["convert-trl", str(source), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"wrote {out}"
+    assert result.stderr.splitlines() == [
+        "not mapped: made_up_key: not an option of trl dpo (ScriptArguments, ModelConfig, DPOConfig)",
+        "not mapped: output_dir: pass --output-dir to dpo train (default runs/<name>)",
+        "not mapped: use_dora: no recipe key for DoRA",
+        "note: no model_name_or_path: the recipe trains dpo's embedded model (smollm2-135m-instruct)",
+        "note: no held-out split given: the recipe holds out data.heldout_fraction of the prompts",
+    ]
+    text = out.read_text()
+    assert text.startswith("# Converted from the trl dpo config trl.yaml by `dpo convert-trl`.\n")
+    assert f"#   dpo train {out}\n" in text
+    recipe = load_recipe(out).recipe
+    assert recipe.name == "trl" and recipe.data.train == str(ARITHMETIC / "train.jsonl")
+    assert recipe.loss.type == "sigmoid" and recipe.loss.beta == 0.2
+    assert recipe.loss.hyperparameters == {"label_smoothing": 0.1}
+    assert recipe.peft.r == 8 and recipe.peft.alpha == 16 and recipe.peft.target_modules == ["q_proj", "v_proj"]
+    assert recipe.training == {
+        "learning_rate": 5.0e-6, "num_train_epochs": 2, "per_device_train_batch_size": 4, "max_length": 256,
+        "gradient_checkpointing": True,
+    }  # fmt: skip
+    assert recipe.logging.tensorboard and not recipe.logging.wandb
+    assert recipe.early_stopping.metric == "eval_loss" and recipe.early_stopping.mode == "min"
+    checked = check(out)  # the data too: a local file, as TRL's load_dataset would read it
+    assert checked.data.card["split"]["train_pairs"] > 0
+
+
+def test_without_use_peft_trl_trains_the_full_model_and_so_does_the_recipe(tmp_path):
+    source = write(tmp_path, {"dataset_name": "trl-lib/ultrafeedback_binarized", "lora_r": 8, "eval_strategy": "steps"})
+    converted = convert_trl(source)
+    assert converted.recipe["peft"] is None
+    assert ("lora_r", "use_peft is not true, so TRL does not use it either") in converted.unmapped
+    assert converted.recipe["data"] == {
+        "train": "hub:trl-lib/ultrafeedback_binarized",
+        "eval": {"path": "hub:trl-lib/ultrafeedback_binarized", "split": "test"},  # TRL evaluates on the test split
+    }
+
+
+def test_every_trl_option_is_mapped_or_said_not_to_be():
+    """Every field of the three dataclasses `trl dpo` reads has a rule here: a move, LoRA, a rule of its own, a
+    reason it is not mapped, or a DPOConfig field that goes under training: (or that the training check refuses)."""
+    from trl import ModelConfig, ScriptArguments
+
+    from dpo.training.convert_trl import _HANDLED, _READ_ELSEWHERE
+
+    ruled = {*MOVED, *LORA, *_HANDLED, *NOT_MAPPED, *_READ_ELSEWHERE}
+    for cls in (ScriptArguments, ModelConfig):
+        assert {f.name for f in dataclasses.fields(cls)} <= ruled, cls
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"loss_type": "dpo"}, "(loss_type): loss.type: unknown loss 'dpo'; did you mean 'sigmoid' (plain DPO)?"),
+        ({"beta": "high"}, "(beta): loss.beta: expected a number, got the text 'high'"),
+    ],
+)
+def test_problems_name_the_trl_key(tmp_path, config, expected):
+    source = write(tmp_path, {"dataset_name": "trl-lib/x", **config})
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {source} {expected}")
+
+
+def test_every_problem_is_listed(tmp_path):
+    source = write(tmp_path, {"dataset_name": "trl-lib/x", "loss_type": "dpo", "max_steps": "ten", "beta": 0.1})
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {source} (") for line in lines)
+    assert "(max_steps): training.max_steps: expected a whole number, got the text 'ten'" in lines[1]
+
+
+def test_an_existing_output_is_not_overwritten(tmp_path):
+    source = write(tmp_path, {"dataset_name": "trl-lib/x"})
+    (tmp_path / "r.yaml").write_text("mine\n")
+    result = CliRunner().invoke(app, ["convert-trl", str(source), "--output", str(tmp_path / "r.yaml")])
+    assert result.exit_code == 2 and (tmp_path / "r.yaml").read_text() == "mine\n"
+    assert result.stderr.startswith(f"error: {tmp_path / 'r.yaml'}: already exists")
+
+
+def test_without_output_the_recipe_is_printed(tmp_path):
+    source = write(tmp_path, {"dataset_name": "trl-lib/x", "model_name_or_path": "gpt2", "use_peft": True})
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout[result.stdout.index("# Converted") :])
+    assert printed == {"name": "trl", "model": {"name_or_path": "gpt2"}, "peft": {}, "data": {"train": "hub:trl-lib/x"}}
