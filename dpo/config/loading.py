@@ -49,7 +49,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly. `path` may also
     name a shipped recipe (`quickstart`; see dpo/config/shipped.py)."""
     given, path = path, resolve_recipe_path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO, a folder, ...: read_yaml_mapping says what it is (dpo/config/input_files.py)
         bare = not Path(given).suffix and len(Path(given).parts) == 1  # a name, not a path: say how to find names
         hint = f"{shipped_name_hint(given)} (`dpo recipes` lists the shipped recipes, run by name)" if bare else ""
         raise UserError(f"recipe file not found{hint}", where=str(path))

@@ -44,7 +44,7 @@ def test_every_schema_problem_is_one_error_line(tmp_path, monkeypatch):
             where + "logging.wandb: expected true or false, got the text 'maybe'",
             where
             + "unknown key 'lose'; did you mean 'loss'? (valid: name, seed, model, peft, data, loss, regularizers, "
-            "early_stopping, training, logging, base)",
+            "early_stopping, autopilot, training, logging, base)",
         ]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
