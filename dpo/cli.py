@@ -49,6 +49,14 @@ def train(
             "RECIPE may be the run directory itself (its recipe.yaml is used).",
         ),
     ] = False,
+    allow_data_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-data-change",
+            help="With --resume: continue although the training data changed since the run was made "
+            "(refused otherwise); data_card.json records the change.",
+        ),
+    ] = False,
 ):
     """Train a recipe and write its run directory. Exit codes: 0 done, 2 bad input, 3 stopped on NaN/Inf."""
     from dpo.analysis.console import print_summary
@@ -57,7 +65,9 @@ def train(
     # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
-        summary = api.train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
+        summary = api.train(
+            recipe, overrides=set_ or [], output_dir=output_dir, resume=resume, allow_data_change=allow_data_change
+        )
     except (UserError, RunFailed) as exc:
         _fail(exc)
     if is_main_process():  # under torchrun / accelerate launch: one summary, not one per process
