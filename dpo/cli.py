@@ -109,12 +109,14 @@ def validate(
     except UserError as exc:
         _fail(exc)
     for warning in checked.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(redact(f"warning: {warning}"), err=True)
     split = checked.data.card["split"]
     terms = " + ".join(f"{w:g}*{n}" if w != 1 else n for n, w in checked.loss_plan.terms)
-    typer.echo(
-        f"ok: {recipe}: model {checked.recipe.model.name_or_path}, loss {terms} (beta={checked.loss_plan.beta}), "
-        f"{split['train_pairs']} train / {split['eval_pairs']} held-out pairs"
+    typer.echo(  # redacted: a model path may hold a secret (a token in a URL or folder name)
+        redact(
+            f"ok: {recipe}: model {checked.recipe.model.name_or_path}, loss {terms} (beta={checked.loss_plan.beta}), "
+            f"{split['train_pairs']} train / {split['eval_pairs']} held-out pairs"
+        )
     )
 
 
@@ -269,10 +271,12 @@ def eval_(
 
 
 def main() -> None:
+    # every command's output (ours, typer's usage errors, libraries') passes through the secret redaction
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
 

@@ -44,6 +44,7 @@ from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
 from dpo.training.gate import CheckedRecipe, check
 from dpo.training.integrations import configure_loggers, finish_wandb
+from dpo.training.secret_free import use_secret_free_wandb
 from dpo.training.summary import finished_summary, non_finite_summary
 
 
@@ -182,6 +183,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     )
     own = [MetricsFileCallback(run_dir / METRICS_LOG), best]
     trainer = build_trainer(checked, [*callbacks, *own])
+    use_secret_free_wandb(trainer)  # what transformers' WandbCallback sends to wandb, scrubbed of secrets
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
         raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")

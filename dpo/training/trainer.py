@@ -32,6 +32,7 @@ from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.training.beta import BetaController
 from dpo.training.losses import LossPlan, compute_loss
+from dpo.training.secret_free import secret_free
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
@@ -294,6 +295,13 @@ class Trainer(DPOTrainer):
         atomic_write_json(folder / DPO_STATE, self.dpo_state())
         resume.mark_complete(folder, self.state.global_step)
         resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """transformers' save of weights, tokenizer and training_args.bin, with the arguments and the model's
+        recorded path free of secrets (dpo/training/secret_free.py): they are pickled / written into the run dir."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir  # the real path, not a redacted one
+        with secret_free(self):
+            super()._save(output_dir, state_dict)
 
     def dpo_state(self) -> dict:
         """What a resumed run needs besides transformers' checkpoint."""
