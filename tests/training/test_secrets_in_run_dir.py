@@ -73,7 +73,17 @@ def test_the_secret_free_training_args_still_load_and_keep_the_rest(secret_every
 
     run_dir = tmp_path / "run"
     env = {**secret_env(), "HF_TOKEN": "hf_" + SECRET[::-1]}
-    proc = dpo("train", str(secret_everywhere), "--output-dir", str(run_dir), "--set", "logging.wandb=false", env=env)
+    proc = dpo(
+        "train",
+        str(secret_everywhere),
+        "--output-dir",
+        str(run_dir),
+        "--set",
+        "logging.wandb=false",
+        "--set",
+        "logging.wandb_project=dpo-toolkit",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     args = torch.load(run_dir / "final" / "training_args.bin", weights_only=False)
     assert args.run_name == "run-[redacted $MY_SERVICE_API_KEY]"
