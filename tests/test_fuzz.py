@@ -288,3 +288,22 @@ def test_generated_data_rows_keep_the_contract_many(base, lines):
 @given(changes=st.lists(st.tuples(st.sampled_from(KEYS), st.one_of(plausible, odd_values)), min_size=0, max_size=2))
 def test_validate_and_train_agree_many(base, changes):
     check_train_agrees(base, changes)
+
+
+# ---- what the fuzzing found: each case a named regression test ---------------------------------------------------
+
+
+def test_set_value_with_a_control_character_is_one_error_line(base, tmp_path):
+    """`--set name=<ESC>`: PyYAML's ReaderError has no `problem`; reading it raised AttributeError (a traceback).
+    The value is shown with repr so that a terminal escape in it is not sent to the terminal."""
+    code, error = validate(write(base, tmp_path), ["name=\x1b"])
+    assert (
+        code == 2
+        and error
+        == "error: --set: name: value '\\x1b' is not valid YAML (unacceptable character #x001b: special characters are not allowed)"
+    )
+
+
+def test_error_lines_hold_no_control_characters(base, tmp_path):
+    code, error = validate(write(base, tmp_path), ["loss.beta=\x1b[31mred"])
+    assert code == 2 and "\x1b" not in error

@@ -67,7 +67,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"{key}: value '{text}' is not valid YAML ({exc.problem})", where=SET_SOURCE) from exc
+        # a ReaderError (a control character) has no `problem`; repr: the value may hold terminal escapes
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{key}: value {text!r} is not valid YAML ({problem})", where=SET_SOURCE) from None
     return key, value
 
 
