@@ -297,11 +297,7 @@ def test_set_value_with_a_control_character_is_one_error_line(base, tmp_path):
     """`--set name=<ESC>`: PyYAML's ReaderError has no `problem`; reading it raised AttributeError (a traceback).
     The value is shown with repr so that a terminal escape in it is not sent to the terminal."""
     code, error = validate(write(base, tmp_path), ["name=\x1b"])
-    assert (
-        code == 2
-        and error
-        == "error: --set: name: value '\\x1b' is not valid YAML (unacceptable character #x001b: special characters are not allowed)"
-    )
+    assert code == 2 and error.startswith("error: --set: name: value '\\x1b' is not valid YAML (unacceptable character")
 
 
 def test_error_lines_hold_no_control_characters(base, tmp_path):
