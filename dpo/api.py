@@ -22,12 +22,15 @@ def train(
     resume: bool = False,
     callbacks: list | None = None,
     extra_metrics: tuple[str, ...] = (),
+    allow_data_change: bool = False,
 ) -> dict:
     """Train one recipe and write its run directory; returns the summary (also in summary.json).
 
     With `resume`, `recipe` may be the run directory itself (its recipe.yaml is used). `callbacks`: transformers
     TrainerCallbacks run before ours, which may log held-out metrics named in `extra_metrics` (early stopping on
-    one of those needs early_stopping.mode max or min: dpo's metric table cannot say which way is better)."""
+    one of those needs early_stopping.mode max or min: dpo's metric table cannot say which way is better).
+    `allow_data_change`: resume even though the training data's content hash differs from the run's data card
+    (refused otherwise); data_card.json records the change."""
     from dpo.training.execute import execute
 
     recipe = Path(recipe)
@@ -37,7 +40,9 @@ def train(
         output_dir, recipe = recipe, recipe / "recipe.yaml"
         if not recipe.is_file():
             raise UserError("has no recipe.yaml: not a run directory; nothing to resume", where=str(output_dir))
-    summary, _ = execute(recipe, overrides, output_dir, callbacks, extra_metrics, resume=resume)
+    summary, _ = execute(
+        recipe, overrides, output_dir, callbacks, extra_metrics, resume=resume, allow_data_change=allow_data_change
+    )
     return summary
 
 

@@ -72,6 +72,14 @@ def train(
             "RECIPE may be the run directory itself (its recipe.yaml is used).",
         ),
     ] = False,
+    allow_data_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-data-change",
+            help="With --resume: continue although the training data changed since the run was made "
+            "(refused otherwise); data_card.json records the change.",
+        ),
+    ] = False,
 ):
     """Train a recipe and write its run directory. Exit codes: 0 done, 2 bad input, 3 stopped on NaN/Inf."""
     from dpo.analysis.console import print_summary
@@ -80,7 +88,9 @@ def train(
     # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
-        summary = api.train(recipe, overrides=set_ or [], output_dir=output_dir, resume=resume)
+        summary = api.train(
+            recipe, overrides=set_ or [], output_dir=output_dir, resume=resume, allow_data_change=allow_data_change
+        )
     except (UserError, RunFailed) as exc:
         _fail(exc)
     if is_main_process():  # under torchrun / accelerate launch: one summary, not one per process
@@ -129,12 +139,14 @@ def validate(
     except UserError as exc:
         _fail(exc)
     for warning in checked.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        typer.echo(redact(f"warning: {warning}"), err=True)
     split = checked.data.card["split"]
     terms = " + ".join(f"{w:g}*{n}" if w != 1 else n for n, w in checked.loss_plan.terms)
-    typer.echo(
-        f"ok: {recipe}: model {checked.recipe.model.name_or_path}, loss {terms} (beta={checked.loss_plan.beta}), "
-        f"{split['train_pairs']} train / {split['eval_pairs']} held-out pairs"
+    typer.echo(  # redacted: a model path may hold a secret (a token in a URL or folder name)
+        redact(
+            f"ok: {recipe}: model {checked.recipe.model.name_or_path}, loss {terms} (beta={checked.loss_plan.beta}), "
+            f"{split['train_pairs']} train / {split['eval_pairs']} held-out pairs"
+        )
     )
 
 
@@ -359,6 +371,8 @@ def recipes():
 
 
 def main() -> None:
+    # every command's output (ours, typer's usage errors, libraries') passes through the secret redaction
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)

@@ -254,7 +254,12 @@ def test_a_52_mb_value_is_shortened_in_the_error_line(existing_run, tmp_path):
 
 def test_a_long_set_value_is_shortened_in_the_error_line(existing_run, tmp_path):
     recipe = recipe_with(tmp_path, ARITHMETIC / "train.jsonl")
-    refused([str(recipe), "--set", "loss.beta=" + "9x" * 50_000], "--set: ", "loss.beta: expected a number, got the text", tmp_path)
+    refused(
+        [str(recipe), "--set", "loss.beta=" + "9x" * 50_000],
+        "--set: ",
+        "loss.beta: expected a number, got the text",
+        tmp_path,
+    )
 
 
 def test_chat_rows_with_a_model_without_chat_template(existing_run, tmp_path, tiny_model_dir):

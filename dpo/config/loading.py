@@ -80,6 +80,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
+        # a ReaderError (a control character) has no `problem`; repr (shortened): the value may hold terminal escapes
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{key}: value {shorten(text)} is not valid YAML ({problem})", where=SET_SOURCE) from None
     return key, value

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,34 +106,59 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
-def metrics_rows(path: Path) -> list[tuple[str, dict]]:
+def metrics_rows(path: Path, skip_bad: bool = False) -> list[tuple[str, dict]]:
     """The events of a metrics.jsonl file as written: (the line, its JSON object); [] when the file is absent.
 
     A torn last line (the process was killed while appending it) is left out. Any other line that is not a JSON
-    object is a UserError naming the file and the row: nothing we write produces one."""
+    object with a whole-number `step` >= 0 (nothing we write produces one: a file damaged or edited by hand) is a
+    UserError naming the file and the row, or, with `skip_bad` (readers that only show the file: reports, sweep
+    summaries), left out with one `warning:` line on stderr naming the file, the first bad row and how many more."""
     path = Path(path)
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    rows = []
+    rows, bad = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
-        if not isinstance(record, dict):
-            raise UserError(f"row {number}: not a JSON object", where=str(path))
-        rows.append((line, record))
+        problem, record = _metrics_row_problem(line)
+        if problem is None:
+            rows.append((line, record))
+        elif number == len(lines) and problem.startswith("not valid JSON"):
+            break  # torn by a kill mid-append
+        elif not skip_bad:
+            raise UserError(f"row {number}: {problem}", where=str(path))
+        else:
+            bad.append(f"row {number}: {problem}")
+    if bad:
+        more = f" (and {len(bad) - 1} more bad row(s))" if len(bad) > 1 else ""
+        print(f"warning: {path}: {bad[0]}; skipped it{more}", file=sys.stderr, flush=True)
     return rows
 
 
+def _metrics_row_problem(line: str) -> tuple[str | None, dict]:
+    """(why a metrics.jsonl line is not an event, or None; the event)."""
+    if "\ufffd" in line:  # a byte that is not UTF-8 (read with errors="replace")
+        return "not UTF-8 text", {}
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        return f"not valid JSON ({getattr(exc, 'msg', 'nested too deep')})", {}
+    if not isinstance(record, dict):
+        return "not a JSON object", {}
+    step = record.get("step")
+    if not (type(step) is int and step >= 0):  # bool is an int subclass; 1e400 parses as inf
+        return "no whole-number step >= 0", {}
+    return None, record
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
-    """RUN_DIR/metrics.jsonl as a list of events; non-finite values (stored as strings) become floats again."""
-    return [{k: _number(v) for k, v in record.items()} for _, record in metrics_rows(Path(run_dir) / METRICS_LOG)]
+    """RUN_DIR/metrics.jsonl as a list of events; non-finite values (stored as strings) become floats again.
+    Damaged rows are skipped with a warning (see `metrics_rows`): what can be shown is shown."""
+    return [
+        {k: _number(v) for k, v in record.items()}
+        for _, record in metrics_rows(Path(run_dir) / METRICS_LOG, skip_bad=True)
+    ]
 
 
 _NON_FINITE = ("nan", "inf", "-inf", "infinity", "-infinity")

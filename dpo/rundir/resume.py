@@ -9,12 +9,21 @@ patience counter) travels in transformers' trainer_state.json (BestCheckpointCal
 `dpo train --resume` (see `prepare`) continues from the newest complete checkpoint to the recipe's total
 number of steps: it drops metrics.jsonl lines logged after that checkpoint, so the file ends with each step
 once; transformers restores the weights, optimizer, scheduler and RNG states from the checkpoint.
+
+A complete checkpoint can still be damaged afterwards (a disk that lost the end of a file, a file edited by hand).
+Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
+file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
+a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
+resume refuses (UserError) rather than silently start over. The training data must be what the run was made with
+(the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +34,7 @@ from dpo.rundir.files import (
     CHECKPOINT_PREFIX,
     CHECKPOINTS,
     COMPLETE_MARK,
+    DATA_CARD,
     DPO_STATE,
     FINAL_STAGING,
     LOCK,
@@ -61,10 +71,54 @@ def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARK).is_file()
 
 
+def candidates(folder: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints that have trainer state (checkpoint-0, weights only, has none), oldest first."""
+    return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (p / TRAINER_STATE).is_file()]
+
+
 def last_resumable(folder: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint that has trainer state (checkpoint-0, weights only, has none)."""
-    usable = [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (p / TRAINER_STATE).is_file()]
-    return usable[-1] if usable else None
+    """The newest complete checkpoint that has trainer state and whose files can be loaded."""
+    return next(((s, p) for s, p in reversed(candidates(folder)) if unloadable(p) is None), None)
+
+
+# Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
+_NOT_LOADED = ("training_args.bin",)
+
+
+def unloadable(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON"), or None.
+
+    Reads what resume loads, without unpickling: JSON files parse (trainer_state.json and dpo_state.json are
+    objects), safetensors headers cover their files exactly (a truncated file fails), torch files (optimizer,
+    scheduler, RNG states: zip archives) pass their CRC check. Damage that keeps every file's structure and checksum
+    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+        name = str(path.relative_to(checkpoint))
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if path.name in (TRAINER_STATE, DPO_STATE) and not isinstance(data, dict):
+                    return f"{name}: not a JSON object"
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as handle:
+                    handle.keys()
+            elif path.suffix in (".pt", ".pth", ".bin") and path.name not in _NOT_LOADED:
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{name}: damaged ({bad} fails its checksum)"
+        except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+            return f"{name}: not valid JSON ({_first_line(exc)})"
+        except (SafetensorError, zipfile.BadZipFile, EOFError, OSError) as exc:
+            return f"{name}: cannot be read ({_first_line(exc)})"
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
 
 
 def rotate(folder: Path, keep_last: int | None, protect: str | Path | None) -> None:
@@ -113,6 +167,7 @@ class ResumePoint:
     step: int = 0
     fresh: bool = False  # nothing of a previous attempt in the run directory: an ordinary new run
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # damaged checkpoints skipped (printed as `warning:` lines)
     state: dict = field(default_factory=dict)  # dpo_state.json of the checkpoint
 
 
@@ -120,8 +175,12 @@ def has_previous_attempt(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(not p.name.startswith(LOCK) for p in run_dir.iterdir())
 
 
-def check(run_dir: Path, resolved_recipe_yaml: str) -> None:
-    """The user errors of a resume, raised before anything in the run directory changes."""
+def check(
+    run_dir: Path, resolved_recipe_yaml: str, data_card: dict | None = None, allow_data_change: bool = False
+) -> None:
+    """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
+    finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
+    `allow_data_change`), complete checkpoints none of which can be loaded."""
     if not has_previous_attempt(run_dir):
         return
     recipe_file = run_dir / RECIPE
@@ -137,6 +196,45 @@ def check(run_dir: Path, resolved_recipe_yaml: str) -> None:
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",
             where=str(recipe_file),
         )
+    if data_card is not None and not allow_data_change:
+        changed = data_change(run_dir, data_card)
+        if changed:
+            raise UserError(
+                f"{changed}; resume with the data the run was made with, or add --allow-data-change "
+                f"(data_card.json then records the change)",
+                where=str(run_dir / DATA_CARD),
+            )
+    found = candidates(run_dir / CHECKPOINTS)
+    if found and last_resumable(run_dir / CHECKPOINTS) is None:
+        newest = found[-1][1]
+        raise UserError(
+            f"no checkpoint can be loaded: {len(found)} complete, all damaged (newest {newest.name}: "
+            f"{unloadable(newest)}); start a new run in another --output-dir",
+            where=str(run_dir / CHECKPOINTS),
+        )
+
+
+def data_change(run_dir: Path, data_card: dict) -> str | None:
+    """What changed in the training data since the run was made ("the train data's content hash ..."), or None.
+    A run directory without a data card (or a card without hashes) has nothing to compare."""
+    old = (read_json_or_none(run_dir / DATA_CARD) or {}).get("content_hash")
+    new = data_card.get("content_hash") or {}
+    if not isinstance(old, dict):
+        return None
+    changed = [split for split in ("train", "eval") if split in old and old[split] != new.get(split)]
+    if not changed:
+        return None
+    hashes = ", ".join(f"{s} {str(old[s])[:12]}... now {str(new.get(s))[:12]}..." for s in changed)
+    return f"the {' and '.join(changed)} data changed since the run was made (content hash {hashes})"
+
+
+def record_data_change(run_dir: Path, data_card: dict, step: int) -> dict:
+    """The data card for a resumed run whose data changed: the new card plus `data_changes`, every earlier card's
+    content hash and the step at which the data was replaced (the old hash is kept, never overwritten)."""
+    old = read_json_or_none(run_dir / DATA_CARD) or {}
+    history = old.get("data_changes") if isinstance(old.get("data_changes"), list) else []
+    entry = {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}
+    return {**data_card, "data_changes": [*history, entry]}
 
 
 def prepare(run_dir: Path) -> ResumePoint:
@@ -153,6 +251,8 @@ def prepare(run_dir: Path) -> ResumePoint:
     checkpoint_dir, writer = run_dir / CHECKPOINTS, is_main_process()
     if writer:
         point.notes += _remove_leftovers(run_dir)
+    if writer:
+        point.warnings += _remove_damaged(checkpoint_dir)
     found = last_resumable(checkpoint_dir)
     if found is None:
         # killed before the first checkpoint: start over in place (keeps nothing that would be redone anyway)
@@ -168,6 +268,20 @@ def prepare(run_dir: Path) -> ResumePoint:
         f"resuming from {point.checkpoint.name} (step {point.step}); dropped {dropped} metrics line(s) logged after it"
     )
     return point
+
+
+def _remove_damaged(checkpoint_dir: Path) -> list[str]:
+    """Delete the complete but damaged checkpoints newer than the newest loadable one (a warning each): training
+    continues from the loadable one and saves those steps again. Older damaged ones are left alone: resume never
+    reads them."""
+    warnings = []
+    for _, path in reversed(candidates(checkpoint_dir)):
+        reason = unloadable(path)
+        if reason is None:
+            break
+        shutil.rmtree(path)
+        warnings.append(f"{path}: cannot be loaded ({reason}); deleted it, resuming from the previous complete one")
+    return warnings
 
 
 def _remove_leftovers(run_dir: Path) -> list[str]:

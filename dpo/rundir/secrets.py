@@ -84,3 +84,23 @@ class RedactingStream:
 
     def __getattr__(self, name):  # flush, isatty, fileno, encoding, ...: the wrapped stream's
         return getattr(self._stream, name)
+
+
+def scrubbed_arguments(args, env: Mapping[str, str] | None = None):
+    """A shallow copy of a dataclass of arguments (transformers' TrainingArguments) for writing to a file or a
+    logger: fields named like a secret (`hub_token`) emptied, secrets redacted from every other field's strings.
+    The original is untouched: the run keeps using its real paths."""
+    import copy
+    import dataclasses
+
+    secrets = dict(secret_values(env))
+    if not secrets:
+        return args
+    scrubbed = copy.copy(args)
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name, None)
+        if is_secret_name(f.name) and value is not None:
+            object.__setattr__(scrubbed, f.name, None)
+        elif isinstance(value, str | Path | list | tuple | dict) and any(v in str(value) for v in secrets.values()):
+            object.__setattr__(scrubbed, f.name, redact_data(value, secrets))
+    return scrubbed

@@ -47,6 +47,7 @@ from dpo.training.audit_use import apply_audit, needs_audit
 from dpo.training.gate import CheckedRecipe, check
 from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
 from dpo.training.samples import write_samples_or_warn
+from dpo.training.secret_free import use_secret_free_wandb
 from dpo.training.summary import finished_summary, non_finite_summary
 
 
@@ -57,24 +58,32 @@ def execute(
     callbacks: list | None = None,
     extra_metrics: tuple[str, ...] = (),
     resume: bool = False,
+    allow_data_change: bool = False,
 ):
     """Train one recipe; returns (summary, trainer). `callbacks` (transformers TrainerCallbacks) run before ours
     and may add held-out metrics named in `extra_metrics`. With `resume`, a run directory left by a killed run is
-    continued from its last complete checkpoint (an absent or empty one starts a new run)."""
+    continued from its last complete loadable checkpoint (an absent or empty one starts a new run); training data
+    whose content hash differs from the run's data_card.json is refused unless `allow_data_change`."""
     started = time.time()
     checked = check(recipe_path, overrides, extra_metrics, output_dir)
     run_dir = checked.run_dir
     resolved_yaml = redact(checked.recipe.to_yaml())
     if resume:
-        resuming.check(run_dir, resolved_yaml)
+        resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change)
     lock = _claim_run_dir(run_dir, resume)
     try:
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         point = resuming.prepare(run_dir) if resume else resuming.ResumePoint(run_dir)
         if is_main_process():
+            for warning in point.warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             for note in point.notes:
                 print(f"resume: {note}", flush=True)
+        if resume and resuming.data_change(run_dir, checked.data.card):  # allowed, else check() refused it
+            print(f"warning: {resuming.data_change(run_dir, checked.data.card)}; recorded in data_card.json",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            checked.data.card = resuming.record_data_change(run_dir, checked.data.card, point.step)
         changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
@@ -200,6 +209,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     trainer = build_trainer(checked, [*callbacks, *own])
     if autopilot:
         autopilot.bind(trainer)
+    use_secret_free_wandb(trainer)  # what transformers' WandbCallback sends to wandb, scrubbed of secrets
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
         raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")

@@ -10,13 +10,15 @@ logging into the run opened here.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from dpo.analysis.report import run_markers
 from dpo.config.schema import Recipe
 from dpo.metrics import HEADLINE
 from dpo.rundir.resume import FINISHED
-from dpo.rundir.secrets import redact_config
+from dpo.rundir.secrets import redact, redact_config
+from dpo.training.secret_free import argv_redacted
 
 
 def configure_loggers(recipe: Recipe, run_dir: Path, main_process: bool) -> None:
@@ -47,14 +49,23 @@ def _start_wandb(recipe: Recipe, run_dir: Path, mode: str) -> None:
     transformers' WandbCallback then logs into this run (it only calls wandb.init when no run is open)."""
     import wandb
 
-    wandb.init(
-        project=recipe.logging.wandb_project,
-        name=recipe.name,
-        group=recipe.logging.wandb_group,
-        dir=str(run_dir),
-        mode=mode,
-        config={"recipe": redact_config(recipe.model_dump(mode="json"))},
-    )
+    group = recipe.logging.wandb_group
+    with argv_redacted():  # wandb records the command line (a --set value may hold a secret)
+        wandb.init(
+            project=_wandb_name(recipe.logging.wandb_project),
+            name=_wandb_name(recipe.name),
+            group=_wandb_name(group) if group else group,
+            dir=str(run_dir),
+            mode=mode,
+            config={"recipe": redact_config(recipe.model_dump(mode="json"))},
+        )
+
+
+def _wandb_name(name: str) -> str:
+    """A run / project / group name with secrets replaced by "redacted" (wandb names are plain text, and
+    `redact`'s "[redacted $NAME]" would name the variable that holds the secret in a place others read)."""
+    redacted = redact(name)
+    return name if redacted == name else re.sub(r"\[redacted \$[^\]]*\]", "redacted", redacted)
 
 
 def finish_wandb(summary: dict) -> None:

@@ -35,6 +35,7 @@ from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.training.beta import BetaController
 from dpo.training.losses import LossPlan, compute_loss
 from dpo.training.plateau import NoiseAwarePlateau
+from dpo.training.secret_free import secret_free
 
 # SCORE_GAP: the column of pairs expanded from scored multi-response rows (dpo/data/rows.py); batches carry it for
 # losses that take `score_gaps` (ODPO's offset)
@@ -347,6 +348,13 @@ class Trainer(DPOTrainer):
         atomic_write_json(folder / DPO_STATE, self.dpo_state())
         resume.mark_complete(folder, self.state.global_step)
         resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """transformers' save of weights, tokenizer and training_args.bin, with the arguments and the model's
+        recorded path free of secrets (dpo/training/secret_free.py): they are pickled / written into the run dir."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir  # the real path, not a redacted one
+        with secret_free(self):
+            super()._save(output_dir, state_dict)
 
     def dpo_state(self) -> dict:
         """What a resumed run needs besides transformers' checkpoint."""

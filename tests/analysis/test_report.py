@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from dpo.analysis.report import RUN_CHARTS, run_charts, write_report, write_report_or_warn
-from dpo.errors import UserError
 from dpo.training.execute import execute
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
 from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
@@ -148,10 +147,13 @@ def test_not_a_run_directory_is_a_user_error(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_broken_metrics_row_names_file_and_row(tmp_path):
+def test_broken_metrics_row_names_file_and_row(tmp_path, capsys):
+    """A damaged row is skipped with a warning naming file and row; the report shows the good rows (issue 19)."""
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n{"step": 1, "loss\n{"step": 2}\n')
-    with pytest.raises(UserError, match=r"metrics.jsonl: row 2: not valid JSON"):
-        write_report(tmp_path)
+    write_report(tmp_path)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {tmp_path / 'metrics.jsonl'}: row 2: not valid JSON (")
+    assert err.endswith("; skipped it\n") and err.count("\n") == 1
     # a killed run's half-written last line is dropped, not an error
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n{"step": 1, "eval_loss": 0.6}\n{"st')
     assert "No summary.json" in write_report(tmp_path).read_text()

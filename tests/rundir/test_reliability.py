@@ -18,7 +18,7 @@ from dpo.config.loading import load_recipe
 from dpo.config.schema import run_name_problem
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
-from dpo.rundir.files import append_metrics, read_metrics
+from dpo.rundir.files import append_metrics, metrics_rows, read_metrics
 from dpo.rundir.lock import DirectoryLock, RunLock, _names
 from dpo.rundir.resume import (
     COMPLETE_MARK,
@@ -172,7 +172,8 @@ def test_metrics_file_round_trip_torn_last_line_and_a_broken_row(tmp_path):
     assert initial_metrics(tmp_path) == {}
     path.write_text('{"step": 0, "eval_loss": "nan"}\n[1]\n{"step": 2}\n')
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: row 2: not a JSON object$"):
-        read_metrics(tmp_path)
+        metrics_rows(path)  # strict, as resume reads it; read_metrics (reports) skips the row with a warning
+    assert [e["step"] for e in read_metrics(tmp_path)] == [0, 2]
     path.write_text('{"step": 0, "eval_loss": 1.5}\n{"step": 1, "lo\n{"step": 2}\n')
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: row 2: not valid JSON"):
         truncate_metrics(path, 1)

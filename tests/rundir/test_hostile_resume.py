@@ -1,0 +1,190 @@
+"""Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint is skipped for the previous
+loadable one, none loadable is one `error:` line (exit 2, nothing changed), and training data that changed since the
+run was made is refused unless --allow-data-change, which data_card.json then records.
+
+One short run of the tiny model (4 steps, checkpoints at 2 and 4) is made once; each case damages a copy of it, as a
+run killed after its last checkpoint (no summary.json, no final/) would be left."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from dpo.rundir.resume import last_resumable, unloadable
+from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
+
+
+def dpo(*args):
+    return subprocess.run([sys.executable, "-m", "dpo", *args], capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def snapshot(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, tiny_model_dir):
+    """A run directory as a kill after the last checkpoint leaves it; its training data is a copy we may edit."""
+    from dpo.training.execute import execute
+
+    root = tmp_path_factory.mktemp("hostile-resume")
+    shutil.copy(ARITHMETIC / "train.jsonl", root / "train.jsonl")
+    recipe = tiny_recipe_dict(tiny_model_dir, 32, TINY_TRAINING)
+    recipe["data"]["train"] = str(root / "train.jsonl")
+    write_recipe(root / "tiny.yaml", recipe)
+    run_dir = root / "run"
+    execute(root / "tiny.yaml", [], output_dir=run_dir)
+    shutil.rmtree(run_dir / "final")
+    (run_dir / "summary.json").unlink()
+    (run_dir / "report.html").unlink(missing_ok=True)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(killed_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(killed_run, copy)
+    text = (copy / "recipe.yaml").read_text()  # the copy writes its checkpoints into itself
+    (copy / "recipe.yaml").write_text(text.replace(str(killed_run), str(copy)))
+    return copy
+
+
+def truncate(path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip_byte(path, at: int = 200) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGES = {
+    "truncated_safetensors": ("adapter_model.safetensors", truncate, "adapter_model.safetensors: cannot be read"),
+    "garbled_trainer_state": (
+        "trainer_state.json",
+        lambda p: p.write_text('{"global_step": 4, "log_h'),
+        "trainer_state.json: not valid JSON",
+    ),
+    "trainer_state_not_an_object": ("trainer_state.json", lambda p: p.write_text("null"), "not a JSON object"),
+    "garbled_dpo_state": ("dpo_state.json", lambda p: p.write_bytes(b"\xff\xfe{"), "dpo_state.json: not valid JSON"),
+    "flipped_byte_in_optimizer": ("optimizer.pt", flip_byte, "optimizer.pt: damaged"),
+    "truncated_optimizer": ("optimizer.pt", truncate, "optimizer.pt: cannot be read"),
+    "truncated_rng_state": ("rng_state.pth", truncate, "rng_state.pth: cannot be read"),
+    "truncated_scheduler": ("scheduler.pt", truncate, "scheduler.pt: cannot be read"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_unloadable_names_the_damaged_file(killed_run, tmp_path, damage):
+    name, spoil, reason = DAMAGES[damage]
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    assert unloadable(checkpoint) is None
+    spoil(checkpoint / name)
+    assert reason in unloadable(checkpoint)
+    assert len(unloadable(checkpoint).splitlines()) == 1
+
+
+def test_training_args_bin_is_not_read(killed_run, tmp_path):
+    """training_args.bin is never loaded on resume: damage to it is no reason to skip a checkpoint."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    truncate(checkpoint / "training_args.bin")
+    assert unloadable(checkpoint) is None
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
+    """The regression: a truncated safetensors in the newest checkpoint crashed --resume."""
+    truncate(run_dir / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    assert last_resumable(run_dir / "checkpoints")[0] == 2
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "checkpoint-4: cannot be loaded" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ")
+    assert "resuming from checkpoint-2 (step 2)" in proc.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4 and summary["stop_reason"] == "completed"
+    assert unloadable(run_dir / "checkpoints" / "checkpoint-4") is None  # saved again by the resumed run
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("damage", ["garbled_trainer_state", "flipped_byte_in_optimizer", "truncated_rng_state"])
+def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
+    from dpo.training.execute import execute
+
+    name, spoil, reason = DAMAGES[damage]
+    spoil(run_dir / "checkpoints" / "checkpoint-4" / name)
+    summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4
+    err = capsys.readouterr().err
+    assert f"checkpoint-4: cannot be loaded ({reason}" in err
+
+
+def test_resume_with_no_loadable_checkpoint_is_an_error_and_changes_nothing(run_dir):
+    truncate(run_dir / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
+    (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{")
+    before = snapshot(run_dir)
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {run_dir / 'checkpoints'}: no checkpoint can be loaded")
+    assert "checkpoint-4: adapter_model.safetensors: cannot be read" in lines[0]
+    assert snapshot(run_dir) == before
+
+
+def _change_training_data(run_dir) -> None:
+    import yaml
+
+    train = yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["train"]
+    rows = open(train).read().splitlines()
+    first = json.loads(rows[0])
+    first["chosen"][0]["content"] += " Indeed."
+    rows[0] = json.dumps(first)
+    open(train, "w").write("\n".join(rows) + "\n")
+
+
+def test_resume_refuses_changed_training_data(killed_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(killed_run, run_dir)
+    data_copy = tmp_path / "train.jsonl"  # change a copy: the module's run keeps its data
+    shutil.copy(killed_run.parent / "train.jsonl", data_copy)
+    text = (run_dir / "recipe.yaml").read_text().replace(str(killed_run.parent / "train.jsonl"), str(data_copy))
+    (run_dir / "recipe.yaml").write_text(text.replace(str(killed_run), str(run_dir)))
+    _change_training_data(run_dir)
+    old_hash = json.loads((run_dir / "data_card.json").read_text())["content_hash"]
+
+    before = snapshot(run_dir)
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {run_dir / 'data_card.json'}: the train data changed since the run was made")
+    assert "--allow-data-change" in lines[0] and old_hash["train"][:12] in lines[0]
+    assert snapshot(run_dir) == before
+
+    proc = dpo("train", "--resume", str(run_dir), "--allow-data-change")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: the train data changed since the run was made" in proc.stderr
+    card = json.loads((run_dir / "data_card.json").read_text())
+    assert card["content_hash"]["train"] != old_hash["train"] and card["content_hash"]["eval"] == old_hash["eval"]
+    assert card["data_changes"] == [{"resumed_at_step": 4, "previous_content_hash": old_hash}]
+
+
+def test_resume_with_the_same_data_needs_no_flag(run_dir):
+    from dpo.rundir.resume import check
+
+    card = json.loads((run_dir / "data_card.json").read_text())
+    check(run_dir, (run_dir / "recipe.yaml").read_text(), card)  # raises nothing
+    assert "data_changes" not in card
+
+
+def test_zipfile_check_sees_torch_files_as_archives(killed_run):
+    """The loadability check relies on torch.save writing zip archives (the default since torch 1.6)."""
+    assert zipfile.is_zipfile(killed_run / "checkpoints" / "checkpoint-4" / "optimizer.pt")

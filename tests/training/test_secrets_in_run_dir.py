@@ -1,0 +1,140 @@
+"""Secrets never reach a file under the run directory (issue 19, item 4), nor `dpo validate`'s output or an error line.
+
+A secret is an environment variable's value (dpo/rundir/secrets.py). The regressions: a secret in the model path
+reached adapter_config.json, the PEFT model card and wandb's files; in the run name it reached training_args.bin
+(pickled TrainingArguments) and wandb; in the wandb project / group, the recipe file name or a `--set` value it
+reached RUN_DIR/wandb/* (wandb records the command line). Each run below puts the secret everywhere at once, with
+wandb offline, then reads every byte of every file in the run directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from dpo.rundir.secrets import scrubbed_arguments
+from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, build_tiny_model, tiny_recipe_dict, write_recipe
+
+SECRET = "zq9SECRETvalue4242"
+
+
+def dpo(*args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "dpo", *args], capture_output=True, text=True, cwd=REPO, timeout=600, env=env
+    )
+
+
+def secret_env() -> dict:
+    return {**os.environ, "MY_SERVICE_API_KEY": SECRET, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+
+
+def files_holding(folder, secret: str) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    )
+
+
+@pytest.fixture(scope="module")
+def secret_everywhere(tmp_path_factory):
+    """A model, a data folder, a recipe file, a run name, a wandb project and group, all holding the secret."""
+    root = tmp_path_factory.mktemp("secrets")
+    model = build_tiny_model(root / f"model-{SECRET}")
+    data = root / f"data-{SECRET}"
+    data.mkdir()
+    shutil.copy(ARITHMETIC / "train.jsonl", data / "train.jsonl")
+    recipe = tiny_recipe_dict(model, 16, {**TINY_TRAINING, "max_steps": 2})
+    recipe["name"] = f"run-{SECRET}"
+    recipe["data"]["train"] = str(data / "train.jsonl")
+    recipe["logging"].update(wandb=True, wandb_project=f"project-{SECRET}")
+    return write_recipe(root / f"recipe-{SECRET}.yaml", recipe)
+
+
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_no_file_in_the_run_directory_holds_a_secret(secret_everywhere, tmp_path, peft):
+    run_dir = tmp_path / "run"
+    overrides = ["--set", f"logging.wandb_group=group-{SECRET}"]
+    if peft == "full":
+        overrides += ["--set", "peft=null"]
+    proc = dpo("train", str(secret_everywhere), "--output-dir", str(run_dir), *overrides, env=secret_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((run_dir / "wandb").glob("offline-run-*/*.wandb"))  # wandb did write its files
+    assert (run_dir / "final" / "training_args.bin").is_file()
+    assert files_holding(run_dir, SECRET) == []
+    assert SECRET not in proc.stdout + proc.stderr
+    assert "[redacted $MY_SERVICE_API_KEY]" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_the_secret_free_training_args_still_load_and_keep_the_rest(secret_everywhere, tmp_path):
+    """training_args.bin holds the redacted arguments, everything else as the run used it."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    env = {**secret_env(), "HF_TOKEN": "hf_" + SECRET[::-1]}
+    proc = dpo(
+        "train",
+        str(secret_everywhere),
+        "--output-dir",
+        str(run_dir),
+        "--set",
+        "logging.wandb=false",
+        "--set",
+        "logging.wandb_project=dpo-toolkit",
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = torch.load(run_dir / "final" / "training_args.bin", weights_only=False)
+    assert args.run_name == "run-[redacted $MY_SERVICE_API_KEY]"
+    assert args.max_steps == 2 and args.output_dir == str(run_dir / "checkpoints")
+    assert args.hub_token is None
+
+
+def test_dpo_validate_never_prints_a_secret(secret_everywhere):
+    proc = dpo("validate", str(secret_everywhere), env=secret_env())
+    assert proc.returncode == 0, proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    ok = [line for line in proc.stdout.splitlines() if line.startswith("ok: ")]  # (TRL may print an [INFO] line first)
+    assert len(ok) == 1 and "model-[redacted $MY_SERVICE_API_KEY]" in ok[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", f"model.name_or_path=/nowhere/{SECRET}"],  # the value echoed in the error
+        ["--set", f"loss.beta={SECRET}"],  # a bad value
+        ["--set", f"{SECRET}=1"],  # a bad key
+    ],
+    ids=["missing_model_path", "bad_value", "bad_key"],
+)
+def test_error_lines_never_echo_a_secret(secret_everywhere, args):
+    proc = dpo("validate", str(secret_everywhere), *args, env=secret_env())
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_missing_recipe_named_with_a_secret(tmp_path):
+    proc = dpo("validate", str(tmp_path / f"{SECRET}.yaml"), env=secret_env())
+    assert proc.returncode == 2 and SECRET not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_scrubbed_arguments_copies_and_redacts():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Args:
+        run_name: str = f"a-{SECRET}"
+        hub_token: str | None = "hf_anything"
+        report_to: list = field(default_factory=lambda: [f"x{SECRET}", "wandb"])
+        steps: int = 3
+
+    env = {"MY_SERVICE_API_KEY": SECRET}
+    original = Args()
+    scrubbed = scrubbed_arguments(original, env)
+    assert scrubbed.run_name == "a-[redacted $MY_SERVICE_API_KEY]" and scrubbed.hub_token is None
+    assert scrubbed.report_to == ["x[redacted $MY_SERVICE_API_KEY]", "wandb"] and scrubbed.steps == 3
+    assert original.run_name == f"a-{SECRET}" and original.hub_token == "hf_anything"  # untouched
+    assert scrubbed_arguments(original, {}) is original  # no secrets in the environment: nothing to copy
