@@ -134,7 +134,14 @@ def build_trainer(checked: CheckedRecipe, callbacks: list):
     """Our Trainer for a checked recipe."""
     from dpo.training.trainer import Trainer
 
-    return Trainer(**trainer_inputs(checked, callbacks), loss_plan=checked.loss_plan, heldout_kl=checked.heldout_kl)
+    recipe = checked.recipe
+    return Trainer(
+        **trainer_inputs(checked, callbacks),
+        loss_plan=checked.loss_plan,
+        heldout_kl=checked.heldout_kl,
+        share_prompt=recipe.model.share_prompt,
+        heldout_kl_pairs=recipe.logging.heldout_kl_pairs,
+    )
 
 
 def _print_plan(checked: CheckedRecipe) -> None:
