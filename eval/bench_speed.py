@@ -152,7 +152,13 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
         trainer = DPOTrainer(**inputs)
     else:
         trainer = Trainer(**inputs, loss_plan=checked.loss_plan, heldout_kl=True, heldout_kl_pairs=16)
-    result = {"dataset": dataset, "setting": setting, "impl": impl, "bf16": bf16, "gradient_checkpointing": checkpointing}
+    result = {
+        "dataset": dataset,
+        "setting": setting,
+        "impl": impl,
+        "bf16": bf16,
+        "gradient_checkpointing": checkpointing,
+    }
     if impl == "ours":
         result["prompt_shared"] = trainer.share_prompt
     started = time.perf_counter()
@@ -184,7 +190,10 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
 def _tokens_per_pair(trainer) -> float:
     """Tokens of a pair as TRL feeds them (prompt + chosen, prompt + rejected), mean over the training set."""
     ds = trainer.train_dataset
-    total = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+    total = sum(
+        2 * len(p) + len(c) + len(r)
+        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)
+    )
     return total / len(ds)
 
 

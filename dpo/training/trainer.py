@@ -60,6 +60,7 @@ class Trainer(DPOTrainer):
         self.heldout_kl = heldout_kl
         self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
         self.share_prompt = False  # decided after TRL's __init__ (see _decide_prompt_sharing)
+        self._causal_needs_no_mask = False
         self._neftune_length: int | None = None
         # Reference log-probs by pair content (see _reference_logps): the held-out pairs' always, the training pairs'
         # with training.precompute_ref_log_probs. Valid while the reference is fixed (not with TR-DPO's sync).
@@ -112,17 +113,20 @@ class Trainer(DPOTrainer):
         self._neftune_length = inputs["input_ids"].size(1)
         try:
             if layout is not None:
-                packed = model(**self._packed_kwargs(model, layout), shift_labels=layout.shift_labels, fused_lm_head=True)
+                with _score_completions_only():
+                    packed = model(
+                        **self._packed_kwargs(model, layout), shift_labels=layout.shift_labels, fused_lm_head=True
+                    )
                 fields = {f: getattr(packed, f, None) for f in _FUSED_FIELDS}
                 fields = {f: None if v is None else layout.unpack(v) for f, v in fields.items()}
                 outputs = SimpleNamespace(**fields, aux_loss=None)
             else:
-                model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-                model_kwargs["use_cache"] = False
+                model_kwargs = self._ordinary_kwargs(inputs)
                 if self.aux_loss_enabled:
                     model_kwargs["output_router_logits"] = True
                 labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-                outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+                with _score_completions_only():
+                    outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
         finally:
             self._neftune_on, self._neftune_length = False, None
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens.
@@ -135,8 +139,7 @@ class Trainer(DPOTrainer):
         """On where it is exact: an attention implementation that takes a custom 4-D mask, a text model without
         sliding windows or prepended virtual tokens, and a check that both layouts agree on a small batch. Otherwise
         the ordinary path, said once."""
-        if not wanted:
-            return
+        self.layouts_used = {"shared": 0, "two_sequences": 0}  # batches per layout (the benchmark reports them)
         unwrapped = self.accelerator.unwrap_model(self.model)
         config = unwrapped.config.get_text_config()
         implementation = config._attn_implementation
@@ -154,10 +157,16 @@ class Trainer(DPOTrainer):
             getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
         ):
             reason = "sliding-window attention"
-        else:
+        # Right-padded rows need no padding mask under causal attention (a real token sees only earlier, real tokens),
+        # and without one SDPA runs its causal kernel instead of materialising every (query, key) score: same values.
+        self._causal_needs_no_mask = reason is None
+        if not wanted:
+            return
+        if reason is None:
             self.share_prompt = True
             reason = self._prompt_sharing_mismatch()
             self.share_prompt = reason is None
+            self.layouts_used = dict.fromkeys(self.layouts_used, 0)  # not counting the check's batch
         if reason and self.accelerator.is_main_process:
             print(f"prompt sharing: off ({reason}); chosen and rejected run as two sequences", flush=True)
 
@@ -195,10 +204,41 @@ class Trainer(DPOTrainer):
         return None
 
     def _packed_layout(self, inputs: dict) -> PackedPairs | None:
-        """The shared-prompt layout of a batch, or None: off, or a batch it would not be exact for."""
+        """The shared-prompt layout of a batch, or None: off, a batch it would not be exact for, or one it would make
+        dearer (long answers after a short prompt: the prompt tokens saved cost less than the longer rows' attention)."""
         if not self.share_prompt or set(inputs) - {"input_ids", "attention_mask", *_NON_MODEL_KEYS}:
             return None
-        return pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], pad_token_id=0)
+        layout = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], pad_token_id=0)
+        if layout is not None and not self._sharing_pays(inputs["input_ids"].shape, layout.input_ids.shape):
+            layout = None
+        self.layouts_used["two_sequences" if layout is None else "shared"] += 1
+        return layout
+
+    def _sharing_pays(self, ordinary: torch.Size, shared: torch.Size) -> bool:
+        """Multiply-adds of the transformer blocks, per layer, in each layout (padding included): the linear layers
+        per token, plus attention per (query, key) pair, half of them under the ordinary layout's causal kernel, all
+        of them under the shared layout's block mask."""
+        config = self.accelerator.unwrap_model(self.model).config.get_text_config()
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+        linear = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+        attention = 2 * heads * head_dim
+        rows, length = ordinary
+        pairs, width = shared
+        cost_ordinary = rows * length * linear + rows * length * length / 2 * attention
+        cost_shared = pairs * width * linear + pairs * width * width * attention
+        return cost_shared < cost_ordinary
+
+    def _ordinary_kwargs(self, inputs: dict) -> dict:
+        """Model inputs of the two-sequence layout; no padding mask where the rows are right-padded (see above)."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        mask = model_kwargs.get("attention_mask")
+        if self._causal_needs_no_mask and mask is not None and not bool((mask[:, 1:] > mask[:, :-1]).any()):
+            model_kwargs["attention_mask"] = None
+        return model_kwargs
 
     def _packed_kwargs(self, model, layout: PackedPairs) -> dict:
         unwrapped = self.accelerator.unwrap_model(model)
@@ -216,8 +256,7 @@ class Trainer(DPOTrainer):
         layout = self._packed_layout(inputs)
         seq_len = inputs["input_ids"].size(1) - 1
         if layout is None:
-            model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-            return model(**model_kwargs, use_cache=False).logits[:, -seq_len - 1 : -1]
+            return model(**self._ordinary_kwargs(inputs)).logits[:, -seq_len - 1 : -1]
         return layout.unpack_rows(model(**self._packed_kwargs(model, layout)).logits)
 
     def _reduce(self, per_token_logps: torch.Tensor, shift_mask: torch.Tensor) -> torch.Tensor:
@@ -671,6 +710,22 @@ def _logged(batch_metrics: dict, logs: dict, name: str, batch_name: str | None =
 
 def _average(values: list[float]) -> float:
     return sum(values) / len(values)
+
+
+@contextlib.contextmanager
+def _score_completions_only():
+    """TRL's fused LM head projects only the scored (completion) positions through the vocabulary on Triton devices,
+    and every position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. On CPU nothing compiles
+    them, and scoring only the completion positions gives the same values for less work (the prompt and padding
+    positions are a large share of a chat batch). TRL 1.16's switch for that is `trl.trainer.utils._use_triton`."""
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def _pair_keys(inputs: dict) -> list[bytes]:

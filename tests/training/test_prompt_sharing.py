@@ -186,8 +186,8 @@ def test_reference_log_probs_only_where_needed(tmp_path, tiny_model_dir):
     calls = _count_reference_pairs(trainer)
     kl_calls = []
     original_kl = trainer._heldout_kl_pass
-    trainer._heldout_kl_pass = lambda model, inputs: kl_calls.append(inputs["input_ids"].size(0) // 2) or original_kl(
-        model, inputs
+    trainer._heldout_kl_pass = lambda model, inputs: (
+        kl_calls.append(inputs["input_ids"].size(0) // 2) or original_kl(model, inputs)
     )
     first = trainer.evaluate()
     assert calls == [] and kl_calls == []  # policy = reference at step 0: their log-probs are the policy's
@@ -212,3 +212,27 @@ def test_cached_reference_gives_the_metrics_of_a_fresh_one(tmp_path, tiny_model_
     for name, value in fresh.items():
         if name.startswith("eval_") and "runtime" not in name and "per_second" not in name:
             assert cached[name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_two_sequence_path_equals_trls_forward(tmp_path, tiny_model_dir):
+    """Without sharing: no padding mask (right-padded rows under causal attention) and only the completion positions
+    through the LM head, and still TRL's own forward's values."""
+    trainer = _trainer(tmp_path, tiny_model_dir, ["model.share_prompt=false"])
+    batch = _batch(trainer)
+    assert trainer._ordinary_kwargs(batch)["attention_mask"] is None
+    trainer.model.eval()
+    with torch.no_grad():
+        ours = trainer._sequence_logps(trainer.model, batch)[0]
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        trl = trainer.model(**kwargs, labels=labels, fused_lm_head=True).log_probs
+    assert torch.allclose(ours, trl, atol=1e-5)
+
+
+def test_sharing_is_used_only_where_it_costs_less(tmp_path, tiny_model_dir):
+    trainer = _trainer(tmp_path, tiny_model_dir)
+    # short answers after a long prompt: shared; long answers after a short prompt: the rows' attention outweighs
+    assert trainer._sharing_pays(torch.Size([16, 60]), torch.Size([8, 75]))
+    assert not trainer._sharing_pays(torch.Size([16, 400]), torch.Size([8, 780]))
+    trainer._sequence_logps(trainer.model, _batch(trainer))
+    assert trainer.layouts_used == {"shared": 1, "two_sequences": 0}
