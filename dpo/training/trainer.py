@@ -205,7 +205,7 @@ class Trainer(DPOTrainer):
 
     def _packed_layout(self, inputs: dict) -> PackedPairs | None:
         """The shared-prompt layout of a batch, or None: off, a batch it would not be exact for, or one it would make
-        dearer (long answers after a short prompt: the prompt tokens saved cost less than the longer rows' attention)."""
+        dearer (long answers after a short prompt: saving the prompt costs less than the longer rows' attention)."""
         if not self.share_prompt or set(inputs) - {"input_ids", "attention_mask", *_NON_MODEL_KEYS}:
             return None
         layout = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], pad_token_id=0)
