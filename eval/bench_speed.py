@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 RESULTS = REPO / "eval" / "results"
 SETTINGS = {  # name: (bf16 autocast, gradient checkpointing)
     "fp32": (False, False),
@@ -105,7 +106,6 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
     work = Path(tempfile.mkdtemp())
     model_name, steps, batch, eval_pairs = "smollm2-135m-instruct", 6, 8, 100 if dataset != "long" else 24
     if quick:
-        sys.path.insert(0, str(REPO))
         from tests.conftest import build_tiny_model
 
         model_name, steps, eval_pairs = str(build_tiny_model(work / "tiny")), 2, 8
@@ -170,6 +170,7 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
     result["eval_s"] = time.perf_counter() - started
     result["eval_rewards/accuracies"] = metrics.get("eval_rewards/accuracies")
     if impl == "ours":
+        result["layouts"] = dict(trainer.layouts_used)  # batches per layout, training and evaluation
         result["policy_forward_s"] = _policy_forward_s(trainer, torch)
     tokens = _tokens_per_pair(trainer)
     timed = timer.times[warmup:]
@@ -230,6 +231,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                         (abs(a - b) for a, b in zip(ours["losses"], trl["losses"], strict=True)), default=0.0
                     ),
                     "prompt_shared": ours.get("prompt_shared"),
+                    "layouts": ours.get("layouts"),
                 }
             )
     fp32 = {r["dataset"]: r for r in rows if r["setting"] == "fp32"}
