@@ -67,6 +67,7 @@ class Trainer(DPOTrainer):
         self._ref_cache: dict[bytes, tuple[float, float]] = {}
         self._policy_is_ref_at_start: bool | None = None
         self._kl_keys: set[bytes] | None = None
+        self._evaluating = False
         self._kl_values: dict[bytes, tuple[float, float]] = {}  # KL (chosen, rejected) of this evaluation's subsample
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
@@ -437,19 +438,29 @@ class Trainer(DPOTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """TRL's evaluate; first fixes the held-out KL subsample: the first `heldout_kl_pairs` pairs of each held-out
         set (by content, so it is the same whatever the batch size and the number of processes)."""
-        if self.heldout_kl and self.heldout_kl_pairs is not None and self._kl_keys is None:
-            datasets = self.eval_dataset if eval_dataset is None else eval_dataset
-            datasets = datasets.values() if isinstance(datasets, dict) else [datasets]
-            keys: set[bytes] = set()
-            for dataset in datasets:
-                if isinstance(dataset, str) or "prompt_ids" not in getattr(dataset, "column_names", []):
-                    keys = None  # not prepared yet (TRL tokenizes it in evaluate): KL on every pair
-                    break
-                count = min(self.heldout_kl_pairs, len(dataset))
-                if count:
-                    keys.update(_pair_keys(self.data_collator([dataset[i] for i in range(count)])))
-            self._kl_keys = keys
-        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if self.heldout_kl and (eval_dataset is not None or self._kl_keys is None):
+            self._kl_keys = self._kl_subsample(self.eval_dataset if eval_dataset is None else eval_dataset)
+        self._evaluating = True  # log() adds eval_kl from this evaluation's subsample
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._evaluating = False
+            if eval_dataset is not None:
+                self._kl_keys = None  # the run's own held-out set gets its subsample back next time
+
+    def _kl_subsample(self, datasets) -> set[bytes] | None:
+        """Keys of the first `heldout_kl_pairs` pairs of each held-out set; None (every pair) when that is all of them
+        or a set is not tokenized yet (TRL tokenizes a dataset passed to evaluate)."""
+        if self.heldout_kl_pairs is None:
+            return None
+        keys: set[bytes] = set()
+        for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
+            if isinstance(dataset, str) or "prompt_ids" not in getattr(dataset, "column_names", []):
+                return None
+            count = min(self.heldout_kl_pairs, len(dataset))
+            if count:
+                keys.update(_pair_keys(self.data_collator([dataset[i] for i in range(count)])))
+        return keys
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
@@ -511,7 +522,7 @@ class Trainer(DPOTrainer):
         """TRL's log, plus the train-minus-held-out gaps at each evaluation (train values averaged since the
         previous evaluation)."""
         # TRL's batch metrics wait in self._metrics until super().log; transformers' own (loss) are already in logs.
-        if not self.model.training and self.heldout_kl:
+        if self._evaluating and self.heldout_kl:
             self._log_heldout_kl()
         if self.model.training:
             for name in GAPS:

@@ -236,3 +236,22 @@ def test_sharing_is_used_only_where_it_costs_less(tmp_path, tiny_model_dir):
     assert not trainer._sharing_pays(torch.Size([16, 400]), torch.Size([8, 780]))
     trainer._sequence_logps(trainer.model, _batch(trainer))
     assert trainer.layouts_used == {"shared": 1, "two_sequences": 0}
+
+
+@pytest.mark.slow
+def test_embedded_model_gives_the_same_log_probs(tmp_path):
+    """The real model (SmolLM2-135M-Instruct, 30 layers, GQA, tied embeddings) with the quickstart's LoRA: the shared
+    layout's per-sequence log-probs and reference log-probs equal the two-sequence forward's within 1e-4 (fp32)."""
+    from tests.conftest import REPO
+
+    overrides = ["data.max_train_pairs=8", "data.max_eval_pairs=8", "training.precompute_ref_log_probs=false"]
+    trainer = build_trainer(check(REPO / "recipes" / "quickstart.yaml", overrides, output_dir=tmp_path / "run"), [])
+    assert trainer.share_prompt
+    batch = _batch(trainer)
+    assert trainer._packed_layout(batch) is not None  # chat prompts: the shared layout is the cheaper one
+    trainer.model.eval()
+    with torch.no_grad():
+        shared, ordinary = _both_layouts(trainer, lambda: trainer._sequence_logps(trainer.model, batch)[1])
+        ref_shared, ref_ordinary = _both_layouts(trainer, lambda: torch.cat(trainer._ref_forward(batch)))
+    assert torch.allclose(shared, ordinary, atol=1e-4, rtol=0)
+    assert torch.allclose(ref_shared, ref_ordinary, atol=1e-4, rtol=0)
