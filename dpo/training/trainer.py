@@ -374,7 +374,7 @@ class Trainer(DPOTrainer):
             policy = self._full_logits(model, sub).float()
             with reference_context():
                 ref = self._full_logits(reference, sub).float()
-            parts.append((rows, _token_fields(policy, ref, targets, mask)))
+            parts.append((rows, _token_fields_at(policy, ref, targets, mask)))
         order = torch.cat([rows for rows, _ in parts]).argsort()
         fields = {name: torch.cat([p[name] for _, p in parts])[order] for name in parts[0][1]}
         per_token_logps = fields.pop("log_probs")
@@ -708,6 +708,18 @@ def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor
         "is_top1": policy.argmax(-1) == targets,
     }
     return {name: value.masked_fill(~mask, 0) for name, value in fields.items()}
+
+
+def _token_fields_at(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> dict:
+    """`_token_fields`, with the vocabulary-sized work done at the answers' positions only (a chat batch is mostly
+    prompt and padding); zero elsewhere, as there."""
+    scored = torch.ones((1, int(mask.sum())), dtype=torch.bool, device=mask.device)
+    picked = _token_fields(policy[mask].unsqueeze(0), ref[mask].unsqueeze(0), targets[mask].unsqueeze(0), scored)
+    fields = {}
+    for name, values in picked.items():
+        fields[name] = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+        fields[name][mask] = values[0]
+    return fields
 
 
 def _logged(batch_metrics: dict, logs: dict, name: str, batch_name: str | None = None) -> list[float]:
