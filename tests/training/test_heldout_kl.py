@@ -39,7 +39,7 @@ def test_token_fields_hand_worked():
 
 def test_token_fields_at_the_answers_only_equal_the_full_computation():
     generator = torch.Generator().manual_seed(0)
-    policy, ref = torch.randn(2, 3, 2, 5, generator=generator)
+    policy, ref = torch.randn(2, 2, 3, 5, generator=generator)
     targets = torch.randint(0, 5, (2, 3), generator=generator)
     mask = torch.tensor([[False, True, True], [True, False, False]])
     full, at = _token_fields(policy, ref, targets, mask), _token_fields_at(policy, ref, targets, mask)
