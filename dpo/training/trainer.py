@@ -59,8 +59,10 @@ class Trainer(DPOTrainer):
         self.loss_plan = loss_plan
         self.heldout_kl = heldout_kl
         self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
-        self.share_prompt = False  # decided after TRL's __init__ (see _decide_prompt_sharing)
+        self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
+        self._share_prompt_wanted, self._sharing_decided = share_prompt, False
         self._causal_needs_no_mask = False
+        self.layouts_used = {"shared": 0, "two_sequences": 0}  # batches per layout (the benchmark reports them)
         self._neftune_length: int | None = None
         # Reference log-probs by pair content (see _reference_logps): the held-out pairs' always, the training pairs'
         # with training.precompute_ref_log_probs. Valid while the reference is fixed (not with TR-DPO's sync).
@@ -76,7 +78,7 @@ class Trainer(DPOTrainer):
         self.resumed_from: list[int] = []  # steps this run was resumed from
         self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
         super().__init__(*args, **kwargs)
-        self._decide_prompt_sharing(share_prompt)
+        self._decide_prompt_sharing()
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
         if loss_plan.neftune_alpha is not None:
             embeddings = self.accelerator.unwrap_model(self.model).get_input_embeddings()
@@ -136,11 +138,14 @@ class Trainer(DPOTrainer):
 
     # ---- prompt sharing (dpo/training/packing.py) ----
 
-    def _decide_prompt_sharing(self, wanted: bool) -> None:
+    def _decide_prompt_sharing(self) -> None:
         """On where it is exact: an attention implementation that takes a custom 4-D mask, a text model without
         sliding windows or prepended virtual tokens, and a check that both layouts agree on a small batch. Otherwise
-        the ordinary path, said once."""
-        self.layouts_used = {"shared": 0, "two_sequences": 0}  # batches per layout (the benchmark reports them)
+        the ordinary path, said once. Decided once, before TRL's up-front reference pass where there is one."""
+        if self._sharing_decided:
+            return
+        self._sharing_decided = True
+        wanted = self._share_prompt_wanted
         unwrapped = self.accelerator.unwrap_model(self.model)
         config = unwrapped.config.get_text_config()
         implementation = config._attn_implementation
@@ -318,6 +323,7 @@ class Trainer(DPOTrainer):
         reference copy the precompute lets go, computes them up front."""
         if is_peft_model(self.model) or self.ref_model is not None:
             return dataset
+        self._decide_prompt_sharing()  # TRL's __init__ runs this pass before ours goes on: the shared layout for it too
         return super()._precompute_ref_logps(dataset, name, batch_size)
 
     def _policy_is_reference(self) -> bool:

@@ -155,6 +155,7 @@ def test_precomputed_reference_log_probs_under_full_fine_tuning(tmp_path, tiny_m
     checked = check(path, ["training.precompute_ref_log_probs=true"], output_dir=tmp_path / "run")
     trainer = build_trainer(checked, [])
     assert trainer.ref_model is None and "ref_chosen_logps" in trainer.train_dataset.column_names
+    assert trainer.share_prompt and trainer.layouts_used["shared"] > 0  # the up-front pass shared the prompt
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.eval()
     trainer.share_prompt = False
