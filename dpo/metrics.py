@@ -150,6 +150,13 @@ METRICS: tuple[Metric, ...] = (
         chart="KL(policy || reference) on held-out answers, nats per answer",
         per_pair=True,
     ),
+    Metric(
+        "kl_stderr",
+        "standard error of eval_kl over the answers of its subsample (logging.heldout_kl_pairs)",
+        None,
+        logged=HELD_OUT,
+        watchable=False,
+    ),
     # Positive gap = the model does better on what it trained on than on held-out data; train values are averaged
     # over the steps since the previous evaluation.
     Metric(

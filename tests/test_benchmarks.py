@@ -36,6 +36,20 @@ def test_overhead_benchmark_smoke(tmp_path):
     assert "| tiny |" in (tmp_path / "overhead.md").read_text()
 
 
+def test_speed_benchmark_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_speed.py", "--quick", "--datasets", "arithmetic", "--settings", "fp32",
+         "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [row] = json.loads((tmp_path / "speed_quick.json").read_text())["rows"]
+    assert row["dataset"] == "arithmetic" and row["setting"] == "fp32" and row["prompt_shared"]
+    assert row["max_loss_difference"] < 1e-4  # plain TRL and ours train the same model
+    assert row["speedup"] > 0 and row["eval_over_policy_forward"] > 0 and row["layouts"]["shared"] > 0
+    assert "| arithmetic | fp32 |" in (tmp_path / "speed_quick.md").read_text()
+
+
 @pytest.mark.slow
 def test_sweep_pruning_benchmark_smoke(tmp_path):
     proc = subprocess.run(

@@ -7,7 +7,7 @@ written", so a fully resolved recipe.yaml (every key written out) loads again wi
 from __future__ import annotations
 
 from dpo.config.loading import LoadedRecipe
-from dpo.config.schema import DataSection
+from dpo.config.schema import DataSection, LoggingSection
 from dpo.errors import UserError, raise_all
 
 
@@ -31,6 +31,11 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
             no_ops.append((key, "logging.wandb is false"))
         if logging.wandb_group is not None:
             no_ops.append(("logging.wandb_group", "logging.wandb is false"))
+    if (
+        logging.heldout_kl is False
+        and logging.heldout_kl_pairs != LoggingSection.model_fields["heldout_kl_pairs"].default
+    ):
+        no_ops.append(("logging.heldout_kl_pairs", "logging.heldout_kl is false"))
     if "num_train_epochs" in recipe.training and (recipe.training.get("max_steps") or -1) > 0:
         no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
     raise_all([UserError(f"has no effect: {reason}", where=loaded.where(key)) for key, reason in no_ops])

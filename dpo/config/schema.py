@@ -32,6 +32,12 @@ class ModelSection(Section):
     name_or_path: str = Field("smollm2-135m-instruct", description="Embedded alias, local directory or hub id.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
     trust_remote_code: bool = Field(False, description="Run model code shipped with a hub model. Off by default.")
+    share_prompt: bool = Field(
+        True,
+        description="Compute each pair's prompt once: one row [prompt | chosen | rejected] with a block attention "
+        "mask, exact (docs/speed.md). Where the model or its attention implementation cannot take it, the run says "
+        "so and uses two sequences per pair; false: always two sequences, as TRL does.",
+    )
 
 
 class PeftSection(Section):
@@ -316,6 +322,12 @@ class LoggingSection(Section):
         description="Log eval_kl, the policy's KL from the reference on the held-out answers, at each evaluation "
         "(costs one reference forward per held-out batch with precomputed reference log-probs). null: on whenever "
         "a reference model is available at evaluation (not under full fine-tuning with precomputed log-probs).",
+    )
+    heldout_kl_pairs: int | None = Field(
+        16,
+        gt=0,
+        description="eval_kl is computed on the first N held-out pairs (a fixed subsample, with eval_kl_stderr): its "
+        "full-vocabulary policy and reference forwards cost about N / held-out pairs of an evaluation. null: all.",
     )
 
 

@@ -151,6 +151,8 @@ def build_trainer(checked: CheckedRecipe, callbacks: list):
         loss_plan=checked.loss_plan,
         heldout_kl=checked.heldout_kl,
         noise_sigmas=checked.recipe.early_stopping.noise_sigmas,
+        share_prompt=checked.recipe.model.share_prompt,
+        heldout_kl_pairs=checked.recipe.logging.heldout_kl_pairs,
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import time
 import warnings
@@ -23,6 +24,7 @@ from types import SimpleNamespace
 import torch
 from accelerate.utils import is_peft_model
 from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
 from dpo.data.rows import SCORE_GAP
@@ -34,6 +36,7 @@ from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.training.beta import BetaController
 from dpo.training.losses import LossPlan, compute_loss
+from dpo.training.packing import SUPPORTED_ATTENTION, PackedPairs, pack_pairs
 from dpo.training.plateau import NoiseAwarePlateau
 from dpo.training.secret_free import secret_free
 
@@ -43,15 +46,39 @@ _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps", 
 # The held-out KL pass materialises (rows, tokens, vocabulary) float32 tensors, a few at a time: at most 8 rows
 # per forward, fewer when sequences are long, so that one such tensor stays under ~256 MB (2**26 elements).
 _KL_ROWS, _KL_ELEMENTS = 8, 2**26
+# the per-token fields TRL's fused LM head returns (None where not requested)
+_FUSED_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
 class Trainer(DPOTrainer):
     """DPOTrainer whose loss comes from a `LossPlan` of functions in `dpo.training.losses.LOSSES`."""
 
-    def __init__(self, *args, loss_plan: LossPlan, heldout_kl: bool = False, noise_sigmas: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        loss_plan: LossPlan,
+        heldout_kl: bool = False,
+        noise_sigmas: float = 0.0,
+        share_prompt: bool = True,
+        heldout_kl_pairs: int | None = None,
+        **kwargs,
+    ):
         self.loss_plan = loss_plan
         self.noise_sigmas = noise_sigmas  # reduce-on-plateau's noise rule (early_stopping.noise_sigmas)
         self.heldout_kl = heldout_kl
+        self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
+        self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
+        self._share_prompt_wanted, self._sharing_decided = share_prompt, False
+        self._causal_needs_no_mask = False
+        self.layouts_used = {"shared": 0, "two_sequences": 0}  # batches per layout (the benchmark reports them)
+        self._neftune_length: int | None = None
+        # Reference log-probs by pair content (see _reference_logps): the held-out pairs' always, the training pairs'
+        # with training.precompute_ref_log_probs. Valid while the reference is fixed (not with TR-DPO's sync).
+        self._ref_cache: dict[bytes, tuple[float, float]] = {}
+        self._policy_is_ref_at_start: bool | None = None
+        self._kl_keys: set[bytes] | None = None
+        self._evaluating = False
+        self._kl_values: dict[bytes, tuple[float, float]] = {}  # KL (chosen, rejected) of this evaluation's subsample
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
@@ -66,6 +93,7 @@ class Trainer(DPOTrainer):
             self.precompute_ref_logps = False  # nothing was precomputed (see _precompute_ref_logps)
         if loss_plan.needs_score_gaps:
             self.data_collator = _ScoreGapCollator(self.data_collator)
+        self._decide_prompt_sharing()
         self.beta = loss_plan.beta  # TRL reads self.beta in a few places; keep them consistent with ours
         if loss_plan.neftune_alpha is not None:
             embeddings = self.accelerator.unwrap_model(self.model).get_input_embeddings()
@@ -80,18 +108,13 @@ class Trainer(DPOTrainer):
         """
         if not self._neftune_on:
             return output
-        scale = self.loss_plan.neftune_alpha / (output.size(1) * output.size(2)) ** 0.5
-        return output + torch.zeros_like(output).uniform_(-scale, scale)
+        # the length of the ordinary (two-sequence) batch, also when the prompt is shared, so the noise is the same
+        length = self._neftune_length or output.size(1)
+        scale = self.loss_plan.neftune_alpha / (length * output.size(2)) ** 0.5
+        return output + self._neftune_noise(output, scale)
 
-    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        """TRL's reference log-prob precompute; none for a reference-free loss plan (see `_no_reference_copy`)."""
-        if not self.loss_plan.needs_reference:
-            return dataset
-        return super()._precompute_ref_logps(dataset, name, batch_size)
-
-    def compute_ref_log_probs(self, model, inputs):
-        """TRL's reference forward, without the columns it does not know (the score gap)."""
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != SCORE_GAP})
+    def _neftune_noise(self, embeddings: torch.Tensor, scale: float) -> torch.Tensor:
+        return torch.zeros_like(embeddings).uniform_(-scale, scale)
 
     def _set_signature_columns_if_needed(self):
         """TRL's columns, plus the score gap when a loss takes it (transformers drops every other column)."""
@@ -102,23 +125,166 @@ class Trainer(DPOTrainer):
     def _beta_for_step(self) -> float:
         return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
 
-    def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
-        """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch."""
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
-        if self.aux_loss_enabled:
-            model_kwargs["output_router_logits"] = True
+    def _sequence_logps(self, model, inputs: dict, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch.
+
+        With the prompt shared (dpo/training/packing.py) one row per pair goes through the model and the per-token
+        results come back in the ordinary (2B, T - 1) layout. `noise`: NEFTune on, if configured and training."""
         completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        self._neftune_on = self.loss_plan.neftune_alpha is not None and model.training
-        try:
-            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        finally:
-            self._neftune_on = False
         shift_mask = completion_mask[..., 1:]
+        layout = self._packed_layout(inputs)
+        self._neftune_on = noise and self.loss_plan.neftune_alpha is not None and model.training
+        self._neftune_length = inputs["input_ids"].size(1)
+        try:
+            if layout is not None:
+                with _score_completions_only():
+                    packed = model(
+                        **self._packed_kwargs(model, layout), shift_labels=layout.shift_labels, fused_lm_head=True
+                    )
+                fields = {f: getattr(packed, f, None) for f in _FUSED_FIELDS}
+                fields = {f: None if v is None else layout.unpack(v) for f, v in fields.items()}
+                outputs = SimpleNamespace(**fields, aux_loss=None)
+            else:
+                model_kwargs = self._ordinary_kwargs(inputs)
+                if self.aux_loss_enabled:
+                    model_kwargs["output_router_logits"] = True
+                labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+                with _score_completions_only():
+                    outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        finally:
+            self._neftune_on, self._neftune_length = False, None
         # Prompt-learning PEFT prepends virtual tokens to the outputs; keep the positions of the real tokens.
         per_token_logps = outputs.log_probs[:, -shift_mask.size(1) :]
         return per_token_logps, self._reduce(per_token_logps, shift_mask), outputs
+
+    # ---- prompt sharing (dpo/training/packing.py) ----
+
+    def _decide_prompt_sharing(self) -> None:
+        """On where it is exact: an attention implementation that takes a custom 4-D mask, a text model without
+        sliding windows or prepended virtual tokens, and a check that both layouts agree on a small batch. Otherwise
+        the ordinary path, said once. Decided once, before TRL's up-front reference pass where there is one."""
+        if self._sharing_decided:
+            return
+        self._sharing_decided = True
+        wanted = self._share_prompt_wanted
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        config = unwrapped.config.get_text_config()
+        implementation = config._attn_implementation
+        peft_config = getattr(unwrapped, "peft_config", {})
+        reason = None
+        if implementation not in SUPPORTED_ATTENTION:
+            reason = f"attention implementation {implementation!r} (supported: {', '.join(SUPPORTED_ATTENTION)})"
+        elif self._is_vision_dataset:
+            reason = "vision-language inputs"
+        elif self.aux_loss_enabled:
+            reason = "mixture-of-experts router loss"
+        elif any(getattr(c, "is_prompt_learning", False) for c in peft_config.values()):
+            reason = "prompt-learning adapters prepend virtual tokens"
+        elif "sliding_attention" in (getattr(config, "layer_types", None) or []) or (
+            getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+        ):
+            reason = "sliding-window attention"
+        # Right-padded rows need no padding mask under causal attention (a real token sees only earlier, real tokens),
+        # and without one SDPA runs its causal kernel instead of materialising every (query, key) score: same values.
+        self._causal_needs_no_mask = reason is None
+        if not wanted:
+            return
+        if reason is None:
+            self.share_prompt = True
+            reason = self._prompt_sharing_mismatch()
+            self.share_prompt = reason is None
+            self.layouts_used = dict.fromkeys(self.layouts_used, 0)  # not counting the check's batch
+        if reason and self.accelerator.is_main_process:
+            print(f"prompt sharing: off ({reason}); chosen and rejected run as two sequences", flush=True)
+
+    @torch.no_grad()
+    def _prompt_sharing_mismatch(self) -> str | None:
+        """Both layouts on a small random batch (2 pairs, a shared prompt): None where they agree."""
+        model = self.model
+        generator = torch.Generator().manual_seed(0)
+        vocabulary = self.accelerator.unwrap_model(model).get_input_embeddings().weight.size(0)
+        ids = torch.randint(0, vocabulary, (4, 12), generator=generator)
+        ids[2:, :6] = ids[:2, :6]  # rows 0/2 and 1/3 are pairs with the same 6-token prompt
+        attention = torch.ones_like(ids)
+        attention[1, 10:] = attention[2, 9:] = 0  # answers of different lengths: padding inside the batch
+        completion = attention.clone()
+        completion[:, :6] = 0
+        device = self.accelerator.device
+        batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+        batch["completion_mask"] = completion.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            with self.accelerator.autocast():
+                shared = self._sequence_logps(model, batch, noise=False)[1]
+                self.share_prompt = False
+                ordinary = self._sequence_logps(model, batch, noise=False)[1]
+        except Exception as exc:  # noqa: BLE001 - any failure of the shared layout means: use the ordinary one
+            return f"the model rejects the shared layout: {type(exc).__name__}: {str(exc)[:120]}"
+        finally:
+            model.train(was_training)
+        exact = ordinary.dtype == torch.float32 and not self.args.bf16 and not self.args.fp16
+        tolerance = 1e-4 if exact else 5e-2
+        difference = (shared.float() - ordinary.float()).abs().max().item()
+        if not difference <= tolerance * max(1.0, ordinary.abs().max().item()):
+            return f"log-probs differ from the two-sequence forward by {difference:.2g} on a test batch"
+        return None
+
+    def _packed_layout(self, inputs: dict) -> PackedPairs | None:
+        """The shared-prompt layout of a batch, or None: off, a batch it would not be exact for, or one it would make
+        dearer (long answers after a short prompt: saving the prompt costs less than the longer rows' attention)."""
+        if not self.share_prompt or set(inputs) - {"input_ids", "attention_mask", *_NON_MODEL_KEYS}:
+            return None
+        layout = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], pad_token_id=0)
+        if layout is not None and not self._sharing_pays(inputs["input_ids"].shape, layout.input_ids.shape):
+            layout = None
+        self.layouts_used["two_sequences" if layout is None else "shared"] += 1
+        return layout
+
+    def _sharing_pays(self, ordinary: torch.Size, shared: torch.Size) -> bool:
+        """Multiply-adds of the transformer blocks, per layer, in each layout (padding included): the linear layers
+        per token, plus attention per (query, key) pair, half of them under the ordinary layout's causal kernel, all
+        of them under the shared layout's block mask."""
+        config = self.accelerator.unwrap_model(self.model).config.get_text_config()
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+        linear = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+        attention = 2 * heads * head_dim
+        rows, length = ordinary
+        pairs, width = shared
+        cost_ordinary = rows * length * linear + rows * length * length / 2 * attention
+        cost_shared = pairs * width * linear + pairs * width * width * attention
+        return cost_shared < cost_ordinary
+
+    def _ordinary_kwargs(self, inputs: dict) -> dict:
+        """Model inputs of the two-sequence layout; no padding mask where the rows are right-padded (see above)."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        model_kwargs["use_cache"] = False
+        mask = model_kwargs.get("attention_mask")
+        if self._causal_needs_no_mask and mask is not None and not bool((mask[:, 1:] > mask[:, :-1]).any()):
+            model_kwargs["attention_mask"] = None
+        return model_kwargs
+
+    def _packed_kwargs(self, model, layout: PackedPairs) -> dict:
+        unwrapped = self.accelerator.unwrap_model(model)
+        implementation = unwrapped.config.get_text_config()._attn_implementation
+        dtype = unwrapped.get_input_embeddings().weight.dtype
+        return {
+            "input_ids": layout.input_ids,
+            "attention_mask": layout.attention_mask(implementation, dtype),
+            "position_ids": layout.position_ids,
+            "use_cache": False,
+        }
+
+    def _full_logits(self, model, inputs: dict) -> torch.Tensor:
+        """(2B, T - 1, vocabulary) next-token logits in the ordinary layout (the prompt shared where possible)."""
+        layout = self._packed_layout(inputs)
+        seq_len = inputs["input_ids"].size(1) - 1
+        if layout is None:
+            return model(**self._ordinary_kwargs(inputs)).logits[:, -seq_len - 1 : -1]
+        return layout.unpack_rows(model(**self._packed_kwargs(model, layout)).logits)
 
     def _reduce(self, per_token_logps: torch.Tensor, shift_mask: torch.Tensor) -> torch.Tensor:
         """Sum over the completion; with LD-DPO (ld_alpha) the tokens past the shorter answer are down-weighted."""
@@ -132,10 +298,77 @@ class Trainer(DPOTrainer):
         return shared_part + self.ld_alpha * tail_part
 
     def _reference_logps(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's (chosen, rejected) log-probs of a batch: precomputed ones from the batch, else from the
+        cache of pairs computed before, else a reference forward of the pairs not cached (then cached, where the cache
+        applies: held-out pairs always, training pairs with training.precompute_ref_log_probs)."""
         if "ref_chosen_logps" in inputs:
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        # TRL's helper: no grad, adapter disabled under PEFT (or the separate reference model).
+        mode = "train" if self.model.training else "eval"
+        caching = not self.args.sync_ref_model and (mode == "eval" or self.precompute_ref_logps)
+        if not caching:
+            return self._ref_forward(inputs)
+        keys = _pair_keys(inputs)
+        missing = [i for i, key in enumerate(keys) if key not in self._ref_cache]
+        if missing:
+            chosen, rejected = self._ref_forward(_select_pairs(inputs, missing))
+            for i, c, r in zip(missing, chosen.tolist(), rejected.tolist(), strict=True):
+                self._ref_cache[keys[i]] = (c, r)
+        device, dtype = inputs["input_ids"].device, torch.float32
+        values = torch.tensor([self._ref_cache[key] for key in keys], device=device, dtype=dtype)
+        return values[:, 0], values[:, 1]
+
+    def _ref_forward(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # TRL's helper (overridden below): no grad, adapter disabled under PEFT, or the separate reference model
         return self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, inputs)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """TRL's reference forward (used by its precompute too), through our `_sequence_logps`: the prompt shared."""
+        adapter_context = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = "ref" if "ref" in unwrapped.peft_config else None
+            adapter_context = use_adapter(unwrapped, adapter_name=adapter)
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter_context,
+            self.accelerator.autocast(),
+        ):
+            _, logps, _ = self._sequence_logps(model, inputs, noise=False)
+        return logps.chunk(2)
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """TRL computes every pair's reference log-probs before training. Where the reference stays available (LoRA:
+        the adapter disabled; or a reference copy) that saves nothing over computing each pair's the first time it is
+        seen and keeping them (`_reference_logps`), which also skips pairs never reached; only full fine-tuning, whose
+        reference copy the precompute lets go, computes them up front. A reference-free loss plan computes none (see
+        `_no_reference_copy`)."""
+        if not self.loss_plan.needs_reference or is_peft_model(self.model) or self.ref_model is not None:
+            return dataset
+        self._decide_prompt_sharing()  # TRL's __init__ runs this pass before ours goes on: the shared layout for it too
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    def _policy_is_reference(self) -> bool:
+        """True where the policy is known to equal the reference exactly: before the first optimizer step, with every
+        LoRA B matrix zero (the adapter adds exactly 0), or a reference copy with the policy's weights. Evaluation
+        only (no dropout, no NEFTune)."""
+        if self.state.global_step > 0 or self.args.sync_ref_model or self.model.training:
+            return False
+        if self._policy_is_ref_at_start is None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if self.ref_model is None and is_peft_model(unwrapped):
+                names = [n for n, p in unwrapped.named_parameters() if p.requires_grad]
+                lora_b = [p for n, p in unwrapped.named_parameters() if "lora_B" in n or "lora_embedding_B" in n]
+                only_lora = all("lora_A" in n or "lora_B" in n or "lora_embedding" in n for n in names)
+                same = only_lora and bool(lora_b) and all(not p.any() for p in lora_b)
+            elif self.ref_model is not None:
+                reference = self.accelerator.unwrap_model(self.ref_model).state_dict()
+                policy = unwrapped.state_dict()
+                same = reference.keys() == policy.keys() and all(torch.equal(policy[k], reference[k]) for k in policy)
+            else:
+                same = False  # full fine-tuning with precomputed reference log-probs: they come with the batch
+            self._policy_is_ref_at_start = same
+        return self._policy_is_ref_at_start
 
     def _reference(self):
         """The reference: (model, a context to run it in): the adapter disabled under PEFT, else TRL's ref_model."""
@@ -152,50 +385,121 @@ class Trainer(DPOTrainer):
         Returns what `_sequence_logps` returns (per-token and per-sequence completion log-probs, and the fields
         TRL's fused LM head computes: entropy, mean logit, top-1, log sum p^2), computed from full logits, plus
         the exact KL(pi || pi_ref) summed over each completion's tokens (teacher-forced on the held-out answers;
-        in nats per sequence). Costs one reference forward per held-out batch when reference log-probs are
-        precomputed, none otherwise (it replaces the reference forward that computes them).
+        in nats per sequence) and the reference's log-probs. Runs on the held-out KL subsample only (see
+        `_eval_forward`), the prompt shared where possible.
         """
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        model_kwargs["use_cache"] = False
         shift_mask = inputs["completion_mask"][..., 1:].bool()
         labels = inputs["input_ids"][..., 1:]
         reference, reference_context = self._reference()
-        if self.aux_loss_enabled:  # MoE: the router's load-balancing loss, as the fused forward computes it
-            model_kwargs["output_router_logits"] = True
         vocabulary = self.accelerator.unwrap_model(model).get_output_embeddings().weight.size(0)
         rows_per_forward = max(1, min(_KL_ROWS, _KL_ELEMENTS // (labels.size(1) * vocabulary)))
-        parts, aux_losses = [], []
-        for rows in torch.arange(labels.size(0), device=labels.device).split(rows_per_forward):
-            chunk = {k: v[rows] if torch.is_tensor(v) else v for k, v in model_kwargs.items()}
+        pairs = labels.size(0) // 2
+        parts = []
+        for chunk in torch.arange(pairs).split(max(1, rows_per_forward // 2)):
+            sub = _select_pairs(inputs, chunk.tolist())
+            rows = torch.cat([chunk, chunk + pairs]).to(labels.device)
             mask, targets = shift_mask[rows], labels[rows]
-            policy_out = model(**chunk)
-            policy = policy_out.logits[:, -mask.size(1) - 1 : -1].float()
-            if self.aux_loss_enabled:
-                aux_losses.append(policy_out.aux_loss * len(rows))
-            ref_kwargs = {k: v for k, v in chunk.items() if k != "output_router_logits"}
+            policy = self._full_logits(model, sub).float()
             with reference_context():
-                ref = reference(**ref_kwargs).logits[:, -mask.size(1) - 1 : -1].float()
-            parts.append(_token_fields(policy, ref, targets, mask))
-        fields = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+                ref = self._full_logits(reference, sub).float()
+            parts.append((rows, _token_fields_at(policy, ref, targets, mask)))
+        order = torch.cat([rows for rows, _ in parts]).argsort()
+        fields = {name: torch.cat([p[name] for _, p in parts])[order] for name in parts[0][1]}
         per_token_logps = fields.pop("log_probs")
         ref_logps = self._reduce(fields.pop("ref_log_probs"), shift_mask)
         kl = fields.pop("kl").sum(dim=1)
-        # row-weighted mean of the chunks' router losses: close to, not exactly, what one forward of the batch gives
-        aux_loss = sum(aux_losses) / labels.size(0) if aux_losses else None
-        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=aux_loss, **fields)
+        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=None, **fields)
         return per_token_logps, self._reduce(per_token_logps, shift_mask), outputs, (ref_logps, kl)
+
+    def _eval_forward(self, model, inputs: dict):
+        """One evaluation batch: (per-token log-probs, per-sequence log-probs, fused-head fields, reference
+        (chosen, rejected) log-probs, or None for a reference-free plan); the KL of the subsample's pairs goes to `_kl_values` (see `_log_heldout_kl`).
+
+        Cheap by design (docs/speed.md): the policy's fused forward for every pair; the reference's log-probs from
+        the cache (computed once per held-out pair, and at step 0 taken from the policy, which is known to equal
+        the reference); full-vocabulary KL on the fixed subsample `_kl_keys` only (policy and reference forwards
+        with full logits, which replace the fused forward for those pairs)."""
+        if not self.loss_plan.needs_reference:  # a reference-free plan: no reference forward, no KL (no reference)
+            return (*self._sequence_logps(model, inputs), None)
+        keys = _pair_keys(inputs)
+        identical = self._policy_is_reference()
+        kl_pairs = []
+        if self.heldout_kl:
+            kl_pairs = [i for i, key in enumerate(keys) if self._kl_keys is None or key in self._kl_keys]
+        if identical or not kl_pairs:
+            per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
+            if identical:  # the reference's log-probs are the policy's: cache them, no reference forward
+                for key, c, r in zip(keys, *[x.tolist() for x in logps.chunk(2)], strict=True):
+                    self._ref_cache.setdefault(key, (c, r))
+            ref_chosen, ref_rejected = self._reference_logps(inputs)
+            for i in kl_pairs:  # identical models: KL 0 exactly
+                self._kl_values[keys[i]] = (0.0, 0.0)
+            return per_token_logps, logps, outputs, (ref_chosen, ref_rejected)
+        pairs = len(keys)
+        rest = [i for i in range(pairs) if i not in set(kl_pairs)]
+        parts = [(kl_pairs, self._heldout_kl_pass(model, _select_pairs(inputs, kl_pairs)))]
+        ref_kl = parts[0][1][3][0]
+        for key, c, r in zip([keys[i] for i in kl_pairs], *[x.tolist() for x in ref_kl.chunk(2)], strict=True):
+            self._ref_cache.setdefault(key, (c, r))
+        if rest:
+            parts.append((rest, self._sequence_logps(model, _select_pairs(inputs, rest))))
+        order = torch.tensor([i for chosen_rows, _ in parts for i in chosen_rows]).argsort()
+        rows = torch.cat([order, order + pairs]).to(inputs["input_ids"].device)
+
+        def merged(values: list):
+            if any(v is None for v in values):
+                return None
+            # each part is [chosen rows; rejected rows]: regroup into [all chosen; all rejected], then reorder
+            halves = [v.chunk(2) for v in values]
+            chosen = torch.cat([h[0] for h in halves])
+            rejected = torch.cat([h[1] for h in halves])
+            return torch.cat([chosen, rejected])[rows]
+
+        per_token_logps = merged([p[0] for _, p in parts])
+        logps = merged([p[1] for _, p in parts])
+        fields = {f: merged([getattr(p[2], f, None) for _, p in parts]) for f in _FUSED_FIELDS if f != "log_probs"}
+        outputs = SimpleNamespace(log_probs=per_token_logps, aux_loss=None, **fields)
+        ref_chosen, ref_rejected = self._reference_logps(inputs)  # all cached by now
+        kl_chosen, kl_rejected = parts[0][1][3][1].chunk(2)
+        for i, c, r in zip(kl_pairs, kl_chosen.tolist(), kl_rejected.tolist(), strict=True):
+            self._kl_values[keys[i]] = (c, r)
+        return per_token_logps, logps, outputs, (ref_chosen, ref_rejected)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """TRL's evaluate; first fixes the held-out KL subsample: the first `heldout_kl_pairs` pairs of each held-out
+        set (by content, so it is the same whatever the batch size and the number of processes)."""
+        if self.heldout_kl and (eval_dataset is not None or self._kl_keys is None):
+            self._kl_keys = self._kl_subsample(self.eval_dataset if eval_dataset is None else eval_dataset)
+        self._evaluating = True  # log() adds eval_kl from this evaluation's subsample
+        try:
+            return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self._evaluating = False
+            if eval_dataset is not None:
+                self._kl_keys = None  # the run's own held-out set gets its subsample back next time
+
+    def _kl_subsample(self, datasets) -> set[bytes] | None:
+        """Keys of the first `heldout_kl_pairs` pairs of each held-out set; None (every pair) when that is all of them
+        or a set is not tokenized yet (TRL tokenizes a dataset passed to evaluate)."""
+        if self.heldout_kl_pairs is None:
+            return None
+        keys: set[bytes] = set()
+        for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
+            if isinstance(dataset, str) or "prompt_ids" not in getattr(dataset, "column_names", []):
+                return None
+            count = min(self.heldout_kl_pairs, len(dataset))
+            if count:
+                keys.update(_pair_keys(self.data_collator([dataset[i] for i in range(count)])))
+        return keys
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        kl = None
-        if mode == "eval" and self.heldout_kl:
-            per_token_logps, logps, outputs, (ref_logps, kl) = self._heldout_kl_pass(model, inputs)
-            # The reference log-probs of this pass replace precomputed ones (equal up to float rounding): computed
-            # the same way as the policy's, they tie exactly where policy = reference (step 0 under LoRA).
-            ref_chosen, ref_rejected = ref_logps.chunk(2)
-            inputs = {**inputs, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+        if mode == "eval":
+            per_token_logps, logps, outputs, reference = self._eval_forward(model, inputs)
         else:
             per_token_logps, logps, outputs = self._sequence_logps(model, inputs)
+            # a reference-free plan runs no reference forward at all
+            reference = self._reference_logps(inputs) if self.loss_plan.needs_reference else None
         chosen_logps, rejected_logps = logps.chunk(2)
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).chunk(2)
         chosen_scored_tokens, _ = inputs["completion_mask"][..., 1:].sum(dim=1).chunk(2)
@@ -209,8 +513,8 @@ class Trainer(DPOTrainer):
         }
         if SCORE_GAP in inputs:
             tensors["score_gaps"] = inputs[SCORE_GAP].to(logps.dtype)
-        if self.loss_plan.needs_reference:  # a reference-free plan runs no reference forward at all
-            tensors.update(_reference_tensors(*self._reference_logps(inputs), tensors, self.loss_plan.link()))
+        if reference is not None:
+            tensors.update(_reference_tensors(*reference, tensors, self.loss_plan.link()))
         beta, keep = self._beta_for_step(), None
         if self.beta_controller.adaptive and mode == "train":
             beta, keep = self.beta_controller.adapt(tensors["chosen_logratios"] - tensors["rejected_logratios"])
@@ -227,8 +531,6 @@ class Trainer(DPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
-        if kl is not None:
-            self._mean(mode, "kl", kl)
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**{k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS})
@@ -250,6 +552,8 @@ class Trainer(DPOTrainer):
         """TRL's log, plus the train-minus-held-out gaps at each evaluation (train values averaged since the
         previous evaluation)."""
         # TRL's batch metrics wait in self._metrics until super().log; transformers' own (loss) are already in logs.
+        if self._evaluating and self.heldout_kl:
+            self._log_heldout_kl()
         if not self.model.training and self._eval_pairs:  # each per-pair metric's standard error over held-out pairs
             for name, values in self._eval_pairs.items():
                 self._metrics["eval"][STANDARD_ERROR_PREFIX + name] = [standard_error(values)]
@@ -292,6 +596,20 @@ class Trainer(DPOTrainer):
             metric = metric if metric.startswith(HELD_OUT_PREFIX) else HELD_OUT_PREFIX + metric  # as transformers does
             self.lr_scheduler.step(metrics[metric], error=logged_error(metrics, metric))
         return metrics
+
+    def _log_heldout_kl(self) -> None:
+        """eval_kl and eval_kl_stderr from this evaluation's subsample: every process's pairs, each pair once (the
+        last batch of a multi-process evaluation repeats pairs to even out the processes)."""
+        from accelerate.utils import gather_object
+
+        merged = dict(gather_object(list(self._kl_values.items())))
+        self._kl_values.clear()
+        values = torch.tensor([v for pair in merged.values() for v in pair], dtype=torch.float64)
+        if len(values) == 0:
+            return
+        self._metrics["eval"]["kl"] = [values.mean().item()]
+        stderr = values.std().item() / len(values) ** 0.5 if len(values) > 1 else 0.0
+        self._metrics["eval"]["kl_stderr"] = [stderr]
 
     def evaluate_untrained(self) -> dict[str, float]:
         """The step-0 evaluation before train(), leaving the model ready for train() to wrap in DDP.
@@ -507,6 +825,18 @@ def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor
     return {name: value.masked_fill(~mask, 0) for name, value in fields.items()}
 
 
+def _token_fields_at(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> dict:
+    """`_token_fields`, with the vocabulary-sized work done at the answers' positions only (a chat batch is mostly
+    prompt and padding); zero elsewhere, as there."""
+    scored = torch.ones((1, int(mask.sum())), dtype=torch.bool, device=mask.device)
+    picked = _token_fields(policy[mask].unsqueeze(0), ref[mask].unsqueeze(0), targets[mask].unsqueeze(0), scored)
+    fields = {}
+    for name, values in picked.items():
+        fields[name] = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+        fields[name][mask] = values[0]
+    return fields
+
+
 def _logged(batch_metrics: dict, logs: dict, name: str, batch_name: str | None = None) -> list[float]:
     """The values of a metric about to be logged: TRL's per-batch values (under `batch_name`, the name without the
     eval_ prefix), or transformers' single value in `logs`."""
@@ -518,3 +848,44 @@ def _logged(batch_metrics: dict, logs: dict, name: str, batch_name: str | None =
 
 def _average(values: list[float]) -> float:
     return sum(values) / len(values)
+
+
+@contextlib.contextmanager
+def _score_completions_only():
+    """TRL's fused LM head projects only the scored (completion) positions through the vocabulary on Triton devices,
+    and every position elsewhere, to keep tile shapes fixed for compilers such as Neuron's. On CPU nothing compiles
+    them, and scoring only the completion positions gives the same values for less work (the prompt and padding
+    positions are a large share of a chat batch). TRL 1.16's switch for that is `trl.trainer.utils._use_triton`."""
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def _pair_keys(inputs: dict) -> list[bytes]:
+    """A key per pair of a collated batch: its chosen and rejected tokens and completion masks, padding excluded.
+    Identifies a pair by content (the same in every batch, on every process) for the reference cache."""
+    pairs = inputs["input_ids"].size(0) // 2
+    ids, attention, completion = (inputs[k].cpu() for k in ("input_ids", "attention_mask", "completion_mask"))
+    lengths = attention.sum(dim=1).tolist()
+    keys = []
+    for i in range(pairs):
+        parts = []
+        for row in (i, pairs + i):
+            n = lengths[row]
+            parts.append(torch.cat([ids[row, :n], completion[row, :n], torch.tensor([-1])]).numpy().tobytes())
+        keys.append(hashlib.blake2b(b"".join(parts), digest_size=16).digest())
+    return keys
+
+
+def _select_pairs(inputs: dict, pairs: list[int]) -> dict:
+    """The sub-batch of the given pairs: their chosen and rejected rows (2B-row tensors), their entries of per-pair
+    tensors (B rows: precomputed reference log-probs)."""
+    total = inputs["input_ids"].size(0) // 2
+    index = torch.tensor(pairs, dtype=torch.long, device=inputs["input_ids"].device)
+    rows = torch.cat([index, index + total])
+    return {k: v[rows] if v.size(0) == 2 * total else v[index] for k, v in inputs.items()}

@@ -11,7 +11,7 @@ import torch
 from dpo.errors import UserError
 from dpo.training.execute import execute
 from dpo.training.gate import check
-from dpo.training.trainer import _token_fields
+from dpo.training.trainer import _token_fields, _token_fields_at
 from tests.conftest import read_jsonl
 
 
@@ -35,6 +35,17 @@ def test_token_fields_hand_worked():
     assert fields["is_top1"][0].tolist() == [False, True]  # a tie is not a top-1 hit for token 1; 0 wins at step 2
     masked = _token_fields(policy, ref, targets, torch.tensor([[False, True]]))
     assert masked["kl"][0, 0] == 0 and masked["log_probs"][0, 0] == 0
+
+
+def test_token_fields_at_the_answers_only_equal_the_full_computation():
+    generator = torch.Generator().manual_seed(0)
+    policy, ref = torch.randn(2, 2, 3, 5, generator=generator)
+    targets = torch.randint(0, 5, (2, 3), generator=generator)
+    mask = torch.tensor([[False, True, True], [True, False, False]])
+    full, at = _token_fields(policy, ref, targets, mask), _token_fields_at(policy, ref, targets, mask)
+    assert full.keys() == at.keys()
+    for name in full:
+        assert torch.allclose(full[name].float(), at[name].float(), atol=1e-6), name
 
 
 def _direct_kl(trainer) -> float:
