@@ -413,7 +413,8 @@ class Trainer(DPOTrainer):
 
     def _eval_forward(self, model, inputs: dict):
         """One evaluation batch: (per-token log-probs, per-sequence log-probs, fused-head fields, reference
-        (chosen, rejected) log-probs, or None for a reference-free plan); the KL of the subsample's pairs goes to `_kl_values` (see `_log_heldout_kl`).
+        (chosen, rejected) log-probs, or None for a reference-free plan); the KL of the subsample's pairs goes to
+        `_kl_values` (see `_log_heldout_kl`).
 
         Cheap by design (docs/speed.md): the policy's fused forward for every pair; the reference's log-probs from
         the cache (computed once per held-out pair, and at step 0 taken from the policy, which is known to equal
