@@ -99,9 +99,11 @@ def plan(source: str, options=None, given=()):
     from dpo.training.loss_plan import loss_plan
 
     loaded = load_recipe(recipe_file)
-    loss_plan(loaded)  # the recipe is checked whole, as `dpo validate` checks it, less its data and tokenizer
+    losses = loss_plan(loaded)  # the recipe is checked whole, as `dpo validate` checks it, less data and tokenizer
     args = build_dpo_config(loaded, default_output_dir(loaded.recipe))  # its defaults: TRL's, as the run gets them
-    from_recipe = options_for_recipe(loaded.recipe, args, cuda=options.device == "cuda")
+    from_recipe = options_for_recipe(
+        loaded.recipe, args, cuda=options.device == "cuda", reference_free=not losses.needs_reference
+    )
     chosen = dataclasses.replace(from_recipe, **{name: getattr(options, name) for name in given})
     planned = build_plan(loaded.recipe.model.name_or_path, chosen)
     planned.recipe = str(source)

@@ -336,6 +336,68 @@ def eval_(
     write_report_or_warn(run_dir)  # the dashboard shows eval.json
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
+    output: Annotated[Path, typer.Option(help="Folder to write (must not exist, or be empty).")],
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Merge the LoRA adapter into the base model (loads without peft).")
+    ] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Also upload the folder to this hub repository (OWNER/NAME).")
+    ] = None,
+):
+    """Export a run's weights: the adapter or a merged model, the tokenizer and a filled model card (README.md)."""
+    try:
+        result = api.export(run_dir, output, merge=merge, push_to_hub=push_to_hub)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {result['output']} ({result['weights']})")
+    if result["pushed_to"]:
+        typer.echo(f"pushed to {result['pushed_to']}")
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
+    prompt: Annotated[str | None, typer.Option(help="One prompt.")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSONL with a `prompt` per row (text or chat messages).")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Only the first N prompts of --file.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample (temperature 1) instead of greedy.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of --sample.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the answers as JSON.")] = False,
+):
+    """The trained model's answers next to the reference's (the model before DPO), with the data's chat template."""
+    import json
+
+    from dpo.serve.generate import GenerateOptions
+
+    options = GenerateOptions(max_new_tokens=max_new_tokens, sample=sample, seed=seed)
+    try:
+        rows = api.generate(run_dir, prompt=prompt, file=file, n=n, options=options)
+    except UserError as exc:
+        _fail(exc)
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for row in rows:
+        typer.echo(f"prompt:    {row['prompt']}\ntrained:   {row['trained']}\nreference: {row['reference']}\n")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.", readable=False)],
+    output: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("compare.html"),
+):
+    """One self-contained HTML page: the runs' held-out curves overlaid and a table of their summaries."""
+    try:
+        written = api.compare(run_dirs, output)
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {written}")
+
+
 @app.command("convert-trl")
 def convert_trl(
     config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.")],

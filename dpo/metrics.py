@@ -42,6 +42,7 @@ class Metric:
     gap_of: str | None = None  # a gap: how much better the train metric `gap_of` is than its held-out value
     per_pair: bool = False  # a mean over held-out pairs: its standard error is logged as eval_se/<name> (dpo/noise.py)
     chance: float | None = None  # its value for a policy that guesses (an accuracy: 0.5); see dpo/noise.py
+    needs_reference: bool = False  # logged only when the loss plan has a reference model (not for simpo, orpo)
 
     @property
     def held_out_name(self) -> str:
@@ -133,6 +134,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_LOGRATIOS_CHART,
         series="chosen",
         per_pair=True,
+        needs_reference=True,
     ),
     Metric(
         "logratios/rejected",
@@ -141,6 +143,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_LOGRATIOS_CHART,
         series="rejected",
         per_pair=True,
+        needs_reference=True,
     ),
     Metric(
         "kl",
@@ -149,13 +152,7 @@ METRICS: tuple[Metric, ...] = (
         logged=HELD_OUT,
         chart="KL(policy || reference) on held-out answers, nats per answer",
         per_pair=True,
-    ),
-    Metric(
-        "kl_stderr",
-        "standard error of eval_kl over the answers of its subsample (logging.heldout_kl_pairs)",
-        None,
-        logged=HELD_OUT,
-        watchable=False,
+        needs_reference=True,
     ),
     # Positive gap = the model does better on what it trained on than on held-out data; train values are averaged
     # over the steps since the previous evaluation.

@@ -42,7 +42,6 @@ HELD_OUT_DIRECTIONS = {
     "eval_samples_per_second": None,
     "eval_steps_per_second": None,
     "eval_model_preparation_time": None,
-    "eval_kl_stderr": None,
 }
 # settings, counters and timings: logged held-out, but nothing early stopping or a sweep would watch
 NOT_WATCHABLE = {
@@ -52,7 +51,6 @@ NOT_WATCHABLE = {
     "eval_samples_per_second",
     "eval_steps_per_second",
     "eval_model_preparation_time",
-    "eval_kl_stderr",
 }
 
 

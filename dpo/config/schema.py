@@ -326,8 +326,9 @@ class LoggingSection(Section):
     heldout_kl_pairs: int | None = Field(
         16,
         gt=0,
-        description="eval_kl is computed on the first N held-out pairs (a fixed subsample, with eval_kl_stderr): its "
-        "full-vocabulary policy and reference forwards cost about N / held-out pairs of an evaluation. null: all.",
+        description="eval_kl is computed on the first N held-out pairs (a fixed subsample, with its standard error "
+        "eval_se/kl): its full-vocabulary policy and reference forwards cost about N / held-out pairs of an "
+        "evaluation. null: all.",
     )
 
 

@@ -174,18 +174,25 @@ def audit_pairs(model, tokenizer, pairs: list[dict], origins, seed: int, progres
     return AuditResult(pairs, origins, mixture, seconds, choice)
 
 
+def check_auditable(loaded, pairs: list[dict]) -> None:
+    """The audit's own requirement of the data, checked by the gate (dpo/training/gate.py) before anything is
+    written, and again here for `dpo data audit`."""
+    from dpo.errors import UserError
+
+    if len(pairs) < MIN_PAIRS:
+        raise UserError(
+            f"the audit needs at least {MIN_PAIRS} training pairs ({FOLDS} folds), the data have {len(pairs)}",
+            where=loaded.where("data.train"),
+        )
+
+
 def audit_checked(checked, progress: bool = True) -> AuditResult:
     """Audit a checked recipe's training pairs with its model (loaded here, frozen, freed after)."""
-    from dpo.errors import UserError
     from dpo.models import load_model, load_tokenizer
 
     recipe = checked.recipe
     pairs = checked.data.train
-    if len(pairs) < MIN_PAIRS:
-        raise UserError(
-            f"the audit needs at least {MIN_PAIRS} training pairs ({FOLDS} folds), the data have {len(pairs)}",
-            where=checked.loaded.where("data.train"),
-        )
+    check_auditable(checked.loaded, pairs)
     torch.manual_seed(recipe.seed)
     model = load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)

@@ -40,8 +40,6 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
     """The checked recipe with the audit applied: its training pairs after `data.audit.suspects`, its loss plan
     with `auto` resolved, and the audit in its data card. Writes RUN_DIR/audit.json (when `write`)."""
     result = audit_checked(checked, progress)
-    if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
-        print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     section = checked.recipe.data.audit
     action = section.suspects if section is not None else "keep"
     p = result.p_flipped
@@ -59,6 +57,8 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
         from dpo.errors import UserError
 
         raise UserError("drops every training pair", where=checked.loaded.where("data.audit"))
+    if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
+        print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     expected = sum(p_after) / len(pairs)
     card = {
         **result.card(),
@@ -77,9 +77,11 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
         if value == AUTO:
             hyperparameters[key] = min(expected, EPSILON_CAP)
             card.setdefault("auto", {})[f"loss.{key}"] = round(hyperparameters[key], 4)
+    # content_hash stays the hash of the data as read, which is what --resume compares (a change the user made);
+    # the pairs trained on after the drop or flip have their own
+    card["content_hash_after"] = content_hash(pairs)
     data_card = {**checked.data.card, "audit": card}
     data_card["split"] = {**data_card["split"], "train_pairs": len(pairs)}
-    data_card["content_hash"] = {**data_card["content_hash"], "train": content_hash(pairs)}
     data = PreparedData(pairs, checked.data.eval, data_card)
     plan = dataclasses.replace(checked.loss_plan, hyperparameters=hyperparameters)
     return dataclasses.replace(checked, data=data, loss_plan=plan)

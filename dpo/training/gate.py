@@ -99,6 +99,8 @@ def check(
             _check_early_stopping(loaded, dpo_config, extra_metrics)
         if plan is not None:
             with problems.collect():
+                _check_reference_metrics(loaded, plan, dpo_config)
+            with problems.collect():
                 check_autopilot(loaded, plan, dpo_config)
     with problems.collect():
         _check_model(loaded)
@@ -112,7 +114,14 @@ def check(
         max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
     )
     _check_score_gaps(loaded, plan, data)
-    return CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
+    checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
+    from dpo.training.audit_use import needs_audit
+
+    if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
+        from dpo.training.audit import check_auditable
+
+        check_auditable(loaded, data.train)
+    return checked
 
 
 def _check_score_gaps(loaded: LoadedRecipe, plan, data: PreparedData) -> None:
@@ -178,6 +187,28 @@ def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
             "needs a reference model at evaluation, which full fine-tuning (peft: null) with "
             "training.precompute_ref_log_probs: true does not keep; set one of them otherwise, or heldout_kl: false",
             where=loaded.where("logging.heldout_kl"),
+        )
+
+
+def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
+    """A reference-free loss plan logs no metric that needs a reference (the metric table's `needs_reference`), and
+    no held-out KL: watching one, or sizing the KL's subsample, would be a knob that does nothing."""
+    from dpo.metrics import lookup
+
+    if plan.needs_reference:
+        return
+    losses = [name for name, _ in plan.terms]
+    metric = lookup(loaded.recipe.early_stopping.metric)
+    if metric is not None and metric.needs_reference:
+        raise UserError(
+            f"{loaded.recipe.early_stopping.metric} is not logged: loss.type {losses} uses no reference model",
+            where=loaded.where("early_stopping.metric"),
+        )
+    logging = loaded.recipe.logging
+    if logging.heldout_kl_pairs != type(logging).model_fields["heldout_kl_pairs"].default:
+        raise UserError(
+            f"has no effect: loss.type {losses} uses no reference model, so there is no held-out KL",
+            where=loaded.where("logging.heldout_kl_pairs"),
         )
 
 

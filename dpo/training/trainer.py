@@ -599,18 +599,18 @@ class Trainer(DPOTrainer):
         return metrics
 
     def _log_heldout_kl(self) -> None:
-        """eval_kl and eval_kl_stderr from this evaluation's subsample: every process's pairs, each pair once (the
-        last batch of a multi-process evaluation repeats pairs to even out the processes)."""
+        """eval_kl and its standard error (eval_se/kl, over pairs, as every per-pair metric's: dpo/noise.py) from this
+        evaluation's subsample: every process's pairs, each pair once (the last batch of a multi-process evaluation
+        repeats pairs to even out the processes)."""
         from accelerate.utils import gather_object
 
         merged = dict(gather_object(list(self._kl_values.items())))
         self._kl_values.clear()
-        values = torch.tensor([v for pair in merged.values() for v in pair], dtype=torch.float64)
-        if len(values) == 0:
+        per_pair = [(chosen + rejected) / 2 for chosen, rejected in merged.values()]  # the pair is the unit
+        if not per_pair:
             return
-        self._metrics["eval"]["kl"] = [values.mean().item()]
-        stderr = values.std().item() / len(values) ** 0.5 if len(values) > 1 else 0.0
-        self._metrics["eval"]["kl_stderr"] = [stderr]
+        self._metrics["eval"]["kl"] = [sum(per_pair) / len(per_pair)]  # = the mean over answers
+        self._metrics["eval"][STANDARD_ERROR_PREFIX + "kl"] = [standard_error(per_pair)]
 
     def evaluate_untrained(self) -> dict[str, float]:
         """The step-0 evaluation before train(), leaving the model ready for train() to wrap in DDP.

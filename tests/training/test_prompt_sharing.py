@@ -199,7 +199,7 @@ def test_reference_log_probs_only_where_needed(tmp_path, tiny_model_dir):
     kl_calls.clear()
     last = trainer.evaluate()
     assert calls == [] and sum(kl_calls) == 3  # held-out reference log-probs cached; KL on its 3 pairs only
-    assert last["eval_kl"] > 0 and "eval_kl_stderr" in last
+    assert last["eval_kl"] > 0 and "eval_se/kl" in last
     assert trainer._kl_keys is not None and len(trainer._kl_keys) == 3
 
 
