@@ -35,7 +35,7 @@ from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
 from dpo.training.beta import BetaController
-from dpo.training.losses import LossPlan, compute_loss
+from dpo.training.losses import LOSSES, LossPlan, compute_loss
 from dpo.training.packing import SUPPORTED_ATTENTION, PackedPairs, pack_pairs
 from dpo.training.plateau import NoiseAwarePlateau
 from dpo.training.secret_free import secret_free
@@ -527,7 +527,9 @@ class Trainer(DPOTrainer):
                 per_pair = per_pair * weights
             loss = loss + weight * (per_pair.mean() if keep is None else per_pair[keep].mean())
             pair_losses = pair_losses + weight * per_pair.detach()
-        if mode == "eval":  # the spread of the per-pair losses gives eval_loss its standard error
+        # the spread of the per-pair losses gives eval_loss its standard error; a batch-level loss (Dr. DPO) has no
+        # per-pair values, so no standard error (the noise rule then treats eval_loss as exact)
+        if mode == "eval" and all(LOSSES[name].per_pair for name, _ in self.loss_plan.terms):
             self._pair_values("loss", pair_losses)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
