@@ -85,8 +85,13 @@ def test_every_loss_gives_the_same_value_and_gradients(tmp_path, tiny_model_dir,
     trainer.model.train()
     shared, ordinary = _both_layouts(trainer, lambda: trainer._sequence_logps(trainer.model, batch)[1].detach())
     assert torch.allclose(shared, ordinary, atol=1e-4, rtol=0)
+    pairs = batch["input_ids"].size(0) // 2
     for name in LOSSES:
         trainer.loss_plan = LossPlan(terms=((name, 1.0),), hyperparameters=_HYPERPARAMETERS.get(name, {}))
+        # ODPO's score gap travels with the pair (a column the model never sees); other losses leave it alone
+        batch.pop("score_gap", None)
+        if LOSSES[name].needs_score_gaps:
+            batch["score_gap"] = torch.arange(1, pairs + 1, dtype=torch.float32)
 
         def loss_and_grads():
             loss = trainer.compute_loss(trainer.model, batch)
