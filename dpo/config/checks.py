@@ -36,6 +36,8 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
         and logging.heldout_kl_pairs != LoggingSection.model_fields["heldout_kl_pairs"].default
     ):
         no_ops.append(("logging.heldout_kl_pairs", "logging.heldout_kl is false"))
-    if "num_train_epochs" in recipe.training and (recipe.training.get("max_steps") or -1) > 0:
+    # max_steps of the wrong type is the DPOConfig check's error (reported with this one), not a comparison here
+    max_steps = recipe.training.get("max_steps")
+    if "num_train_epochs" in recipe.training and isinstance(max_steps, int) and max_steps > 0:
         no_ops.append(("training.num_train_epochs", "training.max_steps is set and wins"))
     raise_all([UserError(f"has no effect: {reason}", where=loaded.where(key)) for key, reason in no_ops])

@@ -29,12 +29,10 @@ from torch import Tensor
 from dpo.data.provenance import locate
 from dpo.data.rows import sequence_texts
 from dpo.rundir.atomic import atomic_write_json
-from dpo.training.flip_estimate import FlipMixture, cross_fitted_margins, fit_flip_mixture
+from dpo.training.flip_estimate import FOLDS, FlipMixture, check_auditable, cross_fitted_margins, fit_flip_mixture
 
 AUDIT_FILE = "audit.json"
 BATCH_SEQUENCES = 16  # sequences per forward: 8 pairs
-FOLDS = 5
-MIN_PAIRS = 2 * FOLDS  # every fold needs pairs to fit on and pairs to score
 SHOWN_SUSPECTS = 5
 
 
@@ -172,18 +170,6 @@ def audit_pairs(model, tokenizer, pairs: list[dict], origins, seed: int, progres
     mixture, choice = estimate_flips(features, seed)
     seconds = {"features": scored - started, "fit": time.perf_counter() - scored}
     return AuditResult(pairs, origins, mixture, seconds, choice)
-
-
-def check_auditable(loaded, pairs: list[dict]) -> None:
-    """The audit's own requirement of the data, checked by the gate (dpo/training/gate.py) before anything is
-    written, and again here for `dpo data audit`."""
-    from dpo.errors import UserError
-
-    if len(pairs) < MIN_PAIRS:
-        raise UserError(
-            f"the audit needs at least {MIN_PAIRS} training pairs ({FOLDS} folds), the data have {len(pairs)}",
-            where=loaded.where("data.train"),
-        )
 
 
 def audit_checked(checked, progress: bool = True) -> AuditResult:

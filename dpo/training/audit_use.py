@@ -21,10 +21,6 @@ from dpo.training.loss_plan import AUTO
 EPSILON_CAP = 0.45
 
 
-def needs_audit(checked) -> bool:
-    return checked.recipe.data.audit is not None or AUTO in checked.loss_plan.hyperparameters.values()
-
-
 def suspects(p_flipped: list[float], ranking: list[int], share: float | None, threshold: float | None) -> list[int]:
     """Indices of the suspect pairs: the most suspect `share` of them (rounded down), or those with p >= threshold."""
     if share is not None:

@@ -43,8 +43,8 @@ from dpo.rundir.files import (
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
-from dpo.training.audit_use import apply_audit, needs_audit
-from dpo.training.gate import CheckedRecipe, check
+from dpo.training.audit_use import apply_audit
+from dpo.training.gate import CheckedRecipe, check, needs_audit
 from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
 from dpo.training.samples import write_samples_or_warn
 from dpo.training.secret_free import use_secret_free_wandb

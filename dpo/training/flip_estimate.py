@@ -26,6 +26,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+FOLDS = 5
+MIN_PAIRS = 2 * FOLDS  # every fold needs pairs to fit on and pairs to score
+
+
+def check_auditable(loaded, pairs: list[dict]) -> None:
+    """The audit's own requirement of the data, checked by the gate (dpo/training/gate.py) before anything is
+    written, and again by the audit itself (`dpo data audit`)."""
+    from dpo.errors import UserError
+
+    if len(pairs) < MIN_PAIRS:
+        raise UserError(
+            f"the audit needs at least {MIN_PAIRS} training pairs ({FOLDS} folds), the data have {len(pairs)}",
+            where=loaded.where("data.train"),
+        )
+
+
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # per-pair L2 strengths tried by the inner cross-validation
 EM_ITERATIONS = 500
 EM_TOLERANCE = 1e-7  # EM stops when no parameter moves by more than this (relative to sigma)

@@ -115,13 +115,18 @@ def check(
     )
     _check_score_gaps(loaded, plan, data)
     checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
-    from dpo.training.audit_use import needs_audit
-
     if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
-        from dpo.training.audit import check_auditable
+        from dpo.training.flip_estimate import check_auditable
 
         check_auditable(loaded, data.train)
     return checked
+
+
+def needs_audit(checked: CheckedRecipe) -> bool:
+    """The run audits its labels first (dpo/training/audit_use.py): `data.audit`, or a loss key set to `auto`."""
+    from dpo.training.loss_plan import AUTO
+
+    return checked.recipe.data.audit is not None or AUTO in checked.loss_plan.hyperparameters.values()
 
 
 def _check_score_gaps(loaded: LoadedRecipe, plan, data: PreparedData) -> None:
