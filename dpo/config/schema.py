@@ -336,7 +336,7 @@ class Recipe(Section):
     """A fully resolved recipe (after inheritance and overrides)."""
 
     name: str = Field("run", description="Run name; the default output directory is runs/<name>.")
-    seed: int = Field(42, description="Seed for data split, adapter init and training.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for data split, adapter init and training.")
     model: ModelSection = Field(default_factory=ModelSection)
     peft: PeftSection | None = Field(default_factory=PeftSection, description="null = full fine-tuning.")
     data: DataSection
