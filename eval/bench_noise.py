@@ -76,11 +76,18 @@ METHODS: dict[str, Method] = {
     "neftune": Method("neftune.yaml", (NO_NLL,)),
     "f_divergence": Method("f-divergence.yaml", (NO_NLL,)),
     "beta_schedule": Method("beta-schedule.yaml", (NO_NLL,)),
+    # the newer losses (issue 16), each at its recipe's defaults; simpo and orpo need no reference
+    "cal_dpo": Method("cal-dpo.yaml"),
+    "dpo_shift": Method("dpo-shift.yaml"),
+    "chi_po": Method("chi-po.yaml"),
+    "dr_dpo": Method("dr-dpo.yaml"),
+    "simpo": Method("simpo.yaml"),
+    "orpo": Method("orpo.yaml"),
     "label_smoothing_auto": Method("plain.yaml", ("loss.label_smoothing=auto",), kind="audit"),
     "autopilot": Method("plain.yaml", ("autopilot.enabled=true",), kind="autopilot"),
 }
-DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo",
-                   "label_smoothing_auto", "autopilot")  # fmt: skip
+DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo", "cal_dpo",
+                   "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "label_smoothing_auto", "autopilot")  # fmt: skip
 
 BUDGET = (  # the same for every method, applied before the method's own keys (which win)
     "data.max_train_pairs=160",
@@ -142,24 +149,33 @@ def recipe_knows(overrides: list[str]) -> str | None:
 
 
 def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
-    """Per-pair test results of the run's final weights: the implicit reward's preference and the policy's own."""
+    """Per-pair test results of the run's final weights: the implicit reward's preference and the policy's own.
+
+    The implicit reward is the one the run's loss trains: beta * log-ratio difference where the loss has a
+    reference; for a reference-free loss (SimPO, ORPO), the length-normalised log-prob both of them use."""
     from dpo.analysis.evaluate import PolicyAndReference, load_tokenizer, pair_ids, sequence_logps
     from dpo.config.loading import load_recipe
+    from dpo.training.loss_plan import loss_plan
 
-    recipe = load_recipe(run_dir / "recipe.yaml").recipe
+    loaded = load_recipe(run_dir / "recipe.yaml")
+    has_reference = loss_plan(loaded).needs_reference
     pairs = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()][:limit]
     tokenizer = load_tokenizer(run_dir)
-    models = PolicyAndReference(run_dir, recipe)
+    models = PolicyAndReference(run_dir, loaded.recipe)
     tokenized = [pair_ids(tokenizer, p) for p in pairs]
     prompts = [t[0] for t in tokenized] * 2
     completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
     n, logps = len(pairs), {}
-    for which in ("policy", "reference"):
+    for which in ("policy", "reference") if has_reference else ("policy",):
         with models.use(which) as model:
             scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
         logps[which] = (scores[:n], scores[n:])
-    (pc, pr), (rc, rr) = logps["policy"], logps["reference"]
-    reward = [int((a - c) - (b - d) > 0) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
+    pc, pr = logps["policy"]
+    if has_reference:
+        rc, rr = logps["reference"]
+        reward = [int((a - c) - (b - d) > 0) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
+    else:
+        reward = [int(a / len(t[1]) > b / len(t[2])) for a, b, t in zip(pc, pr, tokenized, strict=True)]
     policy = [int(a > b) for a, b in zip(pc, pr, strict=True)]
     return {"pairs": n, "reward": "".join(map(str, reward)), "policy": "".join(map(str, policy))}
 
@@ -376,7 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     parser.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--results", type=Path, default=REPO / "eval" / "results")
+    parser.add_argument("--threads", type=int, help="torch threads (1 when two benchmark processes share the CPU)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-noise-"))
     base = list(BUDGET)
     if args.quick:

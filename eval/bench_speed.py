@@ -279,18 +279,25 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(*args.one, quick=args.quick)))
         return
-    runs = []
+    name = "speed_quick" if args.quick else "speed"
+    args.results.mkdir(parents=True, exist_ok=True)
+    # Resumable: each finished run is appended here and skipped when the script starts again (the long-answer runs
+    # take minutes each on 2 cores); the tables cover every run in the file.
+    runs_file = args.results / f"{name}.runs.jsonl"
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
     for i, (dataset, setting) in enumerate((d, s) for d in args.datasets for s in args.settings):
         for impl in IMPLS if i % 2 == 0 else reversed(IMPLS):
+            if any((r["dataset"], r["setting"], r["impl"]) == (dataset, setting, impl) for r in runs):
+                continue
             command = [sys.executable, __file__, "--one", dataset, setting, impl] + (["--quick"] if args.quick else [])
             proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if proc.returncode != 0:
                 raise SystemExit(f"{dataset}/{setting}/{impl} failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            with runs_file.open("a") as f:
+                f.write(json.dumps(runs[-1]) + "\n")
             print({k: v for k, v in runs[-1].items() if k != "losses"}, flush=True)
     rows = summarise(runs)
-    name = "speed_quick" if args.quick else "speed"
-    args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{name}.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(rows))
     print(markdown(rows))
