@@ -70,7 +70,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     """--quick on one data set, one noise level, two seeds: every method's runs are recorded, the tables and goals
     are written, `label_smoothing: auto` runs the label audit first, and a second invocation trains nothing again."""
     command = [sys.executable, "eval/bench_noise.py", "--quick", "--datasets", "arithmetic", "--noise", "0.3",
-               "--seeds", "0", "1", "--methods", "plain", "cdpo", "label_smoothing_auto", "autopilot",
+               "--seeds", "0", "1", "--methods", "plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot",
                "--results", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,19 +84,21 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
         ("label_smoothing_auto", 1),
         ("plain", 0),
         ("plain", 1),
+        ("simpo", 0),  # reference-free: scored by its own (length-normalised) reward, no reference forward
+        ("simpo", 1),
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
     result = json.loads((tmp_path / "noise_quick.json").read_text())
     cell = result["cells"]["arithmetic/0.3"]["methods"]
-    assert set(cell) == {"plain", "cdpo", "label_smoothing_auto", "autopilot", "best_single"}
-    assert cell["best_single"]["chosen"] == "cdpo" and not result["skipped"]
+    assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}
+    assert cell["best_single"]["chosen"] in ("cdpo", "simpo") and not result["skipped"]
     mean, low, high = cell["cdpo"]["test_accuracy"]
     assert 0 <= low <= mean <= high <= 1 and cell["plain"]["vs_plain"] == [0.0, 0.0, 0.0]
     assert {g["goal"] for g in result["goals"]} >= {"autopilot >= plain + 0.10 in test accuracy"}
     assert (tmp_path / "noise_quick.html").read_text().count("<svg") == 3  # accuracy, policy preference, steps
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
-    assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 8
+    assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
 
 
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
