@@ -1,6 +1,7 @@
-"""Whether a run directory can be made and written, asked at the gate (dpo/training/gate.py) before anything is
-written: an output directory under a regular file, behind a dangling symlink or in a folder this user cannot
-write to is a `UserError` naming it, never a traceback from a half-made run."""
+"""Whether an output directory (a run's, an audit's) can be made and written, asked before anything is written
+(the gate, dpo/training/gate.py; `dpo data audit`): an output directory under a regular file, behind a dangling
+symlink or in a folder this user cannot write to is a `UserError` naming it, never a traceback from a half-made
+run."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def check_output_dir(run_dir: Path) -> None:
         raise UserError(f"is a dangling symlink (to {os.readlink(path)})", where=str(run_dir))
     if path.exists():
         if not path.is_dir():
-            raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
+            raise UserError("is a file, not a directory", where=str(run_dir))
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError("the run directory is not writable by this user", where=str(run_dir))
+            raise UserError("is not writable by this user", where=str(run_dir))
         return
     parent = path.parent
     while not parent.exists():

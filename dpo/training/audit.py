@@ -29,6 +29,7 @@ from torch import Tensor
 from dpo.data.provenance import locate
 from dpo.data.rows import sequence_texts
 from dpo.rundir.atomic import atomic_write_json
+from dpo.rundir.writable import check_output_dir
 from dpo.training.flip_estimate import FOLDS, FlipMixture, check_auditable, cross_fitted_margins, fit_flip_mixture
 
 AUDIT_FILE = "audit.json"
@@ -194,6 +195,7 @@ def audit_recipe(recipe_path: str | Path, overrides=(), output: str | Path | Non
 
     checked = check(recipe_path, overrides)
     out_dir = Path(output) if output else Path("audits") / checked.recipe.name
+    check_output_dir(out_dir)  # before the minutes of scoring, not after
     result = audit_checked(checked, progress)
     write_audit(result, out_dir)
     return result, out_dir / AUDIT_FILE

@@ -163,6 +163,16 @@ def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_data_audit_refuses_an_output_it_cannot_write_before_scoring(audit_recipe, tmp_path):
+    """The output folder is checked before the minutes of scoring, not when audit.json is written."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    proc = run_dpo("data", "audit", audit_recipe, "--output", afile / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error:") and f"cannot be created: {afile} is a file, not a directory" in proc.stderr
+    assert "scoring answers" not in proc.stderr  # refused before the audit's progress bar started
+
+
 def test_label_smoothing_auto_is_for_flip_rate_losses_only(audit_recipe):
     plan = loss_plan(load_recipe(audit_recipe, ["loss.label_smoothing=auto"]))
     assert plan.hyperparameters == {"label_smoothing": "auto"}
