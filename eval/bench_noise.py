@@ -16,13 +16,17 @@ Methods (METHODS): plain DPO (recipes/plain.yaml); each single control at its re
 DPO (the NLL term of quickstart.yaml, cDPO, robust DPO, IPO, DPOP, early stopping, beta-DPO, ...); `label_smoothing:
 auto` from the label audit (skipped, with a note, when this version does not know the value); the autopilot
 (plain DPO with `autopilot.enabled: true`). "best single control" is not trained: per data set and noise level it is
-the single control with the highest mean validation accuracy, reported with its test numbers.
+the single control with the highest mean validation accuracy on the seeds all of them have, reported with its test
+numbers; reference-free losses (SimPO, ORPO) are not candidates, because their validation accuracy is the policy's
+own preference, which starts at the base model's rather than at chance.
 
 Reported per data set, noise level and method, as mean over seeds with a 95% bootstrap interval (resampling seeds
 and test pairs): test preference accuracy against the true labels (the implicit reward, beta * log-ratio
-difference, of the chosen answer above the rejected one's) and the policy's own preference (its log-prob of the
-chosen answer above the rejected one's), the difference from plain DPO on the same seeds and test pairs (paired
-bootstrap), and the steps used. Then the issue's goals, each met or missed, with numbers.
+difference, of the chosen answer above the rejected one's; for a reference-free loss its own reward, the
+length-normalised log-prob, which includes the base model's prior: compare those rows on the policy column) and
+the policy's own preference (its log-prob of the chosen answer above the rejected one's), the difference from
+plain DPO on the same seeds and test pairs (paired bootstrap), and the steps used. Then the issue's goals, each
+met or missed, with numbers.
 
 Resumable: each finished run is appended to RESULTS/noise.runs.jsonl and skipped when the script starts again;
 the tables cover every run in that file. Writes RESULTS/noise.json, RESULTS/noise.md (tables, goals) and
@@ -32,6 +36,7 @@ RESULTS/noise.html (charts against the share of flipped labels); noise_quick.* w
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import random
@@ -175,9 +180,20 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
         rc, rr = logps["reference"]
         reward = [int((a - c) - (b - d) > 0) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
     else:
-        reward = [int(a / len(t[1]) > b / len(t[2])) for a, b, t in zip(pc, pr, tokenized, strict=True)]
+        lengths = [(max(len(t[1]), 1), max(len(t[2]), 1)) for t in tokenized]
+        reward = [int(a / lc > b / lr) for a, b, (lc, lr) in zip(pc, pr, lengths, strict=True)]
     policy = [int(a > b) for a, b in zip(pc, pr, strict=True)]
     return {"pairs": n, "reward": "".join(map(str, reward)), "policy": "".join(map(str, policy))}
+
+
+@functools.cache
+def reference_free(method: str) -> bool:
+    """The method's loss has no reference model (SimPO, ORPO), from the loss table."""
+    from dpo.config.loading import load_recipe
+    from dpo.training.loss_plan import loss_plan
+
+    spec = METHODS[method]
+    return not loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_reference
 
 
 def validation_accuracy(summary: dict) -> float | None:
@@ -221,6 +237,17 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     }  # fmt: skip
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are big; the record has what counts
     return record
+
+
+def read_runs(runs_file: Path) -> list[dict]:
+    """The finished runs recorded so far; a last line cut off by a kill is left out (that run trains again)."""
+    runs = []
+    for line in runs_file.read_text().splitlines() if runs_file.exists() else []:
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"note: skipping a cut-off line of {runs_file}", flush=True)
+    return runs
 
 
 # ---- statistics ----
@@ -269,10 +296,19 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
             for method, runs in by_method.items():
                 runs = sorted(runs, key=lambda r: r["seed"])
                 rows[method] = _row(runs, plain)
-            singles = [m for m in rows if METHODS[m].kind == "single" and rows[m]["validation_accuracy"] is not None]
+            # Reference-free losses are left out of the choice: their validation "reward accuracy" is the policy's
+            # own preference, which starts at the base model's (about 0.8 here), not at chance like a log-ratio's.
+            singles = [
+                m
+                for m in rows
+                if METHODS[m].kind == "single" and not reference_free(m) and rows[m]["validation_accuracy"] is not None
+            ]
             if singles:
-                best = max(singles, key=lambda m: rows[m]["validation_accuracy"])
-                rows["best_single"] = {**rows[best], "chosen": best}
+                # chosen on the seeds every candidate has, so that no method wins by having run on easier seeds
+                shared = set.intersection(*({r["seed"] for r in by_method[m]} for m in singles))
+                best = max(singles, key=lambda m: _mean(r["validation_accuracy"] for r in by_method[m]
+                                                        if r["seed"] in shared or not shared))  # fmt: skip
+                rows["best_single"] = {**rows[best], "chosen": best, "chosen_on_seeds": sorted(shared)}
                 if "autopilot" in by_method:  # paired, on the seeds both have
                     best_by_seed = {r["seed"]: r for r in by_method[best]}
                     auto = [
@@ -344,7 +380,9 @@ def markdown(result: dict) -> str:
 
     for cell in result["cells"].values():
         for method, r in cell["methods"].items():
-            name = f"best_single ({r['chosen']})" if method == "best_single" else method
+            name = method
+            if method == "best_single":
+                name = f"best_single ({r['chosen']}; chosen on seeds {', '.join(map(str, r['chosen_on_seeds']))})"
             vs = ci(r["vs_plain"], True) if "vs_plain" in r else "-"
             val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
             lines.append(
@@ -428,7 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
-    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+    done = read_runs(runs_file)
     for dataset in args.datasets:
         files = split_heldout(dataset, work)
         for noise in args.noise:
@@ -443,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
                         f.write(json.dumps(record) + "\n")
                     shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
                     print(json.dumps(shown), flush=True)
+    done = read_runs(runs_file)  # again: another invocation may have added runs since this one started
     result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in methods}, **aggregate(done, skipped)}
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(result))

@@ -281,21 +281,31 @@ def main() -> None:
         return
     name = "speed_quick" if args.quick else "speed"
     args.results.mkdir(parents=True, exist_ok=True)
-    # Resumable: each finished run is appended here and skipped when the script starts again (the long-answer runs
+    # Resumable: each finished run is recorded here and skipped when the script starts again (the long-answer runs
     # take minutes each on 2 cores); the tables cover every run in the file.
     runs_file = args.results / f"{name}.runs.jsonl"
-    runs = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+    runs = []
+    for line in runs_file.read_text().splitlines() if runs_file.exists() else []:
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut off by a kill: that run is timed again
+            print(f"note: skipping a cut-off line of {runs_file}", flush=True)
     for i, (dataset, setting) in enumerate((d, s) for d in args.datasets for s in args.settings):
+        recorded = {r["impl"] for r in runs if (r["dataset"], r["setting"]) == (dataset, setting)}
+        if recorded == set(IMPLS):
+            continue
+        # a row's two trainers are timed one after the other, never hours apart under another load: a half-done row
+        # is timed again in full
+        runs = [r for r in runs if (r["dataset"], r["setting"]) != (dataset, setting)]
         for impl in IMPLS if i % 2 == 0 else reversed(IMPLS):
-            if any((r["dataset"], r["setting"], r["impl"]) == (dataset, setting, impl) for r in runs):
-                continue
             command = [sys.executable, __file__, "--one", dataset, setting, impl] + (["--quick"] if args.quick else [])
             proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
             if proc.returncode != 0:
                 raise SystemExit(f"{dataset}/{setting}/{impl} failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            with runs_file.open("a") as f:
-                f.write(json.dumps(runs[-1]) + "\n")
+            partial = runs_file.with_suffix(".tmp")  # replaced in one step: a kill never leaves half a file
+            partial.write_text("".join(json.dumps(r) + "\n" for r in runs))
+            os.replace(partial, runs_file)
             print({k: v for k, v in runs[-1].items() if k != "losses"}, flush=True)
     rows = summarise(runs)
     (args.results / f"{name}.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2) + "\n")

@@ -91,7 +91,9 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     result = json.loads((tmp_path / "noise_quick.json").read_text())
     cell = result["cells"]["arithmetic/0.3"]["methods"]
     assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}
-    assert cell["best_single"]["chosen"] in ("cdpo", "simpo") and not result["skipped"]
+    # simpo is no candidate: a reference-free loss's validation accuracy starts at the base model's preference
+    assert cell["best_single"]["chosen"] == "cdpo" and cell["best_single"]["chosen_on_seeds"] == [0, 1]
+    assert not result["skipped"] and len(cell["autopilot"]["vs_best_single"]) == 3
     mean, low, high = cell["cdpo"]["test_accuracy"]
     assert 0 <= low <= mean <= high <= 1 and cell["plain"]["vs_plain"] == [0.0, 0.0, 0.0]
     assert {g["goal"] for g in result["goals"]} >= {"autopilot >= plain + 0.10 in test accuracy"}
