@@ -12,13 +12,14 @@ steps). The data set's held-out pairs are split by prompt into a validation part
 early stopping, the autopilot and the choice of the best control see), and a test part that nothing reads until
 the run is finished; the test labels are the true ones (label noise only touches the training split).
 
-Methods (METHODS): plain DPO (recipes/plain.yaml); each single control at its recipe's defaults, on top of plain
-DPO (the NLL term of quickstart.yaml, cDPO, robust DPO, IPO, DPOP, early stopping, beta-DPO, ...); `label_smoothing:
-auto` from the label audit (skipped, with a note, when this version does not know the value); the autopilot
-(plain DPO with `autopilot.enabled: true`). "best single control" is not trained: per data set and noise level it is
-the single control with the highest mean validation accuracy on the seeds all of them have, reported with its test
-numbers; reference-free losses (SimPO, ORPO) are not candidates, because their validation accuracy is the policy's
-own preference, which starts at the base model's rather than at chance.
+Methods (METHODS): plain DPO (recipes/plain.yaml); each single control at its recipe's defaults, on top of plain DPO
+(the NLL term of quickstart.yaml, cDPO, robust DPO, IPO, DPOP, early stopping, beta-DPO, ...; ODPO only on a data
+set with scores, sorting, as its loss reads each pair's score gap); `label_smoothing: auto` from the label audit
+(skipped, with a note, when this version does not know the value); the autopilot (plain DPO with `autopilot.enabled:
+true`). "best single control" is not trained: per data set and noise level it is the single control with the highest
+mean validation accuracy on the seeds all of them have, reported with its test numbers; reference-free losses
+(SimPO, ORPO) are not candidates, because their validation accuracy is the policy's own preference, which starts at
+the base model's rather than at chance.
 
 Reported per data set, noise level and method, as mean over seeds with a 95% bootstrap interval (resampling seeds
 and test pairs): test preference accuracy against the true labels (the implicit reward, beta * log-ratio
@@ -88,11 +89,13 @@ METHODS: dict[str, Method] = {
     "dr_dpo": Method("dr-dpo.yaml"),
     "simpo": Method("simpo.yaml"),
     "orpo": Method("orpo.yaml"),
+    "odpo": Method("odpo.yaml"),  # needs scored data: runs on sorting only (see needs_scores)
     "label_smoothing_auto": Method("plain.yaml", ("loss.label_smoothing=auto",), kind="audit"),
     "autopilot": Method("plain.yaml", ("autopilot.enabled=true",), kind="autopilot"),
 }
 DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo", "cal_dpo",
-                   "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "label_smoothing_auto", "autopilot")  # fmt: skip
+                   "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "odpo", "label_smoothing_auto",
+                   "autopilot")  # fmt: skip
 
 BUDGET = (  # the same for every method, applied before the method's own keys (which win)
     "data.max_train_pairs=160",
@@ -194,6 +197,24 @@ def reference_free(method: str) -> bool:
 
     spec = METHODS[method]
     return not loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_reference
+
+
+@functools.cache
+def needs_scores(method: str) -> bool:
+    """The method's loss reads each pair's score gap (ODPO), from the loss table: it runs only on scored data."""
+    from dpo.config.loading import load_recipe
+    from dpo.training.loss_plan import loss_plan
+
+    spec = METHODS[method]
+    return loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_score_gaps
+
+
+def is_scored(pairs_file: Path) -> bool:
+    """The data set's pairs carry a score gap (they were expanded from multi-response rows with scores)."""
+    from dpo.data.rows import SCORE_GAP
+
+    first = next((line for line in pairs_file.read_text().splitlines() if line.strip()), "{}")
+    return SCORE_GAP in json.loads(first)
 
 
 def validation_accuracy(summary: dict) -> float | None:
@@ -469,9 +490,13 @@ def main(argv: list[str] | None = None) -> None:
     done = read_runs(runs_file)
     for dataset in args.datasets:
         files = split_heldout(dataset, work)
+        applicable = [m for m in methods if is_scored(files[0]) or not needs_scores(m)]
+        for method in sorted(set(methods) - set(applicable), key=methods.index):
+            skipped[f"{method} on {dataset}"] = "its loss needs a score gap per pair, and this data set has no scores"
+            print(f"skipping {method} on {dataset}: {skipped[f'{method} on {dataset}']}", flush=True)
         for noise in args.noise:
             for seed in args.seeds:
-                for method in methods:
+                for method in applicable:
                     key = (dataset, noise, seed, method)
                     if any((r["dataset"], r["noise"], r["seed"], r["method"]) == key for r in done):
                         continue

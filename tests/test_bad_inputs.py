@@ -205,6 +205,23 @@ def test_output_dir_under_a_regular_file(existing_run, tmp_path):
     refused([str(recipe)], str(out), f"cannot be created: {afile} is a file, not a directory", tmp_path, out)
 
 
+def test_api_and_sweep_refuse_an_output_dir_that_is_a_file_in_the_shared_words(tmp_path):
+    """dpo.api.train and the sweep driver check their directory with the same function as the CLI
+    (dpo/rundir/writable.py), so the words are the same everywhere."""
+    import dpo.api
+    from dpo.errors import UserError
+    from dpo.sweep.driver import _check_sweep_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    recipe = recipe_with(tmp_path, ARITHMETIC / "train.jsonl")
+    with pytest.raises(UserError, match="afile: is a file, not a directory"):
+        dpo.api.train(recipe, output_dir=afile)
+    with pytest.raises(UserError, match="afile: is a file, not a directory"):
+        _check_sweep_dir(afile, external=False, resume=False)
+    assert afile.read_text() == "not a folder"
+
+
 def test_output_dir_that_is_a_dangling_symlink(existing_run, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")

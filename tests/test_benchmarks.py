@@ -70,7 +70,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     """--quick on one data set, one noise level, two seeds: every method's runs are recorded, the tables and goals
     are written, `label_smoothing: auto` runs the label audit first, and a second invocation trains nothing again."""
     command = [sys.executable, "eval/bench_noise.py", "--quick", "--datasets", "arithmetic", "--noise", "0.3",
-               "--seeds", "0", "1", "--methods", "plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot",
+               "--seeds", "0", "1", "--methods", "plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "odpo",
                "--results", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -93,7 +93,11 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}
     # simpo is no candidate: a reference-free loss's validation accuracy starts at the base model's preference
     assert cell["best_single"]["chosen"] == "cdpo" and cell["best_single"]["chosen_on_seeds"] == [0, 1]
-    assert not result["skipped"] and len(cell["autopilot"]["vs_best_single"]) == 3
+    assert len(cell["autopilot"]["vs_best_single"]) == 3
+    # ODPO's loss reads each pair's score gap: the arithmetic pairs have none, so it is skipped there, with why
+    assert result["skipped"] == {"odpo on arithmetic": "its loss needs a score gap per pair, and this data set has "
+                                 "no scores"}  # fmt: skip
+    assert "skipping odpo on arithmetic" in proc.stdout
     mean, low, high = cell["cdpo"]["test_accuracy"]
     assert 0 <= low <= mean <= high <= 1 and cell["plain"]["vs_plain"] == [0.0, 0.0, 0.0]
     assert {g["goal"] for g in result["goals"]} >= {"autopilot >= plain + 0.10 in test accuracy"}
@@ -101,6 +105,19 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
+
+
+def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
+    """On sorting (multi-response rows with scores), ODPO trains and is scored like any loss with a reference."""
+    command = [sys.executable, "eval/bench_noise.py", "--quick", "--datasets", "sorting", "--noise", "0.3",
+               "--seeds", "0", "--methods", "plain", "odpo", "--results", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(line) for line in (tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()]
+    assert [(r["dataset"], r["method"]) for r in runs] == [("sorting", "plain"), ("sorting", "odpo")]
+    assert all(r["steps"] == 2 and r["test"]["pairs"] == 8 for r in runs)
+    cell = json.loads((tmp_path / "noise_quick.json").read_text())["cells"]["sorting/0.3"]["methods"]
+    assert "vs_plain" in cell["odpo"] and cell["best_single"]["chosen"] == "odpo"
 
 
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():

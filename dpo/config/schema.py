@@ -274,6 +274,14 @@ class AutopilotSection(Section):
     nll_weight_step: float = Field(0.25, gt=0, description="How much it raises the NLL-term weight at a time.")
     max_dpop_lambda: float = Field(200.0, ge=0, description="Highest loss.dpop_lambda it sets (losses that take it).")
     dpop_lambda_factor: float = Field(2.0, gt=1, description="Factor by which it raises loss.dpop_lambda.")
+    min_shift_lambda: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Lowest DPO-Shift factor loss.shift_lambda it sets (on plain DPO, cDPO and DPO-Shift; 0.75 is "
+        "recipes/noisy-labels.yaml's); 1: never.",
+    )
+    shift_lambda_step: float = Field(0.25, gt=0, lt=1, description="How much it lowers loss.shift_lambda at a time.")
     max_label_smoothing: float = Field(
         0.3, ge=0, lt=0.5, description="Highest loss.label_smoothing it sets (losses that take it)."
     )
@@ -286,7 +294,9 @@ class AutopilotSection(Section):
     patience: int = Field(3, gt=0, description="Evaluations without a new best of early_stopping.metric: a plateau.")
     cooldown: int = Field(2, ge=0, description="Evaluations a rule rests after it acted, so its effect can show.")
     displacement_nats: float = Field(
-        1.0, gt=0, description="Held-out chosen log-ratio below minus this: likelihood displacement."
+        0.5,
+        gt=0,
+        description="Held-out chosen log-ratio this far below its highest value so far: likelihood displacement.",
     )
     accuracy_gap: float = Field(0.15, gt=0, description="Train minus held-out reward accuracy above this: memorising.")
     loss_rise: float = Field(

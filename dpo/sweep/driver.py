@@ -50,6 +50,7 @@ from dpo.rundir.files import (
     read_text,
 )
 from dpo.rundir.lock import DirectoryLock
+from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
 
@@ -110,8 +111,7 @@ def run_sweep(
 
 
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
-    if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise UserError("--output-dir is a file, not a directory", where=str(sweep_dir))
+    check_output_dir(sweep_dir)  # the same check, and words, as every command that writes a directory
     has_study = (sweep_dir / STUDY_DB).is_file()
     if external:
         return  # several processes (machines) join one sweep through the database: an existing dir is expected

@@ -9,10 +9,10 @@ acts when its control is below its bound, and then rests for `cooldown` evaluati
 control changes at most once per evaluation. Conditions use the noise rule of dpo/noise.py (k =
 `early_stopping.noise_sigmas`): a number within k standard errors of its threshold does not fire a rule.
 
-The controls act on the running trainer: the NLL term's weight, DPOP's lambda and the label smoothing replace the
-trainer's LossPlan (dpo/training/losses.py), which its loss computation reads at every step; a learning-rate cut
-scales the optimizer's learning rates and the scheduler's base rates (so a decaying schedule continues from the cut
-value); a stop ends training like early stopping and the best checkpoint is restored.
+The controls act on the running trainer: the NLL term's weight, DPOP's lambda, DPO-Shift's factor and the label
+smoothing replace the trainer's LossPlan (dpo/training/losses.py), which its loss computation reads at every step;
+a learning-rate cut scales the optimizer's learning rates and the scheduler's base rates (so a decaying schedule
+continues from the cut value); a stop ends training like early stopping and the best checkpoint is restored.
 
 Resume: the callback's state (controls, decisions, counters) is saved in every checkpoint (transformers'
 ExportableState); `load_state` puts it back and `apply_loss_controls` re-applies the loss controls to the new trainer.
@@ -35,13 +35,16 @@ from dpo.config.schema import AutopilotSection
 from dpo.errors import UserError
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
-from dpo.training.losses import LOSSES, LossPlan
+from dpo.training.losses import LOSSES, PLAIN_DPO_LINK, LossPlan
 
 NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
+# DPO-Shift's loss, and the loss it equals at factor 1 (with the same label smoothing): the autopilot lowers the
+# factor on a run of either, turning a (c)DPO run into DPO-Shift, the control the noise benchmark found strongest.
+SHIFTED, UNSHIFTED = "dpo_shift", "sigmoid"
 EVENT = "autopilot"  # the key of a decision's line in metrics.jsonl, and of the summary.json block
 STOP_REASON = "autopilot"
 # The recipe keys of the controls that change the loss (and so what eval_loss measures).
-LOSS_CONTROLS = {"regularizers.nll_weight", "loss.dpop_lambda", "loss.label_smoothing"}
+LOSS_CONTROLS = {"regularizers.nll_weight", "loss.dpop_lambda", "loss.label_smoothing", "loss.shift_lambda"}
 
 
 def audit_flip_rate(card: dict) -> float | None:
@@ -61,6 +64,7 @@ class Controls:
     nll_weight: float = 0.0
     dpop_lambda: float | None = None
     label_smoothing: float | None = None
+    shift_lambda: float | None = None  # DPO-Shift's factor on the rejected log-ratio; 1.0 on a plain (c)DPO run
     lr_factor: float = 1.0  # the learning rate as a fraction of what the recipe's schedule gives
 
     @classmethod
@@ -72,18 +76,28 @@ class Controls:
             defaults = [LOSSES[n].hyperparameters[key] for n in names if key in LOSSES[n].hyperparameters]
             return plan.hyperparameters.get(key, defaults[0]) if defaults else None
 
+        shift = taken("shift_lambda")
+        if SHIFTED in names and plan.hyperparameters.get("shift_lambda_end") is not None:
+            shift = None  # the recipe schedules the factor itself
+        elif shift is None and UNSHIFTED in names and plan.f_divergence == PLAIN_DPO_LINK:
+            shift = 1.0  # sigmoid takes the linked scores, DPO-Shift the log-ratios: the same only under reverse KL
         nll = float(sum(weight for name, weight in plan.terms if name == NLL_TERM))
-        return cls(nll_weight=nll, dpop_lambda=taken("dpop_lambda"), label_smoothing=taken("label_smoothing"))
+        return cls(nll_weight=nll, dpop_lambda=taken("dpop_lambda"), label_smoothing=taken("label_smoothing"),
+                   shift_lambda=shift)  # fmt: skip
 
     def loss_plan(self, plan: LossPlan) -> LossPlan:
-        """`plan` with these controls: the NLL term's weight, and the hyperparameters the losses take."""
-        terms = [(name, weight) for name, weight in plan.terms if name != NLL_TERM]
+        """`plan` with these controls: the NLL term's weight, sigmoid turned into DPO-Shift once its factor is below
+        1, and the hyperparameters the losses take."""
+        shifted = self.shift_lambda is not None and self.shift_lambda < 1
+        terms = [(SHIFTED if shifted and name == UNSHIFTED else name, w) for name, w in plan.terms if name != NLL_TERM]
         if self.nll_weight > 0:
             terms.append((NLL_TERM, self.nll_weight))
         hyperparameters = dict(plan.hyperparameters)
         for key in ("dpop_lambda", "label_smoothing"):
             if getattr(self, key) is not None:
                 hyperparameters[key] = getattr(self, key)
+        if any(name == SHIFTED for name, _ in terms):
+            hyperparameters["shift_lambda"] = self.shift_lambda
         return dataclasses.replace(plan, terms=tuple(terms), hyperparameters=hyperparameters)
 
 
@@ -153,12 +167,17 @@ def _label_audit(o: Observation, s: Settings, c: Controls) -> Numbers | None:
 
 
 def _displacement(o: Observation, s: Settings, c: Controls) -> Numbers | None:
-    value = o.metrics.get("eval_logratios/chosen")
+    """The held-out chosen log-ratio has fallen from its highest value so far (0 at the start, where the policy is
+    the reference) by more than displacement_nats beyond the noise. From the peak rather than from 0: under
+    flipped labels it first rises, then falls for tens of steps before it crosses zero (eval/results/noise.md)."""
+    key = "eval_logratios/chosen"
+    value = o.metrics.get(key)
     if not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    error = o.error("eval_logratios/chosen")
-    if value < -s["displacement_nats"] - o.rule.sigmas * error:
-        return {"eval_logratios/chosen": value, "standard_error": error, "threshold": -s["displacement_nats"]}
+    peak = max([0.0, *(e[key] for e in o.evaluations if isinstance(e.get(key), int | float) and math.isfinite(e[key]))])
+    error = o.error(key)
+    if value < peak - s["displacement_nats"] - o.rule.sigmas * error:
+        return {key: value, "peak": peak, "standard_error": error, "threshold": peak - s["displacement_nats"]}
     return None
 
 
@@ -225,6 +244,18 @@ def _raise_smoothing(c: Controls, s: Settings, to: float | None = None) -> dict 
     return {"loss.label_smoothing": [old, c.label_smoothing]}
 
 
+def _lower_shift(c: Controls, s: Settings) -> dict | None:
+    """DPO-Shift's factor down by a step (a (c)DPO run becomes DPO-Shift): the rejected term weighs less, so the
+    chosen answers' likelihood is pushed down less."""
+    if c.shift_lambda is None:
+        return None
+    new = max(s["min_shift_lambda"], c.shift_lambda - s["shift_lambda_step"])
+    if new >= c.shift_lambda - 1e-12:
+        return None
+    old, c.shift_lambda = c.shift_lambda, round(new, 6)
+    return {"loss.shift_lambda": [old, c.shift_lambda]}
+
+
 def _raise_anchor(c: Controls, s: Settings) -> dict | None:
     """DPOP's lambda where a loss takes it, else the NLL term: both push the chosen answers' likelihood back up."""
     if c.dpop_lambda is not None:
@@ -246,6 +277,10 @@ def _cut_lr(c: Controls, s: Settings) -> dict | None:
         return None
     old, c.lr_factor = c.lr_factor, round(new, 6)
     return {"lr_factor": [old, c.lr_factor]}
+
+
+def _shift_or_anchor(c: Controls, s: Settings) -> dict | None:
+    return _lower_shift(c, s) or _raise_anchor(c, s)
 
 
 def _smoothing_or_lr(c: Controls, s: Settings) -> dict | None:
@@ -279,13 +314,14 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "displacement",
-        "held-out chosen log-ratio `eval_logratios/chosen` below -`displacement_nats` by more than k standard errors "
-        "(likelihood displacement)",
-        "raise `loss.dpop_lambda` x `dpop_lambda_factor` when a loss takes it, else turn on / raise "
-        "`regularizers.nll_weight` by `nll_weight_step`",
-        "`max_dpop_lambda`, `max_nll_weight`",
+        "held-out chosen log-ratio `eval_logratios/chosen` fallen below its highest value so far (0 at the start) "
+        "by more than `displacement_nats` plus k standard errors (likelihood displacement)",
+        "lower DPO-Shift's `loss.shift_lambda` by `shift_lambda_step` (plain DPO and cDPO become DPO-Shift); once it "
+        "is at its bound, or without such a loss, raise `loss.dpop_lambda` x `dpop_lambda_factor` when a loss takes "
+        "it, else turn on / raise `regularizers.nll_weight` by `nll_weight_step`",
+        "`min_shift_lambda`, `max_dpop_lambda`, `max_nll_weight`",
         _displacement,
-        lambda c, s, o: _raise_anchor(c, s),
+        lambda c, s, o: _shift_or_anchor(c, s),
     ),
     Rule(
         "confident_but_wrong",
@@ -464,6 +500,7 @@ def describe(decision: dict) -> str:
 _NEEDS = {
     "label_smoothing": ("max_label_smoothing", "label_smoothing_step", "flip_rate"),
     "dpop_lambda": ("max_dpop_lambda", "dpop_lambda_factor"),
+    "shift_lambda": ("min_shift_lambda", "shift_lambda_step"),
 }
 
 

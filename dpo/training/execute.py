@@ -43,6 +43,7 @@ from dpo.rundir.files import (
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
+from dpo.rundir.writable import check_output_dir
 from dpo.training.audit_use import apply_audit
 from dpo.training.gate import CheckedRecipe, check, needs_audit
 from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
@@ -98,8 +99,7 @@ def execute(
 
 def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
     """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError("--output-dir is a file, not a directory", where=str(run_dir))
+    check_output_dir(run_dir)  # the same check, and words, as every command that writes a directory
     lock = RunLock(run_dir)
     if not is_main_process():
         return lock  # the other processes of one multi-process run: rank 0 holds the lock for all of them

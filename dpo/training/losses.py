@@ -243,17 +243,19 @@ def dpo_shift(
     beta: float,
     shift_lambda: ShiftLambda = 0.9,
     shift_lambda_end: ShiftLambda | None = None,
+    label_smoothing: LabelFlipRate = 0.0,
 ) -> Tensor:
     """DPO-Shift (arXiv 2502.07599): l(beta * (r_w - f(lambda) * r_l)), f(lambda) <= 1.
 
     Scaling down the rejected log-ratio shifts the optimum towards a higher chosen likelihood (f = 1 is DPO).
     f is `shift_lambda` throughout ("fixed"), or moves linearly from `shift_lambda` at the first step to
     `shift_lambda_end` at the last (the paper's "increase_linear" with start < end, "decrease_linear" with
-    start > end). The paper sweeps f in [0.5, 0.95].
+    start > end). The paper sweeps f in [0.5, 0.95]. With `label_smoothing` eps > 0, cDPO's mix on the shifted
+    margin (not in the paper): at f = 1 this is `sigmoid` exactly, so the autopilot can lower f on a (c)DPO run.
     """
     end = shift_lambda if shift_lambda_end is None else shift_lambda_end
     factor = shift_lambda + (end - shift_lambda) * progress
-    return logistic(beta * (chosen_logratios - factor * rejected_logratios))
+    return _smoothed(beta * (chosen_logratios - factor * rejected_logratios), label_smoothing)
 
 
 def chi_po(chosen_logratios: Tensor, rejected_logratios: Tensor, *, beta: float, chi_clip: ChiClip = 10.0) -> Tensor:

@@ -37,7 +37,7 @@ def evaluation(**values) -> dict:
 def test_controls_of_a_plan_and_back():
     plan = LossPlan(terms=(("sigmoid", 1.0), ("sft", 0.5)), hyperparameters={"label_smoothing": 0.1})
     controls = Controls.of(plan)
-    assert controls == Controls(nll_weight=0.5, dpop_lambda=None, label_smoothing=0.1, lr_factor=1.0)
+    assert controls == Controls(nll_weight=0.5, dpop_lambda=None, label_smoothing=0.1, shift_lambda=1.0, lr_factor=1.0)
     assert Controls.of(LossPlan(terms=(("dpop", 1.0),))).dpop_lambda == 50.0  # the loss's own default
     assert Controls.of(LossPlan(terms=(("ipo", 1.0),))).label_smoothing is None
     controls.nll_weight, controls.label_smoothing = 1.0, 0.2
@@ -47,18 +47,52 @@ def test_controls_of_a_plan_and_back():
     assert controls.loss_plan(plan).terms == (("sigmoid", 1.0),)
 
 
-def test_displacement_turns_on_the_nll_term_then_raises_it_to_its_bound_with_cooldowns():
+def test_shift_control_turns_dpo_into_dpo_shift_and_keeps_the_smoothing():
+    plan = LossPlan(terms=(("sigmoid", 1.0), ("sft", 0.5)), hyperparameters={"label_smoothing": 0.1})
+    controls = Controls.of(plan)
+    controls.shift_lambda = 0.75
+    shifted = controls.loss_plan(plan)
+    assert shifted.terms == (("dpo_shift", 1.0), ("sft", 0.5))
+    assert shifted.hyperparameters == {"label_smoothing": 0.1, "shift_lambda": 0.75}
+    assert Controls.of(LossPlan(terms=(("dpo_shift", 1.0),), hyperparameters={"shift_lambda": 0.8})).shift_lambda == 0.8
+    assert Controls.of(LossPlan(terms=(("dpo_shift", 1.0),))).shift_lambda == 0.9  # the loss's own default
+    # no shift control: a scheduled factor (the recipe moves it), another f-divergence link (sigmoid then reads the
+    # linked scores, DPO-Shift the log-ratios), a loss with no rejected-term factor
+    scheduled = LossPlan(terms=(("dpo_shift", 1.0),), hyperparameters={"shift_lambda": 0.5, "shift_lambda_end": 0.9})
+    assert Controls.of(scheduled).shift_lambda is None
+    assert Controls.of(LossPlan(f_divergence="js_divergence")).shift_lambda is None
+    assert Controls.of(LossPlan(terms=(("ipo", 1.0),))).shift_lambda is None
+
+
+def test_displacement_lowers_the_shift_then_turns_on_the_nll_term_to_its_bound_with_cooldowns():
     autopilot = pilot(max_nll_weight=0.5)
     made = []
-    for step in range(0, 100, 10):
+    for step in range(0, 130, 10):
         made += autopilot.decide(step, evaluation(eval_logratios__chosen=-3.0))
     assert [(d["step"], d["rule"], d["changed"]) for d in made] == [
-        (0, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),
-        (30, "displacement", {"regularizers.nll_weight": [0.25, 0.5]}),  # rests 2 evaluations; then at its bound
+        (0, "displacement", {"loss.shift_lambda": [1.0, 0.75]}),  # plain DPO becomes DPO-Shift
+        (30, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),  # rests 2 evaluations; shift at its bound
+        (60, "displacement", {"regularizers.nll_weight": [0.25, 0.5]}),  # then the NLL term is at its bound too
     ]
     assert made[0]["because"]["eval_logratios/chosen"] == -3.0
-    # within the noise of the threshold: no signal
-    assert pilot().decide(0, evaluation(eval_logratios__chosen=-1.1, **{"eval_se/logratios/chosen": 0.1})) == []
+    no_shift = pilot(min_shift_lambda=1.0).decide(0, evaluation(eval_logratios__chosen=-3.0))
+    assert no_shift[0]["changed"] == {"regularizers.nll_weight": [0.0, 0.25]}
+    # within the noise of the threshold (0 - 0.5 - 2 x 0.1 = -0.7): no signal
+    assert pilot().decide(0, evaluation(eval_logratios__chosen=-0.6, **{"eval_se/logratios/chosen": 0.1})) == []
+
+
+def test_displacement_counts_the_fall_from_the_peak_not_from_zero():
+    """A chosen log-ratio that rose to +1.2 and fell to +0.4 is still above the reference, but it fell by 0.8:
+    more than displacement_nats (0.5) plus 2 standard errors (0.2). A fall to +0.6 is within that."""
+    se = {"eval_se/logratios/chosen": 0.1}
+    within, beyond = pilot(), pilot()
+    for autopilot in (within, beyond):
+        autopilot.decide(0, evaluation(**se))
+        autopilot.decide(10, evaluation(eval_logratios__chosen=1.2, **se))
+    assert within.decide(20, evaluation(eval_logratios__chosen=0.6, **se)) == []
+    (decision,) = beyond.decide(20, evaluation(eval_logratios__chosen=0.4, **se))
+    assert decision["because"] == {"eval_logratios/chosen": 0.4, "peak": 1.2, "standard_error": 0.1,
+                                   "threshold": pytest.approx(0.7)}  # fmt: skip
 
 
 def test_displacement_raises_dpop_lambda_where_a_loss_takes_it():
@@ -153,7 +187,11 @@ class Scripted(TrainerCallback):
     """Overwrites held-out metrics per evaluation step before the autopilot reads them: neutral values, except the
     scripted ones. (Callbacks passed to execute run before dpo's own.)"""
 
-    SCRIPT = {2: {"eval_logratios/chosen": -5.0}, 3: {"eval_gap/accuracies": 0.9}, 6: {"eval_gap/accuracies": 0.9}}
+    SCRIPT = {
+        2: {"eval_logratios/chosen": -5.0},
+        3: {"eval_gap/accuracies": 0.9},
+        6: {"eval_logratios/chosen": -5.0, "eval_gap/accuracies": 0.9},
+    }
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         metrics.update({"eval_logratios/chosen": 0.0, "eval_gap/accuracies": 0.0})
@@ -202,25 +240,41 @@ def test_decisions_reach_the_loss_and_the_optimizer_and_are_logged(tiny_recipe, 
     summary, trainer = execute(tiny_recipe, AUTOPILOT_RUN, output_dir=run_dir, callbacks=[Scripted()])
     decisions = summary["autopilot"]["decisions"]
     assert [(d["step"], d["rule"], d["changed"]) for d in decisions] == [
-        (2, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),
+        (2, "displacement", {"loss.shift_lambda": [1.0, 0.75]}),
         (3, "memorising", {"loss.label_smoothing": [0.0, 0.1]}),
+        (6, "displacement", {"regularizers.nll_weight": [0.0, 0.25]}),  # the shift at its bound: the NLL term
         (6, "memorising", {"lr_factor": [1.0, 0.5]}),  # smoothing at its bound: the learning rate instead
     ]
-    # the loss of each training step (4 pairs in one batch per step): the NLL term from step 3, smoothing from step 4
+    # the loss of each training step (4 pairs in one batch per step): DPO-Shift from step 3 on, its smoothing from
+    # step 4, the NLL term from step 7
     names = [name for name, _ in loss_calls]
-    assert names[:2] == ["sigmoid", "sigmoid"] and names[2:4] == ["sigmoid", "sft"]
-    smoothing = [h.get("label_smoothing") for name, h in loss_calls if name == "sigmoid"]
+    assert names == ["sigmoid"] * 2 + ["dpo_shift"] * 4 + ["dpo_shift", "sft"] * 2
+    assert [h.get("shift_lambda") for name, h in loss_calls if name == "dpo_shift"] == [0.75] * 6
+    smoothing = [h.get("label_smoothing") for name, h in loss_calls if name != "sft"]
     assert smoothing == [None, None, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1]  # the plan is rebuilt at the first decision
-    assert trainer.loss_plan.terms == (("sigmoid", 1.0), ("sft", 0.25))
+    assert trainer.loss_plan.terms == (("dpo_shift", 1.0), ("sft", 0.25))
     events = read_jsonl(run_dir / "metrics.jsonl")
     lrs = [e["learning_rate"] for e in events if "grad_norm" in e]
     assert lrs == pytest.approx([0.01] * 6 + [0.005] * 2)
     logged = [e["autopilot"] for e in events if "autopilot" in e]
-    assert logged == decisions and [e["step"] for e in events if "autopilot" in e] == [2, 3, 6]
-    assert "autopilot @ step 2: displacement: regularizers.nll_weight 0.0 -> 0.25" in capsys.readouterr().out
+    assert logged == decisions and [e["step"] for e in events if "autopilot" in e] == [2, 3, 6, 6]
+    assert "autopilot @ step 2: displacement: loss.shift_lambda 1.0 -> 0.75" in capsys.readouterr().out
     assert summary["autopilot"]["controls"] == {"nll_weight": 0.25, "dpop_lambda": None, "label_smoothing": 0.1,
-                                                "lr_factor": 0.5}  # fmt: skip
-    assert "autopilot displacement: regularizers.nll_weight 0.25" in (run_dir / "report.html").read_text()
+                                                "shift_lambda": 0.75, "lr_factor": 0.5}  # fmt: skip
+    report = (run_dir / "report.html").read_text()
+    assert "autopilot displacement: loss.shift_lambda 0.75" in report
+    assert "autopilot displacement: regularizers.nll_weight 0.25" in report
+
+
+def assert_same_decisions(resumed: dict, whole: dict) -> None:
+    """The same decisions (step, rule, change) and final controls; the numbers that triggered them equal up to
+    float noise: the resumed steps' weights match to about 1e-5 relative, which moves a standard error's last digits."""
+    assert resumed["controls"] == whole["controls"] and resumed["stopped_at"] == whole["stopped_at"]
+    assert [{k: d[k] for k in ("step", "rule", "changed")} for d in resumed["decisions"]] == [
+        {k: d[k] for k in ("step", "rule", "changed")} for d in whole["decisions"]
+    ]
+    for mine, theirs in zip(resumed["decisions"], whole["decisions"], strict=True):
+        assert mine["because"] == pytest.approx(theirs["because"], rel=1e-3)
 
 
 def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls):
@@ -233,13 +287,13 @@ def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls)
     loss_calls.clear()
     resumed, trainer = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, callbacks=[Scripted()])
     assert resumed["resumed_from"] == [4]
-    assert resumed["autopilot"] == whole["autopilot"]
+    assert_same_decisions(resumed["autopilot"], whole["autopilot"])
     assert loss_calls == uninterrupted[-len(loss_calls) :]  # steps 5-8 ran with the same loss terms and settings
-    assert trainer.loss_plan.terms == (("sigmoid", 1.0), ("sft", 0.25))
+    assert trainer.loss_plan.terms == (("dpo_shift", 1.0), ("sft", 0.25))
     lrs = [e["learning_rate"] for e in read_jsonl(run_dir / "metrics.jsonl") if "grad_norm" in e]
     assert lrs == pytest.approx([0.01] * 6 + [0.005] * 2)
-    assert [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in e] == [2, 3, 6]
-    assert json.loads((run_dir / "summary.json").read_text())["autopilot"] == whole["autopilot"]
+    assert [e["step"] for e in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in e] == [2, 3, 6, 6]
+    assert_same_decisions(json.loads((run_dir / "summary.json").read_text())["autopilot"], whole["autopilot"])
 
 
 def test_confident_but_wrong_ignores_losses_measured_before_the_loss_changed():

@@ -387,6 +387,20 @@ def test_dpo_shift_fixed_and_linear_factor_and_gradient():
     )
 
 
+def test_dpo_shift_with_label_smoothing_is_cdpo_on_the_shifted_margin():
+    """eps = 1/4, f = 1/2, the z of the test above, [0, ln 3, -ln 3]: (1 - eps) l(z) + eps l(-z) =
+    [ln 2, 3/4 ln(4/3) + 1/4 ln 4, 3/4 ln 4 + 1/4 ln(4/3)]. At f = 1 it is sigmoid with the same smoothing (cDPO),
+    which is what lets the autopilot turn a (c)DPO run into DPO-Shift mid-run."""
+    chosen, rejected = t(0, LN3, 0), t(0, 0, 2 * LN3)
+    half = torch.tensor(0.5, dtype=torch.float64)
+    smoothed = losses.dpo_shift(chosen, rejected, half, beta=1.0, shift_lambda=0.5, label_smoothing=0.25)
+    assert_close(smoothed, t(L0, 0.75 * L_LN3 + 0.25 * L_MINUS_LN3, 0.75 * L_MINUS_LN3 + 0.25 * L_LN3))
+    assert_close(
+        losses.dpo_shift(chosen, rejected, half, beta=1.0, shift_lambda=1.0, label_smoothing=0.25),
+        losses.sigmoid(chosen, rejected, beta=1.0, label_smoothing=0.25),
+    )
+
+
 def test_dpo_shift_equals_the_authors_formula():
     """Meaquadddd/DPO-Shift (scripts/dposhift_trainer.py): logits = (logp_w - lambda logp_l) - (ref_w - lambda ref_l),
     loss -logsigmoid(beta logits); "increase_linear": lambda = min + (max - min) * step / max_steps."""
@@ -614,7 +628,7 @@ def test_table_entry_is_consistent(name):
         (
             "dpo_shift",
             ("chosen_logratios", "rejected_logratios", "progress"),
-            {"shift_lambda": 0.9, "shift_lambda_end": None},
+            {"shift_lambda": 0.9, "shift_lambda_end": None, "label_smoothing": 0.0},
             True,
             False,
         ),
