@@ -209,12 +209,13 @@ def needs_scores(method: str) -> bool:
     return loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_score_gaps
 
 
-def is_scored(pairs_file: Path) -> bool:
-    """The data set's pairs carry a score gap (they were expanded from multi-response rows with scores)."""
+def is_scored(files: tuple[Path, Path]) -> bool:
+    """Every held-out pair of the data set carries a score gap (expanded from multi-response rows with scores); the
+    training file is the same kind of data, and the run's own check refuses a pair without one."""
     from dpo.data.rows import SCORE_GAP
 
-    first = next((line for line in pairs_file.read_text().splitlines() if line.strip()), "{}")
-    return SCORE_GAP in json.loads(first)
+    rows = [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+    return bool(rows) and all(SCORE_GAP in row for row in rows)
 
 
 def validation_accuracy(summary: dict) -> float | None:
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     done = read_runs(runs_file)
     for dataset in args.datasets:
         files = split_heldout(dataset, work)
-        applicable = [m for m in methods if is_scored(files[0]) or not needs_scores(m)]
+        applicable = [m for m in methods if is_scored(files) or not needs_scores(m)]
         for method in sorted(set(methods) - set(applicable), key=methods.index):
             skipped[f"{method} on {dataset}"] = "its loss needs a score gap per pair, and this data set has no scores"
             print(f"skipping {method} on {dataset}: {skipped[f'{method} on {dataset}']}", flush=True)

@@ -87,16 +87,18 @@ class Controls:
 
     def loss_plan(self, plan: LossPlan) -> LossPlan:
         """`plan` with these controls: the NLL term's weight, sigmoid turned into DPO-Shift once its factor is below
-        1, and the hyperparameters the losses take."""
-        shifted = self.shift_lambda is not None and self.shift_lambda < 1
-        terms = [(SHIFTED if shifted and name == UNSHIFTED else name, w) for name, w in plan.terms if name != NLL_TERM]
+        1 (only where the shift control is the sigmoid's: a recipe that has a dpo_shift term shifts that one), and
+        the hyperparameters the losses take."""
+        names = [name for name, _ in plan.terms]
+        swap = self.shift_lambda is not None and self.shift_lambda < 1 and SHIFTED not in names
+        terms = [(SHIFTED if swap and name == UNSHIFTED else name, w) for name, w in plan.terms if name != NLL_TERM]
         if self.nll_weight > 0:
             terms.append((NLL_TERM, self.nll_weight))
         hyperparameters = dict(plan.hyperparameters)
         for key in ("dpop_lambda", "label_smoothing"):
             if getattr(self, key) is not None:
                 hyperparameters[key] = getattr(self, key)
-        if any(name == SHIFTED for name, _ in terms):
+        if self.shift_lambda is not None and any(name == SHIFTED for name, _ in terms):  # None: the recipe schedules it
             hyperparameters["shift_lambda"] = self.shift_lambda
         return dataclasses.replace(plan, terms=tuple(terms), hyperparameters=hyperparameters)
 
@@ -473,8 +475,9 @@ class Autopilot(TrainerCallback, ExportableState):
     def load_state(self, saved: dict) -> None:
         """Put back `state()` (from a checkpoint's trainer_state.json) and re-apply the loss controls."""
         attributes = saved.get("attributes", {})
-        if "controls" in attributes:
-            self.controls = Controls(**attributes["controls"])
+        if "controls" in attributes:  # a checkpoint of an older version lacks newer controls: the recipe's values
+            saved_controls = {k: v for k, v in attributes["controls"].items() if k in Controls.__dataclass_fields__}
+            self.controls = dataclasses.replace(Controls.of(self.base_plan), **saved_controls)
         for name in ("decisions", "rested_until", "evaluations", "stopped_at"):
             if name in attributes:
                 setattr(self, name, attributes[name])
@@ -502,6 +505,10 @@ _NEEDS = {
     "dpop_lambda": ("max_dpop_lambda", "dpop_lambda_factor"),
     "shift_lambda": ("min_shift_lambda", "shift_lambda_step"),
 }
+# Which losses have the control, where that is more than "the losses that take the hyperparameter" (Controls.of)
+_HAVE = {
+    "shift_lambda": f"{SHIFTED} with a fixed factor, or {UNSHIFTED} under the {PLAIN_DPO_LINK} link",
+}
 
 
 def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
@@ -523,9 +530,11 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
             continue
         for key in keys:
             if key in changed:
-                users = sorted(name for name, spec in LOSSES.items() if control in spec.hyperparameters)
+                users = _HAVE.get(control) or ", ".join(
+                    sorted(name for name, spec in LOSSES.items() if control in spec.hyperparameters)
+                )
                 raise UserError(
-                    f"has no effect: no loss in loss.type takes {control} (it is used by: {', '.join(users)})",
+                    f"has no effect: no loss in loss.type takes {control} (it is used by: {users})",
                     where=loaded.where(f"autopilot.{key}"),
                 )
 

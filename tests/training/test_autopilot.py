@@ -62,6 +62,28 @@ def test_shift_control_turns_dpo_into_dpo_shift_and_keeps_the_smoothing():
     assert Controls.of(scheduled).shift_lambda is None
     assert Controls.of(LossPlan(f_divergence="js_divergence")).shift_lambda is None
     assert Controls.of(LossPlan(terms=(("ipo", 1.0),))).shift_lambda is None
+    # and nothing shifts, nor breaks, on a later change of another control
+    controls = Controls.of(scheduled)
+    controls.lr_factor = 0.5
+    unchanged = controls.loss_plan(scheduled)
+    assert unchanged.terms == scheduled.terms
+    assert unchanged.hyperparameters == {**scheduled.hyperparameters, "label_smoothing": 0.0}  # dpo_shift's default
+    # with both losses in the recipe the control is dpo_shift's: the sigmoid term stays sigmoid
+    both = LossPlan(terms=(("sigmoid", 1.0), ("dpo_shift", 1.0)), hyperparameters={"shift_lambda": 0.9})
+    controls = Controls.of(both)
+    assert controls.shift_lambda == 0.9 and controls.loss_plan(both).terms == both.terms
+    controls.shift_lambda = 0.75
+    shifted = controls.loss_plan(both)
+    assert shifted.terms == both.terms and shifted.hyperparameters["shift_lambda"] == 0.75
+
+
+def test_a_checkpoint_without_newer_controls_resumes_with_the_recipes_values():
+    """A checkpoint written before the shift control existed has no `shift_lambda`: it comes from the recipe (1.0
+    on plain DPO), so the resumed run can still shift; keys this version does not know are ignored."""
+    autopilot = pilot()
+    old = {"nll_weight": 0.25, "dpop_lambda": None, "label_smoothing": 0.1, "lr_factor": 0.5, "gone": 1}
+    autopilot.load_state({"attributes": {"controls": old}})
+    assert autopilot.controls == Controls(nll_weight=0.25, label_smoothing=0.1, shift_lambda=1.0, lr_factor=0.5)
 
 
 def test_displacement_lowers_the_shift_then_turns_on_the_nll_term_to_its_bound_with_cooldowns():
@@ -168,6 +190,20 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
         (
             ["autopilot.enabled=true", "autopilot.max_dpop_lambda=10"],
             "autopilot.max_dpop_lambda: has no effect: no loss in loss.type takes dpop_lambda",
+        ),
+        (
+            ["autopilot.enabled=true", "loss.type=ipo", "autopilot.min_shift_lambda=0.5"],
+            "autopilot.min_shift_lambda: has no effect: no loss in loss.type takes shift_lambda \\(it is used by: "
+            "dpo_shift with a fixed factor, or sigmoid under the reverse_kl link\\)",
+        ),
+        (
+            [
+                "autopilot.enabled=true",
+                "loss.type=dpo_shift",
+                "loss.shift_lambda_end=0.9",
+                "autopilot.shift_lambda_step=0.1",
+            ],
+            "autopilot.shift_lambda_step: has no effect: no loss in loss.type takes shift_lambda",
         ),
         (["autopilot.enabled=true", "training.eval_strategy=no"], "autopilot: needs evaluations"),
         (["autopilot.enabled=true", "autopilot.max_label_smoothing=0.5"], "less than 0.5"),
