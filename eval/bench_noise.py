@@ -226,6 +226,8 @@ def validation_accuracy(summary: dict) -> float | None:
 
 def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str], files: tuple[Path, Path],
             out: Path, quick: bool) -> dict:  # fmt: skip
+    from provenance import provenance  # eval/, on sys.path as the script's folder
+
     import dpo.api
 
     spec = METHODS[method]
@@ -256,6 +258,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
         "test": test_result,
         "autopilot_decisions": [{k: d[k] for k in ("step", "rule", "changed")} for d in decisions],
         "wall_s": round(time.time() - started, 1),
+        **provenance(),  # a resumed benchmark may mix code versions and thread counts: each run says its own
     }  # fmt: skip
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are big; the record has what counts
     return record

@@ -96,6 +96,7 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["TQDM_DISABLE"] = "1"
     import torch
+    from provenance import provenance  # eval/, on sys.path as the script's folder
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
@@ -158,6 +159,7 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
         "impl": impl,
         "bf16": bf16,
         "gradient_checkpointing": checkpointing,
+        **provenance(),  # a resumed benchmark may mix code versions and thread counts: each run says its own
     }
     if impl == "ours":
         result["prompt_shared"] = trainer.share_prompt

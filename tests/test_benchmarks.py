@@ -48,6 +48,8 @@ def test_speed_benchmark_quick(tmp_path):
     assert row["max_loss_difference"] < 1e-4  # plain TRL and ours train the same model
     assert row["speedup"] > 0 and row["eval_over_policy_forward"] > 0 and row["layouts"]["shared"] > 0
     assert "| arithmetic | fp32 |" in (tmp_path / "speed_quick.md").read_text()
+    runs = json.loads((tmp_path / "speed_quick.json").read_text())["runs"]
+    assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
 
 
 @pytest.mark.slow
@@ -88,6 +90,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
         ("simpo", 1),
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
+    assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
     result = json.loads((tmp_path / "noise_quick.json").read_text())
     cell = result["cells"]["arithmetic/0.3"]["methods"]
     assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}

@@ -171,7 +171,8 @@ def _label_audit(o: Observation, s: Settings, c: Controls) -> Numbers | None:
 def _displacement(o: Observation, s: Settings, c: Controls) -> Numbers | None:
     """The held-out chosen log-ratio has fallen from its highest value so far (0 at the start, where the policy is
     the reference) by more than displacement_nats beyond the noise. From the peak rather than from 0: under
-    flipped labels it first rises, then falls for tens of steps before it crosses zero (eval/results/noise.md)."""
+    flipped labels it first rises, then falls for tens of steps before it crosses zero (the noise benchmark's
+    validation curves: +1.18 at step 10, +0.71, -0.19, -1.15 at step 40 with plain DPO, arithmetic, 30% flipped)."""
     key = "eval_logratios/chosen"
     value = o.metrics.get(key)
     if not isinstance(value, int | float) or not math.isfinite(value):
