@@ -251,12 +251,15 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     summary = dpo.api.train(REPO / "recipes" / spec.recipe, overrides=overrides, output_dir=run_dir)
     test_result = score_test(run_dir, test, QUICK_TEST_PAIRS if quick else None)
     decisions = (summary.get("autopilot") or {}).get("decisions", [])
+    card = run_dir / "data_card.json"
+    audit = (json.loads(card.read_text()) if card.exists() else {}).get("audit") or {}
     record = {
         "dataset": dataset, "noise": noise, "seed": seed, "method": method,
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
         "validation_accuracy": validation_accuracy(summary),
         "test": test_result,
         "autopilot_decisions": [{k: d[k] for k in ("step", "rule", "changed")} for d in decisions],
+        **({"audit_flip_rate": audit["flip_rate"]["estimate"]} if "flip_rate" in audit else {}),  # label auditing
         "wall_s": round(time.time() - started, 1),
         **provenance(),  # a resumed benchmark may mix code versions and thread counts: each run says its own
     }  # fmt: skip

@@ -91,6 +91,9 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
     assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
+    audited = [r for r in runs if "audit_flip_rate" in r]  # the estimate `label_smoothing: auto` trained with
+    assert {r["method"] for r in audited} == {"label_smoothing_auto"} and len(audited) == 2
+    assert all(0 <= r["audit_flip_rate"] < 0.5 for r in audited)
     result = json.loads((tmp_path / "noise_quick.json").read_text())
     cell = result["cells"]["arithmetic/0.3"]["methods"]
     assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}
