@@ -21,7 +21,7 @@ from dpo import api
 from dpo.analysis.evaluate import DECODINGS
 from dpo.errors import RunFailed, UserError, one_line
 from dpo.plan.options import PlanOptions
-from dpo.rundir.secrets import RedactingStream, redact
+from dpo.rundir.secrets import redact, redact_standard_streams
 from dpo.sweep.spec import help_text as sweep_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
@@ -85,8 +85,7 @@ def train(
     from dpo.analysis.console import print_summary
     from dpo.rundir.files import is_main_process
 
-    # everything printed from here on (ours, transformers', tqdm's) passes through the secret redaction
-    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    redact_standard_streams()  # a no-op under main(), which did it already
     try:
         summary = api.train(
             recipe, overrides=set_ or [], output_dir=output_dir, resume=resume, allow_data_change=allow_data_change
@@ -433,8 +432,7 @@ def recipes():
 
 
 def main() -> None:
-    # every command's output (ours, typer's usage errors, libraries') passes through the secret redaction
-    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    redact_standard_streams()  # every command's output (ours, typer's usage errors, libraries')
     try:
         app()
     except UserError as exc:  # raised outside a command body (e.g. while parsing)

@@ -126,14 +126,46 @@ def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
     assert "vs_plain" in cell["odpo"] and cell["best_single"]["chosen"] == "odpo"
 
 
+def _load_bench(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "eval" / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[name] = bench  # its dataclasses look their module up while being built
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
+    """Hand-made runs on 4 test pairs: the best single control is the one with the higher validation accuracy even
+    where its test accuracy is lower; a method below plain beyond the interval is named once (not again as
+    best_single); the autopilot's 0.10 goal reads its paired difference from plain."""
+    bench = _load_bench("bench_noise")
+
+    def run(method, seed, reward, validation):
+        return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "validation_accuracy": validation,
+                "test": {"pairs": 4, "reward": reward, "policy": reward}, "steps": 60, "max_steps": 60,
+                "stop_reason": "completed"}  # fmt: skip
+
+    done = [run("plain", s, "1111", 0.7) for s in (0, 1)]
+    done += [run("odpo", s, "0000", 0.9) for s in (0, 1)]  # chosen on validation, worst on test
+    done += [run("cdpo", s, "1110", 0.6) for s in (0, 1)]
+    done += [run("autopilot", s, "1111", 0.8) for s in (0, 1)]
+    result = bench.aggregate(done, {})
+    rows = result["cells"]["sorting/0.3"]["methods"]
+    assert rows["best_single"]["chosen"] == "odpo" and rows["best_single"]["chosen_on_seeds"] == [0, 1]
+    assert rows["odpo"]["vs_plain"] == (-1.0, -1.0, -1.0)  # every pair, every seed: no resample differs
+    goals = {g["goal"]: g for g in result["goals"]}
+    below = goals["no method below plain beyond the interval"]
+    assert not below["met"] and below["detail"] == "odpo -1.000"  # cdpo's -0.25 interval reaches 0; best_single once
+    assert goals["autopilot >= plain + 0.10 in test accuracy"]["detail"] == "+0.000 [+0.000, +0.000]"
+    assert goals["autopilot >= best single control (on validation; not below it beyond the interval)"]["met"]
+
+
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
     """The losses of issue 16 are single controls (ODPO aside: the arithmetic pairs have no scores), and a row
     without a chosen log-ratio (a reference-free loss logs none) shows n/a instead of failing the table."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_overfitting", REPO / "eval" / "bench_overfitting.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_bench("bench_overfitting")
     assert {"cal_dpo", "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo"} <= set(bench.CONTROLS)
     row = {
         "noise": 0.0, "steps": 30, "eval_rewards/accuracies": 0.7, "eval_rewards/margins": 1.0,

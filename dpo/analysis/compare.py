@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 
 from dpo.analysis.plots import PALETTE, Marker, Series, line_chart
-from dpo.analysis.report import _compact, _page, _recipe_name, _series, _show
+from dpo.analysis.report import cell_text, compact_text, html_page, metric_series, recipe_name
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.rundir.atomic import atomic_write_text
@@ -34,7 +34,7 @@ def _runs(run_dirs: list[Path]) -> list[dict]:
             raise UserError("no such directory", where=str(run_dir))
         if not ((run_dir / METRICS_LOG).is_file() or (run_dir / SUMMARY).is_file()):
             raise UserError("not a run directory (no metrics.jsonl / summary.json)", where=str(run_dir))
-        name = _recipe_name(read_text(run_dir / RECIPE)) or run_dir.name
+        name = recipe_name(read_text(run_dir / RECIPE)) or run_dir.name
         if name in names:  # two runs of one recipe: tell them apart by their folders
             name = f"{name} ({run_dir.name})"
         names.add(name)
@@ -56,7 +56,7 @@ def comparison_html(run_dirs: list[Path]) -> str:
     last = max([1, *(e["step"] for r in runs for e in r["events"] if isinstance(e.get("step"), int | float))])
     charts, missing = [], []
     for metric in HEADLINE:
-        series = [Series(r["name"], _series(r["events"], metric), r["color"], width=2) for r in runs]
+        series = [Series(r["name"], metric_series(r["events"], metric), r["color"], width=2) for r in runs]
         markers = [
             Marker(r["summary"]["best_step"], f"{r['name']}: best step", r["color"])
             for r in runs
@@ -75,7 +75,7 @@ def comparison_html(run_dirs: list[Path]) -> str:
         body.append(f'<p class="note">Logged by none of the runs: {escape(", ".join(missing))}.</p>')
     body.append("<h2>Summaries</h2>" + _summary_table(runs))
     body.append("<h2>What each recipe changed from its base</h2>" + _changes_table(runs))
-    return _page("dpo compare", "".join(body))
+    return html_page("dpo compare", "".join(body))
 
 
 def _summary_table(runs: list[dict]) -> str:
@@ -89,13 +89,13 @@ def _summary_table(runs: list[dict]) -> str:
         cells = [
             f'<td><b style="color:{r["color"]}">{escape(r["name"])}</b><br><small>{escape(str(r["dir"]))}</small></td>',
             f"<td>{escape(str(s.get('stop_reason', 'no summary.json (not finished)')))}</td>",
-            f"<td class=num>{_show(s.get('steps'))}</td>",
-            f"<td class=num>{_show(s.get('best_step'))} <small>({escape(str(best.get('name', '-')))})</small></td>",
-            f"<td class=num>{_show(onset) if onset is not None else 'none'}</td>",
+            f"<td class=num>{cell_text(s.get('steps'))}</td>",
+            f"<td class=num>{cell_text(s.get('best_step'))} <small>({escape(str(best.get('name', '-')))})</small></td>",
+            f"<td class=num>{cell_text(onset) if onset is not None else 'none'}</td>",
         ]
         for metric in HEADLINE:
             values = [(s.get(k) or {}).get(metric) for k in ("initial_metrics", "best_metrics", "final_metrics")]
-            cells.append(f"<td class=num>{' / '.join(_show(v) for v in values)}</td>")
+            cells.append(f"<td class=num>{' / '.join(cell_text(v) for v in values)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -110,8 +110,8 @@ def _changes_table(runs: list[dict]) -> str:
             changed = [c for c in changes.get("changes", []) if c["value"] != c["base_value"]]
             listed = (
                 "<br>".join(
-                    f"<code>{escape(c['key'])}</code>: {escape(_compact(c['value']))} "
-                    f"<small>(was {escape(_compact(c['base_value']))})</small>"
+                    f"<code>{escape(c['key'])}</code>: {escape(compact_text(c['value']))} "
+                    f"<small>(was {escape(compact_text(c['base_value']))})</small>"
                     for c in changed
                 )
                 or '<span class="note">nothing: the base recipe as it is</span>'

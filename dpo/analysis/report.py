@@ -130,7 +130,7 @@ def write_report_or_warn(path: str | Path) -> Path | None:
 # ---- reading run files (dpo/rundir/files.py reads them) -----------------------------------------
 
 
-def _series(events: list[dict], name: str) -> list[tuple[float, float]]:
+def metric_series(events: list[dict], name: str) -> list[tuple[float, float]]:
     """(step, value) of metric `name`: held-out ones from evaluation events, train ones from step events."""
     held_out = name.startswith("eval_")
     return [
@@ -169,7 +169,7 @@ def run_charts(events: list[dict], summary: dict | None) -> tuple[list[str], lis
     charts, empty = [], []
     for title, lines in RUN_CHARTS.items():
         series = [
-            Series(label, _series(events, name), color, dashed=train, dots=not train, width=1.2 if train else 2)
+            Series(label, metric_series(events, name), color, dashed=train, dots=not train, width=1.2 if train else 2)
             for name, label, color, train in lines
         ]
         svg = line_chart(title, series, (0, last), markers)
@@ -184,7 +184,7 @@ def run_html(run_dir: Path) -> str:
     changes = read_json(run_dir / RECIPE_CHANGES)
     evaluation = read_json(run_dir / EVAL)
     recipe_text = read_text(run_dir / RECIPE)
-    name = _recipe_name(recipe_text) or run_dir.name
+    name = recipe_name(recipe_text) or run_dir.name
     charts, empty = run_charts(events, summary)
 
     body = [f"<h1>Run {escape(name)}</h1>", f'<p class="path">{escape(str(run_dir.resolve()))}</p>']
@@ -213,7 +213,7 @@ def run_html(run_dir: Path) -> str:
     if card:
         rest = {k: v for k, v in card.items() if k != "audit"}
         body.append("<h2>Data card</h2>" + _kv_table(_flatten(rest)))
-    return _page(f"dpo report: {name}", "".join(body))
+    return html_page(f"dpo report: {name}", "".join(body))
 
 
 def _audit_section(audit: dict) -> str:
@@ -241,7 +241,8 @@ def _audit_section(audit: dict) -> str:
     )
 
 
-def _recipe_name(recipe_text: str) -> str | None:
+def recipe_name(recipe_text: str) -> str | None:
+    """The `name:` of a recipe's text (recipe.yaml of a run), None when it has none."""
     for line in recipe_text.splitlines():
         if line.startswith("name:"):
             return line.partition(":")[2].strip() or None
@@ -262,7 +263,7 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
         ("stop reason", summary.get("stop_reason")),
         ("steps", f"{summary.get('steps')} of {summary.get('max_steps')}"),
         ("best step", summary.get("best_step")),
-        (f"best {best.get('name')} ({best.get('mode')})", _show(best.get("value"))),
+        (f"best {best.get('name')} ({best.get('mode')})", cell_text(best.get("value"))),
         ("final weights", summary.get("final_weights")),
         (
             "overfitting onset",
@@ -277,7 +278,8 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
     return f'<div class="status">{cells}</div><h2>Warnings</h2>{verdict}'
 
 
-def _show(value) -> str:
+def cell_text(value) -> str:
+    """A value as a table cell shows it: a finite float rounded (fmt), None as '-'."""
     if isinstance(value, float):
         return fmt(value) if math.isfinite(value) else str(value)
     return "-" if value is None else str(value)
@@ -287,7 +289,9 @@ def _headline_table(summary: dict) -> str:
     rows = []
     for name in HEADLINE:
         cells = [summary.get(k, {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
-        rows.append(f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{_show(v)}</td>" for v in cells) + "</tr>")
+        rows.append(
+            f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{cell_text(v)}</td>" for v in cells) + "</tr>"
+        )
     final_step = (summary.get("final_metrics") or {}).get("eval_step")
     head = f"<tr><th>held-out metric</th><th>step 0</th><th>best (step {summary.get('best_step')})</th>"
     head += f"<th>end (step {final_step})</th></tr>"
@@ -329,15 +333,17 @@ def samples_section(samples: dict) -> str:
 
 
 def _sample_cell(key: str, value) -> str:
-    return f"<td class=num>{_show(value)}</td>" if key.endswith("reward") else f"<td>{escape(str(value)[:200])}</td>"
+    return (
+        f"<td class=num>{cell_text(value)}</td>" if key.endswith("reward") else f"<td>{escape(str(value)[:200])}</td>"
+    )
 
 
 def _recipe_section(recipe_text: str, changes: dict | None) -> str:
     parts = ["<h2>Recipe</h2>"]
     if changes:
         rows = "".join(
-            f"<tr><td><code>{escape(c['key'])}</code></td><td>{escape(_compact(c['value']))}</td>"
-            f"<td>{escape(_compact(c['base_value']))}</td><td>{escape(str(c['source']))}</td></tr>"
+            f"<tr><td><code>{escape(c['key'])}</code></td><td>{escape(compact_text(c['value']))}</td>"
+            f"<td>{escape(compact_text(c['base_value']))}</td><td>{escape(str(c['source']))}</td></tr>"
             for c in changes.get("changes", [])
             if c["value"] != c["base_value"]
         )
@@ -356,7 +362,8 @@ def _recipe_section(recipe_text: str, changes: dict | None) -> str:
     return "".join(parts)
 
 
-def _compact(value) -> str:
+def compact_text(value) -> str:
+    """A value on one line: lists, dicts and booleans as JSON, None as '-'."""
     return "-" if value is None else json.dumps(value) if isinstance(value, bool | dict | list) else str(value)
 
 
@@ -371,7 +378,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _kv_table(flat: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><td><code>{escape(k)}</code></td><td>{escape(_compact(v) if isinstance(v, list) else _show(v))}</td></tr>"
+        f"<tr><td><code>{escape(k)}</code></td><td>{escape(compact_text(v) if isinstance(v, list) else cell_text(v))}"
+        "</td></tr>"
         for k, v in flat.items()
     )
     return f"<table>{rows}</table>"
@@ -399,7 +407,7 @@ def sweep_html(sweep_dir: Path) -> str:
         ("objective", f"{direction} {metric}"),
         ("trials", ", ".join(f"{n} {s}" for s, n in counts.items() if n)),
         ("best trial", summary.get("best_trial")),
-        ("best value", _show(summary.get("best_value"))),
+        ("best value", cell_text(summary.get("best_value"))),
         ("sampler / pruner", f"{summary.get('sampler')} / {summary.get('pruner')}"),
         ("steps run", summary.get("steps_total")),
         ("steps saved by pruning", summary.get("steps_saved_by_pruning")),
@@ -432,7 +440,7 @@ def sweep_html(sweep_dir: Path) -> str:
             "<h2>Pruned and failed trials</h2><table><tr><th>trial</th><th>state</th><th>steps</th><th>reason</th>"
             f"</tr>{rows}</table>"
         )
-    return _page(f"dpo sweep report: {name}", "".join(body))
+    return html_page(f"dpo sweep report: {name}", "".join(body))
 
 
 def _ranked(trials: list[dict], direction: str) -> list[dict]:
@@ -461,11 +469,11 @@ def _trials_table(sweep_dir: Path, trials: list[dict], ranked: list[dict], direc
             _cell(t.get("number"), t.get("number")),
             _cell(t.get("state"), None),
             # rank keeps the objective order for both directions; trials without a value sort last
-            _cell(_show(value), rank if finite(value) else 1e9),
+            _cell(cell_text(value), rank if finite(value) else 1e9),
         ]
         for p in params:
             v = (t.get("params") or {}).get(p)
-            cells.append(_cell(_show(v), v if finite(v) else None))
+            cells.append(_cell(cell_text(v), v if finite(v) else None))
         cells.append(_cell(t.get("steps"), t.get("steps")))
         cells.append(_cell(t.get("reason") or "", None))
         run_dir = t.get("run_dir")
@@ -510,7 +518,7 @@ def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric:
         run_dir = t.get("run_dir")
         if not run_dir:
             continue
-        points = _series(read_metrics(sweep_dir / run_dir), metric)
+        points = metric_series(read_metrics(sweep_dir / run_dir), metric)
         if points:
             last = max(last, max(x for x, _ in points))
             label = f"trial {t.get('number')}" + (" (pruned)" if pruned else f" = {fmt(t['value'])}")
@@ -521,7 +529,7 @@ def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric:
 def _importance(importance: dict) -> str:
     top = max((v for v in importance.values() if finite(v)), default=0) or 1
     rows = "".join(
-        f'<tr><td><code>{escape(k)}</code></td><td class=num>{_show(v)}</td><td><div class="bar" '
+        f'<tr><td><code>{escape(k)}</code></td><td class=num>{cell_text(v)}</td><td><div class="bar" '
         f'style="width:{max(0.0, v / top) * 240 if finite(v) else 0:.0f}px"></div></td></tr>'
         for k, v in sorted(importance.items(), key=lambda kv: -kv[1] if finite(kv[1]) else 0)
     )
@@ -574,7 +582,8 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page (styles and scripts inline) around `body`: the run report's and dpo compare's."""
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'

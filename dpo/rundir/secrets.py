@@ -86,6 +86,18 @@ class RedactingStream:
         return getattr(self._stream, name)
 
 
+def redact_standard_streams() -> None:
+    """Route everything printed from now on (ours, typer's, transformers', tqdm's) through the redaction. Once:
+    the CLI's entry point does this, and `dpo train` again for callers that skip it (typer's test runner swaps
+    the streams per call), so a stream that already redacts is not wrapped a second time."""
+    import sys
+
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr)
+
+
 def scrubbed_arguments(args, env: Mapping[str, str] | None = None):
     """A shallow copy of a dataclass of arguments (transformers' TrainingArguments) for writing to a file or a
     logger: fields named like a secret (`hub_token`) emptied, secrets redacted from every other field's strings.

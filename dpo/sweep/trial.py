@@ -74,7 +74,7 @@ def trial_callback(storage: str, study: str, trial_id: int, metric: str, pruner:
 def main(argv: list[str] | None = None) -> int:
     from dpo.analysis.console import print_summary
     from dpo.errors import RunFailed, UserError
-    from dpo.rundir.secrets import RedactingStream, redact
+    from dpo.rundir.secrets import redact, redact_standard_streams
     from dpo.training.execute import execute
 
     parser = argparse.ArgumentParser(prog="python -m dpo.sweep.trial", description=__doc__.splitlines()[0])
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pruner", type=json.loads, required=True)
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
-    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    redact_standard_streams()
     try:
         # inside the try: a storage that cannot be opened is a one-line error (exit 2), as in `dpo train`
         callback = trial_callback(

@@ -525,6 +525,13 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         raise UserError(
             "needs evaluations during training (training.eval_strategy is 'no')", where=loaded.where("autopilot")
         )
+    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau":
+        # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
+        raise UserError(
+            "cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau: both cut the learning rate on a "
+            "plateau of early_stopping.metric (the autopilot by autopilot.lr_factor); keep one",
+            where=loaded.where("autopilot.enabled"),
+        )
     controls = Controls.of(plan)
     for control, keys in _NEEDS.items():
         if getattr(controls, control) is not None:

@@ -140,6 +140,23 @@ def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
     assert "s3cr3t" not in (tmp_path / "summary.json").read_text()
 
 
+def test_standard_streams_are_wrapped_for_redaction_once(monkeypatch, capsys):
+    import sys
+
+    from dpo.rundir.secrets import redact_standard_streams
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after the test
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    redact_standard_streams()
+    wrapped = sys.stdout
+    redact_standard_streams()  # the CLI's entry point, then `dpo train`: the second call changes nothing
+    assert sys.stdout is wrapped and isinstance(wrapped, RedactingStream)
+    assert not isinstance(wrapped._stream, RedactingStream)
+    print("token s3cr3t-value-9876")
+    assert capsys.readouterr().out == "token [redacted $MY_SERVICE_TOKEN]\n"
+
+
 # ---- atomic writes and resume's files -----------------------------------------------------------------
 
 

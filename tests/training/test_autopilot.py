@@ -206,6 +206,10 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
             "autopilot.shift_lambda_step: has no effect: no loss in loss.type takes shift_lambda",
         ),
         (["autopilot.enabled=true", "training.eval_strategy=no"], "autopilot: needs evaluations"),
+        (
+            ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],
+            "autopilot.enabled: cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau",
+        ),
         (["autopilot.enabled=true", "autopilot.max_label_smoothing=0.5"], "less than 0.5"),
         (["autopilot.enabld=true"], "did you mean 'autopilot.enabled'"),
     ],
