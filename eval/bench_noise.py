@@ -4,6 +4,7 @@ defaults (issue 18); it replaces the 40-pair overfitting benchmark (eval/bench_o
     python eval/bench_noise.py                                  # everything below (a day or more on 2 CPU cores)
     python eval/bench_noise.py --datasets arithmetic --noise 0 0.3 --methods plain cdpo autopilot --seeds 0 1 2
     python eval/bench_noise.py --quick                          # tiny random model, 2 steps per run (~2 min; tests)
+    python eval/bench_noise.py --no-train                       # what is still to run; tables from what has run
 
 For each data set shipped in data/ (arithmetic, sorting), each share of flipped training labels (0%, 20%, 30%, 40%)
 and each seed (0, 1, 2: the seed of the adapter, the data order and which labels are flipped), every method trains
@@ -278,6 +279,28 @@ def read_runs(runs_file: Path) -> list[dict]:
     return runs
 
 
+def remaining(todo: list[tuple], done: list[dict]) -> str:
+    """What --no-train prints: the runs still to train, a line per data set, noise level and method (its seeds),
+    and the time they would take at the pace of the recorded runs of each data set (as those ran: their wall_s)."""
+    if not todo:
+        return "to train: nothing; every run of this grid is recorded"
+    missing: dict[tuple, list[int]] = {}
+    for dataset, noise, seed, method, _ in todo:
+        missing.setdefault((dataset, noise, method), []).append(seed)
+    lines = [f"  {d} {n:.0%} {m}: seeds {' '.join(map(str, seeds))}" for (d, n, m), seeds in missing.items()]
+    seconds, unpaced = 0.0, set()
+    for dataset in dict.fromkeys(t[0] for t in todo):
+        paces = [r["wall_s"] for r in done if r["dataset"] == dataset and "wall_s" in r]
+        if paces:
+            seconds += _mean(paces) * sum(t[0] == dataset for t in todo)
+        else:
+            unpaced.add(dataset)
+    estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halve the wall clock)"
+    if unpaced:
+        estimate += f" (and {', '.join(sorted(unpaced))}, with no recorded run to time)"
+    return "\n".join([f"to train: {len(todo)} runs, {estimate}:", *lines])
+
+
 # ---- statistics ----
 
 
@@ -470,6 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="*", default=list(DEFAULT_METHODS), choices=list(METHODS))
     parser.add_argument("--results", type=Path, default=REPO / "eval" / "results")
     parser.add_argument("--threads", type=int, help="torch threads (1 when two benchmark processes share the CPU)")
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: list the runs of the chosen grid "
+        "not recorded yet, with a time estimate, and write the tables from the recorded ones",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -497,24 +526,24 @@ def main(argv: list[str] | None = None) -> None:
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
     done = read_runs(runs_file)
+    recorded = {(r["dataset"], r["noise"], r["seed"], r["method"]) for r in done}
+    todo = []  # (dataset, noise, seed, method, held-out files), in the order they train: seed by seed
     for dataset in args.datasets:
         files = split_heldout(dataset, work)
         applicable = [m for m in methods if is_scored(files) or not needs_scores(m)]
         for method in sorted(set(methods) - set(applicable), key=methods.index):
             skipped[f"{method} on {dataset}"] = "its loss needs a score gap per pair, and this data set has no scores"
             print(f"skipping {method} on {dataset}: {skipped[f'{method} on {dataset}']}", flush=True)
-        for noise in args.noise:
-            for seed in args.seeds:
-                for method in applicable:
-                    key = (dataset, noise, seed, method)
-                    if any((r["dataset"], r["noise"], r["seed"], r["method"]) == key for r in done):
-                        continue
-                    record = run_one(dataset, noise, seed, method, base, files, work / "runs", args.quick)
-                    done.append(record)
-                    with runs_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
-                    print(json.dumps(shown), flush=True)
+        todo += [(dataset, noise, seed, method, files) for noise in args.noise for seed in args.seeds
+                 for method in applicable if (dataset, noise, seed, method) not in recorded]  # fmt: skip
+    if args.no_train:
+        print(remaining(todo, done))
+    for dataset, noise, seed, method, files in [] if args.no_train else todo:
+        record = run_one(dataset, noise, seed, method, base, files, work / "runs", args.quick)
+        with runs_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
+        print(json.dumps(shown), flush=True)
     done = read_runs(runs_file)  # again: another invocation may have added runs since this one started
     result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in methods}, **aggregate(done, skipped)}
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -111,6 +111,14 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
+    # --no-train: the grid with a third seed lacks one run per method (odpo: not on arithmetic), and trains none
+    (tmp_path / "noise_quick.md").unlink()
+    listing = subprocess.run([*command, "--seeds", "0", "1", "2", "--no-train"], capture_output=True, text=True,
+                             cwd=REPO, timeout=600)  # fmt: skip
+    assert listing.returncode == 0, listing.stderr[-3000:]
+    assert "to train: 5 runs, about " in listing.stdout and "  arithmetic 30% cdpo: seeds 2\n" in listing.stdout
+    assert "plan:" not in listing.stdout and (tmp_path / "noise_quick.md").exists()  # the tables, from the 10 runs
+    assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
 
 
 def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
