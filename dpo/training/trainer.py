@@ -686,6 +686,10 @@ class Trainer(DPOTrainer):
             "train_loss_sum": self._total_loss_scalar + self._tr_loss.item(),
             "runtime_s": self.runtime_before + time.time() - self.clock_start,
             "resumed_from": self.resumed_from,
+            # The cached reference log-probs, so that a resumed run uses the very numbers the uninterrupted run does:
+            # a held-out pair's were taken from the policy at step 0, and a reference forward now (another batch
+            # layout) would differ in the last float digits. This process's only (the main one writes this file).
+            "reference_logps": {key.hex(): list(value) for key, value in self._ref_cache.items()},
         }
 
     def load_dpo_state(self, state: dict, step: int) -> None:
@@ -697,6 +701,8 @@ class Trainer(DPOTrainer):
         self.runtime_before = state.get("runtime_s", 0.0)
         self.resumed_from = [*state.get("resumed_from", []), step]
         self._loss_sum_before = (state.get("train_loss_sum", 0.0), step)
+        if not self.args.sync_ref_model:  # TR-DPO moves the reference: nothing is cached, nothing is valid
+            self._ref_cache.update((bytes.fromhex(k), tuple(v)) for k, v in state.get("reference_logps", {}).items())
 
     def finish_from_checkpoint(self, checkpoint: str):
         """For a checkpoint saved when training had already ended (its last step, or early-stopped) by a process that
