@@ -150,8 +150,8 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     best_single); the autopilot's 0.10 goal reads its paired difference from plain."""
     bench = _load_bench("bench_noise")
 
-    def run(method, seed, reward, validation):
-        return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "validation_accuracy": validation,
+    def run(method, seed, reward, validation, dataset="sorting", noise=0.3):
+        return {"dataset": dataset, "noise": noise, "seed": seed, "method": method, "validation_accuracy": validation,
                 "test": {"pairs": 4, "reward": reward, "policy": reward}, "steps": 60, "max_steps": 60,
                 "stop_reason": "completed"}  # fmt: skip
 
@@ -159,7 +159,12 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     done += [run("odpo", s, "0000", 0.9) for s in (0, 1)]  # chosen on validation, worst on test
     done += [run("cdpo", s, "1110", 0.6) for s in (0, 1)]
     done += [run("autopilot", s, "1111", 0.8) for s in (0, 1)]
+    done += [run(m, 0, "1100", v, "arithmetic", 0.2) for m, v in (("plain", 0.5), ("autopilot", 0.6), ("simpo", 0.9))]
     result = bench.aggregate(done, {})
+    # the recipe for unknown noise is chosen on validation over the noisy cells, among the methods that ran in all
+    # (odpo and cdpo ran on sorting only; simpo is reference-free)
+    assert result["across_noisy_cells"] == {"cells": ["arithmetic/0.2", "sorting/0.3"],
+                                            "validation_accuracy": {"autopilot": 0.7, "plain": 0.6}}  # fmt: skip
     rows = result["cells"]["sorting/0.3"]["methods"]
     assert rows["best_single"]["chosen"] == "odpo" and rows["best_single"]["chosen_on_seeds"] == [0, 1]
     assert rows["odpo"]["vs_plain"] == (-1.0, -1.0, -1.0)  # every pair, every seed: no resample differs

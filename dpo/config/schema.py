@@ -279,7 +279,7 @@ class AutopilotSection(Section):
         gt=0,
         le=1,
         description="Lowest DPO-Shift factor loss.shift_lambda it sets (on plain DPO, cDPO and DPO-Shift; 0.75 is "
-        "recipes/noisy-labels.yaml's); 1: never.",
+        "recipes/dpo-shift.yaml's); 1: never.",
     )
     shift_lambda_step: float = Field(0.25, gt=0, lt=1, description="How much it lowers loss.shift_lambda at a time.")
     max_label_smoothing: float = Field(
