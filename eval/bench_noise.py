@@ -295,7 +295,7 @@ def remaining(todo: list[tuple], done: list[dict]) -> str:
             seconds += _mean(paces) * sum(t[0] == dataset for t in todo)
         else:
             unpaced.add(dataset)
-    estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halve the wall clock)"
+    estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halves the wall clock)"
     if unpaced:
         estimate += f" (and {', '.join(sorted(unpaced))}, with no recorded run to time)"
     return "\n".join([f"to train: {len(todo)} runs, {estimate}:", *lines])
@@ -369,22 +369,41 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
                         paired_best = [best_by_seed[r["seed"]] for r in auto]
                         rows["autopilot"]["vs_best_single"] = bootstrap(auto, "reward", paired_best)
             cells[f"{dataset}/{noise}"] = {"dataset": dataset, "noise": noise, "methods": rows}
-    return {"cells": cells, "skipped": skipped, "goals": goals(cells), "across_noisy_cells": across_noisy_cells(cells)}
+    return {"cells": cells, "skipped": skipped, "goals": goals(cells), "across_noisy_cells": across_noisy_cells(done)}
 
 
-def across_noisy_cells(cells: dict) -> dict:
-    """A recipe for labels of unknown noise on a task of unknown kind (recipes/noisy-labels.yaml) is chosen on this:
-    each method's validation accuracy averaged over the noisy cells of every data set, for the methods that ran in
-    all of them (so that each is averaged over the same cells), best first. Reference-free losses are left out, as
-    for best_single."""
-    noisy = {key: cell["methods"] for key, cell in cells.items() if cell["noise"] > 0}
+def across_noisy_cells(done: list[dict]) -> dict:
+    """What a recipe for labels of unknown noise on a task of unknown kind (recipes/noisy-labels.yaml) is chosen on:
+    per method, its validation accuracy averaged over the noisy cells of each data set, then over the data sets
+    (each counts once, however many noise levels ran on it), and the noisy cells where it is below plain DPO on
+    validation. Only methods that ran in every noisy cell take part, each cell on the seeds all of them share (as
+    for best_single); reference-free losses are left out (their validation accuracy starts at the base model's
+    preference). Early stopping and the autopilot report the validation accuracy of the checkpoint they restore,
+    chosen on those same pairs: an optimistic number."""
+    noisy = sorted({(r["dataset"], r["noise"]) for r in done if r["noise"] > 0})
+    ran = {cell: {r["method"] for r in done if (r["dataset"], r["noise"]) == cell and r["validation_accuracy"]
+                  is not None} for cell in noisy}  # fmt: skip
     if not noisy:
-        return {"cells": [], "validation_accuracy": {}}
-    everywhere = set.intersection(*({m for m, r in rows.items() if r["validation_accuracy"] is not None}
-                                    for rows in noisy.values()))  # fmt: skip
-    means = {m: _mean(rows[m]["validation_accuracy"] for rows in noisy.values())
-             for m in everywhere - {"best_single"} if not reference_free(m)}  # fmt: skip
-    return {"cells": list(noisy), "validation_accuracy": dict(sorted(means.items(), key=lambda kv: -kv[1]))}
+        return {"cells": [], "validation_accuracy": {}, "below_plain": {}, "not_in_every_cell": []}
+    everywhere = sorted(m for m in set.intersection(*ran.values()) if not reference_free(m))
+    by_dataset: dict[str, dict[str, list[float]]] = {m: {} for m in everywhere}
+    below: dict[str, list[str]] = {m: [] for m in everywhere}
+    for dataset, noise in noisy:
+        runs = [r for r in done if (r["dataset"], r["noise"]) == (dataset, noise) and r["method"] in everywhere]
+        shared = set.intersection(*({r["seed"] for r in runs if r["method"] == m} for m in everywhere))
+        value = {m: _mean(r["validation_accuracy"] for r in runs if r["method"] == m and r["seed"] in shared)
+                 for m in everywhere if shared}  # fmt: skip
+        for m, v in value.items():
+            by_dataset[m].setdefault(dataset, []).append(v)
+            if "plain" in value and v < value["plain"]:
+                below[m].append(f"{dataset}/{noise}")
+    means = {m: _mean(_mean(v) for v in by_dataset[m].values()) for m in everywhere if by_dataset[m]}
+    return {
+        "cells": [f"{d}/{n}" for d, n in noisy],
+        "validation_accuracy": dict(sorted(means.items(), key=lambda kv: -kv[1])),
+        "below_plain": below,
+        "not_in_every_cell": sorted(set.union(*ran.values()) - set(everywhere)),
+    }
 
 
 def _row(runs: list[dict], plain: list[dict]) -> dict:
@@ -461,9 +480,17 @@ def markdown(result: dict) -> str:
         lines += ["", *(f"Skipped `{m}`: {why}" for m, why in result["skipped"].items())]
     across = result.get("across_noisy_cells") or {}
     if across.get("validation_accuracy"):
-        ranked = ", ".join(f"{m} {v:.3f}" for m, v in across["validation_accuracy"].items())
-        lines += ["", f"Mean validation accuracy over the noisy cells ({', '.join(across['cells'])}), methods that "
-                      f"ran in all of them: {ranked}."]  # fmt: skip
+
+        def where_below(method):
+            cells = across["below_plain"][method]
+            return f"below plain on {', '.join(cells)}" if cells else "never below plain"
+
+        ranked = ", ".join(f"{m} {v:.3f} ({where_below(m)})" for m, v in across["validation_accuracy"].items())
+        unranked = ", ".join(across["not_in_every_cell"]) or "none"
+        lines += ["", f"Validation accuracy across the noisy cells ({', '.join(across['cells'])}), averaged per data "
+                      f"set and then over data sets, on the seeds the methods share: {ranked}. Early stopping and "
+                      "the autopilot report the checkpoint they restore, chosen on these pairs (optimistic). Not in "
+                      f"every noisy cell, so not ranked: {unranked}."]  # fmt: skip
     if result["goals"]:
         lines += ["", "| cell | goal | met | numbers |", "|---|---|---|---|"]
         lines += [f"| {g['cell']} | {g['goal']} | {'yes' if g['met'] else 'NO'} | {g['detail']} |"

@@ -159,14 +159,23 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     done += [run("odpo", s, "0000", 0.9) for s in (0, 1)]  # chosen on validation, worst on test
     done += [run("cdpo", s, "1110", 0.6) for s in (0, 1)]
     done += [run("autopilot", s, "1111", 0.8) for s in (0, 1)]
-    done += [run(m, 0, "1100", v, "arithmetic", 0.2) for m, v in (("plain", 0.5), ("autopilot", 0.6), ("simpo", 0.9))]
+    done += [run("plain", 2, "1111", 0.1)]  # a seed the others lack: left out where methods are compared
+    done += [run("simpo", s, "1111", 0.95) for s in (0, 1)]
+    done += [run(m, 0, "1100", v, "arithmetic", n) for n in (0.2, 0.4)
+             for m, v in (("plain", 0.5), ("autopilot", {0.2: 0.4, 0.4: 0.8}[n]), ("simpo", 0.9))]  # fmt: skip
     result = bench.aggregate(done, {})
     # the recipe for unknown noise is chosen on validation over the noisy cells, among the methods that ran in all
-    # (odpo and cdpo ran on sorting only; simpo is reference-free)
-    assert result["across_noisy_cells"] == {"cells": ["arithmetic/0.2", "sorting/0.3"],
-                                            "validation_accuracy": {"autopilot": 0.7, "plain": 0.6}}  # fmt: skip
+    # (odpo and cdpo ran on sorting only; simpo is reference-free), on shared seeds, each data set counted once:
+    # autopilot (mean(0.4, 0.8) + 0.8) / 2, plain (0.5 + 0.7) / 2
+    across = result["across_noisy_cells"]
+    assert across["cells"] == ["arithmetic/0.2", "arithmetic/0.4", "sorting/0.3"]
+    assert across["validation_accuracy"] == pytest.approx({"autopilot": 0.7, "plain": 0.6})
+    assert list(across["validation_accuracy"]) == ["autopilot", "plain"]
+    assert across["below_plain"] == {"autopilot": ["arithmetic/0.2"], "plain": []}
+    assert across["not_in_every_cell"] == ["cdpo", "odpo", "simpo"]
     rows = result["cells"]["sorting/0.3"]["methods"]
     assert rows["best_single"]["chosen"] == "odpo" and rows["best_single"]["chosen_on_seeds"] == [0, 1]
+    assert rows["plain"]["seeds"] == [0, 1, 2] and rows["autopilot"]["seeds"] == [0, 1]
     assert rows["odpo"]["vs_plain"] == (-1.0, -1.0, -1.0)  # every pair, every seed: no resample differs
     goals = {g["goal"]: g for g in result["goals"]}
     below = goals["no method below plain beyond the interval"]

@@ -583,7 +583,8 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 
 def html_page(title: str, body: str) -> str:
-    """A self-contained HTML page (styles and scripts inline) around `body`: the run report's and dpo compare's."""
+    """A self-contained HTML page (styles and scripts inline) around `body`: the run and sweep reports' and
+    dpo compare's."""
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'

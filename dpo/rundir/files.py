@@ -58,6 +58,7 @@ SAMPLES = "samples.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARK = "checkpoint_complete.json"
 DPO_STATE = "dpo_state.json"
+REFERENCE_LOGPS = "reference_logps.safetensors"  # the trainer's cached reference log-probs (single process)
 TRAINER_STATE = "trainer_state.json"  # transformers' name
 # ---- the sweep directory
 SWEEP_SPEC = "sweep.yaml"

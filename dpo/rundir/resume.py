@@ -2,9 +2,10 @@
 
 Checkpoints (RUN_DIR/checkpoints/checkpoint-N) are written by transformers file by file; ours adds
 `dpo_state.json` (state transformers does not keep: the beta controller, our train-vs-held-out
-accumulators, run time, the cached reference log-probs) and then COMPLETE_MARK, written last and atomically. A checkpoint without the
-mark was cut off mid-save: resume never picks it and deletes it. Early stopping's state (best value,
-patience counter) travels in transformers' trainer_state.json (BestCheckpointCallback is an ExportableState).
+accumulators, run time), `reference_logps.safetensors` (the cached reference log-probs, in a single process)
+and then COMPLETE_MARK, written last and atomically. A checkpoint without the mark was cut off mid-save: resume
+never picks it and deletes it. Early stopping's state (best value, patience counter) travels in transformers'
+trainer_state.json (BestCheckpointCallback is an ExportableState).
 
 `dpo train --resume` (see `prepare`) continues from the newest complete checkpoint to the recipe's total
 number of steps: it drops metrics.jsonl lines logged after that checkpoint, so the file ends with each step

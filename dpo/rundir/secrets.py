@@ -76,6 +76,10 @@ class RedactingStream:
 
     def __init__(self, stream):
         self._stream = stream
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the secrets from the environment as it is now."""
         self._secrets = dict(secret_values())
 
     def write(self, text: str) -> int:
@@ -87,15 +91,18 @@ class RedactingStream:
 
 
 def redact_standard_streams() -> None:
-    """Route everything printed from now on (ours, typer's, transformers', tqdm's) through the redaction. Once:
-    the CLI's entry point does this, and `dpo train` again for callers that skip it (typer's test runner swaps
-    the streams per call), so a stream that already redacts is not wrapped a second time."""
+    """Route everything printed from now on (ours, typer's, transformers', tqdm's) through the redaction of the
+    secrets in the environment now. The CLI's entry point does this, and `dpo train` again for callers that skip it
+    (typer's test runner swaps the streams per call): a stream that already redacts is not wrapped a second time,
+    but learns the secrets set since it was wrapped (a notebook that sets a token between two calls)."""
     import sys
 
-    if not isinstance(sys.stdout, RedactingStream):
-        sys.stdout = RedactingStream(sys.stdout)
-    if not isinstance(sys.stderr, RedactingStream):
-        sys.stderr = RedactingStream(sys.stderr)
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, RedactingStream):
+            stream.refresh()
+        else:
+            setattr(sys, name, RedactingStream(stream))
 
 
 def scrubbed_arguments(args, env: Mapping[str, str] | None = None):

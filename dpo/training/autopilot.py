@@ -525,11 +525,11 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         raise UserError(
             "needs evaluations during training (training.eval_strategy is 'no')", where=loaded.where("autopilot")
         )
-    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau":
+    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and section.min_lr_factor < 1:
         # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
         raise UserError(
             "cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau: both cut the learning rate on a "
-            "plateau of early_stopping.metric (the autopilot by autopilot.lr_factor); keep one",
+            "plateau of early_stopping.metric; keep one, or set autopilot.min_lr_factor: 1 (the autopilot cuts none)",
             where=loaded.where("autopilot.enabled"),
         )
     controls = Controls.of(plan)

@@ -33,7 +33,7 @@ from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, 
 from dpo.noise import logged_error, standard_error
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
-from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, TRAINER_STATE
+from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, REFERENCE_LOGPS, TRAINER_STATE
 from dpo.training.beta import BetaController
 from dpo.training.losses import LOSSES, LossPlan, compute_loss
 from dpo.training.packing import SUPPORTED_ATTENTION, PackedPairs, pack_pairs
@@ -667,6 +667,7 @@ class Trainer(DPOTrainer):
             return  # the main process (one per node with save_on_each_node) writes our files
         folder = Path(self._get_output_dir(trial=trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         atomic_write_json(folder / DPO_STATE, self.dpo_state())
+        self.save_reference_cache(folder / REFERENCE_LOGPS)
         resume.mark_complete(folder, self.state.global_step)
         resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
 
@@ -686,10 +687,6 @@ class Trainer(DPOTrainer):
             "train_loss_sum": self._total_loss_scalar + self._tr_loss.item(),
             "runtime_s": self.runtime_before + time.time() - self.clock_start,
             "resumed_from": self.resumed_from,
-            # The cached reference log-probs, so that a resumed run uses the very numbers the uninterrupted run does:
-            # a held-out pair's were taken from the policy at step 0, and a reference forward now (another batch
-            # layout) would differ in the last float digits. This process's only (the main one writes this file).
-            "reference_logps": {key.hex(): list(value) for key, value in self._ref_cache.items()},
         }
 
     def load_dpo_state(self, state: dict, step: int) -> None:
@@ -701,8 +698,34 @@ class Trainer(DPOTrainer):
         self.runtime_before = state.get("runtime_s", 0.0)
         self.resumed_from = [*state.get("resumed_from", []), step]
         self._loss_sum_before = (state.get("train_loss_sum", 0.0), step)
-        if not self.args.sync_ref_model:  # TR-DPO moves the reference: nothing is cached, nothing is valid
-            self._ref_cache.update((bytes.fromhex(k), tuple(v)) for k, v in state.get("reference_logps", {}).items())
+
+    # The cached reference log-probs travel with the checkpoint, so that a resumed run uses the very numbers the
+    # uninterrupted run does: a reference forward after the resume (another batch layout; and at step 0 a held-out
+    # pair's were taken from the policy, known equal to the reference) differs in the last float digits.
+
+    def _reference_cache_resumable(self) -> bool:
+        """Only in a single process under a fixed reference: with several, each caches its own share of the pairs,
+        and restoring one process's share would leave only the others running reference forwards, a collective
+        under FSDP / ZeRO-3; TR-DPO's reference moves, so its values go stale."""
+        return self.args.world_size == 1 and not self.args.sync_ref_model
+
+    def save_reference_cache(self, path: Path) -> None:
+        if self._reference_cache_resumable() and self._ref_cache:
+            from safetensors.torch import save_file
+
+            keys = torch.frombuffer(bytearray(b"".join(self._ref_cache)), dtype=torch.uint8).view(-1, PAIR_KEY_BYTES)
+            values = torch.tensor(list(self._ref_cache.values()), dtype=torch.float64)  # the cached floats, exactly
+            save_file({"keys": keys, "values": values}, str(path))
+
+    def load_reference_cache(self, checkpoint: Path) -> None:
+        """Put back `save_reference_cache`'s values from a checkpoint (none in one saved before this existed)."""
+        path = Path(checkpoint) / REFERENCE_LOGPS
+        if self._reference_cache_resumable() and path.is_file():
+            from safetensors.torch import load_file
+
+            saved = load_file(str(path))
+            keys = [bytes(row) for row in saved["keys"].numpy()]
+            self._ref_cache.update(zip(keys, map(tuple, saved["values"].tolist()), strict=True))
 
     def finish_from_checkpoint(self, checkpoint: str):
         """For a checkpoint saved when training had already ended (its last step, or early-stopped) by a process that
@@ -875,6 +898,9 @@ def _score_completions_only():
         trl_utils._use_triton = original
 
 
+PAIR_KEY_BYTES = 16  # a pair's key in the reference cache: a 128-bit hash of its tokens
+
+
 def _pair_keys(inputs: dict) -> list[bytes]:
     """A key per pair of a collated batch: its chosen and rejected tokens and completion masks, padding excluded.
     Identifies a pair by content (the same in every batch, on every process) for the reference cache."""
@@ -887,7 +913,7 @@ def _pair_keys(inputs: dict) -> list[bytes]:
         for row in (i, pairs + i):
             n = lengths[row]
             parts.append(torch.cat([ids[row, :n], completion[row, :n], torch.tensor([-1])]).numpy().tobytes())
-        keys.append(hashlib.blake2b(b"".join(parts), digest_size=16).digest())
+        keys.append(hashlib.blake2b(b"".join(parts), digest_size=PAIR_KEY_BYTES).digest())
     return keys
 
 

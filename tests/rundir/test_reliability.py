@@ -155,6 +155,10 @@ def test_standard_streams_are_wrapped_for_redaction_once(monkeypatch, capsys):
     assert not isinstance(wrapped._stream, RedactingStream)
     print("token s3cr3t-value-9876")
     assert capsys.readouterr().out == "token [redacted $MY_SERVICE_TOKEN]\n"
+    monkeypatch.setenv("OTHER_API_KEY", "an0ther-s3cret-42")  # set after the wrap: the next call learns it
+    redact_standard_streams()
+    print("key an0ther-s3cret-42")
+    assert sys.stdout is wrapped and capsys.readouterr().out == "key [redacted $OTHER_API_KEY]\n"
 
 
 # ---- atomic writes and resume's files -----------------------------------------------------------------

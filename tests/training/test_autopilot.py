@@ -218,6 +218,8 @@ def test_recipe_errors_name_the_key(tiny_recipe, overrides, message):
     with pytest.raises(UserError, match=message):
         check(tiny_recipe, overrides)
     assert check(tiny_recipe, ["autopilot.enabled=true", "loss.type=dpop", "autopilot.max_dpop_lambda=10"])
+    plateau = ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"]
+    assert check(tiny_recipe, [*plateau, "autopilot.min_lr_factor=1"])  # the autopilot cuts no learning rate then
 
 
 # ---- on the tiny model ----
@@ -336,7 +338,8 @@ def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls)
         {k: v for k, v in e.items() if not k.endswith(("_runtime", "_per_second", "preparation_time"))}
         for d in (tmp_path / "whole", run_dir) for e in read_jsonl(d / "metrics.jsonl") if "eval_loss" in e
     ]  # fmt: skip
-    assert evaluations[9:] == evaluations[:9]
+    assert len(evaluations) == 18 and evaluations[9:] == evaluations[:9]
+    assert (run_dir / "checkpoints" / "checkpoint-8" / "reference_logps.safetensors").is_file()
 
 
 def test_confident_but_wrong_ignores_losses_measured_before_the_loss_changed():
