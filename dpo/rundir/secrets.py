@@ -1,10 +1,11 @@
 """Keep secrets out of run directories, reports and logs.
 
 A secret is the value of an environment variable whose name looks like one (WANDB_API_KEY, HF_TOKEN,
-AWS_SECRET_ACCESS_KEY, DB_PASSWORD, ...). Everything we write into a run directory (recipe.yaml,
-summary.json, data_card.json, metrics.jsonl) and everything `dpo train` prints passes through `redact`,
-which replaces each such value by `[redacted $NAME]`. Values shorter than MIN_SECRET_LENGTH are left alone:
-they are not real credentials, and redacting e.g. "1" would mangle every number.
+AWS_SECRET_ACCESS_KEY, DB_PASSWORD, ...), or the password inside a URL any variable holds
+(DPO_SWEEP_STORAGE=postgresql://user:PASSWORD@host/db, DATABASE_URL, ...). Everything we write into a run
+directory (recipe.yaml, summary.json, data_card.json, metrics.jsonl) and everything `dpo train` prints passes
+through `redact`, which replaces each such value by `[redacted $NAME]`. Values shorter than MIN_SECRET_LENGTH are
+left alone: they are not real credentials, and redacting e.g. "1" would mangle every number.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
 SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
@@ -24,30 +26,52 @@ def is_secret_name(name: str) -> bool:
     return any(word in parts for word in SECRET_NAME_WORDS) or name.upper().endswith(("APIKEY", "TOKEN", "SECRET"))
 
 
-def secret_values(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """(name, value) of the secret-looking variables in `env` (default: the process environment), longest value
-    first so that a secret containing another is replaced whole."""
+Secrets = list[tuple[str, str]]  # (variable name, secret value) pairs, as `secret_values` gives them
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> Secrets:
+    """(name, value) of the secret-looking variables in `env` (default: the process environment), and (name,
+    password) of each URL with a password there; longest value first so that a secret containing another is
+    replaced whole."""
     env = os.environ if env is None else env
-    found = [(k, v) for k, v in env.items() if is_secret_name(k) and len(v.strip()) >= MIN_SECRET_LENGTH]
+    found = [(k, v) for k, v in env.items() if is_secret_name(k)]
+    for name, value in env.items():
+        for password in url_passwords(value):  # as written in the URL and as a program decodes it
+            found.append((name, password))
+    found = [(k, v) for k, v in dict.fromkeys(found) if len(v.strip()) >= MIN_SECRET_LENGTH]
     return sorted(found, key=lambda item: -len(item[1]))
 
 
-def redact(text: str, env: Mapping[str, str] | None = None) -> str:
-    for name, value in secret_values(env):
+def url_passwords(value: str) -> list[str]:
+    """The password of a URL with credentials (scheme://user:password@host/...), percent-encoded and decoded;
+    none for any other value. A database URL is secret only in this part: the host and user stay readable."""
+    if "://" not in value or "@" not in value:
+        return []
+    try:
+        raw = urlsplit(value.strip()).netloc.rpartition("@")[0].partition(":")[2]
+    except ValueError:  # not a URL after all (an unbalanced '[' in the host)
+        return []
+    return list(dict.fromkeys([raw, unquote(raw)])) if raw else []
+
+
+def redact(text: str, env: Mapping[str, str] | None = None, secrets: Secrets | None = None) -> str:
+    """`text` with each secret of `env` replaced by its variable's name; `secrets`: those pairs, when the caller
+    has already looked them up (a stream that redacts every write)."""
+    for name, value in secret_values(env) if secrets is None else secrets:
         if value in text:
             text = text.replace(value, f"[redacted ${name}]")
     return text
 
 
-def redact_data(data, env: Mapping[str, str] | None = None):
+def redact_data(data, env: Mapping[str, str] | None = None, secrets: Secrets | None = None):
     """`redact` applied to every string (and path) inside nested dicts / lists; keys too."""
-    secrets = secret_values(env)
+    secrets = secret_values(env) if secrets is None else secrets
     if not secrets:
         return data
 
     def walk(value):
         if isinstance(value, str | Path):
-            return redact(str(value), dict(secrets)) if any(s in str(value) for _, s in secrets) else value
+            return redact(str(value), secrets=secrets) if any(s in str(value) for _, s in secrets) else value
         if isinstance(value, Mapping):
             return {walk(k): walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -80,10 +104,10 @@ class RedactingStream:
 
     def refresh(self) -> None:
         """Take the secrets from the environment as it is now."""
-        self._secrets = dict(secret_values())
+        self._secrets = secret_values()
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text, self._secrets) if self._secrets else text)
+        self._stream.write(redact(text, secrets=self._secrets) if self._secrets else text)
         return len(text)
 
     def __getattr__(self, name):  # flush, isatty, fileno, encoding, ...: the wrapped stream's
@@ -112,7 +136,7 @@ def scrubbed_arguments(args, env: Mapping[str, str] | None = None):
     import copy
     import dataclasses
 
-    secrets = dict(secret_values(env))
+    secrets = secret_values(env)
     if not secrets:
         return args
     scrubbed = copy.copy(args)
@@ -120,6 +144,6 @@ def scrubbed_arguments(args, env: Mapping[str, str] | None = None):
         value = getattr(args, f.name, None)
         if is_secret_name(f.name) and value is not None:
             object.__setattr__(scrubbed, f.name, None)
-        elif isinstance(value, str | Path | list | tuple | dict) and any(v in str(value) for v in secrets.values()):
-            object.__setattr__(scrubbed, f.name, redact_data(value, secrets))
+        elif isinstance(value, str | Path | list | tuple | dict) and any(v in str(value) for _, v in secrets):
+            object.__setattr__(scrubbed, f.name, redact_data(value, secrets=secrets))
     return scrubbed

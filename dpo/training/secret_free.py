@@ -28,7 +28,7 @@ from dpo.rundir.secrets import redact, scrubbed_arguments, secret_values
 def model_names_redacted(model):
     """For the duration of the block: every config `_name_or_path`, model `name_or_path` and PEFT
     `base_model_name_or_path` inside `model` with secrets redacted; the real values are put back afterwards."""
-    secrets = dict(secret_values())
+    secrets = secret_values()
     swapped = []
     if secrets and model is not None:
         modules = list(model.modules())
@@ -40,9 +40,9 @@ def model_names_redacted(model):
             holders += [(config, "base_model_name_or_path") for config in peft_configs.values()]
         for holder, attribute in holders:
             value = getattr(holder, attribute, None)
-            if isinstance(value, str) and redact(value, secrets) != value:
+            if isinstance(value, str) and redact(value, secrets=secrets) != value:
                 swapped.append((holder, attribute, value))
-                setattr(holder, attribute, redact(value, secrets))
+                setattr(holder, attribute, redact(value, secrets=secrets))
     try:
         yield
     finally:

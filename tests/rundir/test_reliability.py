@@ -4,6 +4,7 @@ handling, run names, and source-wide rules (safe YAML only, no shell strings).""
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import math
 import os
@@ -127,6 +128,29 @@ def test_redaction_replaces_values_of_secret_variables_only():
         "a": ["x [redacted $HF_TOKEN]", 1.5, None],
         "[redacted $HF_TOKEN]": {"b": "clean"},
     }
+
+
+def test_the_password_of_a_url_in_any_variable_is_a_secret_but_the_rest_of_the_url_is_not():
+    """A sweep's database URL reaches each trial in DPO_SWEEP_STORAGE, a name that does not look secret: its
+    password is redacted wherever it appears, as written in the URL and percent-decoded; host and user stay."""
+    env = {
+        "DPO_SWEEP_STORAGE": "postgresql://alice:pa%40ss-word-42@db-host:5432/sweeps",
+        "DATABASE_URL": "mysql://bob:tiny@db/x",  # too short to be a real credential: left alone
+        "HOMEPAGE": "https://user@example.org/path",  # a user, no password
+        "NOT_A_URL": "a@b:c",
+    }
+    assert secret_values(env) == [("DPO_SWEEP_STORAGE", "pa%40ss-word-42"), ("DPO_SWEEP_STORAGE", "pa@ss-word-42")]
+    text = "cannot open postgresql://alice:pa%40ss-word-42@db-host:5432/sweeps (password pa@ss-word-42)"
+    assert redact(text, env) == (
+        "cannot open postgresql://alice:[redacted $DPO_SWEEP_STORAGE]@db-host:5432/sweeps "
+        "(password [redacted $DPO_SWEEP_STORAGE])"
+    )
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DPO_SWEEP_STORAGE", env["DPO_SWEEP_STORAGE"])
+        RedactingStream(buffer).write(text)  # the stream looks the secrets up once and reuses them
+    assert "pa@ss" not in buffer.getvalue() and "pa%40ss" not in buffer.getvalue()
+    assert buffer.getvalue().count("[redacted $DPO_SWEEP_STORAGE]") == 2
 
 
 def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
