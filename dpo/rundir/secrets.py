@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
 SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
@@ -42,16 +42,26 @@ def secret_values(env: Mapping[str, str] | None = None) -> Secrets:
     return sorted(found, key=lambda item: -len(item[1]))
 
 
+# scheme://user:password@ anywhere in a value (after "--storage=", one of several comma-separated URLs); the
+# password runs to the last '@' before the host, as urlsplit reads it (an unencoded '@' stays in the password)
+URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^\s/?#@:]*):(?P<password>[^\s/?#]*)@")
+
+
 def url_passwords(value: str) -> list[str]:
-    """The password of a URL with credentials (scheme://user:password@host/...), percent-encoded and decoded;
-    none for any other value. A database URL is secret only in this part: the host and user stay readable."""
-    if "://" not in value or "@" not in value:
-        return []
-    try:
-        raw = urlsplit(value.strip()).netloc.rpartition("@")[0].partition(":")[2]
-    except ValueError:  # not a URL after all (an unbalanced '[' in the host)
-        return []
-    return list(dict.fromkeys([raw, unquote(raw)])) if raw else []
+    """The password of each URL with credentials in `value` (scheme://user:password@host/...), percent-encoded
+    and decoded; none for any other value. A database URL is secret only in this part: the host and user stay
+    readable. A password that also occurs elsewhere in its value (postgresql://postgres:postgres@host) is
+    redacted as `user:password`, so that the scheme and the user name are not mangled; passwords shorter than
+    MIN_SECRET_LENGTH are left alone, as other secrets are."""
+    found = []
+    for match in URL_CREDENTIALS.finditer(value):
+        user, raw = match["user"], match["password"]
+        if len(unquote(raw).strip()) < MIN_SECRET_LENGTH:
+            continue
+        rest = value[: match.start("password")] + value[match.end("password") :]
+        ambiguous = any(form in rest for form in (raw, unquote(raw)))
+        found += [f"{user}:{form}" if ambiguous else form for form in (raw, unquote(raw))]
+    return list(dict.fromkeys(found))
 
 
 def redact(text: str, env: Mapping[str, str] | None = None, secrets: Secrets | None = None) -> str:

@@ -50,6 +50,7 @@ from dpo.rundir.files import (
     read_text,
 )
 from dpo.rundir.lock import DirectoryLock
+from dpo.rundir.secrets import redact_standard_streams
 from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
@@ -75,6 +76,9 @@ def run_sweep(
 
     from dpo.training.gate import check
 
+    if storage is not None:  # its password is a secret here too (a database error echoing the URL), as in a trial
+        os.environ[STORAGE_ENV] = storage
+        redact_standard_streams()
     spec = load_spec(spec_path)
     if workers < 1:
         raise UserError(f"must be at least 1 (got {workers})", where="--workers")

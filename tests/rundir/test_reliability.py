@@ -153,6 +153,31 @@ def test_the_password_of_a_url_in_any_variable_is_a_secret_but_the_rest_of_the_u
     assert buffer.getvalue().count("[redacted $DPO_SWEEP_STORAGE]") == 2
 
 
+@pytest.mark.parametrize(
+    "value, secrets, redacted",
+    [
+        # the password is also the user and part of the scheme: redacted with its user, the rest stays readable
+        (
+            "postgresql://postgres:postgres@localhost/db",
+            ["postgres:postgres"],
+            "postgresql://[redacted $X]@localhost/db",
+        ),
+        # not at the value's start (a command line), two URLs in one value, a host urlsplit cannot parse
+        ("--storage=postgresql://al:pw-0123456@h/db", ["pw-0123456"], "--storage=postgresql://al:[redacted $X]@h/db"),
+        (
+            "redis://:first-pass-1@h1,redis://:second-pass@h2",
+            ["second-pass", "first-pass-1"],
+            "redis://:[redacted $X]@h1,redis://:[redacted $X]@h2",
+        ),
+        ("postgresql://u:pw-0123456@[zz]/x", ["pw-0123456"], "postgresql://u:[redacted $X]@[zz]/x"),
+    ],
+)
+def test_url_passwords_wherever_the_url_stands_and_without_mangling_the_url(value, secrets, redacted):
+    assert sorted(v for _, v in secret_values({"X": value})) == sorted(secrets)
+    assert redact(value, {"X": value}) == redacted
+    assert redact("the postgres server; postgresql", {"X": value}) == "the postgres server; postgresql"
+
+
 def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
     import io
 

@@ -364,3 +364,18 @@ def test_a_trial_whose_storage_cannot_be_opened_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --storage: cannot open the optuna storage") and "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+def test_the_sweep_driver_redacts_the_password_of_its_storage_url(tmp_path, monkeypatch, capsys):
+    """`dpo sweep --storage URL` holds the URL on its command line, not in a variable: the driver puts it where
+    the redaction looks (as its trials get it), so nothing it prints afterwards shows the password."""
+    from dpo.sweep.driver import run_sweep
+    from dpo.sweep.storage import STORAGE_ENV
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after the test
+    url = "postgresql://alice:pw-0123456789@db-host/sweeps"
+    with pytest.raises(UserError):
+        run_sweep(tmp_path / "missing.yaml", storage=url)
+    print(f"cannot reach {url}")
+    assert capsys.readouterr().out == "cannot reach postgresql://alice:[redacted $DPO_SWEEP_STORAGE]@db-host/sweeps\n"

@@ -138,3 +138,29 @@ def test_scrubbed_arguments_copies_and_redacts():
     assert scrubbed.report_to == ["x[redacted $MY_SERVICE_API_KEY]", "wandb"] and scrubbed.steps == 3
     assert original.run_name == f"a-{SECRET}" and original.hub_token == "hf_anything"  # untouched
     assert scrubbed_arguments(original, {}) is original  # no secrets in the environment: nothing to copy
+
+
+def test_a_url_password_is_scrubbed_from_arguments_and_model_names():
+    """The password of a URL in a variable not named like a secret goes the same way as a secret's value: out of
+    pickled training arguments and out of the model paths a save records (then back)."""
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from dpo.training.secret_free import model_names_redacted
+
+    password = "pw-a9b8c7d6"
+
+    @dataclass
+    class Args:
+        run_name: str = f"sweep-{password}"
+        output_dir: str = "runs/x"
+
+    env = {"DPO_SWEEP_STORAGE": f"postgresql://alice:{password}@db/sweeps"}
+    assert scrubbed_arguments(Args(), env).run_name == "sweep-[redacted $DPO_SWEEP_STORAGE]"
+    config = SimpleNamespace(_name_or_path=f"/models/{password}", to_dict=dict)
+    model = SimpleNamespace(modules=lambda: [SimpleNamespace(config=config)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DPO_SWEEP_STORAGE", env["DPO_SWEEP_STORAGE"])
+        with model_names_redacted(model):
+            assert config._name_or_path == "/models/[redacted $DPO_SWEEP_STORAGE]"
+    assert config._name_or_path == f"/models/{password}"
