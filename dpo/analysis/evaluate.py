@@ -30,6 +30,7 @@ from dpo.data.gold import GOLD_REWARDS
 from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
 from dpo.errors import UserError
+from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, read_json_or_none
 
@@ -385,7 +386,7 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     count = len(samples)
     diffs = [s["kl_logp_policy"] - s["kl_logp_reference"] for s in samples]
     kl = sum(diffs) / count
-    stderr = math.sqrt(sum((d - kl) ** 2 for d in diffs) / (count - 1) / count) if count > 1 else None
+    stderr = standard_error(diffs) if count > 1 else None  # the same formula as every held-out metric's noise
     wins = [
         1.0 if s["policy_reward"] > s["reference_reward"] else 0.5 if s["policy_reward"] == s["reference_reward"] else 0
         for s in samples
