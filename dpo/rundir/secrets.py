@@ -42,24 +42,28 @@ def secret_values(env: Mapping[str, str] | None = None) -> Secrets:
     return sorted(found, key=lambda item: -len(item[1]))
 
 
-# scheme://user:password@ anywhere in a value (after "--storage=", one of several comma-separated URLs); the
-# password runs to the last '@' before the host, as urlsplit reads it (an unencoded '@' stays in the password)
-URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^\s/?#@:]*):(?P<password>[^\s/?#]*)@")
+# scheme://user:password@ anywhere in a value (after "--storage=", one of several comma-separated URLs). The user
+# runs to the first ':' (it may hold an '@': Azure's user@server), the password to the last '@' before a '/', '?',
+# '#' or a space; a password holding one of those must be percent-encoded to be seen. The look-behind starts a
+# scheme only at the start of a word: without it each letter of a long token restarts the scan (quadratic time).
+URL_CREDENTIALS = re.compile(
+    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://(?P<user>[^\s/?#:]*):(?P<password>[^\s/?#]*)@"
+)
 
 
 def url_passwords(value: str) -> list[str]:
     """The password of each URL with credentials in `value` (scheme://user:password@host/...), percent-encoded
     and decoded; none for any other value. A database URL is secret only in this part: the host and user stay
-    readable. A password that also occurs elsewhere in its value (postgresql://postgres:postgres@host) is
-    redacted as `user:password`, so that the scheme and the user name are not mangled; passwords shorter than
+    readable. A password that also occurs in its URL's scheme or user (postgresql://postgres:postgres@host) is
+    redacted as `user:password`, so that every "postgres" in a log is not mangled; passwords shorter than
     MIN_SECRET_LENGTH are left alone, as other secrets are."""
     found = []
     for match in URL_CREDENTIALS.finditer(value):
         user, raw = match["user"], match["password"]
         if len(unquote(raw).strip()) < MIN_SECRET_LENGTH:
             continue
-        rest = value[: match.start("password")] + value[match.end("password") :]
-        ambiguous = any(form in rest for form in (raw, unquote(raw)))
+        scheme_and_user = value[match.start() : match.start("password")]
+        ambiguous = any(form in scheme_and_user for form in (raw, unquote(raw)))
         found += [f"{user}:{form}" if ambiguous else form for form in (raw, unquote(raw))]
     return list(dict.fromkeys(found))
 

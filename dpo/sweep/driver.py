@@ -50,7 +50,7 @@ from dpo.rundir.files import (
     read_text,
 )
 from dpo.rundir.lock import DirectoryLock
-from dpo.rundir.secrets import redact_standard_streams
+from dpo.rundir.secrets import MIN_SECRET_LENGTH, redact_standard_streams, url_passwords
 from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
@@ -77,6 +77,7 @@ def run_sweep(
     from dpo.training.gate import check
 
     if storage is not None:  # its password is a secret here too (a database error echoing the URL), as in a trial
+        _check_password_is_visible(storage)
         os.environ[STORAGE_ENV] = storage
         redact_standard_streams()
     spec = load_spec(spec_path)
@@ -126,6 +127,24 @@ def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
                         where=str(sweep_dir))  # fmt: skip
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise UserError("sweep directory is not empty; choose another --output-dir", where=str(sweep_dir))
+
+
+def _check_password_is_visible(url: str) -> None:
+    """SQLAlchemy reads a password up to the first '@', so it accepts a '/', '?', '#' or space the redaction does
+    not look past (`URL_CREDENTIALS`): such a URL is refused rather than printed with its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return  # not a URL SQLAlchemy can read: open_storage says so
+    if password and len(password) >= MIN_SECRET_LENGTH and not any(password in v for v in url_passwords(url)):
+        raise UserError(
+            "the database password holds a '/', '?', '#' or a space: percent-encode it (%2F, %3F, %23, %20) so that"
+            " it can be kept out of logs",
+            where="--storage",
+        )
 
 
 def _open_study(spec: SweepSpec, url: str, shared: bool):

@@ -170,6 +170,15 @@ def test_the_password_of_a_url_in_any_variable_is_a_secret_but_the_rest_of_the_u
             "redis://:[redacted $X]@h1,redis://:[redacted $X]@h2",
         ),
         ("postgresql://u:pw-0123456@[zz]/x", ["pw-0123456"], "postgresql://u:[redacted $X]@[zz]/x"),
+        ("postgresql://u:pw-0123456@[::1]:5432/x", ["pw-0123456"], "postgresql://u:[redacted $X]@[::1]:5432/x"),
+        # Azure's user@server user name; a password that is also the database's name is redacted everywhere
+        (
+            "postgresql://admin@srv:pw-0123456@srv.example/db",
+            ["pw-0123456"],
+            "postgresql://admin@srv:[redacted $X]@srv.example/db",
+        ),
+        ("postgresql://u:sweeps-db@h/sweeps-db", ["sweeps-db"], "postgresql://u:[redacted $X]@h/[redacted $X]"),
+        ("a" * 200_000, [], "a" * 200_000),  # no URL; linear time (a regex that rescans hangs here for a minute)
     ],
 )
 def test_url_passwords_wherever_the_url_stands_and_without_mangling_the_url(value, secrets, redacted):
@@ -189,7 +198,7 @@ def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
     assert "s3cr3t" not in (tmp_path / "summary.json").read_text()
 
 
-def test_standard_streams_are_wrapped_for_redaction_once(monkeypatch, capsys):
+def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last
     import sys
 
     from dpo.rundir.secrets import redact_standard_streams

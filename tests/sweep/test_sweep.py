@@ -372,10 +372,13 @@ def test_the_sweep_driver_redacts_the_password_of_its_storage_url(tmp_path, monk
     from dpo.sweep.driver import run_sweep
     from dpo.sweep.storage import STORAGE_ENV
 
-    monkeypatch.delenv(STORAGE_ENV, raising=False)
-    monkeypatch.setattr(sys, "stdout", sys.stdout)  # restored after the test
+    monkeypatch.setenv(STORAGE_ENV, "unset")  # so that monkeypatch removes what run_sweep sets
     url = "postgresql://alice:pw-0123456789@db-host/sweeps"
     with pytest.raises(UserError):
         run_sweep(tmp_path / "missing.yaml", storage=url)
     print(f"cannot reach {url}")
     assert capsys.readouterr().out == "cannot reach postgresql://alice:[redacted $DPO_SWEEP_STORAGE]@db-host/sweeps\n"
+    # a password the redaction cannot see whole (SQLAlchemy reads past its '/') is refused, not used
+    with pytest.raises(UserError, match="percent-encode") as refused:
+        run_sweep(tmp_path / "missing.yaml", storage="postgresql://alice:pw/0123456789@db-host/sweeps")
+    assert refused.value.where == "--storage" and "0123456789" not in str(refused.value)
