@@ -303,6 +303,7 @@ def test_eval_equal_to_train_is_allowed_when_asked_for(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "data.allow_eval_in_train: has no effect: data.eval is not set" in result.stderr
 
 
+@pytest.mark.slow
 def test_csv_error_is_one_line_with_progress_bars_on(tmp_path):
     """The datasets progress line ("Generating train split") and its logged error used to come before ours."""
     import os

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_overfitting_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, "eval/bench_overfitting.py", "--smoke", "--noise", "0.3", "--controls", "plain", "cdpo",
@@ -25,6 +26,7 @@ def test_overfitting_benchmark_smoke(tmp_path):
     assert "| 30% | cdpo |" in (tmp_path / "overfitting_smoke.md").read_text()
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, "eval/bench_overhead.py", "--cases", "tiny", "--repeats", "1", "--results", str(tmp_path)],
@@ -36,6 +38,7 @@ def test_overhead_benchmark_smoke(tmp_path):
     assert "| tiny |" in (tmp_path / "overhead.md").read_text()
 
 
+@pytest.mark.slow
 def test_speed_benchmark_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, "eval/bench_speed.py", "--quick", "--datasets", "arithmetic", "--settings", "fp32",
@@ -68,6 +71,7 @@ def test_sweep_pruning_benchmark_smoke(tmp_path):
     assert "| median pruning + early stopping |" in (tmp_path / "sweep_pruning_smoke.md").read_text()
 
 
+@pytest.mark.slow
 def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tmp_path):
     """--quick on one data set, one noise level, two seeds: every method's runs are recorded, the tables and goals
     are written, `label_smoothing: auto` runs the label audit first, and a second invocation trains nothing again."""
@@ -121,6 +125,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
 
 
+@pytest.mark.slow
 def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
     """On sorting (multi-response rows with scores), ODPO trains and is scored like any loss with a reference."""
     command = [sys.executable, "eval/bench_noise.py", "--quick", "--datasets", "sorting", "--noise", "0.3",
@@ -197,6 +202,7 @@ def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free
     assert "| 0% | simpo | 0.700 | +0.000 | 1.000 | n/a | 0.800 | 30 |" in text
 
 
+@pytest.mark.slow
 def test_audit_benchmark_quick(tmp_path, tiny_model_dir):
     proc = subprocess.run(
         [sys.executable, "eval/bench_audit.py", "--quick", "--model", str(tiny_model_dir), "--results", str(tmp_path)],

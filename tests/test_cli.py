@@ -30,6 +30,7 @@ def good(tmp_path):
         ({"data": {"train": "missing.jsonl"}}, "data.train: file"),
     ],
 )
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "validate"])
 def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command):
     path = write_recipe(tmp_path / "bad.yaml", recipe)
@@ -44,11 +45,13 @@ def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command)
     assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_missing_recipe_file(tmp_path):
     proc = run_dpo("validate", tmp_path / "none.yaml")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
 
 
+@pytest.mark.slow
 def test_validate_ok(good):
     proc = run_dpo("validate", good, "--set", "loss.beta=0.2")
     assert proc.returncode == 0, proc.stderr
@@ -62,6 +65,7 @@ def test_validate_ok(good):
         ("./no/such/dir", "model directory './no/such/dir' does not exist"),
     ],
 )
+@pytest.mark.slow
 def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_path, name, fragment):
     out_dir = tmp_path / "out"
     proc = run_dpo("train", good, "--set", f"model.name_or_path={name}", "--output-dir", out_dir)
@@ -71,6 +75,7 @@ def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_
     assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_plan_json_and_errors(tmp_path):
     import json
 
@@ -110,6 +115,7 @@ def test_plan_json_and_errors(tmp_path):
         (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: expected a number, got the text '0.2'"),
     ],
 )
+@pytest.mark.slow
 def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):
     recipe = write_recipe(
         tmp_path / "r.yaml",
@@ -124,6 +130,7 @@ def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fr
     assert not out_dir.exists()
 
 
+@pytest.mark.slow
 def test_missing_data_file_names_the_recipe_and_key(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": "nowhere.jsonl"}})
     proc = run_dpo("validate", recipe)

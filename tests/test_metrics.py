@@ -127,6 +127,7 @@ def test_headline_numbers():
     assert HEADLINE == ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_logps/accuracies")
 
 
+@pytest.mark.slow
 def test_every_key_a_run_logs_is_in_the_table(tiny_recipe, tmp_path):
     """metrics.jsonl of a real tiny run (held-out KL on): each key is a row of the table, logged where its row says;
     and each metric the table says the trainer logs at every train step or evaluation is there."""

@@ -37,6 +37,7 @@ def _series_labels(page: str) -> list[list[str]]:
     return [[json.loads(unescape(p.split('"')[0]))["label"] for p in c.split('data-points="')[1:]] for c in charts]
 
 
+@pytest.mark.slow
 def test_comparison_overlays_curves_and_tabulates_summaries(two_runs, tmp_path):
     out = write_comparison(two_runs, tmp_path / "sub" / "compare.html")
     page = out.read_text()
@@ -91,6 +92,7 @@ INTERACT = """
 """
 
 
+@pytest.mark.slow
 def test_comparison_renders_and_its_charts_respond_in_chromium(two_runs, tmp_path):
     chromium = chromium_or_skip()
     page = write_comparison(two_runs, tmp_path / "compare.html")

@@ -124,6 +124,7 @@ def test_generation_numbers_equal_a_direct_computation(run_dir, tiny_model_dir, 
     assert again["samples"] == samples
 
 
+@pytest.mark.slow
 def test_cli_eval_on_the_shipped_gold_reward_and_its_errors(run_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dpo", "eval", str(run_dir), "--samples", "2", "--max-new-tokens", "4"],

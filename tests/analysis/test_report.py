@@ -77,6 +77,7 @@ def sweep_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_report_and_dpo_report_rebuilds_it(sweep_dir):
     run_dir = sweep_dir / "trials" / "trial-0001"
     report = run_dir / "report.html"
@@ -186,6 +187,7 @@ def _assert_renders(check: PageCheck, expected_titles: set[str]) -> None:
     assert check.blank_plots() == []
 
 
+@pytest.mark.slow
 def test_run_report_renders_in_chromium(sweep_dir, tmp_path):
     chromium = chromium_or_skip()
     report = write_report(sweep_dir / "trials" / "trial-0000")

@@ -100,6 +100,7 @@ def test_training_args_bin_is_not_read(killed_run, tmp_path):
     assert unloadable(checkpoint) is None
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
     """The regression: a truncated safetensors in the newest checkpoint crashed --resume."""
     truncate(run_dir / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
@@ -127,6 +128,7 @@ def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
     assert f"checkpoint-4: cannot be loaded ({reason}" in err
 
 
+@pytest.mark.slow
 def test_resume_with_no_loadable_checkpoint_is_an_error_and_changes_nothing(run_dir):
     truncate(run_dir / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
     (run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text("{")
@@ -150,6 +152,7 @@ def _change_training_data(run_dir) -> None:
     open(train, "w").write("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_training_data(killed_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(killed_run, run_dir)

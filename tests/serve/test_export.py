@@ -91,6 +91,7 @@ def test_merged_model_logits_equal_the_adapter_models(finished_run, merged, tiny
     assert torch.allclose(merged_logits, with_adapter, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_merged_model_loads_where_peft_is_not_installed(merged):
     import torch
     from transformers import AutoModelForCausalLM

@@ -69,6 +69,7 @@ def test_bad_generate_calls(finished_run, tmp_path):
         generate_for_run(tmp_path / "run", prompt="hi")
 
 
+@pytest.mark.slow
 def test_cli_generate_prints_both_answers_and_exits_2_on_bad_input(finished_run, tmp_path):
     proc = run_dpo("generate", finished_run, "--prompt", "What is 1 + 2?", "--max-new-tokens", "4", "--json")
     assert proc.returncode == 0, proc.stderr

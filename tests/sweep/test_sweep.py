@@ -328,6 +328,7 @@ def test_two_processes_share_one_postgres_sweep(tmp_path, tiny_recipe, postgres_
 SHIPPED = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_sweep_every_trial_recipe_validates(path):
     import itertools
@@ -350,6 +351,7 @@ def test_shipped_sweeps_cover_beta_loss_and_controls():
     assert set(space) == {"loss.beta", "loss.type"}
 
 
+@pytest.mark.slow
 def test_a_trial_whose_storage_cannot_be_opened_is_a_one_line_error(tmp_path):
     """The trial process turns every user error into one `error:` line and exit 2, the storage's too (the sweep
     records that line as the trial's reason); nothing is written."""

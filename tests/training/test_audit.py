@@ -118,6 +118,7 @@ def run_dpo(*args):
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_path):
     out = tmp_path / "out"
     proc = run_dpo("data", "audit", audit_recipe, "--output", out)
@@ -156,6 +157,7 @@ def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_
         ("data.max_train_pairs=5", "the audit needs at least 10 training pairs"),
     ],
 )
+@pytest.mark.slow
 def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
     proc = run_dpo("data", "audit", audit_recipe, "--output", tmp_path / "out", "--set", override)
     assert proc.returncode == 2
@@ -163,6 +165,7 @@ def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_data_audit_refuses_an_output_it_cannot_write_before_scoring(audit_recipe, tmp_path):
     """The output folder is checked before the minutes of scoring, not when audit.json is written."""
     afile = tmp_path / "afile"
@@ -222,6 +225,7 @@ def test_suspects_are_dropped_or_flipped(audit_recipe, tmp_path, action):
     assert checked.data.card["audit"]["content_hash_after"] != before.data.card["content_hash"]["train"]
 
 
+@pytest.mark.slow
 def test_train_with_auto_records_the_audit_in_card_and_report(audit_recipe, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_dpo(

@@ -277,6 +277,7 @@ def loss_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_decisions_reach_the_loss_and_the_optimizer_and_are_logged(tiny_recipe, tmp_path, loss_calls, capsys):
     run_dir = tmp_path / "run"
     summary, trainer = execute(tiny_recipe, AUTOPILOT_RUN, output_dir=run_dir, callbacks=[Scripted()])
@@ -315,6 +316,7 @@ def assert_same_decisions(resumed: dict, whole: dict) -> None:
     assert resumed["decisions"] == whole["decisions"]
 
 
+@pytest.mark.slow
 def test_resume_replays_the_decisions_exactly(tiny_recipe, tmp_path, loss_calls):
     whole, _ = execute(tiny_recipe, AUTOPILOT_RUN, output_dir=tmp_path / "whole", callbacks=[Scripted()])
     uninterrupted = list(loss_calls)

@@ -94,6 +94,7 @@ def two_process_recipe(tmp_path_factory, tiny_model_dir) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_two_process_run_killed_then_resumed_with_two_processes_equals_an_uninterrupted_one(two_process_recipe,
                                                                                             tmp_path):  # fmt: skip
     """SIGKILL of every process while checkpoint-4 is half written (checkpoint-2 complete); `--resume` under
@@ -139,6 +140,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_non_finite_guard_under_two_processes_stops_both_and_rank_0_alone_writes(tiny_recipe, tmp_path):
     """Two processes started with the environment torchrun gives its workers (torchrun itself would report its own
     exit code 1, not theirs). A NaN loss at step 3 on both: each exits 3 with the one-line error; summary.json

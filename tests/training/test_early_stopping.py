@@ -86,6 +86,7 @@ class ScriptedMetric(TrainerCallback):
         }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("values", "best_step", "stopped"), [([0, 1, 3, 2, 1, 0, 0], 2, 4), ([5, 1, 1, 1], 0, 2)])
 def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, best_step, stopped):
     """The scripted held-out metric peaks at `best_step`; patience 2 stops two evaluations later, and final/

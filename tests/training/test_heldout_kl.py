@@ -66,6 +66,7 @@ def _direct_kl(trainer) -> float:
     return sum(per_sequence) / len(per_sequence)
 
 
+@pytest.mark.slow
 def test_eval_kl_equals_a_direct_computation(tiny_recipe, tmp_path):
     summary, trainer = execute(tiny_recipe, ["training.per_device_eval_batch_size=4"], tmp_path / "run")
     evals = [e for e in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in e]
@@ -77,6 +78,7 @@ def test_eval_kl_equals_a_direct_computation(tiny_recipe, tmp_path):
     assert summary["final_metrics"]["eval_kl"] == evals[-1]["eval_kl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precompute", [False, True])
 def test_kl_pass_leaves_the_other_metrics_unchanged(tiny_recipe, tmp_path, precompute):
     """The KL pass computes the policy's log-probs from full logits instead of TRL's fused head; every other

@@ -71,6 +71,7 @@ def wandb_records(run_dir: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_offline_wandb_and_tensorboard_write_into_the_run_directory(tiny_recipe, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

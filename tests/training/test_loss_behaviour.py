@@ -206,6 +206,7 @@ def test_dpo_shift_keeps_the_chosen_log_ratio_above_zero(tiny_model_dir, plain_d
     assert history[-1][0] - history[-1][1] > 3.0
 
 
+@pytest.mark.slow
 def test_dr_dpo_outweighs_a_flipped_pair_that_plain_dpo_settles_against(tiny_model_dir):
     """A batch of four copies of the pair, one with its labels flipped; z = beta * Delta of the true pair.
 

@@ -77,6 +77,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peft", [True, False], ids=["lora", "full"])
 def test_every_loss_gives_the_same_value_and_gradients(tmp_path, tiny_model_dir, peft):
     trainer = _trainer(tmp_path, tiny_model_dir, peft=peft)

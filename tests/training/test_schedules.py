@@ -17,6 +17,7 @@ class ConstantMetric(TrainerCallback):
         metrics["eval_flat"] = 1.0
 
 
+@pytest.mark.slow
 def test_reduce_on_plateau_halves_lr_after_patience_plus_one_flat_evaluations(tiny_recipe, tmp_path):
     """torch's ReduceLROnPlateau (mode max, patience 1, factor 0.5) on a flat metric, one evaluation per step:
     eval@1 sets the best; eval@2 is bad #1; eval@3 is bad #2 > patience -> lr x 0.5; eval@4 bad #1; eval@5 -> x 0.5.
@@ -63,6 +64,7 @@ def test_plateau_mode_must_agree_with_early_stopping(tiny_recipe, tmp_path):
         ("warmup_stable_decay", "{num_decay_steps: 2}"),
     ],
 )
+@pytest.mark.slow
 def test_transformers_schedulers_shape_the_logged_lr(tiny_recipe, tmp_path, scheduler, kwargs):
     overrides = [
         f"training.lr_scheduler_type={scheduler}",

@@ -52,6 +52,7 @@ def secret_everywhere(tmp_path_factory):
     return write_recipe(root / f"recipe-{SECRET}.yaml", recipe)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("peft", ["lora", "full"])
 def test_no_file_in_the_run_directory_holds_a_secret(secret_everywhere, tmp_path, peft):
     run_dir = tmp_path / "run"
@@ -67,6 +68,7 @@ def test_no_file_in_the_run_directory_holds_a_secret(secret_everywhere, tmp_path
     assert "[redacted $MY_SERVICE_API_KEY]" in (run_dir / "recipe.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_the_secret_free_training_args_still_load_and_keep_the_rest(secret_everywhere, tmp_path):
     """training_args.bin holds the redacted arguments, everything else as the run used it."""
     import torch
@@ -91,6 +93,7 @@ def test_the_secret_free_training_args_still_load_and_keep_the_rest(secret_every
     assert args.hub_token is None
 
 
+@pytest.mark.slow
 def test_dpo_validate_never_prints_a_secret(secret_everywhere):
     proc = dpo("validate", str(secret_everywhere), env=secret_env())
     assert proc.returncode == 0, proc.stderr
@@ -108,6 +111,7 @@ def test_dpo_validate_never_prints_a_secret(secret_everywhere):
     ],
     ids=["missing_model_path", "bad_value", "bad_key"],
 )
+@pytest.mark.slow
 def test_error_lines_never_echo_a_secret(secret_everywhere, args):
     proc = dpo("validate", str(secret_everywhere), *args, env=secret_env())
     assert proc.returncode == 2
@@ -116,6 +120,7 @@ def test_error_lines_never_echo_a_secret(secret_everywhere, args):
     assert SECRET not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_recipe_named_with_a_secret(tmp_path):
     proc = dpo("validate", str(tmp_path / f"{SECRET}.yaml"), env=secret_env())
     assert proc.returncode == 2 and SECRET not in proc.stderr and proc.stderr.startswith("error: ")

@@ -22,6 +22,7 @@ TRL_TRAIN_METRICS = {
 OUR_METRICS = {"beta", "logps/accuracies", "logratios/chosen", "logratios/rejected"}
 
 
+@pytest.mark.slow
 def test_cli_train_writes_run_directory(tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
@@ -62,6 +63,7 @@ def test_cli_train_writes_run_directory(tiny_recipe, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_lora_trains_adapter_and_leaves_reference_untouched(tiny_recipe, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -101,6 +103,7 @@ def test_existing_run_directory_is_not_overwritten(tiny_recipe, tmp_path):
     assert (run_dir / "summary.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_python_api_matches_cli_contract(tiny_recipe, tmp_path):
     import dpo
 
@@ -112,6 +115,7 @@ def test_python_api_matches_cli_contract(tiny_recipe, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_precomputed_reference_logps_give_the_same_run(tiny_recipe, tmp_path):
     """TRL's precompute_ref_log_probs (used by the quickstart to halve evaluation cost) changes no number."""
     online, _ = execute(tiny_recipe, ["training.max_steps=2"], output_dir=tmp_path / "online")
