@@ -124,7 +124,33 @@ class RedactingStream:
         self._stream.write(redact(text, secrets=self._secrets) if self._secrets else text)
         return len(text)
 
+    @property
+    def buffer(self):
+        """The binary stream underneath (`sys.stdout.buffer.write(b"...")`), redacted the same way."""
+        return _RedactingBinaryStream(self._stream.buffer, self)
+
     def __getattr__(self, name):  # flush, isatty, fileno, encoding, ...: the wrapped stream's
+        return getattr(self._stream, name)
+
+
+class _RedactingBinaryStream:
+    """The binary side of a RedactingStream, sharing its secrets. Bytes are read as UTF-8; bytes that are not UTF-8
+    pass through unchanged (surrogateescape), so redaction never garbles binary output."""
+
+    def __init__(self, stream, text_side: RedactingStream):
+        self._stream = stream
+        self._text_side = text_side
+
+    def write(self, data) -> int:
+        secrets = self._text_side._secrets
+        if secrets:
+            text = bytes(data).decode("utf-8", "surrogateescape")
+            self._stream.write(redact(text, secrets=secrets).encode("utf-8", "surrogateescape"))
+        else:
+            self._stream.write(data)
+        return len(data)
+
+    def __getattr__(self, name):
         return getattr(self._stream, name)
 
 

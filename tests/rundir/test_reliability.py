@@ -198,6 +198,18 @@ def test_redacting_stream_and_run_files(monkeypatch, tmp_path):
     assert "s3cr3t" not in (tmp_path / "summary.json").read_text()
 
 
+def test_redacting_stream_redacts_binary_writes_and_keeps_bytes_that_are_not_text(monkeypatch):
+    import io
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    raw = io.BytesIO()
+    stream = RedactingStream(io.TextIOWrapper(raw, encoding="utf-8"))
+    data = b"token s3cr3t-value-9876, then a byte that is not UTF-8: \xff\n"
+    assert stream.buffer.write(data) == len(data)  # what a binary stream's write returns: the bytes it was given
+    assert raw.getvalue() == b"token [redacted $MY_SERVICE_TOKEN], then a byte that is not UTF-8: \xff\n"
+    assert stream.buffer.getvalue() == raw.getvalue()  # anything else is the wrapped binary stream's own
+
+
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last
     import sys
 
