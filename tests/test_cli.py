@@ -1,20 +1,39 @@
-"""The `dpo` command's error contract: exit 2, one `error:` line naming the file and key, nothing written."""
+"""The `dpo` command's error contract: exit 2, one `error:` line naming the file and key, nothing written.
+
+Commands run in this process through typer's CliRunner (a `python -m dpo` subprocess spends about 8 s importing
+torch); `test_missing_recipe_file` starts the real entry point once."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
+from dpo.cli import app
 from tests.conftest import ARITHMETIC, REPO, write_recipe
 
 
-def run_dpo(*args, cwd=REPO):
-    """`python -m dpo ARGS`. The timeout turns a missed check (which would start training the embedded model) into
-    a failure instead of a hang."""
-    command = [sys.executable, "-m", "dpo", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch, tmp_path):
+    """A missed check would go on to train the embedded model (minutes, in this process): claiming the run directory
+    fails the test instead. Relative paths resolve in a scratch folder, so a stray write cannot land in the repo."""
+
+    def claimed(*args, **kwargs):
+        raise AssertionError("the checks passed and training was about to start")
+
+    monkeypatch.setattr("dpo.training.execute._claim_run_dir", claimed)
+    monkeypatch.chdir(tmp_path)
+
+
+def run_dpo(*args):
+    """`dpo ARGS` in this process: its exit code, stdout and stderr, as a finished subprocess has them."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback: the contract is broken (or no_training fired)
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 @pytest.fixture
@@ -30,7 +49,6 @@ def good(tmp_path):
         ({"data": {"train": "missing.jsonl"}}, "data.train: file"),
     ],
 )
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "validate"])
 def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command):
     path = write_recipe(tmp_path / "bad.yaml", recipe)
@@ -46,12 +64,12 @@ def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command)
 
 
 @pytest.mark.slow
-def test_missing_recipe_file(tmp_path):
-    proc = run_dpo("validate", tmp_path / "none.yaml")
+def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry point, its stream redaction and exit
+    command = [sys.executable, "-m", "dpo", "validate", str(tmp_path / "none.yaml")]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
 
 
-@pytest.mark.slow
 def test_validate_ok(good):
     proc = run_dpo("validate", good, "--set", "loss.beta=0.2")
     assert proc.returncode == 0, proc.stderr
@@ -65,7 +83,6 @@ def test_validate_ok(good):
         ("./no/such/dir", "model directory './no/such/dir' does not exist"),
     ],
 )
-@pytest.mark.slow
 def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_path, name, fragment):
     out_dir = tmp_path / "out"
     proc = run_dpo("train", good, "--set", f"model.name_or_path={name}", "--output-dir", out_dir)
@@ -75,7 +92,6 @@ def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_
     assert not out_dir.exists()
 
 
-@pytest.mark.slow
 def test_plan_json_and_errors(tmp_path):
     import json
 
@@ -115,7 +131,6 @@ def test_plan_json_and_errors(tmp_path):
         (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: expected a number, got the text '0.2'"),
     ],
 )
-@pytest.mark.slow
 def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):
     recipe = write_recipe(
         tmp_path / "r.yaml",
@@ -130,9 +145,14 @@ def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fr
     assert not out_dir.exists()
 
 
-@pytest.mark.slow
 def test_missing_data_file_names_the_recipe_and_key(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": "nowhere.jsonl"}})
     proc = run_dpo("validate", recipe)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {recipe}: data.train: file '{tmp_path / 'nowhere.jsonl'}' not found"
+
+
+def test_a_recipe_that_passes_every_check_reaches_training(good, tmp_path):
+    """The tests above see exit 2 because a check caught the input, not because training could not start here."""
+    with pytest.raises(AssertionError, match="training was about to start"):
+        run_dpo("train", good, "--output-dir", tmp_path / "out")
