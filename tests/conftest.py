@@ -120,5 +120,21 @@ def tiny_recipe(tmp_path, tiny_model_dir) -> Path:
     return write_recipe(tmp_path / "tiny.yaml", recipe)
 
 
+def invoke_dpo(*args):
+    """`dpo ARGS` run in this process through typer's CliRunner (a `python -m dpo` subprocess spends about 8 s
+    importing torch): exit code, stdout and stderr, named as a finished subprocess names them. An exception other
+    than the exit is a traceback, so it is raised here."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from dpo.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

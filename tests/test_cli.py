@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
-from dpo.cli import app
-from tests.conftest import ARITHMETIC, REPO, write_recipe
+from tests.conftest import ARITHMETIC, REPO, invoke_dpo, write_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +23,6 @@ def no_training(monkeypatch, tmp_path):
 
     monkeypatch.setattr("dpo.training.execute._claim_run_dir", claimed)
     monkeypatch.chdir(tmp_path)
-
-
-def run_dpo(*args):
-    """`dpo ARGS` in this process: its exit code, stdout and stderr, as a finished subprocess has them."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a traceback: the contract is broken (or no_training fired)
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 @pytest.fixture
@@ -54,7 +43,7 @@ def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command)
     path = write_recipe(tmp_path / "bad.yaml", recipe)
     out_dir = tmp_path / "out"
     args = [command, path] + (["--output-dir", out_dir] if command == "train" else [])
-    proc = run_dpo(*args)
+    proc = invoke_dpo(*args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -71,7 +60,7 @@ def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry po
 
 
 def test_validate_ok(good):
-    proc = run_dpo("validate", good, "--set", "loss.beta=0.2")
+    proc = invoke_dpo("validate", good, "--set", "loss.beta=0.2")
     assert proc.returncode == 0, proc.stderr
     assert "loss sigmoid (beta=0.2)" in proc.stdout and "held-out pairs" in proc.stdout
 
@@ -85,7 +74,7 @@ def test_validate_ok(good):
 )
 def test_unreachable_model_is_a_user_error_before_anything_is_written(good, tmp_path, name, fragment):
     out_dir = tmp_path / "out"
-    proc = run_dpo("train", good, "--set", f"model.name_or_path={name}", "--output-dir", out_dir)
+    proc = invoke_dpo("train", good, "--set", f"model.name_or_path={name}", "--output-dir", out_dir)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert line.startswith("error: --set: model.name_or_path: ") and fragment in line and "\n" not in line
@@ -105,14 +94,14 @@ def test_plan_json_and_errors(tmp_path):
             }
         )
     )  # fmt: skip
-    proc = run_dpo("plan", config, "--json", "--full", "--batch-size", "2", "--seq-len", "32")
+    proc = invoke_dpo("plan", config, "--json", "--full", "--batch-size", "2", "--seq-len", "32")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     # embeddings 64000 + head 64000 + 2 layers x (attention 64*64*2 + 64*32*2 = 12288, mlp 3*64*128 = 24576,
     # norms 2*64) + final norm 64 = 128000 + 2 * 36992 + 64 = 202048
     assert plan["parameters"]["total"] == 202048 and plan["parameters"]["trainable"] == 202048
     assert plan["memory"]["total"] > 0
-    proc = run_dpo("plan", tmp_path / "missing.json")
+    proc = invoke_dpo("plan", tmp_path / "missing.json")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "missing.json" in proc.stderr
 
 
@@ -138,7 +127,7 @@ def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fr
     )
     out_dir = tmp_path / "out"
     args = [a for o in overrides for a in ("--set", o)]
-    proc = run_dpo("train", recipe, *args, "--output-dir", out_dir)
+    proc = invoke_dpo("train", recipe, *args, "--output-dir", out_dir)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip()
     assert "\n" not in line and line.startswith("error: ") and fragment in line
@@ -147,7 +136,7 @@ def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fr
 
 def test_missing_data_file_names_the_recipe_and_key(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": "nowhere.jsonl"}})
-    proc = run_dpo("validate", recipe)
+    proc = invoke_dpo("validate", recipe)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {recipe}: data.train: file '{tmp_path / 'nowhere.jsonl'}' not found"
 
@@ -155,4 +144,4 @@ def test_missing_data_file_names_the_recipe_and_key(tmp_path):
 def test_a_recipe_that_passes_every_check_reaches_training(good, tmp_path):
     """The tests above see exit 2 because a check caught the input, not because training could not start here."""
     with pytest.raises(AssertionError, match="training was about to start"):
-        run_dpo("train", good, "--output-dir", tmp_path / "out")
+        invoke_dpo("train", good, "--output-dir", tmp_path / "out")

@@ -17,7 +17,7 @@ from dpo.training.audit_use import apply_audit, suspects
 from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture
 from dpo.training.gate import check
 from dpo.training.loss_plan import loss_plan
-from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
+from tests.conftest import REPO, TINY_TRAINING, invoke_dpo, tiny_recipe_dict, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,20 +157,18 @@ def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_
         ("data.max_train_pairs=5", "the audit needs at least 10 training pairs"),
     ],
 )
-@pytest.mark.slow
 def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
-    proc = run_dpo("data", "audit", audit_recipe, "--output", tmp_path / "out", "--set", override)
+    proc = invoke_dpo("data", "audit", audit_recipe, "--output", tmp_path / "out", "--set", override)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error:") and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
 def test_data_audit_refuses_an_output_it_cannot_write_before_scoring(audit_recipe, tmp_path):
     """The output folder is checked before the minutes of scoring, not when audit.json is written."""
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
-    proc = run_dpo("data", "audit", audit_recipe, "--output", afile / "out")
+    proc = invoke_dpo("data", "audit", audit_recipe, "--output", afile / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error:") and f"cannot be created: {afile} is a file, not a directory" in proc.stderr
     assert "scoring answers" not in proc.stderr  # refused before the audit's progress bar started
