@@ -120,6 +120,16 @@ def tiny_recipe(tmp_path, tiny_model_dir) -> Path:
     return write_recipe(tmp_path / "tiny.yaml", recipe)
 
 
+def run_dpo(*args, cwd=REPO):
+    """`python -m dpo ARGS` in a new process: the real entry point (its stream redaction and exit codes). The timeout
+    turns a missed check, which would go on to train the embedded model, into a failure instead of a hang."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "dpo", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
 def invoke_dpo(*args):
     """`dpo ARGS` run in this process through typer's CliRunner (a `python -m dpo` subprocess spends about 8 s
     importing torch): exit code, stdout and stderr, named as a finished subprocess names them. An exception other

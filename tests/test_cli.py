@@ -5,12 +5,9 @@ torch); `test_missing_recipe_file` starts the real entry point once."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ARITHMETIC, REPO, invoke_dpo, write_recipe
+from tests.conftest import ARITHMETIC, invoke_dpo, run_dpo, write_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -54,8 +51,7 @@ def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command)
 
 @pytest.mark.slow
 def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry point, its stream redaction and exit
-    command = [sys.executable, "-m", "dpo", "validate", str(tmp_path / "none.yaml")]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = run_dpo("validate", tmp_path / "none.yaml")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
 
 

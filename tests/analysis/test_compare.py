@@ -14,8 +14,7 @@ from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.training.execute import execute
 from tests.browser import chromium_or_skip, open_in_browser
-from tests.conftest import TINY_TRAINING, tiny_recipe_dict, write_recipe
-from tests.test_cli import run_dpo
+from tests.conftest import TINY_TRAINING, run_dpo, tiny_recipe_dict, write_recipe
 
 
 @pytest.fixture(scope="module")

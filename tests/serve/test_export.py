@@ -13,7 +13,7 @@ from dpo.analysis.model_card import write_model_card
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.serve.export import export_run
-from tests.test_cli import run_dpo
+from tests.conftest import run_dpo
 
 IDS = [[5, 40, 41, 17, 60, 33, 9, 70, 22, 4]]
 

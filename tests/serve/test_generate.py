@@ -9,7 +9,7 @@ import pytest
 
 from dpo.errors import UserError
 from dpo.serve.generate import GenerateOptions, as_trained, generate_for_run, read_prompts
-from tests.test_cli import run_dpo
+from tests.conftest import run_dpo
 
 OPTIONS = GenerateOptions(max_new_tokens=8)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from dpo.training.audit_use import apply_audit, suspects
 from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture
 from dpo.training.gate import check
 from dpo.training.loss_plan import loss_plan
-from tests.conftest import REPO, TINY_TRAINING, invoke_dpo, tiny_recipe_dict, write_recipe
+from tests.conftest import TINY_TRAINING, invoke_dpo, run_dpo, tiny_recipe_dict, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,11 +109,6 @@ def audit_recipe(tmp_path, tiny_model_dir):
     recipe = tiny_recipe_dict(tiny_model_dir, 100, TINY_TRAINING)
     recipe["data"] = {"train": str(data), "heldout_fraction": 0.2}
     return write_recipe(tmp_path / "audit.yaml", recipe)
-
-
-def run_dpo(*args):
-    command = [sys.executable, "-m", "dpo", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
 @pytest.mark.slow
