@@ -136,9 +136,14 @@ def invoke_dpo(*args):
     than the exit is a traceback, so it is raised here."""
     from types import SimpleNamespace
 
+    import transformers
     from typer.testing import CliRunner
 
     from dpo.cli import app
+
+    # transformers binds its log handler to the sys.stderr of the moment its logging is first set up: set it up
+    # now, outside the runner, whose captured stream is closed after the call
+    transformers.logging.get_logger()
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):

@@ -22,6 +22,18 @@ def no_training(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
+def test_a_late_train_error_is_one_line_from_the_real_entry_point(tmp_path):
+    """In a new process, where library warnings and log lines reach stderr as a user sees them (in this process
+    pytest records warnings, and transformers' log handler may be bound to another stream)."""
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
+    proc = run_dpo("train", recipe, "--set", "training.optim=bogus", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "training: DPOConfig rejected the settings" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def good(tmp_path):
     return write_recipe(tmp_path / "good.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
@@ -50,7 +62,7 @@ def test_recipe_errors_exit_2_with_one_line(tmp_path, recipe, expected, command)
 
 
 @pytest.mark.slow
-def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry point, its stream redaction and exit
+def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry point, main(), and its exit code
     proc = run_dpo("validate", tmp_path / "none.yaml")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
 

@@ -124,6 +124,10 @@ class RedactingStream:
         self._stream.write(redact(text, secrets=self._secrets) if self._secrets else text)
         return len(text)
 
+    def writelines(self, lines) -> None:  # else __getattr__ would hand it to the wrapped stream, unredacted
+        for line in lines:
+            self.write(line)
+
     @property
     def buffer(self):
         """The binary stream underneath (`sys.stdout.buffer.write(b"...")`), redacted the same way."""
@@ -134,21 +138,26 @@ class RedactingStream:
 
 
 class _RedactingBinaryStream:
-    """The binary side of a RedactingStream, sharing its secrets. Bytes are read as UTF-8; bytes that are not UTF-8
-    pass through unchanged (surrogateescape), so redaction never garbles binary output."""
+    """The binary side of a RedactingStream, sharing its secrets. Bytes are read as UTF-8 to find the secrets; bytes
+    that are not UTF-8 pass through unchanged (surrogateescape)."""
 
     def __init__(self, stream, text_side: RedactingStream):
         self._stream = stream
         self._text_side = text_side
 
     def write(self, data) -> int:
+        view = memoryview(data)  # a TypeError for what a binary stream refuses, before anything is written
         secrets = self._text_side._secrets
         if secrets:
-            text = bytes(data).decode("utf-8", "surrogateescape")
+            text = view.tobytes().decode("utf-8", "surrogateescape")
             self._stream.write(redact(text, secrets=secrets).encode("utf-8", "surrogateescape"))
         else:
             self._stream.write(data)
-        return len(data)
+        return view.nbytes  # what a binary stream's write returns: the bytes it was given
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)

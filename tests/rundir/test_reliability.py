@@ -208,6 +208,12 @@ def test_redacting_stream_redacts_binary_writes_and_keeps_bytes_that_are_not_tex
     assert stream.buffer.write(data) == len(data)  # what a binary stream's write returns: the bytes it was given
     assert raw.getvalue() == b"token [redacted $MY_SERVICE_TOKEN], then a byte that is not UTF-8: \xff\n"
     assert stream.buffer.getvalue() == raw.getvalue()  # anything else is the wrapped binary stream's own
+    stream.buffer.writelines([b"again s3cr3t-value-9876\n"])
+    stream.writelines(["and s3cr3t-value-9876\n"])
+    stream.flush()
+    assert b"s3cr3t" not in raw.getvalue() and raw.getvalue().count(b"[redacted $MY_SERVICE_TOKEN]") == 3
+    with pytest.raises(TypeError):
+        stream.buffer.write("text, not bytes")
 
 
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last
