@@ -1,7 +1,7 @@
 """The `dpo` command's error contract: exit 2, one `error:` line naming the file and key, nothing written.
 
 Commands run in this process through typer's CliRunner (a `python -m dpo` subprocess spends about 8 s importing
-torch); `test_missing_recipe_file` starts the real entry point once."""
+torch); two slow tests start the real entry point (`run_dpo`)."""
 
 from __future__ import annotations
 
