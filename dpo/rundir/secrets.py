@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -109,37 +110,82 @@ def redact_config(tree, env: Mapping[str, str] | None = None):
     return redact_data(walk(tree), env)
 
 
+def unfinished_secret_length(text: str, secrets: Secrets) -> int:
+    """How many characters at the end of `text` could be the start of a secret that the next write finishes: a
+    stream holds them back until then (or a flush), so that a secret written in two pieces is still seen whole."""
+    longest = max((len(value) for _, value in secrets), default=0)
+    for length in range(min(len(text), longest - 1), 0, -1):
+        end = text[-length:]
+        if any(len(value) > length and value.startswith(end) for _, value in secrets):
+            return length
+    return 0
+
+
 class RedactingStream:
-    """A text stream wrapper that redacts secrets from everything written through it (stdout / stderr)."""
+    """A text stream wrapper that redacts secrets from everything written through it (stdout / stderr) and through
+    its `.buffer`. A write that ends with what could be the start of a secret keeps that end back until the next
+    write or a flush; the interpreter flushes sys.stdout and sys.stderr at exit, as print(flush=True), logging,
+    typer and progress bars do after each message."""
 
     def __init__(self, stream):
         self._stream = stream
+        self._unfinished = {"text": "", "bytes": ""}  # each side's held-back end (bytes as surrogateescape text)
+        self._lock = threading.RLock()  # threads that print at once must not both write out one held-back end
         self.refresh()
 
     def refresh(self) -> None:
         """Take the secrets from the environment as it is now."""
         self._secrets = secret_values()
 
+    def redacted(self, text: str, side: str) -> str:
+        """`text`, after what `side` ("text" or "bytes") held back, redacted, less the end it now holds back."""
+        if not self._secrets and not self._unfinished[side]:
+            return text
+        pending = redact(self._unfinished[side] + text, secrets=self._secrets)
+        held = unfinished_secret_length(pending, self._secrets)
+        self._unfinished[side] = pending[len(pending) - held :]
+        return pending[: len(pending) - held]
+
     def write(self, text: str) -> int:
-        self._stream.write(redact(text, secrets=self._secrets) if self._secrets else text)
+        if not isinstance(text, str):  # a text stream's error, before anything is held back
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._stream.write(self.redacted(text, "text"))
         return len(text)
 
     def writelines(self, lines) -> None:  # else __getattr__ would hand it to the wrapped stream, unredacted
         for line in lines:
             self.write(line)
 
+    def flush(self) -> None:
+        """Write out what was held back (it did not become a secret), then flush the wrapped stream."""
+        with self._lock:
+            text, self._unfinished["text"] = self._unfinished["text"], ""
+            if text:
+                self._stream.write(text)
+            self._stream.flush()
+            data, self._unfinished["bytes"] = self._unfinished["bytes"], ""
+            if data:
+                self._stream.buffer.write(data.encode("utf-8", "surrogateescape"))
+                self._stream.buffer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._stream.close()
+
     @property
     def buffer(self):
         """The binary stream underneath (`sys.stdout.buffer.write(b"...")`), redacted the same way."""
         return _RedactingBinaryStream(self._stream.buffer, self)
 
-    def __getattr__(self, name):  # flush, isatty, fileno, encoding, ...: the wrapped stream's
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the wrapped stream's
         return getattr(self._stream, name)
 
 
 class _RedactingBinaryStream:
-    """The binary side of a RedactingStream, sharing its secrets. Bytes are read as UTF-8 to find the secrets; bytes
-    that are not UTF-8 pass through unchanged (surrogateescape)."""
+    """The binary side of a RedactingStream, sharing its secrets and keeping its held-back end there (`.buffer`
+    makes a new one of these each time). Bytes are read as UTF-8 to find the secrets; bytes that are not UTF-8 pass
+    through unchanged (surrogateescape)."""
 
     def __init__(self, stream, text_side: RedactingStream):
         self._stream = stream
@@ -147,17 +193,20 @@ class _RedactingBinaryStream:
 
     def write(self, data) -> int:
         view = memoryview(data)  # a TypeError for what a binary stream refuses, before anything is written
-        secrets = self._text_side._secrets
-        if secrets:
-            text = view.tobytes().decode("utf-8", "surrogateescape")
-            self._stream.write(redact(text, secrets=secrets).encode("utf-8", "surrogateescape"))
-        else:
+        text_side = self._text_side
+        with text_side._lock:
+            if text_side._secrets or text_side._unfinished["bytes"]:
+                text = view.tobytes().decode("utf-8", "surrogateescape")
+                data = text_side.redacted(text, "bytes").encode("utf-8", "surrogateescape")
             self._stream.write(data)
         return view.nbytes  # what a binary stream's write returns: the bytes it was given
 
     def writelines(self, lines) -> None:
         for line in lines:
             self.write(line)
+
+    def flush(self) -> None:
+        self._text_side.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)

@@ -216,6 +216,50 @@ def test_redacting_stream_redacts_binary_writes_and_keeps_bytes_that_are_not_tex
         stream.buffer.write("text, not bytes")
 
 
+def test_redacting_stream_sees_a_secret_written_in_pieces_and_releases_what_was_not_one(monkeypatch):
+    class KeptAtClose(io.StringIO):
+        def close(self):
+            self.kept = self.getvalue()
+            super().close()
+
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    out = KeptAtClose()
+    stream = RedactingStream(out)
+    for piece in ["token s3", "cr3t-val", "ue-9876 and s3cr", "3t-value-9876!\n"]:  # over two and three writes
+        assert stream.write(piece) == len(piece)
+    assert out.getvalue() == "token [redacted $MY_SERVICE_TOKEN] and [redacted $MY_SERVICE_TOKEN]!\n"
+    stream.write("not a secret: s3cr")  # could still become one: held back...
+    assert out.getvalue().endswith("not a secret: ")
+    stream.write("ew")  # ...until the next write shows it is not
+    assert out.getvalue().endswith("not a secret: s3crew")
+    stream.write("ends with s3c")
+    stream.flush()  # a flush writes out what is held back
+    assert out.getvalue().endswith("ends with s3c")
+    stream.write("and s3")
+    stream.close()  # so does closing
+    assert out.closed and out.kept.endswith("ends with s3cand s3")
+
+    raw = io.BytesIO()
+    stream = RedactingStream(io.TextIOWrapper(raw, encoding="utf-8"))
+    stream.buffer.write(b"bytes s3cr3t-")  # the binary side holds back its own end, across `.buffer` objects
+    stream.buffer.write(b"value-9876 then s3")
+    assert raw.getvalue() == b"bytes [redacted $MY_SERVICE_TOKEN] then "
+    stream.buffer.flush()
+    assert raw.getvalue() == b"bytes [redacted $MY_SERVICE_TOKEN] then s3"
+
+
+def test_held_back_output_is_written_at_interpreter_exit():
+    script = (
+        "import sys\nfrom dpo.rundir.secrets import redact_standard_streams\nredact_standard_streams()\n"
+        "sys.stdout.write('token s3cr3t-va')\nsys.stdout.write('lue-9876, last s3cr')\n"
+        "sys.stderr.buffer.write(b'bytes s3cr3t-value-9876, last s3')\n"
+    )
+    env = {**os.environ, "MY_SERVICE_TOKEN": "s3cr3t-value-9876"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True)
+    assert done.stdout == b"token [redacted $MY_SERVICE_TOKEN], last s3cr"
+    assert done.stderr == b"bytes [redacted $MY_SERVICE_TOKEN], last s3"
+
+
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last
     import sys
 
