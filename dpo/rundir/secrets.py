@@ -10,9 +10,11 @@ left alone: they are not real credentials, and redacting e.g. "1" would mangle e
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -110,96 +112,130 @@ def redact_config(tree, env: Mapping[str, str] | None = None):
     return redact_data(walk(tree), env)
 
 
-def unfinished_secret_length(text: str, secrets: Secrets) -> int:
-    """How many characters at the end of `text` could be the start of a secret that the next write finishes: a
-    stream holds them back until then (or a flush), so that a secret written in two pieces is still seen whole."""
-    longest = max((len(value) for _, value in secrets), default=0)
-    for length in range(min(len(text), longest - 1), 0, -1):
-        end = text[-length:]
-        if any(len(value) > length and value.startswith(end) for _, value in secrets):
-            return length
-    return 0
+def unfinished_secret_start(text: str, secrets: Secrets) -> int:
+    """Where the end of `text` that a stream holds back starts (len(text): nothing to hold): the earliest end that
+    could be the start of a secret the next write finishes, moved back to the start of any secret that runs into it
+    (a secret may begin with another). Held back until the next write or a flush, a secret written in pieces is
+    still seen whole."""
+    cut = len(text)
+    for _, value in secrets:  # only where a secret's first character is: a write costs the secrets' length, not more
+        start = text.find(value[0], max(0, len(text) - len(value) + 1))
+        while start != -1 and not value.startswith(text[start:]):
+            start = text.find(value[0], start + 1)
+        if start != -1:
+            cut = min(cut, start)
+    moved = cut < len(text)
+    while moved:
+        moved = False
+        for _, value in secrets:
+            start = text.find(value, max(0, cut - len(value) + 1))
+            if start != -1 and start < cut:
+                cut, moved = start, True
+    return cut
 
 
 class RedactingStream:
     """A text stream wrapper that redacts secrets from everything written through it (stdout / stderr) and through
-    its `.buffer`. A write that ends with what could be the start of a secret keeps that end back until the next
-    write or a flush; the interpreter flushes sys.stdout and sys.stderr at exit, as print(flush=True), logging,
-    typer and progress bars do after each message."""
+    its `.buffer`.
+
+    A write that ends with what could be the start of a secret keeps that end back until the next write or a flush
+    (only one side, text or bytes, holds anything at a time, so their order is kept). The interpreter flushes
+    sys.stdout and sys.stderr at a normal exit, as print(flush=True), input(), logging, typer and progress bars do
+    after each message; with unbuffered output (`python -u`) a line's last characters may show a write late."""
 
     def __init__(self, stream):
         self._stream = stream
-        self._unfinished = {"text": "", "bytes": ""}  # each side's held-back end (bytes as surrogateescape text)
+        self._unfinished = {"text": "", "bytes": ""}  # each side's held-back end, unredacted (bytes: decoded)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")  # bytes may split a character
         self._lock = threading.RLock()  # threads that print at once must not both write out one held-back end
+        _STREAMS.add(self)
         self.refresh()
 
     def refresh(self) -> None:
         """Take the secrets from the environment as it is now."""
         self._secrets = secret_values()
 
-    def redacted(self, text: str, side: str) -> str:
-        """`text`, after what `side` ("text" or "bytes") held back, redacted, less the end it now holds back."""
-        if not self._secrets and not self._unfinished[side]:
-            return text
-        pending = redact(self._unfinished[side] + text, secrets=self._secrets)
-        held = unfinished_secret_length(pending, self._secrets)
-        self._unfinished[side] = pending[len(pending) - held :]
-        return pending[: len(pending) - held]
+    def _holding(self, side: str) -> bool:
+        return bool(self._unfinished[side]) or (side == "bytes" and bool(self._decoder.getstate()[0]))
+
+    def _redacted(self, text: str, side: str) -> str:
+        """What to write now of `text`, after what `side` held back: redacted, less the end it now holds back. What
+        the other side holds is written out first, so that output keeps its order."""
+        self._release("bytes" if side == "text" else "text")
+        pending = self._unfinished[side] + text
+        cut = unfinished_secret_start(pending, self._secrets)
+        self._unfinished[side] = pending[cut:]
+        return redact(pending[:cut], secrets=self._secrets)
+
+    def _release(self, side: str) -> None:
+        """Write out (redacted) what `side` holds back: it did not become a secret."""
+        if not self._holding(side):
+            return
+        held, self._unfinished[side] = self._unfinished[side], ""
+        if side == "text":
+            self._stream.write(redact(held, secrets=self._secrets))
+            self._stream.flush()  # a text wrapper's own buffer, ahead of the bytes that follow
+        else:
+            held += self._decoder.decode(b"", final=True)
+            self._decoder.reset()
+            self._stream.buffer.write(redact(held, secrets=self._secrets).encode("utf-8", "surrogateescape"))
+            self._stream.buffer.flush()
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # a text stream's error, before anything is held back
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
-            self._stream.write(self.redacted(text, "text"))
+            holding = self._holding("bytes") or self._holding("text")
+            self._stream.write(self._redacted(text, "text") if self._secrets or holding else text)
         return len(text)
 
     def writelines(self, lines) -> None:  # else __getattr__ would hand it to the wrapped stream, unredacted
         for line in lines:
             self.write(line)
 
-    def flush(self) -> None:
-        """Write out what was held back (it did not become a secret), then flush the wrapped stream."""
+    def write_bytes(self, data) -> int:
+        """`.buffer.write(data)`: bytes read as UTF-8 to find the secrets; bytes that are not UTF-8 pass through
+        unchanged (surrogateescape)."""
+        view = memoryview(data)  # a TypeError for what a binary stream refuses, before anything is written
         with self._lock:
-            text, self._unfinished["text"] = self._unfinished["text"], ""
-            if text:
-                self._stream.write(text)
+            if self._secrets or self._holding("bytes") or self._holding("text"):
+                data = self._redacted(self._decoder.decode(view.tobytes()), "bytes").encode("utf-8", "surrogateescape")
+            self._stream.buffer.write(data)
+        return view.nbytes  # what a binary stream's write returns: the bytes it was given
+
+    def flush(self) -> None:
+        with self._lock:
+            self._release("text")
+            self._release("bytes")
             self._stream.flush()
-            data, self._unfinished["bytes"] = self._unfinished["bytes"], ""
-            if data:
-                self._stream.buffer.write(data.encode("utf-8", "surrogateescape"))
-                self._stream.buffer.flush()
 
     def close(self) -> None:
-        self.flush()
+        if not self._stream.closed:  # closing twice is allowed, as for any stream
+            self.flush()
         self._stream.close()
+
+    def detach(self):
+        self.flush()
+        return self._stream.detach()
 
     @property
     def buffer(self):
         """The binary stream underneath (`sys.stdout.buffer.write(b"...")`), redacted the same way."""
-        return _RedactingBinaryStream(self._stream.buffer, self)
+        return _RedactingBinaryStream(self)
 
-    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the wrapped stream's
+    def __getattr__(self, name):  # isatty, fileno, encoding, closed, ...: the wrapped stream's
         return getattr(self._stream, name)
 
 
 class _RedactingBinaryStream:
-    """The binary side of a RedactingStream, sharing its secrets and keeping its held-back end there (`.buffer`
-    makes a new one of these each time). Bytes are read as UTF-8 to find the secrets; bytes that are not UTF-8 pass
-    through unchanged (surrogateescape)."""
+    """The binary side of a RedactingStream (`.buffer` makes a new one each time, so the state lives there)."""
 
-    def __init__(self, stream, text_side: RedactingStream):
-        self._stream = stream
+    def __init__(self, text_side: RedactingStream):
         self._text_side = text_side
+        self._stream = text_side._stream.buffer
 
     def write(self, data) -> int:
-        view = memoryview(data)  # a TypeError for what a binary stream refuses, before anything is written
-        text_side = self._text_side
-        with text_side._lock:
-            if text_side._secrets or text_side._unfinished["bytes"]:
-                text = view.tobytes().decode("utf-8", "surrogateescape")
-                data = text_side.redacted(text, "bytes").encode("utf-8", "surrogateescape")
-            self._stream.write(data)
-        return view.nbytes  # what a binary stream's write returns: the bytes it was given
+        return self._text_side.write_bytes(data)
 
     def writelines(self, lines) -> None:
         for line in lines:
@@ -208,8 +244,29 @@ class _RedactingBinaryStream:
     def flush(self) -> None:
         self._text_side.flush()
 
+    def close(self) -> None:
+        if not self._stream.closed:
+            self._text_side.flush()
+        self._stream.close()
+
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+# Every RedactingStream, for a forked child: a lock another thread held at the fork would never be released there,
+# and what the parent holds back is the parent's to write.
+_STREAMS: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for stream in _STREAMS:
+        stream._lock = threading.RLock()
+        stream._unfinished = {"text": "", "bytes": ""}
+        stream._decoder.reset()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def redact_standard_streams() -> None:

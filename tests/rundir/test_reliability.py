@@ -219,7 +219,8 @@ def test_redacting_stream_redacts_binary_writes_and_keeps_bytes_that_are_not_tex
 def test_redacting_stream_sees_a_secret_written_in_pieces_and_releases_what_was_not_one(monkeypatch):
     class KeptAtClose(io.StringIO):
         def close(self):
-            self.kept = self.getvalue()
+            if not self.closed:
+                self.kept = self.getvalue()
             super().close()
 
     monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
@@ -236,27 +237,81 @@ def test_redacting_stream_sees_a_secret_written_in_pieces_and_releases_what_was_
     stream.flush()  # a flush writes out what is held back
     assert out.getvalue().endswith("ends with s3c")
     stream.write("and s3")
-    stream.close()  # so does closing
+    stream.close()  # so does closing, once
+    stream.close()
     assert out.closed and out.kept.endswith("ends with s3cand s3")
 
-    raw = io.BytesIO()
-    stream = RedactingStream(io.TextIOWrapper(raw, encoding="utf-8"))
+
+def test_redacting_stream_bytes_in_pieces_keep_their_order_with_text(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "s3cr3t-value-9876")
+    monkeypatch.setenv("MY_DB_PASSWORD", "pässwörd-12345")
+
+    class KeptAtClose(io.BytesIO):
+        def close(self):
+            if not self.closed:
+                self.kept = self.getvalue()
+            super().close()
+
+    raw = KeptAtClose()
+    stream = RedactingStream(io.TextIOWrapper(raw, encoding="utf-8", write_through=True))  # as a terminal's
     stream.buffer.write(b"bytes s3cr3t-")  # the binary side holds back its own end, across `.buffer` objects
     stream.buffer.write(b"value-9876 then s3")
     assert raw.getvalue() == b"bytes [redacted $MY_SERVICE_TOKEN] then "
-    stream.buffer.flush()
-    assert raw.getvalue() == b"bytes [redacted $MY_SERVICE_TOKEN] then s3"
+    stream.write("text\n")  # what the bytes held back comes first
+    assert raw.getvalue() == b"bytes [redacted $MY_SERVICE_TOKEN] then s3text\n"
+    password = "pässwörd-12345".encode()
+    stream.buffer.write(b"db " + password[:2])  # split inside the two bytes of "\xe4"
+    stream.buffer.write(password[2:] + b" ok\n")
+    stream.buffer.write(b"not UTF-8: \xff\xc3")  # kept as they are, the lone lead byte too
+    stream.buffer.close()  # closing writes out what is held back, once
+    stream.buffer.close()
+    assert raw.kept.endswith(b"then s3text\ndb [redacted $MY_DB_PASSWORD] ok\nnot UTF-8: \xff\xc3")
 
 
-def test_held_back_output_is_written_at_interpreter_exit():
-    script = (
-        "import sys\nfrom dpo.rundir.secrets import redact_standard_streams\nredact_standard_streams()\n"
-        "sys.stdout.write('token s3cr3t-va')\nsys.stdout.write('lue-9876, last s3cr')\n"
-        "sys.stderr.buffer.write(b'bytes s3cr3t-value-9876, last s3')\n"
-    )
+def test_redacting_stream_holds_a_secret_that_another_starts_or_runs_into(monkeypatch):
+    monkeypatch.setenv("API_KEY", "abcdefgh")
+    monkeypatch.setenv("API_KEY_FULL", "abcdefgh-and-more")
+    monkeypatch.setenv("OTHER_TOKEN", "12345678")
+    monkeypatch.setenv("LAST_TOKEN", "5678wxyz")
+    out = io.StringIO()
+    stream = RedactingStream(out)
+    stream.write("x abcdefgh")  # a whole secret, and the start of a longer one
+    stream.write("-and-more\n")
+    stream.write("y 12345678")  # a whole secret, whose end starts another
+    stream.write("\n")
+    assert out.getvalue() == "x [redacted $API_KEY_FULL]\ny [redacted $OTHER_TOKEN]\n"
+
+
+def test_held_back_output_is_written_at_interpreter_exit_and_not_twice_after_a_fork():
+    script = """
+import os, sys, threading
+from dpo.rundir.secrets import redact_standard_streams
+redact_standard_streams()
+sys.stdout.write('token s3cr3t-va')
+sys.stdout.write('lue-9876, last s3cr')
+sys.stderr.buffer.write(b'bytes s3cr3t-value-9876, last s3')
+holding, done = threading.Event(), threading.Event()
+def hold_the_lock():  # a thread that is printing while the process forks
+    with sys.stdout._lock:
+        holding.set()
+        done.wait()
+threading.Thread(target=hold_the_lock).start()
+holding.wait()
+sys.stdout._stream.flush()  # what was written out so far, not what is held back
+pid = os.fork()
+if pid == 0:
+    import signal
+    signal.alarm(20)  # a child that hangs on the lock dies of it
+    sys.stdout.write(' child')
+    sys.stdout.flush()
+    os._exit(0)
+done.set()
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(' child exit %d' % os.waitstatus_to_exitcode(status))
+"""
     env = {**os.environ, "MY_SERVICE_TOKEN": "s3cr3t-value-9876"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True)
-    assert done.stdout == b"token [redacted $MY_SERVICE_TOKEN], last s3cr"
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True, cwd=REPO)
+    assert done.stdout == b"token [redacted $MY_SERVICE_TOKEN], last  childs3cr child exit 0"  # "s3cr" once
     assert done.stderr == b"bytes [redacted $MY_SERVICE_TOKEN], last s3"
 
 
