@@ -66,33 +66,44 @@ class Method:
     recipe: str  # in recipes/
     overrides: tuple[str, ...] = ()
     kind: str = "single"  # plain | single | audit | autopilot
+    label: str = ""  # its name in the README's table, whose rows follow this table's order
 
 
-METHODS: dict[str, Method] = {
-    "plain": Method("plain.yaml", kind="plain"),
-    "nll": Method("quickstart.yaml"),  # the NLL term (RPO), weight 1
-    "cdpo": Method("cdpo.yaml", (NO_NLL,)),
-    "robust": Method("robust.yaml", (NO_NLL,)),
-    "ipo": Method("ipo.yaml", (NO_NLL,)),
-    "dpop": Method("dpop.yaml", (NO_NLL,)),
-    "early_stopping": Method("early-stopping.yaml", (NO_NLL,)),
-    "beta_dpo": Method("beta-dpo.yaml", (NO_NLL,)),
-    "rpo": Method("rpo.yaml"),
-    "wpo": Method("wpo.yaml", (NO_NLL,)),
-    "ld_dpo": Method("ld-dpo.yaml", (NO_NLL,)),
-    "neftune": Method("neftune.yaml", (NO_NLL,)),
-    "f_divergence": Method("f-divergence.yaml", (NO_NLL,)),
-    "beta_schedule": Method("beta-schedule.yaml", (NO_NLL,)),
+METHODS: dict[str, Method] = {  # plain DPO, what the shipped recipes run, then each single control
+    "plain": Method("plain.yaml", kind="plain", label="plain DPO"),
+    "nll": Method("quickstart.yaml", label="NLL term (quickstart)"),  # the NLL term (RPO), weight 1
+    "early_stopping": Method("early-stopping.yaml", (NO_NLL,), label="early stopping (`early-stopping.yaml`)"),
+    "dpo_shift": Method("dpo-shift.yaml", label="DPO-Shift (`dpo-shift.yaml`)"),
+    "autopilot": Method(
+        "plain.yaml",
+        ("autopilot.enabled=true",),
+        kind="autopilot",
+        label="autopilot (`noisy-labels.yaml`)",
+    ),
+    "cdpo": Method("cdpo.yaml", (NO_NLL,), label="cDPO (smoothing 0.1)"),
+    "robust": Method("robust.yaml", (NO_NLL,), label="robust DPO"),
+    "ipo": Method("ipo.yaml", (NO_NLL,), label="IPO"),
+    "dpop": Method("dpop.yaml", (NO_NLL,), label="DPOP"),
+    "beta_dpo": Method("beta-dpo.yaml", (NO_NLL,), label="beta-DPO"),
+    "label_smoothing_auto": Method(
+        "plain.yaml",
+        ("loss.label_smoothing=auto",),
+        kind="audit",
+        label="cDPO, smoothing from the label audit (`auto`)",
+    ),
+    "rpo": Method("rpo.yaml", label="RPO"),
+    "wpo": Method("wpo.yaml", (NO_NLL,), label="WPO"),
+    "ld_dpo": Method("ld-dpo.yaml", (NO_NLL,), label="LD-DPO"),
+    "neftune": Method("neftune.yaml", (NO_NLL,), label="NEFTune"),
+    "f_divergence": Method("f-divergence.yaml", (NO_NLL,), label="f-divergence DPO"),
+    "beta_schedule": Method("beta-schedule.yaml", (NO_NLL,), label="beta schedule"),
     # the newer losses (issue 16), each at its recipe's defaults; simpo and orpo need no reference
-    "cal_dpo": Method("cal-dpo.yaml"),
-    "dpo_shift": Method("dpo-shift.yaml"),
-    "chi_po": Method("chi-po.yaml"),
-    "dr_dpo": Method("dr-dpo.yaml"),
-    "simpo": Method("simpo.yaml"),
-    "orpo": Method("orpo.yaml"),
-    "odpo": Method("odpo.yaml"),  # needs scored data: runs on sorting only (see needs_scores)
-    "label_smoothing_auto": Method("plain.yaml", ("loss.label_smoothing=auto",), kind="audit"),
-    "autopilot": Method("plain.yaml", ("autopilot.enabled=true",), kind="autopilot"),
+    "dr_dpo": Method("dr-dpo.yaml", label="Dr. DPO"),
+    "cal_dpo": Method("cal-dpo.yaml", label="Cal-DPO"),
+    "chi_po": Method("chi-po.yaml", label="chi-PO"),
+    "orpo": Method("orpo.yaml", label="ORPO"),
+    "simpo": Method("simpo.yaml", label="SimPO"),
+    "odpo": Method("odpo.yaml", label="ODPO"),  # needs scored data: runs on sorting only (see needs_scores)
 }
 DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo", "cal_dpo",
                    "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "odpo", "label_smoothing_auto",
@@ -495,7 +506,33 @@ def markdown(result: dict) -> str:
         lines += ["", "| cell | goal | met | numbers |", "|---|---|---|---|"]
         lines += [f"| {g['cell']} | {g['goal']} | {'yes' if g['met'] else 'NO'} | {g['detail']} |"
                   for g in result["goals"]]  # fmt: skip
+    lines += ["", "The README's table (the same numbers, two decimals):", "", *readme_table(result)]
     return "\n".join(lines) + "\n"
+
+
+def readme_table(result: dict) -> list[str]:
+    """The README's table: per data set and noise level, the methods in METHODS' order, under their labels. A
+    reference-free loss's test accuracy is its own reward, which starts at the base model's preference rather than at
+    chance: shown in brackets, with no difference from plain DPO."""
+    lines = [
+        "| data | flipped | method | seeds | test accuracy | vs plain DPO | the policy prefers the true answer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def ci(t, sign=""):
+        return f"{t[0]:{sign}.2f} [{t[1]:{sign}.2f}, {t[2]:{sign}.2f}]"
+
+    for cell in sorted(result["cells"].values(), key=lambda c: (c["dataset"], c["noise"])):
+        for method in (m for m in METHODS if m in cell["methods"]):
+            r = cell["methods"][method]
+            label, accuracy, versus = METHODS[method].label, ci(r["test_accuracy"]), ""
+            if reference_free(method):
+                label, accuracy = f"{label} (reference-free)", f"({r['test_accuracy'][0]:.2f}: its own reward)"
+            elif method != "plain" and "vs_plain" in r:
+                versus = ci(r["vs_plain"], "+")
+            cells = [cell["dataset"], f"{cell['noise']:.0%}", label, len(r["seeds"]), accuracy, versus]
+            lines.append("| " + " | ".join(map(str, [*cells, ci(r["test_policy_preference"])])) + " |")
+    return lines
 
 
 def figures(result: dict) -> str:

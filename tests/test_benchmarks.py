@@ -112,6 +112,17 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     assert 0 <= low <= mean <= high <= 1 and cell["plain"]["vs_plain"] == [0.0, 0.0, 0.0]
     assert {g["goal"] for g in result["goals"]} >= {"autopilot >= plain + 0.10 in test accuracy"}
     assert (tmp_path / "noise_quick.html").read_text().count("<svg") == 3  # accuracy, policy preference, steps
+    readme_rows = (tmp_path / "noise_quick.md").read_text().split("The README's table")[1].splitlines()
+    methods = [line.split(" | ")[2] for line in readme_rows if line.startswith("| arithmetic | 30% |")]
+    assert methods == [
+        "plain DPO",
+        "autopilot (`noisy-labels.yaml`)",
+        "cDPO (smoothing 0.1)",
+        "cDPO, smoothing from the label audit (`auto`)",
+        "SimPO (reference-free)",
+    ]  # METHODS' order
+    simpo_row = next(line for line in readme_rows if "SimPO" in line)
+    assert f"| 2 | ({cell['simpo']['test_accuracy'][0]:.2f}: its own reward) |  |" in simpo_row  # no "vs plain"
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10

@@ -65,3 +65,18 @@ def test_readme_recipe_is_the_shipped_quickstart():
     shipped = (REPO / "recipes" / "quickstart.yaml").read_text().splitlines()
     body = "\n".join(shipped[next(i for i, line in enumerate(shipped) if not line.startswith("#")) :])
     assert f"```yaml\n{body}\n```" in (REPO / "README.md").read_text()
+
+
+def _table(text: str, header: str) -> list[str]:
+    """The lines of the markdown table that starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def test_readme_noise_table_is_the_benchmarks():
+    """Every number of the README's noise table is the one `python eval/bench_noise.py --no-train` wrote."""
+    header = "| data | flipped | method | seeds |"
+    results = (REPO / "eval" / "results" / "noise.md").read_text()
+    assert _table((REPO / "README.md").read_text(), header) == _table(results, header)
