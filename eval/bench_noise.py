@@ -64,46 +64,40 @@ NO_NLL = "regularizers.nll_weight=0.0"  # the recipes inherit quickstart's NLL t
 @dataclass(frozen=True)
 class Method:
     recipe: str  # in recipes/
+    label: str  # its name in the README's table (whose rows follow METHODS' order)
     overrides: tuple[str, ...] = ()
     kind: str = "single"  # plain | single | audit | autopilot
-    label: str = ""  # its name in the README's table, whose rows follow this table's order
 
 
-METHODS: dict[str, Method] = {  # plain DPO, what the shipped recipes run, then each single control
-    "plain": Method("plain.yaml", kind="plain", label="plain DPO"),
-    "nll": Method("quickstart.yaml", label="NLL term (quickstart)"),  # the NLL term (RPO), weight 1
-    "early_stopping": Method("early-stopping.yaml", (NO_NLL,), label="early stopping (`early-stopping.yaml`)"),
-    "dpo_shift": Method("dpo-shift.yaml", label="DPO-Shift (`dpo-shift.yaml`)"),
-    "autopilot": Method(
-        "plain.yaml",
-        ("autopilot.enabled=true",),
-        kind="autopilot",
-        label="autopilot (`noisy-labels.yaml`)",
-    ),
-    "cdpo": Method("cdpo.yaml", (NO_NLL,), label="cDPO (smoothing 0.1)"),
-    "robust": Method("robust.yaml", (NO_NLL,), label="robust DPO"),
-    "ipo": Method("ipo.yaml", (NO_NLL,), label="IPO"),
-    "dpop": Method("dpop.yaml", (NO_NLL,), label="DPOP"),
-    "beta_dpo": Method("beta-dpo.yaml", (NO_NLL,), label="beta-DPO"),
+# plain DPO; what the recipes the README recommends run (quickstart's NLL term, early stopping, DPO-Shift, the
+# noisy-labels recipe's autopilot); then the other controls
+METHODS: dict[str, Method] = {
+    "plain": Method("plain.yaml", "plain DPO", kind="plain"),
+    "nll": Method("quickstart.yaml", "NLL term (quickstart)"),  # the NLL term (RPO), weight 1
+    "early_stopping": Method("early-stopping.yaml", "early stopping (`early-stopping.yaml`)", (NO_NLL,)),
+    "dpo_shift": Method("dpo-shift.yaml", "DPO-Shift (`dpo-shift.yaml`)"),  # one of the newer losses (issue 16)
+    "autopilot": Method("plain.yaml", "autopilot (`noisy-labels.yaml`)", ("autopilot.enabled=true",), "autopilot"),
+    "cdpo": Method("cdpo.yaml", "cDPO (smoothing 0.1)", (NO_NLL,)),
+    "robust": Method("robust.yaml", "robust DPO", (NO_NLL,)),
+    "ipo": Method("ipo.yaml", "IPO", (NO_NLL,)),
+    "dpop": Method("dpop.yaml", "DPOP", (NO_NLL,)),
+    "beta_dpo": Method("beta-dpo.yaml", "beta-DPO", (NO_NLL,)),
     "label_smoothing_auto": Method(
-        "plain.yaml",
-        ("loss.label_smoothing=auto",),
-        kind="audit",
-        label="cDPO, smoothing from the label audit (`auto`)",
+        "plain.yaml", "cDPO, smoothing from the label audit (`auto`)", ("loss.label_smoothing=auto",), "audit"
     ),
-    "rpo": Method("rpo.yaml", label="RPO"),
-    "wpo": Method("wpo.yaml", (NO_NLL,), label="WPO"),
-    "ld_dpo": Method("ld-dpo.yaml", (NO_NLL,), label="LD-DPO"),
-    "neftune": Method("neftune.yaml", (NO_NLL,), label="NEFTune"),
-    "f_divergence": Method("f-divergence.yaml", (NO_NLL,), label="f-divergence DPO"),
-    "beta_schedule": Method("beta-schedule.yaml", (NO_NLL,), label="beta schedule"),
-    # the newer losses (issue 16), each at its recipe's defaults; simpo and orpo need no reference
-    "dr_dpo": Method("dr-dpo.yaml", label="Dr. DPO"),
-    "cal_dpo": Method("cal-dpo.yaml", label="Cal-DPO"),
-    "chi_po": Method("chi-po.yaml", label="chi-PO"),
-    "orpo": Method("orpo.yaml", label="ORPO"),
-    "simpo": Method("simpo.yaml", label="SimPO"),
-    "odpo": Method("odpo.yaml", label="ODPO"),  # needs scored data: runs on sorting only (see needs_scores)
+    "rpo": Method("rpo.yaml", "RPO"),
+    "wpo": Method("wpo.yaml", "WPO", (NO_NLL,)),
+    "ld_dpo": Method("ld-dpo.yaml", "LD-DPO", (NO_NLL,)),
+    "neftune": Method("neftune.yaml", "NEFTune", (NO_NLL,)),
+    "f_divergence": Method("f-divergence.yaml", "f-divergence DPO", (NO_NLL,)),
+    "beta_schedule": Method("beta-schedule.yaml", "beta schedule", (NO_NLL,)),
+    # the other newer losses (issue 16), each at its recipe's defaults; simpo and orpo need no reference
+    "dr_dpo": Method("dr-dpo.yaml", "Dr. DPO"),
+    "cal_dpo": Method("cal-dpo.yaml", "Cal-DPO"),
+    "chi_po": Method("chi-po.yaml", "chi-PO"),
+    "orpo": Method("orpo.yaml", "ORPO"),
+    "simpo": Method("simpo.yaml", "SimPO"),
+    "odpo": Method("odpo.yaml", "ODPO"),  # needs scored data: runs on sorting only (see needs_scores)
 }
 DEFAULT_METHODS = ("plain", "nll", "cdpo", "robust", "ipo", "dpop", "early_stopping", "beta_dpo", "cal_dpo",
                    "dpo_shift", "chi_po", "dr_dpo", "simpo", "orpo", "odpo", "label_smoothing_auto",
@@ -472,20 +466,16 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
 
-    def ci(t, signed=False):
-        f = "{:+.3f}" if signed else "{:.3f}"
-        return f"{f.format(t[0])} [{f.format(t[1])}, {f.format(t[2])}]"
-
     for cell in result["cells"].values():
         for method, r in cell["methods"].items():
             name = method
             if method == "best_single":
                 name = f"best_single ({r['chosen']}; chosen on seeds {', '.join(map(str, r['chosen_on_seeds']))})"
-            vs = ci(r["vs_plain"], True) if "vs_plain" in r else "-"
+            vs = interval(r["vs_plain"], signed=True) if "vs_plain" in r else "-"
             val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
             lines.append(
-                f"| {cell['dataset']} | {cell['noise']:.0%} | {name} | {ci(r['test_accuracy'])} | {vs} | "
-                f"{ci(r['test_policy_preference'])} | {val} | {r['steps']:.0f} / {r['max_steps']} |"
+                f"| {cell['dataset']} | {cell['noise']:.0%} | {name} | {interval(r['test_accuracy'])} | {vs} | "
+                f"{interval(r['test_policy_preference'])} | {val} | {r['steps']:.0f} / {r['max_steps']} |"
             )
     if result["skipped"]:
         lines += ["", *(f"Skipped `{m}`: {why}" for m, why in result["skipped"].items())]
@@ -511,28 +501,32 @@ def markdown(result: dict) -> str:
 
 
 def readme_table(result: dict) -> list[str]:
-    """The README's table: per data set and noise level, the methods in METHODS' order, under their labels. A
-    reference-free loss's test accuracy is its own reward, which starts at the base model's preference rather than at
-    chance: shown in brackets, with no difference from plain DPO."""
+    """The README's table: per data set and noise level, the methods in METHODS' order, under their labels, two
+    decimals. A reference-free loss's test accuracy is its own reward, which starts at the base model's preference
+    rather than at chance: shown in parentheses, with no "vs plain DPO" value ("-" is a method whose seeds plain
+    DPO lacks)."""
     lines = [
         "| data | flipped | method | seeds | test accuracy | vs plain DPO | the policy prefers the true answer |",
         "|---|---|---|---|---|---|---|",
     ]
-
-    def ci(t, sign=""):
-        return f"{t[0]:{sign}.2f} [{t[1]:{sign}.2f}, {t[2]:{sign}.2f}]"
-
-    for cell in sorted(result["cells"].values(), key=lambda c: (c["dataset"], c["noise"])):
+    for cell in result["cells"].values():
         for method in (m for m in METHODS if m in cell["methods"]):
             r = cell["methods"][method]
-            label, accuracy, versus = METHODS[method].label, ci(r["test_accuracy"]), ""
+            label, accuracy, versus = METHODS[method].label, interval(r["test_accuracy"], 2), ""
             if reference_free(method):
                 label, accuracy = f"{label} (reference-free)", f"({r['test_accuracy'][0]:.2f}: its own reward)"
-            elif method != "plain" and "vs_plain" in r:
-                versus = ci(r["vs_plain"], "+")
-            cells = [cell["dataset"], f"{cell['noise']:.0%}", label, len(r["seeds"]), accuracy, versus]
-            lines.append("| " + " | ".join(map(str, [*cells, ci(r["test_policy_preference"])])) + " |")
+            elif method != "plain":
+                versus = interval(r["vs_plain"], 2, signed=True) if "vs_plain" in r else "-"
+            columns = [cell["dataset"], f"{cell['noise']:.0%}", label, len(r["seeds"]), accuracy, versus,
+                       interval(r["test_policy_preference"], 2)]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, columns)) + " |")
     return lines
+
+
+def interval(value: tuple, decimals: int = 3, signed: bool = False) -> str:
+    """(mean, low, high) as "mean [low, high]"."""
+    spec = f"{'+' if signed else ''}.{decimals}f"
+    return f"{value[0]:{spec}} [{value[1]:{spec}}, {value[2]:{spec}}]"
 
 
 def figures(result: dict) -> str:
@@ -629,7 +623,9 @@ def main(argv: list[str] | None = None) -> None:
         shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
         print(json.dumps(shown), flush=True)
     done = read_runs(runs_file)  # again: another invocation may have added runs since this one started
-    result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in methods}, **aggregate(done, skipped)}
+    recorded_methods = {r["method"] for r in done} | set(methods)  # the tables cover every recorded run
+    result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in METHODS if m in recorded_methods},
+              **aggregate(done, skipped)}  # fmt: skip
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(result))
     (args.results / f"{name}.html").write_text(figures(result))

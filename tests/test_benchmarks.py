@@ -198,6 +198,18 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert not below["met"] and below["detail"] == "odpo -1.000"  # cdpo's -0.25 interval reaches 0; best_single once
     assert goals["autopilot >= plain + 0.10 in test accuracy"]["detail"] == "+0.000 [+0.000, +0.000]"
     assert goals["autopilot >= best single control (on validation; not below it beyond the interval)"]["met"]
+    # the README's table: METHODS' order, labels, two decimals; plain's own row and a reference-free loss's have no
+    # difference from plain, and the latter's accuracy is its own reward, in parentheses
+    table = [line for line in bench.readme_table(result) if line.startswith("| sorting | 30% |")]
+    assert table[0] == "| sorting | 30% | plain DPO | 3 | 1.00 [1.00, 1.00] |  | 1.00 [1.00, 1.00] |"
+    assert table[1] == (
+        "| sorting | 30% | autopilot (`noisy-labels.yaml`) | 2 | 1.00 [1.00, 1.00] | +0.00 [+0.00, +0.00] "
+        "| 1.00 [1.00, 1.00] |"
+    )
+    assert table[2].startswith("| sorting | 30% | cDPO (smoothing 0.1) | 2 | 0.75 [") and "| -0.25 [" in table[2]
+    assert table[3] == "| sorting | 30% | SimPO (reference-free) | 2 | (1.00: its own reward) |  | 1.00 [1.00, 1.00] |"
+    assert table[4] == "| sorting | 30% | ODPO | 2 | 0.00 [0.00, 0.00] | -1.00 [-1.00, -1.00] | 0.00 [0.00, 0.00] |"
+    assert len(table) == 5
 
 
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
