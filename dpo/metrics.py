@@ -68,7 +68,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("loss", "loss of the configured loss terms", "min", headline=True, chart="Loss", per_pair=True),
     Metric(
         "rewards/margins",
-        "mean implicit reward of chosen minus rejected (beta * log-ratio difference)",
+        "mean implicit reward of chosen minus rejected (beta * log-ratio, or per-token log-prob, difference)",
         "max",
         headline=True,
         chart="Reward margin (chosen - rejected)",

@@ -19,8 +19,9 @@ set with scores, sorting, as its loss reads each pair's score gap); `label_smoot
 (skipped, with a note, when this version does not know the value); the autopilot (plain DPO with `autopilot.enabled:
 true`). "best single control" is not trained: per data set and noise level it is the single control with the highest
 mean validation accuracy on the seeds all of them have, reported with its test numbers; reference-free losses
-(SimPO, ORPO) are not candidates, because their validation accuracy is the policy's own preference, which starts at
-the base model's rather than at chance.
+(SimPO, ORPO) are not candidates, because their validation accuracy (of their own reward, the length-normalised
+log-prob) starts at the base model's preference rather than at chance. Their runs recorded before the trainer logged
+that reward (it logged the summed log-prob) show no validation accuracy: it measured something else.
 
 Reported per data set, noise level and method, as mean over seeds with a 95% bootstrap interval (resampling seeds
 and test pairs): test preference accuracy against the true labels (the implicit reward, beta * log-ratio
@@ -263,6 +264,8 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
         "dataset": dataset, "noise": noise, "seed": seed, "method": method,
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
         "validation_accuracy": validation_accuracy(summary),
+        # marks the runs whose trainer logged a reference-free loss's reward per token (see read_runs)
+        **({"validation_reward": "per_token"} if reference_free(method) else {}),
         "test": test_result,
         "autopilot_decisions": [{k: d[k] for k in ("step", "rule", "changed")} for d in decisions],
         **({"audit_flip_rate": audit["flip_rate"]["estimate"]} if "flip_rate" in audit else {}),  # label auditing
@@ -274,13 +277,20 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
 
 
 def read_runs(runs_file: Path) -> list[dict]:
-    """The finished runs recorded so far; a last line cut off by a kill is left out (that run trains again)."""
+    """The finished runs recorded so far; a last line cut off by a kill is left out (that run trains again), and so
+    is the validation accuracy of a reference-free run recorded before its reward was logged per token."""
     runs = []
     for line in runs_file.read_text().splitlines() if runs_file.exists() else []:
         try:
-            runs.append(json.loads(line))
+            run = json.loads(line)
         except json.JSONDecodeError:
             print(f"note: skipping a cut-off line of {runs_file}", flush=True)
+            continue
+        if "validation_reward" not in run and run["method"] in METHODS and reference_free(run["method"]):
+            # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
+            # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'
+            run["validation_accuracy"] = None
+        runs.append(run)
     return runs
 
 
@@ -352,8 +362,8 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
             for method, runs in by_method.items():
                 runs = sorted(runs, key=lambda r: r["seed"])
                 rows[method] = _row(runs, plain)
-            # Reference-free losses are left out of the choice: their validation "reward accuracy" is the policy's
-            # own preference, which starts at the base model's (about 0.8 here), not at chance like a log-ratio's.
+            # Reference-free losses are left out of the choice: their validation "reward accuracy" (of the per-token
+            # log-prob) starts at the base model's preference (about 0.8 here), not at chance like a log-ratio's.
             singles = [
                 m
                 for m in rows

@@ -43,8 +43,10 @@ CONTROLS: dict[str, list[str]] = {
     "dpo_shift": ["loss.type=dpo_shift", "loss.shift_lambda=0.75"],
     "chi_po": ["loss.type=chi_po", "loss.chi_clip=10.0"],
     "dr_dpo": ["loss.type=dr_dpo", "loss.dr_dpo_beta_prime=1.0"],
-    # reference-free: nothing to precompute; their rewards are beta * log pi, so "held-out acc." is the share of
-    # pairs where the policy gives the chosen answer the higher log-likelihood, and the chosen log-ratio is n/a
+    # reference-free: nothing to precompute; their rewards are beta * log pi / |y|, so "held-out acc." is the share
+    # of pairs where the policy gives the chosen answer the higher per-token log-likelihood (from the base model's
+    # preference, not chance; runs before the trainer logged it per token: the summed log-likelihood), and the
+    # chosen log-ratio is n/a
     "simpo": ["loss.type=simpo", "loss.beta=2.0", "loss.simpo_gamma=1.0", "training.precompute_ref_log_probs=false"],
     "orpo": ["loss.type=orpo", "loss.beta=0.1", "training.precompute_ref_log_probs=false"],
 }

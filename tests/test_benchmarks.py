@@ -95,6 +95,8 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
     assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
+    # a reference-free run says its validation accuracy is of the per-token reward its loss trains
+    assert {r["method"] for r in runs if r.get("validation_reward") == "per_token"} == {"simpo"}
     audited = [r for r in runs if "audit_flip_rate" in r]  # the estimate `label_smoothing: auto` trained with
     assert {r["method"] for r in audited} == {"label_smoothing_auto"} and len(audited) == 2
     assert all(0 <= r["audit_flip_rate"] < 0.5 for r in audited)
@@ -102,6 +104,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     cell = result["cells"]["arithmetic/0.3"]["methods"]
     assert set(cell) == {"plain", "cdpo", "simpo", "label_smoothing_auto", "autopilot", "best_single"}
     # simpo is no candidate: a reference-free loss's validation accuracy starts at the base model's preference
+    assert 0 <= cell["simpo"]["validation_accuracy"] <= 1
     assert cell["best_single"]["chosen"] == "cdpo" and cell["best_single"]["chosen_on_seeds"] == [0, 1]
     assert len(cell["autopilot"]["vs_best_single"]) == 3
     # ODPO's loss reads each pair's score gap: the arithmetic pairs have none, so it is skipped there, with why
@@ -158,6 +161,20 @@ def _load_bench(name: str):
     sys.modules[name] = bench  # its dataclasses look their module up while being built
     spec.loader.exec_module(bench)
     return bench
+
+
+def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_summed_log_probs(tmp_path):
+    """Before the trainer logged a reference-free loss's reward per token, a SimPO run's validation accuracy was the
+    policy's own (summed log-prob) preference: read back without a value, while a marked run keeps its value and a
+    loss with a reference never needs the mark; a cut-off last line is left out."""
+    bench = _load_bench("bench_noise")
+    runs_file = tmp_path / "noise.runs.jsonl"
+    old_simpo = {"method": "simpo", "seed": 0, "validation_accuracy": 0.7}
+    new_simpo = {"method": "simpo", "seed": 1, "validation_accuracy": 0.8, "validation_reward": "per_token"}
+    plain = {"method": "plain", "seed": 0, "validation_accuracy": 0.6}
+    runs_file.write_text("".join(json.dumps(r) + "\n" for r in (old_simpo, new_simpo, plain)) + '{"method": "pla')
+    runs = bench.read_runs(runs_file)
+    assert [r["validation_accuracy"] for r in runs] == [None, 0.8, 0.6]
 
 
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():

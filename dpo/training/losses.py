@@ -62,9 +62,15 @@ def _smoothed(z: Tensor, eps: float) -> Tensor:
     return (1 - eps) * logistic(z) + eps * logistic(-z)
 
 
+def per_token(logps: Tensor, lengths: Tensor) -> Tensor:
+    """log pi(y|x) / |y|: the length-normalised log-likelihood, the reward of the reference-free losses (SimPO,
+    ORPO); lengths clamped at 1."""
+    return logps / lengths.clamp(min=1)
+
+
 def _per_token_delta(chosen: Tensor, rejected: Tensor, chosen_lengths: Tensor, rejected_lengths: Tensor) -> Tensor:
-    """chosen / |y_w| - rejected / |y_l|: the length-normalised difference (lengths clamped at 1)."""
-    return chosen / chosen_lengths.clamp(min=1) - rejected / rejected_lengths.clamp(min=1)
+    """chosen / |y_w| - rejected / |y_l|: the length-normalised difference."""
+    return per_token(chosen, chosen_lengths) - per_token(rejected, rejected_lengths)
 
 
 def sigmoid(

@@ -35,7 +35,7 @@ from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, REFERENCE_LOGPS, TRAINER_STATE
 from dpo.training.beta import BetaController
-from dpo.training.losses import LOSSES, LossPlan, compute_loss
+from dpo.training.losses import LOSSES, LossPlan, compute_loss, per_token
 from dpo.training.packing import SUPPORTED_ATTENTION, PackedPairs, pack_pairs
 from dpo.training.plateau import NoiseAwarePlateau
 from dpo.training.secret_free import secret_free
@@ -777,10 +777,8 @@ class Trainer(DPOTrainer):
         chosen_top1, _ = outputs.is_top1[:, -seq_len:].chunk(2)
         self._token_mean(mode, "mean_token_accuracy", chosen_top1.float(), chosen_mask)
 
-        # Without a reference (SimPO, ORPO) the rewards are beta * log pi(y|x), as TRL's CPO and ORPO trainers log them.
         reference_free = "chosen_logratios" not in t
-        chosen_rewards = beta * t["chosen_logps" if reference_free else "chosen_logratios"].detach()
-        rejected_rewards = beta * t["rejected_logps" if reference_free else "rejected_logratios"].detach()
+        chosen_rewards, rejected_rewards = implicit_rewards(t, beta)
         self._mean(mode, "rewards/chosen", chosen_rewards)
         self._mean(mode, "rewards/rejected", rejected_rewards)
         self._mean(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).float())
@@ -795,6 +793,19 @@ class Trainer(DPOTrainer):
             self._mean(mode, "logratios/chosen", t["chosen_logratios"])
             self._mean(mode, "logratios/rejected", t["rejected_logratios"])
         self._metrics[mode]["beta"] = [beta]
+
+
+def implicit_rewards(t: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen and rejected answers' implicit rewards, the quantity the loss separates: beta * log-ratio with a
+    reference; without one (SimPO, ORPO) beta * the length-normalised log-prob both losses train on, as TRL's CPO
+    (simpo) and ORPO trainers log them (their `average_log_prob`). A sum of log-probs would favour the shorter
+    answer and make `rewards/accuracies` disagree with the loss."""
+    if "chosen_logratios" in t:
+        return beta * t["chosen_logratios"].detach(), beta * t["rejected_logratios"].detach()
+    return (
+        beta * per_token(t["chosen_logps"], t["chosen_lengths"]).detach(),
+        beta * per_token(t["rejected_logps"], t["rejected_lengths"]).detach(),
+    )
 
 
 def _reference_tensors(ref_chosen_logps, ref_rejected_logps, tensors: dict, link) -> dict:

@@ -992,7 +992,7 @@ def _ours(setup, plan, peft: bool = False, dataset=None):
 def test_reference_free_losses_run_no_reference(parity_setup, monkeypatch, name, peft):
     """simpo and orpo take no reference tensor (LossSpec.needs_reference is False), so the trainer keeps no reference
     copy (TRL would load one for full fine-tuning), precomputes nothing and runs no reference forward; the loss
-    equals the formula on log-probs from a plain forward pass; the rewards are beta * log pi (TRL's CPO/ORPO)."""
+    equals the formula on log-probs from a plain forward pass; the rewards are beta * log pi / |y| (TRL's CPO/ORPO)."""
     from trl import DPOTrainer
 
     from dpo.training.losses import LossPlan
@@ -1024,7 +1024,11 @@ def test_reference_free_losses_run_no_reference(parity_setup, monkeypatch, name,
     assert_close(loss, expected.mean(), atol=1e-5, rtol=1e-5)
     metrics = ours._metrics["train"]
     assert "logratios/chosen" not in metrics
-    assert metrics["rewards/chosen"][-1] == pytest.approx(0.5 * metrics["logps/chosen"][-1], rel=1e-5)
+    # the rewards are beta * the per-token log-prob the loss trains (not the summed log-prob of logps/chosen)
+    assert metrics["rewards/chosen"][-1] == pytest.approx(0.5 * (chosen / lengths_w).mean().item(), rel=1e-5)
+    assert metrics["rewards/rejected"][-1] == pytest.approx(0.5 * (rejected / lengths_l).mean().item(), rel=1e-5)
+    per_token_wins = (chosen / lengths_w > rejected / lengths_l).float().mean().item()
+    assert metrics["rewards/accuracies"][-1] == pytest.approx(per_token_wins)
 
 
 def test_the_score_gap_travels_with_the_pair_into_the_batch(parity_setup):
@@ -1048,3 +1052,33 @@ def test_the_score_gap_travels_with_the_pair_into_the_batch(parity_setup):
         loss = ours.compute_loss(ours.model, batch)
     expected = losses.odpo(chosen, rejected, torch.tensor(gaps), beta=0.5, odpo_alpha=0.7).mean()
     assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:You are importing from 'trl.experimental'")
+def test_reference_free_rewards_are_per_token_as_trl_logs_them():
+    """The logged implicit rewards (rewards/chosen, /rejected, /accuracies) of a loss without a reference are beta *
+    the length-normalised log-prob that SimPO and ORPO train on, as TRL's CPO (simpo) and ORPO trainers return them;
+    with a reference, beta * the log-ratio. Hand-worked: a chosen answer of 6 tokens at -9 (-1.5 a token) against a
+    rejected one of 2 tokens at -8 (-4 a token) is preferred per token, though its summed log-prob is lower; the
+    chosen -4 over 2 tokens (-2) against the rejected -3 over 1 token (-3) likewise."""
+    from trl.experimental.cpo import CPOTrainer
+    from trl.experimental.orpo import ORPOTrainer
+
+    from dpo.training.trainer import implicit_rewards
+
+    chosen, rejected, lengths_w, lengths_l = t(-9, -4), t(-8, -3), t(6, 2), t(2, 1)
+    tensors = {"chosen_logps": chosen, "rejected_logps": rejected, "chosen_lengths": lengths_w,
+               "rejected_lengths": lengths_l}  # fmt: skip
+    chosen_rewards, rejected_rewards = implicit_rewards(tensors, 2.0)
+    assert_close(chosen_rewards, t(-3.0, -4.0))
+    assert_close(rejected_rewards, t(-8.0, -6.0))
+    assert (chosen_rewards > rejected_rewards).all() and not (chosen > rejected).any()
+    cpo = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=1.0, beta=2.0, label_smoothing=0.0,
+                          accelerator=SimpleNamespace(device="cpu"))  # fmt: skip
+    _, trl_chosen, trl_rejected = CPOTrainer.cpo_loss(cpo, chosen / lengths_w, rejected / lengths_l)
+    assert_close((chosen_rewards, rejected_rewards), (trl_chosen, trl_rejected), check_dtype=False)
+    orpo_self = SimpleNamespace(beta=2.0, accelerator=SimpleNamespace(device="cpu"))
+    _, trl_chosen, trl_rejected, *_ = ORPOTrainer.odds_ratio_loss(orpo_self, chosen / lengths_w, rejected / lengths_l)
+    assert_close((chosen_rewards, rejected_rewards), (trl_chosen, trl_rejected), check_dtype=False)
+    with_reference = {**tensors, "chosen_logratios": t(0.5, -1.0), "rejected_logratios": t(-0.5, 2.0)}
+    assert_close(implicit_rewards(with_reference, 2.0), (t(1.0, -2.0), t(-1.0, 4.0)))
