@@ -399,7 +399,13 @@ def across_noisy_cells(done: list[dict]) -> dict:
     ran = {cell: {r["method"] for r in done if (r["dataset"], r["noise"]) == cell and r["validation_accuracy"]
                   is not None} for cell in noisy}  # fmt: skip
     if not noisy:
-        return {"cells": [], "validation_accuracy": {}, "below_plain": {}, "not_in_every_cell": []}
+        return {
+            "cells": [],
+            "validation_accuracy": {},
+            "below_plain": {},
+            "not_in_every_cell": [],
+            "reference_free": [],
+        }
     everywhere = sorted(m for m in set.intersection(*ran.values()) if not reference_free(m))
     by_dataset: dict[str, dict[str, list[float]]] = {m: {} for m in everywhere}
     below: dict[str, list[str]] = {m: [] for m in everywhere}
@@ -417,7 +423,9 @@ def across_noisy_cells(done: list[dict]) -> dict:
         "cells": [f"{d}/{n}" for d, n in noisy],
         "validation_accuracy": dict(sorted(means.items(), key=lambda kv: -kv[1])),
         "below_plain": below,
-        "not_in_every_cell": sorted(set.union(*ran.values()) - set(everywhere)),
+        "not_in_every_cell": sorted(m for m in set.union(*ran.values()) - set(everywhere) if not reference_free(m)),
+        # named apart, whether or not they ran everywhere (and whatever their runs recorded on validation)
+        "reference_free": sorted({r["method"] for r in done if r["noise"] > 0 and reference_free(r["method"])}),
     }
 
 
@@ -498,10 +506,12 @@ def markdown(result: dict) -> str:
 
         ranked = ", ".join(f"{m} {v:.3f} ({where_below(m)})" for m, v in across["validation_accuracy"].items())
         unranked = ", ".join(across["not_in_every_cell"]) or "none"
+        free = ", ".join(across["reference_free"]) or "none"
         lines += ["", f"Validation accuracy across the noisy cells ({', '.join(across['cells'])}), averaged per data "
                       f"set and then over data sets, on the seeds the methods share: {ranked}. Early stopping and "
                       "the autopilot report the checkpoint they restore, chosen on these pairs (optimistic). Not in "
-                      f"every noisy cell, so not ranked: {unranked}."]  # fmt: skip
+                      f"every noisy cell, so not ranked: {unranked}. Reference-free, so not ranked (their validation "
+                      f"accuracy starts at the base model's preference): {free}."]  # fmt: skip
     if result["goals"]:
         lines += ["", "| cell | goal | met | numbers |", "|---|---|---|---|"]
         lines += [f"| {g['cell']} | {g['goal']} | {'yes' if g['met'] else 'NO'} | {g['detail']} |"
