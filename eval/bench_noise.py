@@ -286,7 +286,7 @@ def read_runs(runs_file: Path) -> list[dict]:
         except json.JSONDecodeError:
             print(f"note: skipping a cut-off line of {runs_file}", flush=True)
             continue
-        if "validation_reward" not in run and run["method"] in METHODS and reference_free(run["method"]):
+        if "validation_reward" not in run and reference_free(run["method"]):
             # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
             # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'
             run["validation_accuracy"] = None
@@ -510,8 +510,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"Validation accuracy across the noisy cells ({', '.join(across['cells'])}), averaged per data "
                       f"set and then over data sets, on the seeds the methods share: {ranked}. Early stopping and "
                       "the autopilot report the checkpoint they restore, chosen on these pairs (optimistic). Not in "
-                      f"every noisy cell, so not ranked: {unranked}. Reference-free, so not ranked (their validation "
-                      f"accuracy starts at the base model's preference): {free}."]  # fmt: skip
+                      f"every noisy cell, so not ranked: {unranked}. Reference-free, so not ranked wherever they ran "
+                      f"(their validation accuracy starts at the base model's preference): {free}."]  # fmt: skip
     if result["goals"]:
         lines += ["", "| cell | goal | met | numbers |", "|---|---|---|---|"]
         lines += [f"| {g['cell']} | {g['goal']} | {'yes' if g['met'] else 'NO'} | {g['detail']} |"
