@@ -316,11 +316,11 @@ def eval_(
         result = api.evaluate(run_dir, options)
     except UserError as exc:
         _fail(exc)
-    pref = result["preference"]
+    pref, reward = result["preference"], result["preference"]["implicit_reward"]
     typer.echo(
         f"held-out ({result['data']['pairs']} pairs): preference accuracy policy {pref['policy']['accuracy']:.3f}, "
-        f"reference {pref['reference']['accuracy']:.3f}; implicit reward accuracy "
-        f"{pref['implicit_reward']['accuracy']:.3f}, margin {pref['implicit_reward']['mean_margin']:.4f}"
+        f"reference {pref['reference']['accuracy']:.3f}; implicit reward ({reward['reward']}) accuracy "
+        f"{reward['accuracy']:.3f}, margin {reward['mean_margin']:.4f}"
     )
     gen = result["generation"]
     if gen:

@@ -28,6 +28,14 @@ EVENT_KEYS = ("step", "epoch")
 
 Direction = Literal["max", "min"]
 
+# The implicit reward that rewards/* hold, by the name summary.json gives it ("implicit_reward"); `dpo eval`
+# recomputes the one the run trained. A loss with a reference is scored by its log-ratio; the reference-free losses
+# (SimPO, ORPO) by the length-normalised log-prob they train on, as TRL's CPO and ORPO trainers log it.
+IMPLICIT_REWARDS = {
+    "log_ratio": "beta * log pi(y|x)/pi_ref(y|x), the DPO implicit reward (every loss with a reference)",
+    "per_token": "beta * log pi(y|x) / |y|, |y| the answer's token count (reference-free losses: SimPO, ORPO)",
+}
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -278,14 +278,20 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
 
 def read_runs(runs_file: Path) -> list[dict]:
     """The finished runs recorded so far; a last line cut off by a kill is left out (that run trains again), and so
-    is the validation accuracy of a reference-free run recorded before its reward was logged per token."""
+    is the validation accuracy of a reference-free run recorded before its reward was logged per token. A run of a
+    method METHODS no longer names stops the benchmark with its line: its numbers cannot be labelled or judged."""
     runs = []
-    for line in runs_file.read_text().splitlines() if runs_file.exists() else []:
+    lines = runs_file.read_text().splitlines() if runs_file.exists() else []
+    for number, line in enumerate(lines, 1):
         try:
             run = json.loads(line)
         except json.JSONDecodeError:
             print(f"note: skipping a cut-off line of {runs_file}", flush=True)
             continue
+        if run.get("method") not in METHODS:
+            print(f"error: {runs_file}: line {number}: method {run.get('method')!r} is not in METHODS "
+                  f"({', '.join(METHODS)}); rename it there or move its runs out", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
         if "validation_reward" not in run and reference_free(run["method"]):
             # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
             # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'
@@ -361,7 +367,7 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
             rows = {}
             for method, runs in by_method.items():
                 runs = sorted(runs, key=lambda r: r["seed"])
-                rows[method] = _row(runs, plain)
+                rows[method] = _row(method, runs, plain)
             # Reference-free losses are left out of the choice: their validation "reward accuracy" (of the per-token
             # log-prob) starts at the base model's preference (about 0.8 here), not at chance like a log-ratio's.
             singles = [
@@ -429,7 +435,10 @@ def across_noisy_cells(done: list[dict]) -> dict:
     }
 
 
-def _row(runs: list[dict], plain: list[dict]) -> dict:
+def _row(method: str, runs: list[dict], plain: list[dict]) -> dict:
+    """One method's numbers in one cell. Its difference from plain DPO (`vs_plain`, paired on seeds and test pairs)
+    is of the test accuracy; for a reference-free loss it is of the policy's own preference (`vs_plain_on`), the
+    one number both measure alike: its own reward starts at the base model's preference, plain DPO's at chance."""
     paired = [next((p for p in plain if p["seed"] == r["seed"]), None) for r in runs]
     row = {
         "seeds": [r["seed"] for r in runs],
@@ -442,8 +451,19 @@ def _row(runs: list[dict], plain: list[dict]) -> dict:
         "stop_reasons": sorted({r["stop_reason"] for r in runs}),
     }  # fmt: skip
     if plain and all(p is not None for p in paired):
-        row["vs_plain"] = bootstrap(runs, "reward", paired)
+        row["vs_plain_on"] = "policy" if reference_free(method) else "reward"
+        row["vs_plain"] = bootstrap(runs, row["vs_plain_on"], paired)
     return row
+
+
+def versus_plain(row: dict, decimals: int = 3) -> str:
+    """A row's difference from plain DPO with its interval, or "-" where plain DPO lacks the row's seeds."""
+    return interval(row["vs_plain"], decimals, signed=True) + _on_policy(row) if "vs_plain" in row else "-"
+
+
+def _on_policy(row: dict) -> str:
+    """The mark of a difference from plain DPO taken on the policy's preference (a reference-free loss)."""
+    return " (policy)" if row["vs_plain_on"] == "policy" else ""
 
 
 def goals(cells: dict) -> list[dict]:
@@ -457,7 +477,7 @@ def goals(cells: dict) -> list[dict]:
         # best_single is a copy of the row of the method it names, which is judged under its own name already
         judged = {m: r for m, r in rows.items() if m not in ("plain", "best_single") and "vs_plain" in r}
         below = [m for m, r in judged.items() if r["vs_plain"][2] < 0]
-        detail = ", ".join(f"{m} {rows[m]['vs_plain'][0]:+.3f}" for m in below) or "none below"
+        detail = ", ".join(f"{m} {rows[m]['vs_plain'][0]:+.3f}{_on_policy(rows[m])}" for m in below) or "none below"
         found.append({"cell": key, "goal": "no method below plain beyond the interval", "met": not below,
                       "detail": detail})  # fmt: skip
         if "vs_best_single" in rows.get("autopilot", {}):
@@ -478,7 +498,8 @@ def markdown(result: dict) -> str:
     lines = [
         "Test preference accuracy (true labels; implicit reward) and the policy's own preference, mean over seeds "
         "with 95% bootstrap intervals (seeds and test pairs resampled); difference from plain DPO on the same seeds "
-        "and pairs; steps used of the budget. `best_single` is chosen on validation accuracy.",
+        "and pairs (of the policy's preference for a reference-free loss, marked (policy)); steps used of the "
+        "budget. `best_single` is chosen on validation accuracy.",
         "",
         "| data | noise | method | test accuracy | vs plain | policy prefers chosen | validation acc. | steps |",
         "|---|---|---|---|---|---|---|---|",
@@ -489,7 +510,7 @@ def markdown(result: dict) -> str:
             name = method
             if method == "best_single":
                 name = f"best_single ({r['chosen']}; chosen on seeds {', '.join(map(str, r['chosen_on_seeds']))})"
-            vs = interval(r["vs_plain"], signed=True) if "vs_plain" in r else "-"
+            vs = versus_plain(r)
             val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
             lines.append(
                 f"| {cell['dataset']} | {cell['noise']:.0%} | {name} | {interval(r['test_accuracy'])} | {vs} | "
@@ -523,8 +544,8 @@ def markdown(result: dict) -> str:
 def readme_table(result: dict) -> list[str]:
     """The README's table: per data set and noise level, the methods in METHODS' order, under their labels, two
     decimals. A reference-free loss's test accuracy is its own reward, which starts at the base model's preference
-    rather than at chance: shown in parentheses, with no "vs plain DPO" value ("-" is a method whose seeds plain
-    DPO lacks)."""
+    rather than at chance: shown in parentheses, and its "vs plain DPO" is of the policy's preference, marked
+    "(policy)" ("-" is a method whose seeds plain DPO lacks)."""
     lines = [
         "| data | flipped | method | seeds | test accuracy | vs plain DPO | the policy prefers the true answer |",
         "|---|---|---|---|---|---|---|",
@@ -535,8 +556,8 @@ def readme_table(result: dict) -> list[str]:
             label, accuracy, versus = METHODS[method].label, interval(r["test_accuracy"], 2), ""
             if reference_free(method):
                 label, accuracy = f"{label} (reference-free)", f"({r['test_accuracy'][0]:.2f}: its own reward)"
-            elif method != "plain":
-                versus = interval(r["vs_plain"], 2, signed=True) if "vs_plain" in r else "-"
+            if method != "plain":
+                versus = versus_plain(r, 2)
             columns = [cell["dataset"], f"{cell['noise']:.0%}", label, len(r["seeds"]), accuracy, versus,
                        interval(r["test_policy_preference"], 2)]  # fmt: skip
             lines.append("| " + " | ".join(map(str, columns)) + " |")

@@ -125,7 +125,11 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
         "SimPO (reference-free)",
     ]  # METHODS' order
     simpo_row = next(line for line in readme_rows if "SimPO" in line)
-    assert f"| 2 | ({cell['simpo']['test_accuracy'][0]:.2f}: its own reward) |  |" in simpo_row  # no "vs plain"
+    # its own reward, and its difference from plain DPO on the policy's preference
+    assert f"| 2 | ({cell['simpo']['test_accuracy'][0]:.2f}: its own reward) | " in simpo_row
+    policy = cell["simpo"]["test_policy_preference"]
+    assert simpo_row.endswith(f" (policy) | {policy[0]:.2f} [{policy[1]:.2f}, {policy[2]:.2f}] |")
+    assert cell["simpo"]["vs_plain_on"] == "policy" and cell["cdpo"]["vs_plain_on"] == "reward"
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "plan:" not in again.stdout  # nothing trained the second time
     assert len((tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()) == 10
@@ -177,15 +181,27 @@ def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_s
     assert [r["validation_accuracy"] for r in runs] == [None, 0.8, 0.6]
 
 
+def test_noise_benchmark_stops_on_a_run_of_a_method_it_no_longer_names(tmp_path, capsys):
+    bench = _load_bench("bench_noise")
+    runs_file = tmp_path / "noise.runs.jsonl"
+    runs_file.write_text(json.dumps({"method": "plain", "seed": 0}) + "\n" + json.dumps({"method": "old_name"}) + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        bench.read_runs(runs_file)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {runs_file}: line 2: method 'old_name' is not in METHODS (plain, ")
+    assert error.count("\n") == 1
+
+
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
     """Hand-made runs on 4 test pairs: the best single control is the one with the higher validation accuracy even
     where its test accuracy is lower; a method below plain beyond the interval is named once (not again as
     best_single); the autopilot's 0.10 goal reads its paired difference from plain."""
     bench = _load_bench("bench_noise")
 
-    def run(method, seed, reward, validation, dataset="sorting", noise=0.3):
+    def run(method, seed, reward, validation, dataset="sorting", noise=0.3, policy=None):
         return {"dataset": dataset, "noise": noise, "seed": seed, "method": method, "validation_accuracy": validation,
-                "test": {"pairs": 4, "reward": reward, "policy": reward}, "steps": 60, "max_steps": 60,
+                "test": {"pairs": 4, "reward": reward, "policy": policy or reward}, "steps": 60, "max_steps": 60,
                 "stop_reason": "completed"}  # fmt: skip
 
     done = [run("plain", s, "1111", 0.7) for s in (0, 1)]
@@ -193,7 +209,7 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     done += [run("cdpo", s, "1110", 0.6) for s in (0, 1)]
     done += [run("autopilot", s, "1111", 0.8) for s in (0, 1)]
     done += [run("plain", 2, "1111", 0.1)]  # a seed the others lack: left out where methods are compared
-    done += [run("simpo", s, "1111", 0.95) for s in (0, 1)]
+    done += [run("simpo", s, "1111", 0.95, policy="0000") for s in (0, 1)]  # its own reward high, policy wrong
     done += [run(m, 0, "1100", v, "arithmetic", n) for n in (0.2, 0.4)
              for m, v in (("plain", 0.5), ("autopilot", {0.2: 0.4, 0.4: 0.8}[n]), ("simpo", 0.9))]  # fmt: skip
     result = bench.aggregate(done, {})
@@ -212,11 +228,13 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert rows["odpo"]["vs_plain"] == (-1.0, -1.0, -1.0)  # every pair, every seed: no resample differs
     goals = {g["goal"]: g for g in result["goals"]}
     below = goals["no method below plain beyond the interval"]
-    assert not below["met"] and below["detail"] == "odpo -1.000"  # cdpo's -0.25 interval reaches 0; best_single once
+    # cdpo's -0.25 interval reaches 0; best_single once; a reference-free loss on the policy's preference, marked
+    assert not below["met"] and below["detail"] == "odpo -1.000, simpo -1.000 (policy)"
+    assert rows["simpo"]["vs_plain_on"] == "policy" and rows["odpo"]["vs_plain_on"] == "reward"
     assert goals["autopilot >= plain + 0.10 in test accuracy"]["detail"] == "+0.000 [+0.000, +0.000]"
     assert goals["autopilot >= best single control (on validation; not below it beyond the interval)"]["met"]
-    # the README's table: METHODS' order, labels, two decimals; plain's own row and a reference-free loss's have no
-    # difference from plain, and the latter's accuracy is its own reward, in parentheses
+    # the README's table: METHODS' order, labels, two decimals; plain's own row has no difference from plain; a
+    # reference-free loss's accuracy is its own reward, in parentheses, and its difference is of the policy's
     table = [line for line in bench.readme_table(result) if line.startswith("| sorting | 30% |")]
     assert table[0] == "| sorting | 30% | plain DPO | 3 | 1.00 [1.00, 1.00] |  | 1.00 [1.00, 1.00] |"
     assert table[1] == (
@@ -224,7 +242,10 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
         "| 1.00 [1.00, 1.00] |"
     )
     assert table[2].startswith("| sorting | 30% | cDPO (smoothing 0.1) | 2 | 0.75 [") and "| -0.25 [" in table[2]
-    assert table[3] == "| sorting | 30% | SimPO (reference-free) | 2 | (1.00: its own reward) |  | 1.00 [1.00, 1.00] |"
+    assert table[3] == (
+        "| sorting | 30% | SimPO (reference-free) | 2 | (1.00: its own reward) | -1.00 [-1.00, -1.00] (policy) "
+        "| 0.00 [0.00, 0.00] |"
+    )
     assert table[4] == "| sorting | 30% | ODPO | 2 | 0.00 [0.00, 0.00] | -1.00 [-1.00, -1.00] | 0.00 [0.00, 0.00] |"
     assert len(table) == 5
 

@@ -30,9 +30,10 @@ from dpo.data.gold import GOLD_REWARDS
 from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
 from dpo.errors import UserError
+from dpo.metrics import IMPLICIT_REWARDS
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
-from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, read_json_or_none
+from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, read_json_or_none
 
 DECODINGS = {
     "sample": "ancestral sampling from the model (temperature 1, no top-k/top-p)",
@@ -77,6 +78,21 @@ def _held_out(run_dir: Path, options: EvalOptions):
     if not pairs:
         raise UserError("no preference pairs to evaluate", where=str(options.data or recipe_file))
     return loaded, pairs, source, folder
+
+
+def _implicit_reward_kind(run_dir: Path) -> str:
+    """The implicit reward the run's loss trained and logged, as summary.json names it; a run written before
+    summary.json named it is told by its logged metrics: only a loss with a reference logs logratios/*."""
+    summary = read_json_or_none(run_dir / SUMMARY)
+    if summary is None:
+        raise UserError(f"no readable {SUMMARY}: cannot tell which implicit reward the run trained", where=str(run_dir))
+    if summary.get("implicit_reward") in IMPLICIT_REWARDS:
+        return summary["implicit_reward"]
+    logged = set(summary.get("final_metrics") or {}) | set(summary.get("initial_metrics") or {})
+    if not logged:
+        raise UserError("neither implicit_reward nor logged metrics: cannot tell which reward the run trained",
+                        where=str(run_dir / SUMMARY))  # fmt: skip
+    return "log_ratio" if logged & {"logratios/chosen", "eval_logratios/chosen"} else "per_token"
 
 
 def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
@@ -277,6 +293,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         if getattr(options, name) < (0 if name == "samples" else 1):
             raise UserError(f"must be {'>= 0' if name == 'samples' else '>= 1'}", where=f"--{name.replace('_', '-')}")
     loaded, pairs, source, folder = _held_out(run_dir, options)
+    reward = _implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
     reward_name, no_reward = gold_reward_name(folder)
 
     import torch
@@ -312,7 +329,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         "run_dir": str(run_dir.resolve()),
         "data": {"source": source, "pairs": n, "content_hash": content_hash(pairs)},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
-        "preference": _preference(logps, beta),
+        "preference": _preference(logps, [len(c) for c in completions], beta, reward),
         "generation": None,
     }
     if not reward_name:
@@ -322,12 +339,16 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     else:
         result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
     bar.close()
-    result["definitions"] = _definitions(beta, options)
+    result["definitions"] = _definitions(beta, reward, options)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
 
-def _preference(logps: dict, beta: float) -> dict:
+def _preference(logps: dict, lengths: list[int], beta: float, reward: str) -> dict:
+    """Both models' preference and the implicit reward the run's loss trained (the trainer's `implicit_rewards`):
+    beta * log-ratio against the reference, or for a reference-free loss (SimPO, ORPO) beta * the per-token
+    log-prob, so that eval.json agrees with the `eval_rewards/*` the run logged."""
+
     def mean(values):
         return sum(values) / len(values)
 
@@ -341,9 +362,17 @@ def _preference(logps: dict, beta: float) -> dict:
             "mean_logp_rejected": mean(rejected),
         }
     (pc, pr), (rc, rr) = logps["policy"], logps["reference"]
-    margins = [beta * ((a - c) - (b - d)) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
+    n = len(pc)
+    if reward == "log_ratio":
+        margins = [beta * ((a - c) - (b - d)) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
+    else:  # lengths: the chosen answers' token counts, then the rejected answers'; at least 1, as `per_token`
+        margins = [
+            beta * (a / max(lc, 1) - b / max(lr, 1))
+            for a, b, lc, lr in zip(pc, pr, lengths[:n], lengths[n:], strict=True)
+        ]
     out["implicit_reward"] = {
         "beta": beta,
+        "reward": reward,
         "accuracy": mean([float(m > 0) for m in margins]),
         "mean_margin": mean(margins),
     }
@@ -406,15 +435,18 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta: float, options: EvalOptions) -> dict[str, str]:
+def _definitions(beta: float, reward: str, options: EvalOptions) -> dict[str, str]:
     return {
         "logp": "log pi(y|x): sum over the answer's tokens of the log-probability given the prompt and the earlier "
         "tokens (TRL's DPO tokenization, chat template applied, no truncation)",
         "preference.*.accuracy": "share of pairs with logp(chosen) > logp(rejected) under that model",
         "preference.*.mean_logp_margin": "mean over pairs of logp(chosen) - logp(rejected)",
-        "preference.implicit_reward.accuracy": "share of pairs whose DPO implicit reward margin "
-        f"beta*[(logp_pi(c)-logp_ref(c)) - (logp_pi(r)-logp_ref(r))] is > 0, beta = loss.beta = {beta}",
-        "preference.implicit_reward.mean_margin": "mean over pairs of that margin",
+        "preference.implicit_reward.reward": f"{reward}: {IMPLICIT_REWARDS[reward]}; the run's own, as its "
+        "summary.json names it",
+        "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
+        f"chosen answer than for the rejected one, beta = loss.beta = {beta}",
+        "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "
+        "rejected answer's",
         "reference": "the base model named in recipe.yaml (model.name_or_path); with LoRA, the policy with its "
         "adapter disabled",
         "generation.prompts": "the first --samples distinct held-out prompts, in data order",

@@ -15,6 +15,12 @@ from dpo.rundir import resume as resuming
 from dpo.rundir.files import CHECKPOINTS
 
 
+def implicit_reward_kind(trainer) -> str:
+    """The name (dpo.metrics.IMPLICIT_REWARDS) of the implicit reward the run's rewards/* hold, as
+    trainer.implicit_rewards computes it; `dpo eval` reads it to recompute the same reward."""
+    return "log_ratio" if trainer.loss_plan.needs_reference else "per_token"
+
+
 def _best_metric(best) -> dict:
     return {"name": best.metric, "mode": best.mode, "value": best.best_value}
 
@@ -27,6 +33,7 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "best_step": best.best_step,
         "best_metric": _best_metric(best),
         "final_weights": "best" if restored else "last",
+        "implicit_reward": implicit_reward_kind(trainer),
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),
@@ -54,6 +61,7 @@ def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initia
         "best_step": best.best_step,
         "best_metric": _best_metric(best),
         "final_weights": None,
+        "implicit_reward": implicit_reward_kind(trainer),
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),

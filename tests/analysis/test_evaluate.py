@@ -15,6 +15,8 @@ from dpo.data.gold import GOLD_REWARDS
 from dpo.training.execute import execute
 from tests.conftest import ARITHMETIC, REPO, read_jsonl
 
+PAIRS = ("chosen", "rejected")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_model_dir):
@@ -72,6 +74,7 @@ def test_preference_numbers_equal_a_direct_computation(run_dir, tiny_model_dir):
     margins = [0.1 * ((r["chosen"][0] - r["chosen"][1]) - (r["rejected"][0] - r["rejected"][1])) for r in rows]
     assert pref["implicit_reward"]["mean_margin"] == pytest.approx(sum(margins) / 8, abs=1e-5)
     assert pref["implicit_reward"]["accuracy"] == sum(m > 0 for m in margins) / 8
+    assert pref["implicit_reward"]["reward"] == "log_ratio"  # a loss with a reference: the DPO log-ratio
     assert pref["policy"]["mean_logp_chosen"] != pytest.approx(pref["reference"]["mean_logp_chosen"], abs=1e-3)
     # and the same held-out numbers TRL logged at the last evaluation of the run
     final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
@@ -131,6 +134,7 @@ def test_cli_eval_on_the_shipped_gold_reward_and_its_errors(run_dir, tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "; implicit reward (log_ratio) accuracy " in proc.stdout  # which reward, on the console line
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["generation"]["gold_reward"] == "arithmetic" and result["generation"]["prompts"] == 2
     assert "Evaluation (eval.json)" in (run_dir / "report.html").read_text()  # the dashboard shows it
@@ -150,3 +154,56 @@ def test_cli_eval_on_the_shipped_gold_reward_and_its_errors(run_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {bad_card / 'card.json'}: gold_reward: unknown reward 'arithmetc'")
     assert json.loads((run_dir / "eval.json").read_text()) == result  # nothing already written is lost
+
+
+def test_a_reference_free_run_is_scored_by_the_per_token_reward_it_trained(tmp_path, tiny_model_dir):
+    """SimPO trains on beta * log pi / |y| and logs that as rewards/*: eval.json recomputes the same reward (not the
+    DPO log-ratio against the base model), so its numbers equal the run's last held-out evaluation."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
+    recipe["loss"] = {"type": "simpo", "beta": 2.0, "simpo_gamma": 0.5}
+    run_dir = tmp_path / "run"
+    execute(write_recipe(tmp_path / "simpo.yaml", recipe), output_dir=run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["implicit_reward"] == "per_token"
+
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))
+    reward = result["preference"]["implicit_reward"]
+    assert reward["reward"] == "per_token" and reward["beta"] == 2.0
+    assert result["definitions"]["preference.implicit_reward.reward"].startswith("per_token: beta * log pi(y|x) / |y|")
+    model, tok = _models(run_dir, tiny_model_dir)
+    margins, log_ratio_margins = [], []
+    for pair in read_jsonl(ARITHMETIC / "eval.jsonl")[:8]:
+        prompt = tok.apply_chat_template(pair["prompt"], add_generation_prompt=True)["input_ids"]
+        answers = {k: tok.apply_chat_template(pair["prompt"] + pair[k])["input_ids"][len(prompt) :] for k in PAIRS}
+        (pc, rc), (pr, rr) = (_both(model, prompt, answers[k]) for k in PAIRS)
+        margins.append(2.0 * (pc / len(answers["chosen"]) - pr / len(answers["rejected"])))
+        log_ratio_margins.append(2.0 * ((pc - rc) - (pr - rr)))
+    assert reward["mean_margin"] == pytest.approx(sum(margins) / 8, abs=1e-4)
+    assert reward["accuracy"] == sum(m > 0 for m in margins) / 8
+    assert reward["mean_margin"] != pytest.approx(sum(log_ratio_margins) / 8, abs=1e-2)  # not the DPO reward
+    final = summary["final_metrics"]
+    assert reward["accuracy"] == final["eval_rewards/accuracies"]
+    assert reward["mean_margin"] == pytest.approx(final["eval_rewards/margins"], abs=1e-4)
+
+
+def test_a_run_without_the_reward_named_is_told_by_its_logged_metrics(run_dir, tmp_path):
+    """summary.json written before it named its reward: a loss with a reference logged logratios/*; a summary that
+    shows neither is a one-line error before any model loads."""
+    from dpo.analysis.evaluate import _implicit_reward_kind
+    from dpo.errors import UserError
+
+    older = tmp_path / "older"
+    older.mkdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary.pop("implicit_reward") == "log_ratio"
+    (older / "summary.json").write_text(json.dumps(summary))
+    assert _implicit_reward_kind(older) == "log_ratio"
+    without = {k: v for k, v in summary["final_metrics"].items() if "logratios/" not in k}
+    (older / "summary.json").write_text(json.dumps({**summary, "final_metrics": without, "initial_metrics": {}}))
+    assert _implicit_reward_kind(older) == "per_token"
+    (older / "summary.json").write_text(json.dumps({"stop_reason": "completed"}))
+    with pytest.raises(UserError, match="cannot tell which reward the run trained"):
+        _implicit_reward_kind(older)
