@@ -319,7 +319,7 @@ def eval_(
     pref, reward = result["preference"], result["preference"]["implicit_reward"]
     typer.echo(
         f"held-out ({result['data']['pairs']} pairs): preference accuracy policy {pref['policy']['accuracy']:.3f}, "
-        f"reference {pref['reference']['accuracy']:.3f}; implicit reward ({reward['reward']}) accuracy "
+        f"reference {pref['reference']['accuracy']:.3f}; implicit reward ({reward['kind']}) accuracy "
         f"{reward['accuracy']:.3f}, margin {reward['mean_margin']:.4f}"
     )
     gen = result["generation"]

@@ -28,7 +28,8 @@ and test pairs): test preference accuracy against the true labels (the implicit 
 difference, of the chosen answer above the rejected one's; for a reference-free loss its own reward, the
 length-normalised log-prob, which includes the base model's prior: compare those rows on the policy column) and
 the policy's own preference (its log-prob of the chosen answer above the rejected one's), the difference from
-plain DPO on the same seeds and test pairs (paired bootstrap), and the steps used. Then the issue's goals, each
+plain DPO on the same seeds and test pairs (paired bootstrap; for a reference-free loss, of the policy's own
+preference), and the steps used. Then the issue's goals, each
 met or missed, with numbers.
 
 Resumable: each finished run is appended to RESULTS/noise.runs.jsonl and skipped when the script starts again;

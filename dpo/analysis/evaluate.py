@@ -30,7 +30,7 @@ from dpo.data.gold import GOLD_REWARDS
 from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
 from dpo.errors import UserError
-from dpo.metrics import IMPLICIT_REWARDS
+from dpo.metrics import HELD_OUT_PREFIX, IMPLICIT_REWARDS, METRICS
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, read_json_or_none
@@ -81,18 +81,24 @@ def _held_out(run_dir: Path, options: EvalOptions):
 
 
 def _implicit_reward_kind(run_dir: Path) -> str:
-    """The implicit reward the run's loss trained and logged, as summary.json names it; a run written before
-    summary.json named it is told by its logged metrics: only a loss with a reference logs logratios/*."""
+    """The implicit reward the run's loss trained and logged, as summary.json names it (IMPLICIT_REWARDS). A run
+    written before summary.json named it is told by what it logged: every loss logs rewards/accuracies, and only a
+    loss with a reference the metrics the table marks `needs_reference`."""
+    where = str(run_dir / SUMMARY)
     summary = read_json_or_none(run_dir / SUMMARY)
     if summary is None:
-        raise UserError(f"no readable {SUMMARY}: cannot tell which implicit reward the run trained", where=str(run_dir))
-    if summary.get("implicit_reward") in IMPLICIT_REWARDS:
-        return summary["implicit_reward"]
+        raise UserError("absent or unreadable: cannot tell which implicit reward the run trained", where=where)
+    if "implicit_reward" in summary:
+        kind = summary["implicit_reward"]
+        if kind not in IMPLICIT_REWARDS:
+            raise UserError(f"implicit_reward: unknown {kind!r} (valid: {', '.join(IMPLICIT_REWARDS)})", where=where)
+        return kind
     logged = set(summary.get("final_metrics") or {}) | set(summary.get("initial_metrics") or {})
-    if not logged:
-        raise UserError("neither implicit_reward nor logged metrics: cannot tell which reward the run trained",
-                        where=str(run_dir / SUMMARY))  # fmt: skip
-    return "log_ratio" if logged & {"logratios/chosen", "eval_logratios/chosen"} else "per_token"
+    if not logged & {"rewards/accuracies", HELD_OUT_PREFIX + "rewards/accuracies"}:
+        raise UserError("no implicit_reward and no logged rewards/accuracies: cannot tell which implicit reward the "
+                        "run trained", where=where)  # fmt: skip
+    with_reference = {name for m in METRICS if m.needs_reference for name in (m.name, m.held_out_name)}
+    return "log_ratio" if logged & with_reference else "per_token"
 
 
 def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
@@ -193,10 +199,14 @@ def token_ids(tokenizer, content, generation_prompt: bool = False) -> list[int]:
 
 
 def pair_ids(tokenizer, pair: dict) -> tuple[list[int], list[int], list[int]]:
-    """(prompt, chosen, rejected) token ids as TRL 1.16's DPO preprocessing makes them."""
+    """(prompt, chosen, rejected) token ids as TRL 1.16's DPO preprocessing makes them: plain-text answers end with
+    the EOS token (its `add_eos`), and the completion starts where prompt and prompt + answer diverge."""
+    answers = pair["chosen"], pair["rejected"]
+    if not isinstance(pair["prompt"], list):
+        eos = tokenizer.eos_token or ""
+        answers = tuple(a if a.endswith(eos) else a + eos for a in answers)
     prompt = token_ids(tokenizer, pair["prompt"], generation_prompt=True)
-    chosen = token_ids(tokenizer, pair["prompt"] + pair["chosen"])
-    rejected = token_ids(tokenizer, pair["prompt"] + pair["rejected"])
+    chosen, rejected = (token_ids(tokenizer, pair["prompt"] + a) for a in answers)
     cut = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
     return prompt[:cut], chosen[cut:], rejected[cut:]
 
@@ -293,7 +303,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         if getattr(options, name) < (0 if name == "samples" else 1):
             raise UserError(f"must be {'>= 0' if name == 'samples' else '>= 1'}", where=f"--{name.replace('_', '-')}")
     loaded, pairs, source, folder = _held_out(run_dir, options)
-    reward = _implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
+    implicit = _implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
     reward_name, no_reward = gold_reward_name(folder)
 
     import torch
@@ -329,7 +339,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         "run_dir": str(run_dir.resolve()),
         "data": {"source": source, "pairs": n, "content_hash": content_hash(pairs)},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
-        "preference": _preference(logps, [len(c) for c in completions], beta, reward),
+        "preference": _preference(logps, [len(c) for c in completions], beta, implicit),
         "generation": None,
     }
     if not reward_name:
@@ -339,12 +349,12 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     else:
         result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
     bar.close()
-    result["definitions"] = _definitions(beta, reward, options)
+    result["definitions"] = _definitions(beta, implicit, options)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
 
-def _preference(logps: dict, lengths: list[int], beta: float, reward: str) -> dict:
+def _preference(logps: dict, lengths: list[int], beta: float, implicit: str) -> dict:
     """Both models' preference and the implicit reward the run's loss trained (the trainer's `implicit_rewards`):
     beta * log-ratio against the reference, or for a reference-free loss (SimPO, ORPO) beta * the per-token
     log-prob, so that eval.json agrees with the `eval_rewards/*` the run logged."""
@@ -363,7 +373,7 @@ def _preference(logps: dict, lengths: list[int], beta: float, reward: str) -> di
         }
     (pc, pr), (rc, rr) = logps["policy"], logps["reference"]
     n = len(pc)
-    if reward == "log_ratio":
+    if implicit == "log_ratio":
         margins = [beta * ((a - c) - (b - d)) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
     else:  # lengths: the chosen answers' token counts, then the rejected answers'; at least 1, as `per_token`
         margins = [
@@ -372,7 +382,7 @@ def _preference(logps: dict, lengths: list[int], beta: float, reward: str) -> di
         ]
     out["implicit_reward"] = {
         "beta": beta,
-        "reward": reward,
+        "kind": implicit,
         "accuracy": mean([float(m > 0) for m in margins]),
         "mean_margin": mean(margins),
     }
@@ -435,13 +445,13 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta: float, reward: str, options: EvalOptions) -> dict[str, str]:
+def _definitions(beta: float, implicit: str, options: EvalOptions) -> dict[str, str]:
     return {
         "logp": "log pi(y|x): sum over the answer's tokens of the log-probability given the prompt and the earlier "
         "tokens (TRL's DPO tokenization, chat template applied, no truncation)",
         "preference.*.accuracy": "share of pairs with logp(chosen) > logp(rejected) under that model",
         "preference.*.mean_logp_margin": "mean over pairs of logp(chosen) - logp(rejected)",
-        "preference.implicit_reward.reward": f"{reward}: {IMPLICIT_REWARDS[reward]}; the run's own, as its "
+        "preference.implicit_reward.kind": f"{implicit}: {IMPLICIT_REWARDS[implicit]}; the run's own, as its "
         "summary.json names it",
         "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
         f"chosen answer than for the rejected one, beta = loss.beta = {beta}",
