@@ -37,6 +37,11 @@ IMPLICIT_REWARDS = {
 }
 
 
+def implicit_reward_of(needs_reference: bool) -> str:
+    """The IMPLICIT_REWARDS name of a loss plan's reward: the log-ratio where it has a reference model."""
+    return "log_ratio" if needs_reference else "per_token"
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str  # as logged in train events; held-out: HELD_OUT_PREFIX + name

@@ -168,9 +168,13 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     """Per-pair test results of the run's final weights: the implicit reward's preference and the policy's own.
 
     The implicit reward is the one the run's loss trains: beta * log-ratio difference where the loss has a
-    reference; for a reference-free loss (SimPO, ORPO), the length-normalised log-prob both of them use."""
-    from dpo.analysis.evaluate import PolicyAndReference, load_tokenizer, pair_ids, sequence_logps
+    reference; for a reference-free loss (SimPO, ORPO), the length-normalised log-prob both of them use.
+    Plain-text answers (sorting) are scored without the EOS token the trainer appends to them, as every recorded
+    run was: a change here would make new runs incomparable with the recorded ones (their run directories are
+    gone); every method is scored alike."""
+    from dpo.analysis.evaluate import PolicyAndReference, implicit_margins, load_tokenizer, pair_ids, sequence_logps
     from dpo.config.loading import load_recipe
+    from dpo.metrics import implicit_reward_of
     from dpo.training.loss_plan import loss_plan
 
     loaded = load_recipe(run_dir / "recipe.yaml")
@@ -178,7 +182,7 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     pairs = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()][:limit]
     tokenizer = load_tokenizer(run_dir)
     models = PolicyAndReference(run_dir, loaded.recipe)
-    tokenized = [pair_ids(tokenizer, p) for p in pairs]
+    tokenized = [pair_ids(tokenizer, p, plain_text_eos=False) for p in pairs]
     prompts = [t[0] for t in tokenized] * 2
     completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
     n, logps = len(pairs), {}
@@ -186,14 +190,11 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
         with models.use(which) as model:
             scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
         logps[which] = (scores[:n], scores[n:])
-    pc, pr = logps["policy"]
-    if has_reference:
-        rc, rr = logps["reference"]
-        reward = [int((a - c) - (b - d) > 0) for a, b, c, d in zip(pc, pr, rc, rr, strict=True)]
-    else:
-        lengths = [(max(len(t[1]), 1), max(len(t[2]), 1)) for t in tokenized]
-        reward = [int(a / lc > b / lr) for a, b, (lc, lr) in zip(pc, pr, lengths, strict=True)]
-    policy = [int(a > b) for a, b in zip(pc, pr, strict=True)]
+    lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
+    kind = implicit_reward_of(has_reference)
+    margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)  # beta > 0: sign only
+    reward = [int(m > 0) for m in margins]
+    policy = [int(a > b) for a, b in zip(*logps["policy"], strict=True)]
     return {"pairs": n, "reward": "".join(map(str, reward)), "policy": "".join(map(str, policy))}
 
 

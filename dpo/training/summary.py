@@ -11,14 +11,9 @@ from pathlib import Path
 
 from dpo.analysis.diagnostics import overfitting_block
 from dpo.errors import NonFiniteError
+from dpo.metrics import implicit_reward_of
 from dpo.rundir import resume as resuming
 from dpo.rundir.files import CHECKPOINTS
-
-
-def implicit_reward_kind(trainer) -> str:
-    """The name (dpo.metrics.IMPLICIT_REWARDS) of the implicit reward the run's rewards/* hold, as
-    trainer.implicit_rewards computes it; `dpo eval` reads it to recompute the same reward."""
-    return "log_ratio" if trainer.loss_plan.needs_reference else "per_token"
 
 
 def _best_metric(best) -> dict:
@@ -33,7 +28,7 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "best_step": best.best_step,
         "best_metric": _best_metric(best),
         "final_weights": "best" if restored else "last",
-        "implicit_reward": implicit_reward_kind(trainer),
+        "implicit_reward": implicit_reward_of(trainer.loss_plan.needs_reference),  # which rewards/* dpo eval recomputes
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),
@@ -61,7 +56,7 @@ def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initia
         "best_step": best.best_step,
         "best_metric": _best_metric(best),
         "final_weights": None,
-        "implicit_reward": implicit_reward_kind(trainer),
+        "implicit_reward": implicit_reward_of(trainer.loss_plan.needs_reference),
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dpo.analysis.evaluate import EvalOptions, evaluate_run
+from dpo.analysis.evaluate import EvalOptions, evaluate_run, pair_ids
 from dpo.data.gold import GOLD_REWARDS
 from dpo.training.execute import execute
 from tests.conftest import ARITHMETIC, REPO, read_jsonl
@@ -196,6 +196,8 @@ def test_a_reference_free_run_is_scored_by_the_per_token_reward_it_trained(tmp_p
             prompt = tok(text=pair["prompt"])["input_ids"]
             full = {k: tok(text=pair["prompt"] + pair[k] + tok.eos_token)["input_ids"] for k in PAIRS}
             assert all(ids[-1] == tok.eos_token_id for ids in full.values())
+            # the noise benchmark scores plain text without it, as its recorded runs were scored
+            assert pair_ids(tok, pair, plain_text_eos=False)[1] == full["chosen"][len(prompt) : -1]
         assert all(ids[: len(prompt)] == prompt for ids in full.values())
         answers = {k: ids[len(prompt) :] for k, ids in full.items()}
         (pc, rc), (pr, rr) = (_both(model, prompt, answers[k]) for k in PAIRS)
@@ -213,7 +215,7 @@ def test_a_reference_free_run_is_scored_by_the_per_token_reward_it_trained(tmp_p
 def test_a_run_without_the_reward_named_is_told_by_its_logged_metrics(run_dir, tmp_path):
     """summary.json written before it named its reward: every loss logged rewards/accuracies, a loss with a reference
     also logratios/* and the KL; a summary that cannot tell, or names a reward no one knows, is a one-line error."""
-    from dpo.analysis.evaluate import _implicit_reward_kind
+    from dpo.analysis.evaluate import implicit_reward_kind
     from dpo.errors import UserError
 
     older = tmp_path / "older"
@@ -221,15 +223,19 @@ def test_a_run_without_the_reward_named_is_told_by_its_logged_metrics(run_dir, t
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary.pop("implicit_reward") == "log_ratio"
     (older / "summary.json").write_text(json.dumps(summary))
-    assert _implicit_reward_kind(older) == "log_ratio"
+    assert implicit_reward_kind(older) == "log_ratio"
     final = summary["final_metrics"]
     without = {k: v for k, v in final.items() if "logratios/" not in k and "kl" not in k}
     (older / "summary.json").write_text(json.dumps({**summary, "final_metrics": without, "initial_metrics": {}}))
-    assert _implicit_reward_kind(older) == "per_token"
+    assert implicit_reward_kind(older) == "per_token"
     never_logged = {"stop_reason": "completed", "final_metrics": {"eval_step": None}, "initial_metrics": {}}
-    for cannot_tell in (never_logged, {**summary, "implicit_reward": "log_odds"}):
+    expected = {
+        "no implicit_reward and no logged rewards/accuracies: cannot tell which implicit reward the run trained":
+            never_logged,
+        "implicit_reward: unknown 'log_odds' (valid: log_ratio, per_token)": {**summary, "implicit_reward": "log_odds"},
+    }  # fmt: skip
+    for message, cannot_tell in expected.items():
         (older / "summary.json").write_text(json.dumps(cannot_tell))
         with pytest.raises(UserError) as error:
-            _implicit_reward_kind(older)
-        assert str(error.value).startswith(f"{older / 'summary.json'}: ")
-    assert "implicit_reward: unknown 'log_odds' (valid: log_ratio, per_token)" in str(error.value)
+            implicit_reward_kind(older)
+        assert str(error.value) == f"{older / 'summary.json'}: {message}"  # one line, naming the file

@@ -55,6 +55,7 @@ def test_non_finite_stops_at_step_k_and_keeps_the_last_good_checkpoint(tiny_reci
     )
     assert summary["non_finite"]["step"] == k and summary["non_finite"]["quantity"] == quantity
     assert summary["steps"] == k - 1 and summary["last_good_checkpoint"] == str(last_good)
+    assert summary["implicit_reward"] == "log_ratio"  # what dpo eval would recompute
     assert not (run_dir / "final").exists()  # nothing past the last good step is presented as a result
     assert not (run_dir / ".lock").exists()
     assert "non_finite" in (run_dir / "report.html").read_text()  # the dashboard of what happened before it
