@@ -83,14 +83,20 @@ def _held_out(run_dir: Path, options: EvalOptions):
     return loaded, pairs, source, folder
 
 
+def _summary(run_dir: Path) -> dict:
+    summary = read_json_or_none(run_dir / SUMMARY)
+    if not isinstance(summary, dict):
+        raise UserError("absent or unreadable: cannot tell which implicit reward the run trained",
+                        where=str(run_dir / SUMMARY))  # fmt: skip
+    return summary
+
+
 def implicit_reward_kind(run_dir: Path) -> str:
     """The implicit reward the run's loss trained and logged, as summary.json names it (IMPLICIT_REWARDS). A run
     written before summary.json named it is told by what it logged: every loss logs rewards/accuracies, and only a
     loss with a reference the metrics the table marks `needs_reference`."""
     where = str(run_dir / SUMMARY)
-    summary = read_json_or_none(run_dir / SUMMARY)
-    if summary is None:
-        raise UserError("absent or unreadable: cannot tell which implicit reward the run trained", where=where)
+    summary = _summary(run_dir)
     if "implicit_reward" in summary:
         kind = summary["implicit_reward"]
         if kind not in IMPLICIT_REWARDS:
@@ -102,6 +108,19 @@ def implicit_reward_kind(run_dir: Path) -> str:
                         "run trained", where=where)  # fmt: skip
     with_reference = {name for m in METRICS if m.needs_reference for name in (m.name, m.held_out_name)}
     return implicit_reward_of(bool(logged & with_reference))
+
+
+def reward_beta(run_dir: Path, loss_beta: float) -> tuple[float, str]:
+    """The beta the implicit reward of the run's final weights is scaled by, and where it comes from: summary.json's
+    reward_beta (with a scheduled or adaptive beta not loss.beta); loss.beta for a run written before it was named.
+    Only the margins depend on it: beta > 0 leaves every pair's sign, so the accuracy, unchanged."""
+    summary = _summary(run_dir)
+    if "reward_beta" not in summary:
+        return loss_beta, f"loss.beta = {loss_beta} (summary.json, written before it named reward_beta, does not say)"
+    beta = summary["reward_beta"]
+    if isinstance(beta, bool) or not isinstance(beta, int | float) or not math.isfinite(beta) or beta <= 0:
+        raise UserError(f"reward_beta: must be a positive number, got {beta!r}", where=str(run_dir / SUMMARY))
+    return beta, f"summary.json's reward_beta = {beta}, the beta of the run's final weights"
 
 
 def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
@@ -308,6 +327,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             raise UserError(f"must be {'>= 0' if name == 'samples' else '>= 1'}", where=f"--{name.replace('_', '-')}")
     loaded, pairs, source, folder = _held_out(run_dir, options)
     implicit = implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
+    beta, beta_source = reward_beta(run_dir, loaded.recipe.loss.beta)
     reward_name, no_reward = gold_reward_name(folder)
 
     import torch
@@ -316,7 +336,6 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     torch.manual_seed(options.seed)
     tokenizer = load_tokenizer(run_dir)
     models = PolicyAndReference(run_dir, loaded.recipe)
-    beta = loaded.recipe.loss.beta
     pad = tokenizer.pad_token_id
 
     tokenized = [pair_ids(tokenizer, p) for p in pairs]
@@ -354,7 +373,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     else:
         result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
     bar.close()
-    result["definitions"] = _definitions(beta, implicit, options)
+    result["definitions"] = _definitions(beta_source, implicit, options)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
@@ -454,7 +473,7 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta: float, implicit: str, options: EvalOptions) -> dict[str, str]:
+def _definitions(beta_source: str, implicit: str, options: EvalOptions) -> dict[str, str]:
     return {
         "logp": "log pi(y|x): sum over the answer's tokens of the log-probability given the prompt and the earlier "
         "tokens (TRL's DPO tokenization, chat template applied, no truncation)",
@@ -463,7 +482,7 @@ def _definitions(beta: float, implicit: str, options: EvalOptions) -> dict[str, 
         "preference.implicit_reward.kind": f"{implicit}: {IMPLICIT_REWARDS[implicit]}; the run's own, as its "
         "summary.json names it",
         "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
-        f"chosen answer than for the rejected one, beta = loss.beta = {beta}",
+        f"chosen answer than for the rejected one, beta: {beta_source}",
         "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "
         "rejected answer's",
         "reference": "the base model named in recipe.yaml (model.name_or_path); with LoRA, the policy with its "

@@ -6,8 +6,9 @@ Run directory (`dpo train`):
     data_card.json       rows read, dropped and why, split sizes, content hashes
     metrics.jsonl        one JSON object per log event, with `step`; TRL's metric names, eval ones eval_-prefixed;
                          NaN/Inf stored as the strings "nan"/"inf" (JSON has no such numbers)
-    summary.json         stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps, and which
-                         implicit reward rewards/* hold (implicit_reward, dpo/metrics.py IMPLICIT_REWARDS)
+    summary.json         stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps, which
+                         implicit reward rewards/* hold (implicit_reward, dpo/metrics.py IMPLICIT_REWARDS) and the
+                         beta that scales it for the final weights (reward_beta)
     final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed)
     checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume;
                          ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py)

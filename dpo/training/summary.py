@@ -23,16 +23,18 @@ def _best_metric(best) -> dict:
 def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, initial: dict, train_output,
                      run_dir: Path, started: float) -> dict:  # fmt: skip
     history = trainer.state.log_history
+    best_metrics = _eval_at(history, best.best_step) or eval_only(initial)
     return {
         "stop_reason": stop_reason,
         "best_step": best.best_step,
         "best_metric": _best_metric(best),
         "final_weights": "best" if restored else "last",
         "implicit_reward": implicit_reward_of(trainer.loss_plan.needs_reference),  # which rewards/* dpo eval recomputes
+        "reward_beta": _reward_beta(trainer, restored, best_metrics),  # and the beta it scales them by
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),
-        "best_metrics": _eval_at(history, best.best_step) or eval_only(initial),
+        "best_metrics": best_metrics,
         "final_metrics": _last_metrics(history),
         "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
         "overfitting": overfitting_block(
@@ -65,6 +67,15 @@ def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initia
         "resumed_from": trainer.resumed_from,
         "run_dir": str(run_dir),
     }
+
+
+def _reward_beta(trainer, restored: bool, best_metrics: dict) -> float:
+    """The beta of the final weights' implicit reward. With a scheduled or adaptive beta it is not loss.beta: a
+    restored best checkpoint's is the beta its evaluation ran with (logged as eval_beta); the last weights', the beta
+    the trainer evaluates them with at the end (a schedule's `end`, the adaptive beta of the last training batch)."""
+    if restored and "eval_beta" in best_metrics:
+        return best_metrics["eval_beta"]
+    return trainer.beta_now()
 
 
 def eval_only(metrics: dict) -> dict:

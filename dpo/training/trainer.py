@@ -122,7 +122,9 @@ class Trainer(DPOTrainer):
         if self.loss_plan.needs_score_gaps and SCORE_GAP not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, SCORE_GAP]
 
-    def _beta_for_step(self) -> float:
+    def beta_now(self) -> float:
+        """The beta of the current step: evaluation and the next training batch use it (adaptive: the beta of the
+        last training batch)."""
         return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
 
     def _sequence_logps(self, model, inputs: dict, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
@@ -516,7 +518,7 @@ class Trainer(DPOTrainer):
             tensors["score_gaps"] = inputs[SCORE_GAP].to(logps.dtype)
         if reference is not None:
             tensors.update(_reference_tensors(*reference, tensors, self.loss_plan.link()))
-        beta, keep = self._beta_for_step(), None
+        beta, keep = self.beta_now(), None
         if self.beta_controller.adaptive and mode == "train":
             beta, keep = self.beta_controller.adapt(tensors["chosen_logratios"] - tensors["rejected_logratios"])
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None

@@ -90,7 +90,8 @@ class ScriptedMetric(TrainerCallback):
 @pytest.mark.parametrize(("values", "best_step", "stopped"), [([0, 1, 3, 2, 1, 0, 0], 2, 4), ([5, 1, 1, 1], 0, 2)])
 def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, best_step, stopped):
     """The scripted held-out metric peaks at `best_step`; patience 2 stops two evaluations later, and final/
-    holds the best checkpoint's adapter, parameter for parameter (not the last step's)."""
+    holds the best checkpoint's adapter, parameter for parameter (not the last step's), and summary.json's
+    reward_beta is the beta of that checkpoint's evaluation (a linear beta schedule: not the last step's)."""
     run_dir = tmp_path / "run"
     overrides = [
         "early_stopping.metric=eval_scripted",
@@ -100,6 +101,8 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
         "early_stopping.noise_sigmas=0",
         f"training.max_steps={len(values) - 1}",
         "training.eval_steps=1",
+        "loss.beta_schedule.type=linear",  # 0.1 at step 0 to 0.5 at the last step
+        "loss.beta_schedule.end=0.5",
     ]
     scripted = ScriptedMetric(values)
     summary, _ = execute(
@@ -108,6 +111,7 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
     assert summary["stop_reason"] == "early_stopped" and summary["steps"] == stopped
     assert summary["best_step"] == best_step and summary["best_metric"]["value"] == values[best_step]
     assert summary["final_weights"] == "best"
+    assert summary["reward_beta"] == pytest.approx(0.1 + 0.4 * best_step / (len(values) - 1))
     final = load_file(run_dir / "final" / "adapter_model.safetensors")
     best = load_file(run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors")
     assert final.keys() == best.keys()
