@@ -482,9 +482,9 @@ def _definitions(beta_source: str, implicit: str, options: EvalOptions) -> dict[
         "preference.implicit_reward.kind": f"{implicit}: {IMPLICIT_REWARDS[implicit]}; the run's own, as its "
         "summary.json names it",
         "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
-        f"chosen answer than for the rejected one, beta: {beta_source}",
+        "chosen answer than for the rejected one (the same for any beta > 0)",
         "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "
-        "rejected answer's",
+        f"rejected answer's, beta: {beta_source}",
         "reference": "the base model named in recipe.yaml (model.name_or_path); with LoRA, the policy with its "
         "adapter disabled",
         "generation.prompts": "the first --samples distinct held-out prompts, in data order",

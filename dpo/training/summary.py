@@ -30,7 +30,7 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "best_metric": _best_metric(best),
         "final_weights": "best" if restored else "last",
         "implicit_reward": implicit_reward_of(trainer.loss_plan.needs_reference),  # which rewards/* dpo eval recomputes
-        "reward_beta": _reward_beta(trainer, restored, best_metrics),  # and the beta it scales them by
+        "reward_beta": _reward_beta(trainer, best, restored, best_metrics),  # what dpo eval scales that reward by
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "initial_metrics": eval_only(initial),
@@ -69,13 +69,17 @@ def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initia
     }
 
 
-def _reward_beta(trainer, restored: bool, best_metrics: dict) -> float:
-    """The beta of the final weights' implicit reward. With a scheduled or adaptive beta it is not loss.beta: a
-    restored best checkpoint's is the beta its evaluation ran with (logged as eval_beta); the last weights', the beta
-    the trainer evaluates them with at the end (a schedule's `end`, the adaptive beta of the last training batch)."""
-    if restored and "eval_beta" in best_metrics:
+def _reward_beta(trainer, best, restored: bool, best_metrics: dict) -> float:
+    """The beta of the final weights' implicit reward, as an evaluation of them runs it (with a scheduled or adaptive
+    beta not loss.beta). The last weights: the beta now (a schedule's beta where training ended, the adaptive beta of
+    the last training batch). A restored best checkpoint: the schedule's beta at its step; the adaptive beta has moved
+    on since, so the one its evaluation logged."""
+    controller = trainer.beta_controller
+    if not restored:
+        return trainer.beta_now()
+    if controller.adaptive:
         return best_metrics["eval_beta"]
-    return trainer.beta_now()
+    return controller.scheduled(best.best_step, trainer.state.max_steps)
 
 
 def eval_only(metrics: dict) -> dict:

@@ -241,46 +241,53 @@ def test_a_run_without_the_reward_named_is_told_by_its_logged_metrics(run_dir, t
         assert str(error.value) == f"{older / 'summary.json'}: {message}"  # one line, naming the file
 
 
-def test_a_scheduled_beta_run_is_scored_with_the_beta_of_its_final_weights(tmp_path, tiny_model_dir):
-    """With a beta schedule the last evaluation scales the reward by the schedule's end, not loss.beta: summary.json
-    names that beta (reward_beta) and eval.json's margins equal the run's last logged eval_rewards/margins; a summary
-    written before the key falls back to loss.beta (margins scaled, accuracy the same), a bad value is an error."""
+_ABSENT = object()  # the summary has no reward_beta (written before the key)
+
+
+@pytest.mark.parametrize("schedule", [{"type": "linear", "end": 0.5}, {"type": "adaptive"}])
+def test_a_scheduled_beta_run_is_scored_with_the_beta_of_its_final_weights(tmp_path, tiny_model_dir, schedule):
+    """With a beta schedule (0.1 to 0.5) or the adaptive beta the last evaluation scales the reward by a beta that is
+    not loss.beta: summary.json names it (reward_beta) and eval.json's margins equal the run's last logged
+    eval_rewards/margins; a summary written before the key falls back to loss.beta (margins scaled, accuracy the
+    same), a value that is no positive number is a one-line error."""
     from dpo.errors import UserError
     from tests.conftest import tiny_recipe_dict, write_recipe
 
     training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
     recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
-    recipe["loss"] = {"type": "sigmoid", "beta": 0.1, "beta_schedule": {"type": "linear", "end": 0.5}}
+    recipe["loss"] = {"type": "sigmoid", "beta": 0.1, "beta_schedule": schedule}
     run_dir = tmp_path / "run"
     execute(write_recipe(tmp_path / "scheduled.yaml", recipe), output_dir=run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     final = summary["final_metrics"]
     assert summary["final_weights"] == "last" and final["eval_step"] == 4
-    assert summary["reward_beta"] == pytest.approx(0.5) == pytest.approx(final["eval_beta"])
+    beta = summary["reward_beta"]
+    assert beta == final["eval_beta"] and beta != pytest.approx(0.1)
+    if schedule["type"] == "linear":
+        assert beta == pytest.approx(0.5)
 
-    reward = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))["preference"]
-    assert reward["implicit_reward"]["beta"] == pytest.approx(0.5)
-    assert reward["implicit_reward"]["mean_margin"] == pytest.approx(final["eval_rewards/margins"], rel=1e-3)
-    assert reward["implicit_reward"]["accuracy"] == final["eval_rewards/accuracies"]
+    options = EvalOptions(samples=0, batch_size=3, progress=False)
+    reward = evaluate_run(run_dir, options)["preference"]["implicit_reward"]
+    assert reward["beta"] == beta
+    assert reward["mean_margin"] == pytest.approx(final["eval_rewards/margins"], rel=1e-3)
+    assert reward["accuracy"] == final["eval_rewards/accuracies"]
     definitions = json.loads((run_dir / "eval.json").read_text())["definitions"]
-    assert definitions["preference.implicit_reward.accuracy"].endswith(
-        "beta: summary.json's reward_beta = 0.5, the beta of the run's final weights"
+    assert definitions["preference.implicit_reward.mean_margin"].endswith(
+        f"beta: summary.json's reward_beta = {beta}, the beta of the run's final weights"
     )
 
-    for value, expected in ((None, 0.1), (0.0, None), ("0.5", None), (float("inf"), None)):
+    for value in (_ABSENT, 0.0, -0.5, None, True, "0.5", float("inf")):
         older = {k: v for k, v in summary.items() if k != "reward_beta"}
-        if value is not None:
+        if value is not _ABSENT:
             older["reward_beta"] = value
         (run_dir / "summary.json").write_text(json.dumps(older))
-        if expected is None:
-            with pytest.raises(UserError) as error:
-                evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))
-            assert str(error.value) == (
-                f"{run_dir / 'summary.json'}: reward_beta: must be a positive number, got {value!r}"
-            )
+        if value is _ABSENT:
+            before = evaluate_run(run_dir, options)["preference"]["implicit_reward"]
+            assert before["beta"] == 0.1
+            assert before["mean_margin"] == pytest.approx(reward["mean_margin"] * 0.1 / beta, rel=1e-5)
+            assert before["accuracy"] == reward["accuracy"]
             continue
-        before = reward["implicit_reward"]
-        after = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))["preference"]
-        assert after["implicit_reward"]["beta"] == 0.1
-        assert after["implicit_reward"]["mean_margin"] == pytest.approx(before["mean_margin"] / 5, rel=1e-5)
-        assert after["implicit_reward"]["accuracy"] == before["accuracy"]
+        with pytest.raises(UserError) as error:
+            evaluate_run(run_dir, options)
+        message = f"reward_beta: must be a positive number, got {value!r}"
+        assert str(error.value) == f"{run_dir / 'summary.json'}: {message}"

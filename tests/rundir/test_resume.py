@@ -142,8 +142,8 @@ def assert_same_run(run_dir, reference, resumes_from: int) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     want = json.loads((reference / "summary.json").read_text())
     assert summary["resumed_from"] == [resumes_from] and want["resumed_from"] == []
-    for key in ("stop_reason", "steps", "max_steps", "best_step", "best_metric", "final_weights", "train_loss",
-                "initial_metrics", "best_metrics", "final_metrics", "overfitting"):  # fmt: skip
+    for key in ("stop_reason", "steps", "max_steps", "best_step", "best_metric", "final_weights", "reward_beta",
+                "train_loss", "initial_metrics", "best_metrics", "final_metrics", "overfitting"):  # fmt: skip
         assert_close(want[key], summary[key], key)
     assert summary["steps"] == 6 and summary["stop_reason"] == "completed"
 
@@ -198,7 +198,8 @@ def test_resume_after_an_early_stop_does_not_train_on(tiny_recipe, tmp_path):
     second, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, **kwargs)
     assert second["resumed_from"] == [4]
     assert (run_dir / "recipe_changes.json").read_bytes() == changes_before  # still what the first attempt changed
-    for key in ("stop_reason", "steps", "best_step", "best_metric", "final_weights", "train_loss", "best_metrics"):
+    for key in ("stop_reason", "steps", "best_step", "best_metric", "final_weights", "reward_beta", "train_loss",
+                "best_metrics"):  # fmt: skip
         assert_close(first[key], second[key], key)
     assert (run_dir / "final" / "adapter_model.safetensors").read_bytes() == final_before
     steps = [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m and "eval_loss" not in m]
