@@ -140,10 +140,22 @@ class BetaController:
         progress = min(max(step / max(max_steps, 1), 0.0), 1.0)
         return self.schedule.beta(self.beta0, progress, **{key: getattr(self, key) for key in self.schedule.keys})
 
-    def adapt(self, gaps: torch.Tensor, generator: torch.Generator | None = None) -> tuple[float, torch.Tensor]:
-        """Adaptive beta for one training batch of gaps M_i, and the mask of pairs the filter keeps."""
-        gaps = gaps.detach().float()
-        batch_mean, batch_std = gaps.mean().item(), gaps.std(unbiased=False).item()
+    def adapt(
+        self,
+        gaps: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[float, torch.Tensor]:
+        """Adaptive beta for one training batch of gaps M_i, and the mask of pairs the filter keeps.
+
+        Under data parallelism each process holds a slice of the batch: `sum_over_processes` (the accelerator's
+        all-reduce) makes the statistics and the beta those of the whole batch, the same on every process, as one
+        process with the whole batch computes them; each process filters its own slice."""
+        total = sum_over_processes or (lambda t: t)
+        gaps = gaps.detach().double()
+        count, sum_, sum_sq = total(torch.stack([gaps.new_tensor(gaps.numel()), gaps.sum(), gaps.pow(2).sum()]))
+        batch_mean = (sum_ / count).item()
+        batch_std = (sum_sq / count - (sum_ / count) ** 2).clamp_min(0).sqrt().item()  # the population std
         if self.mean_gap is None:
             self.mean_gap, self.std_gap = batch_mean, batch_std
         else:
@@ -157,6 +169,7 @@ class BetaController:
             chosen = torch.multinomial(weights.cpu(), n_keep, replacement=False, generator=generator)
             keep = torch.zeros_like(keep)
             keep[chosen.to(keep.device)] = True
-        beta = self.beta0 * (1 + self.alpha * (gaps[keep].mean().item() - self.mean_gap))
+        kept_count, kept_sum = total(torch.stack([gaps.new_tensor(n_keep), gaps[keep].sum()]))
+        beta = self.beta0 * (1 + self.alpha * ((kept_sum / kept_count).item() - self.mean_gap))
         self.current = max(beta, MIN_BETA)
         return self.current, keep

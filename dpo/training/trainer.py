@@ -520,7 +520,8 @@ class Trainer(DPOTrainer):
             tensors.update(_reference_tensors(*reference, tensors, self.loss_plan.link()))
         beta, keep = self.beta_now(), None
         if self.beta_controller.adaptive and mode == "train":
-            beta, keep = self.beta_controller.adapt(tensors["chosen_logratios"] - tensors["rejected_logratios"])
+            gaps = tensors["chosen_logratios"] - tensors["rejected_logratios"]
+            beta, keep = self.beta_controller.adapt(gaps, sum_over_processes=self.accelerator.reduce)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
         loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:

@@ -80,6 +80,29 @@ def test_two_process_training_matches_single_process(tiny_recipe, tmp_path):
     _assert_same_curve(single, accel)
 
 
+@pytest.mark.slow
+def test_adaptive_beta_under_two_processes_is_the_single_process_beta(tiny_recipe, tmp_path):
+    """beta-DPO's statistics are of the whole batch: two processes with 2 pairs each log, step by step, the beta of
+    one process with the 4 pairs (each process computing it from its own 2 pairs gives another beta on each)."""
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["loss"]["beta_schedule"] = {"type": "adaptive", "alpha": 5.0}  # a large alpha: a beta that moves
+    recipe["training"]["learning_rate"] = 5e-2  # and gaps that spread from step 2 on
+    runs = {}
+    for processes, launcher in ((1, [sys.executable]), (2, _torchrun())):
+        recipe["training"]["per_device_train_batch_size"] = 4 // processes
+        path = tmp_path / f"adaptive-{processes}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        runs[processes] = tmp_path / f"run-{processes}"
+        proc = subprocess.run([*launcher, "-m", "dpo", "train", str(path), "--output-dir", str(runs[processes])],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    single, multi = (_train_rows(runs[p]) for p in (1, 2))
+    assert [r["beta"] for r in single][0] == 0.1 and abs(single[-1]["beta"] - 0.1) > 1e-3  # it moved
+    for a, b in zip(single, multi, strict=True):
+        assert b["beta"] == pytest.approx(a["beta"], abs=1e-4), a["step"]  # per process: 5e-3 apart
+        assert b["loss"] == pytest.approx(a["loss"], abs=LOSS_TOLERANCE), a["step"]
+
+
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
 

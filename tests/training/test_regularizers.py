@@ -47,6 +47,29 @@ def test_adaptive_beta_hand_values():
     assert beta == MIN_BETA
 
 
+def _and_another_process(slice_: list[float]):
+    """An all-reduce (sum) over this process and one holding `slice_`, which keeps all its pairs: adapt sums first
+    (count, sum, sum of squares) of the gaps, then (count, sum) of the kept ones."""
+    other = torch.tensor(slice_, dtype=torch.float64)
+    stats = {3: torch.stack([other.new_tensor(len(slice_)), other.sum(), other.pow(2).sum()]),
+             2: torch.stack([other.new_tensor(len(slice_)), other.sum()])}  # fmt: skip
+    return lambda t: t + stats[len(t)]
+
+
+def test_adaptive_beta_statistics_are_of_the_whole_batch_across_processes():
+    """A process holding [1, 2, 3] of the batch [1, 2, 3, 6, 6, 9] (the other process holds [6, 6, 9]): beta and the
+    moving statistics are those of the whole batch, as one process with all of it computes them, not of its slice.
+    Batch 1: M0 = 4.5, beta = 0.1. Batch 2, [3, 3, 3] + [3, 3, 9]: mean 4, M0 = 0.9 * 4.5 + 0.1 * 4 = 4.45,
+    beta = 0.1 * (1 + 0.6 * (4 - 4.45)) = 0.073."""
+    alone, one_of_two = (BetaController(beta0=0.1, kind="adaptive", alpha=0.6, momentum=0.9) for _ in range(2))
+    for mine, others in (([1.0, 2.0, 3.0], [6.0, 6.0, 9.0]), ([3.0, 3.0, 3.0], [3.0, 3.0, 9.0])):
+        whole, _ = alone.adapt(torch.tensor(mine + others))
+        beta, keep = one_of_two.adapt(torch.tensor(mine), sum_over_processes=_and_another_process(others))
+        assert beta == pytest.approx(whole) and keep.tolist() == [True] * 3
+        assert (one_of_two.mean_gap, one_of_two.std_gap) == pytest.approx((alone.mean_gap, alone.std_gap))
+    assert beta == pytest.approx(0.073)  # its slice alone: M0 = 2.1, beta = 0.154
+
+
 def test_adaptive_filter_drops_the_outlier():
     controller = BetaController(beta0=0.1, kind="adaptive", alpha=0.6, momentum=0.9, keep_fraction=0.75)
     controller.adapt(torch.tensor([0.0, 0.1, -0.1, 0.05]))
