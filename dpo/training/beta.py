@@ -148,12 +148,14 @@ class BetaController:
     ) -> tuple[float, torch.Tensor]:
         """Adaptive beta for one training batch of gaps M_i, and the mask of pairs the filter keeps.
 
-        Under data parallelism each process holds a slice of the batch: `sum_over_processes` (the accelerator's
-        all-reduce) makes the statistics and the beta those of the whole batch, the same on every process, as one
-        process with the whole batch computes them; each process filters its own slice."""
-        total = sum_over_processes or (lambda t: t)
+        Under data parallelism each process holds a slice of the (micro-)batch: `sum_over_processes` (the
+        accelerator's all-reduce, a sum) makes the statistics and the beta those of the whole batch, the same on every
+        process. Each process filters its own slice, so with keep_fraction < 1 the pairs kept (each slice's share
+        rounded) may differ from what one process with the whole batch keeps; with keep_fraction 1 the beta is
+        exactly that one process's."""
+        all_processes = sum_over_processes or (lambda t: t)
         gaps = gaps.detach().double()
-        count, sum_, sum_sq = total(torch.stack([gaps.new_tensor(gaps.numel()), gaps.sum(), gaps.pow(2).sum()]))
+        count, sum_, sum_sq = all_processes(torch.stack([gaps.new_tensor(gaps.numel()), gaps.sum(), gaps.pow(2).sum()]))
         batch_mean = (sum_ / count).item()
         batch_std = (sum_sq / count - (sum_ / count) ** 2).clamp_min(0).sqrt().item()  # the population std
         if self.mean_gap is None:
@@ -169,7 +171,7 @@ class BetaController:
             chosen = torch.multinomial(weights.cpu(), n_keep, replacement=False, generator=generator)
             keep = torch.zeros_like(keep)
             keep[chosen.to(keep.device)] = True
-        kept_count, kept_sum = total(torch.stack([gaps.new_tensor(n_keep), gaps[keep].sum()]))
+        kept_count, kept_sum = all_processes(torch.stack([keep.sum().to(gaps.dtype), gaps[keep].sum()]))
         beta = self.beta0 * (1 + self.alpha * ((kept_sum / kept_count).item() - self.mean_gap))
         self.current = max(beta, MIN_BETA)
         return self.current, keep

@@ -18,6 +18,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -521,7 +522,8 @@ class Trainer(DPOTrainer):
         beta, keep = self.beta_now(), None
         if self.beta_controller.adaptive and mode == "train":
             gaps = tensors["chosen_logratios"] - tensors["rejected_logratios"]
-            beta, keep = self.beta_controller.adapt(gaps, sum_over_processes=self.accelerator.reduce)
+            summed = partial(self.accelerator.reduce, reduction="sum")  # over the processes; one process: the tensor
+            beta, keep = self.beta_controller.adapt(gaps, sum_over_processes=summed)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
         loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:

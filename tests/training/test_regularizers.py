@@ -48,8 +48,9 @@ def test_adaptive_beta_hand_values():
 
 
 def _and_another_process(slice_: list[float]):
-    """An all-reduce (sum) over this process and one holding `slice_`, which keeps all its pairs: adapt sums first
-    (count, sum, sum of squares) of the gaps, then (count, sum) of the kept ones."""
+    """An all-reduce (sum) over this process and one holding `slice_`, which keeps all its pairs. It tells adapt's two
+    reductions apart by their length: first (count, sum, sum of squares) of the gaps, then (count, sum) of the kept
+    ones."""
     other = torch.tensor(slice_, dtype=torch.float64)
     stats = {3: torch.stack([other.new_tensor(len(slice_)), other.sum(), other.pow(2).sum()]),
              2: torch.stack([other.new_tensor(len(slice_)), other.sum()])}  # fmt: skip
@@ -68,6 +69,12 @@ def test_adaptive_beta_statistics_are_of_the_whole_batch_across_processes():
         assert beta == pytest.approx(whole) and keep.tolist() == [True] * 3
         assert (one_of_two.mean_gap, one_of_two.std_gap) == pytest.approx((alone.mean_gap, alone.std_gap))
     assert beta == pytest.approx(0.073)  # its slice alone: M0 = 2.1, beta = 0.154
+    # keep_fraction 0.5: this process keeps 2 of its 4 pairs; the kept mean is over those 2 and the other's 3
+    filtering = BetaController(beta0=0.1, kind="adaptive", alpha=0.6, momentum=0.9, keep_fraction=0.5)
+    mine, others = torch.tensor([0.0, 1.0, 2.0, 5.0]), [1.0, 1.0, 1.0]
+    beta, keep = filtering.adapt(mine, torch.Generator().manual_seed(0), _and_another_process(others))
+    assert keep.sum() == 2 and filtering.mean_gap == pytest.approx(11 / 7)
+    assert beta == pytest.approx(0.1 * (1 + 0.6 * ((mine[keep].sum().item() + 3) / 5 - 11 / 7)))
 
 
 def test_adaptive_filter_drops_the_outlier():
