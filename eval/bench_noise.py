@@ -419,7 +419,8 @@ def across_noisy_cells(done: list[dict]) -> dict:
     below: dict[str, list[str]] = {m: [] for m in everywhere}
     for dataset, noise in noisy:
         runs = [r for r in done if (r["dataset"], r["noise"]) == (dataset, noise) and r["method"] in everywhere]
-        shared = set.intersection(*({r["seed"] for r in runs if r["method"] == m} for m in everywhere))
+        seeds_of = [{r["seed"] for r in runs if r["method"] == m} for m in everywhere]
+        shared = set.intersection(*seeds_of) if seeds_of else set()  # no method in every cell: nothing to rank
         value = {m: _mean(r["validation_accuracy"] for r in runs if r["method"] == m and r["seed"] in shared)
                  for m in everywhere if shared}  # fmt: skip
         for m, v in value.items():

@@ -250,6 +250,20 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert len(table) == 5
 
 
+def test_noise_benchmark_tabulates_a_grid_where_no_ranked_method_ran_in_every_noisy_cell():
+    """Runs of a reference-free loss alone (`--methods orpo` into a fresh results folder): nothing to rank across the
+    noisy cells, so the ranking is empty and the tables are still written (it raised a TypeError after the runs)."""
+    bench = _load_bench("bench_noise")
+    done = [{"dataset": "sorting", "noise": 0.2, "seed": s, "method": "orpo", "validation_accuracy": 0.9,
+             "test": {"pairs": 4, "reward": "1110", "policy": "1100"}, "steps": 60, "max_steps": 60,
+             "stop_reason": "completed"} for s in (0, 1)]  # fmt: skip
+    result = bench.aggregate(done, {})
+    across = result["across_noisy_cells"]
+    assert across["cells"] == ["sorting/0.2"] and across["validation_accuracy"] == {}
+    assert across["below_plain"] == {} and across["not_in_every_cell"] == [] and across["reference_free"] == ["orpo"]
+    assert "| sorting | 20% | orpo |" in bench.markdown(result)
+
+
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
     """The losses of issue 16 are single controls (ODPO aside: the arithmetic pairs have no scores), and a row
     without a chosen log-ratio (a reference-free loss logs none) shows n/a instead of failing the table."""
