@@ -420,7 +420,7 @@ def across_noisy_cells(done: list[dict]) -> dict:
     for dataset, noise in noisy:
         runs = [r for r in done if (r["dataset"], r["noise"]) == (dataset, noise) and r["method"] in everywhere]
         seeds_of = [{r["seed"] for r in runs if r["method"] == m} for m in everywhere]
-        shared = set.intersection(*seeds_of) if seeds_of else set()  # no method in every cell: nothing to rank
+        shared = set.intersection(*seeds_of) if seeds_of else set()  # no ranked method in every cell: none to rank
         value = {m: _mean(r["validation_accuracy"] for r in runs if r["method"] == m and r["seed"] in shared)
                  for m in everywhere if shared}  # fmt: skip
         for m, v in value.items():

@@ -262,6 +262,7 @@ def test_noise_benchmark_tabulates_a_grid_where_no_ranked_method_ran_in_every_no
     assert across["cells"] == ["sorting/0.2"] and across["validation_accuracy"] == {}
     assert across["below_plain"] == {} and across["not_in_every_cell"] == [] and across["reference_free"] == ["orpo"]
     assert "| sorting | 20% | orpo |" in bench.markdown(result)
+    assert "<svg" in bench.figures(result)
 
 
 def test_overfitting_benchmark_lists_the_new_losses_and_tabulates_reference_free_rows():
