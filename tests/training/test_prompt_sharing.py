@@ -103,7 +103,10 @@ def test_every_loss_gives_the_same_value_and_gradients(tmp_path, tiny_model_dir,
         assert torch.allclose(loss_a, loss_b, atol=1e-5), name
         assert grads_a.keys() == grads_b.keys() and grads_a
         for key in grads_a:
-            assert torch.allclose(grads_a[key], grads_b[key], atol=1e-5, rtol=1e-4), (name, key)
+            # float32 sums in another order: an error of a few units in the last place of the tensor's largest
+            # entries (sppo_hard's squared loss: lm_head gradients up to 13, 1e-5 apart), so atol grows with them
+            atol = 1e-5 * max(1.0, grads_b[key].abs().max().item())
+            assert torch.allclose(grads_a[key], grads_b[key], atol=atol, rtol=1e-4), (name, key)
 
 
 def test_gradient_checkpointing_and_eager_attention(tmp_path, tiny_model_dir):
