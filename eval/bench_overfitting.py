@@ -3,11 +3,12 @@
     python eval/bench_overfitting.py                  # embedded model, both noise levels (~60 min, 2 idle CPU cores)
     python eval/bench_overfitting.py --smoke          # tiny random model, 2 steps per run (~1 min; for tests)
 
-Every run starts from recipes/quickstart.yaml with the same budget (several passes over a small training
-set, so that memorisation can happen) and evaluates on clean held-out pairs (label noise is injected into
-the training split only), so held-out accuracy is measured against the true labels. Early stopping on
-margin, loss and accuracy is judged on the plain run's own evaluations (patience 2): the stop a callback
-would have made, and the metrics of the checkpoint it would have restored, without re-training.
+Every run starts from recipes/plain.yaml (the quickstart without its autopilot) with the same budget (several
+passes over a small training set, so that memorisation can happen) and evaluates on clean held-out pairs
+(label noise is injected into the training split only), so held-out accuracy is measured against the true
+labels. Early stopping on margin, loss and accuracy is judged on the plain run's own evaluations (patience 2):
+the stop a callback would have made, and the metrics of the checkpoint it would have restored, without re-
+training.
 
 Writes eval/results/overfitting.json and eval/results/overfitting.md.
 """
@@ -52,8 +53,7 @@ CONTROLS: dict[str, list[str]] = {
 }
 EARLY_STOPPING = ("eval_rewards/margins", "eval_loss", "eval_rewards/accuracies")
 
-BUDGET = [  # plain DPO (no NLL term); 80 training pairs seen 3 times; 40 clean held-out pairs every 5 steps
-    "regularizers.nll_weight=0.0",
+BUDGET = [  # 80 training pairs seen 3 times; 40 clean held-out pairs every 5 steps
     "data.max_train_pairs=80",
     "data.max_eval_pairs=40",
     "training.max_steps=30",
@@ -68,13 +68,13 @@ def run(control: str, noise: float, out: Path, base: list[str]) -> dict:
     import dpo
 
     robust_rate = noise if noise > 0 else 0.1
-    # the budget first, the control last: a control's keys win (the budget switches the quickstart's NLL term off)
+    # the budget first, the control last: a control's keys win
     overrides = [*base, *(o.replace("{robust_rate}", str(robust_rate)) for o in CONTROLS[control])]
     if noise > 0:
         overrides.append(f"data.augment=[{{type: label_noise, fraction: {noise}}}]")
     run_dir = out / f"noise{int(noise * 100)}-{control}"
     started = time.time()
-    summary = dpo.train(REPO / "recipes" / "quickstart.yaml", overrides=overrides, output_dir=run_dir)
+    summary = dpo.train(REPO / "recipes" / "plain.yaml", overrides=overrides, output_dir=run_dir)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = summary["final_metrics"]
     return {
@@ -146,7 +146,6 @@ def main() -> None:
         from tests.conftest import build_tiny_model
 
         base = [
-            "regularizers.nll_weight=0.0",
             *SMOKE,
             f"model.name_or_path={build_tiny_model(out / 'tiny')}",
             "peft.target_modules=[q_proj, v_proj]",

@@ -4,7 +4,7 @@
     python eval/bench_overhead.py --repeats 1     # quicker, noisier
 
 Both sides get the same model, LoRA config, data, batch, step count and DPOConfig (built from
-recipes/quickstart.yaml with evaluation off); only the trainer class differs, with plain DPO (sigmoid)
+recipes/plain.yaml with evaluation off); only the trainer class differs, with plain DPO (sigmoid)
 on both so the computation is the same. Each measurement runs in a fresh subprocess so peak memory
 (VmHWM, the resident-set high-water mark) is that run's own; the two sides alternate, and the median
 step time over repeats is reported. Writes eval/results/overhead.json and eval/results/overhead.md.
@@ -58,7 +58,6 @@ def run_case(case: str, impl: str) -> dict:
     overrides = [
         f"model.name_or_path={model_name}",
         "loss.type=sigmoid",
-        "regularizers.nll_weight=0.0",  # plain DPO on both sides: the same computation
         f"training.max_steps={steps + warmup}",
         f"training.per_device_train_batch_size={batch}",
         "training.eval_strategy=no",
@@ -69,7 +68,7 @@ def run_case(case: str, impl: str) -> dict:
     ]
     if case == "tiny":
         overrides.append("peft.target_modules=[q_proj, v_proj]")
-    checked = check(REPO / "recipes" / "quickstart.yaml", overrides, output_dir=tempfile.mkdtemp())
+    checked = check(REPO / "recipes" / "plain.yaml", overrides, output_dir=tempfile.mkdtemp())
 
     class StepTimer(TrainerCallback):
         def __init__(self):

@@ -5,7 +5,7 @@
     python eval/bench_speed.py --quick    # tiny random model, 2 steps per run (~1-2 min; what the test runs)
 
 Both trainers get the same model, LoRA, data, batch, step count, seed and DPOConfig, built from
-recipes/quickstart.yaml with plain DPO (sigmoid, no NLL term) so the computation is the same; reference log-probs
+recipes/plain.yaml (sigmoid, no NLL term, no autopilot) so the computation is the same; reference log-probs
 are computed inline on both sides (each pair is seen once). Settings, one row each:
 
 * fp32: our CPU defaults (float32, no gradient checkpointing);
@@ -115,7 +115,6 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
     overrides = [
         f"model.name_or_path={model_name}",
         "loss.type=sigmoid",
-        "regularizers.nll_weight=0.0",  # plain DPO on both sides: the same computation
         f"training.max_steps={steps + warmup}",
         f"training.per_device_train_batch_size={batch}",
         "training.per_device_eval_batch_size=25",
@@ -131,7 +130,7 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
         overrides.append("peft.target_modules=[q_proj, v_proj]")
     if bf16 and not torch.cuda.is_available():
         overrides.append("training.use_cpu=true")  # transformers refuses bf16 without a GPU unless told the CPU
-    checked = check(REPO / "recipes" / "quickstart.yaml", overrides, output_dir=work / "run")
+    checked = check(REPO / "recipes" / "plain.yaml", overrides, output_dir=work / "run")
 
     class StepTimer(TrainerCallback):
         def __init__(self):

@@ -4,7 +4,7 @@
     accelerate launch --num_processes 2 eval/bench_speed_cuda.py             # two GPUs (DDP through accelerate)
     python eval/bench_speed_cuda.py --quick                                  # tiny random model (a smoke run)
 
-The counterpart of eval/bench_speed.py (CPU) for a device run: the same recipe (recipes/quickstart.yaml with plain
+The counterpart of eval/bench_speed.py (CPU) for a device run: the same recipe (recipes/plain.yaml, plain
 DPO), the same three data sets (arithmetic, sorting, generated long answers), in bf16 autocast with SDPA attention,
 with Liger's layer kernels (RMSNorm, RoPE, SwiGLU; not its fused cross-entropy, which TRL's fused LM head replaces)
 when the `liger_kernel` package is installed, and each trainer in turn in this process (both see the same GPU; peak
@@ -66,7 +66,6 @@ def run(dataset: str, impl: str, quick: bool, steps: int, batch: int) -> dict:
     overrides = [
         f"model.name_or_path={model_name}",
         "loss.type=sigmoid",
-        "regularizers.nll_weight=0.0",
         f"training.max_steps={steps + warmup}",
         f"training.per_device_train_batch_size={batch}",
         "training.per_device_eval_batch_size=32",
@@ -77,7 +76,7 @@ def run(dataset: str, impl: str, quick: bool, steps: int, batch: int) -> dict:
         "logging.progress_bar=false",
         *_data_overrides(dataset, (steps + warmup) * batch * processes, eval_pairs, work),
     ]
-    checked = check(REPO / "recipes" / "quickstart.yaml", overrides, output_dir=work / "run")
+    checked = check(REPO / "recipes" / "plain.yaml", overrides, output_dir=work / "run")
 
     class StepTimer(TrainerCallback):
         def __init__(self):

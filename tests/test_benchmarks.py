@@ -119,7 +119,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     methods = [line.split(" | ")[2] for line in readme_rows if line.startswith("| arithmetic | 30% |")]
     assert methods == [
         "plain DPO",
-        "autopilot (`noisy-labels.yaml`)",
+        "autopilot (`quickstart.yaml`, `noisy-labels.yaml`)",
         "cDPO (smoothing 0.1)",
         "cDPO, smoothing from the label audit (`auto`)",
         "SimPO (reference-free)",
@@ -195,8 +195,9 @@ def test_noise_benchmark_stops_on_a_run_of_a_method_it_no_longer_names(tmp_path,
 
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
     """Hand-made runs on 4 test pairs: the best single control is the one with the higher validation accuracy even
-    where its test accuracy is lower; a method below plain beyond the interval is named once (not again as
-    best_single); the autopilot's 0.10 goal reads its paired difference from plain."""
+    where its test accuracy is lower; a shipped recipe below plain beyond the interval is named once (not again as
+    best_single), a control run with overrides (the NLL term) is listed but does not miss the goal; the autopilot's
+    0.10 goal reads its paired difference from plain."""
     bench = _load_bench("bench_noise")
 
     def run(method, seed, reward, validation, dataset="sorting", noise=0.3, policy=None):
@@ -210,6 +211,8 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     done += [run("autopilot", s, "1111", 0.8) for s in (0, 1)]
     done += [run("plain", 2, "1111", 0.1)]  # a seed the others lack: left out where methods are compared
     done += [run("simpo", s, "1111", 0.95, policy="0000") for s in (0, 1)]  # its own reward high, policy wrong
+    done += [run("nll", s, "0000", 0.5) for s in (0, 1)]  # below plain, but no recipe ships it (an override)
+    done += [run("cdpo", 0, "1100", 0.5, "arithmetic", 0.2)]  # on arithmetic, but not at 40% yet: that goal is open
     done += [run(m, 0, "1100", v, "arithmetic", n) for n in (0.2, 0.4)
              for m, v in (("plain", 0.5), ("autopilot", {0.2: 0.4, 0.4: 0.8}[n]), ("simpo", 0.9))]  # fmt: skip
     result = bench.aggregate(done, {})
@@ -221,15 +224,22 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert across["validation_accuracy"] == pytest.approx({"autopilot": 0.7, "plain": 0.6})
     assert list(across["validation_accuracy"]) == ["autopilot", "plain"]
     assert across["below_plain"] == {"autopilot": ["arithmetic/0.2"], "plain": []}
-    assert across["not_in_every_cell"] == ["cdpo", "odpo"] and across["reference_free"] == ["simpo"]
+    assert across["not_in_every_cell"] == ["cdpo", "nll", "odpo"] and across["reference_free"] == ["simpo"]
     rows = result["cells"]["sorting/0.3"]["methods"]
     assert rows["best_single"]["chosen"] == "odpo" and rows["best_single"]["chosen_on_seeds"] == [0, 1]
     assert rows["plain"]["seeds"] == [0, 1, 2] and rows["autopilot"]["seeds"] == [0, 1]
     assert rows["odpo"]["vs_plain"] == (-1.0, -1.0, -1.0)  # every pair, every seed: no resample differs
     goals = {g["goal"]: g for g in result["goals"]}
-    below = goals["no method below plain beyond the interval"]
+    below = goals["no shipped recipe below plain beyond the interval"]
     # cdpo's -0.25 interval reaches 0; best_single once; a reference-free loss on the policy's preference, marked
-    assert not below["met"] and below["detail"] == "odpo -1.000, simpo -1.000 (policy)"
+    assert not below["met"]
+    assert below["detail"] == "odpo -1.000, simpo -1.000 (policy) (not shipped as run: nll -1.000)"
+    assert bench.METHODS["odpo"].shipped and not bench.METHODS["nll"].shipped
+    arithmetic = {g["cell"]: g for g in result["goals"] if g["goal"] == below["goal"]}
+    assert arithmetic["arithmetic/0.2"]["met"] is True and arithmetic["arithmetic/0.2"]["detail"] == "none below"
+    assert arithmetic["arithmetic/0.4"]["met"] is None
+    assert arithmetic["arithmetic/0.4"]["detail"] == "none below; not run here yet: cdpo"
+    assert "| arithmetic/0.4 | no shipped recipe below plain beyond the interval | open |" in bench.markdown(result)
     assert rows["simpo"]["vs_plain_on"] == "policy" and rows["odpo"]["vs_plain_on"] == "reward"
     assert goals["autopilot >= plain + 0.10 in test accuracy"]["detail"] == "+0.000 [+0.000, +0.000]"
     assert goals["autopilot >= best single control (on validation; not below it beyond the interval)"]["met"]
@@ -238,16 +248,20 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     table = [line for line in bench.readme_table(result) if line.startswith("| sorting | 30% |")]
     assert table[0] == "| sorting | 30% | plain DPO | 3 | 1.00 [1.00, 1.00] |  | 1.00 [1.00, 1.00] |"
     assert table[1] == (
-        "| sorting | 30% | autopilot (`noisy-labels.yaml`) | 2 | 1.00 [1.00, 1.00] | +0.00 [+0.00, +0.00] "
-        "| 1.00 [1.00, 1.00] |"
+        "| sorting | 30% | NLL term (weight 1; the quickstart before) | 2 | 0.00 [0.00, 0.00] | -1.00 [-1.00, -1.00] "
+        "| 0.00 [0.00, 0.00] |"
     )
-    assert table[2].startswith("| sorting | 30% | cDPO (smoothing 0.1) | 2 | 0.75 [") and "| -0.25 [" in table[2]
-    assert table[3] == (
+    assert table[2] == (
+        "| sorting | 30% | autopilot (`quickstart.yaml`, `noisy-labels.yaml`) | 2 | 1.00 [1.00, 1.00] "
+        "| +0.00 [+0.00, +0.00] | 1.00 [1.00, 1.00] |"
+    )
+    assert table[3].startswith("| sorting | 30% | cDPO (smoothing 0.1) | 2 | 0.75 [") and "| -0.25 [" in table[3]
+    assert table[4] == (
         "| sorting | 30% | SimPO (reference-free) | 2 | (1.00: its own reward) | -1.00 [-1.00, -1.00] (policy) "
         "| 0.00 [0.00, 0.00] |"
     )
-    assert table[4] == "| sorting | 30% | ODPO | 2 | 0.00 [0.00, 0.00] | -1.00 [-1.00, -1.00] | 0.00 [0.00, 0.00] |"
-    assert len(table) == 5
+    assert table[5] == "| sorting | 30% | ODPO | 2 | 0.00 [0.00, 0.00] | -1.00 [-1.00, -1.00] | 0.00 [0.00, 0.00] |"
+    assert len(table) == 6
 
 
 def test_noise_benchmark_tabulates_a_grid_where_no_ranked_method_ran_in_every_noisy_cell():

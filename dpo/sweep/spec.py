@@ -1,6 +1,6 @@
 """Sweep specs: YAML file -> validated `SweepSpec` (base recipe, search space, sampler, pruner, objective).
 
-    recipe: ../quickstart.yaml                    # base recipe, relative to this file
+    recipe: ../plain.yaml                         # base recipe, relative to this file
     objective: {metric: eval_rewards/accuracies, direction: maximize}
     sampler: tpe                                  # grid | random | tpe, or {type: tpe, n_startup_trials: 4}
     trials: 16

@@ -103,6 +103,32 @@ def test_adaptive_beta_under_two_processes_is_the_single_process_beta(tiny_recip
         assert b["loss"] == pytest.approx(a["loss"], abs=LOSS_TOLERANCE), a["step"]
 
 
+@pytest.mark.slow
+def test_autopilot_under_two_processes_decides_and_acts_as_one_process(tiny_recipe, tmp_path):
+    """The quickstart runs the autopilot, and docs/distributed.md launches the quickstart on several processes: each
+    rank decides from the same gathered evaluation metrics and changes its own loss, so two processes log the single
+    process's decisions and loss curve (a change made on rank 0 alone would average a smoothed gradient with an
+    unsmoothed one, and move the curve)."""
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["autopilot"] = {"enabled": True, "flip_rate": 0.2}  # label_audit: the smoothing to 0.2 when it first looks
+    runs = {}
+    for processes, launcher in ((1, [sys.executable]), (2, _torchrun())):
+        recipe["training"]["per_device_train_batch_size"] = 4 // processes
+        path = tmp_path / f"autopilot-{processes}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        runs[processes] = tmp_path / f"run-{processes}"
+        proc = subprocess.run([*launcher, "-m", "dpo", "train", str(path), "--output-dir", str(runs[processes])],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    decisions = {}
+    for processes, run_dir in runs.items():
+        events = [r["autopilot"] for r in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in r]
+        decisions[processes] = [(e["step"], e["rule"], e["changed"]) for e in events]
+    assert decisions[1][0][1:] == ("label_audit", {"loss.label_smoothing": [0.0, 0.2]})
+    assert decisions[2] == decisions[1]
+    _assert_same_curve(runs[1], runs[2])
+
+
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args]
 
