@@ -523,7 +523,9 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         return
     if dpo_config.eval_strategy == "no":
         raise UserError(
-            "needs evaluations during training (training.eval_strategy is 'no')", where=loaded.where("autopilot")
+            "needs evaluations during training (training.eval_strategy is 'no'); turn it off with "
+            "--set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)",
+            where=loaded.where("autopilot"),
         )
     if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and section.min_lr_factor < 1:
         # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
