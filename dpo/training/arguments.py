@@ -96,6 +96,17 @@ def watched_direction(loaded: LoadedRecipe) -> str:
         ) from None
 
 
+def no_evaluation_during_training(dpo_config) -> str | None:
+    """Why a run of this DPOConfig evaluates nothing before its end, or None when it evaluates during training:
+    early stopping and the autopilot act only on evaluations made during training."""
+    if dpo_config.eval_strategy == "no":
+        return "training.eval_strategy is 'no'"
+    steps, every = dpo_config.max_steps, dpo_config.eval_steps
+    if dpo_config.eval_strategy == "steps" and every and every >= 1 and 0 < steps < every:
+        return f"training.eval_steps {every} > training.max_steps {steps}"
+    return None
+
+
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
     """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
     stopping = loaded.recipe.early_stopping

@@ -35,6 +35,7 @@ from dpo.config.schema import AutopilotSection
 from dpo.errors import UserError
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
+from dpo.training.arguments import no_evaluation_during_training
 from dpo.training.losses import LOSSES, PLAIN_DPO_LINK, LossPlan
 
 NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
@@ -521,9 +522,10 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         if changed:
             raise UserError("has no effect: autopilot.enabled is false", where=loaded.where(f"autopilot.{changed[0]}"))
         return
-    if dpo_config.eval_strategy == "no":
+    reason = no_evaluation_during_training(dpo_config)
+    if reason:
         raise UserError(
-            "needs evaluations during training (training.eval_strategy is 'no'); turn it off with "
+            f"needs evaluations during training ({reason}); turn it off with "
             "--set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)",
             where=loaded.where("autopilot"),
         )

@@ -218,7 +218,7 @@ def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
 
 
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
-    from dpo.training.arguments import watched_direction
+    from dpo.training.arguments import no_evaluation_during_training, watched_direction
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
@@ -238,11 +238,9 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
     if stopping.patience is None:
         return
-    never = dpo_config.eval_strategy == "no"
-    steps, every = dpo_config.max_steps, dpo_config.eval_steps
-    if never or (dpo_config.eval_strategy == "steps" and every and every >= 1 and 0 < steps < every):
+    reason = no_evaluation_during_training(dpo_config)
+    if reason:
         raise UserError(
-            "needs evaluations during training (training.eval_strategy 'no', or eval_steps > max_steps): "
-            "without them the untrained model would be kept as the best",
+            f"needs evaluations during training ({reason}): without them the untrained model would be kept as the best",
             where=loaded.where("early_stopping.patience"),
         )

@@ -206,6 +206,10 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
             "autopilot.shift_lambda_step: has no effect: no loss in loss.type takes shift_lambda",
         ),
         (["autopilot.enabled=true", "training.eval_strategy=no"], "autopilot: needs evaluations"),
+        (  # no evaluation before the end either: the autopilot would never act, and said nothing
+            ["autopilot.enabled=true", "training.eval_strategy=steps", "training.max_steps=3", "training.eval_steps=5"],
+            "autopilot: needs evaluations during training \\(training.eval_steps 5 > training.max_steps 3\\)",
+        ),
         (
             ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],
             "autopilot.enabled: cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau",
