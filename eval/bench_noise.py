@@ -34,8 +34,10 @@ preference), and the steps used. Then the issue's goals, each met or missed, wit
 below plain DPO) is judged on the methods that run a shipped recipe as it ships (Method.shipped).
 
 Resumable: each finished run is appended to RESULTS/noise.runs.jsonl and skipped when the script starts again;
-the tables cover every run in that file. Writes RESULTS/noise.json, RESULTS/noise.md (tables, goals) and
-RESULTS/noise.html (charts against the share of flipped labels); noise_quick.* with --quick.
+the tables cover every run in that file. Each run records a fingerprint of the recipe it trained, checked against
+METHODS at every start (check_fingerprints): a recipe edited under recorded runs stops the script. Writes
+RESULTS/noise.json, RESULTS/noise.md (tables, goals) and RESULTS/noise.html (charts against the share of flipped
+labels); noise_quick.* with --quick.
 """
 
 from __future__ import annotations
@@ -250,27 +252,15 @@ def validation_accuracy(summary: dict) -> float | None:
 
 
 def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str], files: tuple[Path, Path],
-            out: Path, quick: bool) -> dict:  # fmt: skip
+            work: Path, quick: bool) -> dict:  # fmt: skip
     from provenance import provenance  # eval/, on sys.path as the script's folder
 
     import dpo.api
 
     spec = METHODS[method]
     validation, test = files
-    overrides = [*base, f"data.eval={validation}", f"seed={seed}", f"name={method}", *spec.overrides]
-    if DATASETS[dataset] != "quickstart.yaml":
-        # every method's recipe trains on the quickstart's arithmetic pairs (through plain.yaml, most of them): on
-        # another data set, that data set's training file and pair expansion
-        from dpo.config.loading import load_recipe
-
-        data = load_recipe(REPO / "recipes" / DATASETS[dataset]).recipe.data
-        overrides.insert(0, f"data.train={Path(data.train if isinstance(data.train, str) else data.train[0].path)}")
-        expand = data.expand_pairs
-        overrides.insert(1, f"data.expand_pairs={{min_gap: {expand.min_gap}, max_pairs_per_prompt: "
-                            f"{expand.max_pairs_per_prompt or 'null'}}}")  # fmt: skip
-    if noise > 0:
-        overrides.append(f"data.augment=[{{type: label_noise, fraction: {noise}}}]")
-    run_dir = out / f"{dataset}-noise{int(noise * 100)}-seed{seed}-{method}"
+    overrides = run_overrides(dataset, noise, seed, method, base, validation)
+    run_dir = work / "runs" / f"{dataset}-noise{int(noise * 100)}-seed{seed}-{method}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off before it was recorded starts over
     started = time.time()
     summary = dpo.api.train(REPO / "recipes" / spec.recipe, overrides=overrides, output_dir=run_dir)
@@ -280,6 +270,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     audit = (json.loads(card.read_text()) if card.exists() else {}).get("audit") or {}
     record = {
         "dataset": dataset, "noise": noise, "seed": seed, "method": method,
+        "config": fingerprint(method, overrides, work),
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
         "validation_accuracy": validation_accuracy(summary),
         # marks the runs whose trainer logged a reference-free loss's reward per token (see read_runs)
@@ -292,6 +283,57 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     }  # fmt: skip
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are big; the record has what counts
     return record
+
+
+def run_overrides(dataset: str, noise: float, seed: int, method: str, base: list[str], validation: Path) -> list[str]:
+    """The overrides a run trains its method's recipe with: the budget, the data set, the seed, the flipped share."""
+    overrides = [*base, f"data.eval={validation}", f"seed={seed}", f"name={method}", *METHODS[method].overrides]
+    if DATASETS[dataset] != "quickstart.yaml":
+        # every method's recipe trains on the quickstart's arithmetic pairs (through plain.yaml, most of them): on
+        # another data set, that data set's training file and pair expansion
+        from dpo.config.loading import load_recipe
+
+        data = load_recipe(REPO / "recipes" / DATASETS[dataset]).recipe.data
+        overrides.insert(0, f"data.train={Path(data.train if isinstance(data.train, str) else data.train[0].path)}")
+        expand = data.expand_pairs
+        overrides.insert(1, f"data.expand_pairs={{min_gap: {expand.min_gap}, max_pairs_per_prompt: "
+                            f"{expand.max_pairs_per_prompt or 'null'}}}")  # fmt: skip
+    if noise > 0:
+        overrides.append(f"data.augment=[{{type: label_noise, fraction: {noise}}}]")
+    return overrides
+
+
+def fingerprint(method: str, overrides: list[str], work: Path) -> str:
+    """12 hex digits of the run's resolved recipe: the keys that differ from their defaults, without its name (the
+    method's key) and with this machine's paths (the repository, the benchmark's work folder) taken out. Two runs
+    with the same fingerprint trained the same recipe; a remapped METHODS entry that would train another one shows
+    as a mismatch (check_fingerprints). It cannot see a changed schema default, nor the code."""
+    from dpo.config.loading import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / METHODS[method].recipe, overrides).recipe
+    values = recipe.model_dump(mode="json", exclude_defaults=True)
+    values.pop("name", None)
+    text = json.dumps(values, sort_keys=True).replace(str(work), "<work>").replace(str(REPO), "<repo>")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_fingerprints(runs_file: Path, done: list[dict], base: list[str], work: Path) -> None:
+    """Every recorded run's configuration fingerprint is the one its METHODS entry gives now: a recipe edited, or a
+    method remapped, under recorded runs would label their numbers with a configuration they did not train. Stops
+    the benchmark (exit 2) naming the first run that differs and how many do."""
+    validation = {dataset: split_heldout(dataset, work)[0] for dataset in {run["dataset"] for run in done}}
+    wrong = [
+        run for run in done
+        if run.get("config") != fingerprint(run["method"], run_overrides(
+            run["dataset"], run["noise"], run["seed"], run["method"], base, validation[run["dataset"]]), work)
+    ]  # fmt: skip
+    if wrong:
+        first = wrong[0]
+        print(f"error: {runs_file}: {len(wrong)} recorded run(s) trained another configuration than METHODS gives "
+              f"now (first: {first['method']} on {first['dataset']} at {first['noise']:.0%}, seed {first['seed']}, "
+              f"fingerprint {first.get('config')}); map the method to the recipe and overrides it ran, or move its "
+              "runs out", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
 
 
 def read_runs(runs_file: Path) -> list[dict]:
@@ -683,6 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
     done = read_runs(runs_file)
+    check_fingerprints(runs_file, done, base, work)
     recorded = {(r["dataset"], r["noise"], r["seed"], r["method"]) for r in done}
     todo = []  # (dataset, noise, seed, method, held-out files), in the order they train: seed by seed
     for dataset in args.datasets:
@@ -696,7 +739,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_train:
         print(remaining(todo, done))
     for dataset, noise, seed, method, files in [] if args.no_train else todo:
-        record = run_one(dataset, noise, seed, method, base, files, work / "runs", args.quick)
+        record = run_one(dataset, noise, seed, method, base, files, work, args.quick)
         with runs_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}

@@ -95,6 +95,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
     assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
+    assert len({r["config"] for r in runs}) == 10  # a fingerprint of each run's configuration (checked on resume)
     # a reference-free run says its validation accuracy is of the per-token reward its loss trains
     assert {r["method"] for r in runs if r.get("validation_reward") == "per_token"} == {"simpo"}
     audited = [r for r in runs if "audit_flip_rate" in r]  # the estimate `label_smoothing: auto` trained with
@@ -191,6 +192,41 @@ def test_noise_benchmark_stops_on_a_run_of_a_method_it_no_longer_names(tmp_path,
     error = capsys.readouterr().err
     assert error.startswith(f"error: {runs_file}: line 2: method 'old_name' is not in METHODS (plain, ")
     assert error.count("\n") == 1
+
+
+def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_path, capsys):
+    """A run's fingerprint is its resolved recipe's: the same from another work folder (the held-out files live
+    there), another for another seed, share of flipped labels or method configuration. A recorded run whose
+    fingerprint METHODS no longer gives (a recipe edited or a method remapped under it), or that has none, stops the
+    benchmark with one line naming it."""
+    bench = _load_bench("bench_noise")
+    base = list(bench.BUDGET)
+
+    def config(method, seed, work, noise=0.3):
+        validation = bench.split_heldout("sorting", work)[0]
+        return bench.fingerprint(method, bench.run_overrides("sorting", noise, seed, method, base, validation), work)
+
+    one, other = tmp_path / "one", tmp_path / "other"
+    one.mkdir(), other.mkdir()
+    shift = config("dpo_shift", 0, one)
+    assert len(shift) == 12 and shift == config("dpo_shift", 0, other)
+    others = [config("dpo_shift", 1, one), config("dpo_shift", 0, one, 0.2), config("dpo_shift_linear", 0, one),
+              config("dpo_shift_stopping", 0, one), config("plain", 0, one)]  # fmt: skip
+    assert len({shift, *others}) == 6
+    runs_file = tmp_path / "noise.runs.jsonl"
+    run = {"dataset": "sorting", "noise": 0.3, "seed": 0, "method": "dpo_shift", "config": shift}
+    bench.check_fingerprints(runs_file, [run], base, other)  # as recorded: nothing to say
+    for recorded in (
+        {**run, "config": config("dpo_shift_linear", 0, one)},
+        {k: v for k, v in run.items() if k != "config"},
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            bench.check_fingerprints(runs_file, [run, recorded], base, other)
+        assert stopped.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {runs_file}: 1 recorded run(s) trained another configuration than METHODS "
+                                "gives now (first: dpo_shift on sorting at 30%, seed 0, fingerprint ")  # fmt: skip
+        assert error.count("\n") == 1
 
 
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
