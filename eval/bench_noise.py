@@ -187,9 +187,9 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
 
     The implicit reward is the one the run's loss trains: beta * log-ratio difference where the loss has a
     reference; for a reference-free loss (SimPO, ORPO), the length-normalised log-prob both of them use.
-    Plain-text answers (sorting) are scored without the EOS token the trainer appends to them, as every recorded
-    run was: a change here would make new runs incomparable with the recorded ones (their run directories are
-    gone); every method is scored alike."""
+    Plain-text answers (sorting) are scored without the EOS token the trainer appends to them ("reward",
+    "policy"), as every recorded run was, and also with it ("reward_eos", "policy_eos"), as the trainer scores
+    the validation pairs; chat answers end with the template's end of turn either way."""
     from dpo.analysis.evaluate import PolicyAndReference, implicit_margins, load_tokenizer, pair_ids, sequence_logps
     from dpo.config.loading import load_recipe
     from dpo.metrics import implicit_reward_of
@@ -200,20 +200,23 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     pairs = [json.loads(line) for line in test_file.read_text().splitlines() if line.strip()][:limit]
     tokenizer = load_tokenizer(run_dir)
     models = PolicyAndReference(run_dir, loaded.recipe)
-    tokenized = [pair_ids(tokenizer, p, plain_text_eos=False) for p in pairs]
-    prompts = [t[0] for t in tokenized] * 2
-    completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
-    n, logps = len(pairs), {}
-    for which in ("policy", "reference") if has_reference else ("policy",):
-        with models.use(which) as model:
-            scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
-        logps[which] = (scores[:n], scores[n:])
-    lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
-    kind = implicit_reward_of(has_reference)
-    margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)  # beta > 0: sign only
-    reward = [int(m > 0) for m in margins]
-    policy = [int(a > b) for a, b in zip(*logps["policy"], strict=True)]
-    return {"pairs": n, "reward": "".join(map(str, reward)), "policy": "".join(map(str, policy))}
+    plain_text = any(not isinstance(p["prompt"], list) for p in pairs)
+    result = {"pairs": len(pairs)}
+    for suffix, eos in (("", False), ("_eos", True)) if plain_text else (("", False),):
+        tokenized = [pair_ids(tokenizer, p, plain_text_eos=eos) for p in pairs]
+        prompts = [t[0] for t in tokenized] * 2
+        completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
+        n, logps = len(pairs), {}
+        for which in ("policy", "reference") if has_reference else ("policy",):
+            with models.use(which) as model:
+                scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
+            logps[which] = (scores[:n], scores[n:])
+        lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
+        kind = implicit_reward_of(has_reference)
+        margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)  # beta > 0: sign
+        result[f"reward{suffix}"] = "".join(str(int(m > 0)) for m in margins)
+        result[f"policy{suffix}"] = "".join(str(int(a > b)) for a, b in zip(*logps["policy"], strict=True))
+    return result
 
 
 @functools.cache
