@@ -94,6 +94,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
         ("simpo", 1),
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
+    assert not any("reward_eos" in r["test"] for r in runs)  # chat answers end with the end of turn either way
     assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
     assert len({r["config"] for r in runs}) == 10  # a fingerprint of each run's configuration (checked on resume)
     # a reference-free run says its validation accuracy is of the per-token reward its loss trains
@@ -154,6 +155,8 @@ def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
     runs = [json.loads(line) for line in (tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()]
     assert [(r["dataset"], r["method"]) for r in runs] == [("sorting", "plain"), ("sorting", "odpo")]
     assert all(r["steps"] == 2 and r["test"]["pairs"] == 8 for r in runs)
+    # plain-text answers: test scored without EOS (as recorded) and with it (as the trainer scores validation)
+    assert all(len(r["test"]["reward_eos"]) == len(r["test"]["policy_eos"]) == 8 for r in runs)
     cell = json.loads((tmp_path / "noise_quick.json").read_text())["cells"]["sorting/0.3"]["methods"]
     assert "vs_plain" in cell["odpo"] and cell["best_single"]["chosen"] == "odpo"
 
@@ -211,7 +214,7 @@ def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_pat
     shift = config("dpo_shift", 0, one)
     assert len(shift) == 12 and shift == config("dpo_shift", 0, other)
     others = [config("dpo_shift", 1, one), config("dpo_shift", 0, one, 0.2), config("dpo_shift_linear", 0, one),
-              config("dpo_shift_stopping", 0, one), config("plain", 0, one)]  # fmt: skip
+              config("early_stopping", 0, one), config("plain", 0, one)]  # fmt: skip
     assert len({shift, *others}) == 6
     runs_file = tmp_path / "noise.runs.jsonl"
     run = {"dataset": "sorting", "noise": 0.3, "seed": 0, "method": "dpo_shift", "config": shift}
@@ -347,3 +350,30 @@ def test_audit_benchmark_quick(tmp_path, tiny_model_dir):
     assert all(0 <= r["low"] <= r["estimate"] <= r["high"] <= 0.5 and 0 <= r["top10_precision"] <= 1 for r in rows)
     assert set(result["meta"]["goals_met"]) == {"within_5_points", "truth_inside", "top10_precision"}
     assert "| arithmetic | 300 | 20% |" in (tmp_path / "audit_quick.md").read_text()
+
+
+def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced_runs(tmp_path):
+    """eval/bench_noise_eos.py: per method, the test accuracy without and with EOS and the paired difference from
+    plain DPO both ways; a retrained run counts as reproduced when its fingerprint and its scores without EOS equal
+    the recorded run's."""
+    _load_bench("bench_noise")  # bench_noise_eos imports it by name
+    check = _load_bench("bench_noise_eos")
+
+    def run(method, seed, without, with_eos, config="c"):
+        test = {"pairs": 4, "reward": without, "reward_eos": with_eos}
+        return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "config": config,
+                "validation_accuracy": 0.5, "test": test}  # fmt: skip
+
+    runs = [run("plain", 0, "1100", "1100"), run("dpo_shift", 0, "1000", "1110")]
+    recorded = [run("plain", 0, "1100", "-"), run("dpo_shift", 0, "1000", "-", config="other")]
+    for r in recorded:
+        del r["test"]["reward_eos"]
+    cells = check.compare(runs, recorded)
+    shift = cells["sorting/0.3"]["dpo_shift"]
+    assert cells["sorting/0.3"]["plain"]["same_as_recorded"] == 1 and shift["same_as_recorded"] == 0
+    without, with_eos = (shift[label] for label in check.SCORINGS)
+    assert without["test_accuracy"][0] == 0.25 and without["vs_plain"][0] == -0.25
+    assert with_eos["test_accuracy"][0] == 0.75 and with_eos["vs_plain"][0] == 0.25
+    assert "vs_plain" not in cells["sorting/0.3"]["plain"][next(iter(check.SCORINGS))]
+    row = "| sorting/0.3 | dpo_shift | 0 | 0/1 | 0.500 | 0.250 [0.000, 0.750] | -0.250 [-0.750, +0.000] | 0.750 "
+    assert row + "[0.250, 1.000] | +0.250 [+0.000, +0.750] |" in check.markdown(cells)  # the bootstrap is seeded

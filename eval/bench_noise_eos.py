@@ -1,0 +1,107 @@
+"""Does scoring the sorting test answers with the EOS token change the noise benchmark's verdict?
+
+The trainer appends the EOS token to plain-text answers (the sorting data set) and scores the validation pairs with
+it; eval/bench_noise.py scored the test pairs without it, every recorded run. Its newer runs score them both ways
+(test "reward"/"policy" without, "reward_eos"/"policy_eos" with). This compares the two scorings on runs that
+retrain recorded configurations into their own results folder:
+
+    python eval/bench_noise.py --threads 1 --datasets sorting --noise 0.3 0.4 --seeds 0 1 2 \\
+        --methods plain dpo_shift --results eval/results/noise_eos
+    python eval/bench_noise_eos.py
+
+Per data set, noise level and method: test accuracy scored without and with EOS, and the paired difference from plain
+DPO both ways (95% bootstrap intervals over seeds and test pairs, as bench_noise.py computes them). Training is
+deterministic on one machine, so a retrained run's scores without EOS should equal its recorded run's (same
+configuration fingerprint): the table says how many do. Writes eval/results/noise_eos.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_noise import bootstrap, read_runs  # noqa: E402  (eval/ is not a package)
+
+SCORINGS = {"without EOS (as recorded)": "reward", "with EOS (as validation)": "reward_eos"}
+
+
+def compare(runs: list[dict], recorded: list[dict]) -> dict:
+    """{"dataset/noise": {method: numbers}} for the runs scored both ways."""
+    by_key = {(r["dataset"], r["noise"], r["seed"], r["method"]): r for r in recorded}
+    cells: dict[str, dict] = {}
+    scored = [r for r in runs if "reward_eos" in r["test"]]
+    for dataset, noise in sorted({(r["dataset"], r["noise"]) for r in scored}):
+        in_cell = [r for r in scored if (r["dataset"], r["noise"]) == (dataset, noise)]
+        plain = {r["seed"]: r for r in in_cell if r["method"] == "plain"}
+        rows = {}
+        for method in dict.fromkeys(r["method"] for r in in_cell):
+            mine = sorted((r for r in in_cell if r["method"] == method), key=lambda r: r["seed"])
+            same = [by_key.get((dataset, noise, r["seed"], method)) for r in mine]
+            row = {
+                "seeds": [r["seed"] for r in mine],
+                "validation_accuracy": sum(r["validation_accuracy"] for r in mine) / len(mine),
+                "same_as_recorded": sum(
+                    1 for r, old in zip(mine, same, strict=True)
+                    if old and old.get("config") == r["config"] and old["test"]["reward"] == r["test"]["reward"]
+                ),
+            }  # fmt: skip
+            paired = [plain.get(r["seed"]) for r in mine]
+            for label, field in SCORINGS.items():
+                row[label] = {"test_accuracy": bootstrap(mine, field)}
+                if method != "plain" and all(paired):
+                    row[label]["vs_plain"] = bootstrap(mine, field, paired)
+            rows[method] = row
+        cells[f"{dataset}/{noise}"] = rows
+    return cells
+
+
+def _interval(value: tuple, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return f"{value[0]:{sign}.3f} [{value[1]:{sign}.3f}, {value[2]:{sign}.3f}]"
+
+
+def markdown(cells: dict) -> str:
+    without, with_eos = SCORINGS
+    lines = [
+        "# Sorting test answers scored without and with the EOS token",
+        "",
+        "`python eval/bench_noise_eos.py` (runs: `eval/results/noise_eos/noise.runs.jsonl`). The trainer appends EOS "
+        "to plain-text answers and scores the validation pairs with it; `eval/bench_noise.py` scored the test pairs "
+        "without it. Same as recorded: retrained runs whose test scores without EOS equal the recorded run's.",
+        "",
+        f"| cell | method | seeds | same as recorded | validation | test {without} | vs plain | test {with_eos} "
+        "| vs plain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell, rows in cells.items():
+        for method, row in rows.items():
+            parts = [cell, method, " ".join(map(str, row["seeds"])), f"{row['same_as_recorded']}/{len(row['seeds'])}",
+                     f"{row['validation_accuracy']:.3f}"]  # fmt: skip
+            for label in SCORINGS:
+                numbers = row[label]
+                parts.append(_interval(numbers["test_accuracy"]))
+                parts.append(_interval(numbers["vs_plain"], signed=True) if "vs_plain" in numbers else "-")
+            lines.append("| " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=REPO / "eval" / "results" / "noise_eos" / "noise.runs.jsonl")
+    parser.add_argument("--recorded", type=Path, default=REPO / "eval" / "results" / "noise.runs.jsonl")
+    parser.add_argument("--results", type=Path, default=REPO / "eval" / "results")
+    args = parser.parse_args(argv)
+    cells = compare(read_runs(args.runs), read_runs(args.recorded))
+    (args.results / "noise_eos.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+    text = markdown(cells)
+    (args.results / "noise_eos.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
