@@ -198,19 +198,19 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     tokenizer = load_tokenizer(run_dir)
     models = PolicyAndReference(run_dir, loaded.recipe)
     plain_text = any(not isinstance(p["prompt"], list) for p in pairs)
-    result = {"pairs": len(pairs)}
+    n, kind, result = len(pairs), implicit_reward_of(has_reference), {"pairs": len(pairs)}
     for suffix, eos in (("", False), ("_eos", True)) if plain_text else (("", False),):
         tokenized = [pair_ids(tokenizer, p, plain_text_eos=eos) for p in pairs]
         prompts = [t[0] for t in tokenized] * 2
         completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
-        n, logps = len(pairs), {}
+        logps = {}
         for which in ("policy", "reference") if has_reference else ("policy",):
             with models.use(which) as model:
                 scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
             logps[which] = (scores[:n], scores[n:])
         lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
-        kind = implicit_reward_of(has_reference)
-        margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)  # beta > 0: sign
+        # beta > 0 only scales the margins: their sign is all that counts here
+        margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)
         result[f"reward{suffix}"] = "".join(str(int(m > 0)) for m in margins)
         result[f"policy{suffix}"] = "".join(str(int(a > b)) for a, b in zip(*logps["policy"], strict=True))
     return result
@@ -260,6 +260,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     spec = METHODS[method]
     validation, test = files
     overrides = run_overrides(dataset, noise, seed, method, base, validation)
+    config = fingerprint(method, overrides, work)  # of the recipe as it trains, before any edit during the run
     run_dir = work / "runs" / f"{dataset}-noise{int(noise * 100)}-seed{seed}-{method}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off before it was recorded starts over
     started = time.time()
@@ -270,7 +271,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     audit = (json.loads(card.read_text()) if card.exists() else {}).get("audit") or {}
     record = {
         "dataset": dataset, "noise": noise, "seed": seed, "method": method,
-        "config": fingerprint(method, overrides, work),
+        "config": config,
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
         "validation_accuracy": validation_accuracy(summary),
         # marks the runs whose trainer logged a reference-free loss's reward per token (see read_runs)
@@ -307,31 +308,41 @@ def fingerprint(method: str, overrides: list[str], work: Path) -> str:
     """12 hex digits of the run's resolved recipe: the keys that differ from their defaults, without its name (the
     method's key) and with this machine's paths (the repository, the benchmark's work folder) taken out. Two runs
     with the same fingerprint trained the same recipe; a remapped METHODS entry that would train another one shows
-    as a mismatch (check_fingerprints). It cannot see a changed schema default, nor the code."""
+    as a mismatch (check_fingerprints). It cannot see a changed schema default, the code, nor the data files'
+    contents."""
     from dpo.config.loading import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / METHODS[method].recipe, overrides).recipe
     values = recipe.model_dump(mode="json", exclude_defaults=True)
     values.pop("name", None)
-    text = json.dumps(values, sort_keys=True).replace(str(work), "<work>").replace(str(REPO), "<repo>")
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False)  # paths as written, so the replacements find them
+    text = text.replace(str(work), "<work>").replace(str(REPO), "<repo>")
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def check_fingerprints(runs_file: Path, done: list[dict], base: list[str], work: Path) -> None:
+def check_fingerprints(runs_file: Path, done: list[dict], base: list[str], work: Path,
+                       validation: dict[str, Path], skipped: dict[str, str]) -> None:  # fmt: skip
     """Every recorded run's configuration fingerprint is the one its METHODS entry gives now: a recipe edited, or a
     method remapped, under recorded runs would label their numbers with a configuration they did not train. Stops
-    the benchmark (exit 2) naming the first run that differs and how many do."""
-    validation = {dataset: split_heldout(dataset, work)[0] for dataset in {run["dataset"] for run in done}}
+    the benchmark (exit 2) naming the first run that differs and how many do. Runs of a method this version skips
+    (`skipped`: its recipe does not load here) are not checked."""
+    unmarked = [run for run in done if "config" not in run]
+    if unmarked:
+        print(f"error: {runs_file}: {len(unmarked)} recorded run(s) have no configuration fingerprint (first: "
+              f"{unmarked[0]['method']} on {unmarked[0]['dataset']} at {unmarked[0]['noise']:.0%}, seed "
+              f"{unmarked[0]['seed']}): recorded before runs kept one; train them again into a new results folder",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     wrong = [
         run for run in done
-        if run.get("config") != fingerprint(run["method"], run_overrides(
+        if run["method"] not in skipped and run["config"] != fingerprint(run["method"], run_overrides(
             run["dataset"], run["noise"], run["seed"], run["method"], base, validation[run["dataset"]]), work)
     ]  # fmt: skip
     if wrong:
         first = wrong[0]
         print(f"error: {runs_file}: {len(wrong)} recorded run(s) trained another configuration than METHODS gives "
               f"now (first: {first['method']} on {first['dataset']} at {first['noise']:.0%}, seed {first['seed']}, "
-              f"fingerprint {first.get('config')}); map the method to the recipe and overrides it ran, or move its "
+              f"fingerprint {first['config']}); map the method to the recipe and overrides it ran, or move its "
               "runs out", file=sys.stderr)  # fmt: skip
         raise SystemExit(2)
 
@@ -724,12 +735,13 @@ def main(argv: list[str] | None = None) -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
+    heldout = {dataset: split_heldout(dataset, work) for dataset in DATASETS}  # (validation, test) files
     done = read_runs(runs_file)
-    check_fingerprints(runs_file, done, base, work)
+    check_fingerprints(runs_file, done, base, work, {d: files[0] for d, files in heldout.items()}, skipped)
     recorded = {(r["dataset"], r["noise"], r["seed"], r["method"]) for r in done}
     todo = []  # (dataset, noise, seed, method, held-out files), in the order they train: seed by seed
     for dataset in args.datasets:
-        files = split_heldout(dataset, work)
+        files = heldout[dataset]
         applicable = [m for m in methods if is_scored(files) or not needs_scores(m)]
         for method in sorted(set(methods) - set(applicable), key=methods.index):
             skipped[f"{method} on {dataset}"] = "its loss needs a score gap per pair, and this data set has no scores"

@@ -10,9 +10,11 @@ retrain recorded configurations into their own results folder:
     python eval/bench_noise_eos.py
 
 Per data set, noise level and method: test accuracy scored without and with EOS, and the paired difference from plain
-DPO both ways (95% bootstrap intervals over seeds and test pairs, as bench_noise.py computes them). Training is
-deterministic on one machine, so a retrained run's scores without EOS should equal its recorded run's (same
-configuration fingerprint): the table says how many do. Writes eval/results/noise_eos.{json,md}.
+DPO both ways (95% bootstrap intervals over seeds and test pairs, as bench_noise.py computes them). A retrained
+run whose configuration fingerprint and test scores without EOS (reward and policy) equal its recorded run's trained
+the same weights: the table says how many do (training is deterministic on one machine and thread count; the
+recorded runs came from several commits and machines, so a mismatch need not be a bug). Writes
+eval/results/noise_eos.{json,md}.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_noise import bootstrap, read_runs  # noqa: E402  (eval/ is not a package)
+from bench_noise import bootstrap, interval, read_runs  # noqa: E402  (eval/ is not a package)
 
 SCORINGS = {"without EOS (as recorded)": "reward", "with EOS (as validation)": "reward_eos"}
 
@@ -42,12 +44,14 @@ def compare(runs: list[dict], recorded: list[dict]) -> dict:
         for method in dict.fromkeys(r["method"] for r in in_cell):
             mine = sorted((r for r in in_cell if r["method"] == method), key=lambda r: r["seed"])
             same = [by_key.get((dataset, noise, r["seed"], method)) for r in mine]
+            validation = [r["validation_accuracy"] for r in mine if r["validation_accuracy"] is not None]
             row = {
                 "seeds": [r["seed"] for r in mine],
-                "validation_accuracy": sum(r["validation_accuracy"] for r in mine) / len(mine),
+                "validation_accuracy": sum(validation) / len(validation) if validation else None,
                 "same_as_recorded": sum(
                     1 for r, old in zip(mine, same, strict=True)
-                    if old and old.get("config") == r["config"] and old["test"]["reward"] == r["test"]["reward"]
+                    if old and old.get("config") == r["config"]
+                    and all(old["test"][k] == r["test"][k] for k in ("reward", "policy"))
                 ),
             }  # fmt: skip
             paired = [plain.get(r["seed"]) for r in mine]
@@ -60,19 +64,14 @@ def compare(runs: list[dict], recorded: list[dict]) -> dict:
     return cells
 
 
-def _interval(value: tuple, signed: bool = False) -> str:
-    sign = "+" if signed else ""
-    return f"{value[0]:{sign}.3f} [{value[1]:{sign}.3f}, {value[2]:{sign}.3f}]"
-
-
-def markdown(cells: dict) -> str:
+def markdown(cells: dict, runs_file: Path | str) -> str:
     without, with_eos = SCORINGS
     lines = [
         "# Sorting test answers scored without and with the EOS token",
         "",
-        "`python eval/bench_noise_eos.py` (runs: `eval/results/noise_eos/noise.runs.jsonl`). The trainer appends EOS "
-        "to plain-text answers and scores the validation pairs with it; `eval/bench_noise.py` scored the test pairs "
-        "without it. Same as recorded: retrained runs whose test scores without EOS equal the recorded run's.",
+        f"`python eval/bench_noise_eos.py` (runs: `{runs_file}`). The trainer appends EOS to plain-text answers and "
+        "scores the validation pairs with it; `eval/bench_noise.py` scored the test pairs without it. Same as "
+        "recorded: retrained runs whose test scores without EOS equal the recorded run's (the same weights).",
         "",
         f"| cell | method | seeds | same as recorded | validation | test {without} | vs plain | test {with_eos} "
         "| vs plain |",
@@ -81,11 +80,11 @@ def markdown(cells: dict) -> str:
     for cell, rows in cells.items():
         for method, row in rows.items():
             parts = [cell, method, " ".join(map(str, row["seeds"])), f"{row['same_as_recorded']}/{len(row['seeds'])}",
-                     f"{row['validation_accuracy']:.3f}"]  # fmt: skip
+                     "-" if row["validation_accuracy"] is None else f"{row['validation_accuracy']:.3f}"]  # fmt: skip
             for label in SCORINGS:
                 numbers = row[label]
-                parts.append(_interval(numbers["test_accuracy"]))
-                parts.append(_interval(numbers["vs_plain"], signed=True) if "vs_plain" in numbers else "-")
+                parts.append(interval(numbers["test_accuracy"]))
+                parts.append(interval(numbers["vs_plain"], signed=True) if "vs_plain" in numbers else "-")
             lines.append("| " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 
@@ -98,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cells = compare(read_runs(args.runs), read_runs(args.recorded))
     (args.results / "noise_eos.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
-    text = markdown(cells)
+    shown = args.runs.relative_to(REPO) if args.runs.is_relative_to(REPO) else args.runs
+    text = markdown(cells, shown)
     (args.results / "noise_eos.md").write_text(text)
     print(text)
 

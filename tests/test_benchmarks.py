@@ -201,7 +201,7 @@ def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_pat
     """A run's fingerprint is its resolved recipe's: the same from another work folder (the held-out files live
     there), another for another seed, share of flipped labels or method configuration. A recorded run whose
     fingerprint METHODS no longer gives (a recipe edited or a method remapped under it), or that has none, stops the
-    benchmark with one line naming it."""
+    benchmark with one line naming it, unless this version skips the method."""
     bench = _load_bench("bench_noise")
     base = list(bench.BUDGET)
 
@@ -218,18 +218,21 @@ def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_pat
     assert len({shift, *others}) == 6
     runs_file = tmp_path / "noise.runs.jsonl"
     run = {"dataset": "sorting", "noise": 0.3, "seed": 0, "method": "dpo_shift", "config": shift}
-    bench.check_fingerprints(runs_file, [run], base, other)  # as recorded: nothing to say
-    for recorded in (
-        {**run, "config": config("dpo_shift_linear", 0, one)},
-        {k: v for k, v in run.items() if k != "config"},
-    ):
+    validation = {"sorting": bench.split_heldout("sorting", other)[0]}
+    bench.check_fingerprints(runs_file, [run], base, other, validation, {})  # as recorded: nothing to say
+    remapped = {**run, "config": config("dpo_shift_linear", 0, one)}
+    bench.check_fingerprints(runs_file, [run, remapped], base, other, validation, {"dpo_shift": "not here"})
+    for recorded, message in (
+        (remapped, "1 recorded run(s) trained another configuration than METHODS gives now (first: dpo_shift on "
+                   "sorting at 30%, seed 0, fingerprint "),
+        ({k: v for k, v in run.items() if k != "config"}, "1 recorded run(s) have no configuration fingerprint "
+                                                          "(first: dpo_shift on sorting at 30%, seed 0)"),
+    ):  # fmt: skip
         with pytest.raises(SystemExit) as stopped:
-            bench.check_fingerprints(runs_file, [run, recorded], base, other)
+            bench.check_fingerprints(runs_file, [run, recorded], base, other, validation, {})
         assert stopped.value.code == 2
         error = capsys.readouterr().err
-        assert error.startswith(f"error: {runs_file}: 1 recorded run(s) trained another configuration than METHODS "
-                                "gives now (first: dpo_shift on sorting at 30%, seed 0, fingerprint ")  # fmt: skip
-        assert error.count("\n") == 1
+        assert error.startswith(f"error: {runs_file}: {message}") and error.count("\n") == 1
 
 
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
@@ -356,11 +359,10 @@ def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced
     """eval/bench_noise_eos.py: per method, the test accuracy without and with EOS and the paired difference from
     plain DPO both ways; a retrained run counts as reproduced when its fingerprint and its scores without EOS equal
     the recorded run's."""
-    _load_bench("bench_noise")  # bench_noise_eos imports it by name
     check = _load_bench("bench_noise_eos")
 
     def run(method, seed, without, with_eos, config="c"):
-        test = {"pairs": 4, "reward": without, "reward_eos": with_eos}
+        test = {"pairs": 4, "reward": without, "policy": without, "reward_eos": with_eos}
         return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "config": config,
                 "validation_accuracy": 0.5, "test": test}  # fmt: skip
 
@@ -376,4 +378,4 @@ def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced
     assert with_eos["test_accuracy"][0] == 0.75 and with_eos["vs_plain"][0] == 0.25
     assert "vs_plain" not in cells["sorting/0.3"]["plain"][next(iter(check.SCORINGS))]
     row = "| sorting/0.3 | dpo_shift | 0 | 0/1 | 0.500 | 0.250 [0.000, 0.750] | -0.250 [-0.750, +0.000] | 0.750 "
-    assert row + "[0.250, 1.000] | +0.250 [+0.000, +0.750] |" in check.markdown(cells)  # the bootstrap is seeded
+    assert row + "[0.250, 1.000] | +0.250 [+0.000, +0.750] |" in check.markdown(cells, "runs.jsonl")  # seeded
