@@ -7,13 +7,19 @@ retrain recorded configurations into their own results folder:
 
     python eval/bench_noise.py --threads 1 --datasets sorting --noise 0.3 0.4 --seeds 0 1 2 \\
         --methods plain dpo_shift --results eval/results/noise_eos
+    python eval/bench_noise.py --threads 1 --datasets sorting --noise 0.3 --seeds 0 1 2 \\
+        --methods autopilot --results eval/results/noise_eos
     python eval/bench_noise_eos.py
+
+(it reads only noise.runs.jsonl there; the tables bench_noise.py writes beside it are of the scoring without EOS and
+of a partial grid, and are not kept)
 
 Per data set, noise level and method: test accuracy scored without and with EOS, and the paired difference from plain
 DPO both ways (95% bootstrap intervals over seeds and test pairs, as bench_noise.py computes them). A retrained
-run whose configuration fingerprint and test scores without EOS (reward and policy) equal its recorded run's trained
-the same weights: the table says how many do (training is deterministic on one machine and thread count; the
-recorded runs came from several commits and machines, so a mismatch need not be a bug). Writes
+run whose configuration fingerprint and test scores without EOS (reward and policy) equal its recorded run's counts
+as reproduced: the table says how many are. The runs recorded before fingerprints existed were given theirs after
+the fact, from METHODS, so for them the scores are the evidence. Training is deterministic on one machine and thread
+count; the recorded runs came from several commits and machines, so a mismatch need not be a bug. Writes
 eval/results/noise_eos.{json,md}.
 """
 
@@ -71,7 +77,8 @@ def markdown(cells: dict, runs_file: Path | str) -> str:
         "",
         f"`python eval/bench_noise_eos.py` (runs: `{runs_file}`). The trainer appends EOS to plain-text answers and "
         "scores the validation pairs with it; `eval/bench_noise.py` scored the test pairs without it. Same as "
-        "recorded: retrained runs whose test scores without EOS equal the recorded run's (the same weights).",
+        "recorded: retrained runs whose configuration fingerprint and test scores without EOS (reward and policy) "
+        "equal the recorded run's.",
         "",
         f"| cell | method | seeds | same as recorded | validation | test {without} | vs plain | test {with_eos} "
         "| vs plain |",

@@ -366,13 +366,16 @@ def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced
         return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "config": config,
                 "validation_accuracy": 0.5, "test": test}  # fmt: skip
 
-    runs = [run("plain", 0, "1100", "1100"), run("dpo_shift", 0, "1000", "1110")]
-    recorded = [run("plain", 0, "1100", "-"), run("dpo_shift", 0, "1000", "-", config="other")]
+    runs = [run("plain", 0, "1100", "1100"), run("dpo_shift", 0, "1000", "1110"), run("ipo", 0, "1000", "1000")]
+    recorded = [run("plain", 0, "1100", "-"), run("dpo_shift", 0, "1000", "-", config="other"),
+                run("ipo", 0, "1000", "-")]  # fmt: skip
+    recorded[2]["test"]["policy"] = "0000"  # the same configuration and reward scores, another policy preference
     for r in recorded:
         del r["test"]["reward_eos"]
     cells = check.compare(runs, recorded)
     shift = cells["sorting/0.3"]["dpo_shift"]
     assert cells["sorting/0.3"]["plain"]["same_as_recorded"] == 1 and shift["same_as_recorded"] == 0
+    assert cells["sorting/0.3"]["ipo"]["same_as_recorded"] == 0
     without, with_eos = (shift[label] for label in check.SCORINGS)
     assert without["test_accuracy"][0] == 0.25 and without["vs_plain"][0] == -0.25
     assert with_eos["test_accuracy"][0] == 0.75 and with_eos["vs_plain"][0] == 0.25

@@ -97,7 +97,7 @@ def watched_direction(loaded: LoadedRecipe) -> str:
 
 
 def no_evaluation_during_training(dpo_config) -> str | None:
-    """Why a run of this DPOConfig evaluates nothing before its end (no evaluation strategy, or evaluations every
+    """Why a run of this DPOConfig evaluates nothing during training (no evaluation strategy, or evaluations every
     more steps than it trains), or None: early stopping and the autopilot act only on evaluations made during
     training. An epoch strategy with max_steps shorter than an epoch is not caught (the epoch's length needs the
     data)."""
