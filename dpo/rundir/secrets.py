@@ -143,8 +143,9 @@ class RedactingStream:
     sys.stdout and sys.stderr at a normal exit, as print(flush=True), input(), logging, typer and progress bars do
     after each message; with unbuffered output (`python -u`) a line's last characters may show a write late."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, env: Mapping[str, str] | None = None):
         self._stream = stream
+        self._env = env  # None: the process environment, looked up again at each refresh
         self._unfinished = {"text": "", "bytes": ""}  # each side's held-back end, unredacted (bytes: decoded)
         self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")  # bytes may split a character
         self._lock = threading.RLock()  # threads that print at once must not both write out one held-back end
@@ -153,7 +154,7 @@ class RedactingStream:
 
     def refresh(self) -> None:
         """Take the secrets from the environment as it is now."""
-        self._secrets = secret_values()
+        self._secrets = secret_values(self._env)
 
     def _holding(self, side: str) -> bool:
         return bool(self._unfinished[side]) or (side == "bytes" and bool(self._decoder.getstate()[0]))
@@ -267,6 +268,50 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedactedCopy:
+    """Copies a child process's output pipe (`source`, binary) into the text file `target`, redacting the secrets
+    of `env` (the child's environment) on the way, in a thread, so that the child never blocks on a full pipe.
+    Unlike the child's own redacted sys.stdout, this also sees what the child writes straight to its file
+    descriptors (os.write, C extensions, a crash's traceback). Each chunk is on disk once read (a log can be
+    followed while the child runs), less an end that could start a secret, which waits for the next chunk."""
+
+    POLL_S = 0.2  # how often the thread looks whether it was told to stop while the pipe is quiet
+
+    def __init__(self, source, target, env: Mapping[str, str] | None = None):
+        self._source, self._target = source, target
+        self._stream = RedactingStream(target, env)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="redacted-copy", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        import select
+
+        fd = self._source.fileno()  # read unbuffered: a buffer could hold bytes that select does not see
+        while True:
+            if not select.select([fd], [], [], self.POLL_S)[0]:
+                if self._stop.is_set():
+                    break
+                continue
+            chunk = os.read(fd, 1 << 16)  # whatever the pipe has now, without waiting for more
+            if not chunk:
+                break
+            self._stream.write_bytes(chunk)
+            self._target.flush()  # the file's own buffer: what the stream holds back stays held
+        self._stream.flush()
+
+    def finish(self, linger_s: float = 30.0) -> bool:
+        """After the child has ended: wait for its pipe to close, which a process it started and left running
+        (wandb's service, say) may hold open, for at most `linger_s`; then stop copying. False when it stopped
+        before the pipe closed (what such a process writes later is not kept)."""
+        self._thread.join(linger_s)
+        closed = not self._thread.is_alive()
+        self._stop.set()
+        self._thread.join()
+        self._source.close()
+        return closed
 
 
 def redact_standard_streams() -> None:

@@ -50,7 +50,7 @@ from dpo.rundir.files import (
     read_text,
 )
 from dpo.rundir.lock import DirectoryLock
-from dpo.rundir.secrets import MIN_SECRET_LENGTH, redact_standard_streams, url_passwords
+from dpo.rundir.secrets import MIN_SECRET_LENGTH, RedactedCopy, redact_standard_streams, url_passwords
 from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
@@ -243,8 +243,15 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
               "steps": 0, "run_dir": rel}  # fmt: skip
     log_tmp = sweep_dir / TRIALS / f".{name}.log"
     with log_tmp.open("w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        # through a pipe, not straight into the file: what the trial writes to its file descriptors unredacted
+        # (C extensions, os.write, a fatal error) is redacted here before it reaches train.log
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
+        copy = RedactedCopy(proc.stdout, log, env)
         _wait_writing_running(proc, trial_dir, record)
+        if not copy.finish():
+            log.write("note: a process the trial left running still held its output open; later output not kept\n")
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)

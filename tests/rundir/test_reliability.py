@@ -30,7 +30,7 @@ from dpo.rundir.resume import (
     rotate,
     truncate_metrics,
 )
-from dpo.rundir.secrets import RedactingStream, is_secret_name, redact, redact_data, secret_values
+from dpo.rundir.secrets import RedactedCopy, RedactingStream, is_secret_name, redact, redact_data, secret_values
 from tests.conftest import ARITHMETIC, REPO, read_jsonl, write_recipe
 
 # ---- the lock -----------------------------------------------------------------------------------------
@@ -313,6 +313,38 @@ sys.stdout.write(' child exit %d' % os.waitstatus_to_exitcode(status))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, check=True, cwd=REPO)
     assert done.stdout == b"token [redacted $MY_SERVICE_TOKEN], last  childs3cr child exit 0"  # "s3cr" once
     assert done.stderr == b"bytes [redacted $MY_SERVICE_TOKEN], last s3"
+
+
+def test_a_childs_output_copied_redacted_even_what_it_writes_to_its_file_descriptors(tmp_path):
+    """What a child writes with os.write (as C extensions do) never passes through a RedactingStream of its own:
+    the copy of its pipe redacts it, a secret split between two writes included, with the child's environment's
+    secrets (the sweep gives its trials the storage URL there), and keeps bytes that are not UTF-8."""
+    env = {**os.environ, "TRIAL_API_KEY": "s3cr3t-value-9876"}
+    child = (
+        "import os, time; os.write(1, b'token s3cr3t-'); time.sleep(0.3); os.write(1, b'value-9876 end\\n');"
+        " os.write(2, b'on stderr s3cr3t-value-9876 \\xff\\n')"
+    )
+    log_path = tmp_path / "train.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        copy = RedactedCopy(proc.stdout, log, env)
+        assert proc.wait(timeout=60) == 0
+        assert copy.finish() is True
+    assert log_path.read_bytes() == (b"token [redacted $TRIAL_API_KEY] end\non stderr [redacted $TRIAL_API_KEY] \xff\n")
+    assert "TRIAL_API_KEY" not in os.environ  # the child's environment, not ours, named the secret
+
+
+def test_a_redacted_copy_stops_waiting_for_a_process_the_child_left_holding_its_pipe(tmp_path):
+    child = "import subprocess; subprocess.Popen(['sleep', '30']); print('bye', flush=True)"
+    log_path = tmp_path / "train.log"
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        copy = RedactedCopy(proc.stdout, log)
+        assert proc.wait(timeout=60) == 0
+        assert copy.finish(linger_s=0.5) is False  # `sleep` still holds the pipe: not waited for 30 s
+    assert log_path.read_text() == "bye\n"
 
 
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last
