@@ -153,7 +153,7 @@ class RedactingStream:
         self.refresh()
 
     def refresh(self) -> None:
-        """Take the secrets from the environment as it is now."""
+        """Take the secrets from `env` (given at construction) or else from the process environment, as it is now."""
         self._secrets = secret_values(self._env)
 
     def _holding(self, side: str) -> bool:
@@ -272,10 +272,12 @@ if hasattr(os, "register_at_fork"):  # not on Windows
 
 class RedactedCopy:
     """Copies a child process's output pipe (`source`, binary) into the text file `target`, redacting the secrets
-    of `env` (the child's environment) on the way, in a thread, so that the child never blocks on a full pipe.
+    of `env` (the child's environment) on the way, in a thread that reads the pipe until it closes, so that the
+    child never blocks on a full pipe (after a failed write too: the rest is read and dropped, `error` says why).
     Unlike the child's own redacted sys.stdout, this also sees what the child writes straight to its file
     descriptors (os.write, C extensions, a crash's traceback). Each chunk is on disk once read (a log can be
-    followed while the child runs), less an end that could start a secret, which waits for the next chunk."""
+    followed while the child runs), less an end that could start a secret, which waits for the next chunk. POSIX
+    only (a selector on a pipe), as the run-directory lock is."""
 
     POLL_S = 0.2  # how often the thread looks whether it was told to stop while the pipe is quiet
 
@@ -283,35 +285,49 @@ class RedactedCopy:
         self._source, self._target = source, target
         self._stream = RedactingStream(target, env)
         self._stop = threading.Event()
+        self.error: OSError | ValueError | None = None  # the first failed write to `target`; nothing written after it
         self._thread = threading.Thread(target=self._pump, name="redacted-copy", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
-        import select
+        import selectors
 
-        fd = self._source.fileno()  # read unbuffered: a buffer could hold bytes that select does not see
-        while True:
-            if not select.select([fd], [], [], self.POLL_S)[0]:
-                if self._stop.is_set():
+        fd = self._source.fileno()  # read unbuffered: a buffer could hold bytes that the selector does not see
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while not self._stop.is_set():  # checked on every pass: a process that keeps writing cannot hold us
+                if not selector.select(self.POLL_S):
+                    continue
+                chunk = os.read(fd, 1 << 16)  # whatever the pipe has now, without waiting for more
+                if not chunk:
                     break
-                continue
-            chunk = os.read(fd, 1 << 16)  # whatever the pipe has now, without waiting for more
-            if not chunk:
-                break
-            self._stream.write_bytes(chunk)
-            self._target.flush()  # the file's own buffer: what the stream holds back stays held
-        self._stream.flush()
+                self._write(chunk)
+        self._write(None)
+
+    def _write(self, chunk: bytes | None) -> None:
+        """Write a chunk (None: what the stream holds back), unless a write failed already (disk full)."""
+        if self.error is not None:
+            return
+        try:
+            if chunk is None:
+                self._stream.flush()
+            else:
+                self._stream.write_bytes(chunk)
+                self._target.flush()  # the file's own buffer: what the stream holds back stays held
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+            self.error = exc
 
     def finish(self, linger_s: float = 30.0) -> bool:
         """After the child has ended: wait for its pipe to close, which a process it started and left running
-        (wandb's service, say) may hold open, for at most `linger_s`; then stop copying. False when it stopped
-        before the pipe closed (what such a process writes later is not kept)."""
+        (wandb's service, say) may hold open, for at most `linger_s`; then stop copying and close our end, so that
+        such a process's later writes fail (EPIPE; a program that does not handle SIGPIPE ends there). Returns
+        whether the pipe closed in time (False: what such a process wrote after that is not in the file)."""
         self._thread.join(linger_s)
-        closed = not self._thread.is_alive()
+        pipe_closed = not self._thread.is_alive()
         self._stop.set()
         self._thread.join()
         self._source.close()
-        return closed
+        return pipe_closed
 
 
 def redact_standard_streams() -> None:

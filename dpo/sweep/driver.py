@@ -55,6 +55,8 @@ from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
 
+# how the driver's own lines in a trial's train.log start: they are not the trial's, so never its failure reason
+LOG_NOTE = "note (dpo sweep):"
 IN_USE = ("another `dpo sweep` is running on this directory (use --workers for parallel trials, "
           "or --storage with a database server for several processes)")  # fmt: skip
 
@@ -249,9 +251,17 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )
         copy = RedactedCopy(proc.stdout, log, env)
-        _wait_writing_running(proc, trial_dir, record)
-        if not copy.finish():
-            log.write("note: a process the trial left running still held its output open; later output not kept\n")
+        try:
+            _wait_writing_running(proc, trial_dir, record)
+        finally:
+            if proc.poll() is None:  # we are failing (Ctrl-C, a full disk): nobody would record the trial
+                proc.kill()
+                proc.wait()
+            pipe_closed = copy.finish()
+        if copy.error is not None:
+            record["log_error"] = f"train.log is incomplete: {copy.error}"
+        elif not pipe_closed:
+            log.write(f"{LOG_NOTE} a process the trial left running held its output open; later output not kept\n")
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)
@@ -336,7 +346,7 @@ def _wait_writing_running(proc, trial_dir: Path, record: dict) -> None:
 
 def _failure_line(log: Path, returncode: int, stop: str | None) -> str:
     """The trial's own `error:` line, else the last line of its output (a traceback's exception)."""
-    lines = [ln.strip() for ln in read_text(log).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in read_text(log).splitlines() if ln.strip() and not ln.startswith(LOG_NOTE)]
     errors = [ln for ln in lines if ln.startswith("error:")]
     if errors:
         return errors[-1].removeprefix("error:").strip()

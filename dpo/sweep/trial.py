@@ -13,6 +13,7 @@ summary.json says `stop_reason: pruned` because the callback says so). Exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -52,7 +53,8 @@ class OptunaTrialCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             # The sweep was killed: nobody will record this trial; `--resume` runs its parameters again.
-            print("error: the sweep process is gone; stopping this trial", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):  # the sweep read our output through a pipe, now broken
+                print("error: the sweep process is gone; stopping this trial", file=sys.stderr, flush=True)
             os._exit(1)
         return control
 

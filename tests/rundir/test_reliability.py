@@ -336,15 +336,49 @@ def test_a_childs_output_copied_redacted_even_what_it_writes_to_its_file_descrip
     assert "TRIAL_API_KEY" not in os.environ  # the child's environment, not ours, named the secret
 
 
-def test_a_redacted_copy_stops_waiting_for_a_process_the_child_left_holding_its_pipe(tmp_path):
-    child = "import subprocess; subprocess.Popen(['sleep', '30']); print('bye', flush=True)"
+def test_a_redacted_copy_stops_for_a_process_the_child_left_writing_to_its_pipe(tmp_path):
+    """A process the child started and left running (wandb's service, say) may hold the pipe open and keep writing:
+    finish() stops copying after linger_s even while it writes, and says the pipe did not close."""
+    import signal
+    import threading
+
+    writer = "import sys, time\nfor _ in range(2400): sys.stdout.write('more\\n'); sys.stdout.flush(); time.sleep(0.05)"
+    child = (
+        f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {writer!r}]); print(p.pid, flush=True)"
+    )
     log_path = tmp_path / "train.log"
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         copy = RedactedCopy(proc.stdout, log)
         assert proc.wait(timeout=60) == 0
-        assert copy.finish(linger_s=0.5) is False  # `sleep` still holds the pipe: not waited for 30 s
-    assert log_path.read_text() == "bye\n"
+        result = []
+        finishing = threading.Thread(target=lambda: result.append(copy.finish(linger_s=0.5)))
+        finishing.start()
+        finishing.join(timeout=60)  # the writer goes on for two minutes: finish() must not wait for it
+        pid = int(log_path.read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        assert not finishing.is_alive() and result == [False]
+    assert log_path.read_text().split()[1:3] == ["more", "more"]
+
+
+def test_a_redacted_copy_that_cannot_write_still_drains_the_pipe(tmp_path):
+    """A write that fails (a full disk) must not leave the child blocked on a full pipe: the copy reads the rest,
+    drops it, and keeps the error."""
+
+    class FullDisk(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    target = io.TextIOWrapper(io.BufferedWriter(FullDisk()), encoding="utf-8")
+    child = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"  # far more than a pipe holds
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
+    copy = RedactedCopy(proc.stdout, target)
+    assert proc.wait(timeout=60) == 0  # not blocked
+    assert copy.finish() is True
+    assert isinstance(copy.error, OSError) and copy.error.errno == 28
 
 
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last

@@ -194,6 +194,43 @@ def test_invalid_combination_fails_alone(tmp_path, tiny_recipe):
 
 
 @pytest.mark.slow
+def test_what_a_trial_writes_to_its_file_descriptors_reaches_train_log_redacted(tmp_path, tiny_recipe):
+    """A trial's own sys.stdout redacts, but C extensions and os.write bypass it: the driver reads the trial's output
+    through a pipe and redacts it there. A sitecustomize makes every Python process write the secret to fd 2."""
+    secret = "fd-level-secret-0123456789"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\nos.write(2, b'from fd 2: ' + os.environ.get('DPO_TEST_API_KEY', '').encode() + b'\\n')\n"
+    )
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        tiny_recipe,
+        name="fd",
+        sampler="grid",
+        fixed={**TINY_FIXED, "loss.label_smoothing": 0.1},
+        search={"loss.type": {"choice": ["ipo"]}},
+    )  # fmt: skip  (one trial, which `dpo train` rejects at once: label smoothing does not apply to IPO)
+    sweep_dir = tmp_path / "sweep"
+    python_path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "DPO_TEST_API_KEY": secret}
+    dpo("sweep", spec, "--output-dir", sweep_dir, env=env)
+    log = (sweep_dir / "trials" / "trial-0000" / "train.log").read_text()
+    assert "from fd 2: [redacted $DPO_TEST_API_KEY]" in log  # the trial did write it, and it was redacted
+    assert secret not in log and "does not apply" in log
+
+
+def test_the_drivers_own_note_in_train_log_is_never_the_trials_failure_reason(tmp_path):
+    from dpo.sweep.driver import LOG_NOTE, _failure_line
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        f"Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n{LOG_NOTE} later output not kept\n"
+    )
+    assert _failure_line(log, 1, None) == "exit code 1: RuntimeError: CUDA out of memory"
+
+
+@pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path, tiny_recipe):
     # trial 0 learns (eval_loss falls below log 2); trial 1 barely moves, so at its first evaluation it is worse
     # than the median of the finished trial at that step and is pruned
