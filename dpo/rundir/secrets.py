@@ -285,7 +285,7 @@ class RedactedCopy:
         self._source, self._target = source, target
         self._stream = RedactingStream(target, env)
         self._stop = threading.Event()
-        self.error: OSError | ValueError | None = None  # the first failed write to `target`; nothing written after it
+        self.error: Exception | None = None  # the first failed write to `target`; nothing is written after it
         self._thread = threading.Thread(target=self._pump, name="redacted-copy", daemon=True)
         self._thread.start()
 
@@ -300,9 +300,10 @@ class RedactedCopy:
                     continue
                 chunk = os.read(fd, 1 << 16)  # whatever the pipe has now, without waiting for more
                 if not chunk:
-                    break
+                    self._write(None)  # the pipe's end: what was held back was no secret's start
+                    return
                 self._write(chunk)
-        self._write(None)
+        # stopped with the pipe still open: what is held back may be a secret's first characters; it is dropped
 
     def _write(self, chunk: bytes | None) -> None:
         """Write a chunk (None: what the stream holds back), unless a write failed already (disk full)."""
@@ -314,7 +315,7 @@ class RedactedCopy:
             else:
                 self._stream.write_bytes(chunk)
                 self._target.flush()  # the file's own buffer: what the stream holds back stays held
-        except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+        except Exception as exc:  # noqa: BLE001 - any failure: the thread must go on draining, or the child blocks
             self.error = exc
 
     def finish(self, linger_s: float = 30.0) -> bool:

@@ -244,24 +244,7 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
     log_tmp = sweep_dir / TRIALS / f".{name}.log"
-    with log_tmp.open("w", encoding="utf-8") as log:
-        # through a pipe, not straight into the file: what the trial writes to its file descriptors unredacted
-        # (C extensions, os.write, a fatal error) is redacted here before it reaches train.log
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
-        )
-        copy = RedactedCopy(proc.stdout, log, env)
-        try:
-            _wait_writing_running(proc, trial_dir, record)
-        finally:
-            if proc.poll() is None:  # we are failing (Ctrl-C, a full disk): nobody would record the trial
-                proc.kill()
-                proc.wait()
-            pipe_closed = copy.finish()
-        if copy.error is not None:
-            record["log_error"] = f"train.log is incomplete: {copy.error}"
-        elif not pipe_closed:
-            log.write(f"{LOG_NOTE} a process the trial left running held its output open; later output not kept\n")
+    returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)
@@ -275,8 +258,8 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         atomic_write_json(trial_dir / TRIAL, record)
 
     stop = (summary or {}).get("stop_reason")
-    if proc.returncode != 0 or stop == "non_finite":
-        reason = (summary or {}).get("error") or _failure_line(trial_dir / TRAIN_LOG, proc.returncode, stop)
+    if returncode != 0 or stop == "non_finite":
+        reason = (summary or {}).get("error") or _failure_line(trial_dir / TRAIN_LOG, returncode, stop)
         finish("failed", reason)
         raise TrialFailed(reason)
     if stop == "pruned":
@@ -328,6 +311,39 @@ def _trial_env(spec: SweepSpec, url: str, workers: int) -> dict[str, str]:
     # parallel trials share the cores instead of each starting one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     return env
+
+
+def _run_trial_logging_redacted(cmd: list[str], env: dict[str, str], log_path: Path, trial_dir: Path,
+                                record: dict) -> int:  # fmt: skip
+    """Run the trial and return its exit code; its output (stdout and stderr) is read through a pipe and redacted
+    into `log_path`, so that what it writes straight to its file descriptors (C extensions, os.write, a fatal error)
+    never reaches the file with a secret in it, as it would if the file were the trial's stdout. A log that could not
+    be written whole is said in record["log_error"] (trial.json)."""
+    log = log_path.open("w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    copy = None
+    try:
+        copy = RedactedCopy(proc.stdout, log, env)
+        _wait_writing_running(proc, trial_dir, record)
+    finally:
+        failing = proc.poll() is None  # we are failing (Ctrl-C, a full disk): nobody would record the trial
+        if failing:
+            proc.kill()
+            proc.wait()
+        pipe_closed = copy.finish(linger_s=1.0 if failing else 30.0) if copy else False
+        error = copy.error if copy else None
+        if error is None and not pipe_closed and not failing:
+            with contextlib.suppress(OSError):  # on a line of its own: the trial's last line may lack its newline
+                log.write(
+                    f"\n{LOG_NOTE} a process the trial left running held its output open; later output not kept\n"
+                )
+        try:
+            log.close()
+        except OSError as exc:  # a full disk: what the file buffered could not be written either
+            error = error or exc
+        if error is not None:
+            record["log_error"] = f"train.log is incomplete: {error}"
+    return proc.returncode
 
 
 def _wait_writing_running(proc, trial_dir: Path, record: dict) -> None:

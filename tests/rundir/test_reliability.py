@@ -3,6 +3,7 @@ handling, run names, and source-wide rules (safe YAML only, no shell strings).""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -338,27 +339,38 @@ def test_a_childs_output_copied_redacted_even_what_it_writes_to_its_file_descrip
 
 def test_a_redacted_copy_stops_for_a_process_the_child_left_writing_to_its_pipe(tmp_path):
     """A process the child started and left running (wandb's service, say) may hold the pipe open and keep writing:
-    finish() stops copying after linger_s even while it writes, and says the pipe did not close."""
-    import signal
+    finish() stops copying after linger_s even while it writes, says the pipe did not close, and closes our end, so
+    that the writer's next write fails (it ends on the broken pipe)."""
     import threading
+    import time
 
     writer = "import sys, time\nfor _ in range(2400): sys.stdout.write('more\\n'); sys.stdout.flush(); time.sleep(0.05)"
     child = (
         f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {writer!r}]); print(p.pid, flush=True)"
     )
     log_path = tmp_path / "train.log"
+    writer_pid = None
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         copy = RedactedCopy(proc.stdout, log)
-        assert proc.wait(timeout=60) == 0
-        result = []
-        finishing = threading.Thread(target=lambda: result.append(copy.finish(linger_s=0.5)))
-        finishing.start()
-        finishing.join(timeout=60)  # the writer goes on for two minutes: finish() must not wait for it
-        pid = int(log_path.read_text().split()[0])
-        os.kill(pid, signal.SIGKILL)
-        assert not finishing.is_alive() and result == [False]
-    assert log_path.read_text().split()[1:3] == ["more", "more"]
+        try:
+            assert proc.wait(timeout=60) == 0
+            for _ in range(600):  # until the writer has written (it starts a Python of its own first)
+                if "more" in log_path.read_text():
+                    break
+                time.sleep(0.1)
+            writer_pid = int(log_path.read_text().split()[0])
+            result = []
+            finishing = threading.Thread(target=lambda: result.append(copy.finish(linger_s=0.5)))
+            finishing.start()
+            finishing.join(timeout=60)  # the writer would go on for two minutes: finish() must not wait for it
+            assert not finishing.is_alive() and result == [False]
+        finally:
+            if writer_pid is not None:  # it may be gone already (the broken pipe) and reaped: nothing to kill
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(writer_pid, 9)
+            copy.finish(linger_s=0)
+    assert log_path.read_text().split()[1] == "more"
 
 
 def test_a_redacted_copy_that_cannot_write_still_drains_the_pipe(tmp_path):
@@ -376,9 +388,17 @@ def test_a_redacted_copy_that_cannot_write_still_drains_the_pipe(tmp_path):
     child = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"  # far more than a pipe holds
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE)
     copy = RedactedCopy(proc.stdout, target)
-    assert proc.wait(timeout=60) == 0  # not blocked
-    assert copy.finish() is True
-    assert isinstance(copy.error, OSError) and copy.error.errno == 28
+    try:
+        assert proc.wait(timeout=60) == 0  # not blocked
+        assert copy.finish() is True
+        assert isinstance(copy.error, OSError) and copy.error.errno == 28
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        copy.finish(linger_s=0)
+        with contextlib.suppress(OSError):
+            target.close()
 
 
 def test_standard_streams_are_wrapped_for_redaction_once(capsys, monkeypatch):  # capsys set up first, torn down last

@@ -230,6 +230,17 @@ def test_the_drivers_own_note_in_train_log_is_never_the_trials_failure_reason(tm
     assert _failure_line(log, 1, None) == "exit code 1: RuntimeError: CUDA out of memory"
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device whose writes fail: disk full)")
+def test_a_trial_log_that_cannot_be_written_is_said_in_trial_json_not_a_crash(tmp_path):
+    from dpo.sweep.driver import _run_trial_logging_redacted
+
+    record = {}
+    cmd = [sys.executable, "-c", "print('a little output, kept in the file buffer until the close')"]
+    returncode = _run_trial_logging_redacted(cmd, dict(os.environ), Path("/dev/full"), tmp_path, record)
+    assert returncode == 0
+    assert record["log_error"].startswith("train.log is incomplete: ") and "No space left" in record["log_error"]
+
+
 @pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path, tiny_recipe):
     # trial 0 learns (eval_loss falls below log 2); trial 1 barely moves, so at its first evaluation it is worse
