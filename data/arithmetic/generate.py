@@ -94,7 +94,7 @@ def main() -> None:
         "sizes": {name: len(part) for name, part in splits.items()},
         "prompts_shared_between_splits": 0,
         "gold_reward": "arithmetic",
-        "gold_reward_definition": "dpo/gold.py:arithmetic_reward: 1.0 when the last integer in the answer equals "
+        "gold_reward_definition": "dpo/data/gold.py:arithmetic_reward: 1.0 when the last integer in the answer equals "
         "the value computed from the prompt, else 0.0",
         "mistakes": "off by 10 (carry), off by 1, swapped last two digits, wrong conversion factor",
         "sha256": hashes,

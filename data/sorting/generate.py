@@ -86,7 +86,7 @@ def main() -> None:
         "responses_per_prompt": N_RESPONSES,
         "prompts_shared_between_splits": 0,
         "gold_reward": "sorting",
-        "gold_reward_definition": "dpo/gold.py:sorting_reward: the share of positions of the sorted list that the "
+        "gold_reward_definition": "dpo/data/gold.py:sorting_reward: the share of positions of the sorted list that the "
         "answer's integers get right; 1.0 only for the exact sorted list",
         "mistakes": "one or two neighbouring pairs swapped, a number dropped, sorted descending, left as given",
         "use": "data.expand_pairs turns each row into pairs (recipes/sorting.yaml: min_gap 0.2, 3 pairs per prompt)",

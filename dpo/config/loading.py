@@ -111,7 +111,7 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
     elif isinstance(raw, float | int) and not isinstance(raw, bool):
         if isinstance(raw, float) and math.isfinite(raw) or isinstance(raw, int) and abs(raw) <= MAX_INT:
             return
-        what = "a finite number" if isinstance(raw, float) else f"an integer of at most {len(str(MAX_INT))} digits"
+        what = "a finite number" if isinstance(raw, float) else f"an integer from -{MAX_INT} to {MAX_INT} (2^63 - 1)"
     else:
         return
     names = [str(p) for p in path if isinstance(p, str)]
