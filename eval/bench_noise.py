@@ -82,7 +82,8 @@ class Method:
 
 # plain DPO; what the recipes the README recommends run (the quickstart's autopilot, early stopping, DPO-Shift) and
 # the NLL term the quickstart ran until the benchmark ranked it last on noisy labels; then the other controls. The
-# recipes the single controls run inherit plain.yaml: each is plain DPO plus one control, as it ships.
+# recipes the single controls run inherit plain.yaml (odpo.yaml sorting.yaml, with the autopilot off): each is plain DPO
+# plus one control, as it ships.
 METHODS: dict[str, Method] = {
     "plain": Method("plain.yaml", "plain DPO", kind="plain"),
     # the NLL term (RPO) at weight 1: recipes/quickstart.yaml up to the noise benchmark's verdict; no recipe ships it

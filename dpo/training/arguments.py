@@ -97,10 +97,11 @@ def watched_direction(loaded: LoadedRecipe) -> str:
 
 
 def no_evaluation_during_training(dpo_config) -> str | None:
-    """Why a run of this DPOConfig evaluates nothing during training (no evaluation strategy, or evaluations every
-    more steps than it trains), or None: early stopping and the autopilot act only on evaluations made during
-    training. An epoch strategy always evaluates, at the least at the end of the (possibly partial) last epoch:
-    transformers ends an epoch that max_steps cuts short with on_epoch_end too."""
+    """Why a run of this DPOConfig has no evaluation before its last step (no evaluation strategy, or evaluations
+    every more steps than it trains: transformers then evaluates at the last step at most), or None: early stopping
+    and the autopilot act only on evaluations made during training. Not caught: an epoch strategy with max_steps
+    shorter than one epoch (the same case: transformers ends the cut-short epoch, and evaluates, at the last step;
+    the epoch's length needs the data), and an eval_delay that reaches max_steps."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
     steps, every = dpo_config.max_steps, dpo_config.eval_steps
