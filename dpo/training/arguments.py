@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -97,17 +98,23 @@ def watched_direction(loaded: LoadedRecipe) -> str:
 
 
 def no_evaluation_during_training(dpo_config) -> str | None:
-    """Why a run of this DPOConfig has no evaluation before its last step (no evaluation strategy, or evaluations
-    every more steps than it trains: transformers then evaluates at the last step at most), or None: early stopping
-    and the autopilot act only on evaluations made during training. Not caught: an epoch strategy with max_steps
-    shorter than one epoch (the same case: transformers ends the cut-short epoch, and evaluates, at the last step;
-    the epoch's length needs the data), and an eval_delay that reaches max_steps."""
+    """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping and the autopilot
+    act only on evaluations made during training. transformers evaluates at every multiple of eval_steps from
+    eval_delay on, and once more at the last step, so a run has none before it when the strategy is 'no' or when the
+    first multiple of eval_steps at or past eval_delay is max_steps or later. Not caught: an epoch strategy with
+    max_steps shorter than one epoch (the same case: transformers ends the cut-short epoch, and evaluates, at the
+    last step; the epoch's length needs the data)."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
-    steps, every = dpo_config.max_steps, dpo_config.eval_steps
-    if dpo_config.eval_strategy == "steps" and every and every >= 1 and 0 < steps < every:
-        return f"training.eval_steps {every} > training.max_steps {steps}"
-    return None
+    steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
+    if dpo_config.eval_strategy != "steps" or not every or every < 1 or steps <= 0:
+        return None  # a fraction of the run, or a run measured in epochs: its length needs the data
+    first = every * max(1, math.ceil(delay / every))
+    if first < steps:
+        return None
+    if delay > every:
+        return f"training.eval_delay {delay:g} leaves no evaluation before training.max_steps {steps}"
+    return f"training.eval_steps {every:g} >= training.max_steps {steps}"
 
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:

@@ -208,7 +208,16 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
         (["autopilot.enabled=true", "training.eval_strategy=no"], "autopilot: needs evaluations"),
         (  # no evaluation before the end either: the autopilot would never act, and said nothing
             ["autopilot.enabled=true", "training.eval_strategy=steps", "training.max_steps=3", "training.eval_steps=5"],
-            "autopilot: needs evaluations during training \\(training.eval_steps 5 > training.max_steps 3\\)",
+            "autopilot: needs evaluations during training \\(training.eval_steps 5 >= training.max_steps 3\\)",
+        ),
+        (  # the one evaluation falls on the last step: nothing left to act on
+            ["autopilot.enabled=true", "training.eval_strategy=steps", "training.max_steps=4", "training.eval_steps=4"],
+            "autopilot: needs evaluations during training \\(training.eval_steps 4 >= training.max_steps 4\\)",
+        ),
+        (  # evaluations every 2 steps, but none before step 6 of 6
+            ["autopilot.enabled=true", "training.max_steps=6", "training.eval_steps=2", "training.eval_delay=5"],
+            "autopilot: needs evaluations during training \\(training.eval_delay 5 leaves no evaluation before "
+            "training.max_steps 6\\)",
         ),
         (
             ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],
@@ -222,6 +231,9 @@ def test_recipe_errors_name_the_key(tiny_recipe, overrides, message):
     with pytest.raises(UserError, match=message):
         check(tiny_recipe, overrides)
     assert check(tiny_recipe, ["autopilot.enabled=true", "loss.type=dpop", "autopilot.max_dpop_lambda=10"])
+    # a delay that still leaves one evaluation (step 4 of 6) before the last step passes
+    delayed = ["autopilot.enabled=true", "training.max_steps=6", "training.eval_steps=2", "training.eval_delay=3"]
+    assert check(tiny_recipe, delayed)
     plateau = ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"]
     assert check(tiny_recipe, [*plateau, "autopilot.min_lr_factor=1"])  # the autopilot cuts no learning rate then
 

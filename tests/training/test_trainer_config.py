@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
 from dpo.config.loading import changes_from_base, load_recipe
 from dpo.errors import UserError
-from dpo.training.arguments import build_dpo_config, check_training
+from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training
 from dpo.training.loss_plan import hyperparameter_keys, loss_plan
 from tests.conftest import write_recipe
 
@@ -149,3 +151,27 @@ def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
     assert config.output_dir == str(tmp_path / "run" / "checkpoints")
     assert config.bf16 is False and config.gradient_checkpointing is False
     assert config.report_to == [] or config.report_to == "none" or config.report_to == ["none"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "max_steps", "eval_steps", "eval_delay", "reason"),
+    [
+        ("no", 40, 10, 0, "training.eval_strategy is 'no'"),
+        ("steps", 40, 10, 0, None),  # evaluations at 10, 20, 30 (and 40)
+        ("steps", 40, 40, 0, "training.eval_steps 40 >= training.max_steps 40"),  # only at the last step
+        ("steps", 40, 50, 0, "training.eval_steps 50 >= training.max_steps 40"),  # only the closing one at 40
+        ("steps", 40, 10, 25, None),  # the first at 30
+        ("steps", 40, 10, 30, None),  # eval_delay is inclusive: the first at 30
+        ("steps", 40, 10, 31, "training.eval_delay 31 leaves no evaluation before training.max_steps 40"),
+        ("steps", 40, 10, 40, "training.eval_delay 40 leaves no evaluation before training.max_steps 40"),
+        ("steps", 40, 10, 10, None),  # a delay up to eval_steps moves nothing
+        ("steps", 40, 0.1, 0, None),  # a fraction of the run: the run's length decides
+        ("steps", -1, 10, 0, None),  # epochs: the length needs the data
+        ("epoch", 40, 10, 0, None),  # not caught: needs the epoch's length
+    ],
+)
+def test_no_evaluation_during_training(strategy, max_steps, eval_steps, eval_delay, reason):
+    """transformers evaluates at every multiple of eval_steps from eval_delay on and once more at the last step
+    (DefaultFlowCallback.on_step_end): a run whose first such multiple is its last step has nothing to act on."""
+    config = SimpleNamespace(eval_strategy=strategy, max_steps=max_steps, eval_steps=eval_steps, eval_delay=eval_delay)
+    assert no_evaluation_during_training(config) == reason
