@@ -94,6 +94,7 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
         ("simpo", 1),
     ]
     assert all(r["test"]["pairs"] == 8 and len(r["test"]["reward"]) == 8 and r["steps"] == 2 for r in runs)
+    assert all(0 <= r["scored_step"] <= r["steps"] for r in runs)  # the restored checkpoint's step, or the last
     assert not any("reward_eos" in r["test"] for r in runs)  # chat answers end with the end of turn either way
     assert all(r["torch_threads"] >= 1 and "commit" in r for r in runs)  # what a resumed benchmark may mix
     assert len({r["config"] for r in runs}) == 10  # a fingerprint of each run's configuration (checked on resume)
@@ -311,6 +312,15 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert len(table) == 6
 
 
+def test_noise_benchmark_names_the_shipped_recipes_its_grid_does_not_judge(tmp_path):
+    bench = _load_bench("bench_noise")
+    for name in ("plain.yaml", "dpop.yaml", "quickstart.yaml", "sorting.yaml", "noisy-labels.yaml", "new-loss.yaml"):
+        (tmp_path / name).write_text("base: plain.yaml\n")
+    assert bench.recipes_outside_the_grid(tmp_path) == ["new-loss.yaml"]
+    # rpo.yaml is a method of the benchmark, but not of its default grid
+    assert "rpo.yaml" in bench.recipes_outside_the_grid() and "dpop.yaml" not in bench.recipes_outside_the_grid()
+
+
 def test_noise_benchmark_tabulates_a_grid_where_no_ranked_method_ran_in_every_noisy_cell():
     """Runs of a reference-free loss alone (`--methods orpo` into a fresh results folder): nothing to rank across the
     noisy cells, so the ranking is empty and the tables are still written (it raised a TypeError after the runs)."""
@@ -382,3 +392,25 @@ def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced
     assert "vs_plain" not in cells["sorting/0.3"]["plain"][next(iter(check.SCORINGS))]
     row = "| sorting/0.3 | dpo_shift | 0 | 0/1 | 0.500 | 0.250 [0.000, 0.750] | -0.250 [-0.750, +0.000] | 0.750 "
     assert row + "[0.250, 1.000] | +0.250 [+0.000, +0.750] |" in check.markdown(cells, "runs.jsonl")  # seeded
+
+
+@pytest.mark.slow
+def test_quickstart_benchmark_tabulates_each_runs_final_weights(tmp_path, tiny_model_dir):
+    tiny = [f"model.name_or_path={tiny_model_dir}", "training.max_steps=4", "training.eval_steps=2"]
+    proc = subprocess.run(
+        [sys.executable, "eval/bench_quickstart.py", "--results", str(tmp_path), *(f"--set={s}" for s in tiny)],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "quickstart.json").read_text())["runs"]
+    assert list(runs) == ["quickstart", "nll", "plain"]
+    assert runs["nll"]["overrides"] == ["regularizers.nll_weight=1", *tiny]
+    assert [row["step"] for row in runs["plain"]["evaluations"]] == [0, 2, 4]
+    for run in runs.values():
+        assert run["steps"] == 4 and run["final_weights"] in ("best", "last")
+        assert run["initial"]["eval_rewards/accuracies"] == 0  # the reference is the policy at step 0
+    table = (tmp_path / "quickstart.md").read_text().split("The README's table:\n\n")[1].splitlines()
+    assert table[0].startswith("| held-out pairs | base model (step 0) | quickstart: autopilot")
+    plain = runs["plain"]["final"]
+    assert table[2].endswith(f"| {plain['eval_rewards/accuracies']:.2f} |")  # the last column is plain DPO's
+    assert table[-1].startswith("| wall time") and len(table) == 2 + 5 + 2
