@@ -16,7 +16,8 @@ a change smaller than k standard errors is no signal. Concretely:
   the noise of the best may still be on a slow rise or a plateau, which the step budget ends anyway;
 * reduce-on-plateau counts an evaluation as an *improvement* only when it beats the best by more than
   max(threshold, k * SE): a gain within the noise is still a plateau;
-* the overfitting onset needs the held-out fall over its window to exceed k standard errors.
+* the overfitting onset needs the held-out fall over its window to exceed z_W standard errors of the difference
+  between the window's ends (both are noisy), z_W the k-sigma level corrected for the W windows looked at so far.
 
 Without a logged standard error (a callback's own metric, a gap, runs of earlier versions) SE is 0: the rule is
 then the plain min_delta comparison, and "learned" means strictly better than the start. k = 0 turns the noise
@@ -101,6 +102,8 @@ class NoiseRule:
         z = look_corrected_sigmas(self.sigmas, looks)
         return self._better_by(best, self.start(first)) > max(self.min_delta, z * best_error)
 
-    def fallen(self, value: float, reference: float, error: float = 0.0) -> bool:
-        """Is `value` worse than `reference` by more than the noise (k standard errors of `value`)?"""
-        return math.isfinite(value) and self._better_by(reference, value) > max(self.min_delta, self.sigmas * error)
+    def fallen(self, value: float, reference: float, error: float = 0.0, looks: int = 1) -> bool:
+        """Is `value` worse than `reference` by more than the noise: k standard errors `error` (of `value`, or of
+        the difference where `reference` is noisy too), k corrected for `looks` comparisons as in `learned`?"""
+        z = look_corrected_sigmas(self.sigmas, looks)
+        return math.isfinite(value) and self._better_by(reference, value) > max(self.min_delta, z * error)

@@ -258,10 +258,11 @@ class EarlyStoppingSection(Section):
     noise_sigmas: float = Field(
         2.0,
         ge=0,
-        description="k: an improvement must beat the best by k standard errors of the held-out metric, and nothing "
-        "stops (or cuts the learning rate on a plateau) before the best is k standard errors (corrected for the "
-        "number of evaluations) beyond the start (step 0, or chance for an accuracy); 0 turns the noise rule off. "
-        "See docs/overfitting.md.",
+        description="k, the noise rule: nothing stops (or cuts the learning rate on a plateau) before the best is k "
+        "standard errors (corrected for the number of evaluations) beyond the start (step 0, or chance for an "
+        "accuracy); early stopping stops only at an evaluation k standard errors below the best, and reduce-on-plateau "
+        "counts a gain as an improvement only beyond k standard errors. The kept checkpoint is the best value seen. "
+        "0 turns the rule off. See docs/overfitting.md.",
     )
 
 
