@@ -184,6 +184,39 @@ def test_a_run_logs_the_standard_error_of_each_per_pair_metric(tiny_recipe, tmp_
     assert evaluations[-1]["eval_se/rewards/margins"] > 0
 
 
+def test_a_run_hands_each_evaluation_with_its_logged_standard_error_to_early_stopping_and_the_plateau(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """The rule is only as good as the standard errors it gets: in a real run, early stopping and reduce-on-plateau
+    each see every evaluation's value of the watched metric with the eval_se/ that metrics.jsonl logs next to it."""
+    seen = {"early stopping": [], "plateau": []}
+    update, step = BestCheckpointCallback.update, NoiseAwarePlateau.step
+
+    def spy_update(self, at, value, error=0.0):
+        seen["early stopping"].append((value, error))
+        return update(self, at, value, error)
+
+    def spy_step(self, metrics, epoch=None, error=0.0):
+        seen["plateau"].append((float(metrics), error))
+        return step(self, metrics, epoch, error=error)
+
+    monkeypatch.setattr(BestCheckpointCallback, "update", spy_update)
+    monkeypatch.setattr(NoiseAwarePlateau, "step", spy_step)
+    overrides = [
+        "early_stopping.metric=eval_rewards/accuracies",
+        "early_stopping.patience=5",
+        "training.lr_scheduler_type=reduce_lr_on_plateau",
+        "training.max_steps=3",
+        "training.eval_steps=1",
+    ]
+    execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
+    logged = [(e[METRIC], e["eval_se/rewards/accuracies"]) for e in read_jsonl(tmp_path / "run" / "metrics.jsonl")
+              if "eval_loss" in e]  # fmt: skip
+    assert seen["early stopping"] == pytest.approx(logged)  # step 0 and every evaluation after it
+    assert seen["plateau"] == pytest.approx(logged[1:])  # stepped at the evaluations during training
+    assert any(error > 0 for _, error in logged[1:])
+
+
 def test_the_progress_line_shows_each_headline_number_with_its_noise(capsys):
     from types import SimpleNamespace
 
