@@ -231,3 +231,33 @@ def test_train_with_auto_records_the_audit_in_card_and_report(audit_recipe, tmp_
     assert (run_dir / "audit.json").is_file()
     html = (run_dir / "report.html").read_text()
     assert "Label audit" in html and "estimated flip rate" in html
+
+
+@pytest.mark.slow
+def test_the_autopilot_reads_the_flip_rate_the_audit_leaves_and_acts_on_it(audit_recipe, tmp_path, monkeypatch):
+    """In a real run the autopilot's estimate is the data card's `expected_flip_rate_after`, and its label_audit
+    rule raises the smoothing to it at the step-0 evaluation, before training. The tiny random model cannot tell
+    the answers apart (its audit estimates 0), so the audit's posteriors are set to 0.25 each: the mean the card
+    must then carry."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+    from dpo.training.autopilot import Autopilot
+    from dpo.training.execute import execute
+
+    real_audit = audit_use.audit_checked
+
+    def a_quarter_suspect(checked, progress=True):
+        result = real_audit(checked, progress)
+        mixture = dataclasses.replace(result.mixture, p_flipped=torch.full_like(result.mixture.p_flipped, 0.25))
+        return dataclasses.replace(result, mixture=mixture)
+
+    monkeypatch.setattr(audit_use, "audit_checked", a_quarter_suspect)
+    overrides = ["autopilot.enabled=true", "data.audit.suspects=keep"]
+    summary, trainer = execute(audit_recipe, overrides, output_dir=tmp_path / "run")
+    card = json.loads((tmp_path / "run" / "data_card.json").read_text())["audit"]
+    [autopilot] = [c for c in trainer.callback_handler.callbacks if isinstance(c, Autopilot)]
+    assert autopilot.flip_rate == card["expected_flip_rate_after"] == 0.25
+    [decision] = [d for d in summary["autopilot"]["decisions"] if d["rule"] == "label_audit"]
+    assert decision["step"] == 0 and decision["because"] == {"flip_rate": 0.25, "label_smoothing": 0.0}
+    assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.25]}
