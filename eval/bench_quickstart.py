@@ -36,7 +36,7 @@ ROWS = {
     "eval_logps/accuracies": "the model itself prefers the chosen answer (`eval_logps/accuracies`)",
     "eval_logratios/chosen": "mean log pi/pi_ref of chosen answers (`eval_logratios/chosen`, nats)",
     "eval_rewards/margins": "reward margin (`eval_rewards/margins`)",
-    "eval_kl": "KL(policy ‖ reference) per held-out answer (`eval_kl`, nats; ± standard error)",
+    "eval_kl": "KL(policy ‖ reference) per held-out answer (`eval_kl`, nats, first {kl_pairs} pairs; ± standard error)",
 }
 CURVE = ("eval_rewards/accuracies", "eval_logps/accuracies", "eval_logratios/chosen")
 
@@ -94,11 +94,16 @@ def _weights_step(run: dict) -> int:
 
 def markdown(runs: dict[str, dict]) -> str:
     """The README's table (base model, then each run's `final/` weights) and what the table leaves out."""
+    from dpo.config.schema import LoggingSection
+    from dpo.training.autopilot import describe
+
     first = runs["quickstart"]
     header = ["held-out pairs", "base model (step 0)"]
     header += [f"{RUNS[name][0]}, `final/` = step {_weights_step(run)}" for name, run in runs.items()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    kl_pairs = LoggingSection.model_fields["heldout_kl_pairs"].default  # the recipes keep the default
     for key, heading in ROWS.items():
+        heading = heading.format(kl_pairs=kl_pairs)
         cells = [_value(first["initial"], key) if key != "eval_kl" else "0"]
         cells += [_value(run["final"], key) for run in runs.values()]
         lines.append(f"| {heading} | " + " | ".join(cells) + " |")
@@ -112,8 +117,6 @@ def markdown(runs: dict[str, dict]) -> str:
         + " | ".join(f"{run['runtime_s']:.0f} s ({run['wall_s']:.0f} s)" for run in runs.values())
         + " |"
     )
-    from dpo.training.autopilot import describe
-
     decisions = [describe(decision) for decision in first["decisions"]] or ["(none)"]
     commits = sorted({str(run["commit"]) for run in runs.values()})
     return "\n".join(

@@ -75,15 +75,19 @@ def test_readme_recipe_is_the_shipped_quickstart():
     assert f"```yaml\n{body}\n```" in (REPO / "README.md").read_text()
 
 
-def test_readme_noise_table_is_the_benchmarks():
-    """Every number of the README's noise table is the one `python eval/bench_noise.py --no-train` wrote at the end of
-    eval/results/noise.md; when the runs change, that table is copied into the README."""
-    results = (REPO / "eval" / "results" / "noise.md").read_text()
+@pytest.mark.parametrize(("results", "command"), [
+    ("noise.md", "python eval/bench_noise.py --no-train"),
+    ("quickstart.md", "python eval/bench_quickstart.py"),
+])  # fmt: skip
+def test_readme_tables_are_the_benchmarks(results, command):
+    """Every number of the README's noise and quickstart tables is the one the benchmark's command wrote at the end of
+    its eval/results/ file; when the runs change, that table is copied into the README."""
+    text = (REPO / "eval" / "results" / results).read_text()
     marker = "The README's table"
-    assert marker in results, "eval/results/noise.md has no README table: run python eval/bench_noise.py --no-train"
-    table = [line for line in results.split(marker)[1].splitlines() if line.startswith("|")]
+    assert marker in text, f"eval/results/{results} has no README table: run {command}"
+    table = [line for line in text.split(marker)[1].splitlines() if line.startswith("|")]
     readme = (REPO / "README.md").read_text().splitlines()
-    assert table[0] in readme, "the README has no noise table"
+    assert table[0] in readme, f"the README has no table from eval/results/{results}"
     start = readme.index(table[0])
     in_readme = readme[start : start + len(table) + 1]
-    assert in_readme == [*table, ""], "the README's noise table is not the one in eval/results/noise.md: copy it"
+    assert in_readme == [*table, ""], f"the README's table is not the one in eval/results/{results}: copy it"
