@@ -77,6 +77,7 @@ def train(name: str, run_dir: Path, extra: list[str]) -> dict:
         "final": summary["best_metrics"] if summary["final_weights"] == "best" else summary["final_metrics"],
         "evaluations": evaluations,
         "decisions": (summary.get("autopilot") or {}).get("decisions", []),
+        "warnings": summary["overfitting"]["warnings"],
     }
 
 
@@ -128,6 +129,10 @@ def markdown(runs: dict[str, dict]) -> str:
             "The quickstart's autopilot decisions, as its console printed them:",
             "",
             *[f"    {line}" for line in decisions],
+            "",
+            "The warnings each run's summary gave at its end:",
+            "",
+            *[f"- {name}: {warning}" for name, run in runs.items() for warning in run["warnings"]],
             "",
             "The README's table:",
             "",

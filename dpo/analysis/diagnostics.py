@@ -70,15 +70,23 @@ def overfitting_onset(
     return None
 
 
-def warnings_for(history: list[dict]) -> list[str]:
-    """Plain-language warnings about a finished run, each naming the numbers and a control to try."""
+def warnings_for(history: list[dict], noise_sigmas: float = 0.0) -> list[str]:
+    """Plain-language warnings about a finished run, each naming the numbers and a control to try.
+
+    With `noise_sigmas` k > 0 each threshold is raised by k standard errors of the number it is compared with (the
+    eval_se/ logged beside it; the held-out reward accuracy's for the train/held-out gap), as the autopilot's rules
+    are (dpo/training/autopilot.py): a value within the noise of its threshold is no warning."""
     evals = evaluations(history)
     if len(evals) < 2:
         return []
     found = []
     last = evals[-1]
+
+    def noise(metric: str) -> float:
+        return noise_sigmas * logged_error(last, metric)
+
     displacement = last.get("eval_logratios/chosen")
-    if displacement is not None and displacement < -DISPLACEMENT_WARN_NATS:
+    if displacement is not None and displacement < -(DISPLACEMENT_WARN_NATS + noise("eval_logratios/chosen")):
         found.append(
             f"held-out chosen log-prob fell by {-displacement:.1f} nats vs the reference (step {last['step']}): "
             "likelihood displacement; consider loss.type: dpop or regularizers.nll_weight"
@@ -88,7 +96,8 @@ def warnings_for(history: list[dict]) -> list[str]:
         best_step, best_loss = min(losses, key=lambda p: p[1])
         at_best = next(e for e in evals if e["step"] == best_step)
         margin_now, margin_then = last.get("eval_rewards/margins"), at_best.get("eval_rewards/margins")
-        rose = last["eval_loss"] > best_loss * (1 + LOSS_RISE_WARN) and best_step < last["step"]
+        rise_bar = max(LOSS_RISE_WARN * abs(best_loss), noise("eval_loss"))
+        rose = last["eval_loss"] - best_loss > rise_bar and best_step < last["step"]
         if rose and margin_now is not None and margin_then is not None and margin_now > margin_then:
             found.append(
                 f"held-out margin kept rising ({margin_then:.3f} -> {margin_now:.3f}) while held-out loss rose from "
@@ -96,7 +105,7 @@ def warnings_for(history: list[dict]) -> list[str]:
                 "confidence, not correctness; early-stop on eval_loss or eval_rewards/accuracies instead"
             )
     gap = last.get("eval_gap/accuracies")
-    if gap is not None and gap > ACCURACY_GAP_WARN:
+    if gap is not None and gap > ACCURACY_GAP_WARN + noise("eval_rewards/accuracies"):
         found.append(
             f"train reward accuracy exceeds held-out by {gap:.2f} at step {last['step']}: the model memorises "
             "training pairs; consider loss.label_smoothing (cDPO), fewer steps, or early stopping"
@@ -113,5 +122,5 @@ def overfitting_block(
         "metric": metric,
         "patience": patience,
         "onset_step": overfitting_onset(history, metric, patience, mode, noise_sigmas),
-        "warnings": warnings_for(history),
+        "warnings": warnings_for(history, noise_sigmas),
     }

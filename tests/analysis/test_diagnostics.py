@@ -52,6 +52,18 @@ def test_warnings_name_the_numbers():
     assert any("exceeds held-out by 0.30" in w for w in found)
 
 
+def test_warnings_within_the_noise_of_their_threshold_are_dropped_under_the_noise_rule():
+    """The last evaluation: chosen log-ratio -1.5 (threshold 1 nat), loss 0.48 from a minimum of 0.40 (10%: 0.04),
+    gap 0.25 (threshold 0.15). With k = 2 each bar rises by 2 standard errors: log-ratio SE 0.3 -> 1.6 nats (no
+    warning), loss SE 0.05 -> 0.10 (none), accuracy SE 0.04 -> 0.23 (still a warning: 0.25 is beyond it)."""
+    h = history([(10, 1.0, 0.5, 0.40, -0.1), (20, 2.0, 1.0, 0.44, -1.0), (30, 3.0, 1.5, 0.48, -1.5)])
+    h[-1].update({"eval_gap/accuracies": 0.25, "eval_rewards/accuracies": 0.6, "eval_se/logratios/chosen": 0.3,
+                  "eval_se/loss": 0.05, "eval_se/rewards/accuracies": 0.04})  # fmt: skip
+    assert len(warnings_for(h)) == 3  # the plain thresholds
+    [only] = warnings_for(h, noise_sigmas=2.0)
+    assert "exceeds held-out by 0.25" in only
+
+
 def test_healthy_run_has_no_warnings():
     h = history([(10, 1.0, 0.8, 0.5, 0.2), (20, 1.5, 1.2, 0.45, 0.3)])
     assert warnings_for(h) == []
