@@ -260,8 +260,9 @@ def is_scored(files: tuple[Path, Path]) -> bool:
 
 def validation_accuracy(summary: dict) -> float | None:
     """The validation reward accuracy of the weights the run ended with (the best checkpoint's when restored)."""
-    metrics = summary["best_metrics"] if summary.get("final_weights") == "best" else summary["final_metrics"]
-    return metrics.get("eval_rewards/accuracies")
+    from dpo.rundir.files import kept_weights
+
+    return kept_weights(summary)[1].get("eval_rewards/accuracies")
 
 
 def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str], files: tuple[Path, Path],
@@ -269,6 +270,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     from provenance import provenance  # eval/, on sys.path as the script's folder
 
     import dpo.api
+    from dpo.rundir.files import kept_weights
 
     spec = METHODS[method]
     validation, test = files
@@ -288,7 +290,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
         "steps": summary["steps"], "max_steps": summary["max_steps"], "stop_reason": summary["stop_reason"],
         # the step whose weights were scored: the restored best checkpoint's, or the last (the runs recorded before
         # this field lack it)
-        "scored_step": summary["best_step"] if summary.get("final_weights") == "best" else summary["steps"],
+        "scored_step": kept_weights(summary)[0],
         "validation_accuracy": validation_accuracy(summary),
         # marks the runs whose trainer logged a reference-free loss's reward per token (see read_runs)
         **({"validation_reward": "per_token"} if reference_free(method) else {}),

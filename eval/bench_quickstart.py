@@ -1,7 +1,7 @@
 """The README's quickstart table: the quickstart recipe and two baselines, trained on the embedded model one after
 another, their held-out numbers read from each run's summary.json and metrics.jsonl.
 
-    python eval/bench_quickstart.py            # three runs, about 10 minutes on 2 idle CPU cores
+    python eval/bench_quickstart.py            # three runs, about 12 minutes on 2 idle CPU cores
     python eval/bench_quickstart.py --no-train # the tables again from eval/results/quickstart.json
 
 Each run is `python -m dpo train` in a fresh process (so its wall time is its own, set-up and model loading
@@ -44,6 +44,10 @@ CURVE = ("eval_rewards/accuracies", "eval_logps/accuracies", "eval_logratios/cho
 def train(name: str, run_dir: Path, extra: list[str]) -> dict:
     """One run of RUNS[name] (with the overrides `extra` after its own) into run_dir; what the tables need from its
     summary.json and metrics.jsonl."""
+    from provenance import commit  # eval/, on sys.path as the script's folder
+
+    from dpo.rundir.files import kept_weights, read_metrics
+
     _, recipe, own = RUNS[name]
     overrides = [*own, *extra]
     command = [sys.executable, "-m", "dpo", "train", recipe, "--output-dir", str(run_dir)]
@@ -54,14 +58,9 @@ def train(name: str, run_dir: Path, extra: list[str]) -> dict:
     subprocess.run(command, cwd=REPO, env=env, check=True)
     wall_s = time.perf_counter() - started
     summary = json.loads((run_dir / "summary.json").read_text())
-    evaluations = [
-        {"step": row["step"], **{key: row[key] for key in CURVE}}
-        for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-        if "eval_rewards/accuracies" in row
-    ]
-    sys.path.insert(0, str(Path(__file__).parent))
-    from provenance import commit
-
+    evaluations = [{"step": row["step"], **{key: row[key] for key in CURVE}}
+                   for row in read_metrics(run_dir) if "eval_rewards/accuracies" in row]  # fmt: skip
+    final_step, final = kept_weights(summary)
     return {
         "name": name,
         "recipe": recipe,
@@ -70,11 +69,10 @@ def train(name: str, run_dir: Path, extra: list[str]) -> dict:
         "wall_s": round(wall_s, 1),
         "runtime_s": summary["runtime_s"],
         "steps": summary["steps"],
-        "best_step": summary["best_step"],
-        "final_weights": summary["final_weights"],
+        "final_weights": summary["final_weights"],  # best (restored) or last
         "initial": summary["initial_metrics"],
-        # the numbers of the weights in final/: the restored best checkpoint's, or the last step's
-        "final": summary["best_metrics"] if summary["final_weights"] == "best" else summary["final_metrics"],
+        "final_step": final_step,  # the step and the held-out numbers of the weights in final/
+        "final": final,
         "evaluations": evaluations,
         "decisions": (summary.get("autopilot") or {}).get("decisions", []),
         "warnings": summary["overfitting"]["warnings"],
@@ -89,10 +87,6 @@ def _value(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.2f}"
 
 
-def _weights_step(run: dict) -> int:
-    return run["best_step"] if run["final_weights"] == "best" else run["steps"]
-
-
 def markdown(runs: dict[str, dict]) -> str:
     """The README's table (base model, then each run's `final/` weights) and what the table leaves out."""
     from dpo.config.schema import LoggingSection
@@ -100,7 +94,7 @@ def markdown(runs: dict[str, dict]) -> str:
 
     first = runs["quickstart"]
     header = ["held-out pairs", "base model (step 0)"]
-    header += [f"{RUNS[name][0]}, `final/` = step {_weights_step(run)}" for name, run in runs.items()]
+    header += [f"{RUNS[name][0]}, `final/` = step {run['final_step']}" for name, run in runs.items()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     kl_pairs = LoggingSection.model_fields["heldout_kl_pairs"].default  # the recipes keep the default
     for key, heading in ROWS.items():

@@ -82,7 +82,9 @@ def test_readme_recipe_is_the_shipped_quickstart():
 def test_readme_tables_are_the_benchmarks(results, command):
     """Every number of the README's noise and quickstart tables is the one the benchmark's command wrote at the end of
     its eval/results/ file; when the runs change, that table is copied into the README."""
-    text = (REPO / "eval" / "results" / results).read_text()
+    path = REPO / "eval" / "results" / results
+    assert path.is_file(), f"no eval/results/{results}: run {command}"
+    text = path.read_text()
     marker = "The README's table"
     assert marker in text, f"eval/results/{results} has no README table: run {command}"
     table = [line for line in text.split(marker)[1].splitlines() if line.startswith("|")]

@@ -73,9 +73,11 @@ def overfitting_onset(
 def warnings_for(history: list[dict], noise_sigmas: float = 0.0) -> list[str]:
     """Plain-language warnings about a finished run, each naming the numbers and a control to try.
 
-    With `noise_sigmas` k > 0 each threshold is raised by k standard errors of the number it is compared with (the
-    eval_se/ logged beside it; the held-out reward accuracy's for the train/held-out gap), as the autopilot's rules
-    are (dpo/training/autopilot.py): a value within the noise of its threshold is no warning."""
+    With `noise_sigmas` k > 0 the displacement and gap thresholds are raised by k standard errors of the number they
+    read (the eval_se/ logged beside it; the held-out reward accuracy's for the gap), and the loss must rise by more
+    than max(10% of its minimum, k standard errors of the last value), as in the autopilot's rules
+    (dpo/training/autopilot.py): a value within the noise of its threshold is no warning. (A loss of either sign:
+    the 10% is of its size.)"""
     evals = evaluations(history)
     if len(evals) < 2:
         return []
@@ -121,6 +123,7 @@ def overfitting_block(
     return {
         "metric": metric,
         "patience": patience,
+        "noise_sigmas": noise_sigmas,  # the onset and the warnings depend on it
         "onset_step": overfitting_onset(history, metric, patience, mode, noise_sigmas),
         "warnings": warnings_for(history, noise_sigmas),
     }

@@ -262,7 +262,8 @@ class EarlyStoppingSection(Section):
         "standard errors (corrected for the number of evaluations) beyond the start (step 0, or chance for an "
         "accuracy); early stopping stops only at an evaluation k standard errors below the best, and reduce-on-plateau "
         "counts a gain as an improvement only beyond k standard errors. The kept checkpoint is the best value seen. "
-        "0 turns the rule off. See docs/overfitting.md.",
+        "The overfitting onset, the end-of-run warnings and the autopilot's rules use the same k. 0 turns the rule "
+        "off. See docs/overfitting.md.",
     )
 
 

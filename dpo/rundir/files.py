@@ -155,6 +155,14 @@ def _metrics_row_problem(line: str) -> tuple[str | None, dict]:
     return None, record
 
 
+def kept_weights(summary: dict) -> tuple[int | None, dict]:
+    """(step, held-out metrics) of the weights a run left in final/, from its summary.json: the restored best
+    checkpoint's, or the last step's ({} where the summary has none: a run the non-finite guard stopped)."""
+    if summary.get("final_weights") == "best":
+        return summary.get("best_step"), summary.get("best_metrics") or {}
+    return summary.get("steps"), summary.get("final_metrics") or {}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """RUN_DIR/metrics.jsonl as a list of events; non-finite values (stored as strings) become floats again.
     Damaged rows are skipped with a warning (see `metrics_rows`): what can be shown is shown."""

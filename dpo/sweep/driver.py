@@ -45,6 +45,7 @@ from dpo.rundir.files import (
     TRIAL,
     TRIAL_DIR,
     TRIALS,
+    kept_weights,
     read_json_or_none,
     read_metrics,
     read_text,
@@ -286,8 +287,7 @@ def _group(spec: SweepSpec) -> dict:
 
 def objective_value(summary: dict, metric: str) -> float | None:
     """The objective for the weights the run ends with (the restored best checkpoint under early stopping)."""
-    metrics = summary.get("best_metrics") if summary.get("final_weights") == "best" else summary.get("final_metrics")
-    value = (metrics or {}).get(metric)
+    value = kept_weights(summary)[1].get(metric)
     try:
         return float(value) if value is not None else None
     except (TypeError, ValueError):

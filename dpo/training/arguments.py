@@ -99,22 +99,25 @@ def watched_direction(loaded: LoadedRecipe) -> str:
 
 def no_evaluation_during_training(dpo_config) -> str | None:
     """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping and the autopilot
-    act only on evaluations made during training. transformers evaluates at every multiple of eval_steps from
-    eval_delay on, and once more at the last step, so a run has none before it when the strategy is 'no' or when the
-    first multiple of eval_steps at or past eval_delay is max_steps or later. Not caught: an epoch strategy with
-    max_steps shorter than one epoch (the same case: transformers ends the cut-short epoch, and evaluates, at the
-    last step; the epoch's length needs the data)."""
+    act only on evaluations made during training. transformers (TrainerState.compute_steps, DefaultFlowCallback)
+    turns a fractional eval_steps into ceil(max_steps x eval_steps), evaluates at every multiple of it from
+    eval_delay on, and once more at the last step; so a run has none before that step when the strategy is 'no' or
+    when the first multiple at or past eval_delay is max_steps or later. Not caught: an epoch strategy, or a run
+    measured in epochs (max_steps -1), whose length needs the data (an epoch strategy with max_steps shorter than
+    one epoch evaluates only at the last step, the end of the cut-short epoch)."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
     steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
-    if dpo_config.eval_strategy != "steps" or not every or every < 1 or steps <= 0:
-        return None  # a fraction of the run, or a run measured in epochs: its length needs the data
-    first = every * max(1, math.ceil(delay / every))
+    if dpo_config.eval_strategy != "steps" or not every or steps <= 0:
+        return None
+    interval = math.ceil(steps * every) if every < 1 else every
+    first = interval * max(1, math.ceil(delay / interval))
     if first < steps:
         return None
-    if delay > every:
-        return f"training.eval_delay {delay:g} leaves no evaluation before training.max_steps {steps}"
-    return f"training.eval_steps {every:g} >= training.max_steps {steps}"
+    if interval >= steps:  # no evaluation before the last step, whatever the delay
+        shown = f"{every:g} (every {interval} steps)" if every < 1 else f"{every:g}"
+        return f"training.eval_steps {shown} >= training.max_steps {steps}"
+    return f"training.eval_delay {delay:g} leaves no evaluation before training.max_steps {steps}"
 
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:

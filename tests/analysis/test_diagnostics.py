@@ -88,4 +88,5 @@ def test_gaps_are_logged_at_each_evaluation(tiny_recipe, tmp_path):
         previous = e["step"]
     block = summary["overfitting"]
     assert block["metric"] == "eval_rewards/margins" and block["patience"] == 2 and "onset_step" in block
+    assert block["noise_sigmas"] == 2.0  # the recipe's early_stopping.noise_sigmas, which the onset and warnings used
     assert isinstance(block["warnings"], list)

@@ -165,7 +165,10 @@ def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
         ("steps", 40, 10, 31, "training.eval_delay 31 leaves no evaluation before training.max_steps 40"),
         ("steps", 40, 10, 40, "training.eval_delay 40 leaves no evaluation before training.max_steps 40"),
         ("steps", 40, 10, 10, None),  # a delay up to eval_steps moves nothing
-        ("steps", 40, 0.1, 0, None),  # a fraction of the run: the run's length decides
+        ("steps", 40, 0.1, 0, None),  # a fraction of the run: every 4 steps
+        ("steps", 10, 0.99, 0, "training.eval_steps 0.99 (every 10 steps) >= training.max_steps 10"),
+        ("steps", 10, 0.5, 6, "training.eval_delay 6 leaves no evaluation before training.max_steps 10"),
+        ("steps", 5, 10, 20, "training.eval_steps 10 >= training.max_steps 5"),  # the delay is not the cause
         ("steps", -1, 10, 0, None),  # epochs: the length needs the data
         ("epoch", 40, 10, 0, None),  # not caught: needs the epoch's length
     ],
@@ -175,3 +178,26 @@ def test_no_evaluation_during_training(strategy, max_steps, eval_steps, eval_del
     (DefaultFlowCallback.on_step_end): a run whose first such multiple is its last step has nothing to act on."""
     config = SimpleNamespace(eval_strategy=strategy, max_steps=max_steps, eval_steps=eval_steps, eval_delay=eval_delay)
     assert no_evaluation_during_training(config) == reason
+
+
+def test_no_evaluation_during_training_agrees_with_transformers():
+    """Against transformers' own code: the steps DefaultFlowCallback evaluates at, eval_steps resolved by
+    TrainerState.compute_steps; a run is flagged exactly when none of them comes before its last step."""
+    from transformers import TrainerControl, TrainerState
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    for max_steps in range(1, 25):
+        for eval_steps in (1, 2, 3, 5, 8, 12, 30, 0.1, 0.25, 0.5, 0.99):
+            for eval_delay in (0, 1, 4, 7.5, 11, 24):
+                args = SimpleNamespace(eval_strategy="steps", max_steps=max_steps, eval_steps=eval_steps,
+                                       eval_delay=eval_delay, logging_steps=1, save_steps=None,
+                                       logging_strategy="no", save_strategy="no", logging_first_step=False)  # fmt: skip
+                state = TrainerState(max_steps=max_steps)
+                state.compute_steps(args, max_steps)
+                evaluated = []
+                for step in range(1, max_steps + 1):
+                    state.global_step = step
+                    if DefaultFlowCallback().on_step_end(args, state, TrainerControl()).should_evaluate:
+                        evaluated.append(step)
+                flagged = no_evaluation_during_training(args) is not None
+                assert flagged == (not any(step < max_steps for step in evaluated)), (max_steps, eval_steps, eval_delay)
