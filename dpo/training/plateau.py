@@ -3,8 +3,8 @@
 transformers steps a plateau scheduler after each evaluation with the watched metric's value only; our trainer
 (dpo/training/trainer.py `_evaluate`) steps this one itself, with the value and its standard error. An evaluation
 counts as an improvement only when it beats the best by torch's `threshold` and by k standard errors, and no
-evaluation counts as bad while the best value is not clearly beyond where the run started (its first evaluation
-after step 0, or chance for an accuracy): cutting the learning rate before anything is learned only slows learning.
+evaluation counts as bad while the best value is not clearly beyond where the run started (its step-0 evaluation,
+or chance for an accuracy): cutting the learning rate before anything is learned only slows learning.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from dpo.noise import NoiseRule
 
 class NoiseAwarePlateau(ReduceLROnPlateau):
     """ReduceLROnPlateau(optimizer, **kwargs) whose `step(value, error=...)` applies the noise rule to `metric`
-    with k = `noise_sigmas` (0: torch's own rule). Its state (state_dict) holds plain numbers only."""
+    with k = `noise_sigmas` (0: torch's own rule). `start`: the metric at the step-0 evaluation, where the run
+    started (None: the first value it is stepped with, an evaluation after some training). Its state (state_dict)
+    holds plain numbers only."""
 
-    def __init__(self, optimizer, metric: str, noise_sigmas: float, **kwargs):
+    def __init__(self, optimizer, metric: str, noise_sigmas: float, start: float | None = None, **kwargs):
         super().__init__(optimizer, **kwargs)
         self.metric, self.noise_sigmas = metric, noise_sigmas
-        self.first: float | None = None  # the first value it was stepped with: where the run started
+        self.first: float | None = start  # where the run started
         self.best_error = 0.0
         self.looks = 0
 

@@ -66,6 +66,7 @@ class Trainer(DPOTrainer):
     ):
         self.loss_plan = loss_plan
         self.noise_sigmas = noise_sigmas  # reduce-on-plateau's noise rule (early_stopping.noise_sigmas)
+        self.plateau_start: float | None = None  # the watched metric at step 0 (evaluate_untrained): its start
         self.heldout_kl = heldout_kl
         self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
         self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
@@ -590,6 +591,7 @@ class Trainer(DPOTrainer):
                 optimizer or self.optimizer,
                 metric=self.args.metric_for_best_model,
                 noise_sigmas=self.noise_sigmas,
+                start=self.plateau_start,
                 **(self.args.lr_scheduler_kwargs or {}),
             )
             self._created_lr_scheduler = True
@@ -600,10 +602,14 @@ class Trainer(DPOTrainer):
         ours = isinstance(self.lr_scheduler, NoiseAwarePlateau)
         metrics = super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler=skip_scheduler or ours)
         if ours and not skip_scheduler:
-            metric = self.args.metric_for_best_model
-            metric = metric if metric.startswith(HELD_OUT_PREFIX) else HELD_OUT_PREFIX + metric  # as transformers does
+            metric = self._watched_key()
             self.lr_scheduler.step(metrics[metric], error=logged_error(metrics, metric))
         return metrics
+
+    def _watched_key(self) -> str:
+        """metric_for_best_model as evaluation logs it, eval_-prefixed (as transformers reads it)."""
+        metric = self.args.metric_for_best_model
+        return metric if metric.startswith(HELD_OUT_PREFIX) else HELD_OUT_PREFIX + metric
 
     def _log_heldout_kl(self) -> None:
         """eval_kl and its standard error (eval_se/kl, over pairs, as every per-pair metric's: dpo/noise.py) from this
@@ -627,6 +633,8 @@ class Trainer(DPOTrainer):
         its own copy of the weights, unsynchronised. DeepSpeed and FSDP prepare fully in evaluate(): left alone.
         """
         metrics = self.evaluate()
+        if self.args.metric_for_best_model:  # reduce-on-plateau's start, the scheduler being made in train()
+            self.plateau_start = metrics.get(self._watched_key())
         model = self.model
         prepared = getattr(model, "_is_accelerate_prepared", False)
         if self.args.world_size > 1 and self.model_wrapped is model and prepared:

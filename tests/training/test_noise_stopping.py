@@ -162,6 +162,21 @@ def test_plateau_never_cuts_the_learning_rate_at_chance():
     assert scheduler.optimizer.param_groups[0]["lr"] < 1.0
 
 
+def test_plateau_counts_from_the_step_0_evaluation_when_it_has_one():
+    """A held-out loss that fell from 0.693 (step 0) to 0.45 before the first evaluation during training, then stays
+    flat: from step 0 the run has learned and the flat stretch is a plateau; counted from its first value (0.45),
+    nothing was learned and nothing is cut."""
+    flat = [(0.45, 0.02)] * 6
+    lrs = {}
+    for start in (0.693, None):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = NoiseAwarePlateau(optimizer, "eval_loss", 2.0, start=start, mode="min", factor=0.5, patience=2)
+        for value, error in flat:
+            scheduler.step(value, error=error)
+        lrs[start] = optimizer.param_groups[0]["lr"]
+    assert lrs == {0.693: 0.5, None: 1.0}
+
+
 def test_plateau_cuts_after_a_genuine_rise():
     scheduler = _plateau(2.0)
     curve = [(0.5, 0.045), (0.6, 0.045), (0.7, 0.042), (0.8, 0.037), (0.8, 0.037), (0.79, 0.037), (0.8, 0.037)]
@@ -209,9 +224,10 @@ def test_a_run_hands_each_evaluation_with_its_logged_standard_error_to_early_sto
         "training.max_steps=3",
         "training.eval_steps=1",
     ]
-    execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
+    _, trainer = execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
     logged = [(e[METRIC], e["eval_se/rewards/accuracies"]) for e in read_jsonl(tmp_path / "run" / "metrics.jsonl")
               if "eval_loss" in e]  # fmt: skip
+    assert trainer.lr_scheduler.first == logged[0][0]  # the plateau's start: the step-0 evaluation
     assert seen["early stopping"] == pytest.approx(logged)  # step 0 and every evaluation after it
     assert seen["plateau"] == pytest.approx(logged[1:])  # stepped at the evaluations during training
     assert any(error > 0 for _, error in logged[1:])
