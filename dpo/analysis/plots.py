@@ -20,6 +20,8 @@ from html import escape
 WIDTH, HEIGHT = 480, 280
 LEFT, RIGHT, TOP, BOTTOM = 58, 12, 28, 68  # room for tick labels, the title and the legend
 
+# values closer than this (relative to their size) are one value to an axis: float rounding, not a difference
+FLAT = 1e-9
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
@@ -84,7 +86,9 @@ def fmt(value: float) -> str:
 
 def padded_range(values: list[float]) -> tuple[float, float]:
     lo, hi = min(values), max(values)
-    if hi == lo:  # a constant series (beta, a flat metric): give it a visible band around the value
+    if hi - lo <= FLAT * max(1.0, abs(lo), abs(hi)):
+        # a constant series (beta, a flat metric), or values equal but for rounding (two means of the same pairs):
+        # a visible band around the value, where a span of 1e-16 would ask for ticks 1e-17 apart
         pad = abs(lo) * 0.1 or 1.0
         return lo - pad, hi + pad
     pad = (hi - lo) * 0.06
@@ -114,11 +118,9 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> l
             step *= mult
             break
     first = math.ceil(lo / step) * step
-    ticks, value = [], first
-    while value <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
-        value += step
-    return ticks
+    # counted, not stepped until past hi: a step below the values' float resolution would never get there
+    values = (first + i * step for i in range(math.floor((hi - first) / step + 1e-9) + 1))
+    return [0.0 if abs(value) < step * 1e-9 else value for value in values]
 
 
 def _axes(frame: _Frame, title: str, x_label: str, y_label: str, x_ticks: list[tuple[float, str]] | None = None):
@@ -268,7 +270,7 @@ def scatter_chart(title: str, points: list[ScatterPoint], x_label: str, y_label:
 # above (nice_ticks, padded_range, fmt).
 INTERACTIVE_JS = """
 (function () {
-  var NS = 'http://www.w3.org/2000/svg';
+  var NS = 'http://www.w3.org/2000/svg', FLAT = <FLAT>;
   function el(name, attrs, text) {
     var e = document.createElementNS(NS, name);
     for (var k in attrs) e.setAttribute(k, attrs[k]);
@@ -292,15 +294,15 @@ INTERACTIVE_JS = """
     if (integer && step < 1) step = 1;
     var mults = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
     for (var i = 0; i < mults.length; i++) { if (span / (step * mults[i]) <= 5) { step *= mults[i]; break; } }
-    var out = [];
-    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
-      out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
-    }
+    var out = [], first = Math.ceil(lo / step) * step, n = Math.floor((hi - first) / step + 1e-9) + 1;
+    for (var i = 0; i < n; i++) { var v = first + i * step; out.push(Math.abs(v) < step * 1e-9 ? 0 : v); }
     return out;
   }
   function padded(values) {
     var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
-    if (hi === lo) { var p = Math.abs(lo) * 0.1 || 1; return [lo - p, hi + p]; }
+    if (hi - lo <= FLAT * Math.max(1, Math.abs(lo), Math.abs(hi))) {
+      var p = Math.abs(lo) * 0.1 || 1; return [lo - p, hi + p];
+    }
     var pad = (hi - lo) * 0.06; return [lo - pad, hi + pad];
   }
   document.querySelectorAll('svg.plot[data-frame]').forEach(function (svg) {
@@ -412,4 +414,4 @@ INTERACTIVE_JS = """
     layer.addEventListener('dblclick', function () { view = {x: home.x.slice(), y: home.y.slice()}; draw(); });
   });
 })();
-"""
+""".replace("<FLAT>", repr(FLAT))
