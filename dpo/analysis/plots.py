@@ -86,7 +86,7 @@ def fmt(value: float) -> str:
 
 def padded_range(values: list[float]) -> tuple[float, float]:
     lo, hi = min(values), max(values)
-    if hi - lo <= FLAT * max(1.0, abs(lo), abs(hi)):
+    if hi - lo <= FLAT * max(abs(lo), abs(hi)):
         # a constant series (beta, a flat metric), or values equal but for rounding (two means of the same pairs):
         # a visible band around the value, where a span of 1e-16 would ask for ticks 1e-17 apart
         pad = abs(lo) * 0.1 or 1.0
@@ -300,7 +300,7 @@ INTERACTIVE_JS = """
   }
   function padded(values) {
     var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
-    if (hi - lo <= FLAT * Math.max(1, Math.abs(lo), Math.abs(hi))) {
+    if (hi - lo <= FLAT * Math.max(Math.abs(lo), Math.abs(hi))) {
       var p = Math.abs(lo) * 0.1 || 1; return [lo - p, hi + p];
     }
     var pad = (hi - lo) * 0.06; return [lo - pad, hi + pad];

@@ -157,10 +157,13 @@ def _metrics_row_problem(line: str) -> tuple[str | None, dict]:
 
 def kept_weights(summary: dict) -> tuple[int | None, dict]:
     """(step, held-out metrics) of the weights a run left in final/, from its summary.json: the restored best
-    checkpoint's, or the last step's ({} where the summary has none: a run the non-finite guard stopped)."""
-    if summary.get("final_weights") == "best":
+    checkpoint's, or the last step's; (None, {}) for a run that left none (the non-finite guard stopped it)."""
+    kept = summary.get("final_weights")
+    if kept == "best":
         return summary.get("best_step"), summary.get("best_metrics") or {}
-    return summary.get("steps"), summary.get("final_metrics") or {}
+    if kept == "last":
+        return summary.get("steps"), summary.get("final_metrics") or {}
+    return None, {}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from dpo.errors import UserError
-from dpo.rundir.files import metrics_rows, read_metrics
+from dpo.rundir.files import kept_weights, metrics_rows, read_metrics
 from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 
 
@@ -82,3 +82,10 @@ def test_resume_reads_metrics_strictly(tmp_path):
     with pytest.raises(UserError, match=r"metrics.jsonl: row 2: not a JSON object$"):
         metrics_rows(path)
     assert [record["step"] for _, record in metrics_rows(path, skip_bad=True)] == [1, 2]
+
+
+def test_kept_weights_names_the_step_and_numbers_of_final():
+    summary = {"best_step": 30, "steps": 40, "best_metrics": {"a": 1}, "final_metrics": {"a": 2}}
+    assert kept_weights({**summary, "final_weights": "best"}) == (30, {"a": 1})
+    assert kept_weights({**summary, "final_weights": "last"}) == (40, {"a": 2})
+    assert kept_weights({**summary, "final_weights": None}) == (None, {})  # the non-finite guard: no final/
