@@ -97,18 +97,45 @@ def watched_direction(loaded: LoadedRecipe) -> str:
         ) from None
 
 
-def no_evaluation_during_training(dpo_config) -> str | None:
+def steps_per_epoch(dpo_config, train_pairs: int) -> int:
+    """Optimizer steps in one epoch over `train_pairs`, counted as transformers does
+    (Trainer.set_initial_training_values): batches per process, then gradient accumulation, rounded up."""
+    per_batch = dpo_config.per_device_train_batch_size * dpo_config.world_size
+    batches = train_pairs // per_batch if dpo_config.dataloader_drop_last else math.ceil(train_pairs / per_batch)
+    accumulation = dpo_config.gradient_accumulation_steps
+    return max(math.ceil(batches / accumulation), 1)
+
+
+def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) -> str | None:
     """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping and the autopilot
     act only on evaluations made during training. transformers (TrainerState.compute_steps, DefaultFlowCallback)
     turns a fractional eval_steps into ceil(max_steps x eval_steps), evaluates at every multiple of it from
-    eval_delay on, and once more at the last step; so a run has none before that step when the strategy is 'no' or
-    when the first multiple at or past eval_delay is max_steps or later. Not caught: an epoch strategy, or a run
-    measured in epochs (max_steps -1), whose length needs the data (an epoch strategy with max_steps shorter than
-    one epoch evaluates only at the last step, the end of the cut-short epoch)."""
+    eval_delay on, and once more at the last step; the epoch strategy evaluates at each epoch's end from epoch
+    eval_delay on, and at the last step (the end of an epoch cut short by max_steps). So a run has no evaluation
+    before its last step when the strategy is 'no', or when the first of those points is its last step or later.
+    A run measured in epochs (max_steps -1) and the epoch strategy need the epoch's length in steps, so the number
+    of training pairs: without `train_pairs` they pass (the gate checks again once the data are read)."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
     steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
-    if dpo_config.eval_strategy != "steps" or not every or steps <= 0:
+    length = f"training.max_steps {steps}"
+    if steps <= 0 or dpo_config.eval_strategy == "epoch":
+        if train_pairs is None:
+            return None
+        epoch = steps_per_epoch(dpo_config, train_pairs)
+        if steps <= 0:
+            steps = math.ceil(dpo_config.num_train_epochs * epoch)
+            epochs = dpo_config.num_train_epochs
+            length = f"the run's {steps} steps (training.num_train_epochs {epochs:g} x {epoch} steps)"
+        if dpo_config.eval_strategy == "epoch":  # eval_delay counts epochs here
+            first = epoch * max(1, math.ceil(delay))
+            if first < steps:
+                return None
+            if epoch >= steps:
+                return (f"training.eval_strategy 'epoch': one epoch of {train_pairs} training pairs is {epoch} steps, "
+                        f"not fewer than {length}")  # fmt: skip
+            return f"training.eval_delay {delay:g} (epochs) leaves no evaluation before {length}"
+    if dpo_config.eval_strategy != "steps" or not every:
         return None
     interval = math.ceil(steps * every) if every < 1 else every
     first = interval * max(1, math.ceil(delay / interval))
@@ -116,8 +143,8 @@ def no_evaluation_during_training(dpo_config) -> str | None:
         return None
     if interval >= steps:  # no evaluation before the last step, whatever the delay
         shown = f"{every:g} (every {interval} steps)" if every < 1 else f"{every:g}"
-        return f"training.eval_steps {shown} >= training.max_steps {steps}"
-    return f"training.eval_delay {delay:g} leaves no evaluation before training.max_steps {steps}"
+        return f"training.eval_steps {shown} >= {length}"
+    return f"training.eval_delay {delay:g} leaves no evaluation before {length}"
 
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:

@@ -53,6 +53,10 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
         from dpo.errors import UserError
 
         raise UserError("drops every training pair", where=checked.loaded.where("data.audit"))
+    if action == "drop":  # fewer pairs, shorter epochs: a run measured in epochs may now end before evaluating
+        from dpo.training.gate import check_evaluations_in_run
+
+        check_evaluations_in_run(checked.loaded, checked.dpo_config, len(pairs))
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     expected = sum(p_after) / len(pairs)

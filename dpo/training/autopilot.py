@@ -513,6 +513,15 @@ _HAVE = {
 }
 
 
+def needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
+    """The autopilot acts only at evaluations made during training; `reason` says why this run has none."""
+    return UserError(
+        f"needs evaluations during training ({reason}); turn it off with "
+        "--set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)",
+        where=loaded.where("autopilot"),
+    )
+
+
 def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
     """The autopilot's keys must take effect: the section on, with evaluations, and each bound set away from its
     default for a control the recipe's losses take."""
@@ -522,13 +531,9 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         if changed:
             raise UserError("has no effect: autopilot.enabled is false", where=loaded.where(f"autopilot.{changed[0]}"))
         return
-    reason = no_evaluation_during_training(dpo_config)
+    reason = no_evaluation_during_training(dpo_config)  # again with the data read: gate.check_evaluations_in_run
     if reason:
-        raise UserError(
-            f"needs evaluations during training ({reason}); turn it off with "
-            "--set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)",
-            where=loaded.where("autopilot"),
-        )
+        raise needs_evaluations(loaded, reason)
     if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and section.min_lr_factor < 1:
         # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
         raise UserError(

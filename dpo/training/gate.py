@@ -114,6 +114,7 @@ def check(
         max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
     )
     _check_score_gaps(loaded, plan, data)
+    check_evaluations_in_run(loaded, dpo_config, len(data.train))
     checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
     if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
         from dpo.training.flip_estimate import check_auditable
@@ -238,9 +239,29 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
     if stopping.patience is None:
         return
-    reason = no_evaluation_during_training(dpo_config)
+    reason = no_evaluation_during_training(dpo_config)  # again with the data read: check_evaluations_in_run
     if reason:
-        raise UserError(
-            f"needs evaluations during training ({reason}): without them the untrained model would be kept as the best",
-            where=loaded.where("early_stopping.patience"),
-        )
+        raise _stopping_needs_evaluations(loaded, reason)
+
+
+def _stopping_needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
+    return UserError(
+        f"needs evaluations during training ({reason}): without them the untrained model would be kept as the best",
+        where=loaded.where("early_stopping.patience"),
+    )
+
+
+def check_evaluations_in_run(loaded: LoadedRecipe, dpo_config, train_pairs: int) -> None:
+    """Early stopping and the autopilot need an evaluation before the last step. A run measured in epochs, or
+    evaluated at each epoch's end, has its evaluation steps set by the number of training pairs: checked once they
+    are counted (here, and after the label audit drops pairs: dpo/training/audit_use.py)."""
+    from dpo.training.arguments import no_evaluation_during_training
+    from dpo.training.autopilot import needs_evaluations
+
+    reason = no_evaluation_during_training(dpo_config, train_pairs)
+    if reason is None:
+        return
+    if loaded.recipe.early_stopping.patience is not None:
+        raise _stopping_needs_evaluations(loaded, reason)
+    if loaded.recipe.autopilot.enabled:
+        raise needs_evaluations(loaded, reason)

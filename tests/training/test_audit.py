@@ -216,6 +216,23 @@ def test_suspects_are_dropped_or_flipped(audit_recipe, tmp_path, action):
     assert checked.data.card["audit"]["content_hash_after"] != before.data.card["content_hash"]["train"]
 
 
+def test_a_drop_that_leaves_no_evaluation_before_the_last_step_is_refused(audit_recipe, tmp_path):
+    """Fewer pairs make shorter epochs: a run measured in epochs is checked again once the audit has dropped its
+    suspects. Here one epoch of the pairs as read is evaluated at step 8 of 10; after the drop it has 5 steps."""
+    epochs = ["early_stopping.patience=2", "training.max_steps=-1", "training.num_train_epochs=1"]
+    settings = [*epochs, "training.per_device_train_batch_size=2", "training.eval_steps=8"]
+    checked = check(audit_recipe, settings)  # the gate counts the pairs as read: an evaluation at step 8 of 10
+    assert len(checked.data.train) == 19
+    dropping = check(audit_recipe, [*settings, "data.audit.suspects=drop", "data.audit.share=0.5"])
+    with pytest.raises(UserError) as raised:
+        apply_audit(dropping, tmp_path, progress=False)
+    assert str(raised.value) == (
+        "--set: early_stopping.patience: needs evaluations during training (training.eval_steps 8 >= the "
+        "run's 5 steps (training.num_train_epochs 1 x 5 steps)): without them the untrained model would be kept as "
+        "the best"
+    )
+
+
 @pytest.mark.slow
 def test_train_with_auto_records_the_audit_in_card_and_report(audit_recipe, tmp_path):
     run_dir = tmp_path / "run"

@@ -219,6 +219,16 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
             "autopilot: needs evaluations during training \\(training.eval_delay 5 leaves no evaluation before "
             "training.max_steps 6\\)",
         ),
+        (  # one epoch, evaluated at its end, which is the last step: found once the data are read
+            [
+                "autopilot.enabled=true",
+                "training.max_steps=-1",
+                "training.num_train_epochs=1",
+                "training.eval_strategy=epoch",
+            ],
+            "autopilot: needs evaluations during training \\(training.eval_strategy 'epoch': one epoch of "
+            "\\d+ training pairs is \\d+ steps, not fewer than the run's \\d+ steps",
+        ),
         (
             ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],
             "autopilot.enabled: cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau",
@@ -236,6 +246,8 @@ def test_recipe_errors_name_the_key(tiny_recipe, overrides, message):
     assert check(tiny_recipe, delayed)
     plateau = ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"]
     assert check(tiny_recipe, [*plateau, "autopilot.min_lr_factor=1"])  # the autopilot cuts no learning rate then
+    two_epochs = ["autopilot.enabled=true", "training.max_steps=-1", "training.num_train_epochs=2"]
+    assert check(tiny_recipe, [*two_epochs, "training.eval_strategy=epoch"])  # the first epoch's end comes first
 
 
 # ---- on the tiny model ----

@@ -180,6 +180,64 @@ def test_no_evaluation_during_training(strategy, max_steps, eval_steps, eval_del
     assert no_evaluation_during_training(config) == reason
 
 
+def _epoch_config(strategy, max_steps, eval_steps=10, eval_delay=0, epochs=3.0, batch=8, accumulation=1):
+    return SimpleNamespace(eval_strategy=strategy, max_steps=max_steps, eval_steps=eval_steps, eval_delay=eval_delay,
+                           num_train_epochs=epochs, per_device_train_batch_size=batch, world_size=1,
+                           gradient_accumulation_steps=accumulation, dataloader_drop_last=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "pairs", "reason"),
+    [
+        # 100 pairs in batches of 8: 13 steps an epoch
+        (_epoch_config("epoch", 40), 100, None),  # epoch ends at 13, 26, 39 (and the last step, 40)
+        (
+            _epoch_config("epoch", 13),
+            100,
+            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 13 steps, not fewer than "
+            "training.max_steps 13",
+        ),  # the one epoch ends at the last step
+        (_epoch_config("epoch", 5, accumulation=4), 100, None),  # 13 batches, 4 steps (the last of one batch)
+        (
+            _epoch_config("epoch", 4, accumulation=4),
+            100,
+            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 4 steps, not fewer than "
+            "training.max_steps 4",
+        ),
+        (
+            _epoch_config("epoch", -1, epochs=1),
+            100,
+            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 13 steps, not fewer than the run's 13 "
+            "steps (training.num_train_epochs 1 x 13 steps)",
+        ),
+        (_epoch_config("epoch", -1, epochs=1.5), 100, None),  # 20 steps, the first epoch ends at 13
+        (
+            _epoch_config("epoch", -1, eval_delay=2, epochs=2),
+            100,
+            "training.eval_delay 2 (epochs) leaves no evaluation before the run's 26 steps (training.num_train_epochs "
+            "2 x 13 steps)",
+        ),
+        (_epoch_config("epoch", 40, eval_delay=2.5), 100, None),  # the third epoch's end, 39
+        (
+            _epoch_config("steps", -1, eval_steps=20, epochs=1),
+            100,
+            "training.eval_steps 20 >= the run's 13 steps (training.num_train_epochs 1 x 13 steps)",
+        ),
+        (_epoch_config("steps", -1, eval_steps=0.1, epochs=1), 100, None),  # every 2 steps
+        (
+            _epoch_config("steps", -1, eval_steps=0.1, epochs=1),
+            8,
+            "training.eval_steps 0.1 (every 1 steps) >= the run's 1 steps (training.num_train_epochs 1 x 1 steps)",
+        ),
+        (_epoch_config("steps", 40), 100, None),  # a step run with max_steps set: the data change nothing
+    ],
+)
+def test_no_evaluation_during_training_with_the_data(config, pairs, reason):
+    """Runs measured in epochs, and the epoch strategy: the evaluation steps depend on the epoch's length."""
+    assert no_evaluation_during_training(config) is None  # without the data: passed on to the second check
+    assert no_evaluation_during_training(config, pairs) == reason
+
+
 def test_no_evaluation_during_training_agrees_with_transformers():
     """Against transformers' own code: the steps DefaultFlowCallback evaluates at, eval_steps resolved by
     TrainerState.compute_steps; a run is flagged exactly when none of them comes before its last step."""
@@ -201,3 +259,58 @@ def test_no_evaluation_during_training_agrees_with_transformers():
                         evaluated.append(step)
                 flagged = no_evaluation_during_training(args) is not None
                 assert flagged == (not any(step < max_steps for step in evaluated)), (max_steps, eval_steps, eval_delay)
+
+
+def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
+    """Against transformers' own training loop: a Trainer over a one-parameter model records the steps it
+    evaluates at, for runs measured in steps and in epochs, each epoch's end or every few steps, with gradient
+    accumulation and a last, short batch; the check flags a run exactly when none comes before its last step."""
+    import itertools
+    import math
+
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from dpo.training.arguments import steps_per_epoch
+
+    class OneWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"loss": (self.weight * x).pow(2).mean()}
+
+    class EvaluationSteps(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.steps.append(state.global_step)
+
+    lengths = [(-1, 1), (-1, 1.5), (-1, 2), (5, 3), (9, 3)]  # (max_steps, num_train_epochs)
+    schedules = [("epoch", 1, 0), ("epoch", 1, 1.5), ("steps", 3, 0), ("steps", 0.5, 0), ("steps", 2, 4)]
+    shapes = [(5, 4, 1), (20, 4, 3), (37, 8, 1)]  # (training pairs, batch size, gradient accumulation)
+    outcomes = []
+    for index, ((max_steps, epochs), (strategy, every, delay)) in enumerate(itertools.product(lengths, schedules)):
+        pairs, batch, accumulation = shapes[index % len(shapes)]  # each shape with every schedule, not every pair
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, eval_strategy=strategy,
+            eval_steps=every, eval_delay=delay, per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, save_strategy="no", logging_strategy="no", report_to=[],
+            disable_tqdm=True, use_cpu=True,
+        )  # fmt: skip
+        seen = EvaluationSteps()
+        trainer = Trainer(
+            model=OneWeight(), args=args, train_dataset=[{"x": torch.ones(1)}] * pairs,
+            eval_dataset=[{"x": torch.ones(1)}], callbacks=[seen],
+        )  # fmt: skip
+        trainer.train()
+        last = trainer.state.global_step
+        case = (max_steps, epochs, strategy, every, delay, pairs, batch, accumulation, seen.steps)
+        if max_steps < 0:
+            assert last == math.ceil(epochs * steps_per_epoch(args, pairs)), case
+        flagged = no_evaluation_during_training(args, pairs) is not None
+        assert flagged == (not any(step < last for step in seen.steps)), case
+        outcomes.append(flagged)
+    assert 0 < sum(outcomes) < len(outcomes)  # the grid has runs of both kinds
