@@ -97,6 +97,8 @@ def check(
             _check_heldout_kl(loaded, dpo_config)
         with problems.collect():
             _check_early_stopping(loaded, dpo_config, extra_metrics)
+        with problems.collect():
+            _check_plateau_evaluations(loaded, dpo_config)
         if plan is not None:
             with problems.collect():
                 _check_reference_metrics(loaded, plan, dpo_config)
@@ -252,9 +254,9 @@ def _stopping_needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
 
 
 def check_evaluations_in_run(loaded: LoadedRecipe, dpo_config, train_pairs: int) -> None:
-    """Early stopping and the autopilot need an evaluation before the last step. A run measured in epochs, or
-    evaluated at each epoch's end, has its evaluation steps set by the number of training pairs: checked once they
-    are counted (here, and after the label audit drops pairs: dpo/training/audit_use.py)."""
+    """Early stopping, reduce-on-plateau and the autopilot need an evaluation before the last step. A run measured
+    in epochs, or evaluated at each epoch's end, has its evaluation steps set by the number of training pairs:
+    checked once they are counted (here, and after the label audit drops pairs: dpo/training/audit_use.py)."""
     from dpo.training.arguments import no_evaluation_during_training
     from dpo.training.autopilot import needs_evaluations
 
@@ -263,5 +265,24 @@ def check_evaluations_in_run(loaded: LoadedRecipe, dpo_config, train_pairs: int)
         return
     if loaded.recipe.early_stopping.patience is not None:
         raise _stopping_needs_evaluations(loaded, reason)
+    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau":
+        raise _plateau_needs_evaluations(loaded, reason)
     if loaded.recipe.autopilot.enabled:
         raise needs_evaluations(loaded, reason)
+
+
+def _check_plateau_evaluations(loaded: LoadedRecipe, dpo_config) -> None:
+    from dpo.training.arguments import no_evaluation_during_training
+
+    if dpo_config.lr_scheduler_type != "reduce_lr_on_plateau":
+        return
+    reason = no_evaluation_during_training(dpo_config)  # again with the data read: check_evaluations_in_run
+    if reason:  # (eval_strategy 'no' transformers refuses itself)
+        raise _plateau_needs_evaluations(loaded, reason)
+
+
+def _plateau_needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
+    return UserError(
+        f"reduce_lr_on_plateau needs evaluations during training ({reason}): it would never cut the learning rate",
+        where=loaded.where("training.lr_scheduler_type"),
+    )
