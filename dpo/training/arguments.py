@@ -98,43 +98,55 @@ def watched_direction(loaded: LoadedRecipe) -> str:
 
 
 def steps_per_epoch(dpo_config, train_pairs: int) -> int:
-    """Optimizer steps in one epoch over `train_pairs`, counted as transformers does
-    (Trainer.set_initial_training_values): batches per process, then gradient accumulation, rounded up."""
-    per_batch = dpo_config.per_device_train_batch_size * dpo_config.world_size
+    """Optimizer steps in one epoch over `train_pairs`, as transformers counts them: each process gets
+    ceil(pairs / (batch x processes)) batches (floor with dataloader_drop_last; accelerate's BatchSamplerShard),
+    and an epoch is those batches over gradient accumulation, rounded up (Trainer.set_initial_training_values).
+    `train_batch_size` is the per-device batch times the GPUs one process drives. Not modelled: split_batches,
+    sequence or tensor parallelism, auto_find_batch_size."""
+    per_batch = dpo_config.train_batch_size * dpo_config.world_size
     batches = train_pairs // per_batch if dpo_config.dataloader_drop_last else math.ceil(train_pairs / per_batch)
-    accumulation = dpo_config.gradient_accumulation_steps
-    return max(math.ceil(batches / accumulation), 1)
+    return max(math.ceil(batches / dpo_config.gradient_accumulation_steps), 1)
+
+
+def _pairs_per_step(dpo_config, train_pairs: int) -> str:
+    """How the pairs make steps, for a message: '100 training pairs at 8 a step (on 2 processes)'."""
+    per_step = dpo_config.train_batch_size * dpo_config.world_size * dpo_config.gradient_accumulation_steps
+    processes = f" on {dpo_config.world_size} processes" if dpo_config.world_size > 1 else ""
+    return f"{train_pairs} training pairs at {per_step} a step{processes}"
 
 
 def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) -> str | None:
-    """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping and the autopilot
-    act only on evaluations made during training. transformers (TrainerState.compute_steps, DefaultFlowCallback)
-    turns a fractional eval_steps into ceil(max_steps x eval_steps), evaluates at every multiple of it from
-    eval_delay on, and once more at the last step; the epoch strategy evaluates at each epoch's end from epoch
-    eval_delay on, and at the last step (the end of an epoch cut short by max_steps). So a run has no evaluation
-    before its last step when the strategy is 'no', or when the first of those points is its last step or later.
-    A run measured in epochs (max_steps -1) and the epoch strategy need the epoch's length in steps, so the number
-    of training pairs: without `train_pairs` they pass (the gate checks again once the data are read)."""
+    """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping,
+    reduce-on-plateau and the autopilot act only on evaluations made during training. transformers
+    (TrainerState.compute_steps, DefaultFlowCallback) turns a fractional eval_steps into ceil(max_steps x
+    eval_steps), evaluates at every multiple of it from eval_delay on, and once more at the last step; the epoch
+    strategy evaluates at each epoch's end from epoch eval_delay on, and at the last step (the end of an epoch cut
+    short by max_steps). So a run has no evaluation before its last step when the strategy is 'no', or when the
+    first of those points is its last step or later. A run measured in epochs (max_steps -1) and the epoch strategy
+    need the epoch's length in steps, so the number of training pairs: without `train_pairs` they pass (the gate
+    checks again once the data are read). The count is for the processes this one runs with: `dpo validate` is
+    one; `dpo train` under torchrun counts them all."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
     steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
     length = f"training.max_steps {steps}"
-    if steps <= 0 or dpo_config.eval_strategy == "epoch":
+    if steps < 0 or dpo_config.eval_strategy == "epoch":
         if train_pairs is None:
             return None
-        epoch = steps_per_epoch(dpo_config, train_pairs)
-        if steps <= 0:
+        epoch, pairs = steps_per_epoch(dpo_config, train_pairs), _pairs_per_step(dpo_config, train_pairs)
+        epochs = f"training.num_train_epochs {dpo_config.num_train_epochs:g}"
+        if steps < 0:  # transformers' run length in epochs
             steps = math.ceil(dpo_config.num_train_epochs * epoch)
-            epochs = dpo_config.num_train_epochs
-            length = f"the run's {steps} steps (training.num_train_epochs {epochs:g} x {epoch} steps)"
+            length = f"the run's {steps} steps ({epochs})"
         if dpo_config.eval_strategy == "epoch":  # eval_delay counts epochs here
             first = epoch * max(1, math.ceil(delay))
             if first < steps:
                 return None
-            if epoch >= steps:
-                return (f"training.eval_strategy 'epoch': one epoch of {train_pairs} training pairs is {epoch} steps, "
-                        f"not fewer than {length}")  # fmt: skip
-            return f"training.eval_delay {delay:g} (epochs) leaves no evaluation before {length}"
+            which = "epoch" if epoch >= steps else f"epoch from training.eval_delay {delay:g}"  # the delay the cause
+            ends = f"ends at step {first} ({pairs}), not before {length}"
+            return f"training.eval_strategy 'epoch': the first {which} {ends}"
+        if dpo_config.max_steps < 0:
+            length = f"the run's {steps} steps ({epochs} of {pairs})"
     if dpo_config.eval_strategy != "steps" or not every:
         return None
     interval = math.ceil(steps * every) if every < 1 else every

@@ -35,7 +35,6 @@ from dpo.config.schema import AutopilotSection
 from dpo.errors import UserError
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
-from dpo.training.arguments import no_evaluation_during_training
 from dpo.training.losses import LOSSES, PLAIN_DPO_LINK, LossPlan
 
 NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
@@ -513,27 +512,15 @@ _HAVE = {
 }
 
 
-def needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
-    """The autopilot acts only at evaluations made during training; `reason` says why this run has none."""
-    return UserError(
-        f"needs evaluations during training ({reason}); turn it off with "
-        "--set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)",
-        where=loaded.where("autopilot"),
-    )
-
-
 def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
-    """The autopilot's keys must take effect: the section on, with evaluations, and each bound set away from its
-    default for a control the recipe's losses take."""
+    """The autopilot's keys must take effect: the section on, and each bound set away from its default for a control
+    the recipe's losses take. (That its run has evaluations to act on: gate.check_evaluations.)"""
     section = loaded.recipe.autopilot
     changed = [key for key, field in AutopilotSection.model_fields.items() if getattr(section, key) != field.default]
     if not section.enabled:
         if changed:
             raise UserError("has no effect: autopilot.enabled is false", where=loaded.where(f"autopilot.{changed[0]}"))
         return
-    reason = no_evaluation_during_training(dpo_config)  # again with the data read: gate.check_evaluations_in_run
-    if reason:
-        raise needs_evaluations(loaded, reason)
     if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and section.min_lr_factor < 1:
         # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
         raise UserError(

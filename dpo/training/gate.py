@@ -19,7 +19,7 @@ from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data
 from dpo.data.rows import SCORE_GAP
-from dpo.errors import Problems, UserError, did_you_mean
+from dpo.errors import Problems, UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS
 from dpo.rundir.writable import check_output_dir
 
@@ -98,7 +98,7 @@ def check(
         with problems.collect():
             _check_early_stopping(loaded, dpo_config, extra_metrics)
         with problems.collect():
-            _check_plateau_evaluations(loaded, dpo_config)
+            check_evaluations(loaded, dpo_config)
         if plan is not None:
             with problems.collect():
                 _check_reference_metrics(loaded, plan, dpo_config)
@@ -116,7 +116,11 @@ def check(
         max_length=dpo_config.max_length,  # rows longer than this would be cut by TRL: invalid rows
     )
     _check_score_gaps(loaded, plan, data)
-    check_evaluations_in_run(loaded, dpo_config, len(data.train))
+    train_pairs = len(data.train)
+    audit = recipe.data.audit
+    if audit is not None and audit.suspects == "drop" and audit.share is not None:  # a count known before the audit
+        train_pairs -= int(audit.share * train_pairs)  # as audit_use.suspects rounds it
+    check_evaluations(loaded, dpo_config, train_pairs)
     checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
     if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
         from dpo.training.flip_estimate import check_auditable
@@ -221,7 +225,7 @@ def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
 
 
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:
-    from dpo.training.arguments import no_evaluation_during_training, watched_direction
+    from dpo.training.arguments import watched_direction
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
@@ -239,50 +243,32 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
             where=loaded.where("early_stopping.metric"),
         )
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
-    if stopping.patience is None:
-        return
-    reason = no_evaluation_during_training(dpo_config)  # again with the data read: check_evaluations_in_run
-    if reason:
-        raise _stopping_needs_evaluations(loaded, reason)
 
 
-def _stopping_needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
-    return UserError(
-        f"needs evaluations during training ({reason}): without them the untrained model would be kept as the best",
-        where=loaded.where("early_stopping.patience"),
-    )
-
-
-def check_evaluations_in_run(loaded: LoadedRecipe, dpo_config, train_pairs: int) -> None:
-    """Early stopping, reduce-on-plateau and the autopilot need an evaluation before the last step. A run measured
-    in epochs, or evaluated at each epoch's end, has its evaluation steps set by the number of training pairs:
-    checked once they are counted (here, and after the label audit drops pairs: dpo/training/audit_use.py)."""
+def check_evaluations(loaded: LoadedRecipe, dpo_config, train_pairs: int | None = None) -> None:
+    """Early stopping, reduce-on-plateau and the autopilot act only on evaluations made during training: each one
+    a recipe uses is an error when its run has none before the last step. Checked with the recipe alone first; a
+    run measured in epochs, or evaluated at each epoch's end, has its evaluation steps set by the number of training
+    pairs, so again once they are counted (`train_pairs`: after the data are read, and after the label audit drops
+    pairs, dpo/training/audit_use.py)."""
     from dpo.training.arguments import no_evaluation_during_training
-    from dpo.training.autopilot import needs_evaluations
 
     reason = no_evaluation_during_training(dpo_config, train_pairs)
     if reason is None:
         return
-    if loaded.recipe.early_stopping.patience is not None:
-        raise _stopping_needs_evaluations(loaded, reason)
-    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau":
-        raise _plateau_needs_evaluations(loaded, reason)
-    if loaded.recipe.autopilot.enabled:
-        raise needs_evaluations(loaded, reason)
-
-
-def _check_plateau_evaluations(loaded: LoadedRecipe, dpo_config) -> None:
-    from dpo.training.arguments import no_evaluation_during_training
-
-    if dpo_config.lr_scheduler_type != "reduce_lr_on_plateau":
-        return
-    reason = no_evaluation_during_training(dpo_config)  # again with the data read: check_evaluations_in_run
-    if reason:  # (eval_strategy 'no' transformers refuses itself)
-        raise _plateau_needs_evaluations(loaded, reason)
-
-
-def _plateau_needs_evaluations(loaded: LoadedRecipe, reason: str) -> UserError:
-    return UserError(
-        f"reduce_lr_on_plateau needs evaluations during training ({reason}): it would never cut the learning rate",
-        where=loaded.where("training.lr_scheduler_type"),
+    recipe = loaded.recipe
+    users = (  # (whether the recipe uses it, its key, what happens without evaluations)
+        (recipe.early_stopping.patience is not None, "early_stopping.patience",
+         "without them the untrained model would be kept as the best"),
+        (dpo_config.lr_scheduler_type == "reduce_lr_on_plateau", "training.lr_scheduler_type",
+         "reduce_lr_on_plateau would never cut the learning rate"),
+        (recipe.autopilot.enabled, "autopilot",
+         "turn it off with --set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)"),
+    )  # fmt: skip
+    raise_all(
+        [
+            UserError(f"needs evaluations during training ({reason}): {consequence}", where=loaded.where(key))
+            for used, key, consequence in users
+            if used
+        ]
     )

@@ -216,21 +216,38 @@ def test_suspects_are_dropped_or_flipped(audit_recipe, tmp_path, action):
     assert checked.data.card["audit"]["content_hash_after"] != before.data.card["content_hash"]["train"]
 
 
-def test_a_drop_that_leaves_no_evaluation_before_the_last_step_is_refused(audit_recipe, tmp_path):
-    """Fewer pairs make shorter epochs: a run measured in epochs is checked again once the audit has dropped its
-    suspects. Here one epoch of the pairs as read is evaluated at step 8 of 10; after the drop it has 5 steps."""
+def test_a_drop_that_leaves_no_evaluation_before_the_last_step_is_refused(audit_recipe, tmp_path, monkeypatch):
+    """Fewer pairs make shorter epochs. One epoch of the 19 pairs as read, at 2 a step, is 10 steps, evaluated at
+    step 8; with 9 of them dropped it is 5. A drop of a `share` has a count the gate knows before the audit runs;
+    a drop by `threshold` has one only the audit's posteriors give, so the run is checked again after it."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+
     epochs = ["early_stopping.patience=2", "training.max_steps=-1", "training.num_train_epochs=1"]
     settings = [*epochs, "training.per_device_train_batch_size=2", "training.eval_steps=8"]
-    checked = check(audit_recipe, settings)  # the gate counts the pairs as read: an evaluation at step 8 of 10
-    assert len(checked.data.train) == 19
-    dropping = check(audit_recipe, [*settings, "data.audit.suspects=drop", "data.audit.share=0.5"])
-    with pytest.raises(UserError) as raised:
-        apply_audit(dropping, tmp_path, progress=False)
-    assert str(raised.value) == (
-        "--set: early_stopping.patience: needs evaluations during training (training.eval_steps 8 >= the "
-        "run's 5 steps (training.num_train_epochs 1 x 5 steps)): without them the untrained model would be kept as "
-        "the best"
+    assert len(check(audit_recipe, settings).data.train) == 19  # an evaluation at step 8 of 10
+    refused = (
+        "--set: early_stopping.patience: needs evaluations during training (training.eval_steps 8 >= the run's 5 "
+        "steps (training.num_train_epochs 1 of 10 training pairs at 2 a step)): without them the untrained model "
+        "would be kept as the best"
     )
+    with pytest.raises(UserError) as raised:  # 19 - int(0.5 x 19) = 10 pairs left
+        check(audit_recipe, [*settings, "data.audit.suspects=drop", "data.audit.share=0.5"])
+    assert str(raised.value) == refused
+
+    real_audit = audit_use.audit_checked
+
+    def nine_suspects(checked, progress=True):  # the tiny random model suspects nothing by itself
+        result = real_audit(checked, progress)
+        p_flipped = torch.tensor([0.9] * 9 + [0.1] * 10, dtype=result.mixture.p_flipped.dtype)
+        return dataclasses.replace(result, mixture=dataclasses.replace(result.mixture, p_flipped=p_flipped))
+
+    monkeypatch.setattr(audit_use, "audit_checked", nine_suspects)
+    by_threshold = check(audit_recipe, [*settings, "data.audit.suspects=drop", "data.audit.threshold=0.5"])
+    with pytest.raises(UserError) as raised:
+        apply_audit(by_threshold, tmp_path, progress=False)
+    assert str(raised.value) == refused
 
 
 @pytest.mark.slow

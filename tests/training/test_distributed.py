@@ -44,7 +44,8 @@ def _assert_same_curve(single: Path, multi: Path) -> None:
         assert b["loss"] == pytest.approx(a["loss"], abs=LOSS_TOLERANCE), a["step"]
     for a, b in zip(_eval_rows(single), _eval_rows(multi), strict=True):
         assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=LOSS_TOLERANCE), a["step"]
-    assert _train_rows(single)[-1]["loss"] < _train_rows(single)[0]["loss"]  # the curve moved: a real comparison
+    held_out = [r["eval_loss"] for r in _eval_rows(single)]  # the same pairs at every evaluation, unlike the batches
+    assert abs(held_out[-1] - held_out[0]) > 10 * LOSS_TOLERANCE  # training moved the model: a real comparison
 
 
 @pytest.mark.slow
@@ -87,15 +88,7 @@ def test_adaptive_beta_under_two_processes_is_the_single_process_beta(tiny_recip
     recipe = yaml.safe_load(tiny_recipe.read_text())
     recipe["loss"]["beta_schedule"] = {"type": "adaptive", "alpha": 5.0}  # a large alpha: a beta that moves
     recipe["training"]["learning_rate"] = 5e-2  # and gaps that spread from step 2 on
-    runs = {}
-    for processes, launcher in ((1, [sys.executable]), (2, _torchrun())):
-        recipe["training"]["per_device_train_batch_size"] = 4 // processes
-        path = tmp_path / f"adaptive-{processes}.yaml"
-        path.write_text(yaml.safe_dump(recipe))
-        runs[processes] = tmp_path / f"run-{processes}"
-        proc = subprocess.run([*launcher, "-m", "dpo", "train", str(path), "--output-dir", str(runs[processes])],
-                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _one_and_two_processes(recipe, tmp_path)
     single, multi = (_train_rows(runs[p]) for p in (1, 2))
     assert [r["beta"] for r in single][0] == 0.1 and abs(single[-1]["beta"] - 0.1) > 1e-3  # it moved
     for a, b in zip(single, multi, strict=True):
@@ -108,27 +101,59 @@ def test_autopilot_under_two_processes_decides_and_acts_as_one_process(tiny_reci
     """The quickstart runs the autopilot, and docs/distributed.md launches the quickstart on several processes: every
     rank runs the autopilot's rules and changes its own loss, so two processes log the single process's decisions
     and loss curve (a change made on rank 0 alone would average a smoothed gradient with an unsmoothed one, and move
-    the curve). The rule here reads the recipe's flip rate, not a metric: rules that read evaluation metrics get the
-    same gathered numbers on every rank (HF Trainer's evaluate), which this test does not exercise."""
+    the curve). The rule here reads the recipe's flip rate, not a metric (the next test has the rules that do)."""
     recipe = yaml.safe_load(tiny_recipe.read_text())
     recipe["autopilot"] = {"enabled": True, "flip_rate": 0.2}  # label_audit: the smoothing to 0.2 when it first looks
+    runs = _one_and_two_processes(recipe, tmp_path)
+    decisions = {processes: _decisions(run_dir) for processes, run_dir in runs.items()}
+    assert decisions[1], "the single-process run made no autopilot decision"
+    assert decisions[1][0][1:] == ("label_audit", {"loss.label_smoothing": [0.0, 0.2]})
+    assert decisions[2] == decisions[1]
+    _assert_same_curve(runs[1], runs[2])
+
+
+@pytest.mark.slow
+def test_autopilot_rules_that_read_evaluations_decide_alike_under_two_processes(tiny_recipe, tmp_path):
+    """The rules that read held-out metrics and the train/held-out gaps: each rank computes them from its trainer's
+    log history, which must hold the same gathered numbers on every rank, or the ranks would change different
+    controls (or one would stop alone and the other wait for it forever). Thresholds near zero and no noise margin
+    make them fire on the tiny model; two processes must log the same decisions, for the same numbers."""
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["training"]["learning_rate"] = 5e-2  # metrics that move by step 2
+    recipe["early_stopping"] = {"noise_sigmas": 0}  # the rules' thresholds alone, no standard-error margin
+    recipe["autopilot"] = {"enabled": True, "displacement_nats": 1e-6, "accuracy_gap": 1e-6, "loss_rise": 1e-6,
+                           "patience": 1, "cooldown": 0}  # fmt: skip
+    runs = _one_and_two_processes(recipe, tmp_path)
+    decisions = {processes: _decisions(run_dir) for processes, run_dir in runs.items()}
+    assert any(rule != "label_audit" for _, rule, _ in decisions[1]), decisions[1]  # a metric rule fired
+    assert decisions[2] == decisions[1]
+    because = {p: [r["autopilot"]["because"] for r in read_jsonl(run / "metrics.jsonl") if "autopilot" in r]
+               for p, run in runs.items()}  # fmt: skip
+    for one, two in zip(because[1], because[2], strict=True):
+        assert one.keys() == two.keys()
+        for key, value in one.items():
+            assert two[key] == (pytest.approx(value, abs=1e-4) if isinstance(value, float) else value), key
+    _assert_same_curve(runs[1], runs[2])
+
+
+def _one_and_two_processes(recipe: dict, tmp_path: Path) -> dict[int, Path]:
+    """`dpo train` of `recipe` as one process with 4 pairs a step and under torchrun as two with 2 each: the run
+    directories by number of processes."""
     runs = {}
     for processes, launcher in ((1, [sys.executable]), (2, _torchrun())):
         recipe["training"]["per_device_train_batch_size"] = 4 // processes
-        path = tmp_path / f"autopilot-{processes}.yaml"
+        path = tmp_path / f"recipe-{processes}.yaml"
         path.write_text(yaml.safe_dump(recipe))
         runs[processes] = tmp_path / f"run-{processes}"
         proc = subprocess.run([*launcher, "-m", "dpo", "train", str(path), "--output-dir", str(runs[processes])],
                               capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
-    decisions = {}
-    for processes, run_dir in runs.items():
-        events = [r["autopilot"] for r in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in r]
-        decisions[processes] = [(e["step"], e["rule"], e["changed"]) for e in events]
-    assert decisions[1], "the single-process run made no autopilot decision"
-    assert decisions[1][0][1:] == ("label_audit", {"loss.label_smoothing": [0.0, 0.2]})
-    assert decisions[2] == decisions[1]
-    _assert_same_curve(runs[1], runs[2])
+    return runs
+
+
+def _decisions(run_dir: Path) -> list[tuple]:
+    events = [r["autopilot"] for r in read_jsonl(run_dir / "metrics.jsonl") if "autopilot" in r]
+    return [(e["step"], e["rule"], e["changed"]) for e in events]
 
 
 def _torchrun(*args: str) -> list[str]:

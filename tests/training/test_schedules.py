@@ -58,8 +58,8 @@ def test_plateau_mode_must_agree_with_early_stopping(tiny_recipe, tmp_path):
         (["training.eval_steps=4"], "training.eval_steps 4 >= training.max_steps 4"),  # the one evaluation is the last
         (  # found once the data are read: one epoch of the 32 training pairs, 8 steps, evaluated at its end
             ["training.max_steps=-1", "training.num_train_epochs=1", "training.eval_strategy=epoch"],
-            "training.eval_strategy 'epoch': one epoch of 32 training pairs is 8 steps, not fewer than the run's 8 "
-            "steps (training.num_train_epochs 1 x 8 steps)",
+            "training.eval_strategy 'epoch': the first epoch ends at step 8 (32 training pairs at 4 a step), not "
+            "before the run's 8 steps (training.num_train_epochs 1)",
         ),
     ],
 )
@@ -69,7 +69,7 @@ def test_plateau_needs_evaluations_during_training(tiny_recipe, overrides, reaso
     with pytest.raises(UserError) as raised:
         check(tiny_recipe, [plateau, *overrides])
     assert str(raised.value) == (
-        f"--set: training.lr_scheduler_type: reduce_lr_on_plateau needs evaluations during training ({reason}): it "
+        f"--set: training.lr_scheduler_type: needs evaluations during training ({reason}): reduce_lr_on_plateau "
         "would never cut the learning rate"
     )
     assert check(tiny_recipe, [plateau, "training.eval_steps=2"])  # an evaluation at step 2 of 4

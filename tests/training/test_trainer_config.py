@@ -9,7 +9,7 @@ import yaml
 
 from dpo.config.loading import changes_from_base, load_recipe
 from dpo.errors import UserError
-from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training
+from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training, steps_per_epoch
 from dpo.training.loss_plan import hyperparameter_keys, loss_plan
 from tests.conftest import write_recipe
 
@@ -180,62 +180,67 @@ def test_no_evaluation_during_training(strategy, max_steps, eval_steps, eval_del
     assert no_evaluation_during_training(config) == reason
 
 
-def _epoch_config(strategy, max_steps, eval_steps=10, eval_delay=0, epochs=3.0, batch=8, accumulation=1):
+def _epoch_config(strategy, max_steps, eval_steps=10, eval_delay=0, epochs=3.0, batch=8, accumulation=1,
+                  processes=1, drop_last=False):  # fmt: skip
     return SimpleNamespace(eval_strategy=strategy, max_steps=max_steps, eval_steps=eval_steps, eval_delay=eval_delay,
-                           num_train_epochs=epochs, per_device_train_batch_size=batch, world_size=1,
-                           gradient_accumulation_steps=accumulation, dataloader_drop_last=False)  # fmt: skip
+                           num_train_epochs=epochs, train_batch_size=batch, world_size=processes,
+                           gradient_accumulation_steps=accumulation, dataloader_drop_last=drop_last)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("config", "pairs", "reason"),
     [
-        # 100 pairs in batches of 8: 13 steps an epoch
+        # 100 pairs in batches of 8: 13 steps an epoch (the last batch of 4)
         (_epoch_config("epoch", 40), 100, None),  # epoch ends at 13, 26, 39 (and the last step, 40)
-        (
-            _epoch_config("epoch", 13),
-            100,
-            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 13 steps, not fewer than "
-            "training.max_steps 13",
-        ),  # the one epoch ends at the last step
+        (_epoch_config("epoch", 13), 100,
+         "training.eval_strategy 'epoch': the first epoch ends at step 13 (100 training pairs at 8 a step), not "
+         "before training.max_steps 13"),
+        (_epoch_config("epoch", 13, drop_last=True), 100, None),  # 12 steps: the short batch dropped
         (_epoch_config("epoch", 5, accumulation=4), 100, None),  # 13 batches, 4 steps (the last of one batch)
-        (
-            _epoch_config("epoch", 4, accumulation=4),
-            100,
-            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 4 steps, not fewer than "
-            "training.max_steps 4",
-        ),
-        (
-            _epoch_config("epoch", -1, epochs=1),
-            100,
-            "training.eval_strategy 'epoch': one epoch of 100 training pairs is 13 steps, not fewer than the run's 13 "
-            "steps (training.num_train_epochs 1 x 13 steps)",
-        ),
+        (_epoch_config("epoch", 4, accumulation=4), 100,
+         "training.eval_strategy 'epoch': the first epoch ends at step 4 (100 training pairs at 32 a step), not "
+         "before training.max_steps 4"),
+        (_epoch_config("epoch", 7, processes=2), 100,  # 7 batches of 8 on each process
+         "training.eval_strategy 'epoch': the first epoch ends at step 7 (100 training pairs at 16 a step on 2 "
+         "processes), not before training.max_steps 7"),
+        (_epoch_config("epoch", -1, epochs=1), 100,
+         "training.eval_strategy 'epoch': the first epoch ends at step 13 (100 training pairs at 8 a step), not "
+         "before the run's 13 steps (training.num_train_epochs 1)"),
         (_epoch_config("epoch", -1, epochs=1.5), 100, None),  # 20 steps, the first epoch ends at 13
-        (
-            _epoch_config("epoch", -1, eval_delay=2, epochs=2),
-            100,
-            "training.eval_delay 2 (epochs) leaves no evaluation before the run's 26 steps (training.num_train_epochs "
-            "2 x 13 steps)",
-        ),
+        (_epoch_config("epoch", -1, eval_delay=2, epochs=2), 100,
+         "training.eval_strategy 'epoch': the first epoch from training.eval_delay 2 ends at step 26 (100 training "
+         "pairs at 8 a step), not before the run's 26 steps (training.num_train_epochs 2)"),
         (_epoch_config("epoch", 40, eval_delay=2.5), 100, None),  # the third epoch's end, 39
-        (
-            _epoch_config("steps", -1, eval_steps=20, epochs=1),
-            100,
-            "training.eval_steps 20 >= the run's 13 steps (training.num_train_epochs 1 x 13 steps)",
-        ),
+        (_epoch_config("steps", -1, eval_steps=20, epochs=1), 100,
+         "training.eval_steps 20 >= the run's 13 steps (training.num_train_epochs 1 of 100 training pairs at 8 a "
+         "step)"),
         (_epoch_config("steps", -1, eval_steps=0.1, epochs=1), 100, None),  # every 2 steps
-        (
-            _epoch_config("steps", -1, eval_steps=0.1, epochs=1),
-            8,
-            "training.eval_steps 0.1 (every 1 steps) >= the run's 1 steps (training.num_train_epochs 1 x 1 steps)",
-        ),
+        (_epoch_config("steps", -1, eval_steps=0.1, epochs=1), 8,
+         "training.eval_steps 0.1 (every 1 steps) >= the run's 1 steps (training.num_train_epochs 1 of 8 training "
+         "pairs at 8 a step)"),
         (_epoch_config("steps", 40), 100, None),  # a step run with max_steps set: the data change nothing
     ],
-)
+)  # fmt: skip
 def test_no_evaluation_during_training_with_the_data(config, pairs, reason):
     """Runs measured in epochs, and the epoch strategy: the evaluation steps depend on the epoch's length."""
     assert no_evaluation_during_training(config) is None  # without the data: passed on to the second check
     assert no_evaluation_during_training(config, pairs) == reason
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_per_process_are_accelerates(drop_last):
+    """Each of several processes gets the batches accelerate's BatchSamplerShard gives it (even_batches: the short
+    ones padded from the start), which steps_per_epoch counts without starting any process."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    for pairs in (1, 7, 16, 17, 33, 100):
+        for processes in (1, 2, 3):
+            config = _epoch_config("epoch", 40, batch=4, processes=processes, drop_last=drop_last)
+            lengths = {len(BatchSamplerShard(BatchSampler(range(pairs), 4, drop_last), processes, rank))
+                       for rank in range(processes)}  # fmt: skip
+            assert len(lengths) == 1  # every process steps alike
+            assert steps_per_epoch(config, pairs) == max(lengths.pop(), 1), (pairs, processes)  # transformers' max
 
 
 def test_no_evaluation_during_training_agrees_with_transformers():
@@ -271,8 +276,6 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from dpo.training.arguments import steps_per_epoch
-
     class OneWeight(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -290,15 +293,16 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
 
     lengths = [(-1, 1), (-1, 1.5), (-1, 2), (5, 3), (9, 3)]  # (max_steps, num_train_epochs)
     schedules = [("epoch", 1, 0), ("epoch", 1, 1.5), ("steps", 3, 0), ("steps", 0.5, 0), ("steps", 2, 4)]
-    shapes = [(5, 4, 1), (20, 4, 3), (37, 8, 1)]  # (training pairs, batch size, gradient accumulation)
+    shapes = [(5, 4, 1, False), (20, 4, 3, False), (37, 8, 1, True)]  # (pairs, batch, accumulation, drop_last)
     outcomes = []
     for index, ((max_steps, epochs), (strategy, every, delay)) in enumerate(itertools.product(lengths, schedules)):
-        pairs, batch, accumulation = shapes[index % len(shapes)]  # each shape with every schedule, not every pair
+        # each shape with every schedule, not with every pair of length and schedule
+        pairs, batch, accumulation, drop_last = shapes[index % len(shapes)]
         args = TrainingArguments(
             output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, eval_strategy=strategy,
             eval_steps=every, eval_delay=delay, per_device_train_batch_size=batch,
-            gradient_accumulation_steps=accumulation, save_strategy="no", logging_strategy="no", report_to=[],
-            disable_tqdm=True, use_cpu=True,
+            gradient_accumulation_steps=accumulation, dataloader_drop_last=drop_last, save_strategy="no",
+            logging_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
         )  # fmt: skip
         seen = EvaluationSteps()
         trainer = Trainer(
@@ -307,7 +311,7 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
         )  # fmt: skip
         trainer.train()
         last = trainer.state.global_step
-        case = (max_steps, epochs, strategy, every, delay, pairs, batch, accumulation, seen.steps)
+        case = (max_steps, epochs, strategy, every, delay, pairs, batch, accumulation, drop_last, seen.steps)
         if max_steps < 0:
             assert last == math.ceil(epochs * steps_per_epoch(args, pairs)), case
         flagged = no_evaluation_during_training(args, pairs) is not None
