@@ -126,6 +126,10 @@ def test_plan_json_and_errors(tmp_path):
         (["training.label_smoothing_factor=0.1"], "use loss.label_smoothing"),
         (["base=other.yaml"], "base cannot be overridden"),
         (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: expected a number, got the text '0.2'"),
+        (  # the arithmetic set's 1200 training pairs, in batches of 2000 that drop_last keeps only when full
+            ["training.dataloader_drop_last=true", "training.per_device_train_batch_size=2000"],
+            "training.dataloader_drop_last: drops every training pair: 1200 training pairs make no full batch of 2000",
+        ),
     ],
 )
 def test_late_errors_are_caught_before_the_run_directory(tmp_path, overrides, fragment):

@@ -35,7 +35,7 @@ def _flipped(pair: dict) -> dict:
 def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = True):
     """The checked recipe with the audit applied: its training pairs after `data.audit.suspects`, its loss plan
     with `auto` resolved, and the audit in its data card. Writes RUN_DIR/audit.json (when `write`). A UserError
-    when the drop leaves no pairs, or leaves a run that needs evaluations (gate.check_evaluations) without one."""
+    when the drop leaves no pairs, or fewer than the run needs (gate.check_pairs_counted)."""
     result = audit_checked(checked, progress)
     section = checked.recipe.data.audit
     action = section.suspects if section is not None else "keep"
@@ -54,10 +54,10 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
         from dpo.errors import UserError
 
         raise UserError("drops every training pair", where=checked.loaded.where("data.audit"))
-    if action == "drop":  # fewer pairs, shorter epochs: a run measured in epochs may now end before evaluating
-        from dpo.training.gate import check_evaluations
+    if action == "drop":  # fewer pairs: maybe no full batch, or a run in epochs that ends before evaluating
+        from dpo.training.gate import check_pairs_counted
 
-        check_evaluations(checked.loaded, checked.dpo_config, len(pairs))
+        check_pairs_counted(checked.loaded, checked.dpo_config, len(pairs))
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     expected = sum(p_after) / len(pairs)

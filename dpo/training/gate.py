@@ -120,7 +120,7 @@ def check(
     audit = recipe.data.audit
     if audit is not None and audit.suspects == "drop" and audit.share is not None:  # a count known before the audit
         train_pairs -= int(audit.share * train_pairs)  # as audit_use.suspects rounds it
-    check_evaluations(loaded, dpo_config, train_pairs)
+    check_pairs_counted(loaded, dpo_config, train_pairs)
     checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
     if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
         from dpo.training.flip_estimate import check_auditable
@@ -243,6 +243,18 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
             where=loaded.where("early_stopping.metric"),
         )
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
+
+
+def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int) -> None:
+    """The checks that need the number of training pairs: after the data are read, and after the label audit
+    drops pairs (dpo/training/audit_use.py)."""
+    per_batch = dpo_config.train_batch_size * dpo_config.world_size
+    if dpo_config.dataloader_drop_last and train_pairs < per_batch:  # an epoch of no full batch: nothing to train on
+        raise UserError(
+            f"drops every training pair: {train_pairs} training pairs make no full batch of {per_batch}",
+            where=loaded.where("training.dataloader_drop_last"),
+        )
+    check_evaluations(loaded, dpo_config, train_pairs)
 
 
 def check_evaluations(loaded: LoadedRecipe, dpo_config, train_pairs: int | None = None) -> None:
