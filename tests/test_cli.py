@@ -126,6 +126,7 @@ def test_plan_json_and_errors(tmp_path):
         (["training.label_smoothing_factor=0.1"], "use loss.label_smoothing"),
         (["base=other.yaml"], "base cannot be overridden"),
         (["data.augment=[{type: label_noise, fraction: '0.2'}]"], "fraction: expected a number, got the text '0.2'"),
+        (["training.eval_steps=-0.5"], "training.eval_steps: must be above 0"),  # found by tests/test_fuzz.py
         (  # the arithmetic set's 1200 training pairs, in batches of 2000 that drop_last keeps only when full
             ["training.dataloader_drop_last=true", "training.per_device_train_batch_size=2000"],
             "training.dataloader_drop_last: drops every training pair: 1200 training pairs make no full batch of 2000",

@@ -109,10 +109,14 @@ def steps_per_epoch(dpo_config, train_pairs: int) -> int:
 
 
 def _pairs_per_step(dpo_config, train_pairs: int) -> str:
-    """How the pairs make steps, for a message: '100 training pairs at 8 a step (on 2 processes)'."""
+    """How the pairs make steps, for a message: '100 training pairs at 16 a step on 2 processes'."""
     per_step = dpo_config.train_batch_size * dpo_config.world_size * dpo_config.gradient_accumulation_steps
     processes = f" on {dpo_config.world_size} processes" if dpo_config.world_size > 1 else ""
     return f"{train_pairs} training pairs at {per_step} a step{processes}"
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) -> str | None:
@@ -137,24 +141,25 @@ def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) ->
         epochs = f"training.num_train_epochs {dpo_config.num_train_epochs:g}"
         if steps < 0:  # transformers' run length in epochs
             steps = math.ceil(dpo_config.num_train_epochs * epoch)
-            length = f"the run's {steps} steps ({epochs})"
+            length = f"the run's {_steps(steps)} ({epochs})"
         if dpo_config.eval_strategy == "epoch":  # eval_delay counts epochs here
             first = epoch * max(1, math.ceil(delay))
             if first < steps:
                 return None
-            which = "epoch" if epoch >= steps else f"epoch from training.eval_delay {delay:g}"  # the delay the cause
-            ends = f"ends at step {first} ({pairs}), not before {length}"
-            return f"training.eval_strategy 'epoch': the first {which} {ends}"
+            if epoch >= steps:
+                return f"training.eval_strategy 'epoch': an epoch is {_steps(epoch)} ({pairs}), not fewer than {length}"
+            first_end = f"the first epoch from training.eval_delay {delay:g} ends at step {first} ({pairs})"
+            return f"training.eval_strategy 'epoch': {first_end}, not before {length}"
         if dpo_config.max_steps < 0:
-            length = f"the run's {steps} steps ({epochs} of {pairs})"
-    if dpo_config.eval_strategy != "steps" or not every:
+            length = f"the run's {_steps(steps)} ({epochs} over {pairs})"
+    if dpo_config.eval_strategy != "steps" or not every or steps <= 0:  # no steps (max_steps 0): nothing to evaluate
         return None
     interval = math.ceil(steps * every) if every < 1 else every
     first = interval * max(1, math.ceil(delay / interval))
     if first < steps:
         return None
     if interval >= steps:  # no evaluation before the last step, whatever the delay
-        shown = f"{every:g} (every {interval} steps)" if every < 1 else f"{every:g}"
+        shown = f"{every:g} (every {_steps(interval)})" if every < 1 else f"{every:g}"
         return f"training.eval_steps {shown} >= {length}"
     return f"training.eval_delay {delay:g} leaves no evaluation before {length}"
 
@@ -270,6 +275,13 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     )
     if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
         kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
+    for key in ("eval_steps", "logging_steps"):  # transformers takes the step modulo these: 0 would divide by zero
+        value = kwargs.get(key)
+        if value is not None and value <= 0:
+            raise UserError(
+                f"must be above 0 (a number of steps, or below 1 a fraction of the run), got {value:g}",
+                where=loaded.where(f"training.{key}"),
+            )
     try:
         with warnings.catch_warnings():
             # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from dpo.data.prepare import PreparedData, content_hash
+from dpo.errors import UserError
 from dpo.training.audit import AUDIT_FILE, audit_checked, render, write_audit
 from dpo.training.loss_plan import AUTO
 
@@ -51,13 +52,14 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
     else:
         pairs, p_after = list(result.pairs), list(p)
     if not pairs:
-        from dpo.errors import UserError
-
         raise UserError("drops every training pair", where=checked.loaded.where("data.audit"))
     if action == "drop":  # fewer pairs: maybe no full batch, or a run in epochs that ends before evaluating
         from dpo.training.gate import check_pairs_counted
 
-        check_pairs_counted(checked.loaded, checked.dpo_config, len(pairs))
+        try:
+            check_pairs_counted(checked.loaded, checked.dpo_config, len(pairs))
+        except UserError as exc:  # the counts it quotes are after the drop: say so
+            raise UserError(f"{exc} (after data.audit dropped {len(chosen)} suspect pairs)") from None
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     expected = sum(p_after) / len(pairs)

@@ -120,7 +120,9 @@ def check(
     audit = recipe.data.audit
     if audit is not None and audit.suspects == "drop" and audit.share is not None:  # a count known before the audit
         train_pairs -= int(audit.share * train_pairs)  # as audit_use.suspects rounds it
-    check_pairs_counted(loaded, dpo_config, train_pairs)
+    dropped_by_threshold = audit is not None and audit.suspects == "drop" and audit.threshold is not None
+    # a drop by threshold can shorten an epoch to fit before max_steps: the count after the audit decides that
+    check_pairs_counted(loaded, dpo_config, train_pairs, evaluations=not dropped_by_threshold)
     checked = CheckedRecipe(loaded, data, plan, dpo_config, run_dir)
     if needs_audit(checked):  # the audit runs once the run directory is claimed: its data requirement is checked now
         from dpo.training.flip_estimate import check_auditable
@@ -245,16 +247,19 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
 
 
-def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int) -> None:
+def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int, evaluations: bool = True) -> None:
     """The checks that need the number of training pairs: after the data are read, and after the label audit
-    drops pairs (dpo/training/audit_use.py)."""
+    drops pairs (dpo/training/audit_use.py). `evaluations`: check_evaluations too."""
     per_batch = dpo_config.train_batch_size * dpo_config.world_size
     if dpo_config.dataloader_drop_last and train_pairs < per_batch:  # an epoch of no full batch: nothing to train on
+        across = f" ({dpo_config.train_batch_size} on each of {dpo_config.world_size} processes)"
         raise UserError(
-            f"drops every training pair: {train_pairs} training pairs make no full batch of {per_batch}",
+            f"drops every training pair: {train_pairs} training pairs make no full batch of {per_batch}"
+            f"{across if dpo_config.world_size > 1 else ''}",
             where=loaded.where("training.dataloader_drop_last"),
         )
-    check_evaluations(loaded, dpo_config, train_pairs)
+    if evaluations:
+        check_evaluations(loaded, dpo_config, train_pairs)
 
 
 def check_evaluations(loaded: LoadedRecipe, dpo_config, train_pairs: int | None = None) -> None:

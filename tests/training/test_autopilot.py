@@ -226,8 +226,8 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
                 "training.num_train_epochs=1",
                 "training.eval_strategy=epoch",
             ],
-            "autopilot: needs evaluations during training \\(training.eval_strategy 'epoch': the first epoch ends at "
-            "step \\d+ \\(\\d+ training pairs at \\d+ a step\\), not before the run's \\d+ steps",
+            "autopilot: needs evaluations during training \\(training.eval_strategy 'epoch': an epoch is \\d+ steps "
+            "\\(\\d+ training pairs at \\d+ a step\\), not fewer than the run's \\d+ steps",
         ),
         (
             ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],

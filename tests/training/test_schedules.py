@@ -58,8 +58,8 @@ def test_plateau_mode_must_agree_with_early_stopping(tiny_recipe, tmp_path):
         (["training.eval_steps=4"], "training.eval_steps 4 >= training.max_steps 4"),  # the one evaluation is the last
         (  # found once the data are read: one epoch of the 32 training pairs, 8 steps, evaluated at its end
             ["training.max_steps=-1", "training.num_train_epochs=1", "training.eval_strategy=epoch"],
-            "training.eval_strategy 'epoch': the first epoch ends at step 8 (32 training pairs at 4 a step), not "
-            "before the run's 8 steps (training.num_train_epochs 1)",
+            "training.eval_strategy 'epoch': an epoch is 8 steps (32 training pairs at 4 a step), not fewer than "
+            "the run's 8 steps (training.num_train_epochs 1)",
         ),
     ],
 )

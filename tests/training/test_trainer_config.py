@@ -167,10 +167,11 @@ def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
         ("steps", 40, 10, 10, None),  # a delay up to eval_steps moves nothing
         ("steps", 40, 0.1, 0, None),  # a fraction of the run: every 4 steps
         ("steps", 10, 0.99, 0, "training.eval_steps 0.99 (every 10 steps) >= training.max_steps 10"),
+        ("steps", 0, 0.1, 0, None),  # no steps: nothing to evaluate (and no division by an interval of 0)
         ("steps", 10, 0.5, 6, "training.eval_delay 6 leaves no evaluation before training.max_steps 10"),
         ("steps", 5, 10, 20, "training.eval_steps 10 >= training.max_steps 5"),  # the delay is not the cause
         ("steps", -1, 10, 0, None),  # epochs: the length needs the data
-        ("epoch", 40, 10, 0, None),  # not caught: needs the epoch's length
+        ("epoch", 40, 10, 0, None),  # the epoch's length needs the pairs: checked with them (below)
     ],
 )
 def test_no_evaluation_during_training(strategy, max_steps, eval_steps, eval_delay, reason):
@@ -193,30 +194,30 @@ def _epoch_config(strategy, max_steps, eval_steps=10, eval_delay=0, epochs=3.0, 
         # 100 pairs in batches of 8: 13 steps an epoch (the last batch of 4)
         (_epoch_config("epoch", 40), 100, None),  # epoch ends at 13, 26, 39 (and the last step, 40)
         (_epoch_config("epoch", 13), 100,
-         "training.eval_strategy 'epoch': the first epoch ends at step 13 (100 training pairs at 8 a step), not "
-         "before training.max_steps 13"),
+         "training.eval_strategy 'epoch': an epoch is 13 steps (100 training pairs at 8 a step), not fewer than "
+         "training.max_steps 13"),
         (_epoch_config("epoch", 13, drop_last=True), 100, None),  # 12 steps: the short batch dropped
         (_epoch_config("epoch", 5, accumulation=4), 100, None),  # 13 batches, 4 steps (the last of one batch)
         (_epoch_config("epoch", 4, accumulation=4), 100,
-         "training.eval_strategy 'epoch': the first epoch ends at step 4 (100 training pairs at 32 a step), not "
-         "before training.max_steps 4"),
+         "training.eval_strategy 'epoch': an epoch is 4 steps (100 training pairs at 32 a step), not fewer than "
+         "training.max_steps 4"),
         (_epoch_config("epoch", 7, processes=2), 100,  # 7 batches of 8 on each process
-         "training.eval_strategy 'epoch': the first epoch ends at step 7 (100 training pairs at 16 a step on 2 "
-         "processes), not before training.max_steps 7"),
+         "training.eval_strategy 'epoch': an epoch is 7 steps (100 training pairs at 16 a step on 2 processes), "
+         "not fewer than training.max_steps 7"),
         (_epoch_config("epoch", -1, epochs=1), 100,
-         "training.eval_strategy 'epoch': the first epoch ends at step 13 (100 training pairs at 8 a step), not "
-         "before the run's 13 steps (training.num_train_epochs 1)"),
+         "training.eval_strategy 'epoch': an epoch is 13 steps (100 training pairs at 8 a step), not fewer than "
+         "the run's 13 steps (training.num_train_epochs 1)"),
         (_epoch_config("epoch", -1, epochs=1.5), 100, None),  # 20 steps, the first epoch ends at 13
         (_epoch_config("epoch", -1, eval_delay=2, epochs=2), 100,
          "training.eval_strategy 'epoch': the first epoch from training.eval_delay 2 ends at step 26 (100 training "
          "pairs at 8 a step), not before the run's 26 steps (training.num_train_epochs 2)"),
         (_epoch_config("epoch", 40, eval_delay=2.5), 100, None),  # the third epoch's end, 39
         (_epoch_config("steps", -1, eval_steps=20, epochs=1), 100,
-         "training.eval_steps 20 >= the run's 13 steps (training.num_train_epochs 1 of 100 training pairs at 8 a "
-         "step)"),
+         "training.eval_steps 20 >= the run's 13 steps (training.num_train_epochs 1 over 100 training pairs at 8 "
+         "a step)"),
         (_epoch_config("steps", -1, eval_steps=0.1, epochs=1), 100, None),  # every 2 steps
         (_epoch_config("steps", -1, eval_steps=0.1, epochs=1), 8,
-         "training.eval_steps 0.1 (every 1 steps) >= the run's 1 steps (training.num_train_epochs 1 of 8 training "
+         "training.eval_steps 0.1 (every 1 step) >= the run's 1 step (training.num_train_epochs 1 over 8 training "
          "pairs at 8 a step)"),
         (_epoch_config("steps", 40), 100, None),  # a step run with max_steps set: the data change nothing
     ],
@@ -294,10 +295,11 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
     lengths = [(-1, 1), (-1, 1.5), (-1, 2), (5, 3), (9, 3)]  # (max_steps, num_train_epochs)
     schedules = [("epoch", 1, 0), ("epoch", 1, 1.5), ("steps", 3, 0), ("steps", 0.5, 0), ("steps", 2, 4)]
     shapes = [(5, 4, 1, False), (20, 4, 3, False), (37, 8, 1, True)]  # (pairs, batch, accumulation, drop_last)
+    # each shape with every schedule, not with every pair of length and schedule; and an epoch cut short by max_steps
+    grid = [(*run, shapes[index % len(shapes)]) for index, run in enumerate(itertools.product(lengths, schedules))]
+    grid.append(((3, 3), ("epoch", 1, 0), (37, 8, 1, False)))  # an epoch is 5 steps, the run 3
     outcomes = []
-    for index, ((max_steps, epochs), (strategy, every, delay)) in enumerate(itertools.product(lengths, schedules)):
-        # each shape with every schedule, not with every pair of length and schedule
-        pairs, batch, accumulation, drop_last = shapes[index % len(shapes)]
+    for (max_steps, epochs), (strategy, every, delay), (pairs, batch, accumulation, drop_last) in grid:
         args = TrainingArguments(
             output_dir=str(tmp_path), max_steps=max_steps, num_train_epochs=epochs, eval_strategy=strategy,
             eval_steps=every, eval_delay=delay, per_device_train_batch_size=batch,
@@ -317,4 +319,4 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
         flagged = no_evaluation_during_training(args, pairs) is not None
         assert flagged == (not any(step < last for step in seen.steps)), case
         outcomes.append(flagged)
-    assert 0 < sum(outcomes) < len(outcomes)  # the grid has runs of both kinds
+    assert 0 < sum(outcomes) < len(outcomes) and outcomes[-1]  # the grid has runs of both kinds
