@@ -238,6 +238,21 @@ def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_pat
         assert error.startswith(f"error: {runs_file}: {message}") and error.count("\n") == 1
 
 
+def test_noise_benchmark_keeps_a_full_fine_tuning_recipe_full_in_the_quick_budget(tmp_path):
+    """TR-DPO's recipe has no peft section (its reference moves, which LoRA's adapter-disabled base cannot): the quick
+    budget's LoRA targets are left out of its overrides, so that it still validates; a LoRA recipe keeps them."""
+    import dpo.api
+
+    bench = _load_bench("bench_noise")
+    validation = bench.split_heldout("arithmetic", tmp_path)[0]
+    quick = list(bench.QUICK)
+    full = bench.run_overrides("arithmetic", 0.3, 0, "tr_dpo", quick, validation)
+    assert [o for o in full if o.startswith("peft.")] == []
+    lora = bench.run_overrides("arithmetic", 0.3, 0, "plain", quick, validation)
+    assert "peft.target_modules=[q_proj, v_proj]" in lora
+    assert dpo.api.validate(bench.REPO / "recipes" / "tr-dpo.yaml", full)  # "needs full fine-tuning" before
+
+
 def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single_on_validation():
     """Hand-made runs on 4 test pairs: the best single control is the one with the higher validation accuracy even
     where its test accuracy is lower; a shipped recipe below plain beyond the interval is named once (not again as
@@ -319,8 +334,8 @@ def test_noise_benchmark_names_the_shipped_recipes_its_grid_does_not_judge(tmp_p
     for name in ("plain.yaml", "dpop.yaml", "quickstart.yaml", "sorting.yaml", "noisy-labels.yaml", "new-loss.yaml"):
         (tmp_path / name).write_text("base: plain.yaml\n")
     assert bench.recipes_outside_the_grid(tmp_path) == ["new-loss.yaml"]
-    # rpo.yaml is a method of the benchmark, but not of its default grid
-    assert "rpo.yaml" in bench.recipes_outside_the_grid() and "dpop.yaml" not in bench.recipes_outside_the_grid()
+    # the default grid runs every shipped control: a new recipe joins METHODS and DEFAULT_METHODS (or NOT_CONTROLS)
+    assert bench.recipes_outside_the_grid() == []
 
 
 def test_noise_benchmark_tabulates_a_grid_where_no_ranked_method_ran_in_every_noisy_cell():
