@@ -583,12 +583,16 @@ def goals(cells: dict) -> list[dict]:
     """The issue's goals per noisy cell: no shipped recipe below plain DPO beyond the interval (a control that runs
     with overrides is listed when below, but not judged; met is None, "open", while a shipped recipe of the default
     grid that runs on the data set has no run in the cell); the autopilot at least as good as the best single
-    control; the autopilot 0.10 above plain DPO at 30% noise."""
+    control (open while a single control of the default grid has no run in the cell: it may be chosen instead); the
+    autopilot 0.10 above plain DPO at 30% noise."""
     ran_on = {}  # data set -> the methods with a run on it: a loss that needs scores runs only where pairs have them
     for cell in cells.values():
         ran_on.setdefault(cell["dataset"], set()).update(cell["methods"])
     expected = {dataset: [m for m in DEFAULT_METHODS if METHODS[m].shipped and (m in ran or not needs_scores(m))]
                 for dataset, ran in ran_on.items()}  # fmt: skip
+    # the single controls best_single is chosen among (on validation): one not run yet may take its place
+    candidates = {dataset: [m for m in DEFAULT_METHODS if METHODS[m].kind == "single" and not reference_free(m)
+                            and (m in ran or not needs_scores(m))] for dataset, ran in ran_on.items()}  # fmt: skip
     found = []
     for key, cell in cells.items():
         if cell["noise"] == 0:
@@ -609,11 +613,13 @@ def goals(cells: dict) -> list[dict]:
                       "met": False if shipped_below else None if missing else True, "detail": detail})  # fmt: skip
         if "vs_best_single" in rows.get("autopilot", {}):
             diff = rows["autopilot"]["vs_best_single"]  # not below it beyond the interval, as for plain above
+            unrun = [m for m in candidates[cell["dataset"]] if m not in compared]
+            pending = f"; chosen among those run, not yet: {', '.join(unrun)}" if unrun else ""
             found.append({"cell": key,
                           "goal": "autopilot >= best single control (on validation; not below it beyond the interval)",
-                          "met": diff[2] >= 0,
+                          "met": None if unrun else diff[2] >= 0,
                           "detail": f"autopilot - {rows['best_single']['chosen']}: {diff[0]:+.3f} "
-                                    f"[{diff[1]:+.3f}, {diff[2]:+.3f}]"})  # fmt: skip
+                                    f"[{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
         if cell["noise"] == 0.3 and "autopilot" in rows and "vs_plain" in rows["autopilot"]:
             diff = rows["autopilot"]["vs_plain"]
             found.append({"cell": key, "goal": "autopilot >= plain + 0.10 in test accuracy", "met": diff[0] >= 0.10,
