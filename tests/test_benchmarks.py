@@ -308,7 +308,7 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert rows["simpo"]["vs_plain_on"] == "policy" and rows["odpo"]["vs_plain_on"] == "reward"
     assert goals["autopilot >= plain + 0.10 in test accuracy"]["detail"] == "+0.000 [+0.000, +0.000]"
     versus_best = goals["autopilot >= best single control (on validation; not below it beyond the interval)"]
-    # level with odpo, the chosen one; but early stopping, IPO, ... have not run here and may be chosen instead
+    # above odpo, the chosen one; but early stopping, IPO, ... have not run here and may be chosen instead
     assert versus_best["met"] is None
     unrun = versus_best["detail"].split("; chosen among those run, not yet: ")[1].split(", ")
     assert {"early_stopping", "ipo"} <= set(unrun) and not {"odpo", "cdpo", "nll", "simpo", "autopilot"} & set(unrun)
