@@ -409,18 +409,25 @@ def read_runs(runs_file: Path) -> list[dict]:
 
 def remaining(todo: list[tuple], done: list[dict]) -> str:
     """What --no-train prints: the runs still to train, a line per data set, noise level and method (its seeds),
-    and the time they would take at the pace of the recorded runs of each data set (as those ran: their wall_s)."""
+    and the time they would take at the pace of the recorded runs (their wall_s, as those ran): a method's own runs
+    on the data set where it has some (full fine-tuning, as TR-DPO ships, is slower than LoRA), else all the data
+    set's runs."""
     if not todo:
         return "to train: nothing; every run of this grid is recorded"
     missing: dict[tuple, list[int]] = {}
     for dataset, noise, seed, method, _ in todo:
         missing.setdefault((dataset, noise, method), []).append(seed)
     lines = [f"  {d} {n:.0%} {m}: seeds {' '.join(map(str, seeds))}" for (d, n, m), seeds in missing.items()]
+    paces: dict[tuple, list[float]] = {}
+    for run in done:
+        if "wall_s" in run:
+            paces.setdefault((run["dataset"], run["method"]), []).append(run["wall_s"])
+            paces.setdefault((run["dataset"], None), []).append(run["wall_s"])
     seconds, unpaced = 0.0, set()
-    for dataset in dict.fromkeys(t[0] for t in todo):
-        paces = [r["wall_s"] for r in done if r["dataset"] == dataset and "wall_s" in r]
-        if paces:
-            seconds += _mean(paces) * sum(t[0] == dataset for t in todo)
+    for dataset, _, _, method, _ in todo:
+        pace = paces.get((dataset, method)) or paces.get((dataset, None))
+        if pace:
+            seconds += _mean(pace)
         else:
             unpaced.add(dataset)
     estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halves the wall clock)"

@@ -188,6 +188,31 @@ def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_s
     assert [r["validation_accuracy"] for r in runs] == [None, 0.8, 0.6]
 
 
+def test_noise_benchmark_times_the_runs_left_at_each_methods_own_pace():
+    """--no-train's estimate: a method's recorded runs on the data set give its pace (TR-DPO, full fine-tuning, is
+    slower than the LoRA methods); a method with none there takes the data set's mean; a data set with no run is
+    named as untimed."""
+    bench = _load_bench("bench_noise")
+    done = [{"dataset": "arithmetic", "method": "plain", "wall_s": 600.0},
+            {"dataset": "arithmetic", "method": "plain", "wall_s": 500.0},
+            {"dataset": "arithmetic", "method": "tr_dpo", "wall_s": 900.0},
+            {"dataset": "arithmetic", "method": "cdpo"}]  # fmt: skip
+    todo = [("arithmetic", 0.3, 1, "tr_dpo", None), ("arithmetic", 0.3, 2, "tr_dpo", None),
+            ("arithmetic", 0.4, 0, "rpo", None), ("sorting", 0.3, 0, "plain", None)]  # fmt: skip
+    # 2 x 900 (tr_dpo's own) + 1 x 2000/3 (the data set's mean of 600, 500, 900) = 2466.7 s = 0.685 hours
+    lines = bench.remaining(todo, done).splitlines()
+    assert lines[0] == (
+        "to train: 4 runs, about 0.7 run-hours at the recorded runs' pace (two at a time halves the "
+        "wall clock) (and sorting, with no recorded run to time):"
+    )
+    assert lines[1:] == [
+        "  arithmetic 30% tr_dpo: seeds 1 2",
+        "  arithmetic 40% rpo: seeds 0",
+        "  sorting 30% plain: seeds 0",
+    ]
+    assert bench.remaining([], done) == "to train: nothing; every run of this grid is recorded"
+
+
 def test_noise_benchmark_stops_on_a_run_of_a_method_it_no_longer_names(tmp_path, capsys):
     bench = _load_bench("bench_noise")
     runs_file = tmp_path / "noise.runs.jsonl"
