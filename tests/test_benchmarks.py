@@ -320,14 +320,17 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     assert below["met"] is False  # missed, though shipped recipes of the grid have not run here: one below is enough
     judged, not_run = below["detail"].split("; not run here yet: ")
     assert judged == "odpo -1.000, simpo -1.000 (policy) (not shipped as run: nll -1.000)"
-    # every shipped recipe of the default grid without a run in the cell: early stopping, DPO-Shift, IPO, ...
+    # every shipped recipe of the default grid without a run on each of its seeds (0, 1, 2) in the cell: early
+    # stopping, DPO-Shift, IPO, ... and cDPO and ODPO, which have two
     assert {"early_stopping", "dpo_shift", "ipo", "orpo"} <= set(not_run.split(", "))
+    assert {"cdpo (2 of 3 seeds)", "odpo (2 of 3 seeds)"} <= set(not_run.split(", "))
     assert not {"plain", "cdpo", "odpo", "nll", "dpo_shift_linear", "label_smoothing_auto"} & set(not_run.split(", "))
     assert bench.METHODS["odpo"].shipped and not bench.METHODS["nll"].shipped
     arithmetic = {g["cell"]: g for g in result["goals"] if g["goal"] == below["goal"]}
     assert arithmetic["arithmetic/0.2"]["met"] is None and arithmetic["arithmetic/0.4"]["met"] is None
-    # ODPO needs scored pairs, and arithmetic has none: not expected there; cDPO ran at 20% only
-    assert "cdpo" in arithmetic["arithmetic/0.4"]["detail"] and "cdpo" not in arithmetic["arithmetic/0.2"]["detail"]
+    # ODPO needs scored pairs, and arithmetic has none: not expected there; cDPO ran at 20% only, on one seed
+    assert "cdpo, " in arithmetic["arithmetic/0.4"]["detail"]
+    assert "cdpo (1 of 3 seeds)" in arithmetic["arithmetic/0.2"]["detail"]
     assert "odpo" not in arithmetic["arithmetic/0.4"]["detail"]
     assert "| arithmetic/0.4 | no shipped recipe below plain beyond the interval | open |" in bench.markdown(result)
     assert rows["simpo"]["vs_plain_on"] == "policy" and rows["odpo"]["vs_plain_on"] == "reward"
@@ -336,13 +339,22 @@ def test_noise_benchmark_goals_judge_each_method_once_and_choose_the_best_single
     # above odpo, the chosen one; but early stopping, IPO, ... have not run here and may be chosen instead
     assert versus_best["met"] is None
     unrun = versus_best["detail"].split("; chosen among those run, not yet: ")[1].split(", ")
-    assert {"early_stopping", "ipo"} <= set(unrun) and not {"odpo", "cdpo", "nll", "simpo", "autopilot"} & set(unrun)
+    assert {"early_stopping", "ipo", "odpo (2 of 3 seeds)"} <= set(unrun)
+    assert not {"odpo", "cdpo", "nll", "simpo", "autopilot"} & set(unrun)
     every_single = [m for m in bench.DEFAULT_METHODS if bench.METHODS[m].kind == "single"
                     and not bench.reference_free(m) and m not in ("odpo", "cdpo", "nll")]  # fmt: skip
-    complete = done + [run(m, s, "1111", 0.1) for m in every_single for s in (0, 1)]
-    versus_best = {g["cell"]: g for g in bench.aggregate(complete, {})["goals"] if g["goal"] == versus_best["goal"]}
-    assert versus_best["sorting/0.3"]["met"] is True  # every candidate ran; odpo (validation 0.9) still chosen
-    assert versus_best["sorting/0.3"]["detail"] == "autopilot - odpo: +1.000 [+1.000, +1.000]"
+
+    def versus_best_on_sorting(runs):
+        return next(g for g in bench.aggregate(runs, {})["goals"] if g == {**g, "cell": "sorting/0.3",
+                                                                          "goal": versus_best["goal"]})  # fmt: skip
+
+    on_two_seeds = done + [run(m, s, "1111", 0.1) for m in every_single for s in (0, 1)]
+    assert versus_best_on_sorting(on_two_seeds)["met"] is None  # every candidate ran, but not on the third seed
+    third_seed = [run("odpo", 2, "0000", 0.9), run("cdpo", 2, "1110", 0.6), run("autopilot", 2, "1111", 0.8),
+                  run("nll", 2, "0000", 0.5)]  # fmt: skip
+    versus_best = versus_best_on_sorting(on_two_seeds + third_seed + [run(m, 2, "1111", 0.1) for m in every_single])
+    assert versus_best["met"] is True  # every candidate ran on each seed; odpo (validation 0.9) chosen
+    assert versus_best["detail"] == "autopilot - odpo: +1.000 [+1.000, +1.000]"
     # the README's table: METHODS' order, labels, two decimals; plain's own row has no difference from plain; a
     # reference-free loss's accuracy is its own reward, in parentheses, and its difference is of the policy's
     table = [line for line in bench.readme_table(result) if line.startswith("| sorting | 30% |")]
