@@ -590,8 +590,8 @@ def goals(cells: dict) -> list[dict]:
     """The issue's goals per noisy cell: no shipped recipe below plain DPO beyond the interval (a control that runs
     with overrides is listed when below, but not judged; met is None, "open", while a shipped recipe of the default
     grid that runs on the data set has not run on every seed of the grid in the cell); the autopilot at least as
-    good as the best single control (open while a single control of the default grid has not run on every seed in
-    the cell: it may be chosen instead); the autopilot 0.10 above plain DPO at 30% noise."""
+    good as the best single control (open while the autopilot, or a single control of the default grid, which may be
+    chosen instead, has not run on every seed in the cell); the autopilot 0.10 above plain DPO at 30% noise."""
     ran_on = {}  # data set -> the methods with a run on it: a loss that needs scores runs only where pairs have them
     for cell in cells.values():
         ran_on.setdefault(cell["dataset"], set()).update(cell["methods"])
