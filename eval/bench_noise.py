@@ -410,26 +410,29 @@ def read_runs(runs_file: Path) -> list[dict]:
 def remaining(todo: list[tuple], done: list[dict]) -> str:
     """What --no-train prints: the runs still to train, a line per data set, noise level and method (its seeds),
     and the time they would take at the pace of the recorded runs (their wall_s, as those ran): a method's own runs
-    on the data set where it has some (full fine-tuning, as TR-DPO ships, is slower than LoRA), else all the data
-    set's runs."""
+    on the data set where it has some (full fine-tuning, as TR-DPO ships, is slower than LoRA); else the data set's
+    mean, scaled by how much slower or faster than their data set's mean the method's runs on other data sets were;
+    else the data set's mean."""
     if not todo:
         return "to train: nothing; every run of this grid is recorded"
     missing: dict[tuple, list[int]] = {}
     for dataset, noise, seed, method, _ in todo:
         missing.setdefault((dataset, noise, method), []).append(seed)
     lines = [f"  {d} {n:.0%} {m}: seeds {' '.join(map(str, seeds))}" for (d, n, m), seeds in missing.items()]
-    paces: dict[tuple, list[float]] = {}
+    walls: dict[tuple, list[float]] = {}
     for run in done:
         if "wall_s" in run:
-            paces.setdefault((run["dataset"], run["method"]), []).append(run["wall_s"])
-            paces.setdefault((run["dataset"], None), []).append(run["wall_s"])
+            walls.setdefault((run["dataset"], run["method"]), []).append(run["wall_s"])
+            walls.setdefault((run["dataset"], None), []).append(run["wall_s"])
     seconds, unpaced = 0.0, set()
     for dataset, _, _, method, _ in todo:
-        pace = paces.get((dataset, method)) or paces.get((dataset, None))
-        if pace:
-            seconds += _mean(pace)
-        else:
+        if (dataset, None) not in walls:
             unpaced.add(dataset)
+        elif (dataset, method) in walls:
+            seconds += _mean(walls[dataset, method])
+        else:
+            elsewhere = [_mean(w) / _mean(walls[d, None]) for (d, m), w in walls.items() if m == method]
+            seconds += _mean(walls[dataset, None]) * (_mean(elsewhere) if elsewhere else 1.0)
     estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halves the wall clock)"
     if unpaced:
         estimate += f" (and {', '.join(sorted(unpaced))}, with no recorded run to time)"

@@ -190,26 +190,32 @@ def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_s
 
 def test_noise_benchmark_times_the_runs_left_at_each_methods_own_pace():
     """--no-train's estimate: a method's recorded runs on the data set give its pace (TR-DPO, full fine-tuning, is
-    slower than the LoRA methods); a method with none there takes the data set's mean; a data set with no run is
-    named as untimed."""
+    slower than the LoRA methods); a method with none there but some on another data set takes the data set's mean
+    scaled by its pace relative to that other data set's mean; one with none anywhere takes the data set's mean; a
+    data set with no run is named as untimed."""
     bench = _load_bench("bench_noise")
     done = [{"dataset": "arithmetic", "method": "plain", "wall_s": 6000.0},
             {"dataset": "arithmetic", "method": "plain", "wall_s": 5000.0},
             {"dataset": "arithmetic", "method": "tr_dpo", "wall_s": 9000.0},
-            {"dataset": "arithmetic", "method": "cdpo"}]  # fmt: skip
+            {"dataset": "arithmetic", "method": "cdpo"},
+            {"dataset": "sorting", "method": "plain", "wall_s": 4000.0},
+            {"dataset": "sorting", "method": "ipo", "wall_s": 2000.0}]  # fmt: skip
     todo = [("arithmetic", 0.3, 1, "tr_dpo", None), ("arithmetic", 0.3, 2, "tr_dpo", None),
-            ("arithmetic", 0.4, 0, "rpo", None), ("sorting", 0.3, 0, "plain", None)]  # fmt: skip
-    # 2 x 9000 (tr_dpo's own) + 1 x 20000/3 (the data set's mean of 6000, 5000, 9000) = 24666.7 s = 6.85 hours
-    # (rpo at plain's pace, 5500 s, would give 6.5)
+            ("arithmetic", 0.4, 0, "rpo", None), ("sorting", 0.3, 0, "tr_dpo", None),
+            ("clean", 0.3, 0, "plain", None)]  # fmt: skip
+    # arithmetic's mean is 20000/3 s: 2 x 9000 (tr_dpo's own) + 20000/3 (rpo, with no run anywhere, at the mean);
+    # sorting's mean is 3000 s and tr_dpo ran 9000 / (20000/3) = 1.35 times arithmetic's mean, so 4050 s there:
+    # 18000 + 6666.7 + 4050 = 28716.7 s = 7.98 hours (tr_dpo at sorting's mean alone would give 7.7)
     lines = bench.remaining(todo, done).splitlines()
     assert lines[0] == (
-        "to train: 4 runs, about 6.9 run-hours at the recorded runs' pace (two at a time halves the "
-        "wall clock) (and sorting, with no recorded run to time):"
+        "to train: 5 runs, about 8.0 run-hours at the recorded runs' pace (two at a time halves the "
+        "wall clock) (and clean, with no recorded run to time):"
     )
     assert lines[1:] == [
         "  arithmetic 30% tr_dpo: seeds 1 2",
         "  arithmetic 40% rpo: seeds 0",
-        "  sorting 30% plain: seeds 0",
+        "  sorting 30% tr_dpo: seeds 0",
+        "  clean 30% plain: seeds 0",
     ]
     assert bench.remaining([], done) == "to train: nothing; every run of this grid is recorded"
 
