@@ -1,7 +1,8 @@
 """Whether an output directory (a run's, an audit's) can be made and written, asked before anything is written
 (the gate, dpo/training/gate.py; `dpo data audit`): an output directory under a regular file, behind a dangling
 symlink or in a folder this user cannot write to is a `UserError` naming it, never a traceback from a half-made
-run."""
+run. So is one whose path holds a secret (dpo/rundir/secrets.py): the files libraries write name their folder
+(TRL's model card, the checkpoints' training_args.bin), so the secret would reach them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import os
 from pathlib import Path
 
 from dpo.errors import UserError
+from dpo.rundir.secrets import redact, secret_values
 
 
 def check_output_dir(run_dir: Path) -> None:
     """Raise a UserError when `run_dir` exists but is not a writable directory, or cannot be created: its
     nearest existing parent must be a directory this process may write into."""
     path = Path(os.path.abspath(run_dir))
+    for name, value in secret_values():
+        if value in str(path):
+            raise UserError(
+                f"holds the value of ${name}, a secret that files written there would record: choose another folder",
+                where=redact(str(run_dir)),
+            )
     if path.is_symlink() and not path.exists():
         raise UserError(f"is a dangling symlink (to {os.readlink(path)})", where=str(run_dir))
     if path.exists():
