@@ -411,28 +411,32 @@ def remaining(todo: list[tuple], done: list[dict]) -> str:
     """What --no-train prints: the runs still to train, a line per data set, noise level and method (its seeds),
     and the time they would take at the pace of the recorded runs (their wall_s, as those ran): a method's own runs
     on the data set where it has some (full fine-tuning, as TR-DPO ships, is slower than LoRA); else the data set's
-    mean, scaled by how much slower or faster than their data set's mean the method's runs on other data sets were;
-    else the data set's mean."""
+    mean, scaled by how much slower or faster than the other methods there the method's runs on other data sets
+    were; else the data set's mean."""
     if not todo:
         return "to train: nothing; every run of this grid is recorded"
     missing: dict[tuple, list[int]] = {}
     for dataset, noise, seed, method, _ in todo:
         missing.setdefault((dataset, noise, method), []).append(seed)
     lines = [f"  {d} {n:.0%} {m}: seeds {' '.join(map(str, seeds))}" for (d, n, m), seeds in missing.items()]
-    walls: dict[tuple, list[float]] = {}
+    walls: dict[str, dict[str, list[float]]] = {}  # data set -> method -> the wall_s of its timed runs
     for run in done:
         if "wall_s" in run:
-            walls.setdefault((run["dataset"], run["method"]), []).append(run["wall_s"])
-            walls.setdefault((run["dataset"], None), []).append(run["wall_s"])
+            walls.setdefault(run["dataset"], {}).setdefault(run["method"], []).append(run["wall_s"])
+
+    def mean_wall(dataset: str, but: str | None = None) -> float:
+        return _mean(w for method, ws in walls[dataset].items() if method != but for w in ws)
+
     seconds, unpaced = 0.0, set()
     for dataset, _, _, method, _ in todo:
-        if (dataset, None) not in walls:
+        if dataset not in walls:
             unpaced.add(dataset)
-        elif (dataset, method) in walls:
-            seconds += _mean(walls[dataset, method])
-        else:
-            elsewhere = [_mean(w) / _mean(walls[d, None]) for (d, m), w in walls.items() if m == method]
-            seconds += _mean(walls[dataset, None]) * (_mean(elsewhere) if elsewhere else 1.0)
+        elif method in walls[dataset]:
+            seconds += _mean(walls[dataset][method])
+        else:  # its runs elsewhere against the other methods' there (its own would pull the ratio toward 1)
+            ratios = [_mean(by[method]) / mean_wall(d, but=method) for d, by in walls.items()
+                      if method in by and len(by) > 1]  # fmt: skip
+            seconds += mean_wall(dataset) * (_mean(ratios) if ratios else 1.0)
     estimate = f"about {seconds / 3600:.1f} run-hours at the recorded runs' pace (two at a time halves the wall clock)"
     if unpaced:
         estimate += f" (and {', '.join(sorted(unpaced))}, with no recorded run to time)"

@@ -243,14 +243,21 @@ def test_output_dir_in_an_unwritable_folder(existing_run, tmp_path, monkeypatch)
 
 def test_output_dir_whose_path_holds_a_secret(existing_run, tmp_path, monkeypatch):
     """Files written in a run directory name it (TRL's model card, each checkpoint's training_args.bin), so a
-    secret in its path would reach them: refused, with the variable named and the secret not shown. The same
-    directory without the secret in the environment is accepted."""
+    secret in its path would reach them: refused, with the variable named and the secret not shown, also where the
+    secret is in the working directory and the output directory is given relative to it. The same directory without
+    the secret in the environment is accepted."""
     secret = "hf_S3cretT0kenValue"
     monkeypatch.setenv("HF_TOKEN", secret)
     recipe = recipe_with(tmp_path, ARITHMETIC / "train.jsonl")
     out = tmp_path / f"runs-{secret}"
-    message = "holds the value of $HF_TOKEN, a secret that files written there would record"
+    message = "holds a secret from $HF_TOKEN, which files written there would record"
     line = refused([str(recipe)], str(tmp_path / "runs-[redacted $HF_TOKEN]"), message, tmp_path, out)
+    assert secret not in line
+    cwd = tmp_path / f"cwd-{secret}"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    line = refused([str(recipe)], str(tmp_path / "cwd-[redacted $HF_TOKEN]" / "runs" / "x"), message, tmp_path,
+                   Path("runs/x"))  # fmt: skip
     assert secret not in line
     monkeypatch.delenv("HF_TOKEN")
     result = CliRunner().invoke(app, ["validate", str(recipe), "--output-dir", str(out)])

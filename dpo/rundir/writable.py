@@ -18,10 +18,10 @@ def check_output_dir(run_dir: Path) -> None:
     nearest existing parent must be a directory this process may write into."""
     path = Path(os.path.abspath(run_dir))
     for name, value in secret_values():
-        if value in str(path):
+        if value in str(path):  # shown as the absolute path: a secret may run from the working directory into it
             raise UserError(
-                f"holds the value of ${name}, a secret that files written there would record: choose another folder",
-                where=redact(str(run_dir)),
+                f"holds a secret from ${name}, which files written there would record: choose another folder",
+                where=redact(str(path)),
             )
     if path.is_symlink() and not path.exists():
         raise UserError(f"is a dangling symlink (to {os.readlink(path)})", where=str(run_dir))

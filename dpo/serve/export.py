@@ -23,6 +23,7 @@ from dpo.config.loading import load_recipe
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.files import FINAL, RECIPE
+from dpo.rundir.writable import check_output_dir
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
@@ -55,6 +56,7 @@ def check_hub(repo: str) -> str:
 
 
 def _check_output(output: Path) -> None:
+    check_output_dir(output)  # the same check, and words, as every command that writes a directory
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError("already exists and is not an empty folder; choose another --output", where=str(output))
 

@@ -193,7 +193,7 @@ def audit_recipe(recipe_path: str | Path, overrides=(), output: str | Path | Non
     """`dpo data audit`: audit a recipe's training pairs, write OUTPUT/audit.json (default audits/<name>)."""
     from dpo.training.gate import check
 
-    checked = check(recipe_path, overrides)
+    checked = check(recipe_path, overrides, writes_run_dir=False)
     out_dir = Path(output) if output else Path("audits") / checked.recipe.name
     check_output_dir(out_dir)  # before the minutes of scoring, not after
     result = audit_checked(checked, progress)

@@ -71,10 +71,13 @@ def check(
     overrides=(),
     extra_metrics: tuple[str, ...] = (),
     output_dir: str | Path | None = None,
+    writes_run_dir: bool = True,
 ) -> CheckedRecipe:
     """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
     before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the
-    run directory (default runs/<name>), which the DPOConfig points its checkpoints into."""
+    run directory (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False
+    for a command that writes elsewhere (`dpo data audit` checks its own folder), so that the run directory it
+    never creates is not checked."""
     from dpo.training.arguments import build_dpo_config
     from dpo.training.autopilot import check_autopilot
     from dpo.training.loss_plan import loss_plan
@@ -82,8 +85,9 @@ def check(
     loaded = load_recipe(recipe_path, list(overrides))
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
     problems = Problems()  # the recipe's checks each run, and every problem they find is reported together
-    with problems.collect():
-        check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
+    if writes_run_dir:
+        with problems.collect():
+            check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
     plan = dpo_config = None
     with problems.collect():
         plan = loss_plan(loaded)

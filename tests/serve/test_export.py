@@ -132,7 +132,7 @@ def test_embedded_alias_is_the_recorded_base_and_the_card_names_the_gguf(tmp_pat
     assert 'resolve_model_path("smollm2-135m-instruct")' in card
 
 
-def test_bad_exports_fail_before_writing(finished_run, tmp_path):
+def test_bad_exports_fail_before_writing(finished_run, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not a run directory"):
         export_run(tmp_path, tmp_path / "out")
     taken = tmp_path / "taken"
@@ -142,7 +142,13 @@ def test_bad_exports_fail_before_writing(finished_run, tmp_path):
         export_run(finished_run, taken)
     with pytest.raises(UserError, match="OWNER/NAME"):
         export_run(finished_run, tmp_path / "a", push_to_hub="no-owner")
+    with pytest.raises(UserError, match="x: is a file, not a directory"):  # the check every writing command shares
+        export_run(finished_run, taken / "x")
+    monkeypatch.setenv("HF_TOKEN", "hf_S3cretT0kenValue")  # the model card and config would name the folder
+    with pytest.raises(UserError, match=r"redacted \$HF_TOKEN\]: holds a secret from \$HF_TOKEN"):
+        export_run(finished_run, tmp_path / "hf_S3cretT0kenValue")
     assert not (tmp_path / "a").exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "hf_S3cretT0kenValue").exists()
 
 
 def test_cli_export_and_push_offline_exits_2_before_writing(finished_run, tmp_path):

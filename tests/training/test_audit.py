@@ -167,6 +167,19 @@ def test_data_audit_refuses_an_output_it_cannot_write_before_scoring(audit_recip
     assert "scoring answers" not in proc.stderr  # refused before the audit's progress bar started
 
 
+def test_data_audit_checks_its_own_folder_not_the_run_directory_it_never_writes(audit_recipe, tmp_path, monkeypatch):
+    """`dpo data audit` writes no run directory: a runs/<name> that `dpo train` could not create is no error here,
+    only the audit's own --output is checked."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where dpo train would make runs/")
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    proc = invoke_dpo("data", "audit", audit_recipe, "--output", afile / "out")
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"error: {afile / 'out'}: cannot be created: {afile} is a file, not a directory"
+    ]
+
+
 def test_label_smoothing_auto_is_for_flip_rate_losses_only(audit_recipe):
     plan = loss_plan(load_recipe(audit_recipe, ["loss.label_smoothing=auto"]))
     assert plan.hyperparameters == {"label_smoothing": "auto"}

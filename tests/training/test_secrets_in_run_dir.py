@@ -94,8 +94,12 @@ def test_the_secret_free_training_args_still_load_and_keep_the_rest(secret_every
 
 
 @pytest.mark.slow
-def test_dpo_validate_never_prints_a_secret(secret_everywhere):
+def test_dpo_validate_never_prints_a_secret(secret_everywhere, tmp_path):
+    # the default run directory, runs/<name>, would hold the secret in the run's name: refused, the secret not shown
     proc = dpo("validate", str(secret_everywhere), env=secret_env())
+    assert proc.returncode == 2 and SECRET not in proc.stdout + proc.stderr
+    assert "run-[redacted $MY_SERVICE_API_KEY]: holds a secret from $MY_SERVICE_API_KEY" in proc.stderr
+    proc = dpo("validate", str(secret_everywhere), "--output-dir", str(tmp_path / "run"), env=secret_env())
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     ok = [line for line in proc.stdout.splitlines() if line.startswith("ok: ")]  # (TRL may print an [INFO] line first)
@@ -112,8 +116,8 @@ def test_dpo_validate_never_prints_a_secret(secret_everywhere):
     ids=["missing_model_path", "bad_value", "bad_key"],
 )
 @pytest.mark.slow
-def test_error_lines_never_echo_a_secret(secret_everywhere, args):
-    proc = dpo("validate", str(secret_everywhere), *args, env=secret_env())
+def test_error_lines_never_echo_a_secret(secret_everywhere, args, tmp_path):
+    proc = dpo("validate", str(secret_everywhere), *args, "--output-dir", str(tmp_path / "run"), env=secret_env())
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
