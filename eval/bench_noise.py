@@ -620,7 +620,9 @@ def goals(cells: dict) -> list[dict]:
         # met has run on every seed of the grid (on fewer its interval may still move; one below on the seeds it
         # has misses the goal already, as more seeds seldom lift it)
         complete = {m for m, r in compared.items() if set(SEEDS) <= set(r["seeds"])}
-        missing = [m for m in expected[cell["dataset"]] if m != "plain" and m not in complete]
+        if set(SEEDS) <= set(rows.get("plain", {}).get("seeds", [])):
+            complete.add("plain")  # every other method is judged against it: it has to have run on every seed too
+        missing = [m for m in expected[cell["dataset"]] if m not in complete]
         detail = ", ".join(_below(m, rows[m]) for m in shipped_below) or "none below"
         if others := [m for m in below if m not in shipped_below]:
             detail += f" (not shipped as run: {', '.join(_below(m, rows[m]) for m in others)})"
@@ -651,8 +653,10 @@ def goals(cells: dict) -> list[dict]:
 
 def _seeds_run(method: str, rows: dict) -> str:
     """A method not yet run on every seed of the grid in a cell, as goals() names it: with its count where it has
-    some ("tr_dpo (2 of 3 seeds)")."""
-    seeds = [s for s in rows.get(method, {}).get("seeds", []) if s in SEEDS]
+    some ("tr_dpo (2 of 3 seeds)"), of the seeds plain DPO has too (a difference from plain DPO needs both runs;
+    plain DPO, short of a seed, is named with its own count)."""
+    plain = set(rows.get("plain", {}).get("seeds", [])) if method != "plain" else set(SEEDS)
+    seeds = [s for s in rows.get(method, {}).get("seeds", []) if s in SEEDS and s in plain]
     return f"{method} ({len(seeds)} of {len(SEEDS)} seeds)" if seeds else method
 
 

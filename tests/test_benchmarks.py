@@ -271,6 +271,27 @@ def test_noise_benchmark_fingerprints_the_configuration_each_run_trained(tmp_pat
         assert error.startswith(f"error: {runs_file}: {message}") and error.count("\n") == 1
 
 
+def test_noise_benchmark_goals_wait_for_plain_dpo_on_every_seed():
+    """Every difference is taken from plain DPO on the same seed: where plain DPO lacks a seed, the goal stays open
+    and names it with its count, and a method that ran on every seed counts only the seeds plain DPO shares."""
+    bench = _load_bench("bench_noise")
+
+    def run(method, seed):
+        return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "validation_accuracy": 0.6,
+                "test": {"pairs": 4, "reward": "1111", "policy": "1111"}, "steps": 60, "max_steps": 60,
+                "stop_reason": "completed"}  # fmt: skip
+
+    shipped = [m for m in bench.DEFAULT_METHODS if bench.METHODS[m].shipped and not bench.needs_scores(m)]
+    done = [run(m, s) for m in shipped if m != "plain" for s in bench.SEEDS] + [run("plain", 0), run("plain", 1)]
+    below = next(g for g in bench.aggregate(done, {})["goals"] if g["goal"].startswith("no shipped recipe below"))
+    assert below["met"] is None
+    not_run = below["detail"].split("; not run here yet: ")[1].split(", ")
+    assert "plain (2 of 3 seeds)" in not_run and "cdpo (2 of 3 seeds)" in not_run
+    assert len(not_run) == len(shipped)  # every method's difference waits for plain DPO's third seed
+    below = next(g for g in bench.aggregate([*done, run("plain", 2)], {})["goals"] if g["goal"] == below["goal"])
+    assert below["met"] is True and below["detail"] == "none below"
+
+
 def test_noise_benchmark_keeps_a_full_fine_tuning_recipe_full_in_the_quick_budget(tmp_path):
     """TR-DPO's recipe has no peft section (its reference moves, which LoRA's adapter-disabled base cannot): the quick
     budget's LoRA targets are left out of its overrides, so that it still validates; a LoRA recipe keeps them."""
