@@ -1,8 +1,9 @@
-"""Whether an output directory (a run's, an audit's) can be made and written, asked before anything is written
-(the gate, dpo/training/gate.py; `dpo data audit`): an output directory under a regular file, behind a dangling
-symlink or in a folder this user cannot write to is a `UserError` naming it, never a traceback from a half-made
-run. So is one whose path holds a secret (dpo/rundir/secrets.py): the files libraries write name their folder
-(TRL's model card, the checkpoints' training_args.bin), so the secret would reach them."""
+"""Whether an output directory (a run's, a sweep's, an audit's, an export's) can be made and written, asked before
+anything is written (the gate, dpo/training/gate.py; `dpo sweep`, `dpo data audit`, `dpo export`): an output
+directory under a regular file, behind a dangling symlink or in a folder this user cannot write to is a `UserError`
+naming it, never a traceback from a half-made run. So is one whose path holds a secret (dpo/rundir/secrets.py): the
+files libraries write name their folder (TRL's model card, the checkpoints' training_args.bin), so the secret would
+reach them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from dpo.rundir.secrets import redact, secret_values
 
 
 def check_output_dir(run_dir: Path) -> None:
-    """Raise a UserError when `run_dir` exists but is not a writable directory, or cannot be created: its
-    nearest existing parent must be a directory this process may write into."""
+    """Raise a UserError when `run_dir`'s absolute path holds a secret (shown redacted), or when it exists but is
+    not a writable directory, or cannot be created: its nearest existing parent must be a directory this process
+    may write into."""
     path = Path(os.path.abspath(run_dir))
     for name, value in secret_values():
         if value in str(path):  # shown as the absolute path: a secret may run from the working directory into it

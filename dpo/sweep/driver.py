@@ -89,7 +89,8 @@ def run_sweep(
     sweep_dir = (Path(output_dir) if output_dir else Path("sweeps") / spec.name).resolve()
     url = storage or f"sqlite:///{sweep_dir / STUDY_DB}"
     _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
-    check(spec.base_recipe, _overrides(spec.fixed))  # a broken base recipe fails here, not in every trial
+    # a broken base recipe fails here, not in every trial; its runs/<name> is no trial's directory: not checked
+    check(spec.base_recipe, _overrides(spec.fixed), writes_run_dir=False)
     (sweep_dir / TRIALS).mkdir(parents=True, exist_ok=True)
     # with SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study)
     with DirectoryLock(sweep_dir, IN_USE) if storage is None else contextlib.nullcontext():

@@ -126,6 +126,26 @@ def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_the_sweep_checks_its_own_folder_not_the_base_recipes_run_directory(tmp_path, tiny_recipe, monkeypatch):
+    """The trials write under the sweep's folder, never the base recipe's runs/<name>: a runs/ that `dpo train`
+    could not create does not stop the sweep, which gets as far as locking its own folder."""
+    from dpo.sweep import driver
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where dpo train would make runs/")
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=1, search=SEARCH, fixed=TINY_FIXED)
+
+    class LockReached(Exception):
+        pass
+
+    def lock(*args, **kwargs):
+        raise LockReached
+
+    monkeypatch.setattr(driver, "DirectoryLock", lock)
+    with pytest.raises(LockReached):
+        driver.run_sweep(spec, output_dir=tmp_path / "sweep")
+
+
 # --- sweeps that train -----------------------------------------------------------------------------------------
 
 
