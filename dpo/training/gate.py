@@ -73,10 +73,10 @@ def check(
     output_dir: str | Path | None = None,
     writes_run_dir: bool = True,
 ) -> CheckedRecipe:
-    """Load and check a recipe and its data without loading model weights. Every user error surfaces here,
-    before a run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the
-    run directory (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False
-    for a command that writes elsewhere (`dpo data audit` checks its own folder), so that the run directory it
+    """Load and check a recipe and its data without loading model weights. Every user error surfaces here, before a
+    run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the run directory
+    (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False for a command
+    that writes elsewhere (`dpo data audit`, `dpo sweep`: each checks its own folder), so that the run directory it
     never creates is not checked."""
     from dpo.training.arguments import build_dpo_config
     from dpo.training.autopilot import check_autopilot
