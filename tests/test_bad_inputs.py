@@ -264,6 +264,18 @@ def test_output_dir_whose_path_holds_a_secret(existing_run, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
 
 
+def test_output_dir_under_a_folder_that_keeps_secrets_is_accepted(existing_run, tmp_path, monkeypatch):
+    """PASSWORD_STORE_DIR and CREDENTIALS_DIRECTORY name where secrets are kept, not a secret: a run directory under
+    such a folder is accepted, and its path is printed as it is."""
+    store = tmp_path / "password-store"
+    monkeypatch.setenv("PASSWORD_STORE_DIR", str(store))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(store))
+    recipe = recipe_with(tmp_path, ARITHMETIC / "train.jsonl")
+    result = CliRunner().invoke(app, ["validate", str(recipe), "--output-dir", str(store / "run")])
+    assert result.exit_code == 0, result.output
+    assert "redacted" not in result.output
+
+
 def test_json_row_nested_100000_deep(existing_run, tmp_path):
     rows = tmp_path / "rows.jsonl"
     good = (ARITHMETIC / "train.jsonl").read_text().splitlines()[:4]

@@ -1,11 +1,11 @@
 """Keep secrets out of run directories, reports and logs.
 
 A secret is the value of an environment variable whose name looks like one (WANDB_API_KEY, HF_TOKEN,
-AWS_SECRET_ACCESS_KEY, DB_PASSWORD, ...), or the password inside a URL any variable holds
-(DPO_SWEEP_STORAGE=postgresql://user:PASSWORD@host/db, DATABASE_URL, ...). Everything we write into a run
-directory (recipe.yaml, summary.json, data_card.json, metrics.jsonl) and everything `dpo train` prints passes
-through `redact`, which replaces each such value by `[redacted $NAME]`. Values shorter than MIN_SECRET_LENGTH are
-left alone: they are not real credentials, and redacting e.g. "1" would mangle every number.
+AWS_SECRET_ACCESS_KEY, DB_PASSWORD, ...; not one that names where a secret is kept, PASSWORD_STORE_DIR), or the
+password inside a URL any variable holds (DPO_SWEEP_STORAGE=postgresql://user:PASSWORD@host/db, DATABASE_URL, ...).
+Everything we write into a run directory (recipe.yaml, summary.json, data_card.json, metrics.jsonl) and everything
+`dpo train` prints passes through `redact`, which replaces each such value by `[redacted $NAME]`. Values shorter than
+MIN_SECRET_LENGTH are left alone: they are not real credentials, and redacting e.g. "1" would mangle every number.
 """
 
 from __future__ import annotations
@@ -21,11 +21,17 @@ from urllib.parse import unquote
 
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
 SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
+# A name ending in one of these holds where a secret is, not the secret: PASSWORD_STORE_DIR, CREDENTIALS_DIRECTORY
+# (systemd), SSH_AUTH_SOCK, AWS_WEB_IDENTITY_TOKEN_FILE. Taken for secrets, their folders would be redacted from
+# every path in a log, and no run directory could be made under them.
+LOCATION_NAME_WORDS = ("DIR", "DIRECTORY", "PATH", "FILE", "SOCK", "SOCKET", "HOME")
 MIN_SECRET_LENGTH = 8
 
 
 def is_secret_name(name: str) -> bool:
-    parts = set(re.split(r"[^A-Za-z0-9]+", name.upper()))
+    parts = [part for part in re.split(r"[^A-Za-z0-9]+", name.upper()) if part]
+    if parts and parts[-1] in LOCATION_NAME_WORDS:
+        return False
     return any(word in parts for word in SECRET_NAME_WORDS) or name.upper().endswith(("APIKEY", "TOKEN", "SECRET"))
 
 
