@@ -269,9 +269,28 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
 # ---- generation ----------------------------------------------------------------------------------
 
 
+@contextmanager
+def _without_model_generation_defaults(model):
+    """transformers fills every setting a GenerationConfig leaves unset from the model's own generation_config.json
+    (a repetition penalty, top-p, a lower temperature: Qwen2.5-Instruct ships all three). Our decoding is plain
+    greedy or plain sampling at temperature 1, which the KL estimate and the win rate assume: for the call, the model
+    (the one under a PEFT wrapper) has a blank one."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
 def generate(model, tokenizer, prompts: list[list[int]], options: EvalOptions, decoding: str, seed: int, bar=None):
     """Answer token ids per prompt (up to and including the first end-of-sequence token), in batches of
-    left-padded prompts; batch b is seeded with seed + b, so the answers do not depend on what ran before."""
+    left-padded prompts; batch b is seeded with seed + b, so the answers do not depend on what ran before. The
+    model's generation_config.json is not read: greedy is greedy, sampling is at temperature 1 over the whole
+    vocabulary."""
     import torch
     from transformers import GenerationConfig
 
@@ -295,7 +314,7 @@ def generate(model, tokenizer, prompts: list[list[int]], options: EvalOptions, d
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         torch.manual_seed(seed + b)
-        with torch.no_grad():
+        with torch.no_grad(), _without_model_generation_defaults(model):
             out = model.generate(
                 input_ids=ids.to(model.device), attention_mask=mask.to(model.device), generation_config=config
             )

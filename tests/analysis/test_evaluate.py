@@ -127,6 +127,30 @@ def test_generation_numbers_equal_a_direct_computation(run_dir, tiny_model_dir, 
     assert again["samples"] == samples
 
 
+def test_decoding_ignores_the_models_own_generation_config(run_dir, tiny_model_dir):
+    """A generation_config.json with a repetition penalty and top-p (as Qwen2.5-Instruct ships) must not change our
+    greedy answers: they equal an argmax loop computed here, and the model keeps its config afterwards."""
+    from dpo.analysis.evaluate import generate
+
+    model, tok = _models(run_dir, tiny_model_dir)
+    model.get_base_model().generation_config.update(no_repeat_ngram_size=1, repetition_penalty=1.3, top_p=0.9)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)["input_ids"]
+               for q in ("What is 3 + 3?", "Sort 2 1")]  # fmt: skip
+    expected = []
+    for prompt in prompts:
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(10):
+                ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+                if ids[-1] == tok.eos_token_id:
+                    break
+        expected.append(ids[len(prompt) :])
+    assert any(len(set(answer)) < len(answer) for answer in expected)  # a token repeats: the n-gram rule would bite
+    options = EvalOptions(max_new_tokens=10, batch_size=2, progress=False)
+    assert generate(model, tok, prompts, options, decoding="greedy", seed=0) == expected
+    assert model.get_base_model().generation_config.no_repeat_ngram_size == 1
+
+
 @pytest.mark.slow
 def test_cli_eval_on_the_shipped_gold_reward_and_its_errors(run_dir, tmp_path):
     proc = subprocess.run(
