@@ -8,12 +8,13 @@ DIR gets the adapter (adapter_config.json, adapter_model.safetensors; its record
 model.name_or_path, not a cache folder) or with --merge the base model with the adapter merged in (safetensors,
 `AutoModelForCausalLM.from_pretrained(DIR)`), a fully fine-tuned run's model as it is, the tokenizer, and README.md
 (dpo/analysis/model_card.py). Everything is checked first (the run, DIR, the hub's reachability and credentials
-with --push-to-hub), then written to a temporary sibling and renamed: a failure leaves no half-written DIR.
+with --push-to-hub), then written to a temporary folder and moved into place: a failure leaves no half-written DIR.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -79,8 +80,15 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
     recipe = load_recipe(run_dir / RECIPE).recipe
     weights = "merged" if merge else "adapter" if is_adapter else "model"
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    # Written into a private temporary folder first, then moved into place. An existing (empty) DIR is kept and
+    # filled, so that `--output .` and a folder whose parent this user cannot write work, and it keeps its owner's
+    # permissions; a new DIR is the temporary folder renamed, given the permissions of any folder made here (mkdtemp
+    # makes it 0700, which a server running as another user could not read).
+    target = Path(os.path.abspath(output))
+    fill_existing = target.exists()
+    if not fill_existing:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target if fill_existing else target.parent))
     try:
         if merge:
             _write_merged(final, recipe, staging)
@@ -92,13 +100,22 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
             write_model_card(staging, run_dir)  # also records the recipe's base in adapter_config.json
         else:
             atomic_write_text(staging / README, model_card(run_dir, weights))
-        if output.exists():
-            output.rmdir()  # empty (checked above)
-        os.replace(staging, output)
+        if fill_existing:
+            for item in staging.iterdir():
+                os.replace(item, target / item.name)
+        else:
+            os.chmod(staging, 0o777 & ~_umask())
+            os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     pushed = _push(output, push_to_hub) if push_to_hub else None
     return {"output": str(output), "weights": weights, "pushed_to": pushed}
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _write_merged(final: Path, recipe, target: Path) -> None:
@@ -125,7 +142,7 @@ def _push(folder: Path, repo: str) -> str:
     except Exception as exc:  # noqa: BLE001 - the export itself is done; say what failed in one line
         raise UserError(
             f"wrote {folder}, but the upload failed ({type(exc).__name__}: {exc}); retry with: "
-            f"hf upload {repo} {folder}",
+            f"hf upload {shlex.quote(repo)} {shlex.quote(str(folder))}",
             where="--push-to-hub",
         ) from None
     return f"https://huggingface.co/{repo}"

@@ -132,6 +132,48 @@ def test_embedded_alias_is_the_recorded_base_and_the_card_names_the_gguf(tmp_pat
     assert 'resolve_model_path("smollm2-135m-instruct")' in card
 
 
+def test_export_into_the_working_folder_or_a_new_one_with_the_usual_permissions(finished_run, tmp_path, monkeypatch):
+    """`--output .` in an empty folder fills it (its inode kept: the shell standing in it still sees the files); a
+    new folder gets the permissions of any folder made under the umask, not mkdtemp's private 0700; no temporary
+    folder is left behind either way."""
+    import os
+    import stat
+
+    here = tmp_path / "here"
+    here.mkdir()
+    inode = here.stat().st_ino
+    monkeypatch.chdir(here)
+    assert export_run(finished_run, ".")["weights"] == "adapter"
+    assert here.stat().st_ino == inode
+    old_mask = os.umask(0o027)
+    try:
+        export_run(finished_run, tmp_path / "new")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o750
+    files = sorted(p.name for p in (tmp_path / "new").iterdir())
+    assert "adapter_config.json" in files and sorted(p.name for p in here.iterdir()) == files  # no temporary left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_push_prints_a_retry_command_the_shell_can_run(finished_run, tmp_path, monkeypatch):
+    import shlex
+
+    import huggingface_hub
+
+    def refuse(self, *args, **kwargs):
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", refuse)
+    monkeypatch.setattr("dpo.serve.export.check_hub", lambda repo: "me")
+    out = tmp_path / "my export"
+    with pytest.raises(UserError) as raised:
+        export_run(finished_run, out, push_to_hub="me/x")
+    assert (out / "adapter_config.json").is_file()  # written, then the upload failed
+    command = str(raised.value).split("retry with: ")[1]
+    assert shlex.split(command) == ["hf", "upload", "me/x", str(out)]
+
+
 def test_bad_exports_fail_before_writing(finished_run, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not a run directory"):
         export_run(tmp_path, tmp_path / "out")
