@@ -27,7 +27,8 @@ from dpo.errors import UserError
 Numbered = list[tuple[int, Any]]
 
 
-def _read_jsonl(path: Path) -> Numbered:
+def read_jsonl(path: Path) -> Numbered:
+    """Numbered rows of a JSONL file; a line that is not UTF-8 or not JSON is a `Problem` saying why."""
     rows: Numbered = []
     lines = read_input_bytes(path, MAX_DATA_BYTES, what="data file").split(b"\n")
     last = len(lines) - 1  # after the final newline split() leaves b"" (a complete file) or the cut-off tail
@@ -122,7 +123,7 @@ def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
 
 
 READERS: dict[str, Callable[[Path], Numbered]] = {
-    ".jsonl": _read_jsonl,
+    ".jsonl": read_jsonl,
     ".json": _read_json,
     ".parquet": _read_with_datasets,
     ".csv": _read_with_datasets,

@@ -14,7 +14,6 @@ in recipe.yaml. The same `side_by_side` writes the held-out samples at the end o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from dpo.analysis.evaluate import EvalOptions, PolicyAndReference, load_tokenizer, token_ids
 from dpo.analysis.evaluate import generate as generate_ids
 from dpo.config.loading import load_recipe
+from dpo.data.readers import read_jsonl
+from dpo.data.rows import Problem
 from dpo.errors import UserError
 from dpo.rundir.files import DATA_CARD, FINAL, RECIPE, read_json_or_none
 
@@ -88,13 +89,9 @@ def read_prompts(path: Path, limit: int | None) -> list:
     if not path.is_file():
         raise UserError("no such file", where=str(path))
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"row {number}: not valid JSON ({exc.msg})", where=str(path)) from None
+    for number, row in read_jsonl(path):  # the data files' reader: the same checks of size, bytes and JSON
+        if isinstance(row, Problem):
+            raise UserError(f"row {number}: {row}", where=str(path))
         prompt = row.get("prompt") if isinstance(row, dict) else None
         messages_ok = (
             isinstance(prompt, list)
@@ -129,6 +126,8 @@ def generate_for_run(
     options.check()
     if (prompt is None) == (file is None):
         raise UserError("give one of --prompt TEXT or --file JSONL", where="dpo generate")
+    if prompt is not None and not prompt.strip():  # as a blank row of --file is: no tokens to start from
+        raise UserError("is empty", where="--prompt")
     if n is not None and n < 1:
         raise UserError("must be >= 1", where="--n")
     if n is not None and file is None:

@@ -63,6 +63,16 @@ def test_bad_generate_calls(finished_run, tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"question": "no prompt"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl: row 2: needs a 'prompt'"):
         read_prompts(bad, None)
+    with pytest.raises(UserError, match="--prompt: is empty"):
+        generate_for_run(finished_run, prompt=" ")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"prompt": "ok"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.jsonl: row 2: not UTF-8 text"):
+        read_prompts(latin1, None)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"prompt": "ok"}\n{"prompt": "cut o')
+    with pytest.raises(UserError, match=r"cut.jsonl: row 2: last line is cut off"):
+        read_prompts(cut, None)
     with pytest.raises(UserError, match="no final/"):
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "recipe.yaml").write_text("name: x\n")
