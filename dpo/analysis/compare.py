@@ -21,6 +21,7 @@ from dpo.metrics import HEADLINE
 from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.files import METRICS_LOG, RECIPE, RECIPE_CHANGES, SUMMARY, read_json, read_metrics, read_text
 from dpo.rundir.secrets import redact
+from dpo.rundir.writable import check_output_dir
 
 
 def _runs(run_dirs: list[Path]) -> list[dict]:
@@ -34,9 +35,7 @@ def _runs(run_dirs: list[Path]) -> list[dict]:
             raise UserError("no such directory", where=str(run_dir))
         if not ((run_dir / METRICS_LOG).is_file() or (run_dir / SUMMARY).is_file()):
             raise UserError("not a run directory (no metrics.jsonl / summary.json)", where=str(run_dir))
-        name = recipe_name(read_text(run_dir / RECIPE)) or run_dir.name
-        if name in names:  # two runs of one recipe: tell them apart by their folders
-            name = f"{name} ({run_dir.name})"
+        name = _unique_label(recipe_name(read_text(run_dir / RECIPE)) or run_dir.name, run_dir, names)
         names.add(name)
         runs.append(
             {
@@ -49,6 +48,18 @@ def _runs(run_dirs: list[Path]) -> list[dict]:
             }
         )
     return runs
+
+
+def _unique_label(name: str, run_dir: Path, taken: set[str]) -> str:
+    """The recipe's name; for a second run of one recipe, with its folder, then with the folder above (a/run and
+    b/run), then numbered (one folder given twice)."""
+    candidates = [name, f"{name} ({run_dir.name})", f"{name} ({run_dir.parent.name}/{run_dir.name})"]
+    label = next((c for c in candidates if c not in taken), candidates[-1])
+    number = 2
+    while label in taken:
+        label = f"{candidates[-1]} #{number}"
+        number += 1
+    return label
 
 
 def comparison_html(run_dirs: list[Path]) -> str:
@@ -126,6 +137,7 @@ def write_comparison(run_dirs, output: str | Path = "compare.html") -> Path:
     output = Path(output)
     if output.is_dir():
         raise UserError("is a folder; --output names the HTML file to write", where=str(output))
+    check_output_dir(output.parent)  # under a file, or in a folder this user cannot write: one line, not a traceback
     page = comparison_html([Path(d) for d in run_dirs])
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, redact(page))

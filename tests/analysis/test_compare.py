@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dpo.analysis.compare import write_comparison
+from dpo.analysis.compare import _unique_label, write_comparison
+from dpo.analysis.report import cell_text
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.training.execute import execute
@@ -41,15 +42,27 @@ def test_comparison_overlays_curves_and_tabulates_summaries(two_runs, tmp_path):
     out = write_comparison(two_runs, tmp_path / "sub" / "compare.html")
     page = out.read_text()
     assert _series_labels(page) == [["tiny", "high-beta"]] * len(HEADLINE)
-    for run in two_runs:
+    table = page.split("<h2>Summaries</h2>")[1].split("</table>")[0]
+    rows = [row.split("</tr>")[0] for row in table.split("<tr>")[2:]]  # after the header row
+    assert len(rows) == 2
+    for run, row in zip(two_runs, rows, strict=True):
         summary = json.loads((run / "summary.json").read_text())
-        assert escape(str(run)) in page and summary["stop_reason"] in page
-        accuracy = summary["final_metrics"][HEADLINE[0]]
-        assert f"{accuracy:.3g}" in page
+        cells = [cell.split("</td>")[0] for cell in row.split("<td")[1:]]
+        assert escape(str(run)) in cells[0] and cells[1] == f">{escape(summary['stop_reason'])}"
+        assert cells[2] == f" class=num>{summary['steps']}"
+        values = [summary[k][HEADLINE[0]] for k in ("initial_metrics", "best_metrics", "final_metrics")]
+        assert cells[5] == " class=num>" + " / ".join(cell_text(v) for v in values)
     changed = page.split("What each recipe changed from its base")[1]
     assert "<code>loss.beta</code>: 0.5 <small>(was 0.1)</small>" in changed
     assert "<code>name</code>: high-beta" in changed
     assert "<script>" in page and "<script src" not in page  # inline; the browser test checks no request is made
+
+
+def test_runs_of_one_recipe_get_labels_that_tell_them_apart():
+    taken: set[str] = set()
+    for folder in ("a/run", "b/run", "c/run", "c/run"):
+        taken.add(_unique_label("quickstart", Path("runs") / folder, taken))
+    assert taken == {"quickstart", "quickstart (run)", "quickstart (c/run)", "quickstart (c/run) #2"}
 
 
 def test_compare_errors(two_runs, tmp_path):
@@ -60,6 +73,9 @@ def test_compare_errors(two_runs, tmp_path):
     proc = run_dpo("compare", two_runs[0], tmp_path / "missing", "--output", tmp_path / "c.html")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'missing'}: no such directory"
     assert not (tmp_path / "c.html").exists()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UserError, match="afile: is a file, not a directory"):
+        write_comparison(two_runs, tmp_path / "afile" / "c.html")
     proc = run_dpo("compare", *two_runs, "--output", tmp_path / "c.html")
     assert proc.returncode == 0 and proc.stdout.strip() == f"wrote {tmp_path / 'c.html'}"
 
