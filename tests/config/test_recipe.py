@@ -33,6 +33,18 @@ def test_defaults_and_relative_data_path_resolves_against_recipe_folder(base, tm
     assert recipe.early_stopping.metric == "eval_rewards/margins"
 
 
+def test_a_local_model_folder_is_recorded_absolute_an_alias_or_hub_id_as_written(base, tmp_path, monkeypatch):
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "models" / "tiny" / "config.json").write_text("{}")
+    (tmp_path / "smollm2-135m-instruct").mkdir()  # a folder named like the alias, but no model in it
+    monkeypatch.chdir(tmp_path)
+    local = str(tmp_path / "models" / "tiny")
+    cases = [("models/tiny", local), ("./models/tiny/", local), ("smollm2-135m-instruct", "smollm2-135m-instruct"),
+             ("owner/name", "owner/name")]  # fmt: skip
+    for given, recorded in cases:
+        assert load_recipe(base, [f"model.name_or_path={given}"]).recipe.model.name_or_path == recorded
+
+
 def test_base_inheritance_relative_to_child_folder_and_name_not_inherited(base, tmp_path):
     child = write(tmp_path / "recipes" / "sub" / "child.yaml", {"base": "../base.yaml", "loss": {"beta": 0.5}})
     loaded = load_recipe(child)
