@@ -151,20 +151,31 @@ def _take(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
     return rows * copies + [rows[i] for i in picked]
 
 
+def _weighted_shares(sources: list[tuple[float, int]]) -> list[int]:
+    """Each (weight, rows) source's share of their total row count, in proportion to the weights and adding up to
+    the total (largest remainders round up: 1:1:1 of 10 rows is 4, 3, 3, not 3, 3, 3)."""
+    total, weights = sum(rows for _, rows in sources), sum(weight for weight, _ in sources)
+    exact = [total * weight / weights for weight, _ in sources]
+    shares = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: shares[i] - exact[i])  # largest remainder first, stable
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
 def mix(parts: list[tuple[DataSource, list[dict]]], rng: random.Random) -> tuple[list[dict], list[int]]:
     """Rows of several sources: a source with `count` gives exactly that many; sources with `weight` share their
     total row count in proportion to their weights (a source repeats when its share exceeds its rows); a source
     with neither gives all its rows once. One source is used as is; several are shuffled together."""
     if len(parts) == 1 and parts[0][0].weight is None and parts[0][0].count is None:
         return list(parts[0][1]), [len(parts[0][1])]
-    weighted = [(s, r) for s, r in parts if s.weight is not None]
-    total, weights = sum(len(r) for _, r in weighted), sum(s.weight for s, _ in weighted)
+    shares = _weighted_shares([(s.weight, len(r)) for s, r in parts if s.weight is not None])
     out, used = [], []
     for source, rows in parts:
         if source.count is not None:
             n = source.count
         elif source.weight is not None:
-            n = round(total * source.weight / weights)
+            n = shares.pop(0)
         else:
             n = len(rows)
         taken = _take(rows, n, rng)
@@ -208,6 +219,13 @@ class PreparedData:
         return datasets.Dataset.from_list(self.train), datasets.Dataset.from_list(self.eval)
 
 
+def share_of(share: float, count: int, round_up: bool = False) -> int:
+    """`share` of `count` items, rounded down (or up): as a person reckons it, so that 0.29 of 100 is 29 where the
+    float product is 28.999999999999996 (and 0.07 of 100 is 7, not 8, rounded up)."""
+    exact = share * count
+    return math.ceil(exact - 1e-9) if round_up else math.floor(exact + 1e-9)
+
+
 def split_by_prompt(
     rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
 ) -> tuple[list[dict], list[dict]]:
@@ -218,7 +236,7 @@ def split_by_prompt(
             "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
         )
     random.Random(seed).shuffle(prompts)
-    heldout = set(prompts[: max(1, min(len(prompts) - 1, math.ceil(fraction * len(prompts))))])
+    heldout = set(prompts[: max(1, min(len(prompts) - 1, share_of(fraction, len(prompts), round_up=True)))])
     train = [r for r in rows if prompt_key(r["prompt"]) not in heldout]
     held = [r for r in rows if prompt_key(r["prompt"]) in heldout]
     return train, held

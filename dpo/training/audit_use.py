@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dpo.data.prepare import PreparedData, content_hash
+from dpo.data.prepare import PreparedData, content_hash, share_of
 from dpo.errors import UserError
 from dpo.training.audit import AUDIT_FILE, audit_checked, render, write_audit
 from dpo.training.loss_plan import AUTO
@@ -25,7 +25,7 @@ EPSILON_CAP = 0.45
 def suspects(p_flipped: list[float], ranking: list[int], share: float | None, threshold: float | None) -> list[int]:
     """Indices of the suspect pairs: the most suspect `share` of them (rounded down), or those with p >= threshold."""
     if share is not None:
-        return sorted(ranking[: int(share * len(ranking))])
+        return sorted(ranking[: share_of(share, len(ranking))])
     return [i for i, p in enumerate(p_flipped) if p >= threshold]
 
 

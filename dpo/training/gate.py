@@ -17,7 +17,7 @@ from typing import Any
 from dpo.config.checks import check_no_op_keys
 from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
-from dpo.data.prepare import PreparedData, prepare_data
+from dpo.data.prepare import PreparedData, prepare_data, share_of
 from dpo.data.rows import SCORE_GAP
 from dpo.errors import Problems, UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS
@@ -123,7 +123,7 @@ def check(
     train_pairs = len(data.train)
     audit = recipe.data.audit
     if audit is not None and audit.suspects == "drop" and audit.share is not None:  # a count known before the audit
-        train_pairs -= int(audit.share * train_pairs)  # as audit_use.suspects rounds it
+        train_pairs -= share_of(audit.share, train_pairs)  # as audit_use.suspects counts them
     dropped_by_threshold = audit is not None and audit.suspects == "drop" and audit.threshold is not None
     # a drop by threshold can shorten an epoch to fit before max_steps: the count after the audit decides that
     check_pairs_counted(loaded, dpo_config, train_pairs, evaluations=not dropped_by_threshold)

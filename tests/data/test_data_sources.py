@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from dpo.cli import app
 from dpo.config.loading import load_recipe
 from dpo.config.schema import DataSection
-from dpo.data.prepare import prepare_data
+from dpo.data.prepare import _weighted_shares, prepare_data, share_of
 from dpo.data.rows import extract_prompt, normalize
 from dpo.errors import UserError
 from tests.conftest import REPO, write_recipe
@@ -43,6 +43,28 @@ def test_mix_by_weight_keeps_the_total_and_repeats_the_small_source(two_sources)
     assert sum(r["prompt"].startswith("a") for r in data.train) == 20
     assert prepare_data(section, seed=0).train == data.train  # seeded
     assert data.train != sorted(data.train, key=lambda r: r["prompt"])  # shuffled together
+
+
+@pytest.mark.parametrize(
+    ("sources", "shares"),
+    [([(1, 4), (1, 3), (1, 3)], [4, 3, 3]), ([(2, 10), (1, 30)], [27, 13]), ([(1, 1), (1, 1), (1, 1)], [1, 1, 1]),
+     ([(1, 5), (3, 5)], [3, 7]), ([(0.5, 7)], [7])],
+)  # fmt: skip
+def test_weighted_shares_add_up_to_the_total_row_count(sources, shares):
+    """(weight, rows) -> rows each source gives: 10 rows 1:1:1 is 4 + 3 + 3 (the largest remainder rounds up, the
+    first on a tie); 40 rows 2:1 is 26.67 and 13.33, so 27 and 13."""
+    assert _weighted_shares(sources) == shares and sum(shares) == sum(rows for _, rows in sources)
+
+
+@pytest.mark.parametrize(
+    ("share", "count", "down", "up"),
+    [(0.29, 100, 29, 29), (0.57, 100, 57, 57), (0.07, 100, 7, 7), (0.14, 100, 14, 14), (0.5, 3, 1, 2),
+     (0.1, 9, 0, 1), (0.3, 10, 3, 3)],
+)  # fmt: skip
+def test_a_share_of_a_count_is_not_thrown_off_by_binary_fractions(share, count, down, up):
+    """0.29 x 100 is 28.999999999999996 and 0.07 x 100 is 7.000000000000001 in floats: the audit's `share` of
+    suspects (rounded down) and the held-out prompts of `heldout_fraction` (rounded up) count 29 and 7."""
+    assert share_of(share, count) == down and share_of(share, count, round_up=True) == up
 
 
 def test_mix_by_count_and_plain_sources(two_sources):
