@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from annotated_types import Interval, MinLen
 from pydantic import AfterValidator
 
 from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
-from dpo.data.rows import Problem, canonical
+from dpo.data.rows import Problem, canonical, prompt_key
 from dpo.errors import UserError, did_you_mean
 
 Fraction = Annotated[float, Interval(ge=0, le=1)]
@@ -102,7 +103,7 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
     an easy negative that teaches the model to answer the question asked.
 
     The pairs that get one are drawn at random; the new pairs are appended after the originals."""
-    keys = [canonical(r["prompt"]) for r in rows]
+    keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
     if len(set(keys)) < 2:
         return [dict(r) for r in rows]
     extra = []
@@ -247,7 +248,11 @@ def apply(
         for p in bad.values():
             invalid[p.reason] = invalid.get(p.reason, 0) + 1
         rows = [r for i, r in enumerate(out) if i not in bad]
-        changed = sum(1 for a, b in zip(before, rows, strict=False) if a != b) + abs(len(rows) - len(before))
+        # rows that differ, by content not position (a step that adds 15 rows changed 15, one that flips 3 changed 3);
+        # counted as multisets, so that a step that repeats rows changed as many as it added
+        added = Counter(canonical(r) for r in rows) - Counter(canonical(r) for r in before)
+        removed = Counter(canonical(r) for r in before) - Counter(canonical(r) for r in rows)
+        changed = max(added.total(), removed.total())
         record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed}
         if invalid:
             record["invalid"] = invalid

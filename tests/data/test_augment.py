@@ -48,6 +48,8 @@ def test_off_prompt_negatives_exact():
     assert out == ROWS + [pair("p1", "c1", "c2"), pair("p2", "c2", "c1")]
     assert off_prompt_negatives(ROWS, random.Random(0), fraction=0.0) == ROWS
     assert off_prompt_negatives(ROWS[:1], random.Random(0), fraction=1.0) == ROWS[:1]  # no other prompt
+    one_question = [pair("What is 2+2?", "4", "5"), pair("What  is 2+2? ", "Four", "Five")]  # whitespace aside
+    assert off_prompt_negatives(one_question, random.Random(0), fraction=1.0) == one_question
 
 
 def test_off_prompt_negatives_seeded_and_never_same_prompt():
@@ -148,7 +150,7 @@ def test_augmentations_compose_in_order_and_are_recorded(tmp_path):
         ("off_prompt_negatives", 18, 27),
         ("label_noise", 27, 27),
     ]
-    assert data.card["augmented"][2]["changed"] == round(0.25 * 27)
+    assert [s["changed"] for s in data.card["augmented"]] == [9, 9, round(0.25 * 27)]  # added, added, flipped
     assert prepare_data(section, seed=5).train == data.train
     assert prepare_data(section, seed=6).train != data.train
 
@@ -192,6 +194,7 @@ def test_step_values_are_checked_strictly_against_the_annotations(plugin):
     section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:repeat", "times": 2}])
     data = prepare_data(section, seed=0)
     assert len(data.train) == 6 and data.card["augmented"][0]["times"] == 2
+    assert data.card["augmented"][0]["changed"] == 3  # the 3 repeated rows, though they hold nothing new
     for step, fragment in [
         ({"type": "my_augs:repeat", "times": 2.0}, "times: expected a whole number"),
         ({"type": "prompt_variants", "copies": 2.0}, "copies: expected a whole number"),
