@@ -22,7 +22,10 @@ def expand_pairs(
     """The rows with every multi-response row replaced by its pairs (in the position of the prompt's first
     multi-response row), and counts for the data card."""
     candidates: dict[str, list[tuple[float, float, dict]]] = {}
-    counts = {"multi_response_rows": 0, "pairs_made": 0, "below_min_gap": 0, "ties": 0, "cut_by_cap": 0}
+    counts = {"multi_response_rows": 0, "pairs_made": 0, "below_min_gap": 0, "ties": 0, "cut_by_cap": 0,
+              "already_a_pair_row": 0}  # fmt: skip
+    # a pair that a pair row of these data already holds is not made again (duplicates were dropped before this)
+    pair_rows = {canonical([r["prompt"], r["chosen"], r["rejected"]]) for r in rows if not is_multi(r)}
     for row in rows:
         if not is_multi(row):
             continue
@@ -38,6 +41,8 @@ def expand_pairs(
                     counts["ties"] += 1
                 elif gap < min_gap:
                     counts["below_min_gap"] += 1
+                elif canonical([row["prompt"], better, worse]) in pair_rows:
+                    counts["already_a_pair_row"] += 1
                 elif not any(pair["chosen"] == better and pair["rejected"] == worse for _, _, pair in pairs):
                     pair = {"prompt": row["prompt"], "chosen": better, "rejected": worse, SCORE_GAP: gap}
                     pairs.append((gap, rng.random(), pair))

@@ -100,7 +100,14 @@ def test_expand_pairs_exact():
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[2:4]} == {"good>bad", "tie>bad"}
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[4:]} == {"best>good", "best>tie"}
     assert [r["score_gap"] for r in rows[2:]] == [2.0, 2.0, 1.0, 1.0]
-    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0}
+    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0,
+                      "already_a_pair_row": 0}  # fmt: skip
+    again, counts = expand_pairs([pair("q", "best", "bad"), multi], random.Random(0), min_gap=1.0)
+    made = {(r["chosen"], r["rejected"], r["score_gap"]) for r in again[1:]}
+    assert again[0] == pair("q", "best", "bad") and made == {
+        (r["chosen"], r["rejected"], r["score_gap"]) for r in rows[2:]
+    }  # not made again from `multi`
+    assert counts["pairs_made"] == 4 and counts["already_a_pair_row"] == 1
     capped, counts = expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)
     assert capped[0] == {**pair("q", "best", "bad"), "score_gap": 3.0} and len(capped) == 2
     assert counts["below_min_gap"] == 2 and counts["cut_by_cap"] == 1
