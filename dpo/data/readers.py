@@ -13,6 +13,7 @@ goes, or holds an integer of more digits than Python converts, is a bad row (JSO
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 from collections.abc import Callable
@@ -30,7 +31,8 @@ Numbered = list[tuple[int, Any]]
 def read_jsonl(path: Path) -> Numbered:
     """Numbered rows of a JSONL file; a line that is not UTF-8 or not JSON is a `Problem` saying why."""
     rows: Numbered = []
-    lines = read_input_bytes(path, MAX_DATA_BYTES, what="data file").split(b"\n")
+    raw = read_input_bytes(path, MAX_DATA_BYTES, what="data file")
+    lines = raw.removeprefix(codecs.BOM_UTF8).split(b"\n")  # a BOM (Windows editors write one) is not row 1's text
     last = len(lines) - 1  # after the final newline split() leaves b"" (a complete file) or the cut-off tail
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -58,7 +60,7 @@ def _too_much(exc: Exception) -> str:
 def _read_json(path: Path) -> Numbered:
     raw = read_input_bytes(path, MAX_DATA_BYTES, what="data file")
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))  # a BOM is no part of the JSON
     except UnicodeDecodeError:
         raise UserError("not UTF-8 text", where=str(path)) from None
     except json.JSONDecodeError as exc:

@@ -63,6 +63,21 @@ def test_truncated_jsonl_line_names_row(tmp_path):
         prepare_data(DataSection(train=str(path)), seed=0)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    """Notepad and Excel write UTF-8 files with a BOM: row 1 is still a row, in JSONL as in a JSON list; a BOM
+    inside the file is the bad byte it is."""
+    rows = [pair(f"p{i}") for i in range(4)]
+    jsonl, listed = tmp_path / "bom.jsonl", tmp_path / "bom.json"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    listed.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode())
+    for path in (jsonl, listed):
+        data = prepare_data(DataSection(train=str(path), heldout_fraction=0.25), seed=0)
+        assert sorted(r["prompt"] for r in data.train + data.eval) == [f"p{i}" for i in range(4)]
+    jsonl.write_bytes(json.dumps(rows[0]).encode() + b"\n\xef\xbb\xbf" + json.dumps(rows[1]).encode() + b"\n")
+    with pytest.raises(UserError, match=r"bom.jsonl: row 2: not valid JSON"):
+        prepare_data(DataSection(train=str(jsonl), heldout_fraction=0.5), seed=0)
+
+
 def test_missing_file_names_the_key(tmp_path):
     with pytest.raises(UserError, match="data.train: file .* not found"):
         prepare_data(DataSection(train=str(tmp_path / "nope.jsonl")), seed=0)
