@@ -1,8 +1,13 @@
-"""Terminal output for a finished run: the numbers a person checks first."""
+"""Terminal output for a finished run: the numbers a person checks first.
+
+Every value from a run (paths, reasons, warnings, parameters) is escaped before rich reads it: rich takes text in
+square brackets for markup, so `runs/[exp1]` or a reason holding `[redacted $HF_TOKEN]` would lose that text, and
+`[/data/x.jsonl]` would raise an error after the run or sweep had finished."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dpo.metrics import HEADLINE
@@ -11,7 +16,7 @@ from dpo.metrics import HEADLINE
 def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     best = summary["best_metric"]
-    table = Table(title=f"held-out metrics ({summary['run_dir']})")
+    table = Table(title=f"held-out metrics ({escape(str(summary['run_dir']))})")
     table.add_column("metric")
     table.add_column("start (step 0)", justify="right")
     table.add_column(f"best (step {summary['best_step']})", justify="right")
@@ -21,28 +26,31 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         table.add_row(name, *(f"{v:.4f}" if isinstance(v, int | float) else "-" for v in cells))
     console.print(table)
     console.print(
-        f"{summary['steps']}/{summary['max_steps']} steps in {summary['runtime_s']:.0f} s, "
-        f"stop reason: {summary['stop_reason']}, best {best['name']} = {best['value']} ({best['mode']}), "
-        f"final weights: {summary['final_weights']}"
+        escape(
+            f"{summary['steps']}/{summary['max_steps']} steps in {summary['runtime_s']:.0f} s, "
+            f"stop reason: {summary['stop_reason']}, best {best['name']} = {best['value']} ({best['mode']}), "
+            f"final weights: {summary['final_weights']}"
+        )
     )
     overfitting = summary.get("overfitting") or {}
     if overfitting.get("onset_step") is not None:
-        console.print(f"overfitting onset at step {overfitting['onset_step']} ({overfitting['metric']})")
+        console.print(escape(f"overfitting onset at step {overfitting['onset_step']} ({overfitting['metric']})"))
     for warning in overfitting.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}")
 
 
 def print_sweep_summary(summary: dict, console: Console | None = None) -> None:
     """The trials sorted by the objective (best first), the best parameters and their importance."""
     console = console or Console()
     objective = summary["objective"]
-    table = Table(title=f"sweep {summary['name']}: {objective['metric']} ({objective['direction']})")
+    table = Table(title=escape(f"sweep {summary['name']}: {objective['metric']} ({objective['direction']})"))
     for column in ("trial", "state", objective["metric"], "steps", "parameters", "reason"):
-        table.add_column(column, justify="right" if column in ("trial", "steps") else "left")
+        table.add_column(escape(column), justify="right" if column in ("trial", "steps") else "left")
     for row in sorted_trials(summary):
         value = f"{row['value']:.4f}" if row["value"] is not None else "-"
         params = ", ".join(f"{k}={_short(v)}" for k, v in row["params"].items())
-        table.add_row(str(row["number"]), row["state"], value, str(row["steps"] or 0), params, row["reason"] or "")
+        cells = (str(row["number"]), row["state"], value, str(row["steps"] or 0), params, row["reason"] or "")
+        table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
     console.print(
         f"{summary['steps_total']} training steps in all, {summary['steps_saved_by_pruning']} saved by pruning"

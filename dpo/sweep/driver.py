@@ -26,11 +26,13 @@ import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
@@ -55,11 +57,17 @@ from dpo.rundir.secrets import MIN_SECRET_LENGTH, RedactedCopy, redact_standard_
 from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
 from dpo.sweep.storage import STORAGE_ENV, open_storage
+from dpo.sweep.trial import INTERRUPTED_EXIT, INTERRUPTED_MESSAGE
 
 # how the driver's own lines in a trial's train.log start: they are not the trial's, so never its failure reason
 LOG_NOTE = "note (dpo sweep):"
 IN_USE = ("another `dpo sweep` is running on this directory (use --workers for parallel trials, "
           "or --storage with a database server for several processes)")  # fmt: skip
+
+
+# A trial Ctrl-C stopped: optuna records it failed, this user attribute says `--resume` should run it again.
+INTERRUPTED = "interrupted"
+INTERRUPTED_EXIT_CODES = (INTERRUPTED_EXIT, -signal.SIGINT)  # the trial's exit on Ctrl-C; before its main ran
 
 
 class TrialFailed(Exception):
@@ -87,18 +95,23 @@ def run_sweep(
     if workers < 1:
         raise UserError(f"must be at least 1 (got {workers})", where="--workers")
     sweep_dir = (Path(output_dir) if output_dir else Path("sweeps") / spec.name).resolve()
-    url = storage or f"sqlite:///{sweep_dir / STUDY_DB}"
+    url = storage or sqlite_url(sweep_dir / STUDY_DB)
     _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
     # a broken base recipe fails here, not in every trial; its runs/<name> is no trial's directory: not checked
     check(spec.base_recipe, _overrides(spec.fixed), writes_run_dir=False)
-    (sweep_dir / TRIALS).mkdir(parents=True, exist_ok=True)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     # with SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study)
     with DirectoryLock(sweep_dir, IN_USE) if storage is None else contextlib.nullcontext():
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if resume and storage is None:
+            _check_resumes_this_sweep(spec, url, sweep_dir)
         study = _open_study(spec, url, shared=storage is not None)
+        (sweep_dir / TRIALS).mkdir(exist_ok=True)  # after the storage opened: a bad --storage leaves no trials/
         _write_spec(spec, sweep_dir)
         if storage is None:
             _retry_interrupted(study, sweep_dir)  # we hold the lock: any trial still "running" was killed
+        else:  # a machine that died left its trials "running": failed and queued again before counting
+            optuna.storages.fail_stale_trials(study)
         counted = _counted(study)
         remaining = spec.trials - sum(t.state.is_finished() or t.state.name == "RUNNING" for t in counted)
         if remaining > 0:
@@ -131,6 +144,26 @@ def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
                         where=str(sweep_dir))  # fmt: skip
     if not resume and sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise UserError("sweep directory is not empty; choose another --output-dir", where=str(sweep_dir))
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file: the path percent-encoded, so that a '?' or '%' in a sweep's name or
+    folder is part of the file name, not a query or an escape."""
+    return f"sqlite:///{quote(str(path))}"
+
+
+def _check_resumes_this_sweep(spec: SweepSpec, url: str, sweep_dir: Path) -> None:
+    """A resume with a spec whose name the study database does not hold (the spec renamed, or its `name:` edited)
+    would start a second study there, numbering its trials from 0 again into the same trials/ folder."""
+    import optuna
+
+    stored = optuna.get_all_study_names(storage=open_storage(url))
+    if stored and spec.name not in stored:
+        raise UserError(
+            f"holds the sweep '{stored[0]}', not '{spec.name}': resume it with its own name (`name: {stored[0]}` in "
+            "the spec)",
+            where=str(sweep_dir),
+        )
 
 
 def _check_password_is_visible(url: str) -> None:
@@ -166,14 +199,20 @@ def _open_study(spec: SweepSpec, url: str, shared: bool):
     identity = json.loads(json.dumps(spec.identity()))  # as the storage gives it back (JSON)
     if stored is None:
         study.set_user_attr("dpo_sweep", identity)
-    elif stored != identity:
-        key = next(k for k in identity if stored.get(k) != identity.get(k))
+        return study
+    differing = [k for k in identity if k in stored and stored[k] != identity[k]]  # older sweeps: fewer keys
+    if differing:
+        key = differing[0]
         raise UserError(
-            f"differs from the sweep '{spec.name}' already in the storage ({stored.get(key)!r} there); "
+            f"differs from the sweep '{spec.name}' already in the storage ({stored[key]!r} there); "
             "use another name: for another sweep",
-            where=spec.where(key),
+            where=spec.where(IDENTITY_SPEC_KEYS.get(key, key)),
         )
     return study
+
+
+# identity() keys that are not spec keys: the spec key that holds them
+IDENTITY_SPEC_KEYS = {"sampler_options": "sampler", "pruner_options": "pruner"}
 
 
 def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
@@ -207,14 +246,21 @@ def _stop_when_done(study, budget: int) -> None:
 
 
 def _retry_interrupted(study, sweep_dir: Path) -> None:
-    """Trials left "running" by a killed sweep: failed, and their parameters queued to run first."""
+    """Trials left "running" by a killed sweep, and those Ctrl-C stopped (optuna records them failed; we mark them
+    INTERRUPTED): failed, and their parameters queued to run first, each once."""
     import optuna
 
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False, states=(states.RUNNING, states.FAIL))
+    retried = _retried(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        for t in trials:
+            if t.state == states.FAIL and (not t.user_attrs.get(INTERRUPTED) or t.number in retried):
+                continue  # failed on its own, or already queued again
+            if t.state == states.RUNNING:
+                study._storage.set_trial_state_values(t._trial_id, state=states.FAIL)
             retry(study, study._storage.get_trial(t._trial_id))
             name = TRIAL_DIR.format(number=t.number)
             log = sweep_dir / TRIALS / f".{name}.log"
@@ -233,9 +279,13 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     if len(earlier) >= spec.trials:  # another process took the last slot first
         trial.set_user_attr("surplus", True)
         raise TrialFailed("surplus: the sweep already has its trials")
+    trial.set_user_attr(INTERRUPTED, False)  # a retried trial starts with the attributes of the one it repeats
     params = {p.name: SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args) for p in spec.params}
     name = TRIAL_DIR.format(number=trial.number)
     trial_dir = sweep_dir / TRIALS / name
+    if trial_dir.exists():  # another sweep's trial of that number (an --output-dir shared by two sweeps)
+        trial.set_user_attr("reason", f"{TRIALS}/{name} already exists; it is not overwritten")
+        raise TrialFailed(f"{TRIALS}/{name} already exists")
     rel = f"{TRIALS}/{name}"
     overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **_group(spec)}
     pruner = json.dumps({"type": spec.pruner, **spec.pruner_kwargs})
@@ -246,7 +296,11 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
     log_tmp = sweep_dir / TRIALS / f".{name}.log"
-    returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
+    try:
+        returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
+    except KeyboardInterrupt:  # Ctrl-C in this thread: optuna records the trial failed; --resume runs it again
+        trial.set_user_attr(INTERRUPTED, True)
+        raise
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)
@@ -260,6 +314,10 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         atomic_write_json(trial_dir / TRIAL, record)
 
     stop = (summary or {}).get("stop_reason")
+    if returncode in INTERRUPTED_EXIT_CODES:  # Ctrl-C reached the trial (its process group) in a worker thread
+        trial.set_user_attr(INTERRUPTED, True)
+        finish("failed", INTERRUPTED_MESSAGE)
+        raise TrialFailed(INTERRUPTED_MESSAGE)
     if returncode != 0 or stop == "non_finite":
         reason = (summary or {}).get("error") or _failure_line(trial_dir / TRAIN_LOG, returncode, stop)
         finish("failed", reason)
@@ -404,9 +462,9 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
             "run_dir": t.user_attrs.get("run_dir", f"{TRIALS}/{name}"),
             "max_steps": t.user_attrs.get("max_steps"),
         }
-        if t.state.name == "FAIL" and record["reason"] is None:  # its process died with the sweep
-            again = retried.get(t.number)
-            record["reason"] = "interrupted: the sweep process stopped" + (
+        if t.state.name == "FAIL" and (record["reason"] is None or t.user_attrs.get(INTERRUPTED)):
+            again = retried.get(t.number)  # its process died with the sweep, or Ctrl-C stopped it
+            record["reason"] = (record["reason"] or "interrupted: the sweep process stopped") + (
                 f"; retried as trial {again}" if again is not None else ""
             )
             record["steps"] = _steps_from_metrics(sweep_dir / record["run_dir"])

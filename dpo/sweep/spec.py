@@ -199,7 +199,8 @@ class SweepSpec:
         return f"{self.path}: {key}"
 
     def identity(self) -> dict:
-        """What must match for two processes (or a resume) to be the same sweep."""
+        """What must match for two processes (or a resume) to be the same sweep. A sweep stored by an older version
+        lacks the later keys (recipe, seed, the options): those are not compared (dpo/sweep/driver.py)."""
         return {
             "objective": {"metric": self.metric, "direction": self.direction},
             "sampler": self.sampler,
@@ -207,6 +208,10 @@ class SweepSpec:
             "trials": self.trials,
             "fixed": self.fixed,
             "search": {p.name: {p.kind: p.args} for p in self.params},
+            "recipe": self.raw["recipe"],
+            "seed": self.seed,
+            "sampler_options": self.sampler_kwargs,
+            "pruner_options": self.pruner_kwargs,
         }
 
     def grid_space(self) -> dict[str, list]:
@@ -308,7 +313,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         params.append(Param(key, kind, args))
 
     trials = _trials(raw, sampler, params, where)
-    return SweepSpec(
+    spec = SweepSpec(
         path=path,
         raw=raw,
         name=name,
@@ -324,6 +329,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         fixed=fixed,
         params=params,
     )
+    try:  # options optuna checks only together (TPE's group needs multivariate): here, not inside the sweep
+        spec.build_sampler()
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"optuna rejected it: {exc}", where=where("sampler")) from None
+    return spec
 
 
 def _objective(block, where) -> tuple[str, str]:
@@ -368,10 +378,11 @@ def _typed(value, names: dict[str, OptunaClass], key: str, where) -> tuple[str, 
 
 
 def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
-    accepted = [
-        n for n, p in inspect.signature(cls.__init__).parameters.items()
+    parameters = {
+        n: p for n, p in inspect.signature(cls.__init__).parameters.items()
         if n not in ("self", "seed", "search_space") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]  # fmt: skip
+    }  # fmt: skip
+    accepted = list(parameters)
     for name, value in kwargs.items():
         if name not in accepted:
             hint = did_you_mean(name, accepted, prefix=f"{key}.")
@@ -381,6 +392,26 @@ def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
             )
         if not isinstance(value, SCALAR):
             raise UserError(f"must be a plain value (got {type(value).__name__})", where=where(f"{key}.{name}"))
+        default = parameters[name].default
+        if not _same_kind(value, default):  # optuna itself would fail only at the first trial (n_startup_trials: four)
+            kind = KIND_WORDS[type(default)]
+            raise UserError(f"must be {kind}, as its default {default!r} is (got {value!r})",
+                            where=where(f"{key}.{name}"))  # fmt: skip
+
+
+KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+
+
+def _same_kind(value, default) -> bool:
+    """Whether `value` fits an option whose default is `default` (None, or no default: anything goes); an int
+    is a fine float, a bool is no number."""
+    if default is None or default is inspect.Parameter.empty or not isinstance(default, bool | int | float | str):
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
 
 
 def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:

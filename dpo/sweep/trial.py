@@ -7,7 +7,8 @@
 because a database URL may hold a password that a command line would show to every user of the machine. The
 callback reports the objective to optuna at each evaluation and stops training when the pruner says so; it is
 handed to the training run through `execute(callbacks=...)`, so the run itself knows nothing of sweeps (its
-summary.json says `stop_reason: pruned` because the callback says so). Exit codes are those of `dpo train`.
+summary.json says `stop_reason: pruned` because the callback says so). Exit codes are those of `dpo train`, and
+130 when Ctrl-C stopped it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import sys
 from transformers import TrainerCallback
 
 from dpo.sweep.storage import STORAGE_ENV, open_storage
+
+INTERRUPTED_MESSAGE = "interrupted (Ctrl-C)"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 class OptunaTrialCallback(TrainerCallback):
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RunFailed) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C reaches the trials too: one line in train.log, the exit code the driver knows
+        print(f"error: {INTERRUPTED_MESSAGE}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     print_summary(summary)
     return 0
 

@@ -65,6 +65,12 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"search": {"loss.label_smothing": {"grid": [0.1]}}}, "search.loss.label_smothing", "'loss.label_smoothing'"),
         ({"fixed": {"loss.beta_schedule.ned": 0.3}}, "fixed.loss.beta_schedule.ned", "'loss.beta_schedule.end'"),
         ({"sampler": "tpr"}, "sampler", "unknown sampler 'tpr'; did you mean 'tpe'? (valid: grid, random, tpe)"),
+        ({"sampler": {"type": "tpe", "group": True, "multivariate": False}}, "sampler",
+         "optuna rejected it: ``group`` option can only"),
+        ({"sampler": {"type": "tpe", "n_startup_trials": "four"}}, "sampler.n_startup_trials",
+         "must be a whole number, as its default 10 is (got 'four')"),
+        ({"sampler": {"type": "tpe", "constant_liar": 1}}, "sampler.constant_liar", "must be true or false"),
+        ({"pruner": {"type": "median", "n_warmup_steps": 2.5}}, "pruner.n_warmup_steps", "must be a whole number"),
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -114,6 +120,35 @@ def test_spec_grid_and_variants(tmp_path, tiny_recipe):
     assert overrides == {
         "training.max_steps": 3, "loss.type": "ipo", "loss.beta": 0.5, "training.learning_rate": 5e-05, "peft.r": 8,
     }  # fmt: skip
+
+
+def test_the_study_database_path_is_taken_literally(tmp_path):
+    """A '?' or '%20' in the sweep's folder is part of the file's name, not a URL query or an escaped space."""
+    import optuna
+
+    from dpo.sweep.driver import sqlite_url
+    from dpo.sweep.storage import open_storage
+
+    folder = tmp_path / "lr?v2 %20x"
+    folder.mkdir()
+    optuna.create_study(study_name="s", storage=open_storage(sqlite_url(folder / "study.db")))
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name] and (folder / "study.db").is_file()
+
+
+def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_recipe):
+    """A renamed spec (its name is the file's stem) or an edited `name:` would start a second study in study.db,
+    numbering its trials from 0 into the first sweep's trials/ folder."""
+    import optuna
+
+    from dpo.sweep.driver import run_sweep, sqlite_url
+
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "trials").mkdir(parents=True)
+    optuna.create_study(study_name="first", storage=sqlite_url(sweep_dir / "study.db"))
+    spec = write_spec(tmp_path / "second.yaml", tiny_recipe, trials=2, search=SEARCH, fixed=TINY_FIXED)
+    with pytest.raises(UserError, match=r"holds the sweep 'first', not 'second': resume it with its own name"):
+        run_sweep(spec, output_dir=sweep_dir, resume=True)
+    assert optuna.get_all_study_names(sqlite_url(sweep_dir / "study.db")) == ["first"]
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
@@ -321,6 +356,39 @@ def test_sigkill_then_resume_runs_only_what_is_missing(tmp_path, tiny_recipe):
     for n, mtime in done.items():  # finished trials were not re-run
         assert (sweep_dir / "trials" / f"trial-000{n}" / "summary.json").stat().st_mtime_ns == mtime
     assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == [f"trial-000{n}" for n in range(4)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_runs_the_interrupted_trial_again(tmp_path, tiny_recipe):
+    """Ctrl-C reaches the whole foreground process group, the sweep and its trial: optuna records the trial
+    failed (not "running", as after SIGKILL); `--resume` still runs its parameters again, once."""
+    betas = [0.05, 0.1, 0.2]
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_recipe, name="stopped", sampler="grid", fixed=TINY_FIXED,
+        search={"loss.beta": {"grid": betas}},
+    )  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "dpo", "sweep", str(spec), "--output-dir", str(sweep_dir)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    second = sweep_dir / "trials" / "trial-0001" / "recipe.yaml"
+    deadline = time.time() + 300
+    while not second.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert second.exists(), "the sweep never reached its second trial"
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    assert proc.wait(timeout=120) != 0
+
+    resumed = dpo("sweep", spec, "--output-dir", sweep_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = summary_of(sweep_dir)
+    states = {t["number"]: t for t in summary["trials"]}
+    assert states[1]["state"] == "failed" and "interrupted" in states[1]["reason"]
+    assert "retried as trial 2" in states[1]["reason"] and states[2]["params"] == states[1]["params"]
+    finished = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert sorted(t["params"]["loss.beta"] for t in finished) == betas  # each grid point once, none lost
+    again = dpo("sweep", spec, "--output-dir", sweep_dir, "--resume")  # nothing left: no trial runs twice
+    assert again.returncode == 0 and len(summary_of(sweep_dir)["trials"]) == len(summary["trials"])
 
 
 # --- one sweep, several processes, through PostgreSQL ----------------------------------------------------------
