@@ -391,6 +391,29 @@ def test_ctrl_c_then_resume_runs_the_interrupted_trial_again(tmp_path, tiny_reci
     assert again.returncode == 0 and len(summary_of(sweep_dir)["trials"]) == len(summary["trials"])
 
 
+@pytest.mark.slow
+def test_a_shared_sweep_restarted_after_its_machine_died_retries_the_stale_trial(tmp_path, tiny_recipe, monkeypatch):
+    """A machine died mid-trial and the sweep is started again (--storage): the trial it left "running" stopped
+    beating, so it is failed and its parameters run again, instead of counting as running for ever."""
+    import optuna
+
+    from dpo.sweep import storage
+    from dpo.sweep.driver import run_sweep
+
+    monkeypatch.setattr(storage, "GRACE_S", 1)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    spec = write_spec(tmp_path / "shared.yaml", tiny_recipe, trials=1, search=SEARCH, fixed=TINY_FIXED)
+    study = optuna.create_study(study_name="shared", storage=storage.open_storage(url, shared=True),
+                                direction="maximize")  # fmt: skip
+    dead = study.ask({"loss.beta": optuna.distributions.FloatDistribution(0.01, 1.0, log=True)})
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(2)  # past the grace period: the machine is gone
+    summary = run_sweep(spec, storage=url, output_dir=tmp_path / "machine-2", echo=lambda line: None)
+    states = {t["number"]: t for t in summary["trials"]}
+    assert states[0]["state"] == "failed" and "retried as trial 1" in states[0]["reason"]
+    assert states[1]["state"] == "complete" and states[1]["params"] == states[0]["params"]
+
+
 # --- one sweep, several processes, through PostgreSQL ----------------------------------------------------------
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
