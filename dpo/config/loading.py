@@ -141,7 +141,7 @@ def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Reci
     except ValidationError as exc:
         by_key: dict[str, list[dict]] = {}  # every problem, each key once (a union type errs once per member)
         for err in exc.errors():
-            by_key.setdefault(_key_of(err["loc"]), []).append(err)
+            by_key.setdefault(_error_key(err), []).append(err)
         raise_all(
             [
                 UserError(_describe(errors, key), where=source_of(provenance, key, default_source))
@@ -165,6 +165,15 @@ def _key_of(loc: tuple) -> str:
             break
         parts.append(str(part))
     return ".".join(parts)
+
+
+def _error_key(err: dict) -> str:
+    """The recipe key an error is about. An unknown key is named as written (`early-stopping`, `model.Dtype`): it
+    is no recipe key, so `_key_of` would stop at its parent and report the parent, in the parent's file."""
+    if err["type"] == "extra_forbidden":
+        parent = _key_of(err["loc"][:-1])
+        return f"{parent}.{err['loc'][-1]}" if parent else str(err["loc"][-1])
+    return _key_of(err["loc"])
 
 
 def _describe(errors: list[dict], key: str) -> str:

@@ -7,7 +7,7 @@ dpo/config/loading.py; checks that need a component's table (losses, DPOConfig f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -202,8 +202,12 @@ class LossSection(Section):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str | list[str] = Field("sigmoid", description="Loss name from dpo/training/losses.py LOSSES, or a list.")
-    weights: list[float] | None = Field(None, description="One weight per loss when `type` is a list.")
+    type: str | Annotated[list[str], Field(min_length=1)] = Field(
+        "sigmoid", description="Loss name from dpo/training/losses.py LOSSES, or a non-empty list."
+    )
+    weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="One weight (>= 0) per loss when `type` is a list."
+    )
     beta: float = Field(0.1, gt=0, description="KL-penalty strength beta (IPO: its tau).")
     beta_schedule: BetaScheduleSection = Field(default_factory=BetaScheduleSection)
 

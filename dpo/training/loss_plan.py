@@ -144,8 +144,8 @@ def _hyperparameter(loaded: LoadedRecipe, names: list[str], key: str, value: Any
     if value is None:
         return
     takers = [n for n in names if key in LOSSES[n].hyperparameters]
-    if not takers and value in {LOSSES[n].hyperparameters[key] for n in users}:
-        return  # a default, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
+    if not takers and key == "label_smoothing" and value == 0.0:
+        return  # no smoothing, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
     if not takers:
         raise UserError(
             f"does not apply to loss.type {names} (it is used by: {', '.join(users)})", where=loaded.where(dotted)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dpo.config.loading import load_recipe, parse_override
-from dpo.errors import UserError
+from dpo.errors import UserError, UserErrors
 
 
 def write(path: Path, data) -> Path:
@@ -95,6 +95,20 @@ def test_unknown_key_names_file_key_and_suggestion(base, tmp_path):
     message = str(err.value)
     assert message.startswith(str(bad))
     assert "unknown key 'peft.alpah'" in message and "did you mean 'peft.alpha'?" in message
+
+
+def test_unknown_keys_not_in_snake_case_are_named_as_written_in_their_file(base, tmp_path):
+    """`early-stopping` and `model.Dtype` are no recipe keys: each is its own error, in the file that wrote it, not
+    its parent's ("unknown key 'model'; did you mean 'model'?" in the base recipe, before)."""
+    written = {"base": "base.yaml", "early-stopping": {"patience": 3}, "model": {"name-or-path": "x", "Dtype": "f"}}
+    bad = write(tmp_path / "recipes" / "dash.yaml", written)
+    with pytest.raises(UserErrors) as err:
+        load_recipe(bad)
+    lines = sorted(str(e) for e in err.value.errors)
+    assert len(lines) == 3 and all(line.startswith(f"{bad}: unknown key '") for line in lines)
+    assert "unknown key 'early-stopping'; did you mean 'early_stopping'?" in lines[0]
+    assert "'model.Dtype'; did you mean 'model.dtype'?" in lines[1]
+    assert "'model.name-or-path'; did you mean 'model.name_or_path'?" in lines[2]
 
 
 def test_unknown_section_suggests_closest(base, tmp_path):

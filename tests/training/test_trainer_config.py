@@ -40,6 +40,13 @@ def test_label_smoothing_turns_sigmoid_into_cdpo(recipe_path):
         (["loss.discopop_tau=0.1", "loss.type=hinge"], "loss.discopop_tau: does not apply"),
         (["loss.type=sigmiod"], "unknown loss 'sigmiod'; did you mean 'sigmoid'?"),
         (["loss.type=[sigmoid, sft]", "loss.weights=[1.0]"], "1 weights for 2 losses"),
+        # at another loss's default value too: a knob for a loss not chosen is a mistake, whatever its value
+        (["loss.dpop_lambda=50"], "loss.dpop_lambda: does not apply to loss.type ['sigmoid']"),
+        (["loss.simpo_gamma=0.5"], "loss.simpo_gamma: does not apply to loss.type ['sigmoid']"),
+        (["loss.type=ipo", "loss.label_smoothing=0.001"], "loss.label_smoothing: does not apply"),  # EXO's default
+        (["loss.type=ipo", "loss.label_smoothing=[0.1]"], "loss.label_smoothing: does not apply"),  # was a TypeError
+        (["loss.type=[]"], "loss.type: List should have at least 1 item"),  # no loss: nothing would be trained
+        (["loss.type=[sigmoid, sft]", "loss.weights=[1, -1]"], "loss.weights.1: Input should be greater than or"),
     ],
 )
 def test_inapplicable_or_unknown_loss_settings_are_errors(recipe_path, overrides, fragment):
