@@ -127,9 +127,10 @@ def rotate(folder: Path, keep_last: int | None, protect: str | Path | None) -> N
     if not keep_last or keep_last <= 0:
         return
     complete = [p for _, p in checkpoints(folder) if is_complete(p)]
-    protected = {p for p in complete[-keep_last:]} | ({Path(protect)} if protect else set())
+    # compared resolved: the protected path may be spelled relative and the folder absolute, or the reverse
+    protected = {p.resolve() for p in complete[-keep_last:]} | ({Path(protect).resolve()} if protect else set())
     for path in complete:
-        if path not in protected:
+        if path.resolve() not in protected:
             shutil.rmtree(path, ignore_errors=True)
 
 

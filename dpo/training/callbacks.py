@@ -125,6 +125,14 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
                 setattr(self, name, saved["attributes"][name])
         self.history = [tuple(item) for item in self.history]
 
+    def best_checkpoint(self, folder: Path) -> Path | None:
+        """The checkpoint under `folder` that holds the best weights, when they are kept. Rotation protects this
+        one, not transformers' `best_model_checkpoint`: that path, read back on a resume, may be spelled otherwise
+        (relative, then absolute) or dropped (relative to another working directory), and the best would go."""
+        if not self.keep_best or self.best_step is None:
+            return None
+        return folder / f"checkpoint-{self.best_step}"
+
     def on_train_begin(self, args, state, control, **kwargs):
         # the untrained model as the best (checkpoint-0, saved before training) must survive checkpoint rotation too
         if self.keep_best and self.best_step == 0 and state.best_model_checkpoint is None:

@@ -300,6 +300,10 @@ def _restore_best(trainer, best) -> bool:
     """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
     if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
         return False
-    trainer.state.best_model_checkpoint = str(Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}{best.best_step}")
+    checkpoint = Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}{best.best_step}"
+    if not checkpoint.is_dir():  # transformers' loader would only log this and go on: the summary would claim it
+        print(f"warning: the best checkpoint {checkpoint} is gone; final/ holds the last weights", file=sys.stderr)
+        return False
+    trainer.state.best_model_checkpoint = str(checkpoint)
     trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
     return True

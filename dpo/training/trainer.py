@@ -36,6 +36,7 @@ from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
 from dpo.rundir.files import CHECKPOINT_PREFIX, DPO_STATE, REFERENCE_LOGPS, TRAINER_STATE
 from dpo.training.beta import BetaController
+from dpo.training.callbacks import BestCheckpointCallback
 from dpo.training.losses import LOSSES, LossPlan, compute_loss, per_token
 from dpo.training.packing import SUPPORTED_ATTENTION, PackedPairs, pack_pairs
 from dpo.training.plateau import NoiseAwarePlateau
@@ -682,7 +683,9 @@ class Trainer(DPOTrainer):
         atomic_write_json(folder / DPO_STATE, self.dpo_state())
         self.save_reference_cache(folder / REFERENCE_LOGPS)
         resume.mark_complete(folder, self.state.global_step)
-        resume.rotate(folder.parent, limit, self.state.best_model_checkpoint)
+        kept = [cb.best_checkpoint(folder.parent) for cb in self.callback_handler.callbacks
+                if isinstance(cb, BestCheckpointCallback)]  # fmt: skip
+        resume.rotate(folder.parent, limit, next((k for k in kept if k), None) or self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """transformers' save of weights, tokenizer and training_args.bin, with the arguments and the model's

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -486,6 +487,27 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path):
     rotate(tmp_path, 2, protect=paths[2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
     assert all((p / COMPLETE_MARK).is_file() for p in tmp_path.iterdir())
+
+
+def test_rotation_keeps_the_best_however_its_path_is_spelled(tmp_path, monkeypatch):
+    """A resume reads the best checkpoint's path back as the first attempt spelled it (runs/r/..., relative) while
+    the folder is now absolute, or the reverse: the best survives either way."""
+    from dpo.training.callbacks import BestCheckpointCallback
+
+    folder = tmp_path / "runs" / "r" / "checkpoints"
+    folder.mkdir(parents=True)
+    for step in (2, 4, 6, 8):
+        _checkpoint(folder, step)
+    monkeypatch.chdir(tmp_path)
+    rotate(folder, 2, protect="runs/r/checkpoints/checkpoint-2")
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-6", "checkpoint-8"]
+    rotate(Path("runs/r/checkpoints"), 1, protect=str(folder / "checkpoint-2"))
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-2", "checkpoint-8"]
+    best = BestCheckpointCallback("eval_loss", keep_best=True)  # what the trainer protects: the callback's own best
+    assert best.best_checkpoint(folder) is None  # nothing evaluated yet
+    best.best_step = 2
+    assert best.best_checkpoint(folder) == folder / "checkpoint-2"
+    assert BestCheckpointCallback("eval_loss").best_checkpoint(folder) is None  # keep_best off: nothing kept
 
 
 # ---- names, recipes, sources --------------------------------------------------------------------------
