@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from dpo.rundir.secrets import redact_data
@@ -16,12 +17,45 @@ from dpo.rundir.secrets import redact_data
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())  # the rename must not reach the disk before the data does
-    os.replace(tmp, path)
+    # a temporary name of its own: two processes writing one file at once (`dpo report` while the run writes
+    # report.html) must not truncate each other's temporary file or rename it away under the other
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(
+            fd, 0o666 & ~current_umask()
+        )  # mkstemp's file is private (0600); the target gets the usual permissions
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data does
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def current_umask() -> int:
+    """The process's umask (the permission bits new files and folders do not get)."""
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk, so that a rename into it survives a power loss (POSIX; elsewhere, and on
+    file systems that refuse it, a no-op)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, data) -> None:
@@ -40,3 +74,4 @@ def replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
+    _sync_folder(target.parent)

@@ -22,7 +22,7 @@ from pathlib import Path
 from dpo.analysis.model_card import README, model_card, write_model_card
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.rundir.atomic import atomic_write_text
+from dpo.rundir.atomic import atomic_write_text, current_umask
 from dpo.rundir.files import FINAL, RECIPE
 from dpo.rundir.writable import check_output_dir
 
@@ -104,18 +104,12 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
             for item in staging.iterdir():
                 os.replace(item, target / item.name)
         else:
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~current_umask())
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     pushed = _push(output, push_to_hub) if push_to_hub else None
     return {"output": str(output), "weights": weights, "pushed_to": pushed}
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def _write_merged(final: Path, recipe, target: Path) -> None:

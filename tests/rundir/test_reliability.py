@@ -434,6 +434,39 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+def test_two_writers_of_one_file_at_once_never_fail_and_leave_one_whole_file(tmp_path):
+    """`dpo report` writing report.html while the run writes it: each write has its own temporary file, so neither
+    fails (the temporary name was shared: one truncated the other's, one rename found nothing) and the file is one
+    writer's text whole. The file gets the usual permissions, not the temporary file's private 0600."""
+    import stat
+    import threading
+
+    target = tmp_path / "report.html"
+    texts = ["a" * 50_000, "b" * 60_000]
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(200):
+                atomic_write_text(target, text)
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and target.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+    old_mask = os.umask(0o022)
+    try:
+        atomic_write_text(target, "x")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 def test_truncate_metrics_drops_later_steps_torn_line_and_end_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": 0, "eval_loss": 1}, {"step": 1, "loss": 1}, {"step": 2, "loss": 1}, {"step": 2, "eval_loss": 1},
