@@ -111,7 +111,10 @@ def write_report(path: str | Path) -> Path:
             where=str(path),
         )
     target = path / REPORT
-    atomic_write_text(target, redact(page))  # the page quotes paths, recipe values and generated answers
+    try:
+        atomic_write_text(target, redact(page))  # the page quotes paths, recipe values and generated answers
+    except OSError as exc:  # a read-only folder, a full disk: one line, as for any other bad input
+        raise UserError(f"cannot write {REPORT}: {exc.strerror or exc}", where=str(path)) from None
     return target
 
 

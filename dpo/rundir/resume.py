@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo.config.yaml_loader import safe_load
+from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
@@ -192,7 +192,8 @@ def check(
     if reason in FINISHED:
         raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
     metrics_rows(run_dir / METRICS_LOG)  # a broken metrics file is reported now, before anything is changed
-    difference = _first_difference(safe_load(recipe_file.read_text(encoding="utf-8")), safe_load(resolved_recipe_yaml))
+    recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
+    difference = _first_difference(recorded, safe_load(resolved_recipe_yaml))
     if difference:
         raise UserError(
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",

@@ -148,6 +148,20 @@ def test_not_a_run_directory_is_a_user_error(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_a_report_that_cannot_be_written_is_one_error_line(tmp_path):
+    """A folder where report.html cannot go (here a folder of that name; a read-only folder or a full disk alike):
+    exit 2 and one `error:` line, no traceback, no temporary file left."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n')
+    (tmp_path / "report.html").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "report", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert (
+        proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path}: cannot write report.html: Is a directory"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "report.html"]
+
+
 def test_broken_metrics_row_names_file_and_row(tmp_path, capsys):
     """A damaged row is skipped with a warning naming file and row; the report shows the good rows (issue 19)."""
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n{"step": 1, "loss\n{"step": 2}\n')

@@ -15,6 +15,7 @@ import zipfile
 
 import pytest
 
+from dpo.errors import UserError
 from dpo.rundir.resume import last_resumable, unloadable
 from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 
@@ -180,12 +181,18 @@ def test_resume_refuses_changed_training_data(killed_run, tmp_path):
     assert card["data_changes"] == [{"resumed_at_step": 4, "previous_content_hash": old_hash}]
 
 
-def test_resume_with_the_same_data_needs_no_flag(run_dir):
+def test_resume_with_the_same_data_needs_no_flag_and_a_broken_recipe_yaml_is_one_error(run_dir):
     from dpo.rundir.resume import check
 
     card = json.loads((run_dir / "data_card.json").read_text())
-    check(run_dir, (run_dir / "recipe.yaml").read_text(), card)  # raises nothing
-    assert "data_changes" not in card
+    recipe = (run_dir / "recipe.yaml").read_text()
+    check(run_dir, recipe, card)  # the same recipe and data: raises nothing
+    with pytest.raises(UserError, match=r"loss.beta: the run was made with 0.1, the recipe now gives 0.5"):
+        check(run_dir, recipe.replace("beta: 0.1", "beta: 0.5"), card)
+    (run_dir / "recipe.yaml").write_text(recipe + "loss: [unclosed\n")  # hand-edited into bad YAML
+    with pytest.raises(UserError) as err:
+        check(run_dir, recipe, card)
+    assert str(err.value).startswith(f"{run_dir / 'recipe.yaml'}: ") and "\n" not in str(err.value)
 
 
 def test_zipfile_check_sees_torch_files_as_archives(killed_run):
