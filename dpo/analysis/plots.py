@@ -299,7 +299,8 @@ INTERACTIVE_JS = """
     return out;
   }
   function padded(values) {
-    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
+    var lo = Infinity, hi = -Infinity;  // a loop: Math.min.apply overflows the stack past ~125,000 values
+    for (var i = 0; i < values.length; i++) { if (values[i] < lo) lo = values[i]; if (values[i] > hi) hi = values[i]; }
     if (hi - lo <= FLAT * Math.max(Math.abs(lo), Math.abs(hi))) {
       var p = Math.abs(lo) * 0.1 || 1; return [lo - p, hi + p];
     }

@@ -52,3 +52,22 @@ def test_a_chart_of_nearly_equal_series_is_drawn_and_its_script_uses_the_same_to
     small = padded_range([4.7e-7, 4.7e-7 + 8.7e-10])  # a learning rate that does vary, by 0.2%: drawn as a slope
     assert small[1] - small[0] < 1e-9
     assert f"FLAT = {FLAT!r}" in INTERACTIVE_JS
+
+
+def test_the_scripts_range_of_a_very_long_series_is_the_pythons():
+    """Zoom and legend toggles recompute the y range in the page: 300,000 points (two series logged every step of a
+    150,000-step run) overflowed the stack of Math.min.apply; a loop gives padded_range's answer."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    start = INTERACTIVE_JS.index("function padded(values)")
+    body = INTERACTIVE_JS[start : INTERACTIVE_JS.index("document.querySelectorAll", start)]
+    script = (f"var FLAT = {FLAT!r};\n{body}\nvar v = [];\nfor (var i = 0; i < 300000; i++) v.push(i % 7);\n"
+              "console.log(JSON.stringify(padded(v)));")  # fmt: skip
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == pytest.approx(list(padded_range([0.0, 6.0])))
