@@ -17,6 +17,8 @@ Run directory (`dpo train`):
     eval.json            `dpo eval RUN_DIR` (dpo/analysis/evaluate.py)
     samples.json         a few held-out prompts with the trained and the reference model's answers, written at the
                          end of training (dpo/training/samples.py; logging.samples) for the report
+    audit.json           the label audit, when the recipe asks for one (dpo/training/audit.py)
+    tensorboard/         with logging.tensorboard: transformers' events and the run's markers (integrations.py)
 
 Sweep directory (`dpo sweep`, dpo/sweep/driver.py):
     sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path

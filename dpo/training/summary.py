@@ -48,7 +48,8 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
 
 def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, started: float) -> dict:
     """For a run stopped by the non-finite guard: no final/, the step that went non-finite was not applied and
-    nothing past it is trusted; the last good checkpoint is where `--resume` (after a fix) would continue."""
+    nothing past it is trusted; the last good checkpoint is where `--resume` continues (with the same recipe: a fix
+    that changes it, a lower learning rate say, is a new run, from step 0 or from these weights)."""
     last_good = resuming.last_resumable(run_dir / CHECKPOINTS)
     return {
         "stop_reason": "non_finite",
