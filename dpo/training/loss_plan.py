@@ -259,6 +259,11 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: d
                 f"does not apply to loss.type {unsupported or names} (f-divergences work with: {', '.join(supported)})",
                 where=loaded.where("regularizers.f_divergence"),
             )
+    if reg.ld_alpha is not None and all(LOSSES[n].includes_nll for n in names):
+        raise UserError(  # ORPO reads the whole answer's likelihood (its NLL term and odds): nothing to down-weight
+            f"does not apply to loss.type {names}: it down-weights the preference terms of DPO-style losses",
+            where=loaded.where("regularizers.ld_alpha"),
+        )
     sorting = [n for n in names if not LOSSES[n].per_pair]
     if reg.wpo and sorting:
         raise UserError(

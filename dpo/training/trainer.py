@@ -527,9 +527,15 @@ class Trainer(DPOTrainer):
             summed = partial(self.accelerator.reduce, reduction="sum")  # over the processes; one process: the tensor
             beta, keep = self.beta_controller.adapt(gaps, sum_over_processes=summed)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
+        # LD-DPO down-weights the tokens past the shorter answer in the preference terms only: an NLL term (RPO's,
+        # ORPO's) is the likelihood of the whole chosen answer, as in TRL
+        nll_tensors = tensors
+        if self.ld_alpha is not None:
+            nll_tensors = {**tensors, "chosen_logps": per_token_logps.sum(dim=1).chunk(2)[0]}
         loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:
-            per_pair = compute_loss(name, tensors, beta=beta, **self.loss_plan.hyperparameters)
+            given = nll_tensors if LOSSES[name].includes_nll else tensors
+            per_pair = compute_loss(name, given, beta=beta, **self.loss_plan.hyperparameters)
             if weights is not None:
                 per_pair = per_pair * weights
             loss = loss + weight * (per_pair.mean() if keep is None else per_pair[keep].mean())

@@ -974,6 +974,22 @@ def test_regularizers_match_trl(parity_setup, name, trl_settings, plan):
         assert_close(ours.compute_loss(ours.model, batch), trl_trainer.compute_loss(trl_trainer.model, batch))
 
 
+def test_ld_dpo_leaves_the_nll_term_on_the_whole_answer_as_trl_does(parity_setup):
+    """LD-DPO down-weights the tokens past the shorter answer in the log-probs the preference terms read; TRL's NLL
+    term (sft) averages the chosen answer's every token all the same. Pairs whose chosen answer is the longer one
+    (the arithmetic pairs swapped), so that the chosen answers have a tail to down-weight."""
+    from datasets import Dataset
+
+    rows = [{**row, "chosen": row["rejected"], "rejected": row["chosen"]} for row in parity_setup["dataset"]]
+    setup = {**parity_setup, "dataset": Dataset.from_list(rows)}
+    trl_trainer, ours = _trainers(setup, "sft", 0.5, {}, ld_alpha=0.5)
+    batch = _batch(trl_trainer)
+    chosen_tokens, rejected_tokens = batch["completion_mask"].sum(dim=1).chunk(2)
+    assert (chosen_tokens > rejected_tokens).any()  # the premise: some chosen answer has a tail
+    with torch.no_grad():
+        assert_close(ours.compute_loss(ours.model, batch), trl_trainer.compute_loss(trl_trainer.model, batch))
+
+
 # ---------------------------------------------------------------- losses without a reference, losses with a score gap
 
 

@@ -116,6 +116,7 @@ def test_adaptive_filter_drops_the_outlier():
         (["regularizers.sync_ref={every: 4}"], "regularizers.sync_ref: needs full fine-tuning (peft: null)"),
         (["regularizers.nll_weight=1", "loss.type=[sigmoid, sft]"], "the NLL term is already in loss.type"),
         (["training.neftune_noise_alpha=5"], "use regularizers.neftune_alpha"),
+        (["regularizers.ld_alpha=0.5", "loss.type=orpo"], "regularizers.ld_alpha: does not apply to loss.type"),
     ],
 )
 def test_regularizer_misuse_is_an_error(tiny_recipe, overrides, fragment):
