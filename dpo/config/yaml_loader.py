@@ -30,8 +30,8 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (no Python tags) with YAML 1.2 scalars, as users expect: `1e-5` is a float, and
-    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False). Bounded and strict
+    """PyYAML's safe loader (no Python tags) with YAML 1.2 scalars, as users expect: `1e-5` is a float,
+    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False), `010` is ten. Bounded and strict
     about duplicate keys (see the module docstring)."""
 
     def __init__(self, stream):
@@ -71,13 +71,31 @@ class _SafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")  # replaced below by their YAML 1.2 forms
 _SafeLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_1_1_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 integers: decimal, 0o octal, 0x hex. YAML 1.1's leading-zero octal (`seed: 010` read as 8), base 60
+# (`1:30` read as 90) and digit separators (`1_0`) are strings, which the schema then refuses where a number belongs.
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: Node) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)  # "010" is ten; "!!int 1_000" (an explicit tag) is a thousand, as Python reads it
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),

@@ -74,6 +74,11 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("logging.wandb=true", ("logging.wandb", True)),
         ("training.save_strategy=no", ("training.save_strategy", "no")),  # YAML 1.2: not False
         ("name=my run", ("name", "my run")),
+        ("seed=010", ("seed", 10)),  # YAML 1.2: not octal 8
+        ("seed=0o17", ("seed", 15)),
+        ("training.max_steps=0x10", ("training.max_steps", 16)),
+        ("name=1:30", ("name", "1:30")),  # YAML 1.2: not base 60 (90)
+        ("name=1_0", ("name", "1_0")),
     ],
 )
 def test_override_values_are_typed(text, expected):
