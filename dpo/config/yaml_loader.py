@@ -31,8 +31,8 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (no Python tags) with YAML 1.2 scalars, as users expect: `1e-5` is a float,
-    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False), `010` is ten. Bounded and strict
-    about duplicate keys (see the module docstring)."""
+    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False), `010` is ten.
+    Bounded and strict about duplicate keys (see the module docstring)."""
 
     def __init__(self, stream):
         super().__init__(stream)
