@@ -64,8 +64,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             )
         if key in PATH_KEYS:
             value = resolve_source_paths(value, Path.cwd())  # paths given on the command line are CWD-relative
-        _set_dotted(raw, key, value)
-        provenance[key] = SET_SOURCE
+        _apply_override(raw, provenance, key, value)
     raw.setdefault("name", path.stem)
     _absolute_local_model(raw)
     check_scalars(raw, provenance, default_source=str(path))
@@ -265,6 +264,30 @@ def _flatten_keys(d: dict, prefix: str) -> list[str]:
         if isinstance(v, dict):
             out.extend(_flatten_keys(v, f"{prefix}.{k}"))
     return out
+
+
+def _apply_override(raw: dict, provenance: dict[str, str], key: str, value: Any) -> None:
+    """`--set key=value`. A mapping given for a section merges into it, as a child recipe's section does into its
+    base's (`--set peft={r: 8}` keeps the recipe's dropout and target modules); anything else replaces the value.
+    Every key it sets is attributed to --set, so an error about one names the command line, not the file."""
+    existing = _dotted_value(raw, key)
+    if isinstance(value, dict) and isinstance(existing, dict):
+        _deep_merge(existing, value, provenance, SET_SOURCE, prefix=f"{key}.")
+        return
+    _set_dotted(raw, key, value)
+    provenance[key] = SET_SOURCE
+    if isinstance(value, dict):
+        for sub in _flatten_keys(value, key):
+            provenance[sub] = SET_SOURCE
+
+
+def _dotted_value(raw: dict, key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:

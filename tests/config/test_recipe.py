@@ -85,6 +85,19 @@ def test_override_values_are_typed(text, expected):
     assert parse_override(text) == expected
 
 
+def test_a_mapping_given_with_set_merges_into_the_section_as_a_child_recipe_does(base, tmp_path):
+    """`--set peft={r: 4}` changes r and keeps the recipe's other LoRA keys (it replaced the section, dropping them
+    for the schema's defaults); an error about a key it set names --set, not the file."""
+    loaded = load_recipe(base, ["peft={r: 4}"])
+    assert loaded.recipe.peft.r == 4 and loaded.recipe.peft.alpha == 32.0
+    child = write(tmp_path / "recipes" / "lora.yaml", {"base": "base.yaml", "peft": {"r": 8, "dropout": 0.0}})
+    assert load_recipe(child, ["peft={r: 4}"]).recipe.peft.dropout == 0.0  # the file's, kept
+    assert load_recipe(child, ["peft={r: 4}"]).provenance["peft.r"] == "--set"
+    with pytest.raises(UserError, match=r"^--set: peft.r: Input should be greater than 0"):
+        load_recipe(child, ["peft={r: 0}"])
+    assert load_recipe(child, ["peft=null"]).recipe.peft is None  # a value that is no mapping still replaces
+
+
 def test_overrides_apply_and_are_attributed_to_set(base):
     loaded = load_recipe(base, ["loss.beta=0.3", "training.max_steps=7"])
     assert loaded.recipe.loss.beta == 0.3
