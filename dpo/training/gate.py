@@ -110,6 +110,7 @@ def check(
                 check_autopilot(loaded, plan, dpo_config)
     with problems.collect():
         _check_model(loaded)
+        _check_lora_targets(loaded)
     problems.raise_all()  # the data are read only from a recipe without problems
     recipe = loaded.recipe
     data = prepare_data(
@@ -191,6 +192,40 @@ def _check_model(loaded: LoadedRecipe) -> None:
     except UserError as exc:
         message = str(exc).removeprefix("model.name_or_path: ")
         raise UserError(message, where=loaded.where("model.name_or_path")) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _module_names(name_or_path: str) -> tuple[str, ...]:
+    """The full names of the model's modules, from a model built on the meta device (no weights)."""
+    from dpo.models import load_config
+    from dpo.plan.count import meta_model
+
+    return tuple(name for name, _ in meta_model(load_config(name_or_path)).named_modules() if name)
+
+
+def _check_lora_targets(loaded: LoadedRecipe) -> None:
+    """Every name in peft.target_modules must match a module of the model as PEFT matches it (the full name, or its
+    end after a '.'). PEFT fails only when none matches, and then after the run directory is made; a name among
+    others that matches nothing (a typo) would be skipped silently, one layer less adapted than the recipe says."""
+    peft, model = loaded.recipe.peft, loaded.recipe.model
+    if peft is None or peft.target_modules == "all-linear":
+        return
+    where = loaded.where("peft.target_modules")
+    if "all-linear" in peft.target_modules:
+        raise UserError("all-linear is a value of its own: `target_modules: all-linear`, not in a list", where=where)
+    if model.trust_remote_code:
+        return  # its modules come from code we do not run before training
+    try:
+        names = _module_names(model.name_or_path)
+    except (UserError, OSError, ValueError):
+        return  # a model that cannot be built is _check_model's error, or training's
+    missing = [t for t in peft.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise UserError(
+            f"{', '.join(missing)}: no module of {model.name_or_path} has that name (its modules: {', '.join(leaves)})",
+            where=where,
+        )
 
 
 def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:

@@ -455,6 +455,8 @@ def test_lora_targets_that_do_not_exist_still_give_the_count_and_say_lora_does_n
     assert adapter.options.resolved_reference() == "copy"
     plan = build_plan(source, PlanOptions(lora_targets=("c_attn",), lora_rank=4))
     assert plan.trainable == 2 * 4 * (64 + 192)
+    dotted = build_plan(source, PlanOptions(lora_targets=("attn.c_attn",), lora_rank=4))  # as PEFT matches it
+    assert dotted.trainable == plan.trainable and dotted.notes == []
     all_linear = build_plan(source, PlanOptions(lora_targets=("all-linear",), lora_rank=4))
     # c_attn, attention c_proj, c_fc, MLP c_proj: the head is never wrapped
     assert all_linear.trainable == 2 * 4 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))

@@ -92,6 +92,26 @@ def test_full_finetuning_changes_policy_not_reference(tiny_recipe, tiny_model_di
     assert (tmp_path / "r" / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ("[qproj]", "qproj: no module of"),  # PEFT fails too, but after the run directory is made
+        ("[q_proj, vproj]", "vproj: no module of"),  # PEFT would adapt q_proj alone, silently
+        ("[all-linear]", "all-linear is a value of its own"),  # PEFT reads a list entry as a module's name
+    ],
+)
+def test_lora_targets_that_match_no_module_are_refused_before_the_run_directory(tiny_recipe, tmp_path, targets,
+                                                                                 message):  # fmt: skip
+    from dpo.errors import UserError
+    from dpo.training.gate import check
+
+    with pytest.raises(UserError, match=rf"^--set: peft.target_modules: {message}"):
+        execute(tiny_recipe, [f"peft.target_modules={targets}"], output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert check(tiny_recipe, ["peft.target_modules=[self_attn.q_proj, v_proj]"]).recipe.peft.target_modules == [
+        "self_attn.q_proj", "v_proj"]  # a dotted end of a module's name is one, as PEFT matches it  # fmt: skip
+
+
 def test_existing_run_directory_is_not_overwritten(tiny_recipe, tmp_path):
     from dpo.errors import UserError
 
