@@ -115,8 +115,24 @@ def convert_embedded(alias: str) -> Path:
     return target
 
 
-def load_config(name_or_path: str) -> PretrainedConfig:
-    """The model's config alone (no weights), for the planner and for validation."""
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model's config alone (no weights), for the planner and for validation. A config transformers cannot read
+    (not JSON, an unknown model_type, sizes that do not fit together) is a UserError saying what it found."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    try:
+        return _read_config(name_or_path, trust_remote_code)
+    except UserError:
+        raise
+    except (OSError, ValueError, ZeroDivisionError, StrictDataclassError) as exc:  # 0 attention heads: a division
+        # on one line: transformers' class validation puts its reason on the second ("The hidden size (50) is not...")
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+        raise UserError(
+            f"cannot read the model config: {reason or type(exc).__name__}", where="model.name_or_path"
+        ) from None
+
+
+def _read_config(name_or_path: str, trust_remote_code: bool) -> PretrainedConfig:
     from transformers import AutoConfig
 
     if name_or_path in EMBEDDED_MODELS:
@@ -131,7 +147,7 @@ def load_config(name_or_path: str) -> PretrainedConfig:
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".json":
         return AutoConfig.from_pretrained(path.parent) if path.name == "config.json" else _config_from_json(path)
-    return _from_pretrained(AutoConfig, resolve_model_path(name_or_path))
+    return _from_pretrained(AutoConfig, resolve_model_path(name_or_path), trust_remote_code=trust_remote_code)
 
 
 def _config_from_json(path: Path) -> PretrainedConfig:

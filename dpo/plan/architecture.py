@@ -148,6 +148,8 @@ def describe(model) -> Architecture:
     eager = config._attn_implementation == "eager"
     rotary = any(name.endswith("rotary_emb") for name, _ in model.named_modules())
     blocks = Counter(_block(layer, layout, text, eager, rotary) for layer in _decoder_layers(model, text))
+    if not blocks:
+        raise UserError(f"this {config.model_type} has no decoder layers (num_hidden_layers: 0)")
     first = next(iter(blocks))
     return Architecture(
         model_type=config.model_type,

@@ -60,7 +60,7 @@ def meta_model(config):
         with torch.device("meta"):
             # a copy: building a model writes into its config (the attention implementation it picked)
             return AutoModelForCausalLM.from_config(copy.deepcopy(config))
-    except (ValueError, KeyError, TypeError, ImportError) as exc:
+    except (ValueError, KeyError, TypeError, ImportError, ZeroDivisionError) as exc:  # 0 heads: a division
         raise UserError(
             f"transformers cannot build model_type '{config.model_type}' as a causal LM "
             f"({type(exc).__name__}: {first_line(exc)})"

@@ -17,7 +17,7 @@ from typing import Any
 
 from dpo.errors import UserError
 from dpo.plan.architecture import FAMILIES, describe
-from dpo.plan.count import ParameterCount, count_parameters, first_line, meta_model
+from dpo.plan.count import ParameterCount, count_parameters, meta_model
 from dpo.plan.fit import fit
 from dpo.plan.lora import lora_parameters
 from dpo.plan.memory import estimate
@@ -187,7 +187,5 @@ def _load_config(source: str):
         raise UserError("no such file or directory", where=source)
     try:
         return load_config(source)
-    except UserError:
-        raise
-    except (OSError, ValueError) as exc:  # unreadable file, bad JSON, unknown model_type
-        raise UserError(f"cannot read the model config: {first_line(exc)}", where=source) from exc
+    except UserError as exc:  # unreadable file, bad JSON, unknown model_type: named by the source given here
+        raise UserError(str(exc).removeprefix("model.name_or_path: "), where=source) from None

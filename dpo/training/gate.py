@@ -188,7 +188,7 @@ def _check_model(loaded: LoadedRecipe) -> None:
             if not (cache_dir() / name / "config.json").is_file():
                 EMBEDDED_MODELS[name].package_dir()
         else:
-            load_config(name)
+            load_config(name, loaded.recipe.model.trust_remote_code)  # a model that needs its code to be read
     except UserError as exc:
         message = str(exc).removeprefix("model.name_or_path: ")
         raise UserError(message, where=loaded.where("model.name_or_path")) from None

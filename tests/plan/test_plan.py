@@ -499,3 +499,29 @@ def test_embedded_alias_is_planned_from_its_config():
     plan = build_plan("smollm2-135m-instruct", PlanOptions(batch_size=2, seq_len=128))
     assert plan.model_type == "llama" and plan.parameters.total == 134_515_008
     assert plan.parameters.by_component["head"] == 0  # tied
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_size": 50, "num_attention_heads": 8}, "The hidden size (50) is not a multiple of the number of"),
+        ({"num_attention_heads": 0}, "cannot read the model config: integer division or modulo by zero"),
+        ({"num_hidden_layers": 0}, "has no decoder layers (num_hidden_layers: 0)"),
+    ],
+)
+def test_configs_transformers_refuses_are_one_error_line(tmp_path, change, message):
+    """transformers 5 checks a config as it reads it, with errors that are no ValueError (its strict dataclasses,
+    a division by 0 heads): each is a UserError naming the folder, not a traceback."""
+    import json
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, **change}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as err:
+        build_plan(str(folder))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read the model config: It looks like the config file"):
+        build_plan(str(folder))
