@@ -105,6 +105,8 @@ def plan(source: str, options=None, given=()):
         loaded.recipe, args, cuda=options.device == "cuda", reference_free=not losses.needs_reference
     )
     chosen = dataclasses.replace(from_recipe, **{name: getattr(options, name) for name in given})
+    if "dtype" in given and "autocast" not in given and chosen.dtype != "float32":
+        chosen = dataclasses.replace(chosen, autocast=None)  # the recipe's autocast is over float32 weights only
     planned = build_plan(loaded.recipe.model.name_or_path, chosen)
     planned.recipe = str(source)
     return planned

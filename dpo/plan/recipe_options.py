@@ -6,6 +6,16 @@ from dpo.config.schema import Recipe
 from dpo.plan.options import DEFAULT_LORA_TARGETS, PlanOptions
 
 
+def planned_optimizer(optim: str) -> str:
+    """The planner's optimizer (dpo/plan/options.py OPTIMIZERS) for transformers' `optim` name: its 8-bit AdamWs,
+    its other AdamWs, SGD (momentum 0, as transformers builds it: no state); any other (Adafactor, Lion, ...) is
+    planned as AdamW, whose two states per parameter are as much as any of them keeps."""
+    optim = str(getattr(optim, "value", optim))
+    if "8bit" in optim and "adam" in optim:
+        return "adamw_8bit"
+    return "sgd" if optim == "sgd" else "adamw"
+
+
 def options_for_recipe(recipe: Recipe, args, cuda: bool, reference_free: bool = False) -> PlanOptions:
     """`args`: the run's trl.DPOConfig (read, never imported here: plan/ needs no trainer). `reference_free`: the
     loss plan needs no reference (dpo/training/losses.py LossPlan.needs_reference), so the run keeps none."""
@@ -22,8 +32,14 @@ def options_for_recipe(recipe: Recipe, args, cuda: bool, reference_free: bool = 
         gradient_checkpointing=bool(args.gradient_checkpointing),
         reference="none" if reference_free else "precomputed" if args.precompute_ref_log_probs else "auto",
         device="cuda" if cuda else "cpu",
-        autocast="bfloat16" if args.bf16 and recipe.model.dtype == "float32" else None,
+        optimizer=planned_optimizer(args.optim),
+        autocast=_autocast(args) if recipe.model.dtype == "float32" else None,
     )
+
+
+def _autocast(args) -> str | None:
+    """TRL's mixed precision over float32 weights: bf16 or fp16 autocast."""
+    return "bfloat16" if args.bf16 else "float16" if args.fp16 else None
 
 
 def plan_line(recipe: Recipe, args, cuda: bool, reference_free: bool = False) -> str:

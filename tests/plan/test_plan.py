@@ -381,10 +381,29 @@ def test_a_reference_free_loss_counts_no_reference(tmp_path):
     recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
     args = SimpleNamespace(
         per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False, precompute_ref_log_probs=False,
-        bf16=False,
+        bf16=False, fp16=False, optim="adamw_torch",
     )  # fmt: skip
     assert options_for_recipe(recipe, args, cuda=False, reference_free=True).reference == "none"
     assert options_for_recipe(recipe, args, cuda=False).reference == "auto"
+
+
+def test_a_recipes_optimizer_and_mixed_precision_reach_the_plan():
+    """training.optim and fp16 change the memory: SGD keeps no state, 8-bit AdamW a byte per state, fp16 autocast
+    keeps float16 copies of the weights; an optimizer the planner has no entry for is planned as AdamW."""
+    from types import SimpleNamespace
+
+    from dpo.config.schema import Recipe
+    from dpo.plan.recipe_options import options_for_recipe
+
+    recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
+    common = dict(per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False,
+                  precompute_ref_log_probs=False, bf16=False, fp16=False)  # fmt: skip
+    for optim, planned in [("sgd", "sgd"), ("paged_adamw_8bit", "adamw_8bit"), ("adamw_torch_fused", "adamw"),
+                           ("adafactor", "adamw")]:  # fmt: skip
+        options = options_for_recipe(recipe, SimpleNamespace(**common, optim=optim), cuda=True)
+        assert options.optimizer == planned and options.autocast is None
+    half = options_for_recipe(recipe, SimpleNamespace(**{**common, "fp16": True}, optim="adamw_torch"), cuda=True)
+    assert half.autocast == "float16"
 
 
 def test_gradient_checkpointing_lowers_activations(tmp_path):

@@ -129,6 +129,21 @@ def test_dpo_plan_reads_a_recipe_and_given_options_win(tmp_path, tiny_model_dir)
     assert shown["recipe"] == str(recipe) and shown["options"]["seq_len"] == 32 and shown["options"]["batch_size"] == 3
 
 
+def test_a_dtype_given_for_a_recipe_drops_the_recipes_autocast(tmp_path, tiny_model_dir, monkeypatch):
+    """A recipe that trains with bf16 autocast on a GPU host (float32 weights) planned `--dtype bfloat16`: autocast
+    is for float32 weights only, so it goes with them, instead of an error about an option the user never set."""
+    from dpo.plan import recipe_options
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_model_dir, 8, {}))
+    on_gpu = recipe_options.options_for_recipe
+    monkeypatch.setattr(recipe_options, "options_for_recipe",
+                        lambda *a, **k: dataclasses.replace(on_gpu(*a, **k), autocast="bfloat16"))  # fmt: skip
+    assert api.plan(str(recipe)).options.autocast == "bfloat16"
+    planned = api.plan(str(recipe), PlanOptions(dtype="bfloat16"), given=("dtype",))
+    assert planned.options.dtype == "bfloat16" and planned.options.autocast is None
+
+
 def test_dpo_plan_of_a_bad_recipe_is_a_user_error(tmp_path):
     (tmp_path / "bad.yaml").write_text("data: {train: x.jsonl}\nloss: {bta: 1}\n")
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "bad.yaml")])
