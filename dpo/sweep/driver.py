@@ -511,13 +511,18 @@ def _importance(study, n_complete: int) -> dict:
 
 
 def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
-    """best.yaml: the base recipe with the best trial's overrides, resolved (what its run directory holds)."""
+    """best.yaml: the best trial's resolved recipe (its run directory's recipe.yaml), renamed."""
     from dpo.config.loading import load_recipe
 
     if summary["best_trial"] is None:
         return
-    overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
-    recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
+    best = next(t for t in summary["trials"] if t["number"] == summary["best_trial"])
+    trained = sweep_dir / best["run_dir"] / RECIPE
+    if trained.is_file():  # what the best trial trained, even if the base recipe was edited since
+        recipe = load_recipe(trained, _overrides({"name": f"{spec.name}-best"})).recipe
+    else:  # its run directory is on another machine (--storage): the base recipe with its parameters
+        overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
+        recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
     header = (
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
         f"#   python -m dpo train {sweep_dir / BEST_RECIPE}\n"
