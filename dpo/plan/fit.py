@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from dpo.plan.architecture import Architecture
+from dpo.plan.lora import lora_parameters
 from dpo.plan.memory import estimate
 from dpo.plan.options import DEFAULT_LORA_TARGETS, PlanOptions
 from dpo.plan.units import GIB, fmt_bytes
@@ -31,18 +32,22 @@ def _largest_batch(arch: Architecture, total: int, options: PlanOptions, budget:
     return lo
 
 
-def _changes(options: PlanOptions) -> list[tuple[str, dict[str, Any]]]:
-    """Changes that lower the peak, cheapest in quality and speed first."""
+def _changes(arch: Architecture, options: PlanOptions) -> list[tuple[str, dict[str, Any]]]:
+    """Changes that lower the peak, cheapest in quality and speed first; only those that apply to this model."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if not options.gradient_checkpointing:
         changes.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
     if options.resolved_reference() == "copy":
         changes.append(("precompute the reference log-probs (reference=precomputed)", {"reference": "precomputed"}))
     if options.lora_rank is None:
-        lora: dict[str, Any] = {"lora_rank": 16, "lora_targets": DEFAULT_LORA_TARGETS}
+        # q/k/v/o where the model has them (Llama and kin), else every Linear (GPT-2's c_attn, c_proj, c_fc)
+        default_applies = lora_parameters(arch, 16, DEFAULT_LORA_TARGETS) > 0
+        targets = DEFAULT_LORA_TARGETS if default_applies else ("all-linear",)
+        lora: dict[str, Any] = {"lora_rank": 16, "lora_targets": targets}
         if options.reference == "copy":
             lora["reference"] = "adapter"
-        changes.append(("train a LoRA adapter (r=16 on q/k/v/o) instead of all weights", lora))
+        where = "q/k/v/o" if default_applies else "all Linear layers"
+        changes.append((f"train a LoRA adapter (r=16 on {where}) instead of all weights", lora))
     if options.dtype == "float32" and options.autocast is None:
         changes.append(("load the weights in bfloat16", {"dtype": "bfloat16"}))
     if options.optimizer == "adamw" and options.lora_rank is None:
@@ -74,7 +79,7 @@ def fit(arch: Architecture, total: int, options: PlanOptions) -> tuple[int, list
     def largest(change: dict[str, Any]) -> int:
         return _largest_batch(arch, total, replace(options, **change), budget)
 
-    changes = _changes(options)
+    changes = _changes(arch, options)
     prefix = "or " if best else ""
     single = [
         f"{prefix}{label}: batch {asked} fits (up to {b})"

@@ -455,6 +455,18 @@ def test_suggestions_when_nothing_fits(tmp_path):
     assert "gradient checkpointing" in text and "LoRA" in text
     hopeless = build_plan(source, PlanOptions(lora_rank=None, gpu_memory_gib=0.1))
     assert hopeless.max_batch_size == 0 and "nothing considered fits" in hopeless.suggestions[-1]
+    assert "LoRA adapter (r=16 on q/k/v/o)" in text
+
+
+def test_the_lora_suggestion_targets_layers_the_model_has(tmp_path):
+    """GPT-2 has no q/k/v/o: suggesting LoRA on them would add no trainable parameter (PEFT refuses it) and the
+    plan would promise a fit from a model with nothing to train. Its suggestion wraps every Linear instead."""
+    from transformers import GPT2Config
+
+    source = write_config(tmp_path / "gpt2", GPT2Config(n_embd=256, n_layer=4, n_head=4, vocab_size=5000))
+    plan = build_plan(source, PlanOptions(lora_rank=None, batch_size=64, seq_len=512, gpu_memory_gib=1))
+    lora = [s for s in plan.suggestions if "LoRA" in s]
+    assert lora and all("on all Linear layers" in s for s in lora)
 
 
 def test_lora_targets_that_do_not_exist_still_give_the_count_and_say_lora_does_not_apply(tmp_path):
