@@ -58,10 +58,10 @@ def print_sweep_summary(summary: dict, console: Console | None = None) -> None:
     if summary["best_trial"] is None:
         console.print("[yellow]no trial completed[/yellow]")
         return
-    console.print(f"best: trial {summary['best_trial']}, {objective['metric']} = {summary['best_value']:.4f}")
+    console.print(escape(f"best: trial {summary['best_trial']}, {objective['metric']} = {summary['best_value']:.4f}"))
     if summary["importance"]:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items())
-        console.print(f"parameter importance: {shown}")
+        console.print(escape(f"parameter importance: {shown}"))
 
 
 def sorted_trials(summary: dict) -> list[dict]:

@@ -66,16 +66,17 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             value = resolve_source_paths(value, Path.cwd())  # paths given on the command line are CWD-relative
         _apply_override(raw, provenance, key, value)
     raw.setdefault("name", path.stem)
-    _absolute_local_model(raw)
+    absolute_local_model(raw)
     check_scalars(raw, provenance, default_source=str(path))
     return LoadedRecipe(validate(raw, provenance, default_source=str(path)), path, provenance)
 
 
-def _absolute_local_model(raw: dict) -> None:
+def absolute_local_model(raw: dict) -> None:
     """A model.name_or_path that is a model folder here (config.json inside; read against the current directory, as
     from_pretrained always has) is recorded absolute: the run directory's recipe.yaml then still finds it when
     `dpo generate`, `dpo export --merge` or `dpo eval` run from elsewhere. An embedded alias or a hub id is no folder
-    and stays as written, and so does anything else (dpo/models.py says what is wrong with it)."""
+    and stays as written, and so does anything else (dpo/models.py says what is wrong with it). Resume applies it to
+    the recipe.yaml of a run made before paths were recorded absolute, so that such a run still resumes."""
     model = raw.get("model")
     name = model.get("name_or_path") if isinstance(model, dict) else None
     if isinstance(name, str) and name.strip():

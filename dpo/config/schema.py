@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dpo.config.signatures import values_problem
+from dpo.config.yaml_loader import dump_yaml
 from dpo.errors import did_you_mean
 
 # Keys whose relative paths resolve against the folder of the recipe file that sets them.
@@ -372,7 +372,7 @@ class Recipe(Section):
         return name
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return dump_yaml(self.model_dump(mode="json"), sort_keys=False)
 
 
 def run_name_problem(name: str) -> str | None:

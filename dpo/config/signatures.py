@@ -32,7 +32,7 @@ def keyword_parameters(fn: Callable, skip: Iterable[str] = ()) -> dict[str, Any]
 
 def description(fn: Callable, name: str) -> str | None:
     """The `annotated_types.doc(...)` text of parameter `name` of `fn`, if it has one."""
-    annotation = _annotations(fn).get(name)
+    annotation = parameter_annotations(fn).get(name)
     found = [m.documentation for m in getattr(annotation, "__metadata__", ()) if isinstance(m, DocInfo)]
     return found[0] if found else None
 
@@ -42,7 +42,7 @@ def checked_value(fn: Callable, name: str, value: Any, key: str, strict: bool = 
     naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default, as for the
     recipe's own sections: '0.1' -> 0.1 for a float) unless `strict` (numbers must be numbers, an int an int,
     a bool a bool; an int still passes for a float)."""
-    annotation = _annotations(fn).get(name, Any)
+    annotation = parameter_annotations(fn).get(name, Any)
     try:
         return TypeAdapter(annotation).validate_python(value, strict=strict), None
     except ValidationError as exc:
@@ -131,7 +131,7 @@ def unknown_key_problem(key: str, valid: Iterable[str]) -> str:
     return f"unknown key '{key}'{hint} (valid: {', '.join(valid)})"
 
 
-def _annotations(fn: Callable) -> dict[str, Any]:
+def parameter_annotations(fn: Callable) -> dict[str, Any]:
     """`fn`'s parameter annotations with their Annotated metadata; {} when they cannot be resolved (a plug-in
     whose annotations name things its module does not define): then its values are not checked here."""
     try:

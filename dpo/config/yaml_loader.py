@@ -79,10 +79,11 @@ _SafeLoader.yaml_implicit_resolvers = {
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-# YAML 1.2 integers: decimal, 0o octal, 0x hex. YAML 1.1's leading-zero octal (`seed: 010` read as 8), base 60
-# (`1:30` read as 90) and digit separators (`1_0`) are strings, which the schema then refuses where a number belongs.
+# YAML 1.2 integers: decimal, 0o octal, 0x hex; digit separators (`10_000`) are kept, as PyYAML always read them
+# (and our floats take them). YAML 1.1's leading-zero octal (`seed: 010` read as 8) and base 60 (`1:30` read as
+# 90) are gone: `010` is ten and `1:30` is text.
 _SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
 )
 
 
@@ -101,6 +102,23 @@ _SafeLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
     list("-+0123456789."),
 )
+
+
+class _SafeDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting every string that our loader or a YAML 1.1 reader (PyYAML's own safe_load, on
+    a recipe.yaml a user reads) would take for something else: a name `0o17` or `1e5` is written '0o17', and
+    `no` is written 'no', so that both read them back as text."""
+
+
+_OURS, _YAML_1_1 = _SafeLoader.yaml_implicit_resolvers, yaml.SafeDumper.yaml_implicit_resolvers
+_SafeDumper.yaml_implicit_resolvers = {
+    first: [*_OURS.get(first, []), *_YAML_1_1.get(first, [])] for first in {*_OURS, *_YAML_1_1}
+}
+
+
+def dump_yaml(data, **kwargs) -> str:
+    """YAML text that `safe_load` reads back to `data` (for the files we write: recipe.yaml, sweep.yaml, ...)."""
+    return yaml.dump(data, Dumper=_SafeDumper, **kwargs)
 
 
 def _children(node: Node) -> list[Node]:

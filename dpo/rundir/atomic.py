@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from dpo.rundir.secrets import redact_data
@@ -17,14 +17,13 @@ from dpo.rundir.secrets import redact_data
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    # a temporary name of its own: two processes writing one file at once (`dpo report` while the run writes
-    # report.html) must not truncate each other's temporary file or rename it away under the other
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    # a temporary name of its own (two processes writing one file at once, `dpo report` while the run writes
+    # report.html, must not truncate each other's temporary file or rename it away under the other), created with
+    # mode 0666 so that the kernel applies the umask: the file gets the usual permissions, and nothing here reads
+    # or changes the process-wide umask under the sweep's worker threads
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(
-            fd, 0o666 & ~current_umask()
-        )  # mkstemp's file is private (0600); the target gets the usual permissions
         with open(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -34,13 +33,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
-
-
-def current_umask() -> int:
-    """The process's umask (the permission bits new files and folders do not get)."""
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def _sync_folder(folder: Path) -> None:

@@ -28,6 +28,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo.config.loading import absolute_local_model
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
@@ -193,6 +194,7 @@ def check(
         raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
     metrics_rows(run_dir / METRICS_LOG)  # a broken metrics file is reported now, before anything is changed
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
+    absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
     difference = _first_difference(recorded, safe_load(resolved_recipe_yaml))
     if difference:
         raise UserError(

@@ -14,15 +14,15 @@ with --push-to-hub), then written to a temporary folder and moved into place: a 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 from dpo.analysis.model_card import README, model_card, write_model_card
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.rundir.atomic import atomic_write_text, current_umask
+from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.files import FINAL, RECIPE
 from dpo.rundir.writable import check_output_dir
 
@@ -80,15 +80,15 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
     recipe = load_recipe(run_dir / RECIPE).recipe
     weights = "merged" if merge else "adapter" if is_adapter else "model"
 
-    # Written into a private temporary folder first, then moved into place. An existing (empty) DIR is kept and
-    # filled, so that `--output .` and a folder whose parent this user cannot write work, and it keeps its owner's
-    # permissions; a new DIR is the temporary folder renamed, given the permissions of any folder made here (mkdtemp
-    # makes it 0700, which a server running as another user could not read).
+    # Written into a temporary folder first, then moved into place. An existing (empty) DIR is kept and filled, so
+    # that `--output .` and a folder whose parent this user cannot write work, and it keeps its owner's permissions;
+    # a new DIR is the temporary folder renamed, with the permissions of any folder made here.
     target = Path(os.path.abspath(output))
     fill_existing = target.exists()
     if not fill_existing:
         target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target if fill_existing else target.parent))
+    staging = (target if fill_existing else target.parent) / f".{target.name}-{secrets.token_hex(6)}"
+    staging.mkdir(mode=0o777)  # the umask applies, as to any folder made here (mkdtemp would make it 0700)
     try:
         if merge:
             _write_merged(final, recipe, staging)
@@ -104,7 +104,6 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
             for item in staging.iterdir():
                 os.replace(item, target / item.name)
         else:
-            os.chmod(staging, 0o777 & ~current_umask())
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

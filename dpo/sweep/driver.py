@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from dpo.config.yaml_loader import dump_yaml
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
@@ -111,7 +112,9 @@ def run_sweep(
         if storage is None:
             _retry_interrupted(study, sweep_dir)  # we hold the lock: any trial still "running" was killed
         else:  # a machine that died left its trials "running": failed and queued again before counting
-            optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         counted = _counted(study)
         remaining = spec.trials - sum(t.state.is_finished() or t.state.name == "RUNNING" for t in counted)
         if remaining > 0:
@@ -124,8 +127,8 @@ def run_sweep(
                 callbacks=[lambda s, t: _stop_when_done(s, spec.trials)],
             )
         summary = summarize(study, spec, sweep_dir)
+        atomic_write_json(sweep_dir / SWEEP_SUMMARY, summary)  # first: the record stands if best.yaml cannot be made
         _write_best(summary, spec, sweep_dir)
-        atomic_write_json(sweep_dir / SWEEP_SUMMARY, summary)
     from dpo.analysis.report import write_report_or_warn
 
     write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
@@ -216,9 +219,7 @@ IDENTITY_SPEC_KEYS = {"sampler_options": "sampler", "pruner_options": "pruner"}
 
 
 def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
-    import yaml
-
-    text = yaml.safe_dump({**spec.raw, "base_recipe": str(spec.base_recipe)}, sort_keys=False)
+    text = dump_yaml({**spec.raw, "base_recipe": str(spec.base_recipe)}, sort_keys=False)
     target = sweep_dir / SWEEP_SPEC
     if read_text(target) != text:
         atomic_write_text(target, text)
@@ -275,13 +276,15 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
 def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
     import optuna
 
+    name = TRIAL_DIR.format(number=trial.number)
+    # a retried trial starts with a copy of the attributes of the trial it repeats: its own, from here on
+    for key, value in ((INTERRUPTED, False), ("reason", None), ("run_dir", f"{TRIALS}/{name}")):
+        trial.set_user_attr(key, value)
     earlier = [t for t in _counted(trial.study) if t.number < trial.number]
     if len(earlier) >= spec.trials:  # another process took the last slot first
         trial.set_user_attr("surplus", True)
         raise TrialFailed("surplus: the sweep already has its trials")
-    trial.set_user_attr(INTERRUPTED, False)  # a retried trial starts with the attributes of the one it repeats
     params = {p.name: SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args) for p in spec.params}
-    name = TRIAL_DIR.format(number=trial.number)
     trial_dir = sweep_dir / TRIALS / name
     if trial_dir.exists():  # another sweep's trial of that number (an --output-dir shared by two sweeps)
         trial.set_user_attr("reason", f"{TRIALS}/{name} already exists; it is not overwritten")
@@ -518,9 +521,11 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
         return
     best = next(t for t in summary["trials"] if t["number"] == summary["best_trial"])
     trained = sweep_dir / best["run_dir"] / RECIPE
+    recipe = None
     if trained.is_file():  # what the best trial trained, even if the base recipe was edited since
-        recipe = load_recipe(trained, _overrides({"name": f"{spec.name}-best"})).recipe
-    else:  # its run directory is on another machine (--storage): the base recipe with its parameters
+        with contextlib.suppress(UserError):  # a recipe.yaml edited by hand since: the base recipe, as below
+            recipe = load_recipe(trained, _overrides({"name": f"{spec.name}-best"})).recipe
+    if recipe is None:  # its run directory is on another machine (--storage): the base recipe with its parameters
         overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
         recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
     header = (

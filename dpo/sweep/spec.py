@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo.config.shipped import resolve_recipe_path
+from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, did_you_mean
 
@@ -392,8 +393,15 @@ def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
             )
         if not isinstance(value, SCALAR):
             raise UserError(f"must be a plain value (got {type(value).__name__})", where=where(f"{key}.{name}"))
+        # optuna itself would fail only at the first trial (n_startup_trials: four): checked here, by the option's
+        # annotation where optuna's can be read (HyperbandPruner's max_resource: str | int), else by its default
+        if parameter_annotations(cls.__init__).get(name) is not None:
+            _, problem = checked_value(cls.__init__, name, value, f"{key}.{name}", strict=True)
+            if problem:
+                raise UserError(problem.removeprefix(f"{key}.{name}: "), where=where(f"{key}.{name}"))
+            continue
         default = parameters[name].default
-        if not _same_kind(value, default):  # optuna itself would fail only at the first trial (n_startup_trials: four)
+        if not _same_kind(value, default):
             kind = KIND_WORDS[type(default)]
             raise UserError(f"must be {kind}, as its default {default!r} is (got {value!r})",
                             where=where(f"{key}.{name}"))  # fmt: skip

@@ -20,7 +20,7 @@ from typing import Any
 
 from dpo.config.loading import LoadedRecipe, validate
 from dpo.config.schema import HUB_PREFIX, ModelSection, Recipe
-from dpo.config.yaml_loader import read_yaml_mapping
+from dpo.config.yaml_loader import dump_yaml, read_yaml_mapping
 from dpo.errors import Problems
 
 # TRL key -> recipe key, value as written
@@ -265,11 +265,10 @@ def _check(out: Converted, path: Path) -> None:
 
 def recipe_yaml(converted: Converted, source: Path, output: Path | None) -> str:
     """The recipe file's text, opening with where it came from and the command that runs it."""
-    import yaml
 
     header = f"# Converted from the trl dpo config {source.name} by `dpo convert-trl`.\n"
     if output is not None:
         header += f"#   dpo train {output}\n#   dpo train {output} --set training.max_steps=10\n"
     order = list(Recipe.model_fields)  # the sections in the order recipes write them
     recipe = dict(sorted(converted.recipe.items(), key=lambda item: order.index(item[0])))
-    return header + yaml.safe_dump(recipe, sort_keys=False)
+    return header + dump_yaml(recipe, sort_keys=False)

@@ -527,11 +527,12 @@ class Trainer(DPOTrainer):
             summed = partial(self.accelerator.reduce, reduction="sum")  # over the processes; one process: the tensor
             beta, keep = self.beta_controller.adapt(gaps, sum_over_processes=summed)
         weights = self._wpo_weights(per_token_logps, outputs, inputs) if self.use_weighting else None
-        # LD-DPO down-weights the tokens past the shorter answer in the preference terms only: an NLL term (RPO's,
-        # ORPO's) is the likelihood of the whole chosen answer, as in TRL
+        # LD-DPO down-weights the tokens past the shorter answer in DPO-style preference terms only: an NLL term (RPO's)
+        # is the likelihood of the whole chosen answer, as in TRL, and ORPO, which holds one, reads whole answers
         nll_tensors = tensors
         if self.ld_alpha is not None:
-            nll_tensors = {**tensors, "chosen_logps": per_token_logps.sum(dim=1).chunk(2)[0]}
+            whole_chosen, whole_rejected = per_token_logps.sum(dim=1).chunk(2)
+            nll_tensors = {**tensors, "chosen_logps": whole_chosen, "rejected_logps": whole_rejected}
         loss, pair_losses = 0.0, 0.0
         for name, weight in self.loss_plan.terms:
             given = nll_tensors if LOSSES[name].includes_nll else tensors

@@ -78,11 +78,21 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("seed=0o17", ("seed", 15)),
         ("training.max_steps=0x10", ("training.max_steps", 16)),
         ("name=1:30", ("name", "1:30")),  # YAML 1.2: not base 60 (90)
-        ("name=1_0", ("name", "1_0")),
+        ("training.max_steps=10_000", ("training.max_steps", 10000)),  # digit separators, as PyYAML read them
     ],
 )
 def test_override_values_are_typed(text, expected):
     assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("name", ["0o17", "1e5", "010", "1:30", "no", "0x10", "10_000", "true"])
+def test_a_resolved_recipe_reads_back_the_same_whatever_its_text_values_look_like(base, name):
+    """recipe.yaml is what resume, export and eval read back: a run named `0o17` (an int to YAML 1.2) or `no` (a
+    bool to YAML 1.1) is written quoted, so our loader and PyYAML's alike read the name back as text."""
+    recipe = load_recipe(base, [f"name='{name}'"]).recipe
+    text = recipe.to_yaml()
+    assert recipe.name == name and yaml.safe_load(text)["name"] == name
+    assert parse_override(f"name={text.split('name: ')[1].splitlines()[0]}") == ("name", name)
 
 
 def test_a_mapping_given_with_set_merges_into_the_section_as_a_child_recipe_does(base, tmp_path):

@@ -195,6 +195,19 @@ def test_resume_with_the_same_data_needs_no_flag_and_a_broken_recipe_yaml_is_one
     assert str(err.value).startswith(f"{run_dir / 'recipe.yaml'}: ") and "\n" not in str(err.value)
 
 
+def test_a_run_made_with_a_relative_model_folder_still_resumes(run_dir, tiny_model_dir, monkeypatch):
+    """Runs made before local model folders were recorded absolute hold `name_or_path: models/tiny` (relative to
+    where they were started); the recipe now loads with the absolute path. From that folder, the two agree."""
+    from dpo.rundir.resume import check
+
+    monkeypatch.chdir(tiny_model_dir.parent)
+    card = json.loads((run_dir / "data_card.json").read_text())
+    absolute = (run_dir / "recipe.yaml").read_text()
+    assert f"name_or_path: {tiny_model_dir}" in absolute
+    (run_dir / "recipe.yaml").write_text(absolute.replace(str(tiny_model_dir), tiny_model_dir.name))
+    check(run_dir, absolute, card)  # raises nothing
+
+
 def test_zipfile_check_sees_torch_files_as_archives(killed_run):
     """The loadability check relies on torch.save writing zip archives (the default since torch 1.6)."""
     assert zipfile.is_zipfile(killed_run / "checkpoints" / "checkpoint-4" / "optimizer.pt")

@@ -70,7 +70,8 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"sampler": {"type": "tpe", "n_startup_trials": "four"}}, "sampler.n_startup_trials",
          "must be a whole number, as its default 10 is (got 'four')"),
         ({"sampler": {"type": "tpe", "constant_liar": 1}}, "sampler.constant_liar", "must be true or false"),
-        ({"pruner": {"type": "median", "n_warmup_steps": 2.5}}, "pruner.n_warmup_steps", "must be a whole number"),
+        ({"pruner": {"type": "median", "n_warmup_steps": 2.5}}, "pruner.n_warmup_steps", "expected a whole number"),
+        ({"pruner": {"type": "hyperband", "max_resource": 1.5}}, "pruner.max_resource", "got 1.5"),  # str | int
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -79,6 +80,15 @@ def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, messa
     with pytest.raises(UserError) as info:
         load_spec(spec)
     assert str(info.value).startswith(f"{spec}: {key}") and message in str(info.value)
+
+
+def test_sampler_and_pruner_options_of_every_type_they_take_are_accepted(tmp_path, tiny_recipe):
+    """The option check reads optuna's annotations where it can: HyperbandPruner's max_resource is `str | int`."""
+    for pruner in ({"type": "hyperband", "max_resource": 100}, {"type": "hyperband", "max_resource": "auto"}):
+        spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=SEARCH, pruner=pruner))
+        assert spec.pruner_kwargs == {k: v for k, v in pruner.items() if k != "type"}
+    sampler = {"type": "tpe", "n_startup_trials": 4, "constant_liar": False, "gamma": None}
+    assert load_spec(write_spec(tmp_path / "s.yaml", tiny_recipe, trials=2, search=SEARCH, sampler=sampler)).trials == 2
 
 
 def test_spec_takes_loss_hyperparameters_and_beta_schedule_keys(tmp_path, tiny_recipe):
