@@ -79,11 +79,11 @@ _SafeLoader.yaml_implicit_resolvers = {
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
-# YAML 1.2 integers: decimal, 0o octal, 0x hex; digit separators (`10_000`) are kept, as PyYAML always read them
-# (and our floats take them). YAML 1.1's leading-zero octal (`seed: 010` read as 8) and base 60 (`1:30` read as
-# 90) are gone: `010` is ten and `1:30` is text.
+# YAML 1.2 integers: decimal, 0o octal, 0x hex; digit separators between digits (`10_000`, as Python writes them)
+# are kept, as PyYAML always read them (`1_` is text). YAML 1.1's leading-zero octal (`seed: 010` read as 8) and
+# base 60 (`1:30` read as 90) are gone: `010` is ten and `1:30` is text.
 _SafeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+(?:_[0-9]+)*|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
 )
 
 

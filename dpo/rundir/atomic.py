@@ -22,7 +22,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     # mode 0666 so that the kernel applies the umask: the file gets the usual permissions, and nothing here reads
     # or changes the process-wide umask under the sweep's worker threads
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with open(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -278,7 +278,8 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
 
     name = TRIAL_DIR.format(number=trial.number)
     # a retried trial starts with a copy of the attributes of the trial it repeats: its own, from here on
-    for key, value in ((INTERRUPTED, False), ("reason", None), ("run_dir", f"{TRIALS}/{name}")):
+    own = ((INTERRUPTED, False), ("reason", None), ("run_dir", f"{TRIALS}/{name}"), ("steps", 0), ("max_steps", None))
+    for key, value in own:
         trial.set_user_attr(key, value)
     earlier = [t for t in _counted(trial.study) if t.number < trial.number]
     if len(earlier) >= spec.trials:  # another process took the last slot first
@@ -526,6 +527,11 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
         with contextlib.suppress(UserError):  # a recipe.yaml edited by hand since: the base recipe, as below
             recipe = load_recipe(trained, _overrides({"name": f"{spec.name}-best"})).recipe
     if recipe is None:  # its run directory is on another machine (--storage): the base recipe with its parameters
+        print(
+            f"note: best.yaml is the base recipe with trial {summary['best_trial']}'s parameters ({trained} is not "
+            "readable here)",
+            file=sys.stderr,
+        )
         overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
         recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
     header = (

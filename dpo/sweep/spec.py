@@ -395,7 +395,7 @@ def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
             raise UserError(f"must be a plain value (got {type(value).__name__})", where=where(f"{key}.{name}"))
         # optuna itself would fail only at the first trial (n_startup_trials: four): checked here, by the option's
         # annotation where optuna's can be read (HyperbandPruner's max_resource: str | int), else by its default
-        if parameter_annotations(cls.__init__).get(name) is not None:
+        if parameter_annotations(cls.__init__).get(name) is not None and _schema_builds(cls.__init__, name):
             _, problem = checked_value(cls.__init__, name, value, f"{key}.{name}", strict=True)
             if problem:
                 raise UserError(problem.removeprefix(f"{key}.{name}: "), where=where(f"{key}.{name}"))
@@ -408,6 +408,17 @@ def _check_kwargs(cls, kwargs: dict, key: str, where) -> None:
 
 
 KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+
+
+def _schema_builds(fn, name: str) -> bool:
+    """Whether pydantic can check values against the annotation (an optuna type, a FrozenTrial, it cannot)."""
+    from pydantic import PydanticSchemaGenerationError, TypeAdapter
+
+    try:
+        TypeAdapter(parameter_annotations(fn)[name])
+    except (PydanticSchemaGenerationError, TypeError, NameError):
+        return False
+    return True
 
 
 def _same_kind(value, default) -> bool:

@@ -79,6 +79,8 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("training.max_steps=0x10", ("training.max_steps", 16)),
         ("name=1:30", ("name", "1:30")),  # YAML 1.2: not base 60 (90)
         ("training.max_steps=10_000", ("training.max_steps", 10000)),  # digit separators, as PyYAML read them
+        ("name=1_", ("name", "1_")),  # not between digits: text, as Python would not read it either
+        ("name=1__0", ("name", "1__0")),
     ],
 )
 def test_override_values_are_typed(text, expected):
