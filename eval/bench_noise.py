@@ -275,6 +275,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     from provenance import provenance  # eval/, on sys.path as the script's folder
 
     import dpo.api
+    from dpo.errors import RunFailed
     from dpo.rundir.files import kept_weights
 
     spec = METHODS[method]
@@ -284,7 +285,11 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
     run_dir = work / "runs" / f"{dataset}-noise{int(noise * 100)}-seed{seed}-{method}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off before it was recorded starts over
     started = time.time()
-    summary = dpo.api.train(REPO / "recipes" / spec.recipe, overrides=overrides, output_dir=run_dir)
+    try:
+        summary = dpo.api.train(REPO / "recipes" / spec.recipe, overrides=overrides, output_dir=run_dir)
+    except RunFailed as exc:  # e.g. non-finite: recorded, so that a restart does not train it (and fail) again
+        return {"dataset": dataset, "noise": noise, "seed": seed, "method": method, "config": config,
+                "failed": str(exc), "wall_s": round(time.time() - started, 1), **provenance()}  # fmt: skip
     test_result = score_test(run_dir, test, QUICK_TEST_PAIRS if quick else None)
     decisions = (summary.get("autopilot") or {}).get("decisions", [])
     card = run_dir / "data_card.json"
@@ -384,10 +389,12 @@ def check_fingerprints(runs_file: Path, done: list[dict], base: list[str], work:
 
 
 def read_runs(runs_file: Path) -> list[dict]:
-    """The finished runs recorded so far; a last line cut off by a kill is left out (that run trains again), and so
-    is the validation accuracy of a reference-free run recorded before its reward was logged per token. A run of a
-    method METHODS no longer names stops the benchmark with its line: its numbers cannot be labelled or judged."""
-    runs = []
+    """The runs recorded so far (a run whose training failed has "failed" and no test result: see finished); a
+    last line cut off by a kill is left out (that run trains again), and so is a second record of a run (two
+    invocations that trained it at once: the first is kept), and the validation accuracy of a reference-free run
+    recorded before its reward was logged per token. A run of a method METHODS no longer names stops the benchmark
+    with its line: its numbers cannot be labelled or judged."""
+    runs, first_line = [], {}
     lines = runs_file.read_text().splitlines() if runs_file.exists() else []
     for number, line in enumerate(lines, 1):
         try:
@@ -399,12 +406,36 @@ def read_runs(runs_file: Path) -> list[dict]:
             print(f"error: {runs_file}: line {number}: method {run.get('method')!r} is not in METHODS "
                   f"({', '.join(METHODS)}); rename it there or move its runs out", file=sys.stderr)  # fmt: skip
             raise SystemExit(2)
+        key = run_key(run)
+        if key in first_line:
+            print(f"note: {runs_file}: line {number} records {key} again (first on line {first_line[key]}): "
+                  "left out", flush=True)  # fmt: skip
+            continue
+        first_line[key] = number
         if "validation_reward" not in run and reference_free(run["method"]):
             # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
             # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'
             run["validation_accuracy"] = None
         runs.append(run)
     return runs
+
+
+def run_key(run: dict) -> tuple:
+    """What names one run of the grid: (data set, noise, seed, method)."""
+    return run["dataset"], run["noise"], run["seed"], run["method"]
+
+
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs that trained to the end and were scored (a failed one is recorded with "failed" instead)."""
+    return [run for run in runs if "failed" not in run]
+
+
+def append_run(runs_file: Path, record: dict) -> None:
+    """One record as one line; a last line cut off by a kill is ended first, so that this one stays readable."""
+    with runs_file.open("a+b") as f:
+        if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+        f.write((json.dumps(record) + "\n").encode())
 
 
 def remaining(todo: list[tuple], done: list[dict]) -> str:
@@ -451,13 +482,28 @@ def _mean(values) -> float:
     return sum(values) / len(values)
 
 
-def bootstrap(runs: list[dict], field: str, baseline: list[dict] | None = None, seed: int = 0) -> tuple:
+def bootstrap(
+    runs: list[dict],
+    field: str,
+    baseline: list[dict] | None = None,
+    seed: int = 0,
+    prompts: list[list[int]] | None = None,
+) -> tuple:
     """(mean, low, high): mean test accuracy over `runs` (per-pair 0/1 strings in run["test"][field]) with a 95%
-    interval from resampling seeds and test pairs; with `baseline` (the same seeds, same test pairs), of the
-    difference run - baseline."""
+    interval from resampling seeds and test prompts; with `baseline` (the same seeds, same test pairs), of the
+    difference run - baseline.
+
+    `prompts` groups the test pairs' positions by prompt (test_prompts): the pairs one prompt expands to share its
+    question, so they are resampled together, or the interval would be too narrow (sorting has three pairs per
+    prompt). None: every pair its own prompt. Three seeds resampled by a percentile bootstrap still understate the
+    spread between seeds: the intervals are, if anything, narrow."""
     rng = random.Random(seed)
     rows = [[int(c) for c in r["test"][field]] for r in runs]
     base = [[int(c) for c in b["test"][field]] for b in baseline] if baseline else None
+    n_seeds, n_pairs = len(rows), len(rows[0])
+    # quick runs score only the first pairs: groups cut to them
+    groups = [[p for p in group if p < n_pairs] for group in prompts] if prompts else [[p] for p in range(n_pairs)]
+    groups = [group for group in groups if group]
 
     def stat(seed_ix, pair_ix):
         value = _mean(_mean(rows[s][p] for p in pair_ix) for s in seed_ix)
@@ -465,18 +511,30 @@ def bootstrap(runs: list[dict], field: str, baseline: list[dict] | None = None, 
             value -= _mean(_mean(base[s][p] for p in pair_ix) for s in seed_ix)
         return value
 
-    n_seeds, n_pairs = len(rows), len(rows[0])
+    def draw_pairs():
+        return [p for _ in groups for p in groups[rng.randrange(len(groups))]]
+
     point = stat(range(n_seeds), range(n_pairs))
-    draws = sorted(
-        stat([rng.randrange(n_seeds) for _ in range(n_seeds)], [rng.randrange(n_pairs) for _ in range(n_pairs)])
-        for _ in range(BOOTSTRAP)
-    )
+    draws = sorted(stat([rng.randrange(n_seeds) for _ in range(n_seeds)], draw_pairs()) for _ in range(BOOTSTRAP))
     return point, draws[int(0.025 * BOOTSTRAP)], draws[int(0.975 * BOOTSTRAP) - 1]
 
 
-def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
+def test_prompts(test_file: Path) -> list[list[int]]:
+    """The test file's pair positions grouped by prompt, in order of first appearance (bootstrap's unit)."""
+    from dpo.data.rows import canonical
+
+    groups: dict[str, list[int]] = {}
+    lines = [line for line in test_file.read_text().splitlines() if line.strip()]
+    for position, line in enumerate(lines):
+        groups.setdefault(canonical(json.loads(line)["prompt"]), []).append(position)
+    return list(groups.values())
+
+
+def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list[list[int]]] | None = None) -> dict:
     """Per data set and noise level: each method's mean, interval and difference from plain; the best single
-    control chosen on validation; the goals."""
+    control chosen on validation; the goals. `prompts`: per data set, its test pairs grouped by prompt (the
+    bootstrap's unit; None: each pair its own)."""
+    prompts = prompts or {}
     cells = {}
     for dataset in sorted({r["dataset"] for r in done}):
         for noise in sorted({r["noise"] for r in done if r["dataset"] == dataset}):
@@ -488,7 +546,7 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
             rows = {}
             for method, runs in by_method.items():
                 runs = sorted(runs, key=lambda r: r["seed"])
-                rows[method] = _row(method, runs, plain)
+                rows[method] = _row(method, runs, plain, prompts.get(dataset))
             # Reference-free losses are left out of the choice: their validation "reward accuracy" (of the per-token
             # log-prob) starts at the base model's preference (about 0.8 here), not at chance like a log-ratio's.
             singles = [
@@ -496,12 +554,18 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
                 for m in rows
                 if METHODS[m].kind == "single" and not reference_free(m) and rows[m]["validation_accuracy"] is not None
             ]
-            if singles:
-                # chosen on the seeds every candidate has, so that no method wins by having run on easier seeds
-                shared = set.intersection(*({r["seed"] for r in by_method[m]} for m in singles))
-                best = max(singles, key=lambda m: _mean(r["validation_accuracy"] for r in by_method[m]
-                                                        if r["seed"] in shared or not shared))  # fmt: skip
-                rows["best_single"] = {**rows[best], "chosen": best, "chosen_on_seeds": sorted(shared)}
+            # chosen on the seeds every candidate has, so that no method wins by having run on easier seeds (none
+            # shared: no choice)
+            shared = set.intersection(*({r["seed"] for r in by_method[m]} for m in singles)) if singles else set()
+            if shared:
+                best = max(singles, key=lambda m: ranked_by_validation(
+                    m, _mean(r["validation_accuracy"] for r in by_method[m] if r["seed"] in shared)))  # fmt: skip
+                # a candidate not yet run on every seed may take its place
+                ran = {r["method"] for r in done if r["dataset"] == dataset}
+                unrun = [m for m in choice_candidates(ran)
+                         if not set(SEEDS) <= {r["seed"] for r in by_method.get(m, [])}]  # fmt: skip
+                rows["best_single"] = {**rows[best], "chosen": best, "chosen_on_seeds": sorted(shared),
+                                       "candidates_not_run": unrun}  # fmt: skip
                 if "autopilot" in by_method:  # paired, on the seeds both have
                     best_by_seed = {r["seed"]: r for r in by_method[best]}
                     auto = [
@@ -509,9 +573,25 @@ def aggregate(done: list[dict], skipped: dict[str, str]) -> dict:
                     ]
                     if auto:
                         paired_best = [best_by_seed[r["seed"]] for r in auto]
-                        rows["autopilot"]["vs_best_single"] = bootstrap(auto, "reward", paired_best)
+                        rows["autopilot"]["vs_best_single"] = bootstrap(
+                            auto, "reward", paired_best, prompts=prompts.get(dataset)
+                        )
             cells[f"{dataset}/{noise}"] = {"dataset": dataset, "noise": noise, "methods": rows}
     return {"cells": cells, "skipped": skipped, "goals": goals(cells), "across_noisy_cells": across_noisy_cells(done)}
+
+
+def choice_candidates(ran: set[str]) -> list[str]:
+    """The single controls of the default grid that best_single is chosen among (on validation) on a data set
+    where the methods `ran` have run (a loss that needs scores runs only where pairs have them)."""
+    return [m for m in DEFAULT_METHODS if METHODS[m].kind == "single" and not reference_free(m)
+            and (m in ran or not needs_scores(m))]  # fmt: skip
+
+
+def ranked_by_validation(method: str, accuracy: float) -> tuple:
+    """Sort key for choosing on validation accuracy: the accuracy to 6 decimals (the trainer logs float32 means, so
+    two methods with the same count of correct pairs differ in the 8th; different counts of 100 or 90 pairs per
+    seed differ in the 4th), then, on a tie, the method METHODS lists first."""
+    return round(accuracy, 6), -list(METHODS).index(method)
 
 
 def across_noisy_cells(done: list[dict]) -> dict:
@@ -523,8 +603,10 @@ def across_noisy_cells(done: list[dict]) -> dict:
     preference). Early stopping and the autopilot report the validation accuracy of the checkpoint they restore,
     chosen on those same pairs: an optimistic number."""
     noisy = sorted({(r["dataset"], r["noise"]) for r in done if r["noise"] > 0})
-    ran = {cell: {r["method"] for r in done if (r["dataset"], r["noise"]) == cell and r["validation_accuracy"]
-                  is not None} for cell in noisy}  # fmt: skip
+    in_cell = {cell: [r for r in done if (r["dataset"], r["noise"]) == cell] for cell in noisy}
+    # a method whose every run in the cell has a validation accuracy (one without cannot be averaged)
+    ran = {cell: {r["method"] for r in runs} - {r["method"] for r in runs if r["validation_accuracy"] is None}
+           for cell, runs in in_cell.items()}  # fmt: skip
     if not noisy:
         return {
             "cells": [],
@@ -549,15 +631,20 @@ def across_noisy_cells(done: list[dict]) -> dict:
     means = {m: _mean(_mean(v) for v in by_dataset[m].values()) for m in everywhere if by_dataset[m]}
     return {
         "cells": [f"{d}/{n}" for d, n in noisy],
-        "validation_accuracy": dict(sorted(means.items(), key=lambda kv: -kv[1])),
+        "validation_accuracy": dict(sorted(means.items(), key=lambda kv: ranked_by_validation(*kv), reverse=True)),
         "below_plain": below,
-        "not_in_every_cell": sorted(m for m in set.union(*ran.values()) - set(everywhere) if not reference_free(m)),
+        # with every run's validation accuracy, that is: one run without leaves its method out of the ranking
+        "not_in_every_cell": sorted(
+            {r["method"] for runs in in_cell.values() for r in runs}
+            - set(everywhere)
+            - {m for m in {r["method"] for r in done} if reference_free(m)}
+        ),  # fmt: skip
         # named apart, whether or not they ran everywhere (and whatever their runs recorded on validation)
         "reference_free": sorted({r["method"] for r in done if r["noise"] > 0 and reference_free(r["method"])}),
     }
 
 
-def _row(method: str, runs: list[dict], plain: list[dict]) -> dict:
+def _row(method: str, runs: list[dict], plain: list[dict], prompts: list[list[int]] | None = None) -> dict:
     """One method's numbers in one cell. Its difference from plain DPO (`vs_plain`, paired on seeds and test pairs)
     is of the test accuracy; for a reference-free loss it is of the policy's own preference (`vs_plain_on`), the
     one number both measure alike: its own reward starts at the base model's preference, plain DPO's at chance."""
@@ -566,15 +653,15 @@ def _row(method: str, runs: list[dict], plain: list[dict]) -> dict:
         "seeds": [r["seed"] for r in runs],
         "validation_accuracy": _mean(r["validation_accuracy"] for r in runs)
         if all(r["validation_accuracy"] is not None for r in runs) else None,
-        "test_accuracy": bootstrap(runs, "reward"),
-        "test_policy_preference": bootstrap(runs, "policy"),
+        "test_accuracy": bootstrap(runs, "reward", prompts=prompts),
+        "test_policy_preference": bootstrap(runs, "policy", prompts=prompts),
         "steps": _mean(r["steps"] for r in runs),
         "max_steps": runs[0]["max_steps"],
         "stop_reasons": sorted({r["stop_reason"] for r in runs}),
     }  # fmt: skip
     if plain and all(p is not None for p in paired):
         row["vs_plain_on"] = "policy" if reference_free(method) else "reward"
-        row["vs_plain"] = bootstrap(runs, row["vs_plain_on"], paired)
+        row["vs_plain"] = bootstrap(runs, row["vs_plain_on"], paired, prompts=prompts)
     return row
 
 
@@ -606,8 +693,7 @@ def goals(cells: dict) -> list[dict]:
     expected = {dataset: [m for m in DEFAULT_METHODS if METHODS[m].shipped and (m in ran or not needs_scores(m))]
                 for dataset, ran in ran_on.items()}  # fmt: skip
     # the single controls best_single is chosen among (on validation): one not run yet may take its place
-    candidates = {dataset: [m for m in DEFAULT_METHODS if METHODS[m].kind == "single" and not reference_free(m)
-                            and (m in ran or not needs_scores(m))] for dataset, ran in ran_on.items()}  # fmt: skip
+    candidates = {dataset: choice_candidates(ran) for dataset, ran in ran_on.items()}
     found = []
     for key, cell in cells.items():
         if cell["noise"] == 0:
@@ -650,8 +736,11 @@ def goals(cells: dict) -> list[dict]:
                                     f"[{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
         if cell["noise"] == 0.3 and "autopilot" in rows and "vs_plain" in rows["autopilot"]:
             diff = rows["autopilot"]["vs_plain"]
-            found.append({"cell": key, "goal": "autopilot >= plain + 0.10 in test accuracy", "met": diff[0] >= 0.10,
-                          "detail": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"})  # fmt: skip
+            unrun = [m for m in ("autopilot", "plain") if not set(SEEDS) <= set(rows.get(m, {}).get("seeds", []))]
+            pending = f"; open until these have run on every seed: {', '.join(unrun)}" if unrun else ""
+            found.append({"cell": key, "goal": "autopilot >= plain + 0.10 in test accuracy",
+                          "met": None if unrun else diff[0] >= 0.10,
+                          "detail": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
     return found
 
 
@@ -667,10 +756,11 @@ def _seeds_run(method: str, rows: dict, with_plain: bool = True) -> str:
 def markdown(result: dict) -> str:
     lines = [
         "Test preference accuracy (true labels; implicit reward) and the policy's own preference, mean over seeds "
-        "with 95% bootstrap intervals (seeds and test pairs resampled); difference from plain DPO on the same seeds "
-        "and pairs (of the policy's preference for a reference-free loss, marked (policy)); steps used of the "
-        "budget. `best_single` is chosen on validation accuracy. Plain-text test answers (sorting) are scored "
-        "without the EOS token, as every recorded run was (eval/bench_noise_eos.py compares the scoring with it).",
+        "with 95% bootstrap intervals (seeds and test prompts resampled, a prompt's pairs together); difference "
+        "from plain DPO on the same seeds and pairs (of the policy's preference for a reference-free loss, marked "
+        "(policy)); steps used of the budget. `best_single` is chosen on validation accuracy (a tie goes to the "
+        "method listed first). Plain-text test answers (sorting) are scored without the EOS token, as every "
+        "recorded run was (eval/bench_noise_eos.py compares the scoring with it).",
         "",
         "| data | noise | method | test accuracy | vs plain | policy prefers chosen | validation acc. | steps |",
         "|---|---|---|---|---|---|---|---|",
@@ -680,7 +770,10 @@ def markdown(result: dict) -> str:
         for method, r in cell["methods"].items():
             name = method
             if method == "best_single":
-                name = f"best_single ({r['chosen']}; chosen on seeds {', '.join(map(str, r['chosen_on_seeds']))})"
+                name = f"best_single ({r['chosen']}; chosen on seeds {', '.join(map(str, r['chosen_on_seeds']))}"
+                if r.get("candidates_not_run"):  # provisional
+                    name += f"; provisional: {len(r['candidates_not_run'])} candidates not run on every seed yet"
+                name += ")"
             vs = versus_plain(r)
             val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
             lines.append(
@@ -689,6 +782,11 @@ def markdown(result: dict) -> str:
             )
     if result["skipped"]:
         lines += ["", *(f"Skipped `{m}`: {why}" for m, why in result["skipped"].items())]
+    if result.get("failed"):
+        lines += ["", "Runs whose training failed (recorded, so not trained again; not in the statistics, so the "
+                      "method is one seed short there):",
+                  *(f"- `{r['method']}` on {r['dataset']} at {r['noise']:.0%}, seed {r['seed']}: {r['failed']}"
+                    for r in result["failed"])]  # fmt: skip
     across = result.get("across_noisy_cells") or {}
     if across.get("validation_accuracy"):
 
@@ -818,9 +916,10 @@ def main(argv: list[str] | None = None) -> None:
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
     heldout = {dataset: split_heldout(dataset, work) for dataset in DATASETS}  # (validation, test) files
-    done = read_runs(runs_file)
-    check_fingerprints(runs_file, done, base, work, {d: files[0] for d, files in heldout.items()}, skipped)
-    recorded = {(r["dataset"], r["noise"], r["seed"], r["method"]) for r in done}
+    runs = read_runs(runs_file)
+    check_fingerprints(runs_file, runs, base, work, {d: files[0] for d, files in heldout.items()}, skipped)
+    done = finished(runs)
+    recorded = {run_key(r) for r in runs}  # a failed run too: it would fail again
     todo = []  # (dataset, noise, seed, method, held-out files), in the order they train: seed by seed
     for dataset in args.datasets:
         files = heldout[dataset]
@@ -833,15 +932,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_train:
         print(remaining(todo, done))
     for dataset, noise, seed, method, files in [] if args.no_train else todo:
+        if (dataset, noise, seed, method) in {run_key(r) for r in read_runs(runs_file)}:
+            print(f"note: {method} on {dataset} at {noise:.0%}, seed {seed}: recorded by another invocation since "
+                  "this one started; not trained again", flush=True)  # fmt: skip
+            continue
         record = run_one(dataset, noise, seed, method, base, files, work, args.quick)
-        with runs_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_run(runs_file, record)
         shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
         print(json.dumps(shown), flush=True)
-    done = read_runs(runs_file)  # again: another invocation may have added runs since this one started
+    runs = read_runs(runs_file)  # again: another invocation may have added runs since this one started
+    done = finished(runs)
     recorded_methods = {r["method"] for r in done} | set(methods)  # the tables cover every recorded run
     result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in METHODS if m in recorded_methods},
-              **aggregate(done, skipped)}  # fmt: skip
+              "failed": [{k: r[k] for k in ("dataset", "noise", "seed", "method", "failed")}
+                         for r in runs if "failed" in r],
+              **aggregate(done, skipped, {d: test_prompts(files[1]) for d, files in heldout.items()})}  # fmt: skip
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(result))
     (args.results / f"{name}.html").write_text(figures(result))

@@ -15,7 +15,7 @@ retrain recorded configurations into their own results folder:
 of a partial grid, and are not kept)
 
 Per data set, noise level and method: test accuracy scored without and with EOS, and the paired difference from plain
-DPO both ways (95% bootstrap intervals over seeds and test pairs, as bench_noise.py computes them). A retrained
+DPO both ways (95% bootstrap intervals over seeds and test prompts, as bench_noise.py computes them). A retrained
 run whose configuration fingerprint and test scores without EOS (reward and policy) equal its recorded run's counts
 as reproduced: the table says how many are. The runs recorded before fingerprints existed were given theirs after
 the fact, from METHODS, so for them the scores are the evidence. Training is deterministic on one machine and thread
@@ -28,21 +28,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_noise import bootstrap, interval, read_runs  # noqa: E402  (eval/ is not a package)
+from bench_noise import bootstrap, finished, interval, read_runs, split_heldout, test_prompts  # noqa: E402  (eval/ is not a package)
 
 SCORINGS = {"without EOS (as recorded)": "reward", "with EOS (as validation)": "reward_eos"}
 
 
-def compare(runs: list[dict], recorded: list[dict]) -> dict:
-    """{"dataset/noise": {method: numbers}} for the runs scored both ways."""
+def compare(runs: list[dict], recorded: list[dict], prompts: dict[str, list[list[int]]] | None = None) -> dict:
+    """{"dataset/noise": {method: numbers}} for the runs scored both ways; `prompts`: per data set, its test pairs
+    grouped by prompt (the bootstrap's unit, as in bench_noise.py)."""
+    prompts = prompts or {}
     by_key = {(r["dataset"], r["noise"], r["seed"], r["method"]): r for r in recorded}
     cells: dict[str, dict] = {}
-    scored = [r for r in runs if "reward_eos" in r["test"]]
+    scored = [r for r in finished(runs) if "reward_eos" in r["test"]]
     for dataset, noise in sorted({(r["dataset"], r["noise"]) for r in scored}):
         in_cell = [r for r in scored if (r["dataset"], r["noise"]) == (dataset, noise)]
         plain = {r["seed"]: r for r in in_cell if r["method"] == "plain"}
@@ -62,9 +65,9 @@ def compare(runs: list[dict], recorded: list[dict]) -> dict:
             }  # fmt: skip
             paired = [plain.get(r["seed"]) for r in mine]
             for label, field in SCORINGS.items():
-                row[label] = {"test_accuracy": bootstrap(mine, field)}
+                row[label] = {"test_accuracy": bootstrap(mine, field, prompts=prompts.get(dataset))}
                 if method != "plain" and all(paired):
-                    row[label]["vs_plain"] = bootstrap(mine, field, paired)
+                    row[label]["vs_plain"] = bootstrap(mine, field, paired, prompts=prompts.get(dataset))
             rows[method] = row
         cells[f"{dataset}/{noise}"] = rows
     return cells
@@ -102,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recorded", type=Path, default=REPO / "eval" / "results" / "noise.runs.jsonl")
     parser.add_argument("--results", type=Path, default=REPO / "eval" / "results")
     args = parser.parse_args(argv)
-    cells = compare(read_runs(args.runs), read_runs(args.recorded))
+    runs = read_runs(args.runs)
+    with tempfile.TemporaryDirectory() as work:
+        prompts = {d: test_prompts(split_heldout(d, Path(work))[1]) for d in {r["dataset"] for r in runs}}
+    cells = compare(runs, finished(read_runs(args.recorded)), prompts)
     (args.results / "noise_eos.json").write_text(json.dumps({"cells": cells}, indent=2) + "\n")
     shown = args.runs.relative_to(REPO) if args.runs.is_relative_to(REPO) else args.runs
     text = markdown(cells, shown)

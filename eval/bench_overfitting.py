@@ -8,7 +8,8 @@ passes over a small training set, so that memorisation can happen) and evaluates
 (label noise is injected into the training split only), so held-out accuracy is measured against the true
 labels. Early stopping on margin, loss and accuracy is judged on the plain run's own evaluations (patience 2):
 the stop a callback would have made, and the metrics of the checkpoint it would have restored, without re-
-training.
+training; that checkpoint is chosen on the same held-out pairs it is scored on (optimistic: best of the
+evaluations; bench_noise.py keeps a separate test split).
 
 Writes eval/results/overfitting.json and eval/results/overfitting.md.
 """
@@ -24,6 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval/ is not a package
+
+from bench_noise import append_run  # noqa: E402
 
 from dpo.training.callbacks import BestCheckpointCallback  # noqa: E402
 
@@ -157,13 +162,17 @@ def main() -> None:
     # picks up where it stopped, and runs made by separate invocations (--noise 0.3, later --noise 0) add up:
     # the tables cover every run in the file.
     runs_file = args.results / f"{name}.runs.jsonl"
-    done = [json.loads(line) for line in runs_file.read_text().splitlines()] if runs_file.exists() else []
+    done = []
+    for line in runs_file.read_text().splitlines() if runs_file.exists() else []:
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a run cut off by a kill: that run trains again
+            print(f"note: skipping a cut-off line of {runs_file}", flush=True)
     for noise in args.noise:
         for control in args.controls:
             if not any(r["control"] == control and r["noise"] == noise for r in done):
                 done.append(run(control, noise, out, base))
-                with runs_file.open("a") as f:
-                    f.write(json.dumps(done[-1]) + "\n")
+                append_run(runs_file, done[-1])
                 print(json.dumps({k: v for k, v in done[-1].items() if k != "evaluations"}), flush=True)
     rows = []
     for noise in sorted({r["noise"] for r in done}):

@@ -85,7 +85,8 @@ def run_case(case: str, impl: str) -> dict:
     if impl == "trl":
         trainer = DPOTrainer(**inputs)
     else:
-        trainer = Trainer(**inputs, loss_plan=checked.loss_plan)
+        # prompt sharing off: it saves work TRL does (eval/bench_speed.py measures that); this measures the override
+        trainer = Trainer(**inputs, loss_plan=checked.loss_plan, share_prompt=False)
     trainer.train()
     step_times = timer.times[warmup:]
     return {
@@ -132,7 +133,10 @@ def main() -> None:
             "repeats": args.repeats,
         }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "overhead.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    from provenance import provenance  # eval/, on sys.path as the script's folder
+
+    record = {"summary": summary, "runs": runs, **provenance()}
+    (args.results / "overhead.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "| model | step time ours / TRL (s) | ratio | peak RSS ours / TRL (MiB) | ratio |",
         "|---|---|---|---|---|",
