@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from dpo.analysis.model_card import write_model_card
-from dpo.metrics import HEADLINE, standard_error_key
+from dpo.metrics import HEADLINE, lookup, standard_error_key
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
 
@@ -140,6 +140,11 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or self.metric not in metrics:
+            watched = lookup(self.metric)
+            if metrics and watched is not None and watched.gap_of:
+                # a gap needs train values logged since the previous evaluation (none at step 0, nor when
+                # logging_steps does not divide eval_steps): this evaluation has nothing to compare
+                return control
             available = sorted(k for k in (metrics or {}) if k.startswith("eval_"))
             raise KeyError(f"early_stopping.metric '{self.metric}' was not computed; available: {available}")
         value, error = float(metrics[self.metric]), logged_error(metrics, self.metric)

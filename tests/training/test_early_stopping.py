@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from dpo.metrics import direction
 from dpo.training.callbacks import BestCheckpointCallback
@@ -121,3 +121,33 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
     assert any(not torch.equal(final[k], scripted.last_weights[k]) for k in final)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals if "eval_loss" in e] == list(range(stopped + 1))
+
+
+def test_an_evaluation_without_the_watched_gap_is_skipped():
+    """A gap (eval_gap/*) is logged only at an evaluation with train values logged since the previous one: not at
+    step 0, nor after no train log (logging_steps not dividing eval_steps). Early stopping skips such an evaluation;
+    any other watched metric that is missing is still an error that names it."""
+    state, control = TrainerState(), TrainerControl()
+    callback = BestCheckpointCallback("eval_gap/accuracies", patience=1)
+    callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.69})  # step 0: no train values yet
+    assert callback.history == [] and callback.best_step is None
+    for step, gap in ((2, 0.1), (4, 0.3)):
+        state.global_step = step
+        callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6, "eval_gap/accuracies": gap})
+    state.global_step = 6
+    callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6})  # no train log since step 4
+    assert callback.history == [(2, 0.1), (4, 0.3)] and callback.best_step == 2 and callback.stopped_at == 4
+    with pytest.raises(KeyError, match=r"early_stopping.metric 'eval_kl' was not computed; available: \['eval_loss'\]"):
+        BestCheckpointCallback("eval_kl").on_evaluate(None, state, control, metrics={"eval_loss": 0.6})
+
+
+@pytest.mark.slow
+def test_watching_a_gap_trains_through_evaluations_that_lack_it(tiny_recipe, tmp_path):
+    """Logged every 3 steps, evaluated every 2: the gap exists only at step 4 (train values logged at step 3); the
+    evaluations at steps 0 and 2 have none, and the run goes on past them."""
+    overrides = ["early_stopping.metric=eval_gap/accuracies", "early_stopping.patience=1", "training.logging_steps=3"]
+    summary, _ = execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
+    assert summary["steps"] == 4 and summary["stop_reason"] == "completed"
+    assert summary["best_step"] == 4 and summary["best_metric"]["name"] == "eval_gap/accuracies"
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if "eval_gap/accuracies" in e] == [4]
