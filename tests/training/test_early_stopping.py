@@ -151,3 +151,25 @@ def test_watching_a_gap_trains_through_evaluations_that_lack_it(tiny_recipe, tmp
     assert summary["best_step"] == 4 and summary["best_metric"]["name"] == "eval_gap/accuracies"
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals if "eval_gap/accuracies" in e] == [4]
+
+
+@pytest.mark.slow
+def test_samples_are_answered_by_the_restored_best_weights_and_say_so(tiny_recipe, tmp_path):
+    """The scripted metric peaks at step 1 of 4 and patience 3 never runs out: the best checkpoint (step 1) is
+    restored after step 4, and samples.json, generated after that, names step 1, not the trainer's step 4."""
+    overrides = [
+        "early_stopping.metric=eval_scripted",
+        "early_stopping.mode=max",
+        "early_stopping.patience=3",
+        "early_stopping.noise_sigmas=0",
+        "training.eval_steps=1",
+        "logging.samples=1",
+    ]
+    scripted = ScriptedMetric([0, 3, 1, 1, 1])
+    summary, _ = execute(
+        tiny_recipe, overrides, output_dir=tmp_path / "run", callbacks=[scripted], extra_metrics=("eval_scripted",)
+    )
+    assert summary["steps"] == 4 and summary["best_step"] == 1 and summary["final_weights"] == "best"
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert samples["step"] == 1 and "(its weights of step 1)" in samples["what"]
+    assert samples["reference"] == "the base model (the trained model with its adapter disabled)"
