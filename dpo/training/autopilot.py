@@ -404,8 +404,9 @@ class Autopilot(TrainerCallback, ExportableState):
 
     # ---- the decision, pure ----
 
-    def decide(self, step: int, metrics: dict) -> list[dict]:
-        """Feed one evaluation; returns the decisions made at it (and records them, and the new controls)."""
+    def decide(self, step: int, metrics: dict, last: bool = False) -> list[dict]:
+        """Feed one evaluation; returns the decisions made at it (and records them, and the new controls). `last`: the
+        evaluation at the run's last step, where a stop would end nothing early, so none is made."""
         self.evaluations.append({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"step": step})
         index = len(self.evaluations)
         loss_since = max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
@@ -420,8 +421,8 @@ class Autopilot(TrainerCallback, ExportableState):
                 continue
             before = dataclasses.replace(self.controls)
             change = rule.act(self.controls, self.settings, observation)
-            if change is None or changed & set(change):
-                self.controls = before  # at its bound, or that control already changed at this evaluation
+            if change is None or changed & set(change) or (last and "stop" in change):
+                self.controls = before  # at its bound, that control already changed at this evaluation, or no stop
                 continue
             changed |= set(change)
             self.rested_until[rule.name] = index + 1 + self.settings["cooldown"]
@@ -449,7 +450,7 @@ class Autopilot(TrainerCallback, ExportableState):
     def on_evaluate(self, args, state, control, metrics=None, optimizer=None, lr_scheduler=None, **kwargs):
         if not metrics:
             return control
-        made = self.decide(state.global_step, metrics)
+        made = self.decide(state.global_step, metrics, last=0 < state.max_steps <= state.global_step)
         for decision in made:
             if "lr_factor" in decision["changed"] and optimizer is not None:
                 old, new = decision["changed"]["lr_factor"]

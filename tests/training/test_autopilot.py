@@ -180,6 +180,17 @@ def test_stop_waits_for_the_last_learning_rate_cut_to_act():
     ]
 
 
+def test_no_stop_at_the_last_step():
+    """The curve of the test above, ending at the stop (step 70): when step 70 is the run's last, the budget is spent
+    and the autopilot makes no stop (summary.json's stop_reason stays completed)."""
+    autopilot = pilot(patience=2, cooldown=0, min_lr_factor=0.25)
+    values = [0.5, 0.65, 0.8, 0.8, 0.79, 0.8, 0.78, 0.66]
+    made = [d for i, v in enumerate(values) for d in autopilot.decide(10 * i, evaluation(
+        eval_rewards__accuracies=v, **{"eval_se/rewards/accuracies": 0.036}), last=i == len(values) - 1)]  # fmt: skip
+    assert [(d["step"], d["rule"]) for d in made] == [(40, "plateau"), (50, "plateau")]
+    assert autopilot.stopped_at is None and autopilot.stop_reason is None
+
+
 def test_rule_table_is_in_the_docs_and_describes_its_bounds():
     assert markdown_table() in (REPO / "docs" / "overfitting.md").read_text()
     for rule in RULES:  # every bound a rule names is a key of the autopilot section (or early stopping's)

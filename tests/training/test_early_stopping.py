@@ -173,3 +173,38 @@ def test_samples_are_answered_by_the_restored_best_weights_and_say_so(tiny_recip
     samples = json.loads((tmp_path / "run" / "samples.json").read_text())
     assert samples["step"] == 1 and "(its weights of step 1)" in samples["what"]
     assert samples["reference"] == "the base model (the trained model with its adapter disabled)"
+
+
+def test_a_stop_at_the_last_step_is_no_early_stop():
+    """Patience runs out at step 20: with 30 steps that stops the run early; with 20 the budget is spent anyway, so
+    nothing is stopped early (stop_reason stays completed). The best is tracked either way."""
+    for max_steps, stopped_at in ((30, 20), (20, None)):
+        callback = BestCheckpointCallback("eval_loss", patience=1)
+        state, control = TrainerState(max_steps=max_steps), TrainerControl()
+        for step, loss in ((0, 0.5), (10, 0.4), (20, 0.6)):
+            state.global_step = step
+            callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        assert callback.best_step == 10 and callback.bad_evaluations == 1
+        assert callback.stopped_at == stopped_at and control.should_training_stop is (stopped_at is not None)
+
+
+@pytest.mark.slow
+def test_patience_running_out_at_the_last_step_completes_the_run(tiny_recipe, tmp_path):
+    """The scripted metric peaks at step 1; patience 3 runs out at step 4, the last of 4: a completed run."""
+    overrides = [
+        "early_stopping.metric=eval_scripted",
+        "early_stopping.mode=max",
+        "early_stopping.patience=3",
+        "early_stopping.noise_sigmas=0",
+        "training.eval_steps=1",
+        "logging.samples=0",
+    ]
+    summary, _ = execute(
+        tiny_recipe,
+        overrides,
+        output_dir=tmp_path / "run",
+        callbacks=[ScriptedMetric([0, 3, 2, 2, 1])],
+        extra_metrics=("eval_scripted",),
+    )
+    assert summary["stop_reason"] == "completed" and summary["steps"] == summary["max_steps"] == 4
+    assert summary["best_step"] == 1 and summary["final_weights"] == "best"
