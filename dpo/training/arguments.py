@@ -55,6 +55,14 @@ TRAINING_KEYS_ELSEWHERE: dict[str, str] = {
     "ref_model_mixup_alpha": "regularizers.sync_ref.mixup",
     "neftune_noise_alpha": "regularizers.neftune_alpha (ours perturbs the policy only, never the reference)",
 }
+# DPOConfig fields for what every run already does its own way: transformers' version would run beside ours.
+# Setting them is an error that says so.
+TRAINING_KEYS_BUILT_IN: dict[str, str] = {
+    "eval_on_start": "every run evaluates the untrained model at step 0 (this would evaluate it a second time, and "
+    "again at the checkpoint's step on --resume: one evaluation counted twice by early stopping and the autopilot)",
+    "restore_callback_states_from_checkpoint": "dpo train --resume already restores early stopping's and the "
+    "autopilot's state (transformers would rebuild those callbacks from their saved arguments and break the resume)",
+}
 
 
 def _cpu_friendly_defaults() -> dict[str, Any]:
@@ -218,6 +226,8 @@ def training_key_problem(key: str) -> tuple[str, bool] | None:
     home elsewhere, rather than being unknown). Shared by the recipe check and the sweep spec's key check."""
     if key in TRAINING_KEYS_ELSEWHERE:
         return f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", True
+    if key in TRAINING_KEYS_BUILT_IN:
+        return f"is built in: {TRAINING_KEYS_BUILT_IN[key]}", True
     fields = _dpo_config_fields()
     if key not in fields:
         hint = did_you_mean(key, fields, prefix="training.")

@@ -62,7 +62,8 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
             raise UserError(f"{exc} (after data.audit dropped {len(chosen)} suspect pairs)") from None
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
-    expected = sum(p_after) / len(pairs)
+    # rounded as data_card.json records it: the autopilot's label_audit rule compares the smoothing with that value
+    expected = round(sum(p_after) / len(pairs), 4)
     card = {
         **result.card(),
         "file": AUDIT_FILE,
@@ -73,13 +74,13 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
             "pairs": len(chosen),
             "rows": [{"source": result.origins[i][0], "row": result.origins[i][1]} for i in chosen],
         },
-        "expected_flip_rate_after": round(expected, 4),
+        "expected_flip_rate_after": expected,
     }
     hyperparameters = dict(checked.loss_plan.hyperparameters)
     for key, value in hyperparameters.items():
         if value == AUTO:
             hyperparameters[key] = min(expected, EPSILON_CAP)
-            card.setdefault("auto", {})[f"loss.{key}"] = round(hyperparameters[key], 4)
+            card.setdefault("auto", {})[f"loss.{key}"] = hyperparameters[key]
     # content_hash stays the hash of the data as read, which is what --resume compares (a change the user made);
     # the pairs trained on after the drop or flip have their own
     card["content_hash_after"] = content_hash(pairs)

@@ -112,6 +112,7 @@ class Observation:
     rule: NoiseRule  # the watched metric (early_stopping.metric) under the noise rule
     flip_rate: float | None
     loss_since: int = -1  # the step of the last change to the loss: held-out losses before it measured another loss
+    lr_factor: float = 1.0  # the learning-rate factor as this evaluation found it, before any rule cut it here
 
     def error(self, key: str) -> float:
         return logged_error(self.metrics, key)
@@ -224,8 +225,9 @@ def _plateau(o: Observation, s: Settings, c: Controls) -> Numbers | None:
 
 
 def _stop(o: Observation, s: Settings, c: Controls) -> Numbers | None:
-    """Fallen beyond the noise, 2 x patience evaluations after the best, with the learning rate already at its floor."""
-    if c.lr_factor > s["min_lr_factor"] + 1e-12 or o.since_best() < 2 * s["patience"]:
+    """Fallen beyond the noise, 2 x patience evaluations after the best, with the learning rate already at its floor:
+    at an earlier evaluation (`o.lr_factor`), not cut to it by `plateau` at this one, or that cut would never act."""
+    if o.lr_factor > s["min_lr_factor"] + 1e-12 or o.since_best() < 2 * s["patience"]:
         return None
     if o.learned() and o.fallen():
         best = o.best()
@@ -355,8 +357,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "stop",
-        "learning rate at its floor, no new best for 2 x `patience` evaluations, and the latest value fallen below "
-        "the best by more than k standard errors",
+        "learning rate at its floor since an earlier evaluation, no new best for 2 x `patience` evaluations, and "
+        "the latest value fallen below the best by more than k standard errors",
         "stop training; the best checkpoint is restored",
         "`may_stop`",
         _stop,
@@ -402,12 +404,14 @@ class Autopilot(TrainerCallback, ExportableState):
 
     # ---- the decision, pure ----
 
-    def decide(self, step: int, metrics: dict) -> list[dict]:
-        """Feed one evaluation; returns the decisions made at it (and records them, and the new controls)."""
+    def decide(self, step: int, metrics: dict, last: bool = False) -> list[dict]:
+        """Feed one evaluation; returns the decisions made at it (and records them, and the new controls). `last`: the
+        evaluation at the run's last step, where a stop would end nothing early, so none is made."""
         self.evaluations.append({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"step": step})
         index = len(self.evaluations)
         loss_since = max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
-        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate, loss_since)
+        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate, loss_since,
+                                  lr_factor=self.controls.lr_factor)  # fmt: skip
         made, changed = [], set()
         for rule in RULES:
             if self.stopped_at is not None or self.rested_until.get(rule.name, 0) > index:
@@ -417,8 +421,8 @@ class Autopilot(TrainerCallback, ExportableState):
                 continue
             before = dataclasses.replace(self.controls)
             change = rule.act(self.controls, self.settings, observation)
-            if change is None or changed & set(change):
-                self.controls = before  # at its bound, or that control already changed at this evaluation
+            if change is None or changed & set(change) or (last and "stop" in change):
+                self.controls = before  # at its bound, that control already changed at this evaluation, or no stop
                 continue
             changed |= set(change)
             self.rested_until[rule.name] = index + 1 + self.settings["cooldown"]
@@ -446,7 +450,7 @@ class Autopilot(TrainerCallback, ExportableState):
     def on_evaluate(self, args, state, control, metrics=None, optimizer=None, lr_scheduler=None, **kwargs):
         if not metrics:
             return control
-        made = self.decide(state.global_step, metrics)
+        made = self.decide(state.global_step, metrics, last=0 < state.max_steps <= state.global_step)
         for decision in made:
             if "lr_factor" in decision["changed"] and optimizer is not None:
                 old, new = decision["changed"]["lr_factor"]
@@ -510,6 +514,27 @@ _NEEDS = {
 _HAVE = {
     "shift_lambda": f"{SHIFTED} with a fixed factor, or {UNSHIFTED} under the {PLAIN_DPO_LINK} link",
 }
+# The keys of the displacement rule's condition and of its last resort, the NLL term (`_raise_anchor`)
+_DISPLACEMENT_KEYS = ("displacement_nats",)
+_NLL_KEYS = ("max_nll_weight", "nll_weight_step")
+# The learning-rate schedulers that change the rate on a plateau of a held-out metric themselves
+_PLATEAU_SCHEDULERS = {
+    "reduce_lr_on_plateau": "both cut the learning rate on a plateau of early_stopping.metric",
+    "greedy": "transformers' GreedyLR changes the learning rate on a plateau of the held-out loss, and raises it "
+    "again, undoing the autopilot's cuts",
+}
+
+
+def _dead_keys(plan: LossPlan, controls: Controls) -> dict[str, str]:
+    """Autopilot keys that the recipe's losses leave without effect beyond _NEEDS, each with why."""
+    if not plan.needs_reference:  # the displacement rule reads a log-ratio to the reference
+        names = [name for name, _ in plan.terms]
+        why = f"loss.type {names} uses no reference model, so eval_logratios/chosen (what the displacement rule reads)"
+        return {key: f"{why} is not logged" for key in (*_DISPLACEMENT_KEYS, *_NLL_KEYS)}
+    if controls.dpop_lambda is not None:
+        why = "the displacement rule raises loss.dpop_lambda, which a loss in loss.type takes, never the NLL term"
+        return dict.fromkeys(_NLL_KEYS, why)
+    return {}
 
 
 def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
@@ -521,11 +546,12 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
         if changed:
             raise UserError("has no effect: autopilot.enabled is false", where=loaded.where(f"autopilot.{changed[0]}"))
         return
-    if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and section.min_lr_factor < 1:
-        # both would cut the learning rate on the same plateau of early_stopping.metric, one cut on top of the other
+    scheduler = str(getattr(dpo_config.lr_scheduler_type, "value", dpo_config.lr_scheduler_type))
+    if scheduler in _PLATEAU_SCHEDULERS and section.min_lr_factor < 1:
+        # two controllers of the learning rate on plateaus: one cut on top of the other, or one undoing the other
         raise UserError(
-            "cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau: both cut the learning rate on a "
-            "plateau of early_stopping.metric; keep one, or set autopilot.min_lr_factor: 1 (the autopilot cuts none)",
+            f"cannot run beside training.lr_scheduler_type: {scheduler}: {_PLATEAU_SCHEDULERS[scheduler]}; keep one, "
+            "or set autopilot.min_lr_factor: 1 (the autopilot cuts none)",
             where=loaded.where("autopilot.enabled"),
         )
     controls = Controls.of(plan)
@@ -541,6 +567,10 @@ def check_autopilot(loaded: LoadedRecipe, plan: LossPlan, dpo_config) -> None:
                     f"has no effect: no loss in loss.type takes {control} (it is used by: {users})",
                     where=loaded.where(f"autopilot.{key}"),
                 )
+    dead = _dead_keys(plan, controls)
+    for key in changed:
+        if key in dead:
+            raise UserError(f"has no effect: {dead[key]}", where=loaded.where(f"autopilot.{key}"))
 
 
 def autopilot_for(checked, metrics_path: Path) -> Autopilot | None:

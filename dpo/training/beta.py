@@ -103,6 +103,21 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def pairs_kept(keep_fraction: float, batch: int) -> int:
+    """How many pairs of a (micro-)batch of `batch` beta-guided data filtering keeps: rho x batch, rounded, >= 1."""
+    return max(1, round(keep_fraction * batch))
+
+
+def smallest_filtered_batch(keep_fraction: float) -> int | None:
+    """The smallest (micro-)batch from which `keep_fraction` drops a pair (None for 1: it never does)."""
+    if keep_fraction >= 1:
+        return None
+    batch = max(2, math.floor(0.5 / (1 - keep_fraction)) - 1)  # below 0.5 / (1 - rho) the rounding keeps every pair
+    while pairs_kept(keep_fraction, batch) >= batch:
+        batch += 1
+    return batch
+
+
 @dataclass
 class BetaController:
     """Gives the beta for the current step; adaptive kinds also update their statistics from each batch.
@@ -164,7 +179,7 @@ class BetaController:
             self.mean_gap = self.momentum * self.mean_gap + (1 - self.momentum) * batch_mean
             self.std_gap = self.momentum * self.std_gap + (1 - self.momentum) * batch_std
         keep = torch.ones_like(gaps, dtype=torch.bool)
-        n_keep = max(1, round(self.keep_fraction * gaps.numel()))
+        n_keep = pairs_kept(self.keep_fraction, gaps.numel())
         if n_keep < gaps.numel():
             sigma = max(self.std_gap, 1e-6)
             weights = torch.exp(-((gaps - self.mean_gap) ** 2) / (2 * sigma**2)).clamp_min(1e-12)

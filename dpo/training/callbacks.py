@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from dpo.analysis.model_card import write_model_card
-from dpo.metrics import HEADLINE, standard_error_key
+from dpo.metrics import HEADLINE, lookup, standard_error_key
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
 
@@ -87,9 +87,9 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
             return True
         return self.learned() and self.best_value is not None and self.rule.fallen(value, self.best_value, error)
 
-    def update(self, step: int, value: float, error: float = 0.0) -> tuple[bool, bool]:
-        """Feed one evaluation (`error`: its standard error). Returns (is_new_best, should_stop). Pure bookkeeping,
-        easy to test."""
+    def update(self, step: int, value: float, error: float = 0.0, last: bool = False) -> tuple[bool, bool]:
+        """Feed one evaluation (`error`: its standard error; `last`: at the run's last step, where a stop would end
+        nothing early, so none is made). Returns (is_new_best, should_stop). Pure bookkeeping, easy to test."""
         self.history.append((step, value))
         if not math.isfinite(value):
             self.bad_evaluations += 1
@@ -102,7 +102,8 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
             self.bad_evaluations += 1
             new_best = False
         stop = (
-            self.patience is not None
+            not last
+            and self.patience is not None
             and self.bad_evaluations >= self.patience
             and step >= self.warmup_steps
             and self.signal(value, error)
@@ -140,10 +141,15 @@ class BestCheckpointCallback(TrainerCallback, ExportableState):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or self.metric not in metrics:
+            watched = lookup(self.metric)
+            if metrics and watched is not None and watched.gap_of:
+                # a gap needs train values logged since the previous evaluation (none at step 0, nor when
+                # logging_steps does not divide eval_steps): this evaluation has nothing to compare
+                return control
             available = sorted(k for k in (metrics or {}) if k.startswith("eval_"))
             raise KeyError(f"early_stopping.metric '{self.metric}' was not computed; available: {available}")
         value, error = float(metrics[self.metric]), logged_error(metrics, self.metric)
-        new_best, stop = self.update(state.global_step, value, error)
+        new_best, stop = self.update(state.global_step, value, error, last=0 < state.max_steps <= state.global_step)
         if new_best and self.keep_best and state.global_step > 0:
             control.should_save = True
             state.best_model_checkpoint = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")

@@ -278,7 +278,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     if main:
         atomic_write_json(run_dir / SUMMARY, summary)
         write_model_card(run_dir / FINAL, run_dir)  # over peft's empty template, with the summary's numbers
-        write_samples_or_warn(trainer, checked, run_dir)
+        write_samples_or_warn(trainer, checked, run_dir, best.best_step if restored else trainer.state.global_step)
         if recipe.logging.tensorboard:
             write_tensorboard_markers(summary, run_dir)
         if recipe.logging.wandb:

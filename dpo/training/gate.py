@@ -108,6 +108,8 @@ def check(
                 _check_reference_metrics(loaded, plan, dpo_config)
             with problems.collect():
                 check_autopilot(loaded, plan, dpo_config)
+            with problems.collect():
+                _check_beta_filter(loaded, plan, dpo_config)
     with problems.collect():
         _check_model(loaded)
         _check_lora_targets(loaded)
@@ -263,6 +265,26 @@ def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
             f"has no effect: loss.type {losses} uses no reference model, so there is no held-out KL",
             where=loaded.where("logging.heldout_kl_pairs"),
         )
+
+
+def _check_beta_filter(loaded: LoadedRecipe, plan, dpo_config) -> None:
+    """beta-DPO's keep_fraction filters each training micro-batch on its own (dpo/training/beta.py): a fraction that
+    keeps every pair of a micro-batch this size (0.95 of 8 rounds to 8, any fraction of 1) would filter nothing."""
+    from dpo.training.beta import pairs_kept, smallest_filtered_batch
+
+    keep_fraction = plan.beta_schedule.get("keep_fraction")
+    batch, per_device = dpo_config.train_batch_size, dpo_config.per_device_train_batch_size
+    if keep_fraction is None or keep_fraction >= 1 or pairs_kept(keep_fraction, batch) < batch:
+        return
+    size = f"training.per_device_train_batch_size {per_device}" + (
+        f" x {batch // per_device} GPUs" if batch != per_device else ""
+    )
+    smallest = smallest_filtered_batch(keep_fraction)
+    raise UserError(
+        f"has no effect: keeping {keep_fraction:g} of each training micro-batch ({size}) rounds to keeping every "
+        f"pair, so the filter drops none; it drops pairs from a micro-batch of {smallest} or more",
+        where=loaded.where("loss.beta_schedule.keep_fraction"),
+    )
 
 
 def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple[str, ...]) -> None:

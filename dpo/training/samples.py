@@ -1,8 +1,9 @@
 """samples.json: at the end of training, a few held-out prompts answered by the trained model and by its reference.
 
 The report (dpo/analysis/report.py) reads files only and cannot generate; the trainer still holds both models here
-(the reference is the same model with its adapter disabled, or TRL's reference model), so this is where the
-answers are made, for any data set (`dpo eval` generates more, scored, for data with a gold reward).
+(the reference is the same model with its adapter disabled, or TRL's reference model: under TR-DPO the synced one),
+so this is where the answers are made, for any data set (`dpo eval` generates more, scored, for data with a gold
+reward). The trained model is the final weights: the best checkpoint's where it was restored, and `step` says which.
 Greedy decoding, the prompts formatted as in training (dpo/serve/generate.py); `logging.samples: 0` turns it off.
 """
 
@@ -27,8 +28,20 @@ def held_out_prompts(rows: list[dict], count: int) -> list:
     return list(distinct.values())[:count]
 
 
-def write_samples(trainer, checked, run_dir: Path) -> None:
-    """Answer the first `logging.samples` held-out prompts with the trained and the reference model."""
+def reference_words(model, trainer) -> str:
+    """Which model answers as the reference, as `write_samples` picks it (samples.json's `reference`)."""
+    if hasattr(model, "disable_adapter"):
+        return "the base model (the trained model with its adapter disabled)"
+    if getattr(trainer, "ref_model", None) is not None:
+        if getattr(trainer.args, "sync_ref_model", False):
+            return "TR-DPO's synced reference (regularizers.sync_ref moved it toward the policy), not the base model"
+        return "the base model (TRL's reference copy)"
+    return "the base model (loaded again)"
+
+
+def write_samples(trainer, checked, run_dir: Path, step: int) -> None:
+    """Answer the first `logging.samples` held-out prompts with the trained and the reference model. `step`: the
+    step whose weights the trained model holds (the restored best checkpoint's, else the last)."""
     count = checked.recipe.logging.samples
     prompts = held_out_prompts(checked.data.eval, count)
     if not prompts or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
@@ -57,21 +70,23 @@ def write_samples(trainer, checked, run_dir: Path) -> None:
         warnings.simplefilter("ignore", FutureWarning)
         rows = side_by_side(use, trainer.processing_class, prompts, options)
     model.train(was_training)
+    reference = reference_words(model, trainer)
     atomic_write_json(
         run_dir / SAMPLES,
         {
             "what": f"the first {len(prompts)} distinct held-out prompts, answered after training by the trained "
-            "model and by the reference (adapter disabled / base model)",
+            f"model (its weights of step {step}) and by the reference, {reference}",
             "decoding": f"greedy, at most {MAX_NEW_TOKENS} new tokens",
-            "step": trainer.state.global_step,
+            "step": step,
+            "reference": reference,
             "samples": rows,
         },
     )
 
 
-def write_samples_or_warn(trainer, checked, run_dir: Path) -> None:
+def write_samples_or_warn(trainer, checked, run_dir: Path, step: int) -> None:
     """samples.json is a view of weights already saved: if generating fails, say so on one line and keep the run."""
     try:
-        write_samples(trainer, checked, run_dir)
+        write_samples(trainer, checked, run_dir, step)
     except Exception as exc:  # noqa: BLE001 - the finished run in final/ must not be lost over a preview
         print(f"warning: samples.json not written ({type(exc).__name__}: {exc})", file=sys.stderr)

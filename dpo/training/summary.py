@@ -38,12 +38,20 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "final_metrics": _last_metrics(history),
         "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
         "overfitting": overfitting_block(
-            history, stopping.metric, stopping.patience, stopping.mode, stopping.noise_sigmas
+            with_step_0(history, initial), stopping.metric, stopping.patience, stopping.mode, stopping.noise_sigmas
         ),
         "runtime_s": round(trainer.runtime_before + time.time() - started, 2),  # all attempts, up to their checkpoints
         "resumed_from": trainer.resumed_from,
         "run_dir": str(run_dir),
     }
+
+
+def with_step_0(log_history: list[dict], initial: dict) -> list[dict]:
+    """The log history with the step-0 evaluation first, as metrics.jsonl and the autopilot have it: train() starts a
+    new history, so the untrained model's evaluation before it (`initial`, Trainer.evaluate_untrained) is not in it."""
+    if not initial or any(h.get("step") == 0 and "eval_loss" in h for h in log_history):
+        return log_history
+    return [{**initial, "step": 0}, *log_history]
 
 
 def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initial: dict, started: float) -> dict:

@@ -9,6 +9,7 @@ import pytest
 
 from dpo.errors import UserError
 from dpo.serve.generate import GenerateOptions, as_trained, generate_for_run, read_prompts
+from dpo.training.samples import reference_words
 from tests.conftest import run_dpo
 
 OPTIONS = GenerateOptions(max_new_tokens=8)
@@ -104,3 +105,20 @@ def test_training_writes_held_out_answers_and_the_report_shows_them(finished_run
     from html import escape
 
     assert escape(samples["samples"][1]["prompt"]) in report
+
+
+def test_samples_name_the_model_that_answered_as_the_reference():
+    """LoRA: the base under the disabled adapter; full fine-tuning: TRL's reference copy, which under TR-DPO
+    (regularizers.sync_ref) has moved toward the policy and is no longer the base model; with precomputed
+    reference log-probs there is no copy and the base model is loaded again."""
+    from types import SimpleNamespace
+
+    lora = SimpleNamespace(disable_adapter=lambda: None)
+    full = SimpleNamespace()
+    plain, synced = (SimpleNamespace(ref_model=object(), args=SimpleNamespace(sync_ref_model=s)) for s in (False, True))
+    assert reference_words(lora, plain) == "the base model (the trained model with its adapter disabled)"
+    assert reference_words(full, plain) == "the base model (TRL's reference copy)"
+    assert reference_words(full, synced) == (
+        "TR-DPO's synced reference (regularizers.sync_ref moved it toward the policy), not the base model"
+    )
+    assert reference_words(full, SimpleNamespace(ref_model=None)) == "the base model (loaded again)"

@@ -202,6 +202,33 @@ def test_auto_takes_epsilon_from_the_audit(audit_recipe, tmp_path):
     assert (tmp_path / "audit.json").is_file()
 
 
+def test_auto_takes_the_estimate_the_autopilot_reads(audit_recipe, tmp_path, monkeypatch):
+    """auto's epsilon is the expected flip rate as data_card.json records it (4 decimals), which the autopilot reads:
+    its label_audit rule finds the smoothing already there at step 0 (unrounded, 0.123456 < 0.1235 raised it)."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+    from dpo.training.autopilot import autopilot_for
+
+    real_audit = audit_use.audit_checked
+
+    def all_at(checked, progress=True):
+        result = real_audit(checked, progress)
+        mixture = dataclasses.replace(result.mixture, p_flipped=torch.full_like(result.mixture.p_flipped, 0.123456))
+        return dataclasses.replace(result, mixture=mixture)
+
+    monkeypatch.setattr(audit_use, "audit_checked", all_at)
+    checked = apply_audit(check(audit_recipe, ["loss.label_smoothing=auto", "autopilot.enabled=true"]), tmp_path,
+                          progress=False)  # fmt: skip
+    audit = checked.data.card["audit"]
+    assert checked.loss_plan.hyperparameters["label_smoothing"] == audit["expected_flip_rate_after"] == 0.1235
+    assert audit["auto"] == {"loss.label_smoothing": 0.1235}
+    autopilot = autopilot_for(checked, tmp_path / "metrics.jsonl")
+    assert autopilot.flip_rate == 0.1235
+    metrics = {"eval_loss": 0.69, "eval_rewards/margins": 0.0, "eval_rewards/accuracies": 0.5}
+    assert autopilot.decide(0, metrics) == []
+
+
 @pytest.mark.parametrize("action", ["drop", "flip"])
 def test_suspects_are_dropped_or_flipped(audit_recipe, tmp_path, action):
     before = check(audit_recipe)

@@ -167,6 +167,30 @@ def test_plateau_cuts_the_learning_rate_then_stop_after_a_fall_beyond_the_noise(
     assert [d for i in range(20) for d in flat.decide(10 * i, at_chance)] == []
 
 
+def test_stop_waits_for_the_last_learning_rate_cut_to_act():
+    """The plateau's last cut and the stop's other conditions arrive at one evaluation (step 30: 2 x patience after
+    the best, fallen): the cut to the floor is made and the stop waits for an evaluation at that rate (step 40)."""
+    autopilot = pilot(patience=1, cooldown=0, lr_factor=0.5, min_lr_factor=0.25, sigmas=0.0)
+    values = [0.5, 0.8, 0.7, 0.6, 0.6]
+    made = [d for i, v in enumerate(values) for d in autopilot.decide(10 * i, evaluation(eval_rewards__accuracies=v))]
+    assert [(d["step"], d["rule"], d["changed"]) for d in made] == [
+        (20, "plateau", {"lr_factor": [1.0, 0.5]}),
+        (30, "plateau", {"lr_factor": [0.5, 0.25]}),
+        (40, "stop", {"stop": [False, True]}),
+    ]
+
+
+def test_no_stop_at_the_last_step():
+    """The curve of the test above, ending at the stop (step 70): when step 70 is the run's last, the budget is spent
+    and the autopilot makes no stop (summary.json's stop_reason stays completed)."""
+    autopilot = pilot(patience=2, cooldown=0, min_lr_factor=0.25)
+    values = [0.5, 0.65, 0.8, 0.8, 0.79, 0.8, 0.78, 0.66]
+    made = [d for i, v in enumerate(values) for d in autopilot.decide(10 * i, evaluation(
+        eval_rewards__accuracies=v, **{"eval_se/rewards/accuracies": 0.036}), last=i == len(values) - 1)]  # fmt: skip
+    assert [(d["step"], d["rule"]) for d in made] == [(40, "plateau"), (50, "plateau")]
+    assert autopilot.stopped_at is None and autopilot.stop_reason is None
+
+
 def test_rule_table_is_in_the_docs_and_describes_its_bounds():
     assert markdown_table() in (REPO / "docs" / "overfitting.md").read_text()
     for rule in RULES:  # every bound a rule names is a key of the autopilot section (or early stopping's)
@@ -233,6 +257,25 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
             ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"],
             "autopilot.enabled: cannot run beside training.lr_scheduler_type: reduce_lr_on_plateau",
         ),
+        (  # transformers 5's GreedyLR: stepped on a plateau of eval_loss, it may raise the rate the autopilot cut
+            ["autopilot.enabled=true", "training.lr_scheduler_type=greedy"],
+            "autopilot.enabled: cannot run beside training.lr_scheduler_type: greedy: transformers' GreedyLR changes "
+            "the learning rate on a plateau of the held-out loss, and raises it again",
+        ),
+        (  # displacement raises DPOP's lambda where a loss takes it, and never falls through to the NLL term
+            ["autopilot.enabled=true", "loss.type=dpop", "autopilot.max_nll_weight=2"],
+            "autopilot.max_nll_weight: has no effect: the displacement rule raises loss.dpop_lambda, which a loss in "
+            "loss.type takes, never the NLL term",
+        ),
+        (  # a reference-free loss logs no eval_logratios/chosen: displacement never fires
+            ["autopilot.enabled=true", "loss.type=simpo", "autopilot.displacement_nats=1"],
+            "autopilot.displacement_nats: has no effect: loss.type \\['simpo'\\] uses no reference model, so "
+            "eval_logratios/chosen \\(what the displacement rule reads\\) is not logged",
+        ),
+        (
+            ["autopilot.enabled=true", "loss.type=orpo", "autopilot.nll_weight_step=0.5"],
+            "autopilot.nll_weight_step: has no effect: loss.type \\['orpo'\\] uses no reference model",
+        ),
         (["autopilot.enabled=true", "autopilot.max_label_smoothing=0.5"], "less than 0.5"),
         (["autopilot.enabld=true"], "did you mean 'autopilot.enabled'"),
     ],
@@ -246,6 +289,11 @@ def test_recipe_errors_name_the_key(tiny_recipe, overrides, message):
     assert check(tiny_recipe, delayed)
     plateau = ["autopilot.enabled=true", "training.lr_scheduler_type=reduce_lr_on_plateau"]
     assert check(tiny_recipe, [*plateau, "autopilot.min_lr_factor=1"])  # the autopilot cuts no learning rate then
+    greedy = ["autopilot.enabled=true", "training.lr_scheduler_type=greedy", "autopilot.min_lr_factor=1"]
+    assert check(tiny_recipe, greedy)
+    # the NLL keys act once DPO-Shift's factor is at its bound; the section's defaults pass with any loss
+    assert check(tiny_recipe, ["autopilot.enabled=true", "autopilot.max_nll_weight=2"])
+    assert check(tiny_recipe, ["autopilot.enabled=true", "loss.type=simpo"])
     two_epochs = ["autopilot.enabled=true", "training.max_steps=-1", "training.num_train_epochs=2"]
     assert check(tiny_recipe, [*two_epochs, "training.eval_strategy=epoch"])  # the first epoch's end comes first
 

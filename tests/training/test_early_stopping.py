@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from dpo.metrics import direction
 from dpo.training.callbacks import BestCheckpointCallback
@@ -121,3 +121,90 @@ def test_early_stop_restores_the_best_checkpoint(tiny_recipe, tmp_path, values, 
     assert any(not torch.equal(final[k], scripted.last_weights[k]) for k in final)
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals if "eval_loss" in e] == list(range(stopped + 1))
+
+
+def test_an_evaluation_without_the_watched_gap_is_skipped():
+    """A gap (eval_gap/*) is logged only at an evaluation with train values logged since the previous one: not at
+    step 0, nor after no train log (logging_steps not dividing eval_steps). Early stopping skips such an evaluation;
+    any other watched metric that is missing is still an error that names it."""
+    state, control = TrainerState(), TrainerControl()
+    callback = BestCheckpointCallback("eval_gap/accuracies", patience=1)
+    callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.69})  # step 0: no train values yet
+    assert callback.history == [] and callback.best_step is None
+    for step, gap in ((2, 0.1), (4, 0.3)):
+        state.global_step = step
+        callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6, "eval_gap/accuracies": gap})
+    state.global_step = 6
+    callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.6})  # no train log since step 4
+    assert callback.history == [(2, 0.1), (4, 0.3)] and callback.best_step == 2 and callback.stopped_at == 4
+    with pytest.raises(KeyError, match=r"early_stopping.metric 'eval_kl' was not computed; available: \['eval_loss'\]"):
+        BestCheckpointCallback("eval_kl").on_evaluate(None, state, control, metrics={"eval_loss": 0.6})
+
+
+@pytest.mark.slow
+def test_watching_a_gap_trains_through_evaluations_that_lack_it(tiny_recipe, tmp_path):
+    """Logged every 3 steps, evaluated every 2: the gap exists only at step 4 (train values logged at step 3); the
+    evaluations at steps 0 and 2 have none, and the run goes on past them."""
+    overrides = ["early_stopping.metric=eval_gap/accuracies", "early_stopping.patience=1", "training.logging_steps=3"]
+    summary, _ = execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
+    assert summary["steps"] == 4 and summary["stop_reason"] == "completed"
+    assert summary["best_step"] == 4 and summary["best_metric"]["name"] == "eval_gap/accuracies"
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if "eval_gap/accuracies" in e] == [4]
+
+
+@pytest.mark.slow
+def test_samples_are_answered_by_the_restored_best_weights_and_say_so(tiny_recipe, tmp_path):
+    """The scripted metric peaks at step 1 of 4 and patience 3 never runs out: the best checkpoint (step 1) is
+    restored after step 4, and samples.json, generated after that, names step 1, not the trainer's step 4."""
+    overrides = [
+        "early_stopping.metric=eval_scripted",
+        "early_stopping.mode=max",
+        "early_stopping.patience=3",
+        "early_stopping.noise_sigmas=0",
+        "training.eval_steps=1",
+        "logging.samples=1",
+    ]
+    scripted = ScriptedMetric([0, 3, 1, 1, 1])
+    summary, _ = execute(
+        tiny_recipe, overrides, output_dir=tmp_path / "run", callbacks=[scripted], extra_metrics=("eval_scripted",)
+    )
+    assert summary["steps"] == 4 and summary["best_step"] == 1 and summary["final_weights"] == "best"
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert samples["step"] == 1 and "(its weights of step 1)" in samples["what"]
+    assert samples["reference"] == "the base model (the trained model with its adapter disabled)"
+
+
+def test_a_stop_at_the_last_step_is_no_early_stop():
+    """Patience runs out at step 20: with 30 steps that stops the run early; with 20 the budget is spent anyway, so
+    nothing is stopped early (stop_reason stays completed). The best is tracked either way."""
+    for max_steps, stopped_at in ((30, 20), (20, None)):
+        callback = BestCheckpointCallback("eval_loss", patience=1)
+        state, control = TrainerState(max_steps=max_steps), TrainerControl()
+        for step, loss in ((0, 0.5), (10, 0.4), (20, 0.6)):
+            state.global_step = step
+            callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        assert callback.best_step == 10 and callback.bad_evaluations == 1
+        assert callback.stopped_at == stopped_at and control.should_training_stop is (stopped_at is not None)
+
+
+@pytest.mark.slow
+def test_patience_running_out_at_the_last_step_completes_the_run(tiny_recipe, tmp_path):
+    """The scripted metric peaks at step 1; patience 3 runs out at step 4, the last of 4: a completed run."""
+    overrides = [
+        "early_stopping.metric=eval_scripted",
+        "early_stopping.mode=max",
+        "early_stopping.patience=3",
+        "early_stopping.noise_sigmas=0",
+        "training.eval_steps=1",
+        "logging.samples=0",
+    ]
+    summary, _ = execute(
+        tiny_recipe,
+        overrides,
+        output_dir=tmp_path / "run",
+        callbacks=[ScriptedMetric([0, 3, 2, 2, 1])],
+        extra_metrics=("eval_scripted",),
+    )
+    assert summary["stop_reason"] == "completed" and summary["steps"] == summary["max_steps"] == 4
+    assert summary["best_step"] == 1 and summary["final_weights"] == "best"

@@ -77,6 +77,35 @@ def test_adaptive_beta_statistics_are_of_the_whole_batch_across_processes():
     assert beta == pytest.approx(0.1 * (1 + 0.6 * ((mine[keep].sum().item() + 3) / 5 - 11 / 7)))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (  # 0.95 x 8 = 7.6 rounds to 8; from 11 pairs (10.45 -> 10) one is dropped
+            ["training.per_device_train_batch_size=8", "loss.beta_schedule.keep_fraction=0.95"],
+            "--set: loss.beta_schedule.keep_fraction: has no effect: keeping 0.95 of each training micro-batch "
+            "(training.per_device_train_batch_size 8) rounds to keeping every pair, so the filter drops none; it drops "
+            "pairs from a micro-batch of 11 or more",
+        ),
+        (  # accumulation makes the step's batch larger, not the micro-batch the filter works on
+            [
+                "training.per_device_train_batch_size=1",
+                "training.gradient_accumulation_steps=4",
+                "loss.beta_schedule.keep_fraction=0.5",
+            ],
+            "--set: loss.beta_schedule.keep_fraction: has no effect: keeping 0.5 of each training micro-batch "
+            "(training.per_device_train_batch_size 1) rounds to keeping every pair, so the filter drops none; it drops "
+            "pairs from a micro-batch of 2 or more",
+        ),
+    ],
+)
+def test_a_keep_fraction_that_keeps_every_pair_of_a_micro_batch_is_an_error(tiny_recipe, overrides, message):
+    adaptive = "loss.beta_schedule.type=adaptive"
+    with pytest.raises(UserError) as raised:
+        check(tiny_recipe, [adaptive, *overrides])
+    assert str(raised.value) == message
+    assert check(tiny_recipe, [adaptive, "loss.beta_schedule.keep_fraction=0.75"])  # 3 of the tiny recipe's 4 pairs
+
+
 def test_adaptive_filter_drops_the_outlier():
     controller = BetaController(beta0=0.1, kind="adaptive", alpha=0.6, momentum=0.9, keep_fraction=0.75)
     controller.adapt(torch.tensor([0.0, 0.1, -0.1, 0.05]))

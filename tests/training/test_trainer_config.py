@@ -140,6 +140,12 @@ def test_combined_losses_with_weights(recipe_path):
         ("training.beta=0.2", "training.beta: belongs elsewhere: use loss.beta"),
         ("training.label_smoothing=0.1", "use loss.label_smoothing"),
         ("training.seed=3", "use seed (top level)"),
+        ("training.eval_on_start=true", "training.eval_on_start: is built in: every run evaluates the untrained model"),
+        (
+            "training.restore_callback_states_from_checkpoint=true",
+            "training.restore_callback_states_from_checkpoint: is built in: dpo train --resume already restores early "
+            "stopping's and the autopilot's state",
+        ),
         ("training.lerning_rate=0.1", "unknown key 'training.lerning_rate'; did you mean 'training.learning_rate'?"),
         ("training.max_steps=ten", "training.max_steps: expected a whole number, got the text 'ten'"),
         ("training.learning_rate=true", "training.learning_rate: expected a number, got true"),
