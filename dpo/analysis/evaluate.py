@@ -70,7 +70,7 @@ def _held_out(run_dir: Path, options: EvalOptions):
     if options.data is None:
         pairs = _recomputed_heldout(run_dir, loaded)
         source = f"held-out split of the run, recomputed from {recipe_file} (data.eval or data.heldout_fraction)"
-        folder = Path(_first_path(recipe.data.eval or recipe.data.train)).parent
+        folder = Path(_source_paths(recipe.data.eval or recipe.data.train)[0]).parent
     else:
         path = Path(options.data)
         rows, _ = load_source(DataSource(path=str(path)), "--data", RowChecker(), "error", set())
@@ -125,20 +125,36 @@ def reward_beta(run_dir: Path, loss_beta: float) -> tuple[float, str]:
 
 def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     """The run's held-out pairs, prepared again from its recipe.yaml the way the run prepared them (same split,
-    expansion, and the length check with the max_length its data card records)."""
+    expansion, and the length check with the max_length its data card records). They must be the pairs the run
+    held out: when the data card records their content hash and the recomputed pairs hash otherwise (a data file
+    edited since the run; with heldout_fraction, former training pairs could land in the held-out split), a
+    one-line error naming the data card and the data files. A run without a recorded hash is not checked."""
     from dpo.models import load_tokenizer
 
     recipe = loaded.recipe
-    length_check = (read_json_or_none(run_dir / DATA_CARD) or {}).get("length_check") or {}
+    card = read_json_or_none(run_dir / DATA_CARD)
+    card = card if isinstance(card, dict) else {}
+    length_check = card.get("length_check") if isinstance(card.get("length_check"), dict) else {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None
-    return prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
+    pairs = prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
+    hashes = card.get("content_hash")
+    recorded = hashes.get("eval") if isinstance(hashes, dict) else None
+    now = content_hash(pairs)
+    if recorded is not None and now != recorded:
+        files = ", ".join(_source_paths(recipe.data.eval or recipe.data.train))
+        raise UserError(
+            f"the held-out pairs recomputed from {files} are not those the run held out (content_hash.eval "
+            f"{str(recorded)[:12]}..., now {now[:12]}...): the data changed since the run; restore it, or evaluate "
+            "other pairs with --data FILE",
+            where=str(run_dir / DATA_CARD),
+        )
+    return pairs
 
 
-def _first_path(sources) -> str:
-    """The path of the first source of `data.train` / `data.eval` (a path, a source, or a list of them)."""
-    first = sources[0] if isinstance(sources, list) else sources
-    return first if isinstance(first, str) else first.path
+def _source_paths(sources) -> list[str]:
+    """The paths of the sources of `data.train` / `data.eval` (a path, a source, or a list of them)."""
+    return [s if isinstance(s, str) else s.path for s in (sources if isinstance(sources, list) else [sources])]
 
 
 def gold_reward_name(folder: Path) -> tuple[str | None, str]:

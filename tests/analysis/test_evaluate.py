@@ -315,3 +315,48 @@ def test_a_scheduled_beta_run_is_scored_with_the_beta_of_its_final_weights(tmp_p
             evaluate_run(run_dir, options)
         message = f"reward_beta: must be a positive number, got {value!r}"
         assert str(error.value) == f"{run_dir / 'summary.json'}: {message}"
+
+
+def _copy_run(run_dir, to, **data) -> dict:
+    """A copy of the run directory whose recipe.yaml's data keys are replaced by `data`; returns the recipe."""
+    import yaml
+
+    shutil.copytree(run_dir, to)
+    recipe = yaml.safe_load((to / "recipe.yaml").read_text())
+    recipe["data"].update(data)
+    (to / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return recipe
+
+
+def test_held_out_pairs_that_changed_since_the_run_are_an_error_naming_the_data_card_and_the_file(run_dir, tmp_path):
+    """eval recomputes the held-out split from the data files recipe.yaml names: the same pairs (the file moved)
+    are evaluated; an edited file gives other pairs, which the data card's content hash catches (exit 2, one
+    line, nothing written); a data card without the hash (an older run) is not checked."""
+    from tests.conftest import invoke_dpo
+
+    eval_file = tmp_path / "eval.jsonl"
+    shutil.copy(ARITHMETIC / "eval.jsonl", eval_file)
+    copy = tmp_path / "run"
+    _copy_run(run_dir, copy, eval=str(eval_file))
+    (copy / "eval.json").unlink(missing_ok=True)
+    options = EvalOptions(samples=0, batch_size=8, progress=False)
+    recorded = json.loads((copy / "data_card.json").read_text())["content_hash"]["eval"]
+    assert evaluate_run(copy, options)["data"]["content_hash"] == recorded  # the same pairs, from another path
+
+    rows = read_jsonl(eval_file)
+    rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]  # one label flipped by hand
+    eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (copy / "eval.json").unlink()
+    proc = invoke_dpo("eval", copy, "--samples", "0")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"error: {copy / 'data_card.json'}: the held-out pairs recomputed from {eval_file} are not those the run held "
+        f"out (content_hash.eval {recorded[:12]}..., now {proc.stderr.split('now ')[1][:12]}...): the data changed "
+        "since the run; restore it, or evaluate other pairs with --data FILE\n"
+    )
+    assert not (copy / "eval.json").exists()
+
+    card = json.loads((copy / "data_card.json").read_text())
+    del card["content_hash"]  # written before data cards recorded it
+    (copy / "data_card.json").write_text(json.dumps(card))
+    assert evaluate_run(copy, options)["data"]["content_hash"] != recorded
