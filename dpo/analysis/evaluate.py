@@ -32,7 +32,7 @@ from dpo.config.schema import DataSource
 from dpo.data.gold import GOLD_REWARDS
 from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
-from dpo.errors import UserError
+from dpo.errors import UserError, shorten
 from dpo.metrics import HELD_OUT_PREFIX, IMPLICIT_REWARDS, METRICS, implicit_reward_of
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
@@ -59,7 +59,8 @@ class EvalOptions:
 
 
 def _held_out(run_dir: Path, options: EvalOptions):
-    """(recipe, pairs, description of where they came from, the folder whose card.json may name a gold reward)."""
+    """(recipe, pairs, description of where they came from, the folders of the pairs' sources: each one's card.json
+    may name a gold reward)."""
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"not a run directory: no {RECIPE}", where=str(run_dir))
@@ -70,17 +71,17 @@ def _held_out(run_dir: Path, options: EvalOptions):
     if options.data is None:
         pairs = _recomputed_heldout(run_dir, loaded)
         source = f"held-out split of the run, recomputed from {recipe_file} (data.eval or data.heldout_fraction)"
-        folder = Path(_source_paths(recipe.data.eval or recipe.data.train)[0]).parent
+        folders = [Path(p).parent for p in _source_paths(recipe.data.eval or recipe.data.train)]
     else:
         path = Path(options.data)
         rows, _ = load_source(DataSource(path=str(path)), "--data", RowChecker(), "error", set())
         if any(map(is_multi, rows)):
             raise UserError("multi-response rows: --data takes preference pairs", where=str(path))
         pairs = [{c: row[c] for c in PAIR} for row in rows]
-        source, folder = str(path.resolve()), path.parent
+        source, folders = str(path.resolve()), [path.parent]
     if not pairs:
         raise UserError("no preference pairs to evaluate", where=str(options.data or recipe_file))
-    return loaded, pairs, source, folder
+    return loaded, pairs, source, folders
 
 
 def _summary(run_dir: Path) -> dict:
@@ -173,6 +174,50 @@ def gold_reward_name(folder: Path) -> tuple[str | None, str]:
         known = ", ".join(GOLD_REWARDS)
         raise UserError(f"unknown reward {name!r} (known: {known})", where=f"{card_path}: gold_reward")
     return name, ""
+
+
+def gold_reward_of(folders: list[Path]) -> tuple[str | None, str]:
+    """The gold reward for held-out pairs read from sources in `folders`: the one every source's card.json names, or
+    (None, why there is none). A reward reads only its own data set's prompts (the arithmetic one raises on any
+    other), so sources without one, or naming different ones, leave the generation out."""
+    named: dict[Path, str] = {}
+    for folder in dict.fromkeys(folders):
+        name, why = gold_reward_name(folder)
+        if name is None:
+            if len(folders) == 1:
+                return None, why
+            return None, f"{why} (the held-out pairs come from {len(folders)} sources: one reward must score them all)"
+        named[folder] = name
+    if len(set(named.values())) > 1:
+        listed = ", ".join(f"{folder / 'card.json'}: {name}" for folder, name in named.items())
+        return None, f"the held-out sources' cards name different gold rewards ({listed}): none scores every prompt"
+    return next(iter(named.values())), ""
+
+
+class RewardFailed(Exception):
+    """A gold reward raised ValueError on a prompt and answer: the generation is skipped with this reason."""
+
+
+def gold_score(reward_name: str, prompt_text: str, answer: str) -> float:
+    """The gold reward of `answer`; its ValueError (a prompt of another data set) becomes RewardFailed."""
+    try:
+        return GOLD_REWARDS[reward_name](prompt_text, answer)
+    except ValueError as exc:
+        raise RewardFailed(
+            f"the gold reward {reward_name!r} cannot score the held-out prompt {shorten(prompt_text)}: {exc}"
+        ) from None
+
+
+def unscorable_prompt(reward_name: str, prompts: list) -> str:
+    """Why the gold reward cannot score one of `prompts`, found before anything is generated, or "". Probed with an
+    empty answer and with "0": the arithmetic reward reads the prompt only for an answer holding a number."""
+    try:
+        for prompt in prompts:
+            for answer in ("", "0"):
+                gold_score(reward_name, _prompt_text(prompt), answer)
+    except RewardFailed as exc:
+        return str(exc)
+    return ""
 
 
 # ---- models --------------------------------------------------------------------------------------
@@ -360,10 +405,13 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     for name in ("samples", "max_new_tokens", "batch_size"):
         if getattr(options, name) < (0 if name == "samples" else 1):
             raise UserError(f"must be {'>= 0' if name == 'samples' else '>= 1'}", where=f"--{name.replace('_', '-')}")
-    loaded, pairs, source, folder = _held_out(run_dir, options)
+    loaded, pairs, source, folders = _held_out(run_dir, options)
     implicit = implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
     beta, beta_source = reward_beta(run_dir, loaded.recipe.loss.beta)
-    reward_name, no_reward = gold_reward_name(folder)
+    reward_name, no_reward = gold_reward_of(folders)
+    distinct = list({json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in pairs}.values())
+    if reward_name and (unscorable := unscorable_prompt(reward_name, distinct[: options.samples])):
+        reward_name, no_reward = None, unscorable  # checked before generating: the reward never raises after it
 
     import torch
     from tqdm.auto import tqdm
@@ -378,7 +426,6 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
     lengths = [len(c) for c in completions]
     n = len(pairs)
-    distinct = list({json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in pairs}.values())
     gen_prompts = distinct[: options.samples] if reward_name else []
     gen_batches = math.ceil(len(gen_prompts) / options.batch_size) * (3 if options.decoding == "greedy" else 2)
     bar = tqdm(
@@ -406,7 +453,12 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     elif not gen_prompts:
         result["generation_skipped"] = "--samples 0"
     else:
-        result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
+        try:
+            result["generation"], result["samples"] = _generation(
+                models, tokenizer, gen_prompts, reward_name, options, bar
+            )
+        except RewardFailed as exc:  # an answer the probe did not foresee: the preference numbers are still written
+            result["generation_skipped"] = str(exc)
     bar.close()
     result["definitions"] = _definitions(beta_source, implicit, options)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
@@ -453,7 +505,6 @@ def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict
 
 
 def _generation(models, tokenizer, prompts: list, reward_name: str, options: EvalOptions, bar) -> tuple[dict, list]:
-    reward = GOLD_REWARDS[reward_name]
     prompt_ids = [token_ids(tokenizer, p, generation_prompt=True) for p in prompts]
     answers = {}
     for which in ("policy", "reference"):
@@ -477,9 +528,9 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
             {
                 "prompt": text,
                 "policy_answer": policy_answer,
-                "policy_reward": reward(text, policy_answer),
+                "policy_reward": gold_score(reward_name, text, policy_answer),
                 "reference_answer": reference_answer,
-                "reference_reward": reward(text, reference_answer),
+                "reference_reward": gold_score(reward_name, text, reference_answer),
                 "kl_sample_ids": kl_samples[i],
                 "kl_logp_policy": kl_logps["policy"][i],
                 "kl_logp_reference": kl_logps["reference"][i],

@@ -360,3 +360,59 @@ def test_held_out_pairs_that_changed_since_the_run_are_an_error_naming_the_data_
     del card["content_hash"]  # written before data cards recorded it
     (copy / "data_card.json").write_text(json.dumps(card))
     assert evaluate_run(copy, options)["data"]["content_hash"] != recorded
+
+
+@pytest.mark.parametrize("foreign_card", [None, "sorting", "arithmetic"])
+def test_held_out_pairs_from_mixed_sources_are_scored_by_a_gold_reward_only_when_it_fits_every_prompt(
+    run_dir, tmp_path, foreign_card
+):
+    """docs/data.md's mix: the arithmetic pairs plus another file. The arithmetic reward raises on any other prompt,
+    so it scored the foreign prompts only to fail after all the scoring (a traceback, no eval.json): now the generation
+    is skipped, with the reason in eval.json, when a source's card names no reward or another one, or when the named
+    reward cannot read a prompt; the preference numbers are still written."""
+    foreign = tmp_path / "colours" / "pairs.jsonl"
+    foreign.parent.mkdir()
+    rows = [{"prompt": [{"role": "user", "content": f"Name colour number {i}."}],
+             "chosen": [{"role": "assistant", "content": "Blue."}],
+             "rejected": [{"role": "assistant", "content": "Seven."}]} for i in range(4)]  # fmt: skip
+    foreign.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if foreign_card:
+        (foreign.parent / "card.json").write_text(json.dumps({"gold_reward": foreign_card}))
+    copy = tmp_path / "run"
+    _copy_run(run_dir, copy, eval=[{"path": str(ARITHMETIC / "eval.jsonl"), "count": 4}, str(foreign)])
+    card = json.loads((copy / "data_card.json").read_text())
+    del card["content_hash"]  # the held-out pairs are others now: not the point here
+    (copy / "data_card.json").write_text(json.dumps(card))
+
+    result = evaluate_run(copy, EvalOptions(samples=8, max_new_tokens=2, batch_size=8, progress=False))
+    assert result["data"]["pairs"] == 8 and result["preference"]["policy"]["accuracy"] is not None
+    assert result["generation"] is None and "samples" not in result
+    expected = {
+        None: f"no card.json next to the data ({foreign.parent / 'card.json'}) names a gold reward (the held-out pairs "
+        "come from 2 sources: one reward must score them all)",
+        "sorting": f"the held-out sources' cards name different gold rewards ({ARITHMETIC / 'card.json'}: arithmetic, "
+        f"{foreign.parent / 'card.json'}: sorting): none scores every prompt",
+        "arithmetic": "the gold reward 'arithmetic' cannot score the held-out prompt 'Name colour number ",
+    }[foreign_card]
+    assert result["generation_skipped"].startswith(expected)
+    assert json.loads((copy / "eval.json").read_text())["generation_skipped"] == result["generation_skipped"]
+
+
+def test_a_gold_reward_that_raises_on_a_generated_answer_skips_the_generation_not_the_eval_json(
+    run_dir, tmp_path, monkeypatch
+):
+    def picky(prompt: str, answer: str) -> float:  # reads the probes ("" and "0"), raises on anything generated
+        if answer not in ("", "0"):
+            raise ValueError(f"cannot read {answer!r}")
+        return 0.0
+
+    monkeypatch.setitem(GOLD_REWARDS, "picky", picky)
+    data = tmp_path / "picky" / "pairs.jsonl"
+    data.parent.mkdir()
+    shutil.copy(ARITHMETIC / "eval.jsonl", data)
+    (data.parent / "card.json").write_text(json.dumps({"gold_reward": "picky"}))
+    options = EvalOptions(data=data, samples=2, max_new_tokens=3, batch_size=2, progress=False)
+    result = evaluate_run(run_dir, options)
+    assert result["generation"] is None and result["preference"]["policy"]["accuracy"] is not None
+    assert result["generation_skipped"].startswith("the gold reward 'picky' cannot score the held-out prompt ")
+    assert "cannot read" in json.loads((run_dir / "eval.json").read_text())["generation_skipped"]
