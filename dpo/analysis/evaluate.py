@@ -304,8 +304,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]], batch_size: int, pad_id: int):
-    """Sum over each completion's tokens of log p(token | prompt, earlier tokens); right-padded batches."""
+def sequence_logps(
+    model, prompts: list[list[int]], completions: list[list[int]], batch_size: int, pad_id: int, per_token: bool = False
+):
+    """Sum over each completion's tokens of log p(token | prompt, earlier tokens); right-padded batches. `per_token`:
+    each completion's list of token log-probs instead of their sum."""
     import torch
 
     out: list[float] = []
@@ -323,8 +326,27 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (p, c) in enumerate(batch):
             # token t is predicted by position t-1: completion tokens sit at positions len(p) .. len(p)+len(c)-1
-            out.append(float(logp[i, len(p) - 1 : len(p) + len(c) - 1].sum()))
+            row = logp[i, len(p) - 1 : len(p) + len(c) - 1]
+            out.append(row.tolist() if per_token else float(row.sum()))
     return out
+
+
+def ld_weighted_logps(chosen: list[list[float]], rejected: list[list[float]], ld_alpha: float) -> tuple[list, list]:
+    """Per pair, the (chosen, rejected) log-probs as a run with LD-DPO (regularizers.ld_alpha) reduced them for its
+    rewards: the tokens past the shorter answer weighted ld_alpha, by the trainer's own reduction (dpo/logps.py).
+    `chosen` and `rejected` are the answers' per-token log-probs."""
+    import torch
+
+    from dpo.logps import reduce_logps
+
+    rows = chosen + rejected
+    width = max(map(len, rows))
+    values, mask = torch.zeros(len(rows), width), torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        values[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    reduced = reduce_logps(values, mask, ld_alpha).tolist()
+    return reduced[: len(chosen)], reduced[len(chosen) :]
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -431,21 +453,27 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     bar = tqdm(
         total=2 * math.ceil(2 * n / options.batch_size) + gen_batches, desc="dpo eval", disable=not options.progress
     )
-    logps = {}
+    ld_alpha = loaded.recipe.regularizers.ld_alpha  # LD-DPO: the run's rewards weight the tail of the longer answer
+    logps, reward_logps = {}, {}
     for which in ("policy", "reference"):
         with models.use(which) as model:
             scores = []
             for start in range(0, 2 * n, options.batch_size):
                 end = start + options.batch_size
-                scores += sequence_logps(model, prompts[start:end], completions[start:end], options.batch_size, pad)
+                scores += sequence_logps(
+                    model, prompts[start:end], completions[start:end], options.batch_size, pad, ld_alpha is not None
+                )
                 bar.update(1)
+        if ld_alpha is not None:
+            reward_logps[which] = ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
+            scores = [float(torch.tensor(tokens).sum()) for tokens in scores]
         logps[which] = (scores[:n], scores[n:])
 
     result: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
         "data": {"source": source, "pairs": n, "content_hash": content_hash(pairs)},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
-        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit),
+        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit, reward_logps or logps),
         "generation": None,
     }
     if not reward_name:
@@ -460,7 +488,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         except RewardFailed as exc:  # an answer the probe did not foresee: the preference numbers are still written
             result["generation_skipped"] = str(exc)
     bar.close()
-    result["definitions"] = _definitions(beta_source, implicit, options)
+    result["definitions"] = _definitions(beta_source, implicit, options, ld_alpha)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
@@ -477,10 +505,11 @@ def implicit_margins(policy: tuple, reference: tuple | None, lengths: tuple, bet
     return [beta * (a / max(x, 1) - b / max(y, 1)) for a, b, x, y in zip(pc, pr, lc, lr, strict=True)]
 
 
-def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict:
+def _preference(logps: dict, lengths: tuple, beta: float, implicit: str, reward_logps: dict) -> dict:
     """Both models' preference and the implicit reward the run's loss trained, so that eval.json agrees with the
     `eval_rewards/*` the run logged (not for a SimPO or ORPO run trained before the trainer logged the per-token
-    reward: it logged the summed log-prob then)."""
+    reward: it logged the summed log-prob then). `reward_logps`: the log-probs the reward reads, `logps` reduced as
+    the run reduced them (LD-DPO's weighting)."""
 
     def mean(values):
         return sum(values) / len(values)
@@ -494,7 +523,7 @@ def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict
             "mean_logp_chosen": mean(chosen),
             "mean_logp_rejected": mean(rejected),
         }
-    margins = implicit_margins(logps["policy"], logps["reference"], lengths, beta, implicit)
+    margins = implicit_margins(reward_logps["policy"], reward_logps["reference"], lengths, beta, implicit)
     out["implicit_reward"] = {
         "beta": beta,
         "kind": implicit,
@@ -559,14 +588,20 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta_source: str, implicit: str, options: EvalOptions) -> dict[str, str]:
+def _definitions(beta_source: str, implicit: str, options: EvalOptions, ld_alpha: float | None) -> dict[str, str]:
+    reward_logp = "logp"
+    if ld_alpha is not None:
+        reward_logp = (
+            f"logp as the run's LD-DPO reduced it (regularizers.ld_alpha = {ld_alpha}): the tokens of each answer past "
+            f"the length of the shorter answer of its pair weighted {ld_alpha} (dpo/logps.py), for policy and reference"
+        )
     return {
         "logp": "log pi(y|x): sum over the answer's tokens of the log-probability given the prompt and the earlier "
         "tokens (TRL's DPO tokenization, chat template applied, no truncation)",
         "preference.*.accuracy": "share of pairs with logp(chosen) > logp(rejected) under that model",
         "preference.*.mean_logp_margin": "mean over pairs of logp(chosen) - logp(rejected)",
         "preference.implicit_reward.kind": f"{implicit}: {IMPLICIT_REWARDS[implicit]}; the run's own, as its "
-        "summary.json names it",
+        f"summary.json names it; log pi is {reward_logp}",
         "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
         "chosen answer than for the rejected one (the same for any beta > 0)",
         "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "

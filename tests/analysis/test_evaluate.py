@@ -416,3 +416,30 @@ def test_a_gold_reward_that_raises_on_a_generated_answer_skips_the_generation_no
     assert result["generation"] is None and result["preference"]["policy"]["accuracy"] is not None
     assert result["generation_skipped"].startswith("the gold reward 'picky' cannot score the held-out prompt ")
     assert "cannot read" in json.loads((run_dir / "eval.json").read_text())["generation_skipped"]
+
+
+def test_an_ld_dpo_run_is_scored_with_the_weighting_its_rewards_were_logged_with(tmp_path, tiny_model_dir):
+    """regularizers.ld_alpha (recipes/ld-dpo.yaml): the trainer's rewards read the shared prefix of a pair's answers in
+    full and the longer answer's tail ld_alpha times, for policy and reference. eval.json's implicit reward does the
+    same (dpo/logps.py, the trainer's own reduction), so it equals the run's last held-out evaluation; the plain
+    log-prob margins, which the policy's and the reference's preference keep, give another number."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
+    recipe["loss"] = {"type": "sigmoid", "beta": 1.0}
+    recipe["regularizers"] = {"ld_alpha": 0.2}
+    pairs = read_jsonl(ARITHMETIC / "eval.jsonl")[:8]
+    assert sum(len(p["chosen"][0]["content"]) != len(p["rejected"][0]["content"]) for p in pairs) >= 2  # a tail
+    run_dir = tmp_path / "run"
+    execute(write_recipe(tmp_path / "ld.yaml", recipe), output_dir=run_dir)
+    final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
+
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))
+    pref = result["preference"]
+    reward = pref["implicit_reward"]
+    assert reward["mean_margin"] == pytest.approx(final["eval_rewards/margins"], rel=1e-3)
+    assert reward["accuracy"] == final["eval_rewards/accuracies"]
+    plain = pref["policy"]["mean_logp_margin"] - pref["reference"]["mean_logp_margin"]  # beta 1: the unweighted one
+    assert abs(plain - reward["mean_margin"]) > 100 * abs(reward["mean_margin"] - final["eval_rewards/margins"])
+    assert "regularizers.ld_alpha = 0.2" in result["definitions"]["preference.implicit_reward.kind"]
