@@ -488,7 +488,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         except RewardFailed as exc:  # an answer the probe did not foresee: the preference numbers are still written
             result["generation_skipped"] = str(exc)
     bar.close()
-    result["definitions"] = _definitions(beta_source, implicit, options, ld_alpha)
+    synced = loaded.recipe.regularizers.sync_ref is not None
+    result["definitions"] = _definitions(beta_source, implicit, options, ld_alpha, synced)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
@@ -588,7 +589,9 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta_source: str, implicit: str, options: EvalOptions, ld_alpha: float | None) -> dict[str, str]:
+def _definitions(
+    beta_source: str, implicit: str, options: EvalOptions, ld_alpha: float | None, synced_reference: bool = False
+) -> dict[str, str]:
     reward_logp = "logp"
     if ld_alpha is not None:
         reward_logp = (
@@ -607,7 +610,14 @@ def _definitions(beta_source: str, implicit: str, options: EvalOptions, ld_alpha
         "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "
         f"rejected answer's, beta: {beta_source}",
         "reference": "the base model named in recipe.yaml (model.name_or_path); with LoRA, the policy with its "
-        "adapter disabled",
+        "adapter disabled"
+        + (
+            "; this TR-DPO run (regularizers.sync_ref) moved its reference toward the policy during training and "
+            "measured its logged eval_rewards/* against that moved reference, which is not saved: the log_ratio "
+            "reward and the reference's numbers here are against the base model and will not match them"
+            if synced_reference
+            else ""
+        ),
         "generation.prompts": "the first --samples distinct held-out prompts, in data order",
         "generation.answers": f"{DECODINGS[options.decoding]}, at most {options.max_new_tokens} new tokens, stopping "
         f"at the end-of-sequence token; batches of {options.batch_size} seeded with seed + batch index "

@@ -443,3 +443,26 @@ def test_an_ld_dpo_run_is_scored_with_the_weighting_its_rewards_were_logged_with
     plain = pref["policy"]["mean_logp_margin"] - pref["reference"]["mean_logp_margin"]  # beta 1: the unweighted one
     assert abs(plain - reward["mean_margin"]) > 100 * abs(reward["mean_margin"] - final["eval_rewards/margins"])
     assert "regularizers.ld_alpha = 0.2" in result["definitions"]["preference.implicit_reward.kind"]
+
+
+def test_a_tr_dpo_run_says_its_reward_is_against_the_base_model_not_the_synced_reference(tmp_path, tiny_model_dir):
+    """regularizers.sync_ref (recipes/tr-dpo.yaml) moves the trainer's reference toward the policy, and the run's
+    eval_rewards/* are measured against it; final/ holds the policy only, so dpo eval's reference is the base model:
+    its margin differs from the logged one, and eval.json's definitions say so."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"learning_rate": 1e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
+    recipe["peft"] = None
+    recipe["loss"] = {"type": "sigmoid", "beta": 1.0}
+    recipe["regularizers"] = {"sync_ref": {"every": 2, "mixup": 0.5}}
+    run_dir = tmp_path / "run"
+    execute(write_recipe(tmp_path / "tr.yaml", recipe), output_dir=run_dir)
+    final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
+
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=8, progress=False))
+    assert result["preference"]["implicit_reward"]["mean_margin"] != pytest.approx(
+        final["eval_rewards/margins"], rel=1e-2
+    )
+    reference = result["definitions"]["reference"]
+    assert "TR-DPO run (regularizers.sync_ref)" in reference and "will not match" in reference
