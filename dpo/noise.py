@@ -30,6 +30,7 @@ run all use this one rule.
 from __future__ import annotations
 
 import math
+import sys
 from statistics import NormalDist
 
 from dpo.metrics import chance_level, direction, standard_error_key
@@ -51,11 +52,15 @@ def standard_error(values: list[float]) -> float:
 def look_corrected_sigmas(sigmas: float, looks: int) -> float:
     """The k-sigma one-sided level corrected for `looks` evaluations (Bonferroni): z at 1 - (1 - Phi(k)) / looks.
 
-    1 look: k itself; with k = 2, 10 looks: 2.84, 20 looks: 3.05, 50 looks: 3.32."""
+    1 look: k itself; with k = 2, 10 looks: 2.84, 20 looks: 3.05, 50 looks: 3.32. Any k >= 0 works, infinity
+    included: the tail 1 - Phi(k) is computed as erfc(k / sqrt 2) / 2, not as 1 - Phi(k) (which rounds to 0 from
+    k ~ 8.3), and where even that underflows (k beyond ~37) the level is the large-k limit sqrt(k^2 + 2 ln looks)."""
     if sigmas <= 0 or looks <= 1:
         return sigmas
-    tail = 1.0 - NormalDist().cdf(sigmas)
-    return NormalDist().inv_cdf(1.0 - tail / looks)
+    tail = 0.5 * math.erfc(sigmas / math.sqrt(2.0)) / looks
+    if tail < sys.float_info.min:  # underflow: Phi-bar(z) ~ exp(-z^2 / 2) / z there, so z^2 ~ k^2 + 2 ln looks
+        return math.hypot(sigmas, math.sqrt(2.0 * math.log(looks)))
+    return -NormalDist().inv_cdf(tail)
 
 
 def logged_error(metrics: dict, metric: str) -> float:

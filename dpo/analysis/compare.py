@@ -14,6 +14,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from dpo.analysis.diagnostics import onset_not_checked_in
 from dpo.analysis.plots import PALETTE, Marker, Series, line_chart
 from dpo.analysis.report import cell_text, compact_text, html_page, metric_series, recipe_name
 from dpo.errors import UserError
@@ -97,12 +98,13 @@ def _summary_table(runs: list[dict]) -> str:
         s = r["summary"] or {}
         best = s.get("best_metric") or {}
         onset = (s.get("overfitting") or {}).get("onset_step")
+        no_onset = "n/a" if onset_not_checked_in(s.get("overfitting") or {}) else "none"
         cells = [
             f'<td><b style="color:{r["color"]}">{escape(r["name"])}</b><br><small>{escape(str(r["dir"]))}</small></td>',
             f"<td>{escape(str(s.get('stop_reason', 'no summary.json (not finished)')))}</td>",
             f"<td class=num>{cell_text(s.get('steps'))}</td>",
             f"<td class=num>{cell_text(s.get('best_step'))} <small>({escape(str(best.get('name', '-')))})</small></td>",
-            f"<td class=num>{cell_text(onset) if onset is not None else 'none'}</td>",
+            f"<td class=num>{cell_text(onset) if onset is not None else no_onset}</td>",
         ]
         for metric in HEADLINE:
             values = [(s.get(k) or {}).get(metric) for k in ("initial_metrics", "best_metrics", "final_metrics")]

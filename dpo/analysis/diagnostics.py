@@ -34,6 +34,26 @@ def train_value_at(history: list[dict], step: int, name: str, since: int) -> flo
     return sum(values) / len(values) if values else None
 
 
+ONSET_NOT_APPLICABLE = "not applicable (no train counterpart)"  # how the report and the model card say it
+
+
+def onset_not_checked(metric: str) -> str | None:
+    """Why the onset cannot be looked for on `metric`, or None when it can: it compares the held-out curve with the
+    same metric on the training batches, which a metric logged only held-out (a gap, the KL) does not have."""
+    if train_counterpart(metric) is None:
+        return f"{metric} has no train counterpart (it is only logged held-out): no train curve to compare it with"
+    return None
+
+
+def onset_not_checked_in(block: dict) -> str | None:
+    """The reason summary.json's `overfitting` block records for not looking for the onset, or None when it was
+    looked for; a block written before the reason was recorded is told by its metric."""
+    if "onset_not_checked" in block:
+        return block["onset_not_checked"]
+    metric = block.get("metric")
+    return onset_not_checked(metric) if isinstance(metric, str) else None
+
+
 def overfitting_onset(
     history: list[dict], metric: str, patience: int = 2, mode: str = "auto", noise_sigmas: float = 0.0
 ) -> int | None:
@@ -125,5 +145,6 @@ def overfitting_block(
         "patience": patience,
         "noise_sigmas": noise_sigmas,  # the onset and the warnings depend on it
         "onset_step": overfitting_onset(history, metric, patience, mode, noise_sigmas),
+        "onset_not_checked": onset_not_checked(metric),  # None: looked for (onset_step None then: not found)
         "warnings": warnings_for(history, noise_sigmas),
     }

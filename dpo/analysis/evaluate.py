@@ -32,7 +32,7 @@ from dpo.config.schema import DataSource
 from dpo.data.gold import GOLD_REWARDS
 from dpo.data.prepare import RowChecker, content_hash, load_source, prepare_data
 from dpo.data.rows import PAIR, is_multi
-from dpo.errors import UserError
+from dpo.errors import UserError, shorten
 from dpo.metrics import HELD_OUT_PREFIX, IMPLICIT_REWARDS, METRICS, implicit_reward_of
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
@@ -59,7 +59,8 @@ class EvalOptions:
 
 
 def _held_out(run_dir: Path, options: EvalOptions):
-    """(recipe, pairs, description of where they came from, the folder whose card.json may name a gold reward)."""
+    """(recipe, pairs, description of where they came from, the folders of the pairs' sources: each one's card.json
+    may name a gold reward)."""
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"not a run directory: no {RECIPE}", where=str(run_dir))
@@ -70,17 +71,17 @@ def _held_out(run_dir: Path, options: EvalOptions):
     if options.data is None:
         pairs = _recomputed_heldout(run_dir, loaded)
         source = f"held-out split of the run, recomputed from {recipe_file} (data.eval or data.heldout_fraction)"
-        folder = Path(_first_path(recipe.data.eval or recipe.data.train)).parent
+        folders = [Path(p).parent for p in _source_paths(recipe.data.eval or recipe.data.train)]
     else:
         path = Path(options.data)
         rows, _ = load_source(DataSource(path=str(path)), "--data", RowChecker(), "error", set())
         if any(map(is_multi, rows)):
             raise UserError("multi-response rows: --data takes preference pairs", where=str(path))
         pairs = [{c: row[c] for c in PAIR} for row in rows]
-        source, folder = str(path.resolve()), path.parent
+        source, folders = str(path.resolve()), [path.parent]
     if not pairs:
         raise UserError("no preference pairs to evaluate", where=str(options.data or recipe_file))
-    return loaded, pairs, source, folder
+    return loaded, pairs, source, folders
 
 
 def _summary(run_dir: Path) -> dict:
@@ -125,20 +126,36 @@ def reward_beta(run_dir: Path, loss_beta: float) -> tuple[float, str]:
 
 def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     """The run's held-out pairs, prepared again from its recipe.yaml the way the run prepared them (same split,
-    expansion, and the length check with the max_length its data card records)."""
+    expansion, and the length check with the max_length its data card records). They must be the pairs the run
+    held out: when the data card records their content hash and the recomputed pairs hash otherwise (a data file
+    edited since the run; with heldout_fraction, former training pairs could land in the held-out split), a
+    one-line error naming the data card and the data files. A run without a recorded hash is not checked."""
     from dpo.models import load_tokenizer
 
     recipe = loaded.recipe
-    length_check = (read_json_or_none(run_dir / DATA_CARD) or {}).get("length_check") or {}
+    card = read_json_or_none(run_dir / DATA_CARD)
+    card = card if isinstance(card, dict) else {}
+    length_check = card.get("length_check") if isinstance(card.get("length_check"), dict) else {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None
-    return prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
+    pairs = prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
+    hashes = card.get("content_hash")
+    recorded = hashes.get("eval") if isinstance(hashes, dict) else None
+    now = content_hash(pairs)
+    if recorded is not None and now != recorded:
+        files = ", ".join(_source_paths(recipe.data.eval or recipe.data.train))
+        raise UserError(
+            f"the held-out pairs recomputed from {files} are not those the run held out (content_hash.eval "
+            f"{str(recorded)[:12]}..., now {now[:12]}...): the data changed since the run; restore it, or evaluate "
+            "other pairs with --data FILE",
+            where=str(run_dir / DATA_CARD),
+        )
+    return pairs
 
 
-def _first_path(sources) -> str:
-    """The path of the first source of `data.train` / `data.eval` (a path, a source, or a list of them)."""
-    first = sources[0] if isinstance(sources, list) else sources
-    return first if isinstance(first, str) else first.path
+def _source_paths(sources) -> list[str]:
+    """The paths of the sources of `data.train` / `data.eval` (a path, a source, or a list of them)."""
+    return [s if isinstance(s, str) else s.path for s in (sources if isinstance(sources, list) else [sources])]
 
 
 def gold_reward_name(folder: Path) -> tuple[str | None, str]:
@@ -157,6 +174,50 @@ def gold_reward_name(folder: Path) -> tuple[str | None, str]:
         known = ", ".join(GOLD_REWARDS)
         raise UserError(f"unknown reward {name!r} (known: {known})", where=f"{card_path}: gold_reward")
     return name, ""
+
+
+def gold_reward_of(folders: list[Path]) -> tuple[str | None, str]:
+    """The gold reward for held-out pairs read from sources in `folders`: the one every source's card.json names, or
+    (None, why there is none). A reward reads only its own data set's prompts (the arithmetic one raises on any
+    other), so sources without one, or naming different ones, leave the generation out."""
+    named: dict[Path, str] = {}
+    for folder in dict.fromkeys(folders):
+        name, why = gold_reward_name(folder)
+        if name is None:
+            if len(folders) == 1:
+                return None, why
+            return None, f"{why} (the held-out pairs come from {len(folders)} sources: one reward must score them all)"
+        named[folder] = name
+    if len(set(named.values())) > 1:
+        listed = ", ".join(f"{folder / 'card.json'}: {name}" for folder, name in named.items())
+        return None, f"the held-out sources' cards name different gold rewards ({listed}): none scores every prompt"
+    return next(iter(named.values())), ""
+
+
+class RewardFailed(Exception):
+    """A gold reward raised ValueError on a prompt and answer: the generation is skipped with this reason."""
+
+
+def gold_score(reward_name: str, prompt_text: str, answer: str) -> float:
+    """The gold reward of `answer`; its ValueError (a prompt of another data set) becomes RewardFailed."""
+    try:
+        return GOLD_REWARDS[reward_name](prompt_text, answer)
+    except ValueError as exc:
+        raise RewardFailed(
+            f"the gold reward {reward_name!r} cannot score the held-out prompt {shorten(prompt_text)}: {exc}"
+        ) from None
+
+
+def unscorable_prompt(reward_name: str, prompts: list) -> str:
+    """Why the gold reward cannot score one of `prompts`, found before anything is generated, or "". Probed with an
+    empty answer and with "0": the arithmetic reward reads the prompt only for an answer holding a number."""
+    try:
+        for prompt in prompts:
+            for answer in ("", "0"):
+                gold_score(reward_name, _prompt_text(prompt), answer)
+    except RewardFailed as exc:
+        return str(exc)
+    return ""
 
 
 # ---- models --------------------------------------------------------------------------------------
@@ -243,8 +304,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]], batch_size: int, pad_id: int):
-    """Sum over each completion's tokens of log p(token | prompt, earlier tokens); right-padded batches."""
+def sequence_logps(
+    model, prompts: list[list[int]], completions: list[list[int]], batch_size: int, pad_id: int, per_token: bool = False
+):
+    """Sum over each completion's tokens of log p(token | prompt, earlier tokens); right-padded batches. `per_token`:
+    each completion's list of token log-probs instead of their sum."""
     import torch
 
     out: list[float] = []
@@ -262,8 +326,27 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (p, c) in enumerate(batch):
             # token t is predicted by position t-1: completion tokens sit at positions len(p) .. len(p)+len(c)-1
-            out.append(float(logp[i, len(p) - 1 : len(p) + len(c) - 1].sum()))
+            row = logp[i, len(p) - 1 : len(p) + len(c) - 1]
+            out.append(row.tolist() if per_token else float(row.sum()))
     return out
+
+
+def ld_weighted_logps(chosen: list[list[float]], rejected: list[list[float]], ld_alpha: float) -> tuple[list, list]:
+    """Per pair, the (chosen, rejected) log-probs as a run with LD-DPO (regularizers.ld_alpha) reduced them for its
+    rewards: the tokens past the shorter answer weighted ld_alpha, by the trainer's own reduction (dpo/logps.py).
+    `chosen` and `rejected` are the answers' per-token log-probs."""
+    import torch
+
+    from dpo.logps import reduce_logps
+
+    rows = chosen + rejected
+    width = max(map(len, rows))
+    values, mask = torch.zeros(len(rows), width), torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        values[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    reduced = reduce_logps(values, mask, ld_alpha).tolist()
+    return reduced[: len(chosen)], reduced[len(chosen) :]
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -344,10 +427,13 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     for name in ("samples", "max_new_tokens", "batch_size"):
         if getattr(options, name) < (0 if name == "samples" else 1):
             raise UserError(f"must be {'>= 0' if name == 'samples' else '>= 1'}", where=f"--{name.replace('_', '-')}")
-    loaded, pairs, source, folder = _held_out(run_dir, options)
+    loaded, pairs, source, folders = _held_out(run_dir, options)
     implicit = implicit_reward_kind(run_dir)  # the reward the run's loss trained, checked before any model loads
     beta, beta_source = reward_beta(run_dir, loaded.recipe.loss.beta)
-    reward_name, no_reward = gold_reward_name(folder)
+    reward_name, no_reward = gold_reward_of(folders)
+    distinct = list({json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in pairs}.values())
+    if reward_name and (unscorable := unscorable_prompt(reward_name, distinct[: options.samples])):
+        reward_name, no_reward = None, unscorable  # checked before generating: the reward never raises after it
 
     import torch
     from tqdm.auto import tqdm
@@ -362,27 +448,32 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
     lengths = [len(c) for c in completions]
     n = len(pairs)
-    distinct = list({json.dumps(p["prompt"], sort_keys=True): p["prompt"] for p in pairs}.values())
     gen_prompts = distinct[: options.samples] if reward_name else []
     gen_batches = math.ceil(len(gen_prompts) / options.batch_size) * (3 if options.decoding == "greedy" else 2)
     bar = tqdm(
         total=2 * math.ceil(2 * n / options.batch_size) + gen_batches, desc="dpo eval", disable=not options.progress
     )
-    logps = {}
+    ld_alpha = loaded.recipe.regularizers.ld_alpha  # LD-DPO: the run's rewards weight the tail of the longer answer
+    logps, reward_logps = {}, {}
     for which in ("policy", "reference"):
         with models.use(which) as model:
             scores = []
             for start in range(0, 2 * n, options.batch_size):
                 end = start + options.batch_size
-                scores += sequence_logps(model, prompts[start:end], completions[start:end], options.batch_size, pad)
+                scores += sequence_logps(
+                    model, prompts[start:end], completions[start:end], options.batch_size, pad, ld_alpha is not None
+                )
                 bar.update(1)
+        if ld_alpha is not None:
+            reward_logps[which] = ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
+            scores = [float(torch.tensor(tokens).sum()) for tokens in scores]
         logps[which] = (scores[:n], scores[n:])
 
     result: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
         "data": {"source": source, "pairs": n, "content_hash": content_hash(pairs)},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
-        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit),
+        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit, reward_logps or logps),
         "generation": None,
     }
     if not reward_name:
@@ -390,9 +481,15 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     elif not gen_prompts:
         result["generation_skipped"] = "--samples 0"
     else:
-        result["generation"], result["samples"] = _generation(models, tokenizer, gen_prompts, reward_name, options, bar)
+        try:
+            result["generation"], result["samples"] = _generation(
+                models, tokenizer, gen_prompts, reward_name, options, bar
+            )
+        except RewardFailed as exc:  # an answer the probe did not foresee: the preference numbers are still written
+            result["generation_skipped"] = str(exc)
     bar.close()
-    result["definitions"] = _definitions(beta_source, implicit, options)
+    synced = loaded.recipe.regularizers.sync_ref is not None
+    result["definitions"] = _definitions(beta_source, implicit, options, ld_alpha, synced)
     atomic_write_json(run_dir / EVAL, result)  # temporary name + rename, secrets redacted, like the run's files
     return result
 
@@ -409,10 +506,11 @@ def implicit_margins(policy: tuple, reference: tuple | None, lengths: tuple, bet
     return [beta * (a / max(x, 1) - b / max(y, 1)) for a, b, x, y in zip(pc, pr, lc, lr, strict=True)]
 
 
-def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict:
+def _preference(logps: dict, lengths: tuple, beta: float, implicit: str, reward_logps: dict) -> dict:
     """Both models' preference and the implicit reward the run's loss trained, so that eval.json agrees with the
     `eval_rewards/*` the run logged (not for a SimPO or ORPO run trained before the trainer logged the per-token
-    reward: it logged the summed log-prob then)."""
+    reward: it logged the summed log-prob then). `reward_logps`: the log-probs the reward reads, `logps` reduced as
+    the run reduced them (LD-DPO's weighting)."""
 
     def mean(values):
         return sum(values) / len(values)
@@ -426,7 +524,7 @@ def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict
             "mean_logp_chosen": mean(chosen),
             "mean_logp_rejected": mean(rejected),
         }
-    margins = implicit_margins(logps["policy"], logps["reference"], lengths, beta, implicit)
+    margins = implicit_margins(reward_logps["policy"], reward_logps["reference"], lengths, beta, implicit)
     out["implicit_reward"] = {
         "beta": beta,
         "kind": implicit,
@@ -437,7 +535,6 @@ def _preference(logps: dict, lengths: tuple, beta: float, implicit: str) -> dict
 
 
 def _generation(models, tokenizer, prompts: list, reward_name: str, options: EvalOptions, bar) -> tuple[dict, list]:
-    reward = GOLD_REWARDS[reward_name]
     prompt_ids = [token_ids(tokenizer, p, generation_prompt=True) for p in prompts]
     answers = {}
     for which in ("policy", "reference"):
@@ -461,9 +558,9 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
             {
                 "prompt": text,
                 "policy_answer": policy_answer,
-                "policy_reward": reward(text, policy_answer),
+                "policy_reward": gold_score(reward_name, text, policy_answer),
                 "reference_answer": reference_answer,
-                "reference_reward": reward(text, reference_answer),
+                "reference_reward": gold_score(reward_name, text, reference_answer),
                 "kl_sample_ids": kl_samples[i],
                 "kl_logp_policy": kl_logps["policy"][i],
                 "kl_logp_reference": kl_logps["reference"][i],
@@ -492,20 +589,35 @@ def _generation(models, tokenizer, prompts: list, reward_name: str, options: Eva
     return summary, samples
 
 
-def _definitions(beta_source: str, implicit: str, options: EvalOptions) -> dict[str, str]:
+def _definitions(
+    beta_source: str, implicit: str, options: EvalOptions, ld_alpha: float | None, synced_reference: bool = False
+) -> dict[str, str]:
+    reward_logp = "logp"
+    if ld_alpha is not None:
+        reward_logp = (
+            f"logp as the run's LD-DPO reduced it (regularizers.ld_alpha = {ld_alpha}): the tokens of each answer past "
+            f"the length of the shorter answer of its pair weighted {ld_alpha} (dpo/logps.py), for policy and reference"
+        )
     return {
         "logp": "log pi(y|x): sum over the answer's tokens of the log-probability given the prompt and the earlier "
         "tokens (TRL's DPO tokenization, chat template applied, no truncation)",
         "preference.*.accuracy": "share of pairs with logp(chosen) > logp(rejected) under that model",
         "preference.*.mean_logp_margin": "mean over pairs of logp(chosen) - logp(rejected)",
         "preference.implicit_reward.kind": f"{implicit}: {IMPLICIT_REWARDS[implicit]}; the run's own, as its "
-        "summary.json names it",
+        f"summary.json names it; log pi is {reward_logp}",
         "preference.implicit_reward.accuracy": "share of pairs whose implicit reward (that reward) is higher for the "
         "chosen answer than for the rejected one (the same for any beta > 0)",
         "preference.implicit_reward.mean_margin": "mean over pairs of the chosen answer's implicit reward minus the "
         f"rejected answer's, beta: {beta_source}",
         "reference": "the base model named in recipe.yaml (model.name_or_path); with LoRA, the policy with its "
-        "adapter disabled",
+        "adapter disabled"
+        + (
+            "; this TR-DPO run (regularizers.sync_ref) moved its reference toward the policy during training and "
+            "measured its logged eval_rewards/* against that moved reference, which is not saved: the log_ratio "
+            "reward and the reference's numbers here are against the base model and will not match them"
+            if synced_reference
+            else ""
+        ),
         "generation.prompts": "the first --samples distinct held-out prompts, in data order",
         "generation.answers": f"{DECODINGS[options.decoding]}, at most {options.max_new_tokens} new tokens, stopping "
         f"at the end-of-sequence token; batches of {options.batch_size} seeded with seed + batch index "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from dpo.analysis.diagnostics import ONSET_NOT_APPLICABLE, onset_not_checked_in
 from dpo.metrics import HEADLINE
 from dpo.models import EMBEDDED_MODELS, package_version
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
@@ -141,13 +142,17 @@ def _results(summary: dict) -> list[str]:
         out.append(f"| {name} | " + " | ".join(_num(v) for v in cells) + " |")
     block = summary.get("overfitting") or {}
     out += ["", "## Overfitting", ""]
-    onset = block.get("onset_step")
-    out.append(
-        f"- onset: step {onset} ({block.get('metric')} got worse for {block.get('patience')} evaluations while "
-        "its train counterpart improved)"
-        if onset is not None
-        else f"- onset: not detected on {block.get('metric')} (patience {block.get('patience')})"
-    )
+    onset, not_checked = block.get("onset_step"), onset_not_checked_in(block)
+    if onset is not None:
+        line = (
+            f"- onset: step {onset} ({block.get('metric')} got worse for {block.get('patience')} evaluations while "
+            "its train counterpart improved)"
+        )
+    elif not_checked:
+        line = f"- onset: {ONSET_NOT_APPLICABLE}: {not_checked}"
+    else:
+        line = f"- onset: not detected on {block.get('metric')} (patience {block.get('patience')})"
+    out.append(line)
     out += [f"- warning: {w}" for w in block.get("warnings") or []] or ["- no overfitting warnings"]
     return [*out, ""]
 

@@ -23,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from dpo.analysis.diagnostics import ONSET_NOT_APPLICABLE, onset_not_checked_in
 from dpo.analysis.plots import (
     INTERACTIVE_JS,
     PALETTE,
@@ -262,6 +263,7 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
     best = summary.get("best_metric") or {}
     overfitting = summary.get("overfitting") or {}
     onset = overfitting.get("onset_step")
+    onset_not_found = ONSET_NOT_APPLICABLE if onset_not_checked_in(overfitting) else "not detected"
     items = [
         ("stop reason", summary.get("stop_reason")),
         ("steps", f"{summary.get('steps')} of {summary.get('max_steps')}"),
@@ -270,7 +272,7 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
         ("final weights", summary.get("final_weights")),
         (
             "overfitting onset",
-            f"step {onset} ({overfitting.get('metric')})" if onset is not None else "not detected",
+            f"step {onset} ({overfitting.get('metric')})" if onset is not None else onset_not_found,
         ),
         ("runtime", f"{summary.get('runtime_s')} s"),
     ]

@@ -32,7 +32,7 @@ def arithmetic_answer(prompt: str) -> int:
     if m := _ARITH.search(prompt):
         a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
         return a + b if op == "+" else a - b if op == "-" else a * b
-    if m := _CONVERT.search(prompt):
+    if (m := _CONVERT.search(prompt)) and (m.group(2), m.group(3)) in UNIT_FACTORS:
         return int(m.group(1)) * UNIT_FACTORS[(m.group(2), m.group(3))]
     raise ValueError(f"not an arithmetic-dataset prompt: {prompt!r}")
 

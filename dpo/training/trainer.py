@@ -30,6 +30,7 @@ from trl.trainer.utils import use_adapter
 
 from dpo.data.rows import SCORE_GAP
 from dpo.errors import NonFiniteError
+from dpo.logps import reduce_logps
 from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, gap_sign
 from dpo.noise import logged_error, standard_error
 from dpo.rundir import resume
@@ -292,15 +293,9 @@ class Trainer(DPOTrainer):
         return layout.unpack_rows(model(**self._packed_kwargs(model, layout)).logits)
 
     def _reduce(self, per_token_logps: torch.Tensor, shift_mask: torch.Tensor) -> torch.Tensor:
-        """Sum over the completion; with LD-DPO (ld_alpha) the tokens past the shorter answer are down-weighted."""
-        if self.ld_alpha is None:
-            return per_token_logps.sum(dim=1)
-        positions = shift_mask.cumsum(dim=1)
-        chosen_len, rejected_len = shift_mask.sum(dim=1).chunk(2)
-        shared = torch.minimum(chosen_len, rejected_len).repeat(2).unsqueeze(1)
-        shared_part = (per_token_logps * ((positions > 0) & (positions <= shared))).sum(dim=1)
-        tail_part = (per_token_logps * (positions > shared)).sum(dim=1)
-        return shared_part + self.ld_alpha * tail_part
+        """Sum over the completion; with LD-DPO (ld_alpha) the tokens past the shorter answer are down-weighted
+        (dpo/logps.py, which `dpo eval` applies too)."""
+        return reduce_logps(per_token_logps, shift_mask, self.ld_alpha)
 
     def _reference_logps(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's (chosen, rejected) log-probs of a batch: precomputed ones from the batch, else from the

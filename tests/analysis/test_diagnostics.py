@@ -90,3 +90,34 @@ def test_gaps_are_logged_at_each_evaluation(tiny_recipe, tmp_path):
     assert block["metric"] == "eval_rewards/margins" and block["patience"] == 2 and "onset_step" in block
     assert block["noise_sigmas"] == 2.0  # the recipe's early_stopping.noise_sigmas, which the onset and warnings used
     assert isinstance(block["warnings"], list)
+
+
+def test_onset_on_a_metric_without_a_train_counterpart_is_recorded_as_not_checked_and_shown_as_not_applicable():
+    """The onset compares a held-out curve with the same metric on the training batches: on eval_gap/* or eval_kl
+    (early_stopping.metric may be either) it is not looked for, and summary.json, the report, the model card and the
+    comparison page say so instead of "not detected", which reads as checked."""
+    from dpo.analysis.compare import _summary_table
+    from dpo.analysis.diagnostics import overfitting_block
+    from dpo.analysis.model_card import _results
+    from dpo.analysis.report import _status_block
+
+    h = history([(10, 1.0, 0.5, 0.6, 0.0), (20, 2.0, 0.9, 0.55, 0.0), (30, 3.0, 0.8, 0.6, 0.0)])
+    checked = overfitting_block(h, "eval_rewards/margins", 2)
+    assert checked["onset_step"] is None and checked["onset_not_checked"] is None
+    gap = overfitting_block(h, "eval_gap/accuracies", 2)
+    assert gap["onset_step"] is None
+    assert gap["onset_not_checked"] == (
+        "eval_gap/accuracies has no train counterpart (it is only logged held-out): no train curve to compare it with"
+    )
+    older = {"metric": "eval_kl", "patience": 2, "onset_step": None, "warnings": []}  # written before the key
+    not_applicable = "not applicable (no train counterpart)"
+    for block, shown in ((checked, "not detected"), (gap, not_applicable), (older, not_applicable)):
+        summary = {"stop_reason": "completed", "steps": 30, "max_steps": 30, "best_step": 20, "overfitting": block}
+        assert f"<span>overfitting onset</span><b>{shown}</b>" in _status_block(summary, h)
+        card = "\n".join(_results(summary))
+        if shown == "not detected":
+            assert "- onset: not detected on eval_rewards/margins (patience 2)" in card
+        else:
+            assert f"- onset: not applicable (no train counterpart): {block['metric']} has no train counterpart" in card
+        table = _summary_table([{"name": "run", "dir": "runs/x", "color": "#000", "summary": summary}])
+        assert ("<td class=num>none</td>" if shown == "not detected" else "<td class=num>n/a</td>") in table

@@ -315,3 +315,154 @@ def test_a_scheduled_beta_run_is_scored_with_the_beta_of_its_final_weights(tmp_p
             evaluate_run(run_dir, options)
         message = f"reward_beta: must be a positive number, got {value!r}"
         assert str(error.value) == f"{run_dir / 'summary.json'}: {message}"
+
+
+def _copy_run(run_dir, to, **data) -> dict:
+    """A copy of the run directory whose recipe.yaml's data keys are replaced by `data`; returns the recipe."""
+    import yaml
+
+    shutil.copytree(run_dir, to)
+    recipe = yaml.safe_load((to / "recipe.yaml").read_text())
+    recipe["data"].update(data)
+    (to / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return recipe
+
+
+def test_held_out_pairs_that_changed_since_the_run_are_an_error_naming_the_data_card_and_the_file(run_dir, tmp_path):
+    """eval recomputes the held-out split from the data files recipe.yaml names: the same pairs (the file moved)
+    are evaluated; an edited file gives other pairs, which the data card's content hash catches (exit 2, one
+    line, nothing written); a data card without the hash (an older run) is not checked."""
+    from tests.conftest import invoke_dpo
+
+    eval_file = tmp_path / "eval.jsonl"
+    shutil.copy(ARITHMETIC / "eval.jsonl", eval_file)
+    copy = tmp_path / "run"
+    _copy_run(run_dir, copy, eval=str(eval_file))
+    (copy / "eval.json").unlink(missing_ok=True)
+    options = EvalOptions(samples=0, batch_size=8, progress=False)
+    recorded = json.loads((copy / "data_card.json").read_text())["content_hash"]["eval"]
+    assert evaluate_run(copy, options)["data"]["content_hash"] == recorded  # the same pairs, from another path
+
+    rows = read_jsonl(eval_file)
+    rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]  # one label flipped by hand
+    eval_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (copy / "eval.json").unlink()
+    proc = invoke_dpo("eval", copy, "--samples", "0")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"error: {copy / 'data_card.json'}: the held-out pairs recomputed from {eval_file} are not those the run held "
+        f"out (content_hash.eval {recorded[:12]}..., now {proc.stderr.split('now ')[1][:12]}...): the data changed "
+        "since the run; restore it, or evaluate other pairs with --data FILE\n"
+    )
+    assert not (copy / "eval.json").exists()
+
+    card = json.loads((copy / "data_card.json").read_text())
+    del card["content_hash"]  # written before data cards recorded it
+    (copy / "data_card.json").write_text(json.dumps(card))
+    assert evaluate_run(copy, options)["data"]["content_hash"] != recorded
+
+
+@pytest.mark.parametrize("foreign_card", [None, "sorting", "arithmetic"])
+def test_held_out_pairs_from_mixed_sources_are_scored_by_a_gold_reward_only_when_it_fits_every_prompt(
+    run_dir, tmp_path, foreign_card
+):
+    """docs/data.md's mix: the arithmetic pairs plus another file. The arithmetic reward raises on any other prompt,
+    so it scored the foreign prompts only to fail after all the scoring (a traceback, no eval.json): now the generation
+    is skipped, with the reason in eval.json, when a source's card names no reward or another one, or when the named
+    reward cannot read a prompt; the preference numbers are still written."""
+    foreign = tmp_path / "colours" / "pairs.jsonl"
+    foreign.parent.mkdir()
+    rows = [{"prompt": [{"role": "user", "content": f"Name colour number {i}."}],
+             "chosen": [{"role": "assistant", "content": "Blue."}],
+             "rejected": [{"role": "assistant", "content": "Seven."}]} for i in range(4)]  # fmt: skip
+    foreign.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if foreign_card:
+        (foreign.parent / "card.json").write_text(json.dumps({"gold_reward": foreign_card}))
+    copy = tmp_path / "run"
+    _copy_run(run_dir, copy, eval=[{"path": str(ARITHMETIC / "eval.jsonl"), "count": 4}, str(foreign)])
+    card = json.loads((copy / "data_card.json").read_text())
+    del card["content_hash"]  # the held-out pairs are others now: not the point here
+    (copy / "data_card.json").write_text(json.dumps(card))
+
+    result = evaluate_run(copy, EvalOptions(samples=8, max_new_tokens=2, batch_size=8, progress=False))
+    assert result["data"]["pairs"] == 8 and result["preference"]["policy"]["accuracy"] is not None
+    assert result["generation"] is None and "samples" not in result
+    expected = {
+        None: f"no card.json next to the data ({foreign.parent / 'card.json'}) names a gold reward (the held-out pairs "
+        "come from 2 sources: one reward must score them all)",
+        "sorting": f"the held-out sources' cards name different gold rewards ({ARITHMETIC / 'card.json'}: arithmetic, "
+        f"{foreign.parent / 'card.json'}: sorting): none scores every prompt",
+        "arithmetic": "the gold reward 'arithmetic' cannot score the held-out prompt 'Name colour number ",
+    }[foreign_card]
+    assert result["generation_skipped"].startswith(expected)
+    assert json.loads((copy / "eval.json").read_text())["generation_skipped"] == result["generation_skipped"]
+
+
+def test_a_gold_reward_that_raises_on_a_generated_answer_skips_the_generation_not_the_eval_json(
+    run_dir, tmp_path, monkeypatch
+):
+    def picky(prompt: str, answer: str) -> float:  # reads the probes ("" and "0"), raises on anything generated
+        if answer not in ("", "0"):
+            raise ValueError(f"cannot read {answer!r}")
+        return 0.0
+
+    monkeypatch.setitem(GOLD_REWARDS, "picky", picky)
+    data = tmp_path / "picky" / "pairs.jsonl"
+    data.parent.mkdir()
+    shutil.copy(ARITHMETIC / "eval.jsonl", data)
+    (data.parent / "card.json").write_text(json.dumps({"gold_reward": "picky"}))
+    options = EvalOptions(data=data, samples=2, max_new_tokens=3, batch_size=2, progress=False)
+    result = evaluate_run(run_dir, options)
+    assert result["generation"] is None and result["preference"]["policy"]["accuracy"] is not None
+    assert result["generation_skipped"].startswith("the gold reward 'picky' cannot score the held-out prompt ")
+    assert "cannot read" in json.loads((run_dir / "eval.json").read_text())["generation_skipped"]
+
+
+def test_an_ld_dpo_run_is_scored_with_the_weighting_its_rewards_were_logged_with(tmp_path, tiny_model_dir):
+    """regularizers.ld_alpha (recipes/ld-dpo.yaml): the trainer's rewards read the shared prefix of a pair's answers in
+    full and the longer answer's tail ld_alpha times, for policy and reference. eval.json's implicit reward does the
+    same (dpo/logps.py, the trainer's own reduction), so it equals the run's last held-out evaluation; the plain
+    log-prob margins, which the policy's and the reference's preference keep, give another number."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"learning_rate": 3e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
+    recipe["loss"] = {"type": "sigmoid", "beta": 1.0}
+    recipe["regularizers"] = {"ld_alpha": 0.2}
+    pairs = read_jsonl(ARITHMETIC / "eval.jsonl")[:8]
+    assert sum(len(p["chosen"][0]["content"]) != len(p["rejected"][0]["content"]) for p in pairs) >= 2  # a tail
+    run_dir = tmp_path / "run"
+    execute(write_recipe(tmp_path / "ld.yaml", recipe), output_dir=run_dir)
+    final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
+
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=3, progress=False))
+    pref = result["preference"]
+    reward = pref["implicit_reward"]
+    assert reward["mean_margin"] == pytest.approx(final["eval_rewards/margins"], rel=1e-3)
+    assert reward["accuracy"] == final["eval_rewards/accuracies"]
+    plain = pref["policy"]["mean_logp_margin"] - pref["reference"]["mean_logp_margin"]  # beta 1: the unweighted one
+    assert abs(plain - reward["mean_margin"]) > 100 * abs(reward["mean_margin"] - final["eval_rewards/margins"])
+    assert "regularizers.ld_alpha = 0.2" in result["definitions"]["preference.implicit_reward.kind"]
+
+
+def test_a_tr_dpo_run_says_its_reward_is_against_the_base_model_not_the_synced_reference(tmp_path, tiny_model_dir):
+    """regularizers.sync_ref (recipes/tr-dpo.yaml) moves the trainer's reference toward the policy, and the run's
+    eval_rewards/* are measured against it; final/ holds the policy only, so dpo eval's reference is the base model:
+    its margin differs from the logged one, and eval.json's definitions say so."""
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    training = {"learning_rate": 1e-2, "max_steps": 4, "per_device_train_batch_size": 4, "eval_steps": 4}
+    recipe = tiny_recipe_dict(tiny_model_dir, 16, training)
+    recipe["peft"] = None
+    recipe["loss"] = {"type": "sigmoid", "beta": 1.0}
+    recipe["regularizers"] = {"sync_ref": {"every": 2, "mixup": 0.5}}
+    run_dir = tmp_path / "run"
+    execute(write_recipe(tmp_path / "tr.yaml", recipe), output_dir=run_dir)
+    final = json.loads((run_dir / "summary.json").read_text())["final_metrics"]
+
+    result = evaluate_run(run_dir, EvalOptions(samples=0, batch_size=8, progress=False))
+    assert result["preference"]["implicit_reward"]["mean_margin"] != pytest.approx(
+        final["eval_rewards/margins"], rel=1e-2
+    )
+    reference = result["definitions"]["reference"]
+    assert "TR-DPO run (regularizers.sync_ref)" in reference and "will not match" in reference

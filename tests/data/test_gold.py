@@ -38,6 +38,8 @@ def test_gold_reward_scores_free_text(prompt, answer, expected):
 def test_prompts_of_other_tasks_are_refused():
     with pytest.raises(ValueError, match="not an arithmetic-dataset prompt"):
         arithmetic_answer("Tell me a joke.")
+    with pytest.raises(ValueError, match="not an arithmetic-dataset prompt"):  # a unit pair it has no factor for
+        arithmetic_answer("Convert 3 ft to in.")  # was a KeyError, which dpo eval would not have caught
 
 
 def test_train_and_eval_share_no_prompt():

@@ -51,6 +51,26 @@ def test_standard_error_of_an_accuracy_is_the_binomial_one():
     assert look_corrected_sigmas(2.0, 1) == 2.0 and 2.8 < look_corrected_sigmas(2.0, 10) < 2.9
 
 
+def test_any_allowed_noise_sigmas_gives_a_level_even_where_the_normal_tail_underflows():
+    """early_stopping.noise_sigmas accepts any k >= 0; 1 - Phi(k) rounds to 0 from k ~ 8.3, and inv_cdf(1.0) raised
+    StatisticsError mid-training and while summary.json's overfitting onset was computed."""
+    assert look_corrected_sigmas(2.0, 10) == pytest.approx(2.8373, abs=1e-4)  # unchanged where it always worked
+    assert look_corrected_sigmas(10.0, 10) == pytest.approx(10.2255, abs=1e-4)
+    levels = [look_corrected_sigmas(10.0, looks) for looks in (1, 2, 10, 100, 10_000, 10**9)]
+    assert levels[0] == 10.0 and levels == sorted(levels) and levels[-1] < 12.0
+    assert look_corrected_sigmas(40.0, 10**6) == pytest.approx(math.hypot(40.0, math.sqrt(2 * math.log(10**6))))
+    assert look_corrected_sigmas(math.inf, 1000) == math.inf
+    for sigmas in (10.0, math.inf):  # the rule and the onset work at these k: nothing learned, nothing fallen
+        rule = NoiseRule(METRIC, sigmas=sigmas)
+        assert not rule.learned(0.0, 0.7, 0.04, looks=50) and not rule.fallen(0.3, 0.7, 0.04, looks=50)
+        evals = [{"step": 10 * i + 5, "rewards/accuracies": 0.5 + 0.02 * i} for i in range(30)]
+        evals += [{"step": 10 * i + 10, "eval_loss": 0.5, METRIC: 0.9 - 0.02 * i, "eval_se/rewards/accuracies": 0.04}
+                  for i in range(30)]  # fmt: skip
+        evals.sort(key=lambda e: e["step"])
+        assert overfitting_onset(evals, METRIC, 2, noise_sigmas=sigmas) is None
+        assert overfitting_onset(evals, METRIC, 2) == 10  # the plain rule sees the fall
+
+
 def test_flat_curve_at_chance_never_stops_with_the_noise_rule_and_often_without():
     """The issue's failure: patience 3 on a 120-pair accuracy that stays at chance. The plain rule stops on noise
     in most simulated runs; the noise rule stops in at most 5% of them (its one-sided level, look-corrected)."""

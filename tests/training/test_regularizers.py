@@ -218,6 +218,18 @@ def test_neftune_noises_the_policy_forward_only(tiny_recipe, tmp_path):
     torch.testing.assert_close(clean_a, ref_a)
 
 
+def test_ld_dpo_reduction_hand_values():
+    """dpo/logps.py, which the trainer and dpo eval share. Pair 1: chosen 3 tokens, rejected 2: the chosen answer's
+    third token counts alpha times. Pair 2: both 1 token: nothing down-weighted. Rows [chosen 1, 2; rejected 1, 2]."""
+    from dpo.logps import reduce_logps
+
+    logps = torch.tensor([[-1.0, -2.0, -4.0], [-3.0, 0.0, 0.0], [-1.0, -5.0, 0.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
+    assert reduce_logps(logps, mask).tolist() == [-7.0, -3.0, -6.0, -2.0]  # the plain sum
+    assert reduce_logps(logps, mask, 0.25).tolist() == [-1.0 - 2.0 - 0.25 * 4.0, -3.0, -6.0, -2.0]
+    assert reduce_logps(logps, mask, 0.0).tolist() == [-3.0, -3.0, -6.0, -2.0]
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
