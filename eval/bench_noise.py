@@ -150,6 +150,8 @@ QUICK = ("data.max_train_pairs=16", "data.max_eval_pairs=8", "training.max_steps
          "training.per_device_train_batch_size=8", "logging.heldout_kl=false", "logging.progress_bar=false",
          "peft.target_modules=[q_proj, v_proj]")  # fmt: skip
 QUICK_TEST_PAIRS = 8
+# the test reward of an LD-DPO run (regularizers.ld_alpha) is of its weighted log-probs: marked in its record
+LD_WEIGHTED = "ld_weighted"
 BOOTSTRAP = 1000
 GOAL_MARK = {True: "yes", False: "NO", None: "open"}  # open: a method the goal needs lacks a seed of the grid there
 
@@ -201,11 +203,19 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     """Per-pair test results of the run's final weights: the implicit reward's preference and the policy's own.
 
     The implicit reward is the one the run's loss trains: beta * log-ratio difference where the loss has a
-    reference; for a reference-free loss (SimPO, ORPO), the length-normalised log-prob both of them use.
+    reference (of LD-DPO's weighted log-probs for an LD-DPO run, as its validation reward); for a reference-free
+    loss (SimPO, ORPO), the length-normalised log-prob both of them use. The policy's preference is of plain sums.
     Plain-text answers (sorting) are scored without the EOS token the trainer appends to them ("reward",
     "policy"), as every recorded run was, and also with it ("reward_eos", "policy_eos"), as the trainer scores
     the validation pairs; chat answers end with the template's end of turn either way."""
-    from dpo.analysis.evaluate import PolicyAndReference, implicit_margins, load_tokenizer, pair_ids, sequence_logps
+    from dpo.analysis.evaluate import (
+        PolicyAndReference,
+        implicit_margins,
+        ld_weighted_logps,
+        load_tokenizer,
+        pair_ids,
+        sequence_logps,
+    )
     from dpo.config.loading import load_recipe
     from dpo.metrics import implicit_reward_of
     from dpo.training.loss_plan import loss_plan
@@ -217,21 +227,37 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     models = PolicyAndReference(run_dir, loaded.recipe)
     plain_text = any(not isinstance(p["prompt"], list) for p in pairs)
     n, kind, result = len(pairs), implicit_reward_of(has_reference), {"pairs": len(pairs)}
+    ld_alpha = loaded.recipe.regularizers.ld_alpha  # LD-DPO: its reward weights the tail of the longer answer
+    if ld_alpha is not None:
+        result["reward_reduction"] = LD_WEIGHTED
     for suffix, eos in (("", False), ("_eos", True)) if plain_text else (("", False),):
         tokenized = [pair_ids(tokenizer, p, plain_text_eos=eos) for p in pairs]
         prompts = [t[0] for t in tokenized] * 2
         completions = [t[1] for t in tokenized] + [t[2] for t in tokenized]
-        logps = {}
+        logps, reward_logps = {}, {}
         for which in ("policy", "reference") if has_reference else ("policy",):
             with models.use(which) as model:
-                scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id)
+                scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id, ld_alpha is not None)
+            if ld_alpha is not None:  # the reward as the run's loss reduced it; the policy's preference plain sums
+                reward_logps[which] = ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
+                scores = [sum(tokens) for tokens in scores]
             logps[which] = (scores[:n], scores[n:])
+            reward_logps.setdefault(which, logps[which])
         lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
         # beta > 0 only scales the margins: their sign is all that counts here
-        margins = implicit_margins(logps["policy"], logps.get("reference"), lengths, 1.0, kind)
+        margins = implicit_margins(reward_logps["policy"], reward_logps.get("reference"), lengths, 1.0, kind)
         result[f"reward{suffix}"] = "".join(str(int(m > 0)) for m in margins)
         result[f"policy{suffix}"] = "".join(str(int(a > b)) for a, b in zip(*logps["policy"], strict=True))
     return result
+
+
+@functools.cache
+def ld_weighted(method: str) -> bool:
+    """The method's recipe weights the log-probs LD-DPO's way (regularizers.ld_alpha)."""
+    from dpo.config.loading import load_recipe
+
+    spec = METHODS[method]
+    return load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides)).recipe.regularizers.ld_alpha is not None
 
 
 @functools.cache
@@ -412,6 +438,12 @@ def read_runs(runs_file: Path) -> list[dict]:
                   "left out", flush=True)  # fmt: skip
             continue
         first_line[key] = number
+        if ld_weighted(run["method"]) and run.get("test", {}).get("reward_reduction") != LD_WEIGHTED:
+            # scored with plain log-prob sums before the benchmark weighted an LD-DPO run's test reward as its loss
+            # does: not comparable with its validation accuracy, nor with the later runs'; it trains again
+            print(f"note: {runs_file}: line {number}: {key} scored its test reward unweighted: left out, it trains "
+                  "again", flush=True)  # fmt: skip
+            continue
         if "validation_reward" not in run and reference_free(run["method"]):
             # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
             # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'

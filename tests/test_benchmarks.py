@@ -150,18 +150,23 @@ def test_noise_benchmark_quick_is_resumable_and_skips_what_this_version_lacks(tm
 
 @pytest.mark.slow
 def test_noise_benchmark_runs_odpo_on_the_scored_data_set(tmp_path):
-    """On sorting (multi-response rows with scores), ODPO trains and is scored like any loss with a reference."""
+    """On sorting (multi-response rows with scores), ODPO trains and is scored like any loss with a reference; an
+    LD-DPO run's test reward is of its weighted log-probs, and marked so."""
     command = [sys.executable, "eval/bench_noise.py", "--quick", "--datasets", "sorting", "--noise", "0.3",
-               "--seeds", "0", "--methods", "plain", "odpo", "--results", str(tmp_path)]  # fmt: skip
+               "--seeds", "0", "--methods", "plain", "odpo", "ld_dpo", "--results", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(line) for line in (tmp_path / "noise_quick.runs.jsonl").read_text().splitlines()]
-    assert [(r["dataset"], r["method"]) for r in runs] == [("sorting", "plain"), ("sorting", "odpo")]
+    assert [(r["dataset"], r["method"]) for r in runs] == [("sorting", "plain"), ("sorting", "odpo"),
+                                                           ("sorting", "ld_dpo")]  # fmt: skip
+    assert [r["test"].get("reward_reduction") for r in runs] == [None, None, "ld_weighted"]
     assert all(r["steps"] == 2 and r["test"]["pairs"] == 8 for r in runs)
     # plain-text answers: test scored without EOS (as recorded) and with it (as the trainer scores validation)
     assert all(len(r["test"]["reward_eos"]) == len(r["test"]["policy_eos"]) == 8 for r in runs)
     cell = json.loads((tmp_path / "noise_quick.json").read_text())["cells"]["sorting/0.3"]["methods"]
-    assert "vs_plain" in cell["odpo"] and cell["best_single"]["chosen"] == "odpo"
+    bench = _load_bench("bench_noise")
+    best = max(runs[1:], key=lambda r: bench.ranked_by_validation(r["method"], r["validation_accuracy"]))["method"]
+    assert "vs_plain" in cell["odpo"] and "vs_plain" in cell["ld_dpo"] and cell["best_single"]["chosen"] == best
 
 
 def _load_bench(name: str):
@@ -187,6 +192,20 @@ def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_s
     runs_file.write_text("".join(json.dumps(r) + "\n" for r in (old_simpo, new_simpo, plain)) + '{"method": "pla')
     runs = bench.read_runs(runs_file)
     assert [r["validation_accuracy"] for r in runs] == [None, 0.8, 0.6]
+
+
+def test_noise_benchmark_trains_again_an_ld_dpo_run_whose_test_reward_was_not_weighted(tmp_path, capsys):
+    """LD-DPO's reward weights the tail of the longer answer (its validation accuracy is of that reward): a run whose
+    test reward was scored with plain sums is left out, so it trains again; one marked as weighted is kept."""
+    bench = _load_bench("bench_noise")
+    assert bench.ld_weighted("ld_dpo") and not bench.ld_weighted("plain")
+    runs_file = tmp_path / "noise.runs.jsonl"
+    cell = {"dataset": "arithmetic", "noise": 0.2, "method": "ld_dpo"}
+    unweighted = {**cell, "seed": 0, "test": {"reward": "10"}}
+    weighted = {**cell, "seed": 1, "test": {"reward": "10", "reward_reduction": bench.LD_WEIGHTED}}
+    runs_file.write_text(json.dumps(unweighted) + "\n" + json.dumps(weighted) + "\n")
+    assert [r["seed"] for r in bench.read_runs(runs_file)] == [1]
+    assert "line 1: ('arithmetic', 0.2, 0, 'ld_dpo') scored its test reward unweighted" in capsys.readouterr().out
 
 
 def test_noise_benchmark_resamples_a_prompts_test_pairs_together(tmp_path):
