@@ -418,8 +418,9 @@ def read_runs(runs_file: Path) -> list[dict]:
     """The runs recorded so far (a run whose training failed has "failed" and no test result: see finished); a
     last line cut off by a kill is left out (that run trains again), and so is a second record of a run (two
     invocations that trained it at once: the first is kept), and the validation accuracy of a reference-free run
-    recorded before its reward was logged per token. A run of a method METHODS no longer names stops the benchmark
-    with its line: its numbers cannot be labelled or judged."""
+    recorded before its reward was logged per token, and an LD-DPO run whose test reward was not weighted (it trains
+    again). A run of a method METHODS no longer names stops the benchmark with its line: its numbers cannot be
+    labelled or judged."""
     runs, first_line = [], {}
     lines = runs_file.read_text().splitlines() if runs_file.exists() else []
     for number, line in enumerate(lines, 1):
@@ -433,17 +434,18 @@ def read_runs(runs_file: Path) -> list[dict]:
                   f"({', '.join(METHODS)}); rename it there or move its runs out", file=sys.stderr)  # fmt: skip
             raise SystemExit(2)
         key = run_key(run)
+        if "test" in run and ld_weighted(run["method"]) and run["test"].get("reward_reduction") != LD_WEIGHTED:
+            # scored with plain log-prob sums before the benchmark weighted an LD-DPO run's test reward as its loss
+            # does: not comparable with its validation accuracy, nor with the later runs'; it trains again (a record
+            # of that run further down counts)
+            print(f"note: {runs_file}: line {number}: {key} scored its test reward unweighted: left out, it trains "
+                  "again", flush=True)  # fmt: skip
+            continue
         if key in first_line:
             print(f"note: {runs_file}: line {number} records {key} again (first on line {first_line[key]}): "
                   "left out", flush=True)  # fmt: skip
             continue
         first_line[key] = number
-        if ld_weighted(run["method"]) and run.get("test", {}).get("reward_reduction") != LD_WEIGHTED:
-            # scored with plain log-prob sums before the benchmark weighted an LD-DPO run's test reward as its loss
-            # does: not comparable with its validation accuracy, nor with the later runs'; it trains again
-            print(f"note: {runs_file}: line {number}: {key} scored its test reward unweighted: left out, it trains "
-                  "again", flush=True)  # fmt: skip
-            continue
         if "validation_reward" not in run and reference_free(run["method"]):
             # recorded when the trainer logged a reference-free loss's reward as the summed log-prob (the policy's
             # own preference), not the per-token log-prob the loss trains: not comparable with the later runs'

@@ -196,15 +196,18 @@ def test_noise_benchmark_drops_the_validation_of_reference_free_runs_logged_as_s
 
 def test_noise_benchmark_trains_again_an_ld_dpo_run_whose_test_reward_was_not_weighted(tmp_path, capsys):
     """LD-DPO's reward weights the tail of the longer answer (its validation accuracy is of that reward): a run whose
-    test reward was scored with plain sums is left out, so it trains again; one marked as weighted is kept."""
+    test reward was scored with plain sums is left out, so it trains again, and its retrained record later in the
+    file counts; one marked as weighted is kept, and so is a failed run."""
     bench = _load_bench("bench_noise")
     assert bench.ld_weighted("ld_dpo") and not bench.ld_weighted("plain")
     runs_file = tmp_path / "noise.runs.jsonl"
     cell = {"dataset": "arithmetic", "noise": 0.2, "method": "ld_dpo"}
     unweighted = {**cell, "seed": 0, "test": {"reward": "10"}}
     weighted = {**cell, "seed": 1, "test": {"reward": "10", "reward_reduction": bench.LD_WEIGHTED}}
-    runs_file.write_text(json.dumps(unweighted) + "\n" + json.dumps(weighted) + "\n")
-    assert [r["seed"] for r in bench.read_runs(runs_file)] == [1]
+    retrained = {**unweighted, "test": weighted["test"], "retrained": True}
+    failed = {**cell, "seed": 2, "failed": "training went non-finite"}  # no test result: kept, so not trained again
+    runs_file.write_text("".join(json.dumps(r) + "\n" for r in (unweighted, weighted, failed, retrained)))
+    assert [(r["seed"], r.get("retrained")) for r in bench.read_runs(runs_file)] == [(1, None), (2, None), (0, True)]
     assert "line 1: ('arithmetic', 0.2, 0, 'ld_dpo') scored its test reward unweighted" in capsys.readouterr().out
 
 
