@@ -211,10 +211,10 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
     from dpo.analysis.evaluate import (
         PolicyAndReference,
         implicit_margins,
-        ld_weighted_logps,
         load_tokenizer,
         pair_ids,
         sequence_logps,
+        summed_and_reward_logps,
     )
     from dpo.config.loading import load_recipe
     from dpo.metrics import implicit_reward_of
@@ -238,11 +238,8 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
         for which in ("policy", "reference") if has_reference else ("policy",):
             with models.use(which) as model:
                 scores = sequence_logps(model, prompts, completions, 16, tokenizer.pad_token_id, ld_alpha is not None)
-            if ld_alpha is not None:  # the reward as the run's loss reduced it; the policy's preference plain sums
-                reward_logps[which] = ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
-                scores = [sum(tokens) for tokens in scores]
-            logps[which] = (scores[:n], scores[n:])
-            reward_logps.setdefault(which, logps[which])
+            # the reward as the run's loss reduced the log-probs (LD-DPO's weighting); the policy's preference of sums
+            logps[which], reward_logps[which] = summed_and_reward_logps(scores, n, ld_alpha)
         lengths = [len(t[1]) for t in tokenized], [len(t[2]) for t in tokenized]
         # beta > 0 only scales the margins: their sign is all that counts here
         margins = implicit_margins(reward_logps["policy"], reward_logps.get("reference"), lengths, 1.0, kind)
@@ -255,9 +252,14 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
 def ld_weighted(method: str) -> bool:
     """The method's recipe weights the log-probs LD-DPO's way (regularizers.ld_alpha)."""
     from dpo.config.loading import load_recipe
+    from dpo.errors import UserError
 
     spec = METHODS[method]
-    return load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides)).recipe.regularizers.ld_alpha is not None
+    try:
+        recipe = load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides)).recipe
+    except UserError:  # a method whose recipe this version cannot load (check_fingerprints says so): kept as recorded
+        return False
+    return recipe.regularizers.ld_alpha is not None
 
 
 @functools.cache
@@ -414,20 +416,25 @@ def check_fingerprints(runs_file: Path, done: list[dict], base: list[str], work:
         raise SystemExit(2)
 
 
-def read_runs(runs_file: Path) -> list[dict]:
+def read_runs(runs_file: Path, quiet: bool = False) -> list[dict]:
     """The runs recorded so far (a run whose training failed has "failed" and no test result: see finished); a
     last line cut off by a kill is left out (that run trains again), and so is a second record of a run (two
     invocations that trained it at once: the first is kept), and the validation accuracy of a reference-free run
     recorded before its reward was logged per token, and an LD-DPO run whose test reward was not weighted (it trains
     again). A run of a method METHODS no longer names stops the benchmark with its line: its numbers cannot be
-    labelled or judged."""
+    labelled or judged. `quiet`: without the notes on what is left out (a re-read before each run)."""
     runs, first_line = [], {}
+
+    def note(text: str) -> None:
+        if not quiet:
+            print(f"note: {text}", flush=True)
+
     lines = runs_file.read_text().splitlines() if runs_file.exists() else []
     for number, line in enumerate(lines, 1):
         try:
             run = json.loads(line)
         except json.JSONDecodeError:
-            print(f"note: skipping a cut-off line of {runs_file}", flush=True)
+            note(f"skipping a cut-off line of {runs_file}")
             continue
         if run.get("method") not in METHODS:
             print(f"error: {runs_file}: line {number}: method {run.get('method')!r} is not in METHODS "
@@ -438,12 +445,12 @@ def read_runs(runs_file: Path) -> list[dict]:
             # scored with plain log-prob sums before the benchmark weighted an LD-DPO run's test reward as its loss
             # does: not comparable with its validation accuracy, nor with the later runs'; it trains again (a record
             # of that run further down counts)
-            print(f"note: {runs_file}: line {number}: {key} scored its test reward unweighted: left out, it trains "
-                  "again", flush=True)  # fmt: skip
+            note(f"{runs_file}: line {number}: {key} scored its test reward unweighted: left out, it trains "
+                 "again")  # fmt: skip
             continue
         if key in first_line:
-            print(f"note: {runs_file}: line {number} records {key} again (first on line {first_line[key]}): "
-                  "left out", flush=True)  # fmt: skip
+            note(f"{runs_file}: line {number} records {key} again (first on line {first_line[key]}): "
+                 "left out")  # fmt: skip
             continue
         first_line[key] = number
         if "validation_reward" not in run and reference_free(run["method"]):
@@ -966,7 +973,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_train:
         print(remaining(todo, done))
     for dataset, noise, seed, method, files in [] if args.no_train else todo:
-        if (dataset, noise, seed, method) in {run_key(r) for r in read_runs(runs_file)}:
+        if (dataset, noise, seed, method) in {run_key(r) for r in read_runs(runs_file, quiet=True)}:
             print(f"note: {method} on {dataset} at {noise:.0%}, seed {seed}: recorded by another invocation since "
                   "this one started; not trained again", flush=True)  # fmt: skip
             continue

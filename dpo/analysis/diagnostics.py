@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from dpo.metrics import train_counterpart
+from dpo.metrics import lookup, train_counterpart
 from dpo.noise import NoiseRule, logged_error
 
 DISPLACEMENT_WARN_NATS = 1.0  # held-out chosen log-prob this far below the reference triggers a warning
@@ -41,7 +41,9 @@ def onset_not_checked(metric: str) -> str | None:
     """Why the onset cannot be looked for on `metric`, or None when it can: it compares the held-out curve with the
     same metric on the training batches, which a metric logged only held-out (a gap, the KL) does not have."""
     if train_counterpart(metric) is None:
-        return f"{metric} has no train counterpart (it is only logged held-out): no train curve to compare it with"
+        known = lookup(metric) is not None
+        why = "it is only logged held-out" if known else "not a dpo metric with a train counterpart"
+        return f"{metric} has no train counterpart ({why}): no train curve to compare it with"
     return None
 
 

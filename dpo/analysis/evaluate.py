@@ -146,8 +146,8 @@ def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
         files = ", ".join(_source_paths(recipe.data.eval or recipe.data.train))
         raise UserError(
             f"the held-out pairs recomputed from {files} are not those the run held out (content_hash.eval "
-            f"{str(recorded)[:12]}..., now {now[:12]}...): the data changed since the run; restore it, or evaluate "
-            "other pairs with --data FILE",
+            f"{str(recorded)[:12]}..., now {now[:12]}...): the data files, or how this version of dpo prepares them, "
+            "changed since the run; evaluate the pairs you mean with --data FILE",
             where=str(run_dir / DATA_CARD),
         )
     return pairs
@@ -331,6 +331,20 @@ def sequence_logps(
     return out
 
 
+def summed_and_reward_logps(scores: list, n: int, ld_alpha: float | None) -> tuple[tuple, tuple]:
+    """From sequence_logps over n chosen then n rejected answers (each answer's token log-probs where `ld_alpha` is
+    set): the (chosen, rejected) summed log-probs, and the (chosen, rejected) log-probs the implicit reward reads:
+    LD-DPO's weighted ones for a run with regularizers.ld_alpha, else the same sums. `dpo eval` and the noise
+    benchmark both score with this."""
+    if ld_alpha is None:
+        summed = (scores[:n], scores[n:])
+        return summed, summed
+    import torch
+
+    totals = [float(torch.tensor(tokens).sum()) for tokens in scores]  # in float32, as the unweighted sums are
+    return (totals[:n], totals[n:]), ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
+
+
 def ld_weighted_logps(chosen: list[list[float]], rejected: list[list[float]], ld_alpha: float) -> tuple[list, list]:
     """Per pair, the (chosen, rejected) log-probs as a run with LD-DPO (regularizers.ld_alpha) reduced them for its
     rewards: the tokens past the shorter answer weighted ld_alpha, by the trainer's own reduction (dpo/logps.py).
@@ -464,16 +478,13 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
                     model, prompts[start:end], completions[start:end], options.batch_size, pad, ld_alpha is not None
                 )
                 bar.update(1)
-        if ld_alpha is not None:
-            reward_logps[which] = ld_weighted_logps(scores[:n], scores[n:], ld_alpha)
-            scores = [float(torch.tensor(tokens).sum()) for tokens in scores]
-        logps[which] = (scores[:n], scores[n:])
+        logps[which], reward_logps[which] = summed_and_reward_logps(scores, n, ld_alpha)
 
     result: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
         "data": {"source": source, "pairs": n, "content_hash": content_hash(pairs)},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "progress"},
-        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit, reward_logps or logps),
+        "preference": _preference(logps, (lengths[:n], lengths[n:]), beta, implicit, reward_logps),
         "generation": None,
     }
     if not reward_name:

@@ -240,6 +240,8 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     problems = []  # every training key's problem, not only the first
     for key, value in loaded.recipe.training.items():
         where = loaded.where(f"training.{key}")
+        if key in TRAINING_KEYS_BUILT_IN and value is False:
+            continue  # the default spelled out (a recipe converted from TRL's arguments): changes nothing
         problem = training_key_problem(key)
         if problem:
             message, names_the_key = problem

@@ -20,7 +20,7 @@ from dpo.config.schema import Recipe
 from dpo.data.prepare import PreparedData, prepare_data, share_of
 from dpo.data.rows import SCORE_GAP
 from dpo.errors import Problems, UserError, did_you_mean, raise_all
-from dpo.metrics import EVAL_METRICS
+from dpo.metrics import EVAL_METRICS, lookup
 from dpo.rundir.writable import check_output_dir
 
 
@@ -306,6 +306,22 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
             where=loaded.where("early_stopping.metric"),
         )
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
+    watched = lookup(stopping.metric)
+    if watched is not None and watched.gap_of:
+        # a gap is logged only at an evaluation with train values logged since the previous one: without train
+        # logs before the last step, early stopping and the autopilot would skip every evaluation and do nothing
+        steps, every = dpo_config.max_steps, dpo_config.logging_steps
+        if dpo_config.logging_strategy == "no" or (dpo_config.logging_strategy == "steps" and every >= 1
+                                                   and 0 < steps <= every):  # fmt: skip
+            why = (
+                "training.logging_strategy 'no' logs none"
+                if dpo_config.logging_strategy == "no"
+                else f"training.logging_steps {every} logs none before the last step (max_steps {steps})"
+            )
+            raise UserError(
+                f"{stopping.metric} needs train values logged between evaluations, and {why}",
+                where=loaded.where("early_stopping.metric"),
+            )
 
 
 def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int, evaluations: bool = True) -> None:

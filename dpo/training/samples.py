@@ -28,15 +28,29 @@ def held_out_prompts(rows: list[dict], count: int) -> list:
     return list(distinct.values())[:count]
 
 
-def reference_words(model, trainer) -> str:
-    """Which model answers as the reference, as `write_samples` picks it (samples.json's `reference`)."""
-    if hasattr(model, "disable_adapter"):
-        return "the base model (the trained model with its adapter disabled)"
+# where write_samples takes the reference model from -> how samples.json's `reference` names it
+REFERENCE_WORDS = {
+    "adapter_disabled": "the base model (the trained model with its adapter disabled)",
+    "synced_copy": "TR-DPO's synced reference as the last step left it (regularizers.sync_ref moved it toward the "
+    "policy), not the base model",
+    "reference_copy": "the base model (TRL's reference copy)",
+    "reloaded": "the base model (loaded again)",
+}
+
+
+def reference_source(model, trainer) -> str:
+    """Where the reference model that answers comes from (a REFERENCE_WORDS key): write_samples uses it and
+    samples.json names it by it."""
+    if hasattr(model, "disable_adapter"):  # LoRA: the reference is the base under the adapter
+        return "adapter_disabled"
     if getattr(trainer, "ref_model", None) is not None:
-        if getattr(trainer.args, "sync_ref_model", False):
-            return "TR-DPO's synced reference (regularizers.sync_ref moved it toward the policy), not the base model"
-        return "the base model (TRL's reference copy)"
-    return "the base model (loaded again)"
+        return "synced_copy" if getattr(trainer.args, "sync_ref_model", False) else "reference_copy"
+    return "reloaded"  # full fine-tuning with precomputed reference log-probs
+
+
+def reference_words(model, trainer) -> str:
+    """Which model answers as the reference (samples.json's `reference`)."""
+    return REFERENCE_WORDS[reference_source(model, trainer)]
 
 
 def write_samples(trainer, checked, run_dir: Path, step: int) -> None:
@@ -50,16 +64,18 @@ def write_samples(trainer, checked, run_dir: Path, step: int) -> None:
     was_training = model.training
     model.eval()
 
+    source = reference_source(model, trainer)
+
     @contextmanager
     def use(which: str):
         if which == "policy":
             yield model
-        elif hasattr(model, "disable_adapter"):  # LoRA: the reference is the base under the adapter
+        elif source == "adapter_disabled":
             with model.disable_adapter():
                 yield model
-        elif getattr(trainer, "ref_model", None) is not None:
+        elif source in ("synced_copy", "reference_copy"):
             yield trainer.accelerator.unwrap_model(trainer.ref_model)
-        else:  # full fine-tuning with precomputed reference log-probs: load the base again, once
+        else:  # reloaded: load the base again, once
             from dpo.models import load_model
 
             recipe = checked.recipe.model
@@ -70,7 +86,7 @@ def write_samples(trainer, checked, run_dir: Path, step: int) -> None:
         warnings.simplefilter("ignore", FutureWarning)
         rows = side_by_side(use, trainer.processing_class, prompts, options)
     model.train(was_training)
-    reference = reference_words(model, trainer)
+    reference = REFERENCE_WORDS[source]
     atomic_write_json(
         run_dir / SAMPLES,
         {

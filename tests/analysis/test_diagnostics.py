@@ -109,6 +109,9 @@ def test_onset_on_a_metric_without_a_train_counterpart_is_recorded_as_not_checke
     assert gap["onset_not_checked"] == (
         "eval_gap/accuracies has no train counterpart (it is only logged held-out): no train curve to compare it with"
     )
+    # a callback's own metric: nothing is known of where it is logged
+    custom = overfitting_block(h, "eval_my_score", 2, mode="max")
+    assert custom["onset_not_checked"].startswith("eval_my_score has no train counterpart (not a dpo metric with")
     older = {"metric": "eval_kl", "patience": 2, "onset_step": None, "warnings": []}  # written before the key
     not_applicable = "not applicable (no train counterpart)"
     for block, shown in ((checked, "not detected"), (gap, not_applicable), (older, not_applicable)):

@@ -157,6 +157,11 @@ def test_training_section_is_checked_against_dpoconfig(recipe_path, override, fr
     assert str(err.value).startswith("--set: ") and fragment in str(err.value)
 
 
+def test_a_built_in_key_spelled_out_at_its_default_is_accepted(recipe_path):
+    """`eval_on_start: false` (a recipe converted from TRL's arguments spells the defaults out) changes nothing."""
+    assert check_training(load_recipe(recipe_path, ["training.eval_on_start=false"]))["eval_on_start"] is False
+
+
 def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
     loaded = load_recipe(recipe_path, ["loss.beta=0.3", "seed=7", "training.max_steps=5", "training.eval_steps=2"])
     config = build_dpo_config(loaded, tmp_path / "run")
