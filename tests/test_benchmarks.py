@@ -266,6 +266,10 @@ def test_noise_benchmark_lists_failed_runs_and_breaks_validation_ties_by_the_met
     assert "cdpo" not in result["across_noisy_cells"]["validation_accuracy"]
     assert "cdpo" in result["across_noisy_cells"]["not_in_every_cell"]
     assert "dpop" in best["candidates_not_run"] and "early_stopping" in best["candidates_not_run"]  # one seed of 3
+    alone = bench.aggregate([run("autopilot", 0, 0.5)], {})["goals"]  # no single control: the goal is open, not gone
+    assert [(g["goal"].split(" (")[0], g["met"], g["detail"]) for g in alone if "best single" in g["goal"]] == [
+        ("autopilot >= best single control", None, "no best single control on the autopilot's seeds yet")
+    ]
     result["failed"] = [{"dataset": "sorting", "noise": 0.3, "seed": 1, "method": "chi_po", "failed": "non-finite"}]
     text = bench.markdown(result)
     assert "- `chi_po` on sorting at 30%, seed 1: non-finite" in text

@@ -322,19 +322,6 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
                 f"{stopping.metric} needs train values logged between evaluations, and {why}",
                 where=loaded.where("early_stopping.metric"),
             )
-        # reduce-on-plateau (ours and transformers' best-metric bookkeeping) reads the metric at every evaluation
-        strategies = (str(getattr(dpo_config.logging_strategy, "value", dpo_config.logging_strategy)),
-                      str(getattr(dpo_config.eval_strategy, "value", dpo_config.eval_strategy)))  # fmt: skip
-        evaluated = dpo_config.eval_steps or every
-        at_every_evaluation = strategies == ("epoch", "epoch") or (
-            strategies == ("steps", "steps") and every >= 1 and evaluated >= 1 and evaluated % every == 0
-        )
-        if dpo_config.lr_scheduler_type == "reduce_lr_on_plateau" and not at_every_evaluation:
-            raise UserError(
-                f"reduce_lr_on_plateau on {stopping.metric} needs the gap at every evaluation: training.logging_steps "
-                f"({every}, {strategies[0]}) must divide training.eval_steps ({evaluated}, {strategies[1]})",
-                where=loaded.where("training.lr_scheduler_type"),
-            )
 
 
 def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int, evaluations: bool = True) -> None:

@@ -31,7 +31,7 @@ from trl.trainer.utils import use_adapter
 from dpo.data.rows import SCORE_GAP
 from dpo.errors import NonFiniteError
 from dpo.logps import reduce_logps
-from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, gap_sign
+from dpo.metrics import GAPS, HELD_OUT_PREFIX, PER_PAIR, STANDARD_ERROR_PREFIX, gap_sign, lookup
 from dpo.noise import logged_error, standard_error
 from dpo.rundir import resume
 from dpo.rundir.atomic import atomic_write_json
@@ -604,10 +604,25 @@ class Trainer(DPOTrainer):
         """transformers' evaluation; our plateau scheduler is stepped here, with the metric's standard error."""
         ours = isinstance(self.lr_scheduler, NoiseAwarePlateau)
         metrics = super()._evaluate(trial, ignore_keys_for_eval, skip_scheduler=skip_scheduler or ours)
-        if ours and not skip_scheduler:
+        if ours and not skip_scheduler and not self._gap_missing(metrics):
             metric = self._watched_key()
             self.lr_scheduler.step(metrics[metric], error=logged_error(metrics, metric))
         return metrics
+
+    def _gap_missing(self, metrics: dict) -> bool:
+        """The watched metric is a train/held-out gap this evaluation lacks: it needs train values logged since the
+        previous evaluation (none when logging_steps does not divide eval_steps, nor at a closing evaluation at
+        max_steps off the eval_steps grid). Reduce-on-plateau and the best-metric bookkeeping skip such an
+        evaluation, as early stopping and the autopilot do."""
+        metric = self.args.metric_for_best_model
+        if not metric or self._watched_key() in metrics:
+            return False
+        watched = lookup(self._watched_key())
+        return watched is not None and watched.gap_of is not None
+
+    def _determine_best_metric(self, metrics, trial) -> bool:
+        """transformers' best-metric bookkeeping (read with reduce-on-plateau), which raises on a missing metric."""
+        return False if self._gap_missing(metrics) else super()._determine_best_metric(metrics, trial)
 
     def _watched_key(self) -> str:
         """metric_for_best_model as evaluation logs it, eval_-prefixed (as transformers reads it)."""

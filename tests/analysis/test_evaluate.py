@@ -351,8 +351,8 @@ def test_held_out_pairs_that_changed_since_the_run_are_an_error_naming_the_data_
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == (
         f"error: {copy / 'data_card.json'}: the held-out pairs recomputed from {eval_file} are not those the run held "
-        f"out (content_hash.eval {recorded[:12]}..., now {proc.stderr.split('now ')[1][:12]}...): the data changed "
-        "since the run; restore it, or evaluate other pairs with --data FILE\n"
+        f"out (content_hash.eval {recorded[:12]}..., now {proc.stderr.split('now ')[1][:12]}...): the data files, or "
+        "how this version of dpo prepares them, changed since the run; evaluate the pairs you mean with --data FILE\n"
     )
     assert not (copy / "eval.json").exists()
 

@@ -119,7 +119,7 @@ def test_samples_name_the_model_that_answered_as_the_reference():
     assert reference_words(lora, plain) == "the base model (the trained model with its adapter disabled)"
     assert reference_words(full, plain) == "the base model (TRL's reference copy)"
     assert reference_words(full, synced) == (
-        "TR-DPO's synced reference as the last step left it (regularizers.sync_ref moved it toward the policy), not the "
-        "base model"
+        "TR-DPO's synced reference as the last step left it (regularizers.sync_ref moved it toward the policy), "
+        "not the base model"
     )
     assert reference_words(full, SimpleNamespace(ref_model=None)) == "the base model (loaded again)"

@@ -154,6 +154,18 @@ def test_watching_a_gap_trains_through_evaluations_that_lack_it(tiny_recipe, tmp
 
 
 @pytest.mark.slow
+def test_reduce_on_plateau_watching_a_gap_skips_evaluations_that_lack_it(tiny_recipe, tmp_path):
+    """Reduce-on-plateau on a gap, logged every 3 steps and evaluated every 2: the evaluation at step 2 has no gap;
+    our plateau and transformers' best-metric bookkeeping (which raised KeyError) skip it, and the run completes."""
+    overrides = ["early_stopping.metric=eval_gap/accuracies", "training.logging_steps=3",
+                 "training.lr_scheduler_type=reduce_lr_on_plateau"]  # fmt: skip
+    summary, _ = execute(tiny_recipe, overrides, output_dir=tmp_path / "run")
+    assert summary["steps"] == 4 and summary["stop_reason"] == "completed"
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if "eval_gap/accuracies" in e] == [4]
+
+
+@pytest.mark.slow
 def test_samples_are_answered_by_the_restored_best_weights_and_say_so(tiny_recipe, tmp_path):
     """The scripted metric peaks at step 1 of 4 and patience 3 never runs out: the best checkpoint (step 1) is
     restored after step 4, and samples.json, generated after that, names step 1, not the trainer's step 4."""
