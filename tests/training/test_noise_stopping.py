@@ -227,9 +227,9 @@ def test_a_run_hands_each_evaluation_with_its_logged_standard_error_to_early_sto
     seen = {"early stopping": [], "plateau": []}
     update, step = BestCheckpointCallback.update, NoiseAwarePlateau.step
 
-    def spy_update(self, at, value, error=0.0):
+    def spy_update(self, at, value, error=0.0, last=False):
         seen["early stopping"].append((value, error))
-        return update(self, at, value, error)
+        return update(self, at, value, error, last)
 
     def spy_step(self, metrics, epoch=None, error=0.0):
         seen["plateau"].append((float(metrics), error))
