@@ -283,7 +283,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(fixed, dict):
         raise UserError("must be a mapping of recipe keys to values", where=where("fixed"))
     for key in fixed:
-        _check_recipe_key(str(key), where(f"fixed.{key}"))
+        _check_recipe_key(str(key), where(f"fixed.{key}"), fixed[key])
 
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
@@ -308,7 +308,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         if kind == "variants":
             for variant, overrides in args.items():
                 for sub in overrides:
-                    _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"))
+                    _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"), overrides[sub])
         else:
             _check_recipe_key(key, where(f"search.{key}"))
         params.append(Param(key, kind, args))
@@ -457,9 +457,10 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
     return trials or size
 
 
-def _check_recipe_key(key: str, where: str) -> None:
+def _check_recipe_key(key: str, where: str, value: Any = None) -> None:
     """The key must name a recipe key: a schema field, a loss hyperparameter or beta schedule key from their tables,
-    or (training.*) a trl.DPOConfig field. Values are checked by the trial."""
+    or (training.*) a trl.DPOConfig field. Values are checked by the trial; `value` (a fixed one) only decides
+    whether a built-in training key spells out its default."""
     if key in RESERVED_KEYS:
         raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
     parts = key.split(".")
@@ -468,7 +469,7 @@ def _check_recipe_key(key: str, where: str) -> None:
             raise UserError("name one training key (training.learning_rate, ...)", where=where)
         from dpo.training.arguments import training_key_problem
 
-        problem = training_key_problem(parts[1])
+        problem = training_key_problem(parts[1], value)
         if problem:
             raise UserError(problem[0], where=where)
         return

@@ -221,9 +221,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
-def training_key_problem(key: str) -> tuple[str, bool] | None:
+def training_key_problem(key: str, value: Any = None) -> tuple[str, bool] | None:
     """Why `training.<key>` cannot be set, or None: (message, whether it names the key itself, i.e. the key has a
-    home elsewhere, rather than being unknown). Shared by the recipe check and the sweep spec's key check."""
+    home elsewhere, rather than being unknown). Shared by the recipe check, the sweep spec's key check and the TRL
+    config converter. `value`, where known: a built-in key set to False is the default spelled out (a recipe
+    converted from TRL's arguments) and changes nothing."""
+    if key in TRAINING_KEYS_BUILT_IN and value is False:
+        return None
     if key in TRAINING_KEYS_ELSEWHERE:
         return f"belongs elsewhere: use {TRAINING_KEYS_ELSEWHERE[key]}", True
     if key in TRAINING_KEYS_BUILT_IN:
@@ -240,9 +244,7 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     problems = []  # every training key's problem, not only the first
     for key, value in loaded.recipe.training.items():
         where = loaded.where(f"training.{key}")
-        if key in TRAINING_KEYS_BUILT_IN and value is False:
-            continue  # the default spelled out (a recipe converted from TRL's arguments): changes nothing
-        problem = training_key_problem(key)
+        problem = training_key_problem(key, value)
         if problem:
             message, names_the_key = problem
             problems.append(UserError(message, where=where if names_the_key else loaded.source(f"training.{key}")))

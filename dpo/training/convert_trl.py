@@ -109,7 +109,7 @@ def convert_trl(path: str | Path) -> Converted:
         elif key in _HANDLED:
             _HANDLED[key](key, value, config, out)
         elif key in fields:
-            problem = _training_problem(key)
+            problem = _training_problem(key, value)
             if problem:
                 out.unmapped.append((key, problem))
             else:
@@ -240,10 +240,10 @@ def _dpo_config_fields() -> set[str]:
     return set(fields())
 
 
-def _training_problem(key: str) -> str | None:
+def _training_problem(key: str, value: Any) -> str | None:
     from dpo.training.arguments import training_key_problem
 
-    problem = training_key_problem(key)
+    problem = training_key_problem(key, value)
     return problem[0] if problem else None
 
 

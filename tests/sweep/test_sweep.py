@@ -72,6 +72,8 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"sampler": {"type": "tpe", "constant_liar": 1}}, "sampler.constant_liar", "must be true or false"),
         ({"pruner": {"type": "median", "n_warmup_steps": 2.5}}, "pruner.n_warmup_steps", "expected a whole number"),
         ({"pruner": {"type": "hyperband", "max_resource": 1.5}}, "pruner.max_resource", "got 1.5"),  # str | int
+        ({"fixed": {"training.eval_on_start": True}}, "fixed.training.eval_on_start", "is built in"),
+        ({"search": {"training.eval_on_start": {"choice": [False]}}}, "search.training.eval_on_start", "is built in"),
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -89,6 +91,13 @@ def test_sampler_and_pruner_options_of_every_type_they_take_are_accepted(tmp_pat
         assert spec.pruner_kwargs == {k: v for k, v in pruner.items() if k != "type"}
     sampler = {"type": "tpe", "n_startup_trials": 4, "constant_liar": False, "gamma": None}
     assert load_spec(write_spec(tmp_path / "s.yaml", tiny_recipe, trials=2, search=SEARCH, sampler=sampler)).trials == 2
+
+
+def test_a_fixed_built_in_training_key_may_spell_out_its_default(tmp_path, tiny_recipe):
+    """`training.eval_on_start: false` changes nothing, as in a recipe; a recipe accepts it, so must the sweep."""
+    fixed = {"training.eval_on_start": False}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=SEARCH, fixed=fixed))
+    assert spec.overrides({"loss.beta": 0.1})["training.eval_on_start"] is False
 
 
 def test_spec_takes_loss_hyperparameters_and_beta_schedule_keys(tmp_path, tiny_recipe):

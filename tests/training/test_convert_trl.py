@@ -87,6 +87,15 @@ def test_without_use_peft_trl_trains_the_full_model_and_so_does_the_recipe(tmp_p
     }
 
 
+def test_a_built_in_option_at_its_default_converts_and_otherwise_is_said_not_to(tmp_path):
+    """TRL configs often spell the defaults out: `eval_on_start: false` is what every run does anyway."""
+    default = convert_trl(write(tmp_path, {"dataset_name": "trl-lib/x", "eval_on_start": False}))
+    assert default.recipe["training"]["eval_on_start"] is False and not default.unmapped
+    changed = convert_trl(write(tmp_path, {"dataset_name": "trl-lib/x", "eval_on_start": True}, name="on.yaml"))
+    assert "eval_on_start" not in changed.recipe.get("training", {})
+    assert [(key, why.split(":")[0]) for key, why in changed.unmapped] == [("eval_on_start", "is built in")]
+
+
 def test_every_trl_option_is_mapped_or_said_not_to_be():
     """Every field of the three dataclasses `trl dpo` reads has a rule here: a move, LoRA, a rule of its own, a
     reason it is not mapped, or a DPOConfig field that goes under training: (or that the training check refuses)."""
