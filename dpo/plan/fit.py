@@ -39,7 +39,7 @@ def _changes(arch: Architecture, options: PlanOptions) -> list[tuple[str, dict[s
         changes.append(("turn on gradient checkpointing", {"gradient_checkpointing": True}))
     if options.resolved_reference() == "copy":
         changes.append(("precompute the reference log-probs (reference=precomputed)", {"reference": "precomputed"}))
-    if options.lora_rank is None:
+    if options.lora_rank is None and options.reference != "synced":  # TR-DPO cannot sync an adapter-disabled base
         # q/k/v/o where the model has them (Llama and kin), else every Linear (GPT-2's c_attn, c_proj, c_fc)
         default_applies = lora_parameters(arch, 16, DEFAULT_LORA_TARGETS) > 0
         targets = DEFAULT_LORA_TARGETS if default_applies else ("all-linear",)

@@ -217,7 +217,7 @@ def estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str, 
 
     memory = {
         "weights": total * wb + (trainable * 4 if lora else 0),
-        "reference": total * wb if reference == "copy" else 0,
+        "reference": total * wb if reference in ("copy", "synced") else 0,
         "gradients": gradients,
         "optimizer": int(states),
         "activations": int(acts),

@@ -36,6 +36,8 @@ OPTIMIZERS: dict[str, Optimizer] = {
 REFERENCES = {
     "auto": "adapter-disabled base with LoRA, a second copy without",
     "copy": "a second full copy of the model, frozen",
+    "synced": "a second full copy that TR-DPO (regularizers.sync_ref) moves towards the policy: it needs full "
+    "fine-tuning and cannot be precomputed",
     "adapter": "the policy with its LoRA adapter disabled (no extra weights)",
     "precomputed": "reference log-probs computed once before training (no extra weights, no reference forward)",
     "none": "a reference-free loss (simpo, orpo): no reference model, no reference forward, no precompute",
@@ -79,7 +81,9 @@ class PlanOptions:
         False, "Recompute each layer in the backward pass instead of keeping its activations."
     )
     reference: str = _option(
-        "auto", f"{_names(REFERENCES)} (auto: adapter with LoRA, copy without; none: a reference-free loss)."
+        "auto",
+        f"{_names(REFERENCES)} (auto: adapter with LoRA, copy without; synced: TR-DPO's moving copy; none: a "
+        "reference-free loss).",
     )
     optimizer: str = _option("adamw", f"{_names(OPTIMIZERS)}.")
     gpu_memory_gib: float | None = _option(
@@ -124,5 +128,7 @@ class PlanOptions:
             )
         if self.lora_rank is None and self.reference == "adapter":
             raise UserError("plan option reference='adapter' needs LoRA (set lora_rank)")
+        if self.lora_rank is not None and self.reference == "synced":
+            raise UserError("plan option reference='synced' needs full fine-tuning (--full): TR-DPO syncs a full copy")
         if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
             raise UserError(f"plan option gpu_memory_gib must be positive, got {self.gpu_memory_gib}")

@@ -30,11 +30,19 @@ def options_for_recipe(recipe: Recipe, args, cuda: bool, reference_free: bool = 
         lora_rank=peft.r if peft else None,
         lora_targets=targets,
         gradient_checkpointing=bool(args.gradient_checkpointing),
-        reference="none" if reference_free else "precomputed" if args.precompute_ref_log_probs else "auto",
+        reference=_reference(recipe, args, reference_free),
         device="cuda" if cuda else "cpu",
         optimizer=planned_optimizer(args.optim),
         autocast=_autocast(args) if recipe.model.dtype == "float32" else None,
     )
+
+
+def _reference(recipe: Recipe, args, reference_free: bool) -> str:
+    if reference_free:
+        return "none"
+    if recipe.regularizers.sync_ref is not None:  # TR-DPO (the recipe check refuses it with LoRA or precompute)
+        return "synced"
+    return "precomputed" if args.precompute_ref_log_probs else "auto"
 
 
 def _autocast(args) -> str | None:

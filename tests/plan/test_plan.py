@@ -458,6 +458,22 @@ def test_suggestions_when_nothing_fits(tmp_path):
     assert "LoRA adapter (r=16 on q/k/v/o)" in text
 
 
+def test_tr_dpos_moving_reference_is_a_full_copy_and_gets_no_suggestion_it_cannot_take(tmp_path):
+    """TR-DPO (regularizers.sync_ref) moves a full copy of the model: it costs what a frozen copy costs, and neither
+    precomputed reference log-probs nor a LoRA adapter (whose reference, the disabled base, cannot move) applies."""
+    source = smol_like(tmp_path)
+    copy = build_plan(source, PlanOptions(lora_rank=None, batch_size=8, seq_len=1024, gpu_memory_gib=3))
+    synced = build_plan(source, PlanOptions(lora_rank=None, reference="synced", batch_size=8, seq_len=1024,
+                                            gpu_memory_gib=3))  # fmt: skip
+    assert synced.memory == copy.memory and synced.memory["reference"] == 134_515_008 * 4
+    assert any("precompute" in s for s in copy.suggestions) and any("LoRA" in s for s in copy.suggestions)
+    assert synced.suggestions[0].startswith("even 1 pair") and len(synced.suggestions) > 1
+    assert not any("precompute" in s or "LoRA" in s for s in synced.suggestions)
+    assert "reference: synced" in synced.render() and "TR-DPO" in synced.render()
+    with pytest.raises(UserError, match="reference='synced' needs full fine-tuning"):
+        build_plan(source, PlanOptions(lora_rank=16, reference="synced"))
+
+
 def test_the_lora_suggestion_targets_layers_the_model_has(tmp_path):
     """GPT-2 has no q/k/v/o: suggesting LoRA on them would add no trainable parameter (PEFT refuses it) and the
     plan would promise a fit from a model with nothing to train. Its suggestion wraps every Linear instead."""

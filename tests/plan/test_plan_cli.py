@@ -129,6 +129,15 @@ def test_dpo_plan_reads_a_recipe_and_given_options_win(tmp_path, tiny_model_dir)
     assert shown["recipe"] == str(recipe) and shown["options"]["seq_len"] == 32 and shown["options"]["batch_size"] == 3
 
 
+def test_a_tr_dpo_recipe_is_planned_with_its_moving_reference(tmp_path, tiny_model_dir):
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    raw = {**tiny_recipe_dict(tiny_model_dir, 8, {}), "peft": None, "regularizers": {"sync_ref": {"every": 2}}}
+    planned = api.plan(str(write_recipe(tmp_path / "r.yaml", raw)))
+    assert planned.options.reference == "synced" and planned.options.lora_rank is None
+    assert planned.memory["reference"] > 0
+
+
 def test_a_dtype_given_for_a_recipe_drops_the_recipes_autocast(tmp_path, tiny_model_dir, monkeypatch):
     """A recipe that trains with bf16 autocast on a GPU host (float32 weights) planned `--dtype bfloat16`: autocast
     is for float32 weights only, so it goes with them, instead of an error about an option the user never set."""
