@@ -52,6 +52,18 @@ class _SafeLoader(yaml.SafeLoader):
         _check_expanded(node)  # before construction, which is where an alias bomb would be expanded
         return node
 
+    def construct_object(self, node, deep=False):
+        """A value its explicit tag cannot read (`!!int abc`, `!!float x`, `!!bool maybe`, `!!timestamp 3`): PyYAML's
+        constructors raise Python errors there, not YAML ones; one YAML error at the value's line instead."""
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            tag = node.tag.rsplit(":", 1)[-1]
+            shown = f"{node.value!r} " if isinstance(node.value, str) else ""
+            raise ConstructorError(None, None, f"{shown}is not a valid !!{tag}", node.start_mark) from None
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, MappingNode):
             first_line: dict = {}
