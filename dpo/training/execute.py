@@ -48,7 +48,7 @@ from dpo.training.audit_use import apply_audit
 from dpo.training.gate import CheckedRecipe, check, needs_audit
 from dpo.training.integrations import configure_loggers, finish_wandb, write_tensorboard_markers
 from dpo.training.samples import write_samples_or_warn
-from dpo.training.secret_free import use_secret_free_wandb
+from dpo.training.secret_free import use_secret_free_loggers
 from dpo.training.summary import finished_summary, non_finite_summary
 
 
@@ -211,7 +211,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     trainer = build_trainer(checked, [*callbacks, *own])
     if autopilot:
         autopilot.bind(trainer)
-    use_secret_free_wandb(trainer)  # what transformers' WandbCallback sends to wandb, scrubbed of secrets
+    use_secret_free_loggers(trainer)  # what transformers' wandb and TensorBoard callbacks write, scrubbed of secrets
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if trainer.args.world_size != launched:  # independent copies of one run would overwrite each other's files
         raise RuntimeError(f"launched as {launched} processes, but the trainer runs {trainer.args.world_size}")

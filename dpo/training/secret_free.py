@@ -10,7 +10,8 @@ user's strings hold it: a model path, the run name, an output directory. Three p
   WandbCallback copies the model config (its `_name_or_path`) and the arguments into the wandb config:
   `model_names_redacted` redacts the recorded paths while they save / log;
 - wandb itself records the run's name, project and group and the command line: dpo/training/integrations.py opens
-  the run with those redacted, and `SecretFreeWandbCallback` replaces transformers' callback.
+  the run with those redacted, and `secret_free_callbacks` replaces transformers' wandb and TensorBoard callbacks
+  (TensorBoard's event file holds the arguments and the model config as text).
 
 The real values stay in memory (TRL loads a full fine-tune's reference model from the model path): only what is
 written is redacted.
@@ -74,21 +75,27 @@ def argv_redacted():
         sys.argv = argv
 
 
-def secret_free_wandb_callback():
-    """transformers' WandbCallback, but what it sends to wandb.config (the arguments, the model config) scrubbed."""
-    from transformers.integrations import WandbCallback
+def secret_free_callbacks() -> dict[type, type]:
+    """transformers' logging callbacks that copy the arguments and the model config into a file, and their scrubbing
+    versions: WandbCallback (wandb.config), TensorBoardCallback (the "args" and "model_config" texts of its event
+    file)."""
+    from transformers.integrations import TensorBoardCallback, WandbCallback
 
     class SecretFreeWandbCallback(WandbCallback):
         def setup(self, args, state, model, **kwargs):
             with model_names_redacted(model):
                 super().setup(scrubbed_arguments(args), state, model, **kwargs)
 
-    return SecretFreeWandbCallback()
+    class SecretFreeTensorBoardCallback(TensorBoardCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            with model_names_redacted(kwargs.get("model")):
+                super().on_train_begin(scrubbed_arguments(args), state, control, **kwargs)
+
+    return {WandbCallback: SecretFreeWandbCallback, TensorBoardCallback: SecretFreeTensorBoardCallback}
 
 
-def use_secret_free_wandb(trainer) -> None:
-    """Swap the WandbCallback that transformers added for `report_to: wandb` for the scrubbing one."""
-    from transformers.integrations import WandbCallback
-
-    if trainer.pop_callback(WandbCallback) is not None:
-        trainer.add_callback(secret_free_wandb_callback())
+def use_secret_free_loggers(trainer) -> None:
+    """Swap the logging callbacks that transformers added for `report_to` for their scrubbing versions."""
+    for original, scrubbing in secret_free_callbacks().items():
+        if trainer.pop_callback(original) is not None:
+            trainer.add_callback(scrubbing())

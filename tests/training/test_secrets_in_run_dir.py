@@ -2,9 +2,10 @@
 
 A secret is an environment variable's value (dpo/rundir/secrets.py). The regressions: a secret in the model path
 reached adapter_config.json, the PEFT model card and wandb's files; in the run name it reached training_args.bin
-(pickled TrainingArguments) and wandb; in the wandb project / group, the recipe file name or a `--set` value it
-reached RUN_DIR/wandb/* (wandb records the command line). Each run below puts the secret everywhere at once, with
-wandb offline, then reads every byte of every file in the run directory."""
+(pickled TrainingArguments), wandb and TensorBoard's event file (the arguments as text); in the wandb project /
+group, the recipe file name or a `--set` value it reached RUN_DIR/wandb/* (wandb records the command line). Each run
+below puts the secret everywhere at once, with wandb offline, then reads every byte of every file in the run
+directory."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def secret_everywhere(tmp_path_factory):
     recipe = tiny_recipe_dict(model, 16, {**TINY_TRAINING, "max_steps": 2})
     recipe["name"] = f"run-{SECRET}"
     recipe["data"]["train"] = str(data / "train.jsonl")
-    recipe["logging"].update(wandb=True, wandb_project=f"project-{SECRET}")
+    recipe["logging"].update(wandb=True, wandb_project=f"project-{SECRET}", tensorboard=True)
     return write_recipe(root / f"recipe-{SECRET}.yaml", recipe)
 
 
@@ -62,6 +63,7 @@ def test_no_file_in_the_run_directory_holds_a_secret(secret_everywhere, tmp_path
     proc = dpo("train", str(secret_everywhere), "--output-dir", str(run_dir), *overrides, env=secret_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((run_dir / "wandb").glob("offline-run-*/*.wandb"))  # wandb did write its files
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # so did TensorBoard (the arguments)
     assert (run_dir / "final" / "training_args.bin").is_file()
     assert files_holding(run_dir, SECRET) == []
     assert SECRET not in proc.stdout + proc.stderr
