@@ -33,6 +33,9 @@ def train(
     (refused otherwise); data_card.json records the change."""
     from dpo.training.execute import execute
 
+    if allow_data_change and not resume:  # a flag that would change nothing: said, not ignored
+        raise UserError("applies only with --resume (a run that starts reads its data as it is)",
+                        where="--allow-data-change")  # fmt: skip
     recipe = Path(recipe)
     if resume and recipe.is_dir():
         if output_dir is not None and Path(output_dir).resolve() != recipe.resolve():
@@ -115,17 +118,21 @@ def plan(source: str, options=None, given=()):
 def convert_trl(config: str | Path, output: str | Path | None = None):
     """Turn a `trl dpo` config file into a recipe; returns (the recipe's text, the Converted record with the keys
     that could not be mapped). With `output`, also writes the recipe there (an existing file is an error)."""
+    from dpo.rundir.atomic import atomic_write_text
+    from dpo.rundir.writable import check_output_dir
     from dpo.training.convert_trl import convert_trl as convert
     from dpo.training.convert_trl import recipe_yaml
 
     output = Path(output) if output is not None else None
-    if output is not None and output.exists():
-        raise UserError("already exists; choose another --output or remove it", where=str(output))
+    if output is not None:
+        if output.exists() or output.is_symlink():
+            raise UserError("already exists; choose another --output or remove it", where=str(output))
+        check_output_dir(output.parent)  # before converting: a folder that cannot be written is one error line
     converted = convert(config)
     text = recipe_yaml(converted, Path(config), output)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
+        atomic_write_text(output, text)  # a killed write leaves no half recipe
     return text, converted
 
 

@@ -67,6 +67,14 @@ def test_missing_recipe_file(tmp_path):  # through `python -m dpo`: the entry po
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: recipe file not found"
 
 
+def test_allow_data_change_without_resume_is_an_error_not_ignored(good, tmp_path):
+    proc = invoke_dpo("train", good, "--allow-data-change", "--output-dir", tmp_path / "run")
+    assert proc.returncode == 2
+    expected = "error: --allow-data-change: applies only with --resume (a run that starts reads its data as it is)"
+    assert proc.stderr.splitlines() == [expected]
+    assert not (tmp_path / "run").exists()
+
+
 def test_validate_ok(good):
     proc = invoke_dpo("validate", good, "--set", "loss.beta=0.2")
     assert proc.returncode == 0, proc.stderr

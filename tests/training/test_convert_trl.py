@@ -146,3 +146,11 @@ def test_without_output_the_recipe_is_printed(tmp_path):
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.stdout[result.stdout.index("# Converted") :])
     assert printed == {"name": "trl", "model": {"name_or_path": "gpt2"}, "peft": {}, "data": {"train": "hub:trl-lib/x"}}
+
+
+def test_an_output_under_a_file_is_one_error_line_and_nothing_is_written(tmp_path):
+    source = write(tmp_path, {"dataset_name": "trl-lib/x"})
+    (tmp_path / "afile").write_text("mine\n")
+    result = CliRunner().invoke(app, ["convert-trl", str(source), "--output", str(tmp_path / "afile" / "r.yaml")])
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'afile'}: is a file, not a directory\n"
+    assert (tmp_path / "afile").read_text() == "mine\n"
