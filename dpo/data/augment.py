@@ -12,6 +12,7 @@ touched, and no prompt leaks across the split. Rows an augmentation creates are 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import random
@@ -223,16 +224,18 @@ def apply(
         kwargs, problem = arguments(function, step)
         if problem:
             raise UserError(problem, where=label)
+        known = {canonical(r) for r in before}
         if step["type"] in AUGMENTATIONS:
             out = function(before, rng, **kwargs)
         else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
             try:
-                out = function(before, rng, **kwargs)
+                # a copy: a plug-in that edits the rows it is given in place would otherwise change `before` too,
+                # and its edited rows would pass as known ones, unchecked and not counted as changed
+                out = function(copy.deepcopy(before), rng, **kwargs)
             except Exception as exc:  # noqa: BLE001
                 raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
         if not isinstance(out, list):
             raise UserError(f"returned a {type(out).__name__}, expected a list of rows", where=label)
-        known = {canonical(r) for r in before}
         new = [i for i, r in enumerate(out) if not isinstance(r, dict) or canonical(r) not in known]
         out = list(out)
         bad = {}

@@ -177,6 +177,11 @@ def crashes(rows, rng):
 
 def repeat(rows, rng, *, times: int = 1):
     return rows * times
+
+
+def blank_in_place(rows, rng):
+    rows[0]["chosen"] = " "
+    return rows
 """
 
 
@@ -221,6 +226,16 @@ def test_plugin_output_rows_are_validated(plugin):
     section = section.model_copy(update={"on_invalid": "skip"})
     data = prepare_data(section, seed=0)
     assert len(data.train) == 3 and data.card["augmented"][0]["invalid"] == {"empty": 3}
+
+
+def test_a_plugin_that_edits_its_rows_in_place_is_validated_and_counted_too(plugin):
+    """The plug-in gets a copy: rows it edits in place are new rows, checked and counted, not known ones."""
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:blank_in_place"}])
+    with pytest.raises(UserError, match=r"step 0 \(my_augs:blank_in_place\): output row 1: 'chosen' is empty"):
+        prepare_data(section, seed=0)
+    data = prepare_data(section.model_copy(update={"on_invalid": "skip"}), seed=0)
+    assert len(data.train) == 2 and all(r["chosen"].strip() for r in data.train)
+    assert data.card["augmented"][0]["invalid"] == {"empty": 1} and data.card["augmented"][0]["changed"] == 1
 
 
 def test_plugin_that_raises_is_a_one_line_user_error(plugin):
