@@ -85,7 +85,8 @@ def _pluck(row: dict, spec: str) -> Any:
 
 def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ()) -> dict | Problem:
     """Rename the source's columns to ours (`columns`: our name -> their column or path) and drop `ignore`d ones.
-    Null values count as absent (columnar formats fill missing cells with null)."""
+    Null values count as absent (columnar formats fill missing cells with null), but for the prompt: a row with a
+    null prompt is a Problem, not an implicit-prompt row."""
     if not isinstance(row, dict):
         return Problem("not_object", f"row is a {type(row).__name__}, not an object")
     mapped = {}
@@ -94,6 +95,10 @@ def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ())
             mapped[target] = _pluck(row, spec)
         except (KeyError, TypeError):
             return Problem("missing_column", f"missing column '{spec}' (mapped to {target})")
+    if row.get("prompt", "") is None and "prompt" not in columns and "prompt" not in ignore:
+        # a prompt column with an empty cell: guessing the prompt from the answers' shared start (an implicit-prompt
+        # row, which has no prompt column) would train on a prompt nobody wrote
+        return Problem("missing_column", "'prompt' is null")
     consumed = {spec.partition(".")[0].removesuffix("[]") for spec in columns.values()}
     out = {k: v for k, v in row.items() if v is not None and k not in ignore and k not in consumed}
     return {**out, **mapped}

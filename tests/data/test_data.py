@@ -38,6 +38,8 @@ def write_jsonl(path, rows):
             "role 'wizard'",
         ),
         ("just a string", "row is a str"),
+        # an empty prompt cell (CSV, Parquet): not an implicit-prompt row whose prompt is "The answer is"
+        ({"prompt": None, "chosen": "The answer is 4.", "rejected": "The answer is 5."}, "'prompt' is null"),
     ],
 )
 def test_row_problems(row, reason):
