@@ -19,6 +19,7 @@ from dpo.config.schema import DataSection, ExpandPairsSection
 from dpo.data.expand import expand_pairs
 from dpo.data.prepare import RowChecker, load_split, prepare_data
 from dpo.data.rows import REASONS, canonical, is_multi, sequence_texts, token_lengths
+from dpo.errors import UserError
 
 DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's default
 
@@ -82,12 +83,16 @@ def inspect_data(
     """The inspection report of a data file or of a recipe's data (see the module docstring)."""
     from dpo.models import DEFAULT_MODEL, load_tokenizer
 
+    if samples < 0:
+        raise UserError(f"must be 0 or more (got {samples})", where="--samples")
+    if max_length is not None and max_length < 1:  # 0 is no "not given": the recipe's or the default would be used
+        raise UserError(f"must be at least 1 token (got {max_length})", where="--max-length")
     target = Path(target)
     if target.suffix.lower() in (".yaml", ".yml"):
         loaded = load_recipe(target, list(overrides))
         recipe = loaded.recipe
         tokenizer = load_tokenizer(model or recipe.model.name_or_path, recipe.model.trust_remote_code)
-        limit = max_length or recipe.training.get("max_length", DEFAULT_MAX_LENGTH)
+        limit = max_length if max_length is not None else recipe.training.get("max_length", DEFAULT_MAX_LENGTH)
         section = recipe.data.model_copy(update={"on_invalid": "skip"})
         prepared = prepare_data(section, recipe.seed, loaded.where, tokenizer, limit)
         card, policy = prepared.card, recipe.data.on_invalid
@@ -95,7 +100,7 @@ def inspect_data(
         sources = [s for split in card["sources"].values() for s in split]
     else:
         tokenizer = load_tokenizer(model or DEFAULT_MODEL)
-        limit = max_length or DEFAULT_MAX_LENGTH
+        limit = max_length if max_length is not None else DEFAULT_MAX_LENGTH
         section = DataSection(train=str(target), on_invalid="skip")
         rows, sources = load_split(section, "train", seed, RowChecker(tokenizer, limit), lambda key: str(target))
         card, policy = {}, "error"

@@ -221,6 +221,17 @@ def test_data_inspect_file_json(tiny_model_dir):
     assert sum(b["count"] for b in split["tokens"]["sequence"]["histogram"]) == 6
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("--samples", "-1", "error: --samples: must be 0 or more (got -1)"),
+     ("--max-length", "0", "error: --max-length: must be at least 1 token (got 0)")],
+)  # fmt: skip
+def test_data_inspect_options_out_of_range_are_one_error_line(tiny_model_dir, option, value, expected):
+    path = REPO / "tests" / "data" / "data_corpus" / "duplicates.jsonl"
+    result = CliRunner().invoke(app, ["data", "inspect", str(path), "--model", str(tiny_model_dir), option, value])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [expected]
+
+
 def test_data_inspect_recipe_counts_invalid_rows(tmp_path, tiny_model_dir):
     corpus = REPO / "tests" / "data" / "data_corpus"
     recipe = write_recipe(
