@@ -62,9 +62,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             raise UserError(
                 "base cannot be overridden: it is read before --set applies; edit the recipe", where=SET_SOURCE
             )
-        if key in PATH_KEYS:
-            value = resolve_source_paths(value, Path.cwd())  # paths given on the command line are CWD-relative
-        _apply_override(raw, provenance, key, value)
+        _apply_override(raw, provenance, key, _command_line_paths_resolved(key, value))
     raw.setdefault("name", path.stem)
     absolute_local_model(raw)
     check_scalars(raw, provenance, default_source=str(path))
@@ -222,6 +220,18 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
         merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
     _deep_merge(merged, data, provenance, str(path), prefix="")
     return merged, provenance
+
+
+def _command_line_paths_resolved(key: str, value: Any) -> Any:
+    """Paths given on the command line are CWD-relative, set one by one (`data.train=x.jsonl`) or within their
+    section (`data={train: x.jsonl}`): recorded absolute, so the run's recipe.yaml finds them from anywhere."""
+    if key in PATH_KEYS:
+        return resolve_source_paths(value, Path.cwd())
+    if isinstance(value, dict) and any(path_key.partition(".")[0] == key for path_key in PATH_KEYS):
+        section = {key: copy.deepcopy(value)}
+        _resolve_paths(section, Path.cwd())
+        return section[key]
+    return value
 
 
 def _resolve_paths(data: dict, folder: Path) -> None:

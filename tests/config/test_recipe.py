@@ -110,6 +110,18 @@ def test_a_mapping_given_with_set_merges_into_the_section_as_a_child_recipe_does
     assert load_recipe(child, ["peft=null"]).recipe.peft is None  # a value that is no mapping still replaces
 
 
+def test_data_paths_given_with_set_are_read_against_the_current_directory_however_given(base, tmp_path, monkeypatch):
+    """One by one or inside the section: recorded absolute, so `dpo train --resume` and `dpo eval` find them from
+    another folder. A hub id is no path."""
+    monkeypatch.chdir(tmp_path)
+    for override in ("data.eval=held.jsonl", "data={eval: held.jsonl}", "data={eval: [{path: held.jsonl}]}"):
+        data = load_recipe(base, [override]).recipe.data
+        eval_source = data.eval[0] if isinstance(data.eval, list) else data.eval
+        path = eval_source.path if hasattr(eval_source, "path") else eval_source
+        assert path == str(tmp_path / "held.jsonl"), override
+    assert load_recipe(base, ["data={eval: 'hub:owner/name'}"]).recipe.data.eval == "hub:owner/name"
+
+
 def test_overrides_apply_and_are_attributed_to_set(base):
     loaded = load_recipe(base, ["loss.beta=0.3", "training.max_steps=7"])
     assert loaded.recipe.loss.beta == 0.3
