@@ -56,8 +56,31 @@ def check_hub(repo: str) -> str:
         ) from None
 
 
+STAGING_HEX_BYTES = 6  # a staging folder's name: .NAME-<12 hex digits>
+
+
+def _staging_folder(target: Path, inside: bool) -> Path:
+    """Where the export is written before it is moved into `target`: inside it when it exists (filled), else beside
+    it (renamed)."""
+    return (target if inside else target.parent) / f".{target.name}-{secrets.token_hex(STAGING_HEX_BYTES)}"
+
+
+def _is_staging_of(entry: Path, target: Path) -> bool:
+    suffix = entry.name.removeprefix(f".{target.name}-")
+    hex_digits = set("0123456789abcdef")
+    return entry.is_dir() and len(suffix) == 2 * STAGING_HEX_BYTES and set(suffix) <= hex_digits
+
+
 def _check_output(output: Path) -> None:
     check_output_dir(output)  # the same check, and words, as every command that writes a directory
+    if output.is_dir():
+        # an export killed while it filled this folder (SIGKILL, out of memory during --merge) left its staging
+        # folder in it: removed, or every retry would find the folder not empty
+        target = Path(os.path.abspath(output))
+        entries = list(output.iterdir())
+        if entries and all(_is_staging_of(entry, target) for entry in entries):
+            for entry in entries:
+                shutil.rmtree(entry, ignore_errors=True)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError("already exists and is not an empty folder; choose another --output", where=str(output))
 
@@ -87,7 +110,7 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
     fill_existing = target.exists()
     if not fill_existing:
         target.parent.mkdir(parents=True, exist_ok=True)
-    staging = (target if fill_existing else target.parent) / f".{target.name}-{secrets.token_hex(6)}"
+    staging = _staging_folder(target, inside=fill_existing)
     staging.mkdir(mode=0o777)  # the umask applies, as to any folder made here (mkdtemp would make it 0700)
     try:
         if merge:

@@ -156,6 +156,20 @@ def test_export_into_the_working_folder_or_a_new_one_with_the_usual_permissions(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_an_export_killed_while_filling_a_folder_does_not_block_the_next(finished_run, tmp_path):
+    """A SIGKILL during the export into an existing empty folder leaves its staging folder there (no `finally`
+    runs): the retry removes it and exports; a folder holding anything else is still refused."""
+    out = tmp_path / "out"
+    (out / ".out-0123456789ab").mkdir(parents=True)
+    (out / ".out-0123456789ab" / "model.safetensors").write_text("half")
+    assert export_run(finished_run, out)["weights"] == "adapter"
+    assert (out / "adapter_config.json").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    other = tmp_path / "other"
+    (other / ".other-notastaging").mkdir(parents=True)
+    with pytest.raises(UserError, match="already exists and is not an empty folder"):
+        export_run(finished_run, other)
+
+
 def test_a_failed_push_prints_a_retry_command_the_shell_can_run(finished_run, tmp_path, monkeypatch):
     import shlex
 
