@@ -128,25 +128,35 @@ SEARCH_KINDS: dict[str, SearchKind] = {
 
 @dataclass(frozen=True)
 class OptunaClass:
-    """A sampler or pruner: an optuna class by name, imported when it is used (reading a spec needs no optuna).
+    """A sampler or pruner: an optuna class by name, imported when it is used.
 
-    grid: the sampler enumerates the search space: it is given the space, and `trials` defaults to its size."""
+    grid: the sampler enumerates the search space: it is given the space, and `trials` defaults to its size.
+    seeded_per_trial: built as dpo/sweep/seeding.py's subclass of the same name, whose random draws come from
+    (seed, trial number), so that a resumed or shared sweep does not draw its first trials' values again."""
 
     module: str  # optuna.samplers or optuna.pruners
     name: str
     grid: bool = False
+    seeded_per_trial: bool = False
 
     def load(self) -> type:
+        """optuna's class: the one its options are checked against."""
         import importlib
 
         return getattr(importlib.import_module(self.module), self.name)
+
+    def build(self, **kwargs):
+        import importlib
+
+        module = "dpo.sweep.seeding" if self.seeded_per_trial else self.module
+        return getattr(importlib.import_module(module), self.name)(**kwargs)
 
 
 # The one table of each: help text, spec checks and the sweep driver read them.
 SAMPLERS: dict[str, OptunaClass] = {
     "grid": OptunaClass("optuna.samplers", "GridSampler", grid=True),
-    "random": OptunaClass("optuna.samplers", "RandomSampler"),
-    "tpe": OptunaClass("optuna.samplers", "TPESampler"),
+    "random": OptunaClass("optuna.samplers", "RandomSampler", seeded_per_trial=True),
+    "tpe": OptunaClass("optuna.samplers", "TPESampler", seeded_per_trial=True),
 }
 PRUNERS: dict[str, OptunaClass] = {
     "none": OptunaClass("optuna.pruners", "NopPruner"),
@@ -222,7 +232,7 @@ class SweepSpec:
         kwargs = dict(self.sampler_kwargs)
         if SAMPLERS[self.sampler].grid:
             kwargs["search_space"] = self.grid_space()
-        return SAMPLERS[self.sampler].load()(seed=self.seed, **kwargs)
+        return SAMPLERS[self.sampler].build(seed=self.seed, **kwargs)
 
     def build_pruner(self):
         return build_pruner(self.pruner, self.pruner_kwargs)
@@ -237,7 +247,7 @@ class SweepSpec:
 
 
 def build_pruner(name: str, kwargs: dict):
-    return PRUNERS[name].load()(**kwargs)
+    return PRUNERS[name].build(**kwargs)
 
 
 def load_spec(path: str | Path) -> SweepSpec:

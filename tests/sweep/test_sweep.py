@@ -141,6 +141,50 @@ def test_spec_grid_and_variants(tmp_path, tiny_recipe):
     }  # fmt: skip
 
 
+def draw(spec, storage, trials: int, workers: int = 1) -> dict[int, dict]:
+    """What one `dpo sweep` process draws for `trials` trials (its own sampler, built from the spec; the study in
+    `storage` may hold earlier processes' trials), without training: {trial number: params}."""
+    import optuna
+
+    from dpo.sweep.spec import SEARCH_KINDS
+
+    def sample_only(trial):
+        for p in spec.params:
+            SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args)
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=spec.build_sampler(),
+                                load_if_exists=True)  # fmt: skip
+    study.optimize(sample_only, n_trials=trials, n_jobs=workers)
+    return {t.number: t.params for t in study.trials}
+
+
+@pytest.mark.parametrize("sampler", ["random", {"type": "tpe", "n_startup_trials": 6}], ids=["random", "tpe"])
+def test_a_resumed_sweep_draws_new_parameters_and_trial_n_draws_the_same_in_every_process(
+    tmp_path, tiny_recipe, sampler
+):
+    """A sampler seeded once per process would start its stream again in a resumed sweep (or on a second machine),
+    so trial 3 would repeat trial 0; and optuna reseeds it from the clock per --workers thread. Trial N's draws
+    come from (seed, N) instead (TPE draws its first n_startup_trials at random)."""
+    from optuna.storages import InMemoryStorage
+
+    search = {"loss.beta": {"log_uniform": [0.01, 1.0]}, "training.learning_rate": {"uniform": [1.0e-5, 1.0e-3]}}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler=sampler, trials=6, search=search))
+    storage = InMemoryStorage()
+    first = draw(spec, storage, 3)
+    resumed = draw(spec, storage, 3)  # --resume: a new process, a new sampler, the same study
+    assert sorted(resumed) == [0, 1, 2, 3, 4, 5]
+    earlier = {first[n]["loss.beta"] for n in range(3)}
+    assert all(resumed[n]["loss.beta"] not in earlier for n in (3, 4, 5))
+    # the same trial number, the same parameters: in one process, one trial at a time or two at a time
+    assert draw(spec, InMemoryStorage(), 6) == resumed
+    assert draw(spec, InMemoryStorage(), 6, workers=2) == resumed
+    reseeded = load_spec(write_spec(tmp_path / "seed1.yaml", tiny_recipe, sampler=sampler, trials=6, search=search,
+                                    seed=1))  # fmt: skip
+    assert draw(reseeded, InMemoryStorage(), 1)[0] != resumed[0]  # the seed decides what is drawn
+
+
 def test_the_study_database_path_is_taken_literally(tmp_path):
     """A '?' or '%20' in the sweep's folder is part of the file's name, not a URL query or an escaped space."""
     import optuna
