@@ -274,6 +274,17 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
 
 
 def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
+    """One trial; a Ctrl-C anywhere in it (the sampler drawing its parameters, the trial's process, reading what that
+    wrote) marks it INTERRUPTED, so that `--resume` runs its parameters again: optuna alone would record it failed,
+    and a failed trial is never rerun (a grid point would be lost)."""
+    try:
+        return _run_trial(trial, spec, sweep_dir, url, workers)
+    except KeyboardInterrupt:
+        trial.set_user_attr(INTERRUPTED, True)
+        raise
+
+
+def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
     import optuna
 
     name = TRIAL_DIR.format(number=trial.number)
@@ -300,11 +311,7 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
     log_tmp = sweep_dir / TRIALS / f".{name}.log"
-    try:
-        returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
-    except KeyboardInterrupt:  # Ctrl-C in this thread: optuna records the trial failed; --resume runs it again
-        trial.set_user_attr(INTERRUPTED, True)
-        raise
+    returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)

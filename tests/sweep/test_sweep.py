@@ -185,6 +185,50 @@ def test_a_resumed_sweep_draws_new_parameters_and_trial_n_draws_the_same_in_ever
     assert draw(reseeded, InMemoryStorage(), 1)[0] != resumed[0]  # the seed decides what is drawn
 
 
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stopped_in", ["the sampler", "the wandb group", "reading summary.json"])
+def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again(
+    tmp_path, tiny_recipe, monkeypatch, stopped_in
+):
+    """Not only while the trial's process runs: a Ctrl-C while the sampler draws, while the trial is set up or after
+    its process exited must leave it interrupted, else optuna's FAIL is final and the grid point is never run."""
+    import optuna
+
+    from dpo.sweep import driver
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                search={"loss.beta": {"grid": [0.1, 0.2]}}))  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "trials").mkdir(parents=True)
+
+    def trial_process(cmd, env, log_path, trial_dir, record) -> int:  # a trial that ran: no training needed here
+        log_path.write_text("trained\n")
+        return 0
+
+    monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
+    if stopped_in == "the sampler":
+        monkeypatch.setattr(optuna.samplers.GridSampler, "sample_independent", ctrl_c)
+    elif stopped_in == "the wandb group":
+        monkeypatch.setattr(driver, "_group", ctrl_c)
+    else:
+        monkeypatch.setattr(driver, "read_json_or_none", ctrl_c)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=1,
+                       catch=(driver.TrialFailed,))  # fmt: skip
+    (stopped,) = study.trials
+    assert stopped.state.name == "FAIL" and stopped.user_attrs[driver.INTERRUPTED] is True
+
+    driver._retry_interrupted(study, sweep_dir)  # what --resume does first
+    queued = study.trials[-1]
+    assert queued.number == 1 and queued.state.name == "WAITING" and queued.system_attrs["retry_history"] == [0]
+    assert queued.params == stopped.params and queued.system_attrs["grid_id"] == stopped.system_attrs["grid_id"]
+
+
 def test_the_study_database_path_is_taken_literally(tmp_path):
     """A '?' or '%20' in the sweep's folder is part of the file's name, not a URL query or an escaped space."""
     import optuna
