@@ -13,9 +13,10 @@
       control: {variants: {plain: {}, cdpo: {loss.label_smoothing: 0.1}}}   # named bundles of overrides
 
 Each name set (search kinds, samplers, pruners) lives in one table below; docs and errors come from them.
-Every error is a `UserError` naming the spec file and the key. Whether a sampled *combination* is valid is
-decided by running the trial (`dpo train` checks it and exits 2), so an invalid combination fails that
-trial alone.
+Every error is a `UserError` naming the spec file and the key. A recipe key is set in one place (`fixed`, one search
+parameter, or the variants of one `variants` parameter), never overridden by another. Whether a sampled
+*combination* is valid is decided by running the trial (`dpo train` checks it and exits 2), so an invalid
+combination fails that trial alone.
 """
 
 from __future__ import annotations
@@ -292,8 +293,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise UserError("must be a mapping of recipe keys to values", where=where("fixed"))
+    set_by: dict[str, str] = {}  # recipe key -> the spec key that sets it: each recipe key is set in one place
     for key in fixed:
         _check_recipe_key(str(key), where(f"fixed.{key}"), fixed[key])
+        _claim(set_by, _keys_set(str(key), fixed[key]), f"fixed.{key}", where)
 
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
@@ -316,11 +319,18 @@ def load_spec(path: str | Path) -> SweepSpec:
         if problem:
             raise UserError(f"{kind} {problem}", where=where(f"search.{key}"))
         if kind == "variants":
+            by_variants: dict[str, str] = {}  # one variant applies per trial: two may set the same key
             for variant, overrides in args.items():
+                in_variant = dict(set_by)
                 for sub in overrides:
                     _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"), overrides[sub])
+                    place = f"search.{key}.{variant}.{sub}"
+                    _claim(in_variant, _keys_set(str(sub), overrides[sub]), place, where)
+                by_variants.update({k: v for k, v in in_variant.items() if k not in set_by and k not in by_variants})
+            set_by.update(by_variants)
         else:
             _check_recipe_key(key, where(f"search.{key}"))
+            _claim(set_by, [key], f"search.{key}", where)
         params.append(Param(key, kind, args))
 
     trials = _trials(raw, sampler, params, where)
@@ -465,6 +475,27 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
     if trials is not None and trials > size:
         raise UserError(f"{trials} trials but the grid has only {size} points", where=where("trials"))
     return trials or size
+
+
+def _keys_set(key: str, value: Any) -> list[str]:
+    """The recipe keys an override sets: a mapping given for a section sets each of its keys (--set merges it into
+    the section), any other value sets the key itself."""
+    from dpo.training.loss_plan import section_keys
+
+    if isinstance(value, dict) and not key.startswith("training.") and section_keys(key):
+        return [k for sub, v in value.items() for k in _keys_set(f"{key}.{sub}", v)]
+    return [key]
+
+
+def _claim(set_by: dict[str, str], keys: list[str], place: str, where) -> None:
+    """Record that the spec key `place` sets `keys`. A recipe key (or a key above or below it) set in two places
+    would be overridden by the later one without a word, and the trial's recorded parameters would not be what
+    trained: an error naming the second place."""
+    for key in keys:
+        for other, first in set_by.items():
+            if key == other or key.startswith(f"{other}.") or other.startswith(f"{key}."):
+                raise UserError(f"'{key}' is also set by {first}: set each recipe key in one place", where=where(place))
+        set_by[key] = place
 
 
 def _check_recipe_key(key: str, where: str, value: Any = None) -> None:

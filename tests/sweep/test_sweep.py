@@ -74,6 +74,17 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"pruner": {"type": "hyperband", "max_resource": 1.5}}, "pruner.max_resource", "got 1.5"),  # str | int
         ({"fixed": {"training.eval_on_start": True}}, "fixed.training.eval_on_start", "is built in"),
         ({"search": {"training.eval_on_start": {"choice": [False]}}}, "search.training.eval_on_start", "is built in"),
+        # a recipe key set in two places: the later would win without a word, and the recorded params would lie
+        ({"fixed": {"loss.beta": 0.1}}, "search.loss.beta",
+         "'loss.beta' is also set by fixed.loss.beta: set each recipe key in one place"),
+        ({"fixed": {"loss": {"beta": 0.1}}}, "search.loss.beta", "'loss.beta' is also set by fixed.loss:"),
+        ({"search": {**SEARCH, "c": {"variants": {"plain": {}, "strong": {"loss.beta": 0.5}}}}},
+         "search.c.strong.loss.beta", "'loss.beta' is also set by search.loss.beta:"),
+        ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}}}, "loss.type": {"choice": ["sigmoid", "ipo"]}}},
+         "search.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
+        ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge"}}},
+                     "d": {"variants": {"plain": {}, "robust": {"loss.type": "robust"}}}}},
+         "search.d.robust.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -139,6 +150,13 @@ def test_spec_grid_and_variants(tmp_path, tiny_recipe):
     assert overrides == {
         "training.max_steps": 3, "loss.type": "ipo", "loss.beta": 0.5, "training.learning_rate": 5e-05, "peft.r": 8,
     }  # fmt: skip
+
+
+def test_variants_of_one_parameter_may_set_the_same_key(tmp_path, tiny_recipe):
+    """Only one variant applies per trial, so two variants setting loss.type is no conflict."""
+    search = {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge", "loss.beta": 0.5}}}}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search))
+    assert spec.overrides({"c": "hinge"}) == {"loss.type": "hinge", "loss.beta": 0.5}
 
 
 def draw(spec, storage, trials: int, workers: int = 1) -> dict[int, dict]:
