@@ -32,7 +32,7 @@ from typing import Any
 from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import UserError, UserErrors, did_you_mean
 
 SCALAR = (str, int, float, bool, type(None))
 
@@ -84,6 +84,7 @@ class SearchKind:
     check: Callable[[Any], str | None]
     suggest: Callable[[Any, str, Any], Any]  # (optuna trial, parameter name, args) -> value
     grid: Callable[[Any], list] | None  # the values a grid sweep visits; None = not enumerable
+    listed: bool = False  # the spec lists every value: each is checked by the recipe's schema when the spec loads
 
 
 SEARCH_KINDS: dict[str, SearchKind] = {
@@ -92,12 +93,14 @@ SEARCH_KINDS: dict[str, SearchKind] = {
         lambda a: _check_values(a, numbers=True),
         lambda t, n, a: t.suggest_categorical(n, a),
         lambda a: list(a),
+        listed=True,
     ),
     "choice": SearchKind(
         "values to pick from (strings, numbers, bools), e.g. {choice: [sigmoid, ipo]}",
         lambda a: _check_values(a, numbers=False),
         lambda t, n, a: t.suggest_categorical(n, a),
         lambda a: list(a),
+        listed=True,
     ),
     "uniform": SearchKind(
         "a float range, e.g. {uniform: [0.0, 0.3]}",
@@ -123,6 +126,7 @@ SEARCH_KINDS: dict[str, SearchKind] = {
         _check_variants,
         lambda t, n, a: t.suggest_categorical(n, list(a)),
         lambda a: list(a),
+        listed=True,
     ),
 }
 
@@ -189,6 +193,10 @@ class Param:
         """The recipe overrides for one sampled value."""
         return dict(self.args[value]) if self.kind == "variants" else {self.name: value}
 
+    def spec_key(self, value, key: str) -> str:
+        """The spec key that sets recipe key `key` when this parameter takes `value` (for errors)."""
+        return f"search.{self.name}.{value}.{key}" if self.kind == "variants" else f"search.{self.name}"
+
 
 @dataclass
 class SweepSpec:
@@ -247,6 +255,11 @@ class SweepSpec:
         return out
 
 
+def set_items(overrides: dict[str, Any]) -> list[str]:
+    """key=value items for `--set`; values as JSON, which the recipe's YAML 1.2 parser reads back to the same value."""
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
 def build_pruner(name: str, kwargs: dict):
     return PRUNERS[name].build(**kwargs)
 
@@ -296,6 +309,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     set_by: dict[str, str] = {}  # recipe key -> the spec key that sets it: each recipe key is set in one place
     for key in fixed:
         _check_recipe_key(str(key), where(f"fixed.{key}"), fixed[key])
+        _check_plain(fixed[key], where(f"fixed.{key}"))
         _claim(set_by, _keys_set(str(key), fixed[key]), f"fixed.{key}", where)
 
     search = raw.get("search")
@@ -324,6 +338,7 @@ def load_spec(path: str | Path) -> SweepSpec:
                 in_variant = dict(set_by)
                 for sub in overrides:
                     _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"), overrides[sub])
+                    _check_plain(overrides[sub], where(f"search.{key}.{variant}.{sub}"))
                     place = f"search.{key}.{variant}.{sub}"
                     _claim(in_variant, _keys_set(str(sub), overrides[sub]), place, where)
                 by_variants.update({k: v for k, v in in_variant.items() if k not in set_by and k not in by_variants})
@@ -334,6 +349,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         params.append(Param(key, kind, args))
 
     trials = _trials(raw, sampler, params, where)
+    _check_listed_values(base, fixed, params, where)
     spec = SweepSpec(
         path=path,
         raw=raw,
@@ -477,6 +493,56 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
     return trials or size
 
 
+def _check_plain(value: Any, where: str) -> None:
+    """A value the trials get through `--set` (as JSON): text, numbers, true/false, null, and lists and mappings
+    of them; not what YAML also reads (a date, bytes, a set)."""
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, where)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_plain(item, where)
+    elif not isinstance(value, SCALAR) or (isinstance(value, float) and not math.isfinite(value)):
+        raise UserError(
+            f"must be text, a finite number, true/false, null, or a list or mapping of them (got {value!r})",
+            where=where,
+        )
+
+
+def _check_listed_values(base: Path, fixed: dict, params: list[Param], where) -> None:
+    """Each value a grid, choice or variants parameter lists, checked alone by the recipe's schema (the base recipe,
+    the fixed keys and that value), so that `loss.beta: {grid: [0, 0.1]}` fails when the spec loads, not in the
+    trials that draw it. Only problems of the keys the value sets count: whether it fits the other searched values
+    is a combination, checked by each trial, as is what the schema leaves to later checks (a loss's name and
+    hyperparameters, the training keys TRL checks)."""
+    from dpo.config.loading import SET_SOURCE, load_recipe
+
+    try:
+        load_recipe(base, set_items(fixed))
+    except UserError:
+        return  # the base recipe or a fixed key is wrong: `dpo sweep` says so when it checks the base recipe
+    for p in params:
+        if not SEARCH_KINDS[p.kind].listed:
+            continue
+        for value in SEARCH_KINDS[p.kind].grid(p.args):
+            overrides = p.overrides(value)
+            try:
+                load_recipe(base, set_items({**fixed, **overrides}))
+                continue
+            except UserErrors as exc:
+                errors = exc.errors
+            except UserError as exc:
+                errors = [exc]
+            for error in errors:  # "--set: loss.beta: Input should be greater than 0 (got 0)"
+                if error.where != SET_SOURCE:
+                    continue
+                key, _, problem = str(error).removeprefix(f"{SET_SOURCE}: ").partition(": ")
+                for sub, sub_value in overrides.items():
+                    if key in _keys_set(sub, sub_value):  # a mapping for a section: name the key inside it
+                        problem = problem if key == sub else f"{key}: {problem}"
+                        raise UserError(problem, where=where(p.spec_key(value, sub)))
+
+
 def _keys_set(key: str, value: Any) -> list[str]:
     """The recipe keys an override sets: a mapping given for a section sets each of its keys (--set merges it into
     the section), any other value sets the key itself."""
@@ -500,8 +566,8 @@ def _claim(set_by: dict[str, str], keys: list[str], place: str, where) -> None:
 
 def _check_recipe_key(key: str, where: str, value: Any = None) -> None:
     """The key must name a recipe key: a schema field, a loss hyperparameter or beta schedule key from their tables,
-    or (training.*) a trl.DPOConfig field. Values are checked by the trial; `value` (a fixed one) only decides
-    whether a built-in training key spells out its default."""
+    or (training.*) a trl.DPOConfig field. Values are checked elsewhere (_check_listed_values, and each trial);
+    `value` (a fixed one) only decides whether a built-in training key spells out its default."""
     if key in RESERVED_KEYS:
         raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
     parts = key.split(".")

@@ -3,6 +3,7 @@ and two sweep processes sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import yaml
 
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.sweep.spec import load_spec
+from dpo.sweep.spec import load_spec, set_items
 from tests.conftest import REPO
 
 TINY_FIXED = {"training.max_steps": 2, "training.eval_steps": 1, "data.max_eval_pairs": 4}
@@ -85,6 +86,14 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge"}}},
                      "d": {"variants": {"plain": {}, "robust": {"loss.type": "robust"}}}}},
          "search.d.robust.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
+        # each listed value, checked alone by the recipe's schema
+        ({"search": {"loss.beta": {"grid": [0.1, 0]}}}, "search.loss.beta", "Input should be greater than 0 (got 0)"),
+        ({"search": {**SEARCH, "data.on_invalid": {"choice": ["error", "skipp"]}}}, "search.data.on_invalid",
+         "expected one of error or skip, got the text 'skipp'"),
+        ({"search": {**SEARCH, "c": {"variants": {"plain": {}, "small": {"peft": {"r": 0}}}}}}, "search.c.small.peft",
+         "peft.r: Input should be greater than 0 (got 0)"),
+        ({"fixed": {"training.max_steps": datetime.date(2024, 1, 1)}}, "fixed.training.max_steps",
+         "or a list or mapping of them (got datetime.date(2024, 1, 1))"),  # YAML reads 2024-01-01 as a date
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -157,6 +166,16 @@ def test_variants_of_one_parameter_may_set_the_same_key(tmp_path, tiny_recipe):
     search = {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge", "loss.beta": 0.5}}}}
     spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search))
     assert spec.overrides({"c": "hinge"}) == {"loss.type": "hinge", "loss.beta": 0.5}
+
+
+def test_a_searched_value_that_fits_only_some_combinations_is_left_to_the_trials(tmp_path, tiny_recipe):
+    """Values are checked alone only for the keys they set: IPO with the fixed label smoothing, or an audit share
+    with suspects: keep, is a combination that fails its trials, not the spec."""
+    search = {"loss.type": {"choice": ["ipo", "sigmoid"]}, "data.audit.suspects": {"choice": ["keep", "drop"]},
+              "data.audit.share": {"grid": [0.1]}}  # fmt: skip
+    fixed = {"loss.label_smoothing": 0.1}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search, fixed=fixed))
+    assert spec.trials == 4 and spec.grid_space()["data.audit.suspects"] == ["keep", "drop"]
 
 
 def draw(spec, storage, trials: int, workers: int = 1) -> dict[int, dict]:
@@ -623,13 +642,12 @@ SHIPPED = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
 def test_shipped_sweep_every_trial_recipe_validates(path):
     import itertools
 
-    from dpo.sweep.driver import _overrides
     from dpo.training.gate import check
 
     spec = load_spec(path)
     grid = spec.grid_space()
     for combo in itertools.product(*grid.values()):
-        check(spec.base_recipe, _overrides(spec.overrides(dict(zip(grid, combo, strict=True)))))
+        check(spec.base_recipe, set_items(spec.overrides(dict(zip(grid, combo, strict=True)))))
     head = path.read_text().splitlines()[:8]
     assert head[0].startswith("# ") and any(f"dpo sweep recipes/sweeps/{path.name}" in line for line in head)
 
