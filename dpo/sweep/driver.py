@@ -56,7 +56,7 @@ from dpo.rundir.files import (
 from dpo.rundir.lock import DirectoryLock
 from dpo.rundir.secrets import MIN_SECRET_LENGTH, RedactedCopy, redact_standard_streams, url_passwords
 from dpo.rundir.writable import check_output_dir
-from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec
+from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec, set_items
 from dpo.sweep.storage import STORAGE_ENV, open_storage
 from dpo.sweep.trial import INTERRUPTED_EXIT, INTERRUPTED_MESSAGE
 
@@ -99,7 +99,7 @@ def run_sweep(
     url = storage or sqlite_url(sweep_dir / STUDY_DB)
     _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
     # a broken base recipe fails here, not in every trial; its runs/<name> is no trial's directory: not checked
-    check(spec.base_recipe, _overrides(spec.fixed), writes_run_dir=False)
+    check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # with SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study)
     with DirectoryLock(sweep_dir, IN_USE) if storage is None else contextlib.nullcontext():
@@ -274,6 +274,17 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
 
 
 def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
+    """One trial; a Ctrl-C anywhere in it (the sampler drawing its parameters, the trial's process, reading what that
+    wrote) marks it INTERRUPTED, so that `--resume` runs its parameters again: optuna alone would record it failed,
+    and a failed trial is never rerun (a grid point would be lost)."""
+    try:
+        return _run_trial(trial, spec, sweep_dir, url, workers)
+    except KeyboardInterrupt:
+        trial.set_user_attr(INTERRUPTED, True)
+        raise
+
+
+def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
     import optuna
 
     name = TRIAL_DIR.format(number=trial.number)
@@ -300,11 +311,7 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
     log_tmp = sweep_dir / TRIALS / f".{name}.log"
-    try:
-        returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
-    except KeyboardInterrupt:  # Ctrl-C in this thread: optuna records the trial failed; --resume runs it again
-        trial.set_user_attr(INTERRUPTED, True)
-        raise
+    returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
     summary = read_json_or_none(trial_dir / SUMMARY)
@@ -344,7 +351,7 @@ def _group(spec: SweepSpec) -> dict:
     WANDB_RUN_GROUP in the trial's environment groups the runs either way."""
     from dpo.config.loading import load_recipe
 
-    uses_wandb = load_recipe(spec.base_recipe, _overrides(spec.fixed)).recipe.logging.wandb
+    uses_wandb = load_recipe(spec.base_recipe, set_items(spec.fixed)).recipe.logging.wandb
     return {"logging.wandb_group": spec.name} if uses_wandb else {}
 
 
@@ -357,13 +364,8 @@ def objective_value(summary: dict, metric: str) -> float | None:
         return math.nan  # "nan" / "inf" written as strings
 
 
-def _overrides(overrides: dict[str, Any]) -> list[str]:
-    """key=value items; values as JSON, which the recipe's YAML 1.2 parser reads back to the same value."""
-    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-
-
 def _override_args(overrides: dict[str, Any]) -> list[str]:
-    return [arg for item in _overrides(overrides) for arg in ("--set", item)]
+    return [arg for item in set_items(overrides) for arg in ("--set", item)]
 
 
 def _trial_env(spec: SweepSpec, url: str, workers: int) -> dict[str, str]:
@@ -525,7 +527,7 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
     recipe = None
     if trained.is_file():  # what the best trial trained, even if the base recipe was edited since
         with contextlib.suppress(UserError):  # a recipe.yaml edited by hand since: the base recipe, as below
-            recipe = load_recipe(trained, _overrides({"name": f"{spec.name}-best"})).recipe
+            recipe = load_recipe(trained, set_items({"name": f"{spec.name}-best"})).recipe
     if recipe is None:  # its run directory is on another machine (--storage): the base recipe with its parameters
         print(
             f"note: best.yaml is the base recipe with trial {summary['best_trial']}'s parameters ({trained} is not "
@@ -533,7 +535,7 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
             file=sys.stderr,
         )
         overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
-        recipe = load_recipe(spec.base_recipe, _overrides(overrides)).recipe
+        recipe = load_recipe(spec.base_recipe, set_items(overrides)).recipe
     header = (
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
         f"#   python -m dpo train {sweep_dir / BEST_RECIPE}\n"

@@ -13,9 +13,10 @@
       control: {variants: {plain: {}, cdpo: {loss.label_smoothing: 0.1}}}   # named bundles of overrides
 
 Each name set (search kinds, samplers, pruners) lives in one table below; docs and errors come from them.
-Every error is a `UserError` naming the spec file and the key. Whether a sampled *combination* is valid is
-decided by running the trial (`dpo train` checks it and exits 2), so an invalid combination fails that
-trial alone.
+Every error is a `UserError` naming the spec file and the key. A recipe key is set in one place (`fixed`, one search
+parameter, or the variants of one `variants` parameter), never overridden by another. Whether a sampled
+*combination* is valid is decided by running the trial (`dpo train` checks it and exits 2), so an invalid
+combination fails that trial alone.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
-from dpo.errors import UserError, did_you_mean
+from dpo.errors import UserError, UserErrors, did_you_mean
 
 SCALAR = (str, int, float, bool, type(None))
 
@@ -83,6 +84,7 @@ class SearchKind:
     check: Callable[[Any], str | None]
     suggest: Callable[[Any, str, Any], Any]  # (optuna trial, parameter name, args) -> value
     grid: Callable[[Any], list] | None  # the values a grid sweep visits; None = not enumerable
+    listed: bool = False  # the spec lists every value: each is checked by the recipe's schema when the spec loads
 
 
 SEARCH_KINDS: dict[str, SearchKind] = {
@@ -91,12 +93,14 @@ SEARCH_KINDS: dict[str, SearchKind] = {
         lambda a: _check_values(a, numbers=True),
         lambda t, n, a: t.suggest_categorical(n, a),
         lambda a: list(a),
+        listed=True,
     ),
     "choice": SearchKind(
         "values to pick from (strings, numbers, bools), e.g. {choice: [sigmoid, ipo]}",
         lambda a: _check_values(a, numbers=False),
         lambda t, n, a: t.suggest_categorical(n, a),
         lambda a: list(a),
+        listed=True,
     ),
     "uniform": SearchKind(
         "a float range, e.g. {uniform: [0.0, 0.3]}",
@@ -122,31 +126,42 @@ SEARCH_KINDS: dict[str, SearchKind] = {
         _check_variants,
         lambda t, n, a: t.suggest_categorical(n, list(a)),
         lambda a: list(a),
+        listed=True,
     ),
 }
 
 
 @dataclass(frozen=True)
 class OptunaClass:
-    """A sampler or pruner: an optuna class by name, imported when it is used (reading a spec needs no optuna).
+    """A sampler or pruner: an optuna class by name, imported when it is used.
 
-    grid: the sampler enumerates the search space: it is given the space, and `trials` defaults to its size."""
+    grid: the sampler enumerates the search space: it is given the space, and `trials` defaults to its size.
+    seeded_per_trial: built as dpo/sweep/seeding.py's subclass of the same name, whose random draws come from
+    (seed, trial number), so that a resumed or shared sweep does not draw its first trials' values again."""
 
     module: str  # optuna.samplers or optuna.pruners
     name: str
     grid: bool = False
+    seeded_per_trial: bool = False
 
     def load(self) -> type:
+        """optuna's class: the one its options are checked against."""
         import importlib
 
         return getattr(importlib.import_module(self.module), self.name)
+
+    def build(self, **kwargs):
+        import importlib
+
+        module = "dpo.sweep.seeding" if self.seeded_per_trial else self.module
+        return getattr(importlib.import_module(module), self.name)(**kwargs)
 
 
 # The one table of each: help text, spec checks and the sweep driver read them.
 SAMPLERS: dict[str, OptunaClass] = {
     "grid": OptunaClass("optuna.samplers", "GridSampler", grid=True),
-    "random": OptunaClass("optuna.samplers", "RandomSampler"),
-    "tpe": OptunaClass("optuna.samplers", "TPESampler"),
+    "random": OptunaClass("optuna.samplers", "RandomSampler", seeded_per_trial=True),
+    "tpe": OptunaClass("optuna.samplers", "TPESampler", seeded_per_trial=True),
 }
 PRUNERS: dict[str, OptunaClass] = {
     "none": OptunaClass("optuna.pruners", "NopPruner"),
@@ -177,6 +192,10 @@ class Param:
     def overrides(self, value) -> dict[str, Any]:
         """The recipe overrides for one sampled value."""
         return dict(self.args[value]) if self.kind == "variants" else {self.name: value}
+
+    def spec_key(self, value, key: str) -> str:
+        """The spec key that sets recipe key `key` when this parameter takes `value` (for errors)."""
+        return f"search.{self.name}.{value}.{key}" if self.kind == "variants" else f"search.{self.name}"
 
 
 @dataclass
@@ -222,7 +241,7 @@ class SweepSpec:
         kwargs = dict(self.sampler_kwargs)
         if SAMPLERS[self.sampler].grid:
             kwargs["search_space"] = self.grid_space()
-        return SAMPLERS[self.sampler].load()(seed=self.seed, **kwargs)
+        return SAMPLERS[self.sampler].build(seed=self.seed, **kwargs)
 
     def build_pruner(self):
         return build_pruner(self.pruner, self.pruner_kwargs)
@@ -236,8 +255,13 @@ class SweepSpec:
         return out
 
 
+def set_items(overrides: dict[str, Any]) -> list[str]:
+    """key=value items for `--set`; values as JSON, which the recipe's YAML 1.2 parser reads back to the same value."""
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
 def build_pruner(name: str, kwargs: dict):
-    return PRUNERS[name].load()(**kwargs)
+    return PRUNERS[name].build(**kwargs)
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -282,8 +306,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     fixed = raw.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise UserError("must be a mapping of recipe keys to values", where=where("fixed"))
+    set_by: dict[str, str] = {}  # recipe key -> the spec key that sets it: each recipe key is set in one place
     for key in fixed:
         _check_recipe_key(str(key), where(f"fixed.{key}"), fixed[key])
+        _check_plain(fixed[key], where(f"fixed.{key}"))
+        _claim(set_by, _keys_set(str(key), fixed[key]), f"fixed.{key}", where)
 
     search = raw.get("search")
     if not isinstance(search, dict) or not search:
@@ -306,14 +333,23 @@ def load_spec(path: str | Path) -> SweepSpec:
         if problem:
             raise UserError(f"{kind} {problem}", where=where(f"search.{key}"))
         if kind == "variants":
+            by_variants: dict[str, str] = {}  # one variant applies per trial: two may set the same key
             for variant, overrides in args.items():
+                in_variant = dict(set_by)
                 for sub in overrides:
                     _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"), overrides[sub])
+                    _check_plain(overrides[sub], where(f"search.{key}.{variant}.{sub}"))
+                    place = f"search.{key}.{variant}.{sub}"
+                    _claim(in_variant, _keys_set(str(sub), overrides[sub]), place, where)
+                by_variants.update({k: v for k, v in in_variant.items() if k not in set_by and k not in by_variants})
+            set_by.update(by_variants)
         else:
             _check_recipe_key(key, where(f"search.{key}"))
+            _claim(set_by, [key], f"search.{key}", where)
         params.append(Param(key, kind, args))
 
     trials = _trials(raw, sampler, params, where)
+    _check_listed_values(base, fixed, params, where)
     spec = SweepSpec(
         path=path,
         raw=raw,
@@ -457,10 +493,81 @@ def _trials(raw: dict, sampler: str, params: list[Param], where) -> int:
     return trials or size
 
 
+def _check_plain(value: Any, where: str) -> None:
+    """A value the trials get through `--set` (as JSON): text, numbers, true/false, null, and lists and mappings
+    of them; not what YAML also reads (a date, bytes, a set)."""
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, where)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_plain(item, where)
+    elif not isinstance(value, SCALAR) or (isinstance(value, float) and not math.isfinite(value)):
+        raise UserError(
+            f"must be text, a finite number, true/false, null, or a list or mapping of them (got {value!r})",
+            where=where,
+        )
+
+
+def _check_listed_values(base: Path, fixed: dict, params: list[Param], where) -> None:
+    """Each value a grid, choice or variants parameter lists, checked alone by the recipe's schema (the base recipe,
+    the fixed keys and that value), so that `loss.beta: {grid: [0, 0.1]}` fails when the spec loads, not in the
+    trials that draw it. Only problems of the keys the value sets count: whether it fits the other searched values
+    is a combination, checked by each trial, as is what the schema leaves to later checks (a loss's name and
+    hyperparameters, the training keys TRL checks)."""
+    from dpo.config.loading import SET_SOURCE, load_recipe
+
+    try:
+        load_recipe(base, set_items(fixed))
+    except UserError:
+        return  # the base recipe or a fixed key is wrong: `dpo sweep` says so when it checks the base recipe
+    for p in params:
+        if not SEARCH_KINDS[p.kind].listed:
+            continue
+        for value in SEARCH_KINDS[p.kind].grid(p.args):
+            overrides = p.overrides(value)
+            try:
+                load_recipe(base, set_items({**fixed, **overrides}))
+                continue
+            except UserErrors as exc:
+                errors = exc.errors
+            except UserError as exc:
+                errors = [exc]
+            for error in errors:  # "--set: loss.beta: Input should be greater than 0 (got 0)"
+                if error.where != SET_SOURCE:
+                    continue
+                key, _, problem = str(error).removeprefix(f"{SET_SOURCE}: ").partition(": ")
+                for sub, sub_value in overrides.items():
+                    if key in _keys_set(sub, sub_value):  # a mapping for a section: name the key inside it
+                        problem = problem if key == sub else f"{key}: {problem}"
+                        raise UserError(problem, where=where(p.spec_key(value, sub)))
+
+
+def _keys_set(key: str, value: Any) -> list[str]:
+    """The recipe keys an override sets: a mapping given for a section sets each of its keys (--set merges it into
+    the section), any other value sets the key itself."""
+    from dpo.training.loss_plan import section_keys
+
+    if isinstance(value, dict) and not key.startswith("training.") and section_keys(key):
+        return [k for sub, v in value.items() for k in _keys_set(f"{key}.{sub}", v)]
+    return [key]
+
+
+def _claim(set_by: dict[str, str], keys: list[str], place: str, where) -> None:
+    """Record that the spec key `place` sets `keys`. A recipe key (or a key above or below it) set in two places
+    would be overridden by the later one without a word, and the trial's recorded parameters would not be what
+    trained: an error naming the second place."""
+    for key in keys:
+        for other, first in set_by.items():
+            if key == other or key.startswith(f"{other}.") or other.startswith(f"{key}."):
+                raise UserError(f"'{key}' is also set by {first}: set each recipe key in one place", where=where(place))
+        set_by[key] = place
+
+
 def _check_recipe_key(key: str, where: str, value: Any = None) -> None:
     """The key must name a recipe key: a schema field, a loss hyperparameter or beta schedule key from their tables,
-    or (training.*) a trl.DPOConfig field. Values are checked by the trial; `value` (a fixed one) only decides
-    whether a built-in training key spells out its default."""
+    or (training.*) a trl.DPOConfig field. Values are checked elsewhere (_check_listed_values, and each trial);
+    `value` (a fixed one) only decides whether a built-in training key spells out its default."""
     if key in RESERVED_KEYS:
         raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
     parts = key.split(".")

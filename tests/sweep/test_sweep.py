@@ -3,6 +3,7 @@ and two sweep processes sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import yaml
 
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
-from dpo.sweep.spec import load_spec
+from dpo.sweep.spec import load_spec, set_items
 from tests.conftest import REPO
 
 TINY_FIXED = {"training.max_steps": 2, "training.eval_steps": 1, "data.max_eval_pairs": 4}
@@ -74,6 +75,25 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"pruner": {"type": "hyperband", "max_resource": 1.5}}, "pruner.max_resource", "got 1.5"),  # str | int
         ({"fixed": {"training.eval_on_start": True}}, "fixed.training.eval_on_start", "is built in"),
         ({"search": {"training.eval_on_start": {"choice": [False]}}}, "search.training.eval_on_start", "is built in"),
+        # a recipe key set in two places: the later would win without a word, and the recorded params would lie
+        ({"fixed": {"loss.beta": 0.1}}, "search.loss.beta",
+         "'loss.beta' is also set by fixed.loss.beta: set each recipe key in one place"),
+        ({"fixed": {"loss": {"beta": 0.1}}}, "search.loss.beta", "'loss.beta' is also set by fixed.loss:"),
+        ({"search": {**SEARCH, "c": {"variants": {"plain": {}, "strong": {"loss.beta": 0.5}}}}},
+         "search.c.strong.loss.beta", "'loss.beta' is also set by search.loss.beta:"),
+        ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}}}, "loss.type": {"choice": ["sigmoid", "ipo"]}}},
+         "search.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
+        ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge"}}},
+                     "d": {"variants": {"plain": {}, "robust": {"loss.type": "robust"}}}}},
+         "search.d.robust.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
+        # each listed value, checked alone by the recipe's schema
+        ({"search": {"loss.beta": {"grid": [0.1, 0]}}}, "search.loss.beta", "Input should be greater than 0 (got 0)"),
+        ({"search": {**SEARCH, "data.on_invalid": {"choice": ["error", "skipp"]}}}, "search.data.on_invalid",
+         "expected one of error or skip, got the text 'skipp'"),
+        ({"search": {**SEARCH, "c": {"variants": {"plain": {}, "small": {"peft": {"r": 0}}}}}}, "search.c.small.peft",
+         "peft.r: Input should be greater than 0 (got 0)"),
+        ({"fixed": {"training.max_steps": datetime.date(2024, 1, 1)}}, "fixed.training.max_steps",
+         "or a list or mapping of them (got datetime.date(2024, 1, 1))"),  # YAML reads 2024-01-01 as a date
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):
@@ -139,6 +159,111 @@ def test_spec_grid_and_variants(tmp_path, tiny_recipe):
     assert overrides == {
         "training.max_steps": 3, "loss.type": "ipo", "loss.beta": 0.5, "training.learning_rate": 5e-05, "peft.r": 8,
     }  # fmt: skip
+
+
+def test_variants_of_one_parameter_may_set_the_same_key(tmp_path, tiny_recipe):
+    """Only one variant applies per trial, so two variants setting loss.type is no conflict."""
+    search = {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge", "loss.beta": 0.5}}}}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search))
+    assert spec.overrides({"c": "hinge"}) == {"loss.type": "hinge", "loss.beta": 0.5}
+
+
+def test_a_searched_value_that_fits_only_some_combinations_is_left_to_the_trials(tmp_path, tiny_recipe):
+    """Values are checked alone only for the keys they set: IPO with the fixed label smoothing, or an audit share
+    with suspects: keep, is a combination that fails its trials, not the spec."""
+    search = {"loss.type": {"choice": ["ipo", "sigmoid"]}, "data.audit.suspects": {"choice": ["keep", "drop"]},
+              "data.audit.share": {"grid": [0.1]}}  # fmt: skip
+    fixed = {"loss.label_smoothing": 0.1}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search, fixed=fixed))
+    assert spec.trials == 4 and spec.grid_space()["data.audit.suspects"] == ["keep", "drop"]
+
+
+def draw(spec, storage, trials: int, workers: int = 1) -> dict[int, dict]:
+    """What one `dpo sweep` process draws for `trials` trials (its own sampler, built from the spec; the study in
+    `storage` may hold earlier processes' trials), without training: {trial number: params}."""
+    import optuna
+
+    from dpo.sweep.spec import SEARCH_KINDS
+
+    def sample_only(trial):
+        for p in spec.params:
+            SEARCH_KINDS[p.kind].suggest(trial, p.name, p.args)
+        return 0.0
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, storage=storage, sampler=spec.build_sampler(),
+                                load_if_exists=True)  # fmt: skip
+    study.optimize(sample_only, n_trials=trials, n_jobs=workers)
+    return {t.number: t.params for t in study.trials}
+
+
+@pytest.mark.parametrize("sampler", ["random", {"type": "tpe", "n_startup_trials": 6}], ids=["random", "tpe"])
+def test_a_resumed_sweep_draws_new_parameters_and_trial_n_draws_the_same_in_every_process(
+    tmp_path, tiny_recipe, sampler
+):
+    """A sampler seeded once per process would start its stream again in a resumed sweep (or on a second machine),
+    so trial 3 would repeat trial 0; and optuna reseeds it from the clock per --workers thread. Trial N's draws
+    come from (seed, N) instead (TPE draws its first n_startup_trials at random)."""
+    from optuna.storages import InMemoryStorage
+
+    search = {"loss.beta": {"log_uniform": [0.01, 1.0]}, "training.learning_rate": {"uniform": [1.0e-5, 1.0e-3]}}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler=sampler, trials=6, search=search))
+    storage = InMemoryStorage()
+    first = draw(spec, storage, 3)
+    resumed = draw(spec, storage, 3)  # --resume: a new process, a new sampler, the same study
+    assert sorted(resumed) == [0, 1, 2, 3, 4, 5]
+    earlier = {first[n]["loss.beta"] for n in range(3)}
+    assert all(resumed[n]["loss.beta"] not in earlier for n in (3, 4, 5))
+    # the same trial number, the same parameters: in one process, one trial at a time or two at a time
+    assert draw(spec, InMemoryStorage(), 6) == resumed
+    assert draw(spec, InMemoryStorage(), 6, workers=2) == resumed
+    reseeded = load_spec(write_spec(tmp_path / "seed1.yaml", tiny_recipe, sampler=sampler, trials=6, search=search,
+                                    seed=1))  # fmt: skip
+    assert draw(reseeded, InMemoryStorage(), 1)[0] != resumed[0]  # the seed decides what is drawn
+
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stopped_in", ["the sampler", "the wandb group", "reading summary.json"])
+def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again(
+    tmp_path, tiny_recipe, monkeypatch, stopped_in
+):
+    """Not only while the trial's process runs: a Ctrl-C while the sampler draws, while the trial is set up or after
+    its process exited must leave it interrupted, else optuna's FAIL is final and the grid point is never run."""
+    import optuna
+
+    from dpo.sweep import driver
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                search={"loss.beta": {"grid": [0.1, 0.2]}}))  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "trials").mkdir(parents=True)
+
+    def trial_process(cmd, env, log_path, trial_dir, record) -> int:  # a trial that ran: no training needed here
+        log_path.write_text("trained\n")
+        return 0
+
+    monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
+    if stopped_in == "the sampler":
+        monkeypatch.setattr(optuna.samplers.GridSampler, "sample_independent", ctrl_c)
+    elif stopped_in == "the wandb group":
+        monkeypatch.setattr(driver, "_group", ctrl_c)
+    else:
+        monkeypatch.setattr(driver, "read_json_or_none", ctrl_c)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=1,
+                       catch=(driver.TrialFailed,))  # fmt: skip
+    (stopped,) = study.trials
+    assert stopped.state.name == "FAIL" and stopped.user_attrs[driver.INTERRUPTED] is True
+
+    driver._retry_interrupted(study, sweep_dir)  # what --resume does first
+    queued = study.trials[-1]
+    assert queued.number == 1 and queued.state.name == "WAITING" and queued.system_attrs["retry_history"] == [0]
+    assert queued.params == stopped.params and queued.system_attrs["grid_id"] == stopped.system_attrs["grid_id"]
 
 
 def test_the_study_database_path_is_taken_literally(tmp_path):
@@ -517,13 +642,12 @@ SHIPPED = sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))
 def test_shipped_sweep_every_trial_recipe_validates(path):
     import itertools
 
-    from dpo.sweep.driver import _overrides
     from dpo.training.gate import check
 
     spec = load_spec(path)
     grid = spec.grid_space()
     for combo in itertools.product(*grid.values()):
-        check(spec.base_recipe, _overrides(spec.overrides(dict(zip(grid, combo, strict=True)))))
+        check(spec.base_recipe, set_items(spec.overrides(dict(zip(grid, combo, strict=True)))))
     head = path.read_text().splitlines()[:8]
     assert head[0].startswith("# ") and any(f"dpo sweep recipes/sweeps/{path.name}" in line for line in head)
 
