@@ -46,8 +46,7 @@ from dpo.rundir.files import (
     TRAINER_STATE,
     is_main_process,
     metrics_rows,
-    read_json,
-    read_json_or_none,
+    read_json_object,
     read_metrics,
 )
 
@@ -183,16 +182,18 @@ def check(
 ) -> None:
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
-    `allow_data_change`), complete checkpoints none of which can be loaded."""
+    `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
+    can be loaded."""
     if not has_previous_attempt(run_dir):
         return
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"has no {RECIPE}: not a run directory of dpo train; nothing to resume", where=str(run_dir))
-    reason = (read_json_or_none(run_dir / SUMMARY) or {}).get("stop_reason")
+    reason = (read_json_object(run_dir / SUMMARY) or {}).get("stop_reason")
     if reason in FINISHED:
         raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
     metrics_rows(run_dir / METRICS_LOG)  # a broken metrics file is reported now, before anything is changed
+    read_json_object(run_dir / DATA_CARD)  # and a data card that is no JSON object (read with or without a change)
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
     absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
     difference = _first_difference(recorded, safe_load(resolved_recipe_yaml))
@@ -222,7 +223,7 @@ def check(
 def data_change(run_dir: Path, data_card: dict) -> str | None:
     """What changed in the training data since the run was made ("the train data's content hash ..."), or None.
     A run directory without a data card (or a card without hashes) has nothing to compare."""
-    old = (read_json_or_none(run_dir / DATA_CARD) or {}).get("content_hash")
+    old = (read_json_object(run_dir / DATA_CARD) or {}).get("content_hash")
     new = data_card.get("content_hash") or {}
     if not isinstance(old, dict):
         return None
@@ -236,7 +237,7 @@ def data_change(run_dir: Path, data_card: dict) -> str | None:
 def record_data_change(run_dir: Path, data_card: dict, step: int) -> dict:
     """The data card for a resumed run whose data changed: the new card plus `data_changes`, every earlier card's
     content hash and the step at which the data was replaced (the old hash is kept, never overwritten)."""
-    old = read_json_or_none(run_dir / DATA_CARD) or {}
+    old = read_json_object(run_dir / DATA_CARD) or {}
     history = old.get("data_changes") if isinstance(old.get("data_changes"), list) else []
     entry = {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}
     return {**data_card, "data_changes": [*history, entry]}
@@ -267,7 +268,7 @@ def prepare(run_dir: Path) -> ResumePoint:
         point.notes.append("no complete checkpoint yet: training again from step 0")
         return point
     point.step, point.checkpoint = found
-    point.state = read_json(point.checkpoint / DPO_STATE) or {}
+    point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
     dropped = truncate_metrics(run_dir / METRICS_LOG, point.step) if writer else 0
     point.notes.append(
         f"resuming from {point.checkpoint.name} (step {point.step}); dropped {dropped} metrics line(s) logged after it"

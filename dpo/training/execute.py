@@ -39,7 +39,7 @@ from dpo.rundir.files import (
     SUMMARY,
     TRAINER_STATE,
     is_main_process,
-    read_json,
+    read_json_object,
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
@@ -236,7 +236,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
             train_output = trainer.train()
         else:
             initial = resuming.initial_metrics(run_dir)
-            saved = read_json(point.checkpoint / TRAINER_STATE)
+            saved = read_json_object(point.checkpoint / TRAINER_STATE) or {}
             best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
             if autopilot:  # its decisions up to the checkpoint, and the loss controls they set
                 autopilot.load_state(saved.get("stateful_callbacks", {}).get(type(autopilot).__name__, {}))
