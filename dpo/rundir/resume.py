@@ -16,7 +16,8 @@ Resume reads every file of a candidate that it will load (`unloadable`): the JSO
 file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
 a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
 resume refuses (UserError) rather than silently start over. The training data must be what the run was made with
-(the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records.
+(the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records and
+every later resume carries over (`resumed_data_card`).
 """
 
 from __future__ import annotations
@@ -234,13 +235,15 @@ def data_change(run_dir: Path, data_card: dict) -> str | None:
     return f"the {' and '.join(changed)} data changed since the run was made (content hash {hashes})"
 
 
-def record_data_change(run_dir: Path, data_card: dict, step: int) -> dict:
-    """The data card for a resumed run whose data changed: the new card plus `data_changes`, every earlier card's
-    content hash and the step at which the data was replaced (the old hash is kept, never overwritten)."""
+def resumed_data_card(run_dir: Path, data_card: dict, step: int) -> dict:
+    """The data card a resumed run writes: the new card (`data_card`), with the run's `data_changes` carried over and,
+    when the data changed since (`data_change`), one more entry: the previous content hash and the step at which the
+    data was replaced. Every resume rewrites the card, so each must carry the list: an earlier change is never lost."""
     old = read_json_object(run_dir / DATA_CARD) or {}
     history = old.get("data_changes") if isinstance(old.get("data_changes"), list) else []
-    entry = {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}
-    return {**data_card, "data_changes": [*history, entry]}
+    if data_change(run_dir, data_card):
+        history = [*history, {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}]
+    return {**data_card, "data_changes": history} if history else data_card
 
 
 def prepare(run_dir: Path) -> ResumePoint:

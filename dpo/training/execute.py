@@ -81,10 +81,11 @@ def execute(
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             for note in point.notes:
                 print(f"resume: {note}", flush=True)
-        changed = resuming.data_change(run_dir, checked.data.card) if resume else None
-        if changed:  # allowed, else resuming.check() refused it
-            print(f"warning: {changed}; recorded in data_card.json", file=sys.stderr, flush=True)
-            checked.data.card = resuming.record_data_change(run_dir, checked.data.card, point.step)
+        if resume:
+            changed = resuming.data_change(run_dir, checked.data.card)
+            if changed:  # allowed, else resuming.check() refused it
+                print(f"warning: {changed}; recorded in data_card.json", file=sys.stderr, flush=True)
+            checked.data.card = resuming.resumed_data_card(run_dir, checked.data.card, point.step)
         changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
