@@ -15,9 +15,10 @@ A complete checkpoint can still be damaged afterwards (a disk that lost the end 
 Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
 file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
 a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
-resume refuses (UserError) rather than silently start over. The training data must be what the run was made with
-(the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records and
-every later resume carries over (`resumed_data_card`).
+resume refuses (UserError) rather than silently start over. A checkpoint saved with training.save_only_model
+(no optimizer, scheduler or RNG state) is not trained on from (`check`). The training data must be what the run was
+made with (the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records
+and every later resume carries over (`resumed_data_card`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,31 @@ def unloadable(checkpoint: Path) -> str | None:
     return None
 
 
+def training_ended(saved: dict) -> bool:
+    """Had training ended at the checkpoint whose trainer_state.json is `saved`: its last step, or a callback (early
+    stopping, the autopilot) recorded where it stopped the run? Resuming there trains no further step."""
+    if any(state.get("attributes", {}).get("stopped_at") is not None for state in _callback_states(saved)):
+        return True
+    step, total = saved.get("global_step", 0), saved.get("max_steps", 0)
+    return isinstance(step, int) and isinstance(total, int) and step >= total
+
+
+def _callback_states(saved: dict) -> list[dict]:
+    """The states of the stateful callbacks in a trainer_state.json, each {"args": {...}, "attributes": {...}}
+    (transformers keeps a list for a class it holds several of); anything else there is left out."""
+    callbacks = saved.get("stateful_callbacks")
+    if not isinstance(callbacks, dict):
+        return []
+    states = [state for value in callbacks.values() for state in (value if isinstance(value, list) else [value])]
+    return [
+        state
+        for state in states
+        if isinstance(state, dict)
+        and isinstance(state.get("args", {}), dict)
+        and isinstance(state.get("attributes", {}), dict)
+    ]
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
@@ -184,7 +210,7 @@ def check(
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
     `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
-    can be loaded."""
+    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model)."""
     if not has_previous_attempt(run_dir):
         return
     recipe_file = run_dir / RECIPE
@@ -197,7 +223,8 @@ def check(
     read_json_object(run_dir / DATA_CARD)  # and a data card that is no JSON object (read with or without a change)
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
     absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
-    difference = _first_difference(recorded, safe_load(resolved_recipe_yaml))
+    resolved = safe_load(resolved_recipe_yaml)
+    difference = _first_difference(recorded, resolved)
     if difference:
         raise UserError(
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",
@@ -212,13 +239,37 @@ def check(
                 where=str(run_dir / DATA_CARD),
             )
     found = candidates(run_dir / CHECKPOINTS)
-    if found and last_resumable(run_dir / CHECKPOINTS) is None:
+    resumable = last_resumable(run_dir / CHECKPOINTS)
+    if found and resumable is None:
         newest = found[-1][1]
         raise UserError(
             f"no checkpoint can be loaded: {len(found)} complete, all damaged (newest {newest.name}: "
             f"{unloadable(newest)}); start a new run in another --output-dir",
             where=str(run_dir / CHECKPOINTS),
         )
+    _check_optimizer_state(run_dir, resolved, resumable)
+
+
+def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Path] | None) -> None:
+    """Refuse to continue training from a checkpoint saved with training.save_only_model: true. It has no optimizer,
+    scheduler or RNG state, and transformers skips what is missing without a word: the resumed run would go on from
+    step N with fresh AdamW moments and the learning-rate schedule back at step 0, not as the run would have gone.
+
+    Keyed on the recipe, not on which files are there: FSDP and DeepSpeed store the optimizer (and DeepSpeed's own
+    scheduler) in folders of their own, so a missing optimizer.pt or scheduler.pt proves nothing there. A checkpoint
+    at which training had ended still resumes (it needs no optimizer: only final/ and summary.json are written), and
+    so does a run with no such checkpoint (it starts again from step 0)."""
+    if resumable is None or (recipe.get("training") or {}).get("save_only_model") is not True:
+        return
+    step, checkpoint = resumable
+    if training_ended(read_json_object(checkpoint / TRAINER_STATE) or {}):
+        return
+    raise UserError(
+        f"{checkpoint.name} was saved with training.save_only_model: true and has no optimizer, scheduler or RNG "
+        f"state: training on from it would restart the optimizer and the learning-rate schedule at step {step}, not "
+        f"continue the run; start a new run in another --output-dir (training.save_only_model: false to resume one)",
+        where=str(run_dir / RECIPE),
+    )
 
 
 def data_change(run_dir: Path, data_card: dict) -> str | None:

@@ -243,8 +243,7 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
                 autopilot.load_state(saved.get("stateful_callbacks", {}).get(type(autopilot).__name__, {}))
             trainer.load_dpo_state(point.state, point.step)
             trainer.load_reference_cache(point.checkpoint)
-            stopped = best.stopped_at is not None or (autopilot is not None and autopilot.stopped_at is not None)
-            if stopped or saved.get("global_step", 0) >= saved.get("max_steps", 0):
+            if resuming.training_ended(saved):  # the last step, or early stopping / the autopilot stopped it there
                 train_output = trainer.finish_from_checkpoint(str(point.checkpoint))  # training had ended there
             else:
                 train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
