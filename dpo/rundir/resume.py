@@ -15,10 +15,11 @@ A complete checkpoint can still be damaged afterwards (a disk that lost the end 
 Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
 file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
 a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
-resume refuses (UserError) rather than silently start over. A checkpoint saved with training.save_only_model
-(no optimizer, scheduler or RNG state) is not trained on from (`check`). The training data must be what the run was
-made with (the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records
-and every later resume carries over (`resumed_data_card`).
+resume refuses (UserError) rather than silently start over. The best checkpoint early stopping keeps for final/ is
+checked too (`unrestorable`): when it cannot be loaded, a warning, and final/ gets the last weights. A checkpoint saved
+with training.save_only_model (no optimizer, scheduler or RNG state) is not trained on from (`check`). The training
+data must be what the run was made with (the content hashes of data_card.json), unless the caller allows a change,
+which data_card.json then records and every later resume carries over (`resumed_data_card`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dpo.rundir.files import (
     LOCK,
     METRICS_LOG,
     RECIPE,
+    REFERENCE_LOGPS,
     SUMMARY,
     TRAINER_STATE,
     is_main_process,
@@ -86,19 +88,35 @@ def last_resumable(folder: Path) -> tuple[int, Path] | None:
 
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
 _NOT_LOADED = ("training_args.bin",)
+# Files and folders of a checkpoint that only a resume reads, besides the weights (transformers' optimizer,
+# scheduler, scaler and RNG states, FSDP's optimizer_N/, ours): restoring a best checkpoint into final/ needs none.
+_OURS = "|".join(map(re.escape, (TRAINER_STATE, DPO_STATE, REFERENCE_LOGPS)))
+_RESUME_STATE = re.compile(rf"^(optimizer|scheduler|scaler|rng_state|{_OURS})")
+# The weights files transformers' _load_best_model reads in a single process, for a PEFT adapter and for a full
+# model. With none of them there it only logs a warning and keeps the weights it has.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
-def unloadable(checkpoint: Path) -> str | None:
+def unloadable(checkpoint: Path, weights_only: bool = False) -> str | None:
     """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON"), or None.
 
     Reads what resume loads, without unpickling: JSON files parse (trainer_state.json and dpo_state.json are
     objects), safetensors headers cover their files exactly (a truncated file fails), torch files (optimizer,
     scheduler, RNG states: zip archives) pass their CRC check. Damage that keeps every file's structure and checksum
-    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected."""
+    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected. With `weights_only`,
+    only what restoring the weights reads (a best checkpoint's, into final/): not the state only a resume needs."""
     from safetensors import SafetensorError, safe_open
 
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         name = str(path.relative_to(checkpoint))
+        if weights_only and _RESUME_STATE.match(name):
+            continue
         try:
             if path.suffix == ".json":
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -116,6 +134,46 @@ def unloadable(checkpoint: Path) -> str | None:
             return f"{name}: not valid JSON ({_first_line(exc)})"
         except (SafetensorError, zipfile.BadZipFile, EOFError, OSError) as exc:
             return f"{name}: cannot be read ({_first_line(exc)})"
+    return None
+
+
+def weights_files(checkpoint: Path) -> tuple[str, ...]:
+    """The kind of weights files `checkpoint` holds (ADAPTER_WEIGHTS or MODEL_WEIGHTS), or () for neither (FSDP and
+    DeepSpeed keep the weights in folders of their own, and their loaders fail loudly when a file is missing)."""
+    for names in (ADAPTER_WEIGHTS, MODEL_WEIGHTS):
+        if any((checkpoint / name).is_file() for name in names):
+            return names
+    return ()
+
+
+def unrestorable(checkpoint: Path, weights: tuple[str, ...] = ()) -> str | None:
+    """Why the weights of `checkpoint` (the best one, restored into final/ at the end) cannot be loaded, or None: it is
+    gone, its save was cut off, it has none of `weights` (one of which the loader needs), or a weights file is damaged
+    (`unloadable`). Its optimizer, scheduler and trainer state are not needed and not read."""
+    if not checkpoint.is_dir():
+        return "it is gone"
+    if not is_complete(checkpoint):
+        return f"it has no {COMPLETE_MARK}: its save was cut off"
+    if weights and not any((checkpoint / name).is_file() for name in weights):
+        return f"it has no weights file ({' or '.join(weights)})"
+    return unloadable(checkpoint, weights_only=True)
+
+
+def best_checkpoint_named(checkpoint_dir: Path, saved: dict) -> Path | None:
+    """The best checkpoint (kept by early stopping, restored into final/ at the end) that a checkpoint's
+    trainer_state.json (`saved`) names, under `checkpoint_dir`, or None.
+
+    transformers' best_model_checkpoint is taken by its folder name: it holds the path as spelled when it was saved
+    (relative to another working directory, or absolute). Where transformers dropped it (it does on a resume when
+    that path does not exist from where it runs) the early-stopping bookkeeping that keeps the best checkpoint still
+    has its step (a stateful callback's `keep_best` and `best_step`, as BestCheckpointCallback saves them)."""
+    recorded = saved.get("best_model_checkpoint")
+    if isinstance(recorded, str) and _CHECKPOINT.match(Path(recorded).name):
+        return checkpoint_dir / Path(recorded).name
+    for state in _callback_states(saved):
+        step = state.get("attributes", {}).get("best_step")
+        if state.get("args", {}).get("keep_best") and type(step) is int:
+            return checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
     return None
 
 
@@ -323,11 +381,34 @@ def prepare(run_dir: Path) -> ResumePoint:
         return point
     point.step, point.checkpoint = found
     point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
+    if writer:
+        point.warnings += _damaged_best(checkpoint_dir, point.checkpoint)
     dropped = truncate_metrics(run_dir / METRICS_LOG, point.step) if writer else 0
     point.notes.append(
         f"resuming from {point.checkpoint.name} (step {point.step}); dropped {dropped} metrics line(s) logged after it"
     )
     return point
+
+
+def _damaged_best(checkpoint_dir: Path, resumed_from: Path) -> list[str]:
+    """A warning when the best checkpoint that the one resumed from names (kept by early stopping, to be restored into
+    final/) is gone or cannot be loaded (`unrestorable`, expecting the kind of weights files `resumed_from` has).
+
+    A warning, not an error: what training continues from is intact, and the best weights are lost whatever the
+    user does, so refusing would only leave a run that no resume can finish. The run goes on; at the end
+    `_restore_best` (dpo/training/execute.py) finds the same problem and keeps the last weights (summary.json says
+    final_weights: last), unless a later evaluation has found a new best. Like the older damaged checkpoints that
+    `_remove_damaged` leaves alone, it stays in place: resume does not load it, and nothing is deleted on a guess."""
+    best = best_checkpoint_named(checkpoint_dir, read_json_object(resumed_from / TRAINER_STATE) or {})
+    if best is None or best.name == resumed_from.name:
+        return []
+    problem = unrestorable(best, weights_files(resumed_from))
+    if problem is None:
+        return []
+    return [
+        f"{best}: the best checkpoint cannot be loaded ({problem}); final/ will hold the last weights unless a later "
+        f"evaluation finds a new best"
+    ]
 
 
 def _remove_damaged(checkpoint_dir: Path) -> list[str]:

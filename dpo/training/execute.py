@@ -297,13 +297,29 @@ def _stop_reason(best, callbacks: list) -> str:
 
 
 def _restore_best(trainer, best) -> bool:
-    """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
+    """Load the best checkpoint's weights into the trainer's model when it is not the last step. True only when they
+    were loaded: a best checkpoint that is gone, cut off, without its weights file or damaged (resume.unrestorable)
+    leaves the last weights, with a warning, and summary.json says final_weights: last."""
     if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
         return False
     checkpoint = Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}{best.best_step}"
-    if not checkpoint.is_dir():  # transformers' loader would only log this and go on: the summary would claim it
-        print(f"warning: the best checkpoint {checkpoint} is gone; final/ holds the last weights", file=sys.stderr)
+    # transformers' loader only logs a warning when the weights file is missing (and raises on a damaged one)
+    problem = resuming.unrestorable(checkpoint, _weights_files(trainer))
+    if problem:
+        if is_main_process():  # every process keeps its last weights; one says so
+            why = f"the best checkpoint {checkpoint} cannot be loaded ({problem})"
+            print(f"warning: {why}; final/ holds the last weights", file=sys.stderr, flush=True)
         return False
     trainer.state.best_model_checkpoint = str(checkpoint)
     trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
     return True
+
+
+def _weights_files(trainer) -> tuple[str, ...]:
+    """The files one of which transformers' best-model loader reads for this trainer's model; () under FSDP and
+    DeepSpeed, whose loaders read folders of their own and fail loudly when something is missing."""
+    from peft import PeftModel
+
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return ()
+    return resuming.ADAPTER_WEIGHTS if isinstance(trainer.model, PeftModel) else resuming.MODEL_WEIGHTS
