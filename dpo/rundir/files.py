@@ -102,6 +102,29 @@ def read_json(path: Path) -> Any:
         raise UserError(f"not valid JSON ({exc})", where=str(path)) from None
 
 
+def read_json_object(path: Path) -> dict | None:
+    """A JSON file that must hold an object (summary.json, data_card.json, trainer_state.json), or None when it is
+    absent. Broken JSON, or valid JSON of another kind (`[1]`, `null`: a file edited by hand), is a UserError
+    naming the file, where a caller's `.get` would otherwise fail with a traceback."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"not a JSON object (it holds {_json_kind(data)})", where=str(path))
+    return data
+
+
+def _json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's words ("an array")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def read_json_or_none(path: Path) -> Any:
     """A JSON file, or None when it is absent or broken: for a file that a failed process may have left
     (a trial's summary.json), where a broken file means the same as no file."""

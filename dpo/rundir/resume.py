@@ -15,8 +15,11 @@ A complete checkpoint can still be damaged afterwards (a disk that lost the end 
 Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
 file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
 a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
-resume refuses (UserError) rather than silently start over. The training data must be what the run was made with
-(the content hashes of data_card.json), unless the caller allows a change, which data_card.json then records.
+resume refuses (UserError) rather than silently start over. The best checkpoint early stopping keeps for final/ is
+checked too (`unrestorable`): when it cannot be loaded, a warning, and final/ gets the last weights. A checkpoint saved
+with training.save_only_model (no optimizer, scheduler or RNG state) is not trained on from (`check`). The training
+data must be what the run was made with (the content hashes of data_card.json), unless the caller allows a change,
+which data_card.json then records and every later resume carries over (`resumed_data_card`).
 """
 
 from __future__ import annotations
@@ -42,12 +45,12 @@ from dpo.rundir.files import (
     LOCK,
     METRICS_LOG,
     RECIPE,
+    REFERENCE_LOGPS,
     SUMMARY,
     TRAINER_STATE,
     is_main_process,
     metrics_rows,
-    read_json,
-    read_json_or_none,
+    read_json_object,
     read_metrics,
 )
 
@@ -85,19 +88,35 @@ def last_resumable(folder: Path) -> tuple[int, Path] | None:
 
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
 _NOT_LOADED = ("training_args.bin",)
+# Files and folders of a checkpoint that only a resume reads, besides the weights (transformers' optimizer,
+# scheduler, scaler and RNG states, FSDP's optimizer_N/, ours): restoring a best checkpoint into final/ needs none.
+_OURS = "|".join(map(re.escape, (TRAINER_STATE, DPO_STATE, REFERENCE_LOGPS)))
+_RESUME_STATE = re.compile(rf"^(optimizer|scheduler|scaler|rng_state|{_OURS})")
+# The weights files transformers' _load_best_model reads in a single process, for a PEFT adapter and for a full
+# model. With none of them there it only logs a warning and keeps the weights it has.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
-def unloadable(checkpoint: Path) -> str | None:
+def unloadable(checkpoint: Path, weights_only: bool = False) -> str | None:
     """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON"), or None.
 
     Reads what resume loads, without unpickling: JSON files parse (trainer_state.json and dpo_state.json are
     objects), safetensors headers cover their files exactly (a truncated file fails), torch files (optimizer,
     scheduler, RNG states: zip archives) pass their CRC check. Damage that keeps every file's structure and checksum
-    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected."""
+    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected. With `weights_only`,
+    only what restoring the weights reads (a best checkpoint's, into final/): not the state only a resume needs."""
     from safetensors import SafetensorError, safe_open
 
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         name = str(path.relative_to(checkpoint))
+        if weights_only and _RESUME_STATE.match(name):
+            continue
         try:
             if path.suffix == ".json":
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -116,6 +135,71 @@ def unloadable(checkpoint: Path) -> str | None:
         except (SafetensorError, zipfile.BadZipFile, EOFError, OSError) as exc:
             return f"{name}: cannot be read ({_first_line(exc)})"
     return None
+
+
+def weights_files(checkpoint: Path) -> tuple[str, ...]:
+    """The kind of weights files `checkpoint` holds (ADAPTER_WEIGHTS or MODEL_WEIGHTS), or () for neither (FSDP and
+    DeepSpeed keep the weights in folders of their own, and their loaders fail loudly when a file is missing)."""
+    for names in (ADAPTER_WEIGHTS, MODEL_WEIGHTS):
+        if any((checkpoint / name).is_file() for name in names):
+            return names
+    return ()
+
+
+def unrestorable(checkpoint: Path, weights: tuple[str, ...] = ()) -> str | None:
+    """Why the weights of `checkpoint` (the best one, restored into final/ at the end) cannot be loaded, or None: it is
+    gone, its save was cut off, it has none of `weights` (one of which the loader needs), or a weights file is damaged
+    (`unloadable`). Its optimizer, scheduler and trainer state are not needed and not read."""
+    if not checkpoint.is_dir():
+        return "it is gone"
+    if not is_complete(checkpoint):
+        return f"it has no {COMPLETE_MARK}: its save was cut off"
+    if weights and not any((checkpoint / name).is_file() for name in weights):
+        return f"it has no weights file ({' or '.join(weights)})"
+    return unloadable(checkpoint, weights_only=True)
+
+
+def best_checkpoint_named(checkpoint_dir: Path, saved: dict) -> Path | None:
+    """The best checkpoint (kept by early stopping, restored into final/ at the end) that a checkpoint's
+    trainer_state.json (`saved`) names, under `checkpoint_dir`, or None.
+
+    transformers' best_model_checkpoint is taken by its folder name: it holds the path as spelled when it was saved
+    (relative to another working directory, or absolute). Where transformers dropped it (it does on a resume when
+    that path does not exist from where it runs) the early-stopping bookkeeping that keeps the best checkpoint still
+    has its step (a stateful callback's `keep_best` and `best_step`, as BestCheckpointCallback saves them)."""
+    recorded = saved.get("best_model_checkpoint")
+    if isinstance(recorded, str) and _CHECKPOINT.match(Path(recorded).name):
+        return checkpoint_dir / Path(recorded).name
+    for state in _callback_states(saved):
+        step = state.get("attributes", {}).get("best_step")
+        if state.get("args", {}).get("keep_best") and type(step) is int:
+            return checkpoint_dir / f"{CHECKPOINT_PREFIX}{step}"
+    return None
+
+
+def training_ended(saved: dict) -> bool:
+    """Had training ended at the checkpoint whose trainer_state.json is `saved`: its last step, or a callback (early
+    stopping, the autopilot) recorded where it stopped the run? Resuming there trains no further step."""
+    if any(state.get("attributes", {}).get("stopped_at") is not None for state in _callback_states(saved)):
+        return True
+    step, total = saved.get("global_step", 0), saved.get("max_steps", 0)
+    return isinstance(step, int) and isinstance(total, int) and step >= total
+
+
+def _callback_states(saved: dict) -> list[dict]:
+    """The states of the stateful callbacks in a trainer_state.json, each {"args": {...}, "attributes": {...}}
+    (transformers keeps a list for a class it holds several of); anything else there is left out."""
+    callbacks = saved.get("stateful_callbacks")
+    if not isinstance(callbacks, dict):
+        return []
+    states = [state for value in callbacks.values() for state in (value if isinstance(value, list) else [value])]
+    return [
+        state
+        for state in states
+        if isinstance(state, dict)
+        and isinstance(state.get("args", {}), dict)
+        and isinstance(state.get("attributes", {}), dict)
+    ]
 
 
 def _first_line(exc: Exception) -> str:
@@ -183,19 +267,22 @@ def check(
 ) -> None:
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
-    `allow_data_change`), complete checkpoints none of which can be loaded."""
+    `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
+    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model)."""
     if not has_previous_attempt(run_dir):
         return
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"has no {RECIPE}: not a run directory of dpo train; nothing to resume", where=str(run_dir))
-    reason = (read_json_or_none(run_dir / SUMMARY) or {}).get("stop_reason")
+    reason = (read_json_object(run_dir / SUMMARY) or {}).get("stop_reason")
     if reason in FINISHED:
         raise UserError(f"the run already finished (stop_reason {reason}); nothing to resume", where=str(run_dir))
     metrics_rows(run_dir / METRICS_LOG)  # a broken metrics file is reported now, before anything is changed
+    read_json_object(run_dir / DATA_CARD)  # and a data card that is no JSON object (read with or without a change)
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
     absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
-    difference = _first_difference(recorded, safe_load(resolved_recipe_yaml))
+    resolved = safe_load(resolved_recipe_yaml)
+    difference = _first_difference(recorded, resolved)
     if difference:
         raise UserError(
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",
@@ -210,19 +297,43 @@ def check(
                 where=str(run_dir / DATA_CARD),
             )
     found = candidates(run_dir / CHECKPOINTS)
-    if found and last_resumable(run_dir / CHECKPOINTS) is None:
+    resumable = last_resumable(run_dir / CHECKPOINTS)
+    if found and resumable is None:
         newest = found[-1][1]
         raise UserError(
             f"no checkpoint can be loaded: {len(found)} complete, all damaged (newest {newest.name}: "
             f"{unloadable(newest)}); start a new run in another --output-dir",
             where=str(run_dir / CHECKPOINTS),
         )
+    _check_optimizer_state(run_dir, resolved, resumable)
+
+
+def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Path] | None) -> None:
+    """Refuse to continue training from a checkpoint saved with training.save_only_model: true. It has no optimizer,
+    scheduler or RNG state, and transformers skips what is missing without a word: the resumed run would go on from
+    step N with fresh AdamW moments and the learning-rate schedule back at step 0, not as the run would have gone.
+
+    Keyed on the recipe, not on which files are there: FSDP and DeepSpeed store the optimizer (and DeepSpeed's own
+    scheduler) in folders of their own, so a missing optimizer.pt or scheduler.pt proves nothing there. A checkpoint
+    at which training had ended still resumes (it needs no optimizer: only final/ and summary.json are written), and
+    so does a run with no such checkpoint (it starts again from step 0)."""
+    if resumable is None or (recipe.get("training") or {}).get("save_only_model") is not True:
+        return
+    step, checkpoint = resumable
+    if training_ended(read_json_object(checkpoint / TRAINER_STATE) or {}):
+        return
+    raise UserError(
+        f"{checkpoint.name} was saved with training.save_only_model: true and has no optimizer, scheduler or RNG "
+        f"state: training on from it would restart the optimizer and the learning-rate schedule at step {step}, not "
+        f"continue the run; start a new run in another --output-dir (training.save_only_model: false to resume one)",
+        where=str(run_dir / RECIPE),
+    )
 
 
 def data_change(run_dir: Path, data_card: dict) -> str | None:
     """What changed in the training data since the run was made ("the train data's content hash ..."), or None.
     A run directory without a data card (or a card without hashes) has nothing to compare."""
-    old = (read_json_or_none(run_dir / DATA_CARD) or {}).get("content_hash")
+    old = (read_json_object(run_dir / DATA_CARD) or {}).get("content_hash")
     new = data_card.get("content_hash") or {}
     if not isinstance(old, dict):
         return None
@@ -233,13 +344,15 @@ def data_change(run_dir: Path, data_card: dict) -> str | None:
     return f"the {' and '.join(changed)} data changed since the run was made (content hash {hashes})"
 
 
-def record_data_change(run_dir: Path, data_card: dict, step: int) -> dict:
-    """The data card for a resumed run whose data changed: the new card plus `data_changes`, every earlier card's
-    content hash and the step at which the data was replaced (the old hash is kept, never overwritten)."""
-    old = read_json_or_none(run_dir / DATA_CARD) or {}
+def resumed_data_card(run_dir: Path, data_card: dict, step: int) -> dict:
+    """The data card a resumed run writes: the new card (`data_card`), with the run's `data_changes` carried over and,
+    when the data changed since (`data_change`), one more entry: the previous content hash and the step at which the
+    data was replaced. Every resume rewrites the card, so each must carry the list: an earlier change is never lost."""
+    old = read_json_object(run_dir / DATA_CARD) or {}
     history = old.get("data_changes") if isinstance(old.get("data_changes"), list) else []
-    entry = {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}
-    return {**data_card, "data_changes": [*history, entry]}
+    if data_change(run_dir, data_card):
+        history = [*history, {"resumed_at_step": step, "previous_content_hash": old.get("content_hash")}]
+    return {**data_card, "data_changes": history} if history else data_card
 
 
 def prepare(run_dir: Path) -> ResumePoint:
@@ -267,12 +380,35 @@ def prepare(run_dir: Path) -> ResumePoint:
         point.notes.append("no complete checkpoint yet: training again from step 0")
         return point
     point.step, point.checkpoint = found
-    point.state = read_json(point.checkpoint / DPO_STATE) or {}
+    point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
+    if writer:
+        point.warnings += _damaged_best(checkpoint_dir, point.checkpoint)
     dropped = truncate_metrics(run_dir / METRICS_LOG, point.step) if writer else 0
     point.notes.append(
         f"resuming from {point.checkpoint.name} (step {point.step}); dropped {dropped} metrics line(s) logged after it"
     )
     return point
+
+
+def _damaged_best(checkpoint_dir: Path, resumed_from: Path) -> list[str]:
+    """A warning when the best checkpoint that the one resumed from names (kept by early stopping, to be restored into
+    final/) is gone or cannot be loaded (`unrestorable`, expecting the kind of weights files `resumed_from` has).
+
+    A warning, not an error: what training continues from is intact, and the best weights are lost whatever the
+    user does, so refusing would only leave a run that no resume can finish. The run goes on; at the end
+    `_restore_best` (dpo/training/execute.py) finds the same problem and keeps the last weights (summary.json says
+    final_weights: last), unless a later evaluation has found a new best. Like the older damaged checkpoints that
+    `_remove_damaged` leaves alone, it stays in place: resume does not load it, and nothing is deleted on a guess."""
+    best = best_checkpoint_named(checkpoint_dir, read_json_object(resumed_from / TRAINER_STATE) or {})
+    if best is None or best.name == resumed_from.name:
+        return []
+    problem = unrestorable(best, weights_files(resumed_from))
+    if problem is None:
+        return []
+    return [
+        f"{best}: the best checkpoint cannot be loaded ({problem}); final/ will hold the last weights unless a later "
+        f"evaluation finds a new best"
+    ]
 
 
 def _remove_damaged(checkpoint_dir: Path) -> list[str]:

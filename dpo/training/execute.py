@@ -39,7 +39,7 @@ from dpo.rundir.files import (
     SUMMARY,
     TRAINER_STATE,
     is_main_process,
-    read_json,
+    read_json_object,
 )
 from dpo.rundir.lock import RunLock
 from dpo.rundir.secrets import redact
@@ -81,10 +81,11 @@ def execute(
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
             for note in point.notes:
                 print(f"resume: {note}", flush=True)
-        changed = resuming.data_change(run_dir, checked.data.card) if resume else None
-        if changed:  # allowed, else resuming.check() refused it
-            print(f"warning: {changed}; recorded in data_card.json", file=sys.stderr, flush=True)
-            checked.data.card = resuming.record_data_change(run_dir, checked.data.card, point.step)
+        if resume:
+            changed = resuming.data_change(run_dir, checked.data.card)
+            if changed:  # allowed, else resuming.check() refused it
+                print(f"warning: {changed}; recorded in data_card.json", file=sys.stderr, flush=True)
+            checked.data.card = resuming.resumed_data_card(run_dir, checked.data.card, point.step)
         changes = None  # a resumed run keeps its own record: from RUN_DIR/recipe.yaml every key would be a "change"
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
@@ -236,14 +237,13 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
             train_output = trainer.train()
         else:
             initial = resuming.initial_metrics(run_dir)
-            saved = read_json(point.checkpoint / TRAINER_STATE)
+            saved = read_json_object(point.checkpoint / TRAINER_STATE) or {}
             best.load_state(saved.get("stateful_callbacks", {}).get(type(best).__name__, {}))
             if autopilot:  # its decisions up to the checkpoint, and the loss controls they set
                 autopilot.load_state(saved.get("stateful_callbacks", {}).get(type(autopilot).__name__, {}))
             trainer.load_dpo_state(point.state, point.step)
             trainer.load_reference_cache(point.checkpoint)
-            stopped = best.stopped_at is not None or (autopilot is not None and autopilot.stopped_at is not None)
-            if stopped or saved.get("global_step", 0) >= saved.get("max_steps", 0):
+            if resuming.training_ended(saved):  # the last step, or early stopping / the autopilot stopped it there
                 train_output = trainer.finish_from_checkpoint(str(point.checkpoint))  # training had ended there
             else:
                 train_output = trainer.train(resume_from_checkpoint=str(point.checkpoint))
@@ -297,13 +297,29 @@ def _stop_reason(best, callbacks: list) -> str:
 
 
 def _restore_best(trainer, best) -> bool:
-    """Load the best checkpoint's weights into the trainer's model when it is not the last step."""
+    """Load the best checkpoint's weights into the trainer's model when it is not the last step. True only when they
+    were loaded: a best checkpoint that is gone, cut off, without its weights file or damaged (resume.unrestorable)
+    leaves the last weights, with a warning, and summary.json says final_weights: last."""
     if not best.keep_best or best.best_step is None or best.best_step == trainer.state.global_step:
         return False
     checkpoint = Path(trainer.args.output_dir) / f"{CHECKPOINT_PREFIX}{best.best_step}"
-    if not checkpoint.is_dir():  # transformers' loader would only log this and go on: the summary would claim it
-        print(f"warning: the best checkpoint {checkpoint} is gone; final/ holds the last weights", file=sys.stderr)
+    # transformers' loader only logs a warning when the weights file is missing (and raises on a damaged one)
+    problem = resuming.unrestorable(checkpoint, _weights_files(trainer))
+    if problem:
+        if is_main_process():  # every process keeps its last weights; one says so
+            why = f"the best checkpoint {checkpoint} cannot be loaded ({problem})"
+            print(f"warning: {why}; final/ holds the last weights", file=sys.stderr, flush=True)
         return False
     trainer.state.best_model_checkpoint = str(checkpoint)
     trainer._load_best_model()  # transformers' own loader: handles PEFT adapters and full models
     return True
+
+
+def _weights_files(trainer) -> tuple[str, ...]:
+    """The files one of which transformers' best-model loader reads for this trainer's model; () under FSDP and
+    DeepSpeed, whose loaders read folders of their own and fail loudly when something is missing."""
+    from peft import PeftModel
+
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        return ()
+    return resuming.ADAPTER_WEIGHTS if isinstance(trainer.model, PeftModel) else resuming.MODEL_WEIGHTS

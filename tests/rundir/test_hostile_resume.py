@@ -1,6 +1,7 @@
 """Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint is skipped for the previous
-loadable one, none loadable is one `error:` line (exit 2, nothing changed), and training data that changed since the
-run was made is refused unless --allow-data-change, which data_card.json then records.
+loadable one, none loadable is one `error:` line (exit 2, nothing changed), a run file that is valid JSON but not an
+object is one `error:` line too, and training data that changed since the run was made is refused unless
+--allow-data-change, which data_card.json then records, and every later resume keeps recorded.
 
 One short run of the tiny model (4 steps, checkpoints at 2 and 4) is made once; each case damages a copy of it, as a
 run killed after its last checkpoint (no summary.json, no final/) would be left."""
@@ -40,10 +41,15 @@ def killed_run(tmp_path_factory, tiny_model_dir):
     write_recipe(root / "tiny.yaml", recipe)
     run_dir = root / "run"
     execute(root / "tiny.yaml", [], output_dir=run_dir)
+    as_killed_after_the_last_step(run_dir)
+    return run_dir
+
+
+def as_killed_after_the_last_step(run_dir) -> None:
+    """Remove what a run writes after its last checkpoint: final/, summary.json, report.html."""
     shutil.rmtree(run_dir / "final")
     (run_dir / "summary.json").unlink()
     (run_dir / "report.html").unlink(missing_ok=True)
-    return run_dir
 
 
 @pytest.fixture
@@ -73,7 +79,11 @@ DAMAGES = {
         lambda p: p.write_text('{"global_step": 4, "log_h'),
         "trainer_state.json: not valid JSON",
     ),
-    "trainer_state_not_an_object": ("trainer_state.json", lambda p: p.write_text("null"), "not a JSON object"),
+    "trainer_state_not_an_object": (
+        "trainer_state.json",
+        lambda p: p.write_text("[1]"),
+        "trainer_state.json: not a JSON object",
+    ),
     "garbled_dpo_state": ("dpo_state.json", lambda p: p.write_bytes(b"\xff\xfe{"), "dpo_state.json: not valid JSON"),
     "flipped_byte_in_optimizer": ("optimizer.pt", flip_byte, "optimizer.pt: damaged"),
     "truncated_optimizer": ("optimizer.pt", truncate, "optimizer.pt: cannot be read"),
@@ -117,7 +127,10 @@ def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("damage", ["garbled_trainer_state", "flipped_byte_in_optimizer", "truncated_rng_state"])
+@pytest.mark.parametrize(
+    "damage",
+    ["garbled_trainer_state", "trainer_state_not_an_object", "flipped_byte_in_optimizer", "truncated_rng_state"],
+)
 def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
     from dpo.training.execute import execute
 
@@ -153,14 +166,20 @@ def _change_training_data(run_dir) -> None:
     open(train, "w").write("\n".join(rows) + "\n")
 
 
-@pytest.mark.slow
-def test_resume_refuses_changed_training_data(killed_run, tmp_path):
+def _copy_with_its_own_data(killed_run, tmp_path):
+    """A copy of the run whose recipe reads a copy of the training data: the module's run keeps its data."""
     run_dir = tmp_path / "run"
     shutil.copytree(killed_run, run_dir)
-    data_copy = tmp_path / "train.jsonl"  # change a copy: the module's run keeps its data
+    data_copy = tmp_path / "train.jsonl"
     shutil.copy(killed_run.parent / "train.jsonl", data_copy)
     text = (run_dir / "recipe.yaml").read_text().replace(str(killed_run.parent / "train.jsonl"), str(data_copy))
     (run_dir / "recipe.yaml").write_text(text.replace(str(killed_run), str(run_dir)))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_training_data(killed_run, tmp_path):
+    run_dir = _copy_with_its_own_data(killed_run, tmp_path)
     _change_training_data(run_dir)
     old_hash = json.loads((run_dir / "data_card.json").read_text())["content_hash"]
 
@@ -179,6 +198,96 @@ def test_resume_refuses_changed_training_data(killed_run, tmp_path):
     card = json.loads((run_dir / "data_card.json").read_text())
     assert card["content_hash"]["train"] != old_hash["train"] and card["content_hash"]["eval"] == old_hash["eval"]
     assert card["data_changes"] == [{"resumed_at_step": 4, "previous_content_hash": old_hash}]
+
+
+@pytest.mark.slow
+def test_every_later_resume_keeps_the_recorded_data_changes(killed_run, tmp_path):
+    """The regression: a resume whose data had not changed (since the previous resume) rewrote data_card.json with the
+    fresh card, and the `data_changes` an earlier --allow-data-change resume recorded were gone. Three resumes, each of
+    a run killed after its last step: the data changed (one entry), the same data again (still that entry), the data
+    changed once more (a second entry, the first kept)."""
+    from dpo.training.execute import execute
+
+    run_dir = _copy_with_its_own_data(killed_run, tmp_path)
+
+    def card():
+        return json.loads((run_dir / "data_card.json").read_text())
+
+    def resume(**flags):
+        summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, **flags)
+        assert summary["stop_reason"] == "completed" and summary["steps"] == 4
+
+    made_with = card()["content_hash"]
+    _change_training_data(run_dir)
+    resume(allow_data_change=True)
+    first_change = {"resumed_at_step": 4, "previous_content_hash": made_with}
+    changed_to = card()["content_hash"]
+    assert changed_to["train"] != made_with["train"] and card()["data_changes"] == [first_change]
+
+    as_killed_after_the_last_step(run_dir)
+    resume()  # the data the run now holds: no flag needed, and the earlier change stays recorded
+    assert card()["content_hash"] == changed_to and card()["data_changes"] == [first_change]
+
+    as_killed_after_the_last_step(run_dir)
+    _change_training_data(run_dir)
+    resume(allow_data_change=True)
+    second_change = {"resumed_at_step": 4, "previous_content_hash": changed_to}
+    assert card()["content_hash"]["train"] != changed_to["train"]
+    assert card()["data_changes"] == [first_change, second_change]
+
+
+def test_an_unchanged_run_gets_no_data_changes_key(run_dir):
+    from dpo.rundir.resume import resumed_data_card
+
+    card = json.loads((run_dir / "data_card.json").read_text())
+    assert resumed_data_card(run_dir, card, 4) == card  # nothing changed, nothing recorded: the card as made
+
+
+@pytest.mark.parametrize(
+    ("name", "allow_data_change"), [("summary.json", False), ("data_card.json", False), ("data_card.json", True)]
+)
+def test_a_run_file_that_is_json_but_not_an_object_is_one_error_and_changes_nothing(run_dir, name, allow_data_change):
+    """The regression: `[1]` in summary.json or data_card.json crashed the resume with an AttributeError (with
+    --allow-data-change, after the resume had begun to clean up the run directory)."""
+    from dpo.training.execute import execute
+
+    (run_dir / name).write_text("[1]\n")
+    before = snapshot(run_dir)
+    with pytest.raises(UserError) as err:
+        execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True, allow_data_change=allow_data_change)
+    assert str(err.value) == f"{run_dir / name}: not a JSON object (it holds an array)"
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+def test_dpo_train_resume_with_a_summary_that_is_not_an_object_exits_2(run_dir):
+    (run_dir / "summary.json").write_text("[1]\n")
+    before = snapshot(run_dir)
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {run_dir / 'summary.json'}: not a JSON object (it holds an array)"
+    ]
+    assert snapshot(run_dir) == before
+
+
+def test_read_json_object(tmp_path):
+    from dpo.rundir.files import read_json_object
+
+    path = tmp_path / "summary.json"
+    assert read_json_object(path) is None  # absent
+    path.write_text('{"steps": 4}')
+    assert read_json_object(path) == {"steps": 4}
+    kinds = {"[1]": "an array", "null": "null", '"x"': "a string", "4": "a number", "true": "true or false"}
+    for text, kind in kinds.items():
+        path.write_text(text)
+        with pytest.raises(UserError) as err:
+            read_json_object(path)
+        assert str(err.value) == f"{path}: not a JSON object (it holds {kind})"
+    path.write_text('{"steps": ')
+    with pytest.raises(UserError) as err:
+        read_json_object(path)
+    assert str(err.value).startswith(f"{path}: not valid JSON")
 
 
 def test_resume_with_the_same_data_needs_no_flag_and_a_broken_recipe_yaml_is_one_error(run_dir):
