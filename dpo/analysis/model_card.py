@@ -18,7 +18,15 @@ from dpo.analysis.diagnostics import ONSET_NOT_APPLICABLE, onset_not_checked_in
 from dpo.metrics import HEADLINE
 from dpo.models import EMBEDDED_MODELS, package_version
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
-from dpo.rundir.files import DATA_CARD, RECIPE, RECIPE_CHANGES, SUMMARY, read_json_or_none, read_text
+from dpo.rundir.files import (
+    DATA_CARD,
+    RECIPE,
+    RECIPE_CHANGES,
+    SUMMARY,
+    json_object_or_empty,
+    read_json_or_none,
+    read_text,
+)
 
 README = "README.md"  # the name the hub and transformers give a model card
 
@@ -66,9 +74,9 @@ def model_card(run_dir: Path, weights: str, checkpoint_step: int | None = None) 
     run_dir = Path(run_dir)
     recipe = yaml.safe_load(read_text(run_dir / RECIPE) or "{}") or {}
     base = (recipe.get("model") or {}).get("name_or_path", "?")
-    summary = None if checkpoint_step is not None else read_json_or_none(run_dir / SUMMARY)
-    card = read_json_or_none(run_dir / DATA_CARD) or {}
-    changes = read_json_or_none(run_dir / RECIPE_CHANGES) or {}
+    summary = None if checkpoint_step is not None else json_object_or_empty(run_dir / SUMMARY)
+    card = json_object_or_empty(run_dir / DATA_CARD)
+    changes = json_object_or_empty(run_dir / RECIPE_CHANGES)
     loss = recipe.get("loss") or {}
     name = recipe.get("name", run_dir.name)
 

@@ -134,6 +134,13 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+def json_object_or_empty(path: Path) -> dict:
+    """A JSON file's object, or {} when the file is absent, broken or holds something else (`[1]`): for what a
+    card or a page shows, where a part it cannot read is left out rather than ending the command."""
+    data = read_json_or_none(path)
+    return data if isinstance(data, dict) else {}
+
+
 def metrics_rows(path: Path, skip_bad: bool = False) -> list[tuple[str, dict]]:
     """The events of a metrics.jsonl file as written: (the line, its JSON object); [] when the file is absent.
 

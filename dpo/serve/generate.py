@@ -25,7 +25,7 @@ from dpo.config.loading import load_recipe
 from dpo.data.readers import read_jsonl
 from dpo.data.rows import Problem
 from dpo.errors import UserError
-from dpo.rundir.files import DATA_CARD, FINAL, RECIPE, read_json_or_none
+from dpo.rundir.files import DATA_CARD, FINAL, RECIPE, json_object_or_empty
 
 
 @dataclass
@@ -137,7 +137,7 @@ def generate_for_run(
     if not (run_dir / FINAL).is_dir():
         raise UserError("no final/ weights: the run did not finish", where=str(run_dir))
     prompts = [prompt] if prompt is not None else read_prompts(Path(file), n)
-    conversational = (read_json_or_none(run_dir / DATA_CARD) or {}).get("format") == "conversational"
+    conversational = json_object_or_empty(run_dir / DATA_CARD).get("format") == "conversational"
     prompts = [as_trained(p, conversational) for p in prompts]
     recipe = load_recipe(run_dir / RECIPE).recipe
 

@@ -170,6 +170,17 @@ def test_an_export_killed_while_filling_a_folder_does_not_block_the_next(finishe
         export_run(finished_run, other)
 
 
+def test_a_card_of_a_run_whose_files_hold_no_json_object_leaves_those_parts_out(tmp_path):
+    """summary.json or data_card.json edited by hand to `[1]` or `"x"`: the card is still written, without them."""
+    from dpo.analysis.model_card import model_card
+
+    (tmp_path / "recipe.yaml").write_text("name: edited\nmodel: {name_or_path: smollm2-135m-instruct}\n")
+    (tmp_path / "summary.json").write_text("[1]")
+    (tmp_path / "data_card.json").write_text('"x"')
+    card = model_card(tmp_path, "adapter")
+    assert "# edited" in card and "stop reason" not in card
+
+
 def test_a_failed_push_prints_a_retry_command_the_shell_can_run(finished_run, tmp_path, monkeypatch):
     import shlex
 
