@@ -36,7 +36,7 @@ from dpo.errors import UserError, shorten
 from dpo.metrics import HELD_OUT_PREFIX, IMPLICIT_REWARDS, METRICS, implicit_reward_of
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
-from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, read_json_or_none
+from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, json_object_or_empty, read_json_or_none
 
 DECODINGS = {
     "sample": "ancestral sampling from the model (temperature 1, no top-k/top-p)",
@@ -133,8 +133,7 @@ def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     from dpo.models import load_tokenizer
 
     recipe = loaded.recipe
-    card = read_json_or_none(run_dir / DATA_CARD)
-    card = card if isinstance(card, dict) else {}
+    card = json_object_or_empty(run_dir / DATA_CARD)
     length_check = card.get("length_check") if isinstance(card.get("length_check"), dict) else {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None

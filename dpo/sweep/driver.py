@@ -48,8 +48,8 @@ from dpo.rundir.files import (
     TRIAL,
     TRIAL_DIR,
     TRIALS,
+    json_object_or_empty,
     kept_weights,
-    read_json_or_none,
     read_metrics,
     read_text,
 )
@@ -314,7 +314,7 @@ def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     returncode = _run_trial_logging_redacted(cmd, env, log_tmp, trial_dir, record)
     trial_dir.mkdir(parents=True, exist_ok=True)  # a trial rejected by `dpo train` never made its directory
     os.replace(log_tmp, trial_dir / TRAIN_LOG)
-    summary = read_json_or_none(trial_dir / SUMMARY)
+    summary = json_object_or_empty(trial_dir / SUMMARY)  # {} for a trial that wrote none
     record["steps"] = summary.get("steps") if summary else _steps_from_metrics(trial_dir)
     record["max_steps"] = (summary or {}).get("max_steps")
 

@@ -251,7 +251,7 @@ def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again
     elif stopped_in == "the wandb group":
         monkeypatch.setattr(driver, "_group", ctrl_c)
     else:
-        monkeypatch.setattr(driver, "read_json_or_none", ctrl_c)
+        monkeypatch.setattr(driver, "json_object_or_empty", ctrl_c)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
     with pytest.raises(KeyboardInterrupt):
