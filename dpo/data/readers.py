@@ -22,7 +22,7 @@ from typing import Any
 
 from dpo.config.input_files import MAX_DATA_BYTES, check_input_file, read_input_bytes
 from dpo.config.schema import HUB_PREFIX
-from dpo.data.rows import Problem
+from dpo.data.rows import SCORE_GAP, Problem
 from dpo.errors import UserError
 
 Numbered = list[tuple[int, Any]]
@@ -88,7 +88,31 @@ def _load_datasets(path: Path, split: str):
         return loaded
     if path.suffix.lower() == ".parquet":
         return datasets.Dataset.from_parquet(str(path))
-    return datasets.Dataset.from_csv(str(path))
+    return _read_csv_as_text(path)
+
+
+def _read_csv_as_text(path: Path):
+    """A CSV file with every cell read as the text it holds. pandas would guess types: a column of answers that are
+    all numbers (`4`, `12`) would become integers, which the row checks refuse, and `NA`, `None` or `null` would
+    become missing cells. An empty cell is still a missing one; `score_gap`, the one number a pair row holds, is
+    read as a number where it is one (the row check says what is wrong with one that is not)."""
+    import csv
+
+    import datasets
+
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    text = datasets.Features({column: datasets.Value("string") for column in header})
+    return datasets.Dataset.from_csv(str(path), features=text, keep_default_na=False)
+
+
+def _typed_csv_cells(row: dict) -> dict:
+    typed = {column: (None if value == "" else value) for column, value in row.items()}
+    gap = typed.get(SCORE_GAP)
+    if gap is not None:
+        with contextlib.suppress(ValueError):
+            typed[SCORE_GAP] = float(gap)
+    return typed
 
 
 @contextlib.contextmanager
@@ -121,7 +145,10 @@ def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
             exc = exc.__cause__
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
         raise UserError(f"cannot read ({reason})", where=str(path)) from None
-    return list(enumerate(loaded.to_list(), start=1))
+    rows = loaded.to_list()
+    if path.suffix.lower() == ".csv":
+        rows = [_typed_csv_cells(row) for row in rows]
+    return list(enumerate(rows, start=1))
 
 
 READERS: dict[str, Callable[[Path], Numbered]] = {

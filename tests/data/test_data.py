@@ -121,6 +121,25 @@ def test_other_file_formats(tmp_path, suffix):
     assert len(data.train) + len(data.eval) == 6
 
 
+def test_a_csv_cell_is_the_text_it_holds(tmp_path):
+    """pandas would read a column of numeric answers as integers (refused as not text) and `None` / `NA` as missing
+    cells; an empty cell is missing, and score_gap is a number."""
+    from dpo.data.readers import read_source
+
+    path = tmp_path / "d.csv"
+    path.write_text("\ufeffprompt,chosen,rejected,score_gap\nWhat is 2+2?,4,5,1.5\nSay nothing,None,NA,\n,a,b,\n")
+    assert [row for _, row in read_source(str(path), "data.train")] == [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "score_gap": 1.5},
+        {"prompt": "Say nothing", "chosen": "None", "rejected": "NA", "score_gap": None},
+        {"prompt": None, "chosen": "a", "rejected": "b", "score_gap": None},
+    ]
+    numbers = tmp_path / "numbers.csv"
+    rows = "".join(f"What is {i}+{i}?,{2 * i},{2 * i + 1}\n" for i in range(6))
+    numbers.write_text("prompt,chosen,rejected\n" + rows)
+    data = prepare_data(DataSection(train=str(numbers), heldout_fraction=0.5), seed=0)
+    assert sorted(r["chosen"] for r in data.train + data.eval) == ["0", "10", "2", "4", "6", "8"]
+
+
 def test_save_to_disk_directory(tmp_path):
     import datasets
 
