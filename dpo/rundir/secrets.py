@@ -20,13 +20,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
-SECRET_NAME_WORDS = (
-    "KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "CREDENTIAL", "CREDENTIALS", "AUTH",
-)  # fmt: skip
+SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
 # ... or as the end of a name without '_': OPENAI_APIKEY, PGPASSWORD (PostgreSQL's client reads it), GITHUBTOKEN
 SECRET_NAME_ENDINGS = ("APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE")
-# the shell's working directories, not passwords, though MYSQL_PWD is one
-NOT_SECRET_NAMES = ("PWD", "OLDPWD")
+# Secrets whose names say so in no such word. Named one by one: "PWD" as a word would also take HOST_PWD and the
+# like, which hold a working directory (a container's `-e HOST_PWD=$PWD`), and then refuse every run under it.
+SECRET_NAMES = ("MYSQL_PWD",)
 # A name ending in one of these holds where a secret is, not the secret: PASSWORD_STORE_DIR, CREDENTIALS_DIRECTORY
 # (systemd), SSH_AUTH_SOCK, AWS_WEB_IDENTITY_TOKEN_FILE. Taken for secrets, their folders would be redacted from
 # every path in a log, and no run directory could be made under them.
@@ -36,7 +35,9 @@ MIN_SECRET_LENGTH = 8
 
 def is_secret_name(name: str) -> bool:
     parts = [part for part in re.split(r"[^A-Za-z0-9]+", name.upper()) if part]
-    if parts and parts[-1] in LOCATION_NAME_WORDS or name.upper() in NOT_SECRET_NAMES:
+    if name.upper() in SECRET_NAMES:
+        return True
+    if parts and parts[-1] in LOCATION_NAME_WORDS:
         return False
     return any(word in parts for word in SECRET_NAME_WORDS) or name.upper().endswith(SECRET_NAME_ENDINGS)
 

@@ -111,7 +111,8 @@ def test_the_sweep_directory_uses_the_same_lock_with_its_own_message(tmp_path):
      ("OPENAI_APIKEY", True), ("my_auth", True), ("MONKEY", False), ("TOKENIZERS_PARALLELISM", False),
      ("PATH", False), ("KEYBOARD", False), ("PASSWORD_STORE_DIR", False), ("CREDENTIALS_DIRECTORY", False),
      ("SSH_AUTH_SOCK", False), ("AWS_WEB_IDENTITY_TOKEN_FILE", False), ("KEY_PATH_TOKEN", True), ("_KEY_", True),
-     ("PGPASSWORD", True), ("MYSQL_PWD", True), ("PWD", False), ("OLDPWD", False), ("PGPASSFILE", False)],
+     ("PGPASSWORD", True), ("MYSQL_PWD", True), ("PWD", False), ("OLDPWD", False), ("HOST_PWD", False),
+     ("PGPASSFILE", False)],
 )  # fmt: skip
 def test_secret_names(name, secret):
     assert is_secret_name(name) is secret
