@@ -75,12 +75,15 @@ def _check_output(output: Path) -> None:
     check_output_dir(output)  # the same check, and words, as every command that writes a directory
     if output.is_dir():
         # an export killed while it filled this folder (SIGKILL, out of memory during --merge) left its staging
-        # folder in it: removed, or every retry would find the folder not empty
-        target = Path(os.path.abspath(output))
+        # folder in it; so does one still running (a --merge takes minutes), whose folder must not be taken from
+        # it: said, for the user to remove once no export runs
         entries = list(output.iterdir())
-        if entries and all(_is_staging_of(entry, target) for entry in entries):
-            for entry in entries:
-                shutil.rmtree(entry, ignore_errors=True)
+        if entries and all(_is_staging_of(entry, Path(os.path.abspath(output))) for entry in entries):
+            raise UserError(
+                f"holds only {entries[0].name}, the temporary folder of an export that was killed or is still "
+                "running; remove it once no export to this folder runs, and export again",
+                where=str(output),
+            )
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError("already exists and is not an empty folder; choose another --output", where=str(output))
 

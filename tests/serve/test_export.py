@@ -4,6 +4,7 @@ and the one-line errors (exit 2, nothing written) of a bad call, --push-to-hub o
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -156,18 +157,22 @@ def test_export_into_the_working_folder_or_a_new_one_with_the_usual_permissions(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_an_export_killed_while_filling_a_folder_does_not_block_the_next(finished_run, tmp_path):
+def test_an_export_killed_while_filling_a_folder_says_what_to_remove(finished_run, tmp_path):
     """A SIGKILL during the export into an existing empty folder leaves its staging folder there (no `finally`
-    runs): the retry removes it and exports; a folder holding anything else is still refused."""
+    runs), as an export still running does: the next export names it (it is not taken from a running export);
+    once it is removed, the export goes through."""
     out = tmp_path / "out"
     (out / ".out-0123456789ab").mkdir(parents=True)
     (out / ".out-0123456789ab" / "model.safetensors").write_text("half")
+    with pytest.raises(UserError) as refused:
+        export_run(finished_run, out)
+    assert str(refused.value) == (
+        f"{out}: holds only .out-0123456789ab, the temporary folder of an export that was killed or is still running; "
+        "remove it once no export to this folder runs, and export again"
+    )
+    assert (out / ".out-0123456789ab" / "model.safetensors").read_text() == "half"
+    shutil.rmtree(out / ".out-0123456789ab")
     assert export_run(finished_run, out)["weights"] == "adapter"
-    assert (out / "adapter_config.json").is_file() and not [p for p in out.iterdir() if p.name.startswith(".")]
-    other = tmp_path / "other"
-    (other / ".other-notastaging").mkdir(parents=True)
-    with pytest.raises(UserError, match="already exists and is not an empty folder"):
-        export_run(finished_run, other)
 
 
 def test_a_card_of_a_run_whose_files_hold_no_json_object_leaves_those_parts_out(tmp_path):
