@@ -333,15 +333,18 @@ def load_spec(path: str | Path) -> SweepSpec:
         if problem:
             raise UserError(f"{kind} {problem}", where=where(f"search.{key}"))
         if kind == "variants":
-            by_variants: dict[str, str] = {}  # one variant applies per trial: two may set the same key
+            # one variant applies per trial: two may set the same key; and a variant may override a fixed key (the
+            # other variants keep the fixed value, and the trial's record, the variant's name, says what it set)
+            by_variants: dict[str, str] = {}
             for variant, overrides in args.items():
-                in_variant = dict(set_by)
+                in_variant = {k: place for k, place in set_by.items() if not place.startswith("fixed.")}
                 for sub in overrides:
                     _check_recipe_key(str(sub), where(f"search.{key}.{variant}.{sub}"), overrides[sub])
                     _check_plain(overrides[sub], where(f"search.{key}.{variant}.{sub}"))
                     place = f"search.{key}.{variant}.{sub}"
                     _claim(in_variant, _keys_set(str(sub), overrides[sub]), place, where)
-                by_variants.update({k: v for k, v in in_variant.items() if k not in set_by and k not in by_variants})
+                # this variant's own claims (a fixed key it overrides included), the first variant's for the record
+                by_variants.update({k: v for k, v in in_variant.items() if set_by.get(k) != v and k not in by_variants})
             set_by.update(by_variants)
         else:
             _check_recipe_key(key, where(f"search.{key}"))
@@ -567,7 +570,7 @@ def _claim(set_by: dict[str, str], keys: list[str], place: str, where) -> None:
 def _check_recipe_key(key: str, where: str, value: Any = None) -> None:
     """The key must name a recipe key: a schema field, a loss hyperparameter or beta schedule key from their tables,
     or (training.*) a trl.DPOConfig field. Values are checked elsewhere (_check_listed_values, and each trial);
-    `value` (a fixed one) only decides whether a built-in training key spells out its default."""
+    `value` (a fixed one, or a variant's) only decides whether a built-in training key spells out its default."""
     if key in RESERVED_KEYS:
         raise UserError(f"'{key}' is set by the sweep for every trial", where=where)
     parts = key.split(".")

@@ -86,6 +86,11 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
         ({"search": {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge"}}},
                      "d": {"variants": {"plain": {}, "robust": {"loss.type": "robust"}}}}},
          "search.d.robust.loss.type", "'loss.type' is also set by search.c.ipo.loss.type:"),
+        # a fixed key overridden by variants of two parameters: which one wins would be silent
+        ({"fixed": {"training.eval_steps": 10},
+          "search": {"c": {"variants": {"a": {}, "b": {"training.eval_steps": 5}}},
+                     "d": {"variants": {"x": {"training.eval_steps": 2}}}}},
+         "search.d.x.training.eval_steps", "'training.eval_steps' is also set by search.c.b.training.eval_steps:"),
         # each listed value, checked alone by the recipe's schema
         ({"search": {"loss.beta": {"grid": [0.1, 0]}}}, "search.loss.beta", "Input should be greater than 0 (got 0)"),
         ({"search": {**SEARCH, "data.on_invalid": {"choice": ["error", "skipp"]}}}, "search.data.on_invalid",
@@ -166,6 +171,16 @@ def test_variants_of_one_parameter_may_set_the_same_key(tmp_path, tiny_recipe):
     search = {"c": {"variants": {"ipo": {"loss.type": "ipo"}, "hinge": {"loss.type": "hinge", "loss.beta": 0.5}}}}
     spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search))
     assert spec.overrides({"c": "hinge"}) == {"loss.type": "hinge", "loss.beta": 0.5}
+
+
+def test_a_variant_may_override_a_fixed_key_for_its_trials(tmp_path, tiny_recipe):
+    """A fixed default that one variant changes (early stopping evaluating more often): the other variants keep the
+    fixed value, and the trial's record, the variant's name, says what it set."""
+    search = {"c": {"variants": {"plain": {}, "early_stopping": {"training.eval_steps": 5}}}}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search,
+                                fixed={"training.eval_steps": 10}))  # fmt: skip
+    assert spec.overrides({"c": "plain"}) == {"training.eval_steps": 10}
+    assert spec.overrides({"c": "early_stopping"}) == {"training.eval_steps": 5}
 
 
 def test_a_searched_value_that_fits_only_some_combinations_is_left_to_the_trials(tmp_path, tiny_recipe):
