@@ -193,7 +193,10 @@ def test_damage_to_what_only_a_resume_reads_does_not_make_a_best_checkpoint_unre
     best = tmp_path / "checkpoint-2"
     shutil.copytree(best_kept_run / "checkpoints" / "checkpoint-2", best)
     assert unrestorable(best, ADAPTER_WEIGHTS) is None
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+    (best / "global_step2").mkdir()  # DeepSpeed's optimizer state, large: not read either
+    shutil.copy(best / "optimizer.pt", best / "global_step2" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+                 "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):  # fmt: skip
         truncate(best / name)
     assert unrestorable(best, ADAPTER_WEIGHTS) is None  # the weights are what final/ gets
     (best / "checkpoint_complete.json").unlink()
