@@ -110,6 +110,12 @@ def plan(source: str, options=None, given=()):
     chosen = dataclasses.replace(from_recipe, **{name: getattr(options, name) for name in given})
     if "dtype" in given and "autocast" not in given and chosen.dtype != "float32":
         chosen = dataclasses.replace(chosen, autocast=None)  # the recipe's autocast is over float32 weights only
+    if chosen.reference == "synced" and chosen.lora_rank is not None and "reference" not in given:
+        raise UserError(
+            "TR-DPO moves a full copy of the model towards the policy: plan it with full fine-tuning (no --lora-rank),"
+            " or give --reference for another setup",
+            where=loaded.where("regularizers.sync_ref"),
+        )
     planned = build_plan(loaded.recipe.model.name_or_path, chosen)
     planned.recipe = str(source)
     return planned

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from dpo import api
 from dpo.cli import app
+from dpo.errors import UserError
 from dpo.plan import PlanOptions
 
 # every field set away from its default, and the command line that sets it
@@ -136,6 +137,8 @@ def test_a_tr_dpo_recipe_is_planned_with_its_moving_reference(tmp_path, tiny_mod
     planned = api.plan(str(write_recipe(tmp_path / "r.yaml", raw)))
     assert planned.options.reference == "synced" and planned.options.lora_rank is None
     assert planned.memory["reference"] > 0
+    with pytest.raises(UserError, match=r"r.yaml: regularizers.sync_ref: TR-DPO moves a full copy"):
+        api.plan(str(tmp_path / "r.yaml"), PlanOptions(lora_rank=16), given=("lora_rank",))
 
 
 def test_a_dtype_given_for_a_recipe_drops_the_recipes_autocast(tmp_path, tiny_model_dir, monkeypatch):
