@@ -89,10 +89,11 @@ def last_resumable(folder: Path) -> tuple[int, Path] | None:
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
 _NOT_LOADED = ("training_args.bin",)
 # Files and folders of a checkpoint that only a resume reads, besides the weights (transformers' optimizer,
-# scheduler, scaler and RNG states and its trainer state, FSDP's optimizer_N/, DeepSpeed's global_stepN/*optim_states
-# files, ours): restoring a best checkpoint into final/ needs none, so none is read (DeepSpeed's are large).
+# scheduler, scaler and RNG states and its trainer state, FSDP's optimizer_N/, ours): restoring a best checkpoint
+# into final/ needs none. Not DeepSpeed's global_stepN/*optim_states files: under ZeRO its load of the best
+# checkpoint reads them, and rebuilds the weights from the fp32 master copy they hold.
 _STATE_FILES = "|".join(map(re.escape, (TRAINER_STATE, DPO_STATE, REFERENCE_LOGPS)))
-_RESUME_STATE = re.compile(rf"^(optimizer|scheduler|scaler|rng_state|{_STATE_FILES})|optim_states[^/]*$")
+_RESUME_STATE = re.compile(rf"^(optimizer|scheduler|scaler|rng_state|{_STATE_FILES})")
 # The weights files transformers' _load_best_model reads in a single process, for a PEFT adapter and for a full
 # model. With none of them there it only logs a warning and keeps the weights it has.
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

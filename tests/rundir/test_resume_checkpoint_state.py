@@ -193,12 +193,16 @@ def test_damage_to_what_only_a_resume_reads_does_not_make_a_best_checkpoint_unre
     best = tmp_path / "checkpoint-2"
     shutil.copytree(best_kept_run / "checkpoints" / "checkpoint-2", best)
     assert unrestorable(best, ADAPTER_WEIGHTS) is None
-    (best / "global_step2").mkdir()  # DeepSpeed's optimizer state, large: not read either
-    shutil.copy(best / "optimizer.pt", best / "global_step2" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
-                 "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):  # fmt: skip
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
         truncate(best / name)
     assert unrestorable(best, ADAPTER_WEIGHTS) is None  # the weights are what final/ gets
+    # DeepSpeed's ZeRO optimizer state is read when the best checkpoint is loaded (its fp32 master weights)
+    zero_state = best / "global_step2" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    zero_state.parent.mkdir()
+    shutil.copy(best / "adapter_model.safetensors", zero_state)
+    truncate(zero_state)
+    assert "global_step2/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt" in unrestorable(best, ADAPTER_WEIGHTS)
+    zero_state.unlink()
     (best / "checkpoint_complete.json").unlink()
     assert unrestorable(best, ADAPTER_WEIGHTS) == "it has no checkpoint_complete.json: its save was cut off"
 
