@@ -20,12 +20,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
-SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS", "AUTH")
+SECRET_NAME_WORDS = (
+    "KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "CREDENTIAL", "CREDENTIALS", "AUTH",
+)  # fmt: skip
 # ... or as the end of a name without '_': OPENAI_APIKEY, PGPASSWORD (PostgreSQL's client reads it), GITHUBTOKEN
 SECRET_NAME_ENDINGS = ("APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE")
-# Secrets whose names say so in no such word. Named one by one: "PWD" as a word would also take HOST_PWD and the
-# like, which hold a working directory (a container's `-e HOST_PWD=$PWD`), and then refuse every run under it.
-SECRET_NAMES = ("MYSQL_PWD",)
+# The shell's working directories, not passwords (MYSQL_PWD, DB_PWD are)
+NOT_SECRET_NAMES = ("PWD", "OLDPWD")
 # A name ending in one of these holds where a secret is, not the secret: PASSWORD_STORE_DIR, CREDENTIALS_DIRECTORY
 # (systemd), SSH_AUTH_SOCK, AWS_WEB_IDENTITY_TOKEN_FILE. Taken for secrets, their folders would be redacted from
 # every path in a log, and no run directory could be made under them.
@@ -35,11 +36,15 @@ MIN_SECRET_LENGTH = 8
 
 def is_secret_name(name: str) -> bool:
     parts = [part for part in re.split(r"[^A-Za-z0-9]+", name.upper()) if part]
-    if name.upper() in SECRET_NAMES:
-        return True
-    if parts and parts[-1] in LOCATION_NAME_WORDS:
+    if parts and parts[-1] in LOCATION_NAME_WORDS or name.upper() in NOT_SECRET_NAMES:
         return False
     return any(word in parts for word in SECRET_NAME_WORDS) or name.upper().endswith(SECRET_NAME_ENDINGS)
+
+
+def _a_working_directory(name: str, value: str) -> bool:
+    """HOST_PWD=/home/me/work (a container's `-e HOST_PWD=$PWD`) names a folder, not a password: taken for a secret,
+    every run under that folder would be refused and the folder redacted from every path."""
+    return name.upper().rsplit("_", 1)[-1] == "PWD" and os.path.isabs(value)
 
 
 Secrets = list[tuple[str, str]]  # (variable name, secret value) pairs, as `secret_values` gives them
@@ -50,7 +55,7 @@ def secret_values(env: Mapping[str, str] | None = None) -> Secrets:
     password) of each URL with a password there; longest value first so that a secret containing another is
     replaced whole."""
     env = os.environ if env is None else env
-    found = [(k, v) for k, v in env.items() if is_secret_name(k)]
+    found = [(k, v) for k, v in env.items() if is_secret_name(k) and not _a_working_directory(k, v)]
     for name, value in env.items():
         for password in url_passwords(value):  # as written in the URL and as a program decodes it
             found.append((name, password))

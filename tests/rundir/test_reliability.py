@@ -111,11 +111,18 @@ def test_the_sweep_directory_uses_the_same_lock_with_its_own_message(tmp_path):
      ("OPENAI_APIKEY", True), ("my_auth", True), ("MONKEY", False), ("TOKENIZERS_PARALLELISM", False),
      ("PATH", False), ("KEYBOARD", False), ("PASSWORD_STORE_DIR", False), ("CREDENTIALS_DIRECTORY", False),
      ("SSH_AUTH_SOCK", False), ("AWS_WEB_IDENTITY_TOKEN_FILE", False), ("KEY_PATH_TOKEN", True), ("_KEY_", True),
-     ("PGPASSWORD", True), ("MYSQL_PWD", True), ("PWD", False), ("OLDPWD", False), ("HOST_PWD", False),
+     ("PGPASSWORD", True), ("MYSQL_PWD", True), ("DB_PWD", True), ("PWD", False), ("OLDPWD", False),
      ("PGPASSFILE", False)],
 )  # fmt: skip
 def test_secret_names(name, secret):
     assert is_secret_name(name) is secret
+
+
+def test_a_pwd_variable_holding_a_folder_is_no_secret():
+    """DB_PWD is a password; HOST_PWD=$PWD (a container's working directory) is a folder, which redacting would
+    strip from every path (and refuse every run under it)."""
+    env = {"DB_PWD": "hunter2hunter2", "HOST_PWD": "/home/me/project", "PWD": "/home/me/project"}
+    assert secret_values(env) == [("DB_PWD", "hunter2hunter2")]
 
 
 def test_redaction_replaces_values_of_secret_variables_only():
