@@ -86,24 +86,23 @@ def _load_datasets(path: Path, split: str):
                 f"split '{split}' has no effect: this directory holds one dataset, not a dict", where=str(path)
             )
         return loaded
-    if path.suffix.lower() == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    return _read_csv_as_text(path)
+    return datasets.Dataset.from_parquet(str(path))  # the one file type read through datasets (CSV: _read_csv)
 
 
-def _read_csv_as_text(path: Path):
-    """A CSV file with every cell read as the text it holds. pandas would guess types: a column of answers that are
-    all numbers (`4`, `12`) would become integers, which the row checks refuse, and `NA`, `None` or `null` would
-    become missing cells. An empty cell is still a missing one; `score_gap`, the one number a pair row holds, is
-    read as a number where it is one (the row check says what is wrong with one that is not)."""
-    import csv
+def _read_csv(path: Path) -> Numbered:
+    """A CSV file with every cell read as the text it holds. pandas' type guessing (what datasets' CSV reader does)
+    would make a column of answers that are all numbers (`4`, `12`) integers, which the row checks refuse, and `NA`,
+    `None` or `null` missing cells. An empty cell is still a missing one; `score_gap`, the one number a pair row
+    holds, is read as a number where it is one (the row check says what is wrong with one that is not)."""
+    import pandas
 
-    import datasets
-
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
-    text = datasets.Features({column: datasets.Value("string") for column in header})
-    return datasets.Dataset.from_csv(str(path), features=text, keep_default_na=False)
+    check_input_file(path, MAX_DATA_BYTES, what="data file")
+    try:
+        frame = pandas.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except Exception as exc:  # noqa: BLE001 - pandas raises several types for unreadable files
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read ({reason})", where=str(path)) from None
+    return list(enumerate((_typed_csv_cells(row) for row in frame.to_dict("records")), start=1))
 
 
 def _typed_csv_cells(row: dict) -> dict:
@@ -145,17 +144,14 @@ def _read_with_datasets(path: Path, split: str = "train") -> Numbered:
             exc = exc.__cause__
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
         raise UserError(f"cannot read ({reason})", where=str(path)) from None
-    rows = loaded.to_list()
-    if path.suffix.lower() == ".csv":
-        rows = [_typed_csv_cells(row) for row in rows]
-    return list(enumerate(rows, start=1))
+    return list(enumerate(loaded.to_list(), start=1))
 
 
 READERS: dict[str, Callable[[Path], Numbered]] = {
     ".jsonl": read_jsonl,
     ".json": _read_json,
     ".parquet": _read_with_datasets,
-    ".csv": _read_with_datasets,
+    ".csv": _read_csv,
 }
 
 

@@ -79,9 +79,10 @@ def _check_output(output: Path) -> None:
         # it: said, for the user to remove once no export runs
         entries = list(output.iterdir())
         if entries and all(_is_staging_of(entry, Path(os.path.abspath(output))) for entry in entries):
+            names = ", ".join(sorted(entry.name for entry in entries))
             raise UserError(
-                f"holds only {entries[0].name}, the temporary folder of an export that was killed or is still "
-                "running; remove it once no export to this folder runs, and export again",
+                f"holds only {names}: temporary folders of exports that were killed or are still running; remove "
+                "them once no export to this folder runs, and export again",
                 where=str(output),
             )
     if output.exists() and (not output.is_dir() or any(output.iterdir())):

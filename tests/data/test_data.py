@@ -133,6 +133,11 @@ def test_a_csv_cell_is_the_text_it_holds(tmp_path):
         {"prompt": "Say nothing", "chosen": "None", "rejected": "NA", "score_gap": None},
         {"prompt": None, "chosen": "a", "rejected": "b", "score_gap": None},
     ]
+    repeated = tmp_path / "repeated.csv"  # a blank first line skipped; a repeated column kept apart, as pandas names it
+    repeated.write_text("\nprompt,chosen,rejected,chosen\nWhat is 2+2?,4,5,x\n")
+    assert read_source(str(repeated), "data.train") == [
+        (1, {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "chosen.1": "x"})
+    ]
     numbers = tmp_path / "numbers.csv"
     rows = "".join(f"What is {i}+{i}?,{2 * i},{2 * i + 1}\n" for i in range(6))
     numbers.write_text("prompt,chosen,rejected\n" + rows)

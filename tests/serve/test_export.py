@@ -167,8 +167,8 @@ def test_an_export_killed_while_filling_a_folder_says_what_to_remove(finished_ru
     with pytest.raises(UserError) as refused:
         export_run(finished_run, out)
     assert str(refused.value) == (
-        f"{out}: holds only .out-0123456789ab, the temporary folder of an export that was killed or is still running; "
-        "remove it once no export to this folder runs, and export again"
+        f"{out}: holds only .out-0123456789ab: temporary folders of exports that were killed or are still running; "
+        "remove them once no export to this folder runs, and export again"
     )
     assert (out / ".out-0123456789ab" / "model.safetensors").read_text() == "half"
     shutil.rmtree(out / ".out-0123456789ab")
