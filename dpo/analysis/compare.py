@@ -20,7 +20,7 @@ from dpo.analysis.report import cell_text, compact_text, html_page, metric_serie
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.rundir.atomic import atomic_write_text
-from dpo.rundir.files import METRICS_LOG, RECIPE, RECIPE_CHANGES, SUMMARY, read_json, read_metrics, read_text
+from dpo.rundir.files import METRICS_LOG, RECIPE, RECIPE_CHANGES, SUMMARY, read_json_object, read_metrics, read_text
 from dpo.rundir.secrets import redact
 from dpo.rundir.writable import check_output_dir
 
@@ -33,7 +33,8 @@ def _runs(run_dirs: list[Path]) -> list[dict]:
     for i, run_dir in enumerate(run_dirs):
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
-            raise UserError("no such directory", where=str(run_dir))
+            raise UserError("not a directory (give a run folder)" if run_dir.exists() else "no such directory",
+                            where=str(run_dir))  # fmt: skip
         if not ((run_dir / METRICS_LOG).is_file() or (run_dir / SUMMARY).is_file()):
             raise UserError("not a run directory (no metrics.jsonl / summary.json)", where=str(run_dir))
         name = _unique_label(recipe_name(read_text(run_dir / RECIPE)) or run_dir.name, run_dir, names)
@@ -44,8 +45,8 @@ def _runs(run_dirs: list[Path]) -> list[dict]:
                 "dir": run_dir,
                 "color": PALETTE[i % len(PALETTE)],
                 "events": read_metrics(run_dir),
-                "summary": read_json(run_dir / SUMMARY),
-                "changes": read_json(run_dir / RECIPE_CHANGES),
+                "summary": read_json_object(run_dir / SUMMARY),  # `[1]` is an error naming the file
+                "changes": read_json_object(run_dir / RECIPE_CHANGES),
             }
         )
     return runs
@@ -99,6 +100,8 @@ def _summary_table(runs: list[dict]) -> str:
         best = s.get("best_metric") or {}
         onset = (s.get("overfitting") or {}).get("onset_step")
         no_onset = "n/a" if onset_not_checked_in(s.get("overfitting") or {}) else "none"
+        if "overfitting" not in s:  # no summary.json, or a run stopped on a non-finite loss: never looked for
+            no_onset = "not computed"
         cells = [
             f'<td><b style="color:{r["color"]}">{escape(r["name"])}</b><br><small>{escape(str(r["dir"]))}</small></td>',
             f"<td>{escape(str(s.get('stop_reason', 'no summary.json (not finished)')))}</td>",
@@ -142,5 +145,8 @@ def write_comparison(run_dirs, output: str | Path = "compare.html") -> Path:
     check_output_dir(output.parent)  # under a file, or in a folder this user cannot write: one line, not a traceback
     page = comparison_html([Path(d) for d in run_dirs])
     output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, redact(page))
+    try:
+        atomic_write_text(output, redact(page))
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: one line, as dpo report says it
+        raise UserError(f"cannot write it: {exc.strerror or exc}", where=str(output)) from None
     return output

@@ -23,12 +23,12 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_column(f"end (step {summary['final_metrics'].get('eval_step')})", justify="right")
     for name in HEADLINE:
         cells = [summary[k].get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
-        table.add_row(name, *(f"{v:.4f}" if isinstance(v, int | float) else "-" for v in cells))
+        table.add_row(name, *(_number(v) for v in cells))
     console.print(table)
     console.print(
         escape(
             f"{summary['steps']}/{summary['max_steps']} steps in {summary['runtime_s']:.0f} s, "
-            f"stop reason: {summary['stop_reason']}, best {best['name']} = {best['value']} ({best['mode']}), "
+            f"stop reason: {summary['stop_reason']}, best {best['name']} = {_number(best['value'])} ({best['mode']}), "
             f"final weights: {summary['final_weights']}"
         )
     )
@@ -76,3 +76,8 @@ def sorted_trials(summary: dict) -> list[dict]:
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _number(value) -> str:
+    """A held-out value as the summary table prints it: 4 decimals, "-" where there was none (no evaluation)."""
+    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"

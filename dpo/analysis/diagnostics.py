@@ -92,8 +92,12 @@ def overfitting_onset(
     return None
 
 
-def warnings_for(history: list[dict], noise_sigmas: float = 0.0) -> list[str]:
+def warnings_for(history: list[dict], noise_sigmas: float = 0.0, loss_since: int = -1) -> list[str]:
     """Plain-language warnings about a finished run, each naming the numbers and a control to try.
+
+    The held-out loss is compared only across evaluations after step `loss_since`, the autopilot's last change to the
+    loss (Autopilot.loss_changed_at): a loss with an NLL term or more smoothing added is another number, and its
+    rise over the old minimum is that control, not overconfidence.
 
     With `noise_sigmas` k > 0 the displacement and gap thresholds are raised by k standard errors of the number they
     read (the eval_se/ logged beside it; the held-out reward accuracy's for the gap), and the loss must rise by more
@@ -115,7 +119,8 @@ def warnings_for(history: list[dict], noise_sigmas: float = 0.0) -> list[str]:
             f"held-out chosen log-prob fell by {-displacement:.1f} nats vs the reference (step {last['step']}): "
             "likelihood displacement; consider loss.type: dpop or regularizers.nll_weight"
         )
-    losses = [(e["step"], e["eval_loss"]) for e in evals if math.isfinite(e.get("eval_loss", math.nan))]
+    losses = [(e["step"], e["eval_loss"]) for e in evals
+              if e["step"] > loss_since and math.isfinite(e.get("eval_loss", math.nan))]  # fmt: skip
     if losses:
         best_step, best_loss = min(losses, key=lambda p: p[1])
         at_best = next(e for e in evals if e["step"] == best_step)
@@ -138,9 +143,14 @@ def warnings_for(history: list[dict], noise_sigmas: float = 0.0) -> list[str]:
 
 
 def overfitting_block(
-    history: list[dict], metric: str, patience: int | None, mode: str = "auto", noise_sigmas: float = 0.0
+    history: list[dict],
+    metric: str,
+    patience: int | None,
+    mode: str = "auto",
+    noise_sigmas: float = 0.0,
+    loss_since: int = -1,
 ) -> dict:
-    """The `overfitting` block of summary.json."""
+    """The `overfitting` block of summary.json (`loss_since`: see warnings_for)."""
     patience = patience or 2
     return {
         "metric": metric,
@@ -148,5 +158,5 @@ def overfitting_block(
         "noise_sigmas": noise_sigmas,  # the onset and the warnings depend on it
         "onset_step": overfitting_onset(history, metric, patience, mode, noise_sigmas),
         "onset_not_checked": onset_not_checked(metric),  # None: looked for (onset_step None then: not found)
-        "warnings": warnings_for(history, noise_sigmas),
+        "warnings": warnings_for(history, noise_sigmas, loss_since),
     }

@@ -36,7 +36,7 @@ from dpo.errors import UserError, shorten
 from dpo.metrics import HELD_OUT_PREFIX, IMPLICIT_REWARDS, METRICS, implicit_reward_of
 from dpo.noise import standard_error
 from dpo.rundir.atomic import atomic_write_json
-from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, json_object_or_empty, read_json_or_none
+from dpo.rundir.files import DATA_CARD, EVAL, FINAL, RECIPE, SUMMARY, read_json_object, read_json_or_none
 
 DECODINGS = {
     "sample": "ancestral sampling from the model (temperature 1, no top-k/top-p)",
@@ -133,7 +133,8 @@ def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     from dpo.models import load_tokenizer
 
     recipe = loaded.recipe
-    card = json_object_or_empty(run_dir / DATA_CARD)
+    # absent: not checked; broken or not an object: an error naming it (else the checks would be skipped unsaid)
+    card = read_json_object(run_dir / DATA_CARD) or {}
     length_check = card.get("length_check") if isinstance(card.get("length_check"), dict) else {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None
@@ -164,12 +165,12 @@ def gold_reward_name(folder: Path) -> tuple[str | None, str]:
         return None, f"no card.json next to the data ({card_path}) names a gold reward"
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON ({exc.msg})", where=str(card_path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON ({getattr(exc, 'msg', exc)})", where=str(card_path)) from None
     name = card.get("gold_reward") if isinstance(card, dict) else None
     if name is None:
         return None, f"{card_path} has no gold_reward key"
-    if name not in GOLD_REWARDS:
+    if not isinstance(name, str) or name not in GOLD_REWARDS:
         known = ", ".join(GOLD_REWARDS)
         raise UserError(f"unknown reward {name!r} (known: {known})", where=f"{card_path}: gold_reward")
     return name, ""
@@ -324,8 +325,9 @@ def sequence_logps(
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for i, (p, c) in enumerate(batch):
-            # token t is predicted by position t-1: completion tokens sit at positions len(p) .. len(p)+len(c)-1
-            row = logp[i, len(p) - 1 : len(p) + len(c) - 1]
+            # token t is predicted by position t-1: completion tokens sit at positions len(p) .. len(p)+len(c)-1;
+            # with an empty prompt (a first token shared by no answer) nothing predicts the first, as in TRL's loss
+            row = logp[i, max(len(p) - 1, 0) : len(p) + len(c) - 1]
             out.append(row.tolist() if per_token else float(row.sum()))
     return out
 

@@ -61,6 +61,7 @@ class _Frame:
     log_x: bool = False
     integer_x: bool = False
     parts: list[str] = field(default_factory=list)
+    height: int = HEIGHT  # taller when the legend needs more rows than BOTTOM has room for
 
     def px(self, x: float) -> float:
         if self.log_x:
@@ -78,10 +79,15 @@ def finite(value) -> bool:
 
 
 def fmt(value: float) -> str:
-    """Short tick/tooltip text: 3 significant digits, no trailing noise."""
+    """Short tick/tooltip text: a whole number (a step) in full, else 3 significant digits, no trailing noise; the
+    same text as the page script's fmt (INTERACTIVE_JS)."""
     if value == 0:
         return "0"
-    return f"{value:.3g}" if 1e-3 <= abs(value) < 1e5 else f"{value:.2e}"
+    if not 1e-3 <= abs(value) < 1e5:
+        return f"{value:.2e}"
+    if float(value).is_integer():  # step 1234 is "1234", not 1.23e+03 (nor a step 1230 that was never logged)
+        return str(int(value))
+    return f"{float(f'{value:.3g}'):.15g}"  # 1234.5 -> 1230, as JavaScript's String(+v.toPrecision(3))
 
 
 def padded_range(values: list[float]) -> tuple[float, float]:
@@ -158,28 +164,38 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return [10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) if lo <= 10.0**e <= hi]
 
 
+LEGEND_ROW = 14  # px between legend rows
+LEGEND_LABEL_CHARS = (WIDTH - LEFT - 28) // 6  # a longer label is cut (its whole text in its tooltip)
+
+
 def _legend(frame: _Frame, entries: list[tuple[str, str, bool]], toggles: bool = False) -> None:
+    """Legend entries in rows under the plot; the chart grows by a row for each row past the second (a sweep's
+    pruned trials, `dpo compare` of five runs), so no entry falls outside it."""
     x, y = LEFT, HEIGHT - 26
-    for i, (label, color, dashed) in enumerate(entries):
-        if x + 28 + 6 * len(label) > WIDTH:  # wrap onto a second row
-            x, y = LEFT, y + 14
+    for i, (full_label, color, dashed) in enumerate(entries):
+        label = full_label if len(full_label) <= LEGEND_LABEL_CHARS else full_label[: LEGEND_LABEL_CHARS - 1] + "…"
+        if x > LEFT and x + 28 + 6 * len(label) > WIDTH:  # wrap onto the next row
+            x, y = LEFT, y + LEGEND_ROW
         dash = ' stroke-dasharray="5,3"' if dashed else ""
         if toggles:  # a click on the entry hides / shows series i (INTERACTIVE_JS)
             frame.parts.append(f'<g class="legend-item" data-series="{i}"><title>click: hide / show</title>')
         frame.parts.append(
             f'<line x1="{x}" x2="{x + 16}" y1="{y - 4}" y2="{y - 4}" stroke="{color}" stroke-width="2"{dash}/>'
         )
-        frame.parts.append(f'<text class="legend" x="{x + 20}" y="{y}">{escape(label)}</text>')
+        whole = f"<title>{escape(full_label)}</title>" if label != full_label else ""
+        frame.parts.append(f'<text class="legend" x="{x + 20}" y="{y}">{whole}{escape(label)}</text>')
         if toggles:
             frame.parts.append("</g>")
         x += 28 + 6 * len(label)
+    frame.height = max(HEIGHT, y + 12)
 
 
 def _svg(frame: _Frame, title: str, attributes: str = "") -> str:
     body = "".join(frame.parts)
     return (
-        f'<svg class="plot"{attributes} data-title="{escape(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-        f'height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" role="img"><title>{escape(title)}</title>{body}</svg>'
+        f'<svg class="plot"{attributes} data-title="{escape(title)}" viewBox="0 0 {WIDTH} {frame.height}" '
+        f'width="{WIDTH}" height="{frame.height}" xmlns="http://www.w3.org/2000/svg" role="img">'
+        f"<title>{escape(title)}</title>{body}</svg>"
     )
 
 
@@ -280,7 +296,8 @@ INTERACTIVE_JS = """
   function fmt(v) {
     if (v === 0) return '0';
     var a = Math.abs(v);
-    return a >= 1e-3 && a < 1e5 ? String(+v.toPrecision(3)) : v.toExponential(2);
+    if (!(a >= 1e-3 && a < 1e5)) return v.toExponential(2);
+    return Number.isInteger(v) ? String(v) : String(+v.toPrecision(3));
   }
   function tickText(v, ticks) {  // tick_text above: enough decimals to tell neighbouring ticks apart
     var top = Math.max.apply(null, ticks.map(Math.abs));

@@ -23,6 +23,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dpo.analysis.diagnostics import ONSET_NOT_APPLICABLE, onset_not_checked_in
 from dpo.analysis.plots import (
     INTERACTIVE_JS,
@@ -49,6 +51,7 @@ from dpo.rundir.files import (
     SUMMARY,
     SWEEP_SUMMARY,
     read_json,
+    read_json_object,
     read_metrics,
     read_text,
 )
@@ -105,7 +108,8 @@ def write_report(path: str | Path) -> Path:
     elif (path / METRICS_LOG).is_file() or (path / SUMMARY).is_file():
         page = run_html(path)
     elif not path.is_dir():
-        raise UserError("no such directory", where=str(path))
+        raise UserError("not a directory (give a run or sweep folder)" if path.exists() else "no such directory",
+                        where=str(path))  # fmt: skip
     else:
         raise UserError(
             "neither a run directory (no metrics.jsonl / summary.json) nor a sweep directory (no sweep_summary.json)",
@@ -183,10 +187,11 @@ def run_charts(events: list[dict], summary: dict | None) -> tuple[list[str], lis
 
 def run_html(run_dir: Path) -> str:
     events = read_metrics(run_dir)
-    summary = read_json(run_dir / SUMMARY)
-    card = read_json(run_dir / DATA_CARD)
-    changes = read_json(run_dir / RECIPE_CHANGES)
-    evaluation = read_json(run_dir / EVAL)
+    # objects, each of them: `[1]` or null in a hand-edited file is a one-line error naming it, not a traceback
+    summary = read_json_object(run_dir / SUMMARY)
+    card = read_json_object(run_dir / DATA_CARD)
+    changes = read_json_object(run_dir / RECIPE_CHANGES)
+    evaluation = read_json_object(run_dir / EVAL)
     recipe_text = read_text(run_dir / RECIPE)
     name = recipe_name(recipe_text) or run_dir.name
     charts, empty = run_charts(events, summary)
@@ -206,7 +211,7 @@ def run_html(run_dir: Path) -> str:
         body.append(f'<p class="note">Not logged in this run: {escape(", ".join(empty))}.</p>')
     if summary:
         body.append(_headline_table(summary))
-    samples = read_json(run_dir / SAMPLES)
+    samples = read_json_object(run_dir / SAMPLES)
     if samples:
         body.append(samples_section(samples))
     if evaluation:
@@ -246,11 +251,15 @@ def _audit_section(audit: dict) -> str:
 
 
 def recipe_name(recipe_text: str) -> str | None:
-    """The `name:` of a recipe's text (recipe.yaml of a run), None when it has none."""
-    for line in recipe_text.splitlines():
-        if line.startswith("name:"):
-            return line.partition(":")[2].strip() or None
-    return None
+    """The `name:` of a recipe's text (recipe.yaml of a run), None when it has none or the text is not a recipe.
+    Parsed, not read off the line: recipe.yaml is dumped with quotes and escapes (`name: "\\u5B9E\\u9A8C"` for 实验,
+    `name: 'no'`), and a long name is folded onto the next line."""
+    try:
+        recipe = yaml.safe_load(recipe_text)
+    except yaml.YAMLError:
+        return None
+    name = recipe.get("name") if isinstance(recipe, dict) else None
+    return str(name) if name not in (None, "") else None
 
 
 def _status_block(summary: dict | None, events: list[dict]) -> str:
@@ -263,7 +272,10 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
     best = summary.get("best_metric") or {}
     overfitting = summary.get("overfitting") or {}
     onset = overfitting.get("onset_step")
+    checked = "overfitting" in summary  # a run stopped on a non-finite loss ends before its diagnostics run
     onset_not_found = ONSET_NOT_APPLICABLE if onset_not_checked_in(overfitting) else "not detected"
+    if not checked:
+        onset_not_found = "not computed"
     items = [
         ("stop reason", summary.get("stop_reason")),
         ("steps", f"{summary.get('steps')} of {summary.get('max_steps')}"),
@@ -280,6 +292,9 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
     warnings = overfitting.get("warnings") or []
     warn_html = "".join(f'<li class="warning">{escape(w)}</li>' for w in warnings)
     verdict = f'<ul class="warnings">{warn_html}</ul>' if warnings else '<p class="ok">No overfitting warnings.</p>'
+    if not checked:
+        verdict = (f'<p class="note">Not looked for: the run stopped ({escape(str(summary.get("stop_reason")))}) '
+                   "before the end-of-run diagnostics.</p>")  # fmt: skip
     return f'<div class="status">{cells}</div><h2>Warnings</h2>{verdict}'
 
 
@@ -293,7 +308,7 @@ def cell_text(value) -> str:
 def _headline_table(summary: dict) -> str:
     rows = []
     for name in HEADLINE:
-        cells = [summary.get(k, {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+        cells = [(summary.get(k) or {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
         rows.append(
             f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{cell_text(v)}</td>" for v in cells) + "</tr>"
         )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dpo.config.signatures import values_problem
 from dpo.config.yaml_loader import dump_yaml
 from dpo.errors import did_you_mean
+from dpo.noise import DEFAULT_SIGMAS
 
 # Keys whose relative paths resolve against the folder of the recipe file that sets them.
 PATH_KEYS = ("data.train", "data.eval")
@@ -260,7 +261,7 @@ class EarlyStoppingSection(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
     warmup_steps: int = Field(0, ge=0, description="No early stop before this global step.")
     noise_sigmas: float = Field(
-        2.0,
+        DEFAULT_SIGMAS,
         ge=0,
         description="k, the noise rule: nothing stops (or cuts the learning rate on a plateau) before the best is k "
         "standard errors (corrected for the number of evaluations) beyond the start (step 0, or chance for an "

@@ -409,8 +409,8 @@ class Autopilot(TrainerCallback, ExportableState):
         evaluation at the run's last step, where a stop would end nothing early, so none is made."""
         self.evaluations.append({k: v for k, v in metrics.items() if isinstance(v, int | float)} | {"step": step})
         index = len(self.evaluations)
-        loss_since = max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
-        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate, loss_since,
+        observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate,
+                                  self.loss_changed_at(),
                                   lr_factor=self.controls.lr_factor)  # fmt: skip
         made, changed = [], set()
         for rule in RULES:
@@ -432,6 +432,11 @@ class Autopilot(TrainerCallback, ExportableState):
             made.append(decision)
         self.decisions.extend(made)
         return made
+
+    def loss_changed_at(self) -> int:
+        """The step of the last decision that changed the loss (LOSS_CONTROLS), -1 for none: held-out losses logged
+        before it measured another loss, so no rule (nor the end-of-run warnings) compares them with later ones."""
+        return max((d["step"] for d in self.decisions if set(d["changed"]) & LOSS_CONTROLS), default=-1)
 
     # ---- applying it to the trainer ----
 

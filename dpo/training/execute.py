@@ -270,8 +270,10 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
         trainer.processing_class.save_pretrained(str(staging))
         replace_dir(staging, run_dir / FINAL)
     stoppers = [*callbacks, *([autopilot] if autopilot else [])]
+    loss_since = autopilot.loss_changed_at() if autopilot else -1  # the end-of-run warnings read the loss after it
+    stop_reason = _stop_reason(best, stoppers)
     summary = finished_summary(
-        trainer, best, stopping, _stop_reason(best, stoppers), restored, initial, train_output, run_dir, started
+        trainer, best, stopping, stop_reason, restored, initial, train_output, run_dir, started, loss_since
     )
     if autopilot:
         summary[EVENT] = autopilot.summary()

@@ -21,7 +21,9 @@ def _best_metric(best) -> dict:
 
 
 def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, initial: dict, train_output,
-                     run_dir: Path, started: float) -> dict:  # fmt: skip
+                     run_dir: Path, started: float, loss_since: int = -1) -> dict:  # fmt: skip
+    """summary.json of a finished run (`loss_since`: the step of the autopilot's last change to the loss, -1 for
+    none; the end-of-run warnings compare held-out losses only after it)."""
     history = trainer.state.log_history
     best_metrics = _eval_at(history, best.best_step) or eval_only(initial)
     return {
@@ -38,7 +40,12 @@ def finished_summary(trainer, best, stopping, stop_reason: str, restored: bool, 
         "final_metrics": _last_metrics(history),
         "train_loss": train_output.metrics.get("train_loss", train_output.training_loss),  # all steps, resumed too
         "overfitting": overfitting_block(
-            with_step_0(history, initial), stopping.metric, stopping.patience, stopping.mode, stopping.noise_sigmas
+            with_step_0(history, initial),
+            stopping.metric,
+            stopping.patience,
+            stopping.mode,
+            stopping.noise_sigmas,
+            loss_since=loss_since,
         ),
         "runtime_s": round(trainer.runtime_before + time.time() - started, 2),  # all attempts, up to their checkpoints
         "resumed_from": trainer.resumed_from,

@@ -76,8 +76,31 @@ def test_compare_errors(two_runs, tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(UserError, match="afile: is a file, not a directory"):
         write_comparison(two_runs, tmp_path / "afile" / "c.html")
+    with pytest.raises(UserError, match="afile: not a directory"):
+        write_comparison([two_runs[0], tmp_path / "afile"], tmp_path / "c.html")
     proc = run_dpo("compare", *two_runs, "--output", tmp_path / "c.html")
     assert proc.returncode == 0 and proc.stdout.strip() == f"wrote {tmp_path / 'c.html'}"
+
+
+def test_compare_names_a_summary_that_is_not_an_object_and_a_page_it_cannot_write(two_runs, tmp_path, monkeypatch):
+    import shutil
+
+    import dpo.analysis.compare as compare
+
+    copy = tmp_path / "run"
+    shutil.copytree(two_runs[1], copy)
+    (copy / "summary.json").write_text("[1]")
+    with pytest.raises(UserError) as caught:
+        write_comparison([two_runs[0], copy], tmp_path / "c.html")
+    assert str(caught.value) == f"{copy / 'summary.json'}: not a JSON object (it holds an array)"
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compare, "atomic_write_text", full_disk)
+    with pytest.raises(UserError) as caught:
+        write_comparison(two_runs, tmp_path / "c.html")
+    assert str(caught.value) == f"{tmp_path / 'c.html'}: cannot write it: No space left on device"
 
 
 # Hide run 0 on the first chart, hover, zoom into the first half of the steps, zoom out: what a person would see.

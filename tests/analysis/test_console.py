@@ -25,10 +25,16 @@ def test_the_summary_table_has_one_row_per_headline_number():
     }
     console = Console(record=True, width=200)
     print_summary(summary, console)
-    rows = [line for line in console.export_text().splitlines() if "eval_" in line and "│" in line]
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "eval_" in line and "│" in line]
     assert [row.split("│")[1].strip() for row in rows] == list(HEADLINE)  # in the table's order, nothing else
     for row, value in zip(rows, values.values(), strict=True):
         assert [cell.strip() for cell in row.split("│")[2:5]] == ["-", f"{value:.4f}", f"{value:.4f}"]
+    assert "best eval_loss = 0.1000 (min)" in text  # as in the table, not 0.1000000000000001
+    summary["best_metric"]["value"] = None  # no evaluation ran
+    console = Console(record=True, width=200)
+    print_summary(summary, console)
+    assert "best eval_loss = - (min)" in console.export_text()
 
 
 def test_square_brackets_from_a_run_or_a_sweep_are_shown_as_written():

@@ -64,6 +64,20 @@ def test_warnings_within_the_noise_of_their_threshold_are_dropped_under_the_nois
     assert "exceeds held-out by 0.25" in only
 
 
+def test_loss_warning_compares_only_losses_after_the_autopilots_last_loss_change():
+    """Loss 0.55 at step 10, 0.50 at 20; the autopilot adds an NLL term at step 30, after which the held-out loss
+    measures another loss (1.40, 1.45) while the margin rises. Compared across the change it reads as a rise of 0.95
+    over the minimum; after it (loss_since 30) the loss rose 0.05 from 1.40, under 10%: no warning."""
+    h = history([(10, 1.0, 0.5, 0.55, 0.1), (20, 2.0, 1.0, 0.50, 0.1), (40, 3.0, 1.5, 1.40, 0.1),
+                 (50, 3.5, 1.8, 1.45, 0.1)])  # fmt: skip
+    [across] = warnings_for(h)
+    assert "minimum 0.500 at step 20 to 1.450" in across
+    assert warnings_for(h, loss_since=30) == []
+    h[-1]["eval_loss"] = 1.60  # a rise of 0.20 after the change (over 10% of 1.40) is still one
+    [after] = warnings_for(h, loss_since=30)
+    assert "minimum 1.400 at step 40 to 1.600" in after
+
+
 def test_healthy_run_has_no_warnings():
     h = history([(10, 1.0, 0.8, 0.5, 0.2), (20, 1.5, 1.2, 0.45, 0.3)])
     assert warnings_for(h) == []
@@ -124,3 +138,18 @@ def test_onset_on_a_metric_without_a_train_counterpart_is_recorded_as_not_checke
             assert f"- onset: not applicable (no train counterpart): {block['metric']} has no train counterpart" in card
         table = _summary_table([{"name": "run", "dir": "runs/x", "color": "#000", "summary": summary}])
         assert ("<td class=num>none</td>" if shown == "not detected" else "<td class=num>n/a</td>") in table
+
+
+def test_a_run_stopped_before_its_diagnostics_is_not_shown_as_free_of_warnings():
+    """A run stopped on a non-finite loss has no overfitting block: the report said "No overfitting warnings" and
+    onset "not detected", the comparison "none", which read as looked for and not found."""
+    from dpo.analysis.compare import _summary_table
+    from dpo.analysis.report import _status_block
+
+    summary = {"stop_reason": "non_finite", "steps": 7, "max_steps": 30, "best_step": 5}
+    h = history([(5, 1.0, 0.5, 0.6, 0.0)])
+    block = _status_block(summary, h)
+    assert "No overfitting warnings" not in block and "<span>overfitting onset</span><b>not computed</b>" in block
+    assert "Not looked for: the run stopped (non_finite) before the end-of-run diagnostics." in block
+    table = _summary_table([{"name": "run", "dir": "runs/x", "color": "#000", "summary": summary}])
+    assert "<td class=num>not computed</td>" in table

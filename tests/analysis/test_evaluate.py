@@ -466,3 +466,51 @@ def test_a_tr_dpo_run_says_its_reward_is_against_the_base_model_not_the_synced_r
     )
     reference = result["definitions"]["reference"]
     assert "TR-DPO run (regularizers.sync_ref)" in reference and "will not match" in reference
+
+
+def test_a_data_card_that_is_not_an_object_is_an_error_not_a_skipped_check(run_dir, tmp_path):
+    """A broken data card once read as {}: the length check and the held-out hash were skipped, unsaid."""
+    from dpo.errors import UserError
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "data_card.json").write_text("[1]")
+    with pytest.raises(UserError) as caught:
+        evaluate_run(copy, EvalOptions(samples=0, batch_size=8, progress=False))
+    assert str(caught.value) == f"{copy / 'data_card.json'}: not a JSON object (it holds an array)"
+
+
+@pytest.mark.parametrize(
+    ("card_bytes", "message"),
+    [(b'{"gold_reward": ["arithmetic"]}', "gold_reward: unknown reward ['arithmetic']"),
+     (b'{"gold_reward": "\xe9"}', "not valid JSON")],
+)  # fmt: skip
+def test_a_card_json_with_a_gold_reward_of_another_kind_or_other_bytes_is_one_error_naming_it(
+    tmp_path, card_bytes, message
+):
+    from dpo.analysis.evaluate import gold_reward_name
+    from dpo.errors import UserError
+
+    (tmp_path / "card.json").write_bytes(card_bytes)  # a list where a name belongs; Latin-1, not UTF-8
+    with pytest.raises(UserError) as caught:
+        gold_reward_name(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / 'card.json'}") and message in str(caught.value)
+
+
+def test_an_answer_after_an_empty_prompt_is_scored_from_its_second_token_as_trl_does():
+    """A bigram model: the logits at a position depend on its token only, so each token's log-prob is known.
+    With an empty prompt nothing predicts the first answer token (the slice once began at -1, the last column)."""
+    from types import SimpleNamespace
+
+    from dpo.analysis.evaluate import sequence_logps
+
+    table = torch.randn(10, 10, generator=torch.Generator().manual_seed(0))
+
+    def model(input_ids, attention_mask):
+        return SimpleNamespace(logits=table[input_ids])
+
+    def logp(prev, token):
+        return torch.log_softmax(table[prev], dim=-1)[token].item()
+
+    scores = sequence_logps(model, [[], [3]], [[5, 6, 7], [5, 6]], batch_size=2, pad_id=0)
+    assert scores == pytest.approx([logp(5, 6) + logp(6, 7), logp(3, 5) + logp(5, 6)], abs=1e-5)

@@ -71,3 +71,50 @@ def test_the_scripts_range_of_a_very_long_series_is_the_pythons():
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == pytest.approx(list(padded_range([0.0, 6.0])))
+
+
+def test_steps_are_written_whole_and_other_values_to_three_digits():
+    """Step 1234 was "1.23e+03" in a tooltip (Python's .3g turns scientific at 1000) and "1230" in the page's
+    readout (JavaScript rounds to 3 digits): both now say 1234; 1234.5 is 1230 in both."""
+    from dpo.analysis.plots import fmt
+
+    assert [fmt(v) for v in (1234, 1234.0, 1500, 1234.5, 0.123456, -0.5, 0.0, 2e5)] == [
+        "1234", "1234", "1500", "1230", "0.123", "-0.5", "0", "2.00e+05"]  # fmt: skip
+    chart = line_chart("loss", [Series("run", [(1234.0, 0.5)], "#000")], (0.0, 2000.0))
+    assert "run: step 1234, 0.5</title>" in chart
+
+
+def test_the_scripts_fmt_writes_what_pythons_does():
+    import json
+    import shutil
+    import subprocess
+
+    from dpo.analysis.plots import fmt
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    start = INTERACTIVE_JS.index("function fmt(v)")
+    body = INTERACTIVE_JS[start : INTERACTIVE_JS.index("function tickText", start)]
+    values = [1234, 1500, 1234.5, 0.123456, -0.5, 0, 99999, 0.001]
+    out = subprocess.run([node, "-e", f"{body}\nconsole.log(JSON.stringify({json.dumps(values)}.map(fmt)));"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [fmt(v) for v in values]
+
+
+def test_every_legend_row_is_inside_the_chart():
+    """Eight 20-character labels take four rows; the chart grows so the last is drawn inside it, and a label too
+    long for a row is cut with its whole text in a tooltip."""
+    import re
+
+    series = [Series(f"quickstart (run-{i:04d})", [(0.0, i), (10.0, i + 1)], "#000") for i in range(8)]
+    series.append(Series("x" * 100, [(0.0, 1.0), (10.0, 2.0)], "#000"))
+    chart = line_chart("loss", series, (0.0, 10.0))
+    height = float(re.search(r'<svg[^>]* height="(\d+)"', chart).group(1))
+    rows = [float(y) for y in re.findall(r'<text class="legend" x="[\d.]+" y="([\d.]+)"', chart)]
+    assert len(rows) == 9 and len(set(rows)) >= 4
+    assert max(rows) < height and f'viewBox="0 0 480 {height:g}"' in chart
+    assert f"<title>{'x' * 100}</title>" in chart and "x" * 100 + "</text>" not in chart
+    two_rows = line_chart("loss", series[:2], (0.0, 10.0))
+    assert ' height="280"' in two_rows  # the usual size while the legend fits

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from dpo.analysis.report import RUN_CHARTS, run_charts, write_report, write_report_or_warn
+from dpo.errors import UserError
+from dpo.metrics import HEADLINE
 from dpo.training.execute import execute
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
 from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
@@ -172,6 +174,41 @@ def test_broken_metrics_row_names_file_and_row(tmp_path, capsys):
     # a killed run's half-written last line is dropped, not an error
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n{"step": 1, "eval_loss": 0.6}\n{"st')
     assert "No summary.json" in write_report(tmp_path).read_text()
+
+
+@pytest.mark.parametrize("name", ["实验", "no", "run #2", "a long name " * 10])
+def test_the_report_title_is_the_recipe_name_as_the_user_wrote_it(tmp_path, name):
+    """recipe.yaml is dumped with quotes and escapes (`name: "\\u5B9E\\u9A8C"`, `name: 'no'`, a long name folded):
+    the title was that text, quotes and all."""
+    from dpo.analysis.report import recipe_name
+    from dpo.config.yaml_loader import dump_yaml
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n')
+    (tmp_path / "recipe.yaml").write_text(dump_yaml({"name": name, "model": {"name_or_path": "m"}}))
+    assert f"<h1>Run {escape(name)}</h1>" in write_report(tmp_path).read_text()
+    assert recipe_name("not: [a recipe") is None and recipe_name("- a list") is None and recipe_name("name: ''") is None
+
+
+@pytest.mark.parametrize("file", ["summary.json", "data_card.json", "eval.json", "samples.json"])
+def test_a_run_file_that_is_not_a_json_object_is_one_error_naming_it(tmp_path, file):
+    """`[1]` in a hand-edited file was a traceback (`.get` on a list); a summary with null metrics is drawn."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.7}\n')
+    (tmp_path / file).write_text("[1]")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpo", "report", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / file}: not a JSON object (it holds an array)\n"
+    (tmp_path / file).unlink()
+    (tmp_path / "summary.json").write_text(json.dumps({"stop_reason": "completed", "initial_metrics": None}))
+    assert f"<td>{HEADLINE[0]}</td><td class=num>-</td>" in write_report(tmp_path).read_text()
+
+
+def test_a_file_given_for_the_run_folder_is_named_as_such(tmp_path):
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match="summary.json: not a directory"):
+        write_report(tmp_path / "summary.json")
+    with pytest.raises(UserError, match="missing: no such directory"):
+        write_report(tmp_path / "missing")
 
 
 def test_report_redacts_secrets(tmp_path, monkeypatch):
