@@ -184,6 +184,27 @@ def split_heldout(dataset: str, work: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def test_digest(test_file: Path) -> str:
+    """12 hex digits of the test file's bytes. A run's per-pair test strings are positions in that file, paired by
+    position with every other run's: runs scored on another split (a data file, the split or the pair expansion
+    changed) cannot be compared with them (check_test_split)."""
+    return hashlib.sha256(test_file.read_bytes()).hexdigest()[:12]
+
+
+def check_test_split(runs_file: Path, done: list[dict], test_files: dict[str, Path]) -> None:
+    """Every recorded run that names its test split (`test_split`: the runs recorded before it do not) was scored on
+    the split this checkout makes; else the benchmark stops (exit 2) naming the first that was not."""
+    today = {dataset: test_digest(path) for dataset, path in test_files.items()}
+    wrong = [run for run in done if "test_split" in run and run["test_split"] != today.get(run["dataset"])]
+    if wrong:
+        first = wrong[0]
+        print(f"error: {runs_file}: {len(wrong)} recorded run(s) were scored on another test split than this checkout "
+              f"makes (first: {first['method']} on {first['dataset']} at {first['noise']:.0%}, seed {first['seed']}, "
+              f"split {first['test_split']}, now {today.get(first['dataset'])}): the data files or how they are "
+              "split changed; their pairs cannot be paired with new runs'; move them out", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+
+
 def recipe_knows(overrides: list[str]) -> str | None:
     """None when plain DPO with these overrides (after the budget's) is a valid recipe, else why not."""
     import dpo.api
@@ -204,7 +225,9 @@ def score_test(run_dir: Path, test_file: Path, limit: int | None) -> dict:
 
     The implicit reward is the one the run's loss trains: beta * log-ratio difference where the loss has a
     reference (of LD-DPO's weighted log-probs for an LD-DPO run, as its validation reward); for a reference-free
-    loss (SimPO, ORPO), the length-normalised log-prob both of them use. The policy's preference is of plain sums.
+    loss (SimPO, ORPO), the length-normalised log-prob both of them use. TR-DPO's is against the base model, as
+    `dpo eval` scores it: the reference its loss and its validation accuracy moved with is kept in no file. The
+    policy's preference is of plain sums.
     Plain-text answers (sorting) are scored without the EOS token the trainer appends to them ("reward",
     "policy"), as every recorded run was, and also with it ("reward_eos", "policy_eos"), as the trainer scores
     the validation pairs; chat answers end with the template's end of turn either way."""
@@ -266,20 +289,28 @@ def ld_weighted(method: str) -> bool:
 def reference_free(method: str) -> bool:
     """The method's loss has no reference model (SimPO, ORPO), from the loss table."""
     from dpo.config.loading import load_recipe
+    from dpo.errors import UserError
     from dpo.training.loss_plan import loss_plan
 
     spec = METHODS[method]
-    return not loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_reference
+    try:
+        return not loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_reference
+    except UserError:  # a method whose recipe this version cannot load (check_fingerprints says so): as recorded
+        return False
 
 
 @functools.cache
 def needs_scores(method: str) -> bool:
     """The method's loss reads each pair's score gap (ODPO), from the loss table: it runs only on scored data."""
     from dpo.config.loading import load_recipe
+    from dpo.errors import UserError
     from dpo.training.loss_plan import loss_plan
 
     spec = METHODS[method]
-    return loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_score_gaps
+    try:
+        return loss_plan(load_recipe(REPO / "recipes" / spec.recipe, list(spec.overrides))).needs_score_gaps
+    except UserError:  # as in reference_free
+        return False
 
 
 def is_scored(files: tuple[Path, Path]) -> bool:
@@ -333,6 +364,7 @@ def run_one(dataset: str, noise: float, seed: int, method: str, base: list[str],
         # marks the runs whose trainer logged a reference-free loss's reward per token (see read_runs)
         **({"validation_reward": "per_token"} if reference_free(method) else {}),
         "test": test_result,
+        "test_split": test_digest(test),  # which test file the per-pair strings are positions in
         "autopilot_decisions": [{k: d[k] for k in ("step", "rule", "changed")} for d in decisions],
         **({"audit_flip_rate": audit["flip_rate"]["estimate"]} if "flip_rate" in audit else {}),  # label auditing
         "wall_s": round(time.time() - started, 1),
@@ -542,6 +574,10 @@ def bootstrap(
     rows = [[int(c) for c in r["test"][field]] for r in runs]
     base = [[int(c) for c in b["test"][field]] for b in baseline] if baseline else None
     n_seeds, n_pairs = len(rows), len(rows[0])
+    lengths = {len(row) for row in rows + (base or [])}
+    if len(lengths) > 1:  # positions are paired across runs: they must be positions in one test file
+        raise ValueError(f"test results of {sorted(lengths)} pairs: runs scored on different test splits cannot be "
+                         "paired (check_test_split)")  # fmt: skip
     # quick runs score only the first pairs: groups cut to them
     groups = [[p for p in group if p < n_pairs] for group in prompts] if prompts else [[p] for p in range(n_pairs)]
     groups = [group for group in groups if group]
@@ -571,11 +607,19 @@ def test_prompts(test_file: Path) -> list[list[int]]:
     return list(groups.values())
 
 
-def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list[list[int]]] | None = None) -> dict:
+def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list[list[int]]] | None = None,
+              applicable: dict[str, set[str]] | None = None) -> dict:  # fmt: skip
     """Per data set and noise level: each method's mean, interval and difference from plain; the best single
     control chosen on validation; the goals. `prompts`: per data set, its test pairs grouped by prompt (the
-    bootstrap's unit; None: each pair its own)."""
+    bootstrap's unit; None: each pair its own). `applicable`: per data set, the methods that run on it (a loss that
+    needs scores runs only where pairs have them; main decides it from the data, is_scored); None, for hand-made
+    runs: every method but those, which count where they have a run."""
     prompts = prompts or {}
+    if applicable is None:
+        ran_on: dict[str, set[str]] = {}
+        for r in done:
+            ran_on.setdefault(r["dataset"], set()).add(r["method"])
+        applicable = {d: {m for m in METHODS if m in ran or not needs_scores(m)} for d, ran in ran_on.items()}
     cells = {}
     for dataset in sorted({r["dataset"] for r in done}):
         for noise in sorted({r["noise"] for r in done if r["dataset"] == dataset}):
@@ -602,10 +646,11 @@ def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list
                 best = max(singles, key=lambda m: ranked_by_validation(
                     m, _mean(r["validation_accuracy"] for r in by_method[m] if r["seed"] in shared)))  # fmt: skip
                 # a candidate not yet run on every seed may take its place
-                ran = {r["method"] for r in done if r["dataset"] == dataset}
-                unrun = [m for m in choice_candidates(ran)
+                unrun = [m for m in choice_candidates(applicable.get(dataset, set()))
                          if not set(SEEDS) <= {r["seed"] for r in by_method.get(m, [])}]  # fmt: skip
+                chosen_on = _mean(r["validation_accuracy"] for r in by_method[best] if r["seed"] in shared)
                 rows["best_single"] = {**rows[best], "chosen": best, "chosen_on_seeds": sorted(shared),
+                                       "validation_accuracy": chosen_on,  # the mean it was chosen by
                                        "candidates_not_run": unrun}  # fmt: skip
                 if "autopilot" in by_method:  # paired, on the seeds both have
                     best_by_seed = {r["seed"]: r for r in by_method[best]}
@@ -618,14 +663,17 @@ def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list
                             auto, "reward", paired_best, prompts=prompts.get(dataset)
                         )
             cells[f"{dataset}/{noise}"] = {"dataset": dataset, "noise": noise, "methods": rows}
-    return {"cells": cells, "skipped": skipped, "goals": goals(cells), "across_noisy_cells": across_noisy_cells(done)}
+    return {"cells": cells, "skipped": skipped, "goals": goals(cells, applicable),
+            "across_noisy_cells": across_noisy_cells(done)}  # fmt: skip
 
 
-def choice_candidates(ran: set[str]) -> list[str]:
+def choice_candidates(applicable: set[str]) -> list[str]:
     """The single controls of the default grid that best_single is chosen among (on validation) on a data set
-    where the methods `ran` have run (a loss that needs scores runs only where pairs have them)."""
+    where the methods `applicable` run. Two are no recipe's defaults (`nll`, the quickstart's NLL term before;
+    `dpo_shift_linear`, added after DPO-Shift fell below plain DPO on noisy sorting labels): as candidates they can
+    only raise the bar the autopilot is held to."""
     return [m for m in DEFAULT_METHODS if METHODS[m].kind == "single" and not reference_free(m)
-            and (m in ran or not needs_scores(m))]  # fmt: skip
+            and m in applicable]  # fmt: skip
 
 
 def ranked_by_validation(method: str, accuracy: float) -> tuple:
@@ -721,20 +769,21 @@ def _below(method: str, row: dict) -> str:
     return f"{method} {row['vs_plain'][0]:+.3f}{_on_policy(row)}"
 
 
-def goals(cells: dict) -> list[dict]:
+def goals(cells: dict, applicable: dict[str, set[str]]) -> list[dict]:
     """The issue's goals per noisy cell: no shipped recipe below plain DPO beyond the interval (a control that runs
     with overrides is listed when below, but not judged; met is None, "open", while a shipped recipe of the default
     grid that runs on the data set, or plain DPO, has not run on every seed of the grid in the cell); the autopilot
     at least as good as the best single control (open while the autopilot, or a single control of the default grid,
     which may be chosen instead, has not run on every seed in the cell; plain DPO, which this goal does not read,
-    may lack one); the autopilot 0.10 above plain DPO at 30% noise."""
-    ran_on = {}  # data set -> the methods with a run on it: a loss that needs scores runs only where pairs have them
-    for cell in cells.values():
-        ran_on.setdefault(cell["dataset"], set()).update(cell["methods"])
-    expected = {dataset: [m for m in DEFAULT_METHODS if METHODS[m].shipped and (m in ran or not needs_scores(m))]
-                for dataset, ran in ran_on.items()}  # fmt: skip
+    may lack one); the autopilot 0.10 above plain DPO at 30% noise. Every noisy cell gets a row for each goal that
+    applies: one whose runs are missing reads "open". `applicable`: per data set, the methods that run on it."""
+    datasets = {cell["dataset"] for cell in cells.values()}
+    expected = {d: [m for m in DEFAULT_METHODS if METHODS[m].shipped and m in applicable.get(d, set())]
+                for d in datasets}  # fmt: skip
     # the single controls best_single is chosen among (on validation): one not run yet may take its place
-    candidates = {dataset: choice_candidates(ran) for dataset, ran in ran_on.items()}
+    candidates = {d: choice_candidates(applicable.get(d, set())) for d in datasets}
+    versus_best_goal = "autopilot >= best single control (on validation; not below it beyond the interval)"
+    versus_plain_goal = "autopilot >= plain + 0.10 in test accuracy"
     found = []
     for key, cell in cells.items():
         if cell["noise"] == 0:
@@ -770,22 +819,27 @@ def goals(cells: dict) -> list[dict]:
                 if unrun
                 else ""
             )
-            found.append({"cell": key,
-                          "goal": "autopilot >= best single control (on validation; not below it beyond the interval)",
-                          "met": None if unrun else diff[2] >= 0,
+            found.append({"cell": key, "goal": versus_best_goal, "met": None if unrun else diff[2] >= 0,
                           "detail": f"autopilot - {rows['best_single']['chosen']}: {diff[0]:+.3f} "
                                     f"[{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
-        elif "autopilot" in rows:  # nothing to compare with yet: no single control shares a seed with the others
-            found.append({"cell": key,
-                          "goal": "autopilot >= best single control (on validation; not below it beyond the interval)",
-                          "met": None, "detail": "no best single control on the autopilot's seeds yet"})  # fmt: skip
-        if cell["noise"] == 0.3 and "autopilot" in rows and "vs_plain" in rows["autopilot"]:
+        else:  # nothing to compare yet: no autopilot run, or no single control shares a seed with the others
+            why = (
+                "no best single control on the autopilot's seeds yet"
+                if "autopilot" in rows
+                else "autopilot not run here yet"
+            )
+            found.append({"cell": key, "goal": versus_best_goal, "met": None, "detail": why})
+        if cell["noise"] == 0.3 and "vs_plain" in rows.get("autopilot", {}):
             diff = rows["autopilot"]["vs_plain"]
             unrun = [m for m in ("autopilot", "plain") if not set(SEEDS) <= set(rows.get(m, {}).get("seeds", []))]
             pending = f"; open until these have run on every seed: {', '.join(unrun)}" if unrun else ""
-            found.append({"cell": key, "goal": "autopilot >= plain + 0.10 in test accuracy",
-                          "met": None if unrun else diff[0] >= 0.10,
+            found.append({"cell": key, "goal": versus_plain_goal, "met": None if unrun else diff[0] >= 0.10,
                           "detail": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
+        elif cell["noise"] == 0.3:  # the autopilot or plain DPO not run here yet, or on no seed the other has
+            found.append({"cell": key, "goal": versus_plain_goal, "met": None,
+                          "detail": f"no seed with both the autopilot and plain DPO yet: "
+                                    f"{_seeds_run('autopilot', rows, with_plain=False)}, "
+                                    f"{_seeds_run('plain', rows, with_plain=False)}"})  # fmt: skip
     return found
 
 
@@ -961,14 +1015,19 @@ def main(argv: list[str] | None = None) -> None:
     name = "noise_quick" if args.quick else "noise"
     runs_file = args.results / f"{name}.runs.jsonl"
     heldout = {dataset: split_heldout(dataset, work) for dataset in DATASETS}  # (validation, test) files
+    validation_files = {d: files[0] for d, files in heldout.items()}
+    test_files = {d: files[1] for d, files in heldout.items()}
     runs = read_runs(runs_file)
-    check_fingerprints(runs_file, runs, base, work, {d: files[0] for d, files in heldout.items()}, skipped)
+    check_fingerprints(runs_file, runs, base, work, validation_files, skipped)
+    check_test_split(runs_file, runs, test_files)
     done = finished(runs)
     recorded = {run_key(r) for r in runs}  # a failed run too: it would fail again
+    # per data set, the methods that run on it: a loss that needs scores only where every pair has one
+    runs_on = {d: {m for m in METHODS if is_scored(files) or not needs_scores(m)} for d, files in heldout.items()}
     todo = []  # (dataset, noise, seed, method, held-out files), in the order they train: seed by seed
     for dataset in args.datasets:
         files = heldout[dataset]
-        applicable = [m for m in methods if is_scored(files) or not needs_scores(m)]
+        applicable = [m for m in methods if m in runs_on[dataset]]
         for method in sorted(set(methods) - set(applicable), key=methods.index):
             skipped[f"{method} on {dataset}"] = "its loss needs a score gap per pair, and this data set has no scores"
             print(f"skipping {method} on {dataset}: {skipped[f'{method} on {dataset}']}", flush=True)
@@ -985,13 +1044,18 @@ def main(argv: list[str] | None = None) -> None:
         append_run(runs_file, record)
         shown = {k: v for k, v in record.items() if k not in ("test", "autopilot_decisions")}
         print(json.dumps(shown), flush=True)
+    checked = recorded
     runs = read_runs(runs_file)  # again: another invocation may have added runs since this one started
+    added = [r for r in runs if run_key(r) not in checked]  # by another checkout, maybe: checked as at the start
+    check_fingerprints(runs_file, added, base, work, validation_files, skipped)
+    check_test_split(runs_file, added, test_files)
     done = finished(runs)
     recorded_methods = {r["method"] for r in done} | set(methods)  # the tables cover every recorded run
+    prompts = {d: test_prompts(path) for d, path in test_files.items()}
     result = {"budget": base, "methods": {m: METHODS[m].__dict__ for m in METHODS if m in recorded_methods},
               "failed": [{k: r[k] for k in ("dataset", "noise", "seed", "method", "failed")}
                          for r in runs if "failed" in r],
-              **aggregate(done, skipped, {d: test_prompts(files[1]) for d, files in heldout.items()})}  # fmt: skip
+              **aggregate(done, skipped, prompts, runs_on)}  # fmt: skip
     (args.results / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"{name}.md").write_text(markdown(result))
     (args.results / f"{name}.html").write_text(figures(result))

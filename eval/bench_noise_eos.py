@@ -15,12 +15,12 @@ retrain recorded configurations into their own results folder:
 of a partial grid, and are not kept)
 
 Per data set, noise level and method: test accuracy scored without and with EOS, and the paired difference from plain
-DPO both ways (95% bootstrap intervals over seeds and test prompts, as bench_noise.py computes them). A retrained
-run whose configuration fingerprint and test scores without EOS (reward and policy) equal its recorded run's counts
-as reproduced: the table says how many are. The runs recorded before fingerprints existed were given theirs after
-the fact, from METHODS, so for them the scores are the evidence. Training is deterministic on one machine and thread
-count; the recorded runs came from several commits and machines, so a mismatch need not be a bug. Writes
-eval/results/noise_eos.{json,md}.
+DPO both ways (95% bootstrap intervals over seeds and test prompts, as bench_noise.py computes them). A retrained run
+whose configuration fingerprint, test scores without EOS (reward and policy), validation accuracy and autopilot
+decisions equal its recorded run's counts as reproduced: the table says how many are. The runs recorded before
+fingerprints existed were given theirs after the fact, from METHODS, so for them the scores are the evidence. Training
+is deterministic on one machine and thread count; the recorded runs came from several commits and machines, so a
+mismatch need not be a bug. Writes eval/results/noise_eos.{json,md}.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def compare(runs: list[dict], recorded: list[dict], prompts: dict[str, list[list
                     1 for r, old in zip(mine, same, strict=True)
                     if old and old.get("config") == r["config"]
                     and all(old["test"][k] == r["test"][k] for k in ("reward", "policy"))
+                    and all(old.get(k) == r.get(k) for k in ("validation_accuracy", "autopilot_decisions"))
                 ),
             }  # fmt: skip
             paired = [plain.get(r["seed"]) for r in mine]

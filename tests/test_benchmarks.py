@@ -561,8 +561,8 @@ def test_audit_benchmark_quick(tmp_path, tiny_model_dir):
 
 def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced_runs(tmp_path):
     """eval/bench_noise_eos.py: per method, the test accuracy without and with EOS and the paired difference from
-    plain DPO both ways; a retrained run counts as reproduced when its fingerprint and its scores without EOS equal
-    the recorded run's."""
+    plain DPO both ways; a retrained run counts as reproduced when its fingerprint, its scores without EOS, its
+    validation accuracy and its autopilot decisions equal the recorded run's."""
     check = _load_bench("bench_noise_eos")
 
     def run(method, seed, without, with_eos, config="c"):
@@ -584,6 +584,8 @@ def test_noise_eos_check_compares_both_scorings_with_plain_and_counts_reproduced
     assert without["test_accuracy"][0] == 0.25 and without["vs_plain"][0] == -0.25
     assert with_eos["test_accuracy"][0] == 0.75 and with_eos["vs_plain"][0] == 0.25
     assert "vs_plain" not in cells["sorting/0.3"]["plain"][next(iter(check.SCORINGS))]
+    recorded[0]["validation_accuracy"] = 0.6  # the same test scores, another validation accuracy: not reproduced
+    assert check.compare(runs, recorded)["sorting/0.3"]["plain"]["same_as_recorded"] == 0
     row = "| sorting/0.3 | dpo_shift | 0 | 0/1 | 0.500 | 0.250 [0.000, 0.750] | -0.250 [-0.750, +0.000] | 0.750 "
     assert row + "[0.250, 1.000] | +0.250 [+0.000, +0.750] |" in check.markdown(cells, "runs.jsonl")  # seeded
 
@@ -608,3 +610,81 @@ def test_quickstart_benchmark_tabulates_each_runs_final_weights(tmp_path, tiny_m
     plain = runs["plain"]["final"]
     assert table[2].endswith(f"| {plain['eval_rewards/accuracies']:.2f} |")  # the last column is plain DPO's
     assert table[-1].startswith("| wall time") and len(table) == 2 + 5 + 2
+
+
+def test_noise_benchmark_goals_expect_every_method_that_runs_on_the_data_set_not_only_those_that_ran():
+    """ODPO runs on sorting (its pairs have scores): with no ODPO run there (or only failed ones) the sorting goals
+    stay open naming it, and it is a candidate the best single control waits for; goals missing their runs read open
+    (the autopilot not run in a cell; at 30%, no seed with both the autopilot and plain DPO), never vanish."""
+    bench = _load_bench("bench_noise")
+
+    def run(method, seed, validation=0.6):
+        return {"dataset": "sorting", "noise": 0.3, "seed": seed, "method": method, "validation_accuracy": validation,
+                "test": {"pairs": 4, "reward": "1111", "policy": "1111"}, "steps": 60, "max_steps": 60,
+                "stop_reason": "completed"}  # fmt: skip
+
+    others = [m for m in bench.DEFAULT_METHODS if m != "odpo"]
+    done = [run(m, s) for m in others for s in bench.SEEDS]
+    runs_on = {"sorting": set(bench.METHODS)}  # what main finds from the data: every method runs there
+    goals = {g["goal"]: g for g in bench.aggregate(done, {}, applicable=runs_on)["goals"]}
+    below = goals["no shipped recipe below plain beyond the interval"]
+    assert below["met"] is None and below["detail"] == "none below; not run here yet: odpo"
+    versus_best = goals["autopilot >= best single control (on validation; not below it beyond the interval)"]
+    assert versus_best["met"] is None and versus_best["detail"].endswith("on every seed: odpo")
+    guessed = {g["goal"]: g for g in bench.aggregate(done, {})["goals"]}  # hand-made runs: inferred from what ran
+    assert guessed["no shipped recipe below plain beyond the interval"]["met"] is True
+
+    without_autopilot = [r for r in done if r["method"] != "autopilot"]
+    goals = bench.aggregate(without_autopilot, {}, applicable=runs_on)["goals"]
+    assert [(g["goal"].split(" (")[0], g["met"], g["detail"]) for g in goals if g["goal"].startswith("autopilot")] == [
+        ("autopilot >= best single control", None, "autopilot not run here yet"),
+        ("autopilot >= plain + 0.10 in test accuracy", None,
+         "no seed with both the autopilot and plain DPO yet: autopilot, plain (3 of 3 seeds)"),
+    ]  # fmt: skip
+
+
+def test_noise_benchmark_best_single_shows_the_validation_mean_it_was_chosen_by():
+    """Chosen on the seeds every candidate shares (0, 1): cDPO's 0.9 there, not its 0.7 over all three seeds."""
+    bench = _load_bench("bench_noise")
+
+    def run(method, seed, validation):
+        return {"dataset": "arithmetic", "noise": 0.2, "seed": seed, "method": method,
+                "validation_accuracy": validation, "test": {"pairs": 4, "reward": "1100", "policy": "1100"},
+                "steps": 60, "max_steps": 60, "stop_reason": "completed"}  # fmt: skip
+
+    done = [run("cdpo", 0, 0.9), run("cdpo", 1, 0.9), run("cdpo", 2, 0.3), run("ipo", 0, 0.8), run("ipo", 1, 0.8)]
+    cell = bench.aggregate(done, {})["cells"]["arithmetic/0.2"]["methods"]
+    assert cell["best_single"]["chosen"] == "cdpo" and cell["best_single"]["chosen_on_seeds"] == [0, 1]
+    assert cell["best_single"]["validation_accuracy"] == pytest.approx(0.9)
+    assert cell["cdpo"]["validation_accuracy"] == pytest.approx(0.7)
+
+
+def test_noise_benchmark_refuses_runs_scored_on_another_test_split(tmp_path, capsys):
+    """A record names the test file its per-pair strings are positions in: one scored on another split stops the
+    benchmark with one line; records from before the field are let through; strings of different lengths are
+    never paired."""
+    bench = _load_bench("bench_noise")
+    test_file = bench.split_heldout("sorting", tmp_path)[1]
+    today = bench.test_digest(test_file)
+    run = {"dataset": "sorting", "noise": 0.3, "seed": 0, "method": "plain", "test_split": today}
+    runs_file = tmp_path / "noise.runs.jsonl"
+    bench.check_test_split(runs_file, [run, {**run, "seed": 1, "test_split": today}], {"sorting": test_file})
+    older = {k: v for k, v in run.items() if k != "test_split"}
+    bench.check_test_split(runs_file, [older], {"sorting": test_file})
+    with pytest.raises(SystemExit) as stopped:
+        bench.check_test_split(runs_file, [run, {**run, "test_split": "0123456789ab"}], {"sorting": test_file})
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {runs_file}: 1 recorded run(s) were scored on another test split than this")
+    assert f"split 0123456789ab, now {today}" in error and error.count("\n") == 1
+    scored = [{"seed": s, "test": {"reward": reward}} for s, reward in ((0, "1100"), (1, "110"))]
+    with pytest.raises(ValueError, match=r"test results of \[3, 4\] pairs"):
+        bench.bootstrap(scored, "reward")
+
+
+def test_noise_benchmark_reads_runs_of_a_method_whose_recipe_this_version_cannot_load(monkeypatch):
+    """The loss table cannot be asked about such a method: it counts as neither reference-free nor needing scores
+    (check_fingerprints notes it), where the lookup once ended the benchmark with a traceback."""
+    bench = _load_bench("bench_noise")
+    monkeypatch.setitem(bench.METHODS, "unloadable", bench.Method("plain.yaml", "x", ("loss.label_smoothing=lots",)))
+    assert bench.reference_free("unloadable") is False and bench.needs_scores("unloadable") is False
