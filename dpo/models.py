@@ -90,8 +90,24 @@ def convert_embedded(alias: str) -> Path:
     """Dequantize the embedded GGUF into safetensors once; later calls reuse the cached directory."""
     entry = EMBEDDED_MODELS[alias]
     target = cache_dir() / alias
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _converted(target):
         return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one conversion at a time: the processes of a torchrun launch on a fresh cache all get here, and one would
+    # delete the folder another is loading; the others wait and find it done
+    with FileLock(str(target.parent / f".{alias}.lock")):
+        if not _converted(target):
+            _convert(entry, alias, target)
+    return target
+
+
+def _converted(target: Path) -> bool:
+    return (target / "model.safetensors").is_file() and (target / "config.json").is_file()
+
+
+def _convert(entry, alias: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,14 +121,12 @@ def convert_embedded(alias: str) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     # Write into a temporary sibling and rename, so a killed conversion never leaves a half-written cache.
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists():
+    if target.exists():  # a folder without its weights (emptied by hand): replaced
         shutil.rmtree(target)
     os.replace(tmp, target)
-    return target
 
 
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:

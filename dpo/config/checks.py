@@ -7,7 +7,7 @@ written", so a fully resolved recipe.yaml (every key written out) loads again wi
 from __future__ import annotations
 
 from dpo.config.loading import LoadedRecipe
-from dpo.config.schema import DataSection, LoggingSection
+from dpo.config.schema import DataSection, LoggingSection, PeftSection
 from dpo.errors import UserError, raise_all
 
 
@@ -36,6 +36,20 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
         and logging.heldout_kl_pairs != LoggingSection.model_fields["heldout_kl_pairs"].default
     ):
         no_ops.append(("logging.heldout_kl_pairs", "logging.heldout_kl is false"))
+    # TRL's disable_dropout (true by default) sets every nn.Dropout to 0, LoRA's included; 0 and the default pass
+    peft_dropout = recipe.peft.dropout if recipe.peft is not None else 0.0
+    if peft_dropout not in (0.0, PeftSection.model_fields["dropout"].default):
+        if recipe.training.get("disable_dropout", True) is not False:
+            why = "training.disable_dropout is true (TRL's default): TRL zeroes every dropout, LoRA's too"
+            no_ops.append(("peft.dropout", f"{why}; set training.disable_dropout: false to keep it"))
+    training = recipe.training
+    if training.get("padding_free") is True:  # DPOTrainer.__init__ warns and sets it back to False
+        no_ops.append(("training.padding_free", "TRL 1.16 turns it off (temporarily unavailable there) and pads"))
+    up_front = training.get("precompute_ref_log_probs") and recipe.peft is None
+    if "precompute_ref_batch_size" in training and not up_front:
+        # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
+        no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
+                       "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip
     # max_steps of the wrong type is the DPOConfig check's error (reported with this one), not a comparison here
     max_steps = recipe.training.get("max_steps")
     if "num_train_epochs" in recipe.training and isinstance(max_steps, int) and max_steps > 0:

@@ -30,7 +30,6 @@ MOVED: dict[str, str] = {
     "beta": "loss.beta",
     "loss_type": "loss.type",
     "loss_weights": "loss.weights",
-    "label_smoothing": "loss.label_smoothing",
     "discopop_tau": "loss.discopop_tau",
     "ld_alpha": "regularizers.ld_alpha",
     "use_weighting": "regularizers.wpo",
@@ -100,7 +99,7 @@ def convert_trl(path: str | Path) -> Converted:
     out = Converted({"name": path.stem})
     fields = _dpo_config_fields()
     _model(config, out)
-    _data(config, out, path.parent)
+    _data(config, out)
     for key, value in config.items():
         if key in MOVED:
             out.put(MOVED[key], _loss_type(value) if key == "loss_type" else value, key)
@@ -132,6 +131,10 @@ def _model(config: dict, out: Converted) -> None:
     if config.get("use_peft"):
         out.recipe["peft"] = {}
         for key in lora:
+            if key == "lora_dropout" and config[key] and config.get("disable_dropout", True) is not False:
+                out.unmapped.append((key, "TRL's disable_dropout (true unless set false) zeroes every dropout, LoRA's "
+                                          "too: it had no effect"))  # fmt: skip
+                continue
             out.put(LORA[key], config[key], key)
     else:
         out.put("peft", None, "use_peft")
@@ -139,7 +142,7 @@ def _model(config: dict, out: Converted) -> None:
         out.unmapped += [(key, "use_peft is not true, so TRL does not use it either") for key in lora]
 
 
-def _data(config: dict, out: Converted, folder: Path) -> None:
+def _data(config: dict, out: Converted) -> None:
     name = config.get("dataset_name")
     mixture = config.get("datasets") or []
     if name is None and not mixture:
@@ -183,6 +186,22 @@ def _loss_type(value: Any) -> Any:
     return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
+# TRL 1.16's losses that read label_smoothing (DPOTrainer._compute_loss); the others, sigmoid first, ignore it
+TRL_SMOOTHED_LOSSES = {"robust", "exo_pair", "aot", "aot_unpaired"}
+
+
+def _label_smoothing(key: str, value: Any, config: dict, out: Converted) -> None:
+    """Where TRL's loss ignored it (sigmoid, its default), the recipe must not apply it: dpo's sigmoid with
+    smoothing is cDPO, another training than the one converted."""
+    losses = config.get("loss_type", "sigmoid")
+    losses = {losses} if isinstance(losses, str) else set(losses or ["sigmoid"])
+    if value and not losses & TRL_SMOOTHED_LOSSES:
+        out.unmapped.append((key, f"TRL's {', '.join(sorted(losses))} loss ignores it, so TRL trained without "
+                                  "smoothing (for cDPO set loss.label_smoothing in the recipe)"))  # fmt: skip
+    else:
+        out.put("loss.label_smoothing", value, key)
+
+
 def _report_to(key: str, value: Any, config: dict, out: Converted) -> None:
     targets = [value] if isinstance(value, str) else list(value or [])
     if "all" in targets:
@@ -223,6 +242,7 @@ def _progress_bar(key: str, value: Any, config: dict, out: Converted) -> None:
 
 # keys with a rule of their own (called once each, with the whole config)
 _HANDLED = {
+    "label_smoothing": _label_smoothing,
     "report_to": _report_to,
     "sync_ref_model": _sync_ref,
     **dict.fromkeys(SYNC_REF, _sync_ref_setting),

@@ -11,8 +11,8 @@ sections take keys beyond the schema's, and this module checks them, worded as t
 * `regularizers.f_divergence` names a link in F_DIVERGENCES, and `regularizers.f_alpha` is a parameter of it;
 * regularizers that cannot work with the chosen losses or model setup are errors naming both keys.
 A key set to null is not set: the component's own default applies (so a resolved recipe.yaml loads again); a
-key that no chosen loss takes is also accepted at a default it has in the losses that take it (recipe.yaml files
-of earlier versions hold `label_smoothing: 0.0` whatever the loss).
+key that no chosen loss takes is an error naming both keys, except `label_smoothing: 0.0`, which smooths nothing
+(recipe.yaml files of earlier versions hold it whatever the loss).
 """
 
 from __future__ import annotations
@@ -158,11 +158,6 @@ def _hyperparameter(loaded: LoadedRecipe, names: list[str], key: str, value: Any
         if problem:
             raise UserError(problem, where=loaded.source(dotted))
     out[key] = value
-
-
-def auto_keys() -> list[str]:
-    """Loss keys that take `auto` (the audit's flip-rate estimate): those some loss annotates as a LabelFlipRate."""
-    return [k for k in hyperparameter_keys() if any(_is_flip_rate(spec, k) for spec in LOSSES.values())]
 
 
 def _is_flip_rate(spec, key: str) -> bool:

@@ -125,11 +125,3 @@ def _prompt_length(completion_row: torch.Tensor, length: int) -> int:
 
 def _scatter_labels(labels: torch.Tensor, index: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor):
     return labels.index_put((index[scored],), targets[scored])
-
-
-def packed_tokens(attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> tuple[int, int]:
-    """(tokens of the ordinary layout, tokens of the shared-prompt layout) of a collated batch, padding excluded."""
-    pairs = attention_mask.size(0) // 2
-    lengths = attention_mask.sum(dim=1)
-    prompts = (attention_mask - completion_mask).clamp(min=0).sum(dim=1)[:pairs]
-    return int(lengths.sum()), int(lengths.sum() - (prompts - 1).clamp(min=0).sum())

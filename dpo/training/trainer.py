@@ -91,6 +91,7 @@ class Trainer(DPOTrainer):
         self.resumed_from: list[int] = []  # steps this run was resumed from
         self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
         full_fine_tuning = kwargs.get("peft_config") is None  # with LoRA TRL keeps no copy: the adapter is disabled
+        self._ref_model_given = kwargs.get("ref_model") is not None  # else TRL decides whether it loads a copy
         with _no_reference_copy(kwargs.get("args"), loss_plan.needs_reference or not full_fine_tuning):
             super().__init__(*args, **kwargs)
         if not loss_plan.needs_reference:
@@ -343,7 +344,14 @@ class Trainer(DPOTrainer):
         seen and keeping them (`_reference_logps`), which also skips pairs never reached; only full fine-tuning, whose
         reference copy the precompute lets go, computes them up front. A reference-free loss plan computes none (see
         `_no_reference_copy`)."""
-        if not self.loss_plan.needs_reference or is_peft_model(self.model) or self.ref_model is not None:
+        # Under FSDP TRL loads a reference copy for this pass only and frees it afterwards: precompute then, or the
+        # training pairs would find no reference but the moving policy
+        temporary_copy = self.is_fsdp_enabled and not self._ref_model_given
+        if (
+            not self.loss_plan.needs_reference
+            or is_peft_model(self.model)
+            or (self.ref_model is not None and not temporary_copy)
+        ):
             return dataset
         self._decide_prompt_sharing()  # TRL's __init__ runs this pass before ours goes on: the shared layout for it too
         return super()._precompute_ref_logps(dataset, name, batch_size)
@@ -440,8 +448,9 @@ class Trainer(DPOTrainer):
         rest = [i for i in range(pairs) if i not in set(kl_pairs)]
         parts = [(kl_pairs, self._heldout_kl_pass(model, _select_pairs(inputs, kl_pairs)))]
         ref_kl = parts[0][1][3][0]
-        for key, c, r in zip([keys[i] for i in kl_pairs], *[x.tolist() for x in ref_kl.chunk(2)], strict=True):
-            self._ref_cache.setdefault(key, (c, r))
+        if not self.args.sync_ref_model:  # TR-DPO's reference moves: nothing reads a cached value of it
+            for key, c, r in zip([keys[i] for i in kl_pairs], *[x.tolist() for x in ref_kl.chunk(2)], strict=True):
+                self._ref_cache.setdefault(key, (c, r))
         if rest:
             parts.append((rest, self._sequence_logps(model, _select_pairs(inputs, rest))))
         order = torch.tensor([i for chosen_rows, _ in parts for i in chosen_rows]).argsort()
@@ -540,7 +549,9 @@ class Trainer(DPOTrainer):
         # per-pair values, so no standard error (the noise rule then treats eval_loss as exact)
         if mode == "eval" and all(LOSSES[name].per_pair for name, _ in self.loss_plan.terms):
             self._pair_values("loss", pair_losses)
-        if self.aux_loss_enabled:
+        if self.aux_loss_enabled and mode == "train":
+            # the router's load-balancing loss trains the experts; the held-out loss is the preference loss alone, the
+            # same number at every evaluation (the held-out KL's pass scores its pairs with no router loss to add)
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
         if return_outputs:
@@ -717,7 +728,8 @@ class Trainer(DPOTrainer):
             "beta_controller": dataclasses.asdict(self.beta_controller),
             "since_eval": dict(self._since_eval),
             "total_train_tokens": self._total_train_tokens,
-            "train_loss_sum": self._total_loss_scalar + self._tr_loss.item(),
+            # transformers restarts its sum at each train(): a resumed attempt adds the attempts' before it
+            "train_loss_sum": (self._loss_sum_before or (0.0, 0))[0] + self._total_loss_scalar + self._tr_loss.item(),
             "runtime_s": self.runtime_before + time.time() - self.clock_start,
             "resumed_from": self.resumed_from,
         }

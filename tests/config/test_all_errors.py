@@ -94,3 +94,30 @@ def test_loss_names_from_elsewhere_point_at_the_loss_they_mean(written, meant):
 
 def test_an_unrelated_loss_name_gets_no_hint():
     assert loss_name_hint("xyz") == ""
+
+
+def test_knobs_that_trl_turns_off_are_errors_naming_them(tmp_path):
+    """TRL's disable_dropout (default true) zeroes LoRA's dropout; TRL 1.16 turns padding_free off; the reference
+    batch size is read only by the up-front pass of full fine-tuning. Each one set where it does nothing is an
+    error naming it; where it does something (or at the default a resolved recipe.yaml writes), it passes."""
+    recipe = {
+        "data": {"train": TRAIN},
+        "peft": {"dropout": 0.2},
+        "training": {"padding_free": True, "precompute_ref_batch_size": 4},
+    }
+    lines, code = errors_of(tmp_path, recipe)
+    where = f"error: {tmp_path / 'bad.yaml'}: "
+    assert code == 2 and sorted(lines) == [
+        where + "peft.dropout: has no effect: training.disable_dropout is true (TRL's default): TRL zeroes every "
+        "dropout, LoRA's too; set training.disable_dropout: false to keep it",
+        where + "training.padding_free: has no effect: TRL 1.16 turns it off (temporarily unavailable there) and pads",
+        where + "training.precompute_ref_batch_size: has no effect: the reference log-probs are computed up front "
+        "only with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)",
+    ]
+    fine = {
+        "data": {"train": TRAIN},
+        "peft": None,
+        "training": {"disable_dropout": False, "precompute_ref_log_probs": True, "precompute_ref_batch_size": 4},
+    }
+    assert errors_of(tmp_path, fine) == ([], 0)
+    assert errors_of(tmp_path, {"data": {"train": TRAIN}, "peft": {"dropout": 0.05}}) == ([], 0)

@@ -52,6 +52,8 @@ def test_a_trl_config_becomes_a_recipe_that_validates(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == f"wrote {out}"
     assert result.stderr.splitlines() == [
+        "not mapped: label_smoothing: TRL's sigmoid loss ignores it, so TRL trained without smoothing (for cDPO set "
+        "loss.label_smoothing in the recipe)",
         "not mapped: made_up_key: not an option of trl dpo (ScriptArguments, ModelConfig, DPOConfig)",
         "not mapped: output_dir: pass --output-dir to dpo train (default runs/<name>)",
         "not mapped: use_dora: no recipe key for DoRA",
@@ -64,7 +66,7 @@ def test_a_trl_config_becomes_a_recipe_that_validates(tmp_path):
     recipe = load_recipe(out).recipe
     assert recipe.name == "trl" and recipe.data.train == str(ARITHMETIC / "train.jsonl")
     assert recipe.loss.type == "sigmoid" and recipe.loss.beta == 0.2
-    assert recipe.loss.hyperparameters == {"label_smoothing": 0.1}
+    assert recipe.loss.hyperparameters == {}  # TRL's sigmoid never read its label_smoothing: no cDPO here either
     assert recipe.peft.r == 8 and recipe.peft.alpha == 16 and recipe.peft.target_modules == ["q_proj", "v_proj"]
     assert recipe.training == {
         "learning_rate": 5.0e-6, "num_train_epochs": 2, "per_device_train_batch_size": 4, "max_length": 256,
@@ -74,6 +76,20 @@ def test_a_trl_config_becomes_a_recipe_that_validates(tmp_path):
     assert recipe.early_stopping.metric == "eval_loss" and recipe.early_stopping.mode == "min"
     checked = check(out)  # the data too: a local file, as TRL's load_dataset would read it
     assert checked.data.card["split"]["train_pairs"] > 0
+
+
+def test_knobs_trl_ignored_are_not_turned_on_by_the_conversion(tmp_path):
+    """TRL's sigmoid loss ignores label_smoothing and its disable_dropout (true by default) zeroes LoRA's dropout:
+    the recipe keeps neither, each listed with why; where TRL reads them (robust, dropout kept on) they map."""
+    ignored = convert_trl(write(tmp_path, {"dataset_name": "x", "label_smoothing": 0.1, "use_peft": True,
+                                           "lora_dropout": 0.1}))  # fmt: skip
+    assert dict(ignored.unmapped)["lora_dropout"].startswith("TRL's disable_dropout (true unless set false) zeroes")
+    assert dict(ignored.unmapped)["label_smoothing"].startswith("TRL's sigmoid loss ignores it")
+    assert "label_smoothing" not in ignored.recipe.get("loss", {}) and ignored.recipe["peft"] == {}
+    read = convert_trl(write(tmp_path, {"dataset_name": "x", "loss_type": ["robust"], "label_smoothing": 0.1,
+                                        "use_peft": True, "lora_dropout": 0.1, "disable_dropout": False}))  # fmt: skip
+    assert read.recipe["loss"] == {"type": "robust", "label_smoothing": 0.1}
+    assert read.recipe["peft"] == {"dropout": 0.1} and read.unmapped == []
 
 
 def test_without_use_peft_trl_trains_the_full_model_and_so_does_the_recipe(tmp_path):

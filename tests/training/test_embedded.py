@@ -72,3 +72,44 @@ def test_embedded_model_trains_two_steps(tmp_path):
     [row] = generate(tmp_path / "run", prompt="What is 2 + 2?", options=GenerateOptions(max_new_tokens=4))
     assert row["prompt"] == "What is 2 + 2?" and row["trained"] and row["reference"]
     assert len(json.loads((tmp_path / "run" / "samples.json").read_text())["samples"]) == 2
+
+
+@pytest.mark.parametrize("leftover", [False, True])
+def test_processes_converting_at_once_convert_once_and_each_finds_the_model(tmp_path, monkeypatch, leftover):
+    """torchrun on a fresh cache: every process converts the embedded model at once, and one deleted the folder
+    another was loading. Under the lock one converts, the others wait and find it done; a folder without weights
+    (emptied by hand) is converted again. (Threads here stand for processes: the lock is the operating system's.)"""
+    import threading
+    import time
+
+    import dpo.models as models
+
+    monkeypatch.setenv("DPO_CACHE_DIR", str(tmp_path))
+    alias = "smollm2-135m-instruct"
+    if leftover:
+        (tmp_path / alias).mkdir()
+        (tmp_path / alias / "config.json").write_text("{}")
+    calls = []
+
+    def slow_convert(entry, name, target):
+        calls.append(name)
+        time.sleep(0.3)  # long enough for the other threads to arrive while it works
+        staged = tmp_path / f".{name}-staged"
+        staged.mkdir()
+        (staged / "model.safetensors").write_bytes(b"w")
+        (staged / "config.json").write_text("{}")
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        staged.rename(target)
+
+    monkeypatch.setattr(models, "_convert", slow_convert)
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(models.convert_embedded(alias))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [alias] and found == [tmp_path / alias] * 4
+    assert (tmp_path / alias / "model.safetensors").read_bytes() == b"w"

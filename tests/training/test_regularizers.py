@@ -255,10 +255,16 @@ def test_each_regularizer_trains_end_to_end(tiny_recipe, tmp_path, overrides):
 
 @pytest.mark.parametrize(("disable", "expected_p"), [(True, 0.0), (False, 0.3)])
 def test_dropout_is_off_by_default_and_one_key_away(tiny_recipe, tmp_path, disable, expected_p):
-    """TRL zeroes every Dropout (training.disable_dropout, default true); false keeps the LoRA dropout."""
-    checked = check(
-        tiny_recipe, ["peft.dropout=0.3", f"training.disable_dropout={str(disable).lower()}"], output_dir=tmp_path
-    )
-    trainer = build_trainer(checked, callbacks=[])
+    """TRL zeroes every Dropout (training.disable_dropout, default true); false keeps the LoRA dropout. A LoRA
+    dropout set while TRL would zero it is an error naming the key, not a knob silently ignored."""
+    from dpo.errors import UserError
+
+    if disable:
+        with pytest.raises(UserError, match=r"peft.dropout: has no effect: training.disable_dropout is true"):
+            check(tiny_recipe, ["peft.dropout=0.3"], output_dir=tmp_path)
+        overrides = ["peft.dropout=0.05"]  # the default passes (every resolved recipe.yaml writes it); zeroed too
+    else:
+        overrides = ["peft.dropout=0.3", "training.disable_dropout=false"]
+    trainer = build_trainer(check(tiny_recipe, overrides, output_dir=tmp_path), callbacks=[])
     dropouts = [m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(p == expected_p for p in dropouts)

@@ -1,0 +1,84 @@
+"""Parts of the trainer's bookkeeping checked on a bare trainer object (no model loaded): what a resumed run saves,
+and when the reference log-probs are computed up front; and a mixture-of-experts model trained and evaluated."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dpo.training.beta import BetaController
+from dpo.training.trainer import Trainer
+
+
+def bare_trainer(**attributes) -> Trainer:
+    trainer = object.__new__(Trainer)
+    for name, value in attributes.items():
+        setattr(trainer, name, value)
+    return trainer
+
+
+def test_a_checkpoint_of_a_resumed_attempt_saves_the_loss_sum_of_every_attempt():
+    """transformers restarts its loss sum at each train(): a checkpoint of the second attempt saved only that
+    attempt's, so after a second resume train_loss left out the first attempt's steps. Steps 1-2 summed to 1.5
+    before the resume; this attempt has 0.7 drained and 0.2 not yet logged: 2.4."""
+    trainer = bare_trainer(
+        beta_controller=BetaController(beta0=0.1), _since_eval={}, _total_train_tokens=0, runtime_before=0.0,
+        clock_start=time.time(), resumed_from=[2], _loss_sum_before=(1.5, 2), _total_loss_scalar=0.7,
+        _tr_loss=torch.tensor(0.2),
+    )  # fmt: skip
+    assert trainer.dpo_state()["train_loss_sum"] == pytest.approx(2.4)
+    trainer._loss_sum_before = None  # the first attempt
+    assert trainer.dpo_state()["train_loss_sum"] == pytest.approx(0.9)
+
+
+def test_under_fsdp_the_reference_is_computed_up_front_while_trls_temporary_copy_exists(monkeypatch):
+    """Full fine-tuning with training.precompute_ref_log_probs: outside FSDP TRL keeps no copy and the pass runs;
+    under FSDP TRL loads a copy for the pass alone and frees it after, so the pass must run then too (it was skipped
+    as if the copy stayed, and the training pairs then met the moving policy as their reference). A copy that stays
+    (one passed in, or TRL's without precompute) needs no pass."""
+    from trl import DPOTrainer
+
+    ran = []
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", lambda self, dataset, name, size: ran.append(name) or 1)
+
+    def precompute(fsdp: bool, copy: object | None, given: bool = False):
+        ran.clear()
+        trainer = bare_trainer(loss_plan=SimpleNamespace(needs_reference=True), model=torch.nn.Linear(1, 1),
+                               ref_model=copy, is_fsdp_enabled=fsdp, _ref_model_given=given,
+                               _decide_prompt_sharing=lambda: None)  # fmt: skip
+        return trainer._precompute_ref_logps("pairs", "train", 8), list(ran)
+
+    assert precompute(fsdp=False, copy=None) == (1, ["train"])
+    assert precompute(fsdp=True, copy=torch.nn.Linear(1, 1)) == (1, ["train"])
+    assert precompute(fsdp=False, copy=torch.nn.Linear(1, 1)) == ("pairs", [])
+    assert precompute(fsdp=True, copy=torch.nn.Linear(1, 1), given=True) == ("pairs", [])
+
+
+@pytest.mark.slow
+def test_a_mixture_of_experts_model_trains_and_evaluates_with_the_held_out_kl(tmp_path, tiny_model_dir):
+    """TRL adds the router's load-balancing loss where the model has one; the held-out KL's pass has none, and the
+    first evaluation after a step raised TypeError (None times the coefficient). The held-out loss is the preference
+    loss alone at every evaluation."""
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    from dpo.training.execute import execute
+    from tests.conftest import TINY_TRAINING, read_jsonl, tiny_recipe_dict, write_recipe
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1,
+                           max_position_embeddings=256, output_router_logits=True, router_aux_loss_coef=0.01,
+                           tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
+    model_dir = tmp_path / "tiny-mixtral"
+    MixtralForCausalLM(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    recipe = write_recipe(tmp_path / "moe.yaml", tiny_recipe_dict(model_dir, 16, TINY_TRAINING))
+    summary, _ = execute(recipe, [], tmp_path / "run")
+    evaluations = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in m]
+    assert [m["step"] for m in evaluations] == [0, 2, 4] and all("eval_kl" in m for m in evaluations[1:])
+    assert summary["steps"] == 4 and summary["stop_reason"] == "completed"
