@@ -230,17 +230,13 @@ def share_of(share: float, count: int, round_up: bool = False) -> int:
 def split_by_prompt(
     rows: list[dict], fraction: float, seed: int, where: Callable[[str], str] = lambda key: key
 ) -> tuple[list[dict], list[dict]]:
-    """Hold out a seeded `fraction` of the distinct prompts (at least one); all rows of a prompt go together.
-
-    A prompt's side comes from a hash of the seed and the prompt, not from its position in the file: rows added,
-    removed (an invalid row skipped) or reordered move at most the prompts at the boundary, where a seeded shuffle
-    of the list would deal every prompt anew."""
+    """Hold out a seeded `fraction` of the distinct prompts (at least one); all rows of a prompt go together."""
     prompts = list(dict.fromkeys(prompt_key(r["prompt"]) for r in rows))
     if len(prompts) < 2:
         raise UserError(
             "need at least 2 distinct prompts to split off held-out data", where=where("data.heldout_fraction")
         )
-    prompts.sort(key=lambda prompt: hashlib.sha256(f"{seed}\0{prompt}".encode()).digest())
+    random.Random(seed).shuffle(prompts)
     heldout = set(prompts[: max(1, min(len(prompts) - 1, share_of(fraction, len(prompts), round_up=True)))])
     train = [r for r in rows if prompt_key(r["prompt"]) not in heldout]
     held = [r for r in rows if prompt_key(r["prompt"]) in heldout]

@@ -93,24 +93,6 @@ def test_split_by_prompt_never_shares_a_prompt_and_is_seeded():
     assert split_by_prompt(rows, 0.3, seed=1) == (train, held)
 
 
-def test_a_prompt_keeps_its_side_of_the_split_when_other_rows_come_or_go():
-    """Each prompt's side is a hash of the seed and the prompt: a training prompt's rows removed (an invalid row
-    skipped), or the file reordered, leave the held-out prompts as they were; a held-out prompt removed lets in
-    one other (a seeded shuffle of the list dealt every prompt anew)."""
-    rows = [pair(f"p{i}", chosen=f"c{i}", rejected=f"r{i}") for i in range(40)]
-    _, held = split_by_prompt(rows, 0.25, seed=3)
-    held_prompts = {r["prompt"] for r in held}
-    assert len(held_prompts) == 10
-    a_train_prompt = next(r["prompt"] for r in rows if r["prompt"] not in held_prompts)
-    without = [r for r in rows if r["prompt"] != a_train_prompt]
-    assert {r["prompt"] for r in split_by_prompt(without, 0.25, seed=3)[1]} == held_prompts
-    assert {r["prompt"] for r in split_by_prompt(rows[::-1], 0.25, seed=3)[1]} == held_prompts
-    a_held_prompt = sorted(held_prompts)[0]
-    after = {r["prompt"] for r in split_by_prompt([r for r in rows if r["prompt"] != a_held_prompt], 0.25, 3)[1]}
-    assert len(after - held_prompts) == 1 and held_prompts - after == {a_held_prompt}
-    assert {r["prompt"] for r in split_by_prompt(rows, 0.25, seed=4)[1]} != held_prompts  # seeded
-
-
 def test_duplicates_dropped_and_card_counts(tmp_path):
     rows = [pair(f"p{i}") for i in range(10)] + [pair("p0"), pair("p1")]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
