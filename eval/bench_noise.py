@@ -648,10 +648,10 @@ def aggregate(done: list[dict], skipped: dict[str, str], prompts: dict[str, list
                 # a candidate not yet run on every seed may take its place
                 unrun = [m for m in choice_candidates(applicable.get(dataset, set()))
                          if not set(SEEDS) <= {r["seed"] for r in by_method.get(m, [])}]  # fmt: skip
-                chosen_on = _mean(r["validation_accuracy"] for r in by_method[best] if r["seed"] in shared)
+                # the mean it was chosen by (its row's validation_accuracy, like its test numbers, is of all its seeds)
+                chosen_by = _mean(r["validation_accuracy"] for r in by_method[best] if r["seed"] in shared)
                 rows["best_single"] = {**rows[best], "chosen": best, "chosen_on_seeds": sorted(shared),
-                                       "validation_accuracy": chosen_on,  # the mean it was chosen by
-                                       "candidates_not_run": unrun}  # fmt: skip
+                                       "chosen_by_validation": chosen_by, "candidates_not_run": unrun}  # fmt: skip
                 if "autopilot" in by_method:  # paired, on the seeds both have
                     best_by_seed = {r["seed"]: r for r in by_method[best]}
                     auto = [
@@ -835,9 +835,9 @@ def goals(cells: dict, applicable: dict[str, set[str]]) -> list[dict]:
             pending = f"; open until these have run on every seed: {', '.join(unrun)}" if unrun else ""
             found.append({"cell": key, "goal": versus_plain_goal, "met": None if unrun else diff[0] >= 0.10,
                           "detail": f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]{pending}"})  # fmt: skip
-        elif cell["noise"] == 0.3:  # the autopilot or plain DPO not run here yet, or on no seed the other has
+        elif cell["noise"] == 0.3:  # the autopilot not run here yet, or plain DPO short of one of its seeds
             found.append({"cell": key, "goal": versus_plain_goal, "met": None,
-                          "detail": f"no seed with both the autopilot and plain DPO yet: "
+                          "detail": f"the difference needs plain DPO on each of the autopilot's seeds: "
                                     f"{_seeds_run('autopilot', rows, with_plain=False)}, "
                                     f"{_seeds_run('plain', rows, with_plain=False)}"})  # fmt: skip
     return found

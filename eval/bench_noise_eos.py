@@ -81,8 +81,8 @@ def markdown(cells: dict, runs_file: Path | str) -> str:
         "",
         f"`python eval/bench_noise_eos.py` (runs: `{runs_file}`). The trainer appends EOS to plain-text answers and "
         "scores the validation pairs with it; `eval/bench_noise.py` scored the test pairs without it. Same as "
-        "recorded: retrained runs whose configuration fingerprint and test scores without EOS (reward and policy) "
-        "equal the recorded run's.",
+        "recorded: retrained runs whose configuration fingerprint, test scores without EOS (reward and policy), "
+        "validation accuracy and autopilot decisions equal the recorded run's.",
         "",
         f"| cell | method | seeds | same as recorded | validation | test {without} | vs plain | test {with_eos} "
         "| vs plain |",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from html import escape
 
 WIDTH, HEIGHT = 480, 280
@@ -87,7 +88,11 @@ def fmt(value: float) -> str:
         return f"{value:.2e}"
     if float(value).is_integer():  # step 1234 is "1234", not 1.23e+03 (nor a step 1230 that was never logged)
         return str(int(value))
-    return f"{float(f'{value:.3g}'):.15g}"  # 1234.5 -> 1230, as JavaScript's String(+v.toPrecision(3))
+    # 3 significant digits as JavaScript's String(+v.toPrecision(3)) writes them: 1234.5 -> 1230, and a tie rounded
+    # away from zero (0.5625 -> 0.563, where Python's format rounds to even: 0.562)
+    exact = Decimal(value)
+    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 2), rounding=ROUND_HALF_UP)
+    return f"{float(rounded):.15g}"
 
 
 def padded_range(values: list[float]) -> tuple[float, float]:

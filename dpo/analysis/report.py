@@ -256,7 +256,7 @@ def recipe_name(recipe_text: str) -> str | None:
     `name: 'no'`), and a long name is folded onto the next line."""
     try:
         recipe = yaml.safe_load(recipe_text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # a recipe.yaml edited into something else: the folder's name instead
         return None
     name = recipe.get("name") if isinstance(recipe, dict) else None
     return str(name) if name not in (None, "") else None

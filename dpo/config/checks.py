@@ -46,7 +46,7 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     if training.get("padding_free") is True:  # DPOTrainer.__init__ warns and sets it back to False
         no_ops.append(("training.padding_free", "TRL 1.16 turns it off (temporarily unavailable there) and pads"))
     up_front = training.get("precompute_ref_log_probs") and recipe.peft is None
-    if "precompute_ref_batch_size" in training and not up_front:
+    if training.get("precompute_ref_batch_size") is not None and not up_front:
         # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
                        "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip

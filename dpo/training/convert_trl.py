@@ -202,6 +202,21 @@ def _label_smoothing(key: str, value: Any, config: dict, out: Converted) -> None
         out.put("loss.label_smoothing", value, key)
 
 
+def _padding_free(key: str, value: Any, config: dict, out: Converted) -> None:
+    if value:  # TRL 1.16 warns and sets it back to false
+        out.unmapped.append((key, "TRL 1.16 turns it off (temporarily unavailable there) and pads"))
+    else:
+        out.put(f"training.{key}", value, key)
+
+
+def _precompute_ref_batch_size(key: str, value: Any, config: dict, out: Converted) -> None:
+    if value is not None and not (config.get("precompute_ref_log_probs") and not config.get("use_peft")):
+        # dpo computes a pair's reference log-probs with its first batch unless full fine-tuning asks for them up front
+        out.unmapped.append((key, "read only with precompute_ref_log_probs: true and full fine-tuning (no use_peft)"))
+    else:
+        out.put(f"training.{key}", value, key)
+
+
 def _report_to(key: str, value: Any, config: dict, out: Converted) -> None:
     targets = [value] if isinstance(value, str) else list(value or [])
     if "all" in targets:
@@ -243,6 +258,8 @@ def _progress_bar(key: str, value: Any, config: dict, out: Converted) -> None:
 # keys with a rule of their own (called once each, with the whole config)
 _HANDLED = {
     "label_smoothing": _label_smoothing,
+    "padding_free": _padding_free,
+    "precompute_ref_batch_size": _precompute_ref_batch_size,
     "report_to": _report_to,
     "sync_ref_model": _sync_ref,
     **dict.fromkeys(SYNC_REF, _sync_ref_setting),

@@ -4,7 +4,8 @@ TRL 1.16's `DPOTrainer._compute_loss` is one long method with an if/elif chain o
 raises on a loss it does not know and silently ignores `label_smoothing` for `sigmoid`. We override
 just that method: compute per-sequence policy and reference log-probs the way TRL does (fused LM
 head, adapter-disabled reference under PEFT, precomputed reference log-probs when asked), then hand
-them to the pure functions of `dpo/training/losses.py`, and log the same metric names TRL logs plus ours.
+them to the pure functions of `dpo/training/losses.py`, and log the same metric names TRL logs (but a
+mixture-of-experts model's `aux_loss`, which trains and is not logged) plus ours.
 
 Written against TRL 1.16 (pinned in pyproject.toml).
 """

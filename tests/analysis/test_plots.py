@@ -78,8 +78,8 @@ def test_steps_are_written_whole_and_other_values_to_three_digits():
     readout (JavaScript rounds to 3 digits): both now say 1234; 1234.5 is 1230 in both."""
     from dpo.analysis.plots import fmt
 
-    assert [fmt(v) for v in (1234, 1234.0, 1500, 1234.5, 0.123456, -0.5, 0.0, 2e5)] == [
-        "1234", "1234", "1500", "1230", "0.123", "-0.5", "0", "2.00e+05"]  # fmt: skip
+    assert [fmt(v) for v in (1234, 1234.0, 1500, 1234.5, 0.123456, -0.5, 0.0, 2e5, 0.5625, -0.5625)] == [
+        "1234", "1234", "1500", "1230", "0.123", "-0.5", "0", "2.00e+05", "0.563", "-0.563"]  # fmt: skip
     chart = line_chart("loss", [Series("run", [(1234.0, 0.5)], "#000")], (0.0, 2000.0))
     assert "run: step 1234, 0.5</title>" in chart
 
@@ -96,7 +96,7 @@ def test_the_scripts_fmt_writes_what_pythons_does():
         pytest.skip("node is not installed")
     start = INTERACTIVE_JS.index("function fmt(v)")
     body = INTERACTIVE_JS[start : INTERACTIVE_JS.index("function tickText", start)]
-    values = [1234, 1500, 1234.5, 0.123456, -0.5, 0, 99999, 0.001]
+    values = [1234, 1500, 1234.5, 0.123456, -0.5, 0, 99999, 0.001, 0.5625, -0.5625, 999.5, 0.0015]
     out = subprocess.run([node, "-e", f"{body}\nconsole.log(JSON.stringify({json.dumps(values)}.map(fmt)));"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr

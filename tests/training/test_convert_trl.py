@@ -79,8 +79,9 @@ def test_a_trl_config_becomes_a_recipe_that_validates(tmp_path):
 
 
 def test_knobs_trl_ignored_are_not_turned_on_by_the_conversion(tmp_path):
-    """TRL's sigmoid loss ignores label_smoothing and its disable_dropout (true by default) zeroes LoRA's dropout:
-    the recipe keeps neither, each listed with why; where TRL reads them (robust, dropout kept on) they map."""
+    """TRL's sigmoid loss ignores label_smoothing and its disable_dropout (true by default) zeroes LoRA's dropout;
+    TRL 1.16 turns padding_free off; the reference batch size does nothing under LoRA: the recipe keeps none of
+    them, each listed with why; where TRL reads them (robust, dropout kept on) they map."""
     ignored = convert_trl(write(tmp_path, {"dataset_name": "x", "label_smoothing": 0.1, "use_peft": True,
                                            "lora_dropout": 0.1}))  # fmt: skip
     assert dict(ignored.unmapped)["lora_dropout"].startswith("TRL's disable_dropout (true unless set false) zeroes")
@@ -90,6 +91,10 @@ def test_knobs_trl_ignored_are_not_turned_on_by_the_conversion(tmp_path):
                                         "use_peft": True, "lora_dropout": 0.1, "disable_dropout": False}))  # fmt: skip
     assert read.recipe["loss"] == {"type": "robust", "label_smoothing": 0.1}
     assert read.recipe["peft"] == {"dropout": 0.1} and read.unmapped == []
+    off = convert_trl(write(tmp_path, {"dataset_name": "x", "use_peft": True, "padding_free": True,
+                                       "precompute_ref_batch_size": 4}))  # fmt: skip
+    assert [key for key, _ in off.unmapped] == ["padding_free", "precompute_ref_batch_size"]
+    assert "training" not in off.recipe  # and the recipe validates (convert_trl checks it)
 
 
 def test_without_use_peft_trl_trains_the_full_model_and_so_does_the_recipe(tmp_path):
