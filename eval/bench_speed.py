@@ -171,7 +171,7 @@ def run_one(dataset: str, setting: str, impl: str, quick: bool) -> dict:
     result["eval_s"] = time.perf_counter() - started
     result["eval_rewards/accuracies"] = metrics.get("eval_rewards/accuracies")
     if impl == "ours":
-        result["layouts"] = dict(trainer.layouts_used)  # batches per layout, training and evaluation
+        result["layouts"] = dict(trainer.layouts_used)  # forward passes per layout, training and evaluation
         result["policy_forward_s"] = _policy_forward_s(trainer, torch)
     tokens = _tokens_per_pair(trainer)
     timed = timer.times[warmup:]

@@ -75,7 +75,8 @@ class Trainer(DPOTrainer):
         self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
         self._share_prompt_wanted, self._sharing_decided = share_prompt, False
         self._causal_needs_no_mask = False
-        self.layouts_used = {"shared": 0, "two_sequences": 0}  # batches per layout (the benchmark reports them)
+        # forward passes per layout (policy, reference and the held-out KL's each count; the benchmark reports them)
+        self.layouts_used = {"shared": 0, "two_sequences": 0}
         self._neftune_length: int | None = None
         # Reference log-probs by pair content (see _reference_logps): the held-out pairs' always, the training pairs'
         # with training.precompute_ref_log_probs. Valid while the reference is fixed (not with TR-DPO's sync).
@@ -325,15 +326,11 @@ class Trainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         """TRL's reference forward (used by its precompute too), through our `_sequence_logps`: the prompt shared."""
-        adapter_context = contextlib.nullcontext()
-        if self.ref_model is None and is_peft_model(self.model):
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            adapter = "ref" if "ref" in unwrapped.peft_config else None
-            adapter_context = use_adapter(unwrapped, adapter_name=adapter)
+        _, reference_context = self._reference()  # the adapter disabled under PEFT
         with (
             torch.no_grad(),
             disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
-            adapter_context,
+            reference_context(),
             self.accelerator.autocast(),
         ):
             _, logps, _ = self._sequence_logps(model, inputs, noise=False)
