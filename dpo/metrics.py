@@ -232,6 +232,17 @@ EVAL_METRICS: dict[str, str] = {m.held_out_name: m.meaning for m in METRICS if m
 # The held-out numbers a person checks first: console summary, progress line, report headline, wandb summary.
 HEADLINE: tuple[str, ...] = tuple(m.held_out_name for m in METRICS if m.headline and m.in_held_out)
 
+
+def headline_values(summary: dict) -> list[tuple[str, list]]:
+    """Each headline held-out metric with its values at step 0, at the best step and at the end, as summary.json
+    records them (`initial_metrics`, `best_metrics`, `final_metrics`): the table the console, the report, the
+    comparison page and the model card show. None where a value, or a whole part (null, or not an object), is
+    missing."""
+    parts = [summary.get(key) for key in ("initial_metrics", "best_metrics", "final_metrics")]
+    parts = [part if isinstance(part, dict) else {} for part in parts]
+    return [(name, [part.get(name) for part in parts]) for name in HEADLINE]
+
+
 # The held-out metrics that are means over pairs: the trainer logs each one's standard error (eval_se/<name>).
 PER_PAIR: tuple[str, ...] = tuple(m.name for m in METRICS if m.per_pair and m.in_held_out)
 

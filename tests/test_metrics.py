@@ -141,3 +141,16 @@ def test_every_key_a_run_logs_is_in_the_table(tiny_recipe, tmp_path):
     steps = [e for e in events if "grad_norm" in e]
     end = ("train_", "total_flos")  # transformers' end-of-training event
     assert {m.name for m in METRICS if m.in_train and not m.name.startswith(end)} <= set(steps[-1])
+
+
+def test_the_headline_table_reads_each_part_of_a_summary_and_a_missing_one_as_empty():
+    """One reading of summary.json's step-0 / best / end metrics for the console, the report, the comparison page
+    and the model card (four copies, each guarding a missing part its own way, before)."""
+    from dpo.metrics import HEADLINE, headline_values
+
+    first = HEADLINE[0]
+    summary = {"initial_metrics": {first: 0.7}, "best_metrics": None, "final_metrics": [1]}
+    rows = headline_values(summary)
+    assert [name for name, _ in rows] == list(HEADLINE)
+    assert rows[0] == (first, [0.7, None, None]) and all(values == [None] * 3 for _, values in rows[1:])
+    assert headline_values({}) == [(name, [None, None, None]) for name in HEADLINE]

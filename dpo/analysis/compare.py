@@ -18,7 +18,7 @@ from dpo.analysis.diagnostics import onset_not_checked_in
 from dpo.analysis.plots import PALETTE, Marker, Series, line_chart
 from dpo.analysis.report import cell_text, compact_text, html_page, metric_series, recipe_name
 from dpo.errors import UserError
-from dpo.metrics import HEADLINE
+from dpo.metrics import HEADLINE, headline_values
 from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.files import METRICS_LOG, RECIPE, RECIPE_CHANGES, SUMMARY, read_json_object, read_metrics, read_text
 from dpo.rundir.secrets import redact
@@ -109,8 +109,7 @@ def _summary_table(runs: list[dict]) -> str:
             f"<td class=num>{cell_text(s.get('best_step'))} <small>({escape(str(best.get('name', '-')))})</small></td>",
             f"<td class=num>{cell_text(onset) if onset is not None else no_onset}</td>",
         ]
-        for metric in HEADLINE:
-            values = [(s.get(k) or {}).get(metric) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+        for _, values in headline_values(s):
             cells.append(f"<td class=num>{' / '.join(cell_text(v) for v in values)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dpo.metrics import HEADLINE
+from dpo.metrics import headline_values
 
 
 def print_summary(summary: dict, console: Console | None = None) -> None:
@@ -21,8 +21,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_column("start (step 0)", justify="right")
     table.add_column(f"best (step {summary['best_step']})", justify="right")
     table.add_column(f"end (step {summary['final_metrics'].get('eval_step')})", justify="right")
-    for name in HEADLINE:
-        cells = [summary[k].get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+    for name, cells in headline_values(summary):
         table.add_row(name, *(_number(v) for v in cells))
     console.print(table)
     console.print(

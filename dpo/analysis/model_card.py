@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from dpo.analysis.diagnostics import ONSET_NOT_APPLICABLE, onset_not_checked_in
-from dpo.metrics import HEADLINE
+from dpo.metrics import headline_values
 from dpo.models import EMBEDDED_MODELS, package_version
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
@@ -145,8 +145,7 @@ def _results(summary: dict) -> list[str]:
         f"| metric | before training (step 0) | best (step {summary.get('best_step')}) | end (step {final_step}) |",
         "|---|---|---|---|",
     ]
-    for name in HEADLINE:
-        cells = [(summary.get(k) or {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+    for name, cells in headline_values(summary):
         out.append(f"| {name} | " + " | ".join(_num(v) for v in cells) + " |")
     block = summary.get("overfitting") or {}
     out += ["", "## Overfitting", ""]

@@ -38,7 +38,7 @@ from dpo.analysis.plots import (
     scatter_chart,
 )
 from dpo.errors import UserError
-from dpo.metrics import HEADLINE, METRICS
+from dpo.metrics import METRICS, headline_values
 from dpo.rundir.atomic import atomic_write_text
 from dpo.rundir.files import (
     DATA_CARD,
@@ -307,8 +307,7 @@ def cell_text(value) -> str:
 
 def _headline_table(summary: dict) -> str:
     rows = []
-    for name in HEADLINE:
-        cells = [(summary.get(k) or {}).get(name) for k in ("initial_metrics", "best_metrics", "final_metrics")]
+    for name, cells in headline_values(summary):
         rows.append(
             f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{cell_text(v)}</td>" for v in cells) + "</tr>"
         )
