@@ -94,6 +94,7 @@ def plan(source: str, options=None, given=()):
     options = options or PlanOptions()
     recipe_file = resolve_recipe_path(source)
     if recipe_file.suffix not in RECIPE_SUFFIXES:
+        _lora_targets_apply(options, given)
         return build_plan(source, options)
     from dpo.config.loading import load_recipe
     from dpo.plan.recipe_options import options_for_recipe
@@ -116,9 +117,16 @@ def plan(source: str, options=None, given=()):
             " or give --reference for another setup",
             where=loaded.where("regularizers.sync_ref"),
         )
+    _lora_targets_apply(chosen, given)
     planned = build_plan(loaded.recipe.model.name_or_path, chosen)
     planned.recipe = str(source)
     return planned
+
+
+def _lora_targets_apply(options, given) -> None:
+    """--lora-targets on a plan of full fine-tuning (--full, or a recipe without LoRA) would be ignored."""
+    if "lora_targets" in given and options.lora_rank is None:
+        raise UserError("applies only with LoRA: this plan is of full fine-tuning", where="--lora-targets")
 
 
 def convert_trl(config: str | Path, output: str | Path | None = None):

@@ -37,25 +37,11 @@ class ParameterCount:
     method: str = "meta-device"
 
 
-def as_config(config):
-    """A transformers config from a config object or a config.json dict."""
-    if isinstance(config, dict):
-        from transformers import AutoConfig
-
-        data = dict(config)
-        model_type = data.pop("model_type", None)
-        if model_type is None:
-            raise UserError("config has no 'model_type'")
-        return AutoConfig.for_model(model_type, **data)
-    return config
-
-
 def meta_model(config):
     """The causal LM `config` describes, built on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = as_config(config)
     try:
         with torch.device("meta"):
             # a copy: building a model writes into its config (the attention implementation it picked)

@@ -99,8 +99,9 @@ def fit(arch: Architecture, total: int, options: PlanOptions) -> tuple[int, list
             return best, advice + [f"{prefix}together: {'; '.join(labels)}: batch {asked} fits (up to {b})"]
     if not best:
         for seq_len in (options.seq_len // 2, options.seq_len // 4):
-            if seq_len >= 2 and largest({**combined, "seq_len": seq_len}):
-                return best, advice + [f"together: {'; '.join(labels)}; and cut sequences to {seq_len} tokens"]
+            if seq_len >= 2 and (fits := largest({**combined, "seq_len": seq_len})):
+                cut = f"cut sequences to {seq_len} tokens (up to batch {fits} there)"
+                return best, advice + [f"together: {'; '.join(labels)}; and {cut}" if labels else cut]
         smallest = estimate(arch, total, replace(options, **combined, batch_size=1))["memory"]
         even_with = f" even with: {'; '.join(labels)}" if labels else ""
         advice.append(

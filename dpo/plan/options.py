@@ -6,6 +6,7 @@ Every `PlanOptions` field is a `dpo plan` option: dpo/cli.py builds the command'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,5 +131,5 @@ class PlanOptions:
             raise UserError("plan option reference='adapter' needs LoRA (set lora_rank)")
         if self.lora_rank is not None and self.reference == "synced":
             raise UserError("plan option reference='synced' needs full fine-tuning (--full): TR-DPO syncs a full copy")
-        if self.gpu_memory_gib is not None and self.gpu_memory_gib <= 0:
-            raise UserError(f"plan option gpu_memory_gib must be positive, got {self.gpu_memory_gib}")
+        if self.gpu_memory_gib is not None and not (math.isfinite(self.gpu_memory_gib) and self.gpu_memory_gib > 0):
+            raise UserError(f"plan option gpu_memory_gib must be a positive number, got {self.gpu_memory_gib}")

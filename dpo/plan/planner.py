@@ -144,12 +144,12 @@ def build_plan(source: str, options: PlanOptions | None = None) -> Plan:
     options = options or PlanOptions()
     options.validate()
     config = _load_config(source)
-    try:
+    try:  # a config that builds no model, or one whose layers cannot be read: an error naming the source
         model = meta_model(config)
+        count = count_parameters(model)
+        arch = describe(model)
     except UserError as exc:
         raise UserError(str(exc), where=source) from exc
-    count = count_parameters(model)
-    arch = describe(model)
     notes = []
     if options.lora_rank and lora_parameters(arch, options.lora_rank, options.lora_targets) == 0:
         # the count stands whatever the adapter; the memory plan is then the one setup that applies, full fine-tuning

@@ -4,7 +4,8 @@ directory is claimed, before anything else is written; the run directory gets au
 
 epsilon for `auto` is the expected share of flipped labels in the pairs the run trains on: the mean p_flipped over
 them (a dropped suspect takes its p_flipped away, a flipped one turns p into 1 - p). Without drop or flip this is
-the mixture's estimate itself (EM's fixed point: the estimate is the mean of the posteriors). It is capped below 0.5,
+the mixture's estimate itself once EM has converged (at its fixed point the estimate is the mean of the posteriors;
+after its 500 iterations a slow fit may leave them apart in the last decimals). It is capped below 0.5,
 where cDPO's target and rDPO's correction stop making sense.
 """
 

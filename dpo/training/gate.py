@@ -125,6 +125,11 @@ def check(
     _check_score_gaps(loaded, plan, data)
     train_pairs = len(data.train)
     audit = recipe.data.audit
+    if audit is not None and audit.share is not None and share_of(audit.share, train_pairs) == 0:
+        raise UserError(  # as audit_use.suspects counts them: rounded down
+            f"has no effect: {audit.share} of the {train_pairs} training pairs is no pair",
+            where=loaded.where("data.audit.share"),
+        )
     if audit is not None and audit.suspects == "drop" and audit.share is not None:  # a count known before the audit
         train_pairs -= share_of(audit.share, train_pairs)  # as audit_use.suspects counts them
     dropped_by_threshold = audit is not None and audit.suspects == "drop" and audit.threshold is not None
@@ -197,12 +202,24 @@ def _check_model(loaded: LoadedRecipe) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _module_names(name_or_path: str) -> tuple[str, ...]:
-    """The full names of the model's modules, from a model built on the meta device (no weights)."""
+def _module_names(name_or_path: str) -> tuple[tuple[str, bool], ...]:
+    """The full name of each of the model's modules, and whether LoRA can adapt it, from a model built on the meta
+    device (no weights)."""
     from dpo.models import load_config
     from dpo.plan.count import meta_model
 
-    return tuple(name for name, _ in meta_model(load_config(name_or_path)).named_modules() if name)
+    return tuple((name, _lora_wraps(m)) for name, m in meta_model(load_config(name_or_path)).named_modules() if name)
+
+
+def _lora_wraps(module) -> bool:
+    """A module kind PEFT's LoRA adapts (peft/tuners/lora/model.py: its dispatchers, quantized kinds aside); any other
+    matched module (a block such as `mlp`, an activation) makes PEFT raise, after the run directory is made."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d,
+             torch.nn.MultiheadAttention, Conv1D)  # fmt: skip
+    return isinstance(module, kinds)
 
 
 def _check_lora_targets(loaded: LoadedRecipe) -> None:
@@ -221,11 +238,18 @@ def _check_lora_targets(loaded: LoadedRecipe) -> None:
         names = _module_names(model.name_or_path)
     except (UserError, OSError, ValueError):
         return  # a model that cannot be built is _check_model's error, or training's
-    missing = [t for t in peft.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if missing:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+    matched = {t: [wraps for n, wraps in names if n == t or n.endswith(f".{t}")] for t in peft.target_modules}
+    adaptable = ", ".join(sorted({n.rsplit(".", 1)[-1] for n, wraps in names if wraps}))
+    if missing := [t for t, kinds in matched.items() if not kinds]:
         raise UserError(
-            f"{', '.join(missing)}: no module of {model.name_or_path} has that name (its modules: {', '.join(leaves)})",
+            f"{', '.join(missing)}: no module of {model.name_or_path} has that name (the layers LoRA adapts: "
+            f"{adaptable})",
+            where=where,
+        )
+    if blocks := [t for t, kinds in matched.items() if not all(kinds)]:
+        raise UserError(
+            f"{', '.join(blocks)}: not a layer LoRA adapts (Linear, Embedding, Conv, MultiheadAttention; those of "
+            f"{model.name_or_path}: {adaptable})",
             where=where,
         )
 

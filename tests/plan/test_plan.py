@@ -572,3 +572,16 @@ def test_configs_transformers_refuses_are_one_error_line(tmp_path, change, messa
     (folder / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read the model config: It looks like the config file"):
         build_plan(str(folder))
+
+
+def test_cutting_sequences_is_advised_on_its_own_when_no_other_change_is_left(tmp_path):
+    """LoRA, bfloat16 weights and gradient checkpointing already on: the advice read "together: ; and cut
+    sequences to ..."; it names the cut alone, and the batch that fits at that length."""
+    from dataclasses import replace
+
+    source = smol_like(tmp_path)
+    options = PlanOptions(lora_rank=16, dtype="bfloat16", gradient_checkpointing=True, batch_size=1, seq_len=2048)
+    long, half = (build_plan(source, replace(options, seq_len=n)).memory["total"] for n in (2048, 1024))
+    plan = build_plan(source, replace(options, gpu_memory_gib=(long + half) / 2 / GPU_HEADROOM / GIB))
+    assert plan.max_batch_size == 0
+    assert plan.suggestions[-1].startswith("cut sequences to 1024 tokens (up to batch ")

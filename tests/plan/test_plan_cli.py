@@ -161,3 +161,27 @@ def test_dpo_plan_of_a_bad_recipe_is_a_user_error(tmp_path):
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "bad.yaml")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'bad.yaml'}: ")
+
+
+def test_plan_options_that_would_be_ignored_or_meaningless_are_errors(tmp_path, tiny_model_dir):
+    """--lora-targets on a plan of full fine-tuning (--full, or a recipe without LoRA) did nothing; --gpu-memory nan
+    fitted nothing and inf fitted everything; a config whose layers cannot be read named no file."""
+    from transformers import LlamaConfig
+
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    config = str(tiny_model_dir / "config.json")
+    with pytest.raises(UserError, match=r"^--lora-targets: applies only with LoRA"):
+        api.plan(config, PlanOptions(lora_rank=None, lora_targets=("q_proj",)), given=("lora_rank", "lora_targets"))
+    full = write_recipe(tmp_path / "full.yaml", {**tiny_recipe_dict(tiny_model_dir, 8, {}), "peft": None})
+    with pytest.raises(UserError, match=r"^--lora-targets: applies only with LoRA"):
+        api.plan(str(full), PlanOptions(lora_targets=("q_proj",)), given=("lora_targets",))
+    assert api.plan(config, PlanOptions(lora_targets=("q_proj",)), given=("lora_targets",)).options.lora_rank
+    for memory in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(UserError, match="gpu_memory_gib must be a positive number"):
+            api.plan(config, PlanOptions(gpu_memory_gib=memory), given=("gpu_memory_gib",))
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=0, num_attention_heads=4,
+                vocab_size=100).save_pretrained(tmp_path / "empty")  # fmt: skip
+    with pytest.raises(UserError) as caught:
+        api.plan(str(tmp_path / "empty" / "config.json"))
+    assert str(caught.value).startswith(str(tmp_path / "empty" / "config.json"))

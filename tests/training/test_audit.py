@@ -157,6 +157,14 @@ def test_data_audit_user_errors(audit_recipe, tmp_path, override, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_share_of_suspects_that_rounds_to_no_pair_is_an_error(audit_recipe):
+    """0.02 of the 19 training pairs (24 rows, a duplicate dropped, a fifth of the prompts held out) is no pair:
+    the drop would do nothing, unsaid; 0.1 is one pair."""
+    with pytest.raises(UserError, match=r"data.audit.share: has no effect: 0.02 of the 19 training pairs is no pair"):
+        check(audit_recipe, ["data.audit.suspects=drop", "data.audit.share=0.02"])
+    assert check(audit_recipe, ["data.audit.suspects=flip", "data.audit.share=0.1"]).recipe.data.audit.share == 0.1
+
+
 def test_data_audit_refuses_an_output_it_cannot_write_before_scoring(audit_recipe, tmp_path):
     """The output folder is checked before the minutes of scoring, not when audit.json is written."""
     afile = tmp_path / "afile"

@@ -98,6 +98,7 @@ def test_full_finetuning_changes_policy_not_reference(tiny_recipe, tiny_model_di
         ("[qproj]", "qproj: no module of"),  # PEFT fails too, but after the run directory is made
         ("[q_proj, vproj]", "vproj: no module of"),  # PEFT would adapt q_proj alone, silently
         ("[all-linear]", "all-linear is a value of its own"),  # PEFT reads a list entry as a module's name
+        ("[q_proj, mlp]", "mlp: not a layer LoRA adapts"),  # a block: PEFT raises after the run directory is made
     ],
 )
 def test_lora_targets_that_match_no_module_are_refused_before_the_run_directory(tiny_recipe, tmp_path, targets,
