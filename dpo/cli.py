@@ -21,6 +21,7 @@ from dpo import api
 from dpo.analysis.evaluate import DECODINGS
 from dpo.errors import RunFailed, UserError, one_line
 from dpo.plan.options import PlanOptions
+from dpo.rundir.resume import has_previous_attempt
 from dpo.rundir.secrets import redact, redact_standard_streams
 from dpo.sweep.spec import help_text as sweep_help
 
@@ -139,6 +140,14 @@ def validate(
         _fail(exc)
     for warning in checked.warnings:
         typer.echo(redact(f"warning: {warning}"), err=True)
+    if has_previous_attempt(checked.run_dir):  # train's one check that reads what is there, not the recipe
+        typer.echo(
+            redact(
+                f"warning: {checked.run_dir}: holds a run already: dpo train refuses it unless --resume continues it; "
+                "choose another --output-dir for a new run"
+            ),
+            err=True,
+        )
     split = checked.data.card["split"]
     terms = " + ".join(f"{w:g}*{n}" if w != 1 else n for n, w in checked.loss_plan.terms)
     typer.echo(  # redacted: a model path may hold a secret (a token in a URL or folder name)

@@ -81,6 +81,21 @@ def test_validate_ok(good):
     assert "loss sigmoid (beta=0.2)" in proc.stdout and "held-out pairs" in proc.stdout
 
 
+def test_validate_warns_that_train_would_refuse_a_run_directory_in_use(good, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = invoke_dpo("validate", good, "--output-dir", run_dir)
+    assert proc.returncode == 0 and proc.stderr == ""  # an empty or missing directory: nothing to warn of
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    proc = invoke_dpo("validate", good, "--output-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"warning: {run_dir}: holds a run already: dpo train refuses it unless --resume continues it; "
+        "choose another --output-dir for a new run"
+    ]
+    assert proc.stdout.startswith("ok: ")
+
+
 @pytest.mark.parametrize(
     ("name", "fragment"),
     [
