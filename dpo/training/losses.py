@@ -193,7 +193,9 @@ def discopop(
     """
     z = beta * (chosen_scores - rejected_scores)
     m = torch.sigmoid(z / discopop_tau)
-    return (1 - m) * logistic(z) + m * torch.exp(-z)
+    # m * exp(-z) as exp(log m - z): for z below -88.7 exp(-z) overflows float32 while m underflows to 0, and
+    # 0 * inf is NaN; the product itself is finite (about -z there, where the logistic term takes over)
+    return (1 - m) * logistic(z) + torch.exp(F.logsigmoid(z / discopop_tau) - z)
 
 
 def sigmoid_norm(
@@ -470,8 +472,10 @@ def reverse_kl_scores(logratios: Tensor) -> Tensor:
 
 
 def forward_kl_scores(logratios: Tensor) -> Tensor:
-    """f'(t) = 1 - 1/t."""
-    return 1 - torch.exp(-logratios)
+    """f'(t) = 1 - 1/t. The exponent is capped at 80 (as the alpha link's is): a summed log-ratio below -88.7 nats,
+    common for a long rejected answer, would make exp overflow float32 and the loss NaN; at 80 the score is
+    already -5.5e34, far past where any loss of it saturates."""
+    return 1 - torch.exp((-logratios).clamp(max=80.0))
 
 
 def js_divergence_scores(logratios: Tensor) -> Tensor:

@@ -273,6 +273,30 @@ def test_discopop():
     assert_close(losses.discopop(t(0, LN3), t(0, 0), beta=1.0), t(0.5 * L0 + 0.5, 1 / 3))
 
 
+
+def test_discopop_stays_finite_far_below_zero():
+    """At z = beta * Delta = -100 (float32: e^100 overflows, m = s(-2000) underflows to 0) the modulated term m e^-z
+    is e^(log s(z / tau) - z) ~ e^(-2000 + 100) = 0 and the loss is the logistic term l(-100) = 100 (to 1e-43), with
+    gradient -1 in Delta. The old product 0 * inf gave NaN, and a NaN loss stops the run."""
+    f32 = torch.float32  # where the old form overflowed (float64 reaches e^709)
+    chosen = torch.tensor([0.0, 0.0], dtype=f32, requires_grad=True)
+    loss = losses.discopop(chosen, torch.tensor([90.0, 100.0], dtype=f32), beta=1.0)
+    assert_close(loss, torch.tensor([90.0, 100.0], dtype=f32))
+    loss.sum().backward()
+    assert_close(chosen.grad, torch.tensor([-1.0, -1.0], dtype=f32))
+
+
+def test_forward_kl_link_caps_its_exponent():
+    """f'(t) = 1 - e^-u: at u = -100 e^100 overflows float32 (the score -inf, the loss NaN); capped at e^80, as the
+    alpha link is, the score is 1 - e^80 and the sigmoid loss of chosen u = 0 against it is l(beta * e^80) = 0."""
+    f32 = torch.float32  # where e^100 overflows (float64 reaches e^709)
+    scores = losses.forward_kl_scores(torch.tensor([0.0, -1.0, -100.0], dtype=f32))
+    assert_close(scores, torch.tensor([0.0, 1 - math.e, 1 - math.exp(80)], dtype=f32))
+    assert torch.isfinite(scores).all()
+    rejected = losses.forward_kl_scores(torch.tensor([-100.0, -100.0], dtype=f32))
+    loss = losses.sigmoid(losses.forward_kl_scores(torch.tensor([0.0, -1.0], dtype=f32)), rejected, beta=0.1)
+    assert torch.isfinite(loss).all() and loss.max() < 1e-30
+
 def test_sigmoid_norm():
     """Length-normalised DPO: l(beta * (s_w / |y_w| - s_l / |y_l|)), beta = 1/2.
 
