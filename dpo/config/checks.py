@@ -23,7 +23,7 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     if stopping.patience is None:
         if stopping.warmup_steps:
             no_ops.append(("early_stopping.warmup_steps", "early_stopping.patience is not set"))
-        if stopping.min_delta:
+        if stopping.min_delta and not recipe.autopilot.enabled:  # the autopilot's plateau and best read it
             no_ops.append(("early_stopping.min_delta", "early_stopping.patience is not set"))
     if not logging.wandb:
         if logging.wandb_project != "dpo-toolkit" or logging.wandb_mode != "auto":

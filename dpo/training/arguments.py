@@ -296,6 +296,16 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
                 f"must be above 0 (a number of steps, or below 1 a fraction of the run), got {value:g}",
                 where=loaded.where(f"training.{key}"),
             )
+    if str(getattr(kwargs.get("save_strategy"), "value", kwargs.get("save_strategy"))) == "best":
+        # transformers saves under "best" only when its own metric_for_best_model improves, which dpo leaves unset
+        # (early_stopping.metric is watched by our callback): no checkpoint would be written, nothing to resume or
+        # restore
+        raise UserError(
+            "'best' saves only when transformers' metric_for_best_model improves, which dpo does not use: no "
+            "checkpoint would be written; early_stopping.patience keeps and restores the best checkpoint "
+            "(early_stopping.metric), and the default saves at every evaluation",
+            where=loaded.where("training.save_strategy"),
+        )
     try:
         with warnings.catch_warnings():
             # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on

@@ -225,3 +225,32 @@ def test_resolved_recipe_round_trips(base, tmp_path):
     recipe = load_recipe(base, ["loss.beta=0.2"]).recipe
     again = write(tmp_path / "resolved.yaml", recipe.to_yaml())
     assert load_recipe(again).recipe == recipe
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (
+            ["early_stopping.min_delta=0.02"],
+            "early_stopping.min_delta: has no effect: early_stopping.patience is not set",
+        ),
+        (
+            ["early_stopping.warmup_steps=5"],
+            "early_stopping.warmup_steps: has no effect: early_stopping.patience is not set",
+        ),
+        # the autopilot's plateau rule and the checkpoint it keeps read min_delta; warmup it ignores
+        (["early_stopping.min_delta=0.02", "autopilot.enabled=true"], None),
+        (["early_stopping.warmup_steps=5", "autopilot.enabled=true"], "early_stopping.warmup_steps: has no effect"),
+        (["early_stopping.min_delta=0.02", "early_stopping.patience=2"], None),
+    ],
+)
+def test_early_stopping_keys_without_patience(base, overrides, error):
+    from dpo.config.checks import check_no_op_keys
+
+    loaded = load_recipe(base, overrides)
+    if error is None:
+        check_no_op_keys(loaded)
+        return
+    with pytest.raises(UserError) as err:
+        check_no_op_keys(loaded)
+    assert str(err.value).startswith(f"--set: {error}")
