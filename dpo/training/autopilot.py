@@ -61,7 +61,7 @@ def audit_flip_rate(card: dict) -> float | None:
 class Controls:
     """The controls the autopilot may change; None where the recipe's losses do not take one."""
 
-    nll_weight: float = 0.0
+    nll_weight: float | None = 0.0  # None: a loss of the recipe holds the NLL term itself (ORPO): no second one
     dpop_lambda: float | None = None
     label_smoothing: float | None = None
     shift_lambda: float | None = None  # DPO-Shift's factor on the rejected log-ratio; 1.0 on a plain (c)DPO run
@@ -82,6 +82,8 @@ class Controls:
         elif shift is None and UNSHIFTED in names and plan.f_divergence == PLAIN_DPO_LINK:
             shift = 1.0  # sigmoid takes the linked scores, DPO-Shift the log-ratios: the same only under reverse KL
         nll = float(sum(weight for name, weight in plan.terms if name == NLL_TERM))
+        if any(LOSSES[name].includes_nll for name in names if name != NLL_TERM):
+            nll = None  # the recipe check refuses an NLL term beside one: the autopilot must not add it either
         return cls(nll_weight=nll, dpop_lambda=taken("dpop_lambda"), label_smoothing=taken("label_smoothing"),
                    shift_lambda=shift)  # fmt: skip
 
@@ -92,11 +94,14 @@ class Controls:
         names = [name for name, _ in plan.terms]
         swap = self.shift_lambda is not None and self.shift_lambda < 1 and SHIFTED not in names
         terms = [(SHIFTED if swap and name == UNSHIFTED else name, w) for name, w in plan.terms if name != NLL_TERM]
-        if self.nll_weight > 0:
+        if self.nll_weight:
             terms.append((NLL_TERM, self.nll_weight))
         hyperparameters = dict(plan.hyperparameters)
+        as_recipe = Controls.of(plan)
         for key in ("dpop_lambda", "label_smoothing"):
-            if getattr(self, key) is not None:
+            # only a value a rule changed: the one Controls.of read is the first loss's default, and writing it would
+            # give it to every loss that takes the key (EXO's label_smoothing is its epsilon, which must stay > 0)
+            if getattr(self, key) is not None and getattr(self, key) != getattr(as_recipe, key):
                 hyperparameters[key] = getattr(self, key)
         if self.shift_lambda is not None and any(name == SHIFTED for name, _ in terms):  # None: the recipe schedules it
             hyperparameters["shift_lambda"] = self.shift_lambda
@@ -269,6 +274,8 @@ def _raise_anchor(c: Controls, s: Settings) -> dict | None:
             old, c.dpop_lambda = c.dpop_lambda, round(new, 6)
             return {"loss.dpop_lambda": [old, c.dpop_lambda]}
         return None
+    if c.nll_weight is None:
+        return None  # a loss holds the NLL term already (ORPO)
     new = min(s["max_nll_weight"], c.nll_weight + s["nll_weight_step"])
     if new <= c.nll_weight + 1e-12:
         return None
@@ -539,6 +546,10 @@ def _dead_keys(plan: LossPlan, controls: Controls) -> dict[str, str]:
     if controls.dpop_lambda is not None:
         why = "the displacement rule raises loss.dpop_lambda, which a loss in loss.type takes, never the NLL term"
         return dict.fromkeys(_NLL_KEYS, why)
+    if controls.nll_weight is None:
+        holders = ", ".join(name for name, _ in plan.terms if LOSSES[name].includes_nll)
+        why = f"{holders} in loss.type holds the NLL term already, so the displacement rule has nothing to raise"
+        return dict.fromkeys((*_DISPLACEMENT_KEYS, *_NLL_KEYS), why)
     return {}
 
 

@@ -67,7 +67,7 @@ def test_shift_control_turns_dpo_into_dpo_shift_and_keeps_the_smoothing():
     controls.lr_factor = 0.5
     unchanged = controls.loss_plan(scheduled)
     assert unchanged.terms == scheduled.terms
-    assert unchanged.hyperparameters == {**scheduled.hyperparameters, "label_smoothing": 0.0}  # dpo_shift's default
+    assert unchanged.hyperparameters == scheduled.hyperparameters  # no rule changed the smoothing: not written
     # with both losses in the recipe the control is dpo_shift's: the sigmoid term stays sigmoid
     both = LossPlan(terms=(("sigmoid", 1.0), ("dpo_shift", 1.0)), hyperparameters={"shift_lambda": 0.9})
     controls = Controls.of(both)
@@ -76,6 +76,30 @@ def test_shift_control_turns_dpo_into_dpo_shift_and_keeps_the_smoothing():
     shifted = controls.loss_plan(both)
     assert shifted.terms == both.terms and shifted.hyperparameters["shift_lambda"] == 0.75
 
+
+
+def test_only_what_a_rule_changed_is_written_into_the_plan():
+    """EXO's label_smoothing is its epsilon (default 1e-3, and 0 makes its loss infinite); sigmoid's default is 0.
+    Controls.of reads the first loss's default: writing it back after an unrelated decision (a learning-rate cut)
+    gave EXO epsilon 0. Only a value a rule changed is written, and then to every loss that takes the key, as the
+    recipe's own loss.label_smoothing would be."""
+    plan = LossPlan(terms=(("sigmoid", 1.0), ("exo_pair", 1.0)))
+    controls = Controls.of(plan)
+    assert controls.label_smoothing == 0.0
+    controls.lr_factor = 0.5
+    assert controls.loss_plan(plan).hyperparameters == {}
+    controls.label_smoothing = 0.1
+    assert controls.loss_plan(plan).hyperparameters == {"label_smoothing": 0.1}
+
+
+def test_no_second_nll_term_beside_a_loss_that_holds_one():
+    """ORPO's loss holds the NLL term; the recipe check refuses regularizers.nll_weight beside it, so the
+    displacement rule must not add one either: it has nothing to raise there."""
+    plan = LossPlan(terms=(("orpo", 1.0), ("ipo", 1.0)))
+    assert Controls.of(plan).nll_weight is None
+    autopilot = pilot(plan=plan)
+    assert autopilot.decide(0, evaluation(eval_logratios__chosen=-3.0)) == []
+    assert autopilot.controls.loss_plan(plan).terms == plan.terms
 
 def test_a_checkpoint_without_newer_controls_resumes_with_the_recipes_values():
     """A checkpoint written before the shift control existed has no `shift_lambda`: it comes from the recipe (1.0
@@ -275,6 +299,11 @@ def test_rule_table_is_in_the_docs_and_describes_its_bounds():
         (
             ["autopilot.enabled=true", "loss.type=orpo", "autopilot.nll_weight_step=0.5"],
             "autopilot.nll_weight_step: has no effect: loss.type \\['orpo'\\] uses no reference model",
+        ),
+        (
+            ["autopilot.enabled=true", "loss.type=[orpo, ipo]", "autopilot.max_nll_weight=2"],
+            "autopilot.max_nll_weight: has no effect: orpo in loss.type holds the NLL term already, so the "
+            "displacement rule has nothing to raise",
         ),
         (["autopilot.enabled=true", "autopilot.max_label_smoothing=0.5"], "less than 0.5"),
         (["autopilot.enabld=true"], "did you mean 'autopilot.enabled'"),
