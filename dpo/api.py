@@ -82,9 +82,9 @@ def plan(source: str, options=None, given=()):
     """Count a model's parameters and plan DPO memory from its config (no weights); returns a Plan.
 
     SOURCE is a config.json, a model directory or alias, or a recipe (a .yaml file or a shipped recipe name): the
-    plan then reads the model, LoRA, batch, length, dtype, gradient checkpointing and reference from the recipe
-    and the trl.DPOConfig it builds, and the PlanOptions fields named in `given` (those set on the command line)
-    replace what the recipe says."""
+    plan then reads the model, LoRA, batch, gradient accumulation, length, dtype, gradient checkpointing and
+    reference from the recipe and the trl.DPOConfig it builds, and the PlanOptions fields named in `given` (those
+    set on the command line) replace what the recipe says."""
     import dataclasses
 
     from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path

@@ -160,7 +160,8 @@ def validate(
 
 def plan(ctx: typer.Context, source: str, json_output: bool = False, **values) -> None:
     """Count a model's parameters exactly from its config and plan DPO memory (no weights loaded). SOURCE may be a
-    recipe: its model, LoRA, batch, length and dtype are planned, and the options given here replace them."""
+    recipe: its model, LoRA, batch, accumulation, length and dtype are planned, and the options given here replace
+    them."""
     import json
 
     try:

@@ -73,6 +73,7 @@ class Architecture:
     blocks: tuple[tuple[Block, int], ...]  # (layer description, how many layers)
     linears: tuple[tuple[Linear, int], ...]  # every Linear LoRA could wrap (the head excluded), with its count
     final_norm: str = "rms"
+    tied_head: bool = False  # the output head is the input embedding's weight (one parameter, two gradients)
 
     @property
     def layers(self) -> int:
@@ -158,6 +159,7 @@ def describe(model) -> Architecture:
         blocks=tuple(blocks.items()),
         linears=linears,
         final_norm=first.norm,  # every family in the table uses one kind of norm throughout
+        tied_head=_tied(model),
     )
 
 
@@ -309,4 +311,10 @@ def _stand_in(model, text, linears: tuple[tuple[Linear, int], ...]) -> Architect
         hidden=h,
         blocks=((block, text.num_hidden_layers),),
         linears=linears,
+        tied_head=_tied(model),
     )
+
+
+def _tied(model) -> bool:
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    return output is not None and embedding is not None and output.weight is embedding.weight

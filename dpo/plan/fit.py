@@ -55,6 +55,25 @@ def _changes(arch: Architecture, options: PlanOptions) -> list[tuple[str, dict[s
     return changes
 
 
+def _accumulation_advice(arch: Architecture, total: int, options: PlanOptions, budget: float, best: int) -> str:
+    """How to keep the asked pairs per optimizer step with a smaller per-device batch. That batch must fit *with*
+    accumulation, whose gradients stay alive through every later micro-batch: the largest such batch can be
+    smaller than `best`, the largest without (when options.gradient_accumulation_steps is 1)."""
+    pairs = options.batch_size * options.gradient_accumulation_steps
+    # the estimate is the same for any number of steps above 1
+    accumulating = replace(options, gradient_accumulation_steps=max(2, options.gradient_accumulation_steps))
+    best_acc = best if options.gradient_accumulation_steps > 1 else _largest_batch(arch, total, accumulating, budget)
+    note = "" if best_acc == best else f" ({best_acc or 'none'} with gradient accumulation, whose gradients stay alive)"
+    if not best_acc:
+        return f"{note}, so gradient accumulation cannot keep {pairs} pairs per optimizer step"
+    # divisor <= best_acc < batch_size <= pairs: at least 2 micro-batches, so the batch was sized with accumulation
+    divisor = max(k for k in range(1, best_acc + 1) if pairs % k == 0)
+    return (
+        f"{note}. To keep {pairs} pairs per optimizer step: per-device batch {divisor} with "
+        f"gradient_accumulation_steps={pairs // divisor}"
+    )
+
+
 def fit(arch: Architecture, total: int, options: PlanOptions) -> tuple[int, list[str]]:
     """The largest per-device batch that fits options.gpu_memory_gib, and what to do when the asked one does not."""
     budget = options.gpu_memory_gib * GIB * GPU_HEADROOM
@@ -67,11 +86,9 @@ def fit(arch: Architecture, total: int, options: PlanOptions) -> tuple[int, list
             f"batch {asked} fits in {cap}: est. peak {peak}; the largest per-device batch that fits is {best}"
         ]
     if best:
-        divisor = max(k for k in range(1, best + 1) if asked % k == 0)
         advice = [
             f"batch {asked} (est. peak {peak}) does not fit in {cap}; the largest per-device batch that fits is "
-            f"{best}. To keep {asked} pairs per optimizer step: per-device batch {divisor} with "
-            f"gradient_accumulation_steps={asked // divisor}"
+            f"{best}{_accumulation_advice(arch, total, options, budget, best)}"
         ]
     else:
         advice = [f"even 1 pair of {options.seq_len} tokens does not fit in {cap}"]

@@ -182,6 +182,16 @@ def estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str, 
                 The optimizer step adds nothing on top: the Trainer's default AdamW (adamw_torch_fused since
                 torch 2.8) updates in place, and gradient clipping scales the gradients in place.
     Summing activations and gradients instead would count memory twice that is never alive at once.
+
+    Gradient accumulation (gradient_accumulation_steps > 1): the optimizer steps after the last micro-batch, so
+    from the second micro-batch on every .grad exists before its forward starts:
+      forward, backward   + all gradients. Autograd adds each new gradient into its .grad in place and frees
+                it, so nothing else is new in backward (the head's fresh weight gradient is the buffer above).
+      end of backward   untied head: unchanged, the embedding's dense gradient is the one temporary on top of
+                all gradients. Tied head: + vocab x hidden (weight dtype): the head's gradient for the shared
+                weight waits in autograd's input buffer for the embedding's, and now that weight has a .grad as
+                well (in the first micro-batch it has none, which the formula above counts in the buffer's place).
+    The first micro-batch is the step without accumulation, never above the later ones.
     """
     wb = DTYPE_BYTES[options.dtype]
     cb = DTYPE_BYTES[options.autocast] if options.autocast else wb
@@ -224,11 +234,16 @@ def estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str, 
         "logits_workspace": int(max(head_fwd, head_bwd + head_grad)),
         "runtime": RUNTIME_BYTES[options.device],
     }
+    accumulating = options.gradient_accumulation_steps > 1
+    # micro-batches after the first: the gradients accumulated so far, alive through forward and backward
+    held = gradients if accumulating else 0
+    if accumulating and not lora and arch.tied_head:
+        late_bwd += V * h * wb  # the tied head's gradient, waiting for the embedding's, while .grad exists
     phases = {
         # one layer's working set in forward (no_grad reference included); in backward the gradients of one
         # layer's activations, and with checkpointing that layer's recomputed activations as well
-        "forward": kept + max(head_fwd, layer),
-        "backward": kept + max(head_bwd, (2 if ckpt else 1) * layer) + head_grad,
+        "forward": kept + max(head_fwd, layer) + held,
+        "backward": kept + max(head_bwd, (2 if ckpt else 1) * layer) + head_grad + held,
         "end of backward": late_bwd,
     }
     phase = max(phases, key=phases.get)
@@ -238,6 +253,7 @@ def estimate(arch: Architecture, total: int, options: PlanOptions) -> dict[str, 
         "memory": {k: int(v) for k, v in memory.items()},
         "trainable": trainable,
         "phase": phase,
+        "phases": {name: int(v) for name, v in phases.items()},  # what is alive on top of the static memory
         "activations": {
             "without_checkpointing": int(acts_other if ckpt else acts),
             "with_checkpointing": int(acts if ckpt else acts_other),

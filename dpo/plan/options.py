@@ -71,6 +71,11 @@ class PlanOptions:
     batch_size: int = _option(
         8, "Preference pairs per device; DPO forwards 2 x batch_size sequences (chosen + rejected concatenated)."
     )
+    gradient_accumulation_steps: int = _option(
+        1,
+        "Micro-batches per optimizer step (the Trainer's gradient_accumulation_steps); above 1 the accumulated "
+        "gradients stay alive through each later micro-batch's forward and backward.",
+    )
     seq_len: int = _option(512, "Tokens per sequence (prompt + completion, after padding).")
     lora_rank: int | None = _option(
         16, "LoRA rank.", none_flag=("--full", "Full fine-tuning instead of LoRA (no LoRA rank).")
@@ -121,6 +126,10 @@ class PlanOptions:
                 raise UserError("plan option autocast needs dtype=float32 (autocast keeps float32 weights)")
         if self.batch_size < 1:
             raise UserError(f"plan option batch_size must be at least 1, got {self.batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise UserError(
+                f"plan option gradient_accumulation_steps must be at least 1, got {self.gradient_accumulation_steps}"
+            )
         if self.seq_len < 2:
             raise UserError(f"plan option seq_len must be at least 2, got {self.seq_len}")
         if self.lora_rank is not None and self.lora_rank < 1:

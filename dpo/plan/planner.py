@@ -71,9 +71,14 @@ class Plan:
         dtype = o.dtype + (f" + {o.autocast} autocast" if o.autocast else "")
         ckpt = ", gradient checkpointing" if o.gradient_checkpointing else ""
         reference = ", no reference (reference-free loss)" if o.reference == "none" else ""
+        accumulation = (
+            f" with gradient_accumulation_steps={o.gradient_accumulation_steps}"
+            if o.gradient_accumulation_steps > 1
+            else ""
+        )
         return (
             f"plan: {fmt_count(self.parameters.total)} params ({self.parameters.method}), {self._setup()}, "
-            f"est. peak {fmt_bytes(self.memory['total'])} at batch {o.batch_size} x {o.seq_len} tokens, "
+            f"est. peak {fmt_bytes(self.memory['total'])} at batch {o.batch_size} x {o.seq_len} tokens{accumulation}, "
             f"{dtype}{ckpt}{reference}"
         )
 
@@ -83,7 +88,8 @@ class Plan:
         if self.recipe:
             lines.insert(
                 0,
-                f"recipe {self.recipe}: its model, LoRA, batch, length, dtype and reference (options given win)",
+                f"recipe {self.recipe}: its model, LoRA, batch, accumulation, length, dtype and reference "
+                "(options given win)",
             )
         if self.model_type not in FAMILIES:
             lines.append(
@@ -106,7 +112,14 @@ class Plan:
             + f"; reference: {reference}; optimizer: {o.optimizer}; {o.dtype}"
             + (f" + {o.autocast} autocast" if o.autocast else "")
             + f"; batch {o.batch_size} pairs x {o.seq_len} tokens ({2 * o.batch_size * o.seq_len:,} tokens per "
-            f"forward); gradient checkpointing {'on' if o.gradient_checkpointing else 'off'}; device {o.device}",
+            "forward)"
+            + (
+                f", gradient_accumulation_steps={o.gradient_accumulation_steps} "
+                f"({o.batch_size * o.gradient_accumulation_steps} pairs per optimizer step)"
+                if o.gradient_accumulation_steps > 1
+                else ""
+            )
+            + f"; gradient checkpointing {'on' if o.gradient_checkpointing else 'off'}; device {o.device}",
             "",
             f"memory (estimated peak {fmt_bytes(self.memory['total'])}, reached in the {self.phase}):",
         ]
@@ -117,7 +130,12 @@ class Plan:
         notes = {
             "weights": f"policy in {o.dtype}" + (" + fp32 LoRA adapter" if o.lora_rank else ""),
             "reference": REFERENCES[reference] + saved,
-            "gradients": "trainable parameters",
+            "gradients": "trainable parameters"
+            + (
+                "; accumulated: alive through every later micro-batch's forward and backward"
+                if o.gradient_accumulation_steps > 1
+                else ""
+            ),
             "optimizer": OPTIMIZERS[o.optimizer].description,
             "activations": (
                 "kept for backward; without checkpointing: " + fmt_bytes(self.activations["without_checkpointing"])

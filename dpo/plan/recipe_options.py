@@ -26,6 +26,7 @@ def options_for_recipe(recipe: Recipe, args, cuda: bool, reference_free: bool = 
     return PlanOptions(
         dtype=recipe.model.dtype,
         batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         seq_len=args.max_length or 1024,
         lora_rank=peft.r if peft else None,
         lora_targets=targets,

@@ -264,6 +264,7 @@ def test_hand_worked_memory_for_a_tiny_llama(tmp_path):
     source = write_config(tmp_path / "tiny", LlamaConfig(**TINY))
     options = PlanOptions(batch_size=1, seq_len=4, lora_rank=2, lora_targets=("q_proj", "v_proj"), device="cuda")
     plan = build_plan(source, options)
+    assert options.gradient_accumulation_steps == 1  # the default: no accumulation, the numbers worked out below
     assert plan.parameters.total == 7888 and plan.trainable == 224
     expected = {
         "weights": 32448,
@@ -381,7 +382,7 @@ def test_a_reference_free_loss_counts_no_reference(tmp_path):
     recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
     args = SimpleNamespace(
         per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False, precompute_ref_log_probs=False,
-        bf16=False, fp16=False, optim="adamw_torch",
+        bf16=False, fp16=False, optim="adamw_torch", gradient_accumulation_steps=1,
     )  # fmt: skip
     assert options_for_recipe(recipe, args, cuda=False, reference_free=True).reference == "none"
     assert options_for_recipe(recipe, args, cuda=False).reference == "auto"
@@ -397,7 +398,7 @@ def test_a_recipes_optimizer_and_mixed_precision_reach_the_plan():
 
     recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}, "peft": None})
     common = dict(per_device_train_batch_size=2, max_length=64, gradient_checkpointing=False,
-                  precompute_ref_log_probs=False, bf16=False, fp16=False)  # fmt: skip
+                  precompute_ref_log_probs=False, bf16=False, fp16=False, gradient_accumulation_steps=1)  # fmt: skip
     for optim, planned in [("sgd", "sgd"), ("paged_adamw_8bit", "adamw_8bit"), ("adamw_torch_fused", "adamw"),
                            ("adafactor", "adamw")]:  # fmt: skip
         options = options_for_recipe(recipe, SimpleNamespace(**common, optim=optim), cuda=True)
@@ -511,7 +512,14 @@ def test_lora_targets_that_do_not_exist_still_give_the_count_and_say_lora_does_n
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("dtype", "int8"), ("reference", "twin"), ("optimizer", "lion"), ("batch_size", 0), ("seq_len", 1)],
+    [
+        ("dtype", "int8"),
+        ("reference", "twin"),
+        ("optimizer", "lion"),
+        ("batch_size", 0),
+        ("seq_len", 1),
+        ("gradient_accumulation_steps", 0),
+    ],
 )
 def test_bad_options_are_user_errors(tmp_path, option, value):
     with pytest.raises(UserError, match=option):
@@ -585,3 +593,114 @@ def test_cutting_sequences_is_advised_on_its_own_when_no_other_change_is_left(tm
     plan = build_plan(source, replace(options, gpu_memory_gib=(long + half) / 2 / GPU_HEADROOM / GIB))
     assert plan.max_batch_size == 0
     assert plan.suggestions[-1].startswith("cut sequences to 1024 tokens (up to batch ")
+
+
+def test_gradient_accumulation_keeps_the_gradients_alive_through_the_later_micro_batches(tmp_path):
+    """The hand-worked LoRA case above with gradient_accumulation_steps=2: from the second micro-batch on the 224
+    fp32 adapter gradients (896 bytes) are alive through the forward and the backward, so the peak, 15360 + 7040
+    on top of the static memory, gains exactly 896; the end of backward (all gradients plus the embedding's dense
+    gradient) is unchanged. Full fine-tuning gains the 7888 * 4 = 31552 gradient bytes in both phases too."""
+    from dataclasses import replace
+
+    from transformers import LlamaConfig
+
+    source = write_config(tmp_path / "tiny", LlamaConfig(**TINY))
+    lora = PlanOptions(batch_size=1, seq_len=4, lora_rank=2, lora_targets=("q_proj", "v_proj"), device="cuda")
+    accumulated = build_plan(source, replace(lora, gradient_accumulation_steps=2))
+    assert accumulated.memory == {
+        **build_plan(source, lora).memory,
+        "total": 56640 + 896 + RUNTIME_BYTES["cuda"],
+    }
+    assert build_plan(source, replace(lora, gradient_accumulation_steps=8)).memory == accumulated.memory
+
+    arch = describe(meta_model(LlamaConfig(**TINY)))
+    for options, gradients in ((lora, 224 * 4), (PlanOptions(batch_size=1, seq_len=4, lora_rank=None), 7888 * 4)):
+        once = estimate(arch, 7888, options)
+        twice = estimate(arch, 7888, replace(options, gradient_accumulation_steps=2))
+        assert once["memory"]["gradients"] == twice["memory"]["gradients"] == gradients
+        assert twice["phases"] == {
+            "forward": once["phases"]["forward"] + gradients,
+            "backward": once["phases"]["backward"] + gradients,
+            "end of backward": once["phases"]["end of backward"],
+        }
+        static = sum(twice["memory"][k] for k in ("weights", "reference", "optimizer", "runtime"))
+        assert twice["memory"]["total"] == static + max(twice["phases"].values())
+
+
+def test_gradient_accumulation_with_a_tied_head_holds_its_gradient_at_the_end_of_backward(tmp_path):
+    """A tied head's weight is the embedding's: its gradient from the head waits in autograd's buffer until the
+    embedding's backward adds its dense gradient. In the first micro-batch that weight has no .grad yet; from the
+    second on it has, so the end of backward holds one more vocab x hidden: 5000 * 16 * 4 = 320000 bytes. An untied
+    head's gradient goes into its own .grad at once (nothing more)."""
+    from dataclasses import replace
+
+    from transformers import LlamaConfig
+
+    full = PlanOptions(batch_size=1, seq_len=4, lora_rank=None)
+    for tied, extra in ((True, 5000 * 16 * 4), (False, 0)):
+        meta = meta_model(LlamaConfig(**{**TINY, "vocab_size": 5000, "tie_word_embeddings": tied}))
+        arch, total = describe(meta), count_parameters(meta).total
+        assert arch.tied_head is tied
+        once = estimate(arch, total, full)
+        twice = estimate(arch, total, replace(full, gradient_accumulation_steps=2))
+        gradients = total * 4
+        assert twice["phases"]["end of backward"] == once["phases"]["end of backward"] + extra
+        assert twice["phases"]["backward"] == once["phases"]["backward"] + gradients
+    assert once["phase"] == "end of backward"  # so the end of backward is what a tied head's accumulation raises
+    assert estimate(arch, total, replace(full, gradient_accumulation_steps=2))["phase"] == "backward"
+
+
+def test_accumulation_advice_names_a_batch_that_fits_with_accumulation(tmp_path):
+    """Full fine-tuning, 16 pairs x 512 tokens, a device between the peaks of batch 8 without and with accumulation
+    (the 513 MiB of gradients alive through the second micro-batch). Batch 8 is the largest that fits without
+    accumulation, so the old advice, per-device batch 8 with gradient_accumulation_steps=2, did not fit; the batch
+    named must fit with accumulation: the largest with it is 7, whose largest divisor of 16 is 4."""
+    from dataclasses import replace
+
+    source = smol_like(tmp_path)
+    options = PlanOptions(lora_rank=None, batch_size=16, seq_len=512)
+
+    def peak(batch: int, steps: int = 1) -> int:
+        return build_plan(source, replace(options, batch_size=batch, gradient_accumulation_steps=steps)).memory["total"]
+
+    budget = (peak(8) + peak(8, 2)) / 2
+    assert peak(8) <= budget < peak(9) and peak(7, 2) <= budget < peak(8, 2)
+    plan = build_plan(source, replace(options, gpu_memory_gib=budget / GPU_HEADROOM / GIB))
+    assert plan.max_batch_size == 8
+    assert plan.suggestions[0].endswith(
+        "the largest per-device batch that fits is 8 (7 with gradient accumulation, whose gradients stay alive). "
+        "To keep 16 pairs per optimizer step: per-device batch 4 with gradient_accumulation_steps=4"
+    )
+    assert peak(4, 4) <= budget
+
+    # accumulation asked for: 8 x 2 = 16 pairs per optimizer step, batch 8 does not fit with accumulation
+    asked = build_plan(
+        source,
+        replace(options, batch_size=8, gradient_accumulation_steps=2, gpu_memory_gib=plan.options.gpu_memory_gib),
+    )
+    assert asked.max_batch_size == 7
+    assert asked.suggestions[0].endswith(
+        "the largest per-device batch that fits is 7. To keep 16 pairs per optimizer step: per-device batch 4 with "
+        "gradient_accumulation_steps=4"
+    )
+
+    # between 1 pair without and with accumulation: no accumulation advice can be true
+    budget = (peak(1) + peak(1, 2)) / 2
+    tight = build_plan(source, replace(options, batch_size=2, gpu_memory_gib=budget / GPU_HEADROOM / GIB))
+    assert tight.max_batch_size == 1
+    assert tight.suggestions[0].endswith(
+        "the largest per-device batch that fits is 1 (none with gradient accumulation, whose gradients stay alive), "
+        "so gradient accumulation cannot keep 2 pairs per optimizer step"
+    )
+
+
+def test_accumulation_is_shown_in_the_plan(tmp_path):
+    source = smol_like(tmp_path)
+    plan = build_plan(source, PlanOptions(lora_rank=None, batch_size=2, seq_len=128, gradient_accumulation_steps=4))
+    text = plan.render()
+    assert "batch 2 pairs x 128 tokens (512 tokens per forward), gradient_accumulation_steps=4 (8 pairs per " in text
+    assert "gradients          513.1 MiB   trainable parameters; accumulated: alive through every later" in text
+    assert "at batch 2 x 128 tokens with gradient_accumulation_steps=4, float32" in plan.summary_line()
+    once = build_plan(source, PlanOptions(lora_rank=None, batch_size=2, seq_len=128))
+    assert "gradient_accumulation_steps" not in once.render() + once.summary_line()
+    assert "accumulated:" not in once.render()

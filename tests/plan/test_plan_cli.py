@@ -17,6 +17,7 @@ from dpo.plan import PlanOptions
 CHANGED = PlanOptions(
     dtype="bfloat16",
     batch_size=3,
+    gradient_accumulation_steps=4,
     seq_len=64,
     lora_rank=4,
     lora_targets=("q_proj", "c_attn"),
@@ -28,7 +29,8 @@ CHANGED = PlanOptions(
     autocast="float16",
 )
 CHANGED_ARGS = [
-    "--dtype", "bfloat16", "--batch-size", "3", "--seq-len", "64", "--lora-rank", "4",
+    "--dtype", "bfloat16", "--batch-size", "3", "--gradient-accumulation-steps", "4", "--seq-len", "64",
+    "--lora-rank", "4",
     "--lora-targets", "q_proj, c_attn", "--gradient-checkpointing", "--reference", "copy", "--optimizer", "sgd",
     "--gpu-memory", "12.5", "--device", "cpu", "--autocast", "float16",
 ]  # fmt: skip
@@ -185,3 +187,25 @@ def test_plan_options_that_would_be_ignored_or_meaningless_are_errors(tmp_path, 
     with pytest.raises(UserError) as caught:
         api.plan(str(tmp_path / "empty" / "config.json"))
     assert str(caught.value).startswith(str(tmp_path / "empty" / "config.json"))
+
+
+def test_a_recipes_gradient_accumulation_is_planned_and_a_given_one_wins(tmp_path, tiny_model_dir):
+    from tests.conftest import tiny_recipe_dict, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(tiny_model_dir, 8, {"gradient_accumulation_steps": 4}))
+    planned = api.plan(str(recipe))
+    assert planned.options.gradient_accumulation_steps == 4
+    assert "gradient_accumulation_steps=4" in planned.render()
+    once = api.plan(str(recipe), PlanOptions(gradient_accumulation_steps=1), given=("gradient_accumulation_steps",))
+    assert once.options == dataclasses.replace(planned.options, gradient_accumulation_steps=1)
+    assert once.memory["total"] == planned.memory["total"] - planned.memory["gradients"]  # LoRA: peak in forward
+    result = CliRunner().invoke(app, ["plan", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["options"]["gradient_accumulation_steps"] == 4
+
+
+def test_gradient_accumulation_below_1_is_a_one_line_error(tiny_model_dir):
+    config = str(tiny_model_dir / "config.json")
+    result = CliRunner().invoke(app, ["plan", config, "--gradient-accumulation-steps", "0"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: plan option gradient_accumulation_steps must be at least 1, got 0\n"
