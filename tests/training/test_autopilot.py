@@ -77,7 +77,6 @@ def test_shift_control_turns_dpo_into_dpo_shift_and_keeps_the_smoothing():
     assert shifted.terms == both.terms and shifted.hyperparameters["shift_lambda"] == 0.75
 
 
-
 def test_only_what_a_rule_changed_is_written_into_the_plan():
     """EXO's label_smoothing is its epsilon (default 1e-3, and 0 makes its loss infinite); sigmoid's default is 0.
     Controls.of reads the first loss's default: writing it back after an unrelated decision (a learning-rate cut)
@@ -100,6 +99,7 @@ def test_no_second_nll_term_beside_a_loss_that_holds_one():
     autopilot = pilot(plan=plan)
     assert autopilot.decide(0, evaluation(eval_logratios__chosen=-3.0)) == []
     assert autopilot.controls.loss_plan(plan).terms == plan.terms
+
 
 def test_a_checkpoint_without_newer_controls_resumes_with_the_recipes_values():
     """A checkpoint written before the shift control existed has no `shift_lambda`: it comes from the recipe (1.0

@@ -273,7 +273,6 @@ def test_discopop():
     assert_close(losses.discopop(t(0, LN3), t(0, 0), beta=1.0), t(0.5 * L0 + 0.5, 1 / 3))
 
 
-
 def test_discopop_stays_finite_far_below_zero():
     """At z = beta * Delta = -100 (float32: e^100 overflows, m = s(-2000) underflows to 0) the modulated term m e^-z
     is e^(log s(z / tau) - z) ~ e^(-2000 + 100) = 0 and the loss is the logistic term l(-100) = 100 (to 1e-43), with
@@ -296,6 +295,7 @@ def test_forward_kl_link_caps_its_exponent():
     rejected = losses.forward_kl_scores(torch.tensor([-100.0, -100.0], dtype=f32))
     loss = losses.sigmoid(losses.forward_kl_scores(torch.tensor([0.0, -1.0], dtype=f32)), rejected, beta=0.1)
     assert torch.isfinite(loss).all() and loss.max() < 1e-30
+
 
 def test_sigmoid_norm():
     """Length-normalised DPO: l(beta * (s_w / |y_w| - s_l / |y_l|)), beta = 1/2.

@@ -162,7 +162,6 @@ def test_a_built_in_key_spelled_out_at_its_default_is_accepted(recipe_path):
     assert check_training(load_recipe(recipe_path, ["training.eval_on_start=false"]))["eval_on_start"] is False
 
 
-
 def test_save_strategy_best_is_an_error_it_would_save_nothing(recipe_path, tmp_path):
     """transformers saves under "best" only when metric_for_best_model improves; dpo never sets it (early stopping
     watches its own metric), so the run would write no checkpoint: nothing to resume, no best to restore."""
@@ -171,7 +170,10 @@ def test_save_strategy_best_is_an_error_it_would_save_nothing(recipe_path, tmp_p
     assert str(err.value).startswith(
         "--set: training.save_strategy: 'best' saves only when transformers' metric_for_best_model improves"
     )
-    assert build_dpo_config(load_recipe(recipe_path, ["training.save_strategy=epoch"]), tmp_path).save_strategy == "epoch"
+    assert (
+        build_dpo_config(load_recipe(recipe_path, ["training.save_strategy=epoch"]), tmp_path).save_strategy == "epoch"
+    )
+
 
 def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
     loaded = load_recipe(recipe_path, ["loss.beta=0.3", "seed=7", "training.max_steps=5", "training.eval_steps=2"])
