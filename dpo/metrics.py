@@ -56,6 +56,9 @@ class Metric:
     per_pair: bool = False  # a mean over held-out pairs: its standard error is logged as eval_se/<name> (dpo/noise.py)
     chance: float | None = None  # its value for a policy that guesses (an accuracy: 0.5); see dpo/noise.py
     needs_reference: bool = False  # logged only when the loss plan has a reference model (not for simpo, orpo)
+    # beta multiplies it (a reward, a margin, a loss of beta times a log-ratio): under a beta that moves during
+    # training its values at two evaluations differ even where the model did not change
+    scales_with_beta: bool = False
 
     @property
     def held_out_name(self) -> str:
@@ -78,7 +81,15 @@ _GAP_CHART = "Train minus held-out gap"
 # Row order is the order of the report's charts (a chart sits where its first row is) and of the headline numbers.
 METRICS: tuple[Metric, ...] = (
     # TRL's names, computed by our trainer the way TRL computes them
-    Metric("loss", "loss of the configured loss terms", "min", headline=True, chart="Loss", per_pair=True),
+    Metric(
+        "loss",
+        "loss of the configured loss terms",
+        "min",
+        headline=True,
+        chart="Loss",
+        per_pair=True,
+        scales_with_beta=True,
+    ),
     Metric(
         "rewards/margins",
         "mean implicit reward of chosen minus rejected (beta * log-ratio, or per-token log-prob, difference)",
@@ -86,6 +97,7 @@ METRICS: tuple[Metric, ...] = (
         headline=True,
         chart="Reward margin (chosen - rejected)",
         per_pair=True,
+        scales_with_beta=True,
     ),
     Metric(
         "rewards/accuracies",
@@ -130,6 +142,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_REWARDS_CHART,
         series="chosen",
         per_pair=True,
+        scales_with_beta=True,
     ),
     Metric(
         "rewards/rejected",
@@ -138,6 +151,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_REWARDS_CHART,
         series="rejected",
         per_pair=True,
+        scales_with_beta=True,
     ),
     # ours
     Metric(
@@ -186,6 +200,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_GAP_CHART,
         series="margin gap",
         gap_of="rewards/margins",
+        scales_with_beta=True,
     ),
     Metric(
         "gap/loss",
@@ -195,6 +210,7 @@ METRICS: tuple[Metric, ...] = (
         chart=_GAP_CHART,
         series="loss gap",
         gap_of="loss",
+        scales_with_beta=True,
     ),
     Metric("beta", "the DPO beta in use (scheduled or adaptive)", None, chart="beta", watchable=False),
     Metric("learning_rate", "the optimizer's learning rate", None, logged=TRAIN, chart="Learning rate"),

@@ -63,11 +63,13 @@ class BetaSchedule:
               parameters are the kind's recipe keys, with their constraints and defaults
     summary   what it does (docs)
     adaptive  beta also follows each training batch (BetaController.adapt), which may filter the batch
+    moves     beta changes during training: a held-out metric that beta scales is not comparable across evaluations
     """
 
     beta: Callable[..., float]
     summary: str
     adaptive: bool = False
+    moves: bool = True
 
     @property
     def keys(self) -> dict[str, object]:
@@ -77,7 +79,7 @@ class BetaSchedule:
 
 # The one table of beta schedules: recipe validation, the trainer and the docs read it.
 BETA_SCHEDULES: dict[str, BetaSchedule] = {
-    "constant": BetaSchedule(constant, "beta = `loss.beta` throughout"),
+    "constant": BetaSchedule(constant, "beta = `loss.beta` throughout", moves=False),
     "linear": BetaSchedule(linear, "from `loss.beta` at step 0 to `end` at the last step, linearly"),
     "cosine": BetaSchedule(cosine, "from `loss.beta` at step 0 to `end` at the last step, on a half cosine"),
     "adaptive": BetaSchedule(

@@ -22,6 +22,7 @@ from dpo.data.rows import SCORE_GAP
 from dpo.errors import Problems, UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS, lookup
 from dpo.rundir.writable import check_output_dir
+from dpo.training.beta import BETA_SCHEDULES
 
 
 def default_output_dir(recipe: Recipe) -> Path:
@@ -331,6 +332,17 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
         )
     watched_direction(loaded)  # a metric without a known better direction needs mode max or min
     watched = lookup(stopping.metric)
+    schedule = BETA_SCHEDULES.get(loaded.recipe.loss.beta_schedule.type)
+    users = [key for key, _ in _evaluation_users(loaded.recipe, dpo_config)]
+    if watched is not None and watched.scales_with_beta and schedule is not None and schedule.moves and users:
+        # a rising beta makes every evaluation a new best of the margin (early stopping never fires); the adaptive
+        # beta evaluates with the last training batch's beta, so the comparisons follow one batch's noise
+        raise UserError(
+            f"{stopping.metric} is scaled by beta, which loss.beta_schedule ({loaded.recipe.loss.beta_schedule.type}) "
+            f"moves during training: its values at two evaluations are not comparable, and {', '.join(users)} "
+            "compares them; watch a metric beta does not scale, such as eval_rewards/accuracies",
+            where=loaded.where("early_stopping.metric"),
+        )
     if watched is not None and watched.gap_of:
         # a gap is logged only at an evaluation with train values logged since the previous one: without train
         # logs before the last step, early stopping and the autopilot would skip every evaluation and do nothing
@@ -374,7 +386,17 @@ def check_evaluations(loaded: LoadedRecipe, dpo_config, train_pairs: int | None 
     reason = no_evaluation_during_training(dpo_config, train_pairs)
     if reason is None:
         return
-    recipe = loaded.recipe
+    raise_all(
+        [
+            UserError(f"needs evaluations during training ({reason}): {consequence}", where=loaded.where(key))
+            for key, consequence in _evaluation_users(loaded.recipe, dpo_config)
+        ]
+    )
+
+
+def _evaluation_users(recipe: Recipe, dpo_config) -> list[tuple[str, str]]:
+    """The controls of this recipe that act on held-out evaluations of early_stopping.metric: (the key that turns it
+    on, what happens to it without evaluations)."""
     users = (  # (whether the recipe uses it, its key, what happens without evaluations)
         (recipe.early_stopping.patience is not None, "early_stopping.patience",
          "without them the untrained model would be kept as the best"),
@@ -383,10 +405,4 @@ def check_evaluations(loaded: LoadedRecipe, dpo_config, train_pairs: int | None 
         (recipe.autopilot.enabled, "autopilot",
          "turn it off with --set autopilot.enabled=false, or train plain.yaml (the quickstart without the autopilot)"),
     )  # fmt: skip
-    raise_all(
-        [
-            UserError(f"needs evaluations during training ({reason}): {consequence}", where=loaded.where(key))
-            for used, key, consequence in users
-            if used
-        ]
-    )
+    return [(key, consequence) for used, key, consequence in users if used]

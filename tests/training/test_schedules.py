@@ -104,3 +104,19 @@ def test_transformers_schedulers_shape_the_logged_lr(tiny_recipe, tmp_path, sche
         assert lrs[-1] < lrs[2]  # decays after warmup
     if scheduler == "constant_with_warmup":
         assert lrs[2:] == pytest.approx([0.01] * 4)
+
+
+def test_a_metric_beta_scales_is_not_watched_under_a_moving_beta(tiny_recipe):
+    """Under a linear beta schedule a rising beta makes each evaluation's margin larger though the model did not
+    change: early stopping on it would never stop, reduce-on-plateau never cut. The check is on the metric beta
+    scales (the table's scales_with_beta), only where something compares it and only where beta moves."""
+    moving = ["loss.beta_schedule={type: linear, end: 0.5}"]
+    for watcher in (["early_stopping.patience=2"], ["training.lr_scheduler_type=reduce_lr_on_plateau"]):
+        with pytest.raises(UserError, match="eval_loss is scaled by beta, which loss.beta_schedule \\(linear\\)"):
+            check(tiny_recipe, [*moving, *watcher, "early_stopping.metric=eval_loss"])
+    with pytest.raises(UserError, match="autopilot compares them"):
+        check(tiny_recipe, ["loss.beta_schedule={type: adaptive}", "autopilot.enabled=true",
+                            "early_stopping.metric=eval_rewards/margins"])  # fmt: skip
+    assert check(tiny_recipe, [*moving, "early_stopping.patience=2", "early_stopping.metric=eval_rewards/accuracies"])
+    assert check(tiny_recipe, [*moving, "early_stopping.metric=eval_rewards/margins"])  # tracked, compared by nothing
+    assert check(tiny_recipe, ["early_stopping.patience=2", "early_stopping.metric=eval_rewards/margins"])  # constant
