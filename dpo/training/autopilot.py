@@ -35,6 +35,7 @@ from dpo.config.schema import AutopilotSection
 from dpo.errors import UserError
 from dpo.noise import NoiseRule, logged_error
 from dpo.rundir.files import append_metrics
+from dpo.training.beta import BETA_SCHEDULES
 from dpo.training.losses import LOSSES, PLAIN_DPO_LINK, LossPlan
 
 NLL_TERM = "sft"  # the loss in LOSSES that is the NLL of the chosen answers (regularizers.nll_weight adds it)
@@ -118,6 +119,7 @@ class Observation:
     flip_rate: float | None
     loss_since: int = -1  # the step of the last change to the loss: held-out losses before it measured another loss
     lr_factor: float = 1.0  # the learning-rate factor as this evaluation found it, before any rule cut it here
+    beta_moves: bool = False  # loss.beta_schedule moves beta: eval_loss and the margin change where the model did not
 
     def error(self, key: str) -> float:
         return logged_error(self.metrics, key)
@@ -192,7 +194,10 @@ def _displacement(o: Observation, s: Settings, c: Controls) -> Numbers | None:
 
 def _confident_but_wrong(o: Observation, s: Settings, c: Controls) -> Numbers | None:
     """Held-out loss rose from its minimum beyond the noise while the held-out margin grew past its value there.
-    Only evaluations after the last change to the loss count: a new term or smoothing changes what eval_loss is."""
+    Only evaluations after the last change to the loss count: a new term or smoothing changes what eval_loss is.
+    Under a beta that moves, every evaluation measures another loss: the rule does not apply."""
+    if o.beta_moves:
+        return None
     losses = [
         e
         for e in o.evaluations
@@ -338,7 +343,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "confident_but_wrong",
         "held-out loss above its minimum by more than max(`loss_rise` x minimum, k standard errors) while the "
-        "held-out margin is above its value at that minimum",
+        "held-out margin is above its value at that minimum (not under a `loss.beta_schedule` that moves beta: both "
+        "scale with it)",
         "raise `loss.label_smoothing` by `label_smoothing_step`; without a smoothing loss, cut the learning rate",
         "`max_label_smoothing`; `min_lr_factor`",
         _confident_but_wrong,
@@ -396,6 +402,8 @@ class Autopilot(TrainerCallback, ExportableState):
         self.flip_rate = flip_rate
         self.metrics_path = metrics_path
         self.controls = Controls.of(plan)
+        kind = plan.beta_schedule.get("kind", "constant")
+        self.beta_moves = BETA_SCHEDULES[kind].moves
         self.decisions: list[dict] = []
         self.rested_until: dict[str, int] = {}  # rule -> the evaluation index before which it rests
         self.evaluations: list[dict] = []
@@ -418,7 +426,7 @@ class Autopilot(TrainerCallback, ExportableState):
         index = len(self.evaluations)
         observation = Observation(metrics | {"step": step}, self.evaluations, self.rule, self.flip_rate,
                                   self.loss_changed_at(),
-                                  lr_factor=self.controls.lr_factor)  # fmt: skip
+                                  lr_factor=self.controls.lr_factor, beta_moves=self.beta_moves)  # fmt: skip
         made, changed = [], set()
         for rule in RULES:
             if self.stopped_at is not None or self.rested_until.get(rule.name, 0) > index:

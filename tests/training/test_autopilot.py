@@ -162,6 +162,10 @@ def test_confident_but_wrong_needs_the_loss_up_and_the_margin_up():
     (decision,) = autopilot.decide(20, evaluation(eval_loss=0.75, eval_rewards__margins=0.9))
     assert decision["rule"] == "confident_but_wrong" and decision["because"]["min_step"] == 0
     assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.1]}
+    # the same numbers under a beta that moves: a rising beta raises loss and margin with no change in the model
+    moving = pilot(plan=LossPlan(terms=(("sigmoid", 1.0),), beta_schedule={"kind": "linear", "end": 0.5}))
+    for step, loss, margin in ((0, 0.60, 0.1), (10, 0.62, 0.5), (20, 0.75, 0.9)):
+        assert moving.decide(step, evaluation(eval_loss=loss, eval_rewards__margins=margin)) == []
 
 
 def test_label_audit_sets_the_smoothing_to_the_estimate_within_its_bound():
