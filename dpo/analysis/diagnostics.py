@@ -97,7 +97,8 @@ def warnings_for(history: list[dict], noise_sigmas: float = 0.0, loss_since: int
 
     The held-out loss is compared only across evaluations after step `loss_since`, the autopilot's last change to the
     loss (Autopilot.loss_changed_at): a loss with an NLL term or more smoothing added is another number, and its
-    rise over the old minimum is that control, not overconfidence.
+    rise over the old minimum is that control, not overconfidence. Nor across evaluations whose logged beta differs
+    (a beta schedule): held-out loss and margin scale with beta.
 
     With `noise_sigmas` k > 0 the displacement and gap thresholds are raised by k standard errors of the number they
     read (the eval_se/ logged beside it; the held-out reward accuracy's for the gap), and the loss must rise by more
@@ -121,7 +122,9 @@ def warnings_for(history: list[dict], noise_sigmas: float = 0.0, loss_since: int
         )
     losses = [(e["step"], e["eval_loss"]) for e in evals
               if e["step"] > loss_since and math.isfinite(e.get("eval_loss", math.nan))]  # fmt: skip
-    if losses:
+    # under a beta that moved between them (a beta schedule) loss and margin scale with beta: not comparable
+    betas = {e.get("eval_beta") for e in evals if e["step"] > loss_since} - {None}
+    if losses and len(betas) <= 1:
         best_step, best_loss = min(losses, key=lambda p: p[1])
         at_best = next(e for e in evals if e["step"] == best_step)
         margin_now, margin_then = last.get("eval_rewards/margins"), at_best.get("eval_rewards/margins")

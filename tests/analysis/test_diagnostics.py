@@ -50,6 +50,13 @@ def test_warnings_name_the_numbers():
     assert any("held-out chosen log-prob fell by 3.2 nats" in w and "dpop" in w for w in found)
     assert any("held-out margin kept rising (0.500 -> 1.500)" in w and "minimum 0.400 at step 10" in w for w in found)
     assert any("exceeds held-out by 0.30" in w for w in found)
+    held_out = [e for e in h if "eval_loss" in e]
+    for e, beta in zip(held_out, (0.1, 0.2, 0.3), strict=True):  # a beta schedule: loss and margin not comparable
+        e["eval_beta"] = beta
+    assert not any("held-out margin kept rising" in w for w in warnings_for(h))
+    for e in held_out:
+        e["eval_beta"] = 0.1
+    assert any("held-out margin kept rising" in w for w in warnings_for(h))
 
 
 def test_warnings_within_the_noise_of_their_threshold_are_dropped_under_the_noise_rule():
