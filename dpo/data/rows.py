@@ -83,10 +83,26 @@ def _pluck(row: dict, spec: str) -> Any:
     return value
 
 
+def without_nulls(mapping: dict) -> dict:
+    """The mapping without its null-valued keys. Columnar formats (Parquet, save_to_disk, hub data: Arrow) give
+    every row every column, and every message of a column every field of the column's struct, and fill the
+    missing ones with null: a `name` on one message is `name: None` on all the others."""
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _messages_without_nulls(value: Any) -> Any:
+    """A column's value with the null fields of its messages dropped (a message list, or a list of them: the
+    responses of a conversational multi-response row); any other value as it is."""
+    if not isinstance(value, list):
+        return value
+    return [without_nulls(item) if isinstance(item, dict) else _messages_without_nulls(item) for item in value]
+
+
 def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ()) -> dict | Problem:
     """Rename the source's columns to ours (`columns`: our name -> their column or path) and drop `ignore`d ones.
     Null values count as absent (columnar formats fill missing cells with null), but for the prompt: a row with a
-    null prompt is a Problem, not an implicit-prompt row."""
+    null prompt is a Problem, not an implicit-prompt row. So do null fields of messages (without_nulls): the
+    messages go on without them."""
     if not isinstance(row, dict):
         return Problem("not_object", f"row is a {type(row).__name__}, not an object")
     mapped = {}
@@ -100,8 +116,8 @@ def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ())
         # row, which has no prompt column) would train on a prompt nobody wrote
         return Problem("missing_column", "'prompt' is null")
     consumed = {spec.partition(".")[0].removesuffix("[]") for spec in columns.values()}
-    out = {k: v for k, v in row.items() if v is not None and k not in ignore and k not in consumed}
-    return {**out, **mapped}
+    out = {k: v for k, v in without_nulls(row).items() if k not in ignore and k not in consumed}
+    return {k: _messages_without_nulls(v) for k, v in {**out, **mapped}.items()}
 
 
 def _not_utf8(label: str, text: str) -> Problem | None:

@@ -156,6 +156,38 @@ def test_parquet_multi_response_rows(tmp_path):
     assert data.card["expanded"]["train"]["pairs_made"] == 9 and data.card["expanded"]["eval"]["pairs_made"] == 3
 
 
+def test_columnar_messages_with_a_nullable_extra_field(tmp_path):
+    """Arrow gives every message of a column the union of the struct fields and fills the missing ones with null: a
+    `name` on one message is `name: None` on all the others (and on every message where the schema only declares
+    it). Null fields are dropped, as null columns are; a message that does carry a `name` is still refused."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def msg(role, content, **more):
+        return {"role": role, "content": content, **more}
+
+    rows = [
+        {"prompt": [msg("user", f"Hi {i}")], "chosen": [msg("assistant", "Hello")],
+         "rejected": [msg("assistant", "Go away")]}
+        for i in range(4)
+    ]  # fmt: skip
+    named = {**rows[0], "prompt": [msg("user", "Yo", name="bob")]}
+    schema = pa.Table.from_pylist([*rows, named]).schema  # list<struct<role, content, name>>
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "declared.parquet")  # name: None everywhere
+    pq.write_table(pa.Table.from_pylist([*rows, named]), tmp_path / "mixed.parquet")
+    datasets.Dataset.from_parquet(str(tmp_path / "declared.parquet")).save_to_disk(str(tmp_path / "ds"))
+    for source in ("declared.parquet", "ds"):
+        data = prepare_data(DataSection(train=str(tmp_path / source), heldout_fraction=0.25), seed=0)
+        assert sorted(data.train + data.eval, key=lambda r: r["prompt"][0]["content"]) == rows  # no `name: None`
+    section = DataSection(train=str(tmp_path / "mixed.parquet"), heldout_fraction=0.25, on_invalid="skip")
+    data = prepare_data(section, seed=0)
+    assert len(data.train + data.eval) == 4
+    assert data.card["sources"]["train"][0]["first_invalid"] == [
+        {"row": 5, "reason": "bad_message", "detail": "'prompt' message 0 must be {role, content}"}
+    ]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_split_by_prompt_with_pair_expansion_never_leaks(seed):
     section = DataSection(
