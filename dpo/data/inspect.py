@@ -155,7 +155,8 @@ def render(report: dict) -> str:
         lines.append(
             f"pair expansion ({name}): {e['multi_response_rows']} multi-response rows -> {e['pairs_made']} pairs "
             f"(min_gap {e['min_gap']}, cap {e['max_pairs_per_prompt']}; {e['ties']} ties, "
-            f"{e['below_min_gap']} below min_gap, {e['cut_by_cap']} over the cap)"
+            f"{e['identical_answers']} identical answers, {e['below_min_gap']} below min_gap, "
+            f"{e['cut_by_cap']} over the cap)"
         )
     for step in report["augmented"]:
         lines.append(f"augmentation {step['type']}: {step['before']} -> {step['after']} pairs")

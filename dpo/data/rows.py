@@ -43,7 +43,8 @@ REASONS: dict[str, str] = {
     "empty": "a prompt or answer is empty or whitespace only",
     "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt",
     "chosen_equals_rejected": "chosen and rejected are the same answer",
-    "bad_scores": "multi-response row: fewer than 2 responses, or scores/ranks not one finite number per response",
+    "bad_scores": "multi-response row: fewer than 2 responses, scores/ranks not one finite number per response, or "
+    "one answer given twice with different scores (which would make both A over B and B over A)",
     "too_long": "prompt + answer is longer than training.max_length tokens (TRL would cut the answer)",
 }
 
@@ -238,6 +239,14 @@ def _multi(row: dict) -> dict | Problem:
             return problem
         if isinstance(response, list) != isinstance(row["prompt"], list):
             return Problem("mixed_formats", "mixes strings and message lists")
+    first: dict[str, int] = {}  # an answer given twice with two scores would make both (A, B) and (B, A)
+    for i, response in enumerate(responses):
+        j = first.setdefault(canonical(response), i)
+        if values[j] != values[i]:
+            return Problem(
+                "bad_scores",
+                f"responses[{j}] and responses[{i}] are the same answer with {key} {values[j]} and {values[i]}",
+            )
     scores = [float(v) for v in values] if key == "scores" else [-float(v) for v in values]
     return {"prompt": row["prompt"], "responses": list(responses), "scores": scores}
 

@@ -100,8 +100,8 @@ def test_expand_pairs_exact():
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[2:4]} == {"good>bad", "tie>bad"}
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[4:]} == {"best>good", "best>tie"}
     assert [r["score_gap"] for r in rows[2:]] == [2.0, 2.0, 1.0, 1.0]
-    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0,
-                      "already_a_pair_row": 0}  # fmt: skip
+    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "identical_answers": 0,
+                      "cut_by_cap": 0, "already_a_pair_row": 0}  # fmt: skip
     again, counts = expand_pairs([pair("q", "best", "bad"), multi], random.Random(0), min_gap=1.0)
     made = {(r["chosen"], r["rejected"], r["score_gap"]) for r in again[1:]}
     assert again[0] == pair("q", "best", "bad") and made == {
@@ -112,6 +112,39 @@ def test_expand_pairs_exact():
     assert capped[0] == {**pair("q", "best", "bad"), "score_gap": 3.0} and len(capped) == 2
     assert counts["below_min_gap"] == 2 and counts["cut_by_cap"] == 1
     assert expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)[0] == capped
+
+
+def test_a_repeated_answer_with_two_scores_is_a_bad_row_and_identical_answers_are_counted(tmp_path):
+    """One answer twice with different scores would make both (A over B) and (B over A): the row is refused, named by
+    row like any bad_scores row. Repeated with one score, the (A, A) pair is no preference: skipped and counted."""
+    from dpo.data.rows import Problem, normalize
+
+    assert normalize({"prompt": "Q?", "responses": ["A", "A", "B"], "scores": [1.0, 0.0, 0.5]}) == Problem(
+        "bad_scores", "responses[0] and responses[1] are the same answer with scores 1.0 and 0.0"
+    )
+    assert normalize({"prompt": "Q?", "responses": ["A", "B", "A"], "ranks": [1, 2, 3]}) == Problem(
+        "bad_scores", "responses[0] and responses[2] are the same answer with ranks 1 and 3"
+    )
+    rows = [
+        {"prompt": "Q1?", "responses": ["A", "A", "B"], "scores": [1.0, 0.0, 0.5]},
+        {"prompt": "Q2?", "responses": ["A", "A", "B"], "scores": [1.0, 1.0, 0.5]},
+        {"prompt": "Q3?", "responses": ["C", "D"], "scores": [1.0, 0.0]},
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path, eval=path, allow_eval_in_train=True), seed=0)
+    assert str(err.value) == (
+        f"{path}: row 1: responses[0] and responses[1] are the same answer with scores 1.0 and 0.0; "
+        "data.on_invalid: skip drops bad rows and counts them"
+    )
+    section = DataSection(train=path, eval=path, allow_eval_in_train=True, on_invalid="skip")
+    data = prepare_data(section, seed=0)
+    assert data.card["sources"]["train"][0]["dropped"] == {"bad_scores": 1}
+    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in data.train) == [
+        ("Q2?", "A", "B"), ("Q3?", "C", "D")
+    ]  # fmt: skip
+    assert data.card["expanded"]["train"]["identical_answers"] == 1
+    assert data.card["expanded"]["train"]["pairs_made"] == 2
 
 
 def test_ranks_are_reversed_scores(tmp_path):
