@@ -103,23 +103,38 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
     """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
     an easy negative that teaches the model to answer the question asked.
 
-    The pairs that get one are drawn at random; the new pairs are appended after the originals."""
+    The pairs that get one are drawn at random; the new pairs are appended after the originals. A negative must
+    differ from both answers of the pair, and make a pair that is not among the rows already (nor among the new
+    ones): where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected
+    one. A pair with no such negative gets none (the data card's `after` counts the pairs added)."""
     keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
     if len(set(keys)) < 2:
         return [dict(r) for r in rows]
+    pairs = {canonical([r["prompt"], r["chosen"], r["rejected"]]) for r in rows}
+
+    def usable(i: int, j: int) -> bool:
+        negative = rows[j]["chosen"]
+        return (
+            keys[j] != keys[i]
+            and negative != rows[i]["chosen"]
+            and negative != rows[i]["rejected"]
+            and canonical([rows[i]["prompt"], rows[i]["chosen"], negative]) not in pairs
+        )
+
     extra = []
     for i in sorted(rng.sample(range(len(rows)), round(fraction * len(rows)))):
         for _ in range(20):  # rejection sampling: almost always succeeds at once, no O(N^2) scan
             j = rng.randrange(len(rows))
-            if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]:
+            if usable(i, j):
                 break
         else:
-            candidates = [j for j in range(len(rows)) if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]]
+            candidates = [j for j in range(len(rows)) if usable(i, j)]
             if not candidates:
                 continue
             j = rng.choice(candidates)
         # a new pair: the original pair's score gap (if any) says nothing about it
         extra.append({"prompt": rows[i]["prompt"], "chosen": rows[i]["chosen"], "rejected": rows[j]["chosen"]})
+        pairs.add(canonical([rows[i]["prompt"], rows[i]["chosen"], rows[j]["chosen"]]))
     return [dict(r) for r in rows] + extra
 
 

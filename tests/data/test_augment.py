@@ -52,6 +52,28 @@ def test_off_prompt_negatives_exact():
     assert off_prompt_negatives(one_question, random.Random(0), fraction=1.0) == one_question
 
 
+def test_off_prompt_negatives_make_no_pair_that_is_already_there():
+    """Where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected one:
+    that "negative" would be the pair itself. A negative that makes a pair already among the rows, or among the new
+    ones, is not taken either; a pair with no usable negative gets none, and the card counts what was added."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair("What is 2+2?", "4", "5"), pair("What is 2+3?", "5", "4"), pair("What is 1+3?", "4", "3"),
+            pair("What is 1+2?", "3", "4")]  # fmt: skip
+    out, records = apply(rows, [{"type": "off_prompt_negatives", "fraction": 1.0}], 0, RowChecker().pairs_only)
+    assert out == rows + [pair("What is 2+2?", "4", "3"), pair("What is 2+3?", "5", "3"),
+                          pair("What is 1+3?", "4", "5"), pair("What is 1+2?", "3", "5")]  # fmt: skip
+    assert records == [{"type": "off_prompt_negatives", "fraction": 1.0, "before": 4, "after": 8, "changed": 4}]
+    # (P, A, C) is there already: the first pair's only negative, C, is no new pair; D makes one (P, A, D), once
+    rows = [pair("P", "A", "B"), pair("P", "A", "C"), pair("Q", "C", "X")]
+    assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [pair("Q", "C", "A")]
+    rows = [pair("P", "A", "B"), pair("P", "A", "C"), pair("Q", "D", "X")]
+    assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [
+        pair("P", "A", "D"), pair("Q", "D", "A")
+    ]  # fmt: skip
+
+
 def test_off_prompt_negatives_seeded_and_never_same_prompt():
     rows = [pair(f"p{i % 5}", f"c{i}", f"r{i}") for i in range(20)]
     out = off_prompt_negatives(rows, random.Random(7), fraction=0.5)
