@@ -82,7 +82,9 @@ def prompt_variants(
     system prompt; the answers are unchanged.
 
     A variant equal to the original prompt or to an earlier variant of it is not added. With keep_original
-    (default) the original pair comes first, then its variants; without it only the variants are kept."""
+    (default) the original pair comes first, then its variants; without it only the variants are kept, and a pair
+    none of whose variants differs from it (the template '{prompt}' drawn and no system prompt, or a message
+    prompt with no user message to wrap) is kept as it is: the data card counts such pairs as `unchanged`."""
     templates = templates or ["{prompt}"]
     out = []
     for row in rows:
@@ -96,6 +98,8 @@ def prompt_variants(
             if canonical(prompt) not in seen:
                 seen.add(canonical(prompt))
                 out.append({**row, "prompt": prompt})
+        if not keep_original and len(seen) == 1:  # no variant: the pair stays, with its own prompt
+            out.append(dict(row))
     return out
 
 
@@ -224,7 +228,9 @@ def apply(
     on_invalid: str = "error",
     where: str = "data.augment",
 ) -> tuple[list[dict], list[dict]]:
-    """Run the steps in order; returns the rows and a record per step for the data card.
+    """Run the steps in order; returns the rows and a record per step for the data card: the step's keys, the rows
+    `before` and `after` it, how many it `changed` (rows that differ, by content), how many it left `unchanged`
+    (rows it gave back as they were), and the `invalid` rows it made, by reason, under on_invalid 'skip'.
 
     Rows a step creates (not among its input rows) go through `checker` (the row checks and the length check;
     it returns each row in canonical form or its Problem); under on_invalid 'error' a bad one is a UserError
@@ -271,7 +277,9 @@ def apply(
         added = Counter(canonical(r) for r in rows) - Counter(canonical(r) for r in before)
         removed = Counter(canonical(r) for r in before) - Counter(canonical(r) for r in rows)
         changed = max(added.total(), removed.total())
-        record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed}
+        unchanged = (Counter(canonical(r) for r in rows) & Counter(canonical(r) for r in before)).total()
+        record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed,
+                  "unchanged": unchanged}  # fmt: skip
         if invalid:
             record["invalid"] = invalid
         records.append(record)

@@ -64,7 +64,9 @@ def test_off_prompt_negatives_make_no_pair_that_is_already_there():
     out, records = apply(rows, [{"type": "off_prompt_negatives", "fraction": 1.0}], 0, RowChecker().pairs_only)
     assert out == rows + [pair("What is 2+2?", "4", "3"), pair("What is 2+3?", "5", "3"),
                           pair("What is 1+3?", "4", "5"), pair("What is 1+2?", "3", "5")]  # fmt: skip
-    assert records == [{"type": "off_prompt_negatives", "fraction": 1.0, "before": 4, "after": 8, "changed": 4}]
+    assert records == [
+        {"type": "off_prompt_negatives", "fraction": 1.0, "before": 4, "after": 8, "changed": 4, "unchanged": 4}
+    ]
     # (P, A, C) is there already: the first pair's only negative, C, is no new pair; D makes one (P, A, D), once
     rows = [pair("P", "A", "B"), pair("P", "A", "C"), pair("Q", "C", "X")]
     assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [pair("Q", "C", "A")]
@@ -103,6 +105,25 @@ def test_prompt_variants_text_and_messages_exact():
         pair("p1!", "c1", "r1"),
         pair("p2!", "c2", "r2"),
     ]
+
+
+def test_prompt_variants_without_the_original_keep_a_pair_no_variant_changed():
+    """keep_original: false replaces each pair by its variants; a pair whose drawn variant is its own prompt (the
+    template '{prompt}', no system prompt) is kept as it is, not dropped, and the card counts it as unchanged."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair(f"q{i}", "a", "b") for i in range(10)]
+    step = {"type": "prompt_variants", "templates": ["{prompt}", "Question: {prompt}"], "keep_original": False}
+    out, records = apply(rows, [step], 0, RowChecker().pairs_only)
+    varied = {0, 6}  # the step's seeded draws: 'Question: {prompt}' for these, '{prompt}' for the others
+    assert [r["prompt"] for r in out] == [f"Question: q{i}" if i in varied else f"q{i}" for i in range(10)]
+    assert records == [{**step, "before": 10, "after": 10, "changed": 2, "unchanged": 8}]
+    assert prompt_variants(CONV, random.Random(0), system_prompts=["S"], keep_original=False) == [
+        {**CONV[0], "prompt": [{"role": "system", "content": "S"}, *CONV[0]["prompt"]]}
+    ]
+    no_user = [{**CONV[0], "prompt": [{"role": "system", "content": "S"}]}]  # nothing a template can wrap
+    assert prompt_variants(no_user, random.Random(0), templates=["Q: {prompt}"], keep_original=False) == no_user
 
 
 def test_prompt_variants_seeded():

@@ -175,5 +175,6 @@ def test_augmentation_touches_training_pairs_only_and_is_recorded(tmp_path):
     data = prepare_data(section, seed=3)
     assert all(r["chosen"].startswith("good") for r in data.eval)  # held-out keeps the true labels
     assert sum(r["chosen"].startswith("bad") for r in data.train) == 8  # half of the 15 training pairs, rounded
-    assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8}]
+    assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8,
+                                      "unchanged": 7}]  # fmt: skip
     assert prepare_data(section, seed=3).train == data.train
