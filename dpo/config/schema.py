@@ -129,8 +129,9 @@ class DataSection(Section):
     expand_pairs: ExpandPairsSection = Field(default_factory=ExpandPairsSection)
     allow_eval_in_train: bool = Field(
         False,
-        description="Let every held-out row also be a training row (data.eval the same data as data.train): "
-        "held-out metrics then measure memorisation. false: that is an error.",
+        description="Let held-out data be training data (data.eval the same data as data.train, or sharing "
+        "prompts with it): held-out metrics then measure memorisation. false: held-out rows that are all training "
+        "rows are an error, and held-out prompts that are training prompts a warning.",
     )
     augment: list[dict[str, Any]] = Field(
         default_factory=list,

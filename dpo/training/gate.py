@@ -63,6 +63,16 @@ class CheckedRecipe:
                 f"{self.loaded.where('model.trust_remote_code')}: true: Python code shipped with the model "
                 f"'{self.recipe.model.name_or_path}' will run on this machine; keep it false unless you trust it"
             )
+        split = self.data.card["split"]
+        if split["prompts_in_both"] and not self.recipe.data.allow_eval_in_train:
+            # only held-out data that is all training data is an error (prepare.check_eval_is_not_train); a copy of
+            # the training file plus a row would pass, with held-out metrics that measure memorisation
+            found.append(
+                f"{self.loaded.where('data.eval')}: {split['prompts_in_both']} of the {split['eval_prompts']} held-out "
+                "prompts are also training prompts (whitespace aside): held-out metrics on them measure memorisation, "
+                "not generalisation; hold out other prompts (or drop data.eval to split off data.heldout_fraction of "
+                "the prompts), or set data.allow_eval_in_train: true if that is meant"
+            )
         return found
 
 
