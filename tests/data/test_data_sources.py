@@ -294,6 +294,63 @@ def test_data_inspect_recipe_checks_the_loss_keys(tmp_path, tiny_model_dir):
     assert result.stderr.count("\n") == 1
 
 
+@pytest.fixture
+def sums_recipe(tmp_path, tiny_model_dir):
+    """12 prompts 'What is i+1?' and two whitespace variants of them (one prompt each, as the split and the card
+    count prompts), 30% held out; the tiny model's tokenizer counts characters."""
+    rows = [pair(f"What is {i}+1?", str(i + 1), str(i + 2)) for i in range(12)]
+    rows += [pair("What is 3+1? ", "four", "five"), pair("What  is 4+1?", "five", "six")]
+    data = {"train": write_jsonl(tmp_path / "sums.jsonl", rows), "heldout_fraction": 0.3}
+    recipe = {"seed": 1, "model": {"name_or_path": str(tiny_model_dir)}, "data": data, "training": {"max_length": 30}}
+    return write_recipe(tmp_path / "sums.yaml", recipe)
+
+
+def test_data_inspect_recipe_shows_rows_an_augmentation_made_invalid_and_counts_prompts_as_the_card(sums_recipe):
+    """Inspect runs with on_invalid: skip to count every bad row: the rows an augmentation step made that the
+    recipe would refuse (here: too long with the system prompt) are counted with the others, and said to stop the
+    run. Prompts are counted as the split and the data card count them (whitespace aside)."""
+    step = 'data.augment=[{type: prompt_variants, system_prompts: ["You are a careful assistant."]}]'
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", step, "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert "invalid rows by reason (data.on_invalid: error stops with an error):" in result.stdout
+    assert "  too_long                     10  " in result.stdout
+    assert "augmentation prompt_variants: 10 -> 10 pairs (10 made invalid: too_long 10)" in result.stdout
+    report = json.loads(CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--json"]).stdout)
+    card = prepare_data(load_recipe(sums_recipe).recipe.data, seed=1).card
+    assert report["splits"]["train"]["prompts"] == card["split"]["train_prompts"] == 8  # 10 pairs, 8 prompts
+    assert report["splits"]["eval"]["prompts"] == card["split"]["eval_prompts"] == 4
+
+
+def test_data_inspect_checks_the_recipe_as_validate_does(sums_recipe, tmp_path):
+    """A key the rest of the recipe makes a no-op is an error in `dpo data inspect` as in `dpo validate`."""
+    other = write_jsonl(tmp_path / "other.jsonl", [pair(f"Other {i}?") for i in range(4)])
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", f"data.eval={other}"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {sums_recipe}: data.heldout_fraction: has no effect: data.eval is set, so nothing is split off"
+    ]
+
+
+def test_data_inspect_names_the_option_at_fault(sums_recipe, tmp_path):
+    data_file = str(tmp_path / "sums.jsonl")
+    for target in (str(sums_recipe), data_file):  # the tokenizer of --model, not of the recipe's model key
+        result = CliRunner().invoke(app, ["data", "inspect", target, "--model", str(tmp_path / "nowhere")])
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            f"error: --model: cannot load the tokenizer: model directory '{tmp_path / 'nowhere'}' does not exist"
+        ]
+    gone = tmp_path / "gone"
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", f"model.name_or_path={gone}"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: --set: model.name_or_path: cannot load the tokenizer: model directory '{gone}' does not exist"
+    ]
+    # overrides of a data file would be ignored, unknown keys and all
+    result = CliRunner().invoke(app, ["data", "inspect", data_file, "--set", "nonsense.key=1"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: --set: applies only to a recipe; a data file is inspected as it is"]
+
+
 def test_knobs_that_would_do_nothing_are_errors(two_sources):
     a, b = two_sources
     with pytest.raises(UserError, match="data.expand_pairs: has no effect: the data hold no multi-response rows"):
