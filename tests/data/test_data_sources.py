@@ -90,6 +90,22 @@ def test_weight_and_count_together_is_a_recipe_error(tmp_path, two_sources):
         load_recipe(recipe)
 
 
+@pytest.mark.parametrize("train", [[{"weight": 3}], [{"weight": 3}, {}], [{}, {"count": 5}, {"weight": 0.5}]])
+def test_a_weight_with_no_other_weighted_source_is_an_error(tmp_path, two_sources, train):
+    """Weighted sources share their own total row count: a lone weighted source gives its rows once, whatever its
+    weight, beside unweighted sources or alone; `[{path: a, weight: 3}, b]` would not upweight a."""
+    sources = [{"path": path, **keys} for path, keys in zip([*two_sources, two_sources[0]], train, strict=False)]
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": sources}})
+    lone = next(i for i, keys in enumerate(train) if "weight" in keys)
+    with pytest.raises(UserError) as err:
+        load_recipe(recipe)
+    assert str(err.value) == (
+        f"{recipe}: data.train: source {lone}: weight: has no effect: weighted sources share their total row count "
+        "by weight, and this source is the only weighted one, so it gives its rows once whatever the weight; "
+        "weight another source too, or give this one a count"
+    )
+
+
 def test_list_source_paths_resolve_against_the_recipe_folder(tmp_path, two_sources):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": ["a.jsonl", {"path": "b.jsonl", "count": 3}]}})
     sources = load_recipe(recipe).recipe.data.sources("train")
