@@ -24,7 +24,7 @@ from annotated_types import Interval, MinLen
 from pydantic import AfterValidator
 
 from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
-from dpo.data.rows import Problem, canonical, prompt_key
+from dpo.data.rows import Problem, canonical, counts_text, prompt_key
 from dpo.errors import UserError, did_you_mean
 
 Fraction = Annotated[float, Interval(ge=0, le=1)]
@@ -272,6 +272,9 @@ def apply(
         for p in bad.values():
             invalid[p.reason] = invalid.get(p.reason, 0) + 1
         rows = [r for i, r in enumerate(out) if i not in bad]
+        if not rows:
+            made = f": the {len(bad)} rows it made were all invalid ({counts_text(invalid)})" if bad else ""
+            raise UserError(f"left no training pairs (it was given {len(before)}){made}", where=label)
         # rows that differ, by content not position (a step that adds 15 rows changed 15, one that flips 3 changed 3);
         # counted as multisets, so that a step that repeats rows changed as many as it added
         added = Counter(canonical(r) for r in rows) - Counter(canonical(r) for r in before)

@@ -54,6 +54,11 @@ def reasons_table() -> str:
     return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
 
 
+def counts_text(counts: dict[str, int]) -> str:
+    """Rows counted by reason, most first: 'extra_column: 6, duplicate: 4'."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 @dataclass(frozen=True)
 class Problem:
     """Why a row cannot be used: `reason` is a REASONS key (counted), `detail` says what exactly (shown)."""

@@ -258,6 +258,14 @@ def repeat(rows, rng, *, times: int = 1):
 def blank_in_place(rows, rng):
     rows[0]["chosen"] = " "
     return rows
+
+
+def nothing(rows, rng):
+    return []
+
+
+def blanks(rows, rng):
+    return [{**r, "chosen": " "} for r in rows]
 """
 
 
@@ -312,6 +320,23 @@ def test_a_plugin_that_edits_its_rows_in_place_is_validated_and_counted_too(plug
     data = prepare_data(section.model_copy(update={"on_invalid": "skip"}), seed=0)
     assert len(data.train) == 2 and all(r["chosen"].strip() for r in data.train)
     assert data.card["augmented"][0]["invalid"] == {"empty": 1} and data.card["augmented"][0]["changed"] == 1
+
+
+def test_a_step_that_leaves_no_training_pairs_is_named(plugin):
+    """Not "no pairs left after validation and the split": the step that emptied the training split is named, with
+    the rows it made that the checks refused."""
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:nothing"}])
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == "data.augment: step 0 (my_augs:nothing): left no training pairs (it was given 3)"
+    steps = [{"type": "label_noise", "fraction": 1.0}, {"type": "my_augs:blanks"}]
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=steps, on_invalid="skip")
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        "data.augment: step 1 (my_augs:blanks): left no training pairs (it was given 3): the 3 rows it made were "
+        "all invalid (empty: 3)"
+    )
 
 
 def test_plugin_that_raises_is_a_one_line_user_error(plugin):

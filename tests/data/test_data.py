@@ -178,3 +178,47 @@ def test_augmentation_touches_training_pairs_only_and_is_recorded(tmp_path):
     assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8,
                                       "unchanged": 7}]  # fmt: skip
     assert prepare_data(section, seed=3).train == data.train
+
+
+def test_a_split_left_empty_is_named_with_what_was_dropped(tmp_path):
+    """Not "need at least 2 distinct prompts" under data.heldout_fraction, nor data.train for an empty data.eval: the
+    split that has nothing left, and why its rows were dropped (every source's counts together)."""
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{**pair(f"Q{i}"), "id": i} for i in range(6)])
+    good = write_jsonl(tmp_path / "good.jsonl", [pair(f"P{i}") for i in range(4)])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=extra, on_invalid="skip"), seed=0)
+    assert str(err.value) == "data.train: no rows left: the 6 rows read were all dropped (extra_column: 6)"
+    blank = write_jsonl(tmp_path / "blank.jsonl", [pair(f"B{i}", chosen=" ") for i in range(3)])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=good, eval=[extra, blank], on_invalid="skip"), seed=0)
+    assert str(err.value) == "data.eval: no rows left: the 9 rows read were all dropped (extra_column: 6, empty: 3)"
+
+
+def test_a_weighted_source_that_only_repeats_an_earlier_one_is_named(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [pair(f"P{i}") for i in range(4)])
+    section = DataSection(train=[{"path": good, "weight": 1}, {"path": good, "weight": 2}], heldout_fraction=0.5)
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        f"data.train: source 1: no rows to take a weight from: all 4 rows of {good} duplicate earlier rows (the "
+        "same data listed twice?)"
+    )
+    bad = write_jsonl(tmp_path / "bad.jsonl", [pair(f"B{i}", chosen=" ") for i in range(3)])
+    section = DataSection(train=[good, {"path": bad, "count": 2}], heldout_fraction=0.5, on_invalid="skip")
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        f"data.train: source 1: no rows to take a count from: the 3 rows of {bad} were all dropped (empty: 3)"
+    )
+
+
+def test_a_split_that_pair_expansion_leaves_empty_is_named(tmp_path):
+    rows = [{"prompt": f"Q{i}", "responses": ["a", "b"], "scores": [1.0, 1.0 + i]} for i in range(3)]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    eval_path = write_jsonl(tmp_path / "e.jsonl", [pair("E")])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path, eval=eval_path, expand_pairs={"min_gap": 3}), seed=0)
+    assert str(err.value) == (
+        "data.train: no pairs left after pair expansion: its 3 multi-response rows made no pair (ties: 1, below "
+        "data.expand_pairs.min_gap: 2)"
+    )
