@@ -32,6 +32,8 @@ REASONS: dict[str, str] = {
     "not_utf8": "the line holds bytes that are not UTF-8 text, or a text holds a lone surrogate escape (`\\ud800`)",
     "bad_json": "the line is not valid JSON (or nests deeper than Python's parser goes)",
     "truncated": "the file's last line is cut off (no newline, not valid JSON)",
+    "bad_csv": "a CSV row that does not parse as the header says: more fields than the header (a comma in a value "
+    "that is not quoted) or a stray quote",
     "not_object": "the row is not a JSON object",
     "missing_column": "a column the format needs is absent or null",
     "extra_column": "a column the format does not use (map it with `columns` or list it in `ignore_columns`)",

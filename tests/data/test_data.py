@@ -145,6 +145,37 @@ def test_a_csv_cell_is_the_text_it_holds(tmp_path):
     assert sorted(r["chosen"] for r in data.train + data.eval) == ["0", "10", "2", "4", "6", "8"]
 
 
+def test_a_csv_row_that_does_not_parse_is_a_bad_row_not_a_bad_file(tmp_path):
+    """A comma in a value that is not quoted gives a row more fields than the header: that row is a `bad_csv` row at
+    its data-row number (skipped and counted under on_invalid: skip), as a bad JSONL line is; so is a stray quote.
+    A quoted value that is never closed would swallow the rest of the file: the file is refused."""
+    from dpo.data.readers import read_source
+
+    path = tmp_path / "comma.csv"
+    path.write_text(
+        "prompt,chosen,rejected\nWhat is 2+2?,4,5\nWhere is the Eiffel tower?,Paris, France,Berlin\n"
+        'Say "hi",""hi"" x,hi\n"Two\nlines?",yes,no\nWhat is 3+3?,6,7\n'
+    )
+    rows = read_source(str(path), "data.train")
+    assert [n for n, _ in rows] == [1, 2, 3, 4, 5]
+    assert rows[1][1] == Problem("bad_csv", "4 fields, but the header has 3 (a comma in a value that is not quoted?)")
+    assert rows[2][1] == Problem("bad_csv", "does not parse as CSV (',' expected after '\"')")
+    assert rows[3][1] == pair("Two\nlines?", "yes", "no")
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=str(path)), seed=0)
+    assert str(err.value) == (
+        f"{path}: row 2: 4 fields, but the header has 3 (a comma in a value that is not quoted?); row 3: does not "
+        "parse as CSV (',' expected after '\"'); data.on_invalid: skip drops bad rows and counts them"
+    )
+    data = prepare_data(DataSection(train=str(path), on_invalid="skip", heldout_fraction=0.5), seed=0)
+    assert data.card["sources"]["train"][0]["dropped"] == {"bad_csv": 2} and len(data.train + data.eval) == 3
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('prompt,chosen,rejected\nWhat is 2+2?,4,5\n"What is 3+3?,6,7\nWhat is 4+4?,8,9\n')
+    with pytest.raises(UserError) as err:
+        read_source(str(unclosed), "data.train")
+    assert str(err.value) == f"{unclosed}: cannot read: row 2: a quoted value is never closed (the file ends in it)"
+
+
 def test_save_to_disk_directory(tmp_path):
     import datasets
 
