@@ -5,7 +5,8 @@ A row is, after its source's column mapping, one of
     (three lists of {role, content} messages), optionally with a `score_gap` (a number > 0: how much better the
     chosen answer scored; pair expansion sets it, and ODPO reads it);
   * an implicit-prompt pair {chosen, rejected}: the prompt is the part both share (the leading messages
-    both conversations have, or the common leading text), as TRL's `extract_prompt` does;
+    both conversations have, or the common leading text), as TRL's `extract_prompt` does (a row where one answer is
+    a prefix of the other is refused: nothing of it would be left);
   * a multi-response row {prompt, responses, scores | ranks}: N answers with a score each (higher is
     better) or a rank each (1 is best), as in UltraFeedback; pair expansion turns it into pairs.
 
@@ -43,7 +44,8 @@ REASONS: dict[str, str] = {
     "bad_message": "a message is not {role, content} with text content",
     "bad_role": f"a message role is not one of {', '.join(ROLES)}",
     "empty": "a prompt or answer is empty or whitespace only",
-    "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt",
+    "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt, or one is a prefix of the "
+    "other (nothing of it would be left after the prompt they share: give the rows a `prompt` column)",
     "chosen_equals_rejected": "chosen and rejected are the same answer",
     "bad_scores": "multi-response row: fewer than 2 responses, scores/ranks not one finite number per response, or "
     "one answer given twice with different scores (which would make both A over B and B over A)",
@@ -166,7 +168,9 @@ def _same_kind(row: dict, columns: list[str]) -> Problem | None:
 
 def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) from an implicit-prompt pair, as TRL's `extract_prompt`: the shared leading
-    messages, or the shared leading text (a space before the split point goes with the answers)."""
+    messages, or the shared leading text (a space before the split point goes with the answers). Where one answer
+    is a prefix of the other, all of it is the prompt here (TRL leaves its last item as the answer): _pair refuses
+    such a row."""
     idx = 0
     limit = min(len(chosen), len(rejected))
     while idx < limit and chosen[idx] == rejected[idx]:
@@ -200,9 +204,18 @@ def _pair(row: dict) -> dict | Problem:
                 return problem
         if problem := _same_kind(row, ["chosen", "rejected"]):
             return problem
+        if row["chosen"] == row["rejected"]:
+            return Problem("chosen_equals_rejected", "chosen equals rejected")
         prompt, chosen, rejected = extract_prompt(row["chosen"], row["rejected"])
         if not (prompt.strip() if isinstance(prompt, str) else prompt):
             return Problem("no_shared_prompt", "no 'prompt' column, and chosen and rejected share no leading prompt")
+        for column, rest, other in (("chosen", chosen, "rejected"), ("rejected", rejected, "chosen")):
+            if not (rest.strip() if isinstance(rest, str) else rest):  # the shared start took all of this answer
+                return Problem(
+                    "no_shared_prompt",
+                    f"'{column}' is a prefix of '{other}': nothing of it is left after the prompt they share; give "
+                    "the rows a 'prompt' column",
+                )
         row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for column in PAIR:
         if problem := _text_or_messages(column, row[column]):

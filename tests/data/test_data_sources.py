@@ -162,6 +162,28 @@ def test_implicit_prompt_text_and_messages():
     }
 
 
+def test_an_implicit_prompt_row_whose_answer_is_a_prefix_of_the_other_says_so():
+    """The shared start of 'Q: 6*7? A: 4' and 'Q: 6*7? A: 42' is all of the first: its answer is not empty, the
+    prompt swallowed it. Such a row needs a prompt column, and says so."""
+    from dpo.data.rows import Problem
+
+    prefix = "nothing of it is left after the prompt they share; give the rows a 'prompt' column"
+    assert normalize({"chosen": "Q: 6*7? A: 4", "rejected": "Q: 6*7? A: 42"}) == Problem(
+        "no_shared_prompt", f"'chosen' is a prefix of 'rejected': {prefix}"
+    )
+    assert normalize({"chosen": "Q: 6*7? A: 42", "rejected": "Q: 6*7? A: 4"}) == Problem(
+        "no_shared_prompt", f"'rejected' is a prefix of 'chosen': {prefix}"
+    )
+    user, answer = {"role": "user", "content": "6*7?"}, {"role": "assistant", "content": "42"}
+    more = [user, answer, {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    assert normalize({"chosen": [user, answer], "rejected": more}) == Problem(
+        "no_shared_prompt", f"'chosen' is a prefix of 'rejected': {prefix}"
+    )
+    assert normalize({"chosen": "Q: 6*7? A: 42", "rejected": "Q: 6*7? A: 42"}) == Problem(
+        "chosen_equals_rejected", "chosen equals rejected"
+    )
+
+
 def test_parquet_multi_response_rows(tmp_path):
     import datasets
 
