@@ -209,3 +209,18 @@ def test_held_out_prompts_that_are_training_prompts_are_warned_of(tmp_path, tiny
     assert proc.stderr.splitlines() == [f"warning: {expected}"] and proc.stdout.startswith("ok: ")
     proc = invoke_dpo("validate", recipe, "--output-dir", tmp_path / "run", "--set", "data.allow_eval_in_train=true")
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_odpo_after_off_prompt_negatives_names_the_augmentation_step(tmp_path):
+    """ODPO reads every pair's score gap; the pairs off_prompt_negatives adds have none (they are new pairs): the
+    step is named, not loss.type and the data's sources."""
+    from tests.conftest import REPO
+
+    step = "data.augment=[{type: off_prompt_negatives, fraction: 0.5}]"
+    proc = invoke_dpo("validate", REPO / "recipes" / "odpo.yaml", "--output-dir", tmp_path / "run", "--set", step)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: --set: data.augment: step 0 (off_prompt_negatives): adds 160 training pairs without a score gap (new "
+        "pairs have no score), and odpo needs the score gap of every pair; drop the step, or use a loss that reads "
+        "none"
+    ]

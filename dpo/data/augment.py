@@ -24,7 +24,7 @@ from annotated_types import Interval, MinLen
 from pydantic import AfterValidator
 
 from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
-from dpo.data.rows import Problem, canonical, counts_text, prompt_key
+from dpo.data.rows import SCORE_GAP, Problem, canonical, counts_text, prompt_key
 from dpo.errors import UserError, did_you_mean
 
 Fraction = Annotated[float, Interval(ge=0, le=1)]
@@ -230,7 +230,8 @@ def apply(
 ) -> tuple[list[dict], list[dict]]:
     """Run the steps in order; returns the rows and a record per step for the data card: the step's keys, the rows
     `before` and `after` it, how many it `changed` (rows that differ, by content), how many it left `unchanged`
-    (rows it gave back as they were), and the `invalid` rows it made, by reason, under on_invalid 'skip'.
+    (rows it gave back as they were), the `invalid` rows it made, by reason, under on_invalid 'skip', and where every
+    row it was given had a score gap, how many rows it made `without_score_gap`.
 
     Rows a step creates (not among its input rows) go through `checker` (the row checks and the length check;
     it returns each row in canonical form or its Problem); under on_invalid 'error' a bad one is a UserError
@@ -285,5 +286,11 @@ def apply(
                   "unchanged": unchanged}  # fmt: skip
         if invalid:
             record["invalid"] = invalid
+        if all(
+            SCORE_GAP in r for r in before
+        ):  # pairs that read a score gap (ODPO) lose it here: the gate names the step
+            gapless = sum(SCORE_GAP not in out[i] for i in new if i not in bad)
+            if gapless:
+                record["without_score_gap"] = gapless
         records.append(record)
     return rows, records

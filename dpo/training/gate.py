@@ -162,15 +162,23 @@ def needs_audit(checked: CheckedRecipe) -> bool:
 
 def _check_score_gaps(loaded: LoadedRecipe, plan, data: PreparedData) -> None:
     """A loss that takes the score gap (ODPO) needs one on every pair: pairs expanded from multi-response rows with
-    scores (or ranks) have it, other pairs do not."""
+    scores (or ranks) have it, other pairs do not, nor do the new pairs of an augmentation (off_prompt_negatives):
+    that step is named."""
     from dpo.training.losses import LOSSES
 
     if not plan.needs_score_gaps:
         return
+    takers = ", ".join(name for name, _ in plan.terms if LOSSES[name].needs_score_gaps)
+    for i, step in enumerate(data.card["augmented"]):  # the data had gaps, and an augmentation made pairs without
+        if step.get("without_score_gap"):
+            raise UserError(
+                f"adds {step['without_score_gap']} training pairs without a score gap (new pairs have no score), and "
+                f"{takers} needs the score gap of every pair; drop the step, or use a loss that reads none",
+                where=f"{loaded.where('data.augment')}: step {i} ({step['type']})",
+            )
     for split, rows in (("training", data.train), ("held-out", data.eval)):
         missing = sum(SCORE_GAP not in row for row in rows)
         if missing:
-            takers = ", ".join(name for name, _ in plan.terms if LOSSES[name].needs_score_gaps)
             raise UserError(
                 f"{takers} needs the score gap of every pair, and {missing} of {len(rows)} {split} pairs have none "
                 "(pairs get one from multi-response rows with scores, or a score_gap column)",

@@ -215,6 +215,8 @@ def test_the_score_gap_goes_through_validation_and_augmentation(tmp_path):
     assert [r["score_gap"] for r in originals] == [float(i + 1) for i in range(8)]
     assert sum(r["chosen"].startswith("bad") for r in originals) == 4  # flipped, gap kept
     assert len(negatives) == 4 and all("score_gap" not in r for r in negatives)
+    # counted in the card, where the gate finds the step that a loss reading the gap (ODPO) cannot follow
+    assert [s.get("without_score_gap") for s in data.card["augmented"]] == [None, 4]
 
 
 def test_augmentations_compose_in_order_and_are_recorded(tmp_path):
