@@ -24,7 +24,7 @@ from annotated_types import Interval, MinLen
 from pydantic import AfterValidator
 
 from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
-from dpo.data.rows import SCORE_GAP, Problem, canonical, counts_text, prompt_key
+from dpo.data.rows import SCORE_GAP, Problem, canonical, counts_text, prompt_key, share_of
 from dpo.errors import UserError, did_you_mean
 
 Fraction = Annotated[float, Interval(ge=0, le=1)]
@@ -41,10 +41,24 @@ def _with_placeholders(templates: list[str]) -> list[str]:
 Templates = Annotated[list[str], MinLen(1), AfterValidator(_with_placeholders)]
 
 
+class NoEffect(ValueError):
+    """An augmentation whose keys make it do nothing: `apply` reports it as a user error naming the step (a plug-in
+    may raise it too)."""
+
+
+def _pairs_of(fraction: float, rows: list[dict]) -> int:
+    """fraction * N pairs, to the nearest pair (halves up); a fraction > 0 that gives none is NoEffect."""
+    count = share_of(fraction, len(rows), nearest=True)
+    if fraction > 0 and count == 0:
+        raise NoEffect(f"has no effect: fraction {fraction:g} of {len(rows)} training pairs rounds to no pair")
+    return count
+
+
 def label_noise(rows: list[dict], rng: random.Random, *, fraction: Fraction) -> list[dict]:
-    """Flip exactly round(fraction * N) randomly chosen pairs (chosen <-> rejected): simulated annotator
-    noise, for robustness studies and the overfitting benchmark."""
-    flipped = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
+    """Flip fraction * N randomly chosen pairs (chosen <-> rejected), rounded to the nearest pair (halves up; a
+    fraction > 0 that rounds to none is an error): simulated annotator noise, for robustness studies and the
+    noise benchmark."""
+    flipped = set(rng.sample(range(len(rows)), _pairs_of(fraction, rows)))
     return [
         {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if i in flipped else dict(row)
         for i, row in enumerate(rows)
@@ -104,13 +118,14 @@ def prompt_variants(
 
 
 def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Fraction = 1.0) -> list[dict]:
-    """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
-    an easy negative that teaches the model to answer the question asked.
+    """Adds up to fraction * N pairs (rounded as label_noise rounds) whose rejected answer is the chosen answer of a
+    pair with another prompt: an easy negative that teaches the model to answer the question asked.
 
     The pairs that get one are drawn at random; the new pairs are appended after the originals. A negative must
     differ from both answers of the pair, and make a pair that is not among the rows already (nor among the new
     ones): where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected
     one. A pair with no such negative gets none (the data card's `after` counts the pairs added)."""
+    count = _pairs_of(fraction, rows)
     keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
     if len(set(keys)) < 2:
         return [dict(r) for r in rows]
@@ -126,7 +141,7 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
         )
 
     extra = []
-    for i in sorted(rng.sample(range(len(rows)), round(fraction * len(rows)))):
+    for i in sorted(rng.sample(range(len(rows)), count)):
         for _ in range(20):  # rejection sampling: almost always succeeds at once, no O(N^2) scan
             j = rng.randrange(len(rows))
             if usable(i, j):
@@ -247,15 +262,20 @@ def apply(
         if problem:
             raise UserError(problem, where=label)
         known = {canonical(r) for r in before}
-        if step["type"] in AUGMENTATIONS:
-            out = function(before, rng, **kwargs)
-        else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
-            try:
-                # a copy: a plug-in that edits the rows it is given in place would otherwise change `before` too,
-                # and its edited rows would pass as known ones, unchecked and not counted as changed
-                out = function(copy.deepcopy(before), rng, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
+        try:
+            if step["type"] in AUGMENTATIONS:
+                out = function(before, rng, **kwargs)
+            else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
+                try:
+                    # a copy: a plug-in that edits the rows it is given in place would otherwise change `before` too,
+                    # and its edited rows would pass as known ones, unchecked and not counted as changed
+                    out = function(copy.deepcopy(before), rng, **kwargs)
+                except NoEffect:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
+        except NoEffect as exc:  # keys that make the step do nothing: said, not ignored
+            raise UserError(str(exc), where=label) from None
         if not isinstance(out, list):
             raise UserError(f"returned a {type(out).__name__}, expected a list of rows", where=label)
         new = [i for i, r in enumerate(out) if not isinstance(r, dict) or canonical(r) not in known]

@@ -34,6 +34,7 @@ from dpo.data.rows import (
     normalize,
     prompt_key,
     row_format,
+    share_of,
 )
 from dpo.errors import UserError
 
@@ -238,14 +239,6 @@ class PreparedData:
         import datasets
 
         return datasets.Dataset.from_list(self.train), datasets.Dataset.from_list(self.eval)
-
-
-def share_of(share: float, count: int, round_up: bool = False) -> int:
-    """`share` of `count` items, rounded down (or up): as a person reckons it, so that 0.29 of 100 is 29 where the
-    float product is 28.999999999999996 (and 0.07 of 100 is 7, not 8, rounded up)."""
-    exact = share * count
-    slack = 1e-12 * max(1.0, exact)  # relative: a float product's error grows with it
-    return math.ceil(exact - slack) if round_up else math.floor(exact + slack)
 
 
 def split_by_prompt(

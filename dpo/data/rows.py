@@ -58,6 +58,17 @@ def reasons_table() -> str:
     return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
 
 
+def share_of(share: float, count: int, round_up: bool = False, nearest: bool = False) -> int:
+    """`share` of `count` items, rounded down (or up, or to the nearest with halves up): as a person reckons it, so
+    that 0.29 of 100 is 29 where the float product is 28.999999999999996 (and 0.07 of 100 is 7, not 8, rounded up;
+    0.15 of 10 is 1.5, so 2 to the nearest, as 0.25 of 10 is 3). The one rounding rule of the data layer."""
+    exact = share * count
+    slack = 1e-12 * max(1.0, exact)  # relative: a float product's error grows with it
+    if nearest:
+        return math.floor(exact + 0.5 + slack)
+    return math.ceil(exact - slack) if round_up else math.floor(exact + slack)
+
+
 def counts_text(counts: dict[str, int]) -> str:
     """Rows counted by reason, most first: 'extra_column: 6, duplicate: 4'."""
     return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -42,6 +42,28 @@ def test_label_noise_fraction_one_flips_every_pair():
     assert label_noise(ROWS, random.Random(0), fraction=1.0) == [pair("p1", "r1", "c1"), pair("p2", "r2", "c2")]
 
 
+def test_the_share_of_pairs_a_fraction_gives_is_rounded_one_way_and_is_never_silently_none():
+    """fraction * N rounded to the nearest pair, halves up, with the one rounding function (not Python's round():
+    0.25 of 10 flipped 2, 0.15 of 10 flipped 2, 0.05 of 10 flipped none); a fraction > 0 that gives no pair is an
+    error naming the step, not a step that does nothing."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair(f"p{i}", f"good{i}", f"bad{i}") for i in range(10)]
+    flipped = {f: sum(a != b for a, b in zip(rows, label_noise(rows, random.Random(0), fraction=f), strict=True))
+               for f in (0.05, 0.15, 0.25, 0.35, 0.3)}  # fmt: skip
+    assert flipped == {0.05: 1, 0.15: 2, 0.25: 3, 0.35: 4, 0.3: 3}
+    assert len(off_prompt_negatives(rows[:5], random.Random(0), fraction=0.1)) == 6  # 0.5 of a pair: one
+    for step in ({"type": "label_noise", "fraction": 0.04}, {"type": "off_prompt_negatives", "fraction": 0.04}):
+        with pytest.raises(UserError) as err:
+            apply(rows, [step], 0, RowChecker().pairs_only)
+        assert str(err.value) == (
+            f"data.augment: step 0 ({step['type']}): has no effect: fraction 0.04 of 10 training pairs rounds to no "
+            "pair"
+        )
+    assert label_noise(rows, random.Random(0), fraction=0.0) == rows  # 0 says none: a sweep's baseline
+
+
 def test_off_prompt_negatives_exact():
     # two prompts: the only other prompt's chosen answer is each pair's extra rejected answer
     out = off_prompt_negatives(ROWS, random.Random(0), fraction=1.0)
