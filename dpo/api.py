@@ -160,17 +160,26 @@ def recipes():
 def inspect_data(target: str | Path, overrides=(), **options) -> dict:
     """Counts, token lengths, invalid rows and samples of a data file or a recipe's data.
 
-    A recipe is checked whole, as loading it always did: the `loss` section's keys come from the loss table
-    (dpo/training/loss_plan.py), which the data layer cannot read, so they are checked here."""
+    A recipe's keys are checked as `dpo validate` checks them before it reads data: the `loss` section's keys
+    against the loss table (dpo/training/loss_plan.py), which the data layer cannot read, and the keys the rest of
+    the recipe makes no-ops; every problem found is reported together."""
     from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path
     from dpo.data.inspect import inspect_data as inspect
 
     if resolve_recipe_path(target).suffix.lower() in RECIPE_SUFFIXES:  # a recipe file, or a shipped recipe's name
         target = resolve_recipe_path(target)
+        from dpo.config.checks import check_no_op_keys
         from dpo.config.loading import load_recipe
+        from dpo.errors import Problems
         from dpo.training.loss_plan import loss_plan
 
-        loss_plan(load_recipe(target, list(overrides)))
+        loaded = load_recipe(target, list(overrides))
+        problems = Problems()
+        with problems.collect():
+            loss_plan(loaded)
+        with problems.collect():
+            check_no_op_keys(loaded)
+        problems.raise_all()
     return inspect(target, list(overrides), **options)
 
 

@@ -181,3 +181,46 @@ def test_a_recipe_that_passes_every_check_reaches_training(good, tmp_path):
     """The tests above see exit 2 because a check caught the input, not because training could not start here."""
     with pytest.raises(AssertionError, match="training was about to start"):
         invoke_dpo("train", good, "--output-dir", tmp_path / "out")
+
+
+def test_held_out_prompts_that_are_training_prompts_are_warned_of(tmp_path, tiny_model_dir):
+    """Held-out data that is mostly training data (a copy of the training file plus a row) passes the "every
+    held-out row is a training row" check, but its metrics measure memorisation: `dpo validate` and `dpo train`
+    (the gate's warnings) say how many held-out prompts are training prompts, unless allow_eval_in_train says so."""
+    import json
+
+    from dpo.training.gate import check
+
+    rows = [{"prompt": f"What is {i}+1?", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    leaky = [*rows, {"prompt": "What  is 3+1? ", "chosen": "four", "rejected": "five"}, {**rows[0], "prompt": "New?"}]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in leaky))
+    data = {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")}
+    recipe = write_recipe(tmp_path / "r.yaml", {"model": {"name_or_path": str(tiny_model_dir)}, "data": data})
+    expected = (
+        f"{recipe}: data.eval: 12 of the 13 held-out prompts are also training prompts (whitespace aside): "
+        "held-out metrics on them measure memorisation, not generalisation; hold out other prompts (or drop "
+        "data.eval to split off data.heldout_fraction of the prompts), or set data.allow_eval_in_train: true "
+        "if that is meant"
+    )
+    assert check(recipe, output_dir=tmp_path / "run").warnings == [expected]  # what `dpo train` prints
+    proc = invoke_dpo("validate", recipe, "--output-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"warning: {expected}"] and proc.stdout.startswith("ok: ")
+    proc = invoke_dpo("validate", recipe, "--output-dir", tmp_path / "run", "--set", "data.allow_eval_in_train=true")
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_odpo_after_off_prompt_negatives_names_the_augmentation_step(tmp_path):
+    """ODPO reads every pair's score gap; the pairs off_prompt_negatives adds have none (they are new pairs): the
+    step is named, not loss.type and the data's sources."""
+    from tests.conftest import REPO
+
+    step = "data.augment=[{type: off_prompt_negatives, fraction: 0.5}]"
+    proc = invoke_dpo("validate", REPO / "recipes" / "odpo.yaml", "--output-dir", tmp_path / "run", "--set", step)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: --set: data.augment: step 0 (off_prompt_negatives): adds 160 training pairs without a score gap (new "
+        "pairs have no score), and odpo needs the score gap of every pair; drop the step, or use a loss that reads "
+        "none"
+    ]

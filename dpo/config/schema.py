@@ -129,8 +129,9 @@ class DataSection(Section):
     expand_pairs: ExpandPairsSection = Field(default_factory=ExpandPairsSection)
     allow_eval_in_train: bool = Field(
         False,
-        description="Let every held-out row also be a training row (data.eval the same data as data.train): "
-        "held-out metrics then measure memorisation. false: that is an error.",
+        description="Let held-out data be training data (data.eval the same data as data.train, or sharing "
+        "prompts with it): held-out metrics then measure memorisation. false: held-out rows that are all training "
+        "rows are an error, and held-out prompts that are training prompts a warning.",
     )
     augment: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -178,6 +179,13 @@ class DataSection(Section):
                     raise ValueError(f"source {i}: required key '{key}' is missing") from None
                 message = values_problem([err], key).removeprefix(f"{key}: ")
                 raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
+        weighted = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("weight") is not None]
+        if len(weighted) == 1:  # its share of the weighted sources' own row count is all of it
+            raise ValueError(
+                f"source {weighted[0]}: weight: has no effect: weighted sources share their total row count by weight, "
+                "and this source is the only weighted one, so it gives its rows once whatever the weight; weight "
+                "another source too, or give this one a count"
+            )
         return value
 
 

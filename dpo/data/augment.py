@@ -24,7 +24,7 @@ from annotated_types import Interval, MinLen
 from pydantic import AfterValidator
 
 from dpo.config.signatures import REQUIRED, checked_value, keyword_parameters
-from dpo.data.rows import Problem, canonical, prompt_key
+from dpo.data.rows import SCORE_GAP, Problem, canonical, counts_text, prompt_key, share_of
 from dpo.errors import UserError, did_you_mean
 
 Fraction = Annotated[float, Interval(ge=0, le=1)]
@@ -41,10 +41,24 @@ def _with_placeholders(templates: list[str]) -> list[str]:
 Templates = Annotated[list[str], MinLen(1), AfterValidator(_with_placeholders)]
 
 
+class NoEffect(ValueError):
+    """An augmentation whose keys make it do nothing: `apply` reports it as a user error naming the step (a plug-in
+    may raise it too)."""
+
+
+def _pairs_of(fraction: float, rows: list[dict]) -> int:
+    """fraction * N pairs, to the nearest pair (halves up); a fraction > 0 that gives none is NoEffect."""
+    count = share_of(fraction, len(rows), nearest=True)
+    if fraction > 0 and count == 0:
+        raise NoEffect(f"has no effect: fraction {fraction:g} of {len(rows)} training pairs rounds to no pair")
+    return count
+
+
 def label_noise(rows: list[dict], rng: random.Random, *, fraction: Fraction) -> list[dict]:
-    """Flip exactly round(fraction * N) randomly chosen pairs (chosen <-> rejected): simulated annotator
-    noise, for robustness studies and the overfitting benchmark."""
-    flipped = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
+    """Flip fraction * N randomly chosen pairs (chosen <-> rejected), rounded to the nearest pair (halves up; a
+    fraction > 0 that rounds to none is an error): simulated annotator noise, for robustness studies and the
+    noise benchmark."""
+    flipped = set(rng.sample(range(len(rows)), _pairs_of(fraction, rows)))
     return [
         {**row, "chosen": row["rejected"], "rejected": row["chosen"]} if i in flipped else dict(row)
         for i, row in enumerate(rows)
@@ -82,7 +96,9 @@ def prompt_variants(
     system prompt; the answers are unchanged.
 
     A variant equal to the original prompt or to an earlier variant of it is not added. With keep_original
-    (default) the original pair comes first, then its variants; without it only the variants are kept."""
+    (default) the original pair comes first, then its variants; without it only the variants are kept, and a pair
+    none of whose variants differs from it (the template '{prompt}' drawn and no system prompt, or a message
+    prompt with no user message to wrap) is kept as it is: the data card counts such pairs as `unchanged`."""
     templates = templates or ["{prompt}"]
     out = []
     for row in rows:
@@ -96,30 +112,48 @@ def prompt_variants(
             if canonical(prompt) not in seen:
                 seen.add(canonical(prompt))
                 out.append({**row, "prompt": prompt})
+        if not keep_original and len(seen) == 1:  # no variant: the pair stays, with its own prompt
+            out.append(dict(row))
     return out
 
 
 def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Fraction = 1.0) -> list[dict]:
-    """Adds round(fraction * N) pairs whose rejected answer is the chosen answer of a pair with another prompt:
-    an easy negative that teaches the model to answer the question asked.
+    """Adds up to fraction * N pairs (rounded as label_noise rounds) whose rejected answer is the chosen answer of a
+    pair with another prompt: an easy negative that teaches the model to answer the question asked.
 
-    The pairs that get one are drawn at random; the new pairs are appended after the originals."""
+    The pairs that get one are drawn at random; the new pairs are appended after the originals. A negative must
+    differ from both answers of the pair, and make a pair that is not among the rows already (nor among the new
+    ones): where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected
+    one. A pair with no such negative gets none (the data card's `after` counts the pairs added)."""
+    count = _pairs_of(fraction, rows)
     keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
     if len(set(keys)) < 2:
         return [dict(r) for r in rows]
+    pairs = {canonical([r["prompt"], r["chosen"], r["rejected"]]) for r in rows}
+
+    def usable(i: int, j: int) -> bool:
+        negative = rows[j]["chosen"]
+        return (
+            keys[j] != keys[i]
+            and negative != rows[i]["chosen"]
+            and negative != rows[i]["rejected"]
+            and canonical([rows[i]["prompt"], rows[i]["chosen"], negative]) not in pairs
+        )
+
     extra = []
-    for i in sorted(rng.sample(range(len(rows)), round(fraction * len(rows)))):
+    for i in sorted(rng.sample(range(len(rows)), count)):
         for _ in range(20):  # rejection sampling: almost always succeeds at once, no O(N^2) scan
             j = rng.randrange(len(rows))
-            if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]:
+            if usable(i, j):
                 break
         else:
-            candidates = [j for j in range(len(rows)) if keys[j] != keys[i] and rows[j]["chosen"] != rows[i]["chosen"]]
+            candidates = [j for j in range(len(rows)) if usable(i, j)]
             if not candidates:
                 continue
             j = rng.choice(candidates)
         # a new pair: the original pair's score gap (if any) says nothing about it
         extra.append({"prompt": rows[i]["prompt"], "chosen": rows[i]["chosen"], "rejected": rows[j]["chosen"]})
+        pairs.add(canonical([rows[i]["prompt"], rows[i]["chosen"], rows[j]["chosen"]]))
     return [dict(r) for r in rows] + extra
 
 
@@ -209,7 +243,10 @@ def apply(
     on_invalid: str = "error",
     where: str = "data.augment",
 ) -> tuple[list[dict], list[dict]]:
-    """Run the steps in order; returns the rows and a record per step for the data card.
+    """Run the steps in order; returns the rows and a record per step for the data card: the step's keys, the rows
+    `before` and `after` it, how many it `changed` (rows that differ, by content), how many it left `unchanged`
+    (rows it gave back as they were), the `invalid` rows it made, by reason, under on_invalid 'skip', and where every
+    row it was given had a score gap, how many rows it made `without_score_gap`.
 
     Rows a step creates (not among its input rows) go through `checker` (the row checks and the length check;
     it returns each row in canonical form or its Problem); under on_invalid 'error' a bad one is a UserError
@@ -225,15 +262,20 @@ def apply(
         if problem:
             raise UserError(problem, where=label)
         known = {canonical(r) for r in before}
-        if step["type"] in AUGMENTATIONS:
-            out = function(before, rng, **kwargs)
-        else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
-            try:
-                # a copy: a plug-in that edits the rows it is given in place would otherwise change `before` too,
-                # and its edited rows would pass as known ones, unchecked and not counted as changed
-                out = function(copy.deepcopy(before), rng, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
+        try:
+            if step["type"] in AUGMENTATIONS:
+                out = function(before, rng, **kwargs)
+            else:  # a user's plug-in: its failure is reported as bad input of that step, not as our traceback
+                try:
+                    # a copy: a plug-in that edits the rows it is given in place would otherwise change `before` too,
+                    # and its edited rows would pass as known ones, unchecked and not counted as changed
+                    out = function(copy.deepcopy(before), rng, **kwargs)
+                except NoEffect:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    raise UserError(f"the plug-in raised {type(exc).__name__}: {exc}", where=label) from None
+        except NoEffect as exc:  # keys that make the step do nothing: said, not ignored
+            raise UserError(str(exc), where=label) from None
         if not isinstance(out, list):
             raise UserError(f"returned a {type(out).__name__}, expected a list of rows", where=label)
         new = [i for i, r in enumerate(out) if not isinstance(r, dict) or canonical(r) not in known]
@@ -251,13 +293,24 @@ def apply(
         for p in bad.values():
             invalid[p.reason] = invalid.get(p.reason, 0) + 1
         rows = [r for i, r in enumerate(out) if i not in bad]
+        if not rows:
+            made = f": the {len(bad)} rows it made were all invalid ({counts_text(invalid)})" if bad else ""
+            raise UserError(f"left no training pairs (it was given {len(before)}){made}", where=label)
         # rows that differ, by content not position (a step that adds 15 rows changed 15, one that flips 3 changed 3);
         # counted as multisets, so that a step that repeats rows changed as many as it added
         added = Counter(canonical(r) for r in rows) - Counter(canonical(r) for r in before)
         removed = Counter(canonical(r) for r in before) - Counter(canonical(r) for r in rows)
         changed = max(added.total(), removed.total())
-        record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed}
+        unchanged = (Counter(canonical(r) for r in rows) & Counter(canonical(r) for r in before)).total()
+        record = {"type": step["type"], **params, "before": len(before), "after": len(rows), "changed": changed,
+                  "unchanged": unchanged}  # fmt: skip
         if invalid:
             record["invalid"] = invalid
+        if all(
+            SCORE_GAP in r for r in before
+        ):  # pairs that read a score gap (ODPO) lose it here: the gate names the step
+            gapless = sum(SCORE_GAP not in out[i] for i in new if i not in bad)
+            if gapless:
+                record["without_score_gap"] = gapless
         records.append(record)
     return rows, records

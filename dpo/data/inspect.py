@@ -18,7 +18,7 @@ from dpo.config.loading import load_recipe
 from dpo.config.schema import DataSection, ExpandPairsSection
 from dpo.data.expand import expand_pairs
 from dpo.data.prepare import RowChecker, load_split, prepare_data
-from dpo.data.rows import REASONS, canonical, is_multi, sequence_texts, token_lengths
+from dpo.data.rows import REASONS, is_multi, prompt_key, sequence_texts, token_lengths
 from dpo.errors import UserError
 
 DEFAULT_MAX_LENGTH = 1024  # trl.DPOConfig's default
@@ -53,12 +53,24 @@ def histogram(values: list[int], bins: int = 8) -> list[dict]:
     return [{"low": low + i * width, "high": low + (i + 1) * width - 1, "count": n} for i, n in enumerate(counts)]
 
 
+def _tokenizer(name_or_path: str, trust_remote_code: bool, where: str):
+    """The tokenizer to count tokens with; a model that cannot give one is an error naming where it came from
+    (`--model`, or the recipe's model.name_or_path)."""
+    from dpo.models import load_tokenizer
+
+    try:
+        return load_tokenizer(name_or_path, trust_remote_code)
+    except (UserError, OSError, ValueError) as exc:
+        message = str(exc).removeprefix("model.name_or_path: ").splitlines()[0]
+        raise UserError(f"cannot load the tokenizer: {message}", where=where) from None
+
+
 def _split_report(rows: list[dict], tokenizer, samples: int, seed: int) -> dict:
     tokens = _token_stats(rows, tokenizer) if rows else {}
     picked = sorted(random.Random(seed).sample(range(len(rows)), min(samples, len(rows))))
     return {
         "pairs": len(rows),
-        "prompts": len({canonical(r["prompt"]) for r in rows}),
+        "prompts": len({prompt_key(r["prompt"]) for r in rows}),  # as the split and the data card count them
         "tokens": {
             name: {
                 "min": min(v),
@@ -81,7 +93,7 @@ def inspect_data(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The inspection report of a data file or of a recipe's data (see the module docstring)."""
-    from dpo.models import DEFAULT_MODEL, load_tokenizer
+    from dpo.models import DEFAULT_MODEL
 
     if samples < 0:
         raise UserError(f"must be 0 or more (got {samples})", where="--samples")
@@ -91,7 +103,8 @@ def inspect_data(
     if target.suffix.lower() in (".yaml", ".yml"):
         loaded = load_recipe(target, list(overrides))
         recipe = loaded.recipe
-        tokenizer = load_tokenizer(model or recipe.model.name_or_path, recipe.model.trust_remote_code)
+        where = "--model" if model else loaded.where("model.name_or_path")
+        tokenizer = _tokenizer(model or recipe.model.name_or_path, recipe.model.trust_remote_code, where)
         limit = max_length if max_length is not None else recipe.training.get("max_length", DEFAULT_MAX_LENGTH)
         section = recipe.data.model_copy(update={"on_invalid": "skip"})
         prepared = prepare_data(section, recipe.seed, loaded.where, tokenizer, limit)
@@ -99,7 +112,9 @@ def inspect_data(
         splits = {"train": prepared.train, "eval": prepared.eval}
         sources = [s for split in card["sources"].values() for s in split]
     else:
-        tokenizer = load_tokenizer(model or DEFAULT_MODEL)
+        if overrides:  # they would be accepted and ignored, unknown keys and all
+            raise UserError("applies only to a recipe; a data file is inspected as it is", where="--set")
+        tokenizer = _tokenizer(model or DEFAULT_MODEL, False, "--model")
         limit = max_length if max_length is not None else DEFAULT_MAX_LENGTH
         section = DataSection(train=str(target), on_invalid="skip")
         rows, sources = load_split(section, "train", seed, RowChecker(tokenizer, limit), lambda key: str(target))
@@ -114,6 +129,9 @@ def inspect_data(
         for reason, n in source["dropped"].items():
             if reason != "duplicate":
                 invalid[reason] = invalid.get(reason, 0) + n
+    for step in card.get("augmented", []):  # rows an augmentation made that the checks refuse (skipped here)
+        for reason, n in step.get("invalid", {}).items():
+            invalid[reason] = invalid.get(reason, 0) + n
     return {
         "target": str(target),
         "tokenizer": getattr(tokenizer, "name_or_path", None),
@@ -155,10 +173,14 @@ def render(report: dict) -> str:
         lines.append(
             f"pair expansion ({name}): {e['multi_response_rows']} multi-response rows -> {e['pairs_made']} pairs "
             f"(min_gap {e['min_gap']}, cap {e['max_pairs_per_prompt']}; {e['ties']} ties, "
-            f"{e['below_min_gap']} below min_gap, {e['cut_by_cap']} over the cap)"
+            f"{e['identical_answers']} identical answers, {e['below_min_gap']} below min_gap, "
+            f"{e['cut_by_cap']} over the cap)"
         )
     for step in report["augmented"]:
-        lines.append(f"augmentation {step['type']}: {step['before']} -> {step['after']} pairs")
+        made_invalid = step.get("invalid", {})
+        invalid = ", ".join(f"{reason} {n}" for reason, n in made_invalid.items())
+        invalid = f" ({sum(made_invalid.values())} made invalid: {invalid})" if made_invalid else ""
+        lines.append(f"augmentation {step['type']}: {step['before']} -> {step['after']} pairs{invalid}")
     for name, split in report["splits"].items():
         lines.append(f"[{name}] {split['pairs']} pairs, {split['prompts']} prompts")
         for column, stats in split["tokens"].items():

@@ -25,7 +25,17 @@ from dpo.config.schema import DataSection, DataSource
 from dpo.data import augment
 from dpo.data.expand import expand_pairs
 from dpo.data.readers import read_source
-from dpo.data.rows import Problem, canonical, is_multi, length_problems, normalize, prompt_key, row_format
+from dpo.data.rows import (
+    Problem,
+    canonical,
+    counts_text,
+    is_multi,
+    length_problems,
+    normalize,
+    prompt_key,
+    row_format,
+    share_of,
+)
 from dpo.errors import UserError
 
 SHOWN_PROBLEMS = 3  # bad rows named in an error message; the card keeps a few more examples
@@ -192,12 +202,24 @@ def load_split(
     key = where(f"data.{split}")
     seen: set[str] = set()
     parts, cards = [], []
-    for source in section.sources(split):
+    for i, source in enumerate(section.sources(split)):
         rows, card = load_source(source, key, checker, section.on_invalid, seen)
         if not rows and (source.count or source.weight):
-            raise UserError("no valid rows to take a count or weight from", where=source.path)
+            read, dropped = card["rows_read"], card["dropped"]
+            if set(dropped) == {"duplicate"}:
+                why = f"all {read} rows of {source.path} duplicate earlier rows (the same data listed twice?)"
+            else:
+                why = f"the {read} rows of {source.path} were all dropped ({counts_text(dropped)})"
+            what = "count" if source.count else "weight"
+            raise UserError(f"no rows to take a {what} from: {why}", where=f"{key}: source {i}")
         parts.append((source, rows))
         cards.append(card)
+    if not any(rows for _, rows in parts):  # every row invalid (under on_invalid: skip) or a duplicate
+        dropped: Counter[str] = Counter()
+        for card in cards:
+            dropped.update(card["dropped"])
+        read = sum(card["rows_read"] for card in cards)
+        raise UserError(f"no rows left: the {read} rows read were all dropped ({counts_text(dropped)})", where=key)
     rows, used = mix(parts, random.Random(f"{seed}:mix:{split}"))
     for card, n in zip(cards, used, strict=True):
         card["used"] = n
@@ -217,14 +239,6 @@ class PreparedData:
         import datasets
 
         return datasets.Dataset.from_list(self.train), datasets.Dataset.from_list(self.eval)
-
-
-def share_of(share: float, count: int, round_up: bool = False) -> int:
-    """`share` of `count` items, rounded down (or up): as a person reckons it, so that 0.29 of 100 is 29 where the
-    float product is 28.999999999999996 (and 0.07 of 100 is 7, not 8, rounded up)."""
-    exact = share * count
-    slack = 1e-12 * max(1.0, exact)  # relative: a float product's error grows with it
-    return math.ceil(exact - slack) if round_up else math.floor(exact + slack)
 
 
 def split_by_prompt(
@@ -300,6 +314,17 @@ def prepare_data(
         if any(map(is_multi, rows)):
             parts[name], counts = expand_pairs(rows, random.Random(f"{seed}:expand:{name}"), **expand)
             expansion[name] = {**expand, "rows_before": len(rows), **counts, "rows_after": len(parts[name])}
+    for name, rows in parts.items():
+        if not rows:  # every multi-response row made no pair, and the split holds no pair row
+            counts = expansion[name]
+            why = {"ties": "ties", "identical_answers": "identical answers",
+                   "below_min_gap": "below data.expand_pairs.min_gap"}  # fmt: skip
+            reasons = ", ".join(f"{why[k]}: {counts[k]}" for k in why if counts[k])
+            raise UserError(
+                f"no pairs left after pair expansion: its {counts['multi_response_rows']} multi-response rows made no "
+                f"pair ({reasons})",
+                where=where(f"data.{name}"),
+            )
     train_rows, eval_rows = parts["train"], parts["eval"]
     if not expansion and section.expand_pairs != type(section.expand_pairs)():
         raise UserError("has no effect: the data hold no multi-response rows", where=where("data.expand_pairs"))
@@ -313,12 +338,11 @@ def prepare_data(
     train_rows, augmented = augment.apply(  # after the split and the expansion: training pairs only
         train_rows, section.augment, seed, checker.pairs_only, section.on_invalid, where("data.augment")
     )
-    if not train_rows or not eval_rows:
-        raise UserError(
-            f"no training or no held-out pairs left after validation and the split "
-            f"({len(train_rows)} train, {len(eval_rows)} held-out)",
-            where=where("data.train"),
-        )
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        if not rows:  # each step above that can empty a split says why; this is the last guard before TRL
+            raise UserError(
+                f"no {'training' if name == 'train' else 'held-out'} pairs left", where=where(f"data.{name}")
+            )
     card = {
         "sources": sources,
         "on_invalid": section.on_invalid,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -90,19 +92,82 @@ def _load_datasets(path: Path, split: str):
 
 
 def _read_csv(path: Path) -> Numbered:
-    """A CSV file with every cell read as the text it holds. pandas' type guessing (what datasets' CSV reader does)
-    would make a column of answers that are all numbers (`4`, `12`) integers, which the row checks refuse, and `NA`,
-    `None` or `null` missing cells. An empty cell is still a missing one; `score_gap`, the one number a pair row
-    holds, is read as a number where it is one (the row check says what is wrong with one that is not)."""
-    import pandas
+    """A CSV file with every cell read as the text it holds, with Python's csv module. Type guessing (what pandas and
+    datasets' CSV reader do) would make a column of answers that are all numbers (`4`, `12`) integers, which the row
+    checks refuse, and `NA`, `None` or `null` missing cells. An empty cell is still a missing one; `score_gap`, the
+    one number a pair row holds, is read as a number where it is one (the row check says what is wrong with one that
+    is not). Blank lines are skipped; a repeated header name gets a suffix, as pandas names it (`chosen.1`).
 
-    check_input_file(path, MAX_DATA_BYTES, what="data file")
+    A row that does not parse as the header says (more fields than the header: a comma in a value that is not
+    quoted; a stray quote) is a `bad_csv` Problem at its data-row number, as a bad JSONL line is; a quoted value that
+    is never closed would swallow the rest of the file, so the file is refused."""
+    raw = read_input_bytes(path, MAX_DATA_BYTES, what="data file")
     try:
-        frame = pandas.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except Exception as exc:  # noqa: BLE001 - pandas raises several types for unreadable files
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}" if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read ({reason})", where=str(path)) from None
-    return list(enumerate((_typed_csv_cells(row) for row in frame.to_dict("records")), start=1))
+        text = raw.decode("utf-8-sig")  # a BOM is no part of the first column's name
+    except UnicodeDecodeError as exc:
+        raise UserError(f"not UTF-8 text (byte {exc.start + 1})", where=str(path)) from None
+    limit = csv.field_size_limit()
+    csv.field_size_limit(min(MAX_DATA_BYTES, 2**31 - 1))  # a long answer is a cell, not an error (default 128 KiB)
+    try:
+        records = _csv_records(text)
+    finally:
+        csv.field_size_limit(limit)
+    header: list[str] | None = None
+    rows: Numbered = []
+    for fields in records:
+        if isinstance(fields, list) and not any(field.strip() for field in fields) and len(fields) <= 1:
+            continue  # a blank line
+        if header is None:
+            if not isinstance(fields, list):
+                raise UserError(
+                    f"cannot read the header: {fields or 'a quoted value is never closed'}", where=str(path)
+                )
+            header = _column_names(fields)
+            continue
+        number = len(rows) + 1
+        if fields is None:
+            raise UserError(
+                f"cannot read: row {number}: a quoted value is never closed (the file ends in it)", where=str(path)
+            )
+        if isinstance(fields, str):
+            rows.append((number, Problem("bad_csv", f"does not parse as CSV ({fields})")))
+        elif len(fields) > len(header):
+            detail = f"{len(fields)} fields, but the header has {len(header)} (a comma in a value that is not quoted?)"
+            rows.append((number, Problem("bad_csv", detail)))
+        else:  # a short row's missing cells are empty ones, as pandas reads them
+            cells = fields + [""] * (len(header) - len(fields))
+            rows.append((number, _typed_csv_cells(dict(zip(header, cells, strict=True)))))
+    return rows
+
+
+def _csv_records(text: str) -> list[list[str] | str | None]:
+    """Each record's fields, or the csv module's complaint about it (text), or None for a quoted value the file ends
+    in. Strict parsing, so that a stray quote is reported rather than read as part of a value."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[list[str] | str | None] = []
+    while True:
+        try:
+            records.append(next(reader))
+        except StopIteration:
+            return records
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                records.append(None)
+                return records
+            records.append(str(exc))  # the reader goes on with the next line
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """The header's names as pandas makes them: an empty one is 'Unnamed: i', a repeated one gets '.1', '.2'."""
+    names: list[str] = []
+    for i, name in enumerate(header):
+        name = name or f"Unnamed: {i}"
+        base, k = name, 0
+        while name in names:
+            k += 1
+            name = f"{base}.{k}"
+        names.append(name)
+    return names
 
 
 def _typed_csv_cells(row: dict) -> dict:

@@ -5,7 +5,8 @@ A row is, after its source's column mapping, one of
     (three lists of {role, content} messages), optionally with a `score_gap` (a number > 0: how much better the
     chosen answer scored; pair expansion sets it, and ODPO reads it);
   * an implicit-prompt pair {chosen, rejected}: the prompt is the part both share (the leading messages
-    both conversations have, or the common leading text), as TRL's `extract_prompt` does;
+    both conversations have, or the common leading text), as TRL's `extract_prompt` does (a row where one answer is
+    a prefix of the other is refused: nothing of it would be left);
   * a multi-response row {prompt, responses, scores | ranks}: N answers with a score each (higher is
     better) or a rank each (1 is best), as in UltraFeedback; pair expansion turns it into pairs.
 
@@ -32,6 +33,8 @@ REASONS: dict[str, str] = {
     "not_utf8": "the line holds bytes that are not UTF-8 text, or a text holds a lone surrogate escape (`\\ud800`)",
     "bad_json": "the line is not valid JSON (or nests deeper than Python's parser goes)",
     "truncated": "the file's last line is cut off (no newline, not valid JSON)",
+    "bad_csv": "a CSV row that does not parse as the header says: more fields than the header (a comma in a value "
+    "that is not quoted) or a stray quote",
     "not_object": "the row is not a JSON object",
     "missing_column": "a column the format needs is absent or null",
     "extra_column": "a column the format does not use (map it with `columns` or list it in `ignore_columns`)",
@@ -41,9 +44,11 @@ REASONS: dict[str, str] = {
     "bad_message": "a message is not {role, content} with text content",
     "bad_role": f"a message role is not one of {', '.join(ROLES)}",
     "empty": "a prompt or answer is empty or whitespace only",
-    "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt",
+    "no_shared_prompt": "implicit-prompt row: chosen and rejected share no leading prompt, or one is a prefix of the "
+    "other (nothing of it would be left after the prompt they share: give the rows a `prompt` column)",
     "chosen_equals_rejected": "chosen and rejected are the same answer",
-    "bad_scores": "multi-response row: fewer than 2 responses, or scores/ranks not one finite number per response",
+    "bad_scores": "multi-response row: fewer than 2 responses, scores/ranks not one finite number per response, or "
+    "one answer given twice with different scores (which would make both A over B and B over A)",
     "too_long": "prompt + answer is longer than training.max_length tokens (TRL would cut the answer)",
 }
 
@@ -51,6 +56,22 @@ REASONS: dict[str, str] = {
 def reasons_table() -> str:
     """The table of invalid-row reasons in docs/data.md, built from REASONS."""
     return "\n".join(["| reason | the row |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in REASONS.items())])
+
+
+def share_of(share: float, count: int, round_up: bool = False, nearest: bool = False) -> int:
+    """`share` of `count` items, rounded down (or up, or to the nearest with halves up): as a person reckons it, so
+    that 0.29 of 100 is 29 where the float product is 28.999999999999996 (and 0.07 of 100 is 7, not 8, rounded up;
+    0.15 of 10 is 1.5, so 2 to the nearest, as 0.25 of 10 is 3). The one rounding rule of the data layer."""
+    exact = share * count
+    slack = 1e-12 * max(1.0, exact)  # relative: a float product's error grows with it
+    if nearest:
+        return math.floor(exact + 0.5 + slack)
+    return math.ceil(exact - slack) if round_up else math.floor(exact + slack)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Rows counted by reason, most first: 'extra_column: 6, duplicate: 4'."""
+    return ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 @dataclass(frozen=True)
@@ -83,10 +104,26 @@ def _pluck(row: dict, spec: str) -> Any:
     return value
 
 
+def without_nulls(mapping: dict) -> dict:
+    """The mapping without its null-valued keys. Columnar formats (Parquet, save_to_disk, hub data: Arrow) give
+    every row every column, and every message of a column every field of the column's struct, and fill the
+    missing ones with null: a `name` on one message is `name: None` on all the others."""
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _messages_without_nulls(value: Any) -> Any:
+    """A column's value with the null fields of its messages dropped (a message list, or a list of them: the
+    responses of a conversational multi-response row); any other value as it is."""
+    if not isinstance(value, list):
+        return value
+    return [without_nulls(item) if isinstance(item, dict) else _messages_without_nulls(item) for item in value]
+
+
 def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ()) -> dict | Problem:
     """Rename the source's columns to ours (`columns`: our name -> their column or path) and drop `ignore`d ones.
     Null values count as absent (columnar formats fill missing cells with null), but for the prompt: a row with a
-    null prompt is a Problem, not an implicit-prompt row."""
+    null prompt is a Problem, not an implicit-prompt row. So do null fields of messages (without_nulls): the
+    messages go on without them."""
     if not isinstance(row, dict):
         return Problem("not_object", f"row is a {type(row).__name__}, not an object")
     mapped = {}
@@ -100,8 +137,8 @@ def map_columns(row: Any, columns: dict[str, str], ignore: tuple[str, ...] = ())
         # row, which has no prompt column) would train on a prompt nobody wrote
         return Problem("missing_column", "'prompt' is null")
     consumed = {spec.partition(".")[0].removesuffix("[]") for spec in columns.values()}
-    out = {k: v for k, v in row.items() if v is not None and k not in ignore and k not in consumed}
-    return {**out, **mapped}
+    out = {k: v for k, v in without_nulls(row).items() if k not in ignore and k not in consumed}
+    return {k: _messages_without_nulls(v) for k, v in {**out, **mapped}.items()}
 
 
 def _not_utf8(label: str, text: str) -> Problem | None:
@@ -142,7 +179,9 @@ def _same_kind(row: dict, columns: list[str]) -> Problem | None:
 
 def extract_prompt(chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
     """(prompt, chosen, rejected) from an implicit-prompt pair, as TRL's `extract_prompt`: the shared leading
-    messages, or the shared leading text (a space before the split point goes with the answers)."""
+    messages, or the shared leading text (a space before the split point goes with the answers). Where one answer
+    is a prefix of the other, all of it is the prompt here (TRL leaves its last item as the answer): _pair refuses
+    such a row."""
     idx = 0
     limit = min(len(chosen), len(rejected))
     while idx < limit and chosen[idx] == rejected[idx]:
@@ -176,9 +215,18 @@ def _pair(row: dict) -> dict | Problem:
                 return problem
         if problem := _same_kind(row, ["chosen", "rejected"]):
             return problem
+        if row["chosen"] == row["rejected"]:
+            return Problem("chosen_equals_rejected", "chosen equals rejected")
         prompt, chosen, rejected = extract_prompt(row["chosen"], row["rejected"])
         if not (prompt.strip() if isinstance(prompt, str) else prompt):
             return Problem("no_shared_prompt", "no 'prompt' column, and chosen and rejected share no leading prompt")
+        for column, rest, other in (("chosen", chosen, "rejected"), ("rejected", rejected, "chosen")):
+            if not (rest.strip() if isinstance(rest, str) else rest):  # the shared start took all of this answer
+                return Problem(
+                    "no_shared_prompt",
+                    f"'{column}' is a prefix of '{other}': nothing of it is left after the prompt they share; give "
+                    "the rows a 'prompt' column",
+                )
         row = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     for column in PAIR:
         if problem := _text_or_messages(column, row[column]):
@@ -222,6 +270,14 @@ def _multi(row: dict) -> dict | Problem:
             return problem
         if isinstance(response, list) != isinstance(row["prompt"], list):
             return Problem("mixed_formats", "mixes strings and message lists")
+    first: dict[str, int] = {}  # an answer given twice with two scores would make both (A, B) and (B, A)
+    for i, response in enumerate(responses):
+        j = first.setdefault(canonical(response), i)
+        if values[j] != values[i]:
+            return Problem(
+                "bad_scores",
+                f"responses[{j}] and responses[{i}] are the same answer with {key} {values[j]} and {values[i]}",
+            )
     scores = [float(v) for v in values] if key == "scores" else [-float(v) for v in values]
     return {"prompt": row["prompt"], "responses": list(responses), "scores": scores}
 

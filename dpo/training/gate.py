@@ -64,6 +64,16 @@ class CheckedRecipe:
                 f"{self.loaded.where('model.trust_remote_code')}: true: Python code shipped with the model "
                 f"'{self.recipe.model.name_or_path}' will run on this machine; keep it false unless you trust it"
             )
+        split = self.data.card["split"]
+        if split["prompts_in_both"] and not self.recipe.data.allow_eval_in_train:
+            # only held-out data that is all training data is an error (prepare.check_eval_is_not_train); a copy of
+            # the training file plus a row would pass, with held-out metrics that measure memorisation
+            found.append(
+                f"{self.loaded.where('data.eval')}: {split['prompts_in_both']} of the {split['eval_prompts']} held-out "
+                "prompts are also training prompts (whitespace aside): held-out metrics on them measure memorisation, "
+                "not generalisation; hold out other prompts (or drop data.eval to split off data.heldout_fraction of "
+                "the prompts), or set data.allow_eval_in_train: true if that is meant"
+            )
         return found
 
 
@@ -153,15 +163,23 @@ def needs_audit(checked: CheckedRecipe) -> bool:
 
 def _check_score_gaps(loaded: LoadedRecipe, plan, data: PreparedData) -> None:
     """A loss that takes the score gap (ODPO) needs one on every pair: pairs expanded from multi-response rows with
-    scores (or ranks) have it, other pairs do not."""
+    scores (or ranks) have it, other pairs do not, nor do the new pairs of an augmentation (off_prompt_negatives):
+    that step is named."""
     from dpo.training.losses import LOSSES
 
     if not plan.needs_score_gaps:
         return
+    takers = ", ".join(name for name, _ in plan.terms if LOSSES[name].needs_score_gaps)
+    for i, step in enumerate(data.card["augmented"]):  # the data had gaps, and an augmentation made pairs without
+        if step.get("without_score_gap"):
+            raise UserError(
+                f"adds {step['without_score_gap']} training pairs without a score gap (new pairs have no score), and "
+                f"{takers} needs the score gap of every pair; drop the step, or use a loss that reads none",
+                where=f"{loaded.where('data.augment')}: step {i} ({step['type']})",
+            )
     for split, rows in (("training", data.train), ("held-out", data.eval)):
         missing = sum(SCORE_GAP not in row for row in rows)
         if missing:
-            takers = ", ".join(name for name, _ in plan.terms if LOSSES[name].needs_score_gaps)
             raise UserError(
                 f"{takers} needs the score gap of every pair, and {missing} of {len(rows)} {split} pairs have none "
                 "(pairs get one from multi-response rows with scores, or a score_gap column)",

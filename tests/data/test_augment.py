@@ -42,6 +42,28 @@ def test_label_noise_fraction_one_flips_every_pair():
     assert label_noise(ROWS, random.Random(0), fraction=1.0) == [pair("p1", "r1", "c1"), pair("p2", "r2", "c2")]
 
 
+def test_the_share_of_pairs_a_fraction_gives_is_rounded_one_way_and_is_never_silently_none():
+    """fraction * N rounded to the nearest pair, halves up, with the one rounding function (not Python's round():
+    0.25 of 10 flipped 2, 0.15 of 10 flipped 2, 0.05 of 10 flipped none); a fraction > 0 that gives no pair is an
+    error naming the step, not a step that does nothing."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair(f"p{i}", f"good{i}", f"bad{i}") for i in range(10)]
+    flipped = {f: sum(a != b for a, b in zip(rows, label_noise(rows, random.Random(0), fraction=f), strict=True))
+               for f in (0.05, 0.15, 0.25, 0.35, 0.3)}  # fmt: skip
+    assert flipped == {0.05: 1, 0.15: 2, 0.25: 3, 0.35: 4, 0.3: 3}
+    assert len(off_prompt_negatives(rows[:5], random.Random(0), fraction=0.1)) == 6  # 0.5 of a pair: one
+    for step in ({"type": "label_noise", "fraction": 0.04}, {"type": "off_prompt_negatives", "fraction": 0.04}):
+        with pytest.raises(UserError) as err:
+            apply(rows, [step], 0, RowChecker().pairs_only)
+        assert str(err.value) == (
+            f"data.augment: step 0 ({step['type']}): has no effect: fraction 0.04 of 10 training pairs rounds to no "
+            "pair"
+        )
+    assert label_noise(rows, random.Random(0), fraction=0.0) == rows  # 0 says none: a sweep's baseline
+
+
 def test_off_prompt_negatives_exact():
     # two prompts: the only other prompt's chosen answer is each pair's extra rejected answer
     out = off_prompt_negatives(ROWS, random.Random(0), fraction=1.0)
@@ -50,6 +72,30 @@ def test_off_prompt_negatives_exact():
     assert off_prompt_negatives(ROWS[:1], random.Random(0), fraction=1.0) == ROWS[:1]  # no other prompt
     one_question = [pair("What is 2+2?", "4", "5"), pair("What  is 2+2? ", "Four", "Five")]  # whitespace aside
     assert off_prompt_negatives(one_question, random.Random(0), fraction=1.0) == one_question
+
+
+def test_off_prompt_negatives_make_no_pair_that_is_already_there():
+    """Where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected one:
+    that "negative" would be the pair itself. A negative that makes a pair already among the rows, or among the new
+    ones, is not taken either; a pair with no usable negative gets none, and the card counts what was added."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair("What is 2+2?", "4", "5"), pair("What is 2+3?", "5", "4"), pair("What is 1+3?", "4", "3"),
+            pair("What is 1+2?", "3", "4")]  # fmt: skip
+    out, records = apply(rows, [{"type": "off_prompt_negatives", "fraction": 1.0}], 0, RowChecker().pairs_only)
+    assert out == rows + [pair("What is 2+2?", "4", "3"), pair("What is 2+3?", "5", "3"),
+                          pair("What is 1+3?", "4", "5"), pair("What is 1+2?", "3", "5")]  # fmt: skip
+    assert records == [
+        {"type": "off_prompt_negatives", "fraction": 1.0, "before": 4, "after": 8, "changed": 4, "unchanged": 4}
+    ]
+    # (P, A, C) is there already: the first pair's only negative, C, is no new pair; D makes one (P, A, D), once
+    rows = [pair("P", "A", "B"), pair("P", "A", "C"), pair("Q", "C", "X")]
+    assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [pair("Q", "C", "A")]
+    rows = [pair("P", "A", "B"), pair("P", "A", "C"), pair("Q", "D", "X")]
+    assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [
+        pair("P", "A", "D"), pair("Q", "D", "A")
+    ]  # fmt: skip
 
 
 def test_off_prompt_negatives_seeded_and_never_same_prompt():
@@ -83,6 +129,25 @@ def test_prompt_variants_text_and_messages_exact():
     ]
 
 
+def test_prompt_variants_without_the_original_keep_a_pair_no_variant_changed():
+    """keep_original: false replaces each pair by its variants; a pair whose drawn variant is its own prompt (the
+    template '{prompt}', no system prompt) is kept as it is, not dropped, and the card counts it as unchanged."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair(f"q{i}", "a", "b") for i in range(10)]
+    step = {"type": "prompt_variants", "templates": ["{prompt}", "Question: {prompt}"], "keep_original": False}
+    out, records = apply(rows, [step], 0, RowChecker().pairs_only)
+    varied = {0, 6}  # the step's seeded draws: 'Question: {prompt}' for these, '{prompt}' for the others
+    assert [r["prompt"] for r in out] == [f"Question: q{i}" if i in varied else f"q{i}" for i in range(10)]
+    assert records == [{**step, "before": 10, "after": 10, "changed": 2, "unchanged": 8}]
+    assert prompt_variants(CONV, random.Random(0), system_prompts=["S"], keep_original=False) == [
+        {**CONV[0], "prompt": [{"role": "system", "content": "S"}, *CONV[0]["prompt"]]}
+    ]
+    no_user = [{**CONV[0], "prompt": [{"role": "system", "content": "S"}]}]  # nothing a template can wrap
+    assert prompt_variants(no_user, random.Random(0), templates=["Q: {prompt}"], keep_original=False) == no_user
+
+
 def test_prompt_variants_seeded():
     kwargs = {"templates": ["A {prompt}", "B {prompt}", "C {prompt}"], "system_prompts": ["x", "y"], "copies": 2}
     out = prompt_variants(ROWS * 3, random.Random(1), **kwargs)
@@ -100,8 +165,8 @@ def test_expand_pairs_exact():
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[2:4]} == {"good>bad", "tie>bad"}
     assert {r["chosen"] + ">" + r["rejected"] for r in rows[4:]} == {"best>good", "best>tie"}
     assert [r["score_gap"] for r in rows[2:]] == [2.0, 2.0, 1.0, 1.0]
-    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "cut_by_cap": 0,
-                      "already_a_pair_row": 0}  # fmt: skip
+    assert counts == {"multi_response_rows": 1, "pairs_made": 5, "below_min_gap": 0, "ties": 1, "identical_answers": 0,
+                      "cut_by_cap": 0, "already_a_pair_row": 0}  # fmt: skip
     again, counts = expand_pairs([pair("q", "best", "bad"), multi], random.Random(0), min_gap=1.0)
     made = {(r["chosen"], r["rejected"], r["score_gap"]) for r in again[1:]}
     assert again[0] == pair("q", "best", "bad") and made == {
@@ -112,6 +177,39 @@ def test_expand_pairs_exact():
     assert capped[0] == {**pair("q", "best", "bad"), "score_gap": 3.0} and len(capped) == 2
     assert counts["below_min_gap"] == 2 and counts["cut_by_cap"] == 1
     assert expand_pairs([multi], random.Random(0), min_gap=1.5, max_pairs_per_prompt=2)[0] == capped
+
+
+def test_a_repeated_answer_with_two_scores_is_a_bad_row_and_identical_answers_are_counted(tmp_path):
+    """One answer twice with different scores would make both (A over B) and (B over A): the row is refused, named by
+    row like any bad_scores row. Repeated with one score, the (A, A) pair is no preference: skipped and counted."""
+    from dpo.data.rows import Problem, normalize
+
+    assert normalize({"prompt": "Q?", "responses": ["A", "A", "B"], "scores": [1.0, 0.0, 0.5]}) == Problem(
+        "bad_scores", "responses[0] and responses[1] are the same answer with scores 1.0 and 0.0"
+    )
+    assert normalize({"prompt": "Q?", "responses": ["A", "B", "A"], "ranks": [1, 2, 3]}) == Problem(
+        "bad_scores", "responses[0] and responses[2] are the same answer with ranks 1 and 3"
+    )
+    rows = [
+        {"prompt": "Q1?", "responses": ["A", "A", "B"], "scores": [1.0, 0.0, 0.5]},
+        {"prompt": "Q2?", "responses": ["A", "A", "B"], "scores": [1.0, 1.0, 0.5]},
+        {"prompt": "Q3?", "responses": ["C", "D"], "scores": [1.0, 0.0]},
+    ]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path, eval=path, allow_eval_in_train=True), seed=0)
+    assert str(err.value) == (
+        f"{path}: row 1: responses[0] and responses[1] are the same answer with scores 1.0 and 0.0; "
+        "data.on_invalid: skip drops bad rows and counts them"
+    )
+    section = DataSection(train=path, eval=path, allow_eval_in_train=True, on_invalid="skip")
+    data = prepare_data(section, seed=0)
+    assert data.card["sources"]["train"][0]["dropped"] == {"bad_scores": 1}
+    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in data.train) == [
+        ("Q2?", "A", "B"), ("Q3?", "C", "D")
+    ]  # fmt: skip
+    assert data.card["expanded"]["train"]["identical_answers"] == 1
+    assert data.card["expanded"]["train"]["pairs_made"] == 2
 
 
 def test_ranks_are_reversed_scores(tmp_path):
@@ -139,6 +237,8 @@ def test_the_score_gap_goes_through_validation_and_augmentation(tmp_path):
     assert [r["score_gap"] for r in originals] == [float(i + 1) for i in range(8)]
     assert sum(r["chosen"].startswith("bad") for r in originals) == 4  # flipped, gap kept
     assert len(negatives) == 4 and all("score_gap" not in r for r in negatives)
+    # counted in the card, where the gate finds the step that a loss reading the gap (ODPO) cannot follow
+    assert [s.get("without_score_gap") for s in data.card["augmented"]] == [None, 4]
 
 
 def test_augmentations_compose_in_order_and_are_recorded(tmp_path):
@@ -182,6 +282,14 @@ def repeat(rows, rng, *, times: int = 1):
 def blank_in_place(rows, rng):
     rows[0]["chosen"] = " "
     return rows
+
+
+def nothing(rows, rng):
+    return []
+
+
+def blanks(rows, rng):
+    return [{**r, "chosen": " "} for r in rows]
 """
 
 
@@ -236,6 +344,23 @@ def test_a_plugin_that_edits_its_rows_in_place_is_validated_and_counted_too(plug
     data = prepare_data(section.model_copy(update={"on_invalid": "skip"}), seed=0)
     assert len(data.train) == 2 and all(r["chosen"].strip() for r in data.train)
     assert data.card["augmented"][0]["invalid"] == {"empty": 1} and data.card["augmented"][0]["changed"] == 1
+
+
+def test_a_step_that_leaves_no_training_pairs_is_named(plugin):
+    """Not "no pairs left after validation and the split": the step that emptied the training split is named, with
+    the rows it made that the checks refused."""
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=[{"type": "my_augs:nothing"}])
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == "data.augment: step 0 (my_augs:nothing): left no training pairs (it was given 3)"
+    steps = [{"type": "label_noise", "fraction": 1.0}, {"type": "my_augs:blanks"}]
+    section = DataSection(train=plugin, heldout_fraction=0.25, augment=steps, on_invalid="skip")
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        "data.augment: step 1 (my_augs:blanks): left no training pairs (it was given 3): the 3 rows it made were "
+        "all invalid (empty: 3)"
+    )
 
 
 def test_plugin_that_raises_is_a_one_line_user_error(plugin):

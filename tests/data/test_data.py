@@ -145,6 +145,37 @@ def test_a_csv_cell_is_the_text_it_holds(tmp_path):
     assert sorted(r["chosen"] for r in data.train + data.eval) == ["0", "10", "2", "4", "6", "8"]
 
 
+def test_a_csv_row_that_does_not_parse_is_a_bad_row_not_a_bad_file(tmp_path):
+    """A comma in a value that is not quoted gives a row more fields than the header: that row is a `bad_csv` row at
+    its data-row number (skipped and counted under on_invalid: skip), as a bad JSONL line is; so is a stray quote.
+    A quoted value that is never closed would swallow the rest of the file: the file is refused."""
+    from dpo.data.readers import read_source
+
+    path = tmp_path / "comma.csv"
+    path.write_text(
+        "prompt,chosen,rejected\nWhat is 2+2?,4,5\nWhere is the Eiffel tower?,Paris, France,Berlin\n"
+        'Say "hi",""hi"" x,hi\n"Two\nlines?",yes,no\nWhat is 3+3?,6,7\n'
+    )
+    rows = read_source(str(path), "data.train")
+    assert [n for n, _ in rows] == [1, 2, 3, 4, 5]
+    assert rows[1][1] == Problem("bad_csv", "4 fields, but the header has 3 (a comma in a value that is not quoted?)")
+    assert rows[2][1] == Problem("bad_csv", "does not parse as CSV (',' expected after '\"')")
+    assert rows[3][1] == pair("Two\nlines?", "yes", "no")
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=str(path)), seed=0)
+    assert str(err.value) == (
+        f"{path}: row 2: 4 fields, but the header has 3 (a comma in a value that is not quoted?); row 3: does not "
+        "parse as CSV (',' expected after '\"'); data.on_invalid: skip drops bad rows and counts them"
+    )
+    data = prepare_data(DataSection(train=str(path), on_invalid="skip", heldout_fraction=0.5), seed=0)
+    assert data.card["sources"]["train"][0]["dropped"] == {"bad_csv": 2} and len(data.train + data.eval) == 3
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('prompt,chosen,rejected\nWhat is 2+2?,4,5\n"What is 3+3?,6,7\nWhat is 4+4?,8,9\n')
+    with pytest.raises(UserError) as err:
+        read_source(str(unclosed), "data.train")
+    assert str(err.value) == f"{unclosed}: cannot read: row 2: a quoted value is never closed (the file ends in it)"
+
+
 def test_save_to_disk_directory(tmp_path):
     import datasets
 
@@ -175,5 +206,50 @@ def test_augmentation_touches_training_pairs_only_and_is_recorded(tmp_path):
     data = prepare_data(section, seed=3)
     assert all(r["chosen"].startswith("good") for r in data.eval)  # held-out keeps the true labels
     assert sum(r["chosen"].startswith("bad") for r in data.train) == 8  # half of the 15 training pairs, rounded
-    assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8}]
+    assert data.card["augmented"] == [{"type": "label_noise", "fraction": 0.5, "before": 15, "after": 15, "changed": 8,
+                                      "unchanged": 7}]  # fmt: skip
     assert prepare_data(section, seed=3).train == data.train
+
+
+def test_a_split_left_empty_is_named_with_what_was_dropped(tmp_path):
+    """Not "need at least 2 distinct prompts" under data.heldout_fraction, nor data.train for an empty data.eval: the
+    split that has nothing left, and why its rows were dropped (every source's counts together)."""
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{**pair(f"Q{i}"), "id": i} for i in range(6)])
+    good = write_jsonl(tmp_path / "good.jsonl", [pair(f"P{i}") for i in range(4)])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=extra, on_invalid="skip"), seed=0)
+    assert str(err.value) == "data.train: no rows left: the 6 rows read were all dropped (extra_column: 6)"
+    blank = write_jsonl(tmp_path / "blank.jsonl", [pair(f"B{i}", chosen=" ") for i in range(3)])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=good, eval=[extra, blank], on_invalid="skip"), seed=0)
+    assert str(err.value) == "data.eval: no rows left: the 9 rows read were all dropped (extra_column: 6, empty: 3)"
+
+
+def test_a_weighted_source_that_only_repeats_an_earlier_one_is_named(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [pair(f"P{i}") for i in range(4)])
+    section = DataSection(train=[{"path": good, "weight": 1}, {"path": good, "weight": 2}], heldout_fraction=0.5)
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        f"data.train: source 1: no rows to take a weight from: all 4 rows of {good} duplicate earlier rows (the "
+        "same data listed twice?)"
+    )
+    bad = write_jsonl(tmp_path / "bad.jsonl", [pair(f"B{i}", chosen=" ") for i in range(3)])
+    section = DataSection(train=[good, {"path": bad, "count": 2}], heldout_fraction=0.5, on_invalid="skip")
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0)
+    assert str(err.value) == (
+        f"data.train: source 1: no rows to take a count from: the 3 rows of {bad} were all dropped (empty: 3)"
+    )
+
+
+def test_a_split_that_pair_expansion_leaves_empty_is_named(tmp_path):
+    rows = [{"prompt": f"Q{i}", "responses": ["a", "b"], "scores": [1.0, 1.0 + i]} for i in range(3)]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    eval_path = write_jsonl(tmp_path / "e.jsonl", [pair("E")])
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=path, eval=eval_path, expand_pairs={"min_gap": 3}), seed=0)
+    assert str(err.value) == (
+        "data.train: no pairs left after pair expansion: its 3 multi-response rows made no pair (ties: 1, below "
+        "data.expand_pairs.min_gap: 2)"
+    )

@@ -90,6 +90,22 @@ def test_weight_and_count_together_is_a_recipe_error(tmp_path, two_sources):
         load_recipe(recipe)
 
 
+@pytest.mark.parametrize("train", [[{"weight": 3}], [{"weight": 3}, {}], [{}, {"count": 5}, {"weight": 0.5}]])
+def test_a_weight_with_no_other_weighted_source_is_an_error(tmp_path, two_sources, train):
+    """Weighted sources share their own total row count: a lone weighted source gives its rows once, whatever its
+    weight, beside unweighted sources or alone; `[{path: a, weight: 3}, b]` would not upweight a."""
+    sources = [{"path": path, **keys} for path, keys in zip([*two_sources, two_sources[0]], train, strict=False)]
+    recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": sources}})
+    lone = next(i for i, keys in enumerate(train) if "weight" in keys)
+    with pytest.raises(UserError) as err:
+        load_recipe(recipe)
+    assert str(err.value) == (
+        f"{recipe}: data.train: source {lone}: weight: has no effect: weighted sources share their total row count "
+        "by weight, and this source is the only weighted one, so it gives its rows once whatever the weight; "
+        "weight another source too, or give this one a count"
+    )
+
+
 def test_list_source_paths_resolve_against_the_recipe_folder(tmp_path, two_sources):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": ["a.jsonl", {"path": "b.jsonl", "count": 3}]}})
     sources = load_recipe(recipe).recipe.data.sources("train")
@@ -146,6 +162,28 @@ def test_implicit_prompt_text_and_messages():
     }
 
 
+def test_an_implicit_prompt_row_whose_answer_is_a_prefix_of_the_other_says_so():
+    """The shared start of 'Q: 6*7? A: 4' and 'Q: 6*7? A: 42' is all of the first: its answer is not empty, the
+    prompt swallowed it. Such a row needs a prompt column, and says so."""
+    from dpo.data.rows import Problem
+
+    prefix = "nothing of it is left after the prompt they share; give the rows a 'prompt' column"
+    assert normalize({"chosen": "Q: 6*7? A: 4", "rejected": "Q: 6*7? A: 42"}) == Problem(
+        "no_shared_prompt", f"'chosen' is a prefix of 'rejected': {prefix}"
+    )
+    assert normalize({"chosen": "Q: 6*7? A: 42", "rejected": "Q: 6*7? A: 4"}) == Problem(
+        "no_shared_prompt", f"'rejected' is a prefix of 'chosen': {prefix}"
+    )
+    user, answer = {"role": "user", "content": "6*7?"}, {"role": "assistant", "content": "42"}
+    more = [user, answer, {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    assert normalize({"chosen": [user, answer], "rejected": more}) == Problem(
+        "no_shared_prompt", f"'chosen' is a prefix of 'rejected': {prefix}"
+    )
+    assert normalize({"chosen": "Q: 6*7? A: 42", "rejected": "Q: 6*7? A: 42"}) == Problem(
+        "chosen_equals_rejected", "chosen equals rejected"
+    )
+
+
 def test_parquet_multi_response_rows(tmp_path):
     import datasets
 
@@ -154,6 +192,38 @@ def test_parquet_multi_response_rows(tmp_path):
     data = prepare_data(DataSection(train=str(tmp_path / "m.parquet"), heldout_fraction=0.25), seed=0)
     assert len(data.train) == 9 and len(data.eval) == 3  # 3 pairs per prompt, 1 prompt held out
     assert data.card["expanded"]["train"]["pairs_made"] == 9 and data.card["expanded"]["eval"]["pairs_made"] == 3
+
+
+def test_columnar_messages_with_a_nullable_extra_field(tmp_path):
+    """Arrow gives every message of a column the union of the struct fields and fills the missing ones with null: a
+    `name` on one message is `name: None` on all the others (and on every message where the schema only declares
+    it). Null fields are dropped, as null columns are; a message that does carry a `name` is still refused."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def msg(role, content, **more):
+        return {"role": role, "content": content, **more}
+
+    rows = [
+        {"prompt": [msg("user", f"Hi {i}")], "chosen": [msg("assistant", "Hello")],
+         "rejected": [msg("assistant", "Go away")]}
+        for i in range(4)
+    ]  # fmt: skip
+    named = {**rows[0], "prompt": [msg("user", "Yo", name="bob")]}
+    schema = pa.Table.from_pylist([*rows, named]).schema  # list<struct<role, content, name>>
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "declared.parquet")  # name: None everywhere
+    pq.write_table(pa.Table.from_pylist([*rows, named]), tmp_path / "mixed.parquet")
+    datasets.Dataset.from_parquet(str(tmp_path / "declared.parquet")).save_to_disk(str(tmp_path / "ds"))
+    for source in ("declared.parquet", "ds"):
+        data = prepare_data(DataSection(train=str(tmp_path / source), heldout_fraction=0.25), seed=0)
+        assert sorted(data.train + data.eval, key=lambda r: r["prompt"][0]["content"]) == rows  # no `name: None`
+    section = DataSection(train=str(tmp_path / "mixed.parquet"), heldout_fraction=0.25, on_invalid="skip")
+    data = prepare_data(section, seed=0)
+    assert len(data.train + data.eval) == 4
+    assert data.card["sources"]["train"][0]["first_invalid"] == [
+        {"row": 5, "reason": "bad_message", "detail": "'prompt' message 0 must be {role, content}"}
+    ]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -260,6 +330,63 @@ def test_data_inspect_recipe_checks_the_loss_keys(tmp_path, tiny_model_dir):
     assert result.exit_code == 2
     assert result.stderr.startswith("error: --set: unknown key 'loss.bta'; did you mean 'loss.beta'?")
     assert result.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def sums_recipe(tmp_path, tiny_model_dir):
+    """12 prompts 'What is i+1?' and two whitespace variants of them (one prompt each, as the split and the card
+    count prompts), 30% held out; the tiny model's tokenizer counts characters."""
+    rows = [pair(f"What is {i}+1?", str(i + 1), str(i + 2)) for i in range(12)]
+    rows += [pair("What is 3+1? ", "four", "five"), pair("What  is 4+1?", "five", "six")]
+    data = {"train": write_jsonl(tmp_path / "sums.jsonl", rows), "heldout_fraction": 0.3}
+    recipe = {"seed": 1, "model": {"name_or_path": str(tiny_model_dir)}, "data": data, "training": {"max_length": 30}}
+    return write_recipe(tmp_path / "sums.yaml", recipe)
+
+
+def test_data_inspect_recipe_shows_rows_an_augmentation_made_invalid_and_counts_prompts_as_the_card(sums_recipe):
+    """Inspect runs with on_invalid: skip to count every bad row: the rows an augmentation step made that the
+    recipe would refuse (here: too long with the system prompt) are counted with the others, and said to stop the
+    run. Prompts are counted as the split and the data card count them (whitespace aside)."""
+    step = 'data.augment=[{type: prompt_variants, system_prompts: ["You are a careful assistant."]}]'
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", step, "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    assert "invalid rows by reason (data.on_invalid: error stops with an error):" in result.stdout
+    assert "  too_long                     10  " in result.stdout
+    assert "augmentation prompt_variants: 10 -> 10 pairs (10 made invalid: too_long 10)" in result.stdout
+    report = json.loads(CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--json"]).stdout)
+    card = prepare_data(load_recipe(sums_recipe).recipe.data, seed=1).card
+    assert report["splits"]["train"]["prompts"] == card["split"]["train_prompts"] == 8  # 10 pairs, 8 prompts
+    assert report["splits"]["eval"]["prompts"] == card["split"]["eval_prompts"] == 4
+
+
+def test_data_inspect_checks_the_recipe_as_validate_does(sums_recipe, tmp_path):
+    """A key the rest of the recipe makes a no-op is an error in `dpo data inspect` as in `dpo validate`."""
+    other = write_jsonl(tmp_path / "other.jsonl", [pair(f"Other {i}?") for i in range(4)])
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", f"data.eval={other}"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {sums_recipe}: data.heldout_fraction: has no effect: data.eval is set, so nothing is split off"
+    ]
+
+
+def test_data_inspect_names_the_option_at_fault(sums_recipe, tmp_path):
+    data_file = str(tmp_path / "sums.jsonl")
+    for target in (str(sums_recipe), data_file):  # the tokenizer of --model, not of the recipe's model key
+        result = CliRunner().invoke(app, ["data", "inspect", target, "--model", str(tmp_path / "nowhere")])
+        assert result.exit_code == 2
+        assert result.stderr.splitlines() == [
+            f"error: --model: cannot load the tokenizer: model directory '{tmp_path / 'nowhere'}' does not exist"
+        ]
+    gone = tmp_path / "gone"
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), "--set", f"model.name_or_path={gone}"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: --set: model.name_or_path: cannot load the tokenizer: model directory '{gone}' does not exist"
+    ]
+    # overrides of a data file would be ignored, unknown keys and all
+    result = CliRunner().invoke(app, ["data", "inspect", data_file, "--set", "nonsense.key=1"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: --set: applies only to a recipe; a data file is inspected as it is"]
 
 
 def test_knobs_that_would_do_nothing_are_errors(two_sources):
