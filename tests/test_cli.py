@@ -27,7 +27,7 @@ def test_a_late_train_error_is_one_line_from_the_real_entry_point(tmp_path):
     """In a new process, where library warnings and log lines reach stderr as a user sees them (in this process
     pytest records warnings, and transformers' log handler may be bound to another stream)."""
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
-    proc = run_dpo("train", recipe, "--set", "training.optim=bogus", "--output-dir", tmp_path / "out")
+    proc = run_dpo("train", recipe, "--set", "training.warmup_steps=-1", "--output-dir", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert "training: DPOConfig rejected the settings" in proc.stderr
@@ -139,7 +139,7 @@ def test_plan_json_and_errors(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["training.optim=bogus"], "training: DPOConfig rejected the settings"),
+        (["training.warmup_steps=-1"], "training: DPOConfig rejected the settings"),
         (["early_stopping.metric=eval_reward/margins"], "did you mean 'eval_rewards/margins'?"),
         (["early_stopping.patience=2", "training.eval_strategy=no"], "early_stopping.patience: needs evaluations"),
         (["data.heldout_fraction=0.3"], "data.heldout_fraction: has no effect: data.eval is set"),

@@ -39,13 +39,13 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     # TRL's disable_dropout (true by default) sets every nn.Dropout to 0, LoRA's included; 0 and the default pass
     peft_dropout = recipe.peft.dropout if recipe.peft is not None else 0.0
     if peft_dropout not in (0.0, PeftSection.model_fields["dropout"].default):
-        if recipe.training.get("disable_dropout", True) is not False:
+        if recipe.training.get("disable_dropout", True) is True:
             why = "training.disable_dropout is true (TRL's default): TRL zeroes every dropout, LoRA's too"
             no_ops.append(("peft.dropout", f"{why}; set training.disable_dropout: false to keep it"))
     training = recipe.training
     if training.get("padding_free") is True:  # DPOTrainer.__init__ warns and sets it back to False
         no_ops.append(("training.padding_free", "TRL 1.16 turns it off (temporarily unavailable there) and pads"))
-    up_front = training.get("precompute_ref_log_probs") and recipe.peft is None
+    up_front = training.get("precompute_ref_log_probs") is True and recipe.peft is None
     if training.get("precompute_ref_batch_size") is not None and not up_front:
         # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "

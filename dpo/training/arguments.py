@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import types
@@ -19,7 +20,7 @@ from typing import Any
 
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import Recipe
-from dpo.config.signatures import annotation_words, show_value
+from dpo.config.signatures import annotation_words, enum_values, show_value
 from dpo.errors import UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS, direction
 from dpo.rundir.files import CHECKPOINTS
@@ -195,11 +196,16 @@ def _dpo_config_fields() -> dict[str, dataclasses.Field]:
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """A forgiving check of YAML values against a dataclass annotation (ints count as floats)."""
+    """A check of YAML values against a dataclass annotation: ints count as floats, a bool is only true or false
+    (`gradient_checkpointing: no` is the text 'no' in YAML 1.2, which Python would take as true), and a string enum
+    (`SchedulerType | str`: transformers reads the text as the enum) takes only its members' values."""
     if annotation is Any or isinstance(annotation, str):
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
+        members = enum_values(annotation)
+        if members is not None and isinstance(value, str):
+            return value in members
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
@@ -215,9 +221,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
             return isinstance(value, list | tuple)
         if base is dict:
             return isinstance(value, dict)
-        if issubclass(base, str):  # str-valued enums (IntervalStrategy, ...) accept their string values
+        if issubclass(base, enum.Enum):  # str-valued enums (IntervalStrategy, ...) accept their members' values
+            return value in {m.value for m in base}
+        if issubclass(base, str):
             return isinstance(value, str)
-        return isinstance(value, base) or isinstance(value, str | dict)
+        if base is bool:
+            return isinstance(value, bool)
+        return isinstance(value, base) or isinstance(value, dict)  # a config object (ParallelismConfig) as a mapping
     return True
 
 

@@ -272,7 +272,7 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: d
                 "which cannot be synced",
                 where=loaded.where("regularizers.sync_ref"),
             )
-        if recipe.training.get("precompute_ref_log_probs"):
+        if recipe.training.get("precompute_ref_log_probs") is True:
             raise UserError(
                 "conflicts with training.precompute_ref_log_probs (a synced reference makes them stale)",
                 where=loaded.where("regularizers.sync_ref"),
@@ -292,7 +292,7 @@ def _check_reference_free(loaded: LoadedRecipe, names: list[str], beta_schedule:
         return
     why = f"loss.type {names} uses no reference model"
     recipe = loaded.recipe
-    if recipe.training.get("precompute_ref_log_probs"):
+    if recipe.training.get("precompute_ref_log_probs") is True:
         raise UserError(f"does not apply: {why}", where=loaded.where("training.precompute_ref_log_probs"))
     if recipe.regularizers.sync_ref is not None:
         raise UserError(f"does not apply: {why}", where=loaded.where("regularizers.sync_ref"))
