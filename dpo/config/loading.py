@@ -135,7 +135,7 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
 def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
     raw = {k: v for k, v in raw.items() if k != "base"}
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, strict=True)  # `patience: true` is no 1, `beta: '0.1'` no number
     except ValidationError as exc:
         by_key: dict[str, list[dict]] = {}  # every problem, each key once (a union type errs once per member)
         for err in exc.errors():

@@ -39,8 +39,8 @@ def description(fn: Callable, name: str) -> str | None:
 
 def checked_value(fn: Callable, name: str, value: Any, key: str, strict: bool = False) -> tuple[Any, str | None]:
     """`value` for parameter `name` of `fn` as its annotation validates it, and None; or (None, a one-line problem
-    naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default, as for the
-    recipe's own sections: '0.1' -> 0.1 for a float) unless `strict` (numbers must be numbers, an int an int,
+    naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default: '0.1' -> 0.1
+    for a float, true -> 1) unless `strict`, as every recipe key is checked (numbers must be numbers, an int an int,
     a bool a bool; an int still passes for a float)."""
     annotation = parameter_annotations(fn).get(name, Any)
     try:

@@ -254,3 +254,33 @@ def test_early_stopping_keys_without_patience(base, overrides, error):
     with pytest.raises(UserError) as err:
         check_no_op_keys(loaded)
     assert str(err.value).startswith(f"--set: {error}")
+
+
+def test_true_or_false_is_no_number_and_a_number_no_bool(base):
+    """pydantic's lax mode read `patience: true` as 1 (stop after the first evaluation without a gain), `peft.r: true`
+    as rank 1 and `wpo: 1` as on, where `training:` refused them: every section is strict, each key named."""
+    overrides = ["early_stopping.patience=true", "peft.r=true", "loss.beta=true", "data.max_train_pairs=true",
+                 "logging.samples=false", "seed=false", "regularizers.wpo=1", "logging.wandb=yes",
+                 "data.heldout_fraction='0.1'"]  # fmt: skip
+    with pytest.raises(UserErrors) as err:
+        load_recipe(base, overrides)
+    assert sorted(str(e) for e in err.value.errors) == [
+        "--set: data.heldout_fraction: expected a number, got the text '0.1'",
+        "--set: data.max_train_pairs: expected a whole number, got true",
+        "--set: early_stopping.patience: expected a whole number, got true",
+        "--set: logging.samples: expected a whole number, got false",
+        "--set: logging.wandb: expected true or false, got the text 'yes'",
+        "--set: loss.beta: expected a number, got true",
+        "--set: peft.r: expected a whole number, got true",
+        "--set: regularizers.wpo: expected true or false, got 1",
+        "--set: seed: expected a whole number, got false",
+    ]
+    with pytest.raises(UserError) as err:
+        load_recipe(base, ["data.train=[{path: a.jsonl, count: true}]"])
+    assert str(err.value) == "--set: data.train: source 0: count: expected a whole number, got true"
+
+
+def test_a_whole_number_still_counts_as_a_number(base):
+    recipe = load_recipe(base, ["loss.beta=1", "peft.alpha=16", "data.train=[{path: a.jsonl, weight: 2}]"]).recipe
+    assert recipe.loss.beta == 1.0 and isinstance(recipe.loss.beta, float) and recipe.peft.alpha == 16.0
+    assert recipe.data.train[0].weight == 2.0

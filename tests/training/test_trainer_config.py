@@ -97,6 +97,29 @@ def test_bad_loss_hyperparameter_values_name_the_key(recipe_path, overrides, fra
     assert str(err.value).startswith(f"--set: {fragment}"), str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.type=dpop", "loss.dpop_lambda=true"], "--set: loss.dpop_lambda: expected a number, got true"),
+        (["loss.type=robust", "loss.label_smoothing=false"],
+         "--set: loss.label_smoothing: expected a number, got false"),
+        (["loss.beta_schedule={type: linear, end: true}"],
+         "--set: loss.beta_schedule.end: expected a number, got true"),
+        (["regularizers.f_divergence=alpha_divergence", "regularizers.f_alpha=true"],
+         "--set: regularizers.f_alpha: expected a number, got true"),
+        # false is no 0.0: ipo takes no smoothing, and `false` is not the "no smoothing" an old recipe.yaml wrote
+        (["loss.type=ipo", "loss.label_smoothing=false"], "--set: loss.label_smoothing: does not apply to loss.type "
+                                                          "['ipo'] (it is used by: aot, aot_unpaired, dpo_shift, "
+                                                          "exo_pair, robust, sigmoid)"),
+    ],
+)  # fmt: skip
+def test_true_or_false_is_no_loss_hyperparameter(recipe_path, overrides, message):
+    """Checked as strictly as the recipe's sections: `dpop_lambda: true` was 1.0."""
+    with pytest.raises(UserError) as err:
+        plan(recipe_path, *overrides)
+    assert str(err.value) == message
+
+
 def test_loss_hyperparameters_are_validated_and_null_is_unset(recipe_path):
     p = plan(recipe_path, "loss.type=dpop", "loss.dpop_lambda=5")
     assert p.hyperparameters == {"dpop_lambda": 5.0} and isinstance(p.hyperparameters["dpop_lambda"], float)
