@@ -181,3 +181,26 @@ def test_a_recipe_that_passes_every_check_reaches_training(good, tmp_path):
     """The tests above see exit 2 because a check caught the input, not because training could not start here."""
     with pytest.raises(AssertionError, match="training was about to start"):
         invoke_dpo("train", good, "--output-dir", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # counted in epochs, the steps per epoch divide by the batch and the accumulation: a ZeroDivisionError before
+        (["training.per_device_train_batch_size=0", "training.max_steps=-1", "training.num_train_epochs=1"],
+         "training.per_device_train_batch_size: must be 1 or more (training pairs in a batch on each device), got 0"),
+        (["training.gradient_accumulation_steps=0", "training.max_steps=-1", "training.num_train_epochs=1"],
+         "training.gradient_accumulation_steps: must be 1 or more (batches per optimizer step), got 0"),
+        # with max_steps, validate said ok and torch's DataLoader refused the batch once the run directory existed
+        (["training.per_device_eval_batch_size=0"],
+         "training.per_device_eval_batch_size: must be 1 or more (held-out pairs in a batch on each device), got 0"),
+        # was reported as every data row being longer than -5 tokens
+        (["training.max_length=-5"],
+         "training.max_length: must be 1 or more (tokens of prompt and answer in a row; null: no limit), got -5"),
+        (["training.save_strategy=steps", "training.save_steps=0"],
+         "training.save_steps: must be above 0 (a number of steps, or below 1 a fraction of the run), got 0"),
+    ],
+)  # fmt: skip
+def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, message):
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"

@@ -249,6 +249,19 @@ def training_key_problem(key: str, value: Any = None) -> tuple[str, bool] | None
     return None
 
 
+# Counts transformers and TRL divide by or size batches and tensors with, which DPOConfig takes at 0 or below: the
+# step count per epoch divides by the batch and the accumulation (ZeroDivisionError in `dpo validate`), torch's
+# DataLoader refuses a batch of 0 once the run directory exists, and every row is longer than a max_length of 0
+POSITIVE_COUNTS: dict[str, str] = {
+    "per_device_train_batch_size": "training pairs in a batch on each device",
+    "per_device_eval_batch_size": "held-out pairs in a batch on each device",
+    "gradient_accumulation_steps": "batches per optimizer step",
+    "eval_accumulation_steps": "evaluation batches kept before they are gathered; null: all",
+    "precompute_ref_batch_size": "pairs in a batch of the up-front reference pass; null: the batch sizes",
+    "max_length": "tokens of prompt and answer in a row; null: no limit",
+}
+
+
 def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     fields = _dpo_config_fields()
     problems = []  # every training key's problem, not only the first
@@ -261,6 +274,8 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
         elif not _type_ok(value, fields[key].type):
             wanted = annotation_words(fields[key].type)
             problems.append(UserError(f"expected {wanted}, got {show_value(value)}", where=where))
+        elif key in POSITIVE_COUNTS and value is not None and value < 1:
+            problems.append(UserError(f"must be 1 or more ({POSITIVE_COUNTS[key]}), got {value}", where=where))
     raise_all(problems)
     return dict(loaded.recipe.training)
 
@@ -299,7 +314,7 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     )
     if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
         kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
-    for key in ("eval_steps", "logging_steps"):  # transformers takes the step modulo these: 0 would divide by zero
+    for key in ("eval_steps", "logging_steps", "save_steps"):  # transformers takes the step modulo these: not 0
         value = kwargs.get(key)
         if value is not None and value <= 0:
             raise UserError(
