@@ -223,9 +223,10 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
 
 
 def _command_line_paths_resolved(key: str, value: Any) -> Any:
-    """Paths given on the command line are CWD-relative, set one by one (`data.train=x.jsonl`) or within their
-    section (`data={train: x.jsonl}`): recorded absolute, so the run's recipe.yaml finds them from anywhere."""
-    if key in PATH_KEYS:
+    """Paths given on the command line are CWD-relative, set one by one (`data.train=x.jsonl`, or the path of a
+    source given as a mapping: `data.train.path=x.jsonl`) or within their section (`data={train: x.jsonl}`):
+    recorded absolute, so the run's recipe.yaml finds them from anywhere."""
+    if key in PATH_KEYS or key in {f"{path_key}.path" for path_key in PATH_KEYS}:
         return resolve_source_paths(value, Path.cwd())
     if isinstance(value, dict) and any(path_key.partition(".")[0] == key for path_key in PATH_KEYS):
         section = {key: copy.deepcopy(value)}

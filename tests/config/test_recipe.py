@@ -122,6 +122,25 @@ def test_data_paths_given_with_set_are_read_against_the_current_directory_howeve
     assert load_recipe(base, ["data={eval: 'hub:owner/name'}"]).recipe.data.eval == "hub:owner/name"
 
 
+def test_the_path_of_a_source_mapping_given_with_set_is_read_against_the_current_directory(tmp_path, monkeypatch):
+    """`--set data.train.path=x.jsonl` on a source given as a mapping stayed relative: the run's recipe.yaml then
+    pointed into the run directory when --resume, eval or generate read it back."""
+    train = tmp_path / "data" / "train.jsonl"
+    sources = {"train": {"path": str(train), "count": 16}, "eval": {"path": "held.jsonl", "split": "x"}}
+    recipe = write(tmp_path / "recipes" / "src.yaml", {"data": sources})
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    loaded = load_recipe(recipe, ["data.train.path=tr.jsonl", "data.eval.path=~/h.jsonl"])
+    data = loaded.recipe.data
+    assert data.train.path == str(tmp_path / "sub" / "tr.jsonl") and data.train.count == 16
+    assert data.eval.path == str(Path("~/h.jsonl").expanduser()) and data.eval.split == "x"
+    assert loaded.provenance["data.train.path"] == "--set"
+    run = write(tmp_path / "run" / "recipe.yaml", loaded.recipe.to_yaml())
+    assert load_recipe(run).recipe.data == data  # read back from the run directory: the same files
+    hub = load_recipe(recipe, ["data.train.path=hub:owner/name"]).recipe.data.train.path
+    assert hub == "hub:owner/name"
+
+
 def test_overrides_apply_and_are_attributed_to_set(base):
     loaded = load_recipe(base, ["loss.beta=0.3", "training.max_steps=7"])
     assert loaded.recipe.loss.beta == 0.3
