@@ -78,38 +78,13 @@ def check(
     (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False for a command
     that writes elsewhere (`dpo data audit`, `dpo sweep`: each checks its own folder), so that the run directory it
     never creates is not checked."""
-    from dpo.training.arguments import build_dpo_config
-    from dpo.training.autopilot import check_autopilot
-    from dpo.training.loss_plan import loss_plan
-
     loaded = load_recipe(recipe_path, list(overrides))
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
     problems = Problems()  # the recipe's checks each run, and every problem they find is reported together
     if writes_run_dir:
         with problems.collect():
             check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
-    plan = dpo_config = None
-    with problems.collect():
-        plan = loss_plan(loaded)
-    with problems.collect():
-        # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
-        dpo_config = build_dpo_config(loaded, run_dir)
-    with problems.collect():
-        check_no_op_keys(loaded)
-    if dpo_config is not None:
-        with problems.collect():
-            _check_heldout_kl(loaded, dpo_config)
-        with problems.collect():
-            _check_early_stopping(loaded, dpo_config, extra_metrics)
-        with problems.collect():
-            check_evaluations(loaded, dpo_config)
-        if plan is not None:
-            with problems.collect():
-                _check_reference_metrics(loaded, plan, dpo_config)
-            with problems.collect():
-                check_autopilot(loaded, plan, dpo_config)
-            with problems.collect():
-                _check_beta_filter(loaded, plan, dpo_config)
+    plan, dpo_config = check_settings(loaded, run_dir, problems, extra_metrics)
     with problems.collect():
         _check_model(loaded)
         _check_lora_targets(loaded)
@@ -141,6 +116,39 @@ def check(
 
         check_auditable(loaded, data.train)
     return checked
+
+
+def check_settings(loaded: LoadedRecipe, run_dir: Path, problems: Problems, extra_metrics: tuple[str, ...] = ()):
+    """The recipe's checks that read neither its data nor its model: its LossPlan, its DPOConfig (for `run_dir`), the
+    keys that would have no effect and the checks across them. Each problem goes into `problems`; returns (plan,
+    dpo_config), None where that could not be built. `dpo convert-trl` checks a converted recipe with these."""
+    from dpo.training.arguments import build_dpo_config
+    from dpo.training.autopilot import check_autopilot
+    from dpo.training.loss_plan import loss_plan
+
+    plan = dpo_config = None
+    with problems.collect():
+        plan = loss_plan(loaded)
+    with problems.collect():
+        # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
+        dpo_config = build_dpo_config(loaded, run_dir)
+    with problems.collect():
+        check_no_op_keys(loaded)
+    if dpo_config is not None:
+        with problems.collect():
+            _check_heldout_kl(loaded, dpo_config)
+        with problems.collect():
+            _check_early_stopping(loaded, dpo_config, extra_metrics)
+        with problems.collect():
+            check_evaluations(loaded, dpo_config)
+        if plan is not None:
+            with problems.collect():
+                _check_reference_metrics(loaded, plan, dpo_config)
+            with problems.collect():
+                check_autopilot(loaded, plan, dpo_config)
+            with problems.collect():
+                _check_beta_filter(loaded, plan, dpo_config)
+    return plan, dpo_config
 
 
 def needs_audit(checked: CheckedRecipe) -> bool:
