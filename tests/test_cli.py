@@ -204,3 +204,23 @@ def test_a_recipe_that_passes_every_check_reaches_training(good, tmp_path):
 def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, message):
     proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
     assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # the held-out KL is off by default without a reference at evaluation: its subsample size did nothing
+        (["peft=null", "training.precompute_ref_log_probs=true", "logging.heldout_kl_pairs=32"],
+         "logging.heldout_kl_pairs: has no effect: the held-out KL is off, with no reference model at evaluation "
+         "(full fine-tuning, peft: null, with training.precompute_ref_log_probs: true)"),
+        # transformers reads neither without evaluations (and the checkpoints then follow save_steps 0.1)
+        (["training.eval_strategy=no", "training.eval_steps=5"],
+         "training.eval_steps: has no effect: training.eval_strategy is 'no'"),
+        (["training.eval_strategy=no", "training.eval_delay=3"],
+         "training.eval_delay: has no effect: training.eval_strategy is 'no'"),
+    ],
+)  # fmt: skip
+def test_a_setting_that_the_rest_of_the_recipe_turns_off_is_an_error(good, overrides, message):
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
+    assert invoke_dpo("validate", good, *[a for o in overrides[:-1] for a in ("--set", o)]).returncode == 0

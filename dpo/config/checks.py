@@ -50,6 +50,9 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
         # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
                        "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip
+    if training.get("eval_strategy") == "no":  # transformers reads neither, and the saves then follow save_steps 0.1
+        no_ops += [(f"training.{key}", "training.eval_strategy is 'no'")
+                   for key in ("eval_steps", "eval_delay") if training.get(key) not in (None, 0)]  # fmt: skip
     # max_steps of the wrong type is the DPOConfig check's error (reported with this one), not a comparison here
     max_steps = recipe.training.get("max_steps")
     if "num_train_epochs" in recipe.training and isinstance(max_steps, int) and max_steps > 0:

@@ -269,11 +269,22 @@ def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:
 
 
 def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
-    if loaded.recipe.logging.heldout_kl and not heldout_kl_available(loaded.recipe, dpo_config):
+    logging = loaded.recipe.logging
+    if heldout_kl_available(loaded.recipe, dpo_config):
+        return
+    if logging.heldout_kl:
         raise UserError(
             "needs a reference model at evaluation, which full fine-tuning (peft: null) with "
             "training.precompute_ref_log_probs: true does not keep; set one of them otherwise, or heldout_kl: false",
             where=loaded.where("logging.heldout_kl"),
+        )
+    # heldout_kl false is dpo/config/checks.py's; null (the default) is off here, which needs the DPOConfig to see
+    default_pairs = type(logging).model_fields["heldout_kl_pairs"].default
+    if logging.heldout_kl is None and logging.heldout_kl_pairs != default_pairs:
+        raise UserError(
+            "has no effect: the held-out KL is off, with no reference model at evaluation (full fine-tuning, peft: "
+            "null, with training.precompute_ref_log_probs: true)",
+            where=loaded.where("logging.heldout_kl_pairs"),
         )
 
 
