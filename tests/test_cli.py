@@ -30,7 +30,10 @@ def test_a_late_train_error_is_one_line_from_the_real_entry_point(tmp_path):
     proc = run_dpo("train", recipe, "--set", "training.warmup_steps=-1", "--output-dir", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
-    assert "training: DPOConfig rejected the settings" in proc.stderr
+    assert proc.stderr == (
+        "error: --set: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1, Expected value "
+        "warmup_steps >= 0\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -139,7 +142,7 @@ def test_plan_json_and_errors(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["training.warmup_steps=-1"], "training: DPOConfig rejected the settings"),
+        (["training.warmup_steps=-1"], "--set: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1"),
         (["early_stopping.metric=eval_reward/margins"], "did you mean 'eval_rewards/margins'?"),
         (["early_stopping.patience=2", "training.eval_strategy=no"], "early_stopping.patience: needs evaluations"),
         (["data.heldout_fraction=0.3"], "data.heldout_fraction: has no effect: data.eval is set"),

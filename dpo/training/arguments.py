@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -336,6 +337,23 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
             # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on
             warnings.simplefilter("ignore", FutureWarning)
             return DPOConfig(**kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # a file it reads is missing, a package it needs
         message = str(exc).splitlines()[0]
-        raise UserError(f"training: DPOConfig rejected the settings: {message}", where=str(loaded.path)) from None
+        key = _key_named(message, user)
+        if key is not None:
+            raise UserError(f"DPOConfig rejected it: {message}", where=loaded.where(f"training.{key}")) from None
+        # blamed on the file that set the training keys, or on --set when it set one of them
+        raise UserError(f"DPOConfig rejected the settings: {message}", where=loaded.where("training")) from None
+
+
+def _key_named(message: str, training: dict[str, Any]) -> str | None:
+    """The `training` key a DPOConfig error is about, where its message tells: the first key it names (transformers
+    and TRL name the argument: "Got warmup_steps = -1", "--dataloader_prefetch_factor can only be set when ..."), or
+    else the key whose text value it quotes ("No such file or directory: 'ds.json'"); None when it names neither."""
+    named = [(found.start(), key) for key in training
+             if (found := re.search(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", message))]  # fmt: skip
+    if named:
+        return min(named)[1]
+    quoted = [key for key, value in training.items()
+              if isinstance(value, str) and value and any(f"{q}{value}{q}" in message for q in "'\"`")]  # fmt: skip
+    return quoted[0] if len(quoted) == 1 else None

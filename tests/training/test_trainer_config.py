@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from dpo.config.loading import changes_from_base, load_recipe
+from dpo.config.loading import changes_from_base, load_recipe, parse_override
 from dpo.errors import UserError
 from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training, steps_per_epoch
 from dpo.training.loss_plan import hyperparameter_keys, loss_plan
@@ -458,3 +458,50 @@ def test_a_bool_written_as_text_is_one_error_not_two(recipe_path):
     check_no_op_keys(loaded)
     with pytest.raises(UserError, match=r"^--set: training.disable_dropout: expected true or false, got the text"):
         check_training(loaded)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("training.warmup_steps=-1",
+         "{base}: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1, Expected value "
+         "warmup_steps >= 0"),
+        ("training.dataloader_prefetch_factor=2",
+         "{base}: training.dataloader_prefetch_factor: DPOConfig rejected it: --dataloader_prefetch_factor can only be "
+         "set when data is loaded in a different process, i.e. when --dataloader_num_workers > 0."),
+        # named by its value; a missing file was a FileNotFoundError traceback
+        ("training.accelerator_config=nope.json",
+         "{base}: training.accelerator_config: DPOConfig rejected it: [Errno 2] No such file or directory: "
+         "'nope.json'"),
+    ],
+)  # fmt: skip
+def test_a_dpoconfig_rejection_names_the_key_and_the_file_that_set_it(tmp_path, where, message):
+    """DPOConfig's own errors named the child recipe and `training` whoever set the key: the base file, or --set."""
+    key, value = parse_override(where)
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}, "training": {key[9:]: value}})
+    child = write_recipe(tmp_path / "child.yaml", {"base": "base.yaml", "seed": 1})
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child), tmp_path / "run")
+    assert str(err.value) == message.format(base=base)
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child, [where]), tmp_path / "run")
+    assert str(err.value) == message.format(base="--set")
+
+
+def test_a_dpoconfig_rejection_that_names_no_key_is_blamed_on_the_training_section(tmp_path, monkeypatch):
+    import trl
+
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}, "training": {"max_steps": 3}})
+    child = write_recipe(tmp_path / "child.yaml", {"base": "base.yaml", "seed": 1})
+
+    class Rejecting(trl.DPOConfig):
+        def __init__(self, **kwargs):
+            raise ValueError("something is off\nsecond line")
+
+    monkeypatch.setattr(trl, "DPOConfig", Rejecting)
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child), tmp_path / "run")
+    assert str(err.value) == f"{base}: training: DPOConfig rejected the settings: something is off"
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child, ["training.learning_rate=0.1"]), tmp_path / "run")
+    assert str(err.value) == "--set: training: DPOConfig rejected the settings: something is off"
