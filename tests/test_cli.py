@@ -227,3 +227,20 @@ def test_a_setting_that_the_rest_of_the_recipe_turns_off_is_an_error(good, overr
     proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
     assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
     assert invoke_dpo("validate", good, *[a for o in overrides[:-1] for a in ("--set", o)]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('training:\n  lr_scheduler_kwargs: {"\\ud800": 1}\n',
+         "training.lr_scheduler_kwargs: key '\\ud800' must be text without lone surrogate escapes (\\ud800 to "
+         "\\udfff)"),
+        ('"\\udfff": 1\n', "key '\\udfff' must be text without lone surrogate escapes (\\ud800 to \\udfff)"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_in_a_key_is_an_error_naming_the_file(tmp_path, text, message):
+    """validate said ok, and dpo train failed writing the run's recipe.yaml (UnicodeEncodeError)."""
+    path = tmp_path / "surk.yaml"
+    path.write_text(f"data:\n  train: {ARITHMETIC / 'train.jsonl'}\n{text}")
+    proc = invoke_dpo("validate", path)
+    assert proc.returncode == 2 and proc.stderr == f"error: {path}: {message}\n"

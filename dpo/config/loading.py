@@ -105,9 +105,15 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
     """Every number in the recipe is finite and fits 64 bits: `1e400` (YAML reads inf), `.nan` or a 400-digit
     integer would pass the schema's range checks (NaN compares false) and fail only once the run has started.
     Every text is one UTF-8 can hold (YAML's "\\ud800" escape makes a lone surrogate, which no file name or
-    file can). Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are covered too."""
+    file can), keys included. Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are
+    covered too."""
     if isinstance(raw, dict):
         for key, value in raw.items():
+            if isinstance(key, str) and not _utf8(key):  # the run's recipe.yaml could not be written
+                section = ".".join(str(p) for p in path if isinstance(p, str))
+                where = source_of(provenance, section, default_source)
+                problem = f"key {shorten(key)} must be text without lone surrogate escapes (\\ud800 to \\udfff)"
+                raise UserError(f"{_shown(path)}: {problem}" if path else problem, where=where)
             check_scalars(value, provenance, default_source, (*path, key))
         return
     if isinstance(raw, list):
@@ -115,11 +121,9 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
             check_scalars(value, provenance, default_source, (*path, i))
         return
     if isinstance(raw, str):
-        try:
-            raw.encode("utf-8")
+        if _utf8(raw):
             return
-        except UnicodeEncodeError:
-            what = "text without lone surrogate escapes (\\ud800 to \\udfff)"
+        what = "text without lone surrogate escapes (\\ud800 to \\udfff)"
     elif isinstance(raw, float | int) and not isinstance(raw, bool):
         if isinstance(raw, float) and math.isfinite(raw) or isinstance(raw, int) and abs(raw) <= MAX_INT:
             return
@@ -127,9 +131,21 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
     else:
         return
     names = [str(p) for p in path if isinstance(p, str)]
-    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     where = source_of(provenance, ".".join(names), default_source)
-    raise UserError(f"{shown}: must be {what} (got {shorten(raw)})", where=where)
+    raise UserError(f"{_shown(path)}: must be {what} (got {shorten(raw)})", where=where)
+
+
+def _shown(path: tuple) -> str:
+    """A path into the recipe as written: `data.augment[0].fraction`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
