@@ -24,6 +24,7 @@ from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError, raise_all, shorten
 
 SET_SOURCE = "--set"
+MAX_BASE_DEPTH = 64  # recipes in one `base:` chain, the recipe itself included; shipped ones use two
 # Keys every sweep spec has (dpo/sweep/spec.py) and no recipe may: a file with both is a sweep given to a recipe command
 SWEEP_SPEC_KEYS = {"recipe", "search"}
 
@@ -227,11 +228,19 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
     if base_ref is None:
         merged, provenance = {}, {}
     else:
-        if not isinstance(base_ref, str):
+        if not isinstance(base_ref, str) or not base_ref.strip():
             raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
         base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
-        if not base_path.exists():  # anything else that is there (a FIFO, a folder) gets its own message
+        if not base_path.exists():
             raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
+        if base_path.is_dir():  # '..' or '.': the folder's name alone would say neither which recipe nor which key
+            raise UserError(f"base: {base_ref!r}: is a directory, not a regular recipe file", where=str(path))
+        # anything else that is there but no regular file (a FIFO) is named by its own file name when it is read
+        if len(chain) + 1 >= MAX_BASE_DEPTH:  # each base is a recursion: thousands would be a RecursionError
+            raise UserError(
+                f"base: a chain of more than {MAX_BASE_DEPTH} recipes (from {chain[0] if chain else resolved})",
+                where=str(path),
+            )
         merged, provenance = _read_with_bases(base_path, (*chain, resolved))
         merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
     _deep_merge(merged, data, provenance, str(path), prefix="")

@@ -303,3 +303,40 @@ def test_a_whole_number_still_counts_as_a_number(base):
     recipe = load_recipe(base, ["loss.beta=1", "peft.alpha=16", "data.train=[{path: a.jsonl, weight: 2}]"]).recipe
     assert recipe.loss.beta == 1.0 and isinstance(recipe.loss.beta, float) and recipe.peft.alpha == 16.0
     assert recipe.data.train[0].weight == 2.0
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("", "base: must be a path to another recipe (got '')"),
+        ("  ", "base: must be a path to another recipe (got '  ')"),
+        ("..", "base: '..': is a directory, not a regular recipe file"),  # was '..: is a directory', no file or key
+        ("sub", "base: 'sub': is a directory, not a regular recipe file"),
+    ],
+)
+def test_a_base_that_is_no_recipe_file_names_the_file_and_key(tmp_path, base, message):
+    (tmp_path / "recipes" / "sub").mkdir(parents=True)
+    child = write(tmp_path / "recipes" / "child.yaml", {"base": base, "data": {"train": "x.jsonl"}})
+    with pytest.raises(UserError) as err:
+        load_recipe(child)
+    assert str(err.value) == f"{child}: {message}"
+
+
+def test_a_base_chain_is_bounded(tmp_path):
+    """A chain of 1,100 bases ended in a RecursionError traceback."""
+    from dpo.config.loading import MAX_BASE_DEPTH
+
+    write(tmp_path / "r0.yaml", {"data": {"train": "x.jsonl"}})
+    for i in range(1, MAX_BASE_DEPTH + 1):
+        write(tmp_path / f"r{i}.yaml", {"base": f"r{i - 1}.yaml", "seed": i})
+    assert load_recipe(tmp_path / f"r{MAX_BASE_DEPTH - 1}.yaml").recipe.seed == MAX_BASE_DEPTH - 1  # 64 recipes
+    with pytest.raises(UserError) as err:
+        load_recipe(tmp_path / f"r{MAX_BASE_DEPTH}.yaml")
+    assert str(err.value) == (
+        f"{tmp_path / 'r1.yaml'}: base: a chain of more than {MAX_BASE_DEPTH} recipes (from "
+        f"{(tmp_path / f'r{MAX_BASE_DEPTH}.yaml').resolve()})"
+    )
+    for i in range(MAX_BASE_DEPTH + 1, 1100):
+        write(tmp_path / f"r{i}.yaml", {"base": f"r{i - 1}.yaml"})
+    with pytest.raises(UserError, match="base: a chain of more than"):
+        load_recipe(tmp_path / "r1099.yaml")
