@@ -78,6 +78,11 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("seed=0o17", ("seed", 15)),
         ("training.max_steps=0x10", ("training.max_steps", 16)),
         ("name=1:30", ("name", "1:30")),  # YAML 1.2: not base 60 (90)
+        ("name=1:30.0", ("name", "1:30.0")),  # not YAML 1.1's base-60 float (90.0) either
+        ("name=2024-06-01", ("name", "2024-06-01")),  # YAML 1.2 has no timestamps: a dated name, not a date
+        ("name=2001-12-14 21:59:43.10 -5", ("name", "2001-12-14 21:59:43.10 -5")),
+        ("loss.beta=.inf", ("loss.beta", float("inf"))),  # YAML 1.2's .inf is still a float (check_scalars refuses it)
+        ("loss.beta=-.Inf", ("loss.beta", float("-inf"))),
         ("training.max_steps=10_000", ("training.max_steps", 10000)),  # digit separators, as PyYAML read them
         ("name=1_", ("name", "1_")),  # not between digits: text, as Python would not read it either
         ("name=1__0", ("name", "1__0")),
@@ -87,7 +92,7 @@ def test_override_values_are_typed(text, expected):
     assert parse_override(text) == expected
 
 
-@pytest.mark.parametrize("name", ["0o17", "1e5", "010", "1:30", "no", "0x10", "10_000", "true"])
+@pytest.mark.parametrize("name", ["0o17", "1e5", "010", "1:30", "no", "0x10", "10_000", "true", "2024-06-01", "1:30.0"])
 def test_a_resolved_recipe_reads_back_the_same_whatever_its_text_values_look_like(base, name):
     """recipe.yaml is what resume, export and eval read back: a run named `0o17` (an int to YAML 1.2) or `no` (a
     bool to YAML 1.1) is written quoted, so our loader and PyYAML's alike read the name back as text."""
@@ -297,6 +302,12 @@ def test_true_or_false_is_no_number_and_a_number_no_bool(base):
     with pytest.raises(UserError) as err:
         load_recipe(base, ["data.train=[{path: a.jsonl, count: true}]"])
     assert str(err.value) == "--set: data.train: source 0: count: expected a whole number, got true"
+
+
+def test_a_dated_run_name_is_a_name(tmp_path):
+    """YAML 1.1's timestamp resolver read `name: 2024-06-01` as a date, which the schema refused ("expected text")."""
+    recipe = write(tmp_path / "dn.yaml", "name: 2024-06-01\ndata: {train: x.jsonl}\n")
+    assert load_recipe(recipe).recipe.name == "2024-06-01"
 
 
 def test_a_whole_number_still_counts_as_a_number(base):
