@@ -288,10 +288,18 @@ def _deep_merge(into: dict, new: dict, provenance: dict[str, str], source: str, 
             _deep_merge(into[key], value, provenance, source, dotted + ".")
         else:
             into[key] = copy.deepcopy(value)
-            provenance[dotted] = source
-            if isinstance(value, dict):
-                for sub in _flatten_keys(value, dotted):
-                    provenance[sub] = source
+            _attribute(provenance, dotted, value, source)
+
+
+def _attribute(provenance: dict[str, str], dotted: str, value: Any, source: str) -> None:
+    """`dotted` and every key under it now come from `source`; keys the value it replaced had under it are gone (a
+    section replaced by null or a scalar keeps none of its old keys' sources)."""
+    for stale in [k for k in provenance if k.startswith(f"{dotted}.")]:
+        del provenance[stale]
+    provenance[dotted] = source
+    if isinstance(value, dict):
+        for sub in _flatten_keys(value, dotted):
+            provenance[sub] = source
 
 
 def _flatten_keys(d: dict, prefix: str) -> list[str]:
@@ -312,10 +320,7 @@ def _apply_override(raw: dict, provenance: dict[str, str], key: str, value: Any)
         _deep_merge(existing, value, provenance, SET_SOURCE, prefix=f"{key}.")
         return
     _set_dotted(raw, key, value)
-    provenance[key] = SET_SOURCE
-    if isinstance(value, dict):
-        for sub in _flatten_keys(value, key):
-            provenance[sub] = SET_SOURCE
+    _attribute(provenance, key, value, SET_SOURCE)
 
 
 def _dotted_value(raw: dict, key: str) -> Any:

@@ -351,3 +351,21 @@ def test_a_base_chain_is_bounded(tmp_path):
         write(tmp_path / f"r{i}.yaml", {"base": f"r{i - 1}.yaml"})
     with pytest.raises(UserError, match="base: a chain of more than"):
         load_recipe(tmp_path / "r1099.yaml")
+
+
+def test_a_section_replaced_by_null_keeps_none_of_its_keys_sources(tmp_path):
+    """`--set peft=null` over a recipe that sets peft.r: recipe_changes.json listed phantom peft.r and peft.dropout
+    changes from the file, and not the --set that switched the run to full fine-tuning."""
+    from dpo.config.loading import changes_from_base
+
+    write(tmp_path / "base.yaml", {"data": {"train": "x.jsonl"}, "peft": {"r": 16}})
+    lora = write(tmp_path / "lora.yaml", {"base": "base.yaml", "peft": {"r": 8, "dropout": 0.0}})
+    loaded = load_recipe(lora, ["peft=null"])
+    assert {k: v for k, v in loaded.provenance.items() if k.startswith("peft")} == {"peft": "--set"}
+    assert changes_from_base(loaded) == [
+        {"key": "peft", "value": None, "base_value": {"r": 8, "dropout": 0.0}, "source": "--set"}
+    ]
+    full = write(tmp_path / "full.yaml", {"base": "base.yaml", "peft": None})  # a file over its base: the same
+    assert changes_from_base(load_recipe(full)) == [
+        {"key": "peft", "value": None, "base_value": {"r": 16}, "source": str(full)}
+    ]
