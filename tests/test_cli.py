@@ -27,10 +27,13 @@ def test_a_late_train_error_is_one_line_from_the_real_entry_point(tmp_path):
     """In a new process, where library warnings and log lines reach stderr as a user sees them (in this process
     pytest records warnings, and transformers' log handler may be bound to another stream)."""
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
-    proc = run_dpo("train", recipe, "--set", "training.optim=bogus", "--output-dir", tmp_path / "out")
+    proc = run_dpo("train", recipe, "--set", "training.warmup_steps=-1", "--output-dir", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
-    assert "training: DPOConfig rejected the settings" in proc.stderr
+    assert proc.stderr == (
+        "error: --set: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1, Expected value "
+        "warmup_steps >= 0\n"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -139,7 +142,7 @@ def test_plan_json_and_errors(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        (["training.optim=bogus"], "training: DPOConfig rejected the settings"),
+        (["training.warmup_steps=-1"], "--set: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1"),
         (["early_stopping.metric=eval_reward/margins"], "did you mean 'eval_rewards/margins'?"),
         (["early_stopping.patience=2", "training.eval_strategy=no"], "early_stopping.patience: needs evaluations"),
         (["data.heldout_fraction=0.3"], "data.heldout_fraction: has no effect: data.eval is set"),
@@ -224,3 +227,63 @@ def test_odpo_after_off_prompt_negatives_names_the_augmentation_step(tmp_path):
         "pairs have no score), and odpo needs the score gap of every pair; drop the step, or use a loss that reads "
         "none"
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # counted in epochs, the steps per epoch divide by the batch and the accumulation: a ZeroDivisionError before
+        (["training.per_device_train_batch_size=0", "training.max_steps=-1", "training.num_train_epochs=1"],
+         "training.per_device_train_batch_size: must be 1 or more (training pairs in a batch on each device), got 0"),
+        (["training.gradient_accumulation_steps=0", "training.max_steps=-1", "training.num_train_epochs=1"],
+         "training.gradient_accumulation_steps: must be 1 or more (batches per optimizer step), got 0"),
+        # with max_steps, validate said ok and torch's DataLoader refused the batch once the run directory existed
+        (["training.per_device_eval_batch_size=0"],
+         "training.per_device_eval_batch_size: must be 1 or more (held-out pairs in a batch on each device), got 0"),
+        # was reported as every data row being longer than -5 tokens
+        (["training.max_length=-5"],
+         "training.max_length: must be 1 or more (tokens of prompt and answer in a row; null: no limit), got -5"),
+        (["training.save_strategy=steps", "training.save_steps=0"],
+         "training.save_steps: must be above 0 (a number of steps, or below 1 a fraction of the run), got 0"),
+    ],
+)  # fmt: skip
+def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, message):
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # the held-out KL is off by default without a reference at evaluation: its subsample size did nothing
+        (["peft=null", "training.precompute_ref_log_probs=true", "logging.heldout_kl_pairs=32"],
+         "logging.heldout_kl_pairs: has no effect: the held-out KL is off, with no reference model at evaluation "
+         "(full fine-tuning, peft: null, with training.precompute_ref_log_probs: true)"),
+        # transformers reads neither without evaluations (and the checkpoints then follow save_steps 0.1)
+        (["training.eval_strategy=no", "training.eval_steps=5"],
+         "training.eval_steps: has no effect: training.eval_strategy is 'no'"),
+        (["training.eval_strategy=no", "training.eval_delay=3"],
+         "training.eval_delay: has no effect: training.eval_strategy is 'no'"),
+    ],
+)  # fmt: skip
+def test_a_setting_that_the_rest_of_the_recipe_turns_off_is_an_error(good, overrides, message):
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
+    assert invoke_dpo("validate", good, *[a for o in overrides[:-1] for a in ("--set", o)]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('training:\n  lr_scheduler_kwargs: {"\\ud800": 1}\n',
+         "training.lr_scheduler_kwargs: key '\\ud800' must be text without lone surrogate escapes (\\ud800 to "
+         "\\udfff)"),
+        ('"\\udfff": 1\n', "key '\\udfff' must be text without lone surrogate escapes (\\ud800 to \\udfff)"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_in_a_key_is_an_error_naming_the_file(tmp_path, text, message):
+    """validate said ok, and dpo train failed writing the run's recipe.yaml (UnicodeEncodeError)."""
+    path = tmp_path / "surk.yaml"
+    path.write_text(f"data:\n  train: {ARITHMETIC / 'train.jsonl'}\n{text}")
+    proc = invoke_dpo("validate", path)
+    assert proc.returncode == 2 and proc.stderr == f"error: {path}: {message}\n"

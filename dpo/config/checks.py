@@ -39,17 +39,20 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     # TRL's disable_dropout (true by default) sets every nn.Dropout to 0, LoRA's included; 0 and the default pass
     peft_dropout = recipe.peft.dropout if recipe.peft is not None else 0.0
     if peft_dropout not in (0.0, PeftSection.model_fields["dropout"].default):
-        if recipe.training.get("disable_dropout", True) is not False:
+        if recipe.training.get("disable_dropout", True) is True:
             why = "training.disable_dropout is true (TRL's default): TRL zeroes every dropout, LoRA's too"
             no_ops.append(("peft.dropout", f"{why}; set training.disable_dropout: false to keep it"))
     training = recipe.training
     if training.get("padding_free") is True:  # DPOTrainer.__init__ warns and sets it back to False
         no_ops.append(("training.padding_free", "TRL 1.16 turns it off (temporarily unavailable there) and pads"))
-    up_front = training.get("precompute_ref_log_probs") and recipe.peft is None
+    up_front = training.get("precompute_ref_log_probs") is True and recipe.peft is None
     if training.get("precompute_ref_batch_size") is not None and not up_front:
         # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
                        "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip
+    if training.get("eval_strategy") == "no":  # transformers reads neither, and the saves then follow save_steps 0.1
+        no_ops += [(f"training.{key}", "training.eval_strategy is 'no'")
+                   for key in ("eval_steps", "eval_delay") if training.get(key) not in (None, 0)]  # fmt: skip
     # max_steps of the wrong type is the DPOConfig check's error (reported with this one), not a comparison here
     max_steps = recipe.training.get("max_steps")
     if "num_train_epochs" in recipe.training and isinstance(max_steps, int) and max_steps > 0:

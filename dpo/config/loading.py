@@ -24,6 +24,7 @@ from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError, raise_all, shorten
 
 SET_SOURCE = "--set"
+MAX_BASE_DEPTH = 64  # recipes in one `base:` chain, the recipe itself included; shipped ones use two
 # Keys every sweep spec has (dpo/sweep/spec.py) and no recipe may: a file with both is a sweep given to a recipe command
 SWEEP_SPEC_KEYS = {"recipe", "search"}
 
@@ -105,9 +106,15 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
     """Every number in the recipe is finite and fits 64 bits: `1e400` (YAML reads inf), `.nan` or a 400-digit
     integer would pass the schema's range checks (NaN compares false) and fail only once the run has started.
     Every text is one UTF-8 can hold (YAML's "\\ud800" escape makes a lone surrogate, which no file name or
-    file can). Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are covered too."""
+    file can), keys included. Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are
+    covered too."""
     if isinstance(raw, dict):
         for key, value in raw.items():
+            if isinstance(key, str) and not _utf8(key):  # the run's recipe.yaml could not be written
+                section = ".".join(str(p) for p in path if isinstance(p, str))
+                where = source_of(provenance, section, default_source)
+                problem = f"key {shorten(key)} must be text without lone surrogate escapes (\\ud800 to \\udfff)"
+                raise UserError(f"{_shown(path)}: {problem}" if path else problem, where=where)
             check_scalars(value, provenance, default_source, (*path, key))
         return
     if isinstance(raw, list):
@@ -115,11 +122,9 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
             check_scalars(value, provenance, default_source, (*path, i))
         return
     if isinstance(raw, str):
-        try:
-            raw.encode("utf-8")
+        if _utf8(raw):
             return
-        except UnicodeEncodeError:
-            what = "text without lone surrogate escapes (\\ud800 to \\udfff)"
+        what = "text without lone surrogate escapes (\\ud800 to \\udfff)"
     elif isinstance(raw, float | int) and not isinstance(raw, bool):
         if isinstance(raw, float) and math.isfinite(raw) or isinstance(raw, int) and abs(raw) <= MAX_INT:
             return
@@ -127,15 +132,27 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
     else:
         return
     names = [str(p) for p in path if isinstance(p, str)]
-    shown = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
     where = source_of(provenance, ".".join(names), default_source)
-    raise UserError(f"{shown}: must be {what} (got {shorten(raw)})", where=where)
+    raise UserError(f"{_shown(path)}: must be {what} (got {shorten(raw)})", where=where)
+
+
+def _shown(path: tuple) -> str:
+    """A path into the recipe as written: `data.augment[0].fraction`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def validate(raw: dict, provenance: dict[str, str], default_source: str) -> Recipe:
     raw = {k: v for k, v in raw.items() if k != "base"}
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, strict=True)  # `patience: true` is no 1, `beta: '0.1'` no number
     except ValidationError as exc:
         by_key: dict[str, list[dict]] = {}  # every problem, each key once (a union type errs once per member)
         for err in exc.errors():
@@ -211,11 +228,19 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
     if base_ref is None:
         merged, provenance = {}, {}
     else:
-        if not isinstance(base_ref, str):
+        if not isinstance(base_ref, str) or not base_ref.strip():
             raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
         base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
-        if not base_path.exists():  # anything else that is there (a FIFO, a folder) gets its own message
+        if not base_path.exists():
             raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
+        if base_path.is_dir():  # '..' or '.': the folder's name alone would say neither which recipe nor which key
+            raise UserError(f"base: {base_ref!r}: is a directory, not a regular recipe file", where=str(path))
+        # anything else that is there but no regular file (a FIFO) is named by its own file name when it is read
+        if len(chain) + 1 >= MAX_BASE_DEPTH:  # each base is a recursion: thousands would be a RecursionError
+            raise UserError(
+                f"base: a chain of more than {MAX_BASE_DEPTH} recipes (from {chain[0] if chain else resolved})",
+                where=str(path),
+            )
         merged, provenance = _read_with_bases(base_path, (*chain, resolved))
         merged.pop("name", None)  # a child recipe is its own run; it never inherits the base's name
     _deep_merge(merged, data, provenance, str(path), prefix="")
@@ -223,9 +248,10 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
 
 
 def _command_line_paths_resolved(key: str, value: Any) -> Any:
-    """Paths given on the command line are CWD-relative, set one by one (`data.train=x.jsonl`) or within their
-    section (`data={train: x.jsonl}`): recorded absolute, so the run's recipe.yaml finds them from anywhere."""
-    if key in PATH_KEYS:
+    """Paths given on the command line are CWD-relative, set one by one (`data.train=x.jsonl`, or the path of a
+    source given as a mapping: `data.train.path=x.jsonl`) or within their section (`data={train: x.jsonl}`):
+    recorded absolute, so the run's recipe.yaml finds them from anywhere."""
+    if key in PATH_KEYS or key in {f"{path_key}.path" for path_key in PATH_KEYS}:
         return resolve_source_paths(value, Path.cwd())
     if isinstance(value, dict) and any(path_key.partition(".")[0] == key for path_key in PATH_KEYS):
         section = {key: copy.deepcopy(value)}
@@ -262,10 +288,18 @@ def _deep_merge(into: dict, new: dict, provenance: dict[str, str], source: str, 
             _deep_merge(into[key], value, provenance, source, dotted + ".")
         else:
             into[key] = copy.deepcopy(value)
-            provenance[dotted] = source
-            if isinstance(value, dict):
-                for sub in _flatten_keys(value, dotted):
-                    provenance[sub] = source
+            _attribute(provenance, dotted, value, source)
+
+
+def _attribute(provenance: dict[str, str], dotted: str, value: Any, source: str) -> None:
+    """`dotted` and every key under it now come from `source`; keys the value it replaced had under it are gone (a
+    section replaced by null or a scalar keeps none of its old keys' sources)."""
+    for stale in [k for k in provenance if k.startswith(f"{dotted}.")]:
+        del provenance[stale]
+    provenance[dotted] = source
+    if isinstance(value, dict):
+        for sub in _flatten_keys(value, dotted):
+            provenance[sub] = source
 
 
 def _flatten_keys(d: dict, prefix: str) -> list[str]:
@@ -286,10 +320,7 @@ def _apply_override(raw: dict, provenance: dict[str, str], key: str, value: Any)
         _deep_merge(existing, value, provenance, SET_SOURCE, prefix=f"{key}.")
         return
     _set_dotted(raw, key, value)
-    provenance[key] = SET_SOURCE
-    if isinstance(value, dict):
-        for sub in _flatten_keys(value, key):
-            provenance[sub] = SET_SOURCE
+    _attribute(provenance, key, value, SET_SOURCE)
 
 
 def _dotted_value(raw: dict, key: str) -> Any:

@@ -166,7 +166,7 @@ class DataSection(Section):
             if not isinstance(item, dict):
                 raise ValueError(f"source {i}: expected a path or a mapping {{path, weight | count, ...}}")
             try:
-                DataSource.model_validate(item)
+                DataSource.model_validate(item, strict=True)  # as the recipe's (dpo/config/loading.py)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 key = ".".join(str(p) for p in err["loc"])

@@ -39,8 +39,8 @@ def description(fn: Callable, name: str) -> str | None:
 
 def checked_value(fn: Callable, name: str, value: Any, key: str, strict: bool = False) -> tuple[Any, str | None]:
     """`value` for parameter `name` of `fn` as its annotation validates it, and None; or (None, a one-line problem
-    naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default, as for the
-    recipe's own sections: '0.1' -> 0.1 for a float) unless `strict` (numbers must be numbers, an int an int,
+    naming `key`). A parameter without a usable annotation takes any value. Lax (pydantic's default: '0.1' -> 0.1
+    for a float, true -> 1) unless `strict`, as every recipe key is checked (numbers must be numbers, an int an int,
     a bool a bool; an int still passes for a float)."""
     annotation = parameter_annotations(fn).get(name, Any)
     try:
@@ -104,12 +104,24 @@ def values_problem(errors: list[dict], key: str) -> str:
     return f"{key}: {err['msg'].rstrip('.')} (got {show_value(err.get('input')).removeprefix('the text ')})"
 
 
+def enum_values(annotation: Any) -> list[Any] | None:
+    """The values of a choice typed as `SomeEnum | str` (transformers' way: the text is read as the enum, so only
+    its members' values are valid), or None for any other annotation."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(annotation)
+    enums = [arg for arg in args if isinstance(arg, type) and issubclass(arg, enum.Enum)]
+    return [member.value for e in enums for member in e] if enums and str in args else None
+
+
 def annotation_words(annotation: Any) -> str:
     """A type annotation in words, for values checked against a dataclass field (`int | None` -> 'a whole number
-    or null')."""
+    or null', `IntervalStrategy | str` -> 'one of no, steps, epoch')."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(annotation_words(arg) for arg in typing.get_args(annotation)))
+        members = enum_values(annotation)
+        args = [arg for arg in typing.get_args(annotation) if members is None or arg is not str]
+        return " or ".join(dict.fromkeys(annotation_words(arg) for arg in args))
     if origin is typing.Literal:
         return "one of " + ", ".join(str(v) for v in typing.get_args(annotation))
     base = origin or annotation
@@ -118,7 +130,8 @@ def annotation_words(annotation: Any) -> str:
     if base in words:
         return words[base]
     if isinstance(base, type) and issubclass(base, enum.Enum):
-        return "one of " + ", ".join(str(m.value) for m in base)
+        *others, last = (str(m.value) for m in base)
+        return f"one of {', '.join(others)} or {last}" if others else f"{last}"
     return getattr(base, "__name__", str(base))
 
 

@@ -31,7 +31,8 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (no Python tags) with YAML 1.2 scalars, as users expect: `1e-5` is a float,
-    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False), `010` is ten.
+    `no` / `off` / `yes` / `on` are strings (so `save_strategy: no` means "no", not False), `010` is ten, `1:30` and
+    `1:30.0` are text (no base 60), and so is `2024-06-01` (no timestamps: a dated run name stays a name).
     Bounded and strict about duplicate keys (see the module docstring)."""
 
     def __init__(self, stream):
@@ -83,7 +84,10 @@ class _SafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")  # replaced below by their YAML 1.2 forms
+# YAML 1.1's implicit types that 1.2 changed or dropped: bool, int and float are replaced below by their YAML 1.2
+# forms (the 1.1 float read `1:30.0` as base 60, 90.0), and a timestamp is text (`name: 2024-06-01` is a name, no date)
+_YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                  "tag:yaml.org,2002:timestamp")  # fmt: skip
 _SafeLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_1_1_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -109,9 +113,13 @@ def _construct_int(loader: yaml.SafeLoader, node: Node) -> int:
 
 
 _SafeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+# YAML 1.2 floats: `1e-5` without a dot too (1.1 needed one), `.inf` and `.nan` (which check_scalars refuses by name)
 _SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)$"),
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+)"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 

@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -19,7 +21,7 @@ from typing import Any
 
 from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import Recipe
-from dpo.config.signatures import annotation_words, show_value
+from dpo.config.signatures import annotation_words, enum_values, show_value
 from dpo.errors import UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS, direction
 from dpo.rundir.files import CHECKPOINTS
@@ -195,11 +197,16 @@ def _dpo_config_fields() -> dict[str, dataclasses.Field]:
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """A forgiving check of YAML values against a dataclass annotation (ints count as floats)."""
+    """A check of YAML values against a dataclass annotation: ints count as floats, a bool is only true or false
+    (`gradient_checkpointing: no` is the text 'no' in YAML 1.2, which Python would take as true), and a string enum
+    (`SchedulerType | str`: transformers reads the text as the enum) takes only its members' values."""
     if annotation is Any or isinstance(annotation, str):
         return True
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
+        members = enum_values(annotation)
+        if members is not None and isinstance(value, str):
+            return value in members
         return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
     if annotation is type(None):
         return value is None
@@ -215,9 +222,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
             return isinstance(value, list | tuple)
         if base is dict:
             return isinstance(value, dict)
-        if issubclass(base, str):  # str-valued enums (IntervalStrategy, ...) accept their string values
+        if issubclass(base, enum.Enum):  # str-valued enums (IntervalStrategy, ...) accept their members' values
+            return value in {m.value for m in base}
+        if issubclass(base, str):
             return isinstance(value, str)
-        return isinstance(value, base) or isinstance(value, str | dict)
+        if base is bool:
+            return isinstance(value, bool)
+        return isinstance(value, base) or isinstance(value, dict)  # a config object (ParallelismConfig) as a mapping
     return True
 
 
@@ -239,6 +250,19 @@ def training_key_problem(key: str, value: Any = None) -> tuple[str, bool] | None
     return None
 
 
+# Counts transformers and TRL divide by or size batches and tensors with, which DPOConfig takes at 0 or below: the
+# step count per epoch divides by the batch and the accumulation (ZeroDivisionError in `dpo validate`), torch's
+# DataLoader refuses a batch of 0 once the run directory exists, and every row is longer than a max_length of 0
+POSITIVE_COUNTS: dict[str, str] = {
+    "per_device_train_batch_size": "training pairs in a batch on each device",
+    "per_device_eval_batch_size": "held-out pairs in a batch on each device",
+    "gradient_accumulation_steps": "batches per optimizer step",
+    "eval_accumulation_steps": "evaluation batches kept before they are gathered; null: all",
+    "precompute_ref_batch_size": "pairs in a batch of the up-front reference pass; null: the batch sizes",
+    "max_length": "tokens of prompt and answer in a row; null: no limit",
+}
+
+
 def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     fields = _dpo_config_fields()
     problems = []  # every training key's problem, not only the first
@@ -251,6 +275,8 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
         elif not _type_ok(value, fields[key].type):
             wanted = annotation_words(fields[key].type)
             problems.append(UserError(f"expected {wanted}, got {show_value(value)}", where=where))
+        elif key in POSITIVE_COUNTS and value is not None and value < 1:
+            problems.append(UserError(f"must be 1 or more ({POSITIVE_COUNTS[key]}), got {value}", where=where))
     raise_all(problems)
     return dict(loaded.recipe.training)
 
@@ -289,7 +315,7 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
     )
     if kwargs.get("lr_scheduler_type") == "reduce_lr_on_plateau":
         kwargs.update(_plateau_settings(loaded, kwargs.get("lr_scheduler_kwargs") or {}))
-    for key in ("eval_steps", "logging_steps"):  # transformers takes the step modulo these: 0 would divide by zero
+    for key in ("eval_steps", "logging_steps", "save_steps"):  # transformers takes the step modulo these: not 0
         value = kwargs.get(key)
         if value is not None and value <= 0:
             raise UserError(
@@ -311,6 +337,23 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
             # transformers 5 renames gradient_checkpointing (TRL still sets it): a FutureWarning users can't act on
             warnings.simplefilter("ignore", FutureWarning)
             return DPOConfig(**kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # a file it reads is missing, a package it needs
         message = str(exc).splitlines()[0]
-        raise UserError(f"training: DPOConfig rejected the settings: {message}", where=str(loaded.path)) from None
+        key = _key_named(message, user)
+        if key is not None:
+            raise UserError(f"DPOConfig rejected it: {message}", where=loaded.where(f"training.{key}")) from None
+        # blamed on the file that set the training keys, or on --set when it set one of them
+        raise UserError(f"DPOConfig rejected the settings: {message}", where=loaded.where("training")) from None
+
+
+def _key_named(message: str, training: dict[str, Any]) -> str | None:
+    """The `training` key a DPOConfig error is about, where its message tells: the first key it names (transformers
+    and TRL name the argument: "Got warmup_steps = -1", "--dataloader_prefetch_factor can only be set when ..."), or
+    else the key whose text value it quotes ("No such file or directory: 'ds.json'"); None when it names neither."""
+    named = [(found.start(), key) for key in training
+             if (found := re.search(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", message))]  # fmt: skip
+    if named:
+        return min(named)[1]
+    quoted = [key for key, value in training.items()
+              if isinstance(value, str) and value and any(f"{q}{value}{q}" in message for q in "'\"`")]  # fmt: skip
+    return quoted[0] if len(quoted) == 1 else None

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpo.config.loading import LoadedRecipe, validate
+from dpo.config.loading import LoadedRecipe, check_scalars, validate
 from dpo.config.schema import HUB_PREFIX, ModelSection, Recipe
+from dpo.config.signatures import show_value
 from dpo.config.yaml_loader import dump_yaml, read_yaml_mapping
-from dpo.errors import Problems
+from dpo.errors import Problems, UserError, raise_all
 
 # TRL key -> recipe key, value as written
 MOVED: dict[str, str] = {
@@ -95,7 +96,8 @@ class Converted:
 def convert_trl(path: str | Path) -> Converted:
     """Read a `trl dpo` config file and turn it into a recipe; checks the recipe (not its data)."""
     path = Path(path)
-    config = read_yaml_mapping(path)
+    config = read_yaml_mapping(path, what="trl config")
+    _check_shapes(config, path)
     out = Converted({"name": path.stem})
     fields = _dpo_config_fields()
     _model(config, out)
@@ -242,8 +244,10 @@ def _sync_ref_setting(key: str, value: Any, config: dict, out: Converted) -> Non
 
 
 def _metric(key: str, value: Any, config: dict, out: Converted) -> None:
+    if value is None:  # TRL's default: no metric
+        return
     # transformers prefixes metric_for_best_model with eval_ when it lacks it
-    out.put("early_stopping.metric", value if str(value).startswith("eval_") else f"eval_{value}", key)
+    out.put("early_stopping.metric", value if value.startswith("eval_") else f"eval_{value}", key)
 
 
 def _direction(key: str, value: Any, config: dict, out: Converted) -> None:
@@ -277,6 +281,61 @@ def _dpo_config_fields() -> set[str]:
     return set(fields())
 
 
+def _trl_bool_fields() -> set[str]:
+    """The keys `trl dpo` reads as true or false (its dataclasses' bool fields)."""
+    import dataclasses
+
+    from trl import DPOConfig, ModelConfig, ScriptArguments
+    from trl.scripts.utils import DatasetMixtureConfig
+
+    classes = (DPOConfig, ModelConfig, ScriptArguments, DatasetMixtureConfig)
+    return {f.name for cls in classes for f in dataclasses.fields(cls) if f.type in (bool, bool | None)}
+
+
+def _text_or_texts(value: Any) -> bool:
+    return isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# Words PyYAML's YAML 1.1 loader (TRL's) reads as bools, and which ours (YAML 1.2, as recipes are read) keeps as text
+_YAML_1_1_BOOLS = {"yes": True, "no": False, "on": True, "off": False}
+
+
+def _check_shapes(config: dict, path: Path) -> None:
+    """The values the conversion reads must have the shape TRL gives them, each problem naming the TRL key: a bool
+    written as text (YAML 1.2 reads `no` as text, which is true) would turn `use_peft` on, and a dataset of the wrong
+    shape would end in a traceback."""
+    problems = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(UserError(f"{key}: {message}", where=str(path)))
+
+    for key in sorted(_trl_bool_fields() & config.keys()):
+        value = config[key]
+        if not isinstance(value, bool | None):
+            meant = _YAML_1_1_BOOLS.get(value.lower()) if isinstance(value, str) else None
+            hint = "" if meant is None else f" (TRL's YAML 1.1 reads it as {str(meant).lower()}: write that)"
+            problem(key, f"expected true or false, got {show_value(value)}{hint}")
+    for key, wanted in (("dataset_name", "a data set name or path"), ("metric_for_best_model", "a metric name")):
+        if not isinstance(config.get(key), str | None):
+            problem(key, f"expected {wanted}, got {show_value(config[key])}")
+    report_to = config.get("report_to")
+    if report_to is not None and not _text_or_texts(report_to):
+        problem("report_to", f"expected a name or a list of names, got {show_value(report_to)}")
+    loss_type = config.get("loss_type")
+    if loss_type is not None and not (_text_or_texts(loss_type) and loss_type):
+        problem("loss_type", f"expected a loss name or a list of loss names, got {show_value(loss_type)}")
+    datasets = config.get("datasets")
+    if datasets is not None and not isinstance(datasets, list):
+        problem("datasets", f"expected a list of data sets {{path, name, split}}, got {show_value(datasets)}")
+    for i, entry in enumerate(datasets if isinstance(datasets, list) else []):
+        if not isinstance(entry, dict):
+            problem(f"datasets[{i}]", f"expected a data set {{path, name, split}}, got {show_value(entry)}")
+        elif not isinstance(entry.get("path"), str):
+            got = f"got {show_value(entry['path'])}" if "path" in entry else "it has none"
+            problem(f"datasets[{i}]", f"needs a path (a data set name or path), {got}")
+    raise_all(problems)
+
+
 def _training_problem(key: str, value: Any) -> str | None:
     from dpo.training.arguments import training_key_problem
 
@@ -285,18 +344,15 @@ def _training_problem(key: str, value: Any) -> str | None:
 
 
 def _check(out: Converted, path: Path) -> None:
-    """The converted recipe must pass the recipe's checks (its data are not read); every problem names the TRL key."""
-    from dpo.config.checks import check_no_op_keys
-    from dpo.training.arguments import build_dpo_config
-    from dpo.training.gate import default_output_dir
-    from dpo.training.loss_plan import loss_plan
+    """The converted recipe must pass the recipe's checks as `dpo validate` runs them (dpo/training/gate.py), less
+    those that read its data or its model (either may be on the hub); every problem names the TRL key."""
+    from dpo.training.gate import check_settings, default_output_dir
 
     provenance = {key: f"{path} ({trl_key})" for key, trl_key in out.sources.items()}
+    check_scalars(out.recipe, provenance, default_source=str(path))  # beta: 1e400 is inf, which the schema takes
     loaded = LoadedRecipe(validate(dict(out.recipe), provenance, default_source=str(path)), path, provenance)
     problems = Problems()
-    for check in (loss_plan, lambda r: build_dpo_config(r, default_output_dir(r.recipe)), check_no_op_keys):
-        with problems.collect():
-            check(loaded)
+    check_settings(loaded, default_output_dir(loaded.recipe), problems)
     problems.raise_all()
 
 

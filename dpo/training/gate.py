@@ -89,38 +89,13 @@ def check(
     (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False for a command
     that writes elsewhere (`dpo data audit`, `dpo sweep`: each checks its own folder), so that the run directory it
     never creates is not checked."""
-    from dpo.training.arguments import build_dpo_config
-    from dpo.training.autopilot import check_autopilot
-    from dpo.training.loss_plan import loss_plan
-
     loaded = load_recipe(recipe_path, list(overrides))
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
     problems = Problems()  # the recipe's checks each run, and every problem they find is reported together
     if writes_run_dir:
         with problems.collect():
             check_output_dir(run_dir)  # a run that could not write its directory would fail after loading everything
-    plan = dpo_config = None
-    with problems.collect():
-        plan = loss_plan(loaded)
-    with problems.collect():
-        # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
-        dpo_config = build_dpo_config(loaded, run_dir)
-    with problems.collect():
-        check_no_op_keys(loaded)
-    if dpo_config is not None:
-        with problems.collect():
-            _check_heldout_kl(loaded, dpo_config)
-        with problems.collect():
-            _check_early_stopping(loaded, dpo_config, extra_metrics)
-        with problems.collect():
-            check_evaluations(loaded, dpo_config)
-        if plan is not None:
-            with problems.collect():
-                _check_reference_metrics(loaded, plan, dpo_config)
-            with problems.collect():
-                check_autopilot(loaded, plan, dpo_config)
-            with problems.collect():
-                _check_beta_filter(loaded, plan, dpo_config)
+    plan, dpo_config = check_settings(loaded, run_dir, problems, extra_metrics)
     with problems.collect():
         _check_model(loaded)
         _check_lora_targets(loaded)
@@ -152,6 +127,39 @@ def check(
 
         check_auditable(loaded, data.train)
     return checked
+
+
+def check_settings(loaded: LoadedRecipe, run_dir: Path, problems: Problems, extra_metrics: tuple[str, ...] = ()):
+    """The recipe's checks that read neither its data nor its model: its LossPlan, its DPOConfig (for `run_dir`), the
+    keys that would have no effect and the checks across them. Each problem goes into `problems`; returns (plan,
+    dpo_config), None where that could not be built. `dpo convert-trl` checks a converted recipe with these."""
+    from dpo.training.arguments import build_dpo_config
+    from dpo.training.autopilot import check_autopilot
+    from dpo.training.loss_plan import loss_plan
+
+    plan = dpo_config = None
+    with problems.collect():
+        plan = loss_plan(loaded)
+    with problems.collect():
+        # checks the `training` keys against DPOConfig's fields, then TRL's own checks of the values
+        dpo_config = build_dpo_config(loaded, run_dir)
+    with problems.collect():
+        check_no_op_keys(loaded)
+    if dpo_config is not None:
+        with problems.collect():
+            _check_heldout_kl(loaded, dpo_config)
+        with problems.collect():
+            _check_early_stopping(loaded, dpo_config, extra_metrics)
+        with problems.collect():
+            check_evaluations(loaded, dpo_config)
+        if plan is not None:
+            with problems.collect():
+                _check_reference_metrics(loaded, plan, dpo_config)
+            with problems.collect():
+                check_autopilot(loaded, plan, dpo_config)
+            with problems.collect():
+                _check_beta_filter(loaded, plan, dpo_config)
+    return plan, dpo_config
 
 
 def needs_audit(checked: CheckedRecipe) -> bool:
@@ -280,11 +288,22 @@ def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:
 
 
 def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
-    if loaded.recipe.logging.heldout_kl and not heldout_kl_available(loaded.recipe, dpo_config):
+    logging = loaded.recipe.logging
+    if heldout_kl_available(loaded.recipe, dpo_config):
+        return
+    if logging.heldout_kl:
         raise UserError(
             "needs a reference model at evaluation, which full fine-tuning (peft: null) with "
             "training.precompute_ref_log_probs: true does not keep; set one of them otherwise, or heldout_kl: false",
             where=loaded.where("logging.heldout_kl"),
+        )
+    # heldout_kl false is dpo/config/checks.py's; null (the default) is off here, which needs the DPOConfig to see
+    default_pairs = type(logging).model_fields["heldout_kl_pairs"].default
+    if logging.heldout_kl is None and logging.heldout_kl_pairs != default_pairs:
+        raise UserError(
+            "has no effect: the held-out KL is off, with no reference model at evaluation (full fine-tuning, peft: "
+            "null, with training.precompute_ref_log_probs: true)",
+            where=loaded.where("logging.heldout_kl_pairs"),
         )
 
 

@@ -144,7 +144,7 @@ def _hyperparameter(loaded: LoadedRecipe, names: list[str], key: str, value: Any
     if value is None:
         return
     takers = [n for n in names if key in LOSSES[n].hyperparameters]
-    if not takers and key == "label_smoothing" and value == 0.0:
+    if not takers and key == "label_smoothing" and value == 0.0 and not isinstance(value, bool):
         return  # no smoothing, which changes nothing: earlier versions wrote `label_smoothing: 0.0` for every loss
     if not takers:
         raise UserError(
@@ -154,7 +154,7 @@ def _hyperparameter(loaded: LoadedRecipe, names: list[str], key: str, value: Any
         out[key] = _auto(loaded, dotted, key, takers)
         return
     for name in takers:  # each chosen loss that takes the key must accept the value
-        value, problem = checked_value(LOSSES[name].fn, key, value, dotted)
+        value, problem = checked_value(LOSSES[name].fn, key, value, dotted, strict=True)
         if problem:
             raise UserError(problem, where=loaded.source(dotted))
     out[key] = value
@@ -195,7 +195,7 @@ def _f_alpha(loaded: LoadedRecipe) -> float | None:
         raise UserError(
             f"'f_alpha' applies only to f_divergence {' or '.join(takers)}", where=loaded.where("regularizers")
         )
-    value, problem = checked_value(link, "f_alpha", reg.f_alpha, "regularizers.f_alpha")
+    value, problem = checked_value(link, "f_alpha", reg.f_alpha, "regularizers.f_alpha", strict=True)
     if problem:
         raise UserError(problem, where=loaded.source("regularizers.f_alpha"))
     return value
@@ -228,7 +228,7 @@ def _beta_schedule(loaded: LoadedRecipe) -> dict[str, Any]:
                 f"'{key}' does not apply to beta_schedule type '{kind}' (it is used by: {', '.join(users)})",
                 where=loaded.where(dotted),
             )
-        value, problem = checked_value(schedule.beta, key, value, dotted)
+        value, problem = checked_value(schedule.beta, key, value, dotted, strict=True)
         if problem:
             raise UserError(problem, where=loaded.source(dotted))
         keys[key] = value
@@ -272,7 +272,7 @@ def _check_regularizers(loaded: LoadedRecipe, names: list[str], beta_schedule: d
                 "which cannot be synced",
                 where=loaded.where("regularizers.sync_ref"),
             )
-        if recipe.training.get("precompute_ref_log_probs"):
+        if recipe.training.get("precompute_ref_log_probs") is True:
             raise UserError(
                 "conflicts with training.precompute_ref_log_probs (a synced reference makes them stale)",
                 where=loaded.where("regularizers.sync_ref"),
@@ -292,7 +292,7 @@ def _check_reference_free(loaded: LoadedRecipe, names: list[str], beta_schedule:
         return
     why = f"loss.type {names} uses no reference model"
     recipe = loaded.recipe
-    if recipe.training.get("precompute_ref_log_probs"):
+    if recipe.training.get("precompute_ref_log_probs") is True:
         raise UserError(f"does not apply: {why}", where=loaded.where("training.precompute_ref_log_probs"))
     if recipe.regularizers.sync_ref is not None:
         raise UserError(f"does not apply: {why}", where=loaded.where("regularizers.sync_ref"))

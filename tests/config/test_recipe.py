@@ -78,6 +78,11 @@ def test_peft_null_means_full_finetuning(base, tmp_path):
         ("seed=0o17", ("seed", 15)),
         ("training.max_steps=0x10", ("training.max_steps", 16)),
         ("name=1:30", ("name", "1:30")),  # YAML 1.2: not base 60 (90)
+        ("name=1:30.0", ("name", "1:30.0")),  # not YAML 1.1's base-60 float (90.0) either
+        ("name=2024-06-01", ("name", "2024-06-01")),  # YAML 1.2 has no timestamps: a dated name, not a date
+        ("name=2001-12-14 21:59:43.10 -5", ("name", "2001-12-14 21:59:43.10 -5")),
+        ("loss.beta=.inf", ("loss.beta", float("inf"))),  # YAML 1.2's .inf is still a float (check_scalars refuses it)
+        ("loss.beta=-.Inf", ("loss.beta", float("-inf"))),
         ("training.max_steps=10_000", ("training.max_steps", 10000)),  # digit separators, as PyYAML read them
         ("name=1_", ("name", "1_")),  # not between digits: text, as Python would not read it either
         ("name=1__0", ("name", "1__0")),
@@ -87,7 +92,7 @@ def test_override_values_are_typed(text, expected):
     assert parse_override(text) == expected
 
 
-@pytest.mark.parametrize("name", ["0o17", "1e5", "010", "1:30", "no", "0x10", "10_000", "true"])
+@pytest.mark.parametrize("name", ["0o17", "1e5", "010", "1:30", "no", "0x10", "10_000", "true", "2024-06-01", "1:30.0"])
 def test_a_resolved_recipe_reads_back_the_same_whatever_its_text_values_look_like(base, name):
     """recipe.yaml is what resume, export and eval read back: a run named `0o17` (an int to YAML 1.2) or `no` (a
     bool to YAML 1.1) is written quoted, so our loader and PyYAML's alike read the name back as text."""
@@ -120,6 +125,25 @@ def test_data_paths_given_with_set_are_read_against_the_current_directory_howeve
         path = eval_source.path if hasattr(eval_source, "path") else eval_source
         assert path == str(tmp_path / "held.jsonl"), override
     assert load_recipe(base, ["data={eval: 'hub:owner/name'}"]).recipe.data.eval == "hub:owner/name"
+
+
+def test_the_path_of_a_source_mapping_given_with_set_is_read_against_the_current_directory(tmp_path, monkeypatch):
+    """`--set data.train.path=x.jsonl` on a source given as a mapping stayed relative: the run's recipe.yaml then
+    pointed into the run directory when --resume, eval or generate read it back."""
+    train = tmp_path / "data" / "train.jsonl"
+    sources = {"train": {"path": str(train), "count": 16}, "eval": {"path": "held.jsonl", "split": "x"}}
+    recipe = write(tmp_path / "recipes" / "src.yaml", {"data": sources})
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    loaded = load_recipe(recipe, ["data.train.path=tr.jsonl", "data.eval.path=~/h.jsonl"])
+    data = loaded.recipe.data
+    assert data.train.path == str(tmp_path / "sub" / "tr.jsonl") and data.train.count == 16
+    assert data.eval.path == str(Path("~/h.jsonl").expanduser()) and data.eval.split == "x"
+    assert loaded.provenance["data.train.path"] == "--set"
+    run = write(tmp_path / "run" / "recipe.yaml", loaded.recipe.to_yaml())
+    assert load_recipe(run).recipe.data == data  # read back from the run directory: the same files
+    hub = load_recipe(recipe, ["data.train.path=hub:owner/name"]).recipe.data.train.path
+    assert hub == "hub:owner/name"
 
 
 def test_overrides_apply_and_are_attributed_to_set(base):
@@ -254,3 +278,94 @@ def test_early_stopping_keys_without_patience(base, overrides, error):
     with pytest.raises(UserError) as err:
         check_no_op_keys(loaded)
     assert str(err.value).startswith(f"--set: {error}")
+
+
+def test_true_or_false_is_no_number_and_a_number_no_bool(base):
+    """pydantic's lax mode read `patience: true` as 1 (stop after the first evaluation without a gain), `peft.r: true`
+    as rank 1 and `wpo: 1` as on, where `training:` refused them: every section is strict, each key named."""
+    overrides = ["early_stopping.patience=true", "peft.r=true", "loss.beta=true", "data.max_train_pairs=true",
+                 "logging.samples=false", "seed=false", "regularizers.wpo=1", "logging.wandb=yes",
+                 "data.heldout_fraction='0.1'"]  # fmt: skip
+    with pytest.raises(UserErrors) as err:
+        load_recipe(base, overrides)
+    assert sorted(str(e) for e in err.value.errors) == [
+        "--set: data.heldout_fraction: expected a number, got the text '0.1'",
+        "--set: data.max_train_pairs: expected a whole number, got true",
+        "--set: early_stopping.patience: expected a whole number, got true",
+        "--set: logging.samples: expected a whole number, got false",
+        "--set: logging.wandb: expected true or false, got the text 'yes'",
+        "--set: loss.beta: expected a number, got true",
+        "--set: peft.r: expected a whole number, got true",
+        "--set: regularizers.wpo: expected true or false, got 1",
+        "--set: seed: expected a whole number, got false",
+    ]
+    with pytest.raises(UserError) as err:
+        load_recipe(base, ["data.train=[{path: a.jsonl, count: true}]"])
+    assert str(err.value) == "--set: data.train: source 0: count: expected a whole number, got true"
+
+
+def test_a_dated_run_name_is_a_name(tmp_path):
+    """YAML 1.1's timestamp resolver read `name: 2024-06-01` as a date, which the schema refused ("expected text")."""
+    recipe = write(tmp_path / "dn.yaml", "name: 2024-06-01\ndata: {train: x.jsonl}\n")
+    assert load_recipe(recipe).recipe.name == "2024-06-01"
+
+
+def test_a_whole_number_still_counts_as_a_number(base):
+    recipe = load_recipe(base, ["loss.beta=1", "peft.alpha=16", "data.train=[{path: a.jsonl, weight: 2}]"]).recipe
+    assert recipe.loss.beta == 1.0 and isinstance(recipe.loss.beta, float) and recipe.peft.alpha == 16.0
+    assert recipe.data.train[0].weight == 2.0
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("", "base: must be a path to another recipe (got '')"),
+        ("  ", "base: must be a path to another recipe (got '  ')"),
+        ("..", "base: '..': is a directory, not a regular recipe file"),  # was '..: is a directory', no file or key
+        ("sub", "base: 'sub': is a directory, not a regular recipe file"),
+    ],
+)
+def test_a_base_that_is_no_recipe_file_names_the_file_and_key(tmp_path, base, message):
+    (tmp_path / "recipes" / "sub").mkdir(parents=True)
+    child = write(tmp_path / "recipes" / "child.yaml", {"base": base, "data": {"train": "x.jsonl"}})
+    with pytest.raises(UserError) as err:
+        load_recipe(child)
+    assert str(err.value) == f"{child}: {message}"
+
+
+def test_a_base_chain_is_bounded(tmp_path):
+    """A chain of 1,100 bases ended in a RecursionError traceback."""
+    from dpo.config.loading import MAX_BASE_DEPTH
+
+    write(tmp_path / "r0.yaml", {"data": {"train": "x.jsonl"}})
+    for i in range(1, MAX_BASE_DEPTH + 1):
+        write(tmp_path / f"r{i}.yaml", {"base": f"r{i - 1}.yaml", "seed": i})
+    assert load_recipe(tmp_path / f"r{MAX_BASE_DEPTH - 1}.yaml").recipe.seed == MAX_BASE_DEPTH - 1  # 64 recipes
+    with pytest.raises(UserError) as err:
+        load_recipe(tmp_path / f"r{MAX_BASE_DEPTH}.yaml")
+    assert str(err.value) == (
+        f"{tmp_path / 'r1.yaml'}: base: a chain of more than {MAX_BASE_DEPTH} recipes (from "
+        f"{(tmp_path / f'r{MAX_BASE_DEPTH}.yaml').resolve()})"
+    )
+    for i in range(MAX_BASE_DEPTH + 1, 1100):
+        write(tmp_path / f"r{i}.yaml", {"base": f"r{i - 1}.yaml"})
+    with pytest.raises(UserError, match="base: a chain of more than"):
+        load_recipe(tmp_path / "r1099.yaml")
+
+
+def test_a_section_replaced_by_null_keeps_none_of_its_keys_sources(tmp_path):
+    """`--set peft=null` over a recipe that sets peft.r: recipe_changes.json listed phantom peft.r and peft.dropout
+    changes from the file, and not the --set that switched the run to full fine-tuning."""
+    from dpo.config.loading import changes_from_base
+
+    write(tmp_path / "base.yaml", {"data": {"train": "x.jsonl"}, "peft": {"r": 16}})
+    lora = write(tmp_path / "lora.yaml", {"base": "base.yaml", "peft": {"r": 8, "dropout": 0.0}})
+    loaded = load_recipe(lora, ["peft=null"])
+    assert {k: v for k, v in loaded.provenance.items() if k.startswith("peft")} == {"peft": "--set"}
+    assert changes_from_base(loaded) == [
+        {"key": "peft", "value": None, "base_value": {"r": 8, "dropout": 0.0}, "source": "--set"}
+    ]
+    full = write(tmp_path / "full.yaml", {"base": "base.yaml", "peft": None})  # a file over its base: the same
+    assert changes_from_base(load_recipe(full)) == [
+        {"key": "peft", "value": None, "base_value": {"r": 16}, "source": str(full)}
+    ]

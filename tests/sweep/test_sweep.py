@@ -3,7 +3,6 @@ and two sweep processes sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -97,8 +96,8 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
          "expected one of error or skip, got the text 'skipp'"),
         ({"search": {**SEARCH, "c": {"variants": {"plain": {}, "small": {"peft": {"r": 0}}}}}}, "search.c.small.peft",
          "peft.r: Input should be greater than 0 (got 0)"),
-        ({"fixed": {"training.max_steps": datetime.date(2024, 1, 1)}}, "fixed.training.max_steps",
-         "or a list or mapping of them (got datetime.date(2024, 1, 1))"),  # YAML reads 2024-01-01 as a date
+        ({"fixed": {"training.max_steps": b"\x01"}}, "fixed.training.max_steps",
+         "or a list or mapping of them (got b'\\x01')"),  # !!binary (a plain 2024-01-01 is text in YAML 1.2)
     ],
 )  # fmt: skip
 def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, message):

@@ -175,3 +175,66 @@ def test_an_output_under_a_file_is_one_error_line_and_nothing_is_written(tmp_pat
     result = CliRunner().invoke(app, ["convert-trl", str(source), "--output", str(tmp_path / "afile" / "r.yaml")])
     assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'afile'}: is a file, not a directory\n"
     assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"dataset_name": "x", "datasets": ["a.jsonl"]},
+         "datasets[0]: expected a data set {path, name, split}, got the text 'a.jsonl'"),
+        ({"datasets": [{"name": "foo"}]}, "datasets[0]: needs a path (a data set name or path), it has none"),
+        ({"datasets": {"path": "a"}}, "datasets: expected a list of data sets {path, name, split}, got a mapping"),
+        ({"dataset_name": 123}, "dataset_name: expected a data set name or path, got 123"),
+        ({"dataset_name": "x", "report_to": 5}, "report_to: expected a name or a list of names, got 5"),
+        ({"dataset_name": "x", "loss_type": ["sigmoid", {"a": 1}], "label_smoothing": 0.1},
+         "loss_type: expected a loss name or a list of loss names, got ['sigmoid', a mapping] (a list)"),
+        ({"dataset_name": "x", "metric_for_best_model": 5}, "metric_for_best_model: expected a metric name, got 5"),
+        # YAML 1.2 reads `no` as text, which is true: use_peft: no would have turned LoRA on
+        ({"dataset_name": "x", "use_peft": "no"},
+         "use_peft: expected true or false, got the text 'no' (TRL's YAML 1.1 reads it as false: write that)"),
+    ],
+)  # fmt: skip
+def test_a_malformed_trl_config_is_one_error_line_naming_the_trl_key(tmp_path, config, message):
+    """Each was a traceback (TypeError, KeyError) or a wrong recipe."""
+    source = write(tmp_path, config)
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 2 and result.stderr == f"error: {source}: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("beta: 1e400\n", " (beta): loss.beta: must be a finite number (got inf)"),
+        ("gradient_checkpointing: off\n",
+         ": gradient_checkpointing: expected true or false, got the text 'off' (TRL's YAML 1.1 reads it as false: "
+         "write that)"),
+    ],
+)  # fmt: skip
+def test_a_converted_recipe_dpo_validate_would_refuse_is_refused(tmp_path, text, message):
+    source = tmp_path / "trl.yaml"
+    source.write_text(f"dataset_name: trl-lib/x\n{text}")
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 2 and result.stderr == f"error: {source}{message}\n"
+
+
+def test_a_metric_dpo_does_not_log_is_refused_naming_metric_for_best_model(tmp_path):
+    """transformers would look for eval_accuracy, which DPO never logs: dpo validate refused the converted recipe.
+    The converted recipe now passes the gate's checks that read no data (the metric table's names end the line)."""
+    source = tmp_path / "trl.yaml"
+    source.write_text("dataset_name: trl-lib/x\nmetric_for_best_model: accuracy\n")
+    result = CliRunner().invoke(app, ["convert-trl", str(source)])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(
+        f"error: {source} (metric_for_best_model): early_stopping.metric: unknown held-out metric 'eval_accuracy'"
+    )
+
+
+def test_metric_for_best_model_null_is_trls_default_and_maps_to_nothing(tmp_path):
+    """It was written as early_stopping.metric: eval_None."""
+    converted = convert_trl(write(tmp_path, {"dataset_name": "trl-lib/x", "metric_for_best_model": None}))
+    assert "early_stopping" not in converted.recipe and not converted.unmapped
+
+
+def test_a_missing_trl_config_is_named_as_one(tmp_path):
+    result = CliRunner().invoke(app, ["convert-trl", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'nope.yaml'}: trl config not found\n"

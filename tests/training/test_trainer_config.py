@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from dpo.config.loading import changes_from_base, load_recipe
+from dpo.config.loading import changes_from_base, load_recipe, parse_override
 from dpo.errors import UserError
 from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training, steps_per_epoch
 from dpo.training.loss_plan import hyperparameter_keys, loss_plan
@@ -95,6 +95,29 @@ def test_bad_loss_hyperparameter_values_name_the_key(recipe_path, overrides, fra
     with pytest.raises(UserError) as err:
         plan(recipe_path, *overrides)
     assert str(err.value).startswith(f"--set: {fragment}"), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.type=dpop", "loss.dpop_lambda=true"], "--set: loss.dpop_lambda: expected a number, got true"),
+        (["loss.type=robust", "loss.label_smoothing=false"],
+         "--set: loss.label_smoothing: expected a number, got false"),
+        (["loss.beta_schedule={type: linear, end: true}"],
+         "--set: loss.beta_schedule.end: expected a number, got true"),
+        (["regularizers.f_divergence=alpha_divergence", "regularizers.f_alpha=true"],
+         "--set: regularizers.f_alpha: expected a number, got true"),
+        # false is no 0.0: ipo takes no smoothing, and `false` is not the "no smoothing" an old recipe.yaml wrote
+        (["loss.type=ipo", "loss.label_smoothing=false"], "--set: loss.label_smoothing: does not apply to loss.type "
+                                                          "['ipo'] (it is used by: aot, aot_unpaired, dpo_shift, "
+                                                          "exo_pair, robust, sigmoid)"),
+    ],
+)  # fmt: skip
+def test_true_or_false_is_no_loss_hyperparameter(recipe_path, overrides, message):
+    """Checked as strictly as the recipe's sections: `dpop_lambda: true` was 1.0."""
+    with pytest.raises(UserError) as err:
+        plan(recipe_path, *overrides)
+    assert str(err.value) == message
 
 
 def test_loss_hyperparameters_are_validated_and_null_is_unset(recipe_path):
@@ -351,3 +374,134 @@ def test_evaluation_check_with_the_data_agrees_with_a_real_trainer(tmp_path):
         assert flagged == (not any(step < last for step in seen.steps)), case
         outcomes.append(flagged)
     assert 0 < sum(outcomes) < len(outcomes) and outcomes[-1]  # the grid has runs of both kinds
+
+
+def test_a_bool_training_key_takes_only_true_or_false(recipe_path):
+    """YAML 1.2 reads `no` and `off` as text, which DPOConfig would take as true (any non-empty text is):
+    `gradient_checkpointing: no` turned checkpointing on. Every bool field of DPOConfig refuses them, naming the key."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    from dpo.training.arguments import training_key_problem
+
+    fields = [f for f in dataclasses.fields(DPOConfig) if f.init and f.type in (bool, bool | None)]
+    fields = [f for f in fields if training_key_problem(f.name) is None]
+    assert len(fields) > 40 and "gradient_checkpointing" in {f.name for f in fields}
+    for text in ("no", "off"):
+        with pytest.raises(UserError) as err:
+            check_training(load_recipe(recipe_path, [f"training.{f.name}={text}" for f in fields]))
+        lines = [str(e) for e in getattr(err.value, "errors", [err.value])]
+        assert lines == [
+            f"--set: training.{f.name}: expected true or false{' or null' if f.type is not bool else ''}, got the text "
+            f"'{text}'"
+            for f in fields
+        ]
+    assert check_training(load_recipe(recipe_path, ["training.gradient_checkpointing=false"])) == {
+        "gradient_checkpointing": False
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "training.lr_scheduler_type=cosine_foo",
+            "--set: training.lr_scheduler_type: expected one of linear, cosine, cosine_with_restarts, polynomial, "
+            "constant, constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau, cosine_with_min_lr, "
+            "cosine_warmup_with_min_lr, warmup_stable_decay or greedy, got the text 'cosine_foo'",
+        ),
+        (
+            "training.save_strategy=No",
+            "--set: training.save_strategy: expected one of no, steps, epoch or best, got the text 'No'",
+        ),  # fmt: skip
+        ("training.eval_strategy=3", "--set: training.eval_strategy: expected one of no, steps or epoch, got 3"),
+        (
+            "training.logging_strategy=always",
+            "--set: training.logging_strategy: expected one of no, steps or epoch, got the text 'always'",
+        ),  # fmt: skip
+        (
+            "training.hub_strategy=sometimes",
+            "--set: training.hub_strategy: expected one of end, every_save, "
+            "checkpoint or all_checkpoints, got the text 'sometimes'",
+        ),  # fmt: skip
+    ],
+)
+def test_a_string_enum_training_key_takes_only_its_members(recipe_path, override, message):
+    """transformers types these choices `SomeEnum | str` and reads the text as the enum: any other text was passed
+    on to DPOConfig, whose error blamed the recipe file, not the key or --set."""
+    with pytest.raises(UserError) as err:
+        check_training(load_recipe(recipe_path, [override]))
+    assert str(err.value) == message
+
+
+def test_an_optimizer_name_is_checked_against_transformers_list(recipe_path):
+    from transformers.training_args import OptimizerNames
+
+    with pytest.raises(UserError) as err:
+        check_training(load_recipe(recipe_path, ["training.optim=adamw_foo"]))
+    names = [m.value for m in OptimizerNames]
+    assert str(err.value) == (
+        f"--set: training.optim: expected one of {', '.join(names[:-1])} or {names[-1]}, got the text 'adamw_foo'"
+    )
+    accepted = ["training.optim=sgd", "training.save_strategy=no", "training.eval_strategy=epoch",
+                "training.lr_scheduler_type=cosine", "training.debug=underflow_overflow"]  # fmt: skip
+    assert check_training(load_recipe(recipe_path, accepted))["save_strategy"] == "no"
+
+
+def test_a_bool_written_as_text_is_one_error_not_two(recipe_path):
+    """`disable_dropout: no` is the type error alone: the dropout check no longer reads the text as true and blames
+    peft.dropout too."""
+    from dpo.config.checks import check_no_op_keys
+
+    loaded = load_recipe(recipe_path, ["peft.dropout=0.1", "training.disable_dropout=no"])
+    check_no_op_keys(loaded)
+    with pytest.raises(UserError, match=r"^--set: training.disable_dropout: expected true or false, got the text"):
+        check_training(loaded)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("training.warmup_steps=-1",
+         "{base}: training.warmup_steps: DPOConfig rejected it: Got warmup_steps = -1, Expected value "
+         "warmup_steps >= 0"),
+        ("training.dataloader_prefetch_factor=2",
+         "{base}: training.dataloader_prefetch_factor: DPOConfig rejected it: --dataloader_prefetch_factor can only be "
+         "set when data is loaded in a different process, i.e. when --dataloader_num_workers > 0."),
+        # named by its value; a missing file was a FileNotFoundError traceback
+        ("training.accelerator_config=nope.json",
+         "{base}: training.accelerator_config: DPOConfig rejected it: [Errno 2] No such file or directory: "
+         "'nope.json'"),
+    ],
+)  # fmt: skip
+def test_a_dpoconfig_rejection_names_the_key_and_the_file_that_set_it(tmp_path, where, message):
+    """DPOConfig's own errors named the child recipe and `training` whoever set the key: the base file, or --set."""
+    key, value = parse_override(where)
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}, "training": {key[9:]: value}})
+    child = write_recipe(tmp_path / "child.yaml", {"base": "base.yaml", "seed": 1})
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child), tmp_path / "run")
+    assert str(err.value) == message.format(base=base)
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child, [where]), tmp_path / "run")
+    assert str(err.value) == message.format(base="--set")
+
+
+def test_a_dpoconfig_rejection_that_names_no_key_is_blamed_on_the_training_section(tmp_path, monkeypatch):
+    import trl
+
+    base = write_recipe(tmp_path / "base.yaml", {"data": {"train": "unused.jsonl"}, "training": {"max_steps": 3}})
+    child = write_recipe(tmp_path / "child.yaml", {"base": "base.yaml", "seed": 1})
+
+    class Rejecting(trl.DPOConfig):
+        def __init__(self, **kwargs):
+            raise ValueError("something is off\nsecond line")
+
+    monkeypatch.setattr(trl, "DPOConfig", Rejecting)
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child), tmp_path / "run")
+    assert str(err.value) == f"{base}: training: DPOConfig rejected the settings: something is off"
+    with pytest.raises(UserError) as err:
+        build_dpo_config(load_recipe(child, ["training.learning_rate=0.1"]), tmp_path / "run")
+    assert str(err.value) == "--set: training: DPOConfig rejected the settings: something is off"
