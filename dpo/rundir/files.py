@@ -11,7 +11,8 @@ Run directory (`dpo train`):
                          beta that scales it for the final weights (reward_beta)
     final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed)
     checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume;
-                         ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py)
+                         ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py);
+                         a checkpoint being deleted is first renamed .deleting-checkpoint-N/ (resume removes those)
     .lock                while a `dpo train` writes the directory (dpo/rundir/lock.py)
     report.html          the dashboard (dpo/analysis/report.py); `dpo report RUN_DIR` rebuilds it
     eval.json            `dpo eval RUN_DIR` (dpo/analysis/evaluate.py)
@@ -60,6 +61,7 @@ EVAL = "eval.json"
 SAMPLES = "samples.json"
 # ---- checkpoints/checkpoint-N (transformers' names), and in each
 CHECKPOINT_PREFIX = "checkpoint-"
+DELETING_PREFIX = ".deleting-"  # a checkpoint folder renamed before it is deleted (resume.delete_checkpoint)
 COMPLETE_MARK = "checkpoint_complete.json"
 DPO_STATE = "dpo_state.json"
 REFERENCE_LOGPS = "reference_logps.safetensors"  # the trainer's cached reference log-probs (single process)

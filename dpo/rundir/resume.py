@@ -25,6 +25,7 @@ which data_card.json then records and every later resume carries over (`resumed_
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -34,12 +35,13 @@ from pathlib import Path
 from dpo.config.loading import absolute_local_model
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
-from dpo.rundir.atomic import atomic_write_json, atomic_write_text
+from dpo.rundir.atomic import atomic_write_json, atomic_write_text, sync_folder
 from dpo.rundir.files import (
     CHECKPOINT_PREFIX,
     CHECKPOINTS,
     COMPLETE_MARK,
     DATA_CARD,
+    DELETING_PREFIX,
     DPO_STATE,
     FINAL_STAGING,
     LOCK,
@@ -74,6 +76,24 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARK).is_file()
+
+
+def delete_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint folder so that no kill along the way leaves what looks like a complete checkpoint.
+
+    rmtree unlinks in directory order, which puts the weights before COMPLETE_MARK: cut off midway, a plain rmtree
+    left a marked checkpoint without its weights (or optimizer), which resume then trusted. So the folder is renamed
+    first (one atomic step, flushed to disk) to DELETING_PREFIX + its name, which no checkpoint listing matches, and
+    only then removed; a kill in between leaves the renamed folder, which the next resume removes
+    (`_remove_leftovers`)."""
+    doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier kill: a rename cannot replace a full folder
+    try:
+        os.replace(checkpoint, doomed)
+    except FileNotFoundError:
+        return
+    sync_folder(checkpoint.parent)  # the rename reaches the disk before any file of the folder goes
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def candidates(folder: Path) -> list[tuple[int, Path]]:
@@ -218,7 +238,7 @@ def rotate(folder: Path, keep_last: int | None, protect: str | Path | None) -> N
     protected = {p.resolve() for p in complete[-keep_last:]} | ({Path(protect).resolve()} if protect else set())
     for path in complete:
         if path.resolve() not in protected:
-            shutil.rmtree(path, ignore_errors=True)
+            delete_checkpoint(path)
 
 
 def truncate_metrics(path: Path, step: int) -> int:
@@ -377,6 +397,8 @@ def prepare(run_dir: Path) -> ResumePoint:
     if found is None:
         # killed before the first checkpoint: start over in place (keeps nothing that would be redone anyway)
         if writer:
+            for _, path in checkpoints(checkpoint_dir):  # a weights-only checkpoint-0: its mark goes first
+                delete_checkpoint(path)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             (run_dir / METRICS_LOG).unlink(missing_ok=True)
         point.notes.append("no complete checkpoint yet: training again from step 0")
@@ -422,18 +444,21 @@ def _remove_damaged(checkpoint_dir: Path) -> list[str]:
         reason = unloadable(path)
         if reason is None:
             break
-        shutil.rmtree(path)
+        delete_checkpoint(path)
         warnings.append(f"{path}: cannot be loaded ({reason}); deleted it, resuming from the previous complete one")
     return warnings
 
 
 def _remove_leftovers(run_dir: Path) -> list[str]:
-    """Checkpoints whose save was cut off, a half-written final/, the previous attempt's summary.json."""
+    """Checkpoints whose save was cut off, checkpoints whose deletion was (`delete_checkpoint`), a half-written
+    final/, the previous attempt's summary.json."""
     notes = []
     for _, path in checkpoints(run_dir / CHECKPOINTS):
         if not is_complete(path):
             shutil.rmtree(path)
             notes.append(f"deleted {path.name}: its save was cut off")
+    for path in sorted((run_dir / CHECKPOINTS).glob(f"{DELETING_PREFIX}*")):
+        shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(run_dir / FINAL_STAGING, ignore_errors=True)
     (run_dir / SUMMARY).unlink(missing_ok=True)
     return notes

@@ -9,6 +9,7 @@ run killed after its last checkpoint (no summary.json, no final/) would be left.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -320,3 +321,102 @@ def test_a_run_made_with_a_relative_model_folder_still_resumes(run_dir, tiny_mod
 def test_zipfile_check_sees_torch_files_as_archives(killed_run):
     """The loadability check relies on torch.save writing zip archives (the default since torch 1.6)."""
     assert zipfile.is_zipfile(killed_run / "checkpoints" / "checkpoint-4" / "optimizer.pt")
+
+
+# ---- a checkpoint deletion cut off midway ------------------------------------------------------------------------
+
+
+def interrupted_rmtree(monkeypatch) -> list[str]:
+    """Make the next shutil.rmtree of a folder holding files stop as a Ctrl-C would: after unlinking the first file
+    (rmtree's order, os.scandir's, which puts adapter_model.safetensors before checkpoint_complete.json here). Returns
+    the names of the files it removed."""
+    real_rmtree, removed = shutil.rmtree, []
+
+    def rmtree(path, *args, **kwargs):
+        files = [] if removed else sorted_walk(path)
+        if not files:
+            return real_rmtree(path, *args, **kwargs)
+        os.unlink(files[0])
+        removed.append(os.path.basename(files[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    return removed
+
+
+def sorted_walk(path) -> list[str]:
+    """The files under `path` in the order rmtree unlinks them (depth first, os.scandir order)."""
+    if not os.path.isdir(path):
+        return []
+    found = []
+    for entry in os.scandir(path):
+        found += sorted_walk(entry.path) if entry.is_dir(follow_symlinks=False) else [entry.path]
+    return found
+
+
+def folders(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def complete_checkpoints(folder) -> list[str]:
+    from dpo.rundir.resume import checkpoints, is_complete
+
+    return [p.name for _, p in checkpoints(folder) if is_complete(p)]
+
+
+def test_a_rotation_cut_off_midway_leaves_no_complete_checkpoint_without_its_files(killed_run, tmp_path, monkeypatch):
+    """The regression: rmtree removed the weights first and the completeness mark later; a kill in between left a
+    "complete" checkpoint without weights, which every later resume tried to load (a traceback)."""
+    from dpo.rundir.resume import rotate
+
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(killed_run / "checkpoints", folder)
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        rotate(folder, 1, protect=None)
+    assert removed  # the deletion had begun
+    assert complete_checkpoints(folder) == ["checkpoint-4"]
+    assert folders(folder) == [".deleting-checkpoint-2", "checkpoint-4"]
+
+
+def test_a_deletion_of_a_damaged_checkpoint_cut_off_midway_is_finished_by_the_next_resume(run_dir, monkeypatch):
+    from dpo.rundir.resume import check, prepare
+
+    checkpoint_dir = run_dir / "checkpoints"
+    truncate(checkpoint_dir / "checkpoint-4" / "adapter_model.safetensors")
+    card = json.loads((run_dir / "data_card.json").read_text())
+    recipe = (run_dir / "recipe.yaml").read_text()
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        check(run_dir, recipe, card)
+        prepare(run_dir)
+    assert removed
+    assert complete_checkpoints(checkpoint_dir) == ["checkpoint-2"]
+    assert last_resumable(checkpoint_dir)[0] == 2
+    monkeypatch.undo()
+    check(run_dir, recipe, card)
+    point = prepare(run_dir)  # the next resume: from checkpoint-2, the rest swept away
+    assert point.step == 2 and folders(checkpoint_dir) == ["checkpoint-2"]
+
+
+def test_starting_again_from_step_0_cut_off_midway_leaves_no_complete_checkpoint(run_dir, monkeypatch):
+    """Killed before its first checkpoint with a step-0 one (the untrained weights early stopping keeps): resume
+    deletes it and starts again; cut off midway, the half-deleted checkpoint-0 must not count as complete."""
+    from dpo.rundir.resume import check, mark_complete, prepare
+
+    checkpoint_dir = run_dir / "checkpoints"
+    step_0 = checkpoint_dir / "checkpoint-0"
+    step_0.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(checkpoint_dir / "checkpoint-2" / name, step_0 / name)
+    mark_complete(step_0, 0)
+    for step in (2, 4):
+        shutil.rmtree(checkpoint_dir / f"checkpoint-{step}")
+    card = json.loads((run_dir / "data_card.json").read_text())
+    recipe = (run_dir / "recipe.yaml").read_text()
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        check(run_dir, recipe, card)
+        prepare(run_dir)
+    assert removed
+    assert complete_checkpoints(checkpoint_dir) == []
