@@ -9,7 +9,8 @@ Run directory (`dpo train`):
     summary.json         stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps, which
                          implicit reward rewards/* hold (implicit_reward, dpo/metrics.py IMPLICIT_REWARDS) and the
                          beta that scales it for the final weights (reward_beta)
-    final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed)
+    final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed;
+                         a final/ it replaces is .final.old/ for a moment, which resume removes after a kill)
     checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume;
                          ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py);
                          a checkpoint being deleted is first renamed .deleting-checkpoint-N/ (resume removes those)
@@ -54,6 +55,7 @@ METRICS_LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL = "final"
 FINAL_STAGING = ".final.tmp"
+FINAL_OLD = ".final.old"  # the final/ being replaced, while replace_dir swaps in the new one (dpo/rundir/atomic.py)
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 REPORT = "report.html"

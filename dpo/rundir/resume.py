@@ -43,6 +43,7 @@ from dpo.rundir.files import (
     DATA_CARD,
     DELETING_PREFIX,
     DPO_STATE,
+    FINAL_OLD,
     FINAL_STAGING,
     LOCK,
     METRICS_LOG,
@@ -451,7 +452,8 @@ def _remove_damaged(checkpoint_dir: Path) -> list[str]:
 
 def _remove_leftovers(run_dir: Path) -> list[str]:
     """Checkpoints whose save was cut off, checkpoints whose deletion was (`delete_checkpoint`), a half-written
-    final/, the previous attempt's summary.json."""
+    final/ and the one a kill inside replace_dir left renamed aside (a whole model, for full fine-tuning), the
+    previous attempt's summary.json."""
     notes = []
     for _, path in checkpoints(run_dir / CHECKPOINTS):
         if not is_complete(path):
@@ -460,5 +462,6 @@ def _remove_leftovers(run_dir: Path) -> list[str]:
     for path in sorted((run_dir / CHECKPOINTS).glob(f"{DELETING_PREFIX}*")):
         shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(run_dir / FINAL_STAGING, ignore_errors=True)
+    shutil.rmtree(run_dir / FINAL_OLD, ignore_errors=True)
     (run_dir / SUMMARY).unlink(missing_ok=True)
     return notes

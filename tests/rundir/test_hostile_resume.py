@@ -420,3 +420,29 @@ def test_starting_again_from_step_0_cut_off_midway_leaves_no_complete_checkpoint
         prepare(run_dir)
     assert removed
     assert complete_checkpoints(checkpoint_dir) == []
+
+
+def test_the_old_final_folder_a_kill_inside_replace_dir_left_is_removed_by_resume(run_dir, monkeypatch):
+    """Killed between replace_dir's two renames (final/ -> .final.old/, .final.tmp/ -> final/): the old final/ (a whole
+    model, for full fine-tuning) stayed in the run directory for good."""
+    from dpo.rundir import atomic
+    from dpo.rundir.resume import check, prepare
+
+    for name in ("final", ".final.tmp"):  # a final/ of an earlier attempt, and the one being swapped in
+        shutil.copytree(run_dir / "checkpoints" / "checkpoint-4", run_dir / name)
+    real_replace, renames = os.replace, []
+
+    def replace(source, target):
+        renames.append(os.path.basename(target))
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.replace_dir(run_dir / ".final.tmp", run_dir / "final")
+    monkeypatch.undo()
+    assert renames == [".final.old", "final"] and {".final.old", ".final.tmp"} <= set(folders(run_dir))
+    check(run_dir, (run_dir / "recipe.yaml").read_text(), json.loads((run_dir / "data_card.json").read_text()))
+    prepare(run_dir)
+    assert folders(run_dir) == ["checkpoints"]
