@@ -102,9 +102,32 @@ def candidates(folder: Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (p / TRAINER_STATE).is_file()]
 
 
+@dataclass
+class Survey:
+    """What resume found among the complete checkpoints (`survey`), read once per resume: `check` works it out and
+    `prepare` acts on it (reading a checkpoint means a checksum pass over its optimizer state, gigabytes for a big
+    model)."""
+
+    complete: list[tuple[int, Path]]  # `candidates`, oldest first
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer than `resumable`, newest first: and why
+    resumable: tuple[int, Path] | None = None  # the newest one that can be loaded
+
+
+def survey(folder: Path) -> Survey:
+    """Read the complete checkpoints under `folder` from the newest back, until one can be loaded (`unloadable`)."""
+    found = Survey(candidates(folder))
+    for step, path in reversed(found.complete):
+        reason = unloadable(path)
+        if reason is None:
+            found.resumable = (step, path)
+            break
+        found.damaged.append((path, reason))
+    return found
+
+
 def last_resumable(folder: Path) -> tuple[int, Path] | None:
     """The newest complete checkpoint that has trainer state and whose files can be loaded."""
-    return next(((s, p) for s, p in reversed(candidates(folder)) if unloadable(p) is None), None)
+    return survey(folder).resumable
 
 
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
@@ -287,13 +310,14 @@ def has_previous_attempt(run_dir: Path) -> bool:
 
 def check(
     run_dir: Path, resolved_recipe_yaml: str, data_card: dict | None = None, allow_data_change: bool = False
-) -> None:
+) -> Survey | None:
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
     `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
-    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model)."""
+    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model).
+    Returns the checkpoints' `survey` for `prepare` (None: nothing to resume, a new run)."""
     if not has_previous_attempt(run_dir):
-        return
+        return None
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"has no {RECIPE}: not a run directory of dpo train; nothing to resume", where=str(run_dir))
@@ -319,16 +343,16 @@ def check(
                 f"(data_card.json then records the change)",
                 where=str(run_dir / DATA_CARD),
             )
-    found = candidates(run_dir / CHECKPOINTS)
-    resumable = last_resumable(run_dir / CHECKPOINTS)
-    if found and resumable is None:
-        newest = found[-1][1]
+    found = survey(run_dir / CHECKPOINTS)
+    if found.complete and found.resumable is None:
+        newest, reason = found.damaged[0]
         raise UserError(
-            f"no checkpoint can be loaded: {len(found)} complete, all damaged (newest {newest.name}: "
-            f"{unloadable(newest)}); start a new run in another --output-dir",
+            f"no checkpoint can be loaded: {len(found.complete)} complete, all damaged (newest {newest.name}: "
+            f"{reason}); start a new run in another --output-dir",
             where=str(run_dir / CHECKPOINTS),
         )
-    _check_optimizer_state(run_dir, resolved, resumable)
+    _check_optimizer_state(run_dir, resolved, found.resumable)
+    return found
 
 
 def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Path] | None) -> None:
@@ -378,24 +402,25 @@ def resumed_data_card(run_dir: Path, data_card: dict, step: int) -> dict:
     return {**data_card, "data_changes": history} if history else data_card
 
 
-def prepare(run_dir: Path) -> ResumePoint:
+def prepare(run_dir: Path, found: Survey | None = None) -> ResumePoint:
     """Clean up what a killed attempt left half-done (rank 0 only), and find where to continue (every rank: each
-    loads the checkpoint). Call `check` first; rank 0 holds the run directory's lock.
+    loads the checkpoint). Call `check` first and pass what it returned (`found`; without it the checkpoints are read
+    again); rank 0 holds the run directory's lock.
 
-    The other ranks may look while rank 0 cleans up: they only read complete checkpoints, which the clean-up never
-    touches, so every rank finds the same one."""
+    Every rank surveys the checkpoints in its `check`, possibly while rank 0 cleans up: the clean-up deletes only
+    incomplete checkpoints and damaged ones newer than the loadable one, so every rank finds the same one."""
     point = ResumePoint(run_dir)
     if not has_previous_attempt(run_dir):
         point.fresh = True
         point.notes.append(f"nothing to resume in {run_dir}; starting a new run")
         return point
     checkpoint_dir, writer = run_dir / CHECKPOINTS, is_main_process()
+    if found is None:
+        found = survey(checkpoint_dir)
     if writer:
         point.notes += _remove_leftovers(run_dir)
-    if writer:
-        point.warnings += _remove_damaged(checkpoint_dir)
-    found = last_resumable(checkpoint_dir)
-    if found is None:
+        point.warnings += _remove_damaged(found.damaged)
+    if found.resumable is None:
         # killed before the first checkpoint: start over in place (keeps nothing that would be redone anyway)
         if writer:
             for _, path in checkpoints(checkpoint_dir):  # a weights-only checkpoint-0: its mark goes first
@@ -404,7 +429,7 @@ def prepare(run_dir: Path) -> ResumePoint:
             (run_dir / METRICS_LOG).unlink(missing_ok=True)
         point.notes.append("no complete checkpoint yet: training again from step 0")
         return point
-    point.step, point.checkpoint = found
+    point.step, point.checkpoint = found.resumable
     point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
     if writer:
         point.warnings += _damaged_best(checkpoint_dir, point.checkpoint)
@@ -436,15 +461,12 @@ def _damaged_best(checkpoint_dir: Path, resumed_from: Path) -> list[str]:
     ]
 
 
-def _remove_damaged(checkpoint_dir: Path) -> list[str]:
-    """Delete the complete but damaged checkpoints newer than the newest loadable one (a warning each): training
-    continues from the loadable one and saves those steps again. Older damaged ones are left alone: resume never
-    reads them."""
+def _remove_damaged(damaged: list[tuple[Path, str]]) -> list[str]:
+    """Delete the complete but damaged checkpoints newer than the newest loadable one (`Survey.damaged`; a warning
+    each): training continues from the loadable one and saves those steps again. Older damaged ones are left alone:
+    resume never reads them."""
     warnings = []
-    for _, path in reversed(candidates(checkpoint_dir)):
-        reason = unloadable(path)
-        if reason is None:
-            break
+    for path, reason in damaged:
         delete_checkpoint(path)
         warnings.append(f"{path}: cannot be loaded ({reason}); deleted it, resuming from the previous complete one")
     return warnings

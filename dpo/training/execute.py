@@ -69,13 +69,12 @@ def execute(
     checked = check(recipe_path, overrides, extra_metrics, output_dir)
     run_dir = checked.run_dir
     resolved_yaml = redact(checked.recipe.to_yaml())
-    if resume:
-        resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change)
+    found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
     lock = _claim_run_dir(run_dir, resume)
     try:
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        point = resuming.prepare(run_dir) if resume else resuming.ResumePoint(run_dir)
+        point = resuming.prepare(run_dir, found) if resume else resuming.ResumePoint(run_dir)
         if is_main_process():
             for warning in point.warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)

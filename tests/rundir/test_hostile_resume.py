@@ -388,14 +388,12 @@ def test_a_deletion_of_a_damaged_checkpoint_cut_off_midway_is_finished_by_the_ne
     recipe = (run_dir / "recipe.yaml").read_text()
     removed = interrupted_rmtree(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        check(run_dir, recipe, card)
-        prepare(run_dir)
+        prepare(run_dir, check(run_dir, recipe, card))
     assert removed
     assert complete_checkpoints(checkpoint_dir) == ["checkpoint-2"]
     assert last_resumable(checkpoint_dir)[0] == 2
     monkeypatch.undo()
-    check(run_dir, recipe, card)
-    point = prepare(run_dir)  # the next resume: from checkpoint-2, the rest swept away
+    point = prepare(run_dir, check(run_dir, recipe, card))  # the next resume: from checkpoint-2, the rest swept away
     assert point.step == 2 and folders(checkpoint_dir) == ["checkpoint-2"]
 
 
@@ -416,8 +414,7 @@ def test_starting_again_from_step_0_cut_off_midway_leaves_no_complete_checkpoint
     recipe = (run_dir / "recipe.yaml").read_text()
     removed = interrupted_rmtree(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        check(run_dir, recipe, card)
-        prepare(run_dir)
+        prepare(run_dir, check(run_dir, recipe, card))
     assert removed
     assert complete_checkpoints(checkpoint_dir) == []
 
@@ -443,6 +440,28 @@ def test_the_old_final_folder_a_kill_inside_replace_dir_left_is_removed_by_resum
         atomic.replace_dir(run_dir / ".final.tmp", run_dir / "final")
     monkeypatch.undo()
     assert renames == [".final.old", "final"] and {".final.old", ".final.tmp"} <= set(folders(run_dir))
-    check(run_dir, (run_dir / "recipe.yaml").read_text(), json.loads((run_dir / "data_card.json").read_text()))
-    prepare(run_dir)
+    card = json.loads((run_dir / "data_card.json").read_text())
+    prepare(run_dir, check(run_dir, (run_dir / "recipe.yaml").read_text(), card))
     assert folders(run_dir) == ["checkpoints"]
+
+
+# ---- how often a resume reads a checkpoint -----------------------------------------------------------------------
+
+
+def test_a_resume_reads_each_checkpoint_once(run_dir, monkeypatch):
+    """Reading a checkpoint is a checksum pass over its optimizer state (tens of gigabytes for a big full fine-tune):
+    the regression read the newest one three times (the check, the clean-up, the choice of where to continue)."""
+    from dpo.rundir import resume
+    from dpo.training.execute import execute
+
+    truncate(run_dir / "checkpoints" / "checkpoint-4" / "scheduler.pt")  # damaged: checkpoint-2 is read as well
+    reads, real = [], resume.unloadable
+
+    def counted(checkpoint, *args, **kwargs):
+        reads.append(checkpoint.name)
+        return real(checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(resume, "unloadable", counted)
+    summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4
+    assert sorted(reads) == ["checkpoint-2", "checkpoint-4"]
