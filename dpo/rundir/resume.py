@@ -113,11 +113,12 @@ class Survey:
     resumable: tuple[int, Path] | None = None  # the newest one that can be loaded
 
 
-def survey(folder: Path) -> Survey:
-    """Read the complete checkpoints under `folder` from the newest back, until one can be loaded (`unloadable`)."""
+def survey(folder: Path, save_only_model: bool = False) -> Survey:
+    """Read the complete checkpoints under `folder` from the newest back, until one can be loaded (`unloadable`;
+    `save_only_model`: the run's training.save_only_model)."""
     found = Survey(candidates(folder))
     for step, path in reversed(found.complete):
-        reason = unloadable(path)
+        reason = unloadable(path, save_only_model=save_only_model)
         if reason is None:
             found.resumable = (step, path)
             break
@@ -125,9 +126,9 @@ def survey(folder: Path) -> Survey:
     return found
 
 
-def last_resumable(folder: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint that has trainer state and whose files can be loaded."""
-    return survey(folder).resumable
+def last_resumable(folder: Path, save_only_model: bool = False) -> tuple[int, Path] | None:
+    """The newest complete checkpoint whose files are all there and can be loaded."""
+    return survey(folder, save_only_model).resumable
 
 
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
@@ -147,18 +148,73 @@ MODEL_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+_WEIGHTS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # each names its shard files
+# What FSDP and DeepSpeed save in a layout of their own (transformers' _save_optimizer_and_scheduler, through
+# accelerate): FSDP's pytorch_model_fsdp*.bin or pytorch_model_fsdp_N/ beside its optimizer*.bin or optimizer_N/, and
+# DeepSpeed's global_stepN/ (weights and optimizer, and its own scheduler). Their loaders read those, and fail loudly
+# when one is missing; the weights, optimizer.pt and scheduler.pt a single process needs may be absent there.
+_FSDP_OR_DEEPSPEED = re.compile(r"^(pytorch_model_fsdp|global_step\d)")
+_RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")  # rng_state.pth, or rng_state_N.pth per process
 
 
-def unloadable(checkpoint: Path, weights_only: bool = False) -> str | None:
-    """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON"), or None.
+def missing_file(checkpoint: Path, save_only_model: bool = False) -> str | None:
+    """The first file that a resume from `checkpoint` loads and that is not there, or None.
 
-    Reads what resume loads, without unpickling: JSON files parse (trainer_state.json and dpo_state.json are
-    objects), safetensors headers cover their files exactly (a truncated file fails), torch files (optimizer,
-    scheduler, RNG states: zip archives) pass their CRC check. Damage that keeps every file's structure and checksum
-    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected. With `weights_only`,
-    only what restoring the weights reads (a best checkpoint's, into final/): not the state only a resume needs."""
+    Every checkpoint has trainer_state.json and dpo_state.json, and a weights file: the adapter (with its
+    adapter_config.json) or the model (with every shard its index names). Unless the run saved with
+    training.save_only_model (`save_only_model`, the recipe's key), also the RNG state, and optimizer.pt and
+    scheduler.pt. Saved by FSDP or DeepSpeed (`_FSDP_OR_DEEPSPEED`), the weights and optimizer are in their own files,
+    not required here. transformers skips a missing optimizer, scheduler or RNG file without a word (the run would go
+    on with fresh AdamW moments, the schedule at step 0), and a missing dpo_state.json would reset the beta
+    controller and the run's sums; missing weights fail the resume with a traceback."""
+    names = {p.name for p in checkpoint.iterdir()}
+    sharded = any(_FSDP_OR_DEEPSPEED.match(name) for name in names)
+    required = []
+    if not sharded:
+        weights = weights_files(checkpoint) or (ADAPTER_WEIGHTS if "adapter_config.json" in names else MODEL_WEIGHTS)
+        if not names & set(weights):
+            return weights[0]
+        required += ["adapter_config.json"] if weights == ADAPTER_WEIGHTS else _shards(checkpoint, names)
+    required += [TRAINER_STATE, DPO_STATE]
+    if not save_only_model:
+        if not sharded:
+            required += ["optimizer.pt", "scheduler.pt"]
+        if not any(_RNG_STATE.match(name) for name in names):
+            required.append("rng_state.pth")
+    return next((name for name in required if name not in names), None)
+
+
+def _shards(checkpoint: Path, names: set[str]) -> list[str]:
+    """The shard files the weights index of `checkpoint` names (none for a model in one file, or an index that does
+    not parse: `unloadable` reports that)."""
+    shards = []
+    for index in _WEIGHTS_INDEXES:
+        if index in names:
+            try:
+                weight_map = json.loads((checkpoint / index).read_text(encoding="utf-8")).get("weight_map", {})
+                shards += sorted({str(name) for name in weight_map.values()})
+            except (ValueError, UnicodeDecodeError, AttributeError, OSError):
+                pass
+    return shards
+
+
+def unloadable(checkpoint: Path, weights_only: bool = False, save_only_model: bool = False) -> str | None:
+    """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON", "optimizer.pt:
+    missing"), or None.
+
+    Every file a resume loads must be there (`missing_file`; `save_only_model`: the run's training.save_only_model,
+    whose checkpoints hold no optimizer, scheduler or RNG state). Then it reads what resume loads, without
+    unpickling: JSON files parse (trainer_state.json and dpo_state.json are objects), safetensors headers cover their
+    files exactly (a truncated file fails), torch files (optimizer, scheduler, RNG states: zip archives) pass their
+    CRC check. Damage that keeps every file's structure and checksum (bytes flipped inside safetensors tensor data,
+    which carries no checksum) is not detected. With `weights_only`, only what restoring the weights reads (a best
+    checkpoint's, into final/): not the state only a resume needs, and no file is required (`unrestorable` asks for
+    the weights file)."""
     from safetensors import SafetensorError, safe_open
 
+    missing = None if weights_only else missing_file(checkpoint, save_only_model)
+    if missing is not None:
+        return f"{missing}: missing"
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         name = str(path.relative_to(checkpoint))
         if weights_only and _RESUME_STATE.search(name):
@@ -343,7 +399,7 @@ def check(
                 f"(data_card.json then records the change)",
                 where=str(run_dir / DATA_CARD),
             )
-    found = survey(run_dir / CHECKPOINTS)
+    found = survey(run_dir / CHECKPOINTS, saves_only_model(resolved))
     if found.complete and found.resumable is None:
         newest, reason = found.damaged[0]
         raise UserError(
@@ -364,7 +420,7 @@ def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Pa
     scheduler) in folders of their own, so a missing optimizer.pt or scheduler.pt proves nothing there. A checkpoint
     at which training had ended still resumes (it needs no optimizer: only final/ and summary.json are written), and
     so does a run with no such checkpoint (it starts again from step 0)."""
-    if resumable is None or (recipe.get("training") or {}).get("save_only_model") is not True:
+    if resumable is None or not saves_only_model(recipe):
         return
     step, checkpoint = resumable
     if training_ended(read_json_object(checkpoint / TRAINER_STATE) or {}):
@@ -375,6 +431,13 @@ def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Pa
         f"continue the run; start a new run in another --output-dir (training.save_only_model: false to resume one)",
         where=str(run_dir / RECIPE),
     )
+
+
+def saves_only_model(recipe: dict) -> bool:
+    """Whether a resolved recipe (a mapping) saves checkpoints with training.save_only_model: no optimizer, scheduler
+    or RNG state."""
+    training = recipe.get("training")
+    return isinstance(training, dict) and training.get("save_only_model") is True
 
 
 def data_change(run_dir: Path, data_card: dict) -> str | None:
@@ -402,21 +465,19 @@ def resumed_data_card(run_dir: Path, data_card: dict, step: int) -> dict:
     return {**data_card, "data_changes": history} if history else data_card
 
 
-def prepare(run_dir: Path, found: Survey | None = None) -> ResumePoint:
+def prepare(run_dir: Path, found: Survey | None) -> ResumePoint:
     """Clean up what a killed attempt left half-done (rank 0 only), and find where to continue (every rank: each
-    loads the checkpoint). Call `check` first and pass what it returned (`found`; without it the checkpoints are read
-    again); rank 0 holds the run directory's lock.
+    loads the checkpoint). `found`: what `check` returned (None: nothing to resume); rank 0 holds the run
+    directory's lock for both.
 
     Every rank surveys the checkpoints in its `check`, possibly while rank 0 cleans up: the clean-up deletes only
     incomplete checkpoints and damaged ones newer than the loadable one, so every rank finds the same one."""
     point = ResumePoint(run_dir)
-    if not has_previous_attempt(run_dir):
+    if found is None:
         point.fresh = True
         point.notes.append(f"nothing to resume in {run_dir}; starting a new run")
         return point
     checkpoint_dir, writer = run_dir / CHECKPOINTS, is_main_process()
-    if found is None:
-        found = survey(checkpoint_dir)
     if writer:
         point.notes += _remove_leftovers(run_dir)
         point.warnings += _remove_damaged(found.damaged)

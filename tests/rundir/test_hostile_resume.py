@@ -1,7 +1,8 @@
-"""Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint is skipped for the previous
-loadable one, none loadable is one `error:` line (exit 2, nothing changed), a run file that is valid JSON but not an
-object is one `error:` line too, and training data that changed since the run was made is refused unless
---allow-data-change, which data_card.json then records, and every later resume keeps recorded.
+"""Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint (a file damaged or missing)
+is skipped for the previous loadable one, none loadable is one `error:` line (exit 2, nothing changed), a run file that
+is valid JSON but not an object is one `error:` line too, and training data that changed since the run was made is
+refused unless --allow-data-change, which data_card.json then records, and every later resume keeps recorded. A
+checkpoint deletion cut off midway leaves no complete-looking checkpoint, and resume reads each checkpoint once.
 
 One short run of the tiny model (4 steps, checkpoints at 2 and 4) is made once; each case damages a copy of it, as a
 run killed after its last checkpoint (no summary.json, no final/) would be left."""
@@ -16,6 +17,7 @@ import sys
 import zipfile
 
 import pytest
+import torch
 
 from dpo.errors import UserError
 from dpo.rundir.resume import last_resumable, unloadable
@@ -91,6 +93,18 @@ DAMAGES = {
     "truncated_rng_state": ("rng_state.pth", truncate, "rng_state.pth: cannot be read"),
     "truncated_scheduler": ("scheduler.pt", truncate, "scheduler.pt: cannot be read"),
 }
+# Every file a resume loads, each missing in turn (a deletion cut off midway, a file removed by hand): transformers
+# fails with a traceback without the weights and skips a missing optimizer, scheduler or RNG state without a word.
+REQUIRED = [
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "trainer_state.json",
+    "dpo_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+]
+DAMAGES.update({f"missing_{name}": (name, os.unlink, f"{name}: missing") for name in REQUIRED})
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -102,6 +116,63 @@ def test_unloadable_names_the_damaged_file(killed_run, tmp_path, damage):
     spoil(checkpoint / name)
     assert reason in unloadable(checkpoint)
     assert len(unloadable(checkpoint).splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_each_file_a_resume_loads_is_required(killed_run, tmp_path, name):
+    """The regression: only the files present were read, so a checkpoint missing one counted as loadable."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == f"{name}: missing"
+    assert last_resumable(checkpoint.parent) is None
+
+
+def test_a_save_only_model_checkpoint_needs_no_optimizer_scheduler_or_rng_state(killed_run, tmp_path):
+    """training.save_only_model saves none of them (resume's check refuses to train on from such a checkpoint, but it
+    is not damaged: a run killed after its last step finishes from it)."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == "optimizer.pt: missing"
+    assert unloadable(checkpoint, save_only_model=True) is None
+    (checkpoint / "dpo_state.json").unlink()
+    assert unloadable(checkpoint, save_only_model=True) == "dpo_state.json: missing"
+
+
+@pytest.mark.parametrize("own", ["pytorch_model_fsdp_0", "pytorch_model_fsdp.bin", "global_step4"])
+def test_fsdp_and_deepspeed_checkpoints_need_no_weights_optimizer_or_scheduler_file(killed_run, tmp_path, own):
+    """FSDP and DeepSpeed save the weights and the optimizer in files of their own (their loaders fail loudly when one
+    is missing); the RNG state and our files are still required."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt"):
+        (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == "adapter_model.safetensors: missing"
+    if own.endswith(".bin"):
+        torch.save({}, checkpoint / own)
+    else:
+        (checkpoint / own).mkdir()
+    assert unloadable(checkpoint) is None
+    (checkpoint / "rng_state.pth").rename(checkpoint / "rng_state_0.pth")  # one per process
+    assert unloadable(checkpoint) is None
+    (checkpoint / "rng_state_0.pth").unlink()
+    assert unloadable(checkpoint) == "rng_state.pth: missing"
+
+
+def test_every_shard_a_weights_index_names_is_required(killed_run, tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    (checkpoint / "adapter_config.json").unlink()  # a full fine-tune's checkpoint, its model in two shards
+    (checkpoint / "adapter_model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    assert unloadable(checkpoint) == "model-00002-of-00002.safetensors: missing"
+    shutil.copy(checkpoint / shards["a"], checkpoint / shards["b"])
+    assert unloadable(checkpoint) is None
+    (checkpoint / "model.safetensors.index.json").unlink()
+    assert unloadable(checkpoint) == "model.safetensors: missing"
 
 
 def test_training_args_bin_is_not_read(killed_run, tmp_path):
@@ -130,7 +201,14 @@ def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbled_trainer_state", "trainer_state_not_an_object", "flipped_byte_in_optimizer", "truncated_rng_state"],
+    [
+        "garbled_trainer_state",
+        "trainer_state_not_an_object",
+        "flipped_byte_in_optimizer",
+        "truncated_rng_state",
+        "missing_adapter_model.safetensors",
+        "missing_optimizer.pt",
+    ],
 )
 def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
     from dpo.training.execute import execute
