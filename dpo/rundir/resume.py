@@ -98,8 +98,10 @@ def delete_checkpoint(checkpoint: Path) -> None:
 
 
 def candidates(folder: Path) -> list[tuple[int, Path]]:
-    """The complete checkpoints that have trainer state (checkpoint-0, weights only, has none), oldest first."""
-    return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (p / TRAINER_STATE).is_file()]
+    """The complete checkpoints a resume may continue from, oldest first: all but checkpoint-0 (the untrained weights
+    early stopping keeps, weights only). One of them without trainer state is damaged (`unloadable`), not skipped: a
+    run whose checkpoints all lack it must be refused, not started again from step 0 over them."""
+    return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (s > 0 or (p / TRAINER_STATE).is_file())]
 
 
 @dataclass

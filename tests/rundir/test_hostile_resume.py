@@ -208,6 +208,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
         "truncated_rng_state",
         "missing_adapter_model.safetensors",
         "missing_optimizer.pt",
+        "missing_trainer_state.json",
     ],
 )
 def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
@@ -543,3 +544,19 @@ def test_a_resume_reads_each_checkpoint_once(run_dir, monkeypatch):
     summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
     assert summary["resumed_from"] == [2] and summary["steps"] == 4
     assert sorted(reads) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.slow
+def test_resume_of_checkpoints_without_trainer_state_is_an_error_and_changes_nothing(run_dir):
+    """The regression: complete checkpoints without trainer_state.json were passed over as if none had been saved, and
+    the resume deleted every checkpoint and metrics.jsonl and trained again from step 0."""
+    for step in (2, 4):
+        (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    before = snapshot(run_dir)
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {run_dir / 'checkpoints'}: no checkpoint can be loaded: 2 complete, all damaged (newest "
+        "checkpoint-4: trainer_state.json: missing); start a new run in another --output-dir"
+    ]
+    assert snapshot(run_dir) == before
