@@ -69,9 +69,11 @@ def execute(
     checked = check(recipe_path, overrides, extra_metrics, output_dir)
     run_dir = checked.run_dir
     resolved_yaml = redact(checked.recipe.to_yaml())
-    found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
     lock = _claim_run_dir(run_dir, resume)
     try:
+        # under the lock: what the check finds (not finished, the same recipe and data, which checkpoint loads) stays
+        # so until prepare() acts on it; a second resume gets "in use", not a run that finished meanwhile reopened
+        found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         point = resuming.prepare(run_dir, found) if resume else resuming.ResumePoint(run_dir)
@@ -98,7 +100,8 @@ def execute(
 
 
 def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
-    """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
+    """Take the run directory's lock (one writer per run directory), before anything in it is read for a resume; a
+    new run needs an empty directory."""
     check_output_dir(run_dir)  # the same check, and words, as every command that writes a directory
     lock = RunLock(run_dir)
     if not is_main_process():

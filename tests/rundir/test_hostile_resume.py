@@ -560,3 +560,53 @@ def test_resume_of_checkpoints_without_trainer_state_is_an_error_and_changes_not
         "checkpoint-4: trainer_state.json: missing); start a new run in another --output-dir"
     ]
     assert snapshot(run_dir) == before
+
+
+# ---- the lock is taken before the resume looks ----------------------------------------------------------------------
+
+
+def test_the_resume_check_runs_under_the_run_directorys_lock(run_dir, monkeypatch):
+    """The regression: check() ran before the lock was taken, so what it found (not finished, which checkpoint loads)
+    could change before the clean-up acted on it: a second resume reopened a run that had just finished."""
+    from dpo.rundir import resume
+    from dpo.rundir.lock import RunLock
+    from dpo.training.execute import execute
+
+    real_check, held = resume.check, []
+
+    def check(*args, **kwargs):
+        try:
+            RunLock(run_dir).acquire().release()
+            held.append(False)
+        except UserError as exc:
+            held.append("in use by another dpo train" in str(exc))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(resume, "check", check)
+    summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
+    assert held == [True] and summary["resumed_from"] == [4]
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_directory_in_use_says_so_and_changes_nothing(run_dir):
+    """Another dpo train holds the run directory (it finished the run meanwhile): the resume says the directory is in
+    use, as a new run into it does, whatever its files say."""
+    (run_dir / "summary.json").write_text(json.dumps({"stop_reason": "completed"}))
+    code = (
+        "import sys, time; from dpo.rundir.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(run_dir)
+        proc = dpo("train", "--resume", str(run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {run_dir}: run directory is in use by another dpo train (pid {holder.pid} on ")
+    assert snapshot(run_dir) == before
