@@ -56,6 +56,7 @@ from dpo.rundir.files import (
     read_json_object,
     read_metrics,
 )
+from dpo.rundir.secrets import redact_data
 
 FINISHED = ("completed", "early_stopped", "autopilot")  # stop reasons of a run that has nothing left to do
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -387,7 +388,8 @@ def check(
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
     absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
     resolved = safe_load(resolved_recipe_yaml)
-    difference = _first_difference(recorded, resolved)
+    # the recipe.yaml of a run made before secrets were redacted ahead of dumping may hold one that YAML escaped
+    difference = _first_difference(redact_data(recorded), resolved)
     if difference:
         raise UserError(
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",

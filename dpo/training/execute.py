@@ -42,7 +42,7 @@ from dpo.rundir.files import (
     read_json_object,
 )
 from dpo.rundir.lock import RunLock
-from dpo.rundir.secrets import redact
+from dpo.rundir.secrets import redact, redact_data
 from dpo.rundir.writable import check_output_dir
 from dpo.training.audit_use import apply_audit
 from dpo.training.gate import CheckedRecipe, check, needs_audit
@@ -68,7 +68,7 @@ def execute(
     started = time.time()
     checked = check(recipe_path, overrides, extra_metrics, output_dir)
     run_dir = checked.run_dir
-    resolved_yaml = redact(checked.recipe.to_yaml())
+    resolved_yaml = checked.recipe.to_yaml(redact=redact_data)
     lock = _claim_run_dir(run_dir, resume)
     try:
         # under the lock: what the check finds (not finished, the same recipe and data, which checkpoint loads) stays

@@ -175,3 +175,47 @@ def test_a_url_password_is_scrubbed_from_arguments_and_model_names():
         with model_names_redacted(model):
             assert config._name_or_path == "/models/[redacted $DPO_SWEEP_STORAGE]"
     assert config._name_or_path == f"/models/{password}"
+
+
+# Secrets that YAML writes escaped: a non-ASCII character becomes \xE4 in a double-quoted scalar, and a ' is doubled
+# in a single-quoted one (a value with ": " in it must be quoted). Each ends in an ASCII tail that any escaping leaves
+# as it is: a file holding that tail holds the secret, in some spelling.
+ESCAPED = {"MY_SERVICE_API_KEY": "pässwort-zq9UMLAUT4242", "DB_PASSWORD": "o'brien: zq9QUOTE4242"}
+TAILS = ("zq9UMLAUT4242", "zq9QUOTE4242")
+
+
+def files_holding_a_tail(folder) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and any(tail.encode() in p.read_bytes() for tail in TAILS)
+    )
+
+
+@pytest.mark.slow
+def test_a_secret_that_yaml_escapes_reaches_no_file_of_the_run_or_its_export(tmp_path):
+    """The regression: recipe.yaml was redacted as text after YAML had escaped the secret, which then reached
+    recipe.yaml, every model card (they quote it), report.html and the export folder (and so the hub)."""
+    import yaml
+
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    model = build_tiny_model(tmp_path / f"model-{umlaut}")
+    data = tmp_path / f"data-{quote}"
+    data.mkdir()
+    shutil.copy(ARITHMETIC / "train.jsonl", data / "train.jsonl")
+    recipe = tiny_recipe_dict(model, 16, {**TINY_TRAINING, "max_steps": 2})
+    recipe["name"] = f"run-{umlaut}"
+    recipe["data"]["train"] = str(data / "train.jsonl")
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    run_dir, export = tmp_path / "run", tmp_path / "export"
+    env = {**os.environ, **ESCAPED, "HF_HUB_OFFLINE": "1"}
+    proc = dpo("train", str(path), "--output-dir", str(run_dir), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = dpo("export", str(run_dir), "--output", str(export), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert files_holding_a_tail(run_dir) == [] and files_holding_a_tail(export) == []
+    written = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    assert written["model"]["name_or_path"] == str(tmp_path / "model-[redacted $MY_SERVICE_API_KEY]")
+    assert written["data"]["train"] == str(tmp_path / "data-[redacted $DB_PASSWORD]" / "train.jsonl")
+    assert written["name"] == "run-[redacted $MY_SERVICE_API_KEY]"
+    assert (run_dir / "recipe.yaml").read_text() in (export / "README.md").read_text()  # the card quotes it whole
