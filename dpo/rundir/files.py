@@ -95,6 +95,24 @@ def read_text(path: Path) -> str:
         return ""
 
 
+def read_recipe_text(run_dir: Path) -> str:
+    """RUN_DIR/recipe.yaml's text ("" when absent), as a model card or a report quotes it: with its secrets redacted
+    however YAML wrote them. recipe.yaml is written redacted, but a run made before secrets were redacted ahead of
+    dumping may hold one that YAML escaped (\\xE4, a doubled '), which the text redaction of what quotes it misses:
+    such a file is parsed, redacted and dumped again."""
+    import yaml
+
+    from dpo.config.yaml_loader import dump_yaml
+
+    text = read_text(Path(run_dir) / RECIPE)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):  # edited into something that is not YAML: shown as it is
+        return text
+    redacted = redact_data(data)
+    return text if redacted == data else dump_yaml(redacted, sort_keys=False)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of a run or sweep directory, or None when it is absent; a broken one is a UserError."""
     path = Path(path)

@@ -9,6 +9,7 @@ directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -219,3 +220,32 @@ def test_a_secret_that_yaml_escapes_reaches_no_file_of_the_run_or_its_export(tmp
     assert written["data"]["train"] == str(tmp_path / "data-[redacted $DB_PASSWORD]" / "train.jsonl")
     assert written["name"] == "run-[redacted $MY_SERVICE_API_KEY]"
     assert (run_dir / "recipe.yaml").read_text() in (export / "README.md").read_text()  # the card quotes it whole
+
+
+def test_cards_and_report_of_a_run_made_before_keep_its_escaped_secret_out(tmp_path, monkeypatch):
+    """A run made before recipe.yaml was redacted ahead of dumping holds the secret there, escaped: the model card (of
+    a checkpoint, final/, an export) and report.html quote recipe.yaml and name its base model: they must not pass it
+    on."""
+    import yaml
+
+    from dpo.analysis.model_card import write_model_card
+    from dpo.analysis.report import write_report
+
+    for name, value in ESCAPED.items():
+        monkeypatch.setenv(name, value)
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    recipe = {"name": "old", "model": {"name_or_path": f"/models/{umlaut}"}, "data": {"train": f"/d/{quote}/t.jsonl"}}
+    text = yaml.safe_dump(recipe, sort_keys=False)  # as the old runs wrote it
+    assert umlaut not in text and quote not in text and all(tail in text for tail in TAILS)
+    (tmp_path / "recipe.yaml").write_text(text)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.69}\n')
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "adapter_config.json").write_text('{"base_model_name_or_path": "/cache/model"}')
+    write_model_card(tmp_path / "final", tmp_path)
+    write_report(tmp_path)
+    assert files_holding_a_tail(tmp_path) == ["recipe.yaml"]
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "name_or_path: /models/[redacted $MY_SERVICE_API_KEY]" in card
+    assert json.loads((tmp_path / "final" / "adapter_config.json").read_text()) == {
+        "base_model_name_or_path": "/models/[redacted $MY_SERVICE_API_KEY]"
+    }
