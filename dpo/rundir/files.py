@@ -23,7 +23,7 @@ Run directory (`dpo train`):
     tensorboard/         with logging.tensorboard: transformers' events and the run's markers (integrations.py)
 
 Sweep directory (`dpo sweep`, dpo/sweep/driver.py):
-    sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
+    sweep.yaml          the spec as given (secrets redacted), plus base_recipe resolved to an absolute path
     study.db            optuna's SQLite storage (absent when --storage names another database)
     trials/trial-NNNN/  one run directory per trial, plus trial.json and train.log (the trial's output)
     sweep_summary.json  objective, sampler, pruner, every trial, best trial/value/params, importance, steps

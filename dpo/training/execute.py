@@ -17,6 +17,7 @@ checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dpo.analysis.model_card import write_model_card
 from dpo.analysis.report import write_report_or_warn
-from dpo.config.loading import changes_from_base
+from dpo.config.loading import changes_from_base, parse_override
 from dpo.errors import NonFiniteError, RunFailed, UserError
 from dpo.rundir import resume as resuming
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text, replace_dir
@@ -91,12 +92,25 @@ def execute(
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
                 "recipe_file": str(checked.loaded.path.resolve()),  # a shipped recipe named bare: its file
-                "overrides": [redact(str(o)) for o in overrides],
+                "overrides": [_recorded_override(str(o)) for o in overrides],
                 "changes": changes_from_base(checked.loaded),
             }
         return _run(checked, point, resolved_yaml, changes, callbacks or [], started)
     finally:
         lock.release()
+
+
+def _recorded_override(item: str) -> str:
+    """A --set item as recipe_changes.json records it: as given, secrets redacted, also one its value spells escaped
+    (a sweep passes its values as JSON, `\\u00e4` for a non-ASCII character): then the value is written again from
+    its data, redacted."""
+    text = redact(item)
+    try:
+        key, value = parse_override(item)
+    except UserError:
+        return text
+    redacted = redact_data(value)
+    return text if redacted == value else f"{redact(key)}={json.dumps(redacted, ensure_ascii=False)}"
 
 
 def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:

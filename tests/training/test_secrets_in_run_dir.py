@@ -249,3 +249,57 @@ def test_cards_and_report_of_a_run_made_before_keep_its_escaped_secret_out(tmp_p
     assert json.loads((tmp_path / "final" / "adapter_config.json").read_text()) == {
         "base_model_name_or_path": "/models/[redacted $MY_SERVICE_API_KEY]"
     }
+
+
+@pytest.mark.slow
+def test_no_file_in_a_sweep_directory_holds_a_secret(tmp_path, monkeypatch):
+    """The regression: sweep.yaml and the study's attributes in study.db (the spec's fixed and search values) kept
+    the secrets, and best.yaml's fallback (the best trial's run directory not readable here) did too. One trial of
+    two steps: a secret in a fixed value, one YAML escapes in a variant's overrides, and another in a `choice` value
+    (optuna records the choices)."""
+    import optuna
+    import yaml
+
+    from dpo.sweep import driver
+    from dpo.sweep.spec import load_spec
+    from dpo.sweep.storage import open_storage
+
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    model = build_tiny_model(tmp_path / f"model-{quote}")
+    train, held_out = tmp_path / f"train-{SECRET}", tmp_path / f"eval-{umlaut}"
+    for folder, split in ((train, "train"), (held_out, "eval")):
+        folder.mkdir()
+        shutil.copy(ARITHMETIC / f"{split}.jsonl", folder / f"{split}.jsonl")
+    base_model = build_tiny_model(tmp_path / "model")
+    recipe = write_recipe(tmp_path / "base.yaml", tiny_recipe_dict(base_model, 16, TINY_TRAINING))
+    spec = tmp_path / "spec.yaml"
+    fixed = {"training.max_steps": 2, "training.eval_steps": 1, "data.train": str(train / "train.jsonl")}
+    search = {
+        "model.name_or_path": {"choice": [str(model)]},
+        "held_out": {"variants": {"here": {"data.eval": str(held_out / "eval.jsonl")}}},
+    }
+    objective = {"metric": "eval_rewards/accuracies"}
+    spec.write_text(yaml.safe_dump({"recipe": str(recipe), "objective": objective, "trials": 1, "fixed": fixed,
+                                    "search": search}))  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    secrets = {**ESCAPED, "OTHER_API_KEY": SECRET}
+    env = {**os.environ, **secrets, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = dpo("sweep", str(spec), "--output-dir", str(sweep_dir), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert summary["trials"][0]["state"] == "complete"
+    assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
+    written = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    assert written["fixed"]["data.train"] == str(tmp_path / "train-[redacted $OTHER_API_KEY]" / "train.jsonl")
+
+    # best.yaml from the base recipe and the best trial's parameters: its run directory is on another machine
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    (sweep_dir / "trials" / "trial-0000" / "recipe.yaml").unlink()
+    (sweep_dir / "best.yaml").unlink()
+    loaded = load_spec(spec)
+    study = optuna.load_study(study_name=loaded.name, storage=open_storage(driver.sqlite_url(sweep_dir / "study.db")))
+    driver._write_best(driver.summarize(study, loaded, sweep_dir), loaded, sweep_dir)
+    assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["model"]["name_or_path"] == str(tmp_path / "model-[redacted $DB_PASSWORD]")
