@@ -260,10 +260,12 @@ class PolicyAndReference:
                 yield self.policy
 
 
-def load_tokenizer(run_dir: Path):
+def load_tokenizer(run_dir: Path, trust_remote_code: bool = False):
+    """The tokenizer the run saved in final/; `trust_remote_code`: the recipe's model.trust_remote_code (a tokenizer
+    with code of its own: without it transformers asks on the terminal, or fails)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / FINAL))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / FINAL), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -454,7 +456,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     from tqdm.auto import tqdm
 
     torch.manual_seed(options.seed)
-    tokenizer = load_tokenizer(run_dir)
+    tokenizer = load_tokenizer(run_dir, loaded.recipe.model.trust_remote_code)
     models = PolicyAndReference(run_dir, loaded.recipe)
     pad = tokenizer.pad_token_id
 

@@ -149,7 +149,8 @@ def _write_merged(final: Path, recipe, target: Path) -> None:
     base = load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(final)).merge_and_unload()
     merged.save_pretrained(str(target))
-    AutoTokenizer.from_pretrained(str(final)).save_pretrained(str(target))
+    tokenizer = AutoTokenizer.from_pretrained(str(final), trust_remote_code=recipe.model.trust_remote_code)
+    tokenizer.save_pretrained(str(target))
 
 
 def _push(folder: Path, repo: str) -> str:
