@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dpo.config.signatures import values_problem
-from dpo.config.yaml_loader import dump_yaml
+from dpo.config.yaml_loader import UNFOLDED, dump_yaml
 from dpo.errors import did_you_mean
 from dpo.noise import DEFAULT_SIGMAS
 
@@ -378,7 +378,7 @@ class Recipe(Section):
         sweep directory) is applied to the data before it is dumped: redacting the text afterwards would miss a secret
         YAML escaped (a non-ASCII character written as \\xE4, a ' doubled inside single quotes)."""
         data = self.model_dump(mode="json")
-        return dump_yaml(redact(data) if redact else data, sort_keys=False)
+        return dump_yaml(redact(data) if redact else data, sort_keys=False, width=UNFOLDED)
 
 
 def run_name_problem(name: str) -> str | None:

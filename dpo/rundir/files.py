@@ -102,7 +102,7 @@ def read_recipe_text(run_dir: Path) -> str:
     such a file is parsed, redacted and dumped again."""
     import yaml
 
-    from dpo.config.yaml_loader import dump_yaml
+    from dpo.config.yaml_loader import UNFOLDED, dump_yaml
 
     text = read_text(Path(run_dir) / RECIPE)
     try:
@@ -110,7 +110,7 @@ def read_recipe_text(run_dir: Path) -> str:
     except (yaml.YAMLError, RecursionError):  # edited into something that is not YAML: shown as it is
         return text
     redacted = redact_data(data)
-    return text if redacted == data else dump_yaml(redacted, sort_keys=False)
+    return text if redacted == data else dump_yaml(redacted, sort_keys=False, width=UNFOLDED)
 
 
 def read_json(path: Path) -> Any:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dpo.config.yaml_loader import dump_yaml
+from dpo.config.yaml_loader import UNFOLDED, dump_yaml
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
@@ -230,7 +230,7 @@ IDENTITY_SPEC_KEYS = {"sampler_options": "sampler", "pruner_options": "pruner"}
 
 def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
     """sweep.yaml: the spec as given, secrets redacted in the data (redacting the text would miss one YAML escaped)."""
-    text = dump_yaml(redact_data({**spec.raw, "base_recipe": str(spec.base_recipe)}), sort_keys=False)
+    text = dump_yaml(redact_data({**spec.raw, "base_recipe": str(spec.base_recipe)}), sort_keys=False, width=UNFOLDED)
     target = sweep_dir / SWEEP_SPEC
     if read_text(target) != text:
         atomic_write_text(target, text)

@@ -303,3 +303,16 @@ def test_no_file_in_a_sweep_directory_holds_a_secret(tmp_path, monkeypatch):
     assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
     assert best["model"]["name_or_path"] == str(tmp_path / "model-[redacted $DB_PASSWORD]")
+
+
+def test_a_redacted_value_stays_on_one_line_of_recipe_yaml(tmp_path, monkeypatch):
+    """The redaction puts a space into a value ("[redacted $NAME]"), where YAML folds a long plain scalar onto the next
+    line: recipe.yaml keeps each value on its line, as a reader (or grep) expects."""
+    from dpo.config.loading import load_recipe
+    from dpo.rundir.secrets import redact_data
+
+    monkeypatch.setenv("MY_SERVICE_API_KEY", SECRET)
+    folder = "/a/folder/deep/enough/that/the/line/runs/well/past/eighty/characters"
+    recipe = {"name": "r", "model": {"name_or_path": "m"}, "data": {"train": f"{folder}/{SECRET}/train.jsonl"}}
+    text = load_recipe(write_recipe(tmp_path / "r.yaml", recipe)).recipe.to_yaml(redact=redact_data)
+    assert f"  train: {folder}/[redacted $MY_SERVICE_API_KEY]/train.jsonl\n" in text
