@@ -11,11 +11,14 @@ trainer_state.json (BestCheckpointCallback is an ExportableState).
 number of steps: it drops metrics.jsonl lines logged after that checkpoint, so the file ends with each step
 once; transformers restores the weights, optimizer, scheduler and RNG states from the checkpoint.
 
-A complete checkpoint can still be damaged afterwards (a disk that lost the end of a file, a file edited by hand).
-Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
-file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
-a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
-resume refuses (UserError) rather than silently start over. The best checkpoint early stopping keeps for final/ is
+A complete checkpoint can still be damaged afterwards (a disk that lost the end of a file, a file edited or removed
+by hand). Resume requires every file it will load (`missing_file`) and reads each (`unloadable`): the JSON files
+parse, each safetensors file's header covers the file exactly, each torch file's zip CRCs hold; `check` does this
+once per checkpoint, newest first, and `prepare` acts on what it found (`Survey`). A damaged newest checkpoint is
+skipped with a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none
+is loadable, resume refuses (UserError) rather than silently start over. A checkpoint is deleted mark first
+(`delete_checkpoint`), so that a deletion cut off midway never leaves a complete-looking checkpoint with files
+missing. The best checkpoint early stopping keeps for final/ is
 checked too (`unrestorable`): when it cannot be loaded, a warning, and final/ gets the last weights. A checkpoint saved
 with training.save_only_model (no optimizer, scheduler or RNG state) is not trained on from (`check`). The training
 data must be what the run was made with (the content hashes of data_card.json), unless the caller allows a change,
