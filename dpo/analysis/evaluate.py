@@ -137,7 +137,10 @@ def _recomputed_heldout(run_dir: Path, loaded) -> list[dict]:
     card = read_json_object(run_dir / DATA_CARD) or {}
     length_check = card.get("length_check") if isinstance(card.get("length_check"), dict) else {}
     max_length = length_check.get("max_length") if length_check.get("run") else None
-    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code) if max_length else None
+    tokenizer = None
+    if max_length:
+        with base_model_of(run_dir):
+            tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
     pairs = prepare_data(recipe.data, recipe.seed, loaded.where, tokenizer=tokenizer, max_length=max_length).eval
     hashes = card.get("content_hash")
     recorded = hashes.get("eval") if isinstance(hashes, dict) else None
@@ -223,6 +226,22 @@ def unscorable_prompt(reward_name: str, prompts: list) -> str:
 # ---- models --------------------------------------------------------------------------------------
 
 
+@contextmanager
+def base_model_of(run_dir: Path):
+    """Around loading the base model a run's recipe.yaml names: when it cannot be loaded (moved or deleted since the
+    run; a hub id offline), the one-line error names that file and the key, where the user can correct it."""
+    try:
+        yield
+    except UserError as exc:
+        if exc.where != "model.name_or_path":
+            raise
+        problem = str(exc).removeprefix(f"{exc.where}: ")
+        raise UserError(
+            f"{problem}; this is the run's base model: put it back there, or correct model.name_or_path in this file",
+            where=f"{run_dir / RECIPE}: model.name_or_path",
+        ) from None
+
+
 class PolicyAndReference:
     """The trained policy from final/ and its reference: the same model with the LoRA adapter disabled (no second
     copy), or for full fine-tuning the base model named in recipe.yaml, loaded again."""
@@ -239,13 +258,15 @@ class PolicyAndReference:
         if (final / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            base = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
+            with base_model_of(run_dir):
+                base = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
             self.policy = PeftModel.from_pretrained(base, str(final))
         else:
             self.policy = AutoModelForCausalLM.from_pretrained(
                 str(final), dtype=getattr(torch, dtype), trust_remote_code=recipe.model.trust_remote_code
             )
-            self.reference = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
+            with base_model_of(run_dir):
+                self.reference = load_model(recipe.model.name_or_path, dtype, recipe.model.trust_remote_code)
             self.reference.eval()
         self.policy.eval()
 
@@ -260,10 +281,12 @@ class PolicyAndReference:
                 yield self.policy
 
 
-def load_tokenizer(run_dir: Path):
+def load_tokenizer(run_dir: Path, trust_remote_code: bool = False):
+    """The tokenizer the run saved in final/; `trust_remote_code`: the recipe's model.trust_remote_code (a tokenizer
+    with code of its own: without it transformers asks on the terminal, or fails)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / FINAL))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / FINAL), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -454,7 +477,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     from tqdm.auto import tqdm
 
     torch.manual_seed(options.seed)
-    tokenizer = load_tokenizer(run_dir)
+    tokenizer = load_tokenizer(run_dir, loaded.recipe.model.trust_remote_code)
     models = PolicyAndReference(run_dir, loaded.recipe)
     pad = tokenizer.pad_token_id
 

@@ -20,12 +20,11 @@ from dpo.models import EMBEDDED_MODELS, package_version
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
     DATA_CARD,
-    RECIPE,
     RECIPE_CHANGES,
     SUMMARY,
     json_object_or_empty,
     read_json_or_none,
-    read_text,
+    read_recipe_text,
 )
 
 README = "README.md"  # the name the hub and transformers give a model card
@@ -72,7 +71,7 @@ def model_card(run_dir: Path, weights: str, checkpoint_step: int | None = None) 
     """The card of the weights in (or exported from) `run_dir`. `weights`: a key of WEIGHTS; `checkpoint_step`
     for a checkpoint written while the run goes on (its summary does not exist yet)."""
     run_dir = Path(run_dir)
-    recipe = yaml.safe_load(read_text(run_dir / RECIPE) or "{}") or {}
+    recipe = yaml.safe_load(read_recipe_text(run_dir) or "{}") or {}
     base = (recipe.get("model") or {}).get("name_or_path", "?")
     summary = None if checkpoint_step is not None else json_object_or_empty(run_dir / SUMMARY)
     card = json_object_or_empty(run_dir / DATA_CARD)
@@ -101,7 +100,7 @@ def model_card(run_dir: Path, weights: str, checkpoint_step: int | None = None) 
     elif summary:
         out += _results(summary)
     out += _data(card)
-    out += _recipe(changes, read_text(run_dir / RECIPE))
+    out += _recipe(changes, read_recipe_text(run_dir))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -206,7 +205,7 @@ def write_model_card(folder: Path, run_dir: Path, checkpoint_step: int | None = 
     adapter_config = folder / "adapter_config.json"
     weights = "adapter" if adapter_config.is_file() else "model"
     if weights == "adapter":
-        recipe = yaml.safe_load(read_text(Path(run_dir) / RECIPE) or "{}") or {}
+        recipe = yaml.safe_load(read_recipe_text(run_dir) or "{}") or {}
         base = (recipe.get("model") or {}).get("name_or_path")
         config = read_json_or_none(adapter_config)
         if base and isinstance(config, dict) and config.get("base_model_name_or_path") != base:

@@ -44,7 +44,6 @@ from dpo.rundir.files import (
     DATA_CARD,
     EVAL,
     METRICS_LOG,
-    RECIPE,
     RECIPE_CHANGES,
     REPORT,
     SAMPLES,
@@ -53,7 +52,7 @@ from dpo.rundir.files import (
     read_json,
     read_json_object,
     read_metrics,
-    read_text,
+    read_recipe_text,
 )
 from dpo.rundir.secrets import redact
 
@@ -192,7 +191,7 @@ def run_html(run_dir: Path) -> str:
     card = read_json_object(run_dir / DATA_CARD)
     changes = read_json_object(run_dir / RECIPE_CHANGES)
     evaluation = read_json_object(run_dir / EVAL)
-    recipe_text = read_text(run_dir / RECIPE)
+    recipe_text = read_recipe_text(run_dir)
     name = recipe_name(recipe_text) or run_dir.name
     charts, empty = run_charts(events, summary)
 

@@ -6,13 +6,14 @@ dpo/config/loading.py; checks that need a component's table (losses, DPOConfig f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dpo.config.signatures import values_problem
-from dpo.config.yaml_loader import dump_yaml
+from dpo.config.yaml_loader import UNFOLDED, dump_yaml
 from dpo.errors import did_you_mean
 from dpo.noise import DEFAULT_SIGMAS
 
@@ -380,8 +381,12 @@ class Recipe(Section):
             raise ValueError(problem)
         return name
 
-    def to_yaml(self) -> str:
-        return dump_yaml(self.model_dump(mode="json"), sort_keys=False)
+    def to_yaml(self, redact: Callable[[Any], Any] | None = None) -> str:
+        """The recipe as YAML that loads back to it. `redact` (dpo.rundir.secrets.redact_data, for a file of a run or
+        sweep directory) is applied to the data before it is dumped: redacting the text afterwards would miss a secret
+        YAML escaped (a non-ASCII character written as \\xE4, a ' doubled inside single quotes)."""
+        data = self.model_dump(mode="json")
+        return dump_yaml(redact(data) if redact else data, sort_keys=False, width=UNFOLDED)
 
 
 def run_name_problem(name: str) -> str | None:

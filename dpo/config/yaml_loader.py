@@ -141,6 +141,11 @@ def dump_yaml(data, **kwargs) -> str:
     return yaml.dump(data, Dumper=_SafeDumper, **kwargs)
 
 
+# A line width no value reaches, for the files of a run or sweep directory: a long value stays on one line. A redacted
+# secret ("[redacted $NAME]") puts a space into a path, where YAML would otherwise fold a long one onto two lines.
+UNFOLDED = 1 << 20
+
+
 def _children(node: Node) -> list[Node]:
     if isinstance(node, MappingNode):
         return [part for pair in node.value for part in pair]

@@ -32,10 +32,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
     """Flush a folder's entries to disk, so that a rename into it survives a power loss (POSIX; elsewhere, and on
     file systems that refuse it, a no-op)."""
     try:
@@ -66,4 +66,4 @@ def replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, target)
-    _sync_folder(target.parent)
+    sync_folder(target.parent)

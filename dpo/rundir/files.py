@@ -9,9 +9,11 @@ Run directory (`dpo train`):
     summary.json         stop_reason, best_step, best_metric, initial/final metrics, runtime_s, steps, which
                          implicit reward rewards/* hold (implicit_reward, dpo/metrics.py IMPLICIT_REWARDS) and the
                          beta that scales it for the final weights (reward_beta)
-    final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed)
+    final/               the trained adapter (LoRA) or model, plus the tokenizer (written as .final.tmp/, renamed;
+                         a final/ it replaces is .final.old/ for a moment, which resume removes after a kill)
     checkpoints/         a complete checkpoint at every evaluation (the last two and the best are kept), for resume;
-                         ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py)
+                         ours adds dpo_state.json and, written last, checkpoint_complete.json (dpo/rundir/resume.py);
+                         a checkpoint being deleted is first renamed .deleting-checkpoint-N/ (resume removes those)
     .lock                while a `dpo train` writes the directory (dpo/rundir/lock.py)
     report.html          the dashboard (dpo/analysis/report.py); `dpo report RUN_DIR` rebuilds it
     eval.json            `dpo eval RUN_DIR` (dpo/analysis/evaluate.py)
@@ -21,7 +23,7 @@ Run directory (`dpo train`):
     tensorboard/         with logging.tensorboard: transformers' events and the run's markers (integrations.py)
 
 Sweep directory (`dpo sweep`, dpo/sweep/driver.py):
-    sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
+    sweep.yaml          the spec as given (secrets redacted), plus base_recipe resolved to an absolute path
     study.db            optuna's SQLite storage (absent when --storage names another database)
     trials/trial-NNNN/  one run directory per trial, plus trial.json and train.log (the trial's output)
     sweep_summary.json  objective, sampler, pruner, every trial, best trial/value/params, importance, steps
@@ -53,6 +55,7 @@ METRICS_LOG = "metrics.jsonl"
 SUMMARY = "summary.json"
 FINAL = "final"
 FINAL_STAGING = ".final.tmp"
+FINAL_OLD = ".final.old"  # the final/ being replaced, while replace_dir swaps in the new one (dpo/rundir/atomic.py)
 CHECKPOINTS = "checkpoints"
 LOCK = ".lock"
 REPORT = "report.html"
@@ -60,6 +63,7 @@ EVAL = "eval.json"
 SAMPLES = "samples.json"
 # ---- checkpoints/checkpoint-N (transformers' names), and in each
 CHECKPOINT_PREFIX = "checkpoint-"
+DELETING_PREFIX = ".deleting-"  # a checkpoint folder renamed before it is deleted (resume.delete_checkpoint)
 COMPLETE_MARK = "checkpoint_complete.json"
 DPO_STATE = "dpo_state.json"
 REFERENCE_LOGPS = "reference_logps.safetensors"  # the trainer's cached reference log-probs (single process)
@@ -89,6 +93,24 @@ def read_text(path: Path) -> str:
         return Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def read_recipe_text(run_dir: Path) -> str:
+    """RUN_DIR/recipe.yaml's text ("" when absent), as a model card or a report quotes it: with its secrets redacted
+    however YAML wrote them. recipe.yaml is written redacted, but a run made before secrets were redacted ahead of
+    dumping may hold one that YAML escaped (\\xE4, a doubled '), which the text redaction of what quotes it misses:
+    such a file is parsed, redacted and dumped again."""
+    import yaml
+
+    from dpo.config.yaml_loader import UNFOLDED, dump_yaml
+
+    text = read_text(Path(run_dir) / RECIPE)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):  # edited into something that is not YAML: shown as it is
+        return text
+    redacted = redact_data(data)
+    return text if redacted == data else dump_yaml(redacted, sort_keys=False, width=UNFOLDED)
 
 
 def read_json(path: Path) -> Any:

@@ -11,11 +11,14 @@ trainer_state.json (BestCheckpointCallback is an ExportableState).
 number of steps: it drops metrics.jsonl lines logged after that checkpoint, so the file ends with each step
 once; transformers restores the weights, optimizer, scheduler and RNG states from the checkpoint.
 
-A complete checkpoint can still be damaged afterwards (a disk that lost the end of a file, a file edited by hand).
-Resume reads every file of a candidate that it will load (`unloadable`): the JSON files parse, each safetensors
-file's header covers the file exactly, each torch file's zip CRCs hold. A damaged newest checkpoint is skipped with
-a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none is loadable,
-resume refuses (UserError) rather than silently start over. The best checkpoint early stopping keeps for final/ is
+A complete checkpoint can still be damaged afterwards (a disk that lost the end of a file, a file edited or removed
+by hand). Resume requires every file it will load (`missing_file`) and reads each (`unloadable`): the JSON files
+parse, each safetensors file's header covers the file exactly, each torch file's zip CRCs hold; `check` does this
+once per checkpoint, newest first, and `prepare` acts on what it found (`Survey`). A damaged newest checkpoint is
+skipped with a warning and deleted, and the previous loadable one is used; when complete checkpoints exist but none
+is loadable, resume refuses (UserError) rather than silently start over. A checkpoint is deleted mark first
+(`delete_checkpoint`), so that a deletion cut off midway never leaves a complete-looking checkpoint with files
+missing. The best checkpoint early stopping keeps for final/ is
 checked too (`unrestorable`): when it cannot be loaded, a warning, and final/ gets the last weights. A checkpoint saved
 with training.save_only_model (no optimizer, scheduler or RNG state) is not trained on from (`check`). The training
 data must be what the run was made with (the content hashes of data_card.json), unless the caller allows a change,
@@ -25,6 +28,7 @@ which data_card.json then records and every later resume carries over (`resumed_
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -34,13 +38,15 @@ from pathlib import Path
 from dpo.config.loading import absolute_local_model
 from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError
-from dpo.rundir.atomic import atomic_write_json, atomic_write_text
+from dpo.rundir.atomic import atomic_write_json, atomic_write_text, sync_folder
 from dpo.rundir.files import (
     CHECKPOINT_PREFIX,
     CHECKPOINTS,
     COMPLETE_MARK,
     DATA_CARD,
+    DELETING_PREFIX,
     DPO_STATE,
+    FINAL_OLD,
     FINAL_STAGING,
     LOCK,
     METRICS_LOG,
@@ -53,6 +59,7 @@ from dpo.rundir.files import (
     read_json_object,
     read_metrics,
 )
+from dpo.rundir.secrets import redact_data
 
 FINISHED = ("completed", "early_stopped", "autopilot")  # stop reasons of a run that has nothing left to do
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -76,14 +83,58 @@ def is_complete(checkpoint: Path) -> bool:
     return (checkpoint / COMPLETE_MARK).is_file()
 
 
+def delete_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint folder so that no kill along the way leaves what looks like a complete checkpoint.
+
+    rmtree unlinks in directory order, which puts the weights before COMPLETE_MARK: cut off midway, a plain rmtree
+    left a marked checkpoint without its weights (or optimizer), which resume then trusted. So the folder is renamed
+    first (one atomic step, flushed to disk) to DELETING_PREFIX + its name, which no checkpoint listing matches, and
+    only then removed; a kill in between leaves the renamed folder, which the next resume removes
+    (`_remove_leftovers`)."""
+    doomed = checkpoint.with_name(f"{DELETING_PREFIX}{checkpoint.name}")
+    shutil.rmtree(doomed, ignore_errors=True)  # left by an earlier kill: a rename cannot replace a full folder
+    try:
+        os.replace(checkpoint, doomed)
+    except FileNotFoundError:
+        return
+    sync_folder(checkpoint.parent)  # the rename reaches the disk before any file of the folder goes
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def candidates(folder: Path) -> list[tuple[int, Path]]:
-    """The complete checkpoints that have trainer state (checkpoint-0, weights only, has none), oldest first."""
-    return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (p / TRAINER_STATE).is_file()]
+    """The complete checkpoints a resume may continue from, oldest first: all but checkpoint-0 (the untrained weights
+    early stopping keeps, weights only). One of them without trainer state is damaged (`unloadable`), not skipped: a
+    run whose checkpoints all lack it must be refused, not started again from step 0 over them."""
+    return [(s, p) for s, p in checkpoints(folder) if is_complete(p) and (s > 0 or (p / TRAINER_STATE).is_file())]
 
 
-def last_resumable(folder: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint that has trainer state and whose files can be loaded."""
-    return next(((s, p) for s, p in reversed(candidates(folder)) if unloadable(p) is None), None)
+@dataclass
+class Survey:
+    """What resume found among the complete checkpoints (`survey`), read once per resume: `check` works it out and
+    `prepare` acts on it (reading a checkpoint means a checksum pass over its optimizer state, gigabytes for a big
+    model)."""
+
+    complete: list[tuple[int, Path]]  # `candidates`, oldest first
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer than `resumable`, newest first: and why
+    resumable: tuple[int, Path] | None = None  # the newest one that can be loaded
+
+
+def survey(folder: Path, save_only_model: bool = False) -> Survey:
+    """Read the complete checkpoints under `folder` from the newest back, until one can be loaded (`unloadable`;
+    `save_only_model`: the run's training.save_only_model)."""
+    found = Survey(candidates(folder))
+    for step, path in reversed(found.complete):
+        reason = unloadable(path, save_only_model=save_only_model)
+        if reason is None:
+            found.resumable = (step, path)
+            break
+        found.damaged.append((path, reason))
+    return found
+
+
+def last_resumable(folder: Path, save_only_model: bool = False) -> tuple[int, Path] | None:
+    """The newest complete checkpoint whose files are all there and can be loaded."""
+    return survey(folder, save_only_model).resumable
 
 
 # Files of a checkpoint that transformers pickles but never loads on resume (training_args.bin: the arguments).
@@ -103,18 +154,73 @@ MODEL_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+_WEIGHTS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # each names its shard files
+# What FSDP and DeepSpeed save in a layout of their own (transformers' _save_optimizer_and_scheduler, through
+# accelerate): FSDP's pytorch_model_fsdp*.bin or pytorch_model_fsdp_N/ beside its optimizer*.bin or optimizer_N/, and
+# DeepSpeed's global_stepN/ (weights and optimizer, and its own scheduler). Their loaders read those, and fail loudly
+# when one is missing; the weights, optimizer.pt and scheduler.pt a single process needs may be absent there.
+_FSDP_OR_DEEPSPEED = re.compile(r"^(pytorch_model_fsdp|global_step\d)")
+_RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")  # rng_state.pth, or rng_state_N.pth per process
 
 
-def unloadable(checkpoint: Path, weights_only: bool = False) -> str | None:
-    """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON"), or None.
+def missing_file(checkpoint: Path, save_only_model: bool = False) -> str | None:
+    """The first file that a resume from `checkpoint` loads and that is not there, or None.
 
-    Reads what resume loads, without unpickling: JSON files parse (trainer_state.json and dpo_state.json are
-    objects), safetensors headers cover their files exactly (a truncated file fails), torch files (optimizer,
-    scheduler, RNG states: zip archives) pass their CRC check. Damage that keeps every file's structure and checksum
-    (bytes flipped inside safetensors tensor data, which carries no checksum) is not detected. With `weights_only`,
-    only what restoring the weights reads (a best checkpoint's, into final/): not the state only a resume needs."""
+    Every checkpoint has trainer_state.json and dpo_state.json, and a weights file: the adapter (with its
+    adapter_config.json) or the model (with every shard its index names). Unless the run saved with
+    training.save_only_model (`save_only_model`, the recipe's key), also the RNG state, and optimizer.pt and
+    scheduler.pt. Saved by FSDP or DeepSpeed (`_FSDP_OR_DEEPSPEED`), the weights and optimizer are in their own files,
+    not required here. transformers skips a missing optimizer, scheduler or RNG file without a word (the run would go
+    on with fresh AdamW moments, the schedule at step 0), and a missing dpo_state.json would reset the beta
+    controller and the run's sums; missing weights fail the resume with a traceback."""
+    names = {p.name for p in checkpoint.iterdir()}
+    sharded = any(_FSDP_OR_DEEPSPEED.match(name) for name in names)
+    required = []
+    if not sharded:
+        weights = weights_files(checkpoint) or (ADAPTER_WEIGHTS if "adapter_config.json" in names else MODEL_WEIGHTS)
+        if not names & set(weights):
+            return weights[0]
+        required += ["adapter_config.json"] if weights == ADAPTER_WEIGHTS else _shards(checkpoint, names)
+    required += [TRAINER_STATE, DPO_STATE]
+    if not save_only_model:
+        if not sharded:
+            required += ["optimizer.pt", "scheduler.pt"]
+        if not any(_RNG_STATE.match(name) for name in names):
+            required.append("rng_state.pth")
+    return next((name for name in required if name not in names), None)
+
+
+def _shards(checkpoint: Path, names: set[str]) -> list[str]:
+    """The shard files the weights index of `checkpoint` names (none for a model in one file, or an index that does
+    not parse: `unloadable` reports that)."""
+    shards = []
+    for index in _WEIGHTS_INDEXES:
+        if index in names:
+            try:
+                weight_map = json.loads((checkpoint / index).read_text(encoding="utf-8")).get("weight_map", {})
+                shards += sorted({str(name) for name in weight_map.values()})
+            except (ValueError, UnicodeDecodeError, AttributeError, OSError):
+                pass
+    return shards
+
+
+def unloadable(checkpoint: Path, weights_only: bool = False, save_only_model: bool = False) -> str | None:
+    """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON", "optimizer.pt:
+    missing"), or None.
+
+    Every file a resume loads must be there (`missing_file`; `save_only_model`: the run's training.save_only_model,
+    whose checkpoints hold no optimizer, scheduler or RNG state). Then it reads what resume loads, without
+    unpickling: JSON files parse (trainer_state.json and dpo_state.json are objects), safetensors headers cover their
+    files exactly (a truncated file fails), torch files (optimizer, scheduler, RNG states: zip archives) pass their
+    CRC check. Damage that keeps every file's structure and checksum (bytes flipped inside safetensors tensor data,
+    which carries no checksum) is not detected. With `weights_only`, only what restoring the weights reads (a best
+    checkpoint's, into final/): not the state only a resume needs, and no file is required (`unrestorable` asks for
+    the weights file)."""
     from safetensors import SafetensorError, safe_open
 
+    missing = None if weights_only else missing_file(checkpoint, save_only_model)
+    if missing is not None:
+        return f"{missing}: missing"
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
         name = str(path.relative_to(checkpoint))
         if weights_only and _RESUME_STATE.search(name):
@@ -218,7 +324,7 @@ def rotate(folder: Path, keep_last: int | None, protect: str | Path | None) -> N
     protected = {p.resolve() for p in complete[-keep_last:]} | ({Path(protect).resolve()} if protect else set())
     for path in complete:
         if path.resolve() not in protected:
-            shutil.rmtree(path, ignore_errors=True)
+            delete_checkpoint(path)
 
 
 def truncate_metrics(path: Path, step: int) -> int:
@@ -266,13 +372,14 @@ def has_previous_attempt(run_dir: Path) -> bool:
 
 def check(
     run_dir: Path, resolved_recipe_yaml: str, data_card: dict | None = None, allow_data_change: bool = False
-) -> None:
+) -> Survey | None:
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
     `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
-    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model)."""
+    can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model).
+    Returns the checkpoints' `survey` for `prepare` (None: nothing to resume, a new run)."""
     if not has_previous_attempt(run_dir):
-        return
+        return None
     recipe_file = run_dir / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"has no {RECIPE}: not a run directory of dpo train; nothing to resume", where=str(run_dir))
@@ -284,7 +391,8 @@ def check(
     recorded = read_yaml_mapping(recipe_file, what="run recipe")  # hand-edited into bad YAML: one error line
     absolute_local_model(recorded)  # a run made when a relative model folder was recorded as written
     resolved = safe_load(resolved_recipe_yaml)
-    difference = _first_difference(recorded, resolved)
+    # the recipe.yaml of a run made before secrets were redacted ahead of dumping may hold one that YAML escaped
+    difference = _first_difference(redact_data(recorded), resolved)
     if difference:
         raise UserError(
             f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",
@@ -298,16 +406,16 @@ def check(
                 f"(data_card.json then records the change)",
                 where=str(run_dir / DATA_CARD),
             )
-    found = candidates(run_dir / CHECKPOINTS)
-    resumable = last_resumable(run_dir / CHECKPOINTS)
-    if found and resumable is None:
-        newest = found[-1][1]
+    found = survey(run_dir / CHECKPOINTS, saves_only_model(resolved))
+    if found.complete and found.resumable is None:
+        newest, reason = found.damaged[0]
         raise UserError(
-            f"no checkpoint can be loaded: {len(found)} complete, all damaged (newest {newest.name}: "
-            f"{unloadable(newest)}); start a new run in another --output-dir",
+            f"no checkpoint can be loaded: {len(found.complete)} complete, all damaged (newest {newest.name}: "
+            f"{reason}); start a new run in another --output-dir",
             where=str(run_dir / CHECKPOINTS),
         )
-    _check_optimizer_state(run_dir, resolved, resumable)
+    _check_optimizer_state(run_dir, resolved, found.resumable)
+    return found
 
 
 def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Path] | None) -> None:
@@ -319,7 +427,7 @@ def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Pa
     scheduler) in folders of their own, so a missing optimizer.pt or scheduler.pt proves nothing there. A checkpoint
     at which training had ended still resumes (it needs no optimizer: only final/ and summary.json are written), and
     so does a run with no such checkpoint (it starts again from step 0)."""
-    if resumable is None or (recipe.get("training") or {}).get("save_only_model") is not True:
+    if resumable is None or not saves_only_model(recipe):
         return
     step, checkpoint = resumable
     if training_ended(read_json_object(checkpoint / TRAINER_STATE) or {}):
@@ -330,6 +438,13 @@ def _check_optimizer_state(run_dir: Path, recipe: dict, resumable: tuple[int, Pa
         f"continue the run; start a new run in another --output-dir (training.save_only_model: false to resume one)",
         where=str(run_dir / RECIPE),
     )
+
+
+def saves_only_model(recipe: dict) -> bool:
+    """Whether a resolved recipe (a mapping) saves checkpoints with training.save_only_model: no optimizer, scheduler
+    or RNG state."""
+    training = recipe.get("training")
+    return isinstance(training, dict) and training.get("save_only_model") is True
 
 
 def data_change(run_dir: Path, data_card: dict) -> str | None:
@@ -357,31 +472,32 @@ def resumed_data_card(run_dir: Path, data_card: dict, step: int) -> dict:
     return {**data_card, "data_changes": history} if history else data_card
 
 
-def prepare(run_dir: Path) -> ResumePoint:
+def prepare(run_dir: Path, found: Survey | None) -> ResumePoint:
     """Clean up what a killed attempt left half-done (rank 0 only), and find where to continue (every rank: each
-    loads the checkpoint). Call `check` first; rank 0 holds the run directory's lock.
+    loads the checkpoint). `found`: what `check` returned (None: nothing to resume); rank 0 holds the run
+    directory's lock for both.
 
-    The other ranks may look while rank 0 cleans up: they only read complete checkpoints, which the clean-up never
-    touches, so every rank finds the same one."""
+    Every rank surveys the checkpoints in its `check`, possibly while rank 0 cleans up: the clean-up deletes only
+    incomplete checkpoints and damaged ones newer than the loadable one, so every rank finds the same one."""
     point = ResumePoint(run_dir)
-    if not has_previous_attempt(run_dir):
+    if found is None:
         point.fresh = True
         point.notes.append(f"nothing to resume in {run_dir}; starting a new run")
         return point
     checkpoint_dir, writer = run_dir / CHECKPOINTS, is_main_process()
     if writer:
         point.notes += _remove_leftovers(run_dir)
-    if writer:
-        point.warnings += _remove_damaged(checkpoint_dir)
-    found = last_resumable(checkpoint_dir)
-    if found is None:
+        point.warnings += _remove_damaged(found.damaged)
+    if found.resumable is None:
         # killed before the first checkpoint: start over in place (keeps nothing that would be redone anyway)
         if writer:
+            for _, path in checkpoints(checkpoint_dir):  # a weights-only checkpoint-0: its mark goes first
+                delete_checkpoint(path)
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             (run_dir / METRICS_LOG).unlink(missing_ok=True)
         point.notes.append("no complete checkpoint yet: training again from step 0")
         return point
-    point.step, point.checkpoint = found
+    point.step, point.checkpoint = found.resumable
     point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
     if writer:
         point.warnings += _damaged_best(checkpoint_dir, point.checkpoint)
@@ -413,27 +529,29 @@ def _damaged_best(checkpoint_dir: Path, resumed_from: Path) -> list[str]:
     ]
 
 
-def _remove_damaged(checkpoint_dir: Path) -> list[str]:
-    """Delete the complete but damaged checkpoints newer than the newest loadable one (a warning each): training
-    continues from the loadable one and saves those steps again. Older damaged ones are left alone: resume never
-    reads them."""
+def _remove_damaged(damaged: list[tuple[Path, str]]) -> list[str]:
+    """Delete the complete but damaged checkpoints newer than the newest loadable one (`Survey.damaged`; a warning
+    each): training continues from the loadable one and saves those steps again. Older damaged ones are left alone:
+    resume never reads them."""
     warnings = []
-    for _, path in reversed(candidates(checkpoint_dir)):
-        reason = unloadable(path)
-        if reason is None:
-            break
-        shutil.rmtree(path)
+    for path, reason in damaged:
+        delete_checkpoint(path)
         warnings.append(f"{path}: cannot be loaded ({reason}); deleted it, resuming from the previous complete one")
     return warnings
 
 
 def _remove_leftovers(run_dir: Path) -> list[str]:
-    """Checkpoints whose save was cut off, a half-written final/, the previous attempt's summary.json."""
+    """Checkpoints whose save was cut off, checkpoints whose deletion was (`delete_checkpoint`), a half-written
+    final/ and the one a kill inside replace_dir left renamed aside (a whole model, for full fine-tuning), the
+    previous attempt's summary.json."""
     notes = []
     for _, path in checkpoints(run_dir / CHECKPOINTS):
         if not is_complete(path):
             shutil.rmtree(path)
             notes.append(f"deleted {path.name}: its save was cut off")
+    for path in sorted((run_dir / CHECKPOINTS).glob(f"{DELETING_PREFIX}*")):
+        shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(run_dir / FINAL_STAGING, ignore_errors=True)
+    shutil.rmtree(run_dir / FINAL_OLD, ignore_errors=True)
     (run_dir / SUMMARY).unlink(missing_ok=True)
     return notes

@@ -19,6 +19,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from dpo.analysis.evaluate import base_model_of
 from dpo.analysis.model_card import README, model_card, write_model_card
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
@@ -118,7 +119,8 @@ def export_run(run_dir: str | Path, output: str | Path, merge: bool = False, pus
     staging.mkdir(mode=0o777)  # the umask applies, as to any folder made here (mkdtemp would make it 0700)
     try:
         if merge:
-            _write_merged(final, recipe, staging)
+            with base_model_of(run_dir):
+                _write_merged(final, recipe, staging)
         else:
             for item in final.iterdir():  # the saved adapter or model and the tokenizer, as the run wrote them
                 if item.is_file() and item.name != README:
@@ -149,7 +151,8 @@ def _write_merged(final: Path, recipe, target: Path) -> None:
     base = load_model(recipe.model.name_or_path, recipe.model.dtype, recipe.model.trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(final)).merge_and_unload()
     merged.save_pretrained(str(target))
-    AutoTokenizer.from_pretrained(str(final)).save_pretrained(str(target))
+    tokenizer = AutoTokenizer.from_pretrained(str(final), trust_remote_code=recipe.model.trust_remote_code)
+    tokenizer.save_pretrained(str(target))
 
 
 def _push(folder: Path, repo: str) -> str:

@@ -144,7 +144,7 @@ def generate_for_run(
     import torch
 
     torch.manual_seed(options.seed)
-    tokenizer = load_tokenizer(run_dir)
+    tokenizer = load_tokenizer(run_dir, recipe.model.trust_remote_code)
     if any(isinstance(p, list) for p in prompts) and not tokenizer.chat_template:
         raise UserError(
             "chat prompts need a chat template, and the run's tokenizer has none", where=str(file or "--prompt")

@@ -10,7 +10,7 @@ reason), never the sweep. The trial reports its held-out objective to optuna at 
 can stop hopeless trials early.
 
 Sweep directory (shared with `dpo report`; keep the names):
-    sweep.yaml          the spec as given, plus base_recipe resolved to an absolute path
+    sweep.yaml          the spec as given (secrets redacted), plus base_recipe resolved to an absolute path
     study.db            optuna's SQLite storage (absent when --storage names another database)
     trials/trial-NNNN/  one run directory per trial, plus trial.json and train.log (the trial's output)
     sweep_summary.json  objective, sampler, pruner, every trial, best trial/value/params, importance, steps
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from dpo.config.yaml_loader import dump_yaml
+from dpo.config.yaml_loader import UNFOLDED, dump_yaml
 from dpo.errors import UserError
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text
 from dpo.rundir.files import (
@@ -54,7 +54,14 @@ from dpo.rundir.files import (
     read_text,
 )
 from dpo.rundir.lock import DirectoryLock
-from dpo.rundir.secrets import MIN_SECRET_LENGTH, RedactedCopy, redact_standard_streams, url_passwords
+from dpo.rundir.secrets import (
+    MIN_SECRET_LENGTH,
+    RedactedCopy,
+    redact,
+    redact_data,
+    redact_standard_streams,
+    url_passwords,
+)
 from dpo.rundir.writable import check_output_dir
 from dpo.sweep.spec import SEARCH_KINDS, SweepSpec, load_spec, set_items
 from dpo.sweep.storage import STORAGE_ENV, open_storage
@@ -199,10 +206,13 @@ def _open_study(spec: SweepSpec, url: str, shared: bool):
         load_if_exists=True,
     )
     stored = study.user_attrs.get("dpo_sweep")
-    identity = json.loads(json.dumps(spec.identity()))  # as the storage gives it back (JSON)
+    # as the storage gives it back (JSON), secrets redacted: the storage is study.db or a database server; compared
+    # redacted on both sides (a sweep stored before this kept them as they were)
+    identity = redact_data(json.loads(json.dumps(spec.identity())))
     if stored is None:
         study.set_user_attr("dpo_sweep", identity)
         return study
+    stored = redact_data(stored)
     differing = [k for k in identity if k in stored and stored[k] != identity[k]]  # older sweeps: fewer keys
     if differing:
         key = differing[0]
@@ -219,7 +229,8 @@ IDENTITY_SPEC_KEYS = {"sampler_options": "sampler", "pruner_options": "pruner"}
 
 
 def _write_spec(spec: SweepSpec, sweep_dir: Path) -> None:
-    text = dump_yaml({**spec.raw, "base_recipe": str(spec.base_recipe)}, sort_keys=False)
+    """sweep.yaml: the spec as given, secrets redacted in the data (redacting the text would miss one YAML escaped)."""
+    text = dump_yaml(redact_data({**spec.raw, "base_recipe": str(spec.base_recipe)}), sort_keys=False, width=UNFOLDED)
     target = sweep_dir / SWEEP_SPEC
     if read_text(target) != text:
         atomic_write_text(target, text)
@@ -540,4 +551,4 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"
         f"#   python -m dpo train {sweep_dir / BEST_RECIPE}\n"
     )
-    atomic_write_text(sweep_dir / BEST_RECIPE, header + recipe.to_yaml())
+    atomic_write_text(sweep_dir / BEST_RECIPE, redact(header) + recipe.to_yaml(redact=redact_data))

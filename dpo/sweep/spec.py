@@ -33,6 +33,7 @@ from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, UserErrors, did_you_mean
+from dpo.rundir.secrets import redact_data
 
 SCALAR = (str, int, float, bool, type(None))
 
@@ -76,6 +77,20 @@ def _check_variants(args) -> str | None:
     return None
 
 
+def recorded_choices(values: list) -> list:
+    """A `choice` parameter's values as optuna records them (its distribution, in study.db or a database server; the
+    grid sampler's space): with secrets redacted. `choose` maps the one drawn back to the value the trial trains with.
+    Values that redaction would make equal are recorded as they are (they could not be told apart)."""
+    shown = redact_data(list(values))
+    return shown if len(set(map(json.dumps, shown))) == len(shown) else list(values)
+
+
+def choose(trial, name: str, values: list):
+    """suggest_categorical over `recorded_choices(values)`; returns the value of `values` that it drew."""
+    shown = recorded_choices(values)
+    return values[shown.index(trial.suggest_categorical(name, shown))]
+
+
 @dataclass(frozen=True)
 class SearchKind:
     """One way to search a parameter: how to check its arguments, sample it, and enumerate it for grid."""
@@ -98,8 +113,8 @@ SEARCH_KINDS: dict[str, SearchKind] = {
     "choice": SearchKind(
         "values to pick from (strings, numbers, bools), e.g. {choice: [sigmoid, ipo]}",
         lambda a: _check_values(a, numbers=False),
-        lambda t, n, a: t.suggest_categorical(n, a),
-        lambda a: list(a),
+        choose,
+        recorded_choices,
         listed=True,
     ),
     "uniform": SearchKind(
@@ -527,7 +542,7 @@ def _check_listed_values(base: Path, fixed: dict, params: list[Param], where) ->
     for p in params:
         if not SEARCH_KINDS[p.kind].listed:
             continue
-        for value in SEARCH_KINDS[p.kind].grid(p.args):
+        for value in list(p.args):  # the values (a variants parameter: its names) as written, not as recorded
             overrides = p.overrides(value)
             try:
                 load_recipe(base, set_items({**fixed, **overrides}))

@@ -17,6 +17,7 @@ checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dpo.analysis.model_card import write_model_card
 from dpo.analysis.report import write_report_or_warn
-from dpo.config.loading import changes_from_base
+from dpo.config.loading import changes_from_base, parse_override
 from dpo.errors import NonFiniteError, RunFailed, UserError
 from dpo.rundir import resume as resuming
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text, replace_dir
@@ -42,7 +43,7 @@ from dpo.rundir.files import (
     read_json_object,
 )
 from dpo.rundir.lock import RunLock
-from dpo.rundir.secrets import redact
+from dpo.rundir.secrets import redact, redact_data
 from dpo.rundir.writable import check_output_dir
 from dpo.training.audit_use import apply_audit
 from dpo.training.gate import CheckedRecipe, check, needs_audit
@@ -68,14 +69,15 @@ def execute(
     started = time.time()
     checked = check(recipe_path, overrides, extra_metrics, output_dir)
     run_dir = checked.run_dir
-    resolved_yaml = redact(checked.recipe.to_yaml())
-    if resume:
-        resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change)
+    resolved_yaml = checked.recipe.to_yaml(redact=redact_data)
     lock = _claim_run_dir(run_dir, resume)
     try:
+        # under the lock: what the check finds (not finished, the same recipe and data, which checkpoint loads) stays
+        # so until prepare() acts on it; a second resume gets "in use", not a run that finished meanwhile reopened
+        found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        point = resuming.prepare(run_dir) if resume else resuming.ResumePoint(run_dir)
+        point = resuming.prepare(run_dir, found) if resume else resuming.ResumePoint(run_dir)
         if is_main_process():
             for warning in point.warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
@@ -90,7 +92,7 @@ def execute(
         if not (resume and (run_dir / RECIPE_CHANGES).is_file()):
             changes = {
                 "recipe_file": str(checked.loaded.path.resolve()),  # a shipped recipe named bare: its file
-                "overrides": [redact(str(o)) for o in overrides],
+                "overrides": [_recorded_override(str(o)) for o in overrides],
                 "changes": changes_from_base(checked.loaded),
             }
         return _run(checked, point, resolved_yaml, changes, callbacks or [], started)
@@ -98,8 +100,22 @@ def execute(
         lock.release()
 
 
+def _recorded_override(item: str) -> str:
+    """A --set item as recipe_changes.json records it: as given, secrets redacted, also one its value spells escaped
+    (a sweep passes its values as JSON, `\\u00e4` for a non-ASCII character): then the value is written again from
+    its data, redacted."""
+    text = redact(item)
+    try:
+        key, value = parse_override(item)
+    except UserError:
+        return text
+    redacted = redact_data(value)
+    return text if redacted == value else f"{redact(key)}={json.dumps(redacted, ensure_ascii=False)}"
+
+
 def _claim_run_dir(run_dir: Path, resume: bool) -> RunLock:
-    """Take the run directory's lock (one writer per run directory); a new run needs an empty directory."""
+    """Take the run directory's lock (one writer per run directory), before anything in it is read for a resume; a
+    new run needs an empty directory."""
     check_output_dir(run_dir)  # the same check, and words, as every command that writes a directory
     lock = RunLock(run_dir)
     if not is_main_process():

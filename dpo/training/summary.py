@@ -65,7 +65,7 @@ def non_finite_summary(exc: NonFiniteError, trainer, best, run_dir: Path, initia
     """For a run stopped by the non-finite guard: no final/, the step that went non-finite was not applied and
     nothing past it is trusted; the last good checkpoint is where `--resume` continues (with the same recipe: a fix
     that changes it, a lower learning rate say, is a new run, from step 0 or from these weights)."""
-    last_good = resuming.last_resumable(run_dir / CHECKPOINTS)
+    last_good = resuming.last_resumable(run_dir / CHECKPOINTS, trainer.args.save_only_model)
     return {
         "stop_reason": "non_finite",
         "error": str(exc),

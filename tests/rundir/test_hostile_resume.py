@@ -1,7 +1,8 @@
-"""Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint is skipped for the previous
-loadable one, none loadable is one `error:` line (exit 2, nothing changed), a run file that is valid JSON but not an
-object is one `error:` line too, and training data that changed since the run was made is refused unless
---allow-data-change, which data_card.json then records, and every later resume keeps recorded.
+"""Resume against damaged run directories (issue 19, item 3): a damaged newest checkpoint (a file damaged or missing)
+is skipped for the previous loadable one, none loadable is one `error:` line (exit 2, nothing changed), a run file that
+is valid JSON but not an object is one `error:` line too, and training data that changed since the run was made is
+refused unless --allow-data-change, which data_card.json then records, and every later resume keeps recorded. A
+checkpoint deletion cut off midway leaves no complete-looking checkpoint, and resume reads each checkpoint once.
 
 One short run of the tiny model (4 steps, checkpoints at 2 and 4) is made once; each case damages a copy of it, as a
 run killed after its last checkpoint (no summary.json, no final/) would be left."""
@@ -9,12 +10,14 @@ run killed after its last checkpoint (no summary.json, no final/) would be left.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 
 import pytest
+import torch
 
 from dpo.errors import UserError
 from dpo.rundir.resume import last_resumable, unloadable
@@ -90,6 +93,18 @@ DAMAGES = {
     "truncated_rng_state": ("rng_state.pth", truncate, "rng_state.pth: cannot be read"),
     "truncated_scheduler": ("scheduler.pt", truncate, "scheduler.pt: cannot be read"),
 }
+# Every file a resume loads, each missing in turn (a deletion cut off midway, a file removed by hand): transformers
+# fails with a traceback without the weights and skips a missing optimizer, scheduler or RNG state without a word.
+REQUIRED = [
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "trainer_state.json",
+    "dpo_state.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+]
+DAMAGES.update({f"missing_{name}": (name, os.unlink, f"{name}: missing") for name in REQUIRED})
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -101,6 +116,63 @@ def test_unloadable_names_the_damaged_file(killed_run, tmp_path, damage):
     spoil(checkpoint / name)
     assert reason in unloadable(checkpoint)
     assert len(unloadable(checkpoint).splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_each_file_a_resume_loads_is_required(killed_run, tmp_path, name):
+    """The regression: only the files present were read, so a checkpoint missing one counted as loadable."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == f"{name}: missing"
+    assert last_resumable(checkpoint.parent) is None
+
+
+def test_a_save_only_model_checkpoint_needs_no_optimizer_scheduler_or_rng_state(killed_run, tmp_path):
+    """training.save_only_model saves none of them (resume's check refuses to train on from such a checkpoint, but it
+    is not damaged: a run killed after its last step finishes from it)."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == "optimizer.pt: missing"
+    assert unloadable(checkpoint, save_only_model=True) is None
+    (checkpoint / "dpo_state.json").unlink()
+    assert unloadable(checkpoint, save_only_model=True) == "dpo_state.json: missing"
+
+
+@pytest.mark.parametrize("own", ["pytorch_model_fsdp_0", "pytorch_model_fsdp.bin", "global_step4"])
+def test_fsdp_and_deepspeed_checkpoints_need_no_weights_optimizer_or_scheduler_file(killed_run, tmp_path, own):
+    """FSDP and DeepSpeed save the weights and the optimizer in files of their own (their loaders fail loudly when one
+    is missing); the RNG state and our files are still required."""
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt"):
+        (checkpoint / name).unlink()
+    assert unloadable(checkpoint) == "adapter_model.safetensors: missing"
+    if own.endswith(".bin"):
+        torch.save({}, checkpoint / own)
+    else:
+        (checkpoint / own).mkdir()
+    assert unloadable(checkpoint) is None
+    (checkpoint / "rng_state.pth").rename(checkpoint / "rng_state_0.pth")  # one per process
+    assert unloadable(checkpoint) is None
+    (checkpoint / "rng_state_0.pth").unlink()
+    assert unloadable(checkpoint) == "rng_state.pth: missing"
+
+
+def test_every_shard_a_weights_index_names_is_required(killed_run, tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
+    (checkpoint / "adapter_config.json").unlink()  # a full fine-tune's checkpoint, its model in two shards
+    (checkpoint / "adapter_model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    assert unloadable(checkpoint) == "model-00002-of-00002.safetensors: missing"
+    shutil.copy(checkpoint / shards["a"], checkpoint / shards["b"])
+    assert unloadable(checkpoint) is None
+    (checkpoint / "model.safetensors.index.json").unlink()
+    assert unloadable(checkpoint) == "model.safetensors: missing"
 
 
 def test_training_args_bin_is_not_read(killed_run, tmp_path):
@@ -129,7 +201,15 @@ def test_resume_skips_a_truncated_newest_checkpoint(run_dir):
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbled_trainer_state", "trainer_state_not_an_object", "flipped_byte_in_optimizer", "truncated_rng_state"],
+    [
+        "garbled_trainer_state",
+        "trainer_state_not_an_object",
+        "flipped_byte_in_optimizer",
+        "truncated_rng_state",
+        "missing_adapter_model.safetensors",
+        "missing_optimizer.pt",
+        "missing_trainer_state.json",
+    ],
 )
 def test_resume_skips_a_damaged_newest_checkpoint(run_dir, damage, capsys):
     from dpo.training.execute import execute
@@ -320,3 +400,213 @@ def test_a_run_made_with_a_relative_model_folder_still_resumes(run_dir, tiny_mod
 def test_zipfile_check_sees_torch_files_as_archives(killed_run):
     """The loadability check relies on torch.save writing zip archives (the default since torch 1.6)."""
     assert zipfile.is_zipfile(killed_run / "checkpoints" / "checkpoint-4" / "optimizer.pt")
+
+
+# ---- a checkpoint deletion cut off midway ------------------------------------------------------------------------
+
+
+def interrupted_rmtree(monkeypatch) -> list[str]:
+    """Make the next shutil.rmtree of a folder holding files stop as a Ctrl-C would: after unlinking the first file
+    (rmtree's order, os.scandir's, which puts adapter_model.safetensors before checkpoint_complete.json here). Returns
+    the names of the files it removed."""
+    real_rmtree, removed = shutil.rmtree, []
+
+    def rmtree(path, *args, **kwargs):
+        files = [] if removed else sorted_walk(path)
+        if not files:
+            return real_rmtree(path, *args, **kwargs)
+        os.unlink(files[0])
+        removed.append(os.path.basename(files[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    return removed
+
+
+def sorted_walk(path) -> list[str]:
+    """The files under `path` in the order rmtree unlinks them (depth first, os.scandir order)."""
+    if not os.path.isdir(path):
+        return []
+    found = []
+    for entry in os.scandir(path):
+        found += sorted_walk(entry.path) if entry.is_dir(follow_symlinks=False) else [entry.path]
+    return found
+
+
+def folders(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def complete_checkpoints(folder) -> list[str]:
+    from dpo.rundir.resume import checkpoints, is_complete
+
+    return [p.name for _, p in checkpoints(folder) if is_complete(p)]
+
+
+def test_a_rotation_cut_off_midway_leaves_no_complete_checkpoint_without_its_files(killed_run, tmp_path, monkeypatch):
+    """The regression: rmtree removed the weights first and the completeness mark later; a kill in between left a
+    "complete" checkpoint without weights, which every later resume tried to load (a traceback)."""
+    from dpo.rundir.resume import rotate
+
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(killed_run / "checkpoints", folder)
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        rotate(folder, 1, protect=None)
+    assert removed  # the deletion had begun
+    assert complete_checkpoints(folder) == ["checkpoint-4"]
+    assert folders(folder) == [".deleting-checkpoint-2", "checkpoint-4"]
+
+
+def test_a_deletion_of_a_damaged_checkpoint_cut_off_midway_is_finished_by_the_next_resume(run_dir, monkeypatch):
+    from dpo.rundir.resume import check, prepare
+
+    checkpoint_dir = run_dir / "checkpoints"
+    truncate(checkpoint_dir / "checkpoint-4" / "adapter_model.safetensors")
+    card = json.loads((run_dir / "data_card.json").read_text())
+    recipe = (run_dir / "recipe.yaml").read_text()
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(run_dir, check(run_dir, recipe, card))
+    assert removed
+    assert complete_checkpoints(checkpoint_dir) == ["checkpoint-2"]
+    assert last_resumable(checkpoint_dir)[0] == 2
+    monkeypatch.undo()
+    point = prepare(run_dir, check(run_dir, recipe, card))  # the next resume: from checkpoint-2, the rest swept away
+    assert point.step == 2 and folders(checkpoint_dir) == ["checkpoint-2"]
+
+
+def test_starting_again_from_step_0_cut_off_midway_leaves_no_complete_checkpoint(run_dir, monkeypatch):
+    """Killed before its first checkpoint with a step-0 one (the untrained weights early stopping keeps): resume
+    deletes it and starts again; cut off midway, the half-deleted checkpoint-0 must not count as complete."""
+    from dpo.rundir.resume import check, mark_complete, prepare
+
+    checkpoint_dir = run_dir / "checkpoints"
+    step_0 = checkpoint_dir / "checkpoint-0"
+    step_0.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(checkpoint_dir / "checkpoint-2" / name, step_0 / name)
+    mark_complete(step_0, 0)
+    for step in (2, 4):
+        shutil.rmtree(checkpoint_dir / f"checkpoint-{step}")
+    card = json.loads((run_dir / "data_card.json").read_text())
+    recipe = (run_dir / "recipe.yaml").read_text()
+    removed = interrupted_rmtree(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(run_dir, check(run_dir, recipe, card))
+    assert removed
+    assert complete_checkpoints(checkpoint_dir) == []
+
+
+def test_the_old_final_folder_a_kill_inside_replace_dir_left_is_removed_by_resume(run_dir, monkeypatch):
+    """Killed between replace_dir's two renames (final/ -> .final.old/, .final.tmp/ -> final/): the old final/ (a whole
+    model, for full fine-tuning) stayed in the run directory for good."""
+    from dpo.rundir import atomic
+    from dpo.rundir.resume import check, prepare
+
+    for name in ("final", ".final.tmp"):  # a final/ of an earlier attempt, and the one being swapped in
+        shutil.copytree(run_dir / "checkpoints" / "checkpoint-4", run_dir / name)
+    real_replace, renames = os.replace, []
+
+    def replace(source, target):
+        renames.append(os.path.basename(target))
+        if len(renames) == 2:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.replace_dir(run_dir / ".final.tmp", run_dir / "final")
+    monkeypatch.undo()
+    assert renames == [".final.old", "final"] and {".final.old", ".final.tmp"} <= set(folders(run_dir))
+    card = json.loads((run_dir / "data_card.json").read_text())
+    prepare(run_dir, check(run_dir, (run_dir / "recipe.yaml").read_text(), card))
+    assert folders(run_dir) == ["checkpoints"]
+
+
+# ---- how often a resume reads a checkpoint -----------------------------------------------------------------------
+
+
+def test_a_resume_reads_each_checkpoint_once(run_dir, monkeypatch):
+    """Reading a checkpoint is a checksum pass over its optimizer state (tens of gigabytes for a big full fine-tune):
+    the regression read the newest one three times (the check, the clean-up, the choice of where to continue)."""
+    from dpo.rundir import resume
+    from dpo.training.execute import execute
+
+    truncate(run_dir / "checkpoints" / "checkpoint-4" / "scheduler.pt")  # damaged: checkpoint-2 is read as well
+    reads, real = [], resume.unloadable
+
+    def counted(checkpoint, *args, **kwargs):
+        reads.append(checkpoint.name)
+        return real(checkpoint, *args, **kwargs)
+
+    monkeypatch.setattr(resume, "unloadable", counted)
+    summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4
+    assert sorted(reads) == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.slow
+def test_resume_of_checkpoints_without_trainer_state_is_an_error_and_changes_nothing(run_dir):
+    """The regression: complete checkpoints without trainer_state.json were passed over as if none had been saved, and
+    the resume deleted every checkpoint and metrics.jsonl and trained again from step 0."""
+    for step in (2, 4):
+        (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    before = snapshot(run_dir)
+    proc = dpo("train", "--resume", str(run_dir))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {run_dir / 'checkpoints'}: no checkpoint can be loaded: 2 complete, all damaged (newest "
+        "checkpoint-4: trainer_state.json: missing); start a new run in another --output-dir"
+    ]
+    assert snapshot(run_dir) == before
+
+
+# ---- the lock is taken before the resume looks ----------------------------------------------------------------------
+
+
+def test_the_resume_check_runs_under_the_run_directorys_lock(run_dir, monkeypatch):
+    """The regression: check() ran before the lock was taken, so what it found (not finished, which checkpoint loads)
+    could change before the clean-up acted on it: a second resume reopened a run that had just finished."""
+    from dpo.rundir import resume
+    from dpo.rundir.lock import RunLock
+    from dpo.training.execute import execute
+
+    real_check, held = resume.check, []
+
+    def check(*args, **kwargs):
+        try:
+            RunLock(run_dir).acquire().release()
+            held.append(False)
+        except UserError as exc:
+            held.append("in use by another dpo train" in str(exc))
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(resume, "check", check)
+    summary, _ = execute(run_dir / "recipe.yaml", [], output_dir=run_dir, resume=True)
+    assert held == [True] and summary["resumed_from"] == [4]
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_directory_in_use_says_so_and_changes_nothing(run_dir):
+    """Another dpo train holds the run directory (it finished the run meanwhile): the resume says the directory is in
+    use, as a new run into it does, whatever its files say."""
+    (run_dir / "summary.json").write_text(json.dumps({"stop_reason": "completed"}))
+    code = (
+        "import sys, time; from dpo.rundir.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(run_dir)
+        proc = dpo("train", "--resume", str(run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {run_dir}: run directory is in use by another dpo train (pid {holder.pid} on ")
+    assert snapshot(run_dir) == before

@@ -507,10 +507,20 @@ def test_metrics_file_round_trip_torn_last_line_and_a_broken_row(tmp_path):
 
 
 def _checkpoint(folder, step, complete=True, state=True):
+    """A checkpoint with every file a resume loads (tiny stand-ins that `unloadable` reads as sound), or with only the
+    weights (`state=False`: the untrained checkpoint-0 that early stopping keeps)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text("{}")
     if state:
-        (path / TRAINER_STATE).write_text("{}")
+        for name in (TRAINER_STATE, "dpo_state.json"):
+            (path / name).write_text("{}")
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            torch.save({}, path / name)
     if complete:
         mark_complete(path, step)
     return path

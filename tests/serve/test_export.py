@@ -283,3 +283,33 @@ def test_full_fine_tuning_exports_its_model_and_refuses_merge(tmp_path, tiny_mod
         exported = AutoModelForCausalLM.from_pretrained(out)(ids).logits
         trained = AutoModelForCausalLM.from_pretrained(run / "final")(ids).logits
     assert torch.equal(exported, trained)
+
+
+def moved_base(finished_run, tmp_path):
+    """A copy of the run whose base model has moved since it was trained: its recipe.yaml names a folder now gone."""
+    import yaml
+
+    run_dir = tmp_path / "moved-run"
+    shutil.copytree(finished_run, run_dir)
+    base = yaml.safe_load((run_dir / "recipe.yaml").read_text())["model"]["name_or_path"]
+    moved = tmp_path / "moved-away"
+    (run_dir / "recipe.yaml").write_text((run_dir / "recipe.yaml").read_text().replace(base, str(moved)))
+    return run_dir, moved
+
+
+def moved_base_error(run_dir, moved) -> str:
+    return (
+        f"{run_dir / 'recipe.yaml'}: model.name_or_path: model directory '{moved}' does not exist; this is the run's "
+        "base model: put it back there, or correct model.name_or_path in this file"
+    )
+
+
+@pytest.mark.slow
+def test_a_merge_whose_base_model_moved_names_the_runs_recipe_and_key(finished_run, tmp_path):
+    """The regression: the error named the key alone, not the file that holds it (the run's recipe.yaml)."""
+    run_dir, moved = moved_base(finished_run, tmp_path)
+    out = tmp_path / "merged"
+    proc = run_dpo("export", run_dir, "--output", out, "--merge")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {moved_base_error(run_dir, moved)}"]
+    assert not out.exists() and not any(p.name.startswith(".merged") for p in tmp_path.iterdir())

@@ -123,3 +123,19 @@ def test_samples_name_the_model_that_answered_as_the_reference():
         "not the base model"
     )
     assert reference_words(full, SimpleNamespace(ref_model=None)) == "the base model (loaded again)"
+
+
+@pytest.mark.slow
+def test_generate_and_eval_whose_base_model_moved_name_the_runs_recipe_and_key(finished_run, tmp_path):
+    from dpo.analysis.evaluate import EvalOptions, evaluate_run
+    from tests.serve.test_export import moved_base, moved_base_error
+
+    run_dir, moved = moved_base(finished_run, tmp_path)
+    evaluated = (run_dir / "eval.json").is_file()
+    proc = run_dpo("generate", run_dir, "--prompt", "What is 1 + 2?")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {moved_base_error(run_dir, moved)}"]
+    with pytest.raises(UserError) as raised:
+        evaluate_run(run_dir, EvalOptions(samples=0, progress=False))
+    assert str(raised.value) == moved_base_error(run_dir, moved)
+    assert (run_dir / "eval.json").is_file() == evaluated  # nothing written

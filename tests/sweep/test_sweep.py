@@ -706,3 +706,68 @@ def test_the_sweep_driver_redacts_the_password_of_its_storage_url(tmp_path, monk
     with pytest.raises(UserError, match="percent-encode") as refused:
         run_sweep(tmp_path / "missing.yaml", storage="postgresql://alice:pw/0123456789@db-host/sweeps")
     assert refused.value.where == "--storage" and "0123456789" not in str(refused.value)
+
+
+# --- secrets in the spec's values ------------------------------------------------------------------------------
+
+SWEEP_SECRET = "zq9SWEEPsecret4242"
+
+
+def test_a_choice_holding_a_secret_is_recorded_redacted_and_trains_with_its_value(tmp_path, tiny_recipe, monkeypatch):
+    """optuna records a categorical parameter's choices (its distribution; the grid sampler's space) in study.db or a
+    database server: the secret there is redacted, and the trial still gets the value as written."""
+    import optuna
+
+    from dpo.sweep import driver
+
+    monkeypatch.setenv("MY_API_KEY", SWEEP_SECRET)
+    values = [f"/data/{SWEEP_SECRET}/a.jsonl", "/data/plain/b.jsonl"]
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                search={"data.train": {"choice": values}}))  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "trials").mkdir(parents=True)
+    commands = []
+
+    def trial_process(cmd, env, log_path, trial_dir, record) -> int:  # no training: what it was asked to train
+        commands.append(cmd)
+        log_path.write_text("trained\n")
+        return 0
+
+    monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
+    study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=2,
+                   catch=(driver.TrialFailed,))  # fmt: skip
+    recorded = sorted(t.params["data.train"] for t in study.trials)
+    assert recorded == ["/data/[redacted $MY_API_KEY]/a.jsonl", "/data/plain/b.jsonl"]
+    assert SWEEP_SECRET not in repr([(t.distributions, t.system_attrs) for t in study.trials])
+    trained = [arg.removeprefix("data.train=") for cmd in commands for arg in cmd if arg.startswith("data.train=")]
+    assert sorted(trained) == sorted(json.dumps(v) for v in values)
+
+
+def test_the_study_records_the_spec_redacted_and_one_stored_before_still_resumes(tmp_path, tiny_recipe, monkeypatch):
+    """The spec's fixed and search values are the study's `dpo_sweep` attribute (in study.db, or a database server):
+    stored redacted, and compared redacted on both sides, so a sweep stored with its secrets (before this) is the same
+    sweep, and one with another value is not."""
+    import optuna
+
+    from dpo.sweep import driver
+    from dpo.sweep.storage import open_storage
+
+    monkeypatch.setenv("MY_API_KEY", SWEEP_SECRET)
+    fixed = {"data.eval": f"/data/{SWEEP_SECRET}/eval.jsonl"}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=1, search=SEARCH, fixed=fixed))
+    url = driver.sqlite_url(tmp_path / "study.db")
+    driver._open_study(spec, url, shared=False)
+    stored = optuna.load_study(study_name="spec", storage=open_storage(url)).user_attrs["dpo_sweep"]
+    assert SWEEP_SECRET not in json.dumps(stored)
+    assert stored["fixed"]["data.eval"] == "/data/[redacted $MY_API_KEY]/eval.jsonl"
+
+    old = load_spec(write_spec(tmp_path / "old.yaml", tiny_recipe, trials=1, search=SEARCH, fixed=fixed))
+    study = optuna.create_study(study_name="old", storage=open_storage(url))
+    study.set_user_attr("dpo_sweep", json.loads(json.dumps(old.identity())))  # as earlier versions stored it
+    driver._open_study(old, url, shared=False)  # the same sweep: raises nothing
+    other = {"data.eval": "/data/other/eval.jsonl"}
+    changed = load_spec(write_spec(tmp_path / "old.yaml", tiny_recipe, trials=1, search=SEARCH, fixed=other))
+    with pytest.raises(UserError, match=r"fixed: differs from the sweep 'old' already in the storage"):
+        driver._open_study(changed, url, shared=False)

@@ -9,6 +9,7 @@ directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -175,3 +176,143 @@ def test_a_url_password_is_scrubbed_from_arguments_and_model_names():
         with model_names_redacted(model):
             assert config._name_or_path == "/models/[redacted $DPO_SWEEP_STORAGE]"
     assert config._name_or_path == f"/models/{password}"
+
+
+# Secrets that YAML writes escaped: a non-ASCII character becomes \xE4 in a double-quoted scalar, and a ' is doubled
+# in a single-quoted one (a value with ": " in it must be quoted). Each ends in an ASCII tail that any escaping leaves
+# as it is: a file holding that tail holds the secret, in some spelling.
+ESCAPED = {"MY_SERVICE_API_KEY": "pässwort-zq9UMLAUT4242", "DB_PASSWORD": "o'brien: zq9QUOTE4242"}
+TAILS = ("zq9UMLAUT4242", "zq9QUOTE4242")
+
+
+def files_holding_a_tail(folder) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and any(tail.encode() in p.read_bytes() for tail in TAILS)
+    )
+
+
+@pytest.mark.slow
+def test_a_secret_that_yaml_escapes_reaches_no_file_of_the_run_or_its_export(tmp_path):
+    """The regression: recipe.yaml was redacted as text after YAML had escaped the secret, which then reached
+    recipe.yaml, every model card (they quote it), report.html and the export folder (and so the hub)."""
+    import yaml
+
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    model = build_tiny_model(tmp_path / f"model-{umlaut}")
+    data = tmp_path / f"data-{quote}"
+    data.mkdir()
+    shutil.copy(ARITHMETIC / "train.jsonl", data / "train.jsonl")
+    recipe = tiny_recipe_dict(model, 16, {**TINY_TRAINING, "max_steps": 2})
+    recipe["name"] = f"run-{umlaut}"
+    recipe["data"]["train"] = str(data / "train.jsonl")
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
+    run_dir, export = tmp_path / "run", tmp_path / "export"
+    env = {**os.environ, **ESCAPED, "HF_HUB_OFFLINE": "1"}
+    proc = dpo("train", str(path), "--output-dir", str(run_dir), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = dpo("export", str(run_dir), "--output", str(export), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert files_holding_a_tail(run_dir) == [] and files_holding_a_tail(export) == []
+    written = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    assert written["model"]["name_or_path"] == str(tmp_path / "model-[redacted $MY_SERVICE_API_KEY]")
+    assert written["data"]["train"] == str(tmp_path / "data-[redacted $DB_PASSWORD]" / "train.jsonl")
+    assert written["name"] == "run-[redacted $MY_SERVICE_API_KEY]"
+    assert (run_dir / "recipe.yaml").read_text() in (export / "README.md").read_text()  # the card quotes it whole
+
+
+def test_cards_and_report_of_a_run_made_before_keep_its_escaped_secret_out(tmp_path, monkeypatch):
+    """A run made before recipe.yaml was redacted ahead of dumping holds the secret there, escaped: the model card (of
+    a checkpoint, final/, an export) and report.html quote recipe.yaml and name its base model: they must not pass it
+    on."""
+    import yaml
+
+    from dpo.analysis.model_card import write_model_card
+    from dpo.analysis.report import write_report
+
+    for name, value in ESCAPED.items():
+        monkeypatch.setenv(name, value)
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    recipe = {"name": "old", "model": {"name_or_path": f"/models/{umlaut}"}, "data": {"train": f"/d/{quote}/t.jsonl"}}
+    text = yaml.safe_dump(recipe, sort_keys=False)  # as the old runs wrote it
+    assert umlaut not in text and quote not in text and all(tail in text for tail in TAILS)
+    (tmp_path / "recipe.yaml").write_text(text)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 0.69}\n')
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "adapter_config.json").write_text('{"base_model_name_or_path": "/cache/model"}')
+    write_model_card(tmp_path / "final", tmp_path)
+    write_report(tmp_path)
+    assert files_holding_a_tail(tmp_path) == ["recipe.yaml"]
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "name_or_path: /models/[redacted $MY_SERVICE_API_KEY]" in card
+    assert json.loads((tmp_path / "final" / "adapter_config.json").read_text()) == {
+        "base_model_name_or_path": "/models/[redacted $MY_SERVICE_API_KEY]"
+    }
+
+
+@pytest.mark.slow
+def test_no_file_in_a_sweep_directory_holds_a_secret(tmp_path, monkeypatch):
+    """The regression: sweep.yaml and the study's attributes in study.db (the spec's fixed and search values) kept
+    the secrets, and best.yaml's fallback (the best trial's run directory not readable here) did too. One trial of
+    two steps: a secret in a fixed value, one YAML escapes in a variant's overrides, and another in a `choice` value
+    (optuna records the choices)."""
+    import optuna
+    import yaml
+
+    from dpo.sweep import driver
+    from dpo.sweep.spec import load_spec
+    from dpo.sweep.storage import open_storage
+
+    umlaut, quote = ESCAPED["MY_SERVICE_API_KEY"], ESCAPED["DB_PASSWORD"]
+    model = build_tiny_model(tmp_path / f"model-{quote}")
+    train, held_out = tmp_path / f"train-{SECRET}", tmp_path / f"eval-{umlaut}"
+    for folder, split in ((train, "train"), (held_out, "eval")):
+        folder.mkdir()
+        shutil.copy(ARITHMETIC / f"{split}.jsonl", folder / f"{split}.jsonl")
+    base_model = build_tiny_model(tmp_path / "model")
+    recipe = write_recipe(tmp_path / "base.yaml", tiny_recipe_dict(base_model, 16, TINY_TRAINING))
+    spec = tmp_path / "spec.yaml"
+    fixed = {"training.max_steps": 2, "training.eval_steps": 1, "data.train": str(train / "train.jsonl")}
+    search = {
+        "model.name_or_path": {"choice": [str(model)]},
+        "held_out": {"variants": {"here": {"data.eval": str(held_out / "eval.jsonl")}}},
+    }
+    objective = {"metric": "eval_rewards/accuracies"}
+    spec.write_text(yaml.safe_dump({"recipe": str(recipe), "objective": objective, "trials": 1, "fixed": fixed,
+                                    "search": search}))  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    secrets = {**ESCAPED, "OTHER_API_KEY": SECRET}
+    env = {**os.environ, **secrets, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = dpo("sweep", str(spec), "--output-dir", str(sweep_dir), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
+    assert summary["trials"][0]["state"] == "complete"
+    assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
+    written = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    assert written["fixed"]["data.train"] == str(tmp_path / "train-[redacted $OTHER_API_KEY]" / "train.jsonl")
+
+    # best.yaml from the base recipe and the best trial's parameters: its run directory is on another machine
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    (sweep_dir / "trials" / "trial-0000" / "recipe.yaml").unlink()
+    (sweep_dir / "best.yaml").unlink()
+    loaded = load_spec(spec)
+    study = optuna.load_study(study_name=loaded.name, storage=open_storage(driver.sqlite_url(sweep_dir / "study.db")))
+    driver._write_best(driver.summarize(study, loaded, sweep_dir), loaded, sweep_dir)
+    assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["model"]["name_or_path"] == str(tmp_path / "model-[redacted $DB_PASSWORD]")
+
+
+def test_a_redacted_value_stays_on_one_line_of_recipe_yaml(tmp_path, monkeypatch):
+    """The redaction puts a space into a value ("[redacted $NAME]"), where YAML folds a long plain scalar onto the next
+    line: recipe.yaml keeps each value on its line, as a reader (or grep) expects."""
+    from dpo.config.loading import load_recipe
+    from dpo.rundir.secrets import redact_data
+
+    monkeypatch.setenv("MY_SERVICE_API_KEY", SECRET)
+    folder = "/a/folder/deep/enough/that/the/line/runs/well/past/eighty/characters"
+    recipe = {"name": "r", "model": {"name_or_path": "m"}, "data": {"train": f"{folder}/{SECRET}/train.jsonl"}}
+    text = load_recipe(write_recipe(tmp_path / "r.yaml", recipe)).recipe.to_yaml(redact=redact_data)
+    assert f"  train: {folder}/[redacted $MY_SERVICE_API_KEY]/train.jsonl\n" in text
