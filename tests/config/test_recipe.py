@@ -311,7 +311,9 @@ def test_a_dated_run_name_is_a_name(tmp_path):
 
 
 def test_a_whole_number_still_counts_as_a_number(base):
-    recipe = load_recipe(base, ["loss.beta=1", "peft.alpha=16", "data.train=[{path: a.jsonl, weight: 2}, {path: b.jsonl, weight: 1}]"]).recipe
+    recipe = load_recipe(
+        base, ["loss.beta=1", "peft.alpha=16", "data.train=[{path: a.jsonl, weight: 2}, {path: b.jsonl, weight: 1}]"]
+    ).recipe
     assert recipe.loss.beta == 1.0 and isinstance(recipe.loss.beta, float) and recipe.peft.alpha == 16.0
     assert recipe.data.train[0].weight == 2.0
 
