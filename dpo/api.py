@@ -160,25 +160,21 @@ def recipes():
 def inspect_data(target: str | Path, overrides=(), **options) -> dict:
     """Counts, token lengths, invalid rows and samples of a data file or a recipe's data.
 
-    A recipe's keys are checked as `dpo validate` checks them before it reads data: the `loss` section's keys
-    against the loss table (dpo/training/loss_plan.py), which the data layer cannot read, and the keys the rest of
-    the recipe makes no-ops; every problem found is reported together."""
+    A recipe's keys are checked as `dpo validate` checks them before it reads data (gate.check_settings: the loss
+    table, the DPOConfig, the keys that would have no effect and the checks across them); every problem found is
+    reported together. The run directory is not checked: inspecting writes none."""
     from dpo.config.shipped import RECIPE_SUFFIXES, resolve_recipe_path
     from dpo.data.inspect import inspect_data as inspect
 
     if resolve_recipe_path(target).suffix.lower() in RECIPE_SUFFIXES:  # a recipe file, or a shipped recipe's name
         target = resolve_recipe_path(target)
-        from dpo.config.checks import check_no_op_keys
         from dpo.config.loading import load_recipe
         from dpo.errors import Problems
-        from dpo.training.loss_plan import loss_plan
+        from dpo.training.gate import check_settings, default_output_dir
 
         loaded = load_recipe(target, list(overrides))
         problems = Problems()
-        with problems.collect():
-            loss_plan(loaded)
-        with problems.collect():
-            check_no_op_keys(loaded)
+        check_settings(loaded, default_output_dir(loaded.recipe), problems)
         problems.raise_all()
     return inspect(target, list(overrides), **options)
 

@@ -143,8 +143,8 @@ def validate(
     if has_previous_attempt(checked.run_dir):  # train's one check that reads what is there, not the recipe
         typer.echo(
             redact(
-                f"warning: {checked.run_dir}: holds a run already: dpo train refuses it unless --resume continues it; "
-                "choose another --output-dir for a new run"
+                f"warning: {checked.run_dir}: holds files already: dpo train refuses it unless --resume continues "
+                "the run there; choose another --output-dir for a new run"
             ),
             err=True,
         )

@@ -93,7 +93,7 @@ def test_validate_warns_that_train_would_refuse_a_run_directory_in_use(good, tmp
     proc = invoke_dpo("validate", good, "--output-dir", run_dir)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"warning: {run_dir}: holds a run already: dpo train refuses it unless --resume continues it; "
+        f"warning: {run_dir}: holds files already: dpo train refuses it unless --resume continues the run there; "
         "choose another --output-dir for a new run"
     ]
     assert proc.stdout.startswith("ok: ")
@@ -270,6 +270,16 @@ def test_a_setting_that_the_rest_of_the_recipe_turns_off_is_an_error(good, overr
     proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
     assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
     assert invoke_dpo("validate", good, *[a for o in overrides[:-1] for a in ("--set", o)]).returncode == 0
+
+
+def test_turning_off_evaluations_overrides_a_base_recipes_cadence(tmp_path):
+    """quickstart.yaml sets eval_steps 10; a child or --set that turns evaluations off overrides that cadence, as the
+    speed benchmarks do to plain.yaml: not a knob set to do nothing (eval_steps written beside it is, above)."""
+    from tests.conftest import REPO
+
+    plain = REPO / "recipes" / "plain.yaml"
+    proc = invoke_dpo("validate", plain, "--set", "training.eval_strategy=no", "--output-dir", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(

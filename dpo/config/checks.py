@@ -51,8 +51,19 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
                        "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip
     if training.get("eval_strategy") == "no":  # transformers reads neither, and the saves then follow save_steps 0.1
+        # only where they were written beside it: a base recipe's cadence (quickstart.yaml's eval_steps) that a child
+        # or --set turns off with eval_strategy: no is an override, not a knob set to do nothing
+        strategy_source = loaded.source("training.eval_strategy")
         no_ops += [(f"training.{key}", "training.eval_strategy is 'no'")
-                   for key in ("eval_steps", "eval_delay") if training.get(key) not in (None, 0)]  # fmt: skip
+                   for key in ("eval_steps", "eval_delay")
+                   if training.get(key) not in (None, 0)
+                   and loaded.source(f"training.{key}") == strategy_source]  # fmt: skip
+    for split in ("train", "eval"):  # here, not in the schema: a run's recipe.yaml from before still loads
+        weighted = [i for i, source in enumerate(data.sources(split)) if source.weight is not None]
+        if len(weighted) == 1:  # its share of the weighted sources' own row count is all of it
+            no_ops.append((f"data.{split}", f"source {weighted[0]}: weight: weighted sources share their total row "
+                           "count by weight, and this source is the only weighted one, so it gives its rows once "
+                           "whatever the weight; weight another source too, or give this one a count"))  # fmt: skip
     # max_steps of the wrong type is the DPOConfig check's error (reported with this one), not a comparison here
     max_steps = recipe.training.get("max_steps")
     if "num_train_epochs" in recipe.training and isinstance(max_steps, int) and max_steps > 0:

@@ -180,13 +180,6 @@ class DataSection(Section):
                     raise ValueError(f"source {i}: required key '{key}' is missing") from None
                 message = values_problem([err], key).removeprefix(f"{key}: ")
                 raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
-        weighted = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("weight") is not None]
-        if len(weighted) == 1:  # its share of the weighted sources' own row count is all of it
-            raise ValueError(
-                f"source {weighted[0]}: weight: has no effect: weighted sources share their total row count by weight, "
-                "and this source is the only weighted one, so it gives its rows once whatever the weight; weight "
-                "another source too, or give this one a count"
-            )
         return value
 
 

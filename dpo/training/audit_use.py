@@ -15,7 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from dpo.data.prepare import PreparedData, content_hash, share_of
+from dpo.data.prepare import PreparedData, content_hash
+from dpo.data.rows import share_of
 from dpo.errors import UserError
 from dpo.training.audit import AUDIT_FILE, audit_checked, render, write_audit
 from dpo.training.loss_plan import AUTO

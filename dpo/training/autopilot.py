@@ -501,8 +501,15 @@ class Autopilot(TrainerCallback, ExportableState):
         """Put back `state()` (from a checkpoint's trainer_state.json) and re-apply the loss controls."""
         attributes = saved.get("attributes", {})
         if "controls" in attributes:  # a checkpoint of an older version lacks newer controls: the recipe's values
-            saved_controls = {k: v for k, v in attributes["controls"].items() if k in Controls.__dataclass_fields__}
-            self.controls = dataclasses.replace(Controls.of(self.base_plan), **saved_controls)
+            recipe_controls = Controls.of(self.base_plan)
+            # a control the recipe's losses do not take stays None: a checkpoint from before ORPO's NLL term counted
+            # as one holds nll_weight 0.0, which would let the displacement rule add a second NLL term
+            saved_controls = {
+                k: v
+                for k, v in attributes["controls"].items()
+                if k in Controls.__dataclass_fields__ and getattr(recipe_controls, k) is not None
+            }
+            self.controls = dataclasses.replace(recipe_controls, **saved_controls)
         for name in ("decisions", "rested_until", "evaluations", "stopped_at"):
             if name in attributes:
                 setattr(self, name, attributes[name])

@@ -17,8 +17,8 @@ from typing import Any
 from dpo.config.checks import check_no_op_keys
 from dpo.config.loading import LoadedRecipe, load_recipe
 from dpo.config.schema import Recipe
-from dpo.data.prepare import PreparedData, prepare_data, share_of
-from dpo.data.rows import SCORE_GAP
+from dpo.data.prepare import PreparedData, prepare_data
+from dpo.data.rows import SCORE_GAP, share_of
 from dpo.errors import Problems, UserError, did_you_mean, raise_all
 from dpo.metrics import EVAL_METRICS, lookup
 from dpo.rundir.writable import check_output_dir

@@ -9,10 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from dpo.cli import app
+from dpo.config.checks import check_no_op_keys
 from dpo.config.loading import load_recipe
 from dpo.config.schema import DataSection
-from dpo.data.prepare import _weighted_shares, prepare_data, share_of
-from dpo.data.rows import extract_prompt, normalize
+from dpo.data.prepare import _weighted_shares, prepare_data
+from dpo.data.rows import extract_prompt, normalize, share_of
 from dpo.errors import UserError
 from tests.conftest import REPO, write_recipe
 
@@ -97,10 +98,11 @@ def test_a_weight_with_no_other_weighted_source_is_an_error(tmp_path, two_source
     sources = [{"path": path, **keys} for path, keys in zip([*two_sources, two_sources[0]], train, strict=False)]
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": sources}})
     lone = next(i for i, keys in enumerate(train) if "weight" in keys)
+    loaded = load_recipe(recipe)  # a run's recipe.yaml written before this check still loads (dpo export, eval)
     with pytest.raises(UserError) as err:
-        load_recipe(recipe)
+        check_no_op_keys(loaded)  # what dpo validate, dpo train and a sweep's trials run
     assert str(err.value) == (
-        f"{recipe}: data.train: source {lone}: weight: has no effect: weighted sources share their total row count "
+        f"{recipe}: data.train: has no effect: source {lone}: weight: weighted sources share their total row count "
         "by weight, and this source is the only weighted one, so it gives its rows once whatever the weight; "
         "weight another source too, or give this one a count"
     )
@@ -367,6 +369,10 @@ def test_data_inspect_checks_the_recipe_as_validate_does(sums_recipe, tmp_path):
     assert result.stderr.splitlines() == [
         f"error: {sums_recipe}: data.heldout_fraction: has no effect: data.eval is set, so nothing is split off"
     ]
+    # and the checks that need the DPOConfig (validate's gate.check_settings): the held-out KL off by default
+    sets = ["peft=null", "training.precompute_ref_log_probs=true", "logging.heldout_kl_pairs=32"]
+    result = CliRunner().invoke(app, ["data", "inspect", str(sums_recipe), *[a for o in sets for a in ("--set", o)]])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --set: logging.heldout_kl_pairs: has no effect")
 
 
 def test_data_inspect_names_the_option_at_fault(sums_recipe, tmp_path):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -584,7 +585,8 @@ def test_trust_remote_code_is_off_by_default_and_warned_about(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {"data": {"train": str(ARITHMETIC / "train.jsonl")}})
     assert load_recipe(recipe).recipe.model.trust_remote_code is False
     loaded = load_recipe(recipe, ["model.trust_remote_code=true"])
-    (warning,) = CheckedRecipe(loaded, None, None, None, tmp_path).warnings
+    data = SimpleNamespace(card={"split": {"prompts_in_both": 0}})  # held-out prompts apart from training ones
+    (warning,) = CheckedRecipe(loaded, data, None, None, tmp_path).warnings
     assert warning.startswith("--set: model.trust_remote_code: true: Python code shipped with the model")
 
 

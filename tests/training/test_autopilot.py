@@ -108,6 +108,11 @@ def test_a_checkpoint_without_newer_controls_resumes_with_the_recipes_values():
     old = {"nll_weight": 0.25, "dpop_lambda": None, "label_smoothing": 0.1, "lr_factor": 0.5, "gone": 1}
     autopilot.load_state({"attributes": {"controls": old}})
     assert autopilot.controls == Controls(nll_weight=0.25, label_smoothing=0.1, shift_lambda=1.0, lr_factor=0.5)
+    # a checkpoint written before ORPO's own NLL term was counted holds nll_weight 0.0: it stays None
+    orpo = pilot(plan=LossPlan(terms=(("orpo", 1.0), ("ipo", 1.0))))
+    orpo.load_state({"attributes": {"controls": {"nll_weight": 0.0, "lr_factor": 0.5}}})
+    assert orpo.controls.nll_weight is None and orpo.controls.lr_factor == 0.5
+    assert orpo.decide(0, evaluation(eval_logratios__chosen=-3.0)) == []
 
 
 def test_displacement_lowers_the_shift_then_turns_on_the_nll_term_to_its_bound_with_cooldowns():
