@@ -308,6 +308,10 @@ def build_dpo_config(loaded: LoadedRecipe, run_dir: Path):
         ),
         output_dir=str(run_dir / CHECKPOINTS),
         seed=recipe.seed,
+        # TRL loads a second copy of the model itself (the reference under full fine-tuning, FSDP's temporary copy)
+        # with this flag: without it a model that exists only as custom code would fail to load there, and one whose
+        # model_type transformers also knows would be built from transformers' class, not the policy's code
+        trust_remote_code=recipe.model.trust_remote_code,
         run_name=recipe.name,
         beta=recipe.loss.beta,
         report_to=report_to or "none",

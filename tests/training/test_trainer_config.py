@@ -207,6 +207,14 @@ def test_dpoconfig_gets_recipe_values_and_cpu_defaults(recipe_path, tmp_path):
     assert config.report_to == [] or config.report_to == "none" or config.report_to == ["none"]
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_dpoconfig_carries_model_trust_remote_code(recipe_path, tmp_path, trusted):
+    """TRL loads the reference copy under full fine-tuning (and FSDP's temporary one) with DPOConfig's flag, not the
+    recipe's: a model that exists only as custom code would fail to load there without it."""
+    loaded = load_recipe(recipe_path, [f"model.trust_remote_code={str(trusted).lower()}"])
+    assert build_dpo_config(loaded, tmp_path / "run").trust_remote_code is trusted
+
+
 @pytest.mark.parametrize(
     ("strategy", "max_steps", "eval_steps", "eval_delay", "reason"),
     [
