@@ -174,10 +174,11 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "kl",
-        "KL(policy || reference) summed over each held-out answer's tokens, mean over answers (nats)",
+        "KL(policy || reference) summed over each answer's tokens, mean over the answers of the first "
+        "logging.heldout_kl_pairs held-out pairs (default 16; null: all) (nats)",
         "min",
         logged=HELD_OUT,
-        chart="KL(policy || reference) on held-out answers, nats per answer",
+        chart="KL(policy || reference) on the first logging.heldout_kl_pairs held-out pairs, nats per answer",
         per_pair=True,
         needs_reference=True,
     ),

@@ -123,6 +123,15 @@ def test_sweep_objective_direction_comes_from_the_table(tiny_recipe, tmp_path):
         spec({"metric": "eval_entropy"})
 
 
+def test_eval_kl_says_it_is_measured_on_the_kl_subsample():
+    """eval_kl is computed on the first logging.heldout_kl_pairs held-out pairs (16 by default), not on every held-out
+    pair: its meaning (docs, --help, early stopping's list) and its report chart's title say so."""
+    kl = lookup("eval_kl")
+    subsample = "the first logging.heldout_kl_pairs held-out pairs"
+    assert subsample in kl.meaning and subsample in kl.chart
+    assert subsample in EVAL_METRICS["eval_kl"]
+
+
 def test_headline_numbers():
     assert HEADLINE == ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_logps/accuracies")
 

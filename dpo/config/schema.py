@@ -338,8 +338,9 @@ class LoggingSection(Section):
     )
     heldout_kl: bool | None = Field(
         None,
-        description="Log eval_kl, the policy's KL from the reference on the held-out answers, at each evaluation "
-        "(costs one reference forward per held-out batch with precomputed reference log-probs). null: on whenever "
+        description="Log eval_kl, the policy's KL from the reference on the answers of the first heldout_kl_pairs "
+        "held-out pairs, at each evaluation (costs one reference forward per held-out batch with precomputed "
+        "reference log-probs). null: on whenever "
         "a reference model is available at evaluation (not under full fine-tuning with precomputed log-probs).",
     )
     heldout_kl_pairs: int | None = Field(
