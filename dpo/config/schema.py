@@ -38,7 +38,8 @@ class ModelSection(Section):
         True,
         description="Compute each pair's prompt once: one row [prompt | chosen | rejected] with a block attention "
         "mask, exact (docs/speed.md). Where the model or its attention implementation cannot take it, the run says "
-        "so and uses two sequences per pair; false: always two sequences, as TRL does.",
+        "so and uses two sequences per pair; false: always two sequences, as TRL does. With dropout active in "
+        "training, the policy's training forward uses two sequences (each answer its own dropout draw).",
     )
 
 

@@ -73,6 +73,7 @@ class Trainer(DPOTrainer):
         self.heldout_kl = heldout_kl
         self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
         self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
+        self._dropout_apart = False  # dropout in the policy's training forward: two sequences there (see above)
         self._share_prompt_wanted, self._sharing_decided = share_prompt, False
         self._causal_needs_no_mask = False
         # forward passes per layout (policy, reference and the held-out KL's each count; the benchmark reports them)
@@ -134,15 +135,18 @@ class Trainer(DPOTrainer):
         last training batch)."""
         return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
 
-    def _sequence_logps(self, model, inputs: dict, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
+    def _sequence_logps(self, model, inputs: dict, policy: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch.
 
         With the prompt shared (dpo/training/packing.py) one row per pair goes through the model and the per-token
-        results come back in the ordinary (2B, T - 1) layout. `noise`: NEFTune on, if configured and training."""
+        results come back in the ordinary (2B, T - 1) layout. `policy`: the policy's own forward, False for the
+        reference's and the start-up check's. In the policy's training forward: NEFTune's noise, if configured; two
+        sequences where dropout is active."""
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
-        layout = self._packed_layout(inputs)
-        self._neftune_on = noise and self.loss_plan.neftune_alpha is not None and model.training
+        training = policy and model.training
+        layout = self._packed_layout(inputs, policy_training=training)
+        self._neftune_on = training and self.loss_plan.neftune_alpha is not None
         self._neftune_length = inputs["input_ids"].size(1)
         try:
             if layout is not None:
@@ -205,6 +209,18 @@ class Trainer(DPOTrainer):
             self.layouts_used = dict.fromkeys(self.layouts_used, 0)  # not counting the check's batch
         if reason and self.accelerator.is_main_process:
             print(f"prompt sharing: off ({reason}); chosen and rejected run as two sequences", flush=True)
+        dropout = _active_dropout(unwrapped) if self.share_prompt else None
+        # With dropout on, the shared prompt would get one dropout draw that both answers see, and the DPO loss,
+        # which reads their difference, would cancel most of it: a weaker regulariser than asked for. So the policy's
+        # training forward keeps two sequences, each with its own draw, as TRL's. Evaluation (no dropout) and the
+        # reference's forward (no gradient: dropout regularises nothing there) keep the prompt shared.
+        self._dropout_apart = dropout is not None
+        if dropout and self.accelerator.is_main_process:
+            print(
+                f"prompt sharing: off in the policy's training forward ({dropout}): chosen and rejected run as two "
+                "sequences there, each with its own dropout; evaluation and the reference keep the prompt shared",
+                flush=True,
+            )
 
     @torch.no_grad()
     def _prompt_sharing_mismatch(self) -> str | None:
@@ -225,9 +241,9 @@ class Trainer(DPOTrainer):
         model.eval()
         try:
             with self.accelerator.autocast():
-                shared = self._sequence_logps(model, batch, noise=False)[1]
+                shared = self._sequence_logps(model, batch, policy=False)[1]
                 self.share_prompt = False
-                ordinary = self._sequence_logps(model, batch, noise=False)[1]
+                ordinary = self._sequence_logps(model, batch, policy=False)[1]
         except Exception as exc:  # noqa: BLE001 - any failure of the shared layout means: use the ordinary one
             return f"the model rejects the shared layout: {type(exc).__name__}: {str(exc)[:120]}"
         finally:
@@ -239,12 +255,16 @@ class Trainer(DPOTrainer):
             return f"log-probs differ from the two-sequence forward by {difference:.2g} on a test batch"
         return None
 
-    def _packed_layout(self, inputs: dict) -> PackedPairs | None:
-        """The shared-prompt layout of a batch, or None: off, a batch it would not be exact for, or one it would make
-        dearer (long answers after a short prompt: saving the prompt costs less than the longer rows' attention)."""
+    def _packed_layout(self, inputs: dict, policy_training: bool = False) -> PackedPairs | None:
+        """The shared-prompt layout of a batch, or None: off, a batch it would not be exact for, one it would make
+        dearer (long answers after a short prompt: saving the prompt costs less than the longer rows' attention), or
+        the policy's training forward with dropout active (see _decide_prompt_sharing)."""
         if not self.share_prompt or set(inputs) - {"input_ids", "attention_mask", *_NON_MODEL_KEYS}:
             return None
-        layout = pack_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], pad_token_id=0)
+        layout = None
+        if not (policy_training and self._dropout_apart):
+            ids, attention, completion = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+            layout = pack_pairs(ids, attention, completion, pad_token_id=0)
         if layout is not None and not self._sharing_pays(inputs["input_ids"].shape, layout.input_ids.shape):
             layout = None
         self.layouts_used["two_sequences" if layout is None else "shared"] += 1
@@ -333,7 +353,7 @@ class Trainer(DPOTrainer):
             reference_context(),
             self.accelerator.autocast(),
         ):
-            _, logps, _ = self._sequence_logps(model, inputs, noise=False)
+            _, logps, _ = self._sequence_logps(model, inputs, policy=False)
         return logps.chunk(2)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
@@ -891,6 +911,21 @@ class _ScoreGapCollator:
         batch = self.collate(examples)
         batch[SCORE_GAP] = torch.tensor([example[SCORE_GAP] for example in examples], dtype=torch.float32)
         return batch
+
+
+def _active_dropout(model: torch.nn.Module) -> str | None:
+    """What dropout the model draws in training mode, in words, or None: `nn.Dropout` layers with p > 0 (the model's,
+    LoRA's `lora_dropout`; TRL's `disable_dropout` sets their p to 0) and attention dropout, which attention modules
+    apply as a float (`attention_dropout`) and `disable_dropout` leaves alone."""
+    layers = sum(1 for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+    rates = [getattr(m, "attention_dropout", None) for m in model.modules()]
+    attention = max((rate for rate in rates if isinstance(rate, float)), default=0.0)
+    parts = []
+    if layers:
+        parts.append(f"{layers} dropout layer{'s' if layers > 1 else ''} with p > 0")
+    if attention > 0:
+        parts.append(f"attention dropout {attention:g}")
+    return "dropout: " + ", ".join(parts) if parts else None
 
 
 def _token_fields(policy: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> dict:

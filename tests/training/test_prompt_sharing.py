@@ -137,10 +137,45 @@ def test_neftune_noise_reaches_the_policy_only_and_equally(tmp_path, tiny_model_
     noisy, ordinary = _both_layouts(trainer, lambda: trainer._sequence_logps(trainer.model, batch)[1].detach())
     assert torch.allclose(noisy, ordinary, atol=1e-4, rtol=0)
     assert scales[0] == scales[1]  # scaled by the ordinary batch's length in both layouts
-    clean = trainer._sequence_logps(trainer.model, batch, noise=False)[1].detach()
+    clean = trainer._sequence_logps(trainer.model, batch, policy=False)[1].detach()
     assert not torch.allclose(noisy, clean, atol=1e-4)  # the noise was applied
     ref_a, ref_b = _both_layouts(trainer, lambda: torch.cat(trainer.compute_ref_log_probs(trainer.model, batch)))
     assert torch.allclose(ref_a, ref_b, atol=1e-4) and torch.allclose(ref_a, clean, atol=1e-4)  # no noise there
+
+
+@pytest.mark.parametrize("dropout", [True, False], ids=["dropout", "no-dropout"])
+def test_with_dropout_the_policys_training_forward_runs_two_sequences(tmp_path, tiny_model_dir, capsys, dropout):
+    """Shared, the prompt would get one dropout draw that both answers see, and the DPO loss, which reads their
+    difference, would cancel most of it: a weaker regulariser than asked for. With dropout active the policy's
+    training forward runs two sequences (TRL's layout, a draw per answer), said once; evaluation and the reference
+    keep the prompt shared. Without dropout (TRL's default disable_dropout) the training forward shares it too."""
+    overrides = ["peft.dropout=0.5", "training.disable_dropout=false"] if dropout else []
+    trainer = _trainer(tmp_path, tiny_model_dir, overrides)
+    assert trainer.share_prompt and trainer._dropout_apart is dropout
+    said = "prompt sharing: off in the policy's training forward (dropout: 4 dropout layers with p > 0)"
+    assert capsys.readouterr().out.count(said) == (1 if dropout else 0)  # LoRA's, on q_proj and v_proj of 2 layers
+    batch = _batch(trainer)
+    trainer.model.train()
+    trainer._sequence_logps(trainer.model, batch)  # the policy's training forward
+    assert trainer.layouts_used == {"shared": 0, "two_sequences": 1} if dropout else {"shared": 1, "two_sequences": 0}
+    trainer.compute_ref_log_probs(trainer.model, batch)  # the reference: the adapter disabled, in training mode
+    trainer.model.eval()
+    trainer._sequence_logps(trainer.model, batch)  # an evaluation forward
+    assert trainer.layouts_used["shared"] == (2 if dropout else 3)
+
+
+def test_attention_dropout_counts_as_dropout():
+    """Attention modules apply attention dropout as a float, which TRL's disable_dropout (it sets nn.Dropout's p to 0)
+    leaves alone; a dropout layer with p 0 draws nothing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = {"vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1}
+    small.update(num_attention_heads=2, num_key_value_heads=1)
+    assert trainer_module._active_dropout(LlamaForCausalLM(LlamaConfig(**small, attention_dropout=0.0))) is None
+    model = LlamaForCausalLM(LlamaConfig(**small, attention_dropout=0.1))
+    assert trainer_module._active_dropout(model) == "dropout: attention dropout 0.1"
+    model.model.dropouts = torch.nn.ModuleList([torch.nn.Dropout(0.2), torch.nn.Dropout(0.0)])
+    assert trainer_module._active_dropout(model) == "dropout: 1 dropout layer with p > 0, attention dropout 0.1"
 
 
 def test_an_attention_implementation_that_cannot_take_it_falls_back(tmp_path, tiny_model_dir, monkeypatch, capsys):
