@@ -236,8 +236,12 @@ METRICS: tuple[Metric, ...] = (
     # transformers' end-of-training event
     Metric("train_loss", "mean train loss over every step of the run", "min", logged=TRAIN),
     Metric("train_runtime", "seconds of training (all attempts of a resumed run)", None, logged=TRAIN),
-    Metric("train_samples_per_second", "pairs trained on per second", None, logged=TRAIN),
-    Metric("train_steps_per_second", "optimizer steps per second", None, logged=TRAIN),
+    Metric(
+        "train_samples_per_second", "pairs trained on per second (a resumed run: its last attempt)", None, logged=TRAIN
+    ),
+    Metric(
+        "train_steps_per_second", "optimizer steps per second (a resumed run: its last attempt)", None, logged=TRAIN
+    ),
     Metric("total_flos", "floating-point operations of training, as transformers counts them", None, logged=TRAIN),
 )
 

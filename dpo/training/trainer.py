@@ -614,6 +614,10 @@ class Trainer(DPOTrainer):
             total, step = self._loss_sum_before
             steps = self.state.global_step
             logs["train_loss"] = (total + logs["train_loss"] * (steps - step)) / max(steps, 1)
+        if "train_runtime" in logs and self.runtime_before:
+            # transformers times this attempt only; the key means every attempt's time (dpo/metrics.py), as
+            # summary.json's runtime_s does (the rates, train_*_per_second, stay this attempt's: its steps, its time)
+            logs["train_runtime"] = round(self.runtime_before + logs["train_runtime"], 4)
         super().log(logs, start_time)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -801,7 +805,7 @@ class Trainer(DPOTrainer):
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
         metrics = {
-            "train_runtime": round(self.runtime_before, 4),
+            "train_runtime": 0.0,  # this attempt trains nothing; log() adds the earlier attempts' (runtime_before)
             "total_flos": self.state.total_flos,
             "train_loss": 0.0,
         }

@@ -1,9 +1,10 @@
-"""Parts of the trainer's bookkeeping checked on a bare trainer object (no model loaded): what a resumed run saves,
-and when the reference log-probs are computed up front; and a mixture-of-experts model trained and evaluated."""
+"""Parts of the trainer's bookkeeping checked on a bare trainer object (no model loaded): what a resumed run saves and
+logs, and when the reference log-probs are computed up front; and a mixture-of-experts model trained and evaluated."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -55,6 +56,36 @@ def test_under_fsdp_the_reference_is_computed_up_front_while_trls_temporary_copy
     assert precompute(fsdp=True, copy=torch.nn.Linear(1, 1)) == (1, ["train"])
     assert precompute(fsdp=False, copy=torch.nn.Linear(1, 1)) == ("pairs", [])
     assert precompute(fsdp=True, copy=torch.nn.Linear(1, 1), given=True) == ("pairs", [])
+
+
+def test_train_runtime_of_a_resumed_run_covers_every_attempt(tmp_path, monkeypatch):
+    """The metric table says train_runtime covers every attempt of a resumed run, as the end line of a run resumed
+    into finish_from_checkpoint did; after a resumed train() it held the last attempt's time alone. Both now log the
+    earlier attempts' time (runtime_before, from the checkpoint) plus this attempt's; the rates stay this attempt's."""
+    from transformers import TrainerState
+    from trl import DPOTrainer
+
+    logged = []
+    monkeypatch.setattr(DPOTrainer, "log", lambda self, logs, start_time=None: logged.append(dict(logs)))
+    trainer = bare_trainer(
+        _evaluating=False, heldout_kl=False, model=torch.nn.Linear(1, 1), _eval_pairs={}, _since_eval=defaultdict(list),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _preference_losses=[], runtime_before=100.0,
+        _loss_sum_before=(1.5, 2), state=SimpleNamespace(global_step=4),
+    )  # fmt: skip
+    trainer.log({"train_runtime": 20.0, "train_samples_per_second": 1.6, "train_loss": 0.5})  # a resumed train()
+    assert logged[-1]["train_runtime"] == 120.0 and logged[-1]["train_samples_per_second"] == 1.6
+    assert logged[-1]["train_loss"] == pytest.approx((1.5 + 0.5 * 2) / 4)
+
+    checkpoint = tmp_path / "checkpoint-4"  # a run resumed where training had already ended
+    checkpoint.mkdir()
+    TrainerState(global_step=4, total_flos=7.0).save_to_json(str(checkpoint / "trainer_state.json"))
+    trainer._load_from_checkpoint = lambda path: None
+    output = trainer.finish_from_checkpoint(str(checkpoint))
+    assert logged[-1]["train_runtime"] == 100.0 == output.metrics["train_runtime"]  # every attempt's, not twice
+
+    trainer.runtime_before, trainer._loss_sum_before = 0.0, None  # a run never resumed: transformers' own value
+    trainer.log({"train_runtime": 20.0, "train_loss": 0.5})
+    assert logged[-1]["train_runtime"] == 20.0
 
 
 @pytest.mark.slow
