@@ -140,8 +140,8 @@ class Trainer(DPOTrainer):
 
         With the prompt shared (dpo/training/packing.py) one row per pair goes through the model and the per-token
         results come back in the ordinary (2B, T - 1) layout. `policy`: the policy's own forward, False for the
-        reference's and the start-up check's. In the policy's training forward: NEFTune's noise, if configured; two
-        sequences where dropout is active."""
+        reference's and the start-up check's. In the policy's training forward: NEFTune's noise, if configured; a
+        mixture of experts' router logits, for its router loss; two sequences where dropout is active."""
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
         training = policy and model.training
@@ -160,7 +160,10 @@ class Trainer(DPOTrainer):
             else:
                 model_kwargs = self._ordinary_kwargs(inputs)
                 if self.aux_loss_enabled:
-                    model_kwargs["output_router_logits"] = True
+                    # only the policy's training loss adds the router loss: the reference's forward (TRL drops the
+                    # flag there too) and evaluation need no router logits, nor an aux loss that would be discarded.
+                    # False, not left out: a config with output_router_logits true would compute them anyway
+                    model_kwargs["output_router_logits"] = training
                 labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
                 with _score_completions_only():
                     outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)

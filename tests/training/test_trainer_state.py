@@ -1,10 +1,12 @@
 """Parts of the trainer's bookkeeping checked on a bare trainer object (no model loaded): what a resumed run saves and
-logs, and when the reference log-probs are computed up front; and a mixture-of-experts model trained and evaluated."""
+logs, and when the reference log-probs are computed up front; and a mixture-of-experts model: router logits where
+its router loss needs them, trained and evaluated."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -88,26 +90,64 @@ def test_train_runtime_of_a_resumed_run_covers_every_attempt(tmp_path, monkeypat
     assert logged[-1]["train_runtime"] == 20.0
 
 
-@pytest.mark.slow
-def test_a_mixture_of_experts_model_trains_and_evaluates_with_the_held_out_kl(tmp_path, tiny_model_dir):
-    """TRL adds the router's load-balancing loss where the model has one; the held-out KL's pass has none, and the
-    first evaluation after a step raised TypeError (None times the coefficient). The held-out loss is the preference
-    loss alone at every evaluation."""
+def tiny_mixtral(tmp_path, tiny_model_dir, **settings) -> Path:
+    """A 2-layer Mixtral (2 experts) with the tiny Llama's tokenizer, saved under `tmp_path`."""
     from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
-
-    from dpo.training.execute import execute
-    from tests.conftest import TINY_TRAINING, read_jsonl, tiny_recipe_dict, write_recipe
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
     config = MixtralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1,
-                           max_position_embeddings=256, output_router_logits=True, router_aux_loss_coef=0.01,
-                           tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                           eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
+                           max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **settings)  # fmt: skip
     model_dir = tmp_path / "tiny-mixtral"
     MixtralForCausalLM(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def mixtral_trainer(tmp_path, tiny_model_dir) -> Trainer:
+    """A LoRA trainer of a tiny Mixtral whose router loss is large (coefficient 0.5) and whose config asks for router
+    logits in every forward (output_router_logits true)."""
+    from dpo.training.execute import build_trainer
+    from dpo.training.gate import check
+    from tests.conftest import TINY_TRAINING, tiny_recipe_dict, write_recipe
+
+    model_dir = tiny_mixtral(tmp_path, tiny_model_dir, output_router_logits=True, router_aux_loss_coef=0.5)
+    recipe = write_recipe(tmp_path / "moe.yaml", tiny_recipe_dict(model_dir, 8, TINY_TRAINING))
+    trainer = build_trainer(check(recipe, ["training.precompute_ref_log_probs=false"], output_dir=tmp_path / "run"), [])
+    assert trainer.aux_loss_enabled and not trainer.share_prompt
+    return trainer
+
+
+def test_a_mixture_of_experts_routes_logits_for_the_policys_training_forward_only(tmp_path, tiny_model_dir):
+    """The router loss trains the policy only: as TRL, the reference's forward (here also evaluation's) asks for no
+    router logits, which would be computed, with an aux loss, and thrown away. It says False: left out, a config with
+    output_router_logits true would compute them anyway."""
+    trainer = mixtral_trainer(tmp_path, tiny_model_dir)
+    base = trainer.accelerator.unwrap_model(trainer.model).get_base_model()
+    asked, routed = [], []
+    base.register_forward_pre_hook(lambda module, args, kwargs: asked.append(kwargs["output_router_logits"]),
+                                   with_kwargs=True)  # fmt: skip
+    base.register_forward_hook(lambda module, args, output: routed.append(output.aux_loss is not None))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.compute_ref_log_probs(trainer.model, batch)  # the reference: the adapter disabled, in training mode
+    trainer._sequence_logps(trainer.model, batch)  # the policy's training forward
+    trainer.model.eval()
+    trainer._sequence_logps(trainer.model, batch)  # an evaluation forward
+    assert asked == [False, True, False] and routed == [False, True, False]
+
+
+@pytest.mark.slow
+def test_a_mixture_of_experts_model_trains_and_evaluates_with_the_held_out_kl(tmp_path, tiny_model_dir):
+    """TRL adds the router's load-balancing loss where the model has one; the held-out KL's pass has none, and the
+    first evaluation after a step raised TypeError (None times the coefficient). The held-out loss is the preference
+    loss alone at every evaluation."""
+    from dpo.training.execute import execute
+    from tests.conftest import TINY_TRAINING, read_jsonl, tiny_recipe_dict, write_recipe
+
+    model_dir = tiny_mixtral(tmp_path, tiny_model_dir, output_router_logits=True, router_aux_loss_coef=0.01)
     recipe = write_recipe(tmp_path / "moe.yaml", tiny_recipe_dict(model_dir, 16, TINY_TRAINING))
     summary, _ = execute(recipe, [], tmp_path / "run")
     evaluations = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in m]
