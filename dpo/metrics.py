@@ -205,7 +205,7 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric(
         "gap/loss",
-        "held-out minus train loss",
+        "held-out minus train loss (the preference loss: a mixture of experts' router loss is in neither)",
         "min",
         logged=HELD_OUT,
         chart=_GAP_CHART,

@@ -89,6 +89,7 @@ class Trainer(DPOTrainer):
         self.beta_controller = BetaController(beta0=loss_plan.beta, **loss_plan.beta_schedule)
         self._neftune_on = False
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
+        self._preference_losses: list[float] = []  # MoE: train losses since the last log, router loss left out
         self._eval_pairs: dict[str, list[float]] = defaultdict(list)  # this evaluation's per-pair values (PER_PAIR)
         self.clock_start, self.runtime_before = time.time(), 0.0  # run time of earlier attempts (resume)
         self.resumed_from: list[int] = []  # steps this run was resumed from
@@ -572,7 +573,10 @@ class Trainer(DPOTrainer):
             self._pair_values("loss", pair_losses)
         if self.aux_loss_enabled and mode == "train":
             # the router's load-balancing loss trains the experts; the held-out loss is the preference loss alone, the
-            # same number at every evaluation (the held-out KL's pass scores its pairs with no router loss to add)
+            # same number at every evaluation (the held-out KL's pass scores its pairs with no router loss to add).
+            # eval_gap/loss compares like with like, so it reads the train preference loss too (kept here; see log()),
+            # not transformers' logged loss, which includes the router term: the gap measures fit to the preferences
+            self._preference_losses.append(self.accelerator.gather_for_metrics(loss.detach()).mean().item())
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
         self._log_batch_metrics(mode, inputs, outputs, tensors, beta)
         if return_outputs:
@@ -604,7 +608,12 @@ class Trainer(DPOTrainer):
             self._eval_pairs.clear()
         if self.model.training:
             for name in GAPS:
-                self._since_eval[name].extend(_logged(self._metrics["train"], logs, name))
+                values = _logged(self._metrics["train"], logs, name)
+                if name == "loss" and values and self._preference_losses:  # MoE: without the router loss (above)
+                    values = [_average(self._preference_losses)]
+                self._since_eval[name].extend(values)
+            if "loss" in logs:
+                self._preference_losses.clear()
         elif self._since_eval:
             held_out = self._metrics["eval"]
             for name, gap in GAPS.items():

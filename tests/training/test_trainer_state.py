@@ -1,6 +1,6 @@
 """Parts of the trainer's bookkeeping checked on a bare trainer object (no model loaded): what a resumed run saves and
 logs, and when the reference log-probs are computed up front; and a mixture-of-experts model: router logits where
-its router loss needs them, trained and evaluated."""
+its router loss needs them, the loss gap without that loss, trained and evaluated."""
 
 from __future__ import annotations
 
@@ -137,6 +137,23 @@ def test_a_mixture_of_experts_routes_logits_for_the_policys_training_forward_onl
     trainer.model.eval()
     trainer._sequence_logps(trainer.model, batch)  # an evaluation forward
     assert asked == [False, True, False] and routed == [False, True, False]
+
+
+def test_the_loss_gap_of_a_mixture_of_experts_leaves_the_router_loss_out_of_both(tmp_path, tiny_model_dir):
+    """eval_loss is the preference loss alone; transformers' logged train loss adds the router loss. eval_gap/loss took
+    that train loss, so it was biased down by the router term; it now takes the train preference loss."""
+    trainer = mixtral_trainer(tmp_path, tiny_model_dir)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trainer.aux_loss_enabled = False
+    preference = trainer.compute_loss(trainer.model, batch).item()
+    trainer.aux_loss_enabled = True
+    trained = trainer.compute_loss(trainer.model, batch).item()  # what the optimizer sees: the router term added
+    assert trained - preference > 0.1
+    trainer.log({"loss": trained})  # transformers' train log line
+    assert trainer._since_eval["loss"] == [pytest.approx(preference)] and trainer._preference_losses == []
+    metrics = trainer.evaluate()
+    assert metrics["eval_gap/loss"] == pytest.approx(metrics["eval_loss"] - preference)
 
 
 @pytest.mark.slow
