@@ -51,6 +51,12 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
     ("fields", "key", "message"),
     [
         ({"objective": {"metric": "eval_rewards/acuracies"}}, "objective.metric", "eval_rewards/accuracies'?"),
+        # a direction against the metric table would make the worst trial best.yaml
+        ({"objective": {"metric": "eval_loss", "direction": "maximize"}}, "objective.direction",
+         "maximize contradicts the metric table (eval_loss is 'min': better when lower); drop direction, or write "
+         "minimize"),
+        ({"objective": {"metric": "eval_rewards/accuracies", "direction": "minimize"}}, "objective.direction",
+         "minimize contradicts the metric table (eval_rewards/accuracies is 'max': better when higher)"),
         ({"search": {"loss.betta": {"uniform": [0.1, 0.2]}}}, "search.loss.betta", "did you mean 'loss.beta'"),
         ({"search": {"training.lr": {"grid": [1e-5]}}}, "search.training.lr", "not a trl.DPOConfig field"),
         ({"search": {"loss.beta": {"normal": [0.1, 0.2]}}}, "search.loss.beta", "unknown kind 'normal'"),
@@ -743,6 +749,25 @@ def test_a_choice_holding_a_secret_is_recorded_redacted_and_trains_with_its_valu
     assert SWEEP_SECRET not in repr([(t.distributions, t.system_attrs) for t in study.trials])
     trained = [arg.removeprefix("data.train=") for cmd in commands for arg in cmd if arg.startswith("data.train=")]
     assert sorted(trained) == sorted(json.dumps(v) for v in values)
+
+
+def test_choices_that_redact_alike_are_recorded_apart_and_never_as_they_are(monkeypatch):
+    """Two URLs whose passwords come from one variable redact to the same text: they were recorded as written (the
+    passwords in study.db); now each is marked by its position, and `choose` still trains with the value as written."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.spec import choose, recorded_choices
+
+    monkeypatch.setenv("DB_URLS", "postgresql://u:pass1longsecret@h1/db postgresql://u:pass2longsecret@h2/db")
+    values = ["https://u:pass1longsecret@h/m", "https://u:pass2longsecret@h/m", "plain"]
+    recorded = recorded_choices(values)
+    assert recorded == ["https://u:[redacted $DB_URLS]@h/m #1", "https://u:[redacted $DB_URLS]@h/m #2", "plain"]
+    drawn = SimpleNamespace(suggest_categorical=lambda name, shown: shown[1])
+    assert choose(drawn, "data.train", values) == values[1]
+    # a value that is written as another's marked text: positions alone, still distinct and redacted
+    marked = recorded_choices([*values[:2], "https://u:[redacted $DB_URLS]@h/m #1"])
+    assert marked == ["#1", "#2", "#3"]
+    assert recorded_choices(["a", "b"]) == ["a", "b"]  # nothing to tell apart: as written
 
 
 def test_the_study_records_the_spec_redacted_and_one_stored_before_still_resumes(tmp_path, tiny_recipe, monkeypatch):
