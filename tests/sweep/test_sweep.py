@@ -460,6 +460,28 @@ def test_a_trial_log_that_cannot_be_written_is_said_in_trial_json_not_a_crash(tm
     assert record["log_error"].startswith("train.log is incomplete: ") and "No space left" in record["log_error"]
 
 
+def test_the_pruner_is_asked_before_the_last_evaluation_never_at_it():
+    """Trainer evaluates once more at the last step: a trial pruned there had spent all its steps and lost its value
+    (no best trial, no importance, 0 steps saved). It is reported, and the trial completes."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.trial import OptunaTrialCallback
+
+    reported = []
+    hopeless = SimpleNamespace(report=lambda value, step: reported.append((step, value)), should_prune=lambda: True)
+
+    def evaluate_at(step: int) -> tuple[OptunaTrialCallback, bool]:
+        callback = OptunaTrialCallback(hopeless, "eval_loss")
+        state = SimpleNamespace(global_step=step, max_steps=6, is_world_process_zero=True)
+        control = callback.on_evaluate(None, state, SimpleNamespace(should_training_stop=False), {"eval_loss": 0.7})
+        return callback, control.should_training_stop
+
+    last, stopped = evaluate_at(6)
+    assert reported == [(6, 0.7)] and not stopped and last.pruned_at is None and last.stop_reason is None
+    earlier, stopped = evaluate_at(4)
+    assert reported[-1] == (4, 0.7) and stopped and earlier.pruned_at == 4 and earlier.stop_reason == "pruned"
+
+
 @pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path, tiny_recipe):
     # trial 0 learns (eval_loss falls below log 2); trial 1 barely moves, so at its first evaluation it is worse
