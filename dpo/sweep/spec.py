@@ -269,6 +269,16 @@ class SweepSpec:
     def build_pruner(self):
         return build_pruner(self.pruner, self.pruner_kwargs)
 
+    def trained_values(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        """The parameter values the trials train with, from those optuna recorded (a `choice` records its values
+        redacted, `recorded_choices`): for best.yaml made from a trial's recorded parameters."""
+        values = dict(recorded)
+        for p in self.params:
+            shown = recorded_choices(p.args) if p.kind == "choice" else []
+            if p.name in values and values[p.name] in shown:
+                values[p.name] = p.args[shown.index(values[p.name])]
+        return values
+
     def overrides(self, params: dict[str, Any]) -> dict[str, Any]:
         """fixed overrides, then each sampled parameter's overrides (in spec order)."""
         out = dict(self.fixed)

@@ -246,7 +246,7 @@ def ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("stopped_in", ["the sampler", "the wandb group", "reading summary.json"])
+@pytest.mark.parametrize("stopped_in", ["the sampler", "the trial's environment", "reading summary.json"])
 def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again(
     tmp_path, tiny_recipe, monkeypatch, stopped_in
 ):
@@ -268,14 +268,14 @@ def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again
     monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
     if stopped_in == "the sampler":
         monkeypatch.setattr(optuna.samplers.GridSampler, "sample_independent", ctrl_c)
-    elif stopped_in == "the wandb group":
-        monkeypatch.setattr(driver, "_group", ctrl_c)
+    elif stopped_in == "the trial's environment":
+        monkeypatch.setattr(driver, "_trial_env", ctrl_c)
     else:
         monkeypatch.setattr(driver, "json_object_or_empty", ctrl_c)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
     with pytest.raises(KeyboardInterrupt):
-        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=1,
+        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1, {}), n_trials=1,
                        catch=(driver.TrialFailed,))  # fmt: skip
     (stopped,) = study.trials
     assert stopped.state.name == "FAIL" and stopped.user_attrs[driver.INTERRUPTED] is True
@@ -313,6 +313,71 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
     with pytest.raises(UserError, match=r"holds the sweep 'first', not 'second': resume it with its own name"):
         run_sweep(spec, output_dir=sweep_dir, resume=True)
     assert optuna.get_all_study_names(sqlite_url(sweep_dir / "study.db")) == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"objective": {"metric": "eval_loss"}, "fixed": {"training.eval_strategy": "no"}},
+         "objective.metric: eval_loss is never logged in the trials: training.eval_strategy is 'no': no evaluation "
+         "after step 0; each of them would train to its end and fail without it"),
+        ({"objective": {"metric": "eval_kl"}, "fixed": {"loss.type": "simpo"}},
+         "objective.metric: eval_kl is never logged in the trials: loss.type ['simpo'] uses no reference model;"),
+        ({"objective": {"metric": "eval_kl"}, "fixed": {"logging.heldout_kl": False}},
+         "objective.metric: eval_kl is never logged in the trials: the held-out KL is off (it needs "
+         "logging.heldout_kl"),
+        ({"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4}},
+         "objective.metric: eval_gap/accuracies is never logged in the trials: it needs train values logged between "
+         "evaluations, and training.logging_steps 4 logs none before the last step (max_steps 4);"),
+        # a listed value alone, on the base recipe: the trials that draw it would each fail at their end
+        ({"objective": {"metric": "eval_logratios/chosen"}, "search": {"loss.type": {"choice": ["sigmoid", "simpo"]}}},
+         "objective.metric: eval_logratios/chosen is never logged in the trials where loss.type is 'simpo': loss.type "
+         "['simpo'] uses no reference model;"),
+        ({"objective": {"metric": "eval_kl"},
+          "search": {"c": {"variants": {"plain": {}, "orpo": {"loss.type": "orpo"}}}}},
+         "objective.metric: eval_kl is never logged in the trials of variant search.c.orpo: loss.type ['orpo'] uses "
+         "no reference model;"),
+        # the last step is evaluated, never pruned: a pruner without an evaluation before it would do nothing
+        ({"pruner": "median", "fixed": {"training.eval_steps": 4}},
+         "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
+         "training.max_steps 4), and a trial is never pruned at its last; use pruner: none, or evaluate during "
+         "training (training.eval_steps)"),
+    ],
+)  # fmt: skip
+def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
+    tmp_path, tiny_recipe, fields, message
+):
+    """The gate refuses an early-stopping metric the run would not log; a sweep objective got none of those checks,
+    so every trial trained to its end and then failed ("objective ... is missing in summary.json")."""
+    from dpo.sweep.driver import run_sweep
+
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                      **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields})  # fmt: skip
+    with pytest.raises(UserError) as refused:
+        run_sweep(spec, output_dir=tmp_path / "sweep")
+    assert str(refused.value).startswith(f"{spec}: {message}")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"objective": {"metric": "eval_kl"}},  # LoRA: the adapter-disabled model is the reference
+        {"objective": {"metric": "eval_gap/accuracies"}},  # logged every step by default
+        {"pruner": "median"},  # evaluated at step 2 of 4
+        # some trials evaluate before their last step: the pruner acts on those
+        {"pruner": "median", "search": {"loss.beta": {"grid": [0.1]}, "training.eval_steps": {"grid": [1, 4]}}},
+        {"pruner": "median", "fixed": {"training.eval_steps": 4},
+         "search": {"c": {"variants": {"plain": {}, "often": {"training.eval_steps": 1}}}}},
+    ],
+)  # fmt: skip
+def test_objectives_and_pruners_the_trials_can_use_pass(tmp_path, tiny_recipe, fields):
+    from dpo.sweep.driver import check_objective
+    from dpo.training.gate import check
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields}))  # fmt: skip
+    check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
@@ -764,7 +829,7 @@ def test_a_choice_holding_a_secret_is_recorded_redacted_and_trains_with_its_valu
     monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
-    study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=2,
+    study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1, {}), n_trials=2,
                    catch=(driver.TrialFailed,))  # fmt: skip
     recorded = sorted(t.params["data.train"] for t in study.trials)
     assert recorded == ["/data/[redacted $MY_API_KEY]/a.jsonl", "/data/plain/b.jsonl"]
@@ -773,9 +838,10 @@ def test_a_choice_holding_a_secret_is_recorded_redacted_and_trains_with_its_valu
     assert sorted(trained) == sorted(json.dumps(v) for v in values)
 
 
-def test_choices_that_redact_alike_are_recorded_apart_and_never_as_they_are(monkeypatch):
+def test_choices_that_redact_alike_are_recorded_apart_and_never_as_they_are(tmp_path, tiny_recipe, monkeypatch):
     """Two URLs whose passwords come from one variable redact to the same text: they were recorded as written (the
-    passwords in study.db); now each is marked by its position, and `choose` still trains with the value as written."""
+    passwords in study.db); now each is marked by its position, and `choose` still trains with the value as written,
+    as does best.yaml made from the recorded parameters."""
     from types import SimpleNamespace
 
     from dpo.sweep.spec import choose, recorded_choices
@@ -790,6 +856,9 @@ def test_choices_that_redact_alike_are_recorded_apart_and_never_as_they_are(monk
     marked = recorded_choices([*values[:2], "https://u:[redacted $DB_URLS]@h/m #1"])
     assert marked == ["#1", "#2", "#3"]
     assert recorded_choices(["a", "b"]) == ["a", "b"]  # nothing to tell apart: as written
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                search={"data.train": {"choice": values}}))  # fmt: skip
+    assert spec.trained_values({"data.train": recorded[1]}) == {"data.train": values[1]}
 
 
 def test_the_study_records_the_spec_redacted_and_one_stored_before_still_resumes(tmp_path, tiny_recipe, monkeypatch):
