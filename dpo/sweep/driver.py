@@ -5,8 +5,8 @@
 
 Each trial is a separate process (`python -m dpo.sweep.trial`, dpo/sweep/trial.py): `dpo train` of the base
 recipe with the trial's overrides into SWEEP_DIR/trials/trial-NNNN, plus an optuna callback passed through
-`execute(callbacks=...)`. A crash, a non-finite loss or an invalid combination fails that trial (with its
-reason), never the sweep. The trial reports its held-out objective to optuna at every evaluation, so the pruner
+`execute(callbacks=...)`. A crash, a non-finite loss, an invalid combination or an error around the trial's
+process (a fork refused, a full disk) fails that trial (with its reason), never the sweep. The trial reports its held-out objective to optuna at every evaluation, so the pruner
 can stop hopeless trials early.
 
 Sweep directory (shared with `dpo report`; keep the names):
@@ -348,6 +348,13 @@ def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, 
     except KeyboardInterrupt:
         trial.set_user_attr(INTERRUPTED, True)
         raise
+    except (OSError, UserError) as exc:
+        # what went wrong around the trial, not in it (fork refused: EAGAIN, ENOMEM, EMFILE; a full disk writing
+        # trial.json): that trial fails with the reason, and the sweep goes on to its summary ("never the sweep")
+        reason = redact(f"could not run the trial: {exc}")  # a path in it may hold a secret: study.db keeps it
+        trial.set_user_attr("reason", reason)
+        _keep_log(sweep_dir, TRIAL_DIR.format(number=trial.number))
+        raise TrialFailed(reason) from exc
 
 
 def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, group: dict) -> float:
@@ -412,6 +419,15 @@ def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, 
     return value
 
 
+def _keep_log(sweep_dir: Path, name: str) -> None:
+    """A trial that failed around its process: what it printed, if anything, goes where a trial's output goes."""
+    log = sweep_dir / TRIALS / f".{name}.log"
+    with contextlib.suppress(OSError):  # the disk that failed the trial may fail this too: the reason is recorded
+        if log.is_file():
+            (sweep_dir / TRIALS / name).mkdir(exist_ok=True)
+            os.replace(log, sweep_dir / TRIALS / name / TRAIN_LOG)
+
+
 def _group(spec: SweepSpec, base) -> dict:
     """logging.wandb_group = the sweep's name when the trials log to wandb (the key is an error without wandb);
     WANDB_RUN_GROUP in the trial's environment groups the runs either way. `base`: the base recipe with the fixed
@@ -449,14 +465,15 @@ def _run_trial_logging_redacted(cmd: list[str], env: dict[str, str], log_path: P
     never reaches the file with a secret in it, as it would if the file were the trial's stdout. A log that could not
     be written whole is said in record["log_error"] (trial.json)."""
     log = log_path.open("w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-    copy = None
-    try:
+    proc = copy = None
+    try:  # Popen inside: a fork refused (EAGAIN, ENOMEM, EMFILE) still closes the log
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
         copy = RedactedCopy(proc.stdout, log, env)
         _wait_writing_running(proc, trial_dir, record)
     finally:
-        failing = proc.poll() is None  # we are failing (Ctrl-C, a full disk): nobody would record the trial
-        if failing:
+        failing = proc is None or proc.poll() is None  # we are failing (Ctrl-C, a full disk): nobody would record it
+        if proc is not None and failing:
             proc.kill()
             proc.wait()
         pipe_closed = copy.finish(linger_s=1.0 if failing else 30.0) if copy else False

@@ -3,6 +3,7 @@ and two sweep processes sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -512,6 +513,57 @@ def test_the_drivers_own_note_in_train_log_is_never_the_trials_failure_reason(tm
         f"Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n{LOG_NOTE} later output not kept\n"
     )
     assert _failure_line(log, 1, None) == "exit code 1: RuntimeError: CUDA out of memory"
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (Linux: /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads this process's open files from /proc")
+def test_an_error_around_a_trial_fails_that_trial_not_the_sweep(tmp_path, tiny_recipe, monkeypatch):
+    """A fork refused (EAGAIN with several workers), or a full disk writing trial.json, raised out of optuna and ended
+    the sweep with a traceback, no sweep_summary.json, the trial's log open and `.trial-NNNN.log` left behind."""
+    import errno
+
+    from dpo.sweep import driver
+
+    search = {"loss.beta": {"grid": [0.1, 0.2, 0.3]}}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search)
+    sweep_dir = tmp_path / "sweep"
+    real_popen, real_write, started = subprocess.Popen, driver.atomic_write_json, []
+
+    def popen(cmd, **kwargs):  # the first trial's fork is refused; the others run a process that trains nothing
+        started.append(cmd)
+        if len(started) == 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_popen([sys.executable, "-c", "print('trained')"], **kwargs)
+
+    def disk_full_in_the_third(path, data):
+        if len(started) == 3 and path.name == "trial.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    trained = {"final_weights": "last", "final_metrics": {"eval_rewards/accuracies": 0.75}, "steps": 4, "max_steps": 4}
+    monkeypatch.setattr(driver.subprocess, "Popen", popen)
+    monkeypatch.setattr(driver, "atomic_write_json", disk_full_in_the_third)
+    monkeypatch.setattr(driver, "json_object_or_empty", lambda path: trained)  # the summary.json a trial wrote
+    summary = driver.run_sweep(spec, output_dir=sweep_dir, echo=lambda line: None)
+
+    states = {t["number"]: t for t in summary["trials"]}
+    assert [states[n]["state"] for n in (0, 1, 2)] == ["failed", "complete", "failed"]
+    assert states[0]["reason"] == "could not run the trial: [Errno 11] Resource temporarily unavailable"
+    assert states[2]["reason"].startswith("could not run the trial: [Errno 28] No space left on device: ")
+    assert summary["best_trial"] == 1 and (sweep_dir / "sweep_summary.json").is_file()
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == ["trial-0000", "trial-0001", "trial-0002"]
+    assert (sweep_dir / "trials" / "trial-0000" / "train.log").read_text() == ""  # the log was closed and kept
+    assert open_files_under(sweep_dir / "trials") == []
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device whose writes fail: disk full)")
