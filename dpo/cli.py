@@ -2,7 +2,8 @@
 
 User errors (bad recipe, bad data, missing file) print one `error: ...` line and exit 2. A training run that
 started but stopped on a NaN/Inf loss or gradient norm prints one `error: ...` line and exits 3 (its
-summary.json says `stop_reason: non_finite`). Secrets from the environment are redacted from all output.
+summary.json says `stop_reason: non_finite`), and so does a sweep none of whose trials completed (no best.yaml).
+Secrets from the environment are redacted from all output.
 """
 
 from __future__ import annotations
@@ -113,14 +114,19 @@ def sweep(
     output_dir: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<spec name>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped sweep; finished trials stay.")] = False,
 ):
-    """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml."""
+    """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml. Exit codes: 0 done,
+    2 bad input, 3 no trial completed (no best.yaml)."""
     from dpo.analysis.console import print_sweep_summary
+    from dpo.sweep.driver import nothing_completed
 
     try:
         summary = api.sweep(spec, workers=workers, storage=storage, output_dir=output_dir, resume=resume)
     except UserError as exc:
         _fail(exc)
     print_sweep_summary(summary)
+    problem = nothing_completed(summary)
+    if problem:
+        _fail(RunFailed(problem))
 
 
 @app.command()

@@ -6,8 +6,9 @@
 Each trial is a separate process (`python -m dpo.sweep.trial`, dpo/sweep/trial.py): `dpo train` of the base
 recipe with the trial's overrides into SWEEP_DIR/trials/trial-NNNN, plus an optuna callback passed through
 `execute(callbacks=...)`. A crash, a non-finite loss, an invalid combination or an error around the trial's
-process (a fork refused, a full disk) fails that trial (with its reason), never the sweep. The trial reports its held-out objective to optuna at every evaluation, so the pruner
-can stop hopeless trials early.
+process (a fork refused, a full disk) fails that trial (with its reason), never the sweep. The trial reports its
+held-out objective to optuna at every evaluation, so the pruner can stop hopeless trials early. A sweep none of
+whose trials completed writes no best.yaml, and `dpo sweep` exits 3 (`nothing_completed`).
 
 Sweep directory (shared with `dpo report`; keep the names):
     sweep.yaml          the spec as given (secrets redacted), plus base_recipe resolved to an absolute path
@@ -22,6 +23,7 @@ The objective value of a trial is the objective metric of the weights the run en
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -580,6 +582,27 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
         "base_recipe": str(spec.base_recipe),
         "sweep_dir": str(sweep_dir),
     }
+
+
+def nothing_completed(summary: dict) -> str | None:
+    """Why the sweep produced nothing, or None: no trial completed (each failed or was pruned), so there is no best
+    trial and no best.yaml. `dpo sweep` then exits 3, as a run that started but could not finish, so that a script's
+    next step (`dpo train SWEEP_DIR/best.yaml`) does not fail later on a missing file. A trial still running (on
+    another machine sharing --storage) may yet complete: None."""
+    trials = summary["trials"]
+    if summary["best_trial"] is not None or any(t["state"] == "running" for t in trials):
+        return None
+    counts = {state: sum(t["state"] == state for t in trials) for state in ("failed", "pruned")}
+    shown = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "none ran"
+    failed = [t["reason"] or "no reason recorded" for t in trials if t["state"] == "failed"]
+    if failed:
+        reason, times = max(collections.Counter(failed).items(), key=lambda item: item[1])
+        why = f"the most common failure ({times} of {len(failed)}): {reason}"
+    elif counts["pruned"]:
+        why = f"every trial was pruned by the {summary['pruner']} pruner"
+    else:
+        why = "the sweep has no trials"
+    return f"{summary['sweep_dir']}: no trial completed ({shown}), so there is no best.yaml; {why}"
 
 
 def _importance(study, n_complete: int) -> dict:
