@@ -196,13 +196,45 @@ def fit_flip_mixture(margins: Tensor, level: float = 0.95) -> FlipMixture:
     best = max(profile.max().item(), _em_from(margins.double()[None], e, mu, sigma, 0)[4].item() * len(margins))
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2)).item()
     cut = z * z / 2  # half the chi-square(1) quantile: a chi2(1) variable is a squared standard normal
-    inside = grid[profile >= best - cut]
     estimate = e.item()
+    low, high = _crossings(margins, grid, profile, best - cut, estimate, mu.item(), sigma.item())
     return FlipMixture(
         estimate=estimate,
-        low=min(inside.min().item(), estimate) if len(inside) else estimate,
-        high=max(inside.max().item(), estimate) if len(inside) else estimate,
+        low=low,
+        high=high,
         mu=mu.item(),
         sigma=sigma.item(),
         p_flipped=r[0].float(),
     )
+
+
+BISECTIONS = 12  # halvings of a grid step (0.01) for each end of the interval: to within 2.5e-6
+
+
+def _crossings(margins: Tensor, grid: Tensor, profile: Tensor, level: float, estimate: float, mu: float,
+               sigma: float) -> tuple[float, float]:  # fmt: skip
+    """The interval's ends: where the profile log-likelihood crosses `level` below and above the inside flip rates
+    (the grid points at or above it, and the estimate). Each crossing lies between the outermost inside point and its
+    outer grid neighbour; it is found by bisection on the profile (both ends in one batched EM per halving), and the
+    outer end of the last bracket is reported, so the interval never shrinks below the true one by the bisection's
+    error. An end with no grid point beyond it is the range's end (0 or 0.5). Reporting the inside grid points
+    instead cut up to a grid step (0.01) off each side, and an estimate of 0 with good separation got [0, 0]."""
+    inside = [*grid[profile >= level].tolist(), estimate]
+    values = grid.tolist()
+    lo_in, hi_in = min(inside), max(inside)
+    below = [g for g in values if g < lo_in]
+    above = [g for g in values if g > hi_in]
+    if not below and not above:
+        return lo_in, hi_in
+    # brackets (inside, outside): the crossing lies between; a missing side keeps its inside end, and is not moved
+    inner = torch.tensor([lo_in, hi_in], dtype=torch.float64)
+    outer = torch.tensor([below[-1] if below else lo_in, above[0] if above else hi_in], dtype=torch.float64)
+    m = margins.double()[None, :].expand(2, -1)
+    start = torch.ones(2, dtype=torch.float64)
+    for _ in range(BISECTIONS):
+        middle = (inner + outer) / 2
+        ll = _em_from(m, middle, mu * start, sigma * start, EM_ITERATIONS, fixed_e=True)[4] * margins.shape[0]
+        within = ll >= level
+        inner, outer = torch.where(within, middle, inner), torch.where(within, outer, middle)
+    low, high = outer.tolist()
+    return min(max(low, 0.0), estimate), max(min(high, 0.5), estimate)

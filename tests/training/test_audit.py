@@ -12,7 +12,7 @@ import torch
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
 from dpo.training.audit_use import apply_audit, suspects
-from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture
+from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture, profile_log_likelihood
 from dpo.training.gate import check
 from dpo.training.loss_plan import loss_plan
 from tests.conftest import TINY_TRAINING, invoke_dpo, run_dpo, tiny_recipe_dict, write_recipe
@@ -51,6 +51,27 @@ def test_posterior_is_bayes_rule_under_the_fitted_mixture():
         assert fit.p_flipped[i].item() == pytest.approx(flip / (flip + clean), abs=1e-4)
     # a margin of 0 is as likely either way, scaled by the prior: p = e
     assert fit.p_flipped[margins.abs().argmin()].item() == pytest.approx(e, abs=0.02)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2])
+def test_the_interval_ends_where_the_profile_likelihood_crosses_the_cut(rate):
+    """The ends were the innermost grid points (a 0.01 grid), up to 0.01 inside the true ends each time; with no
+    flips and good separation the "95%" interval was [0, 0]. Checked against the profile on a 40 times finer grid
+    around each end; the point estimate is not touched."""
+    margins, _ = mirrored_margins(500, rate, mu=2.0, sigma=1.0, seed=0)
+    fit = fit_flip_mixture(margins)
+    best = profile_log_likelihood(margins, torch.tensor([fit.estimate]), fit.mu, fit.sigma).item()
+    level = best - 1.959964**2 / 2  # the chi-square(1) cut at 95%
+    step = 0.01 / 40
+    for end, outermost in ((fit.low, min), (fit.high, max)):
+        fine = torch.linspace(end - 0.01, end + 0.01, 81, dtype=torch.float64).clamp(0.0, 0.5)
+        inside = fine[profile_log_likelihood(margins, fine, fit.mu, fit.sigma) >= level]
+        # the true crossing lies between the outermost fine point inside and the next one out
+        assert 0 <= (end - outermost(inside).item()) * (-1 if outermost is min else 1) < step + 1e-9
+    if rate == 0.0:
+        assert fit.estimate == pytest.approx(0, abs=1e-6) and fit.low == 0.0 and 0.003 < fit.high < 0.01  # was [0, 0]
+    else:
+        assert fit.low < fit.estimate < fit.high and round(fit.low, 2) != fit.low and round(fit.high, 2) != fit.high
 
 
 def test_margins_that_cannot_tell_the_answers_apart_give_a_wide_interval():
