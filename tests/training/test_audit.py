@@ -105,6 +105,23 @@ def test_cross_fitted_reward_model_finds_the_flipped_pairs():
     assert not torch.equal(margins, cross_fitted_margins(diffs, seed=1)[0])
 
 
+def test_pairs_whose_p_rounds_to_1_are_ranked_by_margin_not_by_training_order():
+    """With well-separated margins the posterior saturates: p was rounded to 6 decimals before ranking, so the tied
+    pairs at 1.0 came in training order, and `share` dropped or flipped pairs by row number, not by margin."""
+    from dpo.training.audit import AuditResult
+
+    margins, _ = mirrored_margins(200, 0.3, mu=3.0, sigma=1.0, seed=0)
+    result = AuditResult([{}] * 200, [("pairs.jsonl", i + 1) for i in range(200)], fit_flip_mixture(margins))
+    written = result.to_json()["pairs"]
+    assert sum(pair["p_flipped"] == 1.0 for pair in written) >= 20  # saturated: rounding alone cannot order them
+    by_margin = sorted(range(200), key=lambda i: margins[i].item())
+    assert result.ranking() == by_margin
+    assert [pair["row"] - 1 for pair in written] == by_margin
+    assert [pair["margin"] for pair in written] == [round(margins[i].item(), 6) for i in by_margin]
+    assert suspects(result.p_flipped, result.ranking(), share=0.1, threshold=None) == sorted(by_margin[:20])
+    assert result.p_flipped != [round(p, 6) for p in result.p_flipped]  # rounded only where it is written
+
+
 def test_suspects_by_share_and_by_threshold():
     p = [0.1, 0.9, 0.5, 0.7]
     ranking = [1, 3, 2, 0]
@@ -142,7 +159,7 @@ def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_
     rate = audit["flip_rate"]
     assert set(rate) == {"estimate", "low", "high"} and 0 <= rate["low"] <= rate["estimate"] <= rate["high"] <= 0.5
     pairs = audit["pairs"]
-    assert all(set(p) == {"source", "row", "p_flipped"} for p in pairs)
+    assert all(set(p) == {"source", "row", "p_flipped", "margin"} for p in pairs)
     p = [x["p_flipped"] for x in pairs]
     assert p == sorted(p, reverse=True)
     # 24 distinct pairs, 20% of the prompts held out: the training pairs' rows are file lines, skipping 5 and 6
