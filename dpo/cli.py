@@ -281,7 +281,7 @@ def data_inspect(
 
 @data_app.command("audit")
 def data_audit(
-    recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.")],
+    recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.", readable=False)],
     set_: SetOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", help="Folder for audit.json (default: audits/<recipe name>).")
@@ -299,7 +299,7 @@ def data_audit(
 
 @app.command()
 def report(
-    path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
+    path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.", readable=False)],
 ):
     """Build PATH/report.html: a self-contained dashboard of a run or a sweep (opens offline)."""
     try:
@@ -311,10 +311,10 @@ def report(
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).")],
-    data: Annotated[Path | None, typer.Option(help="Preference pairs to use instead of the run's held-out split.")] = (
-        None
-    ),
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
+    data: Annotated[
+        Path | None, typer.Option(help="Preference pairs to use instead of the run's held-out split.", readable=False)
+    ] = None,
     samples: Annotated[int, typer.Option(help="Held-out prompts to generate answers for (gold-reward data).")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward / generate call.")] = 8,
@@ -415,7 +415,7 @@ def compare(
 
 @app.command("convert-trl")
 def convert_trl(
-    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.")],
+    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.", readable=False)],
     output: Annotated[Path | None, typer.Option(help="Write the recipe here (default: print it).")] = None,
 ):
     """Turn a `trl dpo` config into a recipe; lists the keys it could not map (stderr)."""

@@ -337,3 +337,34 @@ def test_a_sweep_with_no_completed_trial_exits_3_with_one_line(tmp_path, monkeyp
     assert proc.returncode == exit_code
     assert "sweep s: eval_loss (minimize)" in proc.stdout  # the trials table first, as for any sweep
     assert proc.stderr == (f"error: {summary['sweep_dir']}: {line}\n" if line else "")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["data", "audit", "r.yaml"], "error: r.yaml: data.train: file "),
+        (["report", "run"], "error: run: neither a run directory"),
+        (["eval", "run"], "error: run: not a run directory: no recipe.yaml"),
+        (["eval", "run", "--data", "r.yaml"], "error: run: not a run directory: no recipe.yaml"),
+        (["convert-trl", "trl.yaml"], "error: trl.yaml: required key 'data' is missing"),
+    ],
+)
+def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkeypatch, args, line):
+    """click's own readability check printed a boxed usage error (several lines, no `error:` start) where every other
+    command prints the one-line contract; as root the real check never fails, so os.access is made to say no."""
+    import os
+
+    (tmp_path / "r.yaml").write_text("data:\n  train: missing.jsonl\n")
+    (tmp_path / "trl.yaml").write_text("model_name_or_path: m\n")
+    (tmp_path / "run").mkdir()
+    real_access = os.access
+    denied = {"r.yaml", "run", "trl.yaml"}
+
+    def access(path, mode, *rest, **kwargs):
+        if mode & os.R_OK and os.path.basename(path) in denied:
+            return False
+        return real_access(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    proc = invoke_dpo(*args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
