@@ -2,7 +2,8 @@
 
 User errors (bad recipe, bad data, missing file) print one `error: ...` line and exit 2. A training run that
 started but stopped on a NaN/Inf loss or gradient norm prints one `error: ...` line and exits 3 (its
-summary.json says `stop_reason: non_finite`). Secrets from the environment are redacted from all output.
+summary.json says `stop_reason: non_finite`), and so does a sweep none of whose trials completed (no best.yaml).
+Secrets from the environment are redacted from all output.
 """
 
 from __future__ import annotations
@@ -113,14 +114,19 @@ def sweep(
     output_dir: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<spec name>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped sweep; finished trials stay.")] = False,
 ):
-    """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml."""
+    """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml. Exit codes: 0 done,
+    2 bad input, 3 no trial completed (no best.yaml)."""
     from dpo.analysis.console import print_sweep_summary
+    from dpo.sweep.driver import nothing_completed
 
     try:
         summary = api.sweep(spec, workers=workers, storage=storage, output_dir=output_dir, resume=resume)
     except UserError as exc:
         _fail(exc)
     print_sweep_summary(summary)
+    problem = nothing_completed(summary)
+    if problem:
+        _fail(RunFailed(problem))
 
 
 @app.command()
@@ -275,7 +281,7 @@ def data_inspect(
 
 @data_app.command("audit")
 def data_audit(
-    recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.")],
+    recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.", readable=False)],
     set_: SetOption = None,
     output: Annotated[
         Path | None, typer.Option("--output", help="Folder for audit.json (default: audits/<recipe name>).")
@@ -293,7 +299,7 @@ def data_audit(
 
 @app.command()
 def report(
-    path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
+    path: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.", readable=False)],
 ):
     """Build PATH/report.html: a self-contained dashboard of a run or a sweep (opens offline)."""
     try:
@@ -305,10 +311,10 @@ def report(
 
 @app.command("eval")
 def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).")],
-    data: Annotated[Path | None, typer.Option(help="Preference pairs to use instead of the run's held-out split.")] = (
-        None
-    ),
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
+    data: Annotated[
+        Path | None, typer.Option(help="Preference pairs to use instead of the run's held-out split.", readable=False)
+    ] = None,
     samples: Annotated[int, typer.Option(help="Held-out prompts to generate answers for (gold-reward data).")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated answer, in tokens.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward / generate call.")] = 8,
@@ -409,7 +415,7 @@ def compare(
 
 @app.command("convert-trl")
 def convert_trl(
-    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.")],
+    config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.", readable=False)],
     output: Annotated[Path | None, typer.Option(help="Write the recipe here (default: print it).")] = None,
 ):
     """Turn a `trl dpo` config into a recipe; lists the keys it could not map (stderr)."""

@@ -100,7 +100,8 @@ class Problems:
 class RunFailed(Exception):
     """A run that started but could not finish its training (exit code 3: neither a user error nor success).
 
-    summary.json in the run directory is written first, with `stop_reason` and `error` saying why."""
+    summary.json in the run directory is written first, with `stop_reason` and `error` saying why. `dpo sweep` exits
+    with it too when no trial completed (sweep_summary.json says why each trial failed; there is no best.yaml)."""
 
     exit_code = 3
 

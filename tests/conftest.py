@@ -153,3 +153,23 @@ def invoke_dpo(*args):
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# A finished run's summary.json as the report reads it (tests/analysis): step 0 and best differ in the 4th digit
+RUN_SUMMARY = {
+    "stop_reason": "completed", "best_step": 4, "best_metric": {"name": "eval_loss", "mode": "min", "value": 0.692816},
+    "final_weights": "last", "steps": 4, "max_steps": 4,
+    "initial_metrics": {"eval_loss": 0.693147}, "best_metrics": {"eval_loss": 0.692816},
+    "final_metrics": {"eval_loss": 0.692816, "eval_step": 4},
+    "overfitting": {"onset_step": None, "warnings": []}, "runtime_s": 1.0,
+}  # fmt: skip
+
+
+def hand_written_run(folder: Path, **files) -> Path:
+    """A run directory: metrics.jsonl, a summary.json and `files` ({name: JSON value}) as written by hand."""
+    folder.mkdir(parents=True, exist_ok=True)
+    events = [{"step": 0, "eval_loss": 0.693147}, {"step": 2, "loss": 0.69}, {"step": 4, "eval_loss": 0.692816}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    for name, value in {"summary.json": RUN_SUMMARY, **files}.items():
+        (folder / name).write_text(json.dumps(value))
+    return folder

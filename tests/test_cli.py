@@ -297,3 +297,74 @@ def test_a_lone_surrogate_in_a_key_is_an_error_naming_the_file(tmp_path, text, m
     path.write_text(f"data:\n  train: {ARITHMETIC / 'train.jsonl'}\n{text}")
     proc = invoke_dpo("validate", path)
     assert proc.returncode == 2 and proc.stderr == f"error: {path}: {message}\n"
+
+
+def _sweep_summary(tmp_path, *trials) -> dict:
+    """A finished sweep's summary as dpo/sweep/driver.py writes it: (state, reason, value) per trial."""
+    rows = [{"number": i, "state": state, "params": {"loss.beta": 0.1 * (i + 1)}, "value": value, "reason": reason,
+             "steps": 2, "run_dir": f"trials/trial-{i:04d}", "max_steps": 4}
+            for i, (state, reason, value) in enumerate(trials)]  # fmt: skip
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = complete[0] if complete else None
+    return {"name": "s", "objective": {"metric": "eval_loss", "direction": "minimize"}, "sampler": "grid",
+            "pruner": "median", "trials": rows, "best_trial": best and best["number"],
+            "best_value": best and best["value"], "best_params": best["params"] if best else {}, "importance": {},
+            "steps_total": 2 * len(rows), "steps_saved_by_pruning": 0, "base_recipe": "b.yaml",
+            "sweep_dir": str(tmp_path / "sweeps" / "s")}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("trials", "exit_code", "line"),
+    [
+        ([("failed", "objective eval_loss is missing in summary.json", None), ("pruned", "pruned at step 2", None),
+          ("failed", "objective eval_loss is missing in summary.json", None), ("failed", "exit code 1: boom", None)],
+         3, "no trial completed (3 failed, 1 pruned), so there is no best.yaml; the most common failure (2 of 3): "
+            "objective eval_loss is missing in summary.json"),
+        ([("pruned", "pruned at step 2", None), ("pruned", "pruned at step 1", None)],
+         3, "no trial completed (2 pruned), so there is no best.yaml; every trial was pruned by the median pruner"),
+        ([("failed", "boom", None), ("complete", None, 0.69)], 0, None),
+        ([("failed", "boom", None), ("running", None, None)], 0, None),  # another machine's trial may yet complete
+    ],
+)  # fmt: skip
+def test_a_sweep_with_no_completed_trial_exits_3_with_one_line(tmp_path, monkeypatch, trials, exit_code, line):
+    """It exited 0 with "no trial completed" in yellow and no best.yaml, so `dpo sweep S && dpo train .../best.yaml`
+    failed later on a missing file that did not say why."""
+    from dpo import api
+
+    summary = _sweep_summary(tmp_path, *trials)
+    monkeypatch.setattr(api, "sweep", lambda spec, **kwargs: summary)
+    proc = invoke_dpo("sweep", tmp_path / "s.yaml")
+    assert proc.returncode == exit_code
+    assert "sweep s: eval_loss (minimize)" in proc.stdout  # the trials table first, as for any sweep
+    assert proc.stderr == (f"error: {summary['sweep_dir']}: {line}\n" if line else "")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["data", "audit", "r.yaml"], "error: r.yaml: data.train: file "),
+        (["report", "run"], "error: run: neither a run directory"),
+        (["eval", "run"], "error: run: not a run directory: no recipe.yaml"),
+        (["eval", "run", "--data", "r.yaml"], "error: run: not a run directory: no recipe.yaml"),
+        (["convert-trl", "trl.yaml"], "error: trl.yaml: required key 'data' is missing"),
+    ],
+)
+def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkeypatch, args, line):
+    """click's own readability check printed a boxed usage error (several lines, no `error:` start) where every other
+    command prints the one-line contract; as root the real check never fails, so os.access is made to say no."""
+    import os
+
+    (tmp_path / "r.yaml").write_text("data:\n  train: missing.jsonl\n")
+    (tmp_path / "trl.yaml").write_text("model_name_or_path: m\n")
+    (tmp_path / "run").mkdir()
+    real_access = os.access
+    denied = {"r.yaml", "run", "trl.yaml"}
+
+    def access(path, mode, *rest, **kwargs):
+        if mode & os.R_OK and os.path.basename(path) in denied:
+            return False
+        return real_access(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    proc = invoke_dpo(*args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr

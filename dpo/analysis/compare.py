@@ -16,7 +16,16 @@ from pathlib import Path
 
 from dpo.analysis.diagnostics import onset_not_checked_in
 from dpo.analysis.plots import PALETTE, Marker, Series, line_chart
-from dpo.analysis.report import cell_text, compact_text, html_page, metric_series, recipe_name
+from dpo.analysis.report import (
+    as_dict,
+    cell_text,
+    changed_keys,
+    compact_text,
+    finite,
+    html_page,
+    metric_series,
+    recipe_name,
+)
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE, headline_values
 from dpo.rundir.atomic import atomic_write_text
@@ -73,7 +82,7 @@ def comparison_html(run_dirs: list[Path]) -> str:
         markers = [
             Marker(r["summary"]["best_step"], f"{r['name']}: best step", r["color"])
             for r in runs
-            if r["summary"] and r["summary"].get("best_step") is not None
+            if r["summary"] and finite(r["summary"].get("best_step"))
         ]
         svg = line_chart(f"held-out {metric.removeprefix('eval_')}", series, (0, last), markers)
         (charts.append(svg) if svg else missing.append(metric))
@@ -97,20 +106,21 @@ def _summary_table(runs: list[dict]) -> str:
     rows = []
     for r in runs:
         s = r["summary"] or {}
-        best = s.get("best_metric") or {}
-        onset = (s.get("overfitting") or {}).get("onset_step")
-        no_onset = "n/a" if onset_not_checked_in(s.get("overfitting") or {}) else "none"
+        best = as_dict(s.get("best_metric"))
+        onset = as_dict(s.get("overfitting")).get("onset_step")
+        no_onset = "n/a" if onset_not_checked_in(as_dict(s.get("overfitting"))) else "none"
         if "overfitting" not in s:  # no summary.json, or a run stopped on a non-finite loss: never looked for
             no_onset = "not computed"
         cells = [
             f'<td><b style="color:{r["color"]}">{escape(r["name"])}</b><br><small>{escape(str(r["dir"]))}</small></td>',
             f"<td>{escape(str(s.get('stop_reason', 'no summary.json (not finished)')))}</td>",
-            f"<td class=num>{cell_text(s.get('steps'))}</td>",
-            f"<td class=num>{cell_text(s.get('best_step'))} <small>({escape(str(best.get('name', '-')))})</small></td>",
-            f"<td class=num>{cell_text(onset) if onset is not None else no_onset}</td>",
+            f"<td class=num>{escape(cell_text(s.get('steps')))}</td>",
+            f"<td class=num>{escape(cell_text(s.get('best_step')))} <small>({escape(str(best.get('name', '-')))})"
+            "</small></td>",
+            f"<td class=num>{escape(cell_text(onset)) if onset is not None else no_onset}</td>",
         ]
         for _, values in headline_values(s):
-            cells.append(f"<td class=num>{' / '.join(cell_text(v) for v in values)}</td>")
+            cells.append(f"<td class=num>{escape(' / '.join(cell_text(v) for v in values))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -122,12 +132,11 @@ def _changes_table(runs: list[dict]) -> str:
         if changes is None:
             listed = '<span class="note">no recipe_changes.json</span>'
         else:
-            changed = [c for c in changes.get("changes", []) if c["value"] != c["base_value"]]
             listed = (
                 "<br>".join(
-                    f"<code>{escape(c['key'])}</code>: {escape(compact_text(c['value']))} "
-                    f"<small>(was {escape(compact_text(c['base_value']))})</small>"
-                    for c in changed
+                    f"<code>{escape(str(c.get('key')))}</code>: {escape(compact_text(c.get('value')))} "
+                    f"<small>(was {escape(compact_text(c.get('base_value')))})</small>"
+                    for c in changed_keys(changes)
                 )
                 or '<span class="note">nothing: the base recipe as it is</span>'
             )

@@ -103,9 +103,9 @@ def write_report(path: str | Path) -> Path:
     Written to a temporary name and renamed, so a reader never sees half a file."""
     path = Path(path)
     if (path / SWEEP_SUMMARY).is_file():
-        page = sweep_html(path)
+        page = _built(sweep_html, path)
     elif (path / METRICS_LOG).is_file() or (path / SUMMARY).is_file():
-        page = run_html(path)
+        page = _built(run_html, path)
     elif not path.is_dir():
         raise UserError("not a directory (give a run or sweep folder)" if path.exists() else "no such directory",
                         where=str(path))  # fmt: skip
@@ -120,6 +120,19 @@ def write_report(path: str | Path) -> Path:
     except OSError as exc:  # a read-only folder, a full disk: one line, as for any other bad input
         raise UserError(f"cannot write {REPORT}: {exc.strerror or exc}", where=str(path)) from None
     return target
+
+
+def _built(page_of, path: Path) -> str:
+    """The page of a run or sweep directory. The parts of a file that hold the wrong shape (a list where an object
+    belongs, text where a number does: a file edited by hand) are left out where they are read, as a file that is not
+    there is; whatever such a part still trips is one error line naming the folder, never a traceback."""
+    try:
+        return page_of(path)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise UserError(
+            f"unexpected content in a file of this folder ({type(exc).__name__}: {exc}); was one edited by hand?",
+            where=str(path),
+        ) from None
 
 
 def write_report_or_warn(path: str | Path) -> Path | None:
@@ -137,6 +150,17 @@ def write_report_or_warn(path: str | Path) -> Path | None:
 # ---- reading run files (dpo/rundir/files.py reads them) -----------------------------------------
 
 
+def as_dict(value) -> dict:
+    """A part of a run file that should be an object: itself, or {} when it holds something else (null, a list,
+    text: a file edited by hand), so that the page leaves that part out as it leaves out a file that is not there."""
+    return value if isinstance(value, dict) else {}
+
+
+def dicts(value) -> list[dict]:
+    """A part that should be a list of objects: its objects (none when it is no list)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
 def metric_series(events: list[dict], name: str) -> list[tuple[float, float]]:
     """(step, value) of metric `name`: held-out ones from evaluation events, train ones from step events."""
     held_out = name.startswith("eval_")
@@ -151,27 +175,33 @@ def metric_series(events: list[dict], name: str) -> list[tuple[float, float]]:
 
 
 def run_markers(summary: dict | None) -> list[Marker]:
+    """The vertical lines of the run's charts; one whose step or label is not what the summary writes is left out."""
     if not summary:
         return []
     markers = []
-    if summary.get("best_step") is not None:
-        markers.append(Marker(summary["best_step"], f"best {summary['best_metric']['name']}", "#2ca02c"))
-    stopped = {"early_stopped": "early stop", "autopilot": "autopilot stop"}.get(summary.get("stop_reason"))
-    if stopped:
+    if finite(summary.get("best_step")):
+        markers.append(Marker(summary["best_step"], f"best {as_dict(summary.get('best_metric')).get('name')}",
+                              "#2ca02c"))  # fmt: skip
+    stopped = {"early_stopped": "early stop", "autopilot": "autopilot stop"}.get(str(summary.get("stop_reason")))
+    if stopped and finite(summary.get("steps")):
         markers.append(Marker(summary["steps"], stopped, "#d62728"))
-    onset = (summary.get("overfitting") or {}).get("onset_step")
-    if onset is not None:
+    onset = as_dict(summary.get("overfitting")).get("onset_step")
+    if finite(onset):
         markers.append(Marker(onset, "overfitting onset", "#9467bd"))
-    for decision in (summary.get("autopilot") or {}).get("decisions", []):  # dpo/training/autopilot.py
-        changes = ", ".join(f"{key} {new}" for key, (_, new) in decision["changed"].items())
-        markers.append(Marker(decision["step"], f"autopilot {decision['rule']}: {changes}", "#ff7f0e"))
+    for decision in dicts(as_dict(summary.get("autopilot")).get("decisions")):  # dpo/training/autopilot.py
+        changed = as_dict(decision.get("changed"))
+        if not finite(decision.get("step")) or not all(isinstance(v, list) and len(v) == 2 for v in changed.values()):
+            continue
+        changes = ", ".join(f"{key} {new}" for key, (_, new) in changed.items())
+        markers.append(Marker(decision["step"], f"autopilot {decision.get('rule')}: {changes}", "#ff7f0e"))
     return markers
 
 
 def run_charts(events: list[dict], summary: dict | None) -> tuple[list[str], list[str]]:
     """(SVG charts, titles of the charts with nothing logged). All charts share the x range 0..last step."""
     steps = [e["step"] for e in events if isinstance(e.get("step"), int | float)]
-    last = max([*steps, (summary or {}).get("max_steps") or 0, 1])
+    max_steps = (summary or {}).get("max_steps")
+    last = max([*steps, max_steps if finite(max_steps) else 0, 1])
     markers = run_markers(summary)
     charts, empty = [], []
     for title, lines in RUN_CHARTS.items():
@@ -216,7 +246,7 @@ def run_html(run_dir: Path) -> str:
     if evaluation:
         body.append(_eval_section(evaluation))
     body.append(_recipe_section(recipe_text, changes))
-    if card and card.get("audit"):
+    if card and as_dict(card.get("audit")):
         body.append(_audit_section(card["audit"]))
     if card:
         rest = {k: v for k, v in card.items() if k != "audit"}
@@ -227,20 +257,24 @@ def run_html(run_dir: Path) -> str:
 def _audit_section(audit: dict) -> str:
     """The label audit (data_card.json `audit`, written by dpo/training/audit_use.py): the flip-rate estimate with
     its interval, what was done with the suspect pairs, and the loss keys set from the estimate."""
-    rate = audit["flip_rate"]
-    suspects = audit.get("suspects", {})
-    rows = suspects.get("rows", [])
-    shown = ", ".join(f"{r['source']}:{r['row']}" for r in rows[:10]) + (
+    rate = as_dict(audit.get("flip_rate"))
+    suspects = as_dict(audit.get("suspects"))
+    rows = dicts(suspects.get("rows"))
+    shown = ", ".join(f"{r.get('source')}:{r.get('row')}" for r in rows[:10]) + (
         f" (and {len(rows) - 10} more)" if len(rows) > 10 else ""
     )
+
+    def percent(key: str) -> str:
+        return f"{rate[key]:.1%}" if finite(rate.get(key)) else "-"
+
     flat = {
-        "estimated flip rate": f"{rate['estimate']:.1%} (95% interval {rate['low']:.1%} to {rate['high']:.1%})",
+        "estimated flip rate": f"{percent('estimate')} (95% interval {percent('low')} to {percent('high')})",
         "pairs audited": audit.get("pairs"),
         "separation of clean margins": audit.get("separation"),
         "suspect pairs": f"{suspects.get('action', 'keep')}: {suspects.get('pairs', 0)}"
         + (f" ({shown})" if rows else ""),
         "expected flip rate of the pairs trained on": audit.get("expected_flip_rate_after"),
-        **{f"{key} (auto)": value for key, value in audit.get("auto", {}).items()},
+        **{f"{key} (auto)": value for key, value in as_dict(audit.get("auto")).items()},
     }
     return (
         "<h2>Label audit</h2>"
@@ -268,8 +302,8 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
             '<div class="status warn"><b>No summary.json</b>: the run did not finish (killed, failed or still '
             f"running); curves up to step {last}.</div>"
         )
-    best = summary.get("best_metric") or {}
-    overfitting = summary.get("overfitting") or {}
+    best = as_dict(summary.get("best_metric"))
+    overfitting = as_dict(summary.get("overfitting"))
     onset = overfitting.get("onset_step")
     checked = "overfitting" in summary  # a run stopped on a non-finite loss ends before its diagnostics run
     onset_not_found = ONSET_NOT_APPLICABLE if onset_not_checked_in(overfitting) else "not detected"
@@ -279,7 +313,7 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
         ("stop reason", summary.get("stop_reason")),
         ("steps", f"{summary.get('steps')} of {summary.get('max_steps')}"),
         ("best step", summary.get("best_step")),
-        (f"best {best.get('name')} ({best.get('mode')})", cell_text(best.get("value"))),
+        (f"best {best.get('name', 'metric')} ({best.get('mode', '-')})", cell_text(best.get("value"))),
         ("final weights", summary.get("final_weights")),
         (
             "overfitting onset",
@@ -288,8 +322,8 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
         ("runtime", f"{summary.get('runtime_s')} s"),
     ]
     cells = "".join(f"<div><span>{escape(str(k))}</span><b>{escape(str(v))}</b></div>" for k, v in items)
-    warnings = overfitting.get("warnings") or []
-    warn_html = "".join(f'<li class="warning">{escape(w)}</li>' for w in warnings)
+    warnings = overfitting.get("warnings") if isinstance(overfitting.get("warnings"), list) else []
+    warn_html = "".join(f'<li class="warning">{escape(str(w))}</li>' for w in warnings)
     verdict = f'<ul class="warnings">{warn_html}</ul>' if warnings else '<p class="ok">No overfitting warnings.</p>'
     if not checked:
         verdict = (f'<p class="note">Not looked for: the run stopped ({escape(str(summary.get("stop_reason")))}) '
@@ -298,21 +332,33 @@ def _status_block(summary: dict | None, events: list[dict]) -> str:
 
 
 def cell_text(value) -> str:
-    """A value as a table cell shows it: a finite float rounded (fmt), None as '-'."""
+    """A value as a table cell shows it (not escaped): a float with 4 decimals, as the console prints held-out numbers
+    (dpo/analysis/console.py), 4 significant digits where 4 decimals would keep fewer (below 1e-3) or it is 1e5 or
+    more; None as '-'. Held-out numbers and sweep objectives often differ in the 3rd or 4th digit: the 3 significant
+    digits of the charts' ticks and tooltips (`fmt`) showed them as equal."""
     if isinstance(value, float):
-        return fmt(value) if math.isfinite(value) else str(value)
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
     return "-" if value is None else str(value)
+
+
+def param_text(value) -> str:
+    """A hyperparameter's value in the trials table: 4 significant digits, as the console shows it (0.003, 1e-05)."""
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else cell_text(value)
 
 
 def _headline_table(summary: dict) -> str:
     rows = []
     for name, cells in headline_values(summary):
         rows.append(
-            f"<tr><td>{escape(name)}</td>" + "".join(f"<td class=num>{cell_text(v)}</td>" for v in cells) + "</tr>"
+            f"<tr><td>{escape(name)}</td>"
+            + "".join(f"<td class=num>{escape(cell_text(v))}</td>" for v in cells)
+            + "</tr>"
         )
-    final_step = (summary.get("final_metrics") or {}).get("eval_step")
-    head = f"<tr><th>held-out metric</th><th>step 0</th><th>best (step {summary.get('best_step')})</th>"
-    head += f"<th>end (step {final_step})</th></tr>"
+    final_step = as_dict(summary.get("final_metrics")).get("eval_step")
+    head = f"<tr><th>held-out metric</th><th>step 0</th><th>best (step {escape(str(summary.get('best_step')))})</th>"
+    head += f"<th>end (step {escape(str(final_step))})</th></tr>"
     return f"<h2>Held-out numbers</h2><table>{head}{''.join(rows)}</table>"
 
 
@@ -320,11 +366,11 @@ def _eval_section(evaluation: dict) -> str:
     parts = ["<h2>Evaluation (eval.json)</h2>"]
     flat = {k: v for k, v in _flatten(evaluation).items() if not k.startswith(("samples", "definitions"))}
     parts.append(_kv_table(flat))
-    definitions = evaluation.get("definitions") or {}
+    definitions = as_dict(evaluation.get("definitions"))
     if definitions:
         items = "".join(f"<li><b>{escape(k)}</b>: {escape(str(v))}</li>" for k, v in definitions.items())
         parts.append(f"<details><summary>How each number was computed</summary><ul>{items}</ul></details>")
-    samples = evaluation.get("samples") or []
+    samples = dicts(evaluation.get("samples"))
     if samples:
         columns = ("prompt", "policy_answer", "policy_reward", "reference_answer", "reference_reward")
         rows = "".join("<tr>" + "".join(_sample_cell(k, s.get(k)) for k in columns) + "</tr>" for s in samples[:10])
@@ -341,7 +387,7 @@ def samples_section(samples: dict) -> str:
     rows = "".join(
         f"<tr><td>{escape(str(s.get('prompt')))}</td><td>{escape(str(s.get('trained')))}</td>"
         f"<td>{escape(str(s.get('reference')))}</td></tr>"
-        for s in samples.get("samples") or []
+        for s in dicts(samples.get("samples"))
     )
     return (
         f"<h2>Answers on held-out prompts</h2><p class=note>{escape(str(samples.get('what')))}; "
@@ -352,7 +398,9 @@ def samples_section(samples: dict) -> str:
 
 def _sample_cell(key: str, value) -> str:
     return (
-        f"<td class=num>{cell_text(value)}</td>" if key.endswith("reward") else f"<td>{escape(str(value)[:200])}</td>"
+        f"<td class=num>{escape(cell_text(value))}</td>"
+        if key.endswith("reward")
+        else f"<td>{escape(str(value)[:200])}</td>"
     )
 
 
@@ -360,10 +408,9 @@ def _recipe_section(recipe_text: str, changes: dict | None) -> str:
     parts = ["<h2>Recipe</h2>"]
     if changes:
         rows = "".join(
-            f"<tr><td><code>{escape(c['key'])}</code></td><td>{escape(compact_text(c['value']))}</td>"
-            f"<td>{escape(compact_text(c['base_value']))}</td><td>{escape(str(c['source']))}</td></tr>"
-            for c in changes.get("changes", [])
-            if c["value"] != c["base_value"]
+            f"<tr><td><code>{escape(str(c.get('key')))}</code></td><td>{escape(compact_text(c.get('value')))}</td>"
+            f"<td>{escape(compact_text(c.get('base_value')))}</td><td>{escape(str(c.get('source')))}</td></tr>"
+            for c in changed_keys(changes)
         )
         overrides = changes.get("overrides") or []
         parts.append(
@@ -378,6 +425,12 @@ def _recipe_section(recipe_text: str, changes: dict | None) -> str:
     if recipe_text:
         parts.append(f"<details><summary>Resolved recipe.yaml</summary><pre>{escape(recipe_text)}</pre></details>")
     return "".join(parts)
+
+
+def changed_keys(changes: dict) -> list[dict]:
+    """The entries of recipe_changes.json whose value differs from the one it replaced (entries that are not
+    objects, from a file edited by hand, left out)."""
+    return [c for c in dicts(changes.get("changes")) if c.get("value") != c.get("base_value")]
 
 
 def compact_text(value) -> str:
@@ -415,7 +468,8 @@ def sweep_html(sweep_dir: Path) -> str:
     metric, direction = objective.get("metric"), objective.get("direction", "maximize")
     if not metric:
         raise UserError("objective.metric is missing", where=where)
-    trials = summary["trials"]
+    # trials as objects with a params object: an entry edited into something else is left out, not a traceback
+    trials = [{**t, "params": as_dict(t.get("params"))} for t in dicts(summary["trials"])]
     ranked = _ranked(trials, direction)
     name = summary.get("name") or sweep_dir.name
 
@@ -442,7 +496,7 @@ def sweep_html(sweep_dir: Path) -> str:
     body.append("<h2>Objective against each hyperparameter</h2>")
     scatters = _scatters(trials, metric)
     body.append('<div class="grid">' + "".join(scatters) + "</div>" if scatters else "<p>No trial has a value yet.</p>")
-    if summary.get("importance"):
+    if as_dict(summary.get("importance")):
         body.append("<h2>Hyperparameter importance</h2>" + _importance(summary["importance"]))
     body.append(f"<h2>Held-out {escape(metric)} of the top trials</h2>")
     curves = _top_curves(sweep_dir, trials, ranked, metric)
@@ -450,7 +504,8 @@ def sweep_html(sweep_dir: Path) -> str:
     troubled = [t for t in trials if t.get("state") in ("pruned", "failed")]
     if troubled:
         rows = "".join(
-            f'<tr class="{escape(str(t.get("state")))}"><td>{t.get("number")}</td><td>{escape(str(t.get("state")))}'
+            f'<tr class="{escape(str(t.get("state")))}"><td>{escape(str(t.get("number")))}</td>'
+            f"<td>{escape(str(t.get('state')))}"
             f"</td><td>{escape(str(t.get('steps')))}</td><td>{escape(str(t.get('reason') or '-'))}</td></tr>"
             for t in troubled
         )
@@ -491,11 +546,11 @@ def _trials_table(sweep_dir: Path, trials: list[dict], ranked: list[dict], direc
         ]
         for p in params:
             v = (t.get("params") or {}).get(p)
-            cells.append(_cell(cell_text(v), v if finite(v) else None))
+            cells.append(_cell(param_text(v), v if finite(v) else None))
         cells.append(_cell(t.get("steps"), t.get("steps")))
         cells.append(_cell(t.get("reason") or "", None))
         run_dir = t.get("run_dir")
-        report = sweep_dir / run_dir / REPORT if run_dir else None
+        report = sweep_dir / run_dir / REPORT if isinstance(run_dir, str) and run_dir else None
         link = f'<a href="{escape(str(run_dir))}/{REPORT}">open</a>' if report and report.is_file() else "-"
         cells.append(f"<td>{link}</td>")
         rows.append(f'<tr class="{escape(str(t.get("state")))}">{"".join(cells)}</tr>')
@@ -534,7 +589,7 @@ def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric:
     series, last = [], 1
     for t, color, pruned in chosen:
         run_dir = t.get("run_dir")
-        if not run_dir:
+        if not isinstance(run_dir, str) or not run_dir:
             continue
         points = metric_series(read_metrics(sweep_dir / run_dir), metric)
         if points:
@@ -547,7 +602,7 @@ def _top_curves(sweep_dir: Path, trials: list[dict], ranked: list[dict], metric:
 def _importance(importance: dict) -> str:
     top = max((v for v in importance.values() if finite(v)), default=0) or 1
     rows = "".join(
-        f'<tr><td><code>{escape(k)}</code></td><td class=num>{cell_text(v)}</td><td><div class="bar" '
+        f'<tr><td><code>{escape(k)}</code></td><td class=num>{escape(cell_text(v))}</td><td><div class="bar" '
         f'style="width:{max(0.0, v / top) * 240 if finite(v) else 0:.0f}px"></div></td></tr>'
         for k, v in sorted(importance.items(), key=lambda kv: -kv[1] if finite(kv[1]) else 0)
     )

@@ -5,9 +5,10 @@
 
 Each trial is a separate process (`python -m dpo.sweep.trial`, dpo/sweep/trial.py): `dpo train` of the base
 recipe with the trial's overrides into SWEEP_DIR/trials/trial-NNNN, plus an optuna callback passed through
-`execute(callbacks=...)`. A crash, a non-finite loss or an invalid combination fails that trial (with its
-reason), never the sweep. The trial reports its held-out objective to optuna at every evaluation, so the pruner
-can stop hopeless trials early.
+`execute(callbacks=...)`. A crash, a non-finite loss, an invalid combination or an error around the trial's
+process (a fork refused, a full disk) fails that trial (with its reason), never the sweep. The trial reports its
+held-out objective to optuna at every evaluation, so the pruner can stop hopeless trials early. A sweep none of
+whose trials completed writes no best.yaml, and `dpo sweep` exits 3 (`nothing_completed`).
 
 Sweep directory (shared with `dpo report`; keep the names):
     sweep.yaml          the spec as given (secrets redacted), plus base_recipe resolved to an absolute path
@@ -22,6 +23,7 @@ The objective value of a trial is the objective metric of the weights the run en
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -106,7 +108,9 @@ def run_sweep(
     url = storage or sqlite_url(sweep_dir / STUDY_DB)
     _check_sweep_dir(sweep_dir, external=storage is not None, resume=resume)
     # a broken base recipe fails here, not in every trial; its runs/<name> is no trial's directory: not checked
-    check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
+    checked = check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
+    check_objective(spec, checked)
+    group = _group(spec, checked.recipe)  # once: a base recipe edited mid-sweep fails its trials, not the sweep
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # with SQLite in the sweep directory, one `dpo sweep` process owns it (its --workers share the study)
     with DirectoryLock(sweep_dir, IN_USE) if storage is None else contextlib.nullcontext():
@@ -127,7 +131,7 @@ def run_sweep(
         if remaining > 0:
             echo(f"sweep {spec.name}: {remaining} of {spec.trials} trials to run, {min(workers, remaining)} at a time")
             study.optimize(
-                lambda trial: _objective(trial, spec, sweep_dir, url, workers),
+                lambda trial: _objective(trial, spec, sweep_dir, url, workers, group),
                 n_trials=remaining,
                 n_jobs=min(workers, remaining),
                 catch=(TrialFailed,),
@@ -135,11 +139,64 @@ def run_sweep(
             )
         summary = summarize(study, spec, sweep_dir)
         atomic_write_json(sweep_dir / SWEEP_SUMMARY, summary)  # first: the record stands if best.yaml cannot be made
-        _write_best(summary, spec, sweep_dir)
+        _write_best(summary, spec, sweep_dir, group)
     from dpo.analysis.report import write_report_or_warn
 
     write_report_or_warn(sweep_dir)  # the sweep's dashboard; `dpo report SWEEP_DIR` rebuilds it
     return summary
+
+
+def check_objective(spec: SweepSpec, checked) -> None:
+    """The objective must be logged by every trial, and the pruner must have evaluations to act on, before any trial
+    trains: otherwise each trial trains to its end and then fails ("objective ... is missing"), or the pruner never
+    prunes. `checked`: the base recipe with the fixed keys (dpo/training/gate.py's CheckedRecipe). Each value a grid,
+    choice or variants parameter lists is checked too, on the base recipe with the fixed keys and that value (a
+    variant with a reference-free loss under an eval_kl objective); combinations are left to the trials."""
+    from dpo.config.loading import load_recipe
+    from dpo.errors import Problems
+    from dpo.training.arguments import no_evaluation_during_training
+    from dpo.training.gate import check_settings, unlogged_metric
+
+    train_pairs = len(checked.data.train)
+    configs = [("", checked.recipe, checked.loss_plan, checked.dpo_config, train_pairs)]
+    for p in spec.params:
+        if not SEARCH_KINDS[p.kind].listed:
+            continue
+        for value in list(p.args):  # as written (a variants parameter: its names)
+            overrides = p.overrides(value)
+            try:
+                loaded = load_recipe(spec.base_recipe, set_items({**spec.fixed, **overrides}))
+            except UserError:
+                continue  # a value the recipe refuses: its trials say why (the schema's part is checked at load)
+            plan, dpo_config = check_settings(loaded, checked.run_dir, Problems())
+            if plan is None or dpo_config is None:
+                continue
+            pairs = None if any(key.startswith("data") for key in overrides) else train_pairs  # counted with the data
+            which = f" of variant search.{p.name}.{value}" if p.kind == "variants" else f" where {p.name} is {value!r}"
+            configs.append((which, loaded.recipe, plan, dpo_config, pairs))
+    for which, recipe, plan, dpo_config, pairs in configs:
+        problem = unlogged_metric(recipe, plan, dpo_config, spec.metric)
+        if dpo_config.eval_strategy == "no":  # the last step is evaluated under any other strategy
+            problem = f"{no_evaluation_during_training(dpo_config, pairs)}: no evaluation after step 0"
+        if problem:
+            raise UserError(
+                f"{spec.metric} is never logged in the trials{which}: {problem}; each of them would train to its end "
+                "and fail without it",
+                where=spec.where("objective.metric"),
+            )
+    if spec.pruner == "none":
+        return
+    # Refused, not warned: a pruner that never prunes is a knob that does nothing (a trial is never pruned at its
+    # last evaluation, dpo/sweep/trial.py), and the project makes those errors. A range over a training key
+    # (uniform, int) may give some trials evaluations: not refused then.
+    ranged = any(not SEARCH_KINDS[p.kind].listed and p.name.startswith("training.") for p in spec.params)
+    reasons = [no_evaluation_during_training(dpo_config, pairs) for _, _, _, dpo_config, pairs in configs]
+    if not ranged and all(reasons):
+        raise UserError(
+            f"has no effect: the trials have no evaluation before their last step ({reasons[0]}), and a trial is never "
+            "pruned at its last; use pruner: none, or evaluate during training (training.eval_steps)",
+            where=spec.where("pruner"),
+        )
 
 
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:
@@ -284,18 +341,25 @@ def _retry_interrupted(study, sweep_dir: Path) -> None:
 # --- one trial -----------------------------------------------------------------------------------------------
 
 
-def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
+def _objective(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, group: dict) -> float:
     """One trial; a Ctrl-C anywhere in it (the sampler drawing its parameters, the trial's process, reading what that
     wrote) marks it INTERRUPTED, so that `--resume` runs its parameters again: optuna alone would record it failed,
     and a failed trial is never rerun (a grid point would be lost)."""
     try:
-        return _run_trial(trial, spec, sweep_dir, url, workers)
+        return _run_trial(trial, spec, sweep_dir, url, workers, group)
     except KeyboardInterrupt:
         trial.set_user_attr(INTERRUPTED, True)
         raise
+    except (OSError, UserError) as exc:
+        # what went wrong around the trial, not in it (fork refused: EAGAIN, ENOMEM, EMFILE; a full disk writing
+        # trial.json): that trial fails with the reason, and the sweep goes on to its summary ("never the sweep")
+        reason = redact(f"could not run the trial: {exc}")  # a path in it may hold a secret: study.db keeps it
+        trial.set_user_attr("reason", reason)
+        _keep_log(sweep_dir, TRIAL_DIR.format(number=trial.number))
+        raise TrialFailed(reason) from exc
 
 
-def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) -> float:
+def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, group: dict) -> float:
     import optuna
 
     name = TRIAL_DIR.format(number=trial.number)
@@ -313,7 +377,7 @@ def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
         trial.set_user_attr("reason", f"{TRIALS}/{name} already exists; it is not overwritten")
         raise TrialFailed(f"{TRIALS}/{name} already exists")
     rel = f"{TRIALS}/{name}"
-    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **_group(spec)}
+    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **group}
     pruner = json.dumps({"type": spec.pruner, **spec.pruner_kwargs})
     cmd = [sys.executable, "-m", "dpo.sweep.trial", "--study", spec.name, "--trial-id", str(trial._trial_id),
            "--metric", spec.metric, "--pruner", pruner, "--parent-pid", str(os.getpid()),
@@ -357,13 +421,20 @@ def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int) 
     return value
 
 
-def _group(spec: SweepSpec) -> dict:
-    """logging.wandb_group = the sweep's name when the trials log to wandb (the key is an error without wandb);
-    WANDB_RUN_GROUP in the trial's environment groups the runs either way."""
-    from dpo.config.loading import load_recipe
+def _keep_log(sweep_dir: Path, name: str) -> None:
+    """A trial that failed around its process: what it printed, if anything, goes where a trial's output goes."""
+    log = sweep_dir / TRIALS / f".{name}.log"
+    with contextlib.suppress(OSError):  # the disk that failed the trial may fail this too: the reason is recorded
+        if log.is_file():
+            (sweep_dir / TRIALS / name).mkdir(exist_ok=True)
+            os.replace(log, sweep_dir / TRIALS / name / TRAIN_LOG)
 
-    uses_wandb = load_recipe(spec.base_recipe, set_items(spec.fixed)).recipe.logging.wandb
-    return {"logging.wandb_group": spec.name} if uses_wandb else {}
+
+def _group(spec: SweepSpec, base) -> dict:
+    """logging.wandb_group = the sweep's name when the trials log to wandb (the key is an error without wandb);
+    WANDB_RUN_GROUP in the trial's environment groups the runs either way. `base`: the base recipe with the fixed
+    keys, as the sweep checked it when it started."""
+    return {"logging.wandb_group": spec.name} if base.logging.wandb else {}
 
 
 def objective_value(summary: dict, metric: str) -> float | None:
@@ -396,14 +467,15 @@ def _run_trial_logging_redacted(cmd: list[str], env: dict[str, str], log_path: P
     never reaches the file with a secret in it, as it would if the file were the trial's stdout. A log that could not
     be written whole is said in record["log_error"] (trial.json)."""
     log = log_path.open("w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-    copy = None
-    try:
+    proc = copy = None
+    try:  # Popen inside: a fork refused (EAGAIN, ENOMEM, EMFILE) still closes the log
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)  # fmt: skip
         copy = RedactedCopy(proc.stdout, log, env)
         _wait_writing_running(proc, trial_dir, record)
     finally:
-        failing = proc.poll() is None  # we are failing (Ctrl-C, a full disk): nobody would record the trial
-        if failing:
+        failing = proc is None or proc.poll() is None  # we are failing (Ctrl-C, a full disk): nobody would record it
+        if proc is not None and failing:
             proc.kill()
             proc.wait()
         pipe_closed = copy.finish(linger_s=1.0 if failing else 30.0) if copy else False
@@ -512,6 +584,27 @@ def summarize(study, spec: SweepSpec, sweep_dir: Path) -> dict:
     }
 
 
+def nothing_completed(summary: dict) -> str | None:
+    """Why the sweep produced nothing, or None: no trial completed (each failed or was pruned), so there is no best
+    trial and no best.yaml. `dpo sweep` then exits 3, as a run that started but could not finish, so that a script's
+    next step (`dpo train SWEEP_DIR/best.yaml`) does not fail later on a missing file. A trial still running (on
+    another machine sharing --storage) may yet complete: None."""
+    trials = summary["trials"]
+    if summary["best_trial"] is not None or any(t["state"] == "running" for t in trials):
+        return None
+    counts = {state: sum(t["state"] == state for t in trials) for state in ("failed", "pruned")}
+    shown = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "none ran"
+    failed = [t["reason"] or "no reason recorded" for t in trials if t["state"] == "failed"]
+    if failed:
+        reason, times = max(collections.Counter(failed).items(), key=lambda item: item[1])
+        why = f"the most common failure ({times} of {len(failed)}): {reason}"
+    elif counts["pruned"]:
+        why = f"every trial was pruned by the {summary['pruner']} pruner"
+    else:
+        why = "the sweep has no trials"
+    return f"{summary['sweep_dir']}: no trial completed ({shown}), so there is no best.yaml; {why}"
+
+
 def _importance(study, n_complete: int) -> dict:
     """optuna's parameter importances where it can compute them (two or more finished trials that differ)."""
     import optuna
@@ -527,7 +620,7 @@ def _importance(study, n_complete: int) -> dict:
         return {}
 
 
-def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
+def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path, group: dict) -> None:
     """best.yaml: the best trial's resolved recipe (its run directory's recipe.yaml), renamed."""
     from dpo.config.loading import load_recipe
 
@@ -545,7 +638,8 @@ def _write_best(summary: dict, spec: SweepSpec, sweep_dir: Path) -> None:
             "readable here)",
             file=sys.stderr,
         )
-        overrides = {**spec.overrides(summary["best_params"]), "name": f"{spec.name}-best", **_group(spec)}
+        params = spec.trained_values(summary["best_params"])
+        overrides = {**spec.overrides(params), "name": f"{spec.name}-best", **group}
         recipe = load_recipe(spec.base_recipe, set_items(overrides)).recipe
     header = (
         f"# Best trial {summary['best_trial']} of sweep {spec.name}: {spec.metric} = {summary['best_value']:.6g}\n"

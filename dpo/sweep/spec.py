@@ -79,10 +79,18 @@ def _check_variants(args) -> str | None:
 
 def recorded_choices(values: list) -> list:
     """A `choice` parameter's values as optuna records them (its distribution, in study.db or a database server; the
-    grid sampler's space): with secrets redacted. `choose` maps the one drawn back to the value the trial trains with.
-    Values that redaction would make equal are recorded as they are (they could not be told apart)."""
+    grid sampler's space): with secrets redacted. `choose` maps the one drawn back to the value the trial trains with,
+    by position. Values that redaction makes equal (two URLs whose passwords both become the same mask) are told apart
+    by their position in the list (`... #2`), never recorded as they are: that would store the secrets."""
     shown = redact_data(list(values))
-    return shown if len(set(map(json.dumps, shown))) == len(shown) else list(values)
+    texts = [json.dumps(v) for v in shown]
+    if len(set(texts)) == len(texts):
+        return shown
+    alike = {t for t in texts if texts.count(t) > 1}  # only strings redact alike: other values are distinct already
+    shown = [f"{v} #{i + 1}" if t in alike else v for i, (v, t) in enumerate(zip(shown, texts, strict=True))]
+    if len(set(map(json.dumps, shown))) == len(shown):
+        return shown
+    return [f"#{i + 1}" for i in range(len(shown))]  # a value written as another's marked text: positions alone
 
 
 def choose(trial, name: str, values: list):
@@ -261,6 +269,16 @@ class SweepSpec:
     def build_pruner(self):
         return build_pruner(self.pruner, self.pruner_kwargs)
 
+    def trained_values(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        """The parameter values the trials train with, from those optuna recorded (a `choice` records its values
+        redacted, `recorded_choices`): for best.yaml made from a trial's recorded parameters."""
+        values = dict(recorded)
+        for p in self.params:
+            shown = recorded_choices(p.args) if p.kind == "choice" else []
+            if p.name in values and values[p.name] in shown:
+                values[p.name] = p.args[shown.index(values[p.name])]
+        return values
+
     def overrides(self, params: dict[str, Any]) -> dict[str, Any]:
         """fixed overrides, then each sampled parameter's overrides (in spec order)."""
         out = dict(self.fixed)
@@ -411,10 +429,18 @@ def _objective(block, where) -> tuple[str, str]:
         raise UserError(
             f"{metric} has no better direction; say maximize or minimize", where=where("objective.direction")
         )
-    direction = block.get("direction") or ("maximize" if better == "max" else "minimize")
+    expected = None if better is None else "maximize" if better == "max" else "minimize"
+    direction = block.get("direction") or expected
     if direction not in DIRECTIONS:
         raise UserError(
             f"must be one of {', '.join(DIRECTIONS)} (got {direction!r})", where=where("objective.direction")
+        )
+    if expected is not None and direction != expected:
+        # the sweep would pick, and write to best.yaml, the worst trial: said, as early stopping's contradicting mode is
+        raise UserError(
+            f"{direction} contradicts the metric table ({metric} is '{better}': better when "
+            f"{'higher' if better == 'max' else 'lower'}); drop direction, or write {expected}",
+            where=where("objective.direction"),
         )
     return metric, direction
 

@@ -30,7 +30,8 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stop
 
 class OptunaTrialCallback(TrainerCallback):
     """Reports `metric` after every evaluation during training; on a prune decision stops training (`pruned_at`
-    records the step; `stop_reason` tells the run why it stopped)."""
+    records the step; `stop_reason` tells the run why it stopped). The evaluation at the last step is reported but
+    never pruned: the trial has spent its steps, and pruned it would lose its value."""
 
     def __init__(self, trial, metric: str, parent_pid: int | None = None):
         self.trial = trial
@@ -49,6 +50,8 @@ class OptunaTrialCallback(TrainerCallback):
         value = float(metrics[self.metric])
         if math.isfinite(value):
             self.trial.report(value, state.global_step)
+        if state.global_step >= state.max_steps:  # the last evaluation: nothing left to save, the trial completes
+            return control
         if self.trial.should_prune():
             self.pruned_at = state.global_step
             control.should_training_stop = True

@@ -50,20 +50,24 @@ class AuditResult:
 
     @property
     def p_flipped(self) -> list[float]:
-        return [round(p, 6) for p in self.mixture.p_flipped.tolist()]
+        """Each pair's posterior probability of a flipped label, unrounded (rounded only where it is written)."""
+        return self.mixture.p_flipped.tolist()
 
     def ranking(self) -> list[int]:
-        """Pair indices, most suspect first (ties: training order, so the ranking is stable)."""
-        p = self.p_flipped
-        return sorted(range(len(p)), key=lambda i: (-p[i], i))
+        """Pair indices, most suspect first: by the unrounded log-odds of p_flipped, so by margin among the pairs
+        whose p rounds to 1 (ties: training order, so the ranking is stable)."""
+        return self.mixture.ranking()
 
     def to_json(self) -> dict:
-        """audit.json: the flip rate with its interval, and the pairs most suspect first."""
-        m, p = self.mixture, self.p_flipped
+        """audit.json: the flip rate with its interval, and the pairs most suspect first with their p_flipped and
+        cross-fitted margin (rounded to 6 decimals here, and only here)."""
+        m, p, margins = self.mixture, self.p_flipped, self.mixture.margins.tolist()
         return {
             "flip_rate": {"estimate": round(m.estimate, 4), "low": round(m.low, 4), "high": round(m.high, 4)},
             "pairs": [
-                {"source": self.origins[i][0], "row": self.origins[i][1], "p_flipped": p[i]} for i in self.ranking()
+                {"source": source, "row": row, "p_flipped": round(p[i], 6), "margin": round(margins[i], 6)}
+                for i in self.ranking()
+                for source, row in [self.origins[i]]
             ],
         }
 
@@ -229,12 +233,13 @@ def render(result: AuditResult, path: Path | None = None, shown: int = SHOWN_SUS
     if path is not None:
         lines.append(f"  wrote {path}")
     lines.append(f"top {min(shown, len(p))} suspects:")
+    margins = m.margins.tolist()
     for i in result.ranking()[:shown]:
         source, row = result.origins[i]
         pair = result.pairs[i]
         where = f"{source} row {row}" if source else "(made by an augmentation)"
         lines += [
-            f"  p_flipped {p[i]:.2f}  {where}",
+            f"  p_flipped {p[i]:.2f} (margin {margins[i]:.2f})  {where}",
             f"    prompt:   {_text(pair['prompt'])}",
             f"    chosen:   {_text(pair['chosen'])}",
             f"    rejected: {_text(pair['rejected'])}",

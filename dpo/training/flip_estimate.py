@@ -121,12 +121,13 @@ def _em_from(
     m: Tensor, e: Tensor, mu: Tensor, sigma: Tensor, iterations: int, fixed_e: bool = False
 ) -> tuple[Tensor, ...]:
     """EM for (1 - e) N(mu, sigma) + e N(-mu, sigma) from one start, batched over the rows of `m` (B, N); with
-    `fixed_e` only mu and sigma move (the profile likelihood of e). Returns e, mu, sigma (B,), the responsibilities
-    P(flipped | m) (B, N) and the mean log-likelihood (B,)."""
+    `fixed_e` only mu and sigma move (the profile likelihood of e). Returns e, mu, sigma (B,), the log-odds of the
+    responsibilities, log P(flipped | m) / P(clean | m) (B, N), and the mean log-likelihood (B,)."""
     for step in range(iterations + 1):
         log_clean = (1 - e).log()[:, None] + _normal_log_pdf(m, mu[:, None], sigma[:, None])
         log_flip = e.clamp_min(1e-12).log()[:, None] + _normal_log_pdf(m, -mu[:, None], sigma[:, None])
-        r = torch.sigmoid(log_flip - log_clean)
+        log_odds = log_flip - log_clean
+        r = torch.sigmoid(log_odds)
         if step == iterations:
             break
         before = torch.stack([e, mu, sigma])
@@ -136,12 +137,13 @@ def _em_from(
         sigma = ((1 - r) * (m - mu[:, None]).pow(2) + r * (m + mu[:, None]).pow(2)).mean(1).sqrt().clamp_min(1e-8)
         if (torch.stack([e, mu, sigma]) - before).abs().max() < EM_TOLERANCE * sigma.min():
             iterations = step + 1  # converged: one more E-step for the final responsibilities
-    return e, mu, sigma, r, torch.logaddexp(log_clean, log_flip).mean(1)
+    return e, mu, sigma, log_odds, torch.logaddexp(log_clean, log_flip).mean(1)
 
 
 def _em(margins: Tensor, iterations: int = EM_ITERATIONS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The mirrored mixture's maximum-likelihood fit over several starts (EM finds local optima: from a small
-    start e, a high flip rate can collapse into mu ~ 0). Returns e, mu, sigma (B,) and P(flipped | m) (B, N)."""
+    start e, a high flip rate can collapse into mu ~ 0). Returns e, mu, sigma (B,) and the log-odds of
+    P(flipped | m) (B, N)."""
     m = margins
     best = None
     for start in EM_STARTS:
@@ -161,7 +163,8 @@ def _em(margins: Tensor, iterations: int = EM_ITERATIONS) -> tuple[Tensor, Tenso
 @dataclass
 class FlipMixture:
     """The fitted mirrored mixture: flip rate `estimate` with its likelihood-ratio interval [low, high], the clean
-    margins' mean and spread, and each pair's posterior probability of being flipped, in input order."""
+    margins' mean and spread, and per pair, in input order: its posterior probability of being flipped, the log-odds
+    of it (float64, unrounded: where p saturates at 1 they still order the pairs) and the margin it was fitted to."""
 
     estimate: float
     low: float
@@ -169,6 +172,14 @@ class FlipMixture:
     mu: float
     sigma: float
     p_flipped: Tensor
+    log_odds: Tensor
+    margins: Tensor
+
+    def ranking(self) -> list[int]:
+        """Pair indices, most suspect first: by the posterior's log-odds, logit(e) - 2 mu m / sigma^2, so by margin
+        where p itself rounds (or saturates) to 1; ties (equal margins) in input order, so the ranking is stable."""
+        log_odds = self.log_odds.tolist()
+        return sorted(range(len(log_odds)), key=lambda i: (-log_odds[i], i))
 
     @property
     def separation(self) -> float:
@@ -190,19 +201,53 @@ def fit_flip_mixture(margins: Tensor, level: float = 0.95) -> FlipMixture:
     """The mirrored mixture fitted to `margins` by maximum likelihood. The interval holds the flip rates whose
     profile likelihood is within the chi-square(1) cut of the best (the likelihood-ratio interval): where the
     margins cannot tell a flip rate from another, it is wide, as it should be."""
-    e, mu, sigma, r = _em(margins.double()[None, :])
+    e, mu, sigma, log_odds = _em(margins.double()[None, :])
     grid = torch.linspace(0.0, 0.5, PROFILE_POINTS, dtype=torch.float64)
     profile = profile_log_likelihood(margins, grid, mu.item(), sigma.item())
     best = max(profile.max().item(), _em_from(margins.double()[None], e, mu, sigma, 0)[4].item() * len(margins))
     z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2)).item()
     cut = z * z / 2  # half the chi-square(1) quantile: a chi2(1) variable is a squared standard normal
-    inside = grid[profile >= best - cut]
     estimate = e.item()
+    low, high = _crossings(margins, grid, profile, best - cut, estimate, mu.item(), sigma.item())
     return FlipMixture(
         estimate=estimate,
-        low=min(inside.min().item(), estimate) if len(inside) else estimate,
-        high=max(inside.max().item(), estimate) if len(inside) else estimate,
+        low=low,
+        high=high,
         mu=mu.item(),
         sigma=sigma.item(),
-        p_flipped=r[0].float(),
+        p_flipped=torch.sigmoid(log_odds[0]),
+        log_odds=log_odds[0],
+        margins=margins.double(),
     )
+
+
+BISECTIONS = 12  # halvings of a grid step (0.01) for each end of the interval: to within 2.5e-6
+
+
+def _crossings(margins: Tensor, grid: Tensor, profile: Tensor, level: float, estimate: float, mu: float,
+               sigma: float) -> tuple[float, float]:  # fmt: skip
+    """The interval's ends: where the profile log-likelihood crosses `level` below and above the inside flip rates
+    (the grid points at or above it, and the estimate). Each crossing lies between the outermost inside point and its
+    outer grid neighbour; it is found by bisection on the profile (both ends in one batched EM per halving), and the
+    outer end of the last bracket is reported, so the interval never shrinks below the true one by the bisection's
+    error. An end with no grid point beyond it is the range's end (0 or 0.5). Reporting the inside grid points
+    instead cut up to a grid step (0.01) off each side, and an estimate of 0 with good separation got [0, 0]."""
+    inside = [*grid[profile >= level].tolist(), estimate]
+    values = grid.tolist()
+    lo_in, hi_in = min(inside), max(inside)
+    below = [g for g in values if g < lo_in]
+    above = [g for g in values if g > hi_in]
+    if not below and not above:
+        return lo_in, hi_in
+    # brackets (inside, outside): the crossing lies between; a missing side keeps its inside end, and is not moved
+    inner = torch.tensor([lo_in, hi_in], dtype=torch.float64)
+    outer = torch.tensor([below[-1] if below else lo_in, above[0] if above else hi_in], dtype=torch.float64)
+    m = margins.double()[None, :].expand(2, -1)
+    start = torch.ones(2, dtype=torch.float64)
+    for _ in range(BISECTIONS):
+        middle = (inner + outer) / 2
+        ll = _em_from(m, middle, mu * start, sigma * start, EM_ITERATIONS, fixed_e=True)[4] * margins.shape[0]
+        within = ll >= level
+        inner, outer = torch.where(within, middle, inner), torch.where(within, outer, middle)
+    low, high = outer.tolist()
+    return min(max(low, 0.0), estimate), max(min(high, 0.5), estimate)

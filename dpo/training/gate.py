@@ -50,10 +50,7 @@ class CheckedRecipe:
     @property
     def heldout_kl(self) -> bool:
         """Whether evaluations log eval_kl: `logging.heldout_kl`, or by default wherever a reference exists."""
-        wanted = self.recipe.logging.heldout_kl
-        if wanted is None:  # a reference-free loss plan keeps no reference to measure the KL to
-            return heldout_kl_available(self.recipe, self.dpo_config) and self.loss_plan.needs_reference
-        return wanted
+        return heldout_kl_on(self.recipe, self.loss_plan, self.dpo_config)
 
     @property
     def warnings(self) -> list[str]:
@@ -281,6 +278,14 @@ def _check_lora_targets(loaded: LoadedRecipe) -> None:
         )
 
 
+def heldout_kl_on(recipe: Recipe, plan, dpo_config) -> bool:
+    """Whether the run's evaluations log eval_kl: `logging.heldout_kl`, or by default wherever a reference exists."""
+    wanted = recipe.logging.heldout_kl
+    if wanted is None:  # a reference-free loss plan keeps no reference to measure the KL to
+        return heldout_kl_available(recipe, dpo_config) and plan.needs_reference
+    return wanted
+
+
 def heldout_kl_available(recipe: Recipe, dpo_config) -> bool:
     """The held-out KL needs a reference model at evaluation: the adapter-disabled policy under LoRA, or TRL's
     reference copy; full fine-tuning with precomputed reference log-probs keeps neither."""
@@ -383,18 +388,43 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
     if watched is not None and watched.gap_of:
         # a gap is logged only at an evaluation with train values logged since the previous one: without train
         # logs before the last step, early stopping and the autopilot would skip every evaluation and do nothing
-        steps, every = dpo_config.max_steps, dpo_config.logging_steps
-        if dpo_config.logging_strategy == "no" or (dpo_config.logging_strategy == "steps" and every >= 1
-                                                   and 0 < steps <= every):  # fmt: skip
-            why = (
-                "training.logging_strategy 'no' logs none"
-                if dpo_config.logging_strategy == "no"
-                else f"training.logging_steps {every} logs none before the last step (max_steps {steps})"
-            )
+        why = no_train_logs_before_the_last_step(dpo_config)
+        if why:
             raise UserError(
                 f"{stopping.metric} needs train values logged between evaluations, and {why}",
                 where=loaded.where("early_stopping.metric"),
             )
+
+
+def no_train_logs_before_the_last_step(dpo_config) -> str | None:
+    """Why a run of this DPOConfig logs no train values before its last step, or None: the train-minus-held-out
+    gaps (eval_gap/*) are logged only at an evaluation with train values logged since the previous one."""
+    steps, every = dpo_config.max_steps, dpo_config.logging_steps
+    if dpo_config.logging_strategy == "no":
+        return "training.logging_strategy 'no' logs none"
+    if dpo_config.logging_strategy == "steps" and every >= 1 and 0 < steps <= every:
+        return f"training.logging_steps {every} logs none before the last step (max_steps {steps})"
+    return None
+
+
+def unlogged_metric(recipe: Recipe, plan, dpo_config, metric: str) -> str | None:
+    """Why the run's evaluations never log held-out `metric` (None: they log it, or it is not in the metric table):
+    a metric that needs a reference model under a reference-free loss plan, the held-out KL off, a gap without train
+    values logged between evaluations. The checks of early stopping's metric above, for a sweep's objective
+    (dpo/sweep/driver.py), whose trials would otherwise each train to the end and then fail without it."""
+    row = lookup(metric)
+    if row is None:
+        return None
+    if row.needs_reference and not plan.needs_reference:
+        return f"loss.type {[name for name, _ in plan.terms]} uses no reference model"
+    if metric == "eval_kl" and not heldout_kl_on(recipe, plan, dpo_config):
+        return (
+            "the held-out KL is off (it needs logging.heldout_kl and a reference model at evaluation: LoRA, or "
+            "training.precompute_ref_log_probs: false)"
+        )
+    if row.gap_of and (why := no_train_logs_before_the_last_step(dpo_config)):
+        return f"it needs train values logged between evaluations, and {why}"
+    return None
 
 
 def check_pairs_counted(loaded: LoadedRecipe, dpo_config, train_pairs: int, evaluations: bool = True) -> None:

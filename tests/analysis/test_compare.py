@@ -15,7 +15,7 @@ from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.training.execute import execute
 from tests.browser import chromium_or_skip, open_in_browser
-from tests.conftest import TINY_TRAINING, run_dpo, tiny_recipe_dict, write_recipe
+from tests.conftest import RUN_SUMMARY, TINY_TRAINING, hand_written_run, run_dpo, tiny_recipe_dict, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,21 @@ def test_compare_names_a_summary_that_is_not_an_object_and_a_page_it_cannot_writ
     with pytest.raises(UserError) as caught:
         write_comparison(two_runs, tmp_path / "c.html")
     assert str(caught.value) == f"{tmp_path / 'c.html'}: cannot write it: No space left on device"
+
+
+def test_the_summary_table_escapes_its_values_and_reads_wrong_shapes(tmp_path):
+    """A run directory received from someone else: its summary's numbers went into the table as they were; a
+    recipe_changes.json entry of the wrong shape was a KeyError."""
+    tag = "<img src=x onerror=alert(1)>"
+    summary = {**RUN_SUMMARY, "best_metrics": {"eval_loss": tag}, "steps": "<b>x</b>"}
+    first = hand_written_run(tmp_path / "a", **{"summary.json": summary,
+                                                "recipe_changes.json": {"changes": [{"key": "a"}, 1]}})  # fmt: skip
+    second = hand_written_run(tmp_path / "b", **{"summary.json": {**RUN_SUMMARY, "best_metric": None,
+                                                                  "overfitting": [1]}})  # fmt: skip
+    page = write_comparison([first, second], tmp_path / "c.html").read_text()
+    assert tag not in page and "<b>x</b>" not in page
+    assert f"<td class=num>0.6931 / {escape(tag)} / 0.6928</td>" in page
+    assert "<td class=num>&lt;b&gt;x&lt;/b&gt;</td>" in page
 
 
 # Hide run 0 on the first chart, hover, zoom into the first half of the steps, zoom out: what a person would see.

@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from dpo.analysis.report import RUN_CHARTS, run_charts, write_report, write_report_or_warn
+from dpo.analysis.report import RUN_CHARTS, cell_text, run_charts, write_report, write_report_or_warn
 from dpo.errors import UserError
 from dpo.metrics import HEADLINE
 from dpo.training.execute import execute
 from tests.browser import PageCheck, chromium_or_skip, open_in_browser
-from tests.conftest import REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
+from tests.conftest import (
+    REPO,
+    RUN_SUMMARY,
+    TINY_TRAINING,
+    hand_written_run,
+    invoke_dpo,
+    tiny_recipe_dict,
+    write_recipe,
+)
 
 SCREENSHOTS = REPO / "docs"  # set DPO_REPORT_SCREENSHOTS=1 to refresh the screenshots in docs/reports.md
 
@@ -226,6 +234,73 @@ def test_a_failing_report_keeps_the_run(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("warning: report.html not written (UserError:")
     assert (tmp_path / "summary.json").read_text() == "{not json" and not (tmp_path / "report.html").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ---- what the tables show, and files of the wrong shape ---------------------------------------------------
+
+
+def test_table_numbers_have_the_consoles_4_decimals_so_close_values_differ(tmp_path):
+    """Every table number went through the ticks' 3 significant digits: step 0 (0.693147) and best (0.692816) both
+    read 0.693, as did two trials whose objectives differ in the 4th digit, the worse one ranked first."""
+    page = write_report(hand_written_run(tmp_path / "run")).read_text()
+    assert "<tr><td>eval_loss</td><td class=num>0.6931</td><td class=num>0.6928</td><td class=num>0.6928</td>" in page
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    trials = [{"number": n, "state": "complete", "params": {"training.learning_rate": lr}, "value": value,
+               "reason": None, "steps": 4, "run_dir": f"trials/trial-{n:04d}"}
+              for n, lr, value in ((0, 1e-05, 0.69318), (1, 0.003, 0.69282))]  # fmt: skip
+    (sweep / "sweep_summary.json").write_text(json.dumps({
+        "name": "s", "objective": {"metric": "eval_loss", "direction": "minimize"}, "trials": trials,
+        "best_trial": 1, "best_value": 0.69282, "best_params": trials[1]["params"],
+    }))  # fmt: skip
+    page = write_report(sweep).read_text()
+    assert "<span>best value</span><b>0.6928</b>" in page
+    rows = page.split('<table id="trials"')[1].split("</table>")[0].split("<tr ")[1:]
+    assert '<td data-sort="0">0.6928</td><td data-sort="0.003">0.003</td>' in rows[0]  # best first; lr as written
+    assert '<td data-sort="1">0.6932</td><td data-sort="1e-05">1e-05</td>' in rows[1]
+    assert cell_text(1234567.0) == "1.235e+06" and cell_text(0.000123456) == "0.0001235" and cell_text(0.0) == "0.0000"
+
+
+def test_values_in_the_tables_are_escaped(tmp_path):
+    """A run directory received from someone else: its summary's numbers went into the tables as they were."""
+    tag = "<img src=x onerror=alert(1)>"
+    summary = {**RUN_SUMMARY, "best_metrics": {"eval_loss": tag}, "best_step": "<b>4</b>", "steps": "<b>x</b>"}
+    page = write_report(hand_written_run(tmp_path / "run", **{"summary.json": summary})).read_text()
+    assert tag not in page and "<b>x</b>" not in page and "<b>4</b>" not in page
+    assert f"<td class=num>{escape(tag)}</td>" in page and "best (step &lt;b&gt;4&lt;/b&gt;)" in page
+
+
+@pytest.mark.parametrize(
+    ("files", "shown"),
+    [
+        ({"summary.json": {**RUN_SUMMARY, "best_metric": None}}, "<span>best metric (-)</span><b>-</b>"),
+        ({"summary.json": {**RUN_SUMMARY, "best_step": "four", "steps": None, "stop_reason": "early_stopped",
+                           "overfitting": [1], "autopilot": {"decisions": [1, {"step": 2, "changed": [1]}]}}},
+         "<span>best step</span><b>four</b>"),
+        ({"data_card.json": {"audit": {"flip_rate": {"estimate": 0.1, "low": None, "high": 0.2}}}},
+         "<td>10.0% (95% interval - to 20.0%)</td>"),
+        ({"data_card.json": {"audit": {"pairs": 3, "suspects": [1], "auto": None}}},
+         "<td>- (95% interval - to -)</td>"),
+        ({"recipe_changes.json": {"changes": [{"key": "a"}, 1, "text"]}}, "<h2>Recipe</h2>"),
+        ({"recipe_changes.json": {"changes": {"not": "a list"}}}, "<h2>Recipe</h2>"),
+        ({"eval.json": {"samples": [1, 2], "definitions": [1]}}, "<h2>Evaluation (eval.json)</h2>"),
+        ({"samples.json": {"samples": ["x"]}}, "<h2>Answers on held-out prompts</h2>"),
+    ],
+    ids=["best-metric-null", "summary-fields", "audit-null-bound", "audit-no-rate", "changes-partial",
+         "changes-not-a-list", "eval-entries", "samples-entries"],
+)  # fmt: skip
+def test_a_part_of_a_run_file_with_the_wrong_shape_is_left_out_not_a_traceback(tmp_path, files, shown):
+    """Valid JSON of the wrong shape inside a run file (null, a list, a string) was a TypeError or KeyError traceback
+    from `dpo report`, exit 1: the part is left out, as a file that is not there is, and the rest is drawn."""
+    page = write_report(hand_written_run(tmp_path / "run", **files)).read_text()
+    assert "<h2>Held-out numbers</h2>" in page and 'data-title="Loss"' in page and shown in page
+
+
+def test_what_the_report_still_cannot_read_is_one_error_line_naming_the_folder(tmp_path):
+    (tmp_path / "sweep_summary.json").write_text(json.dumps({"objective": {"metric": ["eval_loss"]}, "trials": []}))
+    proc = invoke_dpo("report", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: {tmp_path}: unexpected content in a file of this folder (AttributeError: ")
 
 
 # ---- in a real browser ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and two sweep processes sharing one PostgreSQL study."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,6 +52,12 @@ SEARCH = {"loss.beta": {"log_uniform": [0.01, 1.0]}}
     ("fields", "key", "message"),
     [
         ({"objective": {"metric": "eval_rewards/acuracies"}}, "objective.metric", "eval_rewards/accuracies'?"),
+        # a direction against the metric table would make the worst trial best.yaml
+        ({"objective": {"metric": "eval_loss", "direction": "maximize"}}, "objective.direction",
+         "maximize contradicts the metric table (eval_loss is 'min': better when lower); drop direction, or write "
+         "minimize"),
+        ({"objective": {"metric": "eval_rewards/accuracies", "direction": "minimize"}}, "objective.direction",
+         "minimize contradicts the metric table (eval_rewards/accuracies is 'max': better when higher)"),
         ({"search": {"loss.betta": {"uniform": [0.1, 0.2]}}}, "search.loss.betta", "did you mean 'loss.beta'"),
         ({"search": {"training.lr": {"grid": [1e-5]}}}, "search.training.lr", "not a trl.DPOConfig field"),
         ({"search": {"loss.beta": {"normal": [0.1, 0.2]}}}, "search.loss.beta", "unknown kind 'normal'"),
@@ -240,7 +247,7 @@ def ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("stopped_in", ["the sampler", "the wandb group", "reading summary.json"])
+@pytest.mark.parametrize("stopped_in", ["the sampler", "the trial's environment", "reading summary.json"])
 def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again(
     tmp_path, tiny_recipe, monkeypatch, stopped_in
 ):
@@ -262,14 +269,14 @@ def test_ctrl_c_anywhere_in_a_trial_marks_it_interrupted_so_resume_runs_it_again
     monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
     if stopped_in == "the sampler":
         monkeypatch.setattr(optuna.samplers.GridSampler, "sample_independent", ctrl_c)
-    elif stopped_in == "the wandb group":
-        monkeypatch.setattr(driver, "_group", ctrl_c)
+    elif stopped_in == "the trial's environment":
+        monkeypatch.setattr(driver, "_trial_env", ctrl_c)
     else:
         monkeypatch.setattr(driver, "json_object_or_empty", ctrl_c)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
     with pytest.raises(KeyboardInterrupt):
-        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=1,
+        study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1, {}), n_trials=1,
                        catch=(driver.TrialFailed,))  # fmt: skip
     (stopped,) = study.trials
     assert stopped.state.name == "FAIL" and stopped.user_attrs[driver.INTERRUPTED] is True
@@ -307,6 +314,71 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
     with pytest.raises(UserError, match=r"holds the sweep 'first', not 'second': resume it with its own name"):
         run_sweep(spec, output_dir=sweep_dir, resume=True)
     assert optuna.get_all_study_names(sqlite_url(sweep_dir / "study.db")) == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"objective": {"metric": "eval_loss"}, "fixed": {"training.eval_strategy": "no"}},
+         "objective.metric: eval_loss is never logged in the trials: training.eval_strategy is 'no': no evaluation "
+         "after step 0; each of them would train to its end and fail without it"),
+        ({"objective": {"metric": "eval_kl"}, "fixed": {"loss.type": "simpo"}},
+         "objective.metric: eval_kl is never logged in the trials: loss.type ['simpo'] uses no reference model;"),
+        ({"objective": {"metric": "eval_kl"}, "fixed": {"logging.heldout_kl": False}},
+         "objective.metric: eval_kl is never logged in the trials: the held-out KL is off (it needs "
+         "logging.heldout_kl"),
+        ({"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4}},
+         "objective.metric: eval_gap/accuracies is never logged in the trials: it needs train values logged between "
+         "evaluations, and training.logging_steps 4 logs none before the last step (max_steps 4);"),
+        # a listed value alone, on the base recipe: the trials that draw it would each fail at their end
+        ({"objective": {"metric": "eval_logratios/chosen"}, "search": {"loss.type": {"choice": ["sigmoid", "simpo"]}}},
+         "objective.metric: eval_logratios/chosen is never logged in the trials where loss.type is 'simpo': loss.type "
+         "['simpo'] uses no reference model;"),
+        ({"objective": {"metric": "eval_kl"},
+          "search": {"c": {"variants": {"plain": {}, "orpo": {"loss.type": "orpo"}}}}},
+         "objective.metric: eval_kl is never logged in the trials of variant search.c.orpo: loss.type ['orpo'] uses "
+         "no reference model;"),
+        # the last step is evaluated, never pruned: a pruner without an evaluation before it would do nothing
+        ({"pruner": "median", "fixed": {"training.eval_steps": 4}},
+         "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
+         "training.max_steps 4), and a trial is never pruned at its last; use pruner: none, or evaluate during "
+         "training (training.eval_steps)"),
+    ],
+)  # fmt: skip
+def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
+    tmp_path, tiny_recipe, fields, message
+):
+    """The gate refuses an early-stopping metric the run would not log; a sweep objective got none of those checks,
+    so every trial trained to its end and then failed ("objective ... is missing in summary.json")."""
+    from dpo.sweep.driver import run_sweep
+
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                      **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields})  # fmt: skip
+    with pytest.raises(UserError) as refused:
+        run_sweep(spec, output_dir=tmp_path / "sweep")
+    assert str(refused.value).startswith(f"{spec}: {message}")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"objective": {"metric": "eval_kl"}},  # LoRA: the adapter-disabled model is the reference
+        {"objective": {"metric": "eval_gap/accuracies"}},  # logged every step by default
+        {"pruner": "median"},  # evaluated at step 2 of 4
+        # some trials evaluate before their last step: the pruner acts on those
+        {"pruner": "median", "search": {"loss.beta": {"grid": [0.1]}, "training.eval_steps": {"grid": [1, 4]}}},
+        {"pruner": "median", "fixed": {"training.eval_steps": 4},
+         "search": {"c": {"variants": {"plain": {}, "often": {"training.eval_steps": 1}}}}},
+    ],
+)  # fmt: skip
+def test_objectives_and_pruners_the_trials_can_use_pass(tmp_path, tiny_recipe, fields):
+    from dpo.sweep.driver import check_objective
+    from dpo.training.gate import check
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields}))  # fmt: skip
+    check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
@@ -443,6 +515,57 @@ def test_the_drivers_own_note_in_train_log_is_never_the_trials_failure_reason(tm
     assert _failure_line(log, 1, None) == "exit code 1: RuntimeError: CUDA out of memory"
 
 
+def open_files_under(folder: Path) -> list[str]:
+    """The files under `folder` this process holds open (Linux: /proc/self/fd)."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(folder)):
+                held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads this process's open files from /proc")
+def test_an_error_around_a_trial_fails_that_trial_not_the_sweep(tmp_path, tiny_recipe, monkeypatch):
+    """A fork refused (EAGAIN with several workers), or a full disk writing trial.json, raised out of optuna and ended
+    the sweep with a traceback, no sweep_summary.json, the trial's log open and `.trial-NNNN.log` left behind."""
+    import errno
+
+    from dpo.sweep import driver
+
+    search = {"loss.beta": {"grid": [0.1, 0.2, 0.3]}}
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid", search=search)
+    sweep_dir = tmp_path / "sweep"
+    real_popen, real_write, started = subprocess.Popen, driver.atomic_write_json, []
+
+    def popen(cmd, **kwargs):  # the first trial's fork is refused; the others run a process that trains nothing
+        started.append(cmd)
+        if len(started) == 1:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_popen([sys.executable, "-c", "print('trained')"], **kwargs)
+
+    def disk_full_in_the_third(path, data):
+        if len(started) == 3 and path.name == "trial.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    trained = {"final_weights": "last", "final_metrics": {"eval_rewards/accuracies": 0.75}, "steps": 4, "max_steps": 4}
+    monkeypatch.setattr(driver.subprocess, "Popen", popen)
+    monkeypatch.setattr(driver, "atomic_write_json", disk_full_in_the_third)
+    monkeypatch.setattr(driver, "json_object_or_empty", lambda path: trained)  # the summary.json a trial wrote
+    summary = driver.run_sweep(spec, output_dir=sweep_dir, echo=lambda line: None)
+
+    states = {t["number"]: t for t in summary["trials"]}
+    assert [states[n]["state"] for n in (0, 1, 2)] == ["failed", "complete", "failed"]
+    assert states[0]["reason"] == "could not run the trial: [Errno 11] Resource temporarily unavailable"
+    assert states[2]["reason"].startswith("could not run the trial: [Errno 28] No space left on device: ")
+    assert summary["best_trial"] == 1 and (sweep_dir / "sweep_summary.json").is_file()
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == ["trial-0000", "trial-0001", "trial-0002"]
+    assert (sweep_dir / "trials" / "trial-0000" / "train.log").read_text() == ""  # the log was closed and kept
+    assert open_files_under(sweep_dir / "trials") == []
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device whose writes fail: disk full)")
 def test_a_trial_log_that_cannot_be_written_is_said_in_trial_json_not_a_crash(tmp_path):
     from dpo.sweep.driver import _run_trial_logging_redacted
@@ -452,6 +575,28 @@ def test_a_trial_log_that_cannot_be_written_is_said_in_trial_json_not_a_crash(tm
     returncode = _run_trial_logging_redacted(cmd, dict(os.environ), Path("/dev/full"), tmp_path, record)
     assert returncode == 0
     assert record["log_error"].startswith("train.log is incomplete: ") and "No space left" in record["log_error"]
+
+
+def test_the_pruner_is_asked_before_the_last_evaluation_never_at_it():
+    """Trainer evaluates once more at the last step: a trial pruned there had spent all its steps and lost its value
+    (no best trial, no importance, 0 steps saved). It is reported, and the trial completes."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.trial import OptunaTrialCallback
+
+    reported = []
+    hopeless = SimpleNamespace(report=lambda value, step: reported.append((step, value)), should_prune=lambda: True)
+
+    def evaluate_at(step: int) -> tuple[OptunaTrialCallback, bool]:
+        callback = OptunaTrialCallback(hopeless, "eval_loss")
+        state = SimpleNamespace(global_step=step, max_steps=6, is_world_process_zero=True)
+        control = callback.on_evaluate(None, state, SimpleNamespace(should_training_stop=False), {"eval_loss": 0.7})
+        return callback, control.should_training_stop
+
+    last, stopped = evaluate_at(6)
+    assert reported == [(6, 0.7)] and not stopped and last.pruned_at is None and last.stop_reason is None
+    earlier, stopped = evaluate_at(4)
+    assert reported[-1] == (4, 0.7) and stopped and earlier.pruned_at == 4 and earlier.stop_reason == "pruned"
 
 
 @pytest.mark.slow
@@ -736,13 +881,36 @@ def test_a_choice_holding_a_secret_is_recorded_redacted_and_trains_with_its_valu
     monkeypatch.setattr(driver, "_run_trial_logging_redacted", trial_process)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, sampler=spec.build_sampler(), direction=spec.direction)
-    study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1), n_trials=2,
+    study.optimize(lambda t: driver._objective(t, spec, sweep_dir, "sqlite://", 1, {}), n_trials=2,
                    catch=(driver.TrialFailed,))  # fmt: skip
     recorded = sorted(t.params["data.train"] for t in study.trials)
     assert recorded == ["/data/[redacted $MY_API_KEY]/a.jsonl", "/data/plain/b.jsonl"]
     assert SWEEP_SECRET not in repr([(t.distributions, t.system_attrs) for t in study.trials])
     trained = [arg.removeprefix("data.train=") for cmd in commands for arg in cmd if arg.startswith("data.train=")]
     assert sorted(trained) == sorted(json.dumps(v) for v in values)
+
+
+def test_choices_that_redact_alike_are_recorded_apart_and_never_as_they_are(tmp_path, tiny_recipe, monkeypatch):
+    """Two URLs whose passwords come from one variable redact to the same text: they were recorded as written (the
+    passwords in study.db); now each is marked by its position, and `choose` still trains with the value as written,
+    as does best.yaml made from the recorded parameters."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.spec import choose, recorded_choices
+
+    monkeypatch.setenv("DB_URLS", "postgresql://u:pass1longsecret@h1/db postgresql://u:pass2longsecret@h2/db")
+    values = ["https://u:pass1longsecret@h/m", "https://u:pass2longsecret@h/m", "plain"]
+    recorded = recorded_choices(values)
+    assert recorded == ["https://u:[redacted $DB_URLS]@h/m #1", "https://u:[redacted $DB_URLS]@h/m #2", "plain"]
+    drawn = SimpleNamespace(suggest_categorical=lambda name, shown: shown[1])
+    assert choose(drawn, "data.train", values) == values[1]
+    # a value that is written as another's marked text: positions alone, still distinct and redacted
+    marked = recorded_choices([*values[:2], "https://u:[redacted $DB_URLS]@h/m #1"])
+    assert marked == ["#1", "#2", "#3"]
+    assert recorded_choices(["a", "b"]) == ["a", "b"]  # nothing to tell apart: as written
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
+                                search={"data.train": {"choice": values}}))  # fmt: skip
+    assert spec.trained_values({"data.train": recorded[1]}) == {"data.train": values[1]}
 
 
 def test_the_study_records_the_spec_redacted_and_one_stored_before_still_resumes(tmp_path, tiny_recipe, monkeypatch):

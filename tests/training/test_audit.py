@@ -12,7 +12,7 @@ import torch
 from dpo.config.loading import load_recipe
 from dpo.errors import UserError
 from dpo.training.audit_use import apply_audit, suspects
-from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture
+from dpo.training.flip_estimate import cross_fitted_margins, fit_flip_mixture, profile_log_likelihood
 from dpo.training.gate import check
 from dpo.training.loss_plan import loss_plan
 from tests.conftest import TINY_TRAINING, invoke_dpo, run_dpo, tiny_recipe_dict, write_recipe
@@ -53,6 +53,27 @@ def test_posterior_is_bayes_rule_under_the_fitted_mixture():
     assert fit.p_flipped[margins.abs().argmin()].item() == pytest.approx(e, abs=0.02)
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.2])
+def test_the_interval_ends_where_the_profile_likelihood_crosses_the_cut(rate):
+    """The ends were the innermost grid points (a 0.01 grid), up to 0.01 inside the true ends each time; with no
+    flips and good separation the "95%" interval was [0, 0]. Checked against the profile on a 40 times finer grid
+    around each end; the point estimate is not touched."""
+    margins, _ = mirrored_margins(500, rate, mu=2.0, sigma=1.0, seed=0)
+    fit = fit_flip_mixture(margins)
+    best = profile_log_likelihood(margins, torch.tensor([fit.estimate]), fit.mu, fit.sigma).item()
+    level = best - 1.959964**2 / 2  # the chi-square(1) cut at 95%
+    step = 0.01 / 40
+    for end, outermost in ((fit.low, min), (fit.high, max)):
+        fine = torch.linspace(end - 0.01, end + 0.01, 81, dtype=torch.float64).clamp(0.0, 0.5)
+        inside = fine[profile_log_likelihood(margins, fine, fit.mu, fit.sigma) >= level]
+        # the true crossing lies between the outermost fine point inside and the next one out
+        assert 0 <= (end - outermost(inside).item()) * (-1 if outermost is min else 1) < step + 1e-9
+    if rate == 0.0:
+        assert fit.estimate == pytest.approx(0, abs=1e-6) and fit.low == 0.0 and 0.003 < fit.high < 0.01  # was [0, 0]
+    else:
+        assert fit.low < fit.estimate < fit.high and round(fit.low, 2) != fit.low and round(fit.high, 2) != fit.high
+
+
 def test_margins_that_cannot_tell_the_answers_apart_give_a_wide_interval():
     g = torch.Generator().manual_seed(0)
     fit = fit_flip_mixture(0.1 * torch.randn(1000, generator=g, dtype=torch.float64))
@@ -82,6 +103,23 @@ def test_cross_fitted_reward_model_finds_the_flipped_pairs():
     assert flipped[top].float().mean().item() >= 0.9
     assert torch.equal(margins, cross_fitted_margins(diffs, seed=0)[0])  # seeded: the same folds, the same margins
     assert not torch.equal(margins, cross_fitted_margins(diffs, seed=1)[0])
+
+
+def test_pairs_whose_p_rounds_to_1_are_ranked_by_margin_not_by_training_order():
+    """With well-separated margins the posterior saturates: p was rounded to 6 decimals before ranking, so the tied
+    pairs at 1.0 came in training order, and `share` dropped or flipped pairs by row number, not by margin."""
+    from dpo.training.audit import AuditResult
+
+    margins, _ = mirrored_margins(200, 0.3, mu=3.0, sigma=1.0, seed=0)
+    result = AuditResult([{}] * 200, [("pairs.jsonl", i + 1) for i in range(200)], fit_flip_mixture(margins))
+    written = result.to_json()["pairs"]
+    assert sum(pair["p_flipped"] == 1.0 for pair in written) >= 20  # saturated: rounding alone cannot order them
+    by_margin = sorted(range(200), key=lambda i: margins[i].item())
+    assert result.ranking() == by_margin
+    assert [pair["row"] - 1 for pair in written] == by_margin
+    assert [pair["margin"] for pair in written] == [round(margins[i].item(), 6) for i in by_margin]
+    assert suspects(result.p_flipped, result.ranking(), share=0.1, threshold=None) == sorted(by_margin[:20])
+    assert result.p_flipped != [round(p, 6) for p in result.p_flipped]  # rounded only where it is written
 
 
 def test_suspects_by_share_and_by_threshold():
@@ -121,7 +159,7 @@ def test_data_audit_writes_sorted_pairs_numbered_by_file_line(audit_recipe, tmp_
     rate = audit["flip_rate"]
     assert set(rate) == {"estimate", "low", "high"} and 0 <= rate["low"] <= rate["estimate"] <= rate["high"] <= 0.5
     pairs = audit["pairs"]
-    assert all(set(p) == {"source", "row", "p_flipped"} for p in pairs)
+    assert all(set(p) == {"source", "row", "p_flipped", "margin"} for p in pairs)
     p = [x["p_flipped"] for x in pairs]
     assert p == sorted(p, reverse=True)
     # 24 distinct pairs, 20% of the prompts held out: the training pairs' rows are file lines, skipping 5 and 6
