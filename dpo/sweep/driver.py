@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -146,57 +148,122 @@ def run_sweep(
     return summary
 
 
+# Combinations of parameter values check_objective judges, at most: beyond it (about 4 ms each, a recipe loaded and
+# checked), each parameter's values are judged with the others at their first value, and the rest left to the trials.
+MAX_CHECKED_COMBINATIONS = 1024
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One combination of parameter values the trials may train with, checked as the gate checks a recipe."""
+
+    which: str  # how an error names the trials: " where loss.type is 'simpo'", " of variant search.c.orpo"
+    recipe: Any
+    plan: Any
+    dpo_config: Any
+    train_pairs: int | None  # None: the combination changes the data, counted when a trial reads them
+
+
 def check_objective(spec: SweepSpec, checked) -> None:
     """The objective must be logged by every trial, and the pruner must have evaluations to act on, before any trial
     trains: otherwise each trial trains to its end and then fails ("objective ... is missing"), or the pruner never
-    prunes. `checked`: the base recipe with the fixed keys (dpo/training/gate.py's CheckedRecipe). Each value a grid,
-    choice or variants parameter lists is checked too, on the base recipe with the fixed keys and that value (a
-    variant with a reference-free loss under an eval_kl objective); combinations are left to the trials."""
-    from dpo.config.loading import load_recipe
-    from dpo.errors import Problems
+    prunes. `checked`: the base recipe with the fixed keys (dpo/training/gate.py's CheckedRecipe). Judged on what the
+    trials train, `trial_configs`: every parameter sets its keys in every trial, so the base recipe's own values of
+    those keys are trained by none."""
     from dpo.training.arguments import no_evaluation_during_training
-    from dpo.training.gate import check_settings, unlogged_metric
 
-    train_pairs = len(checked.data.train)
-    configs = [("", checked.recipe, checked.loss_plan, checked.dpo_config, train_pairs)]
-    for p in spec.params:
-        if not SEARCH_KINDS[p.kind].listed:
-            continue
-        for value in list(p.args):  # as written (a variants parameter: its names)
-            overrides = p.overrides(value)
-            try:
-                loaded = load_recipe(spec.base_recipe, set_items({**spec.fixed, **overrides}))
-            except UserError:
-                continue  # a value the recipe refuses: its trials say why (the schema's part is checked at load)
-            plan, dpo_config = check_settings(loaded, checked.run_dir, Problems())
-            if plan is None or dpo_config is None:
-                continue
-            pairs = None if any(key.startswith("data") for key in overrides) else train_pairs  # counted with the data
-            which = f" of variant search.{p.name}.{value}" if p.kind == "variants" else f" where {p.name} is {value!r}"
-            configs.append((which, loaded.recipe, plan, dpo_config, pairs))
-    for which, recipe, plan, dpo_config, pairs in configs:
-        problem = unlogged_metric(recipe, plan, dpo_config, spec.metric)
-        if dpo_config.eval_strategy == "no":  # the last step is evaluated under any other strategy
-            problem = f"{no_evaluation_during_training(dpo_config, pairs)}: no evaluation after step 0"
-        if problem:
-            raise UserError(
-                f"{spec.metric} is never logged in the trials{which}: {problem}; each of them would train to its end "
-                "and fail without it",
-                where=spec.where("objective.metric"),
-            )
+    configs = trial_configs(spec, checked)
+    if not configs:
+        return  # the recipe checks refuse every combination: each trial fails with its own reason
+    failing = [(c, problem) for c in configs if (problem := _unlogged_objective(c, spec.metric))]
+    if failing:
+        config, problem = failing[0]
+        which = "" if len(failing) == len(configs) else config.which  # all of them: the base recipe or fixed keys
+        raise UserError(
+            f"{spec.metric} is never logged in the trials{which}: {problem}; each of them would train to its end and "
+            "fail without it",
+            where=spec.where("objective.metric"),
+        )
     if spec.pruner == "none":
         return
     # Refused, not warned: a pruner that never prunes is a knob that does nothing (a trial is never pruned at its
-    # last evaluation, dpo/sweep/trial.py), and the project makes those errors. A range over a training key
-    # (uniform, int) may give some trials evaluations: not refused then.
-    ranged = any(not SEARCH_KINDS[p.kind].listed and p.name.startswith("training.") for p in spec.params)
-    reasons = [no_evaluation_during_training(dpo_config, pairs) for _, _, _, dpo_config, pairs in configs]
-    if not ranged and all(reasons):
+    # last evaluation, dpo/sweep/trial.py), and the project makes those errors.
+    reasons = [no_evaluation_during_training(c.dpo_config, c.train_pairs) for c in configs]
+    if all(reasons):
         raise UserError(
             f"has no effect: the trials have no evaluation before their last step ({reasons[0]}), and a trial is never "
             "pruned at its last; use pruner: none, or evaluate during training (training.eval_steps)",
             where=spec.where("pruner"),
         )
+
+
+def _unlogged_objective(config: TrialConfig, metric: str) -> str | None:
+    """Why these trials never log `metric`, or None. Under eval_strategy 'no' nothing is logged after step 0; under
+    any other strategy the last step is evaluated, and the metric table says what it needs."""
+    from dpo.training.arguments import no_evaluation_during_training
+    from dpo.training.gate import unlogged_metric
+
+    if config.dpo_config.eval_strategy == "no":
+        return f"{no_evaluation_during_training(config.dpo_config, config.train_pairs)}: no evaluation after step 0"
+    return unlogged_metric(config.recipe, config.plan, config.dpo_config, metric)
+
+
+def checked_values(param) -> list:
+    """The values of a search parameter the checks judge: every value a grid, choice or variants parameter lists (as
+    written: a variants parameter's names), and both ends of a range. The ends suffice: what the checks read moves
+    their verdict one way along a range (a longer run, a rarer evaluation or log, a longer epoch), so a value
+    between two ends that pass passes, and one between two that fail fails. (One exception, left to the trials: with
+    an eval_delay, the first evaluation's step is not monotone in an integer eval_steps.)"""
+    if SEARCH_KINDS[param.kind].listed:
+        return list(param.args)
+    low, high = param.args[0], param.args[1]
+    if param.kind == "int" and len(param.args) == 3:  # the highest value the step reaches
+        high = low + (high - low) // param.args[2] * param.args[2]
+    return [low, high]
+
+
+def _combinations(spec: SweepSpec) -> list[tuple]:
+    """The combinations of `checked_values` to judge, each a tuple of (parameter, value): all of them, or beyond
+    MAX_CHECKED_COMBINATIONS each parameter's values with the other parameters at their first value."""
+    values = [[(p, v) for v in checked_values(p)] for p in spec.params]
+    if math.prod(map(len, values)) <= MAX_CHECKED_COMBINATIONS:
+        return list(itertools.product(*values))
+    first = [options[0] for options in values]
+    others = [tuple(first[:i] + [pair] + first[i + 1 :]) for i, options in enumerate(values) for pair in options[1:]]
+    return [tuple(first), *others]
+
+
+def trial_configs(spec: SweepSpec, checked) -> list[TrialConfig]:
+    """What the trials train: the base recipe with the fixed keys and one combination of parameter values
+    (`_combinations`), checked by the gate's settings checks. A combination the recipe checks refuse is left out:
+    its trials fail with that reason (the schema's part of each listed value is checked when the spec loads)."""
+    from dpo.config.loading import load_recipe
+    from dpo.errors import Problems
+    from dpo.training.gate import check_settings
+
+    configs = []
+    for combination in _combinations(spec):
+        overrides = {key: value for p, v in combination for key, value in p.overrides(v).items()}
+        try:
+            loaded = load_recipe(spec.base_recipe, set_items(spec.overrides({p.name: v for p, v in combination})))
+        except UserError:
+            continue
+        plan, dpo_config = check_settings(loaded, checked.run_dir, Problems())
+        if plan is None or dpo_config is None:
+            continue
+        variants = "".join(f" of variant search.{p.name}.{v}" for p, v in combination if p.kind == "variants")
+        values = " and ".join(f"{p.name} is {v!r}" for p, v in combination if p.kind != "variants")
+        data_changed = any(key.startswith("data") for key in overrides)  # the pairs are counted with the data
+        configs.append(
+            TrialConfig(
+                variants + (f" where {values}" if values else ""),
+                loaded.recipe,
+                plan,
+                dpo_config,
+                None if data_changed else len(checked.data.train),
+            )
+        )
+    return configs
 
 
 def _check_sweep_dir(sweep_dir: Path, external: bool, resume: bool) -> None:

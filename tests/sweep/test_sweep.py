@@ -338,11 +338,34 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
           "search": {"c": {"variants": {"plain": {}, "orpo": {"loss.type": "orpo"}}}}},
          "objective.metric: eval_kl is never logged in the trials of variant search.c.orpo: loss.type ['orpo'] uses "
          "no reference model;"),
+        # judged on what the trials train: a combination of values, named whole
+        ({"objective": {"metric": "eval_logratios/chosen"},
+          "search": {"loss.beta": {"grid": [0.1]}, "loss.type": {"choice": ["sigmoid", "simpo"]}}},
+         "objective.metric: eval_logratios/chosen is never logged in the trials where loss.beta is 0.1 and loss.type "
+         "is 'simpo': loss.type ['simpo'] uses no reference model;"),
+        # both ends of a range: the trials that draw max_steps 4 log no train values before their last step
+        ({"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4}, "sampler": "tpe",
+          "trials": 2, "search": {"training.max_steps": {"int": [4, 8]}}},
+         "objective.metric: eval_gap/accuracies is never logged in the trials where training.max_steps is 4: it needs "
+         "train values logged between evaluations, and training.logging_steps 4 logs none before the last step "
+         "(max_steps 4);"),
         # the last step is evaluated, never pruned: a pruner without an evaluation before it would do nothing
         ({"pruner": "median", "fixed": {"training.eval_steps": 4}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4), and a trial is never pruned at its last; use pruner: none, or evaluate during "
          "training (training.eval_steps)"),
+        # the base recipe evaluates at step 2, but every trial sets eval_steps, to values with no evaluation
+        ({"pruner": "median", "search": {"training.eval_steps": {"grid": [4, 8]}}},
+         "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
+         "training.max_steps 4)"),
+        # a range over a key the evaluation does not depend on leaves it as it is
+        ({"pruner": "median", "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
+          "search": {"training.learning_rate": {"log_uniform": [1.0e-5, 1.0e-3]}}},
+         "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
+         "training.max_steps 4)"),
+        ({"pruner": "median", "sampler": "tpe", "trials": 2, "search": {"training.eval_steps": {"int": [4, 12, 4]}}},
+         "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
+         "training.max_steps 4)"),
     ],
 )  # fmt: skip
 def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
@@ -352,8 +375,8 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
     so every trial trained to its end and then failed ("objective ... is missing in summary.json")."""
     from dpo.sweep.driver import run_sweep
 
-    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
-                      **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields})  # fmt: skip
+    spec = write_spec(tmp_path / "spec.yaml", tiny_recipe,
+                      **{"sampler": "grid", "search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields})  # fmt: skip
     with pytest.raises(UserError) as refused:
         run_sweep(spec, output_dir=tmp_path / "sweep")
     assert str(refused.value).startswith(f"{spec}: {message}")
@@ -366,19 +389,59 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
         {"objective": {"metric": "eval_kl"}},  # LoRA: the adapter-disabled model is the reference
         {"objective": {"metric": "eval_gap/accuracies"}},  # logged every step by default
         {"pruner": "median"},  # evaluated at step 2 of 4
-        # some trials evaluate before their last step: the pruner acts on those
-        {"pruner": "median", "search": {"loss.beta": {"grid": [0.1]}, "training.eval_steps": {"grid": [1, 4]}}},
+        # some trials evaluate before their last step: the pruner acts on those (the base recipe, max_steps 2 with
+        # eval_steps 2, evaluates only at its last step, and no trial trains its eval_steps)
+        {"pruner": "median", "fixed": {"training.max_steps": 2},
+         "search": {"loss.beta": {"grid": [0.1]}, "training.eval_steps": {"grid": [4, 1]}}},
         {"pruner": "median", "fixed": {"training.eval_steps": 4},
          "search": {"c": {"variants": {"plain": {}, "often": {"training.eval_steps": 1}}}}},
+        # the high end of the range evaluates at step 4 of 8
+        {"pruner": "median", "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
+         "search": {"training.max_steps": {"int": [4, 8]}}},
+        # every trial runs max_steps 8 or 12, so logs train values before its last step; no trial runs the base's 4
+        {"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4},
+         "search": {"training.max_steps": {"grid": [8, 12]}}},
     ],
 )  # fmt: skip
 def test_objectives_and_pruners_the_trials_can_use_pass(tmp_path, tiny_recipe, fields):
     from dpo.sweep.driver import check_objective
     from dpo.training.gate import check
 
-    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="grid",
-                                **{"search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields}))  # fmt: skip
+    fields = {"sampler": "grid", "search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields}
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, **fields))
     check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
+
+
+def test_an_objective_only_the_base_recipes_loss_lacks_passes_when_every_trial_sets_the_loss(tmp_path, tiny_recipe):
+    """No trial trains the base recipe's reference-free simpo: each draws sigmoid or ipo, and logs eval_kl."""
+    from dpo.sweep.driver import check_objective
+    from dpo.training.gate import check
+
+    recipe = yaml.safe_load(tiny_recipe.read_text())
+    recipe["loss"] = {"type": "simpo", "beta": 2.0}
+    simpo = tmp_path / "simpo.yaml"
+    simpo.write_text(yaml.safe_dump(recipe))
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", simpo, sampler="grid", objective={"metric": "eval_kl"},
+                                search={"loss.type": {"choice": ["sigmoid", "ipo"]}}))  # fmt: skip
+    check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
+
+
+def test_the_checks_judge_every_listed_value_and_both_ends_of_a_range(tmp_path, tiny_recipe, monkeypatch):
+    """All combinations; beyond the limit, each parameter's values with the others at their first value."""
+    from dpo.sweep import driver
+
+    search = {"loss.beta": {"grid": [0.1, 0.2, 0.3]}, "loss.type": {"choice": ["sigmoid", "ipo"]},
+              "training.max_steps": {"int": [4, 12, 5]}}  # fmt: skip
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=search))
+
+    def judged():
+        return [tuple(value for _, value in combination) for combination in driver._combinations(spec)]
+
+    assert driver.checked_values(spec.params[2]) == [4, 9]  # the highest value the step reaches
+    assert len(judged()) == 12 and (0.3, "ipo", 9) in judged()
+    monkeypatch.setattr(driver, "MAX_CHECKED_COMBINATIONS", 11)
+    assert judged() == [(0.1, "sigmoid", 4), (0.2, "sigmoid", 4), (0.3, "sigmoid", 4), (0.1, "ipo", 4),
+                        (0.1, "sigmoid", 9)]  # fmt: skip
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
