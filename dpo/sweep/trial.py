@@ -31,7 +31,9 @@ INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stop
 class OptunaTrialCallback(TrainerCallback):
     """Reports `metric` after every evaluation during training; on a prune decision stops training (`pruned_at`
     records the step; `stop_reason` tells the run why it stopped). The evaluation at the last step is reported but
-    never pruned: the trial has spent its steps, and pruned it would lose its value."""
+    never pruned: the trial has spent its steps, and pruned it would lose its value. Nor does a prune decision at
+    the evaluation where early stopping or the autopilot ends the run anyway make it pruned: the run's own reason
+    wins there (dpo/training/execute.py `_stop_reason`), and the trial completes with its value."""
 
     def __init__(self, trial, metric: str, parent_pid: int | None = None):
         self.trial = trial

@@ -6,7 +6,8 @@
 Everything that can be wrong with the user's input is checked by `dpo.training.gate.check` before the run directory
 is created, so a bad input never leaves a half-made run. A training run knows nothing of who started it: a sweep
 passes its optuna callback in `callbacks`, and a callback that stops training early says why with a
-`stop_reason` attribute (a sweep's pruner: "pruned"), which summary.json records.
+`stop_reason` attribute (a sweep's pruner: "pruned"), which summary.json records, unless the run's own early stopping
+or autopilot stopped it at the same evaluation.
 
 Crash safety: every file is written to a temporary name and renamed (dpo/rundir/atomic.py), checkpoints are marked
 complete last (dpo/rundir/resume.py), and `execute(..., resume=True)` continues a killed run from its last complete
@@ -285,9 +286,8 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     if main:
         trainer.processing_class.save_pretrained(str(staging))
         replace_dir(staging, run_dir / FINAL)
-    stoppers = [*callbacks, *([autopilot] if autopilot else [])]
     loss_since = autopilot.loss_changed_at() if autopilot else -1  # the end-of-run warnings read the loss after it
-    stop_reason = _stop_reason(best, stoppers)
+    stop_reason = _stop_reason(best, autopilot, callbacks)
     summary = finished_summary(
         trainer, best, stopping, stop_reason, restored, initial, train_output, run_dir, started, loss_since
     )
@@ -305,13 +305,20 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     return summary, trainer
 
 
-def _stop_reason(best, callbacks: list) -> str:
-    """Why training ended: a caller's callback that stopped it says so (`stop_reason`), else early stopping."""
+def _stop_reason(best, autopilot, callbacks: list) -> str:
+    """Why training ended. The run's own rules first: where the autopilot or early stopping ended it, a caller's
+    callback that stopped it at the same evaluation (a sweep's pruner) changed nothing, and the run ended as its
+    recipe says (a sweep records the trial complete, with its value). Else a caller's callback that stopped it says
+    so (`stop_reason`)."""
+    if autopilot is not None and autopilot.stop_reason:
+        return autopilot.stop_reason
+    if best.stopped_at is not None:
+        return "early_stopped"
     for callback in callbacks:
         reason = getattr(callback, "stop_reason", None)
         if reason:
             return reason
-    return "early_stopped" if best.stopped_at is not None else "completed"
+    return "completed"
 
 
 def _restore_best(trainer, best) -> bool:

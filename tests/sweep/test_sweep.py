@@ -662,6 +662,49 @@ def test_the_pruner_is_asked_before_the_last_evaluation_never_at_it():
     assert reported[-1] == (4, 0.7) and stopped and earlier.pruned_at == 4 and earlier.stop_reason == "pruned"
 
 
+@pytest.mark.parametrize(
+    ("early_stopped_at", "autopilot_stopped", "reason"),
+    [(4, False, "early_stopped"), (None, True, "autopilot"), (None, False, "pruned")],
+)
+def test_a_run_that_ended_by_its_own_rule_is_not_recorded_pruned(early_stopped_at, autopilot_stopped, reason):
+    """The pruner stopped the run at the evaluation where early stopping or the autopilot stopped it anyway: the run
+    ended as its recipe says, and the sweep records the trial complete with its value, not pruned without one."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.trial import OptunaTrialCallback
+    from dpo.training.autopilot import STOP_REASON
+    from dpo.training.execute import _stop_reason
+
+    pruner = OptunaTrialCallback(SimpleNamespace(), "eval_loss")
+    pruner.pruned_at = 4
+    autopilot = SimpleNamespace(stop_reason=STOP_REASON if autopilot_stopped else None)
+    assert _stop_reason(SimpleNamespace(stopped_at=early_stopped_at), autopilot, [pruner]) == reason
+    assert _stop_reason(SimpleNamespace(stopped_at=early_stopped_at), None, [pruner]) == (
+        "early_stopped" if early_stopped_at else "pruned"
+    )
+
+
+@pytest.mark.slow
+def test_a_trial_pruned_where_early_stopping_stopped_it_keeps_its_value(tmp_path, tiny_recipe):
+    """Patience 1 stops the run at step 1, where an always-prune pruner is asked too: the run says early_stopped,
+    and its best_metrics hold the objective the sweep records."""
+    from types import SimpleNamespace
+
+    from dpo.sweep.driver import objective_value
+    from dpo.sweep.trial import OptunaTrialCallback
+    from dpo.training.execute import execute
+    from tests.training.test_early_stopping import ScriptedMetric
+
+    hopeless = SimpleNamespace(report=lambda value, step: None, should_prune=lambda: True)
+    pruner = OptunaTrialCallback(hopeless, "eval_scripted")
+    overrides = ["early_stopping.metric=eval_scripted", "early_stopping.mode=max", "early_stopping.patience=1",
+                 "early_stopping.noise_sigmas=0", "training.max_steps=3", "training.eval_steps=1"]  # fmt: skip
+    callbacks = [ScriptedMetric([5, 1, 1, 1]), pruner]
+    summary, _ = execute(tiny_recipe, overrides, tmp_path / "run", callbacks, extra_metrics=("eval_scripted",))
+    assert pruner.pruned_at == 1 and summary["steps"] == 1
+    assert summary["stop_reason"] == "early_stopped" and objective_value(summary, "eval_scripted") == 5
+
+
 @pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path, tiny_recipe):
     # trial 0 learns (eval_loss falls below log 2); trial 1 barely moves, so at its first evaluation it is worse
