@@ -157,7 +157,8 @@ def test_with_dropout_the_policys_training_forward_runs_two_sequences(tmp_path, 
     batch = _batch(trainer)
     trainer.model.train()
     trainer._sequence_logps(trainer.model, batch)  # the policy's training forward
-    assert trainer.layouts_used == {"shared": 0, "two_sequences": 1} if dropout else {"shared": 1, "two_sequences": 0}
+    expected = {"shared": 0, "two_sequences": 1} if dropout else {"shared": 1, "two_sequences": 0}
+    assert trainer.layouts_used == expected
     trainer.compute_ref_log_probs(trainer.model, batch)  # the reference: the adapter disabled, in training mode
     trainer.model.eval()
     trainer._sequence_logps(trainer.model, batch)  # an evaluation forward
