@@ -73,7 +73,8 @@ class Trainer(DPOTrainer):
         self.heldout_kl = heldout_kl
         self.heldout_kl_pairs = heldout_kl_pairs  # KL on the first N held-out pairs (None: all of them)
         self.share_prompt = False  # decided once the model is in place (see _decide_prompt_sharing)
-        self._dropout_apart = False  # dropout in the policy's training forward: two sequences there (see above)
+        # dropout in the policy's training forward: two sequences there (see _decide_prompt_sharing)
+        self._dropout_apart = False
         self._share_prompt_wanted, self._sharing_decided = share_prompt, False
         self._causal_needs_no_mask = False
         # forward passes per layout (policy, reference and the held-out KL's each count; the benchmark reports them)
@@ -136,16 +137,20 @@ class Trainer(DPOTrainer):
         last training batch)."""
         return self.beta_controller.scheduled(self.state.global_step, self.state.max_steps)
 
-    def _sequence_logps(self, model, inputs: dict, policy: bool = True) -> tuple[torch.Tensor, torch.Tensor, object]:
+    def _sequence_logps(
+        self, model, inputs: dict, own_training_forward: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Per-sequence summed completion log-probs under `model` for the [chosen; rejected] batch.
 
         With the prompt shared (dpo/training/packing.py) one row per pair goes through the model and the per-token
-        results come back in the ordinary (2B, T - 1) layout. `policy`: the policy's own forward, False for the
-        reference's and the start-up check's. In the policy's training forward: NEFTune's noise, if configured; a
-        mixture of experts' router logits, for its router loss; two sequences where dropout is active."""
+        results come back in the ordinary (2B, T - 1) layout. `own_training_forward`: whether this is the policy's own
+        forward, which trains when the model is in training mode; False for the reference's (the adapter disabled on
+        the policy model) and the start-up check's. The policy's training forward alone gets NEFTune's noise, if
+        configured; a mixture of experts' router logits, for its router loss; two sequences where dropout is
+        active."""
         completion_mask = inputs["completion_mask"]
         shift_mask = completion_mask[..., 1:]
-        training = policy and model.training
+        training = own_training_forward and model.training
         layout = self._packed_layout(inputs, policy_training=training)
         self._neftune_on = training and self.loss_plan.neftune_alpha is not None
         self._neftune_length = inputs["input_ids"].size(1)
@@ -245,9 +250,9 @@ class Trainer(DPOTrainer):
         model.eval()
         try:
             with self.accelerator.autocast():
-                shared = self._sequence_logps(model, batch, policy=False)[1]
+                shared = self._sequence_logps(model, batch, own_training_forward=False)[1]
                 self.share_prompt = False
-                ordinary = self._sequence_logps(model, batch, policy=False)[1]
+                ordinary = self._sequence_logps(model, batch, own_training_forward=False)[1]
         except Exception as exc:  # noqa: BLE001 - any failure of the shared layout means: use the ordinary one
             return f"the model rejects the shared layout: {type(exc).__name__}: {str(exc)[:120]}"
         finally:
@@ -357,7 +362,7 @@ class Trainer(DPOTrainer):
             reference_context(),
             self.accelerator.autocast(),
         ):
-            _, logps, _ = self._sequence_logps(model, inputs, policy=False)
+            _, logps, _ = self._sequence_logps(model, inputs, own_training_forward=False)
         return logps.chunk(2)
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):

@@ -137,7 +137,7 @@ def test_neftune_noise_reaches_the_policy_only_and_equally(tmp_path, tiny_model_
     noisy, ordinary = _both_layouts(trainer, lambda: trainer._sequence_logps(trainer.model, batch)[1].detach())
     assert torch.allclose(noisy, ordinary, atol=1e-4, rtol=0)
     assert scales[0] == scales[1]  # scaled by the ordinary batch's length in both layouts
-    clean = trainer._sequence_logps(trainer.model, batch, policy=False)[1].detach()
+    clean = trainer._sequence_logps(trainer.model, batch, own_training_forward=False)[1].detach()
     assert not torch.allclose(noisy, clean, atol=1e-4)  # the noise was applied
     ref_a, ref_b = _both_layouts(trainer, lambda: torch.cat(trainer.compute_ref_log_probs(trainer.model, batch)))
     assert torch.allclose(ref_a, ref_b, atol=1e-4) and torch.allclose(ref_a, clean, atol=1e-4)  # no noise there
