@@ -242,12 +242,9 @@ def _crossings(margins: Tensor, grid: Tensor, profile: Tensor, level: float, est
     # brackets (inside, outside): the crossing lies between; a missing side keeps its inside end, and is not moved
     inner = torch.tensor([lo_in, hi_in], dtype=torch.float64)
     outer = torch.tensor([below[-1] if below else lo_in, above[0] if above else hi_in], dtype=torch.float64)
-    m = margins.double()[None, :].expand(2, -1)
-    start = torch.ones(2, dtype=torch.float64)
     for _ in range(BISECTIONS):
         middle = (inner + outer) / 2
-        ll = _em_from(m, middle, mu * start, sigma * start, EM_ITERATIONS, fixed_e=True)[4] * margins.shape[0]
-        within = ll >= level
+        within = profile_log_likelihood(margins, middle, mu, sigma) >= level
         inner, outer = torch.where(within, middle, inner), torch.where(within, outer, middle)
     low, high = outer.tolist()
     return min(max(low, 0.0), estimate), max(min(high, 0.5), estimate)

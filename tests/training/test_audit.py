@@ -74,6 +74,24 @@ def test_the_interval_ends_where_the_profile_likelihood_crosses_the_cut(rate):
         assert fit.low < fit.estimate < fit.high and round(fit.low, 2) != fit.low and round(fit.high, 2) != fit.high
 
 
+def test_the_bisection_reads_the_profile_the_grid_reads(monkeypatch):
+    """The interval's crossings are those of `profile_log_likelihood` itself, not of a copy of it that could drift
+    (its start, its iterations): each halving asks it about both ends."""
+    from dpo.training import flip_estimate
+
+    asked = []
+    original = flip_estimate.profile_log_likelihood
+
+    def profile(margins, grid, mu, sigma):
+        asked.append(len(grid))
+        return original(margins, grid, mu, sigma)
+
+    monkeypatch.setattr(flip_estimate, "profile_log_likelihood", profile)
+    margins, _ = mirrored_margins(500, 0.2, mu=2.0, sigma=1.0, seed=0)
+    fit_flip_mixture(margins)
+    assert asked.count(2) == flip_estimate.BISECTIONS
+
+
 def test_margins_that_cannot_tell_the_answers_apart_give_a_wide_interval():
     g = torch.Generator().manual_seed(0)
     fit = fit_flip_mixture(0.1 * torch.randn(1000, generator=g, dtype=torch.float64))
