@@ -151,6 +151,8 @@ def check_settings(loaded: LoadedRecipe, run_dir: Path, problems: Problems, extr
             check_evaluations(loaded, dpo_config)
         if plan is not None:
             with problems.collect():
+                _check_watched_metric_logged(loaded, plan, dpo_config)
+            with problems.collect():
                 _check_reference_metrics(loaded, plan, dpo_config)
             with problems.collect():
                 check_autopilot(loaded, plan, dpo_config)
@@ -312,20 +314,21 @@ def _check_heldout_kl(loaded: LoadedRecipe, dpo_config) -> None:
         )
 
 
-def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
-    """A reference-free loss plan logs no metric that needs a reference (the metric table's `needs_reference`), and
-    no held-out KL: watching one, or sizing the KL's subsample, would be a knob that does nothing."""
-    from dpo.metrics import lookup
+def _check_watched_metric_logged(loaded: LoadedRecipe, plan, dpo_config) -> None:
+    """early_stopping.metric must be logged at the evaluations that early stopping and the autopilot compare:
+    `unlogged_metric`, the one list of what a metric needs, which a sweep's objective is checked with too."""
+    metric = loaded.recipe.early_stopping.metric
+    why = unlogged_metric(loaded.recipe, plan, dpo_config, metric)
+    if why:
+        raise UserError(f"{metric} is not logged: {why}", where=loaded.where("early_stopping.metric"))
 
+
+def _check_reference_metrics(loaded: LoadedRecipe, plan, dpo_config) -> None:
+    """A reference-free loss plan keeps no held-out KL: sizing the KL's subsample would be a knob that does nothing
+    (watching a metric that needs a reference: `_check_watched_metric_logged`)."""
     if plan.needs_reference:
         return
     losses = [name for name, _ in plan.terms]
-    metric = lookup(loaded.recipe.early_stopping.metric)
-    if metric is not None and metric.needs_reference:
-        raise UserError(
-            f"{loaded.recipe.early_stopping.metric} is not logged: loss.type {losses} uses no reference model",
-            where=loaded.where("early_stopping.metric"),
-        )
     logging = loaded.recipe.logging
     if logging.heldout_kl_pairs != type(logging).model_fields["heldout_kl_pairs"].default:
         raise UserError(
@@ -359,14 +362,7 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
 
     stopping = loaded.recipe.early_stopping
     known = [*EVAL_METRICS, *extra_metrics]
-    kl_on = loaded.recipe.logging.heldout_kl
-    if stopping.metric == "eval_kl" and (kl_on is False or not heldout_kl_available(loaded.recipe, dpo_config)):
-        raise UserError(
-            "eval_kl is only logged with the held-out KL on: it needs logging.heldout_kl and a reference model at "
-            "evaluation (LoRA, or training.precompute_ref_log_probs: false)",
-            where=loaded.where("early_stopping.metric"),
-        )
-    if stopping.metric not in known:
+    if stopping.metric not in known:  # whether a known one is logged: _check_watched_metric_logged
         raise UserError(
             f"unknown held-out metric '{stopping.metric}'{did_you_mean(stopping.metric, known)} "
             f"(valid: {', '.join(known)})",
@@ -385,15 +381,6 @@ def _check_early_stopping(loaded: LoadedRecipe, dpo_config, extra_metrics: tuple
             "compares them; watch a metric beta does not scale, such as eval_rewards/accuracies",
             where=loaded.where("early_stopping.metric"),
         )
-    if watched is not None and watched.gap_of:
-        # a gap is logged only at an evaluation with train values logged since the previous one: without train
-        # logs before the last step, early stopping and the autopilot would skip every evaluation and do nothing
-        why = no_train_logs_before_the_last_step(dpo_config)
-        if why:
-            raise UserError(
-                f"{stopping.metric} needs train values logged between evaluations, and {why}",
-                where=loaded.where("early_stopping.metric"),
-            )
 
 
 def no_train_logs_before_the_last_step(dpo_config) -> str | None:
@@ -410,8 +397,10 @@ def no_train_logs_before_the_last_step(dpo_config) -> str | None:
 def unlogged_metric(recipe: Recipe, plan, dpo_config, metric: str) -> str | None:
     """Why the run's evaluations never log held-out `metric` (None: they log it, or it is not in the metric table):
     a metric that needs a reference model under a reference-free loss plan, the held-out KL off, a gap without train
-    values logged between evaluations. The checks of early stopping's metric above, for a sweep's objective
-    (dpo/sweep/driver.py), whose trials would otherwise each train to the end and then fail without it."""
+    values logged between evaluations (a gap is logged only at an evaluation with train values logged since the
+    previous one: early stopping and the autopilot would skip every evaluation). Early stopping's metric is checked
+    with it (`_check_watched_metric_logged`), and a sweep's objective (dpo/sweep/driver.py), whose trials would
+    otherwise each train to the end and then fail without it."""
     row = lookup(metric)
     if row is None:
         return None
