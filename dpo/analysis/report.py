@@ -102,10 +102,14 @@ def write_report(path: str | Path) -> Path:
     """Build PATH/report.html for a run directory or a sweep directory; returns the file's path.
     Written to a temporary name and renamed, so a reader never sees half a file."""
     path = Path(path)
+    # A part of a file with the wrong shape (a list where an object belongs, text where a number does: a file edited by
+    # hand) is left out where it is read, as a file that is not there is (as_dict, dicts, finite); a part the page
+    # cannot do without is one error line naming the file and the key. Anything else that fails is a bug of this
+    # module, and raises as one (a traceback), rather than telling the user that they edited a file.
     if (path / SWEEP_SUMMARY).is_file():
-        page = _built(sweep_html, path)
+        page = sweep_html(path)
     elif (path / METRICS_LOG).is_file() or (path / SUMMARY).is_file():
-        page = _built(run_html, path)
+        page = run_html(path)
     elif not path.is_dir():
         raise UserError("not a directory (give a run or sweep folder)" if path.exists() else "no such directory",
                         where=str(path))  # fmt: skip
@@ -120,19 +124,6 @@ def write_report(path: str | Path) -> Path:
     except OSError as exc:  # a read-only folder, a full disk: one line, as for any other bad input
         raise UserError(f"cannot write {REPORT}: {exc.strerror or exc}", where=str(path)) from None
     return target
-
-
-def _built(page_of, path: Path) -> str:
-    """The page of a run or sweep directory. The parts of a file that hold the wrong shape (a list where an object
-    belongs, text where a number does: a file edited by hand) are left out where they are read, as a file that is not
-    there is; whatever such a part still trips is one error line naming the folder, never a traceback."""
-    try:
-        return page_of(path)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
-        raise UserError(
-            f"unexpected content in a file of this folder ({type(exc).__name__}: {exc}); was one edited by hand?",
-            where=str(path),
-        ) from None
 
 
 def write_report_or_warn(path: str | Path) -> Path | None:
@@ -464,12 +455,16 @@ def sweep_html(sweep_dir: Path) -> str:
     where = str(sweep_dir / SWEEP_SUMMARY)
     if not isinstance(summary, dict) or not isinstance(summary.get("trials"), list):
         raise UserError("must hold an object with a 'trials' list", where=where)
-    objective = summary.get("objective") or {}
+    objective = as_dict(summary.get("objective"))
     metric, direction = objective.get("metric"), objective.get("direction", "maximize")
-    if not metric:
-        raise UserError("objective.metric is missing", where=where)
-    # trials as objects with a params object: an entry edited into something else is left out, not a traceback
-    trials = [{**t, "params": as_dict(t.get("params"))} for t in dicts(summary["trials"])]
+    if not isinstance(metric, str) or not metric:
+        shown = "missing" if not metric else f"not a metric name: {json.dumps(metric)}"
+        raise UserError(f"objective.metric is {shown}", where=where)
+    # trials as objects with a params object and a state name: an entry edited into something else is left out
+    trials = [
+        {**t, "params": as_dict(t.get("params")), "state": t.get("state") if isinstance(t.get("state"), str) else None}
+        for t in dicts(summary["trials"])
+    ]
     ranked = _ranked(trials, direction)
     name = summary.get("name") or sweep_dir.name
 

@@ -296,11 +296,34 @@ def test_a_part_of_a_run_file_with_the_wrong_shape_is_left_out_not_a_traceback(t
     assert "<h2>Held-out numbers</h2>" in page and 'data-title="Loss"' in page and shown in page
 
 
-def test_what_the_report_still_cannot_read_is_one_error_line_naming_the_folder(tmp_path):
-    (tmp_path / "sweep_summary.json").write_text(json.dumps({"objective": {"metric": ["eval_loss"]}, "trials": []}))
+@pytest.mark.parametrize(
+    ("objective", "said"),
+    [({"metric": ["eval_loss"]}, 'objective.metric is not a metric name: ["eval_loss"]'),
+     ("eval_loss", "objective.metric is missing")],
+)  # fmt: skip
+def test_a_sweep_objective_the_page_cannot_do_without_is_one_error_line_naming_the_file(tmp_path, objective, said):
+    (tmp_path / "sweep_summary.json").write_text(json.dumps({"objective": objective, "trials": []}))
     proc = invoke_dpo("report", tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"error: {tmp_path}: unexpected content in a file of this folder (AttributeError: ")
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path / 'sweep_summary.json'}: {said}\n"
+
+
+def test_a_trial_state_of_the_wrong_shape_is_left_out(tmp_path):
+    trial = {"number": 0, "state": ["complete"], "params": {"loss.beta": 0.1}, "value": 0.5, "steps": 4}
+    (tmp_path / "sweep_summary.json").write_text(json.dumps({"objective": {"metric": "eval_loss"}, "trials": [trial]}))
+    page = write_report(tmp_path).read_text()
+    assert '<tr class="None"><td data-sort="0">0</td><td>-</td>' in page
+
+
+def test_a_bug_in_the_report_raises_as_one_not_as_a_file_edited_by_hand(tmp_path, monkeypatch):
+    """The page's own KeyError was turned into exit 2, "was one edited by hand?", with no traceback."""
+    from dpo.analysis import report
+
+    def broken(summary):
+        return summary["a key the page renamed"]
+
+    monkeypatch.setattr(report, "_headline_table", broken)
+    with pytest.raises(KeyError, match="a key the page renamed"):
+        write_report(hand_written_run(tmp_path / "run"))
 
 
 # ---- in a real browser ---------------------------------------------------------------------------
