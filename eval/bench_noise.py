@@ -330,6 +330,10 @@ def needs_scores(method: str) -> bool:
         return False
 
 
+# validation_caveats' mark of a method whose runs restore their best checkpoint at the end (steps_used reads it too)
+RESTORES_BEST = "validation optimistic, as it restores its best checkpoint, chosen on these pairs"
+
+
 @functools.cache
 def validation_caveats(method: str) -> tuple[str, ...]:
     """Why the method's validation accuracy, which best_single and the ranking across cells are chosen on, is not
@@ -348,7 +352,7 @@ def validation_caveats(method: str) -> tuple[str, ...]:
         return ()
     caveats = []
     if recipe.early_stopping.patience is not None or recipe.autopilot.enabled:
-        caveats.append("validation optimistic, as it restores its best checkpoint, chosen on these pairs")
+        caveats.append(RESTORES_BEST)
     if recipe.regularizers.sync_ref is not None:
         caveats.append("validation against its moving reference, test against the base model")
     return tuple(caveats)
@@ -621,8 +625,11 @@ def bootstrap(
     import numpy as np
 
     def matrix(records):
-        return np.array([np.frombuffer(r["test"][field].encode(), dtype=np.uint8) - ord("0") for r in records],
+        rows = np.array([np.frombuffer(r["test"][field].encode(), dtype=np.uint8) - ord("0") for r in records],
                         dtype=np.int64)  # fmt: skip
+        if not np.isin(rows, (0, 1)).all():  # a corrupt record: int(c) of the per-pair loop this replaced raised too
+            raise ValueError(f"test {field} strings must hold only 0 and 1")
+        return rows
 
     lengths = {len(r["test"][field]) for r in runs + (baseline or [])}
     if len(lengths) > 1:  # positions are paired across runs: they must be positions in one test file
@@ -996,7 +1003,8 @@ def markdown(result: dict) -> str:
             val = f"{r['validation_accuracy']:.3f}" if r["validation_accuracy"] is not None else "-"
             lines.append(
                 f"| {cell['dataset']} | {cell['noise']:.0%} | {name} | {interval(r['test_accuracy'])} | {vs} | "
-                f"{interval(r['test_policy_preference'])} | {val} | {steps_used(r)} |"
+                f"{interval(r['test_policy_preference'])} | {val} | "
+                f"{steps_used(r, r['chosen'] if method == 'best_single' else method)} |"
             )
     if result["skipped"]:
         lines += ["", *(f"Skipped `{m}`: {why}" for m, why in result["skipped"].items())]
@@ -1040,9 +1048,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def steps_used(row: dict) -> str:
-    """A row's steps column: "60 / 60", and ", scored 40" where its runs record the step whose weights were scored."""
-    scored = f", scored {row['scored_step']:.0f}" if row.get("scored_step") is not None else ""
+def steps_used(row: dict, method: str) -> str:
+    """A row's steps column: "60 / 60", and ", scored 40" where its runs record the step whose weights were scored.
+    A method that restores its best checkpoint (validation_caveats) whose runs do not all record that step (runs
+    recorded before scored_step was) gets ", scored ?": "60 / 60" alone would read as the last step's weights."""
+    if row.get("scored_step") is not None:
+        scored = f", scored {row['scored_step']:.0f}"
+    else:
+        scored = ", scored ?" if RESTORES_BEST in validation_caveats(method) else ""
     return f"{row['steps']:.0f} / {row['max_steps']}{scored}"
 
 

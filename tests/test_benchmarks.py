@@ -683,6 +683,9 @@ def test_noise_benchmark_refuses_runs_scored_on_another_test_split(tmp_path, cap
     scored = [{"seed": s, "test": {"reward": reward}} for s, reward in ((0, "1100"), (1, "110"))]
     with pytest.raises(ValueError, match=r"test results of \[3, 4\] pairs"):
         bench.bootstrap(scored, "reward")
+    for corrupt in ("1120", "11 0", "1a00"):  # each character a pair's 0 or 1: anything else is a corrupt record
+        with pytest.raises(ValueError, match="test reward strings must hold only 0 and 1"):
+            bench.bootstrap([{"seed": 0, "test": {"reward": corrupt}}], "reward")
 
 
 def test_noise_benchmark_reads_runs_of_a_method_whose_recipe_this_version_cannot_load(monkeypatch):
@@ -797,8 +800,11 @@ def test_noise_benchmark_shows_the_scored_step_waits_for_validation_and_marks_so
     open, naming it); on a data set whose runs were scored with EOS too (plain text), the first goal's numbers say
     the test is scored without it."""
     bench = _load_bench("bench_noise")
-    assert bench.steps_used({"steps": 60, "max_steps": 60, "scored_step": 40}) == "60 / 60, scored 40"
-    assert bench.steps_used({"steps": 60, "max_steps": 60, "scored_step": None}) == "60 / 60"
+    assert bench.steps_used({"steps": 60, "max_steps": 60, "scored_step": 40}, "cdpo") == "60 / 60, scored 40"
+    assert bench.steps_used({"steps": 60, "max_steps": 60, "scored_step": None}, "plain") == "60 / 60"
+    # a method that restores its best checkpoint, its runs recorded before scored_step was: not the last step's
+    for restoring in ("early_stopping", "autopilot"):
+        assert bench.steps_used({"steps": 60, "max_steps": 60, "scored_step": None}, restoring) == "60 / 60, scored ?"
 
     def run(method, seed, dataset="sorting", validation=0.6, **extra):
         test = {"pairs": 4, "reward": "1100", "policy": "1100"}
@@ -818,6 +824,8 @@ def test_noise_benchmark_shows_the_scored_step_waits_for_validation_and_marks_so
     assert "| sorting | 30% | cdpo |" in (text := bench.markdown(result))
     assert next(line for line in text.splitlines() if line.startswith("| sorting | 30% | cdpo |")).endswith(
         "| 60 / 60, scored 40 |")  # fmt: skip
+    assert next(line for line in text.splitlines() if line.startswith("| sorting | 30% | early_stopping |")).endswith(
+        "| 60 / 60, scored ? |")  # fmt: skip
     assert arithmetic["cdpo"]["validation_seeds"] == [0, 1] and arithmetic["cdpo"]["seeds"] == [0, 1, 2]
     assert sorting["best_single"]["candidates_not_run"] == []
     assert arithmetic["best_single"]["candidates_not_run"] == ["cdpo"]
