@@ -299,7 +299,7 @@ def test_no_file_in_a_sweep_directory_holds_a_secret(tmp_path, monkeypatch):
     (sweep_dir / "best.yaml").unlink()
     loaded = load_spec(spec)
     study = optuna.load_study(study_name=loaded.name, storage=open_storage(driver.sqlite_url(sweep_dir / "study.db")))
-    driver._write_best(driver.summarize(study, loaded, sweep_dir), loaded, sweep_dir)
+    driver._write_best(driver.summarize(study, loaded, sweep_dir), loaded, sweep_dir, group={})  # no wandb: no group
     assert files_holding(sweep_dir, SECRET) == [] and files_holding_a_tail(sweep_dir) == []
     best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
     assert best["model"]["name_or_path"] == str(tmp_path / "model-[redacted $DB_PASSWORD]")
