@@ -264,6 +264,10 @@ def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, m
          "training.eval_steps: has no effect: training.eval_strategy is 'no'"),
         (["training.eval_strategy=no", "training.eval_delay=3"],
          "training.eval_delay: has no effect: training.eval_strategy is 'no'"),
+        # transformers evaluates at each epoch's end and reads eval_steps only under 'steps' (eval_delay counts epochs)
+        (["training.eval_strategy=epoch", "training.eval_delay=1", "training.eval_steps=5"],
+         "training.eval_steps: has no effect: training.eval_strategy is 'epoch': evaluations come at each epoch's "
+         "end"),
     ],
 )  # fmt: skip
 def test_a_setting_that_the_rest_of_the_recipe_turns_off_is_an_error(good, overrides, message):
@@ -278,8 +282,10 @@ def test_turning_off_evaluations_overrides_a_base_recipes_cadence(tmp_path):
     from tests.conftest import REPO
 
     plain = REPO / "recipes" / "plain.yaml"
-    proc = invoke_dpo("validate", plain, "--set", "training.eval_strategy=no", "--output-dir", tmp_path / "run")
-    assert proc.returncode == 0, proc.stderr
+    for strategy in ("no", "epoch"):
+        proc = invoke_dpo("validate", plain, "--set", f"training.eval_strategy={strategy}", "--output-dir",
+                          tmp_path / "run")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,14 @@ from dpo.config.loading import LoadedRecipe
 from dpo.config.schema import DataSection, LoggingSection, PeftSection
 from dpo.errors import UserError, raise_all
 
+# training keys transformers does not read under an eval_strategy: (keys, why). Without evaluations it reads neither
+# (the saves then follow save_steps 0.1); under 'epoch' it evaluates at each epoch's end whatever eval_steps says, and
+# eval_delay then counts epochs, so it still acts
+IGNORED_UNDER_EVAL_STRATEGY: dict[str, tuple[tuple[str, ...], str]] = {
+    "no": (("eval_steps", "eval_delay"), ""),
+    "epoch": (("eval_steps",), ": evaluations come at each epoch's end"),
+}
+
 
 def check_no_op_keys(loaded: LoadedRecipe) -> None:
     """Keys whose value differs from the default but that the rest of the recipe makes ineffective."""
@@ -50,12 +58,14 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
         # with LoRA, or without the up-front pass, each pair's reference log-probs come with its first batch
         no_ops.append(("training.precompute_ref_batch_size", "the reference log-probs are computed up front only "
                        "with training.precompute_ref_log_probs: true and full fine-tuning (peft: null)"))  # fmt: skip
-    if training.get("eval_strategy") == "no":  # transformers reads neither, and the saves then follow save_steps 0.1
+    strategy = training.get("eval_strategy")  # of a wrong type (a list): the DPOConfig check's error, not one here
+    if isinstance(strategy, str) and strategy in IGNORED_UNDER_EVAL_STRATEGY:
+        ignored, after = IGNORED_UNDER_EVAL_STRATEGY[strategy]
         # only where they were written beside it: a base recipe's cadence (quickstart.yaml's eval_steps) that a child
-        # or --set turns off with eval_strategy: no is an override, not a knob set to do nothing
+        # or --set turns off with eval_strategy: no, or moves to epochs, is an override, not a knob set to do nothing
         strategy_source = loaded.source("training.eval_strategy")
-        no_ops += [(f"training.{key}", "training.eval_strategy is 'no'")
-                   for key in ("eval_steps", "eval_delay")
+        no_ops += [(f"training.{key}", f"training.eval_strategy is '{strategy}'{after}")
+                   for key in ignored
                    if training.get(key) not in (None, 0)
                    and loaded.source(f"training.{key}") == strategy_source]  # fmt: skip
     for split in ("train", "eval"):  # here, not in the schema: a run's recipe.yaml from before still loads
