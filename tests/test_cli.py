@@ -245,11 +245,44 @@ def test_odpo_after_off_prompt_negatives_names_the_augmentation_step(tmp_path):
          "training.max_length: must be 1 or more (tokens of prompt and answer in a row; null: no limit), got -5"),
         (["training.save_strategy=steps", "training.save_steps=0"],
          "training.save_steps: must be above 0 (a number of steps, or below 1 a fraction of the run), got 0"),
+        # validate said ok; torch's DataLoader refused it (ValueError) once the run directory existed
+        (["training.dataloader_num_workers=-1"],
+         "training.dataloader_num_workers: must be 0 or more (processes loading batches; 0: the training process "
+         "loads them), got -1"),
+        # validate said ok; torch's AdamW refused them when the trainer built it
+        (["training.learning_rate=-0.001"],
+         "training.learning_rate: must be 0 or more (the optimizer's step size), got -0.001"),
+        (["training.adam_beta2=1"],
+         "training.adam_beta2: must be from 0 to below 1 (Adam's decay of its squared-gradient average), got 1"),
+        # a run of no steps, which validate passed
+        (["training.max_steps=-1", "training.num_train_epochs=0"],
+         "training.num_train_epochs: must be above 0 (passes over the training pairs when max_steps is not set), "
+         "got 0"),
     ],
 )  # fmt: skip
 def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, message):
     proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
     assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
+
+
+def test_out_of_range_training_values_are_reported_together(good):
+    """Every training value out of its range, one line each; num_train_epochs beside max_steps is the no-op error
+    alone (not a second one about its range)."""
+    overrides = ["training.dataloader_num_workers=-1", "training.weight_decay=-0.1", "training.adam_epsilon=-1",
+                 "training.adam_beta1=1.5", "training.eval_delay=-2", "training.max_steps=5",
+                 "training.num_train_epochs=-1"]  # fmt: skip
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: --set: training.dataloader_num_workers: must be 0 or more (processes loading batches; 0: the "
+        "training process loads them), got -1",
+        "error: --set: training.weight_decay: must be 0 or more (the optimizer's decay of the weights), got -0.1",
+        "error: --set: training.adam_epsilon: must be 0 or more (Adam's denominator term), got -1",
+        "error: --set: training.adam_beta1: must be from 0 to below 1 (Adam's decay of its gradient average), got 1.5",
+        "error: --set: training.eval_delay: must be 0 or more (steps, or under eval_strategy 'epoch' epochs, before "
+        "the first evaluation), got -2",
+        "error: --set: training.num_train_epochs: has no effect: training.max_steps is set and wins",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -262,6 +262,36 @@ POSITIVE_COUNTS: dict[str, str] = {
     "max_length": "tokens of prompt and answer in a row; null: no limit",
 }
 
+# Values DPOConfig takes without a word that fail only once the run directory exists (torch's DataLoader refuses a
+# negative worker count, torch's Adam-family optimizers a negative rate, decay or epsilon and a beta outside [0, 1)),
+# or that make a run with no steps (epochs at 0 or below): (lowest, above it only, below this, what the key counts)
+BOUNDED: dict[str, tuple[float, bool, float | None, str]] = {
+    "dataloader_num_workers": (0, False, None, "processes loading batches; 0: the training process loads them"),
+    "learning_rate": (0, False, None, "the optimizer's step size"),
+    "weight_decay": (0, False, None, "the optimizer's decay of the weights"),
+    "adam_epsilon": (0, False, None, "Adam's denominator term"),
+    "adam_beta1": (0, False, 1, "Adam's decay of its gradient average"),
+    "adam_beta2": (0, False, 1, "Adam's decay of its squared-gradient average"),
+    "num_train_epochs": (0, True, None, "passes over the training pairs when max_steps is not set"),
+    "eval_delay": (0, False, None, "steps, or under eval_strategy 'epoch' epochs, before the first evaluation"),
+}
+
+
+def _bound_problem(key: str, value: float) -> str | None:
+    """Why a number is outside BOUNDED[key]'s range, or None."""
+    low, above, below, counts = BOUNDED[key]
+    if (value > low if above else value >= low) and (below is None or value < below):
+        return None
+    wanted = f"above {low:g}" if above else f"{low:g} or more"
+    if below is not None:
+        wanted = f"from {low:g} to below {below:g}"
+    return f"must be {wanted} ({counts}), got {value:g}"
+
+
+def _max_steps_set(training: dict[str, Any]) -> bool:
+    max_steps = training.get("max_steps")
+    return isinstance(max_steps, int) and not isinstance(max_steps, bool) and max_steps > 0
+
 
 def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
     fields = _dpo_config_fields()
@@ -277,6 +307,9 @@ def check_training(loaded: LoadedRecipe) -> dict[str, Any]:
             problems.append(UserError(f"expected {wanted}, got {show_value(value)}", where=where))
         elif key in POSITIVE_COUNTS and value is not None and value < 1:
             problems.append(UserError(f"must be 1 or more ({POSITIVE_COUNTS[key]}), got {value}", where=where))
+        elif key in BOUNDED and value is not None and (problem := _bound_problem(key, value)):
+            if key != "num_train_epochs" or not _max_steps_set(loaded.recipe.training):  # else a no-op (checks.py)
+                problems.append(UserError(problem, where=where))
     raise_all(problems)
     return dict(loaded.recipe.training)
 
