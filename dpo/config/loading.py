@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,24 +103,29 @@ def parse_override(item: str) -> tuple[str, Any]:
 MAX_INT = 2**63 - 1  # the largest integer torch, numpy and the JSON of a run directory all keep exactly
 
 
-def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, path: tuple = ()) -> None:
+def check_scalars(raw: Any, provenance: dict[str, str], default_source: str) -> None:
     """Every number in the recipe is finite and fits 64 bits: `1e400` (YAML reads inf), `.nan` or a 400-digit
     integer would pass the schema's range checks (NaN compares false) and fail only once the run has started.
     Every text is one UTF-8 can hold (YAML's "\\ud800" escape makes a lone surrogate, which no file name or
     file can), keys included. Checked on the raw mapping, so `training:` keys (passed through to DPOConfig) are
-    covered too."""
+    covered too. Every such value is reported, not only the first."""
+    raise_all(list(_scalar_problems(raw, provenance, default_source, ())))
+
+
+def _scalar_problems(raw: Any, provenance: dict[str, str], default_source: str, path: tuple) -> Iterator[UserError]:
     if isinstance(raw, dict):
         for key, value in raw.items():
             if isinstance(key, str) and not _utf8(key):  # the run's recipe.yaml could not be written
                 section = ".".join(str(p) for p in path if isinstance(p, str))
                 where = source_of(provenance, section, default_source)
                 problem = f"key {shorten(key)} must be text without lone surrogate escapes (\\ud800 to \\udfff)"
-                raise UserError(f"{_shown(path)}: {problem}" if path else problem, where=where)
-            check_scalars(value, provenance, default_source, (*path, key))
+                yield UserError(f"{_shown(path)}: {problem}" if path else problem, where=where)
+                continue  # its value is named by a key no message can show
+            yield from _scalar_problems(value, provenance, default_source, (*path, key))
         return
     if isinstance(raw, list):
         for i, value in enumerate(raw):
-            check_scalars(value, provenance, default_source, (*path, i))
+            yield from _scalar_problems(value, provenance, default_source, (*path, i))
         return
     if isinstance(raw, str):
         if _utf8(raw):
@@ -133,7 +139,7 @@ def check_scalars(raw: Any, provenance: dict[str, str], default_source: str, pat
         return
     names = [str(p) for p in path if isinstance(p, str)]
     where = source_of(provenance, ".".join(names), default_source)
-    raise UserError(f"{_shown(path)}: must be {what} (got {shorten(raw)})", where=where)
+    yield UserError(f"{_shown(path)}: must be {what} (got {shorten(raw)})", where=where)
 
 
 def _shown(path: tuple) -> str:

@@ -121,3 +121,24 @@ def test_knobs_that_trl_turns_off_are_errors_naming_them(tmp_path):
     }
     assert errors_of(tmp_path, fine) == ([], 0)
     assert errors_of(tmp_path, {"data": {"train": TRAIN}, "peft": {"dropout": 0.05}}) == ([], 0)
+
+
+def test_every_number_and_text_a_run_could_not_keep_is_reported(tmp_path):
+    """check_scalars stopped at the first: an infinite beta hid the NaN learning rate, the integer too large for 64
+    bits and the lone surrogate, each found only by the next attempt."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        f"data:\n  train: {TRAIN}\nloss:\n  beta: 1e400\ntraining:\n  learning_rate: .nan\n"
+        f'  max_steps: {10**30}\n  run_name_suffix: "\\ud800"\n'
+    )
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    where = f"error: {path}: "
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        where + "loss.beta: must be a finite number (got inf)",
+        where + "training.learning_rate: must be a finite number (got nan)",
+        where + "training.max_steps: must be an integer from -9223372036854775807 to 9223372036854775807 (2^63 - 1) "
+        "(got 1000000000000000000000000000000)",
+        where + "training.run_name_suffix: must be text without lone surrogate escapes (\\ud800 to \\udfff) "
+        "(got '\\ud800')",
+    ]
