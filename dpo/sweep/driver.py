@@ -170,7 +170,7 @@ def check_objective(spec: SweepSpec, checked) -> None:
     prunes. `checked`: the base recipe with the fixed keys (dpo/training/gate.py's CheckedRecipe). Judged on what the
     trials train, `trial_configs`: every parameter sets its keys in every trial, so the base recipe's own values of
     those keys are trained by none."""
-    from dpo.training.arguments import no_evaluation_during_training
+    from dpo.training.arguments import last_evaluation_before_the_end, no_evaluation_during_training
 
     configs = trial_configs(spec, checked)
     if not configs:
@@ -195,6 +195,15 @@ def check_objective(spec: SweepSpec, checked) -> None:
             "pruned at its last; use pruner: none, or evaluate during training (training.eval_steps)",
             where=spec.where("pruner"),
         )
+    warmup = spec.pruner_kwargs.get("n_warmup_steps", 0) if spec.pruner == "median" else 0
+    lasts = [last_evaluation_before_the_end(c.dpo_config, c.train_pairs) for c in configs]
+    if warmup and None not in lasts and max(lasts) < warmup:  # None: a trial's length needs its data
+        raise UserError(
+            f"has no effect: the median pruner prunes from step {warmup} on, and the trials' last evaluation before "
+            f"their last step is at step {max(lasts)} (a trial is never pruned at its last); lower it to "
+            f"{max(lasts)} or less, or use pruner: none",
+            where=spec.where("pruner.n_warmup_steps"),
+        )
 
 
 def _unlogged_objective(config: TrialConfig, metric: str) -> str | None:
@@ -210,15 +219,24 @@ def _unlogged_objective(config: TrialConfig, metric: str) -> str | None:
 
 def checked_values(param) -> list:
     """The values of a search parameter the checks judge: every value a grid, choice or variants parameter lists (as
-    written: a variants parameter's names), and both ends of a range. The ends suffice: what the checks read moves
-    their verdict one way along a range (a longer run, a rarer evaluation or log, a longer epoch), so a value
-    between two ends that pass passes, and one between two that fail fails. (One exception, left to the trials: with
-    an eval_delay, the first evaluation's step is not monotone in an integer eval_steps.)"""
+    written: a variants parameter's names), every value of an integer range, and both ends of a float range.
+
+    The ends of a range do not suffice: the steps a run evaluates at are not monotone in what sets them. With an
+    eval_delay of 3 in a run of 4 steps, eval_steps 2 and 4 evaluate only at the last step and eval_steps 3 at step 3
+    (a range [2, 4] judged by its ends refused a pruner that acts on every trial drawing 3); the last evaluation
+    before the end, which a median pruner's n_warmup_steps is judged by, falls from step 9 to step 8 as max_steps goes
+    from 10 to 11 with eval_steps 0.3. So an integer range is judged at each of its values, up to
+    MAX_CHECKED_COMBINATIONS of them (beyond that, as a float range, by its ends, and the rest left to the trials). A
+    float range is judged by its ends: the values between them are not countable here (a fraction of the run counts
+    in whole steps only once each trial's length is known)."""
     if SEARCH_KINDS[param.kind].listed:
         return list(param.args)
     low, high = param.args[0], param.args[1]
-    if param.kind == "int" and len(param.args) == 3:  # the highest value the step reaches
-        high = low + (high - low) // param.args[2] * param.args[2]
+    if param.kind == "int":
+        step = param.args[2] if len(param.args) == 3 else 1
+        if (high - low) // step + 1 <= MAX_CHECKED_COMBINATIONS:
+            return SEARCH_KINDS["int"].grid(param.args)
+        high = low + (high - low) // step * step  # the highest value the step reaches
     return [low, high]
 
 

@@ -174,6 +174,33 @@ def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) ->
     return f"training.eval_delay {delay:g} leaves no evaluation before {length}"
 
 
+def last_evaluation_before_the_end(dpo_config, train_pairs: int | None = None) -> int | None:
+    """The step of the run's last evaluation before its last step (0: none), as no_evaluation_during_training counts
+    them: every multiple of the interval (eval_steps, or an epoch's steps under 'epoch') from the first one on. None
+    where that needs the number of training pairs (a run measured in epochs, the epoch strategy) and it is not given.
+    A sweep's median pruner prunes only from its n_warmup_steps on, and never at the last step."""
+    if dpo_config.eval_strategy == "no":
+        return 0
+    steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
+    if steps < 0 or dpo_config.eval_strategy == "epoch":
+        if train_pairs is None:
+            return None
+        epoch = steps_per_epoch(dpo_config, train_pairs)
+        if steps < 0:
+            steps = math.ceil(dpo_config.num_train_epochs * epoch)
+        if dpo_config.eval_strategy == "epoch":
+            interval = epoch
+            first = epoch * max(1, math.ceil(delay))
+    if dpo_config.eval_strategy == "steps":
+        if not every or steps <= 0:
+            return 0
+        interval = math.ceil(steps * every) if every < 1 else int(every)
+        first = interval * max(1, math.ceil(delay / interval))
+    if first >= steps:
+        return 0
+    return first + (steps - 1 - first) // interval * interval
+
+
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
     """Reduce-on-plateau watches the same held-out metric, in the same direction, as early stopping."""
     stopping = loaded.recipe.early_stopping

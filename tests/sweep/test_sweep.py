@@ -366,6 +366,17 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
         ({"pruner": "median", "sampler": "tpe", "trials": 2, "search": {"training.eval_steps": {"int": [4, 12, 4]}}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4)"),
+        # optuna's median pruner prunes no trial before step n_warmup_steps, and the last evaluation is at step 2
+        ({"pruner": {"type": "median", "n_warmup_steps": 3}},
+         "pruner.n_warmup_steps: has no effect: the median pruner prunes from step 3 on, and the trials' last "
+         "evaluation before their last step is at step 2 (a trial is never pruned at its last); lower it to 2 or "
+         "less, or use pruner: none"),
+        # every value of the range judged: the latest evaluation is max_steps 10's at step 9 (every 3 steps), not an
+        # end's (max_steps 9: step 6; max_steps 11, every 4 steps: step 8)
+        ({"pruner": {"type": "median", "n_warmup_steps": 10}, "fixed": {"training.eval_steps": 0.3},
+          "sampler": "tpe", "trials": 2, "search": {"training.max_steps": {"int": [9, 11]}}},
+         "pruner.n_warmup_steps: has no effect: the median pruner prunes from step 10 on, and the trials' last "
+         "evaluation before their last step is at step 9"),
     ],
 )  # fmt: skip
 def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
@@ -401,6 +412,15 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
         # every trial runs max_steps 8 or 12, so logs train values before its last step; no trial runs the base's 4
         {"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4},
          "search": {"training.max_steps": {"grid": [8, 12]}}},
+        # with eval_delay 3 the ends of the range, eval_steps 2 and 4, evaluate only at the last step (4), but the
+        # trials drawing eval_steps 3 evaluate at step 3: judged by its ends, the pruner was refused
+        {"pruner": "median", "fixed": {"training.eval_delay": 3}, "sampler": "tpe", "trials": 2,
+         "search": {"training.eval_steps": {"int": [2, 4]}}},
+        # the pruner acts from step 2, where the trials evaluate
+        {"pruner": {"type": "median", "n_warmup_steps": 2}},
+        # max_steps 10 evaluates at step 9 (every 3 steps); the ends' last evaluations are at steps 6 and 8
+        {"pruner": {"type": "median", "n_warmup_steps": 9}, "fixed": {"training.eval_steps": 0.3},
+         "sampler": "tpe", "trials": 2, "search": {"training.max_steps": {"int": [9, 11]}}},
     ],
 )  # fmt: skip
 def test_objectives_and_pruners_the_trials_can_use_pass(tmp_path, tiny_recipe, fields):

@@ -9,7 +9,13 @@ import yaml
 
 from dpo.config.loading import changes_from_base, load_recipe, parse_override
 from dpo.errors import UserError
-from dpo.training.arguments import build_dpo_config, check_training, no_evaluation_during_training, steps_per_epoch
+from dpo.training.arguments import (
+    build_dpo_config,
+    check_training,
+    last_evaluation_before_the_end,
+    no_evaluation_during_training,
+    steps_per_epoch,
+)
 from dpo.training.loss_plan import hyperparameter_keys, loss_plan
 from tests.conftest import write_recipe
 
@@ -288,6 +294,30 @@ def test_no_evaluation_during_training_with_the_data(config, pairs, reason):
     """Runs measured in epochs, and the epoch strategy: the evaluation steps depend on the epoch's length."""
     assert no_evaluation_during_training(config) is None  # without the data: passed on to the second check
     assert no_evaluation_during_training(config, pairs) == reason
+
+
+@pytest.mark.parametrize(
+    ("config", "pairs", "last"),
+    [
+        (_epoch_config("steps", 40, eval_steps=10), None, 30),  # 10, 20, 30 (and 40, the last step)
+        (_epoch_config("steps", 41, eval_steps=10), None, 40),
+        (_epoch_config("steps", 40, eval_steps=40), None, 0),  # only at the last step
+        (_epoch_config("steps", 40, eval_steps=10, eval_delay=31), None, 0),
+        (_epoch_config("steps", 4, eval_steps=3, eval_delay=3), None, 3),  # eval_steps 2 or 4: none
+        (_epoch_config("steps", 10, eval_steps=0.3), None, 9),  # every 3 steps
+        (_epoch_config("steps", 11, eval_steps=0.3), None, 8),  # every 4 steps: earlier in a longer run
+        (_epoch_config("steps", -1, eval_steps=10), None, None),  # the run's length needs the pairs
+        (_epoch_config("steps", -1, eval_steps=10), 100, 30),  # 3 epochs of 13 steps: 39
+        (_epoch_config("epoch", 40), 100, 39),  # epoch ends 13, 26, 39
+        (_epoch_config("epoch", 40, eval_delay=3), 100, 39),
+        (_epoch_config("epoch", 39, eval_delay=3), 100, 0),  # the third epoch's end is the last step
+        (_epoch_config("epoch", 40), None, None),
+        (_epoch_config("no", 40), None, 0),
+    ],
+)  # fmt: skip
+def test_last_evaluation_before_the_end(config, pairs, last):
+    """What a sweep's median pruner is judged by: it prunes from n_warmup_steps on, never at the last step."""
+    assert last_evaluation_before_the_end(config, pairs) == last
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
