@@ -65,7 +65,9 @@ def train(
         ),
     ],
     set_: SetOption = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: runs/<recipe name>).", readable=False)
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -111,7 +113,9 @@ def sweep(
             "machines joins one sweep. Default: SQLite in the sweep directory."
         ),
     ] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<spec name>).")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Sweep directory (default: sweeps/<spec name>).", readable=False)
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a stopped sweep; finished trials stay.")] = False,
 ):
     """Run many trainings over a search space (optuna) and write the sweep directory and best.yaml. Exit codes: 0 done,
@@ -136,7 +140,8 @@ def validate(
     ],
     set_: SetOption = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="Run directory dpo train would write (default: runs/<recipe name>).")
+        Path | None,
+        typer.Option(help="Run directory dpo train would write (default: runs/<recipe name>).", readable=False),
     ] = None,
 ):
     """Check a recipe and its data without training (no model weights are loaded): the same checks as dpo train."""
@@ -284,7 +289,8 @@ def data_audit(
     recipe: Annotated[Path, typer.Argument(help="The recipe whose training data and model to audit.", readable=False)],
     set_: SetOption = None,
     output: Annotated[
-        Path | None, typer.Option("--output", help="Folder for audit.json (default: audits/<recipe name>).")
+        Path | None,
+        typer.Option("--output", help="Folder for audit.json (default: audits/<recipe name>).", readable=False),
     ] = None,
 ):
     """Estimate the share of flipped labels in the recipe's training pairs, and rank the pairs by p_flipped."""
@@ -354,7 +360,7 @@ def eval_(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
-    output: Annotated[Path, typer.Option(help="Folder to write (must not exist, or be empty).")],
+    output: Annotated[Path, typer.Option(help="Folder to write (must not exist, or be empty).", readable=False)],
     merge: Annotated[
         bool, typer.Option("--merge", help="Merge the LoRA adapter into the base model (loads without peft).")
     ] = False,
@@ -376,7 +382,9 @@ def export(
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (with final/).", readable=False)],
     prompt: Annotated[str | None, typer.Option(help="One prompt.")] = None,
-    file: Annotated[Path | None, typer.Option(help="JSONL with a `prompt` per row (text or chat messages).")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="JSONL with a `prompt` per row (text or chat messages).", readable=False)
+    ] = None,
     n: Annotated[int | None, typer.Option("--n", help="Only the first N prompts of --file.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
     sample: Annotated[bool, typer.Option("--sample", help="Sample (temperature 1) instead of greedy.")] = False,
@@ -403,7 +411,7 @@ def generate(
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.", readable=False)],
-    output: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("compare.html"),
+    output: Annotated[Path, typer.Option(help="The HTML page to write.", readable=False)] = Path("compare.html"),
 ):
     """One self-contained HTML page: the runs' held-out curves overlaid and a table of their summaries."""
     try:
@@ -416,7 +424,9 @@ def compare(
 @app.command("convert-trl")
 def convert_trl(
     config: Annotated[Path, typer.Argument(help="A `trl dpo --config` YAML file.", readable=False)],
-    output: Annotated[Path | None, typer.Option(help="Write the recipe here (default: print it).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the recipe here (default: print it).", readable=False)
+    ] = None,
 ):
     """Turn a `trl dpo` config into a recipe; lists the keys it could not map (stderr)."""
     try:

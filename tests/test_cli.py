@@ -386,6 +386,17 @@ def test_a_sweep_with_no_completed_trial_exits_3_with_one_line(tmp_path, monkeyp
         (["eval", "run"], "error: run: not a run directory: no recipe.yaml"),
         (["eval", "run", "--data", "r.yaml"], "error: run: not a run directory: no recipe.yaml"),
         (["convert-trl", "trl.yaml"], "error: trl.yaml: required key 'data' is missing"),
+        # outputs, which are written, not read: an existing one this user cannot read was refused as unreadable
+        (["compare", "run", "run", "--output", "o.html"], "error: run: "),
+        (["export", "run", "--output", "out"], "error: run: not a run directory: no recipe.yaml"),
+        (
+            ["convert-trl", "trl.yaml", "--output", "o.yaml"],
+            "error: o.yaml: already exists; choose another --output or remove it",
+        ),
+        (["validate", "r.yaml", "--output-dir", "out"], "error: r.yaml: data.train: file "),
+        (["data", "audit", "r.yaml", "--output", "out"], "error: r.yaml: data.train: file "),
+        # an input the run's generate reads itself, naming the run first
+        (["generate", "run", "--file", "p.jsonl"], "error: run: not a run directory: no recipe.yaml"),
     ],
 )
 def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkeypatch, args, line):
@@ -396,8 +407,11 @@ def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkey
     (tmp_path / "r.yaml").write_text("data:\n  train: missing.jsonl\n")
     (tmp_path / "trl.yaml").write_text("model_name_or_path: m\n")
     (tmp_path / "run").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in ("o.html", "o.yaml", "p.jsonl"):
+        (tmp_path / name).write_text("")
     real_access = os.access
-    denied = {"r.yaml", "run", "trl.yaml"}
+    denied = {"r.yaml", "run", "trl.yaml", "out", "o.html", "o.yaml", "p.jsonl"}
 
     def access(path, mode, *rest, **kwargs):
         if mode & os.R_OK and os.path.basename(path) in denied:
