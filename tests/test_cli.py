@@ -421,3 +421,21 @@ def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkey
     monkeypatch.setattr(os, "access", access)
     proc = invoke_dpo(*args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(line), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # an empty part was named as the unknown key 'loss.' (or '')
+        ("loss..beta=0.2", "override key 'loss..beta' has an empty part between dots; write it as key.path=value"),
+        (".loss=1", "override key '.loss' has an empty part between dots; write it as key.path=value"),
+        ("loss.beta.=1", "override key 'loss.beta.' has an empty part between dots; write it as key.path=value"),
+        # a typo'd section or key: the close match suggested; a key under a value: named with what is there
+        ("los.beta=0.2", "unknown key 'los'; did you mean 'loss'? (valid: name, seed, model, peft, data, loss, "
+         "regularizers, early_stopping, autopilot, training, logging, base)"),
+        ("data.train.path.x=1", "data.train is not a section, cannot set data.train.path.x"),
+    ],
+)  # fmt: skip
+def test_a_bad_dotted_override_key_is_one_line_naming_it(good, override, message):
+    proc = invoke_dpo("validate", good, "--set", override)
+    assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"

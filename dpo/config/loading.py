@@ -91,6 +91,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise UserError(f"override '{item}' must look like key.path=value", where=SET_SOURCE)
+    if "" in key.split("."):  # `loss..beta`, `.loss`: was reported as the unknown key 'loss.' or ''
+        raise UserError(f"override key {shorten(key)} has an empty part between dots; write it as key.path=value",
+                        where=SET_SOURCE)  # fmt: skip
     try:
         value = safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
