@@ -8,6 +8,7 @@ Secrets from the environment are redacted from all output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import sys
@@ -17,6 +18,8 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer parses with its own copy of click
+from typer.core import TyperGroup
 
 from dpo import api
 from dpo.analysis.evaluate import DECODINGS
@@ -26,7 +29,41 @@ from dpo.rundir.resume import has_previous_attempt
 from dpo.rundir.secrets import redact, redact_standard_streams
 from dpo.sweep.spec import help_text as sweep_help
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="DPO fine-tuning with overfitting controls.")
+
+@contextlib.contextmanager
+def _usage_errors_on_one_line():
+    try:
+        yield
+    except NoArgsIsHelpError:  # `dpo` or `dpo data` alone: the help, as no_args_is_help asks
+        raise
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "dpo"
+        message = one_line(redact(exc.format_message())).rstrip(".")  # "Missing argument 'recipe'." ends in one
+        typer.echo(f"error: {command}: {message} (see {command} --help)", err=True)
+        raise typer.Exit(code=exc.exit_code) from None
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A bad command line (an unknown option or command, a missing argument, a value of the wrong type) is one
+    `error:` line naming the command, exit 2, like every other bad input, not typer's usage lines and boxed panel.
+    Parsing happens in make_context (the top level's options) and in invoke (every subcommand's), so both are
+    wrapped; `data`'s group is parsed inside the top level's invoke."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_on_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_on_one_line():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(
+    cls=OneLineUsageErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    help="DPO fine-tuning with overfitting controls.",
+)
 
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set loss.beta=0.2 (repeatable).")

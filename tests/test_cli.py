@@ -424,6 +424,35 @@ def test_path_arguments_are_checked_by_our_readers_not_by_click(tmp_path, monkey
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--bogus", "r.yaml"], "dpo train: No such option: --bogus"),
+        (["train"], "dpo train: Missing argument 'recipe'"),
+        (["nosuch"], "dpo: No such command 'nosuch'"),
+        (["--bogus"], "dpo: No such option: --bogus"),
+        (["plan", "--batch-size", "abc", "r.yaml"], "dpo plan: Invalid value for '--batch-size'"),
+        (["data", "inspect"], "dpo data inspect: Missing argument 'target'"),  # a subgroup's command
+        (["data", "nosuch"], "dpo data: No such command 'nosuch'"),
+    ],
+)  # fmt: skip
+def test_a_bad_command_line_is_one_error_line_naming_the_command(args, message):
+    """typer printed usage lines and a boxed panel; every other bad input is one `error:` line with exit 2. CliRunner
+    names the program `root` where the console script says `dpo`."""
+    proc = invoke_dpo(*args)
+    line = proc.stderr.replace("root", "dpo")
+    command = message.split(":")[0]
+    assert proc.returncode == 2 and line.count("\n") == 1, proc.stderr
+    assert line.startswith(f"error: {message}") and line.endswith(f" (see {command} --help)\n"), proc.stderr
+
+
+def test_no_command_still_prints_the_help():
+    """no_args_is_help is a usage error inside click; it stays the help, not an error line."""
+    for args in ([], ["data"]):
+        proc = invoke_dpo(*args)
+        assert "Usage: " in proc.stdout and "error:" not in proc.stderr, (args, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         # an empty part was named as the unknown key 'loss.' (or '')
