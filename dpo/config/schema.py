@@ -67,7 +67,10 @@ class DataSource(Section):
         default_factory=dict,
         description="Our column -> the source's column, 'a.b' (nested key) or 'a[].b' (key b of each list item).",
     )
-    ignore_columns: list[str] = Field(default_factory=list, description="Source columns to drop without complaint.")
+    ignore_columns: list[str] = Field(
+        default_factory=list,
+        description="Source columns to drop without complaint (each one some row of the source has).",
+    )
     split: str = Field("train", description="Split of a hub dataset or of a save_to_disk DatasetDict.")
     subset: str | None = Field(None, description="Configuration name of a hub dataset.")
 

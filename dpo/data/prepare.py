@@ -112,6 +112,24 @@ def _raise_bad(bad: list[tuple[int, Problem]], where: str) -> None:
     raise UserError(f"{shown}{more}; data.on_invalid: skip drops bad rows and counts them", where=where)
 
 
+def _check_ignored_columns_exist(source: DataSource, raw_rows: list[Any], key: str) -> None:
+    """A column `ignore_columns` lists that no row of the source has (a typo, or a list left from other data) drops
+    nothing: a knob that does nothing is an error, naming the source's file and the column. A row counts as having
+    a column whatever its value (columnar formats give every row every column, null where it is empty); rows that
+    could not be decoded have none."""
+    present: set[str] = set()
+    for raw in raw_rows:
+        if isinstance(raw, dict):
+            present.update(raw)
+    missing = [name for name in dict.fromkeys(source.ignore_columns) if name not in present]
+    if missing:
+        listed = ", ".join(f"'{name}'" for name in missing)
+        raise UserError(
+            f"ignore_columns lists {listed}, which no row has ({key}); remove {'it' if len(missing) == 1 else 'them'}",
+            where=source.path,
+        )
+
+
 def load_source(
     source: DataSource, key: str, checker: RowChecker, on_invalid: str, seen: set[str]
 ) -> tuple[list[dict], dict]:
@@ -125,6 +143,7 @@ def load_source(
     bad = [(n, r) for (n, _), r in zip(numbered, checked, strict=True) if isinstance(r, Problem)]
     if bad and on_invalid == "error":
         _raise_bad(bad, source.path)
+    _check_ignored_columns_exist(source, raw_rows, key)
     dropped = Counter(p.reason for _, p in bad)
     rows = []
     for row in checked:

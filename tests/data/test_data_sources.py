@@ -152,6 +152,49 @@ def test_column_mapping_nested_and_ultrafeedback_style(tmp_path):
     assert mapped == pair("x", "a", "b")
 
 
+def test_ignore_columns_naming_a_column_no_row_has_is_an_error(tmp_path):
+    """An ignored column that no row of the source has (a typo, a list kept from other data) drops nothing: an error
+    naming the file and the column (it was accepted silently), whether rows are checked strictly or skipped; a
+    column some row has passes, and so does one all of whose cells are null (a columnar file has it)."""
+    rows = [{**pair(f"q{i}"), **({"source": "x"} if i == 0 else {})} for i in range(6)]
+    path = write_jsonl(tmp_path / "a.jsonl", rows)
+    for on_invalid in ("error", "skip"):
+        section = DataSection(train=[{"path": path, "ignore_columns": ["source", "sourse", "models"]}],
+                              on_invalid=on_invalid)  # fmt: skip
+        with pytest.raises(UserError) as err:
+            prepare_data(section, seed=0)
+        assert str(err.value) == (
+            f"{path}: ignore_columns lists 'sourse', 'models', which no row has (data.train); remove them"
+        )
+    eval_path = write_jsonl(tmp_path / "e.jsonl", [pair("e0"), pair("e1")])
+    section = DataSection(train=[{"path": path, "ignore_columns": ["source"]}],
+                          eval=[{"path": eval_path, "ignore_columns": ["source"]}])  # fmt: skip
+    with pytest.raises(UserError) as err:
+        prepare_data(section, seed=0, where=lambda key: f"r.yaml: {key}")
+    assert (
+        str(err.value) == f"{eval_path}: ignore_columns lists 'source', which no row has (r.yaml: data.eval); remove it"
+    )
+    nulls = write_jsonl(tmp_path / "n.jsonl", [{**pair(f"q{i}"), "source": None} for i in range(6)])
+    data = prepare_data(DataSection(train=[{"path": nulls, "ignore_columns": ["source"]}]), seed=0)
+    assert len(data.train) + len(data.eval) == 6
+    data = prepare_data(DataSection(train=[{"path": path, "ignore_columns": ["source"]}]), seed=0)
+    assert len(data.train) + len(data.eval) == 6
+
+
+def test_validate_refuses_an_ignored_column_no_row_has(tmp_path, tiny_model_dir):
+    """`dpo validate` (the gate `dpo train` runs too): one error line naming the file and the column, exit 2."""
+    from tests.conftest import invoke_dpo
+
+    path = write_jsonl(tmp_path / "a.jsonl", [pair(f"q{i}") for i in range(6)])
+    data = {"train": [{"path": path, "ignore_columns": ["sorce"]}]}
+    recipe = write_recipe(tmp_path / "r.yaml", {"model": {"name_or_path": str(tiny_model_dir)}, "data": data})
+    result = invoke_dpo("validate", recipe)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: {path}: ignore_columns lists 'sorce', which no row has ({recipe}: data.train); remove it\n"
+    )
+
+
 def test_implicit_prompt_text_and_messages():
     assert extract_prompt("The sky is blue.", "The sky is green.") == ("The sky is", " blue.", " green.")
     user = {"role": "user", "content": "Sky?"}
