@@ -124,11 +124,16 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
     The pairs that get one are drawn at random; the new pairs are appended after the originals. A negative must
     differ from both answers of the pair, and make a pair that is not among the rows already (nor among the new
     ones): where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected
-    one. A pair with no such negative gets none (the data card's `after` counts the pairs added)."""
+    one. A pair with no such negative gets none (the data card's `after` counts the pairs added); a step that can add
+    no pair at all (the training pairs ask one question, or no other prompt's chosen answer makes a new pair) is an
+    error, not a step that does nothing."""
     count = _pairs_of(fraction, rows)
     keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
-    if len(set(keys)) < 2:
-        return [dict(r) for r in rows]
+    if count and len(set(keys)) < 2:
+        raise NoEffect(
+            f"has no effect: the {len(rows)} training pairs have one distinct prompt, and a negative is another "
+            "prompt's chosen answer"
+        )
     pairs = {canonical([r["prompt"], r["chosen"], r["rejected"]]) for r in rows}
 
     def usable(i: int, j: int) -> bool:
@@ -154,6 +159,11 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
         # a new pair: the original pair's score gap (if any) says nothing about it
         extra.append({"prompt": rows[i]["prompt"], "chosen": rows[i]["chosen"], "rejected": rows[j]["chosen"]})
         pairs.add(canonical([rows[i]["prompt"], rows[i]["chosen"], rows[j]["chosen"]]))
+    if count and not extra:
+        raise NoEffect(
+            f"has no effect: none of the {count} training pairs drawn has a negative (another prompt's chosen answer "
+            "that differs from both its answers and makes a pair not there already)"
+        )
     return [dict(r) for r in rows] + extra
 
 

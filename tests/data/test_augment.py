@@ -68,10 +68,35 @@ def test_off_prompt_negatives_exact():
     # two prompts: the only other prompt's chosen answer is each pair's extra rejected answer
     out = off_prompt_negatives(ROWS, random.Random(0), fraction=1.0)
     assert out == ROWS + [pair("p1", "c1", "c2"), pair("p2", "c2", "c1")]
-    assert off_prompt_negatives(ROWS, random.Random(0), fraction=0.0) == ROWS
-    assert off_prompt_negatives(ROWS[:1], random.Random(0), fraction=1.0) == ROWS[:1]  # no other prompt
+    assert off_prompt_negatives(ROWS, random.Random(0), fraction=0.0) == ROWS  # 0 says none: a sweep's baseline
+
+
+def test_off_prompt_negatives_that_can_add_no_pair_is_an_error_naming_the_step():
+    """One distinct prompt (whitespace aside), or no other prompt's chosen answer that makes a new pair: the step
+    added nothing and said nothing (it gave the rows back); now an error naming the step, as a fraction that rounds to
+    no pair is. Fraction 0 still adds none quietly (a sweep's baseline)."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    step = [{"type": "off_prompt_negatives", "fraction": 1.0}]
     one_question = [pair("What is 2+2?", "4", "5"), pair("What  is 2+2? ", "Four", "Five")]  # whitespace aside
-    assert off_prompt_negatives(one_question, random.Random(0), fraction=1.0) == one_question
+    for rows in (ROWS[:1], one_question):
+        with pytest.raises(UserError) as err:
+            apply(rows, step, 0, RowChecker().pairs_only)
+        assert str(err.value) == (
+            f"data.augment: step 0 (off_prompt_negatives): has no effect: the {len(rows)} training pairs have one "
+            "distinct prompt, and a negative is another prompt's chosen answer"
+        )
+    # each other prompt's chosen answer is this pair's own rejected one: no negative anywhere
+    swapped = [pair("What is 2+2?", "4", "5"), pair("What is 2+3?", "5", "4")]
+    with pytest.raises(UserError) as err:
+        apply(swapped, step, 0, RowChecker().pairs_only, where="r.yaml: data.augment")
+    assert str(err.value) == (
+        "r.yaml: data.augment: step 0 (off_prompt_negatives): has no effect: none of the 2 training pairs drawn has a "
+        "negative (another prompt's chosen answer that differs from both its answers and makes a pair not there "
+        "already)"
+    )
+    assert off_prompt_negatives(one_question, random.Random(0), fraction=0.0) == one_question
 
 
 def test_off_prompt_negatives_make_no_pair_that_is_already_there():
