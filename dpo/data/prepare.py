@@ -44,10 +44,12 @@ CARD_EXAMPLES = 5
 
 @dataclass
 class RowChecker:
-    """Checks rows: the row checks of dpo/data/rows.py; one format for all the rows it sees (train and held-out
-    alike: TRL batches one format, and fails inside Arrow on a mix); then, with a tokenizer, that it can render
-    conversational rows (a chat template) and the length check against `max_length` as TRL will tokenize.
-    Without a tokenizer neither tokenizer check is run (the card says so for the length check)."""
+    """Checks rows: the row checks of dpo/data/rows.py; with a tokenizer, the length check against `max_length` as
+    TRL will tokenize; one format for all the rows it sees (train and held-out alike: TRL batches one format, and
+    fails inside Arrow on a mix), the format of the first row that passes the other checks (a first row dropped as
+    bad under `on_invalid: skip`, too long included, does not decide it); then, with a tokenizer, that it can render
+    conversational rows (a chat template). Without a tokenizer neither tokenizer check is run (the card says so for
+    the length check)."""
 
     tokenizer: Any = None
     max_length: int | None = None
@@ -59,14 +61,21 @@ class RowChecker:
         """Each row in canonical form, or its Problem. `numbers`: the rows' numbers in `source` (for messages)."""
         out = [raw if isinstance(raw, Problem) else normalize(raw, columns, ignore) for raw in raw_rows]
         numbers = list(numbers) if numbers is not None else list(range(1, len(out) + 1))
-        self._one_format(out, numbers, source)
-        self._renderable(out, numbers, source)
         if self.tokenizer is not None and self.max_length:
-            ok = [i for i, r in enumerate(out) if not isinstance(r, Problem)]
+            # before the format is decided, so that a row too long to train on does not decide it; conversational
+            # rows need a chat template to be measured: without one, _renderable refuses them below
+            templated = bool(getattr(self.tokenizer, "chat_template", None))
+            ok = [
+                i
+                for i, r in enumerate(out)
+                if not isinstance(r, Problem) and (templated or row_format(r) == "standard")
+            ]
             too_long = length_problems([out[i] for i in ok], self.tokenizer, self.max_length)
             for i, problem in zip(ok, too_long, strict=True):
                 if problem is not None:
                     out[i] = problem
+        self._one_format(out, numbers, source)
+        self._renderable(out, numbers, source)
         return out
 
     def _one_format(self, rows: list[dict | Problem], numbers: list[int], source: str) -> None:
@@ -79,7 +88,7 @@ class RowChecker:
             elif fmt != self.first_format[0]:
                 first, first_n, first_source = self.first_format
                 where = f"row {first_n}" + (f" of {first_source}" if first_source != source else "")
-                rows[i] = Problem("mixed_formats", f"a {fmt} row, but the data's first row ({where}) is {first}")
+                rows[i] = Problem("mixed_formats", f"a {fmt} row, but the data's first valid row ({where}) is {first}")
 
     def _renderable(self, rows: list[dict | Problem], numbers: list[int], source: str) -> None:
         """Conversational rows need the tokenizer's chat template (TRL renders them with it): checked here, at the

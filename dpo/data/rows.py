@@ -40,7 +40,7 @@ REASONS: dict[str, str] = {
     "extra_column": "a column the format does not use (map it with `columns` or list it in `ignore_columns`)",
     "wrong_type": "a value has the wrong type (e.g. a number where text is expected)",
     "mixed_formats": "strings and message lists mixed within one row, or a row whose format (standard text or "
-    "conversational messages) differs from the data's first row: train and held-out data hold one format",
+    "conversational messages) differs from the data's first valid row: train and held-out data hold one format",
     "bad_message": "a message is not {role, content} with text content",
     "bad_role": f"a message role is not one of {', '.join(ROLES)}",
     "empty": "a prompt or answer is empty or whitespace only",

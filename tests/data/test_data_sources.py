@@ -195,6 +195,33 @@ def test_validate_refuses_an_ignored_column_no_row_has(tmp_path, tiny_model_dir)
     )
 
 
+def test_the_format_is_the_first_valid_rows_under_skip(tmp_path, tiny_model_dir):
+    """Under `on_invalid: skip` a first row that is dropped does not decide the data's format: not one that does not
+    parse, nor one too long for training.max_length (the format was decided before the length check, so a long chat
+    row made every standard row after it `mixed_formats`, and no row was left). Valid data is read as before."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    message = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    long_chat = {"prompt": message("user", "x" * 200), "chosen": message("assistant", "y"),
+                 "rejected": message("assistant", "n")}  # fmt: skip
+    lines = ['{"prompt": [1, 2]', json.dumps(long_chat), *(json.dumps(pair(f"q{i}")) for i in range(6))]
+    path = tmp_path / "f.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    section = DataSection(train=str(path), on_invalid="skip")
+    data = prepare_data(section, seed=0, tokenizer=tokenizer, max_length=64)
+    card = data.card["sources"]["train"][0]
+    assert (data.card["format"], card["kept"], card["dropped"]) == ("standard", 6, {"bad_json": 1, "too_long": 1})
+    # a standard row among chat rows is still named against the first valid row
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=str(path)), seed=0, tokenizer=tokenizer, max_length=1000)
+    assert str(err.value) == (
+        f"{path}: row 1: not valid JSON (Expecting ',' delimiter at column 18); row 3: a standard row, but the data's "
+        "first valid row (row 2) is conversational; row 4: a standard row, but the data's first valid row (row 2) is "
+        "conversational (and 4 more); data.on_invalid: skip drops bad rows and counts them"
+    )
+
+
 def test_implicit_prompt_text_and_messages():
     assert extract_prompt("The sky is blue.", "The sky is green.") == ("The sky is", " blue.", " green.")
     user = {"role": "user", "content": "Sky?"}
