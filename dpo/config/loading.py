@@ -226,6 +226,16 @@ def source_of(provenance: dict[str, str], key: str, default: str) -> str:
     return default
 
 
+def base_recipe_path(recipe: Path, base_ref: str) -> Path:
+    """The file a recipe's `base:` names: `~` expanded, a relative path read against the folder of the recipe as it
+    was named (a recipe that is a symlink: the link's folder), as its relative data paths are, `..` included: the
+    file the system opens, so that `..` through a linked folder goes to the target's parent, as it does for the data
+    paths beside it (it went up the link's own path). Shown as written, `..` folded, where that names the same file."""
+    joined = recipe.parent / os.path.expanduser(base_ref)  # an absolute base wins in the join
+    folded, opened = Path(os.path.normpath(joined)), Path(os.path.realpath(joined))  # realpath: no error on a loop
+    return folded if Path(os.path.realpath(folded)) == opened else opened
+
+
 def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
     resolved = path.resolve()
     if resolved in chain:
@@ -239,9 +249,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[st
     else:
         if not isinstance(base_ref, str) or not base_ref.strip():
             raise UserError(f"base: must be a path to another recipe (got {base_ref!r})", where=str(path))
-        base_path = Path(os.path.normpath(path.parent / base_ref))  # absolute base_ref wins in the join
+        base_path = base_recipe_path(path, base_ref)
         if not base_path.exists():
-            raise UserError(f"base: file '{base_ref}' not found (looked in {base_path.parent})", where=str(path))
+            raise UserError(f"base: file '{base_ref}' not found (looked for {base_path})", where=str(path))
         if base_path.is_dir():  # '..' or '.': the folder's name alone would say neither which recipe nor which key
             raise UserError(f"base: {base_ref!r}: is a directory, not a regular recipe file", where=str(path))
         # anything else that is there but no regular file (a FIFO) is named by its own file name when it is read
@@ -369,7 +379,7 @@ def changes_from_base(loaded: LoadedRecipe) -> list[dict[str, Any]]:
     base_ref = read_yaml_mapping(loaded.path).get("base")
     base_raw: dict = {}
     if isinstance(base_ref, str):
-        base_raw, _ = _read_with_bases(Path(os.path.normpath(loaded.path.parent / base_ref)), chain=())
+        base_raw, _ = _read_with_bases(base_recipe_path(loaded.path, base_ref), chain=())
     out = []
     for key in sorted(leaves, key=lambda k: (k != "name", k)):
         below = file_raw if loaded.provenance[key] == SET_SOURCE else base_raw

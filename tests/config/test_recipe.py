@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpo.config.loading import load_recipe, parse_override
+from dpo.config.loading import changes_from_base, load_recipe, parse_override
 from dpo.errors import UserError, UserErrors
 
 
@@ -223,6 +223,49 @@ def test_inheritance_cycle_and_missing_base(tmp_path):
     orphan = write(tmp_path / "orphan.yaml", {"base": "nowhere.yaml"})
     with pytest.raises(UserError, match=r"base: file 'nowhere.yaml' not found"):
         load_recipe(orphan)
+
+
+def test_a_base_under_home_is_found(tmp_path, monkeypatch):
+    """`base: ~/...` is the home folder's file, as `~` in a data path is (it was looked for in a folder named '~'
+    beside the recipe); a missing one is named with the path looked for."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    write(home / "shared" / "plain.yaml", {"seed": 7, "data": {"train": "train.jsonl"}, "loss": {"beta": 0.15}})
+    child = write(tmp_path / "project" / "child.yaml", {"base": "~/shared/plain.yaml", "loss": {"beta": 0.2}})
+    loaded = load_recipe(child)
+    assert (loaded.recipe.seed, loaded.recipe.loss.beta) == (7, 0.2)
+    assert changes_from_base(loaded) == [{"key": "loss.beta", "value": 0.2, "base_value": 0.15, "source": str(child)}]
+    assert loaded.recipe.data.train == str(home / "shared" / "train.jsonl")
+    assert loaded.source("seed") == str(home / "shared" / "plain.yaml")
+    orphan = write(tmp_path / "project" / "orphan.yaml", {"base": "~/nowhere.yaml"})
+    with pytest.raises(UserError) as err:
+        load_recipe(orphan)
+    assert str(err.value) == f"{orphan}: base: file '~/nowhere.yaml' not found (looked for {home / 'nowhere.yaml'})"
+
+
+def test_base_and_data_paths_of_a_linked_recipe_resolve_alike(tmp_path, monkeypatch):
+    """docs/recipes.md: relative paths (`base:` and data alike) are read against the folder of the recipe as named,
+    `..` as the file system goes. Through a linked folder, `base: ../plain.yaml` was folded on the link's own path
+    (the wrong folder's plain.yaml) while `data.train: ../train.jsonl` beside it went to the target's parent. A
+    recipe file that is itself a link reads both against the link's folder."""
+    real = tmp_path / "real"
+    write(real / "plain.yaml", {"seed": 1})
+    write(real / "sub" / "child.yaml", {"base": "../plain.yaml", "data": {"train": "../train.jsonl"}})
+    work = tmp_path / "work"
+    write(work / "plain.yaml", {"seed": 99})
+    (work / "link").symlink_to(real / "sub")
+    monkeypatch.chdir(work)
+    loaded = load_recipe("link/child.yaml")
+    assert (loaded.recipe.seed, loaded.recipe.data.train) == (1, str(real / "train.jsonl"))
+    assert loaded.source("seed") == str(real / "plain.yaml")
+    # a linked recipe file: its base and its data beside the link
+    write(work / "linked" / "plain.yaml", {"seed": 5, "data": {"train": "here.jsonl"}})
+    (work / "linked" / "child.yaml").symlink_to(real / "sub" / "child.yaml")
+    loaded = load_recipe(work / "linked" / "child.yaml")
+    assert (loaded.recipe.seed, loaded.recipe.data.train) == (99, str(work / "train.jsonl"))  # ../ of linked/: work
+    (work / "linked" / "own.yaml").symlink_to(write(real / "own.yaml", {"base": "plain.yaml", "loss": {"beta": 0.3}}))
+    loaded = load_recipe(work / "linked" / "own.yaml")
+    assert (loaded.recipe.seed, loaded.recipe.data.train) == (5, str(work / "linked" / "here.jsonl"))
 
 
 @pytest.mark.parametrize(
