@@ -33,7 +33,7 @@ from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, UserErrors, did_you_mean
-from dpo.rundir.secrets import redact_data
+from dpo.rundir.secrets import redact, redact_data, secret_values
 
 SCALAR = (str, int, float, bool, type(None))
 
@@ -319,6 +319,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
         raise UserError("must be a plain name (no '/', not starting with '.')", where=where("name"))
+    _check_no_secret(name, "the sweep's name" + ("" if "name" in raw else " (the spec file's name)"), where("name"))
 
     metric, direction = _objective(raw.get("objective"), where)
     sampler, sampler_kwargs = _typed(raw.get("sampler", "tpe"), SAMPLERS, "sampler", where)
@@ -366,6 +367,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         if problem:
             raise UserError(f"{kind} {problem}", where=where(f"search.{key}"))
         if kind == "variants":
+            _check_no_secret(key, "the parameter's label", where(f"search.{key}"))
+            for variant in args:
+                _check_no_secret(str(variant), f"variant name {str(variant)!r}", where(f"search.{key}.{variant}"))
             # one variant applies per trial: two may set the same key; and a variant may override a fixed key (the
             # other variants keep the fixed value, and the trial's record, the variant's name, says what it set)
             by_variants: dict[str, str] = {}
@@ -407,6 +411,20 @@ def load_spec(path: str | Path) -> SweepSpec:
     except (ValueError, TypeError) as exc:
         raise UserError(f"optuna rejected it: {exc}", where=where("sampler")) from None
     return spec
+
+
+def _check_no_secret(text: str, what: str, where: str) -> None:
+    """The sweep's name is the optuna study's name, and a variants parameter's label and its variant names are a
+    parameter and its values there: optuna's storage (study.db, or the --storage database) records them as they are,
+    where the redaction of our own files does not reach (a `choice` value is recorded redacted: recorded_choices).
+    One that holds a secret (dpo/rundir/secrets.py) is refused, as a run directory whose path holds one is; the
+    message shows it redacted."""
+    for name, value in secret_values():
+        if value in text:
+            raise UserError(
+                redact(f"{what} holds a secret from ${name}, which the study's storage would record: choose another"),
+                where=redact(where),
+            )
 
 
 def _objective(block, where) -> tuple[str, str]:

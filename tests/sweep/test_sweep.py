@@ -115,6 +115,36 @@ def test_spec_errors_name_file_and_key(tmp_path, tiny_recipe, fields, key, messa
     assert str(info.value).startswith(f"{spec}: {key}") and message in str(info.value)
 
 
+def test_a_sweep_name_or_variant_name_holding_a_secret_is_refused(tmp_path, tiny_recipe, monkeypatch):
+    """The sweep's name is the optuna study's name (and each trial's run name, and the wandb group), a variants
+    parameter's label and variant names are a parameter and its values there: optuna's storage (study.db, or the
+    --storage database) kept them as written, where our files are redacted. One holding a secret is refused when
+    the spec loads, shown redacted; without the secret in the environment the same spec loads."""
+    secret = "s3cr3t-value-123"
+    monkeypatch.setenv("MY_SERVICE_API_KEY", secret)
+    hidden = "[redacted $MY_SERVICE_API_KEY]"
+    tail = "holds a secret from $MY_SERVICE_API_KEY, which the study's storage would record: choose another"
+    named = write_spec(tmp_path / "named.yaml", tiny_recipe, name=f"sweep-{secret}", trials=2, search=SEARCH)
+    label = write_spec(tmp_path / "label.yaml", tiny_recipe, trials=2,
+                       search={f"c{secret}": {"variants": {"a": {}, "b": {"loss.beta": 0.2}}}})  # fmt: skip
+    variant = write_spec(tmp_path / "variant.yaml", tiny_recipe, trials=2,
+                         search={"c": {"variants": {"a": {}, f"v-{secret}": {"loss.beta": 0.2}}}})  # fmt: skip
+    stem = write_spec(tmp_path / f"{secret}.yaml", tiny_recipe, trials=2, search=SEARCH)
+    expected = {
+        named: f"{named}: name: the sweep's name {tail}",
+        label: f"{label}: search.c{hidden}: the parameter's label {tail}",
+        variant: f"{variant}: search.c.v-{hidden}: variant name 'v-{hidden}' {tail}",
+        stem: f"{tmp_path}/{hidden}.yaml: name: the sweep's name (the spec file's name) {tail}",
+    }
+    for spec, message in expected.items():
+        with pytest.raises(UserError) as info:
+            load_spec(spec)
+        assert str(info.value) == message
+    monkeypatch.delenv("MY_SERVICE_API_KEY")
+    assert load_spec(named).name == f"sweep-{secret}" and load_spec(stem).name == secret
+    assert [p.name for p in load_spec(variant).params] == ["c"]
+
+
 def test_sampler_and_pruner_options_of_every_type_they_take_are_accepted(tmp_path, tiny_recipe):
     """The option check reads optuna's annotations where it can: HyperbandPruner's max_resource is `str | int`."""
     for pruner in ({"type": "hyperband", "max_resource": 100}, {"type": "hyperband", "max_resource": "auto"}):
