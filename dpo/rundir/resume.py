@@ -351,14 +351,46 @@ def initial_metrics(run_dir: Path) -> dict:
     return next((e for e in read_metrics(run_dir) if e.get("step") == 0 and "eval_loss" in e), {})
 
 
-def _first_difference(old, new, prefix: str = "") -> str | None:
+def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
+    """The first key whose value differs between the run's recipe (`old`) and the one given now (`new`): (key, old
+    value, new value), or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in [*old, *(k for k in new if k not in old)]:
             found = _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
             if found:
                 return found
         return None
-    return None if old == new else f"{prefix.rstrip('.')}: the run was made with {old!r}, the recipe now gives {new!r}"
+    return None if old == new else (prefix.rstrip("."), old, new)
+
+
+# How recipe.yaml holds a secret (dpo/rundir/secrets.py `redact`): "[redacted $NAME]", NAME the variable that held it
+_REDACTED = re.compile(r"\[redacted \$([^\]\s]+)\]")
+
+
+def _recipe_changed(run_dir: Path, key: str, old, new) -> str:
+    """Why resume refuses the recipe given now: its value of `key` is `new` where the run's was `old`.
+
+    Where the run's value held a secret (recipe.yaml holds it as "[redacted $NAME]"), the recipe need not have
+    changed: the value given now is compared redacted with the variables set now, so with NAME unset the secret shows
+    as written. Then the message names the variable, and shows neither value (an unset variable's secret cannot be
+    redacted from the output)."""
+    names = list(dict.fromkeys(_REDACTED.findall(str(old))))
+    unset = [name for name in names if not os.environ.get(name)]
+    if unset:
+        return (
+            f"{key}: the run was made with the value of ${unset[0]} in it (recipe.yaml holds it redacted), and "
+            f"{unset[0]} is not set now: set it as it was when the run was made, and resume again"
+        )
+    if names:
+        return (
+            f"{key}: differs from the run's, which held the value of ${names[0]} (recipe.yaml holds it redacted; "
+            f"values not shown): {names[0]} may hold another value now than when the run was made, or the recipe "
+            f"changed; resume with the recipe and {names[0]} the run was made with"
+        )
+    return (
+        f"{key}: the run was made with {old!r}, the recipe now gives {new!r}; resume with the recipe the run was made "
+        f"with (or just `dpo train --resume {run_dir}`)"
+    )
 
 
 @dataclass
@@ -402,10 +434,7 @@ def check(
     # the recipe.yaml of a run made before secrets were redacted ahead of dumping may hold one that YAML escaped
     difference = _first_difference(redact_data(recorded), resolved)
     if difference:
-        raise UserError(
-            f"{difference}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)",
-            where=str(recipe_file),
-        )
+        raise UserError(_recipe_changed(run_dir, *difference), where=str(recipe_file))
     if data_card is not None and not allow_data_change:
         changed = data_change(run_dir, data_card)
         if changed:

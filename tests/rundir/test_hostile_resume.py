@@ -409,6 +409,65 @@ def test_resume_with_the_same_data_needs_no_flag_and_a_broken_recipe_yaml_is_one
     assert str(err.value).startswith(f"{run_dir / 'recipe.yaml'}: ") and "\n" not in str(err.value)
 
 
+SECRET = "tok-0123456789abcdef"
+
+
+def _run_made_with_a_secret_in_its_data_path(run_dir, tmp_path):
+    """The run as made with MY_DATA_TOKEN=SECRET and its training data in a folder named after the secret:
+    recipe.yaml holds the path redacted. Returns the recipe the user resumes with (the path as written)."""
+    import yaml
+
+    folder = tmp_path / SECRET
+    folder.mkdir()
+    train = yaml.safe_load((run_dir / "recipe.yaml").read_text())["data"]["train"]
+    shutil.copy(train, folder / "train.jsonl")
+    text = (run_dir / "recipe.yaml").read_text().replace(f"train: {train}\n", f"train: {folder / 'train.jsonl'}\n")
+    assert SECRET in text
+    (run_dir / "recipe.yaml").write_text(text.replace(SECRET, "[redacted $MY_DATA_TOKEN]"))
+    recipe = tmp_path / "secret.yaml"
+    recipe.write_text(text)
+    return recipe
+
+
+def test_resume_with_a_secrets_variable_unset_names_the_variable_not_a_changed_recipe(run_dir, tmp_path, monkeypatch):
+    """The regression: with MY_DATA_TOKEN unset the secret in the recipe was not redacted, so the run's
+    "[redacted $MY_DATA_TOKEN]" differed from it: "data.train: the run was made with
+    '.../[redacted $MY_DATA_TOKEN]/train.jsonl', the recipe now gives '.../tok-0123456789abcdef/train.jsonl'", a
+    changed recipe that had not changed, and the secret shown."""
+    recipe = _run_made_with_a_secret_in_its_data_path(run_dir, tmp_path)
+    monkeypatch.delenv("MY_DATA_TOKEN", raising=False)
+    before = snapshot(run_dir)
+    proc = invoke_dpo("train", recipe, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {run_dir / 'recipe.yaml'}: data.train: the run was made with the value of $MY_DATA_TOKEN in it "
+        "(recipe.yaml holds it redacted), and MY_DATA_TOKEN is not set now: set it as it was when the run was made, "
+        "and resume again\n"
+    )
+    assert SECRET not in proc.stdout + proc.stderr
+    assert snapshot(run_dir) == before
+    # set again, to another value: the values are not shown either
+    monkeypatch.setenv("MY_DATA_TOKEN", "another-value-0123")
+    proc = invoke_dpo("train", recipe, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 2 and SECRET not in proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"error: {run_dir / 'recipe.yaml'}: data.train: differs from the run's, which held the value of "
+        "$MY_DATA_TOKEN (recipe.yaml holds it redacted; values not shown): MY_DATA_TOKEN may hold another value now "
+        "than when the run was made, or the recipe changed; resume with the recipe and MY_DATA_TOKEN the run was "
+        "made with\n"
+    )
+    assert snapshot(run_dir) == before
+
+
+def test_resume_with_a_secrets_variable_set_as_it_was_finishes_the_run(run_dir, tmp_path, monkeypatch):
+    recipe = _run_made_with_a_secret_in_its_data_path(run_dir, tmp_path)
+    monkeypatch.setenv("MY_DATA_TOKEN", SECRET)
+    proc = invoke_dpo("train", recipe, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resume: resuming from checkpoint-4 (step 4)" in proc.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] == "completed"
+
+
 def test_a_run_made_with_a_relative_model_folder_still_resumes(run_dir, tiny_model_dir, monkeypatch):
     """Runs made before local model folders were recorded absolute hold `name_or_path: models/tiny` (relative to
     where they were started); the recipe now loads with the absolute path. From that folder, the two agree."""
