@@ -35,10 +35,16 @@ def _flipped(pair: dict) -> dict:
     return {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
 
 
-def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = True):
+def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = True, resumed: dict | None = None):
     """The checked recipe with the audit applied: its training pairs after `data.audit.suspects`, its loss plan
     with `auto` resolved, and the audit in its data card. Writes RUN_DIR/audit.json (when `write`). A UserError
-    when the drop leaves no pairs, or fewer than the run needs (gate.check_pairs_counted)."""
+    when the drop leaves no pairs, or fewer than the run needs (gate.check_pairs_counted).
+
+    `resumed`: the audit section of data_card.json of a run that resumes from a checkpoint. Its flip-rate estimate
+    (`expected_flip_rate_after`, and `auto`'s epsilon from it) is kept: the audit, scored again, may end a hair
+    apart (another device, thread count or library version) and round to another 4th decimal, and the run would
+    go on with another epsilon than it trained with so far, and the autopilot compare with another rate. A
+    one-line note says so when the new estimate differs."""
     result = audit_checked(checked, progress)
     section = checked.recipe.data.audit
     action = section.suspects if section is not None else "keep"
@@ -65,7 +71,10 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     # rounded as data_card.json records it: the autopilot's label_audit rule compares the smoothing with that value
-    expected = round(sum(p_after) / len(pairs), 4)
+    expected = estimate = round(sum(p_after) / len(pairs), 4)
+    kept = (resumed or {}).get("expected_flip_rate_after")
+    if isinstance(kept, int | float) and not isinstance(kept, bool) and 0 <= kept <= 1:
+        expected = kept
     card = {
         **result.card(),
         "file": AUDIT_FILE,
@@ -83,6 +92,13 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
         if value == AUTO:
             hyperparameters[key] = min(expected, EPSILON_CAP)
             card.setdefault("auto", {})[f"loss.{key}"] = hyperparameters[key]
+    if write and expected != estimate:
+        auto = "".join(f"; {key}: auto stays {value}" for key, value in card.get("auto", {}).items())
+        print(
+            f"resume: the label audit now estimates a flip rate of {estimate}; the run goes on with {expected}, the "
+            f"estimate it was made with{auto}",
+            flush=True,
+        )
     # content_hash stays the hash of the data as read, which is what --resume compares (a change the user made);
     # the pairs trained on after the drop or flip have their own
     card["content_hash_after"] = content_hash(pairs)

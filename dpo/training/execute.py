@@ -200,7 +200,15 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
     if needs_audit(checked):  # data.audit or label_smoothing: auto: audit the labels before anything is written
-        checked = apply_audit(checked, run_dir, progress=recipe.logging.progress_bar and main, write=main)
+        # continuing trained weights: the estimate the run was made with (data_card.json, not yet rewritten) stays
+        resumed = (read_json_object(run_dir / DATA_CARD) or {}).get("audit") if point.checkpoint else None
+        checked = apply_audit(
+            checked,
+            run_dir,
+            progress=recipe.logging.progress_bar and main,
+            write=main,
+            resumed=resumed if isinstance(resumed, dict) else None,
+        )
     if main:
         atomic_write_text(run_dir / RECIPE, resolved_yaml)
         if changes is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -399,3 +400,41 @@ def test_the_autopilot_reads_the_flip_rate_the_audit_leaves_and_acts_on_it(audit
     [decision] = [d for d in summary["autopilot"]["decisions"] if d["rule"] == "label_audit"]
     assert decision["step"] == 0 and decision["because"] == {"flip_rate": 0.25, "label_smoothing": 0.0}
     assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.25]}
+
+
+def test_a_resumed_run_keeps_the_auto_label_smoothing_it_was_made_with(audit_recipe, tmp_path, monkeypatch, capsys):
+    """The regression: resume audited the labels again and took epsilon from the new estimate. Scored on another
+    device or thread count the estimate may end a hair apart and round to another 4th decimal (0.123456 -> 0.1235,
+    0.12344 -> 0.1234): steps 3 and 4 trained with another label smoothing than steps 1 and 2, without a word."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+    from dpo.training.execute import execute
+
+    real_audit = audit_use.audit_checked
+    rate = {"p": 0.123456}
+
+    def all_at(checked, progress=True):
+        result = real_audit(checked, progress)
+        mixture = dataclasses.replace(result.mixture, p_flipped=torch.full_like(result.mixture.p_flipped, rate["p"]))
+        return dataclasses.replace(result, mixture=mixture)
+
+    monkeypatch.setattr(audit_use, "audit_checked", all_at)
+    run_dir = tmp_path / "run"
+    execute(audit_recipe, ["loss.label_smoothing=auto"], output_dir=run_dir)
+    assert json.loads((run_dir / "data_card.json").read_text())["audit"]["auto"] == {"loss.label_smoothing": 0.1235}
+    for name in ("final", "checkpoints/checkpoint-4"):  # killed after step 2's checkpoint
+        shutil.rmtree(run_dir / name)
+    (run_dir / "summary.json").unlink()
+    capsys.readouterr()
+    rate["p"] = 0.12344  # the audit scored again, a hair apart
+    summary, trainer = execute(audit_recipe, ["loss.label_smoothing=auto"], output_dir=run_dir, resume=True)
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4
+    assert trainer.loss_plan.hyperparameters["label_smoothing"] == 0.1235
+    audit = json.loads((run_dir / "data_card.json").read_text())["audit"]
+    assert audit["auto"] == {"loss.label_smoothing": 0.1235} and audit["expected_flip_rate_after"] == 0.1235
+    notes = [line for line in capsys.readouterr().out.splitlines() if "label audit" in line]
+    assert notes == [
+        "resume: the label audit now estimates a flip rate of 0.1234; the run goes on with 0.1235, the estimate it "
+        "was made with; loss.label_smoothing: auto stays 0.1235"
+    ]
