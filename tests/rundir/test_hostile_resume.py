@@ -468,6 +468,53 @@ def test_resume_with_a_secrets_variable_set_as_it_was_finishes_the_run(run_dir, 
     assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] == "completed"
 
 
+def _saved_recipe_edited(run_dir, edit) -> None:
+    import yaml
+
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    edit(recipe)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def test_a_saved_recipe_that_a_check_added_since_refuses_is_named_with_its_key(run_dir):
+    """A run whose recipe.yaml an older version accepted, and a check added since refuses (here: training.eval_steps
+    beside eval_strategy: epoch, a knob that does nothing): `dpo train --resume RUN_DIR` names the saved recipe, the
+    key and why, exit 2, nothing changed; not a changed recipe, not a damaged run."""
+
+    def epochs(recipe):
+        recipe["training"]["eval_strategy"] = "epoch"
+
+    _saved_recipe_edited(run_dir, epochs)
+    before = snapshot(run_dir)
+    proc = invoke_dpo("train", "--resume", run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {run_dir / 'recipe.yaml'}: training.eval_steps: has no effect: training.eval_strategy is 'epoch': "
+        "evaluations come at each epoch's end\n"
+    )
+    assert snapshot(run_dir) == before
+
+
+def test_a_saved_recipe_whose_data_a_check_added_since_refuses_names_the_data_the_recipe_and_its_key(run_dir):
+    """The same for a data check (an ignore_columns entry that no row has): the data file, and the saved recipe with
+    the key that lists it."""
+    train = {}
+
+    def ignore_a_column_no_row_has(recipe):
+        train["path"] = recipe["data"]["train"]
+        recipe["data"]["train"] = {"path": train["path"], "ignore_columns": ["score"]}
+
+    _saved_recipe_edited(run_dir, ignore_a_column_no_row_has)
+    before = snapshot(run_dir)
+    proc = invoke_dpo("train", "--resume", run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {train['path']}: ignore_columns lists 'score', which no row has ({run_dir / 'recipe.yaml'}: "
+        "data.train); remove it\n"
+    )
+    assert snapshot(run_dir) == before
+
+
 def test_a_run_made_with_a_relative_model_folder_still_resumes(run_dir, tiny_model_dir, monkeypatch):
     """Runs made before local model folders were recorded absolute hold `name_or_path: models/tiny` (relative to
     where they were started); the recipe now loads with the absolute path. From that folder, the two agree."""
