@@ -123,12 +123,8 @@ def survey(folder: Path, save_only_model: bool = False) -> Survey:
     """Read the complete checkpoints under `folder` from the newest back, until one can be loaded (`unloadable`;
     `save_only_model`: the run's training.save_only_model)."""
     found = Survey(candidates(folder))
-    for index in range(len(found.complete) - 1, -1, -1):
-        step, path = found.complete[index]
-        # Without dpo_state.json a checkpoint is one an older version wrote (`missing_file`), unless an older checkpoint
-        # has the file: versions only move forward, so this one lost it, and the older one continues exactly.
-        own_state = any((older / DPO_STATE).is_file() for _, older in found.complete[:index])
-        reason = unloadable(path, save_only_model=save_only_model, own_state=own_state)
+    for step, path in reversed(found.complete):
+        reason = unloadable(path, save_only_model=save_only_model)
         if reason is None:
             found.resumable = (step, path)
             break
@@ -167,13 +163,11 @@ _FSDP_OR_DEEPSPEED = re.compile(r"^(pytorch_model_fsdp|global_step\d)")
 _RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")  # rng_state.pth, or rng_state_N.pth per process
 
 
-def missing_file(checkpoint: Path, save_only_model: bool = False, own_state: bool = True) -> str | None:
+def missing_file(checkpoint: Path, save_only_model: bool = False) -> str | None:
     """The first file that a resume from `checkpoint` loads and that is not there, or None.
 
-    Every checkpoint has trainer_state.json and a weights file: the adapter (with its adapter_config.json) or the
-    model (with every shard its index names); and dpo_state.json, unless `own_state` is False (`survey`: no older
-    checkpoint of the run has one, so an older version wrote it, which had no such file: a resume goes on without what
-    it holds, `ResumePoint.warnings` says what). Unless the run saved with
+    Every checkpoint has trainer_state.json and dpo_state.json, and a weights file: the adapter (with its
+    adapter_config.json) or the model (with every shard its index names). Unless the run saved with
     training.save_only_model (`save_only_model`, the recipe's key), also the RNG state, and optimizer.pt and
     scheduler.pt. Saved by FSDP or DeepSpeed (`_FSDP_OR_DEEPSPEED`), the weights and optimizer are in their own files,
     not required here. transformers skips a missing optimizer, scheduler or RNG file without a word (the run would go
@@ -187,7 +181,7 @@ def missing_file(checkpoint: Path, save_only_model: bool = False, own_state: boo
         if not names & set(weights):
             return weights[0]
         required += ["adapter_config.json"] if weights == ADAPTER_WEIGHTS else _shards(checkpoint, names)
-    required += [TRAINER_STATE, *([DPO_STATE] if own_state else [])]
+    required += [TRAINER_STATE, DPO_STATE]
     if not save_only_model:
         if not sharded:
             required += ["optimizer.pt", "scheduler.pt"]
@@ -210,9 +204,7 @@ def _shards(checkpoint: Path, names: set[str]) -> list[str]:
     return shards
 
 
-def unloadable(
-    checkpoint: Path, weights_only: bool = False, save_only_model: bool = False, own_state: bool = True
-) -> str | None:
+def unloadable(checkpoint: Path, weights_only: bool = False, save_only_model: bool = False) -> str | None:
     """Why a complete checkpoint cannot be resumed from ("trainer_state.json: not valid JSON", "optimizer.pt:
     missing"), or None.
 
@@ -226,7 +218,7 @@ def unloadable(
     the weights file)."""
     from safetensors import SafetensorError, safe_open
 
-    missing = None if weights_only else missing_file(checkpoint, save_only_model, own_state)
+    missing = None if weights_only else missing_file(checkpoint, save_only_model)
     if missing is not None:
         return f"{missing}: missing"
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
@@ -536,13 +528,6 @@ def prepare(run_dir: Path, found: Survey | None) -> ResumePoint:
         return point
     point.step, point.checkpoint = found.resumable
     point.state = read_json_object(point.checkpoint / DPO_STATE) or {}
-    if writer and not (point.checkpoint / DPO_STATE).is_file():  # an older version's (`survey`)
-        point.warnings.append(
-            f"{point.checkpoint}: has no {DPO_STATE} (written by an older version of dpo): resuming from it without "
-            f"what that file keeps: the adaptive beta's running statistics start again, the next eval_gap/* covers "
-            f"the steps after {point.step} only, and summary.json's train_loss and runtime_s leave out the steps "
-            f"before it"
-        )
     if writer:
         point.warnings += _damaged_best(checkpoint_dir, point.checkpoint)
     dropped = truncate_metrics(run_dir / METRICS_LOG, point.step) if writer else 0

@@ -781,9 +781,7 @@ class Trainer(DPOTrainer):
         self._total_train_tokens = state.get("total_train_tokens", 0)
         self.runtime_before = state.get("runtime_s", 0.0)
         self.resumed_from = [*state.get("resumed_from", []), step]
-        # without it (a checkpoint of an older version, no dpo_state.json) train_loss is the mean of this attempt's
-        # steps: a sum of 0 for the steps before would pull the mean down
-        self._loss_sum_before = (state["train_loss_sum"], step) if "train_loss_sum" in state else None
+        self._loss_sum_before = (state.get("train_loss_sum", 0.0), step)
 
     # The cached reference log-probs travel with the checkpoint, so that a resumed run uses the very numbers the
     # uninterrupted run does: a reference forward after the resume (another batch layout; and at step 0 a held-out

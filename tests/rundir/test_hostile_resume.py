@@ -21,7 +21,7 @@ import torch
 
 from dpo.errors import UserError
 from dpo.rundir.resume import last_resumable, unloadable
-from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, invoke_dpo, read_jsonl, tiny_recipe_dict, write_recipe
+from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
 
 
 def dpo(*args):
@@ -120,37 +120,12 @@ def test_unloadable_names_the_damaged_file(killed_run, tmp_path, damage):
 
 @pytest.mark.parametrize("name", REQUIRED)
 def test_each_file_a_resume_loads_is_required(killed_run, tmp_path, name):
-    """The regression: only the files present were read, so a checkpoint missing one counted as loadable. (Alone
-    without dpo_state.json, a checkpoint is an older version's, which had none: resumable, see the test below.)"""
+    """The regression: only the files present were read, so a checkpoint missing one counted as loadable."""
     checkpoint = tmp_path / "checkpoint-4"
     shutil.copytree(killed_run / "checkpoints" / "checkpoint-4", checkpoint)
     (checkpoint / name).unlink()
     assert unloadable(checkpoint) == f"{name}: missing"
-    assert last_resumable(checkpoint.parent) == ((4, checkpoint) if name == "dpo_state.json" else None)
-
-
-def test_a_run_whose_checkpoints_have_no_dpo_state_resumes_and_says_what_it_could_not_restore(run_dir):
-    """Checkpoints written before dpo_state.json existed were refused as damaged ("no checkpoint can be loaded: 2
-    complete, all damaged"): the run was lost, though its weights, optimizer, scheduler and RNG state are all there.
-    Now it resumes from the newest, with one warning naming what dpo_state.json would have restored."""
-    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")  # killed after step 2's checkpoint: steps 3 and 4 to go
-    checkpoint = run_dir / "checkpoints" / "checkpoint-2"
-    (checkpoint / "dpo_state.json").unlink()
-    (checkpoint / "reference_logps.safetensors").unlink()  # nor had that version this one
-    proc = invoke_dpo("train", "--resume", run_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
-    assert warnings == [
-        f"warning: {checkpoint}: has no dpo_state.json (written by an older version of dpo): resuming from it "
-        "without what that file keeps: the adaptive beta's running statistics start again, the next eval_gap/* "
-        "covers the steps after 2 only, and summary.json's train_loss and runtime_s leave out the steps before it"
-    ]
-    assert "resume: resuming from checkpoint-2 (step 2)" in proc.stdout
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["stop_reason"] == "completed" and summary["steps"] == 4 and summary["resumed_from"] == [2]
-    losses = [e["loss"] for e in read_jsonl(run_dir / "metrics.jsonl") if "loss" in e and e["step"] > 2]
-    assert len(losses) == 2 and summary["train_loss"] == pytest.approx(sum(losses) / 2)  # steps 3 and 4 only
-    assert (run_dir / "checkpoints" / "checkpoint-4" / "dpo_state.json").is_file()  # this version's, from now on
+    assert last_resumable(checkpoint.parent) is None
 
 
 def test_a_save_only_model_checkpoint_needs_no_optimizer_scheduler_or_rng_state(killed_run, tmp_path):

@@ -31,9 +31,7 @@ from dpo.rundir.resume import (
     last_resumable,
     mark_complete,
     rotate,
-    survey,
     truncate_metrics,
-    unloadable,
 )
 from dpo.rundir.secrets import RedactedCopy, RedactingStream, is_secret_name, redact, redact_data, secret_values
 from tests.conftest import ARITHMETIC, REPO, read_jsonl, write_recipe
@@ -535,22 +533,6 @@ def test_last_resumable_skips_incomplete_and_weights_only_checkpoints(tmp_path):
     good = _checkpoint(tmp_path, 2)
     _checkpoint(tmp_path, 4, complete=False)  # cut off mid-save
     assert last_resumable(tmp_path) == (2, good)
-
-
-def test_a_checkpoint_without_dpo_state_is_an_older_versions_unless_an_older_one_has_it(tmp_path):
-    """Checkpoints written before dpo_state.json existed have every file transformers loads and no dpo_state.json:
-    resumable (the resume says what it cannot restore). One whose older neighbour has the file lost it: damaged, and
-    the older one, which continues exactly, is taken instead."""
-    old = [_checkpoint(tmp_path, step) for step in (2, 4)]
-    for path in old:
-        (path / "dpo_state.json").unlink()
-    assert unloadable(old[1]) == "dpo_state.json: missing"  # asked on its own, the file is still one a resume loads
-    assert unloadable(old[1], own_state=False) is None
-    found = survey(tmp_path)
-    assert found.resumable == (4, old[1]) and found.damaged == []
-    (old[0] / "dpo_state.json").write_text("{}")  # checkpoint-2 has it: checkpoint-4 lost it
-    found = survey(tmp_path)
-    assert found.resumable == (2, old[0]) and found.damaged == [(old[1], "dpo_state.json: missing")]
 
 
 def test_rotation_keeps_the_newest_and_the_best(tmp_path):
