@@ -21,7 +21,7 @@ import torch
 
 from dpo.errors import UserError
 from dpo.rundir.resume import last_resumable, unloadable
-from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, tiny_recipe_dict, write_recipe
+from tests.conftest import ARITHMETIC, REPO, TINY_TRAINING, invoke_dpo, tiny_recipe_dict, write_recipe
 
 
 def dpo(*args):
