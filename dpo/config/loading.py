@@ -11,7 +11,7 @@ import copy
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,13 @@ class LoadedRecipe:
         return f"{self.source(key)}: {key}"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), restore: Callable[[dict, str], dict] | None = None
+) -> LoadedRecipe:
     """Read a recipe file with its bases, apply `key.path=value` overrides, validate strictly. `path` may also
-    name a shipped recipe (`quickstart`; see dpo/config/shipped.py)."""
+    name a shipped recipe (`quickstart`; see dpo/config/shipped.py). `restore(data, file)`: applied to the file's
+    own mapping as read, before anything else (a run directory's recipe.yaml on resume: its redacted secrets put
+    back, dpo/rundir/secrets.py `restore_redacted`)."""
     given, path = path, resolve_recipe_path(path)
     if not path.exists():  # a FIFO, a folder, ...: read_yaml_mapping says what it is (dpo/config/input_files.py)
         bare = not Path(given).suffix and len(Path(given).parts) == 1  # a name, not a path: say how to find names
@@ -57,7 +61,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise UserError(f"recipe file not found{hint}", where=str(path))
     if SWEEP_SPEC_KEYS <= read_yaml_mapping(path).keys():
         raise UserError(f"is a sweep spec, not a recipe: run it with `dpo sweep {given}`", where=str(path))
-    raw, provenance = _read_with_bases(path, chain=())
+    raw, provenance = _read_with_bases(path, chain=(), restore=restore)
     for item in overrides:
         key, value = parse_override(item)
         if key == "base" or key.startswith("base."):
@@ -236,12 +240,14 @@ def base_recipe_path(recipe: Path, base_ref: str) -> Path:
     return folded if Path(os.path.realpath(folded)) == opened else opened
 
 
-def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+def _read_with_bases(path: Path, chain: tuple[Path, ...], restore=None) -> tuple[dict, dict[str, str]]:
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise UserError(f"base: inheritance cycle {cycle}", where=str(path))
     data = read_yaml_mapping(path)
+    if restore is not None:  # before the paths are resolved: a secret may be a path's start
+        data = restore(data, str(path))
     _resolve_paths(data, path.parent)
     base_ref = data.get("base")
     if base_ref is None:

@@ -59,7 +59,7 @@ from dpo.rundir.files import (
     read_json_object,
     read_metrics,
 )
-from dpo.rundir.secrets import redact_data
+from dpo.rundir.secrets import REDACTED, redact_data
 
 FINISHED = ("completed", "early_stopped", "autopilot")  # stop reasons of a run that has nothing left to do
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -355,10 +355,6 @@ def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object] 
     return None if old == new else (prefix.rstrip("."), old, new)
 
 
-# How recipe.yaml holds a secret (dpo/rundir/secrets.py `redact`): "[redacted $NAME]", NAME the variable that held it
-_REDACTED = re.compile(r"\[redacted \$([^\]\s]+)\]")
-
-
 def _recipe_changed(run_dir: Path, key: str, old, new) -> str:
     """Why resume refuses the recipe given now: its value of `key` is `new` where the run's was `old`.
 
@@ -366,7 +362,7 @@ def _recipe_changed(run_dir: Path, key: str, old, new) -> str:
     changed: the value given now is compared redacted with the variables set now, so with NAME unset the secret shows
     as written. Then the message names the variable, and shows neither value (an unset variable's secret cannot be
     redacted from the output)."""
-    names = list(dict.fromkeys(_REDACTED.findall(str(old))))
+    names = list(dict.fromkeys(REDACTED.findall(str(old))))
     unset = [name for name in names if not os.environ.get(name)]
     if unset:
         return (

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
+from dpo.errors import UserError
+
 # Words that mark a variable as secret; matched as parts of the name split on '_' (so MONKEY is not a KEY).
 SECRET_NAME_WORDS = (
     "KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "PWD", "CREDENTIAL", "CREDENTIALS", "AUTH",
@@ -96,6 +98,45 @@ def redact(text: str, env: Mapping[str, str] | None = None, secrets: Secrets | N
         if value in text:
             text = text.replace(value, f"[redacted ${name}]")
     return text
+
+
+# How `redact` writes a secret: "[redacted $NAME]", NAME the variable that held it
+REDACTED = re.compile(r"\[redacted \$([^\]\s]+)\]")
+
+
+def restore_redacted(data: dict, where: str, env: Mapping[str, str] | None = None) -> dict:
+    """A run directory's recipe (its recipe.yaml, read as a mapping) with each "[redacted $NAME]" put back from the
+    environment (`env`, default: the process environment), for `dpo train --resume RUN_DIR`, in memory only: the
+    resumed run writes its recipe.yaml redacted again. NAME not set, or holding no secret now, is a UserError naming
+    the variable and the key (`where`: the file), never a value. A variable that holds several secrets (a URL's
+    password, written percent-encoded and decoded) cannot say which one the marker stood for: an error too."""
+    secrets = secret_values(env)
+    environment = os.environ if env is None else env
+
+    def value_of(name: str, key: str) -> str:
+        found = list(dict.fromkeys(value for variable, value in secrets if variable == name))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            now = "is not set now" if not environment.get(name) else "holds no secret now"
+            why = f"{now}: set it as it was when the run was made, and resume again"
+        else:
+            why = (
+                f"holds {len(found)} secrets now (a URL's password), and recipe.yaml does not say which one: resume "
+                f"with the recipe file the run was made with (dpo train RECIPE --resume --output-dir RUN_DIR)"
+            )
+        raise UserError(f"{key}: holds the value of ${name}, redacted, and {name} {why}", where=where)
+
+    def walk(value, key: str):
+        if isinstance(value, str) and REDACTED.search(value):
+            return REDACTED.sub(lambda match: value_of(match[1], key), value)
+        if isinstance(value, dict):
+            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return walk(data, "")
 
 
 def redact_data(data, env: Mapping[str, str] | None = None, secrets: Secrets | None = None):

@@ -44,7 +44,7 @@ from dpo.rundir.files import (
     read_json_object,
 )
 from dpo.rundir.lock import RunLock
-from dpo.rundir.secrets import redact, redact_data
+from dpo.rundir.secrets import redact, redact_data, restore_redacted
 from dpo.rundir.writable import check_output_dir
 from dpo.training.audit_use import apply_audit
 from dpo.training.gate import CheckedRecipe, check, needs_audit
@@ -68,7 +68,9 @@ def execute(
     continued from its last complete loadable checkpoint (an absent or empty one starts a new run); training data
     whose content hash differs from the run's data_card.json is refused unless `allow_data_change`."""
     started = time.time()
-    checked = check(recipe_path, overrides, extra_metrics, output_dir)
+    # resumed from the run directory's own recipe.yaml: its redacted secrets come back from the environment, in memory
+    own = resume and output_dir is not None and Path(recipe_path).resolve() == (Path(output_dir) / RECIPE).resolve()
+    checked = check(recipe_path, overrides, extra_metrics, output_dir, restore=restore_redacted if own else None)
     run_dir = checked.run_dir
     resolved_yaml = checked.recipe.to_yaml(redact=redact_data)
     lock = _claim_run_dir(run_dir, resume)

@@ -80,13 +80,14 @@ def check(
     extra_metrics: tuple[str, ...] = (),
     output_dir: str | Path | None = None,
     writes_run_dir: bool = True,
+    restore=None,
 ) -> CheckedRecipe:
     """Load and check a recipe and its data without loading model weights. Every user error surfaces here, before a
     run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the run directory
     (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False for a command
     that writes elsewhere (`dpo data audit`, `dpo sweep`: each checks its own folder), so that the run directory it
-    never creates is not checked."""
-    loaded = load_recipe(recipe_path, list(overrides))
+    never creates is not checked. `restore`: for the recipe.yaml of a run directory (`load_recipe`)."""
+    loaded = load_recipe(recipe_path, list(overrides), restore=restore)
     run_dir = Path(output_dir) if output_dir else default_output_dir(loaded.recipe)
     problems = Problems()  # the recipe's checks each run, and every problem they find is reported together
     if writes_run_dir:

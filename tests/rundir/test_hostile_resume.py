@@ -443,6 +443,44 @@ def test_resume_with_a_secrets_variable_set_as_it_was_finishes_the_run(run_dir, 
     assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] == "completed"
 
 
+def test_resume_from_the_run_directory_alone_puts_a_redacted_secret_back_from_the_environment(
+    run_dir, tmp_path, monkeypatch
+):
+    """The regression: `dpo train --resume RUN_DIR` read recipe.yaml's literal "[redacted $MY_DATA_TOKEN]" as the
+    data path ("data.train: file '.../[redacted $MY_DATA_TOKEN]/train.jsonl' not found"), so a run with a secret in
+    its recipe could never be resumed that way. The value comes back from the environment, in memory only: with the
+    variable unset, one error line naming it (exit 2, nothing changed); set, the run finishes, and every file it
+    writes still holds the secret redacted."""
+    _run_made_with_a_secret_in_its_data_path(run_dir, tmp_path)
+    monkeypatch.delenv("MY_DATA_TOKEN", raising=False)
+    before = snapshot(run_dir)
+    proc = invoke_dpo("train", "--resume", run_dir)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {run_dir / 'recipe.yaml'}: data.train: holds the value of $MY_DATA_TOKEN, redacted, and MY_DATA_TOKEN "
+        "is not set now: set it as it was when the run was made, and resume again\n"
+    )
+    assert snapshot(run_dir) == before
+
+    monkeypatch.setenv("MY_DATA_TOKEN", SECRET)
+    proc = invoke_dpo("train", "--resume", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resume: resuming from checkpoint-4 (step 4)" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] == "completed"
+    recipe = (run_dir / "recipe.yaml").read_text()
+    assert f"{tmp_path / '[redacted $MY_DATA_TOKEN]' / 'train.jsonl'}" in recipe
+    for path in run_dir.rglob("*"):
+        if path.suffix in (".yaml", ".json", ".jsonl", ".md", ".html"):
+            assert SECRET not in path.read_text(errors="replace"), path
+    # the recipe it wrote resumes as the user's own recipe file does: the same recipe, in both directions
+    from dpo.rundir.resume import check
+
+    card = json.loads((run_dir / "data_card.json").read_text())
+    (run_dir / "summary.json").unlink()
+    check(run_dir, recipe, card)  # raises nothing
+
+
 def _saved_recipe_edited(run_dir, edit) -> None:
     import yaml
 

@@ -316,3 +316,34 @@ def test_a_redacted_value_stays_on_one_line_of_recipe_yaml(tmp_path, monkeypatch
     recipe = {"name": "r", "model": {"name_or_path": "m"}, "data": {"train": f"{folder}/{SECRET}/train.jsonl"}}
     text = load_recipe(write_recipe(tmp_path / "r.yaml", recipe)).recipe.to_yaml(redact=redact_data)
     assert f"  train: {folder}/[redacted $MY_SERVICE_API_KEY]/train.jsonl\n" in text
+
+
+def test_restore_redacted_puts_each_secret_back_and_names_the_key_of_one_it_cannot():
+    """`dpo train --resume RUN_DIR` reads recipe.yaml through `restore_redacted`: each "[redacted $NAME]" back from the
+    environment, keys named as written (a list item by its index); a value never shown in an error."""
+    from dpo.errors import UserError
+    from dpo.rundir.secrets import redact_data, restore_redacted
+
+    env = {"MY_DATA_TOKEN": "tok-0123456789abcdef", "HF_TOKEN": "hf_abcdefghijkl"}
+    data = {
+        "data": {"train": ["/d/[redacted $MY_DATA_TOKEN]/a.jsonl"]},
+        "training": {"hub_token": "[redacted $HF_TOKEN]"},
+    }
+    restored = restore_redacted(data, "RUN/recipe.yaml", env)
+    assert restored == {
+        "data": {"train": ["/d/tok-0123456789abcdef/a.jsonl"]},
+        "training": {"hub_token": env["HF_TOKEN"]},
+    }
+    assert redact_data(restored, env) == data  # written again, redacted as it was
+    with pytest.raises(UserError) as unset:
+        restore_redacted(data, "RUN/recipe.yaml", {"HF_TOKEN": env["HF_TOKEN"]})
+    assert str(unset.value) == (
+        "RUN/recipe.yaml: data.train[0]: holds the value of $MY_DATA_TOKEN, redacted, and MY_DATA_TOKEN is not set "
+        "now: set it as it was when the run was made, and resume again"
+    )
+    with pytest.raises(UserError, match=r"^RUN/recipe.yaml: training.hub_token: .* HF_TOKEN holds no secret now"):
+        restore_redacted(data, "RUN/recipe.yaml", {**env, "HF_TOKEN": "short"})
+    url = {"DATABASE_URL": "postgresql://me:p%40ssword123@host/db"}  # the password as written and as decoded
+    with pytest.raises(UserError, match=r"DATABASE_URL holds 2 secrets now") as several:
+        restore_redacted({"x": "[redacted $DATABASE_URL]"}, "RUN/recipe.yaml", url)
+    assert "ssword123" not in str(several.value)
