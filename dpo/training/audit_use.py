@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections import Counter
 from pathlib import Path
 
 from dpo.data.prepare import PreparedData, content_hash
 from dpo.data.rows import share_of
 from dpo.errors import UserError
+from dpo.rundir.files import DATA_CARD
 from dpo.training.audit import AUDIT_FILE, audit_checked, render, write_audit
 from dpo.training.loss_plan import AUTO
 
@@ -35,7 +37,31 @@ def _flipped(pair: dict) -> dict:
     return {**pair, "chosen": pair["rejected"], "rejected": pair["chosen"]}
 
 
-def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = True, resumed: dict | None = None):
+def pair_hash(pair: dict) -> str:
+    """A pair's content, as the data card records a suspect (its first 16 hex digits of `content_hash`)."""
+    return content_hash([pair])[:16]
+
+
+def recorded_suspects(pairs: list[dict], hashes: list[str]) -> list[int]:
+    """Indices of the pairs whose content the run recorded as suspects (`hashes`, as `pair_hash` gives them), in
+    training order; a content recorded n times picks its first n pairs."""
+    left = Counter(hashes)
+    chosen = []
+    for i, pair in enumerate(pairs):
+        if left[key := pair_hash(pair)] > 0:
+            left[key] -= 1
+            chosen.append(i)
+    return chosen
+
+
+def apply_audit(
+    checked,
+    run_dir: Path,
+    progress: bool = True,
+    write: bool = True,
+    resumed: dict | None = None,
+    data_changed: bool = False,
+):
     """The checked recipe with the audit applied: its training pairs after `data.audit.suspects`, its loss plan
     with `auto` resolved, and the audit in its data card. Writes RUN_DIR/audit.json (when `write`). A UserError
     when the drop leaves no pairs, or fewer than the run needs (gate.check_pairs_counted).
@@ -44,12 +70,20 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
     (`expected_flip_rate_after`, and `auto`'s epsilon from it) is kept: the audit, scored again, may end a hair
     apart (another device, thread count or library version) and round to another 4th decimal, and the run would
     go on with another epsilon than it trained with so far, and the autopilot compare with another rate. A
-    one-line note says so when the new estimate differs."""
+    one-line note says so when the new estimate differs. With `suspects: drop | flip` the pairs it picked stay
+    picked, found by content (`suspects.hashes`; a run made before they were recorded: the new audit's picks), and
+    the pairs trained on must hash as they did (`content_hash_after`), else a UserError before anything is written:
+    the resumed steps would train on other pairs. `data_changed`: the training data changed since (resumed with
+    --allow-data-change): the new audit picks the suspects."""
     result = audit_checked(checked, progress)
     section = checked.recipe.data.audit
     action = section.suspects if section is not None else "keep"
     p = result.p_flipped
     chosen = [] if action == "keep" else suspects(p, result.ranking(), section.share, section.threshold)
+    same_pairs = resumed is not None and action != "keep" and not data_changed
+    recorded = ((resumed or {}).get("suspects") or {}).get("hashes") if same_pairs else None
+    if isinstance(recorded, list) and all(isinstance(h, str) for h in recorded):
+        chosen = recorded_suspects(result.pairs, recorded)
     picked = set(chosen)
     if action == "drop":
         kept = [i for i in range(len(p)) if i not in picked]
@@ -68,6 +102,15 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
             check_pairs_counted(checked.loaded, checked.dpo_config, len(pairs))
         except UserError as exc:  # the counts it quotes are after the drop: say so
             raise UserError(f"{exc} (after data.audit dropped {len(chosen)} suspect pairs)") from None
+    trained_on = (resumed or {}).get("content_hash_after") if same_pairs else None
+    if isinstance(trained_on, str) and content_hash(pairs) != trained_on:
+        raise UserError(
+            f"audit.content_hash_after: the pairs that data.audit.suspects: {action} leaves now are not those the run "
+            f"was made with (content hash {trained_on[:12]}... now {content_hash(pairs)[:12]}...): the label audit, "
+            f"scored again, picks other suspects, and the resumed steps would train on other pairs; start a new run "
+            f"in another --output-dir",
+            where=str(run_dir / DATA_CARD),
+        )
     if write:  # every process of a multi-process run audits (the same result, seeded); the main one writes
         print(render(result, write_audit(result, run_dir)), flush=True, file=sys.stdout)
     # rounded as data_card.json records it: the autopilot's label_audit rule compares the smoothing with that value
@@ -84,6 +127,7 @@ def apply_audit(checked, run_dir: Path, progress: bool = True, write: bool = Tru
             **({"threshold": section.threshold} if section is not None and section.threshold is not None else {}),
             "pairs": len(chosen),
             "rows": [{"source": result.origins[i][0], "row": result.origins[i][1]} for i in chosen],
+            **({"hashes": [pair_hash(result.pairs[i]) for i in chosen]} if action != "keep" else {}),  # for resume
         },
         "expected_flip_rate_after": expected,
     }

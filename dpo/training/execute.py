@@ -80,6 +80,8 @@ def execute(
         found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if needs_audit(checked):  # data.audit or label_smoothing: auto: audit the labels before anything is written
+            checked = _audited(checked, found, allow_data_change)
         point = resuming.prepare(run_dir, found) if resume else resuming.ResumePoint(run_dir)
         if is_main_process():
             for warning in point.warnings:
@@ -101,6 +103,26 @@ def execute(
         return _run(checked, point, resolved_yaml, changes, callbacks or [], started)
     finally:
         lock.release()
+
+
+def _audited(checked: CheckedRecipe, found: resuming.Survey | None, allow_data_change: bool) -> CheckedRecipe:
+    """The recipe with the label audit applied, before a resume changes anything in the run directory (`prepare`):
+    the audit may refuse it. Continuing trained weights (a loadable checkpoint), the audit the run was made with
+    (data_card.json's, not yet rewritten) decides: its estimate, and the pairs dropped or flipped, unless the training
+    data changed since (`allow_data_change`)."""
+    run_dir, main = checked.run_dir, is_main_process()
+    resumed = None
+    if found is not None and found.resumable is not None:
+        resumed = (read_json_object(run_dir / DATA_CARD) or {}).get("audit")
+    changed = allow_data_change and resumed is not None and resuming.data_change(run_dir, checked.data.card) is not None
+    return apply_audit(
+        checked,
+        run_dir,
+        progress=checked.recipe.logging.progress_bar and main,
+        write=main,
+        resumed=resumed if isinstance(resumed, dict) else None,
+        data_changed=changed,
+    )
 
 
 def _recorded_override(item: str) -> str:
@@ -201,16 +223,6 @@ def _run(checked: CheckedRecipe, point, resolved_yaml: str, changes: dict | None
 
     recipe, run_dir = checked.recipe, checked.run_dir
     main = is_main_process()
-    if needs_audit(checked):  # data.audit or label_smoothing: auto: audit the labels before anything is written
-        # continuing trained weights: the estimate the run was made with (data_card.json, not yet rewritten) stays
-        resumed = (read_json_object(run_dir / DATA_CARD) or {}).get("audit") if point.checkpoint else None
-        checked = apply_audit(
-            checked,
-            run_dir,
-            progress=recipe.logging.progress_bar and main,
-            write=main,
-            resumed=resumed if isinstance(resumed, dict) else None,
-        )
     if main:
         atomic_write_text(run_dir / RECIPE, resolved_yaml)
         if changes is not None:

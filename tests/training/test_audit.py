@@ -438,3 +438,75 @@ def test_a_resumed_run_keeps_the_auto_label_smoothing_it_was_made_with(audit_rec
         "resume: the label audit now estimates a flip rate of 0.1234; the run goes on with 0.1235, the estimate it "
         "was made with; loss.label_smoothing: auto stays 0.1235"
     ]
+
+
+def test_a_resumed_run_drops_the_pairs_it_was_made_without(audit_recipe, tmp_path, monkeypatch, capsys):
+    """The regression: with `data.audit.suspects: drop` resume audited the labels again and dropped the new audit's
+    suspects, so steps 3 and 4 could train on other pairs than steps 1 and 2 (the audit scored on another device or
+    thread count ranks near-ties differently). The run's suspects are found again by content (data_card.json
+    `audit.suspects.hashes`), whatever the new audit ranks first. A run whose card predates the hashes is checked
+    against `content_hash_after`: other pairs are one error line, exit 2, nothing changed."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+    import dpo.training.execute as executing
+    from dpo.training.execute import execute
+
+    real_audit = audit_use.audit_checked
+    suspect = {"first": True}
+    trained_on = []
+    real_build = executing.build_trainer
+
+    def build_trainer(checked, callbacks):  # the pairs each attempt trains on
+        trained_on.append(audit_use.content_hash(checked.data.train))
+        return real_build(checked, callbacks)
+
+    monkeypatch.setattr(executing, "build_trainer", build_trainer)
+
+    def four_suspects(checked, progress=True):  # the first four pairs, or (scored again) the last four
+        result = real_audit(checked, progress)
+        n = len(result.pairs)
+        high = range(4) if suspect["first"] else range(n - 4, n)
+        p = torch.tensor([0.9 if i in high else 0.1 for i in range(n)], dtype=result.mixture.p_flipped.dtype)
+        return dataclasses.replace(result, mixture=dataclasses.replace(result.mixture, p_flipped=p))
+
+    monkeypatch.setattr(audit_use, "audit_checked", four_suspects)
+    settings = ["data.audit.suspects=drop", "data.audit.threshold=0.5"]
+    run_dir = tmp_path / "run"
+    execute(audit_recipe, settings, output_dir=run_dir)
+    made = json.loads((run_dir / "data_card.json").read_text())["audit"]
+    assert made["suspects"]["pairs"] == 4
+
+    def killed_after_step_2():
+        for name in ("final", "checkpoints/checkpoint-4"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "summary.json").unlink(missing_ok=True)
+
+    killed_after_step_2()
+    suspect["first"] = False  # the audit scored again now suspects other pairs
+    summary, trainer = execute(audit_recipe, settings, output_dir=run_dir, resume=True)
+    assert summary["resumed_from"] == [2] and summary["steps"] == 4
+    assert trained_on == [made["content_hash_after"]] * 2
+    resumed = json.loads((run_dir / "data_card.json").read_text())["audit"]
+    assert resumed["content_hash_after"] == made["content_hash_after"]
+    assert resumed["suspects"]["rows"] == made["suspects"]["rows"]
+    assert len(resumed["suspects"]["hashes"]) == 4 and resumed["suspects"]["hashes"] == made["suspects"]["hashes"]
+
+    # a run made before the hashes were recorded: the new audit's picks differ from the pairs it trained on
+    card = json.loads((run_dir / "data_card.json").read_text())
+    del card["audit"]["suspects"]["hashes"]
+    (run_dir / "data_card.json").write_text(json.dumps(card))
+    killed_after_step_2()
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(UserError) as refused:
+        execute(audit_recipe, settings, output_dir=run_dir, resume=True)
+    assert str(refused.value).startswith(
+        f"{run_dir / 'data_card.json'}: audit.content_hash_after: the pairs that data.audit.suspects: drop leaves now "
+        f"are not those the run was made with (content hash {made['content_hash_after'][:12]}... now "
+    )
+    assert str(refused.value).endswith(
+        "...): the label audit, scored again, picks other suspects, and the resumed steps would train on other pairs; "
+        "start a new run in another --output-dir"
+    )
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
