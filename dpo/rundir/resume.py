@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,13 +356,17 @@ def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object] 
     return None if old == new else (prefix.rstrip("."), old, new)
 
 
-def _recipe_changed(run_dir: Path, key: str, old, new) -> str:
+def _recipe_changed(run_dir: Path, key: str, old, new, saved_problem: Callable[[], str | None] | None = None) -> str:
     """Why resume refuses the recipe given now: its value of `key` is `new` where the run's was `old`.
 
     Where the run's value held a secret (recipe.yaml holds it as "[redacted $NAME]"), the recipe need not have
     changed: the value given now is compared redacted with the variables set now, so with NAME unset the secret shows
     as written. Then the message names the variable, and shows neither value (an unset variable's secret cannot be
-    redacted from the output)."""
+    redacted from the output).
+
+    Else the advice is to resume with the run's own recipe, unless that fails a check added since the run was made
+    (`saved_problem`: that check's error, or None; the caller runs the checks, which live above this layer): then the
+    change may be the one the check asks for, and it belongs in RUN_DIR/recipe.yaml too."""
     names = list(dict.fromkeys(REDACTED.findall(str(old))))
     unset = [name for name in names if not os.environ.get(name)]
     if unset:
@@ -375,10 +380,14 @@ def _recipe_changed(run_dir: Path, key: str, old, new) -> str:
             f"values not shown): {names[0]} may hold another value now than when the run was made, or the recipe "
             f"changed; resume with the recipe and {names[0]} the run was made with"
         )
-    return (
-        f"{key}: the run was made with {old!r}, the recipe now gives {new!r}; resume with the recipe the run was made "
-        f"with (or just `dpo train --resume {run_dir}`)"
-    )
+    changed = f"{key}: the run was made with {old!r}, the recipe now gives {new!r}"
+    problem = saved_problem() if saved_problem is not None else None
+    if problem:
+        return (
+            f"{changed}; {run_dir / RECIPE}, the recipe the run was made with, fails a check added since ({problem}): "
+            f"if this change is what that check asks for, make the same change in {run_dir / RECIPE} and resume again"
+        )
+    return f"{changed}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)"
 
 
 @dataclass
@@ -399,13 +408,18 @@ def has_previous_attempt(run_dir: Path) -> bool:
 
 
 def check(
-    run_dir: Path, resolved_recipe_yaml: str, data_card: dict | None = None, allow_data_change: bool = False
+    run_dir: Path,
+    resolved_recipe_yaml: str,
+    data_card: dict | None = None,
+    allow_data_change: bool = False,
+    saved_problem: Callable[[], str | None] | None = None,
 ) -> Survey | None:
     """The user errors of a resume, raised before anything in the run directory changes: not a run directory, a
     finished run, a different recipe, training data that changed (`data_card`: the new data card; refused unless
     `allow_data_change`), a run file that is not the JSON object it should be, complete checkpoints none of which
     can be loaded, and a checkpoint without optimizer and scheduler state to continue from (save_only_model).
-    Returns the checkpoints' `survey` for `prepare` (None: nothing to resume, a new run)."""
+    Returns the checkpoints' `survey` for `prepare` (None: nothing to resume, a new run). `saved_problem`: what the
+    checks say of RUN_DIR/recipe.yaml (`_recipe_changed`), asked only when the recipe differs."""
     if not has_previous_attempt(run_dir):
         return None
     recipe_file = run_dir / RECIPE
@@ -422,7 +436,7 @@ def check(
     # the recipe.yaml of a run made before secrets were redacted ahead of dumping may hold one that YAML escaped
     difference = _first_difference(redact_data(recorded), resolved)
     if difference:
-        raise UserError(_recipe_changed(run_dir, *difference), where=str(recipe_file))
+        raise UserError(_recipe_changed(run_dir, *difference, saved_problem), where=str(recipe_file))
     if data_card is not None and not allow_data_change:
         changed = data_change(run_dir, data_card)
         if changed:

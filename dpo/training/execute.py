@@ -18,6 +18,7 @@ checkpoint. A NaN/Inf loss or gradient norm stops the run before the bad step is
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from dpo.analysis.model_card import write_model_card
 from dpo.analysis.report import write_report_or_warn
 from dpo.config.loading import changes_from_base, parse_override
-from dpo.errors import NonFiniteError, RunFailed, UserError
+from dpo.errors import NonFiniteError, RunFailed, UserError, UserErrors
 from dpo.rundir import resume as resuming
 from dpo.rundir.atomic import atomic_write_json, atomic_write_text, replace_dir
 from dpo.rundir.files import (
@@ -77,7 +78,10 @@ def execute(
     try:
         # under the lock: what the check finds (not finished, the same recipe and data, which checkpoint loads) stays
         # so until prepare() acts on it; a second resume gets "in use", not a run that finished meanwhile reopened
-        found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change) if resume else None
+        found = None
+        if resume:
+            saved = functools.partial(_saved_recipe_problem, run_dir, extra_metrics)
+            found = resuming.check(run_dir, resolved_yaml, checked.data.card, allow_data_change, saved)
         for warning in checked.warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         if needs_audit(checked):  # data.audit or label_smoothing: auto: audit the labels before anything is written
@@ -103,6 +107,16 @@ def execute(
         return _run(checked, point, resolved_yaml, changes, callbacks or [], started)
     finally:
         lock.release()
+
+
+def _saved_recipe_problem(run_dir: Path, extra_metrics: tuple[str, ...]) -> str | None:
+    """What the checks now say of the run's own recipe.yaml (the first problem), or None: it passes them. Asked only
+    when a resume's recipe differs from it, to say whether `dpo train --resume RUN_DIR` would work instead."""
+    try:
+        check(run_dir / RECIPE, (), extra_metrics, run_dir, restore=restore_redacted)
+    except UserError as exc:
+        return str(exc.errors[0] if isinstance(exc, UserErrors) else exc)
+    return None
 
 
 def _audited(checked: CheckedRecipe, found: resuming.Survey | None, allow_data_change: bool) -> CheckedRecipe:

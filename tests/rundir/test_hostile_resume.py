@@ -508,6 +508,42 @@ def test_a_saved_recipe_that_a_check_added_since_refuses_is_named_with_its_key(r
     assert snapshot(run_dir) == before
 
 
+def test_a_recipe_corrected_for_a_check_added_since_is_told_to_correct_the_saved_one_too(run_dir, tmp_path):
+    """The regression: resuming with the user's own recipe, already corrected for a check added since the run was made
+    (training.eval_steps removed beside eval_strategy: epoch), said "resume with the recipe the run was made with (or
+    just `dpo train --resume RUN_DIR`)", which that check then refuses. The advice names the saved recipe's problem
+    and says to make the same change there; following it, the resume goes on."""
+    import yaml
+
+    def epochs(recipe):
+        recipe["training"]["eval_strategy"] = "epoch"
+
+    _saved_recipe_edited(run_dir, epochs)
+    corrected = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    del corrected["training"]["eval_steps"]
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(corrected, sort_keys=False))
+    before = snapshot(run_dir)
+    proc = invoke_dpo("train", mine, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 2
+    saved = run_dir / "recipe.yaml"
+    assert proc.stderr == (
+        f"error: {saved}: training.eval_steps: the run was made with 2, the recipe now gives None; {saved}, the recipe "
+        f"the run was made with, fails a check added since ({saved}: training.eval_steps: has no effect: "
+        f"training.eval_strategy is 'epoch': evaluations come at each epoch's end): if this change is what that check "
+        f"asks for, make the same change in {saved} and resume again\n"
+    )
+    assert snapshot(run_dir) == before
+    # the saved recipe passes the checks: the advice is the plain one
+    (run_dir / "recipe.yaml").write_text(before[saved].decode().replace("eval_strategy: epoch", "eval_strategy: steps"))
+    proc = invoke_dpo("train", mine, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 2 and proc.stderr.endswith(f"(or just `dpo train --resume {run_dir}`)\n")
+    # the advice followed: the same change in the saved recipe, and the resume goes on
+    (run_dir / "recipe.yaml").write_text(mine.read_text())
+    proc = invoke_dpo("train", mine, "--resume", "--output-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_a_saved_recipe_whose_data_a_check_added_since_refuses_names_the_data_the_recipe_and_its_key(run_dir):
     """The same for a data check (an ignore_columns entry that no row has): the data file, and the saved recipe with
     the key that lists it."""
