@@ -149,7 +149,8 @@ def run_sweep(
 
 
 # Combinations of parameter values check_objective judges, at most: beyond it (about 4 ms each, a recipe loaded and
-# checked), each parameter's values are judged with the others at their first value, and the rest left to the trials.
+# checked), each parameter's values are judged with the others at their first value, which finds a value no trial
+# can use, and whether the pruner acts is left to the trials (`every_combination_judged`).
 MAX_CHECKED_COMBINATIONS = 1024
 
 
@@ -175,17 +176,19 @@ def check_objective(spec: SweepSpec, checked) -> None:
     configs = trial_configs(spec, checked)
     if not configs:
         return  # the recipe checks refuse every combination: each trial fails with its own reason
+    every = every_combination_judged(spec)
     failing = [(c, problem) for c in configs if (problem := _unlogged_objective(c, spec.metric))]
-    if failing:
+    if failing:  # one judged combination suffices: the trials that draw it would fail
         config, problem = failing[0]
-        which = "" if len(failing) == len(configs) else config.which  # all of them: the base recipe or fixed keys
+        all_fail = every and len(failing) == len(configs)
+        which = "" if all_fail else config.which  # all of them: the base recipe or fixed keys
         raise UserError(
             f"{spec.metric} is never logged in the trials{which}: {problem}; each of them would train to its end and "
             "fail without it",
             where=spec.where("objective.metric"),
         )
-    if spec.pruner == "none":
-        return
+    if spec.pruner == "none" or not every:
+        return  # only some combinations judged: those not judged may evaluate late enough, so the trials decide
     # Refused, not warned: a pruner that never prunes is a knob that does nothing (a trial is never pruned at its
     # last evaluation, dpo/sweep/trial.py), and the project makes those errors.
     reasons = [no_evaluation_during_training(c.dpo_config, c.train_pairs) for c in configs]
@@ -226,18 +229,34 @@ def checked_values(param) -> list:
     (a range [2, 4] judged by its ends refused a pruner that acts on every trial drawing 3); the last evaluation
     before the end, which a median pruner's n_warmup_steps is judged by, falls from step 9 to step 8 as max_steps goes
     from 10 to 11 with eval_steps 0.3. So an integer range is judged at each of its values, up to
-    MAX_CHECKED_COMBINATIONS of them (beyond that, as a float range, by its ends, and the rest left to the trials). A
-    float range is judged by its ends: the values between them are not countable here (a fraction of the run counts
-    in whole steps only once each trial's length is known)."""
+    MAX_CHECKED_COMBINATIONS of them (beyond that, as a float range, by its ends, and whether the pruner acts left to
+    the trials). A float range is judged by its ends: the values between them are not countable here (a fraction of
+    the run counts in whole steps only once each trial's length is known)."""
     if SEARCH_KINDS[param.kind].listed:
         return list(param.args)
     low, high = param.args[0], param.args[1]
     if param.kind == "int":
         step = param.args[2] if len(param.args) == 3 else 1
-        if (high - low) // step + 1 <= MAX_CHECKED_COMBINATIONS:
+        if _int_range_size(param.args) <= MAX_CHECKED_COMBINATIONS:
             return SEARCH_KINDS["int"].grid(param.args)
         high = low + (high - low) // step * step  # the highest value the step reaches
     return [low, high]
+
+
+def every_combination_judged(spec: SweepSpec) -> bool:
+    """Whether `_combinations` judges every combination of the parameters' values: no integer range cut to its ends
+    and no more than MAX_CHECKED_COMBINATIONS of them. Only then may check_objective refuse a pruner for what every
+    trial lacks (a float range counts as judged by its ends, `checked_values`)."""
+    cut = any(p.kind == "int" and _int_range_size(p.args) > MAX_CHECKED_COMBINATIONS for p in spec.params)
+    return not cut and math.prod(len(checked_values(p)) for p in spec.params) <= MAX_CHECKED_COMBINATIONS
+
+
+def _int_range_size(args) -> int:
+    """How many values an integer range [low, high] or [low, high, step] holds, high included when the step reaches
+    it."""
+    low, high = args[0], args[1]
+    step = args[2] if len(args) == 3 else 1
+    return (high - low) // step + 1
 
 
 def _combinations(spec: SweepSpec) -> list[tuple]:

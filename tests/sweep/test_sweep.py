@@ -476,22 +476,75 @@ def test_an_objective_only_the_base_recipes_loss_lacks_passes_when_every_trial_s
     check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
 
 
-def test_the_checks_judge_every_listed_value_and_both_ends_of_a_range(tmp_path, tiny_recipe, monkeypatch):
-    """All combinations; beyond the limit, each parameter's values with the others at their first value."""
+def test_the_checks_judge_every_value_of_an_integer_range_and_only_its_ends_beyond_the_limit(
+    tmp_path, tiny_recipe, monkeypatch
+):
+    """Every listed value and every value of an integer range; a range longer than the limit by its ends. All
+    combinations; beyond the limit, each parameter's values with the others at their first value."""
     from dpo.sweep import driver
 
     search = {"loss.beta": {"grid": [0.1, 0.2, 0.3]}, "loss.type": {"choice": ["sigmoid", "ipo"]},
-              "training.max_steps": {"int": [4, 12, 5]}}  # fmt: skip
+              "training.max_steps": {"int": [4, 12, 4]}}  # fmt: skip
     spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=search))
 
     def judged():
         return [tuple(value for _, value in combination) for combination in driver._combinations(spec)]
 
-    assert driver.checked_values(spec.params[2]) == [4, 9]  # the highest value the step reaches
-    assert len(judged()) == 12 and (0.3, "ipo", 9) in judged()
-    monkeypatch.setattr(driver, "MAX_CHECKED_COMBINATIONS", 11)
+    assert driver.checked_values(spec.params[2]) == [4, 8, 12]  # each value of the range, not only its ends
+    assert len(judged()) == 18 and (0.3, "ipo", 8) in judged()
+    assert driver.every_combination_judged(spec)
+    monkeypatch.setattr(driver, "MAX_CHECKED_COMBINATIONS", 17)
     assert judged() == [(0.1, "sigmoid", 4), (0.2, "sigmoid", 4), (0.3, "sigmoid", 4), (0.1, "ipo", 4),
-                        (0.1, "sigmoid", 9)]  # fmt: skip
+                        (0.1, "sigmoid", 8), (0.1, "sigmoid", 12)]  # fmt: skip
+    assert not driver.every_combination_judged(spec)
+    monkeypatch.setattr(driver, "MAX_CHECKED_COMBINATIONS", 2)  # the range, 3 values, is judged by its ends
+    assert driver.checked_values(spec.params[2]) == [4, 12]
+    assert driver.checked_values(load_spec(write_spec(tmp_path / "s2.yaml", tiny_recipe, trials=2, search={
+        "training.max_steps": {"int": [4, 11, 4]}})).params[0]) == [4, 8]  # fmt: skip
+    assert not driver.every_combination_judged(spec)
+
+
+# 2 x 591 = 1182 combinations, more than MAX_CHECKED_COMBINATIONS: each value is judged with the other parameter at its
+# first value (eval_steps 1000, no evaluation during training), never max_steps 600 with eval_steps 5, which evaluates
+# up to step 595. The trials that draw it use the pruner: the spec is left to them, not refused.
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pruner": {"type": "median", "n_warmup_steps": 100},
+         "search": {"training.eval_steps": {"choice": [1000, 5]}, "training.max_steps": {"int": [10, 600]}}},
+        {"pruner": "median",
+         "search": {"training.eval_steps": {"choice": [1000, 5]}, "training.max_steps": {"int": [2, 600]}}},
+    ],
+)  # fmt: skip
+def test_a_pruner_judged_on_only_some_combinations_is_left_to_the_trials(tmp_path, tiny_recipe, fields):
+    from dpo.sweep import driver
+    from dpo.training.gate import check
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="tpe", trials=4, **fields))
+    assert not driver.every_combination_judged(spec)
+    driver.check_objective(spec, check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False))
+
+
+def test_a_pruner_no_trial_can_use_is_refused_when_every_combination_was_judged(tmp_path, tiny_recipe, monkeypatch):
+    """2 x 81 combinations, all judged: max_steps 90 with eval_steps 5 evaluates last at step 85, before the warmup.
+    The same spec past the limit is left to the trials."""
+    from dpo.sweep import driver
+    from dpo.training.gate import check
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="tpe", trials=4,
+                                pruner={"type": "median", "n_warmup_steps": 100}, search={
+                                    "training.eval_steps": {"choice": [1000, 5]},
+                                    "training.max_steps": {"int": [10, 90]}}))  # fmt: skip
+    checked = check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
+    with pytest.raises(UserError) as refused:
+        driver.check_objective(spec, checked)
+    assert str(refused.value) == (
+        f"{spec.path}: pruner.n_warmup_steps: has no effect: the median pruner prunes from step 100 on, and the "
+        "trials' last evaluation before their last step is at step 85 (a trial is never pruned at its last); lower "
+        "it to 85 or less, or use pruner: none"
+    )
+    monkeypatch.setattr(driver, "MAX_CHECKED_COMBINATIONS", 161)
+    driver.check_objective(spec, checked)
 
 
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
