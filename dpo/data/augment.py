@@ -124,9 +124,10 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
     The pairs that get one are drawn at random; the new pairs are appended after the originals. A negative must
     differ from both answers of the pair, and make a pair that is not among the rows already (nor among the new
     ones): where answers are short (arithmetic), another prompt's chosen answer is often this pair's own rejected
-    one. A pair with no such negative gets none (the data card's `after` counts the pairs added); a step that can add
-    no pair at all (the training pairs ask one question, or no other prompt's chosen answer makes a new pair) is an
-    error, not a step that does nothing."""
+    one. A pair with no such negative gets none (the data card's `after` counts the pairs added, none when the drawn
+    pairs happen to have none); a step that can add no pair at all (the training pairs ask one question, or no other
+    prompt's chosen answer makes a new pair with any of them) is an error, not a step that does nothing. That is a
+    property of the data, never of the draw: the same recipe must not be valid for one seed and refused for another."""
     count = _pairs_of(fraction, rows)
     keys = [prompt_key(r["prompt"]) for r in rows]  # 'What is 2+2?' and 'What  is 2+2?' ask one question
     if count and len(set(keys)) < 2:
@@ -159,9 +160,10 @@ def off_prompt_negatives(rows: list[dict], rng: random.Random, *, fraction: Frac
         # a new pair: the original pair's score gap (if any) says nothing about it
         extra.append({"prompt": rows[i]["prompt"], "chosen": rows[i]["chosen"], "rejected": rows[j]["chosen"]})
         pairs.add(canonical([rows[i]["prompt"], rows[i]["chosen"], rows[j]["chosen"]]))
-    if count and not extra:
+    # Scanned only here, on the way to an error (the draw above scanned every pair already when it drew them all).
+    if count and not extra and not any(usable(i, j) for i in range(len(rows)) for j in range(len(rows))):
         raise NoEffect(
-            f"has no effect: none of the {count} training pairs drawn has a negative (another prompt's chosen answer "
+            f"has no effect: none of the {len(rows)} training pairs has a negative (another prompt's chosen answer "
             "that differs from both its answers and makes a pair not there already)"
         )
     return [dict(r) for r in rows] + extra

@@ -92,9 +92,16 @@ def test_off_prompt_negatives_that_can_add_no_pair_is_an_error_naming_the_step()
     with pytest.raises(UserError) as err:
         apply(swapped, step, 0, RowChecker().pairs_only, where="r.yaml: data.augment")
     assert str(err.value) == (
-        "r.yaml: data.augment: step 0 (off_prompt_negatives): has no effect: none of the 2 training pairs drawn has a "
+        "r.yaml: data.augment: step 0 (off_prompt_negatives): has no effect: none of the 2 training pairs has a "
         "negative (another prompt's chosen answer that differs from both its answers and makes a pair not there "
         "already)"
+    )
+    # the same with a fraction below 1: every pair is judged, not only the one drawn
+    with pytest.raises(UserError) as err:
+        apply(swapped, [{"type": "off_prompt_negatives", "fraction": 0.5}], 0, RowChecker().pairs_only)
+    assert str(err.value) == (
+        "data.augment: step 0 (off_prompt_negatives): has no effect: none of the 2 training pairs has a negative "
+        "(another prompt's chosen answer that differs from both its answers and makes a pair not there already)"
     )
     assert off_prompt_negatives(one_question, random.Random(0), fraction=0.0) == one_question
 
@@ -121,6 +128,25 @@ def test_off_prompt_negatives_make_no_pair_that_is_already_there():
     assert off_prompt_negatives(rows, random.Random(0), fraction=1.0) == rows + [
         pair("P", "A", "D"), pair("Q", "D", "A")
     ]  # fmt: skip
+
+
+def test_off_prompt_negatives_drawing_only_pairs_without_a_negative_is_no_error_for_any_seed():
+    """Only the third pair has a negative (x and y are each other's pair's answers; q is nobody's chosen answer).
+    With fraction 1/3 one pair is drawn: whether the step added a pair depended on the seed, and the seeds that drew
+    another pair refused the recipe as having no effect. The data has a negative, so no seed is refused; the card
+    counts what each draw added."""
+    from dpo.data.augment import apply
+    from dpo.data.prepare import RowChecker
+
+    rows = [pair("pA", "x", "y"), pair("pB", "y", "x"), pair("pC", "x", "q")]
+    step = [{"type": "off_prompt_negatives", "fraction": 1 / 3}]
+    added = {}
+    for seed in range(6):
+        out, records = apply(rows, step, seed, RowChecker().pairs_only)
+        assert out[:3] == rows and out[3:] in ([], [pair("pC", "x", "y")])
+        assert records[0]["after"] == len(out)
+        added[seed] = len(out) - 3
+    assert added == {0: 1, 1: 0, 2: 0, 3: 1, 4: 1, 5: 0}  # seeds 1, 2 and 5 draw a pair without a negative
 
 
 def test_off_prompt_negatives_seeded_and_never_same_prompt():
