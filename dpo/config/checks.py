@@ -62,7 +62,8 @@ def check_no_op_keys(loaded: LoadedRecipe) -> None:
     if isinstance(strategy, str) and strategy in IGNORED_UNDER_EVAL_STRATEGY:
         ignored, after = IGNORED_UNDER_EVAL_STRATEGY[strategy]
         # only where they were written beside it: a base recipe's cadence (quickstart.yaml's eval_steps) that a child
-        # or --set turns off with eval_strategy: no, or moves to epochs, is an override, not a knob set to do nothing
+        # or --set turns off with eval_strategy: no, or moves to epochs, is an override, not a knob set to do nothing;
+        # so is a sweep's fixed cadence under a searched strategy (dpo/config/loading.py SWEEP_FIXED_SOURCE)
         strategy_source = loaded.source("training.eval_strategy")
         no_ops += [(f"training.{key}", f"training.eval_strategy is '{strategy}'{after}")
                    for key in ignored

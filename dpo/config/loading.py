@@ -25,9 +25,28 @@ from dpo.config.yaml_loader import read_yaml_mapping, safe_load
 from dpo.errors import UserError, raise_all, shorten
 
 SET_SOURCE = "--set"
+# The source of the --set items a sweep passes for its spec's `fixed` keys (dpo/sweep/driver.py): a layer of their
+# own, below the searched parameters' values, as a base recipe is below its child. So a searched
+# training.eval_strategy: epoch overrides a fixed eval_steps (which the steps trials use) instead of being "written
+# beside it" (dpo/config/checks.py), while a key fixed beside a fixed eval_strategy still is.
+SWEEP_FIXED_SOURCE = "--set (sweep fixed)"
+OVERRIDE_SOURCES = (SET_SOURCE, SWEEP_FIXED_SOURCE)
+
 MAX_BASE_DEPTH = 64  # recipes in one `base:` chain, the recipe itself included; shipped ones use two
 # Keys every sweep spec has (dpo/sweep/spec.py) and no recipe may: a file with both is a sweep given to a recipe command
 SWEEP_SPEC_KEYS = {"recipe", "search"}
+
+
+class Override(str):
+    """A `key.path=value` item attributed to `source` (SWEEP_FIXED_SOURCE) instead of --set. A str, so it passes
+    through every list of overrides, and is recorded, as the item it is."""
+
+    source: str
+
+    def __new__(cls, item: str, source: str):
+        self = super().__new__(cls, item)
+        self.source = source
+        return self
 
 
 class LoadedRecipe:
@@ -68,7 +87,8 @@ def load_recipe(
             raise UserError(
                 "base cannot be overridden: it is read before --set applies; edit the recipe", where=SET_SOURCE
             )
-        _apply_override(raw, provenance, key, _command_line_paths_resolved(key, value))
+        source = getattr(item, "source", SET_SOURCE)
+        _apply_override(raw, provenance, key, _command_line_paths_resolved(key, value), source)
     raw.setdefault("name", path.stem)
     absolute_local_model(raw)
     check_scalars(raw, provenance, default_source=str(path))
@@ -217,10 +237,11 @@ def source_of(provenance: dict[str, str], key: str, default: str) -> str:
     """The file that set `key`, falling back to its parents (a section set as a whole).
 
     For an error about a whole section (a cross-key check), a key under it set by --set is the
-    likeliest culprit, so --set wins there.
+    likeliest culprit, so --set wins there (then a sweep's fixed keys).
     """
-    if any(k.startswith(f"{key}.") and src == SET_SOURCE for k, src in provenance.items()):
-        return SET_SOURCE
+    for override in OVERRIDE_SOURCES:
+        if any(k.startswith(f"{key}.") and src == override for k, src in provenance.items()):
+            return override
     parts = key.split(".")
     while parts:
         found = provenance.get(".".join(parts))
@@ -336,16 +357,16 @@ def _flatten_keys(d: dict, prefix: str) -> list[str]:
     return out
 
 
-def _apply_override(raw: dict, provenance: dict[str, str], key: str, value: Any) -> None:
+def _apply_override(raw: dict, provenance: dict[str, str], key: str, value: Any, source: str = SET_SOURCE) -> None:
     """`--set key=value`. A mapping given for a section merges into it, as a child recipe's section does into its
     base's (`--set peft={r: 8}` keeps the recipe's dropout and target modules); anything else replaces the value.
-    Every key it sets is attributed to --set, so an error about one names the command line, not the file."""
+    Every key it sets is attributed to `source` (--set), so an error about one names the command line, not the file."""
     existing = _dotted_value(raw, key)
     if isinstance(value, dict) and isinstance(existing, dict):
-        _deep_merge(existing, value, provenance, SET_SOURCE, prefix=f"{key}.")
+        _deep_merge(existing, value, provenance, source, prefix=f"{key}.")
         return
     _set_dotted(raw, key, value)
-    _attribute(provenance, key, value, SET_SOURCE)
+    _attribute(provenance, key, value, source)
 
 
 def _dotted_value(raw: dict, key: str) -> Any:
@@ -377,7 +398,7 @@ def changes_from_base(loaded: LoadedRecipe) -> list[dict[str, Any]]:
     `base_value` is what the key would be without that layer: for a key the recipe file sets, the value from
     its base chain; for a --set key, the value from the recipe file and its bases; the schema default when
     neither sets it (None for required keys and `training` keys left to DPOConfig)."""
-    own = {str(loaded.path), SET_SOURCE}
+    own = {str(loaded.path), *OVERRIDE_SOURCES}
     keys = [k for k, src in loaded.provenance.items() if src in own and k != "base"]
     leaves = [k for k in keys if not any(other.startswith(f"{k}.") for other in keys)]
     resolved = loaded.recipe.model_dump(mode="json")
@@ -388,7 +409,7 @@ def changes_from_base(loaded: LoadedRecipe) -> list[dict[str, Any]]:
         base_raw, _ = _read_with_bases(base_recipe_path(loaded.path, base_ref), chain=())
     out = []
     for key in sorted(leaves, key=lambda k: (k != "name", k)):
-        below = file_raw if loaded.provenance[key] == SET_SOURCE else base_raw
+        below = file_raw if loaded.provenance[key] in OVERRIDE_SOURCES else base_raw
         value, base_value = _lookup(resolved, key), _lookup(below, key)
         if base_value is _MISSING:
             base_value = _default_of(key)

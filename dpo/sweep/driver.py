@@ -282,7 +282,7 @@ def trial_configs(spec: SweepSpec, checked) -> list[TrialConfig]:
     for combination in _combinations(spec):
         overrides = {key: value for p, v in combination for key, value in p.overrides(v).items()}
         try:
-            loaded = load_recipe(spec.base_recipe, set_items(spec.overrides({p.name: v for p, v in combination})))
+            loaded = load_recipe(spec.base_recipe, trial_overrides(spec, {p.name: v for p, v in combination}))
         except UserError:
             continue
         plan, dpo_config = check_settings(loaded, checked.run_dir, Problems())
@@ -481,11 +481,13 @@ def _run_trial(trial, spec: SweepSpec, sweep_dir: Path, url: str, workers: int, 
         trial.set_user_attr("reason", f"{TRIALS}/{name} already exists; it is not overwritten")
         raise TrialFailed(f"{TRIALS}/{name} already exists")
     rel = f"{TRIALS}/{name}"
-    overrides = {**spec.overrides(params), "name": f"{spec.name}-{name}", **group}
+    fixed, searched = _layers(spec, params)
     pruner = json.dumps({"type": spec.pruner, **spec.pruner_kwargs})
     cmd = [sys.executable, "-m", "dpo.sweep.trial", "--study", spec.name, "--trial-id", str(trial._trial_id),
-           "--metric", spec.metric, "--pruner", pruner, "--parent-pid", str(os.getpid()),
-           str(spec.base_recipe), *_override_args(overrides), "--output-dir", str(trial_dir)]  # fmt: skip
+           "--metric", spec.metric, "--pruner", pruner, "--parent-pid", str(os.getpid()), str(spec.base_recipe),
+           *[arg for item in set_items(fixed) for arg in ("--fixed", item)],
+           *_override_args({**searched, "name": f"{spec.name}-{name}", **group}),
+           "--output-dir", str(trial_dir)]  # fmt: skip
     env = _trial_env(spec, url, workers)
     record = {"number": trial.number, "state": "running", "params": params, "value": None, "reason": None,
               "steps": 0, "run_dir": rel}  # fmt: skip
@@ -548,6 +550,24 @@ def objective_value(summary: dict, metric: str) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return math.nan  # "nan" / "inf" written as strings
+
+
+def _layers(spec: SweepSpec, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's overrides (`spec.overrides(params)`) as two layers: the fixed keys no parameter overrides, and the
+    parameters' values. The trial applies the first as SWEEP_FIXED_SOURCE (dpo/config/loading.py), so a searched
+    key is judged as overriding a fixed one, not as written beside it."""
+    merged = spec.overrides(params)
+    searched = [key for p in spec.params if p.name in params for key in p.overrides(params[p.name])]
+    fixed = {key: value for key, value in merged.items() if key not in searched}
+    return fixed, {key: merged[key] for key in dict.fromkeys(searched)}
+
+
+def trial_overrides(spec: SweepSpec, params: dict[str, Any]) -> list[str]:
+    """The override items a trial loads its recipe with, in the layers the trial process gets them in."""
+    from dpo.config.loading import SWEEP_FIXED_SOURCE, Override
+
+    fixed, searched = _layers(spec, params)
+    return [Override(item, SWEEP_FIXED_SOURCE) for item in set_items(fixed)] + set_items(searched)
 
 
 def _override_args(overrides: dict[str, Any]) -> list[str]:

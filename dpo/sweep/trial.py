@@ -1,7 +1,11 @@
 """One sweep trial, as its own process: `dpo train` of the base recipe with an optuna callback.
 
     python -m dpo.sweep.trial --study NAME --trial-id ID --metric METRIC --pruner JSON --parent-pid PID \
-        BASE.yaml --set key=value ... --output-dir SWEEP_DIR/trials/trial-NNNN
+        BASE.yaml --fixed key=value ... --set key=value ... --output-dir SWEEP_DIR/trials/trial-NNNN
+
+`--fixed`: the spec's fixed keys, applied before the `--set` items (the parameters' values) as a layer of their own
+(dpo/config/loading.py SWEEP_FIXED_SOURCE), so that a searched key overrides a fixed one as a child recipe's key
+overrides its base's.
 
 `dpo sweep` (dpo/sweep/driver.py) starts it; the optuna storage URL comes in the environment (DPO_SWEEP_STORAGE),
 because a database URL may hold a password that a command line would show to every user of the machine. The
@@ -84,6 +88,7 @@ def trial_callback(storage: str, study: str, trial_id: int, metric: str, pruner:
 
 def main(argv: list[str] | None = None) -> int:
     from dpo.analysis.console import print_summary
+    from dpo.config.loading import SWEEP_FIXED_SOURCE, Override
     from dpo.errors import RunFailed, UserError
     from dpo.rundir.secrets import redact, redact_standard_streams
     from dpo.training.execute import execute
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpo.sweep.trial", description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--fixed", action="append", default=[])  # the spec's fixed keys: applied first, a layer
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--study", required=True)
     parser.add_argument("--trial-id", type=int, required=True)
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         callback = trial_callback(
             os.environ[STORAGE_ENV], args.study, args.trial_id, args.metric, args.pruner, args.parent_pid
         )
-        summary, _ = execute(args.recipe, args.overrides, args.output_dir, callbacks=[callback])
+        fixed = [Override(item, SWEEP_FIXED_SOURCE) for item in args.fixed]
+        summary, _ = execute(args.recipe, [*fixed, *args.overrides], args.output_dir, callbacks=[callback])
     except (UserError, RunFailed) as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code

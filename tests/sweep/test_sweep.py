@@ -547,6 +547,65 @@ def test_a_pruner_no_trial_can_use_is_refused_when_every_combination_was_judged(
     driver.check_objective(spec, checked)
 
 
+STRATEGY_SPEC = {"sampler": "grid", "pruner": "median", "fixed": {"training.eval_steps": 1},
+                 "search": {"training.eval_strategy": {"choice": ["steps", "epoch"]}}}  # fmt: skip
+
+
+def test_a_searched_eval_strategy_overrides_a_fixed_eval_steps_in_every_trial(tmp_path, tiny_recipe):
+    """The fixed keys and the parameters' values were both plain --set, so "written beside" each other: every trial
+    drawing 'epoch' failed its gate ("--set: training.eval_steps: has no effect"), though the spec means eval_steps
+    for the trials that evaluate by steps. The fixed keys are a layer of their own, below the searched values."""
+    from dpo.config.loading import SWEEP_FIXED_SOURCE
+    from dpo.sweep import driver
+    from dpo.training.gate import check
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, **STRATEGY_SPEC))
+    checked = check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
+    driver.check_objective(spec, checked)
+    assert [c.which for c in driver.trial_configs(spec, checked)] == [
+        " where training.eval_strategy is 'steps'", " where training.eval_strategy is 'epoch'"
+    ]  # fmt: skip
+    assert driver._layers(spec, {"training.eval_strategy": "epoch"}) == (
+        {"training.eval_steps": 1}, {"training.eval_strategy": "epoch"}
+    )  # fmt: skip
+    for strategy in ("steps", "epoch"):
+        overrides = driver.trial_overrides(spec, {"training.eval_strategy": strategy})
+        assert [getattr(o, "source", "--set") for o in overrides] == [SWEEP_FIXED_SOURCE, "--set"]
+        trial = check(spec.base_recipe, overrides, writes_run_dir=False)
+        assert (trial.dpo_config.eval_strategy, trial.dpo_config.eval_steps) == (strategy, 1)
+
+
+def test_a_trial_process_applies_the_fixed_keys_as_their_own_layer(tmp_path, tiny_recipe, monkeypatch, capsys):
+    """`python -m dpo.sweep.trial ... --fixed training.eval_steps=1 --set training.eval_strategy="epoch"`: the
+    gate of the trial's run passes (its run then stopped here)."""
+    from dpo.sweep import trial
+    from dpo.training import execute as execute_module
+    from dpo.training.gate import check
+
+    seen = []
+
+    def execute(recipe, overrides, output_dir, callbacks):
+        seen.append(check(recipe, overrides, writes_run_dir=False).dpo_config.eval_strategy)
+        raise UserError("stopped before training")
+
+    monkeypatch.setattr(execute_module, "execute", execute)
+    monkeypatch.setattr(trial, "trial_callback", lambda *args: None)
+    monkeypatch.setenv(trial.STORAGE_ENV, "sqlite:///unused.db")
+    argv = ["--study", "s", "--trial-id", "0", "--metric", "eval_loss", "--pruner", '{"type": "median"}',
+            str(tiny_recipe), "--fixed", "training.eval_steps=1", "--set", 'training.eval_strategy="epoch"',
+            "--output-dir", str(tmp_path / "trial")]  # fmt: skip
+    assert trial.main(argv) == 2
+    assert capsys.readouterr().err == "error: stopped before training\n"
+    assert seen == ["epoch"]
+    # written beside each other (both fixed), eval_steps is still a knob that does nothing
+    argv[argv.index('training.eval_strategy="epoch"') - 1] = "--fixed"
+    assert trial.main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: --set (sweep fixed): training.eval_steps: has no effect: training.eval_strategy is 'epoch': "
+        "evaluations come at each epoch's end\n"
+    )
+
+
 def test_cli_bad_spec_exits_2_and_writes_nothing(tmp_path, tiny_recipe):
     spec = write_spec(tmp_path / "spec.yaml", tiny_recipe, trials=2, search=SEARCH)
     spec.write_text(spec.read_text().replace("eval_rewards/accuracies", "eval_accuracy"))
