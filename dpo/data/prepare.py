@@ -125,11 +125,15 @@ def _check_ignored_columns_exist(source: DataSource, raw_rows: list[Any], key: s
     """A column `ignore_columns` lists that no row of the source has (a typo, or a list left from other data) drops
     nothing: a knob that does nothing is an error, naming the source's file and the column. A row counts as having
     a column whatever its value (columnar formats give every row every column, null where it is empty); rows that
-    could not be decoded have none."""
+    could not be decoded have none. When no row decoded at all, nothing is said here: the source's real problem is
+    that every row was dropped, which the caller reports (removing the column, as this error would advise, led only
+    to that one)."""
+    decoded = [raw for raw in raw_rows if isinstance(raw, dict)]
+    if not decoded:
+        return
     present: set[str] = set()
-    for raw in raw_rows:
-        if isinstance(raw, dict):
-            present.update(raw)
+    for raw in decoded:
+        present.update(raw)
     missing = [name for name in dict.fromkeys(source.ignore_columns) if name not in present]
     if missing:
         listed = ", ".join(f"'{name}'" for name in missing)

@@ -181,6 +181,39 @@ def test_ignore_columns_naming_a_column_no_row_has_is_an_error(tmp_path):
     assert len(data.train) + len(data.eval) == 6
 
 
+def test_ignore_columns_of_a_source_no_row_of_which_decodes_reports_the_rows_dropped(tmp_path):
+    """Under on_invalid: skip, a source none of whose rows decodes has no columns at all: the error said
+    ignore_columns lists 'source', which no row has, and removing it led only to the real one, every row dropped."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": 1\n{"prompt": 2\n')
+    for ignored in (["source"], []):
+        with pytest.raises(UserError) as err:
+            prepare_data(DataSection(train=[{"path": str(path), "ignore_columns": ignored}], on_invalid="skip"), seed=0)
+        assert str(err.value) == "data.train: no rows left: the 2 rows read were all dropped (bad_json: 2)"
+
+
+@pytest.mark.parametrize("form", ["parquet", "save_to_disk"])
+def test_ignore_columns_on_a_columnar_source(tmp_path, form):
+    """Parquet and save_to_disk give every row every column, null where it is empty: an ignored column all of whose
+    cells are null is there (and dropped), one the file does not have is an error naming the file and the column."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"prompt": [f"q{i}" for i in range(6)], "chosen": ["a"] * 6, "rejected": ["b"] * 6,
+                      "source": pa.nulls(6, pa.string())})  # fmt: skip
+    pq.write_table(table, tmp_path / "x.parquet")
+    path = str(tmp_path / "x.parquet")
+    if form == "save_to_disk":
+        path = str(tmp_path / "ds")
+        datasets.Dataset.from_parquet(str(tmp_path / "x.parquet")).save_to_disk(path)
+    data = prepare_data(DataSection(train=[{"path": path, "ignore_columns": ["source"]}]), seed=0)
+    assert sorted(data.train + data.eval, key=lambda r: r["prompt"]) == [pair(f"q{i}", "a", "b") for i in range(6)]
+    with pytest.raises(UserError) as err:
+        prepare_data(DataSection(train=[{"path": path, "ignore_columns": ["sorce"]}]), seed=0)
+    assert str(err.value) == f"{path}: ignore_columns lists 'sorce', which no row has (data.train); remove it"
+
+
 def test_validate_refuses_an_ignored_column_no_row_has(tmp_path, tiny_model_dir):
     """`dpo validate` (the gate `dpo train` runs too): one error line naming the file and the column, exit 2."""
     from tests.conftest import invoke_dpo
