@@ -79,6 +79,13 @@ TRIAL = "trial.json"  # in each trial's run directory
 TRAIN_LOG = "train.log"  # in each trial's run directory
 
 
+def is_run_recipe(path: str | Path) -> bool:
+    """Whether `path` is a run directory's own recipe.yaml (its secrets redacted): so named, beside the
+    data_card.json that `dpo train` writes with it."""
+    path = Path(path)
+    return path.name == RECIPE and (path.parent / DATA_CARD).is_file()
+
+
 def is_main_process() -> bool:
     """Rank 0 under torchrun / accelerate launch (both set RANK), or a plain single process."""
     return int(os.environ.get("RANK", "0")) == 0

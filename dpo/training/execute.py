@@ -42,6 +42,7 @@ from dpo.rundir.files import (
     SUMMARY,
     TRAINER_STATE,
     is_main_process,
+    is_run_recipe,
     read_json_object,
 )
 from dpo.rundir.lock import RunLock
@@ -69,8 +70,13 @@ def execute(
     continued from its last complete loadable checkpoint (an absent or empty one starts a new run); training data
     whose content hash differs from the run's data_card.json is refused unless `allow_data_change`."""
     started = time.time()
-    # resumed from the run directory's own recipe.yaml: its redacted secrets come back from the environment, in memory
-    own = resume and output_dir is not None and Path(recipe_path).resolve() == (Path(output_dir) / RECIPE).resolve()
+    # resumed from the run directory's own recipe.yaml: its redacted secrets come back from the environment, in memory.
+    # `dpo train RUN_DIR/recipe.yaml --resume` needs no --output-dir (the recipe's name gives runs/<name>): the file
+    # is known for a run's own by the run's files beside it
+    if output_dir is not None:
+        own = resume and Path(recipe_path).resolve() == (Path(output_dir) / RECIPE).resolve()
+    else:
+        own = resume and is_run_recipe(recipe_path)
     checked = check(recipe_path, overrides, extra_metrics, output_dir, restore=restore_redacted if own else None)
     run_dir = checked.run_dir
     resolved_yaml = checked.recipe.to_yaml(redact=redact_data)

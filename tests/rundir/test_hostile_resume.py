@@ -481,6 +481,40 @@ def test_resume_from_the_run_directory_alone_puts_a_redacted_secret_back_from_th
     check(run_dir, recipe, card)  # raises nothing
 
 
+def test_resume_from_the_run_directorys_recipe_without_output_dir_puts_a_redacted_secret_back(
+    run_dir, tmp_path, monkeypatch
+):
+    """`dpo train RUN_DIR/recipe.yaml --resume`, RUN_DIR the runs/<name> the recipe's name gives: the secrets came
+    back only with --output-dir RUN_DIR, so recipe.yaml's literal "[redacted $MY_DATA_TOKEN]" was read as the data
+    path ("file not found"). The recipe's folder holds the run's files: it is the run's own recipe."""
+    import yaml
+
+    _run_made_with_a_secret_in_its_data_path(run_dir, tmp_path)
+    name = yaml.safe_load((run_dir / "recipe.yaml").read_text())["name"]
+    moved = tmp_path / "work" / "runs" / name
+    moved.parent.mkdir(parents=True)
+    shutil.move(run_dir, moved)
+    (moved / "recipe.yaml").write_text((moved / "recipe.yaml").read_text().replace(str(run_dir), str(moved)))
+    monkeypatch.chdir(tmp_path / "work")
+    recipe = f"runs/{name}/recipe.yaml"
+    monkeypatch.delenv("MY_DATA_TOKEN", raising=False)
+    before = snapshot(moved)
+    proc = invoke_dpo("train", recipe, "--resume")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"error: {recipe}: data.train: holds the value of $MY_DATA_TOKEN, redacted, and MY_DATA_TOKEN is not set now: "
+        "set it as it was when the run was made, and resume again\n"
+    )
+    assert snapshot(moved) == before
+    monkeypatch.setenv("MY_DATA_TOKEN", SECRET)
+    proc = invoke_dpo("train", recipe, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resume: resuming from checkpoint-4 (step 4)" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
+    assert json.loads((moved / "summary.json").read_text())["stop_reason"] == "completed"
+    assert "[redacted $MY_DATA_TOKEN]" in (moved / "recipe.yaml").read_text()
+
+
 def _saved_recipe_edited(run_dir, edit) -> None:
     import yaml
 
