@@ -364,9 +364,10 @@ def _recipe_changed(run_dir: Path, key: str, old, new, saved_problem: Callable[[
     as written. Then the message names the variable, and shows neither value (an unset variable's secret cannot be
     redacted from the output).
 
-    Else the advice is to resume with the run's own recipe, unless that fails a check added since the run was made
-    (`saved_problem`: that check's error, or None; the caller runs the checks, which live above this layer): then the
-    change may be the one the check asks for, and it belongs in RUN_DIR/recipe.yaml too."""
+    Else the advice is to resume with the run's own recipe, unless that fails the checks now (`saved_problem`: the
+    first error, or None; the caller runs the checks, which live above this layer). Worded for any failure, not only
+    a check added since the run was made: a data file moved, a model folder gone, a redacted secret's variable unset
+    fail them too. Then the change may be the one the check asks for, and it belongs in RUN_DIR/recipe.yaml too."""
     names = list(dict.fromkeys(REDACTED.findall(str(old))))
     unset = [name for name in names if not os.environ.get(name)]
     if unset:
@@ -384,8 +385,8 @@ def _recipe_changed(run_dir: Path, key: str, old, new, saved_problem: Callable[[
     problem = saved_problem() if saved_problem is not None else None
     if problem:
         return (
-            f"{changed}; {run_dir / RECIPE}, the recipe the run was made with, fails a check added since ({problem}): "
-            f"if this change is what that check asks for, make the same change in {run_dir / RECIPE} and resume again"
+            f"{changed}; the run's {RECIPE} now fails a check ({problem}): if this change is what that check asks "
+            f"for, make the same change in {run_dir / RECIPE} and resume again"
         )
     return f"{changed}; resume with the recipe the run was made with (or just `dpo train --resume {run_dir}`)"
 

@@ -562,10 +562,10 @@ def test_a_recipe_corrected_for_a_check_added_since_is_told_to_correct_the_saved
     assert proc.returncode == 2
     saved = run_dir / "recipe.yaml"
     assert proc.stderr == (
-        f"error: {saved}: training.eval_steps: the run was made with 2, the recipe now gives None; {saved}, the recipe "
-        f"the run was made with, fails a check added since ({saved}: training.eval_steps: has no effect: "
-        f"training.eval_strategy is 'epoch': evaluations come at each epoch's end): if this change is what that check "
-        f"asks for, make the same change in {saved} and resume again\n"
+        f"error: {saved}: training.eval_steps: the run was made with 2, the recipe now gives None; the run's "
+        f"recipe.yaml now fails a check ({saved}: training.eval_steps: has no effect: training.eval_strategy is "
+        f"'epoch': evaluations come at each epoch's end): if this change is what that check asks for, make the same "
+        f"change in {saved} and resume again\n"
     )
     assert snapshot(run_dir) == before
     # the saved recipe passes the checks: the advice is the plain one
