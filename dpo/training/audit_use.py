@@ -74,7 +74,8 @@ def apply_audit(
     picked, found by content (`suspects.hashes`; a run made before they were recorded: the new audit's picks), and
     the pairs trained on must hash as they did (`content_hash_after`), else a UserError before anything is written:
     the resumed steps would train on other pairs. `data_changed`: the training data changed since (resumed with
-    --allow-data-change): the new audit picks the suspects."""
+    --allow-data-change): the new audit picks the suspects, and its estimate (and `auto`'s epsilon) is used, since
+    the old one was of other pairs; a `resume:` line says so when the two differ."""
     result = audit_checked(checked, progress)
     section = checked.recipe.data.audit
     action = section.suspects if section is not None else "keep"
@@ -116,7 +117,9 @@ def apply_audit(
     # rounded as data_card.json records it: the autopilot's label_audit rule compares the smoothing with that value
     expected = estimate = round(sum(p_after) / len(pairs), 4)
     kept = (resumed or {}).get("expected_flip_rate_after")
-    if isinstance(kept, int | float) and not isinstance(kept, bool) and 0 <= kept <= 1:
+    if not (isinstance(kept, int | float) and not isinstance(kept, bool) and 0 <= kept <= 1):
+        kept = None
+    if kept is not None and not data_changed:
         expected = kept
     card = {
         **result.card(),
@@ -141,6 +144,13 @@ def apply_audit(
         print(
             f"resume: the label audit now estimates a flip rate of {estimate}; the run goes on with {expected}, the "
             f"estimate it was made with{auto}",
+            flush=True,
+        )
+    elif write and kept is not None and data_changed and kept != estimate:
+        auto = "".join(f"; {key}: auto is now {value}" for key, value in card.get("auto", {}).items())
+        print(
+            f"resume: the training data changed, so the run goes on with the label audit's new estimate of the flip "
+            f"rate, {estimate}, not {kept}, the estimate it was made with{auto}",
             flush=True,
         )
     # content_hash stays the hash of the data as read, which is what --resume compares (a change the user made);

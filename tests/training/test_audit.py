@@ -402,6 +402,43 @@ def test_the_autopilot_reads_the_flip_rate_the_audit_leaves_and_acts_on_it(audit
     assert decision["changed"] == {"loss.label_smoothing": [0.0, 0.25]}
 
 
+@pytest.mark.parametrize(
+    "data_changed, epsilon, note",
+    [
+        (False, 0.1235, "resume: the label audit now estimates a flip rate of 0.1234; the run goes on with 0.1235, "
+                        "the estimate it was made with; loss.label_smoothing: auto stays 0.1235"),
+        # --allow-data-change: the suspects are picked again, and the estimate of the old data is of other pairs
+        (True, 0.1234, "resume: the training data changed, so the run goes on with the label audit's new estimate of "
+                       "the flip rate, 0.1234, not 0.1235, the estimate it was made with; loss.label_smoothing: auto "
+                       "is now 0.1234"),
+    ],
+)  # fmt: skip
+def test_a_resumed_run_keeps_its_estimate_unless_the_training_data_changed(
+    audit_recipe, tmp_path, monkeypatch, capsys, data_changed, epsilon, note
+):
+    """The regression: resumed with --allow-data-change, the run kept the old data's flip-rate estimate and epsilon
+    while its new audit picked the suspects, so data_card.json recorded a rate of pairs it no longer trains on."""
+    import dataclasses
+
+    import dpo.training.audit_use as audit_use
+
+    real_audit = audit_use.audit_checked
+
+    def all_at(checked, progress=True):
+        result = real_audit(checked, progress)
+        mixture = dataclasses.replace(result.mixture, p_flipped=torch.full_like(result.mixture.p_flipped, 0.12344))
+        return dataclasses.replace(result, mixture=mixture)
+
+    monkeypatch.setattr(audit_use, "audit_checked", all_at)
+    resumed = {"expected_flip_rate_after": 0.1235, "auto": {"loss.label_smoothing": 0.1235}}
+    checked = apply_audit(check(audit_recipe, ["loss.label_smoothing=auto"]), tmp_path, progress=False,
+                          resumed=resumed, data_changed=data_changed)  # fmt: skip
+    audit = checked.data.card["audit"]
+    assert checked.loss_plan.hyperparameters["label_smoothing"] == audit["expected_flip_rate_after"] == epsilon
+    assert audit["auto"] == {"loss.label_smoothing": epsilon}
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume:")] == [note]
+
+
 def test_a_resumed_run_keeps_the_auto_label_smoothing_it_was_made_with(audit_recipe, tmp_path, monkeypatch, capsys):
     """The regression: resume audited the labels again and took epsilon from the new estimate. Scored on another
     device or thread count the estimate may end a hair apart and round to another 4th decimal (0.123456 -> 0.1235,
