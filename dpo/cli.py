@@ -18,8 +18,12 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer parses with its own copy of click
 from typer.core import TyperGroup
+
+try:  # typer parses with its own copy of click (a private module: typer>=0.29,<1 in pyproject.toml)
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # a typer that parses with click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from dpo import api
 from dpo.analysis.evaluate import DECODINGS

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ARITHMETIC, invoke_dpo, run_dpo, write_recipe
+from tests.conftest import ARITHMETIC, REPO, invoke_dpo, run_dpo, write_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -387,7 +387,10 @@ def test_a_sweep_with_no_completed_trial_exits_3_with_one_line(tmp_path, monkeyp
         (["eval", "run", "--data", "r.yaml"], "error: run: not a run directory: no recipe.yaml"),
         (["convert-trl", "trl.yaml"], "error: trl.yaml: required key 'data' is missing"),
         # outputs, which are written, not read: an existing one this user cannot read was refused as unreadable
-        (["compare", "run", "run", "--output", "o.html"], "error: run: "),
+        (
+            ["compare", "run", "run", "--output", "o.html"],
+            "error: run: not a run directory (no metrics.jsonl / summary.json)\n",
+        ),  # the whole line
         (["export", "run", "--output", "out"], "error: run: not a run directory: no recipe.yaml"),
         (
             ["convert-trl", "trl.yaml", "--output", "o.yaml"],
@@ -443,6 +446,22 @@ def test_a_bad_command_line_is_one_error_line_naming_the_command(args, message):
     command = message.split(":")[0]
     assert proc.returncode == 2 and line.count("\n") == 1, proc.stderr
     assert line.startswith(f"error: {message}") and line.endswith(f" (see {command} --help)\n"), proc.stderr
+
+
+def test_the_cli_imports_with_a_typer_that_has_no_private_click_copy():
+    """dpo/cli.py takes click's UsageError from typer's private `typer._click`; a typer without it (one that parses
+    with click itself) must not break `import dpo.cli`, and with it every command: click's own classes are taken."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, typer, click.exceptions as ce\n"
+        "sys.modules['typer._click'] = sys.modules['typer._click.exceptions'] = None\n"
+        "import dpo.cli as cli\n"
+        "print(cli.UsageError is ce.UsageError, cli.NoArgsIsHelpError is ce.NoArgsIsHelpError)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert (proc.returncode, proc.stdout) == (0, "True True\n"), proc.stderr[-2000:]
 
 
 def test_no_command_still_prints_the_help():
