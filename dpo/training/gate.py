@@ -83,7 +83,10 @@ def check(
     restore=None,
 ) -> CheckedRecipe:
     """Load and check a recipe and its data without loading model weights. Every user error surfaces here, before a
-    run directory exists. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the run directory
+    run directory exists, but those of a resume, which read what the run directory holds: dpo/rundir/resume.py's
+    `check`, and the label audit's refusal of pairs other than those the run was made with
+    (`audit.content_hash_after`, dpo/training/audit_use.py), raised in `execute` under the run's lock, before anything
+    is written. `extra_metrics`: held-out metrics that user callbacks add. `output_dir`: the run directory
     (default runs/<name>), which the DPOConfig points its checkpoints into. `writes_run_dir`: False for a command
     that writes elsewhere (`dpo data audit`, `dpo sweep`: each checks its own folder), so that the run directory it
     never creates is not checked. `restore`: for the recipe.yaml of a run directory (`load_recipe`)."""
