@@ -265,6 +265,22 @@ def test_a_batch_or_length_of_zero_is_an_error_naming_the_key(good, overrides, m
     assert proc.returncode == 2 and proc.stderr == f"error: --set: {message}\n"
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # each bound's own end is in the range: torch takes a rate, decay or epsilon of 0 and Adam's betas of 0
+        ["training.learning_rate=0", "training.adam_beta1=0", "training.adam_beta2=0", "training.adam_epsilon=0",
+         "training.weight_decay=0", "training.eval_delay=0", "training.dataloader_num_workers=0"],
+        # a fraction of a pass over the pairs is a run of some steps
+        ["training.max_steps=-1", "training.num_train_epochs=0.5"],
+    ],
+)  # fmt: skip
+def test_training_values_at_the_ends_of_their_ranges_pass(good, overrides):
+    """Only what is out of range is refused (BOUNDED, dpo/training/arguments.py): its ends stay accepted."""
+    proc = invoke_dpo("validate", good, *[a for o in overrides for a in ("--set", o)])
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+
+
 def test_out_of_range_training_values_are_reported_together(good):
     """Every training value out of its range, one line each; num_train_epochs beside max_steps is the no-op error
     alone (not a second one about its range)."""
