@@ -129,6 +129,37 @@ def _steps(n: int) -> str:
     return f"{n} step" if n == 1 else f"{n} steps"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """When a run evaluates, as transformers schedules it (see no_evaluation_during_training): at `first` and every
+    `interval` steps after it, and at the last of its `steps`. `interval` None: no evaluation point before the end
+    (the steps strategy without eval_steps, or a run of no steps). `epoch`: an epoch's steps, where counted."""
+
+    steps: int
+    first: int
+    interval: int | None
+    epoch: int | None
+
+
+def _evaluation_schedule(dpo_config, train_pairs: int | None) -> _Schedule | None:
+    """The evaluation schedule of a run of this DPOConfig whose strategy is not 'no'; None where it needs the number
+    of training pairs (a run measured in epochs, the epoch strategy) and `train_pairs` is not given."""
+    steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
+    epoch = None
+    if steps < 0 or dpo_config.eval_strategy == "epoch":
+        if train_pairs is None:
+            return None
+        epoch = steps_per_epoch(dpo_config, train_pairs)
+        if steps < 0:  # transformers' run length in epochs
+            steps = math.ceil(dpo_config.num_train_epochs * epoch)
+        if dpo_config.eval_strategy == "epoch":  # eval_delay counts epochs here
+            return _Schedule(steps, epoch * max(1, math.ceil(delay)), epoch, epoch)
+    if dpo_config.eval_strategy != "steps" or not every or steps <= 0:  # no steps (max_steps 0): nothing to evaluate
+        return _Schedule(steps, steps, None, epoch)
+    interval = math.ceil(steps * every) if every < 1 else int(every)
+    return _Schedule(steps, interval * max(1, math.ceil(delay / interval)), interval, epoch)
+
+
 def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) -> str | None:
     """Why a run of this DPOConfig has no evaluation before its last step, or None: early stopping,
     reduce-on-plateau and the autopilot act only on evaluations made during training. transformers
@@ -142,63 +173,44 @@ def no_evaluation_during_training(dpo_config, train_pairs: int | None = None) ->
     one; `dpo train` under torchrun counts them all."""
     if dpo_config.eval_strategy == "no":
         return "training.eval_strategy is 'no'"
-    steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
+    schedule = _evaluation_schedule(dpo_config, train_pairs)
+    if schedule is None or schedule.interval is None or schedule.first < schedule.steps:
+        return None
+    steps, every, delay = schedule.steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
     length = f"training.max_steps {steps}"
-    if steps < 0 or dpo_config.eval_strategy == "epoch":
-        if train_pairs is None:
-            return None
-        epoch, pairs = steps_per_epoch(dpo_config, train_pairs), _pairs_per_step(dpo_config, train_pairs)
+    if schedule.epoch is not None:
+        pairs = _pairs_per_step(dpo_config, train_pairs)
         epochs = f"training.num_train_epochs {dpo_config.num_train_epochs:g}"
-        if steps < 0:  # transformers' run length in epochs
-            steps = math.ceil(dpo_config.num_train_epochs * epoch)
-            length = f"the run's {_steps(steps)} ({epochs})"
-        if dpo_config.eval_strategy == "epoch":  # eval_delay counts epochs here
-            first = epoch * max(1, math.ceil(delay))
-            if first < steps:
-                return None
-            if epoch >= steps:
-                return f"training.eval_strategy 'epoch': an epoch is {_steps(epoch)} ({pairs}), not fewer than {length}"
-            first_end = f"the first epoch from training.eval_delay {delay:g} ends at step {first} ({pairs})"
+        if dpo_config.eval_strategy == "epoch":
+            if dpo_config.max_steps < 0:
+                length = f"the run's {_steps(steps)} ({epochs})"
+            if schedule.epoch >= steps:
+                epoch = _steps(schedule.epoch)
+                return f"training.eval_strategy 'epoch': an epoch is {epoch} ({pairs}), not fewer than {length}"
+            first_end = f"the first epoch from training.eval_delay {delay:g} ends at step {schedule.first} ({pairs})"
             return f"training.eval_strategy 'epoch': {first_end}, not before {length}"
-        if dpo_config.max_steps < 0:
-            length = f"the run's {_steps(steps)} ({epochs} over {pairs})"
-    if dpo_config.eval_strategy != "steps" or not every or steps <= 0:  # no steps (max_steps 0): nothing to evaluate
-        return None
-    interval = math.ceil(steps * every) if every < 1 else every
-    first = interval * max(1, math.ceil(delay / interval))
-    if first < steps:
-        return None
-    if interval >= steps:  # no evaluation before the last step, whatever the delay
-        shown = f"{every:g} (every {_steps(interval)})" if every < 1 else f"{every:g}"
+        length = f"the run's {_steps(steps)} ({epochs} over {pairs})"
+    if schedule.interval >= steps:  # no evaluation before the last step, whatever the delay
+        shown = f"{every:g} (every {_steps(schedule.interval)})" if every < 1 else f"{every:g}"
         return f"training.eval_steps {shown} >= {length}"
     return f"training.eval_delay {delay:g} leaves no evaluation before {length}"
 
 
 def last_evaluation_before_the_end(dpo_config, train_pairs: int | None = None) -> int | None:
-    """The step of the run's last evaluation before its last step (0: none), as no_evaluation_during_training counts
-    them: every multiple of the interval (eval_steps, or an epoch's steps under 'epoch') from the first one on. None
-    where that needs the number of training pairs (a run measured in epochs, the epoch strategy) and it is not given.
-    A sweep's median pruner prunes only from its n_warmup_steps on, and never at the last step."""
+    """The step of the run's last evaluation before its last step (0: none), on the schedule
+    no_evaluation_during_training judges (`_evaluation_schedule`): every multiple of the interval (eval_steps, or an
+    epoch's steps under 'epoch') from the first one on. None where that needs the number of training pairs (a run
+    measured in epochs, the epoch strategy) and it is not given. A sweep's median pruner prunes only from its
+    n_warmup_steps on, and never at the last step."""
     if dpo_config.eval_strategy == "no":
         return 0
-    steps, every, delay = dpo_config.max_steps, dpo_config.eval_steps, dpo_config.eval_delay or 0
-    if steps < 0 or dpo_config.eval_strategy == "epoch":
-        if train_pairs is None:
-            return None
-        epoch = steps_per_epoch(dpo_config, train_pairs)
-        if steps < 0:
-            steps = math.ceil(dpo_config.num_train_epochs * epoch)
-        if dpo_config.eval_strategy == "epoch":
-            interval = epoch
-            first = epoch * max(1, math.ceil(delay))
-    if dpo_config.eval_strategy == "steps":
-        if not every or steps <= 0:
-            return 0
-        interval = math.ceil(steps * every) if every < 1 else int(every)
-        first = interval * max(1, math.ceil(delay / interval))
-    if first >= steps:
+    schedule = _evaluation_schedule(dpo_config, train_pairs)
+    if schedule is None:
+        return None
+    if schedule.interval is None or schedule.first >= schedule.steps:
         return 0
-    return first + (steps - 1 - first) // interval * interval
+    first, interval = schedule.first, schedule.interval
+    return first + (schedule.steps - 1 - first) // interval * interval
 
 
 def _plateau_settings(loaded: LoadedRecipe, scheduler_kwargs: dict) -> dict:
