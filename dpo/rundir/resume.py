@@ -60,7 +60,7 @@ from dpo.rundir.files import (
     read_json_object,
     read_metrics,
 )
-from dpo.rundir.secrets import REDACTED, redact_data
+from dpo.rundir.secrets import REDACTED, redact_data, set_it_again
 
 FINISHED = ("completed", "early_stopped", "autopilot")  # stop reasons of a run that has nothing left to do
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -373,7 +373,7 @@ def _recipe_changed(run_dir: Path, key: str, old, new, saved_problem: Callable[[
     if unset:
         return (
             f"{key}: the run was made with the value of ${unset[0]} in it (recipe.yaml holds it redacted), and "
-            f"{unset[0]} is not set now: set it as it was when the run was made, and resume again"
+            f"{set_it_again(unset[0])}"
         )
     if names:
         return (

@@ -74,6 +74,21 @@ URL_CREDENTIALS = re.compile(
 )
 
 
+def secret_in(text: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The name of the first variable whose secret `text` holds, or None: for what must not hold one (a folder
+    that files would be written into, a name an optuna storage records as it is)."""
+    for name, value in secret_values(env):
+        if value in text:
+            return name
+    return None
+
+
+def set_it_again(name: str, now: str = "is not set now") -> str:
+    """The advice where a run's recipe.yaml holds the value of $`name` redacted and `name` cannot give it back now
+    (`now`: 'is not set now', 'holds no secret now')."""
+    return f"{name} {now}: set it as it was when the run was made, and resume again"
+
+
 def url_passwords(value: str) -> list[str]:
     """The password of each URL with credentials in `value` (scheme://user:password@host/...), percent-encoded
     and decoded; none for any other value. A database URL is secret only in this part: the host and user stay
@@ -118,14 +133,13 @@ def restore_redacted(data: dict, where: str, env: Mapping[str, str] | None = Non
         if len(found) == 1:
             return found[0]
         if not found:
-            now = "is not set now" if not environment.get(name) else "holds no secret now"
-            why = f"{now}: set it as it was when the run was made, and resume again"
+            why = set_it_again(name, "is not set now" if not environment.get(name) else "holds no secret now")
         else:
             why = (
-                f"holds {len(found)} secrets now (a URL's password), and recipe.yaml does not say which one: resume "
-                f"with the recipe file the run was made with (dpo train RECIPE --resume --output-dir RUN_DIR)"
+                f"{name} holds {len(found)} secrets now (a URL's password), and recipe.yaml does not say which one: "
+                f"resume with the recipe file the run was made with (dpo train RECIPE --resume --output-dir RUN_DIR)"
             )
-        raise UserError(f"{key}: holds the value of ${name}, redacted, and {name} {why}", where=where)
+        raise UserError(f"{key}: holds the value of ${name}, redacted, and {why}", where=where)
 
     def walk(value, key: str):
         if isinstance(value, str) and REDACTED.search(value):

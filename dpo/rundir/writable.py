@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from dpo.errors import UserError
-from dpo.rundir.secrets import redact, secret_values
+from dpo.rundir.secrets import redact, secret_in
 
 
 def check_output_dir(run_dir: Path) -> None:
@@ -19,12 +19,12 @@ def check_output_dir(run_dir: Path) -> None:
     not a writable directory, or cannot be created: its nearest existing parent must be a directory this process
     may write into."""
     path = Path(os.path.abspath(run_dir))
-    for name, value in secret_values():
-        if value in str(path):  # shown as the absolute path: a secret may run from the working directory into it
-            raise UserError(
-                f"holds a secret from ${name}, which files written there would record: choose another folder",
-                where=redact(str(path)),
-            )
+    name = secret_in(str(path))  # the absolute path: a secret may run from the working directory into it
+    if name is not None:
+        raise UserError(
+            f"holds a secret from ${name}, which files written there would record: choose another folder",
+            where=redact(str(path)),
+        )
     if path.is_symlink() and not path.exists():
         raise UserError(f"is a dangling symlink (to {os.readlink(path)})", where=str(run_dir))
     if path.exists():

@@ -33,7 +33,7 @@ from dpo.config.shipped import resolve_recipe_path
 from dpo.config.signatures import checked_value, parameter_annotations
 from dpo.config.yaml_loader import read_yaml_mapping
 from dpo.errors import UserError, UserErrors, did_you_mean
-from dpo.rundir.secrets import redact, redact_data, secret_values
+from dpo.rundir.secrets import redact, redact_data, secret_in
 
 SCALAR = (str, int, float, bool, type(None))
 
@@ -419,12 +419,12 @@ def _check_no_secret(text: str, what: str, where: str) -> None:
     where the redaction of our own files does not reach (a `choice` value is recorded redacted: recorded_choices).
     One that holds a secret (dpo/rundir/secrets.py) is refused, as a run directory whose path holds one is; the
     message shows it redacted."""
-    for name, value in secret_values():
-        if value in text:
-            raise UserError(
-                redact(f"{what} holds a secret from ${name}, which the study's storage would record: choose another"),
-                where=redact(where),
-            )
+    name = secret_in(text)
+    if name is not None:
+        raise UserError(
+            redact(f"{what} holds a secret from ${name}, which the study's storage would record: choose another"),
+            where=redact(where),
+        )
 
 
 def _objective(block, where) -> tuple[str, str]:

@@ -347,3 +347,12 @@ def test_restore_redacted_puts_each_secret_back_and_names_the_key_of_one_it_cann
     with pytest.raises(UserError, match=r"DATABASE_URL holds 2 secrets now") as several:
         restore_redacted({"x": "[redacted $DATABASE_URL]"}, "RUN/recipe.yaml", url)
     assert "ssword123" not in str(several.value)
+
+
+def test_secret_in_names_the_variable_whose_secret_a_text_holds():
+    """The one test of "does this text hold a secret" that a run directory's path and a sweep's names both use."""
+    from dpo.rundir.secrets import secret_in
+
+    env = {"MY_DATA_TOKEN": "tok-0123456789abcdef", "HOME": "/root"}
+    assert secret_in("/runs/tok-0123456789abcdef/x", env) == "MY_DATA_TOKEN"
+    assert secret_in("/runs/x", env) is None
