@@ -610,6 +610,10 @@ class Trainer(DPOTrainer):
         if not self.model.training and self._eval_pairs:  # each per-pair metric's standard error over held-out pairs
             for name, values in self._eval_pairs.items():
                 self._metrics["eval"][STANDARD_ERROR_PREFIX + name] = [standard_error(values)]
+                # the mean over held-out pairs, not TRL's mean of batch means: a last, smaller batch would weigh
+                # its pairs more, and the standard error above is that of the pair mean (loss: transformers' own)
+                if name in self._metrics["eval"]:
+                    self._metrics["eval"][name] = [_average(values)]
             self._eval_pairs.clear()
         if self.model.training:
             for name in GAPS:
