@@ -162,6 +162,12 @@ class DataSection(Section):
         """Check each source here, so an error names the source and its key (a union's error would not)."""
         if value is None or isinstance(value, str):
             return value
+        if isinstance(value, dict) and value and not set(value) & set(DataSource.model_fields):
+            # {name: path, ...}: a dict of named sets (as transformers' Trainer takes for eval_dataset), not a source
+            raise ValueError(
+                f"named sets ({', '.join(map(str, value))}) are not supported: give a path, a source {{path, "
+                "weight | count, ...}, or a list of sources (mixed into one set)"
+            )
         items = value if isinstance(value, list) else [value]
         if not items:
             raise ValueError("needs at least one source")

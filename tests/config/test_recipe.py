@@ -347,6 +347,18 @@ def test_true_or_false_is_no_number_and_a_number_no_bool(base):
     assert str(err.value) == "--set: data.train: source 0: count: expected a whole number, got true"
 
 
+def test_held_out_sets_by_name_are_refused_as_such_and_a_source_missing_its_path_as_that(base):
+    with pytest.raises(UserError) as err:
+        load_recipe(base, ["data.eval={easy: a.jsonl, hard: b.jsonl}"])
+    assert str(err.value) == (
+        "--set: data.eval: named sets (easy, hard) are not supported: give a path, a source {path, weight | count, "
+        "...}, or a list of sources (mixed into one set)"
+    )
+    with pytest.raises(UserError) as err:
+        load_recipe(base, ["data.eval={weight: 1.0}"])
+    assert str(err.value) == "--set: data.eval: source 0: required key 'path' is missing"
+
+
 def test_a_dated_run_name_is_a_name(tmp_path):
     """YAML 1.1's timestamp resolver read `name: 2024-06-01` as a date, which the schema refused ("expected text")."""
     recipe = write(tmp_path / "dn.yaml", "name: 2024-06-01\ndata: {train: x.jsonl}\n")
