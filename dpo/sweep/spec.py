@@ -389,6 +389,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         params.append(Param(key, kind, args))
 
     trials = _trials(raw, sampler, params, where)
+    _check_pruner_startup(pruner, pruner_kwargs, trials, where)
     _check_listed_values(base, fixed, params, where)
     spec = SweepSpec(
         path=path,
@@ -411,6 +412,29 @@ def load_spec(path: str | Path) -> SweepSpec:
     except (ValueError, TypeError) as exc:
         raise UserError(f"optuna rejected it: {exc}", where=where("sampler")) from None
     return spec
+
+
+def _check_pruner_startup(pruner: str, kwargs: dict, trials: int, where) -> None:
+    """optuna's median pruner compares a trial with the finished ones only once `n_startup_trials` of them (at least
+    one) have finished: in a sweep of no more trials than that it never prunes, a knob that does nothing (its default,
+    five, is easy to miss in a short sweep). Refused, as a pruner without evaluations to act on is (driver.py)."""
+    cls = PRUNERS[pruner].load()
+    parameters = inspect.signature(cls.__init__).parameters
+    if "n_startup_trials" not in parameters:
+        return  # hyperband: its brackets decide, judged by optuna at run time
+    startup = kwargs.get("n_startup_trials", parameters["n_startup_trials"].default)
+    if max(startup, 1) < trials:
+        return
+    given = "n_startup_trials" in kwargs
+    if trials == 1:
+        problem = "a sweep of one trial has no finished trial to compare it with; use pruner: none"
+    else:
+        problem = (
+            f"the {pruner} pruner compares a trial with the finished ones only once {startup} have finished "
+            f"(n_startup_trials{'' if given else ', its default'}), and in a sweep of {trials} trials the last one "
+            f"sees {trials - 1}; set n_startup_trials to {trials - 1} or less, or use pruner: none"
+        )
+    raise UserError(f"has no effect: {problem}", where=where("pruner.n_startup_trials" if given else "pruner"))
 
 
 def _check_no_secret(text: str, what: str, where: str) -> None:

@@ -26,6 +26,10 @@ from tests.conftest import REPO
 TINY_FIXED = {"training.max_steps": 2, "training.eval_steps": 1, "data.max_eval_pairs": 4}
 
 
+# the median pruner from the second trial on (by default it waits for five to finish): the specs below run two or more
+MEDIAN = {"type": "median", "n_startup_trials": 1}
+
+
 def write_spec(path: Path, recipe: Path, **fields) -> Path:
     spec = {"recipe": str(recipe), "objective": {"metric": "eval_rewards/accuracies"}, **fields}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -380,30 +384,30 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
          "train values logged between evaluations, and training.logging_steps 4 logs none before the last step "
          "(max_steps 4);"),
         # the last step is evaluated, never pruned: a pruner without an evaluation before it would do nothing
-        ({"pruner": "median", "fixed": {"training.eval_steps": 4}},
+        ({"pruner": MEDIAN, "fixed": {"training.eval_steps": 4}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4), and a trial is never pruned at its last; use pruner: none, or evaluate during "
          "training (training.eval_steps)"),
         # the base recipe evaluates at step 2, but every trial sets eval_steps, to values with no evaluation
-        ({"pruner": "median", "search": {"training.eval_steps": {"grid": [4, 8]}}},
+        ({"pruner": MEDIAN, "search": {"training.eval_steps": {"grid": [4, 8]}}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4)"),
         # a range over a key the evaluation does not depend on leaves it as it is
-        ({"pruner": "median", "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
+        ({"pruner": MEDIAN, "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
           "search": {"training.learning_rate": {"log_uniform": [1.0e-5, 1.0e-3]}}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4)"),
-        ({"pruner": "median", "sampler": "tpe", "trials": 2, "search": {"training.eval_steps": {"int": [4, 12, 4]}}},
+        ({"pruner": MEDIAN, "sampler": "tpe", "trials": 2, "search": {"training.eval_steps": {"int": [4, 12, 4]}}},
          "pruner: has no effect: the trials have no evaluation before their last step (training.eval_steps 4 >= "
          "training.max_steps 4)"),
         # optuna's median pruner prunes no trial before step n_warmup_steps, and the last evaluation is at step 2
-        ({"pruner": {"type": "median", "n_warmup_steps": 3}},
+        ({"pruner": {**MEDIAN, "n_warmup_steps": 3}},
          "pruner.n_warmup_steps: has no effect: the median pruner prunes from step 3 on, and the trials' last "
          "evaluation before their last step is at step 2 (a trial is never pruned at its last); lower it to 2 or "
          "less, or use pruner: none"),
         # every value of the range judged: the latest evaluation is max_steps 10's at step 9 (every 3 steps), not an
         # end's (max_steps 9: step 6; max_steps 11, every 4 steps: step 8)
-        ({"pruner": {"type": "median", "n_warmup_steps": 10}, "fixed": {"training.eval_steps": 0.3},
+        ({"pruner": {**MEDIAN, "n_warmup_steps": 10}, "fixed": {"training.eval_steps": 0.3},
           "sampler": "tpe", "trials": 2, "search": {"training.max_steps": {"int": [9, 11]}}},
          "pruner.n_warmup_steps: has no effect: the median pruner prunes from step 10 on, and the trials' last "
          "evaluation before their last step is at step 9"),
@@ -425,31 +429,63 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
 
 
 @pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # optuna's MedianPruner waits for n_startup_trials (default 5) finished trials before it compares one
+        ({"pruner": "median", "sampler": "random", "trials": 4},
+         "pruner: has no effect: the median pruner compares a trial with the finished ones only once 5 have finished "
+         "(n_startup_trials, its default), and in a sweep of 4 trials the last one sees 3; set n_startup_trials to 3 "
+         "or less, or use pruner: none"),
+        ({"pruner": {"type": "median", "n_startup_trials": 2}},  # the grid's 2 points: 2 trials
+         "pruner.n_startup_trials: has no effect: the median pruner compares a trial with the finished ones only once "
+         "2 have finished (n_startup_trials), and in a sweep of 2 trials the last one sees 1; set n_startup_trials to "
+         "1 or less, or use pruner: none"),
+        ({"pruner": {"type": "median", "n_startup_trials": 0}, "trials": 1},  # 0 still needs one finished trial
+         "pruner.n_startup_trials: has no effect: a sweep of one trial has no finished trial to compare it with; use "
+         "pruner: none"),
+    ],
+)  # fmt: skip
+def test_a_median_pruner_that_would_wait_past_the_last_trial_is_refused(tmp_path, tiny_recipe, fields, message):
+    fields = {"sampler": "grid", "search": {"loss.beta": {"grid": [0.1, 0.2]}}, **fields}
+    path = write_spec(tmp_path / "spec.yaml", tiny_recipe, **fields)
+    with pytest.raises(UserError) as err:
+        load_spec(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_a_median_pruner_that_compares_before_the_last_trial_and_hyperband_load(tmp_path, tiny_recipe):
+    for pruner, trials in [({"type": "median", "n_startup_trials": 3}, 4), ("median", 6), ("hyperband", 2)]:
+        spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="random", trials=trials,
+                                    pruner=pruner, search={"loss.beta": {"uniform": [0.1, 0.2]}}))  # fmt: skip
+        assert spec.trials == trials
+
+
+@pytest.mark.parametrize(
     "fields",
     [
         {"objective": {"metric": "eval_kl"}},  # LoRA: the adapter-disabled model is the reference
         {"objective": {"metric": "eval_gap/accuracies"}},  # logged every step by default
-        {"pruner": "median"},  # evaluated at step 2 of 4
+        {"pruner": MEDIAN},  # evaluated at step 2 of 4
         # some trials evaluate before their last step: the pruner acts on those (the base recipe, max_steps 2 with
         # eval_steps 2, evaluates only at its last step, and no trial trains its eval_steps)
-        {"pruner": "median", "fixed": {"training.max_steps": 2},
+        {"pruner": MEDIAN, "fixed": {"training.max_steps": 2},
          "search": {"loss.beta": {"grid": [0.1]}, "training.eval_steps": {"grid": [4, 1]}}},
-        {"pruner": "median", "fixed": {"training.eval_steps": 4},
+        {"pruner": MEDIAN, "fixed": {"training.eval_steps": 4},
          "search": {"c": {"variants": {"plain": {}, "often": {"training.eval_steps": 1}}}}},
         # the high end of the range evaluates at step 4 of 8
-        {"pruner": "median", "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
+        {"pruner": MEDIAN, "fixed": {"training.eval_steps": 4}, "sampler": "tpe", "trials": 2,
          "search": {"training.max_steps": {"int": [4, 8]}}},
         # every trial runs max_steps 8 or 12, so logs train values before its last step; no trial runs the base's 4
         {"objective": {"metric": "eval_gap/accuracies"}, "fixed": {"training.logging_steps": 4},
          "search": {"training.max_steps": {"grid": [8, 12]}}},
         # with eval_delay 3 the ends of the range, eval_steps 2 and 4, evaluate only at the last step (4), but the
         # trials drawing eval_steps 3 evaluate at step 3: judged by its ends, the pruner was refused
-        {"pruner": "median", "fixed": {"training.eval_delay": 3}, "sampler": "tpe", "trials": 2,
+        {"pruner": MEDIAN, "fixed": {"training.eval_delay": 3}, "sampler": "tpe", "trials": 2,
          "search": {"training.eval_steps": {"int": [2, 4]}}},
         # the pruner acts from step 2, where the trials evaluate
-        {"pruner": {"type": "median", "n_warmup_steps": 2}},
+        {"pruner": {**MEDIAN, "n_warmup_steps": 2}},
         # max_steps 10 evaluates at step 9 (every 3 steps); the ends' last evaluations are at steps 6 and 8
-        {"pruner": {"type": "median", "n_warmup_steps": 9}, "fixed": {"training.eval_steps": 0.3},
+        {"pruner": {**MEDIAN, "n_warmup_steps": 9}, "fixed": {"training.eval_steps": 0.3},
          "sampler": "tpe", "trials": 2, "search": {"training.max_steps": {"int": [9, 11]}}},
     ],
 )  # fmt: skip
@@ -510,9 +546,9 @@ def test_the_checks_judge_every_value_of_an_integer_range_and_only_its_ends_beyo
 @pytest.mark.parametrize(
     "fields",
     [
-        {"pruner": {"type": "median", "n_warmup_steps": 100},
+        {"pruner": {**MEDIAN, "n_warmup_steps": 100},
          "search": {"training.eval_steps": {"choice": [1000, 5]}, "training.max_steps": {"int": [10, 600]}}},
-        {"pruner": "median",
+        {"pruner": MEDIAN,
          "search": {"training.eval_steps": {"choice": [1000, 5]}, "training.max_steps": {"int": [2, 600]}}},
     ],
 )  # fmt: skip
@@ -532,7 +568,7 @@ def test_a_pruner_no_trial_can_use_is_refused_when_every_combination_was_judged(
     from dpo.training.gate import check
 
     spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_recipe, sampler="tpe", trials=4,
-                                pruner={"type": "median", "n_warmup_steps": 100}, search={
+                                pruner={**MEDIAN, "n_warmup_steps": 100}, search={
                                     "training.eval_steps": {"choice": [1000, 5]},
                                     "training.max_steps": {"int": [10, 90]}}))  # fmt: skip
     checked = check(spec.base_recipe, set_items(spec.fixed), writes_run_dir=False)
@@ -547,7 +583,7 @@ def test_a_pruner_no_trial_can_use_is_refused_when_every_combination_was_judged(
     driver.check_objective(spec, checked)
 
 
-STRATEGY_SPEC = {"sampler": "grid", "pruner": "median", "fixed": {"training.eval_steps": 1},
+STRATEGY_SPEC = {"sampler": "grid", "pruner": MEDIAN, "fixed": {"training.eval_steps": 1},
                  "search": {"training.eval_strategy": {"choice": ["steps", "epoch"]}}}  # fmt: skip
 
 
