@@ -92,6 +92,7 @@ class Trainer(DPOTrainer):
         self._since_eval: dict[str, list[float]] = defaultdict(list)  # train values since the last evaluation
         self._preference_losses: list[float] = []  # MoE: train losses since the last log, router loss left out
         self._eval_pairs: dict[str, list[float]] = defaultdict(list)  # this evaluation's per-pair values (PER_PAIR)
+        self._eval_tokens: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # per-token metric: [sum, count]
         self.clock_start, self.runtime_before = time.time(), 0.0  # run time of earlier attempts (resume)
         self.resumed_from: list[int] = []  # steps this run was resumed from
         self._loss_sum_before: tuple[float, int] | None = None  # (sum of train losses, steps) up to the resumed step
@@ -615,6 +616,10 @@ class Trainer(DPOTrainer):
                 if name in self._metrics["eval"]:
                     self._metrics["eval"][name] = [_average(values)]
             self._eval_pairs.clear()
+        if not self.model.training and self._eval_tokens:  # likewise a per-token metric: over every held-out token
+            for name, (total, count) in self._eval_tokens.items():
+                self._metrics["eval"][name] = [total / count if count > 0 else 0.0]
+            self._eval_tokens.clear()
         if self.model.training:
             for name in GAPS:
                 values = _logged(self._metrics["train"], logs, name)
@@ -849,6 +854,9 @@ class Trainer(DPOTrainer):
         total = self.accelerator.gather_for_metrics((values * mask).sum().detach()).sum()
         count = self.accelerator.gather_for_metrics(mask.sum()).sum()
         self._metrics[mode][name].append((total / count).item() if count > 0 else 0.0)
+        if mode == "eval":
+            self._eval_tokens[name][0] += total.item()
+            self._eval_tokens[name][1] += count.item()
 
     def _log_batch_metrics(self, mode, inputs, outputs, t, beta) -> None:
         seq_len = inputs["completion_mask"].size(1) - 1

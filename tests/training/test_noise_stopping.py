@@ -221,18 +221,27 @@ def test_a_run_logs_the_standard_error_of_each_per_pair_metric(tiny_recipe, tmp_
 
 def test_held_out_metrics_are_means_over_pairs_however_the_pairs_are_batched(tiny_recipe, tmp_path):
     """8 held-out pairs in batches of 3, 3 and 2 log the same means as in one batch of 8: a mean of batch means would
-    weigh the last batch's 2 pairs as much as 3 (the standard error is that of the pair mean, so the mean must be)."""
+    weigh the last batch's 2 pairs as much as 3 (the standard error is that of the pair mean, so the mean must be);
+    a per-token metric is a mean over every held-out token, whichever batch it is in."""
     logged = {}
     for size in (8, 3):
         run = tmp_path / f"eval-batch-{size}"
         execute(tiny_recipe, ["training.max_steps=2", "training.eval_steps=1",
                               f"training.per_device_eval_batch_size={size}"], output_dir=run)  # fmt: skip
         logged[size] = [e for e in read_jsonl(run / "metrics.jsonl") if "eval_loss" in e]
-    names = ["eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logps/rejected"]
+    names = [
+        "eval_rewards/accuracies",
+        "eval_rewards/margins",
+        "eval_logps/chosen",
+        "eval_logps/rejected",
+        "eval_entropy",
+        "eval_mean_token_accuracy",
+        "eval_logits/chosen",
+    ]  # the last three over held-out tokens
     assert len(logged[8]) == len(logged[3]) == 3
     for whole, batched in zip(logged[8], logged[3], strict=True):
         for name in names:
-            assert batched[name] == pytest.approx(whole[name], rel=1e-4, abs=1e-5), (whole["step"], name)
+            assert batched[name] == pytest.approx(whole[name], rel=1e-4, abs=1e-7), (whole["step"], name)
     assert logged[3][-1]["eval_rewards/margins"] != 0  # trained: the batches' means differ, so the weighting shows
 
 
