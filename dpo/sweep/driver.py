@@ -187,6 +187,7 @@ def check_objective(spec: SweepSpec, checked) -> None:
             "fail without it",
             where=spec.where("objective.metric"),
         )
+    _check_objective_comparable(spec, configs)
     if spec.pruner == "none" or not every:
         return  # only some combinations judged: those not judged may evaluate late enough, so the trials decide
     # Refused, not warned: a pruner that never prunes is a knob that does nothing (a trial is never pruned at its
@@ -207,6 +208,24 @@ def check_objective(spec: SweepSpec, checked) -> None:
             f"{max(lasts)} or less, or use pruner: none",
             where=spec.where("pruner.n_warmup_steps"),
         )
+
+
+def _check_objective_comparable(spec: SweepSpec, configs: list[TrialConfig]) -> None:
+    """A metric that beta multiplies (a reward, a margin, the loss: the metric table's scales_with_beta) cannot rank
+    trials that train at different betas: their values differ by the betas as much as by the models, and the sweep
+    would call the trial with the largest (or smallest) beta best. Refused, naming the betas the trials train."""
+    from dpo.metrics import lookup
+
+    watched = lookup(spec.metric)
+    betas = sorted({config.recipe.loss.beta for config in configs})
+    if watched is None or not watched.scales_with_beta or len(betas) < 2:
+        return
+    raise UserError(
+        f"{spec.metric} is scaled by beta, and the trials train at different betas ({', '.join(map(str, betas))}): "
+        "their values are not comparable, so the best trial would be chosen by its beta; use a metric beta does not "
+        "scale, such as eval_rewards/accuracies or eval_logps/accuracies, or fix loss.beta",
+        where=spec.where("objective.metric"),
+    )
 
 
 def _unlogged_objective(config: TrialConfig, metric: str) -> str | None:

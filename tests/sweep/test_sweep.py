@@ -411,6 +411,15 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
           "sampler": "tpe", "trials": 2, "search": {"training.max_steps": {"int": [9, 11]}}},
          "pruner.n_warmup_steps: has no effect: the median pruner prunes from step 10 on, and the trials' last "
          "evaluation before their last step is at step 9"),
+        # a metric beta multiplies ranks trials at different betas by their beta: the search's betas, or a variant's
+        ({"objective": {"metric": "eval_loss"}},
+         "objective.metric: eval_loss is scaled by beta, and the trials train at different betas (0.1, 0.2): their "
+         "values are not comparable, so the best trial would be chosen by its beta; use a metric beta does not scale, "
+         "such as eval_rewards/accuracies or eval_logps/accuracies, or fix loss.beta"),
+        ({"objective": {"metric": "eval_rewards/margins"},
+          "search": {"c": {"variants": {"plain": {}, "sharp": {"loss.beta": 0.5}}}}},
+         "objective.metric: eval_rewards/margins is scaled by beta, and the trials train at different betas (0.1, "
+         "0.5)"),
     ],
 )  # fmt: skip
 def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
@@ -482,6 +491,8 @@ def test_a_median_pruner_that_compares_before_the_last_trial_and_hyperband_load(
         # trials drawing eval_steps 3 evaluate at step 3: judged by its ends, the pruner was refused
         {"pruner": MEDIAN, "fixed": {"training.eval_delay": 3}, "sampler": "tpe", "trials": 2,
          "search": {"training.eval_steps": {"int": [2, 4]}}},
+        # a metric beta scales ranks trials of one beta fairly
+        {"objective": {"metric": "eval_loss"}, "search": {"training.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}},
         # the pruner acts from step 2, where the trials evaluate
         {"pruner": {**MEDIAN, "n_warmup_steps": 2}},
         # max_steps 10 evaluates at step 9 (every 3 steps); the ends' last evaluations are at steps 6 and 8
