@@ -162,11 +162,13 @@ class DataSection(Section):
         """Check each source here, so an error names the source and its key (a union's error would not)."""
         if value is None or isinstance(value, str):
             return value
-        if isinstance(value, dict) and value and not set(value) & set(DataSource.model_fields):
-            # {name: path, ...}: a dict of named sets (as transformers' Trainer takes for eval_dataset), not a source
+        fields = DataSource.model_fields
+        if isinstance(value, dict) and value and not any(key in fields or _near(key, fields) for key in value):
+            # {name: path, ...}: named sets (as transformers' Trainer takes for eval_dataset), or a source whose keys
+            # are all wrong: either way not a source, so not "source 0: required key 'path' is missing"
             raise ValueError(
-                f"named sets ({', '.join(map(str, value))}) are not supported: give a path, a source {{path, "
-                "weight | count, ...}, or a list of sources (mixed into one set)"
+                f"expected a path, a source {{path, weight | count, ...}} or a list of sources (mixed into one set); "
+                f"got a mapping without 'path' ({', '.join(map(str, value))}): named sets are not supported"
             )
         items = value if isinstance(value, list) else [value]
         if not items:
@@ -176,21 +178,25 @@ class DataSection(Section):
                 continue
             if not isinstance(item, dict):
                 raise ValueError(f"source {i}: expected a path or a mapping {{path, weight | count, ...}}")
+            unknown = [str(key) for key in item if key not in fields]
+            if unknown:  # before a missing 'path': {pth: a.jsonl} is a misspelt key, best named as one
+                hint = did_you_mean(unknown[0], fields, cutoff=0.5)
+                raise ValueError(f"source {i}: unknown key '{unknown[0]}'{hint} (valid: {', '.join(fields)})")
             try:
                 DataSource.model_validate(item, strict=True)  # as the recipe's (dpo/config/loading.py)
             except ValidationError as exc:
                 err = exc.errors()[0]
                 key = ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    hint = did_you_mean(key, DataSource.model_fields, cutoff=0.5)
-                    raise ValueError(
-                        f"source {i}: unknown key '{key}'{hint} (valid: {', '.join(DataSource.model_fields)})"
-                    ) from None
                 if err["type"] == "missing":
                     raise ValueError(f"source {i}: required key '{key}' is missing") from None
                 message = values_problem([err], key).removeprefix(f"{key}: ")
                 raise ValueError(f"source {i}: {f'{key}: ' if key else ''}{message}") from None
         return value
+
+
+def _near(key, names) -> bool:
+    """Whether `key` looks like a misspelling of one of `names` (as did_you_mean would suggest it)."""
+    return bool(did_you_mean(str(key), names, cutoff=0.5))
 
 
 class BetaScheduleSection(Section):

@@ -211,21 +211,61 @@ def check_objective(spec: SweepSpec, checked) -> None:
 
 
 def _check_objective_comparable(spec: SweepSpec, configs: list[TrialConfig]) -> None:
-    """A metric that beta multiplies (a reward, a margin, the loss: the metric table's scales_with_beta) cannot rank
-    trials that train at different betas: their values differ by the betas as much as by the models, and the sweep
-    would call the trial with the largest (or smallest) beta best. Refused, naming the betas the trials train."""
+    """The objective must rank trials by their models, not by a setting that changes what the metric measures: a
+    metric that beta multiplies (a reward, a margin, the loss: the metric table's scales_with_beta) across trials
+    that train at different betas or move beta differently (a schedule; beta-DPO moves it with each trial's own
+    batches), and the held-out loss across trials that train different losses (loss type, its hyperparameters, a
+    regulariser's term), would call the trial with the largest beta, or the smallest loss scale, best. Refused,
+    naming what differs."""
     from dpo.metrics import lookup
+    from dpo.training.beta import BETA_SCHEDULES
 
     watched = lookup(spec.metric)
-    betas = sorted({config.recipe.loss.beta for config in configs})
-    if watched is None or not watched.scales_with_beta or len(betas) < 2:
+    if watched is None or not configs:
         return
-    raise UserError(
-        f"{spec.metric} is scaled by beta, and the trials train at different betas ({', '.join(map(str, betas))}): "
-        "their values are not comparable, so the best trial would be chosen by its beta; use a metric beta does not "
-        "scale, such as eval_rewards/accuracies or eval_logps/accuracies, or fix loss.beta",
-        where=spec.where("objective.metric"),
-    )
+    advice = "use a metric neither changes, such as eval_rewards/accuracies or eval_logps/accuracies"
+    if watched.scales_with_beta:
+        adaptive = [c for c in configs if BETA_SCHEDULES[c.plan.beta_schedule["kind"]].adaptive]
+        if adaptive:
+            raise UserError(
+                f"{spec.metric} is scaled by beta, and beta-DPO (loss.beta_schedule adaptive) moves the beta of the "
+                f"trials{adaptive[0].which} with their own batches: their values are not comparable; {advice}",
+                where=spec.where("objective.metric"),
+            )
+        betas = list(dict.fromkeys(_beta_described(c.plan) for c in configs))
+        if len(betas) > 1:
+            raise UserError(
+                f"{spec.metric} is scaled by beta, and the trials train at different betas ({', '.join(betas)}): their "
+                f"values are not comparable, so the best trial would be chosen by its beta; {advice}, or give every "
+                "trial the same beta",
+                where=spec.where("objective.metric"),
+            )
+    if watched.name in ("loss", "gap/loss"):
+        losses = list(dict.fromkeys(_loss_described(c.plan) for c in configs))
+        if len(losses) > 1:
+            raise UserError(
+                f"{spec.metric} is each trial's own loss, and the trials train different losses ({'; '.join(losses)}): "
+                f"their values are not comparable, so the best trial would be chosen by its loss's scale; {advice}",
+                where=spec.where("objective.metric"),
+            )
+
+
+def _beta_described(plan) -> str:
+    """A trial's beta as the objective check names it: `0.1`, or `0.1 linear to 0.5` where a schedule moves it."""
+    keys = {key: value for key, value in plan.beta_schedule.items() if key != "kind" and value is not None}
+    moving = f" {plan.beta_schedule['kind']}" + "".join(f" {k} {v}" for k, v in keys.items())
+    return f"{plan.beta:g}" + ("" if plan.beta_schedule["kind"] == "constant" else moving)
+
+
+def _loss_described(plan) -> str:
+    """A trial's loss as the objective check names it: its terms with their weights and the hyperparameters."""
+    terms = " + ".join(name if weight == 1 else f"{weight:g} {name}" for name, weight in plan.terms)
+    from dpo.training.losses import PLAIN_DPO_LINK
+
+    settings = [f"{key} {value}" for key, value in sorted(plan.hyperparameters.items())]
+    if plan.f_divergence != PLAIN_DPO_LINK:
+        settings.append(f"f_divergence {plan.f_divergence}")
+    return terms + (f" ({', '.join(settings)})" if settings else "")
 
 
 def _unlogged_objective(config: TrialConfig, metric: str) -> str | None:

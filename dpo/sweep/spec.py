@@ -415,26 +415,30 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def _check_pruner_startup(pruner: str, kwargs: dict, trials: int, where) -> None:
-    """optuna's median pruner compares a trial with the finished ones only once `n_startup_trials` of them (at least
-    one) have finished: in a sweep of no more trials than that it never prunes, a knob that does nothing (its default,
-    five, is easy to miss in a short sweep). Refused, as a pruner without evaluations to act on is (driver.py)."""
-    cls = PRUNERS[pruner].load()
-    parameters = inspect.signature(cls.__init__).parameters
-    if "n_startup_trials" not in parameters:
+    """optuna's median pruner compares a trial with the completed ones only once `n_startup_trials` of them (at least
+    one) have completed, and `n_min_trials` have reached the step: in a sweep of no more trials than that it never
+    prunes, a knob that does nothing (n_startup_trials' default, five, is easy to miss in a short sweep). Refused, as a
+    pruner without evaluations to act on is (driver.py). Pruned and failed trials do not count, so this is the
+    least it needs."""
+    parameters = inspect.signature(PRUNERS[pruner].load().__init__).parameters
+    waits = {name: kwargs.get(name, parameters[name].default) for name in ("n_startup_trials", "n_min_trials")
+             if name in parameters}  # fmt: skip
+    if not waits:
         return  # hyperband: its brackets decide, judged by optuna at run time
-    startup = kwargs.get("n_startup_trials", parameters["n_startup_trials"].default)
-    if max(startup, 1) < trials:
+    option, needed = max(waits.items(), key=lambda item: item[1])
+    if max(needed, 1) < trials:
         return
-    given = "n_startup_trials" in kwargs
+    given = option in kwargs
     if trials == 1:
-        problem = "a sweep of one trial has no finished trial to compare it with; use pruner: none"
+        problem, key = "a sweep of one trial has no completed trial to compare it with; use pruner: none", "pruner"
     else:
         problem = (
-            f"the {pruner} pruner compares a trial with the finished ones only once {startup} have finished "
-            f"(n_startup_trials{'' if given else ', its default'}), and in a sweep of {trials} trials the last one "
-            f"sees {trials - 1}; set n_startup_trials to {trials - 1} or less, or use pruner: none"
+            f"the {pruner} pruner compares a trial with completed ones only once {needed} have completed ({option}"
+            f"{'' if given else ', its default'}), and in a sweep of {trials} trials the last one sees {trials - 1} at "
+            f"most; set {option} to {trials - 1} or less, or use pruner: none"
         )
-    raise UserError(f"has no effect: {problem}", where=where("pruner.n_startup_trials" if given else "pruner"))
+        key = f"pruner.{option}" if given else "pruner"
+    raise UserError(f"has no effect: {problem}", where=where(key))
 
 
 def _check_no_secret(text: str, what: str, where: str) -> None:

@@ -347,13 +347,16 @@ def test_true_or_false_is_no_number_and_a_number_no_bool(base):
     assert str(err.value) == "--set: data.train: source 0: count: expected a whole number, got true"
 
 
-def test_held_out_sets_by_name_are_refused_as_such_and_a_source_missing_its_path_as_that(base):
+def test_held_out_sets_by_name_a_misspelt_path_and_a_source_missing_its_path_are_each_named(base):
     with pytest.raises(UserError) as err:
         load_recipe(base, ["data.eval={easy: a.jsonl, hard: b.jsonl}"])
     assert str(err.value) == (
-        "--set: data.eval: named sets (easy, hard) are not supported: give a path, a source {path, weight | count, "
-        "...}, or a list of sources (mixed into one set)"
+        "--set: data.eval: expected a path, a source {path, weight | count, ...} or a list of sources (mixed into one "
+        "set); got a mapping without 'path' (easy, hard): named sets are not supported"
     )
+    with pytest.raises(UserError) as err:
+        load_recipe(base, ["data.eval={pth: a.jsonl}"])
+    assert str(err.value).startswith("--set: data.eval: source 0: unknown key 'pth'; did you mean 'path'? (valid: path")
     with pytest.raises(UserError) as err:
         load_recipe(base, ["data.eval={weight: 1.0}"])
     assert str(err.value) == "--set: data.eval: source 0: required key 'path' is missing"

@@ -414,12 +414,30 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
         # a metric beta multiplies ranks trials at different betas by their beta: the search's betas, or a variant's
         ({"objective": {"metric": "eval_loss"}},
          "objective.metric: eval_loss is scaled by beta, and the trials train at different betas (0.1, 0.2): their "
-         "values are not comparable, so the best trial would be chosen by its beta; use a metric beta does not scale, "
-         "such as eval_rewards/accuracies or eval_logps/accuracies, or fix loss.beta"),
+         "values are not comparable, so the best trial would be chosen by its beta; use a metric neither changes, "
+         "such as eval_rewards/accuracies or eval_logps/accuracies, or give every trial the same beta"),
         ({"objective": {"metric": "eval_rewards/margins"},
           "search": {"c": {"variants": {"plain": {}, "sharp": {"loss.beta": 0.5}}}}},
          "objective.metric: eval_rewards/margins is scaled by beta, and the trials train at different betas (0.1, "
          "0.5)"),
+        # one loss.beta, moved differently by a schedule
+        ({"objective": {"metric": "eval_rewards/chosen"}, "search": {"c": {"variants": {
+            "constant": {}, "rising": {"loss.beta_schedule.type": "linear", "loss.beta_schedule.end": 0.5}}}}},
+         "objective.metric: eval_rewards/chosen is scaled by beta, and the trials train at different betas (0.1, 0.1 "
+         "linear end 0.5)"),
+        # beta-DPO moves each trial's beta with its own batches: never comparable across trials
+        ({"objective": {"metric": "eval_rewards/margins"}, "fixed": {"loss.beta_schedule": {"type": "adaptive"}},
+          "search": {"training.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}},
+         "objective.metric: eval_rewards/margins is scaled by beta, and beta-DPO (loss.beta_schedule adaptive) moves "
+         "the beta of the trials where training.learning_rate is 0.001 with their own batches"),
+        # the held-out loss of different losses at one beta
+        ({"objective": {"metric": "eval_loss"}, "search": {"loss.type": {"choice": ["sigmoid", "ipo"]}}},
+         "objective.metric: eval_loss is each trial's own loss, and the trials train different losses (sigmoid; ipo): "
+         "their values are not comparable, so the best trial would be chosen by its loss's scale"),
+        ({"objective": {"metric": "eval_loss"},
+          "search": {"c": {"variants": {"plain": {}, "cdpo": {"loss.label_smoothing": 0.1}}}}},
+         "objective.metric: eval_loss is each trial's own loss, and the trials train different losses (sigmoid; "
+         "sigmoid (label_smoothing 0.1))"),
     ],
 )  # fmt: skip
 def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before_any_trial(
@@ -440,18 +458,22 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        # optuna's MedianPruner waits for n_startup_trials (default 5) finished trials before it compares one
+        # optuna's MedianPruner waits for n_startup_trials (default 5) completed trials before it compares one
         ({"pruner": "median", "sampler": "random", "trials": 4},
-         "pruner: has no effect: the median pruner compares a trial with the finished ones only once 5 have finished "
-         "(n_startup_trials, its default), and in a sweep of 4 trials the last one sees 3; set n_startup_trials to 3 "
-         "or less, or use pruner: none"),
+         "pruner: has no effect: the median pruner compares a trial with completed ones only once 5 have completed "
+         "(n_startup_trials, its default), and in a sweep of 4 trials the last one sees 3 at most; set "
+         "n_startup_trials to 3 or less, or use pruner: none"),
         ({"pruner": {"type": "median", "n_startup_trials": 2}},  # the grid's 2 points: 2 trials
-         "pruner.n_startup_trials: has no effect: the median pruner compares a trial with the finished ones only once "
-         "2 have finished (n_startup_trials), and in a sweep of 2 trials the last one sees 1; set n_startup_trials to "
-         "1 or less, or use pruner: none"),
-        ({"pruner": {"type": "median", "n_startup_trials": 0}, "trials": 1},  # 0 still needs one finished trial
-         "pruner.n_startup_trials: has no effect: a sweep of one trial has no finished trial to compare it with; use "
-         "pruner: none"),
+         "pruner.n_startup_trials: has no effect: the median pruner compares a trial with completed ones only once 2 "
+         "have completed (n_startup_trials), and in a sweep of 2 trials the last one sees 1 at most; set "
+         "n_startup_trials to 1 or less, or use pruner: none"),
+        # and for n_min_trials of them at the step
+        ({"pruner": {"type": "median", "n_startup_trials": 1, "n_min_trials": 3}, "sampler": "random", "trials": 3},
+         "pruner.n_min_trials: has no effect: the median pruner compares a trial with completed ones only once 3 have "
+         "completed (n_min_trials), and in a sweep of 3 trials the last one sees 2 at most; set n_min_trials to 2 or "
+         "less, or use pruner: none"),
+        ({"pruner": {"type": "median", "n_startup_trials": 0}, "trials": 1},  # 0 still needs one completed trial
+         "pruner: has no effect: a sweep of one trial has no completed trial to compare it with; use pruner: none"),
     ],
 )  # fmt: skip
 def test_a_median_pruner_that_would_wait_past_the_last_trial_is_refused(tmp_path, tiny_recipe, fields, message):
@@ -491,8 +513,9 @@ def test_a_median_pruner_that_compares_before_the_last_trial_and_hyperband_load(
         # trials drawing eval_steps 3 evaluate at step 3: judged by its ends, the pruner was refused
         {"pruner": MEDIAN, "fixed": {"training.eval_delay": 3}, "sampler": "tpe", "trials": 2,
          "search": {"training.eval_steps": {"int": [2, 4]}}},
-        # a metric beta scales ranks trials of one beta fairly
+        # a metric beta scales ranks trials of one beta fairly, a reward trials of one beta whatever their loss
         {"objective": {"metric": "eval_loss"}, "search": {"training.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}},
+        {"objective": {"metric": "eval_rewards/margins"}, "search": {"loss.type": {"choice": ["sigmoid", "ipo"]}}},
         # the pruner acts from step 2, where the trials evaluate
         {"pruner": {**MEDIAN, "n_warmup_steps": 2}},
         # max_steps 10 evaluates at step 9 (every 3 steps); the ends' last evaluations are at steps 6 and 8
