@@ -251,7 +251,7 @@ def _check_objective_comparable(spec: SweepSpec, configs: list[TrialConfig]) -> 
 
 
 def _beta_described(plan) -> str:
-    """A trial's beta as the objective check names it: `0.1`, or `0.1 linear to 0.5` where a schedule moves it."""
+    """A trial's beta as the objective check names it: `0.1`, or `0.1 linear end 0.5` where a schedule moves it."""
     keys = {key: value for key, value in plan.beta_schedule.items() if key != "kind" and value is not None}
     moving = f" {plan.beta_schedule['kind']}" + "".join(f" {k} {v}" for k, v in keys.items())
     return f"{plan.beta:g}" + ("" if plan.beta_schedule["kind"] == "constant" else moving)
@@ -259,9 +259,9 @@ def _beta_described(plan) -> str:
 
 def _loss_described(plan) -> str:
     """A trial's loss as the objective check names it: its terms with their weights and the hyperparameters."""
-    terms = " + ".join(name if weight == 1 else f"{weight:g} {name}" for name, weight in plan.terms)
     from dpo.training.losses import PLAIN_DPO_LINK
 
+    terms = " + ".join(name if weight == 1 else f"{weight:g} {name}" for name, weight in plan.terms)
     settings = [f"{key} {value}" for key, value in sorted(plan.hyperparameters.items())]
     if plan.f_divergence != PLAIN_DPO_LINK:
         settings.append(f"f_divergence {plan.f_divergence}")
