@@ -163,9 +163,11 @@ class DataSection(Section):
         if value is None or isinstance(value, str):
             return value
         fields = DataSource.model_fields
-        if isinstance(value, dict) and value and not any(key in fields or _near(key, fields) for key in value):
-            # {name: path, ...}: named sets (as transformers' Trainer takes for eval_dataset), or a source whose keys
-            # are all wrong: either way not a source, so not "source 0: required key 'path' is missing"
+        misspelt = isinstance(value, dict) and len(value) == 1 and _near(next(iter(value)), fields)
+        if isinstance(value, dict) and value and not misspelt and not any(key in fields for key in value):
+            # {name: path, ...}: named sets (as transformers' Trainer takes for eval_dataset; {math: .., code: ..}
+            # too, though 'math' is near 'path'), or a source whose keys are all wrong: either way not a source, so
+            # not "source 0: required key 'path' is missing"; one key near a field ({pth: ..}) is named below
             raise ValueError(
                 f"expected a path, a source {{path, weight | count, ...}} or a list of sources (mixed into one set); "
                 f"got a mapping without 'path' ({', '.join(map(str, value))}): named sets are not supported"

@@ -229,7 +229,8 @@ def _check_objective_comparable(spec: SweepSpec, configs: list[TrialConfig]) -> 
         if adaptive:
             raise UserError(
                 f"{spec.metric} is scaled by beta, and beta-DPO (loss.beta_schedule adaptive) moves the beta of the "
-                f"trials{adaptive[0].which} with their own batches: their values are not comparable; {advice}",
+                f"trials{'' if len(adaptive) == len(configs) else adaptive[0].which} with their own batches: their "
+                f"values are not comparable; {advice}",
                 where=spec.where("objective.metric"),
             )
         betas = list(dict.fromkeys(_beta_described(c.plan) for c in configs))

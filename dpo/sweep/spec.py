@@ -425,19 +425,21 @@ def _check_pruner_startup(pruner: str, kwargs: dict, trials: int, where) -> None
              if name in parameters}  # fmt: skip
     if not waits:
         return  # hyperband: its brackets decide, judged by optuna at run time
-    option, needed = max(waits.items(), key=lambda item: item[1])
+    needed = max(waits.values())
     if max(needed, 1) < trials:
         return
-    given = option in kwargs
+    blocking = [name for name, value in waits.items() if value >= trials]  # each must come down, not just one
+    given = [name for name in blocking if name in kwargs]
     if trials == 1:
         problem, key = "a sweep of one trial has no completed trial to compare it with; use pruner: none", "pruner"
     else:
+        named = "; ".join(f"{name} {waits[name]}{'' if name in kwargs else ', its default'}" for name in blocking)
         problem = (
-            f"the {pruner} pruner compares a trial with completed ones only once {needed} have completed ({option}"
-            f"{'' if given else ', its default'}), and in a sweep of {trials} trials the last one sees {trials - 1} at "
-            f"most; set {option} to {trials - 1} or less, or use pruner: none"
+            f"the {pruner} pruner compares a trial with completed ones only once {needed} have completed ({named}), "
+            f"and in a sweep of {trials} trials the last one sees {trials - 1} at most; set {' and '.join(blocking)} "
+            f"to {trials - 1} or less, or use pruner: none"
         )
-        key = f"pruner.{option}" if given else "pruner"
+        key = f"pruner.{given[0]}" if len(given) == 1 and len(blocking) == 1 else "pruner"
     raise UserError(f"has no effect: {problem}", where=where(key))
 
 

@@ -354,6 +354,9 @@ def test_held_out_sets_by_name_a_misspelt_path_and_a_source_missing_its_path_are
         "--set: data.eval: expected a path, a source {path, weight | count, ...} or a list of sources (mixed into one "
         "set); got a mapping without 'path' (easy, hard): named sets are not supported"
     )
+    with pytest.raises(UserError) as err:  # names near 'path' are named sets too, when there are several
+        load_recipe(base, ["data.eval={math: a.jsonl, plan: b.jsonl}"])
+    assert str(err.value).endswith("got a mapping without 'path' (math, plan): named sets are not supported")
     with pytest.raises(UserError) as err:
         load_recipe(base, ["data.eval={pth: a.jsonl}"])
     assert str(err.value).startswith("--set: data.eval: source 0: unknown key 'pth'; did you mean 'path'? (valid: path")

@@ -429,7 +429,7 @@ def test_resuming_under_another_name_is_refused_before_any_trial(tmp_path, tiny_
         ({"objective": {"metric": "eval_rewards/margins"}, "fixed": {"loss.beta_schedule": {"type": "adaptive"}},
           "search": {"training.learning_rate": {"grid": [1.0e-3, 1.0e-2]}}},
          "objective.metric: eval_rewards/margins is scaled by beta, and beta-DPO (loss.beta_schedule adaptive) moves "
-         "the beta of the trials where training.learning_rate is 0.001 with their own batches"),
+         "the beta of the trials with their own batches"),
         # the held-out loss of different losses at one beta
         ({"objective": {"metric": "eval_loss"}, "search": {"loss.type": {"choice": ["sigmoid", "ipo"]}}},
          "objective.metric: eval_loss is each trial's own loss, and the trials train different losses (sigmoid; ipo): "
@@ -461,16 +461,21 @@ def test_a_sweep_whose_objective_or_pruner_would_never_be_used_is_refused_before
         # optuna's MedianPruner waits for n_startup_trials (default 5) completed trials before it compares one
         ({"pruner": "median", "sampler": "random", "trials": 4},
          "pruner: has no effect: the median pruner compares a trial with completed ones only once 5 have completed "
-         "(n_startup_trials, its default), and in a sweep of 4 trials the last one sees 3 at most; set "
+         "(n_startup_trials 5, its default), and in a sweep of 4 trials the last one sees 3 at most; set "
          "n_startup_trials to 3 or less, or use pruner: none"),
+        # both options block: both named, so that lowering one is not refused again for the other
+        ({"pruner": {"type": "median", "n_min_trials": 5}, "sampler": "random", "trials": 4},
+         "pruner: has no effect: the median pruner compares a trial with completed ones only once 5 have completed "
+         "(n_startup_trials 5, its default; n_min_trials 5), and in a sweep of 4 trials the last one sees 3 at most; "
+         "set n_startup_trials and n_min_trials to 3 or less, or use pruner: none"),
         ({"pruner": {"type": "median", "n_startup_trials": 2}},  # the grid's 2 points: 2 trials
          "pruner.n_startup_trials: has no effect: the median pruner compares a trial with completed ones only once 2 "
-         "have completed (n_startup_trials), and in a sweep of 2 trials the last one sees 1 at most; set "
+         "have completed (n_startup_trials 2), and in a sweep of 2 trials the last one sees 1 at most; set "
          "n_startup_trials to 1 or less, or use pruner: none"),
         # and for n_min_trials of them at the step
         ({"pruner": {"type": "median", "n_startup_trials": 1, "n_min_trials": 3}, "sampler": "random", "trials": 3},
          "pruner.n_min_trials: has no effect: the median pruner compares a trial with completed ones only once 3 have "
-         "completed (n_min_trials), and in a sweep of 3 trials the last one sees 2 at most; set n_min_trials to 2 or "
+         "completed (n_min_trials 3), and in a sweep of 3 trials the last one sees 2 at most; set n_min_trials to 2 or "
          "less, or use pruner: none"),
         ({"pruner": {"type": "median", "n_startup_trials": 0}, "trials": 1},  # 0 still needs one completed trial
          "pruner: has no effect: a sweep of one trial has no completed trial to compare it with; use pruner: none"),
